@@ -1,0 +1,1 @@
+"""The batched, numpy-vectorised implementation (issue: "The batched implementation")."""

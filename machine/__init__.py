@@ -1,0 +1,10 @@
+"""The simulated arm64 page-table machine shared by reference/ and batched/ (SPEC §2)."""
+
+from .errors import MachineBug, check
+from .frames import FREE_FOLIO, MM_ID_DUMMY, FrameTable
+from .machine import DEFAULT_NR_FRAMES, Machine, Pin
+from .mm import MM, VMA
+from .swap import SwapSpace
+
+__all__ = ["Machine", "Pin", "MM", "VMA", "FrameTable", "SwapSpace", "MachineBug", "check",
+           "FREE_FOLIO", "MM_ID_DUMMY", "DEFAULT_NR_FRAMES"]

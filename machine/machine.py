@@ -1,0 +1,316 @@
+"""The simulated arm64 machine both implementations run on (SPEC §2).
+
+It holds state and mechanism only: frames, swap, processes, pins, the
+single-entry and batched page-table primitives, contpte canonicalisation and
+the hardware's access/dirty updates. What the kernel decides lives in
+reference/ and batched/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import check
+from .frames import FrameTable
+from .mm import MM, PmdTable, PteTable, pmd_index, pte_index
+from .pgtable import (
+    CONT_PTES, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_AF, PTE_CONT, PTE_RDONLY, PTE_TYPE_MASK,
+    PTE_TYPE_PAGE, PTE_WRITE, PTRS_PER_TABLE, contpte_normalise, pmd_pte, pmd_trans_huge,
+    pte_cont, pte_dirty, pte_mkdirty, pte_pfn, pte_pmd, pte_present, pte_write, pte_wrprotect,
+    pte_young,
+)
+from .swap import SwapSpace
+
+DEFAULT_NR_FRAMES = 4096
+_BLOCKS_PER_TABLE = PTRS_PER_TABLE // CONT_PTES
+_CONT_OFFSETS = np.arange(CONT_PTES, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One FOLL_PIN|FOLL_LONGTERM pin: lives until unpin, also after its process exits."""
+
+    pin_id: int
+    pid: int
+    addr: int
+    nr_pages: int
+    mode: str  # "ro" or "rw"
+    pages: tuple[int, ...]
+
+
+class Machine:
+    """All state of one simulated machine."""
+
+    def __init__(self, nr_frames: int = DEFAULT_NR_FRAMES) -> None:
+        self.frames = FrameTable(nr_frames)
+        self.swap = SwapSpace(nr_frames)
+        self.processes: dict[int, MM] = {0: MM(0)}
+        self.nr_processes = 1  # process numbers ever used
+        self.nr_mmaps = 0      # successful mmaps: the next lineage id
+        self.pins: dict[int, Pin] = {}
+        self.nr_pins = 0       # successful pins: the next pin id
+        self._touched: dict[int, PteTable] = {}
+
+    # Snapshots, for the transactional failure model (SPEC §1).
+
+    def snapshot(self) -> Machine:
+        """A deep copy of the whole state."""
+        other = Machine.__new__(Machine)
+        other.frames = self.frames.clone()
+        other.swap = self.swap.clone()
+        other.processes = {pid: mm.clone() for pid, mm in self.processes.items()}
+        other.nr_processes = self.nr_processes
+        other.nr_mmaps = self.nr_mmaps
+        other.pins = dict(self.pins)
+        other.nr_pins = self.nr_pins
+        other._touched = {}
+        return other
+
+    def restore(self, snapshot: Machine) -> None:
+        """Put the state back to a snapshot taken before the op (which was canonical)."""
+        self.frames = snapshot.frames
+        self.swap = snapshot.swap
+        self.processes = snapshot.processes
+        self.nr_processes = snapshot.nr_processes
+        self.nr_mmaps = snapshot.nr_mmaps
+        self.pins = snapshot.pins
+        self.nr_pins = snapshot.nr_pins
+        self._touched = {}
+
+    # Processes, lineages and pins.
+
+    def mm_alloc(self) -> MM:
+        """A new empty process with the lowest number never used."""
+        mm = MM(self.nr_processes)
+        self.nr_processes += 1
+        self.processes[mm.pid] = mm
+        return mm
+
+    def mm_destroy(self, mm: MM) -> None:
+        """Remove a process whose page tables and counters are already empty."""
+        check(next(mm.leaves(), None) is None, f"P{mm.pid} destroyed with mappings")
+        check(mm.rss_anon == 0 and mm.rss_swap == 0, f"P{mm.pid} destroyed with RSS")
+        del self.processes[mm.pid]
+
+    def lineage_alloc(self) -> int:
+        """The lineage id of a new mmap: the number of successful mmaps before it."""
+        lineage = self.nr_mmaps
+        self.nr_mmaps += 1
+        return lineage
+
+    def pin_add(self, pid: int, addr: int, nr_pages: int, mode: str, pages: tuple[int, ...]) -> int:
+        pin_id = self.nr_pins
+        self.nr_pins += 1
+        self.pins[pin_id] = Pin(pin_id, pid, addr, nr_pages, mode, pages)
+        return pin_id
+
+    def pin_remove(self, pin_id: int) -> Pin:
+        return self.pins.pop(pin_id)
+
+    # Single-entry PTE primitives.
+
+    def _pte_slot(self, mm: MM, addr: int, alloc: bool) -> tuple[PteTable | None, int]:
+        check(addr % PAGE_SIZE == 0, f"unaligned address {addr:#x}")
+        table = mm.pte_table(addr, alloc)
+        if table is not None and alloc:
+            self._touched[id(table)] = table
+        return table, pte_index(addr)
+
+    def ptep_get(self, mm: MM, addr: int) -> int:
+        """The raw PTE at addr (0 if no PTE table covers it)."""
+        table, index = self._pte_slot(mm, addr, alloc=False)
+        return 0 if table is None else int(table.entries[index])
+
+    def set_pte_at(self, mm: MM, addr: int, pte: int) -> None:
+        table, index = self._pte_slot(mm, addr, alloc=True)
+        table.entries[index] = pte
+
+    def ptep_get_and_clear(self, mm: MM, addr: int) -> int:
+        table, index = self._pte_slot(mm, addr, alloc=True)
+        pte = int(table.entries[index])
+        table.entries[index] = 0
+        return pte
+
+    def ptep_set_wrprotect(self, mm: MM, addr: int) -> None:
+        table, index = self._pte_slot(mm, addr, alloc=True)
+        table.entries[index] = pte_wrprotect(int(table.entries[index]))
+
+    # Batched PTE primitives: nr_pages entries inside one PTE table.
+
+    def _pte_run(self, mm: MM, addr: int, nr_pages: int) -> tuple[PteTable, slice]:
+        check(nr_pages >= 1, "nr_pages must be positive")
+        table, index = self._pte_slot(mm, addr, alloc=True)
+        check(index + nr_pages <= PTRS_PER_TABLE, "batch crosses a PTE table")
+        return table, slice(index, index + nr_pages)
+
+    def ptes_get(self, mm: MM, addr: int, nr_pages: int) -> np.ndarray:
+        """A copy of nr_pages raw PTEs from addr (zeros where no table exists)."""
+        check(nr_pages >= 1 and pte_index(addr) + nr_pages <= PTRS_PER_TABLE,
+              "range crosses a PTE table")
+        table = mm.pte_table(addr)
+        if table is None:
+            return np.zeros(nr_pages, np.uint64)
+        index = pte_index(addr)
+        return table.entries[index:index + nr_pages].copy()
+
+    def set_ptes(self, mm: MM, addr: int, pte: int, nr_pages: int) -> None:
+        """Write nr_pages entries: pte, then the same with the pfn advanced."""
+        table, run = self._pte_run(mm, addr, nr_pages)
+        offsets = np.arange(nr_pages, dtype=np.uint64) << np.uint64(PAGE_SHIFT)
+        table.entries[run] = np.uint64(pte) + offsets
+
+    def get_and_clear_full_ptes(self, mm: MM, addr: int, nr_pages: int) -> int:
+        """Clear nr_pages entries; returns the first with dirty and young gathered from all."""
+        table, run = self._pte_run(mm, addr, nr_pages)
+        entries = table.entries[run]
+        pte = int(entries[0])
+        if pte_dirty(entries).any():
+            pte = pte_mkdirty(pte)
+        if pte_young(entries).any():
+            pte |= PTE_AF
+        table.entries[run] = 0
+        return pte
+
+    def clear_full_ptes(self, mm: MM, addr: int, nr_pages: int) -> None:
+        table, run = self._pte_run(mm, addr, nr_pages)
+        table.entries[run] = 0
+
+    def wrprotect_ptes(self, mm: MM, addr: int, nr_pages: int) -> None:
+        table, run = self._pte_run(mm, addr, nr_pages)
+        table.entries[run] = pte_wrprotect(table.entries[run])
+
+    # PMD primitives.
+
+    def _pmd_slot(self, mm: MM, addr: int, alloc: bool) -> tuple[PmdTable | None, int]:
+        check(addr % PMD_SIZE == 0, f"PMD address {addr:#x} not 2 MiB aligned")
+        return mm.pmd_table(addr, alloc), pmd_index(addr)
+
+    def pmdp_get(self, mm: MM, addr: int) -> int:
+        """The raw PMD entry (none, block or table descriptor) covering addr."""
+        table, index = self._pmd_slot(mm, addr, alloc=False)
+        return 0 if table is None else int(table.entries[index])
+
+    def set_pmd_at(self, mm: MM, addr: int, pmd: int) -> None:
+        """Install a PMD block; an empty PTE table in its place is freed."""
+        check(pmd_trans_huge(pmd), "set_pmd_at takes a PMD block")
+        table, index = self._pmd_slot(mm, addr, alloc=True)
+        pte_table = table.ptes.pop(index, None)
+        if pte_table is not None:
+            check(not pte_table.entries.any(), "PMD block installed over a populated PTE table")
+            self._touched.pop(id(pte_table), None)
+        else:
+            check(table.entries[index] == 0 or pmd_trans_huge(int(table.entries[index])),
+                  "PMD slot holds an unknown descriptor")
+        table.entries[index] = pmd
+
+    def pmdp_get_and_clear(self, mm: MM, addr: int) -> int:
+        table, index = self._pmd_slot(mm, addr, alloc=False)
+        check(table is not None and pmd_trans_huge(int(table.entries[index])), "no PMD block to clear")
+        pmd = int(table.entries[index])
+        table.entries[index] = 0
+        return pmd
+
+    def pmdp_set_wrprotect(self, mm: MM, addr: int) -> None:
+        table, index = self._pmd_slot(mm, addr, alloc=False)
+        pmd = int(table.entries[index])
+        check(pmd_trans_huge(pmd), "no PMD block to write-protect")
+        table.entries[index] = pte_pmd(pte_wrprotect(pmd_pte(pmd)))
+
+    # Lookups for oracles, expects and the user's accesses.
+
+    def lookup(self, mm: MM, addr: int) -> tuple[str, int]:
+        """(level, descriptor) of the leaf mapping addr: a PMD block, else the PTE (0: none)."""
+        pmd = self.pmdp_get(mm, addr & ~(PMD_SIZE - 1))
+        if pmd_trans_huge(pmd):
+            return "pmd", pmd
+        return "pte", self.ptep_get(mm, addr & ~(PAGE_SIZE - 1))
+
+    def page_at(self, mm: MM, addr: int) -> int | None:
+        """The pfn of the page mapped at addr, or None if nothing is present there."""
+        level, desc = self.lookup(mm, addr)
+        if not pte_present(desc):
+            return None
+        if level == "pmd":
+            return int(pte_pfn(desc)) + ((addr % PMD_SIZE) >> PAGE_SHIFT)
+        return int(pte_pfn(desc))
+
+    # The hardware: access and dirty bits on a user access, then the data word.
+
+    def _mark_accessed(self, mm: MM, addr: int, write: bool) -> int:
+        """Set AF (and for a write clear RDONLY) as the MMU does; returns the pfn."""
+        level, desc = self.lookup(mm, addr)
+        check(pte_present(desc), f"user access to an unmapped address {addr:#x}")
+        check(not write or pte_write(desc), f"user write to a read-only entry at {addr:#x}")
+        update_set = PTE_AF
+        update_clear = PTE_RDONLY if write else 0
+        if level == "pmd":
+            table, index = self._pmd_slot(mm, addr & ~(PMD_SIZE - 1), alloc=False)
+            table.entries[index] = (desc | update_set) & ~update_clear
+            return int(pte_pfn(desc)) + ((addr % PMD_SIZE) >> PAGE_SHIFT)
+        table, index = self._pte_slot(mm, addr & ~(PAGE_SIZE - 1), alloc=False)
+        span = slice(index, index + 1)
+        if desc & PTE_CONT:
+            first = index - index % CONT_PTES
+            span = slice(first, first + CONT_PTES)
+        table.entries[span] = (table.entries[span] | np.uint64(update_set)) & ~np.uint64(update_clear)
+        return int(pte_pfn(desc))
+
+    def user_read(self, mm: MM, addr: int) -> int:
+        """A user load from a present mapping: sets the access flag, returns the data word."""
+        page = self._mark_accessed(mm, addr, write=False)
+        return int(self.frames.page_data[page])
+
+    def user_write(self, mm: MM, addr: int, value: int) -> None:
+        """A user store to a writable mapping: hardware marks it young and dirty."""
+        page = self._mark_accessed(mm, addr, write=True)
+        self.frames.page_data[page] = value
+
+    # contpte (SPEC §2.4).
+
+    def contpte_canonicalise(self) -> None:
+        """Fold every eligible 16-entry block and unfold every other, in every table written this op."""
+        for table in self._touched.values():
+            table.entries[:] = self._canonical_entries(table.entries)
+        self._touched = {}
+
+    def _contpte_eligible(self, blocks: np.ndarray) -> np.ndarray:
+        """Per block of shape (n, 16): all valid pages of one folio, pfns consecutive
+        from a multiple of 16, equal N(e) once the pfn is set aside."""
+        pages = (blocks & np.uint64(PTE_TYPE_MASK)) == np.uint64(PTE_TYPE_PAGE)
+        pfns = pte_pfn(blocks).astype(np.int64)
+        in_range = pages & (pfns < self.frames.nr_frames)
+        folios = np.where(in_range, self.frames.page_folio[np.where(in_range, pfns, 0)], -1)
+        normalised = contpte_normalise(blocks)
+        return (
+            in_range.all(axis=1)
+            & (pfns[:, 0] % CONT_PTES == 0)
+            & (pfns == pfns[:, :1] + _CONT_OFFSETS).all(axis=1)
+            & (folios[:, 0] >= 0)
+            & (folios == folios[:, :1]).all(axis=1)
+            & (normalised == normalised[:, :1]).all(axis=1)
+        )
+
+    def _canonical_entries(self, entries: np.ndarray) -> np.ndarray:
+        blocks = entries.reshape(_BLOCKS_PER_TABLE, CONT_PTES)
+        eligible = self._contpte_eligible(blocks)
+        unfolded = blocks & ~np.uint64(PTE_CONT)
+        folded = blocks | np.uint64(PTE_CONT)
+        folded = np.where(pte_dirty(blocks).any(axis=1)[:, None], pte_mkdirty(folded), folded)
+        folded = np.where(pte_young(blocks).any(axis=1)[:, None], folded | np.uint64(PTE_AF), folded)
+        return np.where(eligible[:, None], folded, unfolded).reshape(-1)
+
+    def contpte_blocks_canonical(self, entries: np.ndarray) -> np.ndarray:
+        """Per block of a PTE table, oracle 7: eligible iff folded (CONT on all 16, none
+        otherwise), and a folded block has uniform AF and pte_dirty."""
+        blocks = entries.reshape(_BLOCKS_PER_TABLE, CONT_PTES)
+        cont = pte_cont(blocks)
+        folded = cont.all(axis=1)
+        young = pte_young(blocks)
+        dirty = pte_dirty(blocks)
+        uniform = ((young == young[:, :1]).all(axis=1) & (dirty == dirty[:, :1]).all(axis=1))
+        return (folded | ~cont.any(axis=1)) & (folded == self._contpte_eligible(blocks)) & (~folded | uniform)
+
+
+__all__ = ["Machine", "Pin", "DEFAULT_NR_FRAMES"]

@@ -1,0 +1,206 @@
+"""Processes (mm_struct), VMAs and the 4-level page-table tree.
+
+Levels 0 and 1 are directories of the next level; level 2 (the PMD table)
+holds PMD descriptors (none, a PMD block, or a table descriptor) and the PTE
+tables it points to; level 3 (the PTE table) holds 512 raw descriptors.
+Table pages are not frames and are not compared (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .errors import check
+from .pgtable import (
+    PAGE_SHIFT, PMD_SHIFT, PMD_TYPE_TABLE, PTRS_PER_TABLE, pmd_trans_huge,
+)
+
+
+@dataclass
+class VMA:
+    """A private anonymous vm_area_struct. pgoff == start >> PAGE_SHIFT always."""
+
+    start: int
+    end: int
+    writable: bool
+    lineage: int
+
+    @property
+    def pgoff(self) -> int:
+        return self.start >> PAGE_SHIFT
+
+    @property
+    def prot(self) -> str:
+        return "rw" if self.writable else "ro"
+
+    def contains(self, addr: int) -> bool:
+        return self.start <= addr < self.end
+
+
+class PteTable:
+    """A level-3 table: 512 page or swap descriptors starting at base."""
+
+    __slots__ = ("base", "entries")
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.entries = np.zeros(PTRS_PER_TABLE, np.uint64)
+
+    def clone(self) -> PteTable:
+        other = PteTable.__new__(PteTable)
+        other.base = self.base
+        other.entries = self.entries.copy()
+        return other
+
+
+class PmdTable:
+    """A level-2 table: PMD descriptors and the PTE tables they point to."""
+
+    __slots__ = ("base", "entries", "ptes")
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.entries = np.zeros(PTRS_PER_TABLE, np.uint64)
+        self.ptes: dict[int, PteTable] = {}
+
+    def clone(self) -> PmdTable:
+        other = PmdTable.__new__(PmdTable)
+        other.base = self.base
+        other.entries = self.entries.copy()
+        other.ptes = {index: table.clone() for index, table in self.ptes.items()}
+        return other
+
+
+def pgd_index(addr: int) -> int:
+    return (addr >> 39) & (PTRS_PER_TABLE - 1)
+
+
+def pud_index(addr: int) -> int:
+    return (addr >> 30) & (PTRS_PER_TABLE - 1)
+
+
+def pmd_index(addr: int) -> int:
+    return (addr >> PMD_SHIFT) & (PTRS_PER_TABLE - 1)
+
+
+def pte_index(addr: int) -> int:
+    return (addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+
+
+class MM:
+    """One process: VMAs, page tables, RSS counters and MMF_HAS_PINNED."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.mm_id = pid + 1
+        self.vmas: list[VMA] = []
+        self.pgd: dict[int, dict[int, PmdTable]] = {}
+        self.rss_anon = 0   # MM_ANONPAGES
+        self.rss_swap = 0   # MM_SWAPENTS
+        self.has_pinned = False  # MMF_HAS_PINNED
+
+    def clone(self) -> MM:
+        other = MM.__new__(MM)
+        other.pid = self.pid
+        other.mm_id = self.mm_id
+        other.vmas = [VMA(v.start, v.end, v.writable, v.lineage) for v in self.vmas]
+        other.pgd = {i: {j: pmd.clone() for j, pmd in pud.items()} for i, pud in self.pgd.items()}
+        other.rss_anon = self.rss_anon
+        other.rss_swap = self.rss_swap
+        other.has_pinned = self.has_pinned
+        return other
+
+    # VMAs.
+
+    def find_vma(self, addr: int) -> VMA | None:
+        """The VMA containing addr, or None."""
+        index = bisect.bisect_right([vma.start for vma in self.vmas], addr) - 1
+        if index >= 0 and self.vmas[index].contains(addr):
+            return self.vmas[index]
+        return None
+
+    def vmas_intersecting(self, start: int, end: int) -> list[VMA]:
+        return [vma for vma in self.vmas if vma.start < end and vma.end > start]
+
+    def vma_insert(self, vma: VMA) -> None:
+        check(not self.vmas_intersecting(vma.start, vma.end), "vma_insert over a mapped range")
+        check(vma.start < vma.end, "empty VMA")
+        bisect.insort(self.vmas, vma, key=lambda v: v.start)
+
+    def vma_remove(self, vma: VMA) -> None:
+        self.vmas.remove(vma)
+
+    def vma_split(self, vma: VMA, addr: int) -> VMA:
+        """Split vma at addr (strictly inside); returns the upper part."""
+        check(vma.start < addr < vma.end, "vma_split outside the VMA")
+        upper = VMA(addr, vma.end, vma.writable, vma.lineage)
+        vma.end = addr
+        bisect.insort(self.vmas, upper, key=lambda v: v.start)
+        return upper
+
+    def vma_merge(self, vma: VMA) -> VMA:
+        """Merge vma with adjacent neighbours of equal prot and lineage; returns the result."""
+        index = self.vmas.index(vma)
+        if index + 1 < len(self.vmas):
+            after = self.vmas[index + 1]
+            if after.start == vma.end and after.writable == vma.writable and after.lineage == vma.lineage:
+                vma.end = after.end
+                del self.vmas[index + 1]
+        if index > 0:
+            before = self.vmas[index - 1]
+            if before.end == vma.start and before.writable == vma.writable and before.lineage == vma.lineage:
+                before.end = vma.end
+                del self.vmas[index]
+                return before
+        return vma
+
+    # Page-table walks (no allocation unless asked).
+
+    def pmd_table(self, addr: int, alloc: bool = False) -> PmdTable | None:
+        pud = self.pgd.get(pgd_index(addr))
+        if pud is None:
+            if not alloc:
+                return None
+            pud = self.pgd[pgd_index(addr)] = {}
+        table = pud.get(pud_index(addr))
+        if table is None and alloc:
+            base = addr & ~((1 << 30) - 1)
+            table = pud[pud_index(addr)] = PmdTable(base)
+        return table
+
+    def pte_table(self, addr: int, alloc: bool = False) -> PteTable | None:
+        """The PTE table covering addr; None if absent or if a PMD block maps addr."""
+        pmd_table = self.pmd_table(addr, alloc)
+        if pmd_table is None:
+            return None
+        index = pmd_index(addr)
+        table = pmd_table.ptes.get(index)
+        if table is None and alloc:
+            check(pmd_table.entries[index] == 0, "PTE table requested under a PMD block")
+            table = pmd_table.ptes[index] = PteTable(addr & ~((1 << PMD_SHIFT) - 1))
+            pmd_table.entries[index] = PMD_TYPE_TABLE | (id(table) & ((1 << 36) - 1)) << PAGE_SHIFT
+        return table
+
+    def pmd_tables(self) -> Iterator[PmdTable]:
+        for pgd_key in sorted(self.pgd):
+            pud = self.pgd[pgd_key]
+            for pud_key in sorted(pud):
+                yield pud[pud_key]
+
+    def leaves(self) -> Iterator[tuple[int, str, int]]:
+        """Every non-zero leaf descriptor as (addr, level, descriptor), ascending."""
+        for pmd_table in self.pmd_tables():
+            entries = pmd_table.entries
+            for index in map(int, np.flatnonzero(entries)):
+                pmd = int(entries[index])
+                addr = pmd_table.base + (index << PMD_SHIFT)
+                if pmd_trans_huge(pmd):
+                    yield addr, "pmd", pmd
+                    continue
+                table = pmd_table.ptes[index]
+                for slot in np.flatnonzero(table.entries):
+                    yield addr + (int(slot) << PAGE_SHIFT), "pte", int(table.entries[slot])

@@ -1,0 +1,44 @@
+"""One synchronous swap device without a swap cache (SPEC §1, §2.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import check
+
+
+class SwapSpace:
+    """nr_slots swap slots, each with a data word and a count of swap PTEs."""
+
+    def __init__(self, nr_slots: int) -> None:
+        self.nr_slots = nr_slots
+        self.swap_data = np.zeros(nr_slots, np.uint64)
+        self.swap_count = np.zeros(nr_slots, np.int32)
+
+    def clone(self) -> SwapSpace:
+        other = SwapSpace.__new__(SwapSpace)
+        other.nr_slots = self.nr_slots
+        other.swap_data = self.swap_data.copy()
+        other.swap_count = self.swap_count.copy()
+        return other
+
+    def find_free_slots(self, order: int) -> int | None:
+        """The lowest naturally aligned run of 2**order free slots (count 0).
+
+        Slot 0 is never handed out (the kernel keeps the swap header there), so
+        a swap PTE is never the all-zero pte_none. Slots carry no reservation: the caller must reference them (count > 0)
+        or leave them free before it asks for another run.
+        """
+        nr_slots = 1 << order
+        usable = self.nr_slots - self.nr_slots % nr_slots
+        if usable == 0:
+            return None
+        free_runs = (self.swap_count[:usable] == 0).reshape(-1, nr_slots).all(axis=1)
+        free_runs[0] = False  # slot 0 is the swap header: its swap PTE would read as pte_none
+        run = int(free_runs.argmax())
+        return run * nr_slots if free_runs[run] else None
+
+    def swap_free_slot(self, slot: int) -> None:
+        """Clear an unreferenced slot's data (a freed slot's data is 0)."""
+        check(self.swap_count[slot] == 0, f"freeing swap slot {slot} that is referenced")
+        self.swap_data[slot] = 0

@@ -1,0 +1,5 @@
+"""The naive per-page reference implementation: the oracle rmapfuzz judges batched code by."""
+
+from .kernel import Kernel
+
+__all__ = ["Kernel"]

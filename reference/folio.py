@@ -1,0 +1,93 @@
+"""Folio references and pins, as include/linux/mm.h: one folio at a time."""
+
+from __future__ import annotations
+
+from machine import Machine, MM, check
+
+GUP_PIN_COUNTING_BIAS = 1024
+
+
+def folio_test_large(machine: Machine, folio: int) -> bool:
+    return int(machine.frames.folio_order[folio]) > 0
+
+
+def folio_nr_pages(machine: Machine, folio: int) -> int:
+    return machine.frames.folio_nr_pages(folio)
+
+
+def page_folio(machine: Machine, page: int) -> int:
+    return machine.frames.page_folio_of(page)
+
+
+def folio_get(machine: Machine, folio: int) -> None:
+    folio_ref_add(machine, folio, 1)
+
+
+def folio_ref_add(machine: Machine, folio: int, nr_refs: int) -> None:
+    check(machine.frames.folio_refcount[folio] > 0, f"folio {folio} gets a reference while free")
+    machine.frames.folio_refcount[folio] += nr_refs
+
+
+def folio_put(machine: Machine, folio: int) -> None:
+    folio_put_refs(machine, folio, 1)
+
+
+def folio_put_refs(machine: Machine, folio: int, nr_refs: int) -> None:
+    """Drop nr_refs references; the last one frees the folio."""
+    frames = machine.frames
+    check(frames.folio_refcount[folio] >= nr_refs, f"folio {folio} refcount underflow")
+    frames.folio_refcount[folio] -= nr_refs
+    if frames.folio_refcount[folio] == 0:
+        frames.folio_free(folio)
+
+
+def folio_maybe_dma_pinned(machine: Machine, folio: int) -> bool:
+    """Exact _pincount for a large folio; refcount >= 1024 (false positives) for a small one."""
+    frames = machine.frames
+    if folio_test_large(machine, folio):
+        return int(frames.folio_pincount[folio]) > 0
+    return int(frames.folio_refcount[folio]) >= GUP_PIN_COUNTING_BIAS
+
+
+def folio_needs_cow_for_dma(machine: Machine, mm: MM, folio: int) -> bool:
+    """fork must copy rather than share: the parent has pinned and the folio may be pinned."""
+    return mm.has_pinned and folio_maybe_dma_pinned(machine, folio)
+
+
+def folio_mapcount(machine: Machine, folio: int) -> int:
+    frames = machine.frames
+    if folio_test_large(machine, folio):
+        return int(frames.folio_large_mapcount[folio])
+    return int(frames.page_mapcount[folio])
+
+
+def folio_large_maybe_mapped_shared(machine: Machine, folio: int) -> bool:
+    return bool(machine.frames.folio_mm_ids_shared[folio])
+
+
+def page_mapcount(machine: Machine, page: int) -> int:
+    """PTE mappings of the page plus its folio's PMD mappings."""
+    frames = machine.frames
+    folio = page_folio(machine, page)
+    return int(frames.page_mapcount[page]) + int(frames.folio_entire_mapcount[folio])
+
+
+def PageAnonExclusive(machine: Machine, page: int) -> bool:  # noqa: N802 (kernel name)
+    return bool(machine.frames.page_anon_exclusive[page])
+
+
+def SetPageAnonExclusive(machine: Machine, page: int) -> None:  # noqa: N802
+    machine.frames.page_anon_exclusive[page] = True
+
+
+def ClearPageAnonExclusive(machine: Machine, page: int) -> None:  # noqa: N802
+    machine.frames.page_anon_exclusive[page] = False
+
+
+def folio_alloc(machine: Machine, order: int) -> int | None:
+    """A fresh folio with refcount 1, or None when no aligned run of frames is free."""
+    return machine.frames.folio_alloc(order)
+
+
+def copy_user_page(machine: Machine, dst: int, src: int) -> None:
+    machine.frames.page_data[dst] = machine.frames.page_data[src]

@@ -1,0 +1,124 @@
+"""FOLL_PIN | FOLL_LONGTERM pins, as mm/gup.c: one page at a time."""
+
+from __future__ import annotations
+
+from machine import MM, VMA, Machine, check
+from machine.errors import EFAULT, EINVAL, ENOMEM, OK
+from machine.pgtable import PAGE_SHIFT, is_swap_pte, pte_none, pte_present, pte_write
+
+from .folio import (
+    GUP_PIN_COUNTING_BIAS, PageAnonExclusive, folio_alloc, folio_put_refs, folio_test_large,
+    page_folio,
+)
+from .memory import do_swap_page, handle_unshare_fault, handle_write_fault, mk_pte
+from .rmap import folio_add_new_anon_rmap
+
+
+def gup_must_unshare(machine: Machine, level: str, entry: int, page: int) -> bool:
+    """A R/O pin must unshare a page that is not PageAnonExclusive (the head's for a PMD)."""
+    if pte_write(entry):
+        return False
+    exclusive_page = page_folio(machine, page) if level == "pmd" else page
+    return not PageAnonExclusive(machine, exclusive_page)
+
+
+def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
+    """A R/O pin of an unpopulated address: the zero page unshared into a fresh exclusive page.
+
+    Model: no zero page, so the result is mapped directly as an unshare copy (base).
+    """
+    folio = folio_alloc(machine, 0)
+    if folio is None:
+        return ENOMEM
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
+    machine.set_pte_at(mm, addr, mk_pte(folio, vma))
+    mm.rss_anon += 1
+    return OK
+
+
+def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable: bool) -> str:
+    """Fault until the page at addr may be pinned: writable for a rw pin, exclusive for ro."""
+    for _attempt in range(3):
+        level, entry = machine.lookup(mm, addr)
+        if writable:
+            if pte_present(entry) and pte_write(entry):
+                return OK
+            result = handle_write_fault(machine, mm, vma, addr, order=0)
+        elif pte_none(entry):
+            result = do_unshare_anonymous_page(machine, mm, vma, addr)
+        elif is_swap_pte(entry):
+            result = do_swap_page(machine, mm, vma, addr, write_fault=False)
+        elif gup_must_unshare(machine, level, entry, machine.page_at(mm, addr)):
+            result = handle_unshare_fault(machine, mm, vma, addr)
+        else:
+            return OK
+        if result != OK:
+            return result
+    check(False, f"pin fault at {addr:#x} did not converge")
+    return EFAULT
+
+
+def try_grab_folio_pin(machine: Machine, page: int) -> None:
+    """FOLL_PIN one page: +1 ref and +1 _pincount on a large folio, +1024 refs on a small one."""
+    frames = machine.frames
+    folio = page_folio(machine, page)
+    check(frames.folio_refcount[folio] >= 1, "pinning a free folio")
+    if folio_test_large(machine, folio):
+        frames.folio_refcount[folio] += 1
+        frames.folio_pincount[folio] += 1
+    else:
+        frames.folio_refcount[folio] += GUP_PIN_COUNTING_BIAS
+
+
+def gup_put_folio_pin(machine: Machine, page: int) -> None:
+    """Undo try_grab_folio_pin; the last reference frees the folio."""
+    frames = machine.frames
+    folio = page_folio(machine, page)
+    if folio_test_large(machine, folio):
+        check(frames.folio_pincount[folio] >= 1, f"folio {folio} pincount underflow")
+        frames.folio_pincount[folio] -= 1
+        folio_put_refs(machine, folio, 1)
+    else:
+        folio_put_refs(machine, folio, GUP_PIN_COUNTING_BIAS)
+
+
+def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable: bool) -> str:
+    """Pin nr_pages pages from addr, faulting each in and unsharing it, in ascending order."""
+    if nr_pages == 0:
+        return EINVAL
+    for i in range(nr_pages):
+        vma = mm.find_vma(addr + (i << PAGE_SHIFT))
+        if vma is None or (writable and not vma.writable):
+            return EFAULT
+    pages = []
+    for i in range(nr_pages):
+        page_addr = addr + (i << PAGE_SHIFT)
+        vma = mm.find_vma(page_addr)
+        result = faultin_page_for_pin(machine, mm, vma, page_addr, writable)
+        if result != OK:
+            return result
+        page = machine.page_at(mm, page_addr)
+        check(PageAnonExclusive(machine, pin_exclusive_page(machine, mm, page_addr, page)),
+              f"pinning non-exclusive page {page}")
+        try_grab_folio_pin(machine, page)
+        pages.append(page)
+    mm.has_pinned = True
+    machine.pin_add(mm.pid, addr, nr_pages, "rw" if writable else "ro", tuple(pages))
+    return OK
+
+
+def pin_exclusive_page(machine: Machine, mm: MM, addr: int, page: int) -> int:
+    """The page whose PageAnonExclusive speaks for page at addr: the head under a PMD."""
+    level, _entry = machine.lookup(mm, addr)
+    return page_folio(machine, page) if level == "pmd" else page
+
+
+def unpin_user_pages(machine: Machine, pin_id: int) -> str:
+    if pin_id not in machine.pins:
+        return EINVAL
+    pin = machine.pin_remove(pin_id)
+    for page in pin.pages:
+        gup_put_folio_pin(machine, page)
+    return OK
+
+

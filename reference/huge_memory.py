@@ -1,0 +1,247 @@
+"""PMD-mapped THPs and folio split, as mm/huge_memory.c: one PTE and one page at a time.
+
+The pte_* helpers apply to PMD block values unchanged (same attribute bits; the
+helpers never touch bit 1), as the kernel's pmd_* wrappers do via pmd_pte().
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from machine import MM, VMA, Machine, check
+from machine.errors import EAGAIN, EBUSY, EINVAL, OK
+from machine.pgtable import (
+    HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, pfn_pte, pmd_trans_huge,
+    pte_dirty, pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_modify, pte_pfn, pte_pmd,
+    pte_present, pte_write, pte_wrprotect, pte_young, vm_get_page_prot,
+)
+
+from .folio import (
+    PageAnonExclusive, SetPageAnonExclusive, folio_get, folio_nr_pages, folio_put,
+    folio_ref_add, page_folio,
+)
+from .rmap import (
+    folio_add_anon_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pmd,
+    folio_remove_rmap_pte, folio_try_dup_anon_rmap_pmd, rmap_walk_vmas,
+)
+
+FALLBACK = "VM_FAULT_FALLBACK"
+
+
+def mk_huge_pmd(folio: int, vma: VMA) -> int:
+    return pte_pmd(pfn_pte(folio, vm_get_page_prot(vma.writable)))
+
+
+def maybe_pmd_mkwrite(pmd: int, vma: VMA) -> int:
+    return pte_mkwrite(pmd) if vma.writable else pmd
+
+
+def map_anon_folio_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, folio: int) -> None:
+    """Map a fresh order-9 folio with one PMD block, writable and dirty, head exclusive."""
+    check(folio_nr_pages(machine, folio) == HPAGE_PMD_NR, "PMD mapping of a non-PMD folio")
+    folio_add_new_anon_rmap(machine, folio, mm, vma, haddr, exclusive=True)
+    machine.set_pmd_at(mm, haddr, maybe_pmd_mkwrite(pte_mkdirty(mk_huge_pmd(folio, vma)), vma))
+    mm.rss_anon += HPAGE_PMD_NR
+
+
+def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: bool) -> str:
+    """Write or unshare fault on a read-only PMD block: reuse it whole, else split it.
+
+    Returns OK, or FALLBACK after splitting the PMD (the fault retries at PTE level).
+    """
+    haddr = addr & ~(PMD_SIZE - 1)
+    pmd = machine.pmdp_get(mm, haddr)
+    check(pmd_trans_huge(pmd), "do_huge_pmd_wp_page without a PMD block")
+    folio = int(pte_pfn(pmd))
+    if not PageAnonExclusive(machine, folio):
+        if int(machine.frames.folio_refcount[folio]) != 1:
+            split_huge_pmd_locked(machine, mm, vma, haddr)
+            return FALLBACK
+        SetPageAnonExclusive(machine, folio)
+    if unshare:
+        return OK
+    machine.set_pmd_at(mm, haddr, maybe_pmd_mkwrite(pte_mkdirty(pte_mkyoung(pmd)), vma))
+    return OK
+
+
+def zap_huge_pmd(machine: Machine, mm: MM, haddr: int) -> None:
+    pmd = machine.pmdp_get_and_clear(mm, haddr)
+    folio = int(pte_pfn(pmd))
+    folio_remove_rmap_pmd(machine, folio, mm)
+    mm.rss_anon -= HPAGE_PMD_NR
+    folio_put(machine, folio)
+
+
+def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
+    """__split_huge_pmd_locked without freeze: 512 PTEs carrying the head's exclusivity.
+
+    Context: a PMD block maps haddr.
+    """
+    pmd = machine.pmdp_get_and_clear(mm, haddr)  # pmdp_invalidate
+    folio = int(pte_pfn(pmd))
+    check(folio_nr_pages(machine, folio) == HPAGE_PMD_NR, "PMD block of a non-PMD folio")
+    anon_exclusive = PageAnonExclusive(machine, folio)
+    folio_ref_add(machine, folio, HPAGE_PMD_NR - 1)
+    for page in range(folio, folio + HPAGE_PMD_NR):
+        # The head's state is copied to every page (RMAP_EXCLUSIVE or RMAP_NONE).
+        machine.frames.page_anon_exclusive[page] = anon_exclusive
+        folio_add_anon_rmap_pte(machine, folio, page, mm, anon_exclusive)
+    entry = pfn_pte(folio, vm_get_page_prot(vma.writable))
+    if pte_write(pmd):
+        entry = pte_mkwrite(entry)
+    if not pte_young(pmd):
+        entry = pte_mkold(entry)
+    if pte_dirty(pmd):
+        entry = pte_mkdirty(entry)
+    for i in range(HPAGE_PMD_NR):
+        machine.set_pte_at(mm, haddr + (i << PAGE_SHIFT), pfn_pte(folio + i, entry))
+    folio_remove_rmap_pmd(machine, folio, mm)
+
+
+def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr: int) -> str:
+    """fork of a PMD block: share it as a PMD, or split the parent's if it may be pinned.
+
+    Returns OK, or FALLBACK after the split (the caller copies the 512 PTEs).
+    """
+    pmd = machine.pmdp_get(src_mm, haddr)
+    folio = int(pte_pfn(pmd))
+    folio_get(machine, folio)
+    if folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm) == EBUSY:
+        folio_put(machine, folio)
+        split_huge_pmd_locked(machine, src_mm, src_vma, haddr)
+        return FALLBACK
+    dst_mm.rss_anon += HPAGE_PMD_NR
+    if pte_write(pmd):
+        machine.pmdp_set_wrprotect(src_mm, haddr)
+        pmd = pte_wrprotect(pmd)
+    machine.set_pmd_at(dst_mm, haddr, pte_mkold(pmd))
+    return OK
+
+
+def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
+    """mprotect of a fully covered PMD block to vma's (new) protection."""
+    pmd = machine.pmdp_get(mm, haddr)
+    folio = int(pte_pfn(pmd))
+    entry = pte_modify(pmd, vm_get_page_prot(vma.writable))
+    if vma.writable and PageAnonExclusive(machine, folio):
+        entry = pte_mkwrite(entry)
+    machine.set_pmd_at(mm, haddr, entry)
+
+
+# Folio split (split_huge_page_to_list_to_order, __folio_split).
+
+@dataclass(frozen=True)
+class FolioMapping:
+    """One mapping removed by unmap_folio, remembered to remap the split pieces."""
+
+    mm: MM
+    vma: VMA
+    addr: int
+    entry: int  # the old PTE, or the old PMD block
+    is_pmd: bool
+    exclusive: bool
+
+
+def remap_entry(old: int, page: int, vma: VMA) -> int:
+    """The PTE remove_migration_pte builds for page from the old entry's state."""
+    entry = pfn_pte(page, vm_get_page_prot(vma.writable))
+    if pte_write(old):
+        entry = pte_mkwrite(entry)
+    if not pte_young(old):
+        entry = pte_mkold(entry)
+    if pte_dirty(old):
+        entry = pte_mkdirty(entry)
+    return entry
+
+
+def unmap_folio(machine: Machine, folio: int) -> list[FolioMapping]:
+    """Remove every mapping of folio in walk order; the caller holds a reference."""
+    nr_pages = folio_nr_pages(machine, folio)
+    mappings = []
+    for mm, vma, start, end in rmap_walk_vmas(machine, folio):
+        addr = start
+        while addr < end:
+            haddr = addr & ~(PMD_SIZE - 1)
+            pmd = machine.pmdp_get(mm, haddr)
+            if pmd_trans_huge(pmd):
+                if int(pte_pfn(pmd)) == folio:
+                    mappings.append(FolioMapping(mm, vma, haddr, pmd, True, PageAnonExclusive(machine, folio)))
+                    machine.pmdp_get_and_clear(mm, haddr)
+                    folio_remove_rmap_pmd(machine, folio, mm)
+                    folio_put(machine, folio)
+                addr = haddr + PMD_SIZE
+                continue
+            pte = machine.ptep_get(mm, addr)
+            page = int(pte_pfn(pte))
+            if pte_present(pte) and folio <= page < folio + nr_pages:
+                mappings.append(FolioMapping(mm, vma, addr, pte, False, PageAnonExclusive(machine, page)))
+                machine.ptep_get_and_clear(mm, addr)
+                folio_remove_rmap_pte(machine, folio, page, mm)
+                folio_put(machine, folio)
+            addr += PAGE_SIZE
+    return mappings
+
+
+def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> list[int]:
+    """Turn an unmapped folio's struct pages into folios of new_order; returns their heads."""
+    frames = machine.frames
+    nr_pages = folio_nr_pages(machine, folio)
+    index = int(frames.folio_index[folio])
+    lineage = int(frames.folio_lineage[folio])
+    new_nr_pages = 1 << new_order
+    heads = list(range(folio, folio + nr_pages, new_nr_pages))
+    frames.clear_frames(folio, nr_pages)
+    for head in heads:
+        frames.page_folio[head:head + new_nr_pages] = head
+        frames.folio_order[head] = new_order
+        frames.folio_anon[head] = True
+        frames.folio_index[head] = index + (head - folio)
+        frames.folio_lineage[head] = lineage
+    return heads
+
+
+def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: int) -> str:
+    """Split a large folio into folios of new_order, remapping every mapping as PTEs.
+
+    Refused with EAGAIN if any reference is not a mapping (a pin).
+    """
+    frames = machine.frames
+    order = int(frames.folio_order[folio])
+    if new_order == 1 or new_order >= order or not 0 <= new_order <= 8:
+        return EINVAL
+    if int(frames.folio_refcount[folio]) != int(frames.folio_large_mapcount[folio]):
+        return EAGAIN
+    saved_data = frames.page_data[folio:folio + folio_nr_pages(machine, folio)].copy()
+    folio_get(machine, folio)  # the caller's reference, held across the unmap
+    mappings = unmap_folio(machine, folio)
+    check(int(frames.folio_refcount[folio]) == 1, "extra reference appeared during split")
+    frames.folio_refcount[folio] = 0
+    heads = __split_folio_to_order(machine, folio, new_order)
+    frames.page_data[folio:folio + len(saved_data)] = saved_data
+    for head in heads:
+        remap_page(machine, folio, head, mappings)
+    for head in heads:
+        if int(frames.folio_refcount[head]) == 0:
+            frames.folio_free(head)
+    return OK
+
+
+def remap_page(machine: Machine, old_folio: int, folio: int, mappings: list[FolioMapping]) -> None:
+    """remove_migration_ptes for one new folio: its pages' mappings, in walk order."""
+    nr_pages = folio_nr_pages(machine, folio)
+    for mapping in mappings:
+        if mapping.is_pmd:
+            pages = range(folio, folio + nr_pages)
+        else:
+            page = int(pte_pfn(mapping.entry))
+            pages = range(page, page + 1) if folio <= page < folio + nr_pages else range(0)
+        for page in pages:
+            addr = mapping.addr + ((page - old_folio) << PAGE_SHIFT if mapping.is_pmd else 0)
+            machine.set_pte_at(mapping.mm, addr, remap_entry(mapping.entry, page, mapping.vma))
+            folio_get_for_mapping(machine, folio)
+            folio_add_anon_rmap_pte(machine, folio, page, mapping.mm, mapping.exclusive)
+
+
+def folio_get_for_mapping(machine: Machine, folio: int) -> None:
+    """A remapped page takes one reference for its mapping (refcount starts at 0 after split)."""
+    machine.frames.folio_refcount[folio] += 1

@@ -1,0 +1,181 @@
+"""The reference kernel: every op of SPEC §3, one PTE and one page at a time.
+
+Each op checks its precedence list, does its kernel work, and then, unless it
+keeps partial work (SPEC §3), either rolls back on failure (the transactional
+model) or canonicalises contpte blocks before the user's access.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from machine import MM, Machine, check
+from machine.errors import EFAULT, EINVAL, ENOENT, OK
+from machine.pgtable import PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present
+
+from .folio import page_folio
+from .gup import pin_user_pages, unpin_user_pages
+from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
+from .memory import do_swap_page, handle_write_fault
+from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
+from .mprotect import do_mprotect_pkey
+from .vmscan import shrink_folio_list, try_to_unmap
+
+MAX_FAULT_ORDER = 9
+
+
+class Kernel:
+    """reference.Kernel: the naive oracle the batched implementation is judged against."""
+
+    name = "reference"
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+
+    def _mm(self, pid: int) -> MM:
+        check(pid in self.machine.processes, f"P{pid} does not exist")
+        return self.machine.processes[pid]
+
+    def _transaction(self, operation: Callable[[], str]) -> str:
+        """Run operation; on failure put the machine back exactly as it was (SPEC §1)."""
+        snapshot = self.machine.snapshot()
+        result = operation()
+        if result != OK:
+            self.machine.restore(snapshot)
+            return result
+        self.machine.contpte_canonicalise()
+        return OK
+
+    def _keeping_partial_work(self, operation: Callable[[], str]) -> str:
+        """Run an op whose failure keeps what was done (dontneed, mprotect, try_to_unmap)."""
+        result = operation()
+        self.machine.contpte_canonicalise()
+        return result
+
+    # VMAs.
+
+    def mmap(self, pid: int, addr: int, length: int, prot: str) -> str:
+        mm = self._mm(pid)
+        return self._transaction(lambda: do_mmap(self.machine, mm, addr, length, prot == "rw"))
+
+    def munmap(self, pid: int, addr: int, length: int) -> str:
+        mm = self._mm(pid)
+        return self._keeping_partial_work(lambda: do_munmap(self.machine, mm, addr, length))
+
+    def dontneed(self, pid: int, addr: int, length: int) -> str:
+        mm = self._mm(pid)
+        return self._keeping_partial_work(lambda: madvise_dontneed(self.machine, mm, addr, length))
+
+    def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str:
+        mm = self._mm(pid)
+        return self._keeping_partial_work(
+            lambda: do_mprotect_pkey(self.machine, mm, addr, length, prot == "rw"))
+
+    # Faults and user accesses.
+
+    def fault(self, pid: int, addr: int, order: int) -> str:
+        mm = self._mm(pid)
+        if not 0 <= order <= MAX_FAULT_ORDER:
+            return EINVAL
+        vma = mm.find_vma(addr)
+        if vma is None or not vma.writable:
+            return EFAULT
+        if pte_none(self.machine.lookup(mm, addr)[1]):
+            return self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, order))
+        return self._user_write(mm, vma, addr, value=None)
+
+    def write(self, pid: int, addr: int, value: int) -> str:
+        mm = self._mm(pid)
+        vma = mm.find_vma(addr)
+        if vma is None or not vma.writable:
+            return EFAULT
+        return self._user_write(mm, vma, addr, value)
+
+    def _user_write(self, mm: MM, vma, addr: int, value: int | None) -> str:
+        """Write-fault addr in, then store value (None: the word already there, as `fault` does)."""
+        result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, 0))
+        if result != OK:
+            return result
+        if value is None:
+            value = int(self.machine.frames.page_data[self.machine.page_at(mm, addr)])
+        self.machine.user_write(mm, addr, value)
+        return OK
+
+    def read(self, pid: int, addr: int) -> str:
+        mm = self._mm(pid)
+        vma = mm.find_vma(addr)
+        if vma is None:
+            return EFAULT
+        entry = self.machine.lookup(mm, addr)[1]
+        if pte_none(entry):
+            return OK  # model: no zero page; reads 0 and maps nothing
+        if is_swap_pte(entry):
+            result = self._transaction(lambda: do_swap_page(self.machine, mm, vma, addr, write_fault=False))
+            if result != OK:
+                return result
+        self.machine.user_read(mm, addr)
+        return OK
+
+    # Pins.
+
+    def pin(self, pid: int, addr: int, nr_pages: int, mode: str) -> str:
+        mm = self._mm(pid)
+        return self._transaction(lambda: pin_user_pages(self.machine, mm, addr, nr_pages, mode == "rw"))
+
+    def unpin(self, pin_id: int) -> str:
+        return self._transaction(lambda: unpin_user_pages(self.machine, pin_id))
+
+    # Processes.
+
+    def fork(self, pid: int) -> str:
+        mm = self._mm(pid)
+        return self._transaction(lambda: dup_mmap(self.machine, mm))
+
+    def exit(self, pid: int) -> str:
+        mm = self._mm(pid)
+        return self._keeping_partial_work(lambda: exit_mmap(self.machine, mm) or OK)
+
+    # Reclaim and splits: they act on the folio mapped at (pid, addr).
+
+    def _folio_at(self, mm: MM, addr: int) -> int | None:
+        entry = self.machine.lookup(mm, addr)[1]
+        if not pte_present(entry):
+            return None
+        return page_folio(self.machine, int(pte_pfn(entry)))
+
+    def reclaim(self, pid: int, addr: int) -> str:
+        mm = self._mm(pid)
+        if mm.find_vma(addr) is None:
+            return EFAULT
+        folio = self._folio_at(mm, addr)
+        if folio is None:
+            return ENOENT
+        return self._transaction(lambda: shrink_folio_list(self.machine, folio))
+
+    def try_to_unmap(self, pid: int, addr: int) -> str:
+        mm = self._mm(pid)
+        if mm.find_vma(addr) is None:
+            return EFAULT
+        folio = self._folio_at(mm, addr)
+        if folio is None:
+            return ENOENT
+        return self._keeping_partial_work(lambda: try_to_unmap(self.machine, folio))
+
+    def split_pmd(self, pid: int, addr: int) -> str:
+        mm = self._mm(pid)
+        vma = mm.find_vma(addr)
+        if vma is None:
+            return EFAULT
+        haddr = addr & ~(PMD_SIZE - 1)
+        if not pmd_trans_huge(self.machine.pmdp_get(mm, haddr)):
+            return ENOENT
+        return self._transaction(lambda: split_huge_pmd_locked(self.machine, mm, vma, haddr) or OK)
+
+    def split(self, pid: int, addr: int, order: int) -> str:
+        mm = self._mm(pid)
+        if mm.find_vma(addr) is None:
+            return EFAULT
+        folio = self._folio_at(mm, addr)
+        if folio is None:
+            return ENOENT
+        return self._transaction(lambda: split_huge_page_to_list_to_order(self.machine, folio, order))

@@ -1,0 +1,328 @@
+"""Faults, COW, swap-in, zap and fork's page-table copy, as mm/memory.c: one PTE at a time."""
+
+from __future__ import annotations
+
+from machine import MM, VMA, Machine, check
+from machine.errors import EBUSY, ENOMEM, OK
+from machine.pgtable import (
+    HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, is_swap_pte, pfn_pte, pmd_trans_huge,
+    pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_none, pte_pfn, pte_present,
+    pte_swp_clear_exclusive, pte_swp_exclusive, pte_swp_offset, pte_write, pte_wrprotect,
+    vm_get_page_prot,
+)
+
+from . import huge_memory
+from .folio import (
+    PageAnonExclusive, SetPageAnonExclusive, copy_user_page, folio_alloc, folio_get,
+    folio_large_maybe_mapped_shared, folio_nr_pages, folio_put, folio_ref_add, folio_test_large,
+    page_folio,
+)
+from .rmap import (
+    folio_add_new_anon_rmap, folio_remove_rmap_pte, folio_try_dup_anon_rmap_pte,
+)
+from .swap import swap_duplicate, swap_free
+
+
+def maybe_mkwrite(pte: int, vma: VMA) -> int:
+    return pte_mkwrite(pte) if vma.writable else pte
+
+
+def mk_pte(page: int, vma: VMA) -> int:
+    return pfn_pte(page, vm_get_page_prot(vma.writable))
+
+
+# Anonymous faults (do_anonymous_page, alloc_anon_folio).
+
+def fault_orders(order: int) -> list[int]:
+    """The orders a fault of order K tries: K, K-1, ... 0, never 1 (K = 1 acts as 0)."""
+    return [candidate for candidate in range(order, -1, -1) if candidate != 1]
+
+
+def pte_range_none(machine: Machine, mm: MM, addr: int, nr_pages: int) -> bool:
+    """All nr_pages PTEs from addr are none, one entry at a time."""
+    return all(pte_none(machine.ptep_get(mm, addr + (i << PAGE_SHIFT))) for i in range(nr_pages))
+
+
+def fault_order_suitable(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> bool:
+    """The aligned range of 2**order pages around addr lies in vma and maps nothing."""
+    nr_pages = 1 << order
+    start = addr & ~((nr_pages << PAGE_SHIFT) - 1)
+    end = start + (nr_pages << PAGE_SHIFT)
+    if start < vma.start or end > vma.end:
+        return False
+    if order == HPAGE_PMD_ORDER and pmd_trans_huge(machine.pmdp_get(mm, start)):
+        return False
+    return pte_range_none(machine, mm, start, nr_pages)
+
+
+def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
+    """A write fault on a none entry: the largest suitable order K..0 that can be allocated.
+
+    Context: vma is writable; nothing is mapped at addr.
+    """
+    check(vma.writable, "anonymous write fault in a read-only VMA")
+    for candidate in fault_orders(order):
+        if not fault_order_suitable(machine, mm, vma, addr, candidate):
+            continue
+        folio = folio_alloc(machine, candidate)
+        if folio is None:
+            continue
+        if candidate == HPAGE_PMD_ORDER:
+            huge_memory.map_anon_folio_pmd(machine, mm, vma, addr & ~(PMD_SIZE - 1), folio)
+        else:
+            map_anon_folio_pte(machine, mm, vma, addr & ~((PAGE_SIZE << candidate) - 1), folio)
+        return OK
+    return ENOMEM
+
+
+def map_anon_folio_pte(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
+    """Map a fresh folio whole at addr, writable and dirty, every page exclusive."""
+    nr_pages = folio_nr_pages(machine, folio)
+    folio_ref_add(machine, folio, nr_pages - 1)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
+    entry = maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma)
+    for i in range(nr_pages):
+        machine.set_pte_at(mm, addr + (i << PAGE_SHIFT), pfn_pte(folio + i, entry))
+        mm.rss_anon += 1
+
+
+# Write faults on present read-only entries (do_wp_page).
+
+def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
+    """Whether every reference is one of mm's mappings, so no one else can see the folio."""
+    frames = machine.frames
+    if folio_test_large(machine, folio):
+        return __wp_can_reuse_large_anon_folio(machine, folio, mm)
+    return int(frames.folio_refcount[folio]) == 1
+
+
+def __wp_can_reuse_large_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
+    """v6.15: reuse when mapped more than once, only by mm, and all refs are mappings."""
+    frames = machine.frames
+    large_mapcount = int(frames.folio_large_mapcount[folio])
+    if large_mapcount <= 1:
+        return False  # give back a large folio mapped by a single page
+    if folio_large_maybe_mapped_shared(machine, folio):
+        return False
+    if large_mapcount != int(frames.folio_refcount[folio]):
+        return False
+    check(mm.mm_id in (int(frames.folio_mm_id[folio, 0]), int(frames.folio_mm_id[folio, 1])),
+          "exclusively mapped folio not mapped by the faulting mm")
+    return True
+
+
+def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: bool) -> str:
+    """A write (or unshare) fault on a present read-only PTE: reuse the page, else copy it.
+
+    Context: a present PTE maps addr; for a write fault the VMA is writable.
+    """
+    pte = machine.ptep_get(mm, addr)
+    check(pte_present(pte), "do_wp_page on a non-present PTE")
+    check(unshare or vma.writable, "write fault in a read-only VMA")
+    page = int(pte_pfn(pte))
+    folio = page_folio(machine, page)
+    if PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm):
+        SetPageAnonExclusive(machine, page)
+        if unshare:
+            return OK
+        wp_page_reuse(machine, mm, vma, addr, pte)
+        return OK
+    return wp_page_copy(machine, mm, vma, addr, pte, unshare)
+
+
+def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> None:
+    entry = maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma)
+    machine.set_pte_at(mm, addr, entry)
+
+
+def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
+    """Copy the page to a new exclusive order-0 folio, then drop the old mapping."""
+    old_page = int(pte_pfn(pte))
+    old_folio = page_folio(machine, old_page)
+    new_folio = folio_alloc(machine, 0)
+    if new_folio is None:
+        return ENOMEM
+    copy_user_page(machine, new_folio, old_page)
+    folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr, exclusive=True)
+    entry = mk_pte(new_folio, vma)
+    if not unshare:
+        entry = maybe_mkwrite(pte_mkdirty(entry), vma)
+    machine.ptep_get_and_clear(mm, addr)
+    machine.set_pte_at(mm, addr, entry)
+    folio_remove_rmap_pte(machine, old_folio, old_page, mm)
+    folio_put(machine, old_folio)
+    return OK
+
+
+# Swap-in (do_swap_page; model: no swap cache, every swap-in is a fresh order-0 folio).
+
+def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool) -> str:
+    """Swap the page at addr in to a fresh exclusive order-0 folio."""
+    pte = machine.ptep_get(mm, addr)
+    check(is_swap_pte(pte), "do_swap_page on a non-swap PTE")
+    check(not write_fault or vma.writable, "write fault in a read-only VMA")
+    slot = int(pte_swp_offset(pte))
+    folio = folio_alloc(machine, 0)
+    if folio is None:
+        return ENOMEM
+    machine.frames.page_data[folio] = machine.swap.swap_data[slot]
+    entry = mk_pte(folio, vma)
+    if vma.writable:  # exclusive: the folio is fresh (the swap count was ours alone to read)
+        entry = pte_mkwrite(entry)
+        if write_fault:
+            entry = pte_mkdirty(entry)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
+    swap_free(machine, slot)
+    mm.rss_swap -= 1
+    mm.rss_anon += 1
+    machine.set_pte_at(mm, addr, entry)
+    return OK
+
+
+# The fault entry points of the ops.
+
+def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
+    """Make addr writable as a user write fault does (order applies to a none entry)."""
+    check(vma.writable, "write fault in a read-only VMA")
+    haddr = addr & ~(PMD_SIZE - 1)
+    pmd = machine.pmdp_get(mm, haddr)
+    if pmd_trans_huge(pmd):
+        if pte_write(pmd):
+            return OK
+        result = huge_memory.do_huge_pmd_wp_page(machine, mm, vma, addr, unshare=False)
+        if result != huge_memory.FALLBACK:
+            return result
+    pte = machine.ptep_get(mm, addr)
+    if pte_none(pte):
+        return do_anonymous_page(machine, mm, vma, addr, order)
+    if is_swap_pte(pte):
+        return do_swap_page(machine, mm, vma, addr, write_fault=True)
+    if pte_write(pte):
+        return OK
+    return do_wp_page(machine, mm, vma, addr, unshare=False)
+
+
+def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
+    """FAULT_FLAG_UNSHARE for a R/O pin of a maybe-shared page: reuse or copy, never writable."""
+    haddr = addr & ~(PMD_SIZE - 1)
+    if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
+        result = huge_memory.do_huge_pmd_wp_page(machine, mm, vma, addr, unshare=True)
+        if result != huge_memory.FALLBACK:
+            return result
+    return do_wp_page(machine, mm, vma, addr, unshare=True)
+
+
+# zap (zap_pte_range, zap_present_pte, zap_nonpresent_ptes).
+
+def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
+    pte = machine.ptep_get_and_clear(mm, addr)
+    page = int(pte_pfn(pte))
+    folio = page_folio(machine, page)
+    mm.rss_anon -= 1
+    folio_remove_rmap_pte(machine, folio, page, mm)
+    folio_put(machine, folio)
+
+
+def zap_swap_pte(machine: Machine, mm: MM, addr: int) -> None:
+    pte = machine.ptep_get_and_clear(mm, addr)
+    mm.rss_swap -= 1
+    swap_free(machine, int(pte_swp_offset(pte)))
+
+
+def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
+    """Zap every PTE in [start, end), which lies inside one PMD and one VMA."""
+    for addr in range(start, end, PAGE_SIZE):
+        pte = machine.ptep_get(mm, addr)
+        if pte_present(pte):
+            zap_present_pte(machine, mm, addr)
+        elif is_swap_pte(pte):
+            zap_swap_pte(machine, mm, addr)
+
+
+def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
+    """Zap [start, end) of vma: a fully covered PMD block whole, a partial one split first."""
+    check(vma.start <= start < end <= vma.end, "zap range leaves the VMA")
+    addr = start
+    while addr < end:
+        haddr = addr & ~(PMD_SIZE - 1)
+        next_addr = min(haddr + PMD_SIZE, end)
+        if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
+            if addr == haddr and next_addr == haddr + PMD_SIZE:
+                huge_memory.zap_huge_pmd(machine, mm, haddr)
+                addr = next_addr
+                continue
+            huge_memory.split_huge_pmd_locked(machine, mm, vma, haddr)
+        zap_pte_range(machine, mm, addr, next_addr)
+        addr = next_addr
+
+
+# fork (copy_page_range, copy_present_pte, copy_present_page, copy_nonpresent_pte).
+
+def copy_nonpresent_pte(machine: Machine, dst_mm: MM, src_mm: MM, addr: int) -> None:
+    """Share a swap entry with the child; an exclusive marker is cleared in both."""
+    pte = machine.ptep_get(src_mm, addr)
+    swap_duplicate(machine, int(pte_swp_offset(pte)))
+    if pte_swp_exclusive(pte):
+        pte = pte_swp_clear_exclusive(pte)
+        machine.set_pte_at(src_mm, addr, pte)
+    dst_mm.rss_swap += 1
+    machine.set_pte_at(dst_mm, addr, pte)
+
+
+def copy_present_page(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int, src_page: int) -> str:
+    """Give the child its own copy of an exclusive page of a maybe-pinned folio."""
+    new_folio = folio_alloc(machine, 0)
+    if new_folio is None:
+        return ENOMEM
+    copy_user_page(machine, new_folio, src_page)
+    folio_add_new_anon_rmap(machine, new_folio, dst_mm, dst_vma, addr, exclusive=True)
+    dst_mm.rss_anon += 1
+    entry = maybe_mkwrite(pte_mkdirty(mk_pte(new_folio, dst_vma)), dst_vma)
+    machine.set_pte_at(dst_mm, addr, entry)
+    return OK
+
+
+def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, addr: int) -> str:
+    """Copy one present PTE to the child: share the page, or copy it if it may be pinned."""
+    pte = machine.ptep_get(src_mm, addr)
+    page = int(pte_pfn(pte))
+    folio = page_folio(machine, page)
+    folio_get(machine, folio)
+    if folio_try_dup_anon_rmap_pte(machine, folio, page, dst_mm, src_mm) == EBUSY:
+        folio_put(machine, folio)
+        return copy_present_page(machine, dst_mm, dst_vma, addr, page)
+    dst_mm.rss_anon += 1
+    if pte_write(pte):
+        machine.ptep_set_wrprotect(src_mm, addr)
+        pte = pte_wrprotect(pte)
+    machine.set_pte_at(dst_mm, addr, pte_mkold(pte))
+    return OK
+
+
+def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start: int, end: int) -> str:
+    for addr in range(start, end, PAGE_SIZE):
+        pte = machine.ptep_get(src_mm, addr)
+        if pte_present(pte):
+            result = copy_present_pte(machine, dst_mm, dst_vma, src_mm, addr)
+            if result != OK:
+                return result
+        elif is_swap_pte(pte):
+            copy_nonpresent_pte(machine, dst_mm, src_mm, addr)
+    return OK
+
+
+def copy_page_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA) -> str:
+    """Copy every mapping of src_vma to the child, in ascending address order."""
+    addr = src_vma.start
+    while addr < src_vma.end:
+        haddr = addr & ~(PMD_SIZE - 1)
+        next_addr = min(haddr + PMD_SIZE, src_vma.end)
+        if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)):
+            if huge_memory.copy_huge_pmd(machine, dst_mm, src_mm, src_vma, haddr) == OK:
+                addr = next_addr
+                continue
+        result = copy_pte_range(machine, dst_mm, dst_vma, src_mm, addr, next_addr)
+        if result != OK:
+            return result
+        addr = next_addr
+    return OK

@@ -1,0 +1,67 @@
+"""mprotect (mm/mprotect.c do_mprotect_pkey, mprotect_fixup, change_protection): one PTE at a time."""
+
+from __future__ import annotations
+
+from machine import MM, VMA, Machine
+from machine.errors import ENOMEM, OK
+from machine.pgtable import (
+    PAGE_SIZE, PMD_SIZE, pmd_trans_huge, pte_mkwrite, pte_modify, pte_pfn, pte_present,
+    vm_get_page_prot,
+)
+
+from .folio import PageAnonExclusive
+from .huge_memory import split_huge_pmd_locked, change_huge_pmd
+
+
+def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int) -> None:
+    """New protection for one present PTE; an exclusive page in a rw VMA becomes writable."""
+    pte = machine.ptep_get(mm, addr)
+    entry = pte_modify(pte, vm_get_page_prot(vma.writable))
+    if vma.writable and PageAnonExclusive(machine, int(pte_pfn(pte))):
+        entry = pte_mkwrite(entry)
+    machine.set_pte_at(mm, addr, entry)
+
+
+def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
+    """Apply vma's protection to [start, end): a covered PMD whole, a partial one split first."""
+    addr = start
+    while addr < end:
+        haddr = addr & ~(PMD_SIZE - 1)
+        next_addr = min(haddr + PMD_SIZE, end)
+        if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
+            if addr == haddr and next_addr == haddr + PMD_SIZE:
+                change_huge_pmd(machine, mm, vma, haddr)
+                addr = next_addr
+                continue
+            split_huge_pmd_locked(machine, mm, vma, haddr)
+        for page_addr in range(addr, next_addr, PAGE_SIZE):
+            if pte_present(machine.ptep_get(mm, page_addr)):
+                change_pte(machine, mm, vma, page_addr)
+        addr = next_addr
+
+
+def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:
+    """Change [start, end) of vma: split it at the edges, change entries, merge neighbours."""
+    if vma.writable == writable:
+        return
+    if vma.start < start:
+        vma = mm.vma_split(vma, start)
+    if vma.end > end:
+        mm.vma_split(vma, end)
+    vma.writable = writable
+    change_protection(machine, mm, vma, start, end)
+    mm.vma_merge(vma)
+
+
+def do_mprotect_pkey(machine: Machine, mm: MM, start: int, length: int, writable: bool) -> str:
+    """VMA by VMA from start; ENOMEM at the first hole, earlier VMAs staying changed."""
+    end = start + length
+    addr = start
+    while addr < end:
+        vma = mm.find_vma(addr)
+        if vma is None:
+            return ENOMEM
+        next_addr = min(vma.end, end)
+        mprotect_fixup(machine, mm, vma, addr, next_addr, writable)
+        addr = next_addr
+    return OK

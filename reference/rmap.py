@@ -1,0 +1,250 @@
+"""Reverse mapping, as mm/rmap.c and include/linux/rmap.h: one PTE and one page at a time.
+
+Counts are plain (the kernel's accessor values): a slot count of 0 with
+MM_ID_DUMMY is a free slot (the kernel's -1).
+"""
+
+from __future__ import annotations
+
+from machine import MM, MM_ID_DUMMY, VMA, Machine, check
+from machine.errors import EBUSY, OK
+from machine.pgtable import HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT
+
+from .folio import (
+    ClearPageAnonExclusive, PageAnonExclusive, SetPageAnonExclusive, folio_maybe_dma_pinned,
+    folio_needs_cow_for_dma, folio_nr_pages, folio_test_large, page_folio,
+)
+
+
+def __folio_rmap_sanity_checks(machine: Machine, folio: int, page: int, nr_pages: int) -> None:
+    check(nr_pages >= 1, "nr_pages must be positive")
+    check(page_folio(machine, page) == folio, f"page {page} is not in folio {folio}")
+    check(page_folio(machine, page + nr_pages - 1) == folio, "range leaves the folio")
+
+
+# MM_ID: who maps a large folio (CONFIG_MM_ID, include/linux/rmap.h).
+
+def folio_set_large_mapcount(machine: Machine, folio: int, mapcount: int, mm: MM) -> None:
+    """A new large folio's mapcount, all of it in mm's slot 0."""
+    frames = machine.frames
+    check(frames.folio_mm_id[folio, 0] == MM_ID_DUMMY and frames.folio_mm_id[folio, 1] == MM_ID_DUMMY,
+          "new folio already has MM_ID slots")
+    frames.folio_large_mapcount[folio] = mapcount
+    frames.folio_mm_id_mapcount[folio, 0] = mapcount
+    frames.folio_mm_id[folio, 0] = mm.mm_id
+
+
+def folio_add_return_large_mapcount(machine: Machine, folio: int, diff: int, mm: MM) -> int:
+    """Add diff mappings by mm; claim a slot or mark the folio maybe mapped shared."""
+    frames = machine.frames
+    check(diff >= 1 and diff <= folio_nr_pages(machine, folio), "bad large mapcount diff")
+    new_mapcount = int(frames.folio_large_mapcount[folio]) + diff
+    frames.folio_large_mapcount[folio] = new_mapcount
+    mm_ids = frames.folio_mm_id[folio]
+    mapcounts = frames.folio_mm_id_mapcount[folio]
+    if mm_ids[0] == mm.mm_id:
+        mapcounts[0] += diff
+    elif mm_ids[1] == mm.mm_id:
+        mapcounts[1] += diff
+    elif mm_ids[0] == MM_ID_DUMMY:
+        mm_ids[0] = mm.mm_id
+        mapcounts[0] = diff
+        if new_mapcount != diff:  # we might have other mappings already
+            frames.folio_mm_ids_shared[folio] = True
+    elif mm_ids[1] == MM_ID_DUMMY:
+        mm_ids[1] = mm.mm_id
+        mapcounts[1] = diff
+        frames.folio_mm_ids_shared[folio] = True  # slot 0 certainly has mappings as well
+    return new_mapcount
+
+
+def folio_sub_return_large_mapcount(machine: Machine, folio: int, diff: int, mm: MM) -> int:
+    """Remove diff mappings by mm; clear "maybe mapped shared" once one slot owns all."""
+    frames = machine.frames
+    check(diff >= 1 and diff <= folio_nr_pages(machine, folio), "bad large mapcount diff")
+    new_mapcount = int(frames.folio_large_mapcount[folio]) - diff
+    check(new_mapcount >= 0, f"folio {folio} large mapcount underflow")
+    frames.folio_large_mapcount[folio] = new_mapcount
+    mm_ids = frames.folio_mm_id[folio]
+    mapcounts = frames.folio_mm_id_mapcount[folio]
+    for slot in (0, 1):
+        if mm_ids[slot] == mm.mm_id:
+            mapcounts[slot] -= diff
+            if mapcounts[slot] >= 1:
+                return new_mapcount
+            mapcounts[slot] = 0
+            mm_ids[slot] = MM_ID_DUMMY
+            break
+    if mapcounts[0] == new_mapcount or mapcounts[1] == new_mapcount:
+        frames.folio_mm_ids_shared[folio] = False
+    return new_mapcount
+
+
+# Adding mappings.
+
+def __folio_set_anon(machine: Machine, folio: int, vma: VMA, addr: int) -> None:
+    """Make a new folio anon in vma's lineage with index = linear page index of addr."""
+    frames = machine.frames
+    frames.folio_anon[folio] = True
+    frames.folio_index[folio] = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
+    frames.folio_lineage[folio] = vma.lineage
+
+
+def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr: int,
+                            exclusive: bool) -> None:
+    """Account the first mappings of a brand-new folio mapped whole at addr.
+
+    Context: the folio is fresh (unmapped, not anon); addr is where its first page is mapped.
+    PTE-mapped: every page gets one mapping; PMD-mappable: one entire mapping, head exclusive.
+    """
+    frames = machine.frames
+    check(not frames.folio_anon[folio], "folio_add_new_anon_rmap on an anon folio")
+    check(frames.folio_large_mapcount[folio] == 0 and frames.page_mapcount[folio] == 0,
+          "new folio already mapped")
+    __folio_set_anon(machine, folio, vma, addr)
+    nr_pages = folio_nr_pages(machine, folio)
+    if not folio_test_large(machine, folio):
+        frames.page_mapcount[folio] = 1
+        if exclusive:
+            SetPageAnonExclusive(machine, folio)
+    elif int(frames.folio_order[folio]) < HPAGE_PMD_ORDER:
+        for page in range(folio, folio + nr_pages):
+            frames.page_mapcount[page] = 1
+            if exclusive:
+                SetPageAnonExclusive(machine, page)
+        folio_set_large_mapcount(machine, folio, nr_pages, mm)
+    else:
+        frames.folio_entire_mapcount[folio] = 1
+        folio_set_large_mapcount(machine, folio, 1, mm)
+        if exclusive:
+            SetPageAnonExclusive(machine, folio)
+
+
+def folio_add_anon_rmap_pte(machine: Machine, folio: int, page: int, mm: MM, exclusive: bool) -> None:
+    """Account one more PTE mapping of page (swap-in, PMD split, folio-split remap)."""
+    __folio_rmap_sanity_checks(machine, folio, page, 1)
+    frames = machine.frames
+    check(frames.folio_anon[folio], "folio_add_anon_rmap_pte on a non-anon folio")
+    frames.page_mapcount[page] += 1
+    if folio_test_large(machine, folio):
+        folio_add_return_large_mapcount(machine, folio, 1, mm)
+    if exclusive:
+        SetPageAnonExclusive(machine, page)
+    check(not PageAnonExclusive(machine, page) or frames.page_mapcount[page] == 1,
+          f"exclusive page {page} mapped more than once")
+
+
+def folio_add_anon_rmap_pmd(machine: Machine, folio: int, mm: MM, exclusive: bool) -> None:
+    """Account one more PMD mapping of a PMD-sized folio; exclusivity lives on the head."""
+    frames = machine.frames
+    check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD mapping of a non-PMD folio")
+    frames.folio_entire_mapcount[folio] += 1
+    folio_add_return_large_mapcount(machine, folio, 1, mm)
+    if exclusive:
+        SetPageAnonExclusive(machine, folio)
+
+
+# Removing mappings: never touches PageAnonExclusive (stale bits stay).
+
+def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> None:
+    __folio_rmap_sanity_checks(machine, folio, page, 1)
+    frames = machine.frames
+    check(frames.page_mapcount[page] >= 1, f"page {page} mapcount underflow")
+    frames.page_mapcount[page] -= 1
+    if folio_test_large(machine, folio):
+        folio_sub_return_large_mapcount(machine, folio, 1, mm)
+
+
+def folio_remove_rmap_pmd(machine: Machine, folio: int, mm: MM) -> None:
+    frames = machine.frames
+    check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD unmapping of a non-PMD folio")
+    check(frames.folio_entire_mapcount[folio] >= 1, f"folio {folio} entire mapcount underflow")
+    frames.folio_entire_mapcount[folio] -= 1
+    folio_sub_return_large_mapcount(machine, folio, 1, mm)
+
+
+# fork: duplicate a mapping, refusing exclusive pages of a maybe-pinned folio.
+
+def folio_try_dup_anon_rmap_pte(machine: Machine, folio: int, page: int, dst_mm: MM, src_mm: MM) -> str:
+    """Share page with the child: clear its exclusivity and account the child's mapping.
+
+    Fails with EBUSY, changing nothing, if page is exclusive and the folio may be
+    pinned by the parent (the caller then copies the page for the child).
+    """
+    __folio_rmap_sanity_checks(machine, folio, page, 1)
+    check(machine.frames.folio_anon[folio], "dup of a non-anon folio")
+    if PageAnonExclusive(machine, page) and folio_needs_cow_for_dma(machine, src_mm, folio):
+        return EBUSY
+    ClearPageAnonExclusive(machine, page)
+    machine.frames.page_mapcount[page] += 1
+    if folio_test_large(machine, folio):
+        folio_add_return_large_mapcount(machine, folio, 1, dst_mm)
+    return OK
+
+
+def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm: MM) -> str:
+    """The PMD variant: exclusivity is the head's bit only."""
+    frames = machine.frames
+    check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD dup of a non-PMD folio")
+    if PageAnonExclusive(machine, folio):
+        if folio_needs_cow_for_dma(machine, src_mm, folio):
+            return EBUSY
+        ClearPageAnonExclusive(machine, folio)
+    frames.folio_entire_mapcount[folio] += 1
+    folio_add_return_large_mapcount(machine, folio, 1, dst_mm)
+    return OK
+
+
+# try_to_unmap: an exclusive page must be marked maybe-shared before its PTE becomes swap.
+
+def folio_try_share_anon_rmap_pte(machine: Machine, folio: int, page: int) -> str:
+    """Mark one exclusive page maybe shared; EBUSY, changing nothing, if the folio may be pinned.
+
+    Context: the caller cleared the PTE first.
+    """
+    __folio_rmap_sanity_checks(machine, folio, page, 1)
+    check(PageAnonExclusive(machine, page), f"sharing non-exclusive page {page}")
+    if folio_maybe_dma_pinned(machine, folio):
+        return EBUSY
+    ClearPageAnonExclusive(machine, page)
+    return OK
+
+
+def folio_try_share_anon_rmap_pmd(machine: Machine, folio: int) -> str:
+    """The PMD variant: clears the head's bit only."""
+    check(int(machine.frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD share of a non-PMD folio")
+    check(PageAnonExclusive(machine, folio), f"sharing non-exclusive folio {folio}")
+    if folio_maybe_dma_pinned(machine, folio):
+        return EBUSY
+    ClearPageAnonExclusive(machine, folio)
+    return OK
+
+
+# The rmap walk (model: ascending process, VMA address, page address; SPEC §3).
+
+def rmap_walk_vmas(machine: Machine, folio: int) -> list[tuple[MM, VMA, int, int]]:
+    """Every (mm, vma, start, end) where the folio's pages may be mapped, in walk order.
+
+    A folio's page i can only be mapped at linear address (index + i) << PAGE_SHIFT in a
+    VMA of its lineage (pgoff == start >> PAGE_SHIFT holds for every VMA).
+    """
+    frames = machine.frames
+    first = int(frames.folio_index[folio]) << PAGE_SHIFT
+    last = first + (folio_nr_pages(machine, folio) << PAGE_SHIFT)
+    lineage = int(frames.folio_lineage[folio])
+    walk = []
+    for pid in sorted(machine.processes):
+        mm = machine.processes[pid]
+        for vma in mm.vmas:
+            if vma.lineage == lineage and vma.start < last and vma.end > first:
+                walk.append((mm, vma, max(vma.start, first), min(vma.end, last)))
+    return walk
+
+
+def folio_page_addr(machine: Machine, folio: int, page: int) -> int:
+    """The linear address at which page (of folio) is mapped in every process."""
+    return (int(machine.frames.folio_index[folio]) + page - folio) << PAGE_SHIFT
+
+
+__all__ = [name for name in dir() if name.startswith(("folio_", "__folio", "rmap_"))]
+_ = HPAGE_PMD_NR

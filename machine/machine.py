@@ -17,7 +17,7 @@ from .frames import FrameTable
 from .mm import MM, PmdTable, PteTable, pmd_index, pte_index
 from .pgtable import (
     CONT_PTES, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_AF, PTE_CONT, PTE_RDONLY, PTE_TYPE_MASK,
-    PTE_TYPE_PAGE, PTE_WRITE, PTRS_PER_TABLE, contpte_normalise, pmd_pte, pmd_trans_huge,
+    PTE_TYPE_PAGE, PTRS_PER_TABLE, contpte_normalise, pmd_pte, pmd_trans_huge,
     pte_cont, pte_dirty, pte_mkdirty, pte_pfn, pte_pmd, pte_present, pte_write, pte_wrprotect,
     pte_young,
 )

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from machine import MM, VMA, Machine, check
 from machine.errors import EAGAIN, EBUSY, EINVAL, OK
 from machine.pgtable import (
-    HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, pfn_pte, pmd_trans_huge,
+    HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, pfn_pte, pmd_trans_huge,
     pte_dirty, pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_modify, pte_pfn, pte_pmd,
     pte_present, pte_write, pte_wrprotect, pte_young, vm_get_page_prot,
 )
 
 from .folio import (
     PageAnonExclusive, SetPageAnonExclusive, folio_get, folio_nr_pages, folio_put,
-    folio_ref_add, page_folio,
+    folio_ref_add,
 )
 from .rmap import (
     folio_add_anon_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pmd,

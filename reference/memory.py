@@ -61,6 +61,7 @@ def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int)
     Context: vma is writable; nothing is mapped at addr.
     """
     check(vma.writable, "anonymous write fault in a read-only VMA")
+    check(pte_none(machine.lookup(mm, addr)[1]), f"anonymous fault on a mapped address {addr:#x}")
     for candidate in fault_orders(order):
         if not fault_order_suitable(machine, mm, vma, addr, candidate):
             continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from machine import MM, MM_ID_DUMMY, VMA, Machine, check
 from machine.errors import EBUSY, OK
-from machine.pgtable import HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT
+from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SHIFT
 
 from .folio import (
     ClearPageAnonExclusive, PageAnonExclusive, SetPageAnonExclusive, folio_maybe_dma_pinned,
@@ -246,5 +246,3 @@ def folio_page_addr(machine: Machine, folio: int, page: int) -> int:
     return (int(machine.frames.folio_index[folio]) + page - folio) << PAGE_SHIFT
 
 
-__all__ = [name for name in dir() if name.startswith(("folio_", "__folio", "rmap_"))]
-_ = HPAGE_PMD_NR

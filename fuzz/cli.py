@@ -1,0 +1,177 @@
+"""The `rmapfuzz` command (SPEC §7).
+
+Exit status: 0 when everything holds, 1 on a finding, 2 on bad input or
+usage. Bad input and usage print exactly one line, `rmapfuzz: problem`, on
+stderr. An unexpected exception in the harness itself is a bug: one line and
+status 2, or its traceback with RMAPFUZZ_DEBUG=1.
+
+Each subcommand is a `_command_NAME(args) -> int` registered in `_COMMANDS`
+with a function adding its arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import structlog
+
+from .errors import UsageError
+from .ops import Script, ScriptError, parse_file
+
+PROG = "rmapfuzz"
+DEFAULT_IMPL = "reference"   # the implementation under test unless --impl says otherwise
+SCRIPT_SUFFIX = ".ops"
+EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
+
+log = structlog.get_logger()
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+# ---------------------------------------------------------------------------
+# Logging
+
+
+class _Stderr:
+    """sys.stderr as it is at each write (tests and callers may replace it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_logging(json_logs: bool = False, level: int = logging.INFO) -> None:
+    """structlog to stderr: a console renderer, or one JSON object per line."""
+    renderer = (structlog.processors.JSONRenderer() if json_logs
+                else structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
+        cache_logger_on_first_use=False,
+    )
+
+
+# ---------------------------------------------------------------------------
+# replay
+
+
+def _add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="op scripts (.ops) or raw fuzzer inputs")
+    parser.add_argument("--impl", default=DEFAULT_IMPL, metavar="NAME",
+                        help="implementation under test: reference, batched, a module path "
+                             f"or an entry point in rmapfuzz.implementations (default {DEFAULT_IMPL})")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+
+def _load_input(path: str) -> Script:
+    """An op script; raw fuzzer inputs are not supported yet (UsageError)."""
+    if path.endswith(SCRIPT_SUFFIX):
+        return parse_file(path)
+    if not os.path.isfile(path):
+        raise ScriptError(path, 0, "cannot read: no such file")
+    raise UsageError(f"{path}: raw inputs need the fuzzer decoder (not available yet)")
+
+
+def _command_replay(args: argparse.Namespace) -> int:
+    from .runner import REFERENCE_IMPL, load_implementation, run_script
+
+    # All input is checked before anything runs: a bad file is exit 2, never half a replay.
+    scripts = [_load_input(path) for path in args.files]
+    load_implementation(REFERENCE_IMPL)
+    load_implementation(args.impl)
+    files = []
+    status = EXIT_OK
+    for script in scripts:
+        result = run_script(script, impl=args.impl, ref=REFERENCE_IMPL)
+        log.info("replayed", path=script.path, impl=args.impl, ops=result.ops_run,
+                 findings=len(result.findings))
+        if result.findings:
+            status = EXIT_FINDING
+        files.append({"path": script.path, "ok": result.ok, "ops": result.ops_run,
+                      "findings": [finding.to_json() for finding in result.findings]})
+        if not args.json:
+            for finding in result.findings:
+                print(finding.report())
+            if result.ok:
+                print(f"{script.path}: ok ({result.ops_run} ops)")
+    if args.json:
+        print(json.dumps({"files": files}, indent=2))
+    return status
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+_Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+_COMMANDS: tuple[_Command, ...] = (
+    ("replay", _add_replay_arguments, _command_replay),
+)
+_HELP = {
+    "replay": "run op scripts on two implementations; compare, check oracles and expects",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog=PROG, description="Differential fuzzer for the Linux kernel's "
+                                                   "reverse-map code on a simulated arm64 machine.")
+    parser.add_argument("--log-json", action="store_true", help="log structlog events as JSON lines")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, add_arguments, run in _COMMANDS:
+        subparser = subcommands.add_parser(name, help=_HELP.get(name), description=_HELP.get(name))
+        subparser.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
+                               help="log structlog events as JSON lines")
+        add_arguments(subparser)
+        subparser.set_defaults(run=run)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _script_error_message(error: ScriptError) -> str:
+    return f"{error.path}: {error.message}" if error.line == 0 else str(error)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line argv (default sys.argv[1:]); returns the exit status."""
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exit_request:     # --help
+            return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
+        configure_logging(json_logs=args.log_json)
+        return args.run(args)
+    except ScriptError as error:
+        return _fail(_script_error_message(error))
+    except UsageError as error:
+        return _fail(str(error))
+    except Exception as error:
+        if os.environ.get("RMAPFUZZ_DEBUG") == "1":
+            raise
+        return _fail(f"internal error: {type(error).__name__}: {error} "
+                     "(RMAPFUZZ_DEBUG=1 shows the traceback)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

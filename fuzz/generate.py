@@ -1,0 +1,88 @@
+"""Seeded random op scripts for the randomised tests: valid by construction.
+
+Addresses are drawn from a small window around a few VMAs and biased to the
+boundaries where batching goes wrong (PMD, contpte block, folio and VMA
+edges); orders are biased to 0, 2, 4 and 9. The atheris decoder is a separate
+piece; this one serves pytest's seeded sweeps.
+"""
+
+from __future__ import annotations
+
+import random
+
+from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE
+
+from .ops import Op, Script
+
+WINDOW_BASE = 0x200000
+WINDOW_SIZE = 4 * PMD_SIZE
+ORDERS = (0, 0, 2, 4, 4, 9, 9, 1, 3, 8)
+VALUES = (1, 2, 7, 0xdead, 0xffffffffffffffff)
+
+
+class ScriptGenerator:
+    """Draws one op at a time, tracking which processes and pins can be named."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.live = [0]
+        self.next_pid = 1
+        self.nr_pins = 0
+
+    def addr(self) -> int:
+        rng = self.rng
+        granule = rng.choice((PMD_SIZE, PMD_SIZE, CONT_PTE_SIZE, CONT_PTE_SIZE, PAGE_SIZE))
+        base = WINDOW_BASE + rng.randrange(WINDOW_SIZE // granule) * granule
+        if rng.random() < 0.3:
+            base += rng.choice((-1, 1, 15, 16, 17, 511)) * PAGE_SIZE
+        return min(max(base, 0), WINDOW_BASE + WINDOW_SIZE - PAGE_SIZE)
+
+    def length(self) -> int:
+        rng = self.rng
+        return rng.choice((PAGE_SIZE, 2 * PAGE_SIZE, CONT_PTE_SIZE, 17 * PAGE_SIZE, PMD_SIZE,
+                           PMD_SIZE + CONT_PTE_SIZE, 2 * PMD_SIZE, WINDOW_SIZE))
+
+    def process(self) -> int:
+        return self.rng.choice(self.live)
+
+    def op(self) -> Op:
+        rng = self.rng
+        name = rng.choices(
+            ("mmap", "munmap", "dontneed", "mprotect", "fault", "write", "read", "pin", "unpin",
+             "fork", "exit", "reclaim", "try_to_unmap", "split_pmd", "split"),
+            weights=(6, 2, 2, 4, 14, 14, 5, 6, 3, 5, 2, 5, 4, 3, 4))[0]
+        pid = self.process()
+        if name == "exit" and len(self.live) == 1:
+            name = "fork"
+        if name in ("mmap", "munmap", "dontneed", "mprotect"):
+            prot = rng.choice(("rw", "rw", "ro")) if name in ("mmap", "mprotect") else None
+            return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot)
+        if name in ("fault", "split"):
+            return Op(name, process=pid, addr=self.addr(), order=rng.choice(ORDERS))
+        if name == "write":
+            return Op(name, process=pid, addr=self.addr(), value=rng.choice(VALUES))
+        if name == "pin":
+            self.nr_pins += 1
+            return Op(name, process=pid, addr=self.addr(), nr_pages=rng.choice((1, 1, 2, 17)),
+                      prot=rng.choice(("ro", "rw")))
+        if name == "unpin":
+            return Op(name, pin_id=rng.randrange(self.nr_pins + 1))
+        if name == "fork":
+            self.live.append(self.next_pid)
+            self.next_pid += 1
+            return Op(name, process=pid)
+        if name == "exit":
+            self.live.remove(pid)
+            return Op(name, process=pid)
+        return Op(name, process=pid, addr=self.addr())
+
+    def script(self, nr_ops: int) -> Script:
+        steps = [Op("mmap", process=0, addr=WINDOW_BASE, length=2 * PMD_SIZE, prot="rw")]
+        steps += [self.op() for _ in range(nr_ops - 1)]
+        return Script(path="<generated>", frames=self.rng.choice((256, 1024, 4096)), steps=steps)
+
+
+def random_script(seed: int, max_ops: int = 40) -> Script:
+    """A valid op script of 1..max_ops ops drawn from seed (same seed, same script)."""
+    rng = random.Random(seed)
+    return ScriptGenerator(rng).script(rng.randint(1, max_ops))

@@ -1,0 +1,455 @@
+"""Running an op script on two implementations and reporting the first finding (SPEC §5-§7).
+
+Two machines of the script's size each get a `Kernel` of one implementation
+(the reference first, then the implementation under test) and a shadow
+memory. Each op runs on both; then, in this order, a finding is:
+
+- `exception`: a kernel method raised (or returned something that is not a
+  result code); field: the exception's type;
+- `divergence` on field `result`: the two result codes differ;
+- `oracle`: an oracle of SPEC §6 fails on a machine; field: the oracle;
+- `divergence`: the machines' states differ (SPEC §5); field: the first
+  differing field. With `check_every_op=False` states are compared only at
+  the end, and a difference found there is pinned to the first op after
+  which the states differ by running the script again comparing every op.
+
+An `expect` step is checked on both machines (`expect`; field: the first key
+that fails). The run stops at the first finding. Naming a process that does
+not exist is a `ScriptError`, not a finding.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import structlog
+
+from machine import DEFAULT_NR_FRAMES, Machine
+from machine.errors import RESULTS
+
+from .compare import Difference, compare_machines
+from .errors import UsageError
+from .expects import expect_failures
+from .ops import Expect, Op, Script, ScriptError, format_expect, format_op
+from .oracles import check_oracles
+from .shadow import Shadow
+
+log = structlog.get_logger()
+
+ENTRY_POINT_GROUP = "rmapfuzz.implementations"
+BUILTIN_IMPLEMENTATIONS = {"reference": "reference", "batched": "batched"}
+REFERENCE_IMPL = "reference"
+
+DIVERGENCE = "divergence"
+ORACLE = "oracle"
+EXPECT = "expect"
+EXCEPTION = "exception"
+FINDING_KINDS = (DIVERGENCE, ORACLE, EXPECT, EXCEPTION)
+
+AT_START = "start"   # op_name of a finding before the first op (kernel construction, expects)
+AT_END = "end"       # op_name of a final-state divergence that could not be pinned to an op
+REPORT_DIFFERENCES = 20
+
+
+# ---------------------------------------------------------------------------
+# Implementations
+
+
+def load_implementation(name: str) -> Any:
+    """The implementation called name: a module (or object) exposing `Kernel`.
+
+    "reference" and "batched" are the project's packages; any other name is
+    first an entry point in the group `rmapfuzz.implementations`, else a
+    module path. Raises UsageError if it cannot be loaded or has no Kernel.
+    """
+    if not name:
+        raise UsageError("empty implementation name")
+    loaded = _load_builtin(name) if name in BUILTIN_IMPLEMENTATIONS else None
+    if loaded is None:
+        loaded = _load_entry_point(name)
+    if loaded is None:
+        loaded = _load_module(name)
+    if isinstance(loaded, type):       # an entry point may name the Kernel class itself
+        loaded = SimpleNamespace(Kernel=loaded, __name__=name)
+    if not callable(getattr(loaded, "Kernel", None)):
+        raise UsageError(f"implementation {name!r} does not expose a Kernel class")
+    return loaded
+
+
+def _load_builtin(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(BUILTIN_IMPLEMENTATIONS[name])
+    except Exception as error:
+        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
+
+
+def _load_entry_point(name: str) -> Any | None:
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name == name:
+            try:
+                return entry_point.load()
+            except Exception as error:
+                raise UsageError(f"cannot load implementation {name!r} "
+                                 f"(entry point {entry_point.value}): {_one_line(error)}") from error
+    return None
+
+
+def _load_module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and name.startswith(error.name) and name[len(error.name):][:1] in ("", "."):
+            raise UsageError(f"unknown implementation {name!r}: not a module or an entry point "
+                             f"in {ENTRY_POINT_GROUP}") from error
+        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
+    except Exception as error:
+        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+@dataclass(frozen=True)
+class _Implementation:
+    name: str
+    module: Any
+
+
+def _resolve(impl: str | Any) -> _Implementation:
+    if isinstance(impl, str):
+        return _Implementation(impl, load_implementation(impl))
+    if not callable(getattr(impl, "Kernel", None)):
+        raise UsageError(f"implementation {impl!r} does not expose a Kernel class")
+    return _Implementation(getattr(impl, "__name__", type(impl).__name__), impl)
+
+
+# ---------------------------------------------------------------------------
+# Findings
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The first thing that does not hold in a run.
+
+    kind: divergence, oracle, expect or exception; op_name: the op kind where
+    it shows (for an expect, the last op before it); field: the state field,
+    oracle, expect key or exception type; impl: the implementation(s) it
+    shows on; step_index/line: the script step and its source line.
+    """
+
+    kind: str
+    op_name: str
+    field: str
+    detail: str
+    step_index: int
+    line: int
+    impl: str
+    path: str = ""
+    step_text: str = ""                        # the op or expect as a script line
+    op_number: int = 0                         # 1-based number of the op (0: none)
+    last_op: str = ""                          # for an expect: "line L: op" before it
+    differences: tuple[Difference, ...] = ()   # for a divergence
+    ref: str = ""                              # the reference implementation's name
+
+    @property
+    def signature(self) -> str:
+        """SPEC §7: two inputs with one signature are one finding."""
+        return f"{self.kind}:{self.op_name}:{self.field}"
+
+    def report(self) -> str:
+        """A readable multi-line report."""
+        where = f"{self.path}:{self.line}" if self.path else f"line {self.line}"
+        op = f"op {self.op_number} ({self.step_text})" if self.op_number else self.step_text
+        headline = {
+            DIVERGENCE: f"states differ after {op}" if self.op_number else "final states differ",
+            ORACLE: f"oracle {self.field} fails on {self.impl} after {op}",
+            EXPECT: f"expect fails on {self.impl}: {self.step_text}",
+            EXCEPTION: f"{self.impl} raised {self.field} in {op}",
+        }.get(self.kind, f"{self.kind} at {op}")
+        lines = [f"{where}: {headline}", f"  signature: {self.signature}"]
+        if self.kind == EXPECT and self.last_op:
+            lines.append(f"  after line {self.last_op}")
+        if self.kind == DIVERGENCE and self.ref:
+            lines.append(f"  reference: {self.ref}, other: {self.impl}")
+        lines.extend("    " + text for text in self.detail.splitlines())
+        if self.kind == DIVERGENCE and self.op_number:
+            lines.append(f"  states first differ after op {self.op_number} "
+                         f"(line {self.line}): {self.step_text}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, object]:
+        return {"signature": self.signature, "kind": self.kind, "op": self.op_name,
+                "field": self.field, "line": self.line, "impl": self.impl, "detail": self.detail}
+
+
+@dataclass
+class RunResult:
+    """What a run found (at most one finding: it stops at the first), the number
+    of ops run and each op's result (the reference's, equal to the other's)."""
+
+    findings: list[Finding]
+    ops_run: int
+    results: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+# ---------------------------------------------------------------------------
+# Dispatch: one kernel method per op (SPEC §3)
+
+_DISPATCH: dict[str, Callable[[Any, Op], object]] = {
+    "mmap": lambda kernel, op: kernel.mmap(op.process, op.addr, op.length, op.prot or "rw"),
+    "munmap": lambda kernel, op: kernel.munmap(op.process, op.addr, op.length),
+    "dontneed": lambda kernel, op: kernel.dontneed(op.process, op.addr, op.length),
+    "mprotect": lambda kernel, op: kernel.mprotect(op.process, op.addr, op.length, op.prot),
+    "fault": lambda kernel, op: kernel.fault(op.process, op.addr, op.order or 0),
+    "write": lambda kernel, op: kernel.write(op.process, op.addr, op.value),
+    "read": lambda kernel, op: kernel.read(op.process, op.addr),
+    "pin": lambda kernel, op: kernel.pin(op.process, op.addr, op.nr_pages, op.prot),
+    "unpin": lambda kernel, op: kernel.unpin(op.pin_id),
+    "fork": lambda kernel, op: kernel.fork(op.process),
+    "exit": lambda kernel, op: kernel.exit(op.process),
+    "reclaim": lambda kernel, op: kernel.reclaim(op.process, op.addr),
+    "try_to_unmap": lambda kernel, op: kernel.try_to_unmap(op.process, op.addr),
+    "split_pmd": lambda kernel, op: kernel.split_pmd(op.process, op.addr),
+    "split": lambda kernel, op: kernel.split(op.process, op.addr, op.order),
+}
+
+
+@dataclass
+class _Side:
+    """One implementation's half of a run."""
+
+    name: str
+    machine: Machine
+    kernel: Any = None
+    shadow: Any = None
+    last_result: str | None = None
+
+
+class _Run:
+    """One run of a script; stops at the first finding."""
+
+    def __init__(self, script: Script, ref: _Implementation, other: _Implementation) -> None:
+        self.script = script
+        self.ref_impl, self.other_impl = ref, other
+        ref_name, other_name = ref.name, other.name
+        if ref_name == other_name:
+            ref_name, other_name = f"{ref_name}(ref)", f"{other_name}(impl)"
+        nr_frames = script.frames if script.frames is not None else DEFAULT_NR_FRAMES
+        self.sides = (_Side(ref_name, Machine(nr_frames)), _Side(other_name, Machine(nr_frames)))
+        self.ops_run = 0
+        self.results: list[str] = []
+        self.last_op: Op | None = None
+
+    @property
+    def ref(self) -> _Side:
+        return self.sides[0]
+
+    def execute(self, check_every_op: bool) -> RunResult:
+        finding = self._start()
+        if finding is None:
+            for step_index, step in enumerate(self.script.steps):
+                if isinstance(step, Op):
+                    finding = self._run_op(step_index, step, check_every_op)
+                else:
+                    finding = self._check_expect(step_index, step)
+                if finding is not None:
+                    break
+            else:
+                if not check_every_op:
+                    finding = self._compare(len(self.script.steps) - 1, None)
+        return RunResult([] if finding is None else [finding], self.ops_run, self.results)
+
+    def _finding(self, kind: str, field: str, detail: str, step_index: int, step: Op | Expect | None,
+                 impl: str, **extra: Any) -> Finding:
+        if isinstance(step, Op):
+            op_name, step_text, op_number = step.name, format_op(step), self.ops_run
+        elif isinstance(step, Expect):
+            op_name = self.last_op.name if self.last_op else AT_START
+            step_text, op_number = format_expect(step), 0
+        else:
+            op_name, step_text, op_number = (AT_END if step_index >= 0 else AT_START), "", 0
+        if step is not None:
+            line = step.line
+        elif step_index >= 0 and self.script.steps:
+            line = self.script.steps[-1].line
+        else:
+            line = 0
+        return Finding(kind=kind, op_name=op_name, field=field, detail=detail, step_index=step_index,
+                       line=line, impl=impl, path=self.script.path, step_text=step_text,
+                       op_number=op_number, ref=self.ref.name, **extra)
+
+    # Start: a kernel and a shadow per machine.
+
+    def _start(self) -> Finding | None:
+        for side, impl in zip(self.sides, (self.ref_impl, self.other_impl)):
+            try:
+                side.kernel = impl.module.Kernel(side.machine)
+            except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
+                return self._finding(EXCEPTION, type(error).__name__, _traceback(error), -1, None,
+                                     side.name)
+            side.shadow = Shadow()
+        return None
+
+    # Ops.
+
+    def _run_op(self, step_index: int, op: Op, check_every_op: bool) -> Finding | None:
+        missing = self._missing_process(op)
+        self.ops_run += 1
+        self.last_op = op
+        if missing is not None:
+            return self._finding(DIVERGENCE, "processes", missing, step_index, op, self.sides[1].name)
+        for side in self.sides:
+            finding = self._call(step_index, op, side)
+            if finding is not None:
+                return finding
+        ref_result, other_result = (side.last_result for side in self.sides)
+        self.results.append(ref_result)
+        if ref_result != other_result:
+            difference = Difference("op", "result", ref_result, other_result)
+            return self._finding(DIVERGENCE, "result", difference.describe(*self._names()), step_index,
+                                 op, self.sides[1].name, differences=(difference,))
+        for side in self.sides:
+            side.shadow.apply(op, side.last_result, side.machine)
+        finding = self._check_oracles(step_index, op)
+        if finding is None and check_every_op:
+            finding = self._compare(step_index, op)
+        return finding
+
+    def _missing_process(self, op: Op) -> str | None:
+        """Raise ScriptError if op names a process the reference machine does not have;
+        a process only the other machine lacks is a divergence (returned as its detail)."""
+        if op.process is None:
+            return None
+        if op.process not in self.ref.machine.processes:
+            raise ScriptError(self.script.path, op.line, f"unknown process P{op.process}")
+        other = self.sides[1]
+        if op.process not in other.machine.processes:
+            return f"P{op.process} exists on {self.ref.name} but not on {other.name}"
+        return None
+
+    def _call(self, step_index: int, op: Op, side: _Side) -> Finding | None:
+        try:
+            result = _DISPATCH[op.name](side.kernel, op)
+        except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
+            return self._finding(EXCEPTION, type(error).__name__, _traceback(error), step_index, op,
+                                 side.name)
+        if not isinstance(result, str) or result not in RESULTS:
+            return self._finding(EXCEPTION, "result", f"returned {result!r}, not one of {', '.join(RESULTS)}",
+                                 step_index, op, side.name)
+        side.last_result = result
+        return None
+
+    def _check_oracles(self, step_index: int, op: Op) -> Finding | None:
+        failing: list[str] = []
+        details: list[str] = []
+        first_oracle = ""
+        for side in self.sides:
+            failures = check_oracles(side.machine, side.shadow)
+            if not failures:
+                continue
+            failing.append(side.name)
+            first_oracle = first_oracle or failures[0].oracle
+            details.extend(f"{side.name}: {failure.oracle}: {failure.detail}" for failure in failures)
+        if not failing:
+            return None
+        return self._finding(ORACLE, first_oracle, "\n".join(details), step_index, op, ",".join(failing))
+
+    def _compare(self, step_index: int, op: Op | None) -> Finding | None:
+        differences = compare_machines(self.ref.machine, self.sides[1].machine)
+        if not differences:
+            return None
+        names = self._names()
+        shown = differences[:REPORT_DIFFERENCES]
+        detail = [difference.describe(*names) for difference in shown]
+        if len(differences) > len(shown):
+            detail.append(f"... and {len(differences) - len(shown)} more listed")
+        return self._finding(DIVERGENCE, differences[0].field, "\n".join(detail), step_index, op,
+                             self.sides[1].name, differences=tuple(differences))
+
+    def _names(self) -> tuple[str, str]:
+        return self.sides[0].name, self.sides[1].name
+
+    # Expects.
+
+    def _check_expect(self, step_index: int, expect: Expect) -> Finding | None:
+        self._check_expect_processes(expect)
+        failing: list[str] = []
+        details: list[str] = []
+        first_key = ""
+        for side in self.sides:
+            failures = expect_failures(side.machine, expect, side.last_result)
+            if not failures:
+                continue
+            failing.append(side.name)
+            first_key = first_key or failures[0].key
+            details.extend(f"{side.name}: {failure.message}" for failure in failures)
+        if not failing:
+            return None
+        last_op = f"{self.last_op.line}: {format_op(self.last_op)}" if self.last_op else ""
+        return self._finding(EXPECT, first_key, "\n".join(details), step_index, expect, ",".join(failing),
+                             last_op=last_op)
+
+    def _check_expect_processes(self, expect: Expect) -> None:
+        processes = [expect.process] if expect.kind == "entry" else []
+        processes += [value for key, value in expect.keys if key in ("same-page", "distinct-page")]
+        for process in processes:
+            if process not in self.ref.machine.processes:
+                raise ScriptError(self.script.path, expect.line, f"unknown process P{process}")
+
+
+def _traceback(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error)).rstrip()
+
+
+# ---------------------------------------------------------------------------
+
+
+def run_script(script: Script, impl: str | Any = REFERENCE_IMPL, ref: str | Any = REFERENCE_IMPL,
+               check_every_op: bool = True) -> RunResult:
+    """Run script on implementation impl against ref; see the module doc.
+
+    impl and ref are implementation names (load_implementation) or loaded
+    implementations (anything with a Kernel). Raises UsageError for an
+    implementation that cannot be loaded and ScriptError for a step naming a
+    process that does not exist.
+    """
+    ref_impl, other_impl = _resolve(ref), _resolve(impl)
+    log.debug("run_start", path=script.path, impl=other_impl.name, ref=ref_impl.name,
+              frames=script.frames, steps=len(script.steps), check_every_op=check_every_op)
+    result = _Run(script, ref_impl, other_impl).execute(check_every_op)
+    if not check_every_op and result.findings and result.findings[0].kind == DIVERGENCE \
+            and result.findings[0].op_name == AT_END:
+        # Pin the final difference to the first op after which the states differ.
+        pinned = _Run(script, ref_impl, other_impl).execute(check_every_op=True)
+        if pinned.findings:
+            result = pinned
+    for finding in result.findings:
+        log.info("finding", signature=finding.signature, path=script.path, line=finding.line,
+                 impl=finding.impl, ops=result.ops_run)
+    log.debug("run_done", path=script.path, ops=result.ops_run, findings=len(result.findings))
+    return result
+
+
+__all__ = [
+    "DIVERGENCE",
+    "ENTRY_POINT_GROUP",
+    "EXCEPTION",
+    "EXPECT",
+    "ORACLE",
+    "REFERENCE_IMPL",
+    "Finding",
+    "RunResult",
+    "load_implementation",
+    "run_script",
+]

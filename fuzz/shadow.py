@@ -1,0 +1,96 @@
+"""The harness's shadow memory (SPEC §6, oracles 5 and 6).
+
+What every process should read at every page, as the ops wrote it, and for
+every live pin which of its pages its process has since unmapped. The shadow
+is updated from the op and its result alone (plus the two counters that name
+what an op created: the forked child's process number and the new pin's id),
+never from the page tables it is checked against.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from machine.errors import OK
+from machine.pgtable import PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from machine import Machine, Pin
+
+    from .ops import Op
+
+
+class Shadow:
+    """What every process should read at every page, and which pinned pages their process unmapped."""
+
+    def __init__(self) -> None:
+        # pid -> {page-aligned addr: value}; a missing address reads 0.
+        self.data: dict[int, dict[int, int]] = {}
+        # pin_id -> indices of the pin's pages whose address its process unmapped
+        # (munmap, dontneed, exit) since the pin.
+        self.released: dict[int, set[int]] = {}
+
+    def clone(self) -> Shadow:
+        other = Shadow()
+        other.data = {pid: dict(pages) for pid, pages in self.data.items()}
+        other.released = {pin_id: set(pages) for pin_id, pages in self.released.items()}
+        return other
+
+    def read(self, pid: int, addr: int) -> int:
+        """What process pid should read at addr."""
+        return self.data.get(pid, {}).get(addr, 0)
+
+    def apply(self, op: Op, result: str, machine: Machine) -> None:
+        """Update after `op` ran with `result` ('ok', 'EFAULT', ...) leaving `machine`.
+
+        munmap and dontneed apply whatever the result: dontneed's ENOMEM still
+        zaps the mapped parts of the range, and a zapped page reads 0.
+        """
+        name = op.name
+        if name == "write":
+            if result == OK:
+                self.data.setdefault(op.process, {})[op.addr] = op.value
+        elif name in ("munmap", "dontneed"):
+            self._drop_range(op.process, op.addr, op.addr + op.length)
+            self._release_range(machine, op.process, op.addr, op.addr + op.length)
+        elif name == "exit":
+            self.data.pop(op.process, None)
+            for pin in self._pins_of(machine, op.process):
+                self.released[pin.pin_id] = set(range(pin.nr_pages))
+        elif name == "fork":
+            if result == OK:
+                child = machine.nr_processes - 1
+                self.data[child] = dict(self.data.get(op.process, {}))
+        elif name == "pin":
+            if result == OK:
+                self.released[machine.nr_pins - 1] = set()
+        elif name == "unpin":
+            if result == OK:
+                self.released.pop(op.pin_id, None)
+
+    def _drop_range(self, pid: int, start: int, end: int) -> None:
+        """Forget what pid wrote in [start, end): O(min(pages in range, pages written))."""
+        pages = self.data.get(pid)
+        if not pages:
+            return
+        if (end - start) >> PAGE_SHIFT <= len(pages):
+            for addr in range(start, end, PAGE_SIZE):
+                pages.pop(addr, None)
+        else:
+            for addr in [addr for addr in pages if start <= addr < end]:
+                del pages[addr]
+
+    @staticmethod
+    def _pins_of(machine: Machine, pid: int) -> list[Pin]:
+        return [pin for pin in machine.pins.values() if pin.pid == pid]
+
+    def _release_range(self, machine: Machine, pid: int, start: int, end: int) -> None:
+        """Mark released every page of pid's live pins whose address lies in [start, end)."""
+        for pin in self._pins_of(machine, pid):
+            first = max(0, -(-(start - pin.addr) // PAGE_SIZE))
+            last = min(pin.nr_pages, -(-(end - pin.addr) // PAGE_SIZE))
+            if first < last:
+                self.released.setdefault(pin.pin_id, set()).update(range(first, last))
+
+
+__all__ = ["Shadow"]

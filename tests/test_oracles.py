@@ -1,0 +1,757 @@
+"""Tests of the SPEC §6 oracles and the harness's shadow memory.
+
+Each oracle test builds a healthy state by hand with machine primitives (the
+values the kernel would leave), shows every oracle holds on it, then plants one
+specific bug and shows that exactly that oracle fires.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fuzz.oracles import (
+    GUP_PIN_COUNTING_BIAS, ORACLES, OracleFailure, PageTableScan, check_oracles,
+)
+from fuzz.ops import Op
+from fuzz.shadow import Shadow
+from machine import VMA, Machine
+from machine.mm import MM
+from machine.pgtable import (
+    CONT_PTES, HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE, PTE_AF, PTE_CONT, pfn_pte, pte_cont, pte_mkdirty,
+    pte_mkold, pte_mkwrite, pte_pmd, pte_swp_mkexclusive, pte_wrprotect, swp_entry_to_pte,
+    vm_get_page_prot,
+)
+
+VMA_START = 0x100000
+VMA_END = 0x1000000
+SMALL_ADDR = 0x100000
+MTHP_ADDR = 0x210000          # 64 KiB aligned
+THP_ADDR = 0x400000           # 2 MiB aligned
+SWAP_ADDR = 0x300000
+
+
+# --- builders: healthy states as the kernel leaves them --------------------
+
+def faulted_pte(pfn: int, writable: bool = True) -> int:
+    """What a write fault maps: maybe_mkwrite(pte_mkdirty(mk_pte)) (SPEC §2.3)."""
+    pte = pte_mkdirty(pfn_pte(pfn, vm_get_page_prot(writable)))
+    return pte_mkwrite(pte) if writable else pte
+
+
+def new_world() -> tuple[Machine, Shadow, MM]:
+    """A machine whose P0 has one rw VMA [VMA_START, VMA_END)."""
+    machine = Machine()
+    mm = machine.processes[0]
+    mm.vma_insert(VMA(VMA_START, VMA_END, True, machine.lineage_alloc()))
+    return machine, Shadow(), mm
+
+
+def new_child(machine: Machine, parent: MM) -> MM:
+    """A process with a copy of parent's VMAs and nothing mapped (the start of a fork)."""
+    child = machine.mm_alloc()
+    for vma in parent.vmas:
+        child.vma_insert(VMA(vma.start, vma.end, vma.writable, vma.lineage))
+    return child
+
+
+def new_anon_folio(machine: Machine, order: int, addr: int) -> int:
+    frames = machine.frames
+    folio = frames.folio_alloc(order)
+    frames.folio_refcount[folio] = 0   # the builders count each mapping and pin
+    frames.folio_anon[folio] = True
+    frames.folio_index[folio] = addr >> 12
+    frames.folio_lineage[folio] = 0
+    return folio
+
+
+def write_shadow(shadow: Shadow, machine: Machine, mm: MM, addr: int, value: int) -> None:
+    """A user write of value at addr, in the machine and the shadow."""
+    page = machine.page_at(mm, addr)
+    machine.frames.page_data[page] = value
+    shadow.data.setdefault(mm.pid, {})[addr] = value
+
+
+def map_small_folio(machine: Machine, shadow: Shadow, mm: MM, addr: int, value: int) -> int:
+    """An order-0 folio faulted by a write: exclusive, writable, dirty, young."""
+    frames = machine.frames
+    folio = new_anon_folio(machine, 0, addr)
+    frames.folio_refcount[folio] = 1
+    frames.page_mapcount[folio] = 1
+    frames.page_anon_exclusive[folio] = True
+    machine.set_pte_at(mm, addr, faulted_pte(folio))
+    mm.rss_anon += 1
+    machine.contpte_canonicalise()
+    write_shadow(shadow, machine, mm, addr, value)
+    return folio
+
+
+def map_mthp(machine: Machine, shadow: Shadow, mm: MM, addr: int, order: int = 4) -> int:
+    """An mTHP faulted whole: every page exclusive, one set_ptes, MM_ID slot 0 owns all."""
+    frames = machine.frames
+    nr_pages = 1 << order
+    folio = new_anon_folio(machine, order, addr)
+    span = slice(folio, folio + nr_pages)
+    frames.folio_refcount[folio] = nr_pages
+    frames.folio_large_mapcount[folio] = nr_pages
+    frames.folio_mm_id[folio, 0] = mm.mm_id
+    frames.folio_mm_id_mapcount[folio, 0] = nr_pages
+    frames.page_mapcount[span] = 1
+    frames.page_anon_exclusive[span] = True
+    machine.set_ptes(mm, addr, faulted_pte(folio), nr_pages)
+    mm.rss_anon += nr_pages
+    machine.contpte_canonicalise()
+    for i in range(nr_pages):
+        write_shadow(shadow, machine, mm, addr + i * PAGE_SIZE, 100 + i)
+    return folio
+
+
+def map_pmd_thp(machine: Machine, shadow: Shadow, mm: MM, addr: int) -> int:
+    """A PMD-mapped THP faulted by a write: only the head exclusive."""
+    frames = machine.frames
+    folio = new_anon_folio(machine, 9, addr)
+    frames.folio_refcount[folio] = 1
+    frames.folio_large_mapcount[folio] = 1
+    frames.folio_entire_mapcount[folio] = 1
+    frames.folio_mm_id[folio, 0] = mm.mm_id
+    frames.folio_mm_id_mapcount[folio, 0] = 1
+    frames.page_anon_exclusive[folio] = True
+    machine.set_pmd_at(mm, addr, pte_pmd(faulted_pte(folio)))
+    mm.rss_anon += HPAGE_PMD_NR
+    write_shadow(shadow, machine, mm, addr, 9)
+    write_shadow(shadow, machine, mm, addr + 300 * PAGE_SIZE, 300)
+    return folio
+
+
+def map_shared_small(machine: Machine, shadow: Shadow, mms: list[MM], addr: int, value: int) -> int:
+    """An order-0 folio after fork: read-only in every process, not exclusive."""
+    frames = machine.frames
+    folio = new_anon_folio(machine, 0, addr)
+    frames.folio_refcount[folio] = len(mms)
+    frames.page_mapcount[folio] = len(mms)
+    for mm in mms:
+        machine.set_pte_at(mm, addr, pte_wrprotect(faulted_pte(folio)))
+        mm.rss_anon += 1
+        write_shadow(shadow, machine, mm, addr, value)
+    machine.contpte_canonicalise()
+    return folio
+
+
+def map_shared_mthp(machine: Machine, shadow: Shadow, mms: list[MM], addr: int, order: int = 4) -> int:
+    """An mTHP after fork: read-only in two processes, each owning an MM_ID slot, shared bit set."""
+    frames = machine.frames
+    nr_pages = 1 << order
+    folio = new_anon_folio(machine, order, addr)
+    frames.folio_refcount[folio] = 2 * nr_pages
+    frames.folio_large_mapcount[folio] = 2 * nr_pages
+    frames.page_mapcount[folio:folio + nr_pages] = 2
+    for slot, mm in enumerate(mms):
+        frames.folio_mm_id[folio, slot] = mm.mm_id
+        frames.folio_mm_id_mapcount[folio, slot] = nr_pages
+        machine.set_ptes(mm, addr, pte_wrprotect(faulted_pte(folio)), nr_pages)
+        mm.rss_anon += nr_pages
+    frames.folio_mm_ids_shared[folio] = True
+    machine.contpte_canonicalise()
+    for mm in mms:
+        write_shadow(shadow, machine, mm, addr, 55)
+    return folio
+
+
+def map_swap(machine: Machine, shadow: Shadow, mms: list[MM], addr: int, value: int) -> int:
+    """A page swapped out of every process in mms (exclusive iff only one maps it)."""
+    slot = machine.swap.find_free_slots(0)
+    pte = swp_entry_to_pte(slot)
+    if len(mms) == 1:
+        pte = pte_swp_mkexclusive(pte)
+    for mm in mms:
+        machine.set_pte_at(mm, addr, pte)
+        mm.rss_swap += 1
+        shadow.data.setdefault(mm.pid, {})[addr] = value
+    machine.swap.swap_count[slot] = len(mms)
+    machine.swap.swap_data[slot] = value
+    machine.contpte_canonicalise()
+    return slot
+
+
+def pin(machine: Machine, shadow: Shadow, mm: MM, addr: int, nr_pages: int, mode: str = "rw") -> int:
+    """A FOLL_PIN|FOLL_LONGTERM pin of nr_pages present pages: grab each, record the pin."""
+    frames = machine.frames
+    pages = tuple(machine.page_at(mm, addr + i * PAGE_SIZE) for i in range(nr_pages))
+    for page in pages:
+        folio = frames.page_folio_of(page)
+        if frames.folio_order[folio] > 0:
+            frames.folio_refcount[folio] += 1
+            frames.folio_pincount[folio] += 1
+        else:
+            frames.folio_refcount[folio] += GUP_PIN_COUNTING_BIAS
+    mm.has_pinned = True
+    machine.pin_add(mm.pid, addr, nr_pages, mode, pages)
+    shadow.apply(Op("pin", mm.pid, addr, nr_pages=nr_pages, prot=mode), "ok", machine)
+    return machine.nr_pins - 1
+
+
+def zap_small(machine: Machine, mm: MM, addr: int) -> int:
+    """Unmap an order-0 folio's PTE as zap_pte_range does (the folio is kept if pinned)."""
+    frames = machine.frames
+    page = int(machine.ptep_get_and_clear(mm, addr) >> 12) & ((1 << 36) - 1)
+    frames.page_mapcount[page] -= 1
+    frames.folio_refcount[page] -= 1
+    mm.rss_anon -= 1
+    machine.contpte_canonicalise()
+    return page
+
+
+def fired(machine: Machine, shadow: Shadow) -> set[str]:
+    return {failure.oracle for failure in check_oracles(machine, shadow)}
+
+
+def details(machine: Machine, shadow: Shadow) -> list[str]:
+    return [failure.detail for failure in check_oracles(machine, shadow)]
+
+
+def assert_healthy(machine: Machine, shadow: Shadow) -> None:
+    assert check_oracles(machine, shadow) == []
+    for check in ORACLES.values():
+        assert check(machine, shadow) == []
+
+
+def assert_only(machine: Machine, shadow: Shadow, oracle: str, *fragments: str) -> list[str]:
+    """Exactly `oracle` fires; every fragment appears in one of its details."""
+    failures = check_oracles(machine, shadow)
+    assert {failure.oracle for failure in failures} == {oracle}, failures
+    found = [failure.detail for failure in failures]
+    assert found == ORACLES[oracle](machine, shadow)
+    for fragment in fragments:
+        assert any(fragment in detail for detail in found), (fragment, found)
+    return found
+
+
+# --- the builders make healthy states with the kernel's values ---------------
+
+def test_oracles_are_named_in_spec_order():
+    assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout"]
+    assert all(ORACLES[name].__name__ == f"check_{name}" for name in ORACLES)
+
+
+def test_empty_machine_is_healthy():
+    machine, shadow, _ = new_world()
+    assert_healthy(machine, shadow)
+
+
+def test_small_folio_fault_state_is_healthy():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    frames = machine.frames
+    assert (frames.folio_refcount[folio], frames.page_mapcount[folio]) == (1, 1)
+    assert frames.folio_anon[folio] and frames.page_anon_exclusive[folio]
+    assert mm.rss_anon == 1
+    assert_healthy(machine, shadow)
+
+
+def test_mthp_fault_state_is_folded_and_healthy():
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR, order=4)
+    frames = machine.frames
+    entries = machine.ptes_get(mm, MTHP_ADDR, CONT_PTES)
+    assert pte_cont(entries).all()
+    assert frames.folio_large_mapcount[folio] == 16 and frames.folio_refcount[folio] == 16
+    assert (frames.folio_mm_id[folio, 0], frames.folio_mm_id_mapcount[folio, 0]) == (mm.pid + 1, 16)
+    assert_healthy(machine, shadow)
+
+
+def test_pmd_thp_fault_state_is_healthy():
+    machine, shadow, mm = new_world()
+    folio = map_pmd_thp(machine, shadow, mm, THP_ADDR)
+    frames = machine.frames
+    assert (frames.folio_entire_mapcount[folio], frames.folio_large_mapcount[folio],
+            frames.folio_refcount[folio]) == (1, 1, 1)
+    assert frames.page_anon_exclusive[folio:folio + HPAGE_PMD_NR].sum() == 1
+    assert_healthy(machine, shadow)
+
+
+def build_mixed_world() -> tuple[Machine, Shadow, MM, MM]:
+    """Every kind of mapping at once, including a pin whose process exited."""
+    machine, shadow, parent = new_world()
+    child = new_child(machine, parent)
+    map_small_folio(machine, shadow, parent, SMALL_ADDR, 7)
+    map_mthp(machine, shadow, parent, MTHP_ADDR, order=4)
+    map_mthp(machine, shadow, parent, 0x240000, order=2)
+    map_pmd_thp(machine, shadow, parent, THP_ADDR)
+    map_shared_small(machine, shadow, [parent, child], 0x120000, 3)
+    map_shared_mthp(machine, shadow, [parent, child], 0x280000)
+    map_swap(machine, shadow, [parent], SWAP_ADDR, 11)
+    map_swap(machine, shadow, [parent, child], SWAP_ADDR + PAGE_SIZE, 12)
+    pin(machine, shadow, parent, MTHP_ADDR + 2 * PAGE_SIZE, 3)
+    pin(machine, shadow, parent, THP_ADDR + 5 * PAGE_SIZE, 2, "ro")
+    pin(machine, shadow, parent, SMALL_ADDR, 1)
+    # A third process maps a small folio, pins it and exits: the pin holds the unmapped page.
+    doomed = new_child(machine, parent)
+    map_small_folio(machine, shadow, doomed, 0x130000, 21)
+    pin(machine, shadow, doomed, 0x130000, 1)
+    zap_small(machine, doomed, 0x130000)
+    machine.mm_destroy(doomed)
+    shadow.apply(Op("exit", doomed.pid), "ok", machine)
+    return machine, shadow, parent, child
+
+
+def test_mixed_world_is_healthy():
+    machine, shadow, _, _ = build_mixed_world()
+    assert_healthy(machine, shadow)
+
+
+def test_scan_sees_the_leaves_mm_leaves_yields():
+    machine, _, _, _ = build_mixed_world()
+    scan = PageTableScan(machine)
+    for pid, mm in machine.processes.items():
+        leaves = list(mm.leaves())
+        ptes = [(int(a), int(d)) for p, a, d in zip(scan.pte_pid, scan.pte_addr, scan.pte_desc) if p == pid]
+        swaps = [(int(a), int(d)) for p, a, d in zip(scan.swp_pid, scan.swp_addr, scan.swp_desc) if p == pid]
+        pmds = [(int(a), int(d)) for p, a, d in zip(scan.pmd_pid, scan.pmd_addr, scan.pmd_desc) if p == pid]
+        assert sorted(ptes + swaps) == [(a, d) for a, level, d in leaves if level == "pte"]
+        assert pmds == [(a, d) for a, level, d in leaves if level == "pmd"]
+
+
+# --- 1. mapcount --------------------------------------------------------------
+
+def test_mapcount_fires_on_page_mapcount_off_by_one():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    machine.frames.page_mapcount[folio] += 1
+    assert_only(machine, shadow, "mapcount", f"pfn {folio}: _mapcount 2, mappings found 1")
+
+
+def test_mapcount_fires_on_large_mapcount_of_mthp():
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_large_mapcount[folio] -= 1
+    assert_only(machine, shadow, "mapcount", f"folio {folio} (order 4): _large_mapcount 15, mappings found 16")
+
+
+def test_mapcount_fires_on_entire_mapcount_of_pmd_thp():
+    machine, shadow, mm = new_world()
+    folio = map_pmd_thp(machine, shadow, mm, THP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_entire_mapcount[folio] = 0
+    assert_only(machine, shadow, "mapcount", f"folio {folio} (order 9): _entire_mapcount 0, PMD mappings found 1")
+
+
+def test_mapcount_fires_on_mm_id_slot_overcounting():
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_mm_id_mapcount[folio, 0] = 17
+    assert_only(machine, shadow, "mapcount", f"folio {folio}: MM_ID slot 0 (P0) counts 17")
+
+
+def test_mapcount_accepts_mm_id_slot_undercounting():
+    """A slot claimed after the process already had uncounted mappings counts fewer (by design)."""
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR)
+    machine.frames.folio_mm_id_mapcount[folio, 0] = 3
+    assert_healthy(machine, shadow)
+
+
+def test_mapcount_fires_on_mm_id_slot_of_an_absent_process():
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR)
+    machine.frames.folio_mm_id[folio, 1] = 6
+    machine.frames.folio_mm_id_mapcount[folio, 1] = 1
+    machine.frames.folio_mm_ids_shared[folio] = True   # keep the shared-bit rule quiet
+    assert_only(machine, shadow, "mapcount", f"folio {folio}: MM_ID slot 1 (P5) counts 1, "
+                                             "mappings by that process found 0")
+
+
+def test_mapcount_fires_on_clear_shared_bit_with_two_processes():
+    machine, shadow, parent = new_world()
+    child = new_child(machine, parent)
+    folio = map_shared_mthp(machine, shadow, [parent, child], MTHP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_mm_ids_shared[folio] = False
+    assert_only(machine, shadow, "mapcount", f"folio {folio}: shared bit clear but mapped by 2 processes")
+
+
+def test_mapcount_fires_on_rss_counters():
+    machine, shadow, mm = new_world()
+    map_pmd_thp(machine, shadow, mm, THP_ADDR)
+    map_swap(machine, shadow, [mm], SWAP_ADDR, 5)
+    assert_healthy(machine, shadow)
+    mm.rss_anon -= 1
+    mm.rss_swap += 1
+    assert_only(machine, shadow, "mapcount", "P0: MM_ANONPAGES 511, present pages found 512",
+                "P0: MM_SWAPENTS 2, swap entries found 1")
+
+
+# --- 2. refcount --------------------------------------------------------------
+
+def test_refcount_fires_on_one_reference_short():
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_refcount[folio] -= 1
+    assert_only(machine, shadow, "refcount", f"folio {folio} (order 4): refcount 15, mappings 16 + pin references 0")
+
+
+def test_refcount_counts_pin_bias_on_small_folios():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    pin_id = pin(machine, shadow, mm, SMALL_ADDR, 1)
+    assert machine.frames.folio_refcount[folio] == 1 + GUP_PIN_COUNTING_BIAS
+    assert_healthy(machine, shadow)
+    machine.pin_remove(pin_id)              # an unpin that forgets to drop the references
+    assert_only(machine, shadow, "refcount", f"folio {folio} (order 0): refcount 1025, mappings 1 + pin references 0")
+
+
+def test_refcount_fires_on_pincount_of_large_folio():
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR)
+    pin(machine, shadow, mm, MTHP_ADDR, 4)
+    assert machine.frames.folio_pincount[folio] == 4
+    assert_healthy(machine, shadow)
+    machine.frames.folio_pincount[folio] = 3
+    assert_only(machine, shadow, "refcount", f"folio {folio} (order 4): _pincount 3, pinned pages found 4")
+
+
+def test_refcount_fires_on_leaked_folio():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    leaked = machine.frames.folio_alloc(2)  # allocated (refcount 1), never mapped or freed
+    assert_only(machine, shadow, "refcount", f"folio {leaked} (order 2): allocated but neither mapped nor pinned")
+
+
+def test_refcount_fires_on_stale_data_of_a_free_frame():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    machine.frames.page_data[folio + 1] = 99
+    assert_only(machine, shadow, "refcount", f"pfn {folio + 1}: page_data 99 on a free frame")
+
+
+def test_refcount_fires_on_a_folio_field_of_a_tail_page():
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_refcount[folio + 3] = 1
+    assert_only(machine, shadow, "refcount", f"pfn {folio + 3}: folio_refcount 1 on a tail page")
+
+
+def test_refcount_fires_on_page_folio_pointing_at_the_wrong_head():
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR, order=2)
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    free = machine.frames.find_free_run(0)
+    machine.frames.page_folio[free] = folio           # a free frame claimed by the order-2 folio
+    assert_only(machine, shadow, "refcount", f"pfn {free}: page_folio {folio}, expected -1")
+
+
+# --- 3. swap ------------------------------------------------------------------
+
+def test_swap_fires_on_stale_slot_count():
+    machine, shadow, mm = new_world()
+    slot = map_swap(machine, shadow, [mm], SWAP_ADDR, 5)
+    assert_healthy(machine, shadow)
+    machine.swap.swap_count[slot] = 2
+    assert_only(machine, shadow, "swap", f"slot {slot}: count 2, swap entries found 1")
+
+
+def test_swap_fires_on_exclusive_entry_to_a_shared_slot():
+    machine, shadow, parent = new_world()
+    child = new_child(machine, parent)
+    slot = map_swap(machine, shadow, [parent, child], SWAP_ADDR, 5)
+    assert_healthy(machine, shadow)
+    machine.set_pte_at(child, SWAP_ADDR, pte_swp_mkexclusive(swp_entry_to_pte(slot)))
+    machine.contpte_canonicalise()
+    assert_only(machine, shadow, "swap", f"P1 {SWAP_ADDR:#x}: PTE_SWP_EXCLUSIVE on slot {slot} "
+                                         "referenced by 2 swap entries")
+
+
+def test_swap_fires_on_data_left_in_a_free_slot():
+    machine, shadow, mm = new_world()
+    slot = map_swap(machine, shadow, [mm], SWAP_ADDR, 5)
+    assert_healthy(machine, shadow)
+    machine.swap.swap_data[slot + 1] = 8
+    assert_only(machine, shadow, "swap", f"slot {slot + 1}: free but holds data 8")
+
+
+# --- 4. exclusive -------------------------------------------------------------
+
+def test_exclusive_fires_on_writable_pte_to_non_exclusive_page():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    machine.frames.page_anon_exclusive[folio] = False
+    assert_only(machine, shadow, "exclusive", f"P0 {SMALL_ADDR:#x}: writable PTE to non-exclusive pfn {folio}")
+
+
+def test_exclusive_fires_on_writable_pmd_to_non_exclusive_head():
+    machine, shadow, mm = new_world()
+    folio = map_pmd_thp(machine, shadow, mm, THP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.page_anon_exclusive[folio] = False
+    assert_only(machine, shadow, "exclusive", f"P0 {THP_ADDR:#x}: writable PMD to non-exclusive pfn {folio}")
+
+
+def test_exclusive_fires_on_exclusive_page_mapped_by_two_processes():
+    machine, shadow, parent = new_world()
+    child = new_child(machine, parent)
+    folio = map_shared_small(machine, shadow, [parent, child], SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    machine.frames.page_anon_exclusive[folio] = True
+    assert_only(machine, shadow, "exclusive", f"pfn {folio}: PageAnonExclusive but mapped 2 times")
+
+
+def test_exclusive_fires_on_pinned_page_still_mapped_but_shared():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    machine.ptep_set_wrprotect(mm, SMALL_ADDR)        # read-only, so only the pin rule applies
+    machine.contpte_canonicalise()
+    pin_id = pin(machine, shadow, mm, SMALL_ADDR, 1, "ro")
+    assert_healthy(machine, shadow)
+    machine.frames.page_anon_exclusive[folio] = False
+    assert_only(machine, shadow, "exclusive", f"pin {pin_id} page 0 (P0 {SMALL_ADDR:#x}): "
+                                              f"pinned pfn {folio} still mapped but not exclusive")
+
+
+def test_exclusive_reads_only_the_head_bit_of_a_pmd_mapped_thp():
+    machine, shadow, mm = new_world()
+    folio = map_pmd_thp(machine, shadow, mm, THP_ADDR)
+    pin(machine, shadow, mm, THP_ADDR + 7 * PAGE_SIZE, 1, "ro")
+    machine.frames.page_anon_exclusive[folio + 7] = True   # tail bits carry no meaning here
+    assert_healthy(machine, shadow)
+    machine.frames.page_anon_exclusive[folio] = False
+    found = assert_only(machine, shadow, "exclusive", f"(head pfn {folio})",
+                        f"P0 {THP_ADDR:#x}: writable PMD to non-exclusive pfn {folio}")
+    assert len(found) == 2
+
+
+# --- 5. pin -------------------------------------------------------------------
+
+def test_pin_fires_when_the_pinned_page_was_replaced():
+    machine, shadow, mm = new_world()
+    old = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    pin_id = pin(machine, shadow, mm, SMALL_ADDR, 1)
+    assert_healthy(machine, shadow)
+    # A COW that should never have happened: the pinned page is unmapped and a copy mapped.
+    zap_small(machine, mm, SMALL_ADDR)
+    new = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_only(machine, shadow, "pin", f"pin {pin_id} page 0 (P0 {SMALL_ADDR:#x}): pinned pfn {old}, "
+                                        f"mapped pfn {new}")
+
+
+def test_pin_fires_on_unmapped_page_unless_its_process_unmapped_it():
+    machine, shadow, mm = new_world()
+    map_mthp(machine, shadow, mm, MTHP_ADDR, order=2)
+    page = map_small_folio(machine, shadow, mm, SMALL_ADDR, 0)
+    pin_id = pin(machine, shadow, mm, MTHP_ADDR, 4)
+    small_pin = pin(machine, shadow, mm, SMALL_ADDR, 1)
+    assert_healthy(machine, shadow)
+    zap_small(machine, mm, SMALL_ADDR)
+    assert_only(machine, shadow, "pin", f"pin {small_pin} page 0 (P0 {SMALL_ADDR:#x}): pinned pfn {page}, "
+                                        "nothing present there")
+    shadow.apply(Op("munmap", mm.pid, SMALL_ADDR, length=PAGE_SIZE), "ok", machine)
+    assert shadow.released == {pin_id: set(), small_pin: {0}}
+    assert_healthy(machine, shadow)
+
+
+def test_pin_ignores_pins_of_exited_processes():
+    machine, shadow, _, _ = build_mixed_world()
+    exited = [p for p in machine.pins.values() if p.pid not in machine.processes]
+    assert len(exited) == 1 and shadow.released[exited[0].pin_id] == {0}
+    shadow.released[exited[0].pin_id] = set()      # even unreleased, nothing to compare
+    assert_healthy(machine, shadow)
+
+
+# --- 6. data ------------------------------------------------------------------
+
+def test_data_fires_on_a_wrong_word_in_a_page():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    machine.frames.page_data[folio] = 8
+    assert_only(machine, shadow, "data", f"P0 {SMALL_ADDR:#x}: reads 8 (pfn {folio}), wrote 7")
+
+
+def test_data_fires_on_one_page_of_a_pmd_block():
+    machine, shadow, mm = new_world()
+    folio = map_pmd_thp(machine, shadow, mm, THP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.page_data[folio + 300] = 0        # written 300, now reads 0
+    machine.frames.page_data[folio + 511] = 4        # never written, now reads 4
+    found = assert_only(machine, shadow, "data",
+                        f"P0 {THP_ADDR + 300 * PAGE_SIZE:#x}: reads 0 (pfn {folio + 300}), wrote 300",
+                        f"P0 {THP_ADDR + 511 * PAGE_SIZE:#x}: reads 4 (pfn {folio + 511}), wrote 0")
+    assert len(found) == 2
+
+
+def test_data_fires_on_a_wrong_swap_slot_word():
+    machine, shadow, mm = new_world()
+    slot = map_swap(machine, shadow, [mm], SWAP_ADDR, 5)
+    assert_healthy(machine, shadow)
+    machine.swap.swap_data[slot] = 6
+    assert_only(machine, shadow, "data", f"P0 {SWAP_ADDR:#x}: reads 6 (swap slot {slot}), wrote 5")
+
+
+def test_data_fires_on_written_address_that_lost_its_mapping():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    shadow.data[0][SMALL_ADDR + PAGE_SIZE] = 9
+    assert_only(machine, shadow, "data", f"P0 {SMALL_ADDR + PAGE_SIZE:#x}: wrote 9, but nothing is mapped there")
+
+
+def test_data_follows_fork_in_each_process():
+    machine, shadow, parent = new_world()
+    child = new_child(machine, parent)
+    map_shared_small(machine, shadow, [parent, child], SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    shadow.data[child.pid][SMALL_ADDR] = 8      # the child's shadow diverges, its page did not
+    assert_only(machine, shadow, "data", f"P1 {SMALL_ADDR:#x}: reads 7")
+
+
+# --- 7. layout ----------------------------------------------------------------
+
+def test_layout_fires_on_half_folded_contpte_block():
+    machine, shadow, mm = new_world()
+    map_mthp(machine, shadow, mm, MTHP_ADDR)
+    assert_healthy(machine, shadow)
+    table = mm.pte_table(MTHP_ADDR)
+    first = (MTHP_ADDR % PMD_SIZE) // PAGE_SIZE
+    table.entries[first + 8:first + 16] &= ~np.uint64(PTE_CONT)
+    assert_only(machine, shadow, "layout", f"P0 {MTHP_ADDR:#x}: contpte block not canonical (CONT on 8/16")
+
+
+def test_layout_fires_on_folded_block_with_mixed_access_flags():
+    machine, shadow, mm = new_world()
+    map_mthp(machine, shadow, mm, MTHP_ADDR)
+    table = mm.pte_table(MTHP_ADDR)
+    first = (MTHP_ADDR % PMD_SIZE) // PAGE_SIZE
+    table.entries[first + 3] = pte_mkold(int(table.entries[first + 3]))
+    assert_only(machine, shadow, "layout", "young 15/16")
+
+
+def test_layout_fires_on_eligible_block_left_unfolded():
+    machine, shadow, mm = new_world()
+    map_mthp(machine, shadow, mm, MTHP_ADDR)
+    table = mm.pte_table(MTHP_ADDR)
+    table.entries[:] &= ~np.uint64(PTE_CONT)
+    assert_only(machine, shadow, "layout", "CONT on 0/16")
+
+
+def test_layout_fires_on_leaf_outside_a_vma():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    map_swap(machine, shadow, [mm], SWAP_ADDR, 5)
+    assert_healthy(machine, shadow)
+    mm.vmas[0].start = SMALL_ADDR + PAGE_SIZE
+    mm.vmas[0].end = SWAP_ADDR
+    found = assert_only(machine, shadow, "layout", f"P0 {SMALL_ADDR:#x}: PTE outside any VMA",
+                        f"P0 {SWAP_ADDR:#x}: swap PTE outside any VMA")
+    assert len(found) == 2
+
+
+def test_layout_fires_on_pmd_block_crossing_a_vma_edge():
+    machine, shadow, mm = new_world()
+    map_pmd_thp(machine, shadow, mm, THP_ADDR)
+    assert_healthy(machine, shadow)
+    mm.vma_split(mm.vmas[0], THP_ADDR + PMD_SIZE // 2)
+    assert_only(machine, shadow, "layout", f"P0 {THP_ADDR:#x}: PMD block outside a single VMA")
+
+
+def test_layout_fires_on_pmd_block_mapping_a_small_folio():
+    machine, shadow, mm = new_world()
+    folio = new_anon_folio(machine, 0, THP_ADDR)
+    machine.frames.folio_refcount[folio] = 1
+    machine.frames.page_anon_exclusive[folio] = True
+    machine.set_pmd_at(mm, THP_ADDR, pte_pmd(faulted_pte(folio)))
+    mm.rss_anon += HPAGE_PMD_NR
+    assert_only(machine, shadow, "layout", f"P0 {THP_ADDR:#x}: PMD block maps pfn {folio}, "
+                                           "not the head of an order-9 folio")
+
+
+def test_layout_fires_on_overlapping_vmas():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    mm.vmas.append(VMA(VMA_END - PAGE_SIZE, VMA_END + PAGE_SIZE, True, 1))
+    assert_only(machine, shadow, "layout", "overlaps VMA")
+
+
+# --- reporting ----------------------------------------------------------------
+
+def test_many_alike_failures_are_summarised():
+    machine, shadow, mm = new_world()
+    machine.frames.page_data[1000:1100] = 1
+    found = details(machine, shadow)
+    assert len(found) == 17 and found[-1] == "... and 84 more like the above"
+
+
+def test_oracle_failure_is_a_frozen_value():
+    failure = OracleFailure("data", "P0 0x0: reads 1")
+    with pytest.raises(AttributeError):
+        failure.oracle = "pin"
+    assert failure == OracleFailure("data", "P0 0x0: reads 1")
+
+
+# --- the shadow ---------------------------------------------------------------
+
+def test_shadow_write_stores_only_on_success():
+    machine, shadow, _ = new_world()
+    shadow.apply(Op("write", 0, 0x1000, value=5), "ok", machine)
+    shadow.apply(Op("write", 0, 0x2000, value=6), "EFAULT", machine)
+    assert shadow.data == {0: {0x1000: 5}}
+    assert shadow.read(0, 0x1000) == 5 and shadow.read(0, 0x2000) == 0 and shadow.read(3, 0) == 0
+
+
+@pytest.mark.parametrize("length", [PAGE_SIZE, 2 * PAGE_SIZE, 1 << 40])
+def test_shadow_munmap_and_dontneed_drop_the_range(length):
+    machine, shadow, _ = new_world()
+    shadow.data[0] = {0x1000: 1, 0x2000: 2, 0x3000: 3, 0x5000: 4}
+    shadow.apply(Op("munmap", 0, 0x2000, length=length), "ok", machine)
+    expected = {0x1000: 1} if length > 2 * PAGE_SIZE else {0x1000: 1, 0x3000: 3, 0x5000: 4}
+    if length == PAGE_SIZE:
+        expected[0x3000] = 3
+    if length == 2 * PAGE_SIZE:
+        del expected[0x3000]
+    assert shadow.data[0] == expected
+    shadow.apply(Op("dontneed", 0, 0x1000, length=PAGE_SIZE), "ENOMEM", machine)
+    assert 0x1000 not in shadow.data[0]
+
+
+def test_shadow_marks_released_pages_of_pins_in_the_range():
+    machine, shadow, mm = new_world()
+    map_mthp(machine, shadow, mm, MTHP_ADDR)
+    first = pin(machine, shadow, mm, MTHP_ADDR, 8)
+    second = pin(machine, shadow, mm, MTHP_ADDR + 8 * PAGE_SIZE, 4)
+    shadow.apply(Op("dontneed", 0, MTHP_ADDR + 6 * PAGE_SIZE, length=3 * PAGE_SIZE), "ok", machine)
+    assert shadow.released == {first: {6, 7}, second: {0}}
+    shadow.apply(Op("unpin", pin_id=first), "ok", machine)
+    shadow.apply(Op("unpin", pin_id=second), "EINVAL", machine)
+    assert shadow.released == {second: {0}}
+
+
+def test_shadow_fork_copies_and_exit_drops():
+    machine, shadow, parent = new_world()
+    shadow.data[0] = {0x1000: 1}
+    child = new_child(machine, parent)
+    shadow.apply(Op("fork", 0), "ok", machine)
+    shadow.data[child.pid][0x1000] = 2
+    assert shadow.data == {0: {0x1000: 1}, 1: {0x1000: 2}}
+    shadow.apply(Op("fork", 0), "ENOMEM", machine)
+    assert set(shadow.data) == {0, 1}
+    machine.pin_add(child.pid, 0x1000, 3, "rw", (1, 2, 3))
+    shadow.apply(Op("pin", child.pid, 0x1000, nr_pages=3, prot="rw"), "ok", machine)
+    shadow.apply(Op("exit", child.pid), "ok", machine)
+    assert shadow.data == {0: {0x1000: 1}} and shadow.released == {0: {0, 1, 2}}
+
+
+def test_shadow_clone_is_independent():
+    shadow = Shadow()
+    shadow.data[0] = {0x1000: 1}
+    shadow.released[0] = {1}
+    other = shadow.clone()
+    other.data[0][0x1000] = 2
+    other.released[0].add(2)
+    assert shadow.data == {0: {0x1000: 1}} and shadow.released == {0: {1}}

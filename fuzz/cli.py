@@ -134,11 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog=PROG, description="Differential fuzzer for the Linux kernel's "
                                                    "reverse-map code on a simulated arm64 machine.")
     parser.add_argument("--log-json", action="store_true", help="log structlog events as JSON lines")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log info events (default: warnings)")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, add_arguments, run in _COMMANDS:
         subparser = subcommands.add_parser(name, help=_HELP.get(name), description=_HELP.get(name))
         subparser.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
                                help="log structlog events as JSON lines")
+        subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                               help="log info events (default: warnings)")
         add_arguments(subparser)
         subparser.set_defaults(run=run)
     return parser
@@ -160,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exit_request:     # --help
             return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
-        configure_logging(json_logs=args.log_json)
+        verbose = args.verbose or args.log_json
+        configure_logging(json_logs=args.log_json, level=logging.INFO if verbose else logging.WARNING)
         return args.run(args)
     except ScriptError as error:
         return _fail(_script_error_message(error))

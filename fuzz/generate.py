@@ -17,6 +17,7 @@ from .ops import Op, Script
 WINDOW_BASE = 0x200000
 WINDOW_SIZE = 4 * PMD_SIZE
 ORDERS = (0, 0, 2, 4, 4, 9, 9, 1, 3, 8)
+SPLIT_ORDERS = (0, 0, 2, 4, 1, 9)
 VALUES = (1, 2, 7, 0xdead, 0xffffffffffffffff)
 
 
@@ -28,8 +29,17 @@ class ScriptGenerator:
         self.live = [0]
         self.next_pid = 1
         self.nr_pins = 0
+        self.used: list[int] = []
 
     def addr(self) -> int:
+        """An address near the window's interesting boundaries, or one already used."""
+        if self.used and self.rng.random() < 0.5:
+            return self.rng.choice(self.used)
+        addr = self.fresh_addr()
+        self.used.append(addr)
+        return addr
+
+    def fresh_addr(self) -> int:
         rng = self.rng
         granule = rng.choice((PMD_SIZE, PMD_SIZE, CONT_PTE_SIZE, CONT_PTE_SIZE, PAGE_SIZE))
         base = WINDOW_BASE + rng.randrange(WINDOW_SIZE // granule) * granule
@@ -57,8 +67,10 @@ class ScriptGenerator:
         if name in ("mmap", "munmap", "dontneed", "mprotect"):
             prot = rng.choice(("rw", "rw", "ro")) if name in ("mmap", "mprotect") else None
             return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot)
-        if name in ("fault", "split"):
+        if name == "fault":
             return Op(name, process=pid, addr=self.addr(), order=rng.choice(ORDERS))
+        if name == "split":
+            return Op(name, process=pid, addr=self.addr(), order=rng.choice(SPLIT_ORDERS))
         if name == "write":
             return Op(name, process=pid, addr=self.addr(), value=rng.choice(VALUES))
         if name == "pin":
@@ -77,7 +89,7 @@ class ScriptGenerator:
         return Op(name, process=pid, addr=self.addr())
 
     def script(self, nr_ops: int) -> Script:
-        steps = [Op("mmap", process=0, addr=WINDOW_BASE, length=2 * PMD_SIZE, prot="rw")]
+        steps = [Op("mmap", process=0, addr=WINDOW_BASE, length=3 * PMD_SIZE, prot="rw")]
         steps += [self.op() for _ in range(nr_ops - 1)]
         return Script(path="<generated>", frames=self.rng.choice((256, 1024, 4096)), steps=steps)
 

@@ -11,10 +11,15 @@ Every count is a plain count (the kernel's accessor values, machine/frames.py).
 A page's mappings are the present PTEs mapping it; a folio's mappings are the
 PTEs mapping any of its pages plus the PMD blocks mapping it.
 
-Each oracle reports a list of failure details (empty: the oracle holds). A
-detail names its subject first (`pfn 37: ...`, `P1 0x200000: ...`,
+Each oracle returns failure details (empty: it holds). A detail names its
+subject first (`pfn 37: ...`, `folio 32 (order 4): ...`, `P1 0x200000: ...`,
 `pin 2 page 5 (P0 0x205000): ...`, `slot 9: ...`); a check that finds many
-alike reports the first few and how many more.
+alike reports the first MAX_DETAILS and how many more.
+
+Speed: the fuzzer runs this after every op. Work is done on arrays the size of
+what is mapped (leaves, allocated frames, folio heads, pins) rather than the
+size of the machine wherever possible, and a frame-wide check first asks
+a cheap question (a count) and only looks for the culprits when it fails.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import numpy as np
 from machine.errors import check
 from machine.frames import FREE_FOLIO, FrameTable
 from machine.pgtable import (
-    CONT_PTES, HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, PTE_CONT,
-    PTE_SWP_EXCLUSIVE, PTE_TYPE, PTE_VALID, PTE_WRITE, PTRS_PER_TABLE, SWP_TYPE_MASK, TASK_SIZE,
-    pmd_table, pmd_trans_huge, pte_cont, pte_dirty, pte_pfn, pte_swp_offset, pte_young,
+    CONT_PTES, HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE,
+    PTE_CONT, PTE_SWP_EXCLUSIVE, PTE_TYPE, PTE_VALID, PTE_WRITE, PTRS_PER_TABLE, SWP_TYPE_MASK,
+    TASK_SIZE, pmd_table, pmd_trans_huge, pte_cont, pte_dirty, pte_pfn, pte_swp_offset, pte_young,
 )
 
 if TYPE_CHECKING:
@@ -43,13 +48,27 @@ MAX_DETAILS = 16          # details reported per check before "... and N more"
 
 _PID_SHIFT = 48           # a leaf's key: pid << 48 | addr (addresses are below 2**48)
 _PID_LIMIT = 1 << 14
+_FOLIO_SHIFT = 16         # a (folio, process) key: folio << 16 | pid
 _PAGE_OFFSETS = np.arange(HPAGE_PMD_NR, dtype=np.int64)
+_BLOCKS_PER_TABLE = PTRS_PER_TABLE // CONT_PTES
 _FOLIO_FIELDS = tuple(name for name in FrameTable.ARRAYS if name.startswith("folio_"))
 _PAGE_FIELDS = ("page_mapcount", "page_anon_exclusive", "page_data")
+_NOT_A_FRAME = -2         # the "folio" of a pfn beyond the machine, in contpte verdict keys
+_EMPTY = np.zeros(0, np.int64)
+
+# machine.contpte_blocks_canonical verdicts by block: a block's verdict depends
+# only on its 16 entries and the folios of their pfns, which form the key.
+_contpte_verdicts: dict[bytes, bool] = {}
+_CONTPTE_VERDICTS_LIMIT = 1 << 16
 
 
 def _where(pid: int, addr: int) -> str:
     return f"P{pid} {addr:#x}"
+
+
+def _key_where(key: int) -> str:
+    key = int(key)
+    return _where(key >> _PID_SHIFT, key & ((1 << _PID_SHIFT) - 1))
 
 
 def _details(items: Iterable, describe: Callable[..., str]) -> list[str]:
@@ -63,6 +82,11 @@ def _details(items: Iterable, describe: Callable[..., str]) -> list[str]:
     return details
 
 
+def _indices(mask: np.ndarray) -> np.ndarray:
+    """Where a 1-D mask is true (np.flatnonzero without its wrappers)."""
+    return mask.nonzero()[0]
+
+
 def _ints(array: np.ndarray) -> list[int]:
     return [int(value) for value in array]
 
@@ -73,11 +97,18 @@ def _keys(pids: np.ndarray, addrs: np.ndarray) -> np.ndarray:
 
 def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """The index of each key in sorted_keys, -1 where it is absent."""
-    if len(sorted_keys) == 0:
+    if len(sorted_keys) == 0 or len(keys) == 0:
         return np.full(len(keys), -1, np.int64)
-    index = np.searchsorted(sorted_keys, keys)
-    clipped = np.minimum(index, len(sorted_keys) - 1)
-    return np.where(sorted_keys[clipped] == keys, clipped, -1)
+    index = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.where(sorted_keys[index] == keys, index, -1)
+
+
+def _count(indices: np.ndarray, length: int) -> np.ndarray:
+    """How often each of 0..length-1 occurs in indices (other values ignored)."""
+    if len(indices) == 0:
+        return np.zeros(length, np.int64)
+    inside = (indices >= 0) & (indices < length)
+    return np.bincount(indices[inside], minlength=length)
 
 
 class PageTableScan:
@@ -92,14 +123,13 @@ class PageTableScan:
         self.machine = machine
         self.frames = machine.frames
         self.nr_frames = machine.frames.nr_frames
-        self.pfns = np.arange(self.nr_frames, dtype=np.int64)
         self.bad_pmds: list[str] = []          # PMD descriptors that are neither block nor table
         self.pte_tables: list[tuple[int, int, np.ndarray]] = []   # (pid, base, entries)
         pmd_leaves: list[tuple[int, int, int]] = []
         for pid in sorted(machine.processes):
             check(0 <= pid < _PID_LIMIT, f"process number {pid} too large for the scan")
             for table in machine.processes[pid].pmd_tables():
-                for index in map(int, np.flatnonzero(table.entries)):
+                for index in table.entries.nonzero()[0].tolist():
                     pmd = int(table.entries[index])
                     addr = table.base + (index << PMD_SHIFT)
                     if pmd_trans_huge(pmd):
@@ -126,7 +156,7 @@ class PageTableScan:
             table_pids = np.array([table[0] for table in self.pte_tables], np.int64)
         else:
             entries = np.zeros((0, PTRS_PER_TABLE), np.uint64)
-            bases = table_pids = np.zeros(0, np.int64)
+            bases = table_pids = _EMPTY
         self.pte_entries = entries                 # (tables, 512), in pte_tables order
         rows, columns = np.nonzero(entries)
         desc = entries[rows, columns]
@@ -141,56 +171,54 @@ class PageTableScan:
         self.swp_slot = pte_swp_offset(self.swp_desc).astype(np.int64)
         self.swp_key = _keys(self.swp_pid, self.swp_addr)
 
+    # Frames.
+
+    @cached_property
+    def allocated(self) -> np.ndarray:
+        """Every pfn that belongs to a folio (page_folio != -1), ascending."""
+        return _indices(self.frames.page_folio != FREE_FOLIO)
+
     @cached_property
     def heads(self) -> np.ndarray:
-        """Head pfns of every allocated folio (page_folio[f] == f)."""
-        return np.flatnonzero(self.frames.page_folio == self.pfns)
+        """Head pfns of every allocated folio (page_folio[f] == f), ascending."""
+        allocated = self.allocated
+        return allocated[self.frames.page_folio[allocated] == allocated]
 
-    # Folios of the mapped pfns (-1 for a pfn beyond the machine or free).
-
-    def _folio_of(self, pfns: np.ndarray) -> np.ndarray:
+    def folio_of(self, pfns: np.ndarray) -> np.ndarray:
+        """page_folio of each pfn: its head, -1 if free or beyond the machine."""
+        if len(pfns) == 0:
+            return _EMPTY
         in_range = pfns < self.nr_frames
         return np.where(in_range, self.frames.page_folio[np.where(in_range, pfns, 0)], FREE_FOLIO)
 
     @cached_property
     def pte_folio(self) -> np.ndarray:
-        return self._folio_of(self.pte_pfn)
+        return self.folio_of(self.pte_pfn)
 
     @cached_property
     def pmd_folio(self) -> np.ndarray:
-        return self._folio_of(self.pmd_pfn)
+        return self.folio_of(self.pmd_pfn)
 
-    # Mapping counts.
-
-    def _count(self, indices: np.ndarray, length: int) -> np.ndarray:
-        return np.bincount(indices[indices >= 0], minlength=length)[:length]
+    # Mapping counts, each indexed by pfn (a folio's at its head).
 
     @cached_property
     def page_pte_mappings(self) -> np.ndarray:
         """Per pfn: present PTEs mapping it (all processes)."""
-        in_range = np.where(self.pte_pfn < self.nr_frames, self.pte_pfn, -1)
-        return self._count(in_range, self.nr_frames)
+        return _count(self.pte_pfn, self.nr_frames)
 
     @cached_property
     def folio_pte_mappings(self) -> np.ndarray:
-        """Per head pfn: present PTEs mapping any page of the folio."""
-        return self._count(self.pte_folio, self.nr_frames)
+        """Per head: present PTEs mapping any page of the folio."""
+        return _count(self.pte_folio, self.nr_frames)
 
     @cached_property
     def folio_pmd_mappings(self) -> np.ndarray:
-        """Per head pfn: PMD blocks mapping the folio."""
-        return self._count(self.pmd_folio, self.nr_frames)
+        """Per head: PMD blocks mapping the folio."""
+        return _count(self.pmd_folio, self.nr_frames)
 
     @cached_property
     def folio_mappings(self) -> np.ndarray:
         return self.folio_pte_mappings + self.folio_pmd_mappings
-
-    @cached_property
-    def page_total_mappings(self) -> np.ndarray:
-        """Per pfn: its PTE mappings plus its folio's PMD mappings (SPEC §4 `mapcount`)."""
-        folio = self.frames.page_folio
-        pmd = np.where(folio >= 0, self.folio_pmd_mappings[np.maximum(folio, 0)], 0)
-        return self.page_pte_mappings + pmd
 
     @cached_property
     def _folio_mm_keys(self) -> tuple[np.ndarray, np.ndarray]:
@@ -198,36 +226,34 @@ class PageTableScan:
         folios = np.concatenate([self.pte_folio, self.pmd_folio])
         pids = np.concatenate([self.pte_pid, self.pmd_pid])
         mapped = folios >= 0
-        keys = (folios[mapped] << 16) | pids[mapped]
+        keys = (folios[mapped] << _FOLIO_SHIFT) | pids[mapped]
         return np.unique(keys, return_counts=True)
 
     def folio_mm_mappings(self, folios: np.ndarray, pids: np.ndarray) -> np.ndarray:
         """Mappings of each folio by each process (0 for a process that does not exist)."""
         keys, counts = self._folio_mm_keys
-        index = _lookup(keys, (folios.astype(np.int64) << 16) | pids.astype(np.int64))
-        return np.where(index >= 0, counts[np.maximum(index, 0)], 0)
+        index = _lookup(keys, (folios.astype(np.int64) << _FOLIO_SHIFT) | pids.astype(np.int64))
+        return np.where(index >= 0, counts[np.maximum(index, 0)], 0) if len(counts) else np.zeros(len(folios), np.int64)
 
     @cached_property
     def folio_nr_mms(self) -> np.ndarray:
-        """Per head pfn: how many processes map the folio."""
+        """Per head: how many processes map the folio."""
         keys, _ = self._folio_mm_keys
-        return self._count(keys >> 16, self.nr_frames)
+        return _count(keys >> _FOLIO_SHIFT, self.nr_frames)
 
     @cached_property
     def swap_pte_count(self) -> np.ndarray:
         """Per swap slot: swap PTEs referencing it."""
-        nr_slots = self.machine.swap.nr_slots
-        slots = np.where(self.swp_slot < nr_slots, self.swp_slot, -1)
-        return self._count(slots, nr_slots)
+        return _count(self.swp_slot, self.machine.swap.nr_slots)
 
     @cached_property
     def rss(self) -> dict[int, tuple[int, int]]:
         """Per live process: (present PTEs + 512 x PMD blocks, swap PTEs)."""
         length = max(self.machine.processes, default=0) + 1
         anon = (np.bincount(self.pte_pid, minlength=length)
-                + HPAGE_PMD_NR * np.bincount(self.pmd_pid, minlength=length))
-        swap = np.bincount(self.swp_pid, minlength=length)
-        return {pid: (int(anon[pid]), int(swap[pid])) for pid in self.machine.processes}
+                + HPAGE_PMD_NR * np.bincount(self.pmd_pid, minlength=length)).tolist()
+        swap = np.bincount(self.swp_pid, minlength=length).tolist()
+        return {pid: (anon[pid], swap[pid]) for pid in self.machine.processes}
 
     # Pins: every (pin, page) pair, and what its address maps now.
 
@@ -241,8 +267,11 @@ class PageTableScan:
         for a PTE map, the head for a PMD map; -1 if none).
         """
         pins = [self.machine.pins[pin_id] for pin_id in sorted(self.machine.pins)]
+        if not pins:
+            return {name: _EMPTY for name in ("id", "index", "pid", "addr", "page", "live",
+                                              "mapped", "exclusive_page")}
         sizes = np.array([len(pin.pages) for pin in pins], np.int64)
-        index = np.concatenate([np.arange(size, dtype=np.int64) for size in sizes] or [np.zeros(0, np.int64)])
+        index = np.concatenate([np.arange(size, dtype=np.int64) for size in sizes.tolist()])
         arrays = {
             "id": np.repeat(np.array([pin.pin_id for pin in pins], np.int64), sizes),
             "index": index,
@@ -253,12 +282,11 @@ class PageTableScan:
         }
         pte = _lookup(self.pte_key, _keys(arrays["pid"], arrays["addr"]))
         pmd = _lookup(self.pmd_key, _keys(arrays["pid"], arrays["addr"] & ~(PMD_SIZE - 1)))
+        pte_found = self.pte_pfn[np.maximum(pte, 0)] if len(self.pte_pfn) else np.zeros_like(pte)
+        pmd_found = self.pmd_pfn[np.maximum(pmd, 0)] if len(self.pmd_pfn) else np.zeros_like(pmd)
         pmd_offset = (arrays["addr"] % PMD_SIZE) >> PAGE_SHIFT
-        pte_pfn_found = self.pte_pfn[np.maximum(pte, 0)] if len(self.pte_pfn) else np.zeros_like(pte)
-        pmd_pfn_found = self.pmd_pfn[np.maximum(pmd, 0)] if len(self.pmd_pfn) else np.zeros_like(pmd)
-        arrays["mapped"] = np.where(pte >= 0, pte_pfn_found,
-                                    np.where(pmd >= 0, pmd_pfn_found + pmd_offset, -1))
-        arrays["exclusive_page"] = np.where(pte >= 0, pte_pfn_found, np.where(pmd >= 0, pmd_pfn_found, -1))
+        arrays["mapped"] = np.where(pte >= 0, pte_found, np.where(pmd >= 0, pmd_found + pmd_offset, -1))
+        arrays["exclusive_page"] = np.where(pte >= 0, pte_found, np.where(pmd >= 0, pmd_found, -1))
         return arrays
 
 
@@ -266,30 +294,35 @@ class PageTableScan:
 
 def _check_mapcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     frames = machine.frames
-    failures: list[str] = []
-    allocated = frames.page_folio != FREE_FOLIO
-    wrong = np.flatnonzero(allocated & (frames.page_mapcount != scan.page_pte_mappings))
-    failures += _details(wrong, lambda pfn: f"pfn {pfn}: _mapcount {frames.page_mapcount[pfn]}, "
-                                            f"mappings found {scan.page_pte_mappings[pfn]}")
+    allocated = scan.allocated
+    found = scan.page_pte_mappings[allocated]
+    wrong = _indices(frames.page_mapcount[allocated] != found)
+    failures = _details(wrong, lambda i: f"pfn {allocated[i]}: _mapcount {frames.page_mapcount[allocated[i]]}, "
+                                         f"mappings found {found[i]}")
 
     heads = scan.heads
-    large = heads[frames.folio_order[heads] > 0]
-    small = heads[frames.folio_order[heads] == 0]
-    wrong = large[frames.folio_large_mapcount[large] != scan.folio_mappings[large]]
-    failures += _details(wrong, lambda f: f"folio {f} (order {frames.folio_order[f]}): _large_mapcount "
-                                          f"{frames.folio_large_mapcount[f]}, mappings found {scan.folio_mappings[f]}")
-    wrong = large[frames.folio_entire_mapcount[large] != scan.folio_pmd_mappings[large]]
-    failures += _details(wrong, lambda f: f"folio {f} (order {frames.folio_order[f]}): _entire_mapcount "
-                                          f"{frames.folio_entire_mapcount[f]}, PMD mappings found "
-                                          f"{scan.folio_pmd_mappings[f]}")
-    small_fields = (frames.folio_large_mapcount[small] != 0) | (frames.folio_entire_mapcount[small] != 0) \
-        | frames.folio_mm_id[small].any(axis=1) | frames.folio_mm_id_mapcount[small].any(axis=1) \
-        | frames.folio_mm_ids_shared[small]
-    failures += _details(small[small_fields], lambda f: (
-        f"folio {f} (order 0): large-folio fields set (_large_mapcount {frames.folio_large_mapcount[f]}, "
-        f"_entire_mapcount {frames.folio_entire_mapcount[f]}, mm_id {_ints(frames.folio_mm_id[f])}, "
-        f"mm_id_mapcount {_ints(frames.folio_mm_id_mapcount[f])}, shared {bool(frames.folio_mm_ids_shared[f])})"))
-    failures += _check_mm_ids(machine, scan, large)
+    is_large = frames.folio_order[heads] > 0
+    large, small = heads[is_large], heads[~is_large]
+    if len(large):
+        mappings, pmd_mappings = scan.folio_mappings[large], scan.folio_pmd_mappings[large]
+        wrong = _indices(frames.folio_large_mapcount[large] != mappings)
+        failures += _details(wrong, lambda i: (
+            f"folio {large[i]} (order {frames.folio_order[large[i]]}): _large_mapcount "
+            f"{frames.folio_large_mapcount[large[i]]}, mappings found {mappings[i]}"))
+        wrong = _indices(frames.folio_entire_mapcount[large] != pmd_mappings)
+        failures += _details(wrong, lambda i: (
+            f"folio {large[i]} (order {frames.folio_order[large[i]]}): _entire_mapcount "
+            f"{frames.folio_entire_mapcount[large[i]]}, PMD mappings found {pmd_mappings[i]}"))
+        failures += _check_mm_ids(machine, scan, large)
+    if len(small):
+        stray = (frames.folio_large_mapcount[small] != 0) | (frames.folio_entire_mapcount[small] != 0) \
+            | frames.folio_mm_id[small].any(axis=1) | frames.folio_mm_id_mapcount[small].any(axis=1) \
+            | frames.folio_mm_ids_shared[small]
+        failures += _details(small[stray], lambda f: (
+            f"folio {f} (order 0): large-folio fields set (_large_mapcount {frames.folio_large_mapcount[f]}, "
+            f"_entire_mapcount {frames.folio_entire_mapcount[f]}, mm_id {_ints(frames.folio_mm_id[f])}, "
+            f"mm_id_mapcount {_ints(frames.folio_mm_id_mapcount[f])}, "
+            f"shared {bool(frames.folio_mm_ids_shared[f])})"))
 
     for pid in sorted(machine.processes):
         mm = machine.processes[pid]
@@ -302,21 +335,22 @@ def _check_mapcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
 
 
 def _check_mm_ids(machine: Machine, scan: PageTableScan, large: np.ndarray) -> list[str]:
-    """MM_ID of large folios: slots never overcount, the shared bit is clear only when one process maps."""
+    """MM_ID of large folios: a slot in use counts between 1 and its process's mappings, a free
+    slot counts 0, no mm_id twice, and a clear shared bit means one process maps the folio."""
     frames = machine.frames
     failures: list[str] = []
     mm_ids = frames.folio_mm_id[large]
     slot_counts = frames.folio_mm_id_mapcount[large]
     for slot in (0, 1):
-        in_use = mm_ids[:, slot] != 0
-        folios = large[in_use]
-        counts = slot_counts[in_use, slot]
-        found = scan.folio_mm_mappings(folios, mm_ids[in_use, slot] - 1)
-        over = np.flatnonzero((counts > found) | (counts < 1))
-        failures += _details(over, lambda i: (
-            f"folio {folios[i]}: MM_ID slot {slot} (P{mm_ids[in_use][i, slot] - 1}) counts {counts[i]}, "
-            f"mappings by that process found {found[i]}"))
-        stale = large[~in_use & (slot_counts[:, slot] != 0)]
+        in_use = _indices(mm_ids[:, slot] != 0)
+        if len(in_use):
+            folios, counts, pids = large[in_use], slot_counts[in_use, slot], mm_ids[in_use, slot] - 1
+            found = scan.folio_mm_mappings(folios, pids)
+            wrong = _indices((counts > found) | (counts < 1))
+            failures += _details(wrong, lambda i: (
+                f"folio {folios[i]}: MM_ID slot {slot} (P{pids[i]}) counts {counts[i]}, "
+                f"mappings by that process found {found[i]}"))
+        stale = large[(mm_ids[:, slot] == 0) & (slot_counts[:, slot] != 0)]
         failures += _details(stale, lambda f: (
             f"folio {f}: free MM_ID slot {slot} has mapcount {frames.folio_mm_id_mapcount[f, slot]}"))
     twice = large[(mm_ids[:, 0] != 0) & (mm_ids[:, 0] == mm_ids[:, 1])]
@@ -333,37 +367,35 @@ def _check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
     frames = machine.frames
     failures = _check_folio_structure(frames, scan)
     heads = scan.heads
-    large = frames.folio_order > 0
 
     pins = scan.pin_pages
-    pin_folio = scan._folio_of(pins["page"])
-    unpinnable = np.flatnonzero(pin_folio < 0)
+    pin_folio = scan.folio_of(pins["page"])
+    unpinnable = _indices(pin_folio < 0)
     failures += _details(unpinnable, lambda i: (
         f"pin {pins['id'][i]} page {pins['index'][i]}: holds pfn {pins['page'][i]}, which is "
         + ("free" if pins["page"][i] < scan.nr_frames else "beyond the machine")))
-    pinned = pin_folio[pin_folio >= 0]
-    pin_pairs = scan._count(pinned, scan.nr_frames)
+    pin_pairs = _count(pin_folio, scan.nr_frames)[heads]
+    large = frames.folio_order[heads] > 0
     pin_refs = np.where(large, pin_pairs, GUP_PIN_COUNTING_BIAS * pin_pairs)
+    mappings = scan.folio_mappings[heads]
 
-    expected = scan.folio_mappings[heads] + pin_refs[heads]
-    wrong = heads[frames.folio_refcount[heads] != expected]
-    failures += _details(wrong, lambda f: (
-        f"folio {f} (order {frames.folio_order[f]}): refcount {frames.folio_refcount[f]}, "
-        f"mappings {scan.folio_mappings[f]} + pin references {pin_refs[f]} = "
-        f"{scan.folio_mappings[f] + pin_refs[f]}"))
-    expected_pincount = np.where(large[heads], pin_pairs[heads], 0)
-    wrong = heads[frames.folio_pincount[heads] != expected_pincount]
-    failures += _details(wrong, lambda f: (
-        f"folio {f} (order {frames.folio_order[f]}): _pincount {frames.folio_pincount[f]}, "
-        f"pinned pages found {pin_pairs[f] if large[f] else 0}"))
-    leaked = heads[(scan.folio_mappings[heads] == 0) & (pin_pairs[heads] == 0)]
+    wrong = _indices(frames.folio_refcount[heads] != mappings + pin_refs)
+    failures += _details(wrong, lambda i: (
+        f"folio {heads[i]} (order {frames.folio_order[heads[i]]}): refcount {frames.folio_refcount[heads[i]]}, "
+        f"mappings {mappings[i]} + pin references {pin_refs[i]} = {mappings[i] + pin_refs[i]}"))
+    expected_pincount = np.where(large, pin_pairs, 0)
+    wrong = _indices(frames.folio_pincount[heads] != expected_pincount)
+    failures += _details(wrong, lambda i: (
+        f"folio {heads[i]} (order {frames.folio_order[heads[i]]}): _pincount "
+        f"{frames.folio_pincount[heads[i]]}, pinned pages found {expected_pincount[i]}"))
+    leaked = heads[(mappings == 0) & (pin_pairs == 0)]
     failures += _details(leaked, lambda f: f"folio {f} (order {frames.folio_order[f]}): "
                                            "allocated but neither mapped nor pinned (leak)")
 
     for level, pids, addrs, pfns, folios in (
             ("PTE", scan.pte_pid, scan.pte_addr, scan.pte_pfn, scan.pte_folio),
             ("PMD", scan.pmd_pid, scan.pmd_addr, scan.pmd_pfn, scan.pmd_folio)):
-        bad = np.flatnonzero(folios < 0)
+        bad = _indices(folios < 0)
         failures += _details(bad, lambda i: (
             f"{_where(pids[i], addrs[i])}: {level} maps pfn {pfns[i]}, which is "
             + ("free" if pfns[i] < scan.nr_frames else "beyond the machine")))
@@ -374,42 +406,44 @@ def _check_folio_structure(frames: FrameTable, scan: PageTableScan) -> list[str]
     """page_folio agrees with the heads' orders; free frames and tail pages hold free values."""
     failures: list[str] = []
     page_folio = frames.page_folio
-    heads = all_heads = scan.heads
+    heads, allocated = scan.heads, scan.allocated
     orders = frames.folio_order[heads].astype(np.int64)
     bad_order = (orders < 0) | (orders > HPAGE_PMD_ORDER) | (orders == 1)
-    failures += _details(heads[bad_order], lambda f: f"folio {f}: bad order {frames.folio_order[f]}")
     sizes = np.left_shift(1, np.clip(orders, 0, HPAGE_PMD_ORDER))
     placed = ~bad_order & (heads % sizes == 0) & (heads + sizes <= scan.nr_frames)
-    failures += _details(heads[~bad_order & ~placed], lambda f: (
-        f"folio {f}: order {frames.folio_order[f]} run is not naturally aligned inside the machine"))
-
-    heads, sizes = heads[placed], sizes[placed]
+    if not placed.all():
+        failures += _details(heads[bad_order], lambda f: f"folio {f}: bad order {frames.folio_order[f]}")
+        failures += _details(heads[~bad_order & ~placed], lambda f: (
+            f"folio {f}: order {frames.folio_order[f]} run is not naturally aligned inside the machine"))
+        heads, sizes = heads[placed], sizes[placed]
     starts = np.cumsum(sizes) - sizes
-    covered = np.repeat(heads, sizes) + (np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(starts, sizes))
-    owner = np.full(scan.nr_frames, FREE_FOLIO, np.int64)
-    owner[covered] = np.repeat(heads, sizes)
-    overlap = np.flatnonzero(np.bincount(covered, minlength=scan.nr_frames) > 1)
-    failures += _details(overlap, lambda pfn: f"pfn {pfn}: inside two folios")
-    wrong = np.flatnonzero(page_folio != owner)
-    failures += _details(wrong, lambda pfn: f"pfn {pfn}: page_folio {page_folio[pfn]}, expected {owner[pfn]}")
+    owners = np.repeat(heads, sizes)
+    covered = owners + (np.arange(len(owners), dtype=np.int64) - np.repeat(starts, sizes))
+    # The folios tile exactly the allocated frames, each frame naming its own head.
+    if not (len(covered) == len(allocated) and np.array_equal(covered, allocated)
+            and np.array_equal(page_folio[covered], owners)):
+        owner = np.full(scan.nr_frames, FREE_FOLIO, np.int64)
+        owner[covered] = owners
+        overlap = _indices(np.bincount(covered, minlength=scan.nr_frames) > 1)
+        failures += _details(overlap, lambda pfn: f"pfn {pfn}: inside two folios")
+        wrong = _indices(page_folio != owner)
+        failures += _details(wrong, lambda pfn: f"pfn {pfn}: page_folio {page_folio[pfn]}, expected {owner[pfn]}")
 
-    # Fast path: a field is clean when all its non-zero values sit where they may.
-    allocated = np.flatnonzero(page_folio != FREE_FOLIO)
-    free = page_folio == FREE_FOLIO
+    all_heads = scan.heads
     for name in _FOLIO_FIELDS:
         array = getattr(frames, name)
         if np.count_nonzero(array) == np.count_nonzero(array[all_heads]):
             continue
         set_ = array.any(axis=1) if array.ndim == 2 else array != 0
         set_[all_heads] = False
-        failures += _details(np.flatnonzero(set_), lambda pfn: (
+        failures += _details(_indices(set_), lambda pfn: (
             f"pfn {pfn}: {name} {_ints(array[pfn]) if array.ndim == 2 else array[pfn]} on a "
-            + ("free frame" if free[pfn] else "tail page")))
+            + ("free frame" if page_folio[pfn] == FREE_FOLIO else "tail page")))
     for name in _PAGE_FIELDS:
         array = getattr(frames, name)
         if np.count_nonzero(array) == np.count_nonzero(array[allocated]):
             continue
-        stray = np.flatnonzero((array != 0) & free)
+        stray = _indices((array != 0) & (page_folio == FREE_FOLIO))
         failures += _details(stray, lambda pfn: f"pfn {pfn}: {name} {array[pfn]} on a free frame")
     return failures
 
@@ -420,55 +454,63 @@ def _check_swap(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[s
     swap = machine.swap
     failures: list[str] = []
     found = scan.swap_pte_count
-    wrong = np.flatnonzero(swap.swap_count != found)
+    wrong = _indices(swap.swap_count != found)
     failures += _details(wrong, lambda slot: f"slot {slot}: count {swap.swap_count[slot]}, "
                                              f"swap entries found {found[slot]}")
-    beyond = np.flatnonzero(scan.swp_slot >= swap.nr_slots)
-    failures += _details(beyond, lambda i: f"{_where(scan.swp_pid[i], scan.swp_addr[i])}: swap entry to "
-                                           f"slot {scan.swp_slot[i]} beyond the device")
-    exclusive = (scan.swp_desc & np.uint64(PTE_SWP_EXCLUSIVE)) != 0
-    slot_found = found[np.minimum(scan.swp_slot, swap.nr_slots - 1)]
-    shared = np.flatnonzero(exclusive & (slot_found != 1))
-    failures += _details(shared, lambda i: (
-        f"{_where(scan.swp_pid[i], scan.swp_addr[i])}: PTE_SWP_EXCLUSIVE on slot {scan.swp_slot[i]} "
-        f"referenced by {slot_found[i]} swap entries"))
-    typed = np.flatnonzero((scan.swp_desc & np.uint64(SWP_TYPE_MASK)) != 0)
-    failures += _details(typed, lambda i: (
-        f"{_where(scan.swp_pid[i], scan.swp_addr[i])}: swap entry {int(scan.swp_desc[i]):#x} has a swap type"))
-    stale = np.flatnonzero((swap.swap_count == 0) & (swap.swap_data != 0))
-    failures += _details(stale, lambda slot: f"slot {slot}: free but holds data {swap.swap_data[slot]}")
+    if len(scan.swp_desc):
+        pids, addrs, descs, slots = scan.swp_pid, scan.swp_addr, scan.swp_desc, scan.swp_slot
+        failures += _details(_indices(slots >= swap.nr_slots), lambda i: (
+            f"{_where(pids[i], addrs[i])}: swap entry to slot {slots[i]} beyond the device"))
+        exclusive = (descs & np.uint64(PTE_SWP_EXCLUSIVE)) != 0
+        referencing = found[np.minimum(slots, swap.nr_slots - 1)]
+        failures += _details(_indices(exclusive & (referencing != 1)), lambda i: (
+            f"{_where(pids[i], addrs[i])}: PTE_SWP_EXCLUSIVE on slot {slots[i]} "
+            f"referenced by {referencing[i]} swap entries"))
+        failures += _details(_indices((descs & np.uint64(SWP_TYPE_MASK)) != 0), lambda i: (
+            f"{_where(pids[i], addrs[i])}: swap entry {int(descs[i]):#x} has a swap type"))
+    if np.count_nonzero(swap.swap_data) != np.count_nonzero(swap.swap_data[swap.swap_count != 0]):
+        stale = _indices((swap.swap_count == 0) & (swap.swap_data != 0))
+        failures += _details(stale, lambda slot: f"slot {slot}: free but holds data {swap.swap_data[slot]}")
     return failures
 
 
 # --- 4. exclusive ------------------------------------------------------------
 
 def _check_exclusive(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
-    frames = machine.frames
+    exclusive = machine.frames.page_anon_exclusive
     failures: list[str] = []
-    exclusive = frames.page_anon_exclusive
-    # A PTE-mapped page is judged by its own bit, a PMD-mapped folio by its head's.
-    pmd_head = np.zeros(scan.nr_frames, bool)
-    pmd_head[scan.pmd_folio[(scan.pmd_folio >= 0) & (scan.pmd_folio == scan.pmd_pfn)]] = True
-    judged = exclusive & ((scan.page_pte_mappings > 0) | pmd_head)
-    shared = np.flatnonzero(judged & (scan.page_total_mappings != 1))
-    failures += _details(shared, lambda pfn: (
-        f"pfn {pfn}: PageAnonExclusive but mapped {scan.page_total_mappings[pfn]} times"))
+    # Mapped once: a PTE-mapped page is judged by its own bit, a PMD-mapped folio by its head's;
+    # a page's mappings are its PTEs plus its folio's PMD blocks.
+    pte_ok, pmd_ok = scan.pte_folio >= 0, scan.pmd_folio == scan.pmd_pfn
+    judged = np.concatenate([scan.pte_pfn[pte_ok], scan.pmd_pfn[pmd_ok]])
+    judged = judged[exclusive[judged]]
+    if len(judged):
+        total = scan.page_pte_mappings[judged] + scan.folio_pmd_mappings[machine.frames.page_folio[judged]]
+        shared, first = np.unique(judged[total != 1], return_index=True)
+        total = total[total != 1][first]
+        failures += _details(range(len(shared)), lambda i: (
+            f"pfn {shared[i]}: PageAnonExclusive but mapped {total[i]} times"))
 
-    for level, pids, addrs, descs, pfns, folios in (
-            ("PTE", scan.pte_pid, scan.pte_addr, scan.pte_desc, scan.pte_pfn, scan.pte_folio),
-            ("PMD", scan.pmd_pid, scan.pmd_addr, scan.pmd_desc, scan.pmd_pfn, scan.pmd_folio)):
-        writable = ((descs & np.uint64(PTE_WRITE)) != 0) & (folios >= 0)
-        bad = np.flatnonzero(writable & ~exclusive[np.where(folios >= 0, pfns, 0)])
+    # Writable => exclusive (the head's bit for a PMD block).
+    for level, pids, addrs, descs, pfns, ok in (
+            ("PTE", scan.pte_pid, scan.pte_addr, scan.pte_desc, scan.pte_pfn, pte_ok),
+            ("PMD", scan.pmd_pid, scan.pmd_addr, scan.pmd_desc, scan.pmd_pfn, scan.pmd_folio >= 0)):
+        if len(descs) == 0:
+            continue
+        writable = ((descs & np.uint64(PTE_WRITE)) != 0) & ok
+        bad = _indices(writable & ~exclusive[np.where(ok, pfns, 0)])
         failures += _details(bad, lambda i: (
             f"{_where(pids[i], addrs[i])}: writable {level} to non-exclusive pfn {pfns[i]}"))
 
+    # A pinned page still mapped where it was pinned => exclusive as SPEC §4 reads it.
     pins = scan.pin_pages
-    still = pins["live"] & (pins["mapped"] == pins["page"]) & (pins["page"] < scan.nr_frames)
-    bad = np.flatnonzero(still & ~exclusive[np.where(still, pins["exclusive_page"], 0)])
-    failures += _details(bad, lambda i: (
-        f"pin {pins['id'][i]} page {pins['index'][i]} ({_where(pins['pid'][i], pins['addr'][i])}): "
-        f"pinned pfn {pins['page'][i]} still mapped but not exclusive"
-        + (f" (head pfn {pins['exclusive_page'][i]})" if pins["exclusive_page"][i] != pins["page"][i] else "")))
+    if len(pins["id"]):
+        still = pins["live"] & (pins["mapped"] == pins["page"]) & (pins["page"] < scan.nr_frames)
+        bad = _indices(still & ~exclusive[np.where(still, pins["exclusive_page"], 0)])
+        failures += _details(bad, lambda i: (
+            f"pin {pins['id'][i]} page {pins['index'][i]} ({_where(pins['pid'][i], pins['addr'][i])}): "
+            f"pinned pfn {pins['page'][i]} still mapped but not exclusive"
+            + (f" (head pfn {pins['exclusive_page'][i]})" if pins["exclusive_page"][i] != pins["page"][i] else "")))
     return failures
 
 
@@ -478,10 +520,12 @@ def _check_pin(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[st
     pins = scan.pin_pages
     if len(pins["id"]) == 0:
         return []
-    released = np.array([int(index) in shadow.released.get(int(pin_id), ())
-                         for pin_id, index in zip(pins["id"], pins["index"])], bool)
-    incoherent = np.flatnonzero(pins["live"] & ~released & (pins["mapped"] != pins["page"]))
-    return _details(incoherent, lambda i: (
+    incoherent = pins["live"] & (pins["mapped"] != pins["page"])
+    if not incoherent.any():
+        return []
+    released = np.array([index in shadow.released.get(pin_id, ())
+                         for pin_id, index in zip(pins["id"].tolist(), pins["index"].tolist())], bool)
+    return _details(_indices(incoherent & ~released), lambda i: (
         f"pin {pins['id'][i]} page {pins['index'][i]} ({_where(pins['pid'][i], pins['addr'][i])}): "
         f"pinned pfn {pins['page'][i]}, "
         + (f"mapped pfn {pins['mapped'][i]}" if pins["mapped"][i] >= 0 else "nothing present there")
@@ -492,47 +536,49 @@ def _check_pin(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[st
 
 def _check_data(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     frames, swap = machine.frames, machine.swap
-    pte_ok = scan.pte_pfn < scan.nr_frames
-    pmd_pages = scan.pmd_pfn[:, None] + _PAGE_OFFSETS
-    pmd_ok = pmd_pages < scan.nr_frames
-    swp_ok = scan.swp_slot < swap.nr_slots
-    keys = np.concatenate([
-        scan.pte_key[pte_ok],
-        (scan.pmd_key[:, None] + (_PAGE_OFFSETS << PAGE_SHIFT))[pmd_ok],
-        scan.swp_key[swp_ok]])
-    values = np.concatenate([
-        frames.page_data[scan.pte_pfn[pte_ok]],
-        frames.page_data[pmd_pages[pmd_ok]],
-        swap.swap_data[scan.swp_slot[swp_ok]]])
-    sources = np.concatenate([
-        scan.pte_pfn[pte_ok], pmd_pages[pmd_ok], -1 - scan.swp_slot[swp_ok]])   # swap slots as -1 - slot
+    # What every mapped page reads: (key, value, source), source a pfn or -1 - swap slot.
+    keys, values, sources = [], [], []
+    if len(scan.pte_pfn):
+        ok = scan.pte_pfn < scan.nr_frames
+        keys.append(scan.pte_key[ok])
+        values.append(frames.page_data[scan.pte_pfn[ok]])
+        sources.append(scan.pte_pfn[ok])
+    if len(scan.pmd_pfn):
+        pages = scan.pmd_pfn[:, None] + _PAGE_OFFSETS
+        ok = pages < scan.nr_frames
+        keys.append((scan.pmd_key[:, None] + (_PAGE_OFFSETS << PAGE_SHIFT))[ok])
+        values.append(frames.page_data[pages[ok]])
+        sources.append(pages[ok])
+    if len(scan.swp_slot):
+        ok = scan.swp_slot < swap.nr_slots
+        keys.append(scan.swp_key[ok])
+        values.append(swap.swap_data[scan.swp_slot[ok]])
+        sources.append(-1 - scan.swp_slot[ok])
+    keys = np.concatenate(keys) if keys else _EMPTY
+    values = np.concatenate(values) if values else np.zeros(0, np.uint64)
+    sources = np.concatenate(sources) if sources else _EMPTY
 
-    shadow_items = [((pid << _PID_SHIFT) | addr, value)
-                    for pid in machine.processes for addr, value in shadow.data.get(pid, {}).items()]
-    shadow_items.sort()
-    shadow_keys = np.array([key for key, _ in shadow_items], np.int64)
-    shadow_values = np.array([value for _, value in shadow_items], np.uint64)
+    written = sorted(((pid << _PID_SHIFT) | addr, value)
+                     for pid in machine.processes for addr, value in shadow.data.get(pid, {}).items())
+    written_keys = np.array([key for key, _ in written], np.int64)
+    written_values = np.array([value for _, value in written], np.uint64)
 
-    found = _lookup(shadow_keys, keys)
-    expected = np.where(found >= 0, shadow_values[np.maximum(found, 0)] if len(shadow_values) else 0,
-                        0).astype(np.uint64)
-    wrong = np.flatnonzero(values != expected)
+    if len(written_keys):
+        found = _lookup(written_keys, keys)
+        expected = np.where(found >= 0, written_values[np.maximum(found, 0)], np.uint64(0))
+    else:
+        expected = np.zeros(len(keys), np.uint64)
 
     def describe_read(i: int) -> str:
         source = f"pfn {sources[i]}" if sources[i] >= 0 else f"swap slot {-1 - sources[i]}"
         return f"{_key_where(keys[i])}: reads {values[i]} ({source}), wrote {expected[i]}"
 
-    failures = _details(wrong, describe_read)
-    order = np.argsort(keys, kind="stable")
-    unmapped = np.flatnonzero((shadow_values != 0) & (_lookup(keys[order], shadow_keys) < 0))
-    failures += _details(unmapped, lambda i: (
-        f"{_key_where(shadow_keys[i])}: wrote {shadow_values[i]}, but nothing is mapped there"))
+    failures = _details(_indices(values != expected), describe_read)
+    if len(written_keys):
+        unmapped = (written_values != 0) & (_lookup(np.sort(keys), written_keys) < 0)
+        failures += _details(_indices(unmapped), lambda i: (
+            f"{_key_where(written_keys[i])}: wrote {written_values[i]}, but nothing is mapped there"))
     return failures
-
-
-def _key_where(key: int) -> str:
-    key = int(key)
-    return _where(key >> _PID_SHIFT, key & ((1 << _PID_SHIFT) - 1))
 
 
 # --- 7. layout ---------------------------------------------------------------
@@ -544,90 +590,102 @@ def _check_layout(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list
         f"{_where(block[0], block[1])}: contpte block not canonical (CONT on "
         f"{int(pte_cont(block[2]).sum())}/16, young {int(pte_young(block[2]).sum())}/16, "
         f"dirty {int(pte_dirty(block[2]).sum())}/16)"))
-    not_page = np.flatnonzero((scan.pte_desc & np.uint64(PTE_TYPE)) == 0)
-    failures += _details(not_page, lambda i: (
-        f"{_where(scan.pte_pid[i], scan.pte_addr[i])}: valid PTE {int(scan.pte_desc[i]):#x} is not a page descriptor"))
-
-    misaligned = np.flatnonzero(scan.pmd_addr % PMD_SIZE != 0)
-    failures += _details(misaligned, lambda i: f"{_where(scan.pmd_pid[i], scan.pmd_addr[i])}: PMD block not 2 MiB aligned")
-    pfns = scan.pmd_pfn
-    in_range = pfns < scan.nr_frames
-    safe = np.where(in_range, pfns, 0)
-    on_thp_head = in_range & (frames.page_folio[safe] == pfns) & (frames.folio_order[safe] == HPAGE_PMD_ORDER)
-    failures += _details(np.flatnonzero(~on_thp_head), lambda i: (
-        f"{_where(scan.pmd_pid[i], scan.pmd_addr[i])}: PMD block maps pfn {pfns[i]}, not the head of an order-9 folio"))
-
-    for pid in sorted(machine.processes):
-        failures += _check_vmas(pid, machine.processes[pid].vmas, scan)
-    return failures
+    if len(scan.pte_desc):
+        not_page = _indices((scan.pte_desc & np.uint64(PTE_TYPE)) == 0)
+        failures += _details(not_page, lambda i: (f"{_where(scan.pte_pid[i], scan.pte_addr[i])}: valid PTE "
+                                                  f"{int(scan.pte_desc[i]):#x} is not a page descriptor"))
+    if len(scan.pmd_desc):
+        misaligned = _indices(scan.pmd_addr % PMD_SIZE != 0)
+        failures += _details(misaligned, lambda i: (f"{_where(scan.pmd_pid[i], scan.pmd_addr[i])}: "
+                                                    "PMD block not 2 MiB aligned"))
+        pfns = scan.pmd_pfn
+        in_range = pfns < scan.nr_frames
+        safe = np.where(in_range, pfns, 0)
+        on_thp_head = in_range & (frames.page_folio[safe] == pfns) & (frames.folio_order[safe] == HPAGE_PMD_ORDER)
+        failures += _details(_indices(~on_thp_head), lambda i: (
+            f"{_where(scan.pmd_pid[i], scan.pmd_addr[i])}: PMD block maps pfn {pfns[i]}, "
+            "not the head of an order-9 folio"))
+    return failures + _check_vmas(machine, scan)
 
 
 def _non_canonical_blocks(machine: Machine, scan: PageTableScan) -> list[tuple[int, int, np.ndarray]]:
     """(pid, addr, entries) of every 16-entry block that `machine.contpte_blocks_canonical` rejects.
 
-    A block with no CONT bit that is not all valid entries can be neither
-    folded nor eligible, so it is canonical; the machine judges the rest,
-    packed a table's worth (32 blocks) at a time: its verdict is per block.
+    A block with no CONT bit and an invalid entry can be neither folded nor
+    eligible, so it is canonical. The machine judges the others, packed a
+    table's worth (32 blocks) at a time, since its verdict is per block; its
+    verdicts are remembered by block content (the entries and their pfns' folios).
     """
     if not scan.pte_tables:
         return []
     blocks = scan.pte_entries.reshape(-1, CONT_PTES)
-    candidates = np.flatnonzero(((blocks & np.uint64(PTE_VALID)) != 0).all(axis=1)
+    candidates = _indices(((blocks & np.uint64(PTE_VALID)) != 0).all(axis=1)
                                 | ((blocks & np.uint64(PTE_CONT)) != 0).any(axis=1))
-    per_table = PTRS_PER_TABLE // CONT_PTES
+    if len(candidates) == 0:
+        return []
+    pfns = pte_pfn(blocks[candidates]).astype(np.int64)
+    in_range = pfns < scan.nr_frames
+    folios = np.where(in_range, machine.frames.page_folio[np.where(in_range, pfns, 0)], _NOT_A_FRAME)
+    content = np.concatenate([blocks[candidates].view(np.int64), folios], axis=1)
+    verdict_keys = [row.tobytes() for row in content]
+    unknown = [i for i, key in enumerate(verdict_keys) if key not in _contpte_verdicts]
+    if len(_contpte_verdicts) + len(unknown) > _CONTPTE_VERDICTS_LIMIT:
+        _contpte_verdicts.clear()
+    for first in range(0, len(unknown), _BLOCKS_PER_TABLE):
+        chunk = unknown[first:first + _BLOCKS_PER_TABLE]
+        packed = np.zeros((_BLOCKS_PER_TABLE, CONT_PTES), np.uint64)
+        packed[:len(chunk)] = blocks[candidates[chunk]]
+        canonical = machine.contpte_blocks_canonical(packed.reshape(-1))
+        for i, verdict in zip(chunk, canonical.tolist()):
+            _contpte_verdicts[verdict_keys[i]] = verdict
     rejected: list[tuple[int, int, np.ndarray]] = []
-    for first in range(0, len(candidates), per_table):
-        chunk = candidates[first:first + per_table]
-        packed = np.zeros((per_table, CONT_PTES), np.uint64)
-        packed[:len(chunk)] = blocks[chunk]
-        canonical = machine.contpte_blocks_canonical(packed.reshape(-1))[:len(chunk)]
-        for block in map(int, chunk[~canonical]):
-            table, index = divmod(block, per_table)
+    for i, key in enumerate(verdict_keys):
+        if not _contpte_verdicts[key]:
+            table, index = divmod(int(candidates[i]), _BLOCKS_PER_TABLE)
             pid, base, _ = scan.pte_tables[table]
-            rejected.append((pid, base + index * CONT_PTES * PAGE_SIZE, blocks[block]))
+            rejected.append((pid, base + index * CONT_PTES * PAGE_SIZE, blocks[candidates[i]]))
     return rejected
 
 
-def _check_vmas(pid: int, vmas: list, scan: PageTableScan) -> list[str]:
-    """pid's VMAs are sorted, disjoint, non-empty and page aligned, and hold every leaf of pid."""
+def _check_vmas(machine: Machine, scan: PageTableScan) -> list[str]:
+    """Every process's VMAs are sorted, disjoint, non-empty and page aligned, and hold its leaves
+    (a PMD block inside one VMA)."""
     failures: list[str] = []
-    for vma in vmas:
-        if not (vma.start < vma.end and vma.start % PAGE_SIZE == 0 and vma.end % PAGE_SIZE == 0
-                and 0 <= vma.start and vma.end <= TASK_SIZE):
-            failures.append(f"P{pid} VMA {vma.start:#x}-{vma.end:#x}: empty, unaligned or outside the VA space")
-    for before, after in zip(vmas, vmas[1:]):
-        if before.end > after.start:
-            failures.append(f"P{pid} VMA {before.start:#x}-{before.end:#x}: not sorted before or "
-                            f"overlaps VMA {after.start:#x}-{after.end:#x}")
-    starts = np.array([vma.start for vma in vmas], np.int64)
-    ends = np.array([vma.end for vma in vmas], np.int64)
+    vma_keys, vma_ends = [], []
+    for pid in sorted(machine.processes):
+        vmas = machine.processes[pid].vmas
+        for vma in vmas:
+            if not (vma.start < vma.end and vma.start % PAGE_SIZE == 0 and vma.end % PAGE_SIZE == 0
+                    and 0 <= vma.start and vma.end <= TASK_SIZE):
+                failures.append(f"P{pid} VMA {vma.start:#x}-{vma.end:#x}: empty, unaligned or outside the VA space")
+            vma_keys.append((pid << _PID_SHIFT) + vma.start)
+            vma_ends.append((pid << _PID_SHIFT) + vma.end)   # +, not |: an end may be 2**48
+        for before, after in zip(vmas, vmas[1:]):
+            if before.end > after.start:
+                failures.append(f"P{pid} VMA {before.start:#x}-{before.end:#x}: not sorted before or "
+                                f"overlaps VMA {after.start:#x}-{after.end:#x}")
 
-    def outside(addrs: np.ndarray, size: int) -> np.ndarray:
-        if len(starts) == 0:
-            return np.ones(len(addrs), bool)
-        index = np.searchsorted(starts, addrs, side="right") - 1
-        return (index < 0) | (addrs + size > ends[np.maximum(index, 0)])
-
-    for level, pids, addrs, size in (("PTE", scan.pte_pid, scan.pte_addr, PAGE_SIZE),
-                                     ("swap PTE", scan.swp_pid, scan.swp_addr, PAGE_SIZE),
-                                     ("PMD block", scan.pmd_pid, scan.pmd_addr, PMD_SIZE)):
-        mine = addrs[pids == pid]
-        if len(mine):
-            bad = mine[outside(mine, size)]
-            failures += _details(bad, lambda addr: f"{_where(pid, addr)}: {level} outside "
-                                                   + ("any VMA" if size == PAGE_SIZE else "a single VMA"))
+    leaf_keys = np.concatenate([scan.pte_key, scan.swp_key, scan.pmd_key])
+    if len(leaf_keys) == 0:
+        return failures
+    sizes = np.concatenate([np.full(len(scan.pte_key), PAGE_SIZE), np.full(len(scan.swp_key), PAGE_SIZE),
+                            np.full(len(scan.pmd_key), PMD_SIZE)])
+    starts = np.array(vma_keys, np.int64)
+    ends = np.array(vma_ends, np.int64)
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    index = np.searchsorted(starts, leaf_keys, side="right") - 1
+    outside = (index < 0) | (leaf_keys + sizes > ends[np.maximum(index, 0)]) if len(starts) else \
+        np.ones(len(leaf_keys), bool)
+    levels = ["PTE"] * len(scan.pte_key) + ["swap PTE"] * len(scan.swp_key) + ["PMD block"] * len(scan.pmd_key) \
+        if outside.any() else []
+    failures += _details(_indices(outside), lambda i: (
+        f"{_key_where(leaf_keys[i])}: {levels[i]} outside "
+        + ("a single VMA" if levels[i] == "PMD block" else "any VMA")))
     return failures
 
 
 # --- the public interface ----------------------------------------------------
-
-def _public(check_with_scan: Callable[[Machine, Shadow, PageTableScan], list[str]], name: str):
-    def check_oracle(machine: Machine, shadow: Shadow) -> list[str]:
-        return check_with_scan(machine, shadow, PageTableScan(machine))
-    check_oracle.__name__ = check_oracle.__qualname__ = f"check_{name}"
-    check_oracle.__doc__ = f"Oracle {name} (SPEC §6) on a fresh scan: failure details, empty if it holds."
-    return check_oracle
-
 
 _CHECKS: dict[str, Callable[[Machine, Shadow, PageTableScan], list[str]]] = {
     "mapcount": _check_mapcount,
@@ -639,13 +697,46 @@ _CHECKS: dict[str, Callable[[Machine, Shadow, PageTableScan], list[str]]] = {
     "layout": _check_layout,
 }
 
-check_mapcount = _public(_check_mapcount, "mapcount")
-check_refcount = _public(_check_refcount, "refcount")
-check_swap = _public(_check_swap, "swap")
-check_exclusive = _public(_check_exclusive, "exclusive")
-check_pin = _public(_check_pin, "pin")
-check_data = _public(_check_data, "data")
-check_layout = _public(_check_layout, "layout")
+
+def check_mapcount(machine: Machine, shadow: Shadow) -> list[str]:
+    """Oracle 1: per-page, large and entire mapcounts equal the mappings; MM_ID slots and the
+    shared bit are consistent with them; RSS counters equal the entries."""
+    return _check_mapcount(machine, shadow, PageTableScan(machine))
+
+
+def check_refcount(machine: Machine, shadow: Shadow) -> list[str]:
+    """Oracle 2: refcount == mappings + pin references; _pincount == pinned pages (large folios);
+    nothing maps or pins a free frame; no leaked folio; folio structure and free frames canonical."""
+    return _check_refcount(machine, shadow, PageTableScan(machine))
+
+
+def check_swap(machine: Machine, shadow: Shadow) -> list[str]:
+    """Oracle 3: slot counts equal the swap PTEs; PTE_SWP_EXCLUSIVE only on a slot of count 1;
+    a free slot holds no data."""
+    return _check_swap(machine, shadow, PageTableScan(machine))
+
+
+def check_exclusive(machine: Machine, shadow: Shadow) -> list[str]:
+    """Oracle 4: PageAnonExclusive pages are mapped once; writable entries map exclusive pages;
+    pinned pages still mapped where they were pinned are exclusive."""
+    return _check_exclusive(machine, shadow, PageTableScan(machine))
+
+
+def check_pin(machine: Machine, shadow: Shadow) -> list[str]:
+    """Oracle 5: a live pin's pages stay mapped at its addresses unless its process unmapped them."""
+    return _check_pin(machine, shadow, PageTableScan(machine))
+
+
+def check_data(machine: Machine, shadow: Shadow) -> list[str]:
+    """Oracle 6: every process reads at every address what the shadow says it wrote there."""
+    return _check_data(machine, shadow, PageTableScan(machine))
+
+
+def check_layout(machine: Machine, shadow: Shadow) -> list[str]:
+    """Oracle 7: contpte blocks canonical; PMD blocks aligned on order-9 heads; leaves inside VMAs;
+    VMAs well formed."""
+    return _check_layout(machine, shadow, PageTableScan(machine))
+
 
 ORACLES: dict[str, Callable[[Machine, Shadow], list[str]]] = {
     "mapcount": check_mapcount,
@@ -660,6 +751,8 @@ ORACLES: dict[str, Callable[[Machine, Shadow], list[str]]] = {
 
 @dataclass(frozen=True)
 class OracleFailure:
+    """One oracle that does not hold, with one human-readable detail of why."""
+
     oracle: str
     detail: str
 
@@ -674,4 +767,4 @@ def check_oracles(machine: Machine, shadow: Shadow) -> list[OracleFailure]:
 
 __all__ = ["ORACLES", "OracleFailure", "PageTableScan", "check_oracles", "check_mapcount",
            "check_refcount", "check_swap", "check_exclusive", "check_pin", "check_data",
-           "check_layout", "GUP_PIN_COUNTING_BIAS"]
+           "check_layout", "GUP_PIN_COUNTING_BIAS", "MAX_DETAILS"]

@@ -69,7 +69,10 @@ class Machine:
         return other
 
     def restore(self, snapshot: Machine) -> None:
-        """Put the state back to a snapshot taken before the op (which was canonical)."""
+        """Put the state back to a snapshot taken before the op (which was canonical).
+
+        The snapshot's objects are taken over, not copied: a snapshot restores once.
+        """
         self.frames = snapshot.frames
         self.swap = snapshot.swap
         self.processes = snapshot.processes
@@ -147,6 +150,7 @@ class Machine:
 
     def ptes_get(self, mm: MM, addr: int, nr_pages: int) -> np.ndarray:
         """A copy of nr_pages raw PTEs from addr (zeros where no table exists)."""
+        check(addr % PAGE_SIZE == 0, f"unaligned address {addr:#x}")
         check(nr_pages >= 1 and pte_index(addr) + nr_pages <= PTRS_PER_TABLE,
               "range crosses a PTE table")
         table = mm.pte_table(addr)
@@ -196,9 +200,10 @@ class Machine:
         """Install a PMD block; an empty PTE table in its place is freed."""
         check(pmd_trans_huge(pmd), "set_pmd_at takes a PMD block")
         table, index = self._pmd_slot(mm, addr, alloc=True)
-        pte_table = table.ptes.pop(index, None)
+        pte_table = table.ptes.get(index)
         if pte_table is not None:
             check(not pte_table.entries.any(), "PMD block installed over a populated PTE table")
+            del table.ptes[index]
             self._touched.pop(id(pte_table), None)
         else:
             check(table.entries[index] == 0 or pmd_trans_huge(int(table.entries[index])),
@@ -214,7 +219,7 @@ class Machine:
 
     def pmdp_set_wrprotect(self, mm: MM, addr: int) -> None:
         table, index = self._pmd_slot(mm, addr, alloc=False)
-        pmd = int(table.entries[index])
+        pmd = 0 if table is None else int(table.entries[index])
         check(pmd_trans_huge(pmd), "no PMD block to write-protect")
         table.entries[index] = pte_pmd(pte_wrprotect(pmd_pte(pmd)))
 

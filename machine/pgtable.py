@@ -172,7 +172,9 @@ def pte_modify(pte, prot: int):
     hw_dirty = (pte & PTE_WRITE) << _WRITE_TO_DIRTY_SHIFT
     hw_dirty = _clear(hw_dirty, (pte & PTE_RDONLY) << _RDONLY_TO_DIRTY_SHIFT)
     pte = pte | hw_dirty
-    return _clear(pte, PTE_MODIFY_FROM_PROT) | (prot & PTE_MODIFY_FROM_PROT)
+    pte = _clear(pte, PTE_MODIFY_FROM_PROT) | (prot & PTE_MODIFY_FROM_PROT)
+    # A sw-dirty entry that got WRITE back is made hardware-dirty again (pte_mkdirty).
+    return _clear(pte, ((pte & PTE_DIRTY) >> _DIRTY_TO_RDONLY_SHIFT) & ((pte & PTE_WRITE) >> _WRITE_TO_RDONLY_SHIFT))
 
 
 def pte_pmd(pte):

@@ -86,13 +86,7 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
         # The head's state is copied to every page (RMAP_EXCLUSIVE or RMAP_NONE).
         machine.frames.page_anon_exclusive[page] = anon_exclusive
         folio_add_anon_rmap_pte(machine, folio, page, mm, anon_exclusive)
-    entry = pfn_pte(folio, vm_get_page_prot(vma.writable))
-    if pte_write(pmd):
-        entry = pte_mkwrite(entry)
-    if not pte_young(pmd):
-        entry = pte_mkold(entry)
-    if pte_dirty(pmd):
-        entry = pte_mkdirty(entry)
+    entry = split_entry(pmd, folio, vma)
     for i in range(HPAGE_PMD_NR):
         machine.set_pte_at(mm, haddr + (i << PAGE_SHIFT), pfn_pte(folio + i, entry))
     folio_remove_rmap_pmd(machine, folio, mm)
@@ -102,8 +96,10 @@ def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr:
     """fork of a PMD block: share it as a PMD, or split the parent's if it may be pinned.
 
     Returns OK, or FALLBACK after the split (the caller copies the 512 PTEs).
+    Context: a PMD block maps haddr in the parent.
     """
     pmd = machine.pmdp_get(src_mm, haddr)
+    check(pmd_trans_huge(pmd), f"copy_huge_pmd without a PMD block at {haddr:#x}")
     folio = int(pte_pfn(pmd))
     folio_get(machine, folio)
     if folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm) == EBUSY:
@@ -119,8 +115,13 @@ def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr:
 
 
 def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
-    """mprotect of a fully covered PMD block to vma's (new) protection."""
+    """mprotect of a fully covered PMD block to vma's (new) protection.
+
+    Context: a PMD block maps haddr, inside vma.
+    """
     pmd = machine.pmdp_get(mm, haddr)
+    check(pmd_trans_huge(pmd) and vma.start <= haddr and haddr + PMD_SIZE <= vma.end,
+          f"change_huge_pmd without a PMD block inside the VMA at {haddr:#x}")
     folio = int(pte_pfn(pmd))
     entry = pte_modify(pmd, vm_get_page_prot(vma.writable))
     if vma.writable and PageAnonExclusive(machine, folio):
@@ -142,8 +143,9 @@ class FolioMapping:
     exclusive: bool
 
 
-def remap_entry(old: int, page: int, vma: VMA) -> int:
-    """The PTE remove_migration_pte builds for page from the old entry's state."""
+def split_entry(old: int, page: int, vma: VMA) -> int:
+    """The PTE a split maps page with, from the old PTE's or PMD's write, young and dirty
+    state: one rule for __split_huge_pmd_locked and remove_migration_pte (SPEC §2.3)."""
     entry = pfn_pte(page, vm_get_page_prot(vma.writable))
     if pte_write(old):
         entry = pte_mkwrite(entry)
@@ -204,8 +206,10 @@ def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: in
     """Split a large folio into folios of new_order, remapping every mapping as PTEs.
 
     Refused with EAGAIN if any reference is not a mapping (a pin).
+    Context: folio is an allocated anon folio, mapped somewhere.
     """
     frames = machine.frames
+    check(int(frames.page_folio[folio]) == folio and frames.folio_anon[folio], f"split of non-folio {folio}")
     order = int(frames.folio_order[folio])
     if new_order == 1 or new_order >= order or not 0 <= new_order <= 8:
         return EINVAL
@@ -237,7 +241,7 @@ def remap_page(machine: Machine, old_folio: int, folio: int, mappings: list[Foli
             pages = range(page, page + 1) if folio <= page < folio + nr_pages else range(0)
         for page in pages:
             addr = mapping.addr + ((page - old_folio) << PAGE_SHIFT if mapping.is_pmd else 0)
-            machine.set_pte_at(mapping.mm, addr, remap_entry(mapping.entry, page, mapping.vma))
+            machine.set_pte_at(mapping.mm, addr, split_entry(mapping.entry, page, mapping.vma))
             folio_get_for_mapping(machine, folio)
             folio_add_anon_rmap_pte(machine, folio, page, mapping.mm, mapping.exclusive)
 

@@ -137,28 +137,26 @@ class Kernel:
 
     # Reclaim and splits: they act on the folio mapped at (pid, addr).
 
-    def _folio_at(self, mm: MM, addr: int) -> int | None:
-        entry = self.machine.lookup(mm, addr)[1]
-        if not pte_present(entry):
-            return None
-        return page_folio(self.machine, int(pte_pfn(entry)))
-
-    def reclaim(self, pid: int, addr: int) -> str:
+    def _folio_at(self, pid: int, addr: int) -> tuple[str, int]:
+        """(OK, the folio mapped at addr), else (EFAULT: no VMA, or ENOENT: nothing present)."""
         mm = self._mm(pid)
         if mm.find_vma(addr) is None:
-            return EFAULT
-        folio = self._folio_at(mm, addr)
-        if folio is None:
-            return ENOENT
+            return EFAULT, -1
+        entry = self.machine.lookup(mm, addr)[1]
+        if not pte_present(entry):
+            return ENOENT, -1
+        return OK, page_folio(self.machine, int(pte_pfn(entry)))
+
+    def reclaim(self, pid: int, addr: int) -> str:
+        result, folio = self._folio_at(pid, addr)
+        if result != OK:
+            return result
         return self._transaction(lambda: shrink_folio_list(self.machine, folio))
 
     def try_to_unmap(self, pid: int, addr: int) -> str:
-        mm = self._mm(pid)
-        if mm.find_vma(addr) is None:
-            return EFAULT
-        folio = self._folio_at(mm, addr)
-        if folio is None:
-            return ENOENT
+        result, folio = self._folio_at(pid, addr)
+        if result != OK:
+            return result
         return self._keeping_partial_work(lambda: try_to_unmap(self.machine, folio))
 
     def split_pmd(self, pid: int, addr: int) -> str:
@@ -172,10 +170,7 @@ class Kernel:
         return self._transaction(lambda: split_huge_pmd_locked(self.machine, mm, vma, haddr) or OK)
 
     def split(self, pid: int, addr: int, order: int) -> str:
-        mm = self._mm(pid)
-        if mm.find_vma(addr) is None:
-            return EFAULT
-        folio = self._folio_at(mm, addr)
-        if folio is None:
-            return ENOENT
+        result, folio = self._folio_at(pid, addr)
+        if result != OK:
+            return result
         return self._transaction(lambda: split_huge_page_to_list_to_order(self.machine, folio, order))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from machine import MM, VMA, Machine, check
 from machine.errors import EBUSY, ENOMEM, OK
 from machine.pgtable import (
@@ -158,7 +160,10 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
 # Swap-in (do_swap_page; model: no swap cache, every swap-in is a fresh order-0 folio).
 
 def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool) -> str:
-    """Swap the page at addr in to a fresh exclusive order-0 folio."""
+    """Swap the page at addr in to a fresh exclusive order-0 folio.
+
+    Context: a swap PTE maps addr; a write fault happens only in a writable VMA.
+    """
     pte = machine.ptep_get(mm, addr)
     check(is_swap_pte(pte), "do_swap_page on a non-swap PTE")
     check(not write_fault or vma.writable, "write fault in a read-only VMA")
@@ -216,6 +221,8 @@ def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
 # zap (zap_pte_range, zap_present_pte, zap_nonpresent_ptes).
 
 def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
+    """Unmap one present PTE and drop its folio reference. Context: a present PTE maps addr."""
+    check(pte_present(machine.ptep_get(mm, addr)), f"zap_present_pte of a non-present PTE at {addr:#x}")
     pte = machine.ptep_get_and_clear(mm, addr)
     page = int(pte_pfn(pte))
     folio = page_folio(machine, page)
@@ -225,6 +232,8 @@ def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
 
 
 def zap_swap_pte(machine: Machine, mm: MM, addr: int) -> None:
+    """Drop one swap PTE's slot reference. Context: a swap PTE maps addr."""
+    check(is_swap_pte(machine.ptep_get(mm, addr)), f"zap_swap_pte of a non-swap PTE at {addr:#x}")
     pte = machine.ptep_get_and_clear(mm, addr)
     mm.rss_swap -= 1
     swap_free(machine, int(pte_swp_offset(pte)))
@@ -240,28 +249,39 @@ def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
             zap_swap_pte(machine, mm, addr)
 
 
-def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
-    """Zap [start, end) of vma: a fully covered PMD block whole, a partial one split first."""
-    check(vma.start <= start < end <= vma.end, "zap range leaves the VMA")
+def pmd_ranges(start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+    """Split [start, end) at PMD boundaries: (addr, next_addr, whether it is a whole PMD)."""
     addr = start
     while addr < end:
         haddr = addr & ~(PMD_SIZE - 1)
         next_addr = min(haddr + PMD_SIZE, end)
+        yield addr, next_addr, addr == haddr and next_addr == haddr + PMD_SIZE
+        addr = next_addr
+
+
+def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
+    """Zap [start, end) of vma: a fully covered PMD block whole, a partial one split first."""
+    check(vma.start <= start < end <= vma.end, "zap range leaves the VMA")
+    for addr, next_addr, whole_pmd in pmd_ranges(start, end):
+        haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
-            if addr == haddr and next_addr == haddr + PMD_SIZE:
+            if whole_pmd:
                 huge_memory.zap_huge_pmd(machine, mm, haddr)
-                addr = next_addr
                 continue
             huge_memory.split_huge_pmd_locked(machine, mm, vma, haddr)
         zap_pte_range(machine, mm, addr, next_addr)
-        addr = next_addr
 
 
 # fork (copy_page_range, copy_present_pte, copy_present_page, copy_nonpresent_pte).
 
 def copy_nonpresent_pte(machine: Machine, dst_mm: MM, src_mm: MM, addr: int) -> None:
-    """Share a swap entry with the child; an exclusive marker is cleared in both."""
+    """Share a swap entry with the child; an exclusive marker is cleared in both.
+
+    Context: a swap PTE maps addr in the parent; the child has nothing there.
+    """
     pte = machine.ptep_get(src_mm, addr)
+    check(is_swap_pte(pte), f"copy_nonpresent_pte of a non-swap PTE at {addr:#x}")
+    check(pte_none(machine.ptep_get(dst_mm, addr)), f"child already maps {addr:#x}")
     swap_duplicate(machine, int(pte_swp_offset(pte)))
     if pte_swp_exclusive(pte):
         pte = pte_swp_clear_exclusive(pte)
@@ -284,8 +304,13 @@ def copy_present_page(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int, src
 
 
 def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, addr: int) -> str:
-    """Copy one present PTE to the child: share the page, or copy it if it may be pinned."""
+    """Copy one present PTE to the child: share the page, or copy it if it may be pinned.
+
+    Context: a present PTE maps addr in the parent; the child has nothing there.
+    """
     pte = machine.ptep_get(src_mm, addr)
+    check(pte_present(pte), f"copy_present_pte of a non-present PTE at {addr:#x}")
+    check(pte_none(machine.ptep_get(dst_mm, addr)), f"child already maps {addr:#x}")
     page = int(pte_pfn(pte))
     folio = page_folio(machine, page)
     folio_get(machine, folio)

@@ -10,7 +10,8 @@ from machine.pgtable import (
 )
 
 from .folio import PageAnonExclusive
-from .huge_memory import split_huge_pmd_locked, change_huge_pmd
+from .huge_memory import change_huge_pmd, split_huge_pmd_locked
+from .memory import pmd_ranges
 
 
 def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int) -> None:
@@ -24,20 +25,16 @@ def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int) -> None:
 
 def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
     """Apply vma's protection to [start, end): a covered PMD whole, a partial one split first."""
-    addr = start
-    while addr < end:
+    for addr, next_addr, whole_pmd in pmd_ranges(start, end):
         haddr = addr & ~(PMD_SIZE - 1)
-        next_addr = min(haddr + PMD_SIZE, end)
         if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
-            if addr == haddr and next_addr == haddr + PMD_SIZE:
+            if whole_pmd:
                 change_huge_pmd(machine, mm, vma, haddr)
-                addr = next_addr
                 continue
             split_huge_pmd_locked(machine, mm, vma, haddr)
         for page_addr in range(addr, next_addr, PAGE_SIZE):
             if pte_present(machine.ptep_get(mm, page_addr)):
                 change_pte(machine, mm, vma, page_addr)
-        addr = next_addr
 
 
 def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:

@@ -121,7 +121,10 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
 
 
 def folio_add_anon_rmap_pte(machine: Machine, folio: int, page: int, mm: MM, exclusive: bool) -> None:
-    """Account one more PTE mapping of page (swap-in, PMD split, folio-split remap)."""
+    """Account one more PTE mapping of page (PMD split, folio-split remap).
+
+    Context: the folio is already anon; an exclusive page ends up mapped exactly once.
+    """
     __folio_rmap_sanity_checks(machine, folio, page, 1)
     frames = machine.frames
     check(frames.folio_anon[folio], "folio_add_anon_rmap_pte on a non-anon folio")
@@ -147,6 +150,7 @@ def folio_add_anon_rmap_pmd(machine: Machine, folio: int, mm: MM, exclusive: boo
 # Removing mappings: never touches PageAnonExclusive (stale bits stay).
 
 def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> None:
+    """Account one PTE mapping of page less. Context: page is mapped (mapcount >= 1)."""
     __folio_rmap_sanity_checks(machine, folio, page, 1)
     frames = machine.frames
     check(frames.page_mapcount[page] >= 1, f"page {page} mapcount underflow")
@@ -156,6 +160,7 @@ def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> No
 
 
 def folio_remove_rmap_pmd(machine: Machine, folio: int, mm: MM) -> None:
+    """Account one PMD mapping less. Context: the folio is PMD-mapped (entire mapcount >= 1)."""
     frames = machine.frames
     check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD unmapping of a non-PMD folio")
     check(frames.folio_entire_mapcount[folio] >= 1, f"folio {folio} entire mapcount underflow")
@@ -170,9 +175,11 @@ def folio_try_dup_anon_rmap_pte(machine: Machine, folio: int, page: int, dst_mm:
 
     Fails with EBUSY, changing nothing, if page is exclusive and the folio may be
     pinned by the parent (the caller then copies the page for the child).
+    Context: the parent maps page (mapcount >= 1); the folio is anon.
     """
     __folio_rmap_sanity_checks(machine, folio, page, 1)
     check(machine.frames.folio_anon[folio], "dup of a non-anon folio")
+    check(machine.frames.page_mapcount[page] >= 1, f"dup of unmapped page {page}")
     if PageAnonExclusive(machine, page) and folio_needs_cow_for_dma(machine, src_mm, folio):
         return EBUSY
     ClearPageAnonExclusive(machine, page)
@@ -183,9 +190,13 @@ def folio_try_dup_anon_rmap_pte(machine: Machine, folio: int, page: int, dst_mm:
 
 
 def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm: MM) -> str:
-    """The PMD variant: exclusivity is the head's bit only."""
+    """The PMD variant: exclusivity is the head's bit only.
+
+    Context: the parent maps the folio with a PMD (entire mapcount >= 1).
+    """
     frames = machine.frames
     check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD dup of a non-PMD folio")
+    check(frames.folio_entire_mapcount[folio] >= 1, f"PMD dup of folio {folio} not PMD-mapped")
     if PageAnonExclusive(machine, folio):
         if folio_needs_cow_for_dma(machine, src_mm, folio):
             return EBUSY
@@ -200,9 +211,10 @@ def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm
 def folio_try_share_anon_rmap_pte(machine: Machine, folio: int, page: int) -> str:
     """Mark one exclusive page maybe shared; EBUSY, changing nothing, if the folio may be pinned.
 
-    Context: the caller cleared the PTE first.
+    Context: the caller cleared the PTE but has not removed its rmap yet (mapcount >= 1).
     """
     __folio_rmap_sanity_checks(machine, folio, page, 1)
+    check(machine.frames.page_mapcount[page] >= 1, f"sharing page {page} whose rmap is gone")
     check(PageAnonExclusive(machine, page), f"sharing non-exclusive page {page}")
     if folio_maybe_dma_pinned(machine, folio):
         return EBUSY
@@ -211,8 +223,12 @@ def folio_try_share_anon_rmap_pte(machine: Machine, folio: int, page: int) -> st
 
 
 def folio_try_share_anon_rmap_pmd(machine: Machine, folio: int) -> str:
-    """The PMD variant: clears the head's bit only."""
+    """The PMD variant: clears the head's bit only.
+
+    Context: the folio is still PMD-mapped (entire mapcount >= 1).
+    """
     check(int(machine.frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD share of a non-PMD folio")
+    check(machine.frames.folio_entire_mapcount[folio] >= 1, f"PMD share of folio {folio} not PMD-mapped")
     check(PageAnonExclusive(machine, folio), f"sharing non-exclusive folio {folio}")
     if folio_maybe_dma_pinned(machine, folio):
         return EBUSY

@@ -47,7 +47,12 @@ def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int,
 
 
 def try_to_unmap_pte(machine: Machine, folio: int, page: int, mm: MM, addr: int, slot: int) -> str:
-    """Replace the PTE mapping page at addr by a swap PTE for slot."""
+    """Replace the PTE mapping page at addr by a swap PTE for slot.
+
+    Context: a present PTE maps page at addr; page belongs to folio.
+    """
+    check(int(pte_pfn(machine.ptep_get(mm, addr))) == page and pte_present(machine.ptep_get(mm, addr)),
+          f"try_to_unmap_pte: page {page} is not mapped at {addr:#x}")
     anon_exclusive = PageAnonExclusive(machine, page)
     pteval = machine.ptep_get_and_clear(mm, addr)
     folio_dup_swap(machine, slot)
@@ -68,7 +73,12 @@ def try_to_unmap_pte(machine: Machine, folio: int, page: int, mm: MM, addr: int,
 
 
 def try_to_unmap(machine: Machine, folio: int) -> str:
-    """Unmap folio everywhere into one aligned run of swap slots, walking its lineage."""
+    """Unmap folio everywhere into one aligned run of swap slots, walking its lineage.
+
+    Context: folio is an allocated anon folio.
+    """
+    check(int(machine.frames.page_folio[folio]) == folio and machine.frames.folio_anon[folio],
+          f"try_to_unmap of non-folio {folio}")
     order = int(machine.frames.folio_order[folio])
     slot = machine.swap.find_free_slots(order)
     if slot is None:

@@ -251,9 +251,7 @@ def test_set_pte_at_and_ptep_get(machine, mm):
     lambda m, mm: m.clear_full_ptes(mm, VA + 4, 1),
     lambda m, mm: m.wrprotect_ptes(mm, VA + 4, 1),
     lambda m, mm: m.get_and_clear_full_ptes(mm, VA + 4, 1),
-    pytest.param(lambda m, mm: m.ptes_get(mm, VA + 4, 1), id="ptes_get", marks=pytest.mark.xfail(
-        strict=True, reason="machine robustness bug: ptes_get does not check that addr is page "
-                            "aligned (every other PTE primitive does); it reads the entry below")),
+    pytest.param(lambda m, mm: m.ptes_get(mm, VA + 4, 1), id="ptes_get"),
     lambda m, mm: m.pmdp_get(mm, VA + PAGE_SIZE),
 ])
 def test_unaligned_pte_address_is_a_machine_bug(machine, mm, call):
@@ -427,10 +425,6 @@ def test_set_pmd_at_refuses_a_populated_pte_table(machine, mm):
         machine.set_pmd_at(mm, VA, pte_pmd(fault_pte(512)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "machine robustness bug (not SPEC §2 text): set_pmd_at pops the PTE table from "
-    "PmdTable.ptes before checking it is empty, so after the MachineBug the PMD slot still "
-    "holds a table descriptor with no table: ptep_get returns 0 and mm.leaves() raises KeyError"))
 def test_set_pmd_at_refusal_leaves_the_pte_table_in_place(machine, mm):
     machine.set_pte_at(mm, VA + 0x5000, fault_pte(3))
     with pytest.raises(MachineBug):
@@ -495,9 +489,6 @@ def test_pmdp_set_wrprotect_without_a_block_is_a_machine_bug(machine, mm):
         machine.pmdp_set_wrprotect(mm, VA)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "machine robustness bug: pmdp_set_wrprotect does not check that a PMD table exists "
-    "and raises AttributeError ('NoneType' has no 'entries') instead of MachineBug"))
 def test_pmdp_set_wrprotect_of_an_unpopulated_gib_is_a_machine_bug(machine, mm):
     with pytest.raises(MachineBug):
         machine.pmdp_set_wrprotect(mm, 3 * GIB)

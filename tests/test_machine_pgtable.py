@@ -281,10 +281,6 @@ def test_pte_modify_then_mkwrite_restores_a_writable_dirty_entry():
     assert pg.pte_mkwrite(pg.pte_modify(BASE, BASE_PROT)) == CLEAN_WRITABLE
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "machine bug: pte_modify omits the kernel's trailing `if (pte_sw_dirty(pte)) pte = "
-    "pte_mkdirty(pte)` (arm64 pgtable.h since 2023); SPEC §2.2 says 'exactly as pgtable.h'. "
-    "Unreachable with vm_get_page_prot, which never has WRITE"))
 def test_pte_modify_to_a_writable_prot_makes_a_sw_dirty_entry_hw_dirty():
     result = pg.pte_modify(SW_DIRTY_RO, BASE_PROT | PTE_WRITE)
     assert result == (SW_DIRTY_RO | PTE_WRITE) & ~PTE_RDONLY

@@ -18,7 +18,7 @@ from fuzz.shadow import Shadow
 from machine import VMA, Machine
 from machine.mm import MM
 from machine.pgtable import (
-    CONT_PTES, HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE, PTE_AF, PTE_CONT, pfn_pte, pte_cont, pte_mkdirty,
+    CONT_PTES, HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE, PTE_CONT, pfn_pte, pte_cont, pte_mkdirty,
     pte_mkold, pte_mkwrite, pte_pmd, pte_swp_mkexclusive, pte_wrprotect, swp_entry_to_pte,
     vm_get_page_prot,
 )
@@ -755,3 +755,14 @@ def test_shadow_clone_is_independent():
     other.data[0][0x1000] = 2
     other.released[0].add(2)
     assert shadow.data == {0: {0x1000: 1}} and shadow.released == {0: {1}}
+
+
+def test_layout_accepts_leaves_at_the_top_of_the_address_space():
+    machine, shadow, parent = new_world()
+    child = new_child(machine, parent)                # P1: an odd pid, whose key bit 48 is set
+    top = (1 << 48) - PAGE_SIZE
+    child.vma_insert(VMA(top - PAGE_SIZE, 1 << 48, True, 1))
+    map_small_folio(machine, shadow, child, top, 3)
+    assert_healthy(machine, shadow)
+    child.vmas[-1].end = top
+    assert_only(machine, shadow, "layout", f"P1 {top:#x}: PTE outside any VMA")

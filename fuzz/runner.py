@@ -350,20 +350,27 @@ class _Run:
         side.last_result = result
         return None
 
-    def _check_oracles(self, step_index: int, op: Op) -> Finding | None:
+    def _failures_on_sides(self, check: Callable[[Any], list[tuple[str, str]]]) -> tuple[str, str, str]:
+        """Run check on each side: (failing sides, one line per failure, the first failure's field)."""
         failing: list[str] = []
         details: list[str] = []
-        first_oracle = ""
+        first_field = ""
         for side in self.sides:
-            failures = check_oracles(side.machine, side.shadow)
+            failures = check(side)
             if not failures:
                 continue
             failing.append(side.name)
-            first_oracle = first_oracle or failures[0].oracle
-            details.extend(f"{side.name}: {failure.oracle}: {failure.detail}" for failure in failures)
+            first_field = first_field or failures[0][0]
+            details.extend(f"{side.name}: {message}" for _field, message in failures)
+        return ",".join(failing), "\n".join(details), first_field
+
+    def _check_oracles(self, step_index: int, op: Op) -> Finding | None:
+        failing, details, first_oracle = self._failures_on_sides(lambda side: [
+            (failure.oracle, f"{failure.oracle}: {failure.detail}")
+            for failure in check_oracles(side.machine, side.shadow)])
         if not failing:
             return None
-        return self._finding(ORACLE, first_oracle, "\n".join(details), step_index, op, ",".join(failing))
+        return self._finding(ORACLE, first_oracle, details, step_index, op, failing)
 
     def _compare(self, step_index: int, op: Op | None) -> Finding | None:
         differences = compare_machines(self.ref.machine, self.sides[1].machine)
@@ -384,21 +391,13 @@ class _Run:
 
     def _check_expect(self, step_index: int, expect: Expect) -> Finding | None:
         self._check_expect_processes(expect)
-        failing: list[str] = []
-        details: list[str] = []
-        first_key = ""
-        for side in self.sides:
-            failures = expect_failures(side.machine, expect, side.last_result)
-            if not failures:
-                continue
-            failing.append(side.name)
-            first_key = first_key or failures[0].key
-            details.extend(f"{side.name}: {failure.message}" for failure in failures)
+        failing, details, first_key = self._failures_on_sides(lambda side: [
+            (failure.key, failure.message)
+            for failure in expect_failures(side.machine, expect, side.last_result)])
         if not failing:
             return None
         last_op = f"{self.last_op.line}: {format_op(self.last_op)}" if self.last_op else ""
-        return self._finding(EXPECT, first_key, "\n".join(details), step_index, expect, ",".join(failing),
-                             last_op=last_op)
+        return self._finding(EXPECT, first_key, details, step_index, expect, failing, last_op=last_op)
 
     def _check_expect_processes(self, expect: Expect) -> None:
         processes = [expect.process] if expect.kind == "entry" else []

@@ -14,8 +14,7 @@ import pytest
 
 from machine import VMA, Machine, MachineBug
 from machine.pgtable import (
-    CONT_PTES, PAGE_SIZE, PTE_AF, PTE_CONT, PTE_DIRTY, PTE_NG, PTE_RDONLY, PTE_WRITE,
-    pfn_pte, pte_cont, pte_dirty, pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_pmd,
+    CONT_PTES, PAGE_SIZE, PTE_AF, PTE_CONT, PTE_DIRTY, PTE_NG, PTE_RDONLY, pfn_pte, pte_cont, pte_dirty, pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_pmd,
     pte_wrprotect, pte_young, swp_entry_to_pte, vm_get_page_prot,
 )
 

@@ -14,7 +14,7 @@ import pytest
 from machine import VMA, FrameTable, Machine, MachineBug, Pin
 from machine.mm import MM
 from machine.pgtable import (
-    PAGE_SIZE, PMD_SIZE, PTE_AF, PTE_DIRTY, PTE_RDONLY, PTE_WRITE, pfn_pte, pmd_pte,
+    PAGE_SIZE, PMD_SIZE, PTE_DIRTY, PTE_RDONLY, PTE_WRITE, pfn_pte, pmd_pte,
     pmd_table, pmd_trans_huge, pte_advance_pfn, pte_dirty, pte_mkdirty, pte_mkold, pte_mkwrite,
     pte_mkyoung, pte_pfn, pte_pmd, pte_swp_mkexclusive, pte_write, pte_wrprotect,
     swp_entry_to_pte, vm_get_page_prot,

@@ -206,7 +206,7 @@ class RunResult:
 # ---------------------------------------------------------------------------
 # Dispatch: one kernel method per op (SPEC §3)
 
-_DISPATCH: dict[str, Callable[[Any, Op], object]] = {
+OP_DISPATCH: dict[str, Callable[[Any, Op], object]] = {
     "mmap": lambda kernel, op: kernel.mmap(op.process, op.addr, op.length, op.prot or "rw"),
     "munmap": lambda kernel, op: kernel.munmap(op.process, op.addr, op.length),
     "dontneed": lambda kernel, op: kernel.dontneed(op.process, op.addr, op.length),
@@ -340,7 +340,7 @@ class _Run:
 
     def _call(self, step_index: int, op: Op, side: _Side) -> Finding | None:
         try:
-            result = _DISPATCH[op.name](side.kernel, op)
+            result = OP_DISPATCH[op.name](side.kernel, op)
         except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
             return self._finding(EXCEPTION, type(error).__name__, _traceback(error), step_index, op,
                                  side.name)

@@ -35,9 +35,12 @@ class Pin:
     pin_id: int
     pid: int
     addr: int
-    nr_pages: int
     mode: str  # "ro" or "rw"
-    pages: tuple[int, ...]
+    pages: tuple[int, ...]  # the pfn pinned at each page of the range
+
+    @property
+    def nr_pages(self) -> int:
+        return len(self.pages)
 
 
 class Machine:
@@ -103,10 +106,11 @@ class Machine:
         self.nr_mmaps += 1
         return lineage
 
-    def pin_add(self, pid: int, addr: int, nr_pages: int, mode: str, pages: tuple[int, ...]) -> int:
+    def pin_add(self, pid: int, addr: int, mode: str, pages: tuple[int, ...]) -> int:
+        check(len(pages) >= 1, "a pin holds at least one page")
         pin_id = self.nr_pins
         self.nr_pins += 1
-        self.pins[pin_id] = Pin(pin_id, pid, addr, nr_pages, mode, pages)
+        self.pins[pin_id] = Pin(pin_id, pid, addr, mode, pages)
         return pin_id
 
     def pin_remove(self, pin_id: int) -> Pin:

@@ -96,7 +96,6 @@ class MM:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.mm_id = pid + 1
         self.vmas: list[VMA] = []
         self.pgd: dict[int, dict[int, PmdTable]] = {}
         self.rss_anon = 0   # MM_ANONPAGES
@@ -106,13 +105,17 @@ class MM:
     def clone(self) -> MM:
         other = MM.__new__(MM)
         other.pid = self.pid
-        other.mm_id = self.mm_id
         other.vmas = [VMA(v.start, v.end, v.writable, v.lineage) for v in self.vmas]
         other.pgd = {i: {j: pmd.clone() for j, pmd in pud.items()} for i, pud in self.pgd.items()}
         other.rss_anon = self.rss_anon
         other.rss_swap = self.rss_swap
         other.has_pinned = self.has_pinned
         return other
+
+    @property
+    def mm_id(self) -> int:
+        """SPEC §2.1: mm_id(Pn) = n + 1, never reused (0 is MM_ID_DUMMY)."""
+        return self.pid + 1
 
     # VMAs.
 

@@ -103,7 +103,7 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
         try_grab_folio_pin(machine, page)
         pages.append(page)
     mm.has_pinned = True
-    machine.pin_add(mm.pid, addr, nr_pages, "rw" if writable else "ro", tuple(pages))
+    machine.pin_add(mm.pid, addr, "rw" if writable else "ro", tuple(pages))
     return OK
 
 

@@ -46,8 +46,10 @@ class Kernel:
         self.machine.contpte_canonicalise()
         return OK
 
-    def _keeping_partial_work(self, operation: Callable[[], str]) -> str:
-        """Run an op whose failure keeps what was done (dontneed, mprotect, try_to_unmap)."""
+    def _without_snapshot(self, operation: Callable[[], str]) -> str:
+        """Run an op that needs no rollback: every failure of it comes before it changes
+        anything (mmap, unpin, read, split_pmd, split), or its failure keeps what was done
+        (munmap, dontneed, mprotect, exit, try_to_unmap). Saves a whole-machine copy."""
         result = operation()
         self.machine.contpte_canonicalise()
         return result
@@ -56,19 +58,19 @@ class Kernel:
 
     def mmap(self, pid: int, addr: int, length: int, prot: str) -> str:
         mm = self._mm(pid)
-        return self._transaction(lambda: do_mmap(self.machine, mm, addr, length, prot == "rw"))
+        return self._without_snapshot(lambda: do_mmap(self.machine, mm, addr, length, prot == "rw"))
 
     def munmap(self, pid: int, addr: int, length: int) -> str:
         mm = self._mm(pid)
-        return self._keeping_partial_work(lambda: do_munmap(self.machine, mm, addr, length))
+        return self._without_snapshot(lambda: do_munmap(self.machine, mm, addr, length))
 
     def dontneed(self, pid: int, addr: int, length: int) -> str:
         mm = self._mm(pid)
-        return self._keeping_partial_work(lambda: madvise_dontneed(self.machine, mm, addr, length))
+        return self._without_snapshot(lambda: madvise_dontneed(self.machine, mm, addr, length))
 
     def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str:
         mm = self._mm(pid)
-        return self._keeping_partial_work(
+        return self._without_snapshot(
             lambda: do_mprotect_pkey(self.machine, mm, addr, length, prot == "rw"))
 
     # Faults and user accesses.
@@ -110,7 +112,7 @@ class Kernel:
         if pte_none(entry):
             return OK  # model: no zero page; reads 0 and maps nothing
         if is_swap_pte(entry):
-            result = self._transaction(lambda: do_swap_page(self.machine, mm, vma, addr, write_fault=False))
+            result = self._without_snapshot(lambda: do_swap_page(self.machine, mm, vma, addr, write_fault=False))
             if result != OK:
                 return result
         self.machine.user_read(mm, addr)
@@ -123,7 +125,7 @@ class Kernel:
         return self._transaction(lambda: pin_user_pages(self.machine, mm, addr, nr_pages, mode == "rw"))
 
     def unpin(self, pin_id: int) -> str:
-        return self._transaction(lambda: unpin_user_pages(self.machine, pin_id))
+        return self._without_snapshot(lambda: unpin_user_pages(self.machine, pin_id))
 
     # Processes.
 
@@ -133,7 +135,7 @@ class Kernel:
 
     def exit(self, pid: int) -> str:
         mm = self._mm(pid)
-        return self._keeping_partial_work(lambda: exit_mmap(self.machine, mm) or OK)
+        return self._without_snapshot(lambda: exit_mmap(self.machine, mm))
 
     # Reclaim and splits: they act on the folio mapped at (pid, addr).
 
@@ -157,7 +159,7 @@ class Kernel:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
-        return self._keeping_partial_work(lambda: try_to_unmap(self.machine, folio))
+        return self._without_snapshot(lambda: try_to_unmap(self.machine, folio))
 
     def split_pmd(self, pid: int, addr: int) -> str:
         mm = self._mm(pid)
@@ -167,10 +169,10 @@ class Kernel:
         haddr = addr & ~(PMD_SIZE - 1)
         if not pmd_trans_huge(self.machine.pmdp_get(mm, haddr)):
             return ENOENT
-        return self._transaction(lambda: split_huge_pmd_locked(self.machine, mm, vma, haddr) or OK)
+        return self._without_snapshot(lambda: split_huge_pmd_locked(self.machine, mm, vma, haddr) or OK)
 
     def split(self, pid: int, addr: int, order: int) -> str:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
-        return self._transaction(lambda: split_huge_page_to_list_to_order(self.machine, folio, order))
+        return self._without_snapshot(lambda: split_huge_page_to_list_to_order(self.machine, folio, order))

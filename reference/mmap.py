@@ -47,12 +47,13 @@ def madvise_dontneed(machine: Machine, mm: MM, start: int, length: int) -> str:
     return OK if zap_range(machine, mm, start, start + length) else ENOMEM
 
 
-def exit_mmap(machine: Machine, mm: MM) -> None:
+def exit_mmap(machine: Machine, mm: MM) -> str:
     """Zap everything in ascending address order, then the process is gone (its pins stay)."""
     for vma in list(mm.vmas):
         unmap_page_range(machine, mm, vma, vma.start, vma.end)
         mm.vma_remove(vma)
     machine.mm_destroy(mm)
+    return OK
 
 
 def dup_mmap(machine: Machine, mm: MM) -> str:

@@ -137,18 +137,6 @@ def folio_add_anon_rmap_pte(machine: Machine, folio: int, page: int, mm: MM, exc
           f"exclusive page {page} mapped more than once")
 
 
-def folio_add_anon_rmap_pmd(machine: Machine, folio: int, mm: MM, exclusive: bool) -> None:
-    """Account one more PMD mapping of a PMD-sized folio; exclusivity lives on the head."""
-    frames = machine.frames
-    check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD mapping of a non-PMD folio")
-    frames.folio_entire_mapcount[folio] += 1
-    folio_add_return_large_mapcount(machine, folio, 1, mm)
-    if exclusive:
-        SetPageAnonExclusive(machine, folio)
-
-
-# Removing mappings: never touches PageAnonExclusive (stale bits stay).
-
 def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> None:
     """Account one PTE mapping of page less. Context: page is mapped (mapcount >= 1)."""
     __folio_rmap_sanity_checks(machine, folio, page, 1)
@@ -222,22 +210,6 @@ def folio_try_share_anon_rmap_pte(machine: Machine, folio: int, page: int) -> st
     return OK
 
 
-def folio_try_share_anon_rmap_pmd(machine: Machine, folio: int) -> str:
-    """The PMD variant: clears the head's bit only.
-
-    Context: the folio is still PMD-mapped (entire mapcount >= 1).
-    """
-    check(int(machine.frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD share of a non-PMD folio")
-    check(machine.frames.folio_entire_mapcount[folio] >= 1, f"PMD share of folio {folio} not PMD-mapped")
-    check(PageAnonExclusive(machine, folio), f"sharing non-exclusive folio {folio}")
-    if folio_maybe_dma_pinned(machine, folio):
-        return EBUSY
-    ClearPageAnonExclusive(machine, folio)
-    return OK
-
-
-# The rmap walk (model: ascending process, VMA address, page address; SPEC §3).
-
 def rmap_walk_vmas(machine: Machine, folio: int) -> list[tuple[MM, VMA, int, int]]:
     """Every (mm, vma, start, end) where the folio's pages may be mapped, in walk order.
 
@@ -255,10 +227,3 @@ def rmap_walk_vmas(machine: Machine, folio: int) -> list[tuple[MM, VMA, int, int
             if vma.lineage == lineage and vma.start < last and vma.end > first:
                 walk.append((mm, vma, max(vma.start, first), min(vma.end, last)))
     return walk
-
-
-def folio_page_addr(machine: Machine, folio: int, page: int) -> int:
-    """The linear address at which page (of folio) is mapped in every process."""
-    return (int(machine.frames.folio_index[folio]) + page - folio) << PAGE_SHIFT
-
-

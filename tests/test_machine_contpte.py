@@ -11,22 +11,33 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pte_values import BASE_PROT, fault_pte
 
 from machine import VMA, Machine, MachineBug
 from machine.pgtable import (
-    CONT_PTES, PAGE_SIZE, PTE_AF, PTE_CONT, PTE_DIRTY, PTE_NG, PTE_RDONLY, pfn_pte, pte_cont, pte_dirty, pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_pmd,
-    pte_wrprotect, pte_young, swp_entry_to_pte, vm_get_page_prot,
+    CONT_PTES,
+    PAGE_SIZE,
+    PTE_AF,
+    PTE_CONT,
+    PTE_DIRTY,
+    PTE_NG,
+    PTE_RDONLY,
+    pfn_pte,
+    pte_cont,
+    pte_dirty,
+    pte_mkdirty,
+    pte_mkold,
+    pte_mkwrite,
+    pte_mkyoung,
+    pte_pmd,
+    pte_wrprotect,
+    pte_young,
+    swp_entry_to_pte,
 )
 
-BASE_PROT = vm_get_page_prot(True)
 TABLE_VA = 0x200000          # one PTE table covers 0x200000..0x3fffff
 VA = TABLE_VA + 0x10000      # 64 KiB aligned: block 1 of that table
 BLOCK = (VA - TABLE_VA) // PAGE_SIZE // CONT_PTES
-
-
-def fault_pte(pfn: int) -> int:
-    """SPEC §2.3 fault value: base + DIRTY + WRITE - RDONLY."""
-    return pte_mkwrite(pte_mkdirty(pfn_pte(pfn, BASE_PROT)))
 
 
 def clean_old_writable(pfn: int) -> int:

@@ -10,23 +10,36 @@ import dataclasses
 
 import numpy as np
 import pytest
+from pte_values import BASE_PROT, fault_pte
 
 from machine import VMA, FrameTable, Machine, MachineBug, Pin
 from machine.mm import MM
 from machine.pgtable import (
-    PAGE_SIZE, PMD_SIZE, PTE_DIRTY, PTE_RDONLY, PTE_WRITE, pfn_pte, pmd_pte,
-    pmd_table, pmd_trans_huge, pte_advance_pfn, pte_dirty, pte_mkdirty, pte_mkold, pte_mkwrite,
-    pte_mkyoung, pte_pfn, pte_pmd, pte_swp_mkexclusive, pte_write, pte_wrprotect,
-    swp_entry_to_pte, vm_get_page_prot,
+    PAGE_SIZE,
+    PMD_SIZE,
+    PTE_DIRTY,
+    PTE_RDONLY,
+    PTE_WRITE,
+    pfn_pte,
+    pmd_pte,
+    pmd_table,
+    pmd_trans_huge,
+    pte_advance_pfn,
+    pte_dirty,
+    pte_mkdirty,
+    pte_mkold,
+    pte_mkwrite,
+    pte_mkyoung,
+    pte_pfn,
+    pte_pmd,
+    pte_swp_mkexclusive,
+    pte_write,
+    pte_wrprotect,
+    swp_entry_to_pte,
 )
 
-BASE_PROT = vm_get_page_prot(True)
 GIB = 1 << 30
 VA = 0x200000  # the start of a PTE table
-
-
-def fault_pte(pfn: int) -> int:
-    return pte_mkwrite(pte_mkdirty(pfn_pte(pfn, BASE_PROT)))
 
 
 def clean_writable(pfn: int) -> int:
@@ -163,12 +176,19 @@ def test_vma_remove():
     assert mm.vmas == [b]
 
 
-def test_find_vma_returns_the_vma_containing_addr():
+@pytest.fixture
+def three_vmas() -> tuple[MM, VMA, VMA, VMA]:
+    """a and b adjacent with different prot and lineage, c after a hole; inserted out of order."""
     mm = MM(0)
     a, b = VMA(0x10000, 0x20000, True, 0), VMA(0x20000, 0x30000, False, 1)
     c = VMA(0x50000, 0x60000, True, 2)
     for vma in (c, a, b):
         mm.vma_insert(vma)
+    return mm, a, b, c
+
+
+def test_find_vma_returns_the_vma_containing_addr(three_vmas):
+    mm, a, b, c = three_vmas
     assert mm.find_vma(0x10000) is a
     assert mm.find_vma(0x1ffff) is a
     assert mm.find_vma(0x20000) is b
@@ -178,12 +198,8 @@ def test_find_vma_returns_the_vma_containing_addr():
     assert MM(1).find_vma(0x10000) is None
 
 
-def test_vmas_intersecting_excludes_touching_edges():
-    mm = MM(0)
-    a, b = VMA(0x10000, 0x20000, True, 0), VMA(0x20000, 0x30000, False, 1)
-    c = VMA(0x50000, 0x60000, True, 2)
-    for vma in (a, b, c):
-        mm.vma_insert(vma)
+def test_vmas_intersecting_excludes_touching_edges(three_vmas):
+    mm, a, b, c = three_vmas
     assert mm.vmas_intersecting(0x0, 0x10000) == []
     assert mm.vmas_intersecting(0x0, 0x10001) == [a]
     assert mm.vmas_intersecting(0x1f000, 0x21000) == [a, b]
@@ -594,7 +610,7 @@ def populate(machine: Machine) -> None:
     child = machine.mm_alloc()
     child.vma_insert(VMA(VA, VA + 4 * PMD_SIZE, True, 0))
     machine.set_pte_at(child, VA, fault_pte(small))
-    machine.pin_add(0, VA, 1, "rw", (small,))
+    machine.pin_add(0, VA, "rw", (small,))
     machine.contpte_canonicalise()
 
 
@@ -617,7 +633,7 @@ def mutate(machine: Machine) -> None:
     machine.mm_alloc()
     machine.lineage_alloc()
     machine.pin_remove(0)
-    machine.pin_add(0, VA, 2, "ro", (0, 1))
+    machine.pin_add(0, VA, "ro", (0, 1))
     machine.contpte_canonicalise()
 
 
@@ -720,13 +736,13 @@ def test_mm_destroy_accepts_empty_page_tables_and_vmas(machine, mm):
 
 
 def test_pin_ids_count_up_and_are_never_reused(machine):
-    assert machine.pin_add(0, VA, 1, "rw", (5,)) == 0
-    assert machine.pin_add(0, VA, 2, "ro", (5, 6)) == 1
+    assert machine.pin_add(0, VA, "rw", (5,)) == 0
+    assert machine.pin_add(0, VA, "ro", (5, 6)) == 1
     removed = machine.pin_remove(0)
-    assert removed == Pin(0, 0, VA, 1, "rw", (5,))
-    assert machine.pin_add(3, VA + PAGE_SIZE, 1, "ro", (7,)) == 2
+    assert removed == Pin(0, 0, VA, "rw", (5,))
+    assert machine.pin_add(3, VA + PAGE_SIZE, "ro", (7,)) == 2
     assert sorted(machine.pins) == [1, 2]
-    assert machine.pins[2] == Pin(2, 3, VA + PAGE_SIZE, 1, "ro", (7,))
+    assert machine.pins[2] == Pin(2, 3, VA + PAGE_SIZE, "ro", (7,))
     with pytest.raises(dataclasses.FrozenInstanceError):
         machine.pins[2].nr_pages = 5
 

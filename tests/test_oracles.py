@@ -185,7 +185,7 @@ def pin(machine: Machine, shadow: Shadow, mm: MM, addr: int, nr_pages: int, mode
         else:
             frames.folio_refcount[folio] += GUP_PIN_COUNTING_BIAS
     mm.has_pinned = True
-    machine.pin_add(mm.pid, addr, nr_pages, mode, pages)
+    machine.pin_add(mm.pid, addr, mode, pages)
     shadow.apply(Op("pin", mm.pid, addr, nr_pages=nr_pages, prot=mode), "ok", machine)
     return machine.nr_pins - 1
 
@@ -741,7 +741,7 @@ def test_shadow_fork_copies_and_exit_drops():
     assert shadow.data == {0: {0x1000: 1}, 1: {0x1000: 2}}
     shadow.apply(Op("fork", 0), "ENOMEM", machine)
     assert set(shadow.data) == {0, 1}
-    machine.pin_add(child.pid, 0x1000, 3, "rw", (1, 2, 3))
+    machine.pin_add(child.pid, 0x1000, "rw", (1, 2, 3))
     shadow.apply(Op("pin", child.pid, 0x1000, nr_pages=3, prot="rw"), "ok", machine)
     shadow.apply(Op("exit", child.pid), "ok", machine)
     assert shadow.data == {0: {0x1000: 1}} and shadow.released == {0: {0, 1, 2}}

@@ -27,3 +27,30 @@ def test_reference_keeps_every_oracle_on_random_sequences(chunk: int) -> None:
             continue
         assert result.findings == [], f"seed {seed}:\n" + result.findings[0].report()
     assert failed_forks <= len(SEEDS[chunk::4]) // 10
+
+
+# SPEC §3: only these ops keep work done before a failure.
+KEEPS_PARTIAL_WORK = {"dontneed", "mprotect", "try_to_unmap"}
+
+
+def test_reference_failures_are_transactional() -> None:
+    """Every failing op outside KEEPS_PARTIAL_WORK leaves the machine exactly as before (SPEC §1)."""
+    from fuzz.compare import compare_machines
+    from fuzz.runner import OP_DISPATCH
+    from machine import Machine
+    from reference import Kernel
+
+    failures_checked = 0
+    for seed in range(300):
+        script = random_script(seed)
+        machine = Machine(script.frames)
+        kernel = Kernel(machine)
+        for op in script.steps:
+            if op.process is not None and op.process not in machine.processes:
+                break
+            before = machine.snapshot()
+            result = OP_DISPATCH[op.name](kernel, op)
+            if result != "ok" and op.name not in KEEPS_PARTIAL_WORK:
+                failures_checked += 1
+                assert compare_machines(before, machine) == [], f"seed {seed}: {op} -> {result}"
+    assert failures_checked > 1000

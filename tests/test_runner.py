@@ -334,7 +334,7 @@ def test_differences_in_processes_pins_and_slots_are_found():
     other.swap.swap_count[2] = 1
     other.processes[0].rss_swap = 1
     other.processes[0].vmas.append(VMA(0x1000, 0x2000, False, 0))
-    other.pin_add(0, 0x1000, 1, "ro", (3,))
+    other.pin_add(0, 0x1000, "ro", (3,))
     other.mm_alloc()
     fields = {(d.where, d.field) for d in compare_machines(machine, other)}
     assert fields == {("machine", "processes"), ("P0 0x1000", "vma"), ("P0", "rss_swap"),
@@ -430,7 +430,7 @@ def test_same_and_distinct_page():
 def test_expect_pin():
     machine = mapped_machine()
     mm = machine.processes[0]
-    machine.pin_add(0, 0x200000, 1, "rw", (machine.page_at(mm, 0x200000),))
+    machine.pin_add(0, 0x200000, "rw", (machine.page_at(mm, 0x200000),))
     assert check_expect(machine, expect("expect pin 0 value=7 coherent=yes"), OK) == []
     machine.set_pte_at(mm, 0x200000, 0)
     assert check_expect(machine, expect("expect pin 0 coherent=no"), OK) == []

@@ -2,9 +2,9 @@
 
 from .errors import MachineBug, check
 from .frames import FREE_FOLIO, MM_ID_DUMMY, FrameTable
-from .machine import DEFAULT_NR_FRAMES, Machine, Pin
+from .machine import DEFAULT_NR_FRAMES, Machine, Pin, PteRuns
 from .mm import MM, VMA
 from .swap import SwapSpace
 
-__all__ = ["Machine", "Pin", "MM", "VMA", "FrameTable", "SwapSpace", "MachineBug", "check",
+__all__ = ["Machine", "Pin", "PteRuns", "MM", "VMA", "FrameTable", "SwapSpace", "MachineBug", "check",
            "FREE_FOLIO", "MM_ID_DUMMY", "DEFAULT_NR_FRAMES"]

@@ -13,6 +13,7 @@ from .errors import MachineBug, check
 
 MM_ID_DUMMY = 0
 FREE_FOLIO = -1
+FREE_BLOCK_FRAMES = 512  # the allocator's index counts free frames per block of the largest order
 
 
 class FrameTable:
@@ -45,12 +46,20 @@ class FrameTable:
         self.folio_anon = np.zeros(nr_frames, np.bool_)           # anon + swapbacked
         self.folio_index = np.zeros(nr_frames, np.int64)
         self.folio_lineage = np.zeros(nr_frames, np.int32)
+        # The allocator's index: free frames per block of FREE_BLOCK_FRAMES, kept in step
+        # with page_folio by every method that allocates or frees.
+        nr_blocks = -(-nr_frames // FREE_BLOCK_FRAMES)
+        self.block_nr_free = np.full(nr_blocks, FREE_BLOCK_FRAMES, np.int64)
+        self.block_nr_free[-1] = nr_frames - (nr_blocks - 1) * FREE_BLOCK_FRAMES
+        self.nr_free_frames = nr_frames
 
     def clone(self) -> FrameTable:
         other = FrameTable.__new__(FrameTable)
         other.nr_frames = self.nr_frames
         for name in self.ARRAYS:
             setattr(other, name, getattr(self, name).copy())
+        other.block_nr_free = self.block_nr_free.copy()
+        other.nr_free_frames = self.nr_free_frames
         return other
 
     # Queries used by both implementations.
@@ -66,14 +75,39 @@ class FrameTable:
     # The allocator: lowest naturally aligned run of free frames.
 
     def find_free_run(self, order: int) -> int | None:
-        """The pfn of the lowest naturally aligned run of 2**order free frames."""
+        """The pfn of the lowest naturally aligned run of 2**order free frames.
+
+        Only blocks whose free count could hold the run are looked into, lowest first.
+        """
         nr_pages = 1 << order
-        usable = self.nr_frames - self.nr_frames % nr_pages
-        if usable == 0:
+        for block in map(int, np.flatnonzero(self.block_nr_free >= nr_pages)):
+            start = block * FREE_BLOCK_FRAMES
+            end = min(start + FREE_BLOCK_FRAMES, self.nr_frames)
+            end -= (end - start) % nr_pages
+            if end == start:
+                continue
+            free_runs = (self.page_folio[start:end] == FREE_FOLIO).reshape(-1, nr_pages).all(axis=1)
+            run = int(free_runs.argmax())
+            if free_runs[run]:
+                return start + run * nr_pages
+        return None
+
+    def find_free_frames(self, nr_pages: int) -> np.ndarray | None:
+        """The nr_pages lowest free frames, ascending (what nr_pages order-0 allocations
+        in a row would return when nothing is freed between them), or None if too few."""
+        check(nr_pages >= 0, "negative frame count")
+        if nr_pages > self.nr_free_frames:
             return None
-        free_runs = (self.page_folio[:usable] == FREE_FOLIO).reshape(-1, nr_pages).all(axis=1)
-        run = int(free_runs.argmax())
-        return run * nr_pages if free_runs[run] else None
+        found = []
+        needed = nr_pages
+        for block in map(int, np.flatnonzero(self.block_nr_free > 0)):
+            if needed == 0:
+                break
+            start = block * FREE_BLOCK_FRAMES
+            free = np.flatnonzero(self.page_folio[start:start + FREE_BLOCK_FRAMES] == FREE_FOLIO)[:needed]
+            found.append(free + start)
+            needed -= len(free)
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
 
     def folio_alloc(self, order: int) -> int | None:
         """Allocate a folio of 2**order frames; returns its head pfn with refcount 1.
@@ -84,32 +118,75 @@ class FrameTable:
         folio = self.find_free_run(order)
         if folio is None:
             return None
-        nr_pages = 1 << order
-        self.page_folio[folio:folio + nr_pages] = folio
-        self.folio_order[folio] = order
+        self.folio_set_frames(np.array([folio]), order)
         self.folio_refcount[folio] = 1
         return folio
 
+    def folios_alloc_order0(self, nr_folios: int) -> np.ndarray | None:
+        """nr_folios order-0 folios at the lowest free frames, ascending, each with refcount 1;
+        None (nothing allocated) if fewer frames are free."""
+        folios = self.find_free_frames(nr_folios)
+        if folios is None:
+            return None
+        self.folio_set_frames(folios, 0)
+        self.folio_refcount[folios] = 1
+        return folios
+
+    def folio_set_frames(self, heads: np.ndarray, order: int) -> None:
+        """Make the free frames from each head a folio of 2**order pages (allocation and
+        folio split); every other field stays at its free value."""
+        heads = np.asarray(heads, np.int64)
+        nr_pages = 1 << order
+        pages = (heads[:, None] + np.arange(nr_pages)).reshape(-1)
+        check(heads.size == 0 or (heads.min() >= 0 and pages.max() < self.nr_frames),
+              "folio outside the frames")
+        check((self.page_folio[pages] == FREE_FOLIO).all(), "folio made of allocated frames")
+        self.page_folio[pages] = np.repeat(heads, nr_pages)
+        self.folio_order[heads] = order
+        self._account_frames(pages, -1)
+
     def folio_free(self, folio: int) -> None:
         """Return a folio's frames to the allocator, every field at its free value."""
-        check(int(self.page_folio[folio]) == folio, f"pfn {folio} is not a folio head")
-        check(self.folio_refcount[folio] == 0, f"freeing folio {folio} with references")
-        check(self.folio_large_mapcount[folio] == 0 and self.folio_pincount[folio] == 0,
-              f"freeing folio {folio} that is mapped or pinned")
-        nr_pages = self.folio_nr_pages(folio)
-        span = slice(folio, folio + nr_pages)
-        check(not self.page_mapcount[span].any(), f"freeing folio {folio} with mapped pages")
-        self.clear_frames(folio, nr_pages)
+        self.folios_free(np.array([folio]))
+
+    def folios_free(self, folios: np.ndarray) -> None:
+        """folio_free for several folios at once (all unreferenced, unmapped and unpinned)."""
+        folios = np.asarray(folios, np.int64)
+        if folios.size == 0:
+            return
+        check((self.page_folio[folios] == folios).all(), f"freeing non-heads among {folios}")
+        check(not self.folio_refcount[folios].any(), f"freeing folios {folios} with references")
+        check(not self.folio_large_mapcount[folios].any() and not self.folio_pincount[folios].any(),
+              f"freeing folios {folios} that are mapped or pinned")
+        nr_pages = 1 << self.folio_order[folios].astype(np.int64)
+        pages = np.repeat(folios, nr_pages) + _segment_offsets(nr_pages)
+        check(not self.page_mapcount[pages].any(), f"freeing folios {folios} with mapped pages")
+        self._clear_pages(pages)
 
     def clear_frames(self, pfn: int, nr_pages: int) -> None:
         """Reset nr_pages frames to their free values (free or split leftovers)."""
-        span = slice(pfn, pfn + nr_pages)
+        self._clear_pages(np.arange(pfn, pfn + nr_pages))
+
+    def _clear_pages(self, pages: np.ndarray) -> None:
+        allocated = pages[self.page_folio[pages] != FREE_FOLIO]
         for name in self.ARRAYS:
             array = getattr(self, name)
-            array[span] = FREE_FOLIO if name == "page_folio" else 0
+            array[pages] = FREE_FOLIO if name == "page_folio" else 0
+        self._account_frames(allocated, +1)
+
+    def _account_frames(self, pages: np.ndarray, delta: int) -> None:
+        """Keep the allocator's index in step: pages became free (+1) or allocated (-1)."""
+        np.add.at(self.block_nr_free, pages // FREE_BLOCK_FRAMES, delta)
+        self.nr_free_frames += delta * len(pages)
 
     def is_free(self, page: int) -> bool:
         return int(self.page_folio[page]) == FREE_FOLIO
+
+
+def _segment_offsets(nr_pages: np.ndarray) -> np.ndarray:
+    """0..nr_pages[i]-1 for each segment i, concatenated."""
+    ends = np.cumsum(nr_pages)
+    return np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - nr_pages, nr_pages)
 
 
 __all__ = ["FrameTable", "MM_ID_DUMMY", "FREE_FOLIO", "MachineBug"]

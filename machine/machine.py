@@ -43,6 +43,32 @@ class Pin:
         return len(self.pages)
 
 
+@dataclass(frozen=True)
+class PteRuns:
+    """Disjoint runs of entries in one PTE table, ascending: run i is the nr_pages[i]
+    entries from index[i]. The batched primitives below apply to every run at once."""
+
+    addr: int            # VA of the table's first entry (2 MiB aligned)
+    index: np.ndarray    # int64, first entry of each run
+    nr_pages: np.ndarray  # int64, entries in each run (>= 1)
+
+    def __post_init__(self) -> None:
+        check(self.addr % PMD_SIZE == 0, f"PTE table address {self.addr:#x} not 2 MiB aligned")
+        check(len(self.index) == len(self.nr_pages), "runs need one length each")
+        if len(self.index):
+            check((self.nr_pages >= 1).all(), "nr_pages must be positive")
+            check(self.index[0] >= 0 and self.index[-1] + self.nr_pages[-1] <= PTRS_PER_TABLE,
+                  "run crosses a PTE table")
+            check((self.index[1:] >= self.index[:-1] + self.nr_pages[:-1]).all(),
+                  "runs overlap or are not ascending")
+
+    def entry_indices(self) -> np.ndarray:
+        """Every entry of every run, ascending."""
+        ends = np.cumsum(self.nr_pages)
+        return np.repeat(self.index, self.nr_pages) + np.arange(ends[-1] if len(ends) else 0) \
+            - np.repeat(ends - self.nr_pages, self.nr_pages)
+
+
 class Machine:
     """All state of one simulated machine."""
 
@@ -189,6 +215,44 @@ class Machine:
         table, run = self._pte_run(mm, addr, nr_pages)
         table.entries[run] = pte_wrprotect(table.entries[run])
 
+    # The batched primitives applied to many runs of one PTE table in one call.
+
+    def _pte_table_for_runs(self, mm: MM, runs: PteRuns) -> PteTable:
+        table = mm.pte_table(runs.addr, alloc=True)
+        self._touched[id(table)] = table
+        return table
+
+    def set_ptes_runs(self, mm: MM, runs: PteRuns, ptes: np.ndarray) -> None:
+        """set_ptes for each run: ptes[i], then the same with the pfn advanced."""
+        table = self._pte_table_for_runs(mm, runs)
+        ptes = np.asarray(ptes, np.uint64)
+        offsets = (runs.entry_indices() - np.repeat(runs.index, runs.nr_pages)).astype(np.uint64)
+        table.entries[runs.entry_indices()] = np.repeat(ptes, runs.nr_pages) + (offsets << np.uint64(PAGE_SHIFT))
+
+    def get_and_clear_full_ptes_runs(self, mm: MM, runs: PteRuns) -> np.ndarray:
+        """get_and_clear_full_ptes for each run: clears them; per run the first entry with
+        dirty and young gathered from the whole run."""
+        table = self._pte_table_for_runs(mm, runs)
+        entries = runs.entry_indices()
+        values = table.entries[entries]
+        ptes = table.entries[runs.index].copy()
+        starts = np.cumsum(runs.nr_pages) - runs.nr_pages
+        any_dirty = np.logical_or.reduceat(pte_dirty(values), starts) if len(starts) else np.zeros(0, bool)
+        any_young = np.logical_or.reduceat(pte_young(values), starts) if len(starts) else np.zeros(0, bool)
+        ptes = np.where(any_dirty, pte_mkdirty(ptes), ptes)
+        ptes = np.where(any_young, ptes | np.uint64(PTE_AF), ptes)
+        table.entries[entries] = 0
+        return ptes
+
+    def clear_full_ptes_runs(self, mm: MM, runs: PteRuns) -> None:
+        table = self._pte_table_for_runs(mm, runs)
+        table.entries[runs.entry_indices()] = 0
+
+    def wrprotect_ptes_runs(self, mm: MM, runs: PteRuns) -> None:
+        table = self._pte_table_for_runs(mm, runs)
+        entries = runs.entry_indices()
+        table.entries[entries] = pte_wrprotect(table.entries[entries])
+
     # PMD primitives.
 
     def _pmd_slot(self, mm: MM, addr: int, alloc: bool) -> tuple[PmdTable | None, int]:
@@ -322,4 +386,4 @@ class Machine:
         return (folded | ~cont.any(axis=1)) & (folded == self._contpte_eligible(blocks)) & (~folded | uniform)
 
 
-__all__ = ["Machine", "Pin", "DEFAULT_NR_FRAMES"]
+__all__ = ["Machine", "Pin", "PteRuns", "DEFAULT_NR_FRAMES"]

@@ -6,6 +6,8 @@ import numpy as np
 
 from .errors import check
 
+SCAN_CHUNK_SLOTS = 8192
+
 
 class SwapSpace:
     """nr_slots swap slots, each with a data word and a count of swap PTEs."""
@@ -26,17 +28,28 @@ class SwapSpace:
         """The lowest naturally aligned run of 2**order free slots (count 0).
 
         Slot 0 is never handed out (the kernel keeps the swap header there), so
-        a swap PTE is never the all-zero pte_none. Slots carry no reservation: the caller must reference them (count > 0)
-        or leave them free before it asks for another run.
+        a swap PTE is never the all-zero pte_none. Slots carry no reservation: the caller
+        must reference them (count > 0) or leave them free before it asks for another run.
+        The slots are looked at in chunks from the lowest, so the cost follows the answer.
         """
         nr_slots = 1 << order
         usable = self.nr_slots - self.nr_slots % nr_slots
-        if usable == 0:
-            return None
-        free_runs = (self.swap_count[:usable] == 0).reshape(-1, nr_slots).all(axis=1)
-        free_runs[0] = False  # slot 0 is the swap header: its swap PTE would read as pte_none
-        run = int(free_runs.argmax())
-        return run * nr_slots if free_runs[run] else None
+        chunk = max(SCAN_CHUNK_SLOTS, nr_slots)
+        for start in range(0, usable, chunk):
+            end = min(start + chunk, usable)
+            free_runs = (self.swap_count[start:end] == 0).reshape(-1, nr_slots).all(axis=1)
+            if start == 0:
+                free_runs[0] = False  # slot 0 is the swap header: its swap PTE would read as pte_none
+            run = int(free_runs.argmax())
+            if free_runs[run]:
+                return start + run * nr_slots
+        return None
+
+    def find_free_slots_order0(self, nr_slots: int) -> np.ndarray | None:
+        """The nr_slots lowest free slots (slot 0 never), ascending: what nr_slots order-0
+        requests in a row return when each is referenced before the next; None if too few."""
+        free = np.flatnonzero(self.swap_count[1:] == 0)[:nr_slots] + 1
+        return free if len(free) == nr_slots else None
 
     def swap_free_slot(self, slot: int) -> None:
         """Clear an unreferenced slot's data (a freed slot's data is 0)."""

@@ -194,8 +194,7 @@ def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> list
     heads = list(range(folio, folio + nr_pages, new_nr_pages))
     frames.clear_frames(folio, nr_pages)
     for head in heads:
-        frames.page_folio[head:head + new_nr_pages] = head
-        frames.folio_order[head] = new_order
+        frames.folio_set_frames([head], new_order)
         frames.folio_anon[head] = True
         frames.folio_index[head] = index + (head - folio)
         frames.folio_lineage[head] = lineage

@@ -1,1 +1,5 @@
-"""The batched, numpy-vectorised implementation (issue: "The batched implementation")."""
+"""The batched implementation: runs of PTEs handled with numpy, as the kernel's batched paths."""
+
+from .kernel import Kernel
+
+__all__ = ["Kernel"]

@@ -119,14 +119,49 @@ def _command_replay(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# bench
+
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from .bench import DEFAULT_IMPL as BENCH_IMPL, DEFAULT_SIZES
+
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, metavar="SIZES",
+                        help="comma-separated mapping sizes, multiples of 2M with K, M or G "
+                             f"(default {DEFAULT_SIZES})")
+    parser.add_argument("--impl", default=BENCH_IMPL, metavar="NAME",
+                        help=f"implementation timed against the reference (default {BENCH_IMPL})")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of the workload's random choices (default 0)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+
+def _command_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_json, format_table, parse_sizes, run_bench
+    from .runner import REFERENCE_IMPL, load_implementation
+
+    # All input is checked before anything runs: a bad size is exit 2, never half a bench.
+    sizes = parse_sizes(args.sizes)
+    load_implementation(REFERENCE_IMPL)
+    load_implementation(args.impl)
+    results = run_bench(sizes, impl=args.impl, seed=args.seed)
+    if args.json:
+        print(json.dumps(bench_json(results, args.impl), indent=2))
+    else:
+        print(format_table(results, args.impl))
+    return EXIT_OK if all(result.ok for result in results) else EXIT_FINDING
+
+
+# ---------------------------------------------------------------------------
 # The command line
 
 _Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 _COMMANDS: tuple[_Command, ...] = (
     ("replay", _add_replay_arguments, _command_replay),
+    ("bench", _add_bench_arguments, _command_bench),
 )
 _HELP = {
     "replay": "run op scripts on two implementations; compare, check oracles and expects",
+    "bench": "time the reference against an implementation on big deterministic workloads",
 }
 
 

@@ -9,9 +9,11 @@ memory. Each op runs on both; then, in this order, a finding is:
 - `divergence` on field `result`: the two result codes differ;
 - `oracle`: an oracle of SPEC §6 fails on a machine; field: the oracle;
 - `divergence`: the machines' states differ (SPEC §5); field: the first
-  differing field. With `check_every_op=False` states are compared only at
-  the end, and a difference found there is pinned to the first op after
-  which the states differ by running the script again comparing every op.
+  differing field.
+
+With `check_every_op=False` (fuzzing, for speed) oracles and states are
+checked only at the end, and a failure found there is pinned to the first op
+after which it shows by running the script again checking every op.
 
 An `expect` step is checked on both machines (`expect`; field: the first key
 that fails). The run stops at the first finding. Naming a process that does
@@ -267,7 +269,8 @@ class _Run:
                     break
             else:
                 if not check_every_op:
-                    finding = self._compare(len(self.script.steps) - 1, None)
+                    finding = self._check_oracles(len(self.script.steps) - 1, None) \
+                        or self._compare(len(self.script.steps) - 1, None)
         return RunResult([] if finding is None else [finding], self.ops_run, self.results)
 
     def _finding(self, kind: str, field: str, detail: str, step_index: int, step: Op | Expect | None,
@@ -321,10 +324,9 @@ class _Run:
                                  op, self.sides[1].name, differences=(difference,))
         for side in self.sides:
             side.shadow.apply(op, side.last_result, side.machine)
-        finding = self._check_oracles(step_index, op)
-        if finding is None and check_every_op:
-            finding = self._compare(step_index, op)
-        return finding
+        if not check_every_op:
+            return None
+        return self._check_oracles(step_index, op) or self._compare(step_index, op)
 
     def _missing_process(self, op: Op) -> str | None:
         """Raise ScriptError if op names a process the reference machine does not have;
@@ -427,9 +429,9 @@ def run_script(script: Script, impl: str | Any = REFERENCE_IMPL, ref: str | Any 
     log.debug("run_start", path=script.path, impl=other_impl.name, ref=ref_impl.name,
               frames=script.frames, steps=len(script.steps), check_every_op=check_every_op)
     result = _Run(script, ref_impl, other_impl).execute(check_every_op)
-    if not check_every_op and result.findings and result.findings[0].kind == DIVERGENCE \
+    if not check_every_op and result.findings and result.findings[0].kind in (DIVERGENCE, ORACLE) \
             and result.findings[0].op_name == AT_END:
-        # Pin the final difference to the first op after which the states differ.
+        # Pin a final difference or oracle failure to the first op after which it shows.
         pinned = _Run(script, ref_impl, other_impl).execute(check_every_op=True)
         if pinned.findings:
             result = pinned

@@ -154,13 +154,13 @@ class FrameTable:
         folios = np.asarray(folios, np.int64)
         if folios.size == 0:
             return
-        check((self.page_folio[folios] == folios).all(), f"freeing non-heads among {folios}")
-        check(not self.folio_refcount[folios].any(), f"freeing folios {folios} with references")
+        check((self.page_folio[folios] == folios).all(), "freeing non-heads")
+        check(not self.folio_refcount[folios].any(), "freeing folios with references")
         check(not self.folio_large_mapcount[folios].any() and not self.folio_pincount[folios].any(),
-              f"freeing folios {folios} that are mapped or pinned")
+              "freeing folios that are mapped or pinned")
         nr_pages = 1 << self.folio_order[folios].astype(np.int64)
         pages = np.repeat(folios, nr_pages) + _segment_offsets(nr_pages)
-        check(not self.page_mapcount[pages].any(), f"freeing folios {folios} with mapped pages")
+        check(not self.page_mapcount[pages].any(), "freeing folios with mapped pages")
         self._clear_pages(pages)
 
     def clear_frames(self, pfn: int, nr_pages: int) -> None:

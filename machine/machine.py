@@ -16,7 +16,7 @@ from .errors import check
 from .frames import FrameTable
 from .mm import MM, PmdTable, PteTable, pmd_index, pte_index
 from .pgtable import (
-    CONT_PTES, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_AF, PTE_CONT, PTE_RDONLY, PTE_TYPE_MASK,
+    CONT_PTES, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, PTE_AF, PTE_CONT, PTE_RDONLY, PTE_TYPE_MASK,
     PTE_TYPE_PAGE, PTRS_PER_TABLE, contpte_normalise, pmd_pte, pmd_trans_huge,
     pte_cont, pte_dirty, pte_mkdirty, pte_pfn, pte_pmd, pte_present, pte_write, pte_wrprotect,
     pte_young,
@@ -145,7 +145,8 @@ class Machine:
     # Single-entry PTE primitives.
 
     def _pte_slot(self, mm: MM, addr: int, alloc: bool) -> tuple[PteTable | None, int]:
-        check(addr % PAGE_SIZE == 0, f"unaligned address {addr:#x}")
+        if addr % PAGE_SIZE:
+            check(False, f"unaligned address {addr:#x}")
         table = mm.pte_table(addr, alloc)
         if table is not None and alloc:
             self._touched[id(table)] = table
@@ -153,8 +154,10 @@ class Machine:
 
     def ptep_get(self, mm: MM, addr: int) -> int:
         """The raw PTE at addr (0 if no PTE table covers it)."""
-        table, index = self._pte_slot(mm, addr, alloc=False)
-        return 0 if table is None else int(table.entries[index])
+        if addr % PAGE_SIZE:
+            check(False, f"unaligned address {addr:#x}")
+        table = mm.pte_tables.get(addr >> PMD_SHIFT)
+        return 0 if table is None else int(table.entries[(addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)])
 
     def set_pte_at(self, mm: MM, addr: int, pte: int) -> None:
         table, index = self._pte_slot(mm, addr, alloc=True)
@@ -271,7 +274,7 @@ class Machine:
         pte_table = table.ptes.get(index)
         if pte_table is not None:
             check(not pte_table.entries.any(), "PMD block installed over a populated PTE table")
-            del table.ptes[index]
+            mm.pte_table_free(addr)
             self._touched.pop(id(pte_table), None)
         else:
             check(table.entries[index] == 0 or pmd_trans_huge(int(table.entries[index])),

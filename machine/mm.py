@@ -98,6 +98,7 @@ class MM:
         self.pid = pid
         self.vmas: list[VMA] = []
         self.pgd: dict[int, dict[int, PmdTable]] = {}
+        self.pte_tables: dict[int, PteTable] = {}  # by addr >> PMD_SHIFT: a flat index of the tree
         self.rss_anon = 0   # MM_ANONPAGES
         self.rss_swap = 0   # MM_SWAPENTS
         self.has_pinned = False  # MMF_HAS_PINNED
@@ -107,6 +108,8 @@ class MM:
         other.pid = self.pid
         other.vmas = [VMA(v.start, v.end, v.writable, v.lineage) for v in self.vmas]
         other.pgd = {i: {j: pmd.clone() for j, pmd in pud.items()} for i, pud in self.pgd.items()}
+        other.pte_tables = {table.base >> PMD_SHIFT: table for pmd_table in other.pmd_tables()
+                            for table in pmd_table.ptes.values()}
         other.rss_anon = self.rss_anon
         other.rss_swap = self.rss_swap
         other.has_pinned = self.has_pinned
@@ -177,6 +180,9 @@ class MM:
 
     def pte_table(self, addr: int, alloc: bool = False) -> PteTable | None:
         """The PTE table covering addr; None if absent or if a PMD block maps addr."""
+        table = self.pte_tables.get(addr >> PMD_SHIFT)
+        if table is not None or not alloc:
+            return table
         pmd_table = self.pmd_table(addr, alloc)
         if pmd_table is None:
             return None
@@ -185,8 +191,18 @@ class MM:
         if table is None and alloc:
             check(pmd_table.entries[index] == 0, "PTE table requested under a PMD block")
             table = pmd_table.ptes[index] = PteTable(addr & ~((1 << PMD_SHIFT) - 1))
+            self.pte_tables[addr >> PMD_SHIFT] = table
             pmd_table.entries[index] = PMD_TYPE_TABLE | (id(table) & ((1 << 36) - 1)) << PAGE_SHIFT
         return table
+
+    def pte_table_free(self, addr: int) -> None:
+        """Drop the (empty) PTE table covering addr from the tree."""
+        pmd_table = self.pmd_table(addr)
+        index = pmd_index(addr)
+        check(pmd_table is not None and index in pmd_table.ptes, f"no PTE table at {addr:#x}")
+        check(not pmd_table.ptes[index].entries.any(), "freeing a populated PTE table")
+        del pmd_table.ptes[index]
+        del self.pte_tables[addr >> PMD_SHIFT]
 
     def pmd_tables(self) -> Iterator[PmdTable]:
         for pgd_key in sorted(self.pgd):

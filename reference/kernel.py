@@ -11,7 +11,7 @@ from typing import Callable
 
 from machine import MM, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOENT, OK
-from machine.pgtable import PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present
+from machine.pgtable import PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write
 
 from .folio import page_folio
 from .gup import pin_user_pages, unpin_user_pages
@@ -48,7 +48,7 @@ class Kernel:
 
     def _without_snapshot(self, operation: Callable[[], str]) -> str:
         """Run an op that needs no rollback: every failure of it comes before it changes
-        anything (mmap, unpin, read, split_pmd, split), or its failure keeps what was done
+        anything (mmap, unpin, read, split_pmd, split, fault on a none entry), or its failure keeps what was done
         (munmap, dontneed, mprotect, exit, try_to_unmap). Saves a whole-machine copy."""
         result = operation()
         self.machine.contpte_canonicalise()
@@ -83,7 +83,8 @@ class Kernel:
         if vma is None or not vma.writable:
             return EFAULT
         if pte_none(self.machine.lookup(mm, addr)[1]):
-            return self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, order))
+            # do_anonymous_page fails (ENOMEM) only before it maps anything.
+            return self._without_snapshot(lambda: handle_write_fault(self.machine, mm, vma, addr, order))
         return self._user_write(mm, vma, addr, value=None)
 
     def write(self, pid: int, addr: int, value: int) -> str:
@@ -94,10 +95,13 @@ class Kernel:
         return self._user_write(mm, vma, addr, value)
 
     def _user_write(self, mm: MM, vma, addr: int, value: int | None) -> str:
-        """Write-fault addr in, then store value (None: the word already there, as `fault` does)."""
-        result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, 0))
-        if result != OK:
-            return result
+        """Write-fault addr in, then store value (None: the word already there, as `fault` does).
+        A present writable entry needs no fault, so nothing can fail and no snapshot is taken."""
+        entry = self.machine.lookup(mm, addr)[1]
+        if not (pte_present(entry) and pte_write(entry)):
+            result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, 0))
+            if result != OK:
+                return result
         if value is None:
             value = int(self.machine.frames.page_data[self.machine.page_at(mm, addr)])
         self.machine.user_write(mm, addr, value)

@@ -1,0 +1,72 @@
+"""Folio references and pins, as include/linux/mm.h, over arrays of folios at once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from machine import MM, Machine, check
+
+GUP_PIN_COUNTING_BIAS = 1024
+
+
+def folio_test_large(machine: Machine, folios):
+    return machine.frames.folio_order[folios] > 0
+
+
+def folio_nr_pages(machine: Machine, folio: int) -> int:
+    return machine.frames.folio_nr_pages(folio)
+
+
+def page_folio(machine: Machine, pages):
+    """The head pfn of each page's folio (pages must be allocated)."""
+    folios = machine.frames.page_folio[pages]
+    check(np.all(folios >= 0), "pages include a free frame")
+    return folios
+
+
+def folio_ref_add(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> None:
+    """Add nr_refs[i] references to folios[i] (a folio may appear several times)."""
+    frames = machine.frames
+    check(np.all(frames.folio_refcount[folios] > 0), "free folios get references")
+    np.add.at(frames.folio_refcount, folios, nr_refs)
+
+
+def folio_put_refs(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> None:
+    """Drop nr_refs[i] references from folios[i]; folios whose last reference goes are freed."""
+    frames = machine.frames
+    folios = np.asarray(folios, np.int64)
+    if folios.size == 0:
+        return
+    np.subtract.at(frames.folio_refcount, folios, nr_refs)
+    touched = np.unique(folios)
+    check(np.all(frames.folio_refcount[touched] >= 0), "folio refcount underflow")
+    frames.folios_free(touched[frames.folio_refcount[touched] == 0])
+
+
+def folio_maybe_dma_pinned(machine: Machine, folios):
+    """Exact _pincount for a large folio; refcount >= 1024 (false positives) for a small one."""
+    frames = machine.frames
+    return np.where(frames.folio_order[folios] > 0, frames.folio_pincount[folios] > 0,
+                    frames.folio_refcount[folios] >= GUP_PIN_COUNTING_BIAS)
+
+
+def folio_needs_cow_for_dma(machine: Machine, mm: MM, folios):
+    """fork must copy rather than share: the parent has pinned and the folio may be pinned."""
+    return mm.has_pinned & folio_maybe_dma_pinned(machine, folios)
+
+
+def folio_mapcount(machine: Machine, folio: int) -> int:
+    frames = machine.frames
+    if frames.folio_order[folio] > 0:
+        return int(frames.folio_large_mapcount[folio])
+    return int(frames.page_mapcount[folio])
+
+
+def page_mapcount(machine: Machine, pages: np.ndarray) -> np.ndarray:
+    """PTE mappings of each page plus its folio's PMD mappings."""
+    frames = machine.frames
+    return frames.page_mapcount[pages] + frames.folio_entire_mapcount[frames.page_folio[pages]]
+
+
+def copy_user_pages(machine: Machine, dst: np.ndarray, src: np.ndarray) -> None:
+    machine.frames.page_data[dst] = machine.frames.page_data[src]

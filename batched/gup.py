@@ -1,0 +1,151 @@
+"""FOLL_PIN | FOLL_LONGTERM pins, as mm/gup.c: pages that need no fault are grabbed
+together; the faults themselves go one page at a time, as in the kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from machine import MM, VMA, Machine, check
+from machine.errors import EFAULT, EINVAL, ENOMEM, OK
+from machine.pgtable import (
+    PAGE_SHIFT, PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write,
+)
+
+from .folio import GUP_PIN_COUNTING_BIAS, folio_put_refs, page_folio
+from .memory import do_swap_page, handle_unshare_fault, handle_write_fault, mk_pte
+from .rmap import folio_add_new_anon_rmap
+
+
+def gup_vma_range_ok(mm: MM, start: int, end: int, writable: bool) -> bool:
+    """[start, end) lies in VMAs (writable ones for a rw pin)."""
+    covered = start
+    for vma in mm.vmas_intersecting(start, end):
+        if vma.start > covered or (writable and not vma.writable):
+            return False
+        covered = vma.end
+    return covered >= end
+
+
+def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
+    """A R/O pin of an unpopulated address: a fresh exclusive page mapped as an unshare copy."""
+    folio = machine.frames.folio_alloc(0)
+    if folio is None:
+        return ENOMEM
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr)
+    machine.set_pte_at(mm, addr, mk_pte(folio, vma))
+    mm.rss_anon += 1
+    return OK
+
+
+def pages_need_fault(machine: Machine, mm: MM, start: int, end: int, writable: bool) -> np.ndarray:
+    """Per page of [start, end) (inside one PMD): must it be faulted before it can be pinned?
+    rw: unless mapped writable; ro: unless mapped and writable or PageAnonExclusive (the
+    head's under a PMD block)."""
+    nr_pages = (end - start) >> PAGE_SHIFT
+    pmd = machine.pmdp_get(mm, start & ~(PMD_SIZE - 1))
+    if pmd_trans_huge(pmd):
+        pinnable = pte_write(pmd) or (not writable and machine.frames.page_anon_exclusive[int(pte_pfn(pmd))])
+        return np.full(nr_pages, not pinnable)
+    ptes = machine.ptes_get(mm, start, nr_pages)
+    present = pte_present(ptes)
+    if writable:
+        return ~(present & pte_write(ptes))
+    pfns = np.where(present, pte_pfn(ptes), 0).astype(np.int64)
+    exclusive = present & machine.frames.page_anon_exclusive[pfns]
+    return ~(present & (pte_write(ptes) | exclusive))
+
+
+def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable: bool) -> str:
+    """One page's faults until it may be pinned: writable for rw, exclusive for ro."""
+    for _attempt in range(3):
+        if not pages_need_fault(machine, mm, addr, addr + (1 << PAGE_SHIFT), writable)[0]:
+            return OK
+        entry = machine.lookup(mm, addr)[1]
+        if writable:
+            result = handle_write_fault(machine, mm, vma, addr, order=0)
+        elif pte_none(entry):
+            result = do_unshare_anonymous_page(machine, mm, vma, addr)
+        elif is_swap_pte(entry):
+            result = do_swap_page(machine, mm, vma, addr, write_fault=False)
+        else:
+            result = handle_unshare_fault(machine, mm, vma, addr)
+        if result != OK:
+            return result
+    check(not pages_need_fault(machine, mm, addr, addr + (1 << PAGE_SHIFT), writable)[0],
+          f"pin fault at {addr:#x} did not converge")
+    return OK
+
+
+def pinned_pages(machine: Machine, mm: MM, start: int, end: int) -> np.ndarray:
+    """The pfns mapped at [start, end) (inside one PMD), checked exclusive as a pin needs."""
+    frames = machine.frames
+    pmd = machine.pmdp_get(mm, start & ~(PMD_SIZE - 1))
+    nr_pages = (end - start) >> PAGE_SHIFT
+    if pmd_trans_huge(pmd):
+        folio = int(pte_pfn(pmd))
+        check(frames.page_anon_exclusive[folio], f"pinning non-exclusive PMD folio {folio}")
+        return folio + ((start & (PMD_SIZE - 1)) >> PAGE_SHIFT) + np.arange(nr_pages, dtype=np.int64)
+    pages = pte_pfn(machine.ptes_get(mm, start, nr_pages)).astype(np.int64)
+    check(np.all(frames.page_anon_exclusive[pages]), "pinning non-exclusive pages")
+    return pages
+
+
+def try_grab_folios_pin(machine: Machine, pages: np.ndarray) -> None:
+    """FOLL_PIN each page: +1 ref and +1 _pincount on a large folio, +1024 refs on a small one."""
+    frames = machine.frames
+    folios = page_folio(machine, pages)
+    check(np.all(frames.folio_refcount[folios] >= 1), "pinning a free folio")
+    large = frames.folio_order[folios] > 0
+    np.add.at(frames.folio_refcount, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
+    np.add.at(frames.folio_pincount, folios[large], 1)
+
+
+def unpin_folios(machine: Machine, pages: np.ndarray) -> None:
+    """Undo try_grab_folios_pin; folios losing their last reference are freed."""
+    frames = machine.frames
+    folios = page_folio(machine, pages)
+    large = frames.folio_order[folios] > 0
+    np.subtract.at(frames.folio_pincount, folios[large], 1)
+    check(np.all(frames.folio_pincount[folios] >= 0), "pincount underflow")
+    folio_put_refs(machine, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
+
+
+def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable: bool) -> str:
+    """Pin nr_pages pages from addr in ascending order: runs that need no fault are grabbed
+    at once, and each page that does is faulted before anything after it is looked at."""
+    if nr_pages == 0:
+        return EINVAL
+    end = addr + (nr_pages << PAGE_SHIFT)
+    if not gup_vma_range_ok(mm, addr, end, writable):
+        return EFAULT
+    pages = []
+    page_addr = addr
+    while page_addr < end:
+        vma = mm.find_vma(page_addr)
+        chunk_end = min(end, vma.end, (page_addr & ~(PMD_SIZE - 1)) + PMD_SIZE)
+        need_fault = pages_need_fault(machine, mm, page_addr, chunk_end, writable)
+        ready_end = page_addr + (int(np.argmax(need_fault)) << PAGE_SHIFT) if need_fault.any() else chunk_end
+        if ready_end > page_addr:
+            ready = pinned_pages(machine, mm, page_addr, ready_end)
+            try_grab_folios_pin(machine, ready)
+            pages.append(ready)
+            page_addr = ready_end
+            continue
+        result = faultin_page_for_pin(machine, mm, vma, page_addr, writable)
+        if result != OK:
+            return result
+        ready = pinned_pages(machine, mm, page_addr, page_addr + (1 << PAGE_SHIFT))
+        try_grab_folios_pin(machine, ready)
+        pages.append(ready)
+        page_addr += 1 << PAGE_SHIFT
+    mm.has_pinned = True
+    machine.pin_add(mm.pid, addr, "rw" if writable else "ro", tuple(map(int, np.concatenate(pages))))
+    return OK
+
+
+def unpin_user_pages(machine: Machine, pin_id: int) -> str:
+    if pin_id not in machine.pins:
+        return EINVAL
+    pin = machine.pin_remove(pin_id)
+    unpin_folios(machine, np.array(pin.pages, np.int64))
+    return OK

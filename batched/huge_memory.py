@@ -1,0 +1,239 @@
+"""PMD-mapped THPs and folio split, as mm/huge_memory.c, batched.
+
+A PMD split maps all 512 PTEs with one set_ptes and one folio_add_anon_rmap_ptes;
+a folio split unmaps and remaps every mapping of one process VMA at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from machine import MM, VMA, Machine, PteRuns, check
+from machine.errors import EAGAIN, EINVAL, OK
+from machine.pgtable import (
+    HPAGE_PMD_NR, PAGE_SHIFT, PMD_SIZE, pfn_pte, pmd_trans_huge, pte_dirty,
+    pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_modify, pte_pfn, pte_pmd, pte_present,
+    pte_write, pte_wrprotect, pte_young, vm_get_page_prot,
+)
+
+from .folio import folio_put_refs
+from .internal import set_pte_values
+from .rmap import (
+    folio_add_anon_rmap_ptes, folio_add_new_anon_rmap, folio_add_return_large_mapcount,
+    folio_remove_rmap_pmd, folio_remove_rmap_ptes, folio_try_dup_anon_rmap_pmd, rmap_walk_vmas,
+)
+
+FALLBACK = "VM_FAULT_FALLBACK"
+
+
+def mk_huge_pmd(folio: int, vma: VMA) -> int:
+    return pte_pmd(pfn_pte(folio, vm_get_page_prot(vma.writable)))
+
+
+def maybe_pmd_mkwrite(pmd: int, vma: VMA) -> int:
+    return pte_mkwrite(pmd) if vma.writable else pmd
+
+
+def map_anon_folio_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, folio: int) -> None:
+    """Map a fresh order-9 folio with one PMD block, writable and dirty, head exclusive."""
+    check(machine.frames.folio_nr_pages(folio) == HPAGE_PMD_NR, "PMD mapping of a non-PMD folio")
+    folio_add_new_anon_rmap(machine, folio, mm, vma, haddr)
+    machine.set_pmd_at(mm, haddr, maybe_pmd_mkwrite(pte_mkdirty(mk_huge_pmd(folio, vma)), vma))
+    mm.rss_anon += HPAGE_PMD_NR
+
+
+def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: bool) -> str:
+    """Write or unshare fault on a read-only PMD block: reuse it whole, else split it
+    (FALLBACK: the fault retries at PTE level)."""
+    haddr = addr & ~(PMD_SIZE - 1)
+    pmd = machine.pmdp_get(mm, haddr)
+    check(pmd_trans_huge(pmd), "do_huge_pmd_wp_page without a PMD block")
+    folio = int(pte_pfn(pmd))
+    frames = machine.frames
+    if not frames.page_anon_exclusive[folio]:
+        if int(frames.folio_refcount[folio]) != 1:
+            split_huge_pmd_locked(machine, mm, vma, haddr)
+            return FALLBACK
+        frames.page_anon_exclusive[folio] = True
+    if not unshare:
+        machine.set_pmd_at(mm, haddr, maybe_pmd_mkwrite(pte_mkdirty(pte_mkyoung(pmd)), vma))
+    return OK
+
+
+def zap_huge_pmd(machine: Machine, mm: MM, haddr: int) -> None:
+    pmd = machine.pmdp_get_and_clear(mm, haddr)
+    folio = int(pte_pfn(pmd))
+    folio_remove_rmap_pmd(machine, folio, mm)
+    mm.rss_anon -= HPAGE_PMD_NR
+    folio_put_refs(machine, np.array([folio]), np.array([1]))
+
+
+def split_entries(old, pages, vma: VMA):
+    """The PTEs a split maps pages with, from the old PTEs' or PMD's write, young and dirty
+    state (__split_huge_pmd_locked and remove_migration_pte alike, SPEC §2.3)."""
+    entries = pfn_pte(np.asarray(pages, np.uint64), vm_get_page_prot(vma.writable))
+    entries = np.where(pte_write(old), pte_mkwrite(entries), entries)
+    entries = np.where(pte_young(old), entries, pte_mkold(entries))
+    return np.where(pte_dirty(old), pte_mkdirty(entries), entries).astype(np.uint64)
+
+
+def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
+    """__split_huge_pmd_locked without freeze: 512 PTEs carrying the head's exclusivity.
+
+    Context: a PMD block maps haddr.
+    """
+    pmd = machine.pmdp_get_and_clear(mm, haddr)  # pmdp_invalidate
+    folio = int(pte_pfn(pmd))
+    frames = machine.frames
+    check(frames.folio_nr_pages(folio) == HPAGE_PMD_NR, "PMD block of a non-PMD folio")
+    anon_exclusive = bool(frames.page_anon_exclusive[folio])
+    frames.folio_refcount[folio] += HPAGE_PMD_NR - 1
+    frames.page_anon_exclusive[folio:folio + HPAGE_PMD_NR] = anon_exclusive
+    folio_add_anon_rmap_ptes(machine, np.array([folio]), np.array([folio]), np.array([HPAGE_PMD_NR]), mm,
+                             np.array([anon_exclusive]))
+    entry = int(split_entries(pmd, folio, vma))
+    machine.set_ptes(mm, haddr, entry, HPAGE_PMD_NR)
+    folio_remove_rmap_pmd(machine, folio, mm)
+
+
+def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr: int) -> str:
+    """fork of a PMD block: share it as a PMD, or split the parent's if it may be pinned
+    (FALLBACK: the caller copies the 512 PTEs)."""
+    pmd = machine.pmdp_get(src_mm, haddr)
+    check(pmd_trans_huge(pmd), f"copy_huge_pmd without a PMD block at {haddr:#x}")
+    folio = int(pte_pfn(pmd))
+    machine.frames.folio_refcount[folio] += 1
+    if not folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm):
+        folio_put_refs(machine, np.array([folio]), np.array([1]))
+        split_huge_pmd_locked(machine, src_mm, src_vma, haddr)
+        return FALLBACK
+    dst_mm.rss_anon += HPAGE_PMD_NR
+    if pte_write(pmd):
+        machine.pmdp_set_wrprotect(src_mm, haddr)
+        pmd = pte_wrprotect(pmd)
+    machine.set_pmd_at(dst_mm, haddr, pte_mkold(pmd))
+    return OK
+
+
+def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
+    """mprotect of a fully covered PMD block to vma's (new) protection."""
+    pmd = machine.pmdp_get(mm, haddr)
+    check(pmd_trans_huge(pmd) and vma.start <= haddr and haddr + PMD_SIZE <= vma.end,
+          f"change_huge_pmd without a PMD block inside the VMA at {haddr:#x}")
+    entry = pte_modify(pmd, vm_get_page_prot(vma.writable))
+    if vma.writable and machine.frames.page_anon_exclusive[int(pte_pfn(pmd))]:
+        entry = pte_mkwrite(entry)
+    machine.set_pmd_at(mm, haddr, entry)
+
+
+# Folio split (split_huge_page_to_list_to_order, __folio_split).
+
+@dataclass(frozen=True)
+class FolioMappings:
+    """The mappings unmap_folio removed in one process VMA: a PMD block or PTEs."""
+
+    mm: MM
+    vma: VMA
+    addrs: np.ndarray      # int64 virtual address of each page mapped
+    pages: np.ndarray      # int64 pfn of each page mapped
+    old: np.ndarray        # uint64 the old PTE (or the PMD block for every page)
+    exclusive: np.ndarray  # bool, per page: PageAnonExclusive (the head's for a PMD)
+
+
+def unmap_folio_range(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int) -> FolioMappings:
+    """Remove every mapping of folio in [start, end) of one VMA, remembering them."""
+    frames = machine.frames
+    nr_pages = frames.folio_nr_pages(folio)
+    haddr = start & ~(PMD_SIZE - 1)
+    check(end <= haddr + PMD_SIZE, "a folio's range crosses a PMD")
+    pmd = machine.pmdp_get(mm, haddr)
+    if pmd_trans_huge(pmd):
+        if int(pte_pfn(pmd)) != folio:
+            return FolioMappings(mm, vma, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                 np.zeros(0, np.uint64), np.zeros(0, bool))
+        pages = np.arange(folio, folio + HPAGE_PMD_NR, dtype=np.int64)
+        mappings = FolioMappings(mm, vma, haddr + ((pages - folio) << PAGE_SHIFT), pages,
+                                 np.full(HPAGE_PMD_NR, pmd, np.uint64),
+                                 np.full(HPAGE_PMD_NR, bool(frames.page_anon_exclusive[folio])))
+        machine.pmdp_get_and_clear(mm, haddr)
+        folio_remove_rmap_pmd(machine, folio, mm)
+        frames.folio_refcount[folio] -= 1
+        return mappings
+    ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
+    pages = pte_pfn(ptes).astype(np.int64)
+    mapped = np.flatnonzero(pte_present(ptes) & (pages >= folio) & (pages < folio + nr_pages))
+    mappings = FolioMappings(mm, vma, start + (mapped << PAGE_SHIFT), pages[mapped], ptes[mapped],
+                             frames.page_anon_exclusive[pages[mapped]])
+    if len(mapped):
+        index = ((start - haddr) >> PAGE_SHIFT) + mapped
+        machine.clear_full_ptes_runs(mm, PteRuns(haddr, index, np.ones(len(index), np.int64)))
+        folio_remove_rmap_ptes(machine, np.full(len(mapped), folio), pages[mapped],
+                               np.ones(len(mapped), np.int64), mm)
+        frames.folio_refcount[folio] -= len(mapped)
+    return mappings
+
+
+def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> np.ndarray:
+    """Turn an unmapped folio's struct pages into folios of new_order; returns their heads."""
+    frames = machine.frames
+    nr_pages = frames.folio_nr_pages(folio)
+    index = int(frames.folio_index[folio])
+    lineage = int(frames.folio_lineage[folio])
+    data = frames.page_data[folio:folio + nr_pages].copy()
+    heads = np.arange(folio, folio + nr_pages, 1 << new_order, dtype=np.int64)
+    frames.clear_frames(folio, nr_pages)
+    frames.folio_set_frames(heads, new_order)
+    frames.folio_anon[heads] = True
+    frames.folio_index[heads] = index + (heads - folio)
+    frames.folio_lineage[heads] = lineage
+    frames.page_data[folio:folio + nr_pages] = data
+    return heads
+
+
+def remap_folio_mappings(machine: Machine, mappings: FolioMappings) -> None:
+    """remove_migration_ptes for every page one process VMA mapped: its new PTE, one
+    reference and one mapping of its new folio (MM_ID of the process's VMA in walk order)."""
+    if len(mappings.pages) == 0:
+        return
+    frames = machine.frames
+    mm = mappings.mm
+    entries = split_entries(mappings.old, mappings.pages, mappings.vma)
+    haddr = int(mappings.addrs[0]) & ~(PMD_SIZE - 1)
+    set_pte_values(machine, mm, haddr, (mappings.addrs - haddr) >> PAGE_SHIFT, entries)
+    folios = frames.page_folio[mappings.pages]
+    np.add.at(frames.folio_refcount, folios, 1)
+    np.add.at(frames.page_mapcount, mappings.pages, 1)
+    frames.page_anon_exclusive[mappings.pages[mappings.exclusive]] = True
+    check(np.all(frames.page_mapcount[mappings.pages[mappings.exclusive]] == 1),
+          "exclusive page mapped more than once")
+    large = frames.folio_order[folios] > 0
+    large_folios, counts = np.unique(folios[large], return_counts=True)
+    if len(large_folios):
+        folio_add_return_large_mapcount(machine, large_folios, counts.astype(np.int64), mm)
+
+
+def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: int) -> str:
+    """Split a large folio into folios of new_order, remapping every mapping as PTEs.
+
+    Refused with EAGAIN if any reference is not a mapping (a pin).
+    """
+    frames = machine.frames
+    check(int(frames.page_folio[folio]) == folio and frames.folio_anon[folio], f"split of non-folio {folio}")
+    order = int(frames.folio_order[folio])
+    if new_order == 1 or new_order >= order or not 0 <= new_order <= 8:
+        return EINVAL
+    if int(frames.folio_refcount[folio]) != int(frames.folio_large_mapcount[folio]):
+        return EAGAIN
+    frames.folio_refcount[folio] += 1  # the caller's reference, held across the unmap
+    walk = [unmap_folio_range(machine, folio, mm, vma, start, end)
+            for mm, vma, start, end in rmap_walk_vmas(machine, folio)]
+    check(int(frames.folio_refcount[folio]) == 1, "extra reference appeared during split")
+    frames.folio_refcount[folio] = 0
+    heads = __split_folio_to_order(machine, folio, new_order)
+    for mappings in walk:
+        remap_folio_mappings(machine, mappings)
+    frames.folios_free(heads[frames.folio_refcount[heads] == 0])
+    return OK
+

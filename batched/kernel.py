@@ -1,0 +1,180 @@
+"""The batched kernel: every op of SPEC §3 on whole ranges of PTEs at once.
+
+Transactional failure (SPEC §1) without copying the machine for every op: an op
+whose only failures come before it changes anything runs as it is; one that can
+fail half-way (write, pin, fork) first bounds the order-0 allocations it may need
+and takes a snapshot only when the free frames might not cover them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from machine import MM, VMA, Machine, check
+from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK
+from machine.pgtable import PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present
+
+from .folio import page_folio
+from .gup import pin_user_pages, unpin_user_pages
+from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
+from .memory import do_swap_page, fork_copies_bound, handle_write_fault
+from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
+from .mprotect import do_mprotect_pkey
+from .vmscan import shrink_folio_list, try_to_unmap
+
+MAX_FAULT_ORDER = 9
+
+
+class Kernel:
+    """batched.Kernel: the optimised implementation judged against the reference."""
+
+    name = "batched"
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+
+    def _mm(self, pid: int) -> MM:
+        check(pid in self.machine.processes, f"P{pid} does not exist")
+        return self.machine.processes[pid]
+
+    def _transaction(self, operation: Callable[[], str], max_new_frames: int) -> str:
+        """Run an op that may fail after changing state, needing at most max_new_frames
+        order-0 frames. With that many free it cannot run out, so no snapshot is needed."""
+        if self.machine.frames.nr_free_frames >= max_new_frames:
+            result = operation()
+            check(result != ENOMEM, "an op ran out of frames its bound said it had")
+            return self._finish(result)
+        snapshot = self.machine.snapshot()
+        result = operation()
+        if result != OK:
+            self.machine.restore(snapshot)
+            return result
+        return self._finish(result)
+
+    def _finish(self, result: str) -> str:
+        """The end of an op that keeps its work: canonicalise contpte blocks."""
+        self.machine.contpte_canonicalise()
+        return result
+
+    # VMAs.
+
+    def mmap(self, pid: int, addr: int, length: int, prot: str) -> str:
+        return self._finish(do_mmap(self.machine, self._mm(pid), addr, length, prot == "rw"))
+
+    def munmap(self, pid: int, addr: int, length: int) -> str:
+        return self._finish(do_munmap(self.machine, self._mm(pid), addr, length))
+
+    def dontneed(self, pid: int, addr: int, length: int) -> str:
+        return self._finish(madvise_dontneed(self.machine, self._mm(pid), addr, length))
+
+    def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str:
+        return self._finish(do_mprotect_pkey(self.machine, self._mm(pid), addr, length, prot == "rw"))
+
+    # Faults and user accesses.
+
+    def fault(self, pid: int, addr: int, order: int) -> str:
+        mm = self._mm(pid)
+        if not 0 <= order <= MAX_FAULT_ORDER:
+            return EINVAL
+        vma = mm.find_vma(addr)
+        if vma is None or not vma.writable:
+            return EFAULT
+        if pte_none(self.machine.lookup(mm, addr)[1]):
+            # do_anonymous_page fails only before it maps anything.
+            return self._finish(handle_write_fault(self.machine, mm, vma, addr, order))
+        return self._user_write(mm, vma, addr, value=None)
+
+    def write(self, pid: int, addr: int, value: int) -> str:
+        mm = self._mm(pid)
+        vma = mm.find_vma(addr)
+        if vma is None or not vma.writable:
+            return EFAULT
+        return self._user_write(mm, vma, addr, value)
+
+    def _user_write(self, mm: MM, vma: VMA, addr: int, value: int | None) -> str:
+        """Write-fault addr in (one copy at most), then store value (None: the word there)."""
+        result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, 0), max_new_frames=1)
+        if result != OK:
+            return result
+        if value is None:
+            value = int(self.machine.frames.page_data[self.machine.page_at(mm, addr)])
+        self.machine.user_write(mm, addr, value)
+        return OK
+
+    def read(self, pid: int, addr: int) -> str:
+        mm = self._mm(pid)
+        vma = mm.find_vma(addr)
+        if vma is None:
+            return EFAULT
+        entry = self.machine.lookup(mm, addr)[1]
+        if pte_none(entry):
+            return OK  # model: no zero page; reads 0 and maps nothing
+        if is_swap_pte(entry):
+            result = self._finish(do_swap_page(self.machine, mm, vma, addr, write_fault=False))
+            if result != OK:
+                return result
+        self.machine.user_read(mm, addr)
+        return OK
+
+    # Pins.
+
+    def pin(self, pid: int, addr: int, nr_pages: int, mode: str) -> str:
+        mm = self._mm(pid)
+        # Each page takes at most one order-0 folio (fault-in, swap-in or copy).
+        return self._transaction(lambda: pin_user_pages(self.machine, mm, addr, nr_pages, mode == "rw"),
+                                 max_new_frames=nr_pages)
+
+    def unpin(self, pin_id: int) -> str:
+        return self._finish(unpin_user_pages(self.machine, pin_id))
+
+    # Processes.
+
+    def fork(self, pid: int) -> str:
+        mm = self._mm(pid)
+        return self._transaction(lambda: dup_mmap(self.machine, mm),
+                                 max_new_frames=fork_copies_bound(self.machine, mm))
+
+    def exit(self, pid: int) -> str:
+        return self._finish(exit_mmap(self.machine, self._mm(pid)))
+
+    # Reclaim and splits: they act on the folio mapped at (pid, addr).
+
+    def _folio_at(self, pid: int, addr: int) -> tuple[str, int]:
+        """(OK, the folio mapped at addr), else (EFAULT: no VMA, or ENOENT: nothing present)."""
+        mm = self._mm(pid)
+        if mm.find_vma(addr) is None:
+            return EFAULT, -1
+        entry = self.machine.lookup(mm, addr)[1]
+        if not pte_present(entry):
+            return ENOENT, -1
+        return OK, int(page_folio(self.machine, int(pte_pfn(entry))))
+
+    def reclaim(self, pid: int, addr: int) -> str:
+        result, folio = self._folio_at(pid, addr)
+        if result != OK:
+            return result
+        # shrink_folio_list decides every failure before it changes anything.
+        return self._finish(shrink_folio_list(self.machine, folio))
+
+    def try_to_unmap(self, pid: int, addr: int) -> str:
+        result, folio = self._folio_at(pid, addr)
+        if result != OK:
+            return result
+        return self._finish(try_to_unmap(self.machine, folio))
+
+    def split_pmd(self, pid: int, addr: int) -> str:
+        mm = self._mm(pid)
+        vma = mm.find_vma(addr)
+        if vma is None:
+            return EFAULT
+        haddr = addr & ~(PMD_SIZE - 1)
+        if not pmd_trans_huge(self.machine.pmdp_get(mm, haddr)):
+            return ENOENT
+        split_huge_pmd_locked(self.machine, mm, vma, haddr)
+        return self._finish(OK)
+
+    def split(self, pid: int, addr: int, order: int) -> str:
+        result, folio = self._folio_at(pid, addr)
+        if result != OK:
+            return result
+        return self._finish(split_huge_page_to_list_to_order(self.machine, folio, order))

@@ -1,0 +1,357 @@
+"""Faults, COW, swap-in, zap and fork's page-table copy, as mm/memory.c, batched.
+
+zap and fork handle a PTE table's range at once: folio_pte_batch finds every
+batch, the rmap functions take all batches together, and the batched
+primitives write all runs of the table in one call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from machine import MM, VMA, Machine, PteRuns, check
+from machine.errors import ENOMEM, OK
+from machine.pgtable import (
+    HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTRS_PER_TABLE, is_swap_pte, pfn_pte,
+    pmd_trans_huge, pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_none, pte_pfn,
+    pte_present, pte_swp_clear_exclusive, pte_swp_exclusive, pte_swp_offset, pte_write,
+    pte_wrprotect, vm_get_page_prot,
+)
+
+from . import huge_memory
+from .folio import (
+    copy_user_pages, folio_maybe_dma_pinned, folio_put_refs, folio_ref_add, page_folio,
+)
+from .internal import (
+    FPB_FORK, FPB_ZAP, PteBatches, SwapBatches, batches_any, folio_pte_batch, pte_offsets_in_batches,
+    swap_pte_batch,
+)
+from .rmap import (
+    batch_pages, folio_add_new_anon_rmap, folio_remove_rmap_ptes, folio_try_dup_anon_rmap_ptes,
+    folios_add_new_anon_rmap_order0,
+)
+from .swap import free_swap_and_cache_nr, swap_duplicate_nr, swap_free
+
+
+def maybe_mkwrite(pte, vma: VMA):
+    return pte_mkwrite(pte) if vma.writable else pte
+
+
+def mk_pte(page, vma: VMA):
+    return pfn_pte(page, vm_get_page_prot(vma.writable))
+
+
+def pmd_ranges(start: int, end: int):
+    """Split [start, end) at PMD boundaries: (addr, next_addr, whether it is a whole PMD)."""
+    addr = start
+    while addr < end:
+        haddr = addr & ~(PMD_SIZE - 1)
+        next_addr = min(haddr + PMD_SIZE, end)
+        yield addr, next_addr, addr == haddr and next_addr == haddr + PMD_SIZE
+        addr = next_addr
+
+
+# Anonymous faults (do_anonymous_page, alloc_anon_folio).
+
+def fault_orders(order: int) -> list[int]:
+    """The orders a fault of order K tries: K, K-1, ... 0, never 1 (K = 1 acts as 0)."""
+    return [candidate for candidate in range(order, -1, -1) if candidate != 1]
+
+
+def alloc_anon_folio_suitable(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> bool:
+    """The aligned 2**order pages around addr lie in vma and every PTE there is none."""
+    nr_pages = 1 << order
+    start = addr & ~((nr_pages << PAGE_SHIFT) - 1)
+    if start < vma.start or start + (nr_pages << PAGE_SHIFT) > vma.end:
+        return False
+    if order == HPAGE_PMD_ORDER and pmd_trans_huge(machine.pmdp_get(mm, start)):
+        return False
+    return not machine.ptes_get(mm, start, nr_pages).any()
+
+
+def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
+    """A write fault on a none entry: the largest suitable order K..0 that can be allocated.
+
+    Context: vma is writable; nothing is mapped at addr.
+    """
+    check(vma.writable, "anonymous write fault in a read-only VMA")
+    check(pte_none(machine.lookup(mm, addr)[1]), f"anonymous fault on a mapped address {addr:#x}")
+    for candidate in fault_orders(order):
+        if not alloc_anon_folio_suitable(machine, mm, vma, addr, candidate):
+            continue
+        folio = machine.frames.folio_alloc(candidate)
+        if folio is None:
+            continue
+        if candidate == HPAGE_PMD_ORDER:
+            huge_memory.map_anon_folio_pmd(machine, mm, vma, addr & ~(PMD_SIZE - 1), folio)
+        else:
+            map_anon_folio_pte_nopf(machine, mm, vma, addr & ~((PAGE_SIZE << candidate) - 1), folio)
+        return OK
+    return ENOMEM
+
+
+def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
+    """Map a fresh folio whole at addr with one set_ptes, writable and dirty, all exclusive."""
+    nr_pages = machine.frames.folio_nr_pages(folio)
+    machine.frames.folio_refcount[folio] += nr_pages - 1
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr)
+    machine.set_ptes(mm, addr, maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma), nr_pages)
+    mm.rss_anon += nr_pages
+
+
+# Write faults on present read-only PTEs (do_wp_page): one page, as in the kernel.
+
+def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
+    """Every reference is one of mm's mappings, so no one else can see the folio."""
+    frames = machine.frames
+    if frames.folio_order[folio] == 0:
+        return int(frames.folio_refcount[folio]) == 1
+    large_mapcount = int(frames.folio_large_mapcount[folio])
+    if large_mapcount <= 1 or frames.folio_mm_ids_shared[folio]:
+        return False
+    if large_mapcount != int(frames.folio_refcount[folio]):
+        return False
+    check(mm.mm_id in frames.folio_mm_id[folio], "exclusively mapped folio not mapped by the faulting mm")
+    return True
+
+
+def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: bool) -> str:
+    """A write (or unshare) fault on a present read-only PTE: reuse the page, else copy it."""
+    pte = machine.ptep_get(mm, addr)
+    check(pte_present(pte), "do_wp_page on a non-present PTE")
+    check(unshare or vma.writable, "write fault in a read-only VMA")
+    page = int(pte_pfn(pte))
+    folio = int(page_folio(machine, page))
+    frames = machine.frames
+    if frames.page_anon_exclusive[page] or wp_can_reuse_anon_folio(machine, folio, mm):
+        frames.page_anon_exclusive[page] = True
+        if not unshare:
+            machine.set_pte_at(mm, addr, maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma))
+        return OK
+    return wp_page_copy(machine, mm, vma, addr, page, folio, unshare)
+
+
+def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, page: int, folio: int, unshare: bool) -> str:
+    """Copy the page to a new exclusive order-0 folio, then drop the old mapping."""
+    new_folio = machine.frames.folio_alloc(0)
+    if new_folio is None:
+        return ENOMEM
+    copy_user_pages(machine, new_folio, page)
+    folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr)
+    entry = mk_pte(new_folio, vma)
+    if not unshare:
+        entry = maybe_mkwrite(pte_mkdirty(entry), vma)
+    machine.ptep_get_and_clear(mm, addr)
+    machine.set_pte_at(mm, addr, entry)
+    folio_remove_rmap_ptes(machine, np.array([folio]), np.array([page]), np.array([1]), mm)
+    folio_put_refs(machine, np.array([folio]), np.array([1]))
+    return OK
+
+
+# Swap-in (do_swap_page; model: no swap cache, a fresh exclusive order-0 folio).
+
+def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool) -> str:
+    """Swap the page at addr in. Context: a swap PTE maps addr."""
+    pte = machine.ptep_get(mm, addr)
+    check(is_swap_pte(pte), "do_swap_page on a non-swap PTE")
+    check(not write_fault or vma.writable, "write fault in a read-only VMA")
+    slot = int(pte_swp_offset(pte))
+    folio = machine.frames.folio_alloc(0)
+    if folio is None:
+        return ENOMEM
+    machine.frames.page_data[folio] = machine.swap.swap_data[slot]
+    entry = mk_pte(folio, vma)
+    if vma.writable:
+        entry = pte_mkwrite(entry)
+        if write_fault:
+            entry = pte_mkdirty(entry)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr)
+    swap_free(machine, slot)
+    mm.rss_swap -= 1
+    mm.rss_anon += 1
+    machine.set_pte_at(mm, addr, entry)
+    return OK
+
+
+def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
+    """Make addr writable as a user write fault does (order applies to a none entry)."""
+    check(vma.writable, "write fault in a read-only VMA")
+    haddr = addr & ~(PMD_SIZE - 1)
+    pmd = machine.pmdp_get(mm, haddr)
+    if pmd_trans_huge(pmd):
+        if pte_write(pmd):
+            return OK
+        result = huge_memory.do_huge_pmd_wp_page(machine, mm, vma, addr, unshare=False)
+        if result != huge_memory.FALLBACK:
+            return result
+    pte = machine.ptep_get(mm, addr)
+    if pte_none(pte):
+        return do_anonymous_page(machine, mm, vma, addr, order)
+    if is_swap_pte(pte):
+        return do_swap_page(machine, mm, vma, addr, write_fault=True)
+    if pte_write(pte):
+        return OK
+    return do_wp_page(machine, mm, vma, addr, unshare=False)
+
+
+def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
+    """FAULT_FLAG_UNSHARE: make a maybe-shared page exclusive, never writable."""
+    if pmd_trans_huge(machine.pmdp_get(mm, addr & ~(PMD_SIZE - 1))):
+        result = huge_memory.do_huge_pmd_wp_page(machine, mm, vma, addr, unshare=True)
+        if result != huge_memory.FALLBACK:
+            return result
+    return do_wp_page(machine, mm, vma, addr, unshare=True)
+
+
+# zap (zap_pte_range, zap_present_ptes, zap_nonpresent_ptes).
+
+def zap_present_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
+    """Unmap every batch: clear_full_ptes, rmap removal and nr_pages references each."""
+    machine.clear_full_ptes_runs(mm, batches.runs)
+    mm.rss_anon -= int(batches.nr_pages.sum())
+    folio_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
+    folio_put_refs(machine, batches.folio, batches.nr_pages)
+
+
+def zap_nonpresent_ptes(machine: Machine, mm: MM, batches: SwapBatches) -> None:
+    """Drop every swap batch's slot references."""
+    machine.clear_full_ptes_runs(mm, batches.runs)
+    mm.rss_swap -= int(batches.nr_pages.sum())
+    free_swap_and_cache_nr(machine, batches.slots())
+
+
+def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
+    """Zap every PTE in [start, end), which lies inside one PMD and one VMA."""
+    if mm.pte_table(start) is None:
+        return
+    ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
+    if not ptes.any():
+        return
+    if pte_present(ptes).any():
+        zap_present_ptes(machine, mm, folio_pte_batch(machine, start, ptes, FPB_ZAP))
+    if is_swap_pte(ptes).any():
+        zap_nonpresent_ptes(machine, mm, swap_pte_batch(start, ptes))
+
+
+def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
+    """Zap [start, end) of vma: a fully covered PMD block whole, a partial one split first."""
+    check(vma.start <= start < end <= vma.end, "zap range leaves the VMA")
+    for addr, next_addr, whole_pmd in pmd_ranges(start, end):
+        haddr = addr & ~(PMD_SIZE - 1)
+        if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
+            if whole_pmd:
+                huge_memory.zap_huge_pmd(machine, mm, haddr)
+                continue
+            huge_memory.split_huge_pmd_locked(machine, mm, vma, haddr)
+        zap_pte_range(machine, mm, addr, next_addr)
+
+
+# fork (copy_page_range, copy_pte_range, copy_present_ptes, copy_nonpresent_pte).
+
+def copy_nonpresent_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: SwapBatches) -> None:
+    """Share swap batches with the child; exclusive markers are cleared in both."""
+    swap_duplicate_nr(machine, batches.slots())
+    shared = pte_swp_clear_exclusive(batches.pte)
+    was_exclusive = pte_swp_exclusive(batches.pte)
+    if was_exclusive.any():
+        exclusive_runs = PteRuns(batches.runs.addr, batches.runs.index[was_exclusive],
+                                 batches.runs.nr_pages[was_exclusive])
+        machine.set_ptes_runs(src_mm, exclusive_runs, shared[was_exclusive])
+    dst_mm.rss_swap += int(batches.nr_pages.sum())
+    machine.set_ptes_runs(dst_mm, batches.runs, shared)
+
+
+def __copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> None:
+    """The shared case: write-protect writable batches in the parent, set the child's
+    entries old and write-protected from each batch's template."""
+    writable = pte_write(batches.pte)
+    if writable.any():
+        machine.wrprotect_ptes_runs(src_mm, batches.select(writable).runs)
+    child = np.where(writable, pte_wrprotect(batches.pte), batches.pte)
+    machine.set_ptes_runs(dst_mm, batches.runs, pte_mkold(child))
+
+
+def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> np.ndarray:
+    """Share each batch with the child (folio refs, folio_try_dup_anon_rmap_ptes, entries).
+    Returns the mask of batches that failed because the folio may be pinned and a page is
+    exclusive; they are left untouched for the page-by-page fallback."""
+    folio_ref_add(machine, batches.folio, batches.nr_pages)
+    failed = folio_try_dup_anon_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages,
+                                          dst_mm, src_mm)
+    folio_put_refs(machine, batches.folio[failed], batches.nr_pages[failed])
+    shared = batches.select(~failed)
+    dst_mm.rss_anon += int(shared.nr_pages.sum())
+    __copy_present_ptes(machine, dst_mm, src_mm, shared)
+    return failed
+
+
+def copy_present_pages(machine: Machine, dst_mm: MM, dst_vma: VMA, addrs: np.ndarray,
+                       src_pages: np.ndarray, table_addr: int) -> str:
+    """Give the child its own copy of each exclusive page of a maybe-pinned folio, allocated
+    in ascending address order (the lowest free frames, as page-by-page copies would get)."""
+    new_folios = machine.frames.folios_alloc_order0(len(src_pages))
+    if new_folios is None:
+        return ENOMEM
+    copy_user_pages(machine, new_folios, src_pages)
+    folios_add_new_anon_rmap_order0(machine, new_folios, dst_mm, dst_vma, addrs)
+    dst_mm.rss_anon += len(new_folios)
+    entries = maybe_mkwrite(pte_mkdirty(mk_pte(new_folios.astype(np.uint64), dst_vma)), dst_vma)
+    index = (addrs - table_addr) >> PAGE_SHIFT
+    machine.set_ptes_runs(dst_mm, PteRuns(table_addr, index, np.ones(len(index), np.int64)), entries)
+    return OK
+
+
+def split_failed_batches(machine: Machine, batches: PteBatches) -> tuple[PteBatches, np.ndarray, np.ndarray]:
+    """The page-by-page fallback for batches whose dup failed: their non-exclusive pages as
+    batches of one (shared as usual) and the addresses and pfns of their exclusive pages
+    (copied for the child)."""
+    pages = batches.pages()
+    offsets = pte_offsets_in_batches(batches.nr_pages)
+    index = np.repeat(batches.runs.index, batches.nr_pages) + offsets
+    ptes = np.repeat(batches.pte, batches.nr_pages) + (offsets.astype(np.uint64) << np.uint64(PAGE_SHIFT))
+    folios = batches.folios_of_pages()
+    exclusive = machine.frames.page_anon_exclusive[pages]
+    singles = PteBatches(PteRuns(batches.runs.addr, index[~exclusive], np.ones(int((~exclusive).sum()), np.int64)),
+                         folios[~exclusive], pages[~exclusive], ptes[~exclusive])
+    addrs = batches.runs.addr + (index[exclusive] << PAGE_SHIFT)
+    return singles, addrs, pages[exclusive]
+
+
+def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start: int, end: int) -> str:
+    """Copy every PTE of [start, end) (one PMD, one VMA) to the child."""
+    if src_mm.pte_table(start) is None:
+        return OK
+    ptes = machine.ptes_get(src_mm, start, (end - start) >> PAGE_SHIFT)
+    if not ptes.any():
+        return OK
+    if is_swap_pte(ptes).any():
+        copy_nonpresent_ptes(machine, dst_mm, src_mm, swap_pte_batch(start, ptes))
+    if not pte_present(ptes).any():
+        return OK
+    batches = folio_pte_batch(machine, start, ptes, FPB_FORK)
+    failed = copy_present_ptes(machine, dst_mm, src_mm, batches)
+    if not failed.any():
+        return OK
+    singles, addrs, exclusive_pages = split_failed_batches(machine, batches.select(failed))
+    # The fallback takes each page singly: a page of a batch of one cannot be exclusive here.
+    check(not copy_present_ptes(machine, dst_mm, src_mm, singles).any(), "non-exclusive page refused")
+    return copy_present_pages(machine, dst_mm, dst_vma, addrs, exclusive_pages, batches.runs.addr)
+
+
+def copy_page_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA) -> str:
+    """Copy every mapping of src_vma to the child, PMD by PMD in ascending address order."""
+    for addr, next_addr, _whole_pmd in pmd_ranges(src_vma.start, src_vma.end):
+        haddr = addr & ~(PMD_SIZE - 1)
+        if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)):
+            if huge_memory.copy_huge_pmd(machine, dst_mm, src_mm, src_vma, haddr) == OK:
+                continue
+        result = copy_pte_range(machine, dst_mm, dst_vma, src_mm, addr, next_addr)
+        if result != OK:
+            return result
+    return OK
+
+
+def fork_copies_bound(machine: Machine, mm: MM) -> int:
+    """At most how many pages fork may copy: none unless mm has pinned (then every present page)."""
+    return mm.rss_anon if mm.has_pinned else 0
+

@@ -1,0 +1,68 @@
+"""mmap, munmap, MADV_DONTNEED, exit and fork's VMA copy (mm/mmap.c, mm/vma.c,
+mm/madvise.c, kernel/fork.c dup_mmap): loops over VMAs; the page work is batched."""
+
+from __future__ import annotations
+
+from machine import MM, VMA, Machine
+from machine.errors import EINVAL, ENOMEM, OK
+
+from .memory import copy_page_range, unmap_page_range
+
+
+def do_mmap(machine: Machine, mm: MM, addr: int, length: int, writable: bool) -> str:
+    """A new private anonymous VMA of a new lineage (model: never merged, overlap is EINVAL)."""
+    if mm.vmas_intersecting(addr, addr + length):
+        return EINVAL
+    mm.vma_insert(VMA(addr, addr + length, writable, machine.lineage_alloc()))
+    return OK
+
+
+def zap_vmas(machine: Machine, mm: MM, start: int, end: int) -> bool:
+    """Zap every mapping in [start, end), VMA by VMA; returns whether VMAs covered it all."""
+    covered = start
+    for vma in mm.vmas_intersecting(start, end):
+        if vma.start > covered:
+            break
+        covered = vma.end
+    for vma in mm.vmas_intersecting(start, end):
+        unmap_page_range(machine, mm, vma, max(vma.start, start), min(vma.end, end))
+    return covered >= end
+
+
+def do_munmap(machine: Machine, mm: MM, start: int, length: int) -> str:
+    """Zap [start, start + length) and remove it from the VMAs, splitting them at the edges."""
+    end = start + length
+    zap_vmas(machine, mm, start, end)
+    for vma in mm.vmas_intersecting(start, end):
+        if vma.start < start:
+            vma = mm.vma_split(vma, start)
+        if vma.end > end:
+            mm.vma_split(vma, end)
+        mm.vma_remove(vma)
+    return OK
+
+
+def madvise_dontneed(machine: Machine, mm: MM, start: int, length: int) -> str:
+    """Zap the mapped parts of the range; ENOMEM if it had a hole. VMAs stay."""
+    return OK if zap_vmas(machine, mm, start, start + length) else ENOMEM
+
+
+def exit_mmap(machine: Machine, mm: MM) -> str:
+    """Zap everything in ascending address order; the process is gone, its pins stay."""
+    for vma in list(mm.vmas):
+        unmap_page_range(machine, mm, vma, vma.start, vma.end)
+        mm.vma_remove(vma)
+    machine.mm_destroy(mm)
+    return OK
+
+
+def dup_mmap(machine: Machine, mm: MM) -> str:
+    """fork: a child with a copy of every VMA and its mappings, in ascending address order."""
+    child = machine.mm_alloc()
+    for vma in mm.vmas:
+        child_vma = VMA(vma.start, vma.end, vma.writable, vma.lineage)
+        child.vma_insert(child_vma)
+        result = copy_page_range(machine, child, child_vma, mm, vma)
+        if result != OK:
+            return result
+    return OK

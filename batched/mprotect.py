@@ -1,0 +1,75 @@
+"""mprotect (mm/mprotect.c do_mprotect_pkey, mprotect_fixup, change_protection): every
+present PTE of a table's range is changed with one vector expression and written back
+with set_ptes over runs. Each entry keeps its own young and dirty bits (SPEC §2.3)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from machine import MM, VMA, Machine
+from machine.errors import ENOMEM, OK
+from machine.pgtable import (
+    PAGE_SHIFT, PMD_SIZE, pmd_trans_huge, pte_mkwrite, pte_modify, pte_pfn, pte_present,
+    vm_get_page_prot,
+)
+
+from .huge_memory import change_huge_pmd, split_huge_pmd_locked
+from .internal import set_pte_values
+from .memory import pmd_ranges
+
+
+def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
+    """New protection for every present PTE of [start, end) (one PMD); an exclusive page in a
+    rw VMA becomes writable."""
+    if mm.pte_table(start) is None:
+        return
+    ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
+    present = np.flatnonzero(pte_present(ptes))
+    if len(present) == 0:
+        return
+    old = ptes[present]
+    entries = pte_modify(old, vm_get_page_prot(vma.writable))
+    if vma.writable:
+        exclusive = machine.frames.page_anon_exclusive[pte_pfn(old).astype(np.int64)]
+        entries = np.where(exclusive, pte_mkwrite(entries), entries)
+    haddr = start & ~(PMD_SIZE - 1)
+    set_pte_values(machine, mm, haddr, ((start - haddr) >> PAGE_SHIFT) + present, entries)
+
+
+def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
+    """Apply vma's protection to [start, end): a covered PMD whole, a partial one split first."""
+    for addr, next_addr, whole_pmd in pmd_ranges(start, end):
+        haddr = addr & ~(PMD_SIZE - 1)
+        if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
+            if whole_pmd:
+                change_huge_pmd(machine, mm, vma, haddr)
+                continue
+            split_huge_pmd_locked(machine, mm, vma, haddr)
+        change_pte_range(machine, mm, vma, addr, next_addr)
+
+
+def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:
+    """Change [start, end) of vma: split it at the edges, change entries, merge neighbours."""
+    if vma.writable == writable:
+        return
+    if vma.start < start:
+        vma = mm.vma_split(vma, start)
+    if vma.end > end:
+        mm.vma_split(vma, end)
+    vma.writable = writable
+    change_protection(machine, mm, vma, start, end)
+    mm.vma_merge(vma)
+
+
+def do_mprotect_pkey(machine: Machine, mm: MM, start: int, length: int, writable: bool) -> str:
+    """VMA by VMA from start; ENOMEM at the first hole, earlier VMAs staying changed."""
+    end = start + length
+    addr = start
+    while addr < end:
+        vma = mm.find_vma(addr)
+        if vma is None:
+            return ENOMEM
+        next_addr = min(vma.end, end)
+        mprotect_fixup(machine, mm, vma, addr, next_addr, writable)
+        addr = next_addr
+    return OK

@@ -1,0 +1,267 @@
+"""Reverse mapping, as mm/rmap.c and include/linux/rmap.h: batches of PTEs at once.
+
+Every function takes arrays describing batches (folio, first page, nr_pages) and
+handles all of them with array operations. Counts are plain (the kernel's
+accessor values): a slot count of 0 with MM_ID_DUMMY is a free slot.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from machine import MM, MM_ID_DUMMY, VMA, Machine, check
+from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SHIFT
+
+from .folio import folio_maybe_dma_pinned, folio_needs_cow_for_dma
+from .internal import batches_any, pte_offsets_in_batches
+
+
+def __folio_rmap_sanity_checks(machine: Machine, folio: np.ndarray, page: np.ndarray,
+                               nr_pages: np.ndarray) -> None:
+    """Each batch: nr_pages >= 1 and [page, page + nr_pages) inside its folio."""
+    frames = machine.frames
+    check(np.all(nr_pages >= 1), "nr_pages must be positive")
+    check(np.all(frames.page_folio[page] == folio), "batch pages not in their folios")
+    check(np.all(frames.page_folio[page + nr_pages - 1] == folio), "batch leaves its folio")
+
+
+def batch_pages(page: np.ndarray, nr_pages: np.ndarray) -> np.ndarray:
+    """Every page of every batch, concatenated."""
+    return np.repeat(page, nr_pages) + pte_offsets_in_batches(nr_pages)
+
+
+def large_folio_diffs(machine: Machine, folio: np.ndarray, nr_pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The large folios among the batches' and each one's total nr_pages (per-batch MM_ID
+    updates of one process may be summed: SPEC §3)."""
+    large = machine.frames.folio_order[folio] > 0
+    folios, inverse = np.unique(folio[large], return_inverse=True)
+    return folios, np.bincount(inverse, weights=nr_pages[large], minlength=len(folios)).astype(np.int64)
+
+
+# MM_ID: who maps a large folio (CONFIG_MM_ID), for many folios of one mm at once.
+
+def folio_set_large_mapcount(machine: Machine, folio: int, mapcount: int, mm: MM) -> None:
+    """A new large folio's mapcount, all of it in mm's slot 0."""
+    frames = machine.frames
+    check(not frames.folio_mm_id[folio].any(), "new folio already has MM_ID slots")
+    frames.folio_large_mapcount[folio] = mapcount
+    frames.folio_mm_id_mapcount[folio, 0] = mapcount
+    frames.folio_mm_id[folio, 0] = mm.mm_id
+
+
+def folio_add_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
+    """Add diffs[i] mappings by mm to each (distinct) large folio; claim a slot or mark
+    the folio maybe mapped shared."""
+    frames = machine.frames
+    check(len(np.unique(folios)) == len(folios), "MM_ID update names a folio twice")
+    check(np.all(diffs >= 1) and np.all(diffs <= 1 << frames.folio_order[folios].astype(np.int64)),
+          "bad large mapcount diff")
+    new_mapcount = frames.folio_large_mapcount[folios] + diffs
+    frames.folio_large_mapcount[folios] = new_mapcount
+    mm_ids = frames.folio_mm_id[folios]
+    mapcounts = frames.folio_mm_id_mapcount[folios]
+    in_slot0 = mm_ids[:, 0] == mm.mm_id
+    in_slot1 = ~in_slot0 & (mm_ids[:, 1] == mm.mm_id)
+    take_slot0 = ~in_slot0 & ~in_slot1 & (mm_ids[:, 0] == MM_ID_DUMMY)
+    take_slot1 = ~in_slot0 & ~in_slot1 & ~take_slot0 & (mm_ids[:, 1] == MM_ID_DUMMY)
+    mapcounts[:, 0] += np.where(in_slot0, diffs, 0)
+    mapcounts[:, 1] += np.where(in_slot1, diffs, 0)
+    mm_ids[take_slot0, 0] = mm.mm_id
+    mapcounts[take_slot0, 0] = diffs[take_slot0]
+    mm_ids[take_slot1, 1] = mm.mm_id
+    mapcounts[take_slot1, 1] = diffs[take_slot1]
+    frames.folio_mm_id[folios] = mm_ids
+    frames.folio_mm_id_mapcount[folios] = mapcounts
+    # Slot 0 taken with other mappings already there, or slot 1 taken at all: maybe shared.
+    frames.folio_mm_ids_shared[folios[(take_slot0 & (new_mapcount != diffs)) | take_slot1]] = True
+
+
+def folio_sub_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
+    """Remove diffs[i] mappings by mm from each (distinct) large folio; clear "maybe mapped
+    shared" where one slot now owns every mapping."""
+    frames = machine.frames
+    check(len(np.unique(folios)) == len(folios), "MM_ID update names a folio twice")
+    check(np.all(diffs >= 1), "bad large mapcount diff")
+    new_mapcount = frames.folio_large_mapcount[folios] - diffs
+    check(np.all(new_mapcount >= 0), f"large mapcount underflow among folios {folios}")
+    frames.folio_large_mapcount[folios] = new_mapcount
+    mm_ids = frames.folio_mm_id[folios]
+    mapcounts = frames.folio_mm_id_mapcount[folios]
+    in_slot0 = mm_ids[:, 0] == mm.mm_id
+    in_slot1 = ~in_slot0 & (mm_ids[:, 1] == mm.mm_id)
+    mapcounts[:, 0] -= np.where(in_slot0, diffs, 0)
+    mapcounts[:, 1] -= np.where(in_slot1, diffs, 0)
+    still_mapped = (in_slot0 & (mapcounts[:, 0] >= 1)) | (in_slot1 & (mapcounts[:, 1] >= 1))
+    for slot, owned in ((0, in_slot0), (1, in_slot1)):
+        emptied = owned & (mapcounts[:, slot] < 1)
+        mapcounts[emptied, slot] = 0
+        mm_ids[emptied, slot] = MM_ID_DUMMY
+    frames.folio_mm_id[folios] = mm_ids
+    frames.folio_mm_id_mapcount[folios] = mapcounts
+    one_owner = (mapcounts[:, 0] == new_mapcount) | (mapcounts[:, 1] == new_mapcount)
+    frames.folio_mm_ids_shared[folios[~still_mapped & one_owner]] = False
+
+
+# Adding mappings.
+
+def __folio_set_anon(machine: Machine, folios: np.ndarray, vma: VMA, addrs: np.ndarray) -> None:
+    """Make new folios anon in vma's lineage with index = linear page index of each addr."""
+    frames = machine.frames
+    frames.folio_anon[folios] = True
+    frames.folio_index[folios] = vma.pgoff + ((addrs - vma.start) >> PAGE_SHIFT)
+    frames.folio_lineage[folios] = vma.lineage
+
+
+def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr: int) -> None:
+    """Account the first mappings of a brand-new folio mapped whole at addr, exclusive.
+
+    PTE-mapped: every page one mapping and exclusive; PMD-mappable: one entire mapping,
+    head exclusive. Context: the folio is fresh (unmapped, not anon).
+    """
+    frames = machine.frames
+    check(not frames.folio_anon[folio], "folio_add_new_anon_rmap on an anon folio")
+    check(frames.folio_large_mapcount[folio] == 0 and frames.page_mapcount[folio] == 0,
+          "new folio already mapped")
+    __folio_set_anon(machine, np.array([folio]), vma, np.array([addr]))
+    order = int(frames.folio_order[folio])
+    nr_pages = 1 << order
+    if order == HPAGE_PMD_ORDER:
+        frames.folio_entire_mapcount[folio] = 1
+        folio_set_large_mapcount(machine, folio, 1, mm)
+        frames.page_anon_exclusive[folio] = True
+        return
+    frames.page_mapcount[folio:folio + nr_pages] = 1
+    frames.page_anon_exclusive[folio:folio + nr_pages] = True
+    if order > 0:
+        folio_set_large_mapcount(machine, folio, nr_pages, mm)
+
+
+def folios_add_new_anon_rmap_order0(machine: Machine, folios: np.ndarray, mm: MM, vma: VMA,
+                                    addrs: np.ndarray) -> None:
+    """folio_add_new_anon_rmap for many fresh order-0 folios (fork's copies), exclusive."""
+    frames = machine.frames
+    check(not frames.folio_anon[folios].any(), "folio_add_new_anon_rmap on an anon folio")
+    check(not frames.folio_order[folios].any(), "order-0 folios expected")
+    check(not frames.page_mapcount[folios].any(), "new folio already mapped")
+    __folio_set_anon(machine, folios, vma, addrs)
+    frames.page_mapcount[folios] = 1
+    frames.page_anon_exclusive[folios] = True
+
+
+def folio_add_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
+                             mm: MM, exclusive: np.ndarray) -> None:
+    """Account one more PTE mapping of every page of each batch (PMD split, split remap);
+    exclusive[i] sets PageAnonExclusive on all of batch i's pages.
+
+    Context: the folios are anon; an exclusive page ends up mapped exactly once.
+    """
+    __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
+    frames = machine.frames
+    check(np.all(frames.folio_anon[folio]), "folio_add_anon_rmap_ptes on a non-anon folio")
+    pages = batch_pages(page, nr_pages)
+    np.add.at(frames.page_mapcount, pages, 1)
+    folios, diffs = large_folio_diffs(machine, folio, nr_pages)
+    if len(folios):
+        folio_add_return_large_mapcount(machine, folios, diffs, mm)
+    exclusive_pages = pages[np.repeat(exclusive, nr_pages)]
+    frames.page_anon_exclusive[exclusive_pages] = True
+    check(np.all(frames.page_mapcount[exclusive_pages] == 1), "exclusive page mapped more than once")
+
+
+def folio_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
+                           mm: MM) -> None:
+    """Account one PTE mapping less of every page of each batch. Context: they are mapped."""
+    __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
+    frames = machine.frames
+    pages = batch_pages(page, nr_pages)
+    check(np.all(frames.page_mapcount[pages] >= 1), "page mapcount underflow")
+    np.subtract.at(frames.page_mapcount, pages, 1)
+    folios, diffs = large_folio_diffs(machine, folio, nr_pages)
+    if len(folios):
+        folio_sub_return_large_mapcount(machine, folios, diffs, mm)
+
+
+def folio_remove_rmap_pmd(machine: Machine, folio: int, mm: MM) -> None:
+    """Account one PMD mapping less. Context: the folio is PMD-mapped (entire mapcount >= 1)."""
+    frames = machine.frames
+    check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD unmapping of a non-PMD folio")
+    check(frames.folio_entire_mapcount[folio] >= 1, f"folio {folio} entire mapcount underflow")
+    frames.folio_entire_mapcount[folio] -= 1
+    folio_sub_return_large_mapcount(machine, np.array([folio]), np.array([1]), mm)
+
+
+# fork: duplicate mappings, refusing exclusive pages of a maybe-pinned folio.
+
+def folio_try_dup_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
+                                 dst_mm: MM, src_mm: MM) -> np.ndarray:
+    """Share each batch with the child: clear its pages' exclusivity and account the
+    child's mappings. A batch fails as a whole, changing nothing, when its folio may be
+    pinned and any of its pages is exclusive (the caller falls back page by page).
+    Returns the mask of batches that failed.
+
+    Context: the parent maps every page of the batches; the folios are anon.
+    """
+    __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
+    frames = machine.frames
+    check(np.all(frames.folio_anon[folio]), "dup of a non-anon folio")
+    pages = batch_pages(page, nr_pages)
+    check(np.all(frames.page_mapcount[pages] >= 1), "dup of an unmapped page")
+    any_exclusive = batches_any(frames.page_anon_exclusive[pages], nr_pages)
+    failed = any_exclusive & folio_needs_cow_for_dma(machine, src_mm, folio)
+    shared_pages = pages[np.repeat(~failed, nr_pages)]
+    frames.page_anon_exclusive[shared_pages] = False
+    np.add.at(frames.page_mapcount, shared_pages, 1)
+    folios, diffs = large_folio_diffs(machine, folio[~failed], nr_pages[~failed])
+    if len(folios):
+        folio_add_return_large_mapcount(machine, folios, diffs, dst_mm)
+    return failed
+
+
+def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm: MM) -> bool:
+    """The PMD variant: exclusivity is the head's bit only. Returns False (changing
+    nothing) when the head is exclusive and the folio may be pinned.
+
+    Context: the parent maps the folio with a PMD (entire mapcount >= 1).
+    """
+    frames = machine.frames
+    check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD dup of a non-PMD folio")
+    check(frames.folio_entire_mapcount[folio] >= 1, f"PMD dup of folio {folio} not PMD-mapped")
+    if frames.page_anon_exclusive[folio]:
+        if folio_needs_cow_for_dma(machine, src_mm, folio):
+            return False
+        frames.page_anon_exclusive[folio] = False
+    frames.folio_entire_mapcount[folio] += 1
+    folio_add_return_large_mapcount(machine, np.array([folio]), np.array([1]), dst_mm)
+    return True
+
+
+# try_to_unmap: exclusive pages must be marked maybe shared before their PTEs become swap.
+
+def folio_try_share_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray,
+                                   nr_pages: np.ndarray) -> np.ndarray:
+    """Mark the exclusive pages of each batch maybe shared, with one pin check per batch;
+    returns the mask of batches shared. A batch whose folio may be pinned is left as it was.
+
+    Context: the caller cleared the PTEs but has not removed their rmap yet.
+    """
+    __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
+    frames = machine.frames
+    pages = batch_pages(page, nr_pages)
+    check(np.all(frames.page_mapcount[pages] >= 1), "sharing pages whose rmap is gone")
+    check(np.all(frames.page_anon_exclusive[pages]), "sharing non-exclusive pages")
+    shared = ~folio_maybe_dma_pinned(machine, folio)
+    frames.page_anon_exclusive[pages[np.repeat(shared, nr_pages)]] = False
+    return shared
+
+
+def rmap_walk_vmas(machine: Machine, folio: int) -> list[tuple[MM, VMA, int, int]]:
+    """Every (mm, vma, start, end) where the folio's pages may be mapped, in walk order:
+    ascending process, then VMA (page i maps only at linear address index + i)."""
+    frames = machine.frames
+    first = int(frames.folio_index[folio]) << PAGE_SHIFT
+    last = first + (machine.frames.folio_nr_pages(folio) << PAGE_SHIFT)
+    lineage = int(frames.folio_lineage[folio])
+    return [(mm, vma, max(vma.start, first), min(vma.end, last))
+            for pid, mm in sorted(machine.processes.items())
+            for vma in mm.vmas
+            if vma.lineage == lineage and vma.start < last and vma.end > first]

@@ -1,0 +1,150 @@
+"""Reclaim to swap (mm/vmscan.c shrink_folio_list) and the rmap walk that unmaps a folio
+(mm/rmap.c try_to_unmap, try_to_unmap_one), batched: each process VMA's PTEs of the
+folio are unmapped as batches split into sub-batches of uniform PageAnonExclusive."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from machine import MM, VMA, Machine, check
+from machine.errors import EBUSY, ENOMEM, OK
+from machine.pgtable import (
+    PAGE_SHIFT, PMD_SIZE, pmd_trans_huge, pte_pfn, pte_present, pte_swp_mkexclusive,
+    swp_entry_to_pte,
+)
+
+from .folio import folio_maybe_dma_pinned, folio_mapcount, folio_put_refs, page_mapcount
+from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
+from .internal import FPB_UNMAP, PteBatches, folio_pte_batch, split_batches_by
+from .rmap import folio_remove_rmap_ptes, folio_try_share_anon_rmap_ptes, rmap_walk_vmas
+from .swap import folio_dup_swap, swap_free_unused
+
+
+def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.ndarray,
+                       exclusive: np.ndarray) -> None:
+    """Replace each batch's PTEs by swap PTEs from slot[i] on (PTE_SWP_EXCLUSIVE where
+    exclusive[i]), copying the data, and drop their rmap and references.
+
+    Context: exclusive batches were already shared by folio_try_share_anon_rmap_ptes.
+    """
+    if len(batches) == 0:
+        return
+    machine.get_and_clear_full_ptes_runs(mm, batches.runs)
+    pages = batches.pages()
+    slots = np.repeat(slot, batches.nr_pages) + (pages - np.repeat(batches.page, batches.nr_pages))
+    folio_dup_swap(machine, slots)
+    machine.swap.swap_data[slots] = machine.frames.page_data[pages]
+    nr_pages = int(batches.nr_pages.sum())
+    mm.rss_anon -= nr_pages
+    mm.rss_swap += nr_pages
+    swp_ptes = swp_entry_to_pte(slot.astype(np.uint64))
+    machine.set_ptes_runs(mm, batches.runs, np.where(exclusive, pte_swp_mkexclusive(swp_ptes), swp_ptes))
+    folio_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
+    folio_put_refs(machine, batches.folio, batches.nr_pages)
+
+
+def try_to_unmap_one(machine: Machine, folio: int, nr_pages: int, mm: MM, vma: VMA, start: int, end: int,
+                     slot: int) -> bool:
+    """Turn every mapping of folio in [start, end) of vma into swap PTEs; a PMD block is
+    split first. False (EBUSY) when an exclusive sub-batch cannot be shared because the
+    folio may be pinned: the sub-batches before it stay converted, it stays as it was."""
+    haddr = start & ~(PMD_SIZE - 1)
+    check(end <= haddr + PMD_SIZE, "a folio's range crosses a PMD")
+    pmd = machine.pmdp_get(mm, haddr)
+    if pmd_trans_huge(pmd):
+        if int(pte_pfn(pmd)) != folio:
+            return True
+        split_huge_pmd_locked(machine, mm, vma, haddr)
+    ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
+    pfns = pte_pfn(ptes).astype(np.int64)
+    of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
+    if not of_folio.any():
+        return True
+    batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_folio)
+    sub_batches, exclusive = split_batches_by(batches, machine.frames.page_anon_exclusive[batches.pages()])
+    if exclusive.any():
+        shared = sub_batches.select(exclusive)
+        if not folio_try_share_anon_rmap_ptes(machine, shared.folio, shared.page, shared.nr_pages).all():
+            before = np.arange(len(exclusive)) < int(np.argmax(exclusive))
+            unmap_ptes_to_swap(machine, mm, sub_batches.select(before),
+                               slot + (sub_batches.page[before] - folio), exclusive[before])
+            return False
+    unmap_ptes_to_swap(machine, mm, sub_batches, slot + (sub_batches.page - folio), exclusive)
+    return True
+
+
+def try_to_unmap(machine: Machine, folio: int) -> str:
+    """Unmap folio everywhere into one aligned run of swap slots, walking its lineage.
+
+    Context: folio is an allocated anon folio.
+    """
+    frames = machine.frames
+    check(int(frames.page_folio[folio]) == folio and frames.folio_anon[folio], f"try_to_unmap of non-folio {folio}")
+    order = int(frames.folio_order[folio])
+    slot = machine.swap.find_free_slots(order)
+    if slot is None:
+        return ENOMEM
+    result = OK
+    for mm, vma, start, end in rmap_walk_vmas(machine, folio):
+        if not try_to_unmap_one(machine, folio, 1 << order, mm, vma, start, end, slot):
+            result = EBUSY
+            break
+    swap_free_unused(machine, slot, 1 << order)
+    return result
+
+
+def folio_partially_mapped(machine: Machine, folio: int) -> bool:
+    """Some page of a large folio is mapped by nothing (model: no partially_mapped flag)."""
+    pages = np.arange(folio, folio + machine.frames.folio_nr_pages(folio))
+    return bool((page_mapcount(machine, pages) == 0).any())
+
+
+def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.ndarray,
+                        walk: list[tuple[MM, VMA, int, int]]) -> None:
+    """Reclaim the mapped order-0 pieces of a just-split folio, each into its own slot
+    (slots[i] for the i-th mapped piece in ascending order), across every mapping of the
+    walk taken before the split."""
+    pieces = np.arange(folio, folio + nr_pages)
+    mapped = pieces[machine.frames.page_folio[pieces] >= 0]  # the split freed unmapped pieces
+    slot_of_piece = np.zeros(nr_pages, np.int64)
+    slot_of_piece[mapped - folio] = slots
+    for mm, _vma, start, end in walk:
+        ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
+        pfns = pte_pfn(ptes).astype(np.int64)
+        of_pieces = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
+        if not of_pieces.any():
+            continue
+        batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_pieces)
+        check(np.all(batches.nr_pages == 1), "order-0 pieces batched together")
+        exclusive = machine.frames.page_anon_exclusive[batches.page]
+        shared = folio_try_share_anon_rmap_ptes(machine, batches.folio[exclusive], batches.page[exclusive],
+                                                batches.nr_pages[exclusive])
+        check(shared.all(), "reclaimed piece of an unpinned folio refused sharing")
+        unmap_ptes_to_swap(machine, mm, batches, slot_of_piece[batches.page - folio], exclusive)
+    check(np.all(machine.frames.page_folio[mapped] < 0), "reclaimed pieces still referenced")
+
+
+def shrink_folio_list(machine: Machine, folio: int) -> str:
+    """Reclaim the folio to swap: refuse pinned or extra-referenced ones, split partial ones."""
+    frames = machine.frames
+    large = int(frames.folio_order[folio]) > 0
+    if folio_maybe_dma_pinned(machine, folio):
+        return EBUSY
+    if large and int(frames.folio_refcount[folio]) > folio_mapcount(machine, folio):
+        return EBUSY
+    if large and folio_partially_mapped(machine, folio):
+        nr_pages = frames.folio_nr_pages(folio)
+        mapped_pieces = int((page_mapcount(machine, np.arange(folio, folio + nr_pages)) > 0).sum())
+        slots = machine.swap.find_free_slots_order0(mapped_pieces)
+        if slots is None:
+            return ENOMEM  # the pieces before the one without a slot would be rolled back
+        walk = rmap_walk_vmas(machine, folio)
+        result = split_huge_page_to_list_to_order(machine, folio, 0)
+        check(result == OK, f"reclaim could not split folio {folio}: {result}")
+        reclaim_split_folio(machine, folio, nr_pages, slots, walk)
+        return OK
+    result = try_to_unmap(machine, folio)
+    check(result != EBUSY, "reclaim of an unpinned folio failed to share a page")
+    if result == OK:
+        check(frames.page_folio[folio] < 0, f"reclaimed folio {folio} still referenced")
+    return result

@@ -1,0 +1,453 @@
+"""`rmapfuzz bench`: the reference against an implementation on big deterministic workloads (SPEC §7).
+
+Three separate pieces, so tests can use each alone:
+
+- `build_workload(size, seed)`: the op list for one size, as `fuzz.ops.Op`s
+  (the representation the runner and the script printer already use), drawn
+  from one `random.Random(seed)` in a fixed order;
+- `bench_size` / `run_bench`: each workload on a fresh machine per
+  implementation, the reference first, timing the kernel calls and sampling
+  the process RSS, then comparing the op results and the final states;
+- `format_table` / `bench_json`: the printed forms.
+
+Peak memory is the high-water mark of the process RSS while one
+implementation runs, minus the RSS when its run started; before each run
+freed memory is handed back to the system (gc, malloc_trim) so the second run
+does not look smaller by reusing what the first one freed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import random
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from machine import Machine
+
+from .compare import compare_machines
+from .errors import UsageError
+from .ops import VA_LIMIT, Op, format_op
+from .runner import OP_DISPATCH, REFERENCE_IMPL, load_implementation
+
+log = structlog.get_logger()
+
+DEFAULT_SIZES = "64M,256M,1G"
+DEFAULT_IMPL = "batched"
+
+PAGE_SIZE = 4096
+MTHP_SIZE = 64 << 10
+MTHP_ORDER = 4
+PMD_SIZE = 2 << 20
+PMD_ORDER = 9
+HALF_PMD = PMD_SIZE // 2
+BASE = 0x40000000                  # 1 GiB aligned start of the one mapping
+PIN_NR_PAGES = 8
+PIN_ALIGN = 32 << 10
+CHUNK_PATTERNS = 8                 # chunk i is faulted by pattern i % 8
+PMD_PATTERNS = range(0, 4)         # one PMD THP
+MTHP_PATTERNS = range(4, 7)        # 32 order-4 mTHPs; pattern 7: 512 base pages
+CHILDREN = (1, 2)                  # the pids the two forks of P0 create
+SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+SKIPPED = "skipped"                # the result of an op naming a process this machine lacks
+SAMPLE_INTERVAL = 0.005            # seconds between RSS samples
+REPORT_DIFFERENCES = 5             # state differences shown per size
+MIB = 1 << 20
+
+
+# ---------------------------------------------------------------------------
+# Sizes
+
+
+def parse_size(text: str) -> int:
+    """One size, digits then K, M or G: bytes; UsageError unless a positive multiple of 2 MiB."""
+    digits, unit = text[:-1], SIZE_UNITS.get(text[-1:].upper())
+    if unit is None or not digits.isascii() or not digits.isdigit():
+        raise UsageError(f"bad size {text!r}: write a number with K, M or G, e.g. 64M")
+    size = int(digits) * unit
+    check_size(size, text)
+    return size
+
+
+def check_size(size: int, text: str = "") -> None:
+    """UsageError unless size is a positive multiple of 2 MiB whose mapping fits the VA space."""
+    name = repr(text or str(size))
+    if size <= 0 or size % PMD_SIZE:
+        raise UsageError(f"bad size {name}: not a positive multiple of 2M")
+    if BASE + size > VA_LIMIT:
+        raise UsageError(f"bad size {name}: the mapping would end past the 48-bit VA limit")
+
+
+def parse_sizes(text: str) -> list[int]:
+    """A comma-separated list of sizes (parse_size each); UsageError names the first bad one."""
+    return [parse_size(item.strip()) for item in text.split(",")]
+
+
+def format_size(size: int) -> str:
+    """Bytes as the largest of G, M, K that divides them exactly."""
+    for suffix in ("G", "M", "K"):
+        if size % SIZE_UNITS[suffix] == 0:
+            return f"{size // SIZE_UNITS[suffix]}{suffix}"
+    return str(size)
+
+
+def machine_frames(size: int) -> int:
+    """nr_frames of a bench machine: twice the mapping and 4096 spare frames, room for
+    every copy: fork copies each exclusive page of a pinned folio (512 per pinned THP)
+    and the children's writes copy on write (the workload peaks near 1.7x the pages,
+    2.1x at 4M)."""
+    return size // PAGE_SIZE * 2 + 4096
+
+
+# ---------------------------------------------------------------------------
+# The workload
+
+
+@dataclass(frozen=True)
+class FaultLayout:
+    """Where step 2 puts folios: the start address of each, by kind."""
+
+    pmd_chunks: list[int]      # one PMD THP per chunk
+    mthp_folios: list[int]     # order-4 folios, 32 per chunk
+    base_pages: list[int]      # order-0 folios, 512 per chunk
+
+    def folios(self) -> list[int]:
+        """Every folio start address, ascending."""
+        return sorted(self.pmd_chunks + self.mthp_folios + self.base_pages)
+
+
+def fault_layout(size: int) -> FaultLayout:
+    """The folios of step 2: 2 MiB chunk i gets pattern i % 8."""
+    layout = FaultLayout([], [], [])
+    for index, chunk in enumerate(range(BASE, BASE + size, PMD_SIZE)):
+        pattern = index % CHUNK_PATTERNS
+        if pattern in PMD_PATTERNS:
+            layout.pmd_chunks.append(chunk)
+        elif pattern in MTHP_PATTERNS:
+            layout.mthp_folios.extend(range(chunk, chunk + PMD_SIZE, MTHP_SIZE))
+        else:
+            layout.base_pages.extend(range(chunk, chunk + PMD_SIZE, PAGE_SIZE))
+    return layout
+
+
+def _fault_ops(size: int) -> list[Op]:
+    """Step 2, chunk by chunk in ascending address order."""
+    layout = fault_layout(size)
+    folios = ([(addr, PMD_ORDER) for addr in layout.pmd_chunks]
+              + [(addr, MTHP_ORDER) for addr in layout.mthp_folios]
+              + [(addr, 0) for addr in layout.base_pages])
+    return [Op("fault", process=0, addr=addr, order=order) for addr, order in sorted(folios)]
+
+
+def _write_ops(rng: random.Random, pid: int, size: int) -> list[Op]:
+    """Writes to 10% of the pages, distinct and in drawn order; then one non-zero value per write."""
+    nr_pages = size // PAGE_SIZE
+    pages = rng.sample(range(nr_pages), nr_pages // 10)
+    return [Op("write", process=pid, addr=BASE + page * PAGE_SIZE, value=rng.randrange(1, 1 << 64))
+            for page in pages]
+
+
+def _pin_ops(rng: random.Random, size: int) -> list[Op]:
+    """Pins of 8 pages covering 1% of the pages, at distinct 32 KiB-aligned addresses, rw/ro alternating."""
+    nr_pins = size // PAGE_SIZE // 100 // PIN_NR_PAGES
+    slots = rng.sample(range(size // PIN_ALIGN), nr_pins)
+    return [Op("pin", process=0, addr=BASE + slot * PIN_ALIGN, nr_pages=PIN_NR_PAGES,
+               prot="rw" if number % 2 == 0 else "ro")
+            for number, slot in enumerate(slots)]
+
+
+def _tenth(rng: random.Random, addrs: list[int]) -> list[int]:
+    """A random 10% of addrs (rounded down), in drawn order."""
+    return rng.sample(addrs, len(addrs) // 10)
+
+
+def _munmap_ops(size: int) -> list[Op]:
+    """Step 9: in P0, P1, P2, the first MiB of every 2 MiB chunk."""
+    return [Op("munmap", process=pid, addr=chunk, length=HALF_PMD)
+            for pid in (0, *CHILDREN) for chunk in range(BASE, BASE + size, PMD_SIZE)]
+
+
+def build_workload(size: int, seed: int = 0) -> list[Op]:
+    """The bench's op list for a mapping of size bytes; depends only on (size, seed).
+
+    In order: mmap; fault everything (PMD THPs, mTHPs, base pages by chunk);
+    P0 writes 10% of the pages; pins of 1% of the pages; fork twice; each
+    child writes 10%; reclaim 10% of the folios; split_pmd 10% of the PMD
+    chunks and split to order 0 10% of the mTHPs; munmap the first MiB of
+    every chunk in each process; exit P2, P1, P0. Random draws, in this order:
+    P0's pages, P0's values, the pins, P1's pages and values, P2's pages and
+    values, the reclaimed folios, the split PMDs, the split mTHPs.
+    """
+    check_size(size)
+    rng = random.Random(seed)
+    layout = fault_layout(size)
+    ops = [Op("mmap", process=0, addr=BASE, length=size, prot="rw")]
+    ops += _fault_ops(size)
+    ops += _write_ops(rng, 0, size)
+    ops += _pin_ops(rng, size)
+    ops += [Op("fork", process=0) for _child in CHILDREN]
+    for pid in CHILDREN:
+        ops += _write_ops(rng, pid, size)
+    ops += [Op("reclaim", process=0, addr=addr) for addr in _tenth(rng, layout.folios())]
+    ops += [Op("split_pmd", process=0, addr=addr) for addr in _tenth(rng, layout.pmd_chunks)]
+    ops += [Op("split", process=0, addr=addr, order=0) for addr in _tenth(rng, layout.mthp_folios)]
+    ops += _munmap_ops(size)
+    ops += [Op("exit", process=pid) for pid in (*reversed(CHILDREN), 0)]
+    return ops
+
+
+# ---------------------------------------------------------------------------
+# Running one implementation
+
+
+def _rss_bytes() -> int:
+    """The process's resident set size, from /proc/self/statm."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakRss:
+    """Samples the RSS from a daemon thread every SAMPLE_INTERVAL while the with-block runs.
+
+    peak_mib: the highest sample minus the RSS at the start, in MiB.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="bench-rss", daemon=True)
+        self.start_rss = self.peak_rss = 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL):
+            self.peak_rss = max(self.peak_rss, _rss_bytes())
+
+    def __enter__(self) -> _PeakRss:
+        self.start_rss = self.peak_rss = _rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, _rss_bytes())
+
+    @property
+    def peak_mib(self) -> float:
+        return (self.peak_rss - self.start_rss) / MIB
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and hand free heap back to the system, so a run starts from a settled RSS."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: the peak may read a little low
+        pass
+
+
+@dataclass
+class ImplementationRun:
+    """One implementation's run of a workload.
+
+    results: one per op run (SKIPPED for an op naming a process the machine
+    lacks); error: the traceback if a kernel call raised (the run stopped there).
+    """
+
+    name: str
+    machine: Machine
+    results: list[str]
+    seconds: float
+    peak_mib: float
+    error: str = ""
+
+
+def _run_ops(kernel: Any, machine: Machine, ops: Sequence[Op], results: list[str]) -> None:
+    """Call each op on kernel, appending its result."""
+    for op in ops:
+        if op.process is not None and op.process not in machine.processes:
+            results.append(SKIPPED)     # its fork failed (ENOMEM): no process to name
+            continue
+        results.append(OP_DISPATCH[op.name](kernel, op))
+
+
+def run_workload(implementation: Any, name: str, ops: Sequence[Op], nr_frames: int) -> ImplementationRun:
+    """ops on a fresh Machine(nr_frames) with implementation.Kernel: results, seconds, peak RSS.
+
+    Only the kernel calls are timed. A kernel exception stops the run and is
+    kept in `error` (a finding, as in replay), not raised.
+    """
+    _release_free_memory()
+    machine = Machine(nr_frames)
+    results: list[str] = []
+    error = ""
+    with _PeakRss() as rss:
+        start = time.perf_counter()
+        try:
+            kernel = implementation.Kernel(machine)
+            _run_ops(kernel, machine, ops, results)
+        except Exception:  # noqa: BLE001 - any kernel exception is a finding
+            error = traceback.format_exc().rstrip()
+        seconds = time.perf_counter() - start
+    log.info("bench_run", impl=name, ops=len(results), seconds=round(seconds, 3),
+             peak_mib=round(rss.peak_mib, 1), skipped=results.count(SKIPPED), raised=bool(error))
+    return ImplementationRun(name, machine, results, seconds, rss.peak_mib, error)
+
+
+# ---------------------------------------------------------------------------
+# One size, compared
+
+
+@dataclass(frozen=True)
+class SizeResult:
+    """The bench of one size: op count, both times and peaks, and a report if they differ."""
+
+    size: int
+    ops: int
+    reference_s: float
+    impl_s: float
+    reference_peak_mib: float
+    impl_peak_mib: float
+    skipped: int = 0           # ops on a process whose fork failed, on the reference
+    report: str = ""           # empty when results and final states are identical
+
+    @property
+    def ok(self) -> bool:
+        return not self.report
+
+    @property
+    def speedup(self) -> float:
+        return self.reference_s / self.impl_s if self.impl_s > 0 else float("inf")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form; the implementation's keys are batched_* whatever it is."""
+        out: dict[str, Any] = {
+            "size": format_size(self.size), "ops": self.ops,
+            "reference_s": round(self.reference_s, 4), "batched_s": round(self.impl_s, 4),
+            "speedup": round(self.speedup, 3) if self.impl_s > 0 else None,
+            "reference_peak_mib": round(self.reference_peak_mib, 1),
+            "batched_peak_mib": round(self.impl_peak_mib, 1),
+            "skipped": self.skipped, "ok": self.ok,
+        }
+        if self.report:
+            out["report"] = self.report
+        return out
+
+
+def _run_error_report(run: ImplementationRun, ops: Sequence[Op]) -> str:
+    op = ops[len(run.results)]
+    return f"{run.name} raised in op {len(run.results) + 1} ({format_op(op)}):\n{run.error}"
+
+
+def _result_report(ref: ImplementationRun, other: ImplementationRun, ops: Sequence[Op]) -> str:
+    """The first op whose results differ, or "" if the result lists are equal."""
+    for number, (op, ref_result, other_result) in enumerate(zip(ops, ref.results, other.results), 1):
+        if ref_result != other_result:
+            return (f"op {number} ({format_op(op)}): result differs: "
+                    f"{ref.name}={ref_result} {other.name}={other_result}")
+    if len(ref.results) != len(other.results):
+        return f"{ref.name} ran {len(ref.results)} ops, {other.name} {len(other.results)}"
+    return ""
+
+
+def _state_report(ref: ImplementationRun, other: ImplementationRun) -> str:
+    """The first few differences between the final states, or ""."""
+    differences = compare_machines(ref.machine, other.machine, limit=REPORT_DIFFERENCES)
+    if not differences:
+        return ""
+    lines = [difference.describe(ref.name, other.name) for difference in differences]
+    return "final states differ:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def compare_runs(ref: ImplementationRun, other: ImplementationRun, ops: Sequence[Op]) -> str:
+    """A readable report of the first thing that differs between two runs of ops; "" if none."""
+    for run in (ref, other):
+        if run.error:
+            return _run_error_report(run, ops)
+    return _result_report(ref, other, ops) or _state_report(ref, other)
+
+
+def _side_names(impl: str) -> tuple[str, str]:
+    return (f"{REFERENCE_IMPL}(ref)", f"{impl}(impl)") if impl == REFERENCE_IMPL else (REFERENCE_IMPL, impl)
+
+
+def bench_size(size: int, impl: str = DEFAULT_IMPL, seed: int = 0) -> SizeResult:
+    """Build the workload of size, run it on the reference then on impl, compare them."""
+    ops = build_workload(size, seed)
+    nr_frames = machine_frames(size)
+    ref_name, impl_name = _side_names(impl)
+    log.info("bench_size", size=format_size(size), ops=len(ops), frames=nr_frames, impl=impl, seed=seed)
+    ref = run_workload(load_implementation(REFERENCE_IMPL), ref_name, ops, nr_frames)
+    other = run_workload(load_implementation(impl), impl_name, ops, nr_frames)
+    report = compare_runs(ref, other, ops)
+    if report:
+        log.info("bench_differs", size=format_size(size), impl=impl)
+    return SizeResult(size=size, ops=len(ops), reference_s=ref.seconds, impl_s=other.seconds,
+                      reference_peak_mib=ref.peak_mib, impl_peak_mib=other.peak_mib,
+                      skipped=ref.results.count(SKIPPED), report=report)
+
+
+def run_bench(sizes: Sequence[int], impl: str = DEFAULT_IMPL, seed: int = 0) -> list[SizeResult]:
+    """bench_size for each size, in order."""
+    return [bench_size(size, impl, seed) for size in sizes]
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def bench_json(results: Sequence[SizeResult], impl: str) -> dict[str, Any]:
+    """The one JSON object `rmapfuzz bench --json` prints."""
+    return {"impl": impl, "sizes": [result.to_json() for result in results]}
+
+
+def format_table(results: Sequence[SizeResult], impl: str) -> str:
+    """One row per size, then the report of every size whose runs differ."""
+    ref_name, impl_name = _side_names(impl)
+    header = ("size", "ops", f"{ref_name} s", f"{impl_name} s", "speedup", f"{ref_name} MiB",
+              f"{impl_name} MiB", "")
+    rows = [header] + [
+        (format_size(result.size), str(result.ops), f"{result.reference_s:.3f}", f"{result.impl_s:.3f}",
+         f"{result.speedup:.2f}x", f"{result.reference_peak_mib:.1f}", f"{result.impl_peak_mib:.1f}",
+         "" if result.ok else "DIFFERS")
+        for result in results]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    for result in results:
+        if result.skipped:
+            lines.append(f"{format_size(result.size)}: {result.skipped} ops skipped "
+                         "(they name a process whose fork failed)")
+        if not result.ok:
+            lines.append(f"{format_size(result.size)}: {result.report}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "BASE",
+    "DEFAULT_IMPL",
+    "DEFAULT_SIZES",
+    "FaultLayout",
+    "ImplementationRun",
+    "SizeResult",
+    "bench_json",
+    "bench_size",
+    "build_workload",
+    "check_size",
+    "compare_runs",
+    "fault_layout",
+    "format_size",
+    "format_table",
+    "machine_frames",
+    "parse_size",
+    "parse_sizes",
+    "run_bench",
+    "run_workload",
+]

@@ -1,0 +1,211 @@
+"""`rmapfuzz bench`: size parsing, the workload, and the reference timed against itself.
+
+The runs use the smallest useful size (4M) so the whole file stays fast; the
+workload's coverage is checked on 64M, which is only built, never run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections import Counter
+
+import pytest
+
+import reference
+from fuzz import cli
+from fuzz.bench import (
+    BASE,
+    SKIPPED,
+    SizeResult,
+    bench_json,
+    bench_size,
+    build_workload,
+    fault_layout,
+    format_table,
+    machine_frames,
+    parse_sizes,
+)
+from fuzz.errors import UsageError
+
+M = 1 << 20
+BENCH_KEYS = {"size", "ops", "reference_s", "batched_s", "speedup", "reference_peak_mib",
+              "batched_peak_mib"}
+WORKLOAD_OPS = {"mmap", "fault", "write", "pin", "fork", "reclaim", "split_pmd", "split",
+                "munmap", "exit"}
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------
+# Sizes
+
+
+def test_sizes_with_k_m_g_suffixes_are_parsed() -> None:
+    assert parse_sizes("4M,64M,1G") == [4 * M, 64 * M, 1024 * M]
+    assert parse_sizes("2048K, 2m") == [2 * M, 2 * M]
+
+
+@pytest.mark.parametrize("text", ["3M", "0", "0M", "abc", "1T", "4M,,8M", "-2M", "1K"])
+def test_bad_sizes_are_refused_naming_the_size(text: str) -> None:
+    with pytest.raises(UsageError, match="bad size"):
+        parse_sizes(text)
+
+
+def test_bad_size_message_names_the_size() -> None:
+    with pytest.raises(UsageError, match="'3M'"):
+        parse_sizes("4M,3M")
+
+
+# ---------------------------------------------------------------------------
+# The workload
+
+
+def test_workload_depends_only_on_size_and_seed() -> None:
+    assert build_workload(16 * M, seed=3) == build_workload(16 * M, seed=3)
+    assert build_workload(16 * M, seed=3) != build_workload(16 * M, seed=4)
+
+
+def test_workload_covers_every_op_kind() -> None:
+    counts = Counter(op.name for op in build_workload(64 * M))
+    assert set(counts) == WORKLOAD_OPS
+    assert counts["fork"] == 2 and counts["exit"] == 3 and counts["mmap"] == 1
+
+
+def test_workload_follows_the_layout_and_sampling_rules() -> None:
+    size = 64 * M
+    nr_pages = size // 4096
+    ops = build_workload(size)
+    layout = fault_layout(size)
+    faults = [op for op in ops if op.name == "fault"]
+    assert Counter(op.order for op in faults) == {9: 16, 4: 12 * 32, 0: 4 * 512}
+    assert len(layout.folios()) == len(faults)
+    for pid in (0, 1, 2):
+        writes = [op.addr for op in ops if op.name == "write" and op.process == pid]
+        assert len(writes) == len(set(writes)) == nr_pages // 10
+    pins = [op for op in ops if op.name == "pin"]
+    assert len(pins) == nr_pages // 100 // 8
+    assert [op.prot for op in pins[:2]] == ["rw", "ro"] and all(op.addr % (32 << 10) == 0 for op in pins)
+    assert sum(op.name == "reclaim" for op in ops) == len(layout.folios()) // 10
+    assert sum(op.name == "split_pmd" for op in ops) == len(layout.pmd_chunks) // 10
+    assert sum(op.name == "split" for op in ops) == len(layout.mthp_folios) // 10
+    munmaps = [op for op in ops if op.name == "munmap"]
+    assert len(munmaps) == 3 * size // (2 * M)
+    assert all(op.length == M and (op.addr - BASE) % (2 * M) == 0 for op in munmaps)
+    assert [op.process for op in ops[-3:]] == [2, 1, 0]
+
+
+# ---------------------------------------------------------------------------
+# Running the reference against itself
+
+
+def test_reference_against_itself_has_equal_results_and_states() -> None:
+    result = bench_size(4 * M, impl="reference")
+    assert result.ok, result.report
+    assert result.ops == len(build_workload(4 * M))
+    assert result.reference_s > 0 and result.impl_s > 0
+    assert result.reference_peak_mib >= 0 and result.impl_peak_mib >= 0
+    # Both forks fit (2x the pages and 4096 spare frames): no op is skipped.
+    assert machine_frames(4 * M) == 6144 and result.skipped == 0
+    table = format_table([result], "reference")
+    assert table.splitlines()[1].split()[:2] == ["4M", str(result.ops)]
+
+
+def test_batched_matches_the_reference_on_the_bench_workload() -> None:
+    result = bench_size(8 * M, impl="batched")
+    assert result.ok, result.report
+    assert result.skipped == 0
+
+
+def test_cli_bench_prints_a_table_and_exits_0(capsys) -> None:
+    assert cli.main(["bench", "--sizes", "4M", "--impl", "reference"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["size", "ops"] and lines[1].split()[0] == "4M"
+
+
+def test_cli_bench_json_is_one_object_with_the_keys(capsys) -> None:
+    assert cli.main(["bench", "--sizes", "4M", "--impl", "reference", "--json", "--seed", "1"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert output["impl"] == "reference"
+    [size] = output["sizes"]
+    assert BENCH_KEYS <= set(size)
+    assert size["size"] == "4M" and size["ok"] is True
+
+
+def test_bench_json_uses_batched_keys_whatever_the_impl() -> None:
+    result = SizeResult(size=4 * M, ops=10, reference_s=2.0, impl_s=0.5, reference_peak_mib=3.0,
+                        impl_peak_mib=1.0)
+    output = bench_json([result], "some_module")
+    assert output["impl"] == "some_module"
+    assert BENCH_KEYS <= set(output["sizes"][0]) and output["sizes"][0]["speedup"] == 4.0
+
+
+# ---------------------------------------------------------------------------
+# Planted differences are reported and exit 1
+
+
+def planted(monkeypatch, name: str, **methods) -> str:
+    """A module name whose Kernel is the reference with methods replaced."""
+    kernel = type("PlantedKernel", (reference.Kernel,), methods)
+    monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(Kernel=kernel, __name__=name))
+    return name
+
+
+def test_differing_result_is_reported_with_its_op(monkeypatch, capsys) -> None:
+    def munmap_says_einval(self, pid, addr, length):
+        reference.Kernel.munmap(self, pid, addr, length)
+        return "EINVAL"
+
+    name = planted(monkeypatch, "bench_planted_result", munmap=munmap_says_einval)
+    assert cli.main(["bench", "--sizes", "4M", "--impl", name]) == 1
+    out = capsys.readouterr().out
+    assert "DIFFERS" in out
+    assert f"(munmap P0 {BASE:#x} 1M): result differs: reference=ok {name}=EINVAL" in out
+
+
+def test_differing_final_state_is_reported(monkeypatch) -> None:
+    def exit_counting_an_mmap(self, pid):
+        self.machine.nr_mmaps += pid == 0       # planted: a stray counter update
+        return reference.Kernel.exit(self, pid)
+
+    name = planted(monkeypatch, "bench_planted_state", exit=exit_counting_an_mmap)
+    result = bench_size(4 * M, impl=name)
+    assert not result.ok
+    assert "final states differ" in result.report and "nr_mmaps" in result.report
+
+
+def test_kernel_exception_is_a_finding_not_an_internal_error(monkeypatch, capsys) -> None:
+    def fork_raises(self, pid):
+        raise RuntimeError("planted")
+
+    name = planted(monkeypatch, "bench_planted_raise", fork=fork_raises)
+    assert cli.main(["bench", "--sizes", "4M", "--impl", name, "--json"]) == 1
+    [size] = json.loads(capsys.readouterr().out)["sizes"]
+    assert "raised in op" in size["report"] and "fork P0" in size["report"]
+
+
+def test_skipped_is_not_a_kernel_result() -> None:
+    from machine.errors import RESULTS
+    assert SKIPPED not in RESULTS
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--frobnicate"], "rmapfuzz: unrecognized arguments: --frobnicate"),
+    (["bench", "--sizes", "4M,3M"], "rmapfuzz: bad size '3M'"),
+    (["bench", "--seed", "x"], "rmapfuzz: argument --seed"),
+    (["bench", "--sizes", "4M", "--impl", "no_such_kernel"], "rmapfuzz: unknown implementation"),
+])
+def test_bad_flag_or_size_is_exit_2_with_one_line(argv, message, capsys) -> None:
+    assert cli.main(argv) == 2
+    assert one_error_line(capsys).startswith(message)

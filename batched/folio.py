@@ -20,7 +20,7 @@ def folio_nr_pages(machine: Machine, folio: int) -> int:
 def page_folio(machine: Machine, pages):
     """The head pfn of each page's folio (pages must be allocated)."""
     folios = machine.frames.page_folio[pages]
-    check(np.all(folios >= 0), "pages include a free frame")
+    check((folios >= 0).all(), "pages include a free frame")
     return folios
 
 
@@ -31,6 +31,15 @@ def folio_ref_add(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> 
     np.add.at(frames.folio_refcount, folios, nr_refs)
 
 
+def folio_put(machine: Machine, folio: int) -> None:
+    """Drop one reference; the last one frees the folio."""
+    frames = machine.frames
+    check(frames.folio_refcount[folio] >= 1, f"folio {folio} refcount underflow")
+    frames.folio_refcount[folio] -= 1
+    if frames.folio_refcount[folio] == 0:
+        frames.folio_free(folio)
+
+
 def folio_put_refs(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> None:
     """Drop nr_refs[i] references from folios[i]; folios whose last reference goes are freed."""
     frames = machine.frames
@@ -38,7 +47,7 @@ def folio_put_refs(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) ->
     if folios.size == 0:
         return
     np.subtract.at(frames.folio_refcount, folios, nr_refs)
-    touched = np.unique(folios)
+    touched = folios if len(folios) == 1 else np.unique(folios)
     check(np.all(frames.folio_refcount[touched] >= 0), "folio refcount underflow")
     frames.folios_free(touched[frames.folio_refcount[touched] == 0])
 

@@ -8,7 +8,14 @@ import numpy as np
 from machine import MM, VMA, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOMEM, OK
 from machine.pgtable import (
-    PAGE_SHIFT, PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write,
+    PAGE_SHIFT,
+    PMD_SIZE,
+    is_swap_pte,
+    pmd_trans_huge,
+    pte_none,
+    pte_pfn,
+    pte_present,
+    pte_write,
 )
 
 from .folio import GUP_PIN_COUNTING_BIAS, folio_put_refs, page_folio

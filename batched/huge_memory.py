@@ -13,16 +13,36 @@ import numpy as np
 from machine import MM, VMA, Machine, PteRuns, check
 from machine.errors import EAGAIN, EINVAL, OK
 from machine.pgtable import (
-    HPAGE_PMD_NR, PAGE_SHIFT, PMD_SIZE, pfn_pte, pmd_trans_huge, pte_dirty,
-    pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_modify, pte_pfn, pte_pmd, pte_present,
-    pte_write, pte_wrprotect, pte_young, vm_get_page_prot,
+    HPAGE_PMD_NR,
+    PAGE_SHIFT,
+    PMD_SIZE,
+    pfn_pte,
+    pmd_trans_huge,
+    pte_dirty,
+    pte_mkdirty,
+    pte_mkold,
+    pte_mkwrite,
+    pte_mkyoung,
+    pte_modify,
+    pte_pfn,
+    pte_pmd,
+    pte_present,
+    pte_write,
+    pte_wrprotect,
+    pte_young,
+    vm_get_page_prot,
 )
 
-from .folio import folio_put_refs
+from .folio import folio_put
 from .internal import set_pte_values
 from .rmap import (
-    folio_add_anon_rmap_ptes, folio_add_new_anon_rmap, folio_add_return_large_mapcount,
-    folio_remove_rmap_pmd, folio_remove_rmap_ptes, folio_try_dup_anon_rmap_pmd, rmap_walk_vmas,
+    folio_add_anon_rmap_ptes,
+    folio_add_new_anon_rmap,
+    folio_add_return_large_mapcount,
+    folio_remove_rmap_pmd,
+    folio_remove_rmap_ptes,
+    folio_try_dup_anon_rmap_pmd,
+    rmap_walk_vmas,
 )
 
 FALLBACK = "VM_FAULT_FALLBACK"
@@ -67,7 +87,7 @@ def zap_huge_pmd(machine: Machine, mm: MM, haddr: int) -> None:
     folio = int(pte_pfn(pmd))
     folio_remove_rmap_pmd(machine, folio, mm)
     mm.rss_anon -= HPAGE_PMD_NR
-    folio_put_refs(machine, np.array([folio]), np.array([1]))
+    folio_put(machine, folio)
 
 
 def split_entries(old, pages, vma: VMA):
@@ -106,7 +126,7 @@ def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr:
     folio = int(pte_pfn(pmd))
     machine.frames.folio_refcount[folio] += 1
     if not folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm):
-        folio_put_refs(machine, np.array([folio]), np.array([1]))
+        folio_put(machine, folio)
         split_huge_pmd_locked(machine, src_mm, src_vma, haddr)
         return FALLBACK
     dst_mm.rss_anon += HPAGE_PMD_NR

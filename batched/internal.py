@@ -16,8 +16,20 @@ import numpy as np
 
 from machine import Machine, PteRuns, check
 from machine.pgtable import (
-    CONT_PTES, PAGE_SHIFT, PMD_SIZE, PTE_ADDR_MASK, SWP_OFFSET_MASK, is_swap_pte, pte_cont,
-    pte_mkclean, pte_mkold, pte_mkwrite, pte_pfn, pte_present, pte_swp_offset, pte_write,
+    CONT_PTES,
+    PAGE_SHIFT,
+    PMD_SIZE,
+    PTE_ADDR_MASK,
+    SWP_OFFSET_MASK,
+    is_swap_pte,
+    pte_cont,
+    pte_mkclean,
+    pte_mkold,
+    pte_mkwrite,
+    pte_pfn,
+    pte_present,
+    pte_swp_offset,
+    pte_write,
     pte_wrprotect,
 )
 

@@ -8,11 +8,18 @@ and takes a snapshot only when the free frames might not cover them.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from machine import MM, VMA, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK
-from machine.pgtable import PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present
+from machine.pgtable import (
+    PMD_SIZE,
+    is_swap_pte,
+    pmd_trans_huge,
+    pte_none,
+    pte_pfn,
+    pte_present,
+)
 
 from .folio import page_folio
 from .gup import pin_user_pages, unpin_user_pages

@@ -12,22 +12,44 @@ import numpy as np
 from machine import MM, VMA, Machine, PteRuns, check
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
-    HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTRS_PER_TABLE, is_swap_pte, pfn_pte,
-    pmd_trans_huge, pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_none, pte_pfn,
-    pte_present, pte_swp_clear_exclusive, pte_swp_exclusive, pte_swp_offset, pte_write,
-    pte_wrprotect, vm_get_page_prot,
+    HPAGE_PMD_ORDER,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SIZE,
+    is_swap_pte,
+    pfn_pte,
+    pmd_trans_huge,
+    pte_mkdirty,
+    pte_mkold,
+    pte_mkwrite,
+    pte_mkyoung,
+    pte_none,
+    pte_pfn,
+    pte_present,
+    pte_swp_clear_exclusive,
+    pte_swp_exclusive,
+    pte_swp_offset,
+    pte_write,
+    pte_wrprotect,
+    vm_get_page_prot,
 )
 
 from . import huge_memory
-from .folio import (
-    copy_user_pages, folio_maybe_dma_pinned, folio_put_refs, folio_ref_add, page_folio,
-)
+from .folio import copy_user_pages, folio_put, folio_put_refs, folio_ref_add, page_folio
 from .internal import (
-    FPB_FORK, FPB_ZAP, PteBatches, SwapBatches, batches_any, folio_pte_batch, pte_offsets_in_batches,
+    FPB_FORK,
+    FPB_ZAP,
+    PteBatches,
+    SwapBatches,
+    folio_pte_batch,
+    pte_offsets_in_batches,
     swap_pte_batch,
 )
 from .rmap import (
-    batch_pages, folio_add_new_anon_rmap, folio_remove_rmap_ptes, folio_try_dup_anon_rmap_ptes,
+    folio_add_new_anon_rmap,
+    folio_remove_rmap_pte,
+    folio_remove_rmap_ptes,
+    folio_try_dup_anon_rmap_ptes,
     folios_add_new_anon_rmap_order0,
 )
 from .swap import free_swap_and_cache_nr, swap_duplicate_nr, swap_free
@@ -143,8 +165,8 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, page: int, folio
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
     machine.ptep_get_and_clear(mm, addr)
     machine.set_pte_at(mm, addr, entry)
-    folio_remove_rmap_ptes(machine, np.array([folio]), np.array([page]), np.array([1]), mm)
-    folio_put_refs(machine, np.array([folio]), np.array([1]))
+    folio_remove_rmap_pte(machine, folio, page, mm)
+    folio_put(machine, folio)
     return OK
 
 

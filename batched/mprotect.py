@@ -9,7 +9,13 @@ import numpy as np
 from machine import MM, VMA, Machine
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
-    PAGE_SHIFT, PMD_SIZE, pmd_trans_huge, pte_mkwrite, pte_modify, pte_pfn, pte_present,
+    PAGE_SHIFT,
+    PMD_SIZE,
+    pmd_trans_huge,
+    pte_mkwrite,
+    pte_modify,
+    pte_pfn,
+    pte_present,
     vm_get_page_prot,
 )
 

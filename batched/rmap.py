@@ -34,6 +34,8 @@ def large_folio_diffs(machine: Machine, folio: np.ndarray, nr_pages: np.ndarray)
     """The large folios among the batches' and each one's total nr_pages (per-batch MM_ID
     updates of one process may be summed: SPEC §3)."""
     large = machine.frames.folio_order[folio] > 0
+    if len(folio) == 1:
+        return folio[large], nr_pages[large].astype(np.int64)
     folios, inverse = np.unique(folio[large], return_inverse=True)
     return folios, np.bincount(inverse, weights=nr_pages[large], minlength=len(folios)).astype(np.int64)
 
@@ -83,7 +85,7 @@ def folio_sub_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs:
     check(len(np.unique(folios)) == len(folios), "MM_ID update names a folio twice")
     check(np.all(diffs >= 1), "bad large mapcount diff")
     new_mapcount = frames.folio_large_mapcount[folios] - diffs
-    check(np.all(new_mapcount >= 0), f"large mapcount underflow among folios {folios}")
+    check(np.all(new_mapcount >= 0), "large mapcount underflow")
     frames.folio_large_mapcount[folios] = new_mapcount
     mm_ids = frames.folio_mm_id[folios]
     mapcounts = frames.folio_mm_id_mapcount[folios]
@@ -122,7 +124,9 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
     check(not frames.folio_anon[folio], "folio_add_new_anon_rmap on an anon folio")
     check(frames.folio_large_mapcount[folio] == 0 and frames.page_mapcount[folio] == 0,
           "new folio already mapped")
-    __folio_set_anon(machine, np.array([folio]), vma, np.array([addr]))
+    frames.folio_anon[folio] = True
+    frames.folio_index[folio] = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
+    frames.folio_lineage[folio] = vma.lineage
     order = int(frames.folio_order[folio])
     nr_pages = 1 << order
     if order == HPAGE_PMD_ORDER:
@@ -179,6 +183,16 @@ def folio_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
     if len(folios):
         folio_sub_return_large_mapcount(machine, folios, diffs, mm)
+
+
+def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> None:
+    """folio_remove_rmap_ptes for one PTE (COW's unmap of the old page)."""
+    frames = machine.frames
+    check(int(frames.page_folio[page]) == folio, f"page {page} not in folio {folio}")
+    check(frames.page_mapcount[page] >= 1, f"page {page} mapcount underflow")
+    frames.page_mapcount[page] -= 1
+    if frames.folio_order[folio] > 0:
+        folio_sub_return_large_mapcount(machine, np.array([folio]), np.array([1]), mm)
 
 
 def folio_remove_rmap_pmd(machine: Machine, folio: int, mm: MM) -> None:

@@ -9,11 +9,16 @@ import numpy as np
 from machine import MM, VMA, Machine, check
 from machine.errors import EBUSY, ENOMEM, OK
 from machine.pgtable import (
-    PAGE_SHIFT, PMD_SIZE, pmd_trans_huge, pte_pfn, pte_present, pte_swp_mkexclusive,
+    PAGE_SHIFT,
+    PMD_SIZE,
+    pmd_trans_huge,
+    pte_pfn,
+    pte_present,
+    pte_swp_mkexclusive,
     swp_entry_to_pte,
 )
 
-from .folio import folio_maybe_dma_pinned, folio_mapcount, folio_put_refs, page_mapcount
+from .folio import folio_mapcount, folio_maybe_dma_pinned, folio_put_refs, page_mapcount
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
 from .internal import FPB_UNMAP, PteBatches, folio_pte_batch, split_batches_by
 from .rmap import folio_remove_rmap_ptes, folio_try_share_anon_rmap_ptes, rmap_walk_vmas

@@ -25,7 +25,7 @@ from .errors import UsageError
 from .ops import Script, ScriptError, parse_file
 
 PROG = "rmapfuzz"
-DEFAULT_IMPL = "reference"   # the implementation under test unless --impl says otherwise
+DEFAULT_IMPL = "batched"     # the implementation under test unless --impl says otherwise
 SCRIPT_SUFFIX = ".ops"
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
 

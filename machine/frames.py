@@ -80,9 +80,12 @@ class FrameTable:
         Only blocks whose free count could hold the run are looked into, lowest first.
         """
         nr_pages = 1 << order
-        for block in map(int, np.flatnonzero(self.block_nr_free >= nr_pages)):
+        candidates = np.flatnonzero(self.block_nr_free >= nr_pages)
+        for block in candidates.tolist():
             start = block * FREE_BLOCK_FRAMES
             end = min(start + FREE_BLOCK_FRAMES, self.nr_frames)
+            if nr_pages == 1:
+                return start + int(np.argmax(self.page_folio[start:end] == FREE_FOLIO))
             end -= (end - start) % nr_pages
             if end == start:
                 continue
@@ -137,6 +140,15 @@ class FrameTable:
         folio split); every other field stays at its free value."""
         heads = np.asarray(heads, np.int64)
         nr_pages = 1 << order
+        if len(heads) == 1:
+            head = int(heads[0])
+            check(0 <= head and head + nr_pages <= self.nr_frames, "folio outside the frames")
+            check((self.page_folio[head:head + nr_pages] == FREE_FOLIO).all(), "folio made of allocated frames")
+            self.page_folio[head:head + nr_pages] = head
+            self.folio_order[head] = order
+            self.block_nr_free[head // FREE_BLOCK_FRAMES] -= nr_pages  # aligned: inside one block
+            self.nr_free_frames -= nr_pages
+            return
         pages = (heads[:, None] + np.arange(nr_pages)).reshape(-1)
         check(heads.size == 0 or (heads.min() >= 0 and pages.max() < self.nr_frames),
               "folio outside the frames")
@@ -176,7 +188,13 @@ class FrameTable:
 
     def _account_frames(self, pages: np.ndarray, delta: int) -> None:
         """Keep the allocator's index in step: pages became free (+1) or allocated (-1)."""
-        np.add.at(self.block_nr_free, pages // FREE_BLOCK_FRAMES, delta)
+        if len(pages) == 0:
+            return
+        block = int(pages.min()) // FREE_BLOCK_FRAMES
+        if block == int(pages.max()) // FREE_BLOCK_FRAMES:
+            self.block_nr_free[block] += delta * len(pages)  # all in one block
+        else:
+            np.add.at(self.block_nr_free, pages // FREE_BLOCK_FRAMES, delta)
         self.nr_free_frames += delta * len(pages)
 
     def is_free(self, page: int) -> bool:

@@ -16,9 +16,28 @@ from .errors import check
 from .frames import FrameTable
 from .mm import MM, PmdTable, PteTable, pmd_index, pte_index
 from .pgtable import (
-    CONT_PTES, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, PTE_AF, PTE_CONT, PTE_RDONLY, PTE_TYPE_MASK,
-    PTE_TYPE_PAGE, PTRS_PER_TABLE, contpte_normalise, pmd_pte, pmd_trans_huge,
-    pte_cont, pte_dirty, pte_mkdirty, pte_pfn, pte_pmd, pte_present, pte_write, pte_wrprotect,
+    CONT_PTES,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SHIFT,
+    PMD_SIZE,
+    PTE_AF,
+    PTE_CONT,
+    PTE_RDONLY,
+    PTE_TYPE_MASK,
+    PTE_TYPE_PAGE,
+    PTRS_PER_TABLE,
+    contpte_normalise,
+    pmd_pte,
+    pmd_trans_huge,
+    pte_cont,
+    pte_dirty,
+    pte_mkdirty,
+    pte_pfn,
+    pte_pmd,
+    pte_present,
+    pte_write,
+    pte_wrprotect,
     pte_young,
 )
 from .swap import SwapSpace
@@ -80,7 +99,7 @@ class Machine:
         self.nr_mmaps = 0      # successful mmaps: the next lineage id
         self.pins: dict[int, Pin] = {}
         self.nr_pins = 0       # successful pins: the next pin id
-        self._touched: dict[int, PteTable] = {}
+        self._touched: dict[int, list] = {}  # id(table): [table, first, end] entries written this op
 
     # Snapshots, for the transactional failure model (SPEC §1).
 
@@ -148,9 +167,19 @@ class Machine:
         if addr % PAGE_SIZE:
             check(False, f"unaligned address {addr:#x}")
         table = mm.pte_table(addr, alloc)
+        index = pte_index(addr)
         if table is not None and alloc:
-            self._touched[id(table)] = table
-        return table, pte_index(addr)
+            self._touch(table, index, index + 1)
+        return table, index
+
+    def _touch(self, table: PteTable, first: int, end: int) -> None:
+        """Remember that entries [first, end) of table were written in this op."""
+        touched = self._touched.get(id(table))
+        if touched is None:
+            self._touched[id(table)] = [table, first, end]
+        else:
+            touched[1] = min(touched[1], first)
+            touched[2] = max(touched[2], end)
 
     def ptep_get(self, mm: MM, addr: int) -> int:
         """The raw PTE at addr (0 if no PTE table covers it)."""
@@ -179,6 +208,7 @@ class Machine:
         check(nr_pages >= 1, "nr_pages must be positive")
         table, index = self._pte_slot(mm, addr, alloc=True)
         check(index + nr_pages <= PTRS_PER_TABLE, "batch crosses a PTE table")
+        self._touch(table, index, index + nr_pages)
         return table, slice(index, index + nr_pages)
 
     def ptes_get(self, mm: MM, addr: int, nr_pages: int) -> np.ndarray:
@@ -222,7 +252,8 @@ class Machine:
 
     def _pte_table_for_runs(self, mm: MM, runs: PteRuns) -> PteTable:
         table = mm.pte_table(runs.addr, alloc=True)
-        self._touched[id(table)] = table
+        if len(runs.index):
+            self._touch(table, int(runs.index[0]), int(runs.index[-1] + runs.nr_pages[-1]))
         return table
 
     def set_ptes_runs(self, mm: MM, runs: PteRuns, ptes: np.ndarray) -> None:
@@ -326,6 +357,9 @@ class Machine:
             table.entries[index] = (desc | update_set) & ~update_clear
             return int(pte_pfn(desc)) + ((addr % PMD_SIZE) >> PAGE_SHIFT)
         table, index = self._pte_slot(mm, addr & ~(PAGE_SIZE - 1), alloc=False)
+        if not desc & PTE_CONT:
+            table.entries[index] = (desc | update_set) & ~update_clear
+            return int(pte_pfn(desc))
         span = slice(index, index + 1)
         if desc & PTE_CONT:
             first = index - index % CONT_PTES
@@ -346,9 +380,14 @@ class Machine:
     # contpte (SPEC §2.4).
 
     def contpte_canonicalise(self) -> None:
-        """Fold every eligible 16-entry block and unfold every other, in every table written this op."""
-        for table in self._touched.values():
-            table.entries[:] = self._canonical_entries(table.entries)
+        """Fold every eligible 16-entry block and unfold every other, among the blocks
+        written this op (no other block can have changed: model.md #9)."""
+        for table, first, end in self._touched.values():
+            span = slice(first - first % CONT_PTES, -(-end // CONT_PTES) * CONT_PTES)
+            if span.stop - span.start == CONT_PTES and not self._contpte_block_may_be_eligible(table.entries, span):
+                table.entries[span] &= ~np.uint64(PTE_CONT)  # one block that cannot fold: the common case
+                continue
+            table.entries[span] = self._canonical_entries(table.entries[span])
         self._touched = {}
 
     def _contpte_eligible(self, blocks: np.ndarray) -> np.ndarray:
@@ -368,8 +407,30 @@ class Machine:
             & (normalised == normalised[:, :1]).all(axis=1)
         )
 
+    def _contpte_block_may_be_eligible(self, entries: np.ndarray, span: slice) -> bool:
+        """_contpte_may_be_eligible for one block, on its first entry alone."""
+        first = int(entries[span.start])
+        if first & PTE_TYPE_MASK != PTE_TYPE_PAGE:
+            return False
+        pfn = int(pte_pfn(first))
+        if pfn % CONT_PTES or pfn >= self.frames.nr_frames:
+            return False
+        folio = int(self.frames.page_folio[pfn])
+        return folio >= 0 and int(self.frames.folio_order[folio]) >= 4
+
+    def _contpte_may_be_eligible(self, first_entries: np.ndarray) -> np.ndarray:
+        """A quick necessary condition per block, from its first entry: a page whose pfn is
+        a multiple of 16 in a folio of at least 16 pages."""
+        pfns = pte_pfn(first_entries).astype(np.int64)
+        candidate = (((first_entries & np.uint64(PTE_TYPE_MASK)) == np.uint64(PTE_TYPE_PAGE))
+                     & (pfns % CONT_PTES == 0) & (pfns < self.frames.nr_frames))
+        folios = self.frames.page_folio[np.where(candidate, pfns, 0)]
+        return candidate & (folios >= 0) & (self.frames.folio_order[np.maximum(folios, 0)] >= 4)
+
     def _canonical_entries(self, entries: np.ndarray) -> np.ndarray:
-        blocks = entries.reshape(_BLOCKS_PER_TABLE, CONT_PTES)
+        blocks = entries.reshape(-1, CONT_PTES)
+        if not self._contpte_may_be_eligible(blocks[:, 0]).any():
+            return entries & ~np.uint64(PTE_CONT)
         eligible = self._contpte_eligible(blocks)
         unfolded = blocks & ~np.uint64(PTE_CONT)
         folded = blocks | np.uint64(PTE_CONT)

@@ -241,6 +241,8 @@ def zap_swap_pte(machine: Machine, mm: MM, addr: int) -> None:
 
 def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
     """Zap every PTE in [start, end), which lies inside one PMD and one VMA."""
+    if mm.pte_table(start) is None:
+        return  # pmd_none: nothing mapped here
     for addr in range(start, end, PAGE_SIZE):
         pte = machine.ptep_get(mm, addr)
         if pte_present(pte):
@@ -326,6 +328,9 @@ def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, add
 
 
 def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start: int, end: int) -> str:
+    """Copy every PTE of [start, end) (one PMD, one VMA) to the child, one at a time."""
+    if src_mm.pte_table(start) is None:
+        return OK  # pmd_none: nothing mapped here
     for addr in range(start, end, PAGE_SIZE):
         pte = machine.ptep_get(src_mm, addr)
         if pte_present(pte):

@@ -32,6 +32,8 @@ def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int) 
                 change_huge_pmd(machine, mm, vma, haddr)
                 continue
             split_huge_pmd_locked(machine, mm, vma, haddr)
+        if mm.pte_table(addr) is None:
+            continue  # pmd_none: nothing mapped here
         for page_addr in range(addr, next_addr, PAGE_SIZE):
             if pte_present(machine.ptep_get(mm, page_addr)):
                 change_pte(machine, mm, vma, page_addr)

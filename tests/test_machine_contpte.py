@@ -416,7 +416,7 @@ def test_user_access_to_a_pmd_block_sets_af_and_clears_rdonly():
 OTHER_TABLE_VA = 0x400000
 
 
-def test_only_tables_written_since_the_last_canonicalise_are_canonicalised(machine, mm):
+def test_only_blocks_written_since_the_last_canonicalise_are_canonicalised(machine, mm):
     machine.set_ptes(mm, VA, fault_pte(48), CONT_PTES)
     machine.set_ptes(mm, OTHER_TABLE_VA, fault_pte(0), CONT_PTES)
     machine.contpte_canonicalise()
@@ -437,8 +437,12 @@ def test_only_tables_written_since_the_last_canonicalise_are_canonicalised(machi
     machine.contpte_canonicalise()
     assert folded(block_entries(machine, mm))
     assert np.array_equal(other.entries, stripped)  # left as it was
-    # A write anywhere in the other table makes it canonicalised again.
+    # A write elsewhere in the other table leaves the block alone; one inside it
+    # makes the block canonical again.
     machine.set_pte_at(mm, OTHER_TABLE_VA + 400 * PAGE_SIZE, 0)
+    machine.contpte_canonicalise()
+    assert np.array_equal(other.entries, stripped)
+    machine.set_pte_at(mm, OTHER_TABLE_VA + 7 * PAGE_SIZE, int(other.entries[7]))
     machine.contpte_canonicalise()
     assert pte_cont(other.entries[:CONT_PTES]).all()
 

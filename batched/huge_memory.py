@@ -38,10 +38,10 @@ from .internal import set_pte_values
 from .rmap import (
     folio_add_anon_rmap_ptes,
     folio_add_new_anon_rmap,
-    folio_add_return_large_mapcount,
     folio_remove_rmap_pmd,
     folio_remove_rmap_ptes,
     folio_try_dup_anon_rmap_pmd,
+    folios_add_return_large_mapcount,
     rmap_walk_vmas,
 )
 
@@ -231,7 +231,7 @@ def remap_folio_mappings(machine: Machine, mappings: FolioMappings) -> None:
     large = frames.folio_order[folios] > 0
     large_folios, counts = np.unique(folios[large], return_counts=True)
     if len(large_folios):
-        folio_add_return_large_mapcount(machine, large_folios, counts.astype(np.int64), mm)
+        folios_add_return_large_mapcount(machine, large_folios, counts.astype(np.int64), mm)
 
 
 def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: int) -> str:

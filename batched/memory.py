@@ -364,9 +364,9 @@ def copy_page_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_
     """Copy every mapping of src_vma to the child, PMD by PMD in ascending address order."""
     for addr, next_addr, _whole_pmd in pmd_ranges(src_vma.start, src_vma.end):
         haddr = addr & ~(PMD_SIZE - 1)
-        if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)):
-            if huge_memory.copy_huge_pmd(machine, dst_mm, src_mm, src_vma, haddr) == OK:
-                continue
+        if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)) \
+                and huge_memory.copy_huge_pmd(machine, dst_mm, src_mm, src_vma, haddr) == OK:
+            continue  # shared as a PMD; FALLBACK split it and its PTEs are copied below
         result = copy_pte_range(machine, dst_mm, dst_vma, src_mm, addr, next_addr)
         if result != OK:
             return result

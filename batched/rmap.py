@@ -51,9 +51,58 @@ def folio_set_large_mapcount(machine: Machine, folio: int, mapcount: int, mm: MM
     frames.folio_mm_id[folio, 0] = mm.mm_id
 
 
-def folio_add_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
-    """Add diffs[i] mappings by mm to each (distinct) large folio; claim a slot or mark
-    the folio maybe mapped shared."""
+def folio_add_return_large_mapcount(machine: Machine, folio: int, diff: int, mm: MM) -> int:
+    """Add diff mappings by mm to one large folio; claim a slot or mark it maybe mapped shared."""
+    frames = machine.frames
+    check(1 <= diff <= frames.folio_nr_pages(folio), "bad large mapcount diff")
+    new_mapcount = int(frames.folio_large_mapcount[folio]) + diff
+    frames.folio_large_mapcount[folio] = new_mapcount
+    mm_ids = frames.folio_mm_id[folio]
+    mapcounts = frames.folio_mm_id_mapcount[folio]
+    if mm_ids[0] == mm.mm_id:
+        mapcounts[0] += diff
+    elif mm_ids[1] == mm.mm_id:
+        mapcounts[1] += diff
+    elif mm_ids[0] == MM_ID_DUMMY:
+        mm_ids[0] = mm.mm_id
+        mapcounts[0] = diff
+        if new_mapcount != diff:
+            frames.folio_mm_ids_shared[folio] = True
+    elif mm_ids[1] == MM_ID_DUMMY:
+        mm_ids[1] = mm.mm_id
+        mapcounts[1] = diff
+        frames.folio_mm_ids_shared[folio] = True
+    return new_mapcount
+
+
+def folio_sub_return_large_mapcount(machine: Machine, folio: int, diff: int, mm: MM) -> int:
+    """Remove diff mappings by mm from one large folio; clear "maybe mapped shared" once
+    one slot owns every mapping."""
+    frames = machine.frames
+    check(diff >= 1, "bad large mapcount diff")
+    new_mapcount = int(frames.folio_large_mapcount[folio]) - diff
+    check(new_mapcount >= 0, f"folio {folio} large mapcount underflow")
+    frames.folio_large_mapcount[folio] = new_mapcount
+    mm_ids = frames.folio_mm_id[folio]
+    mapcounts = frames.folio_mm_id_mapcount[folio]
+    for slot in (0, 1):
+        if mm_ids[slot] == mm.mm_id:
+            mapcounts[slot] -= diff
+            if mapcounts[slot] >= 1:
+                return new_mapcount
+            mapcounts[slot] = 0
+            mm_ids[slot] = MM_ID_DUMMY
+            break
+    if mapcounts[0] == new_mapcount or mapcounts[1] == new_mapcount:
+        frames.folio_mm_ids_shared[folio] = False
+    return new_mapcount
+
+
+def folios_add_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
+    """folio_add_return_large_mapcount for many distinct large folios at once."""
+    if len(folios) == 1:
+        folio_add_return_large_mapcount(machine, int(folios[0]), int(diffs[0]), mm)
+        return
     frames = machine.frames
     check(len(np.unique(folios)) == len(folios), "MM_ID update names a folio twice")
     check(np.all(diffs >= 1) and np.all(diffs <= 1 << frames.folio_order[folios].astype(np.int64)),
@@ -78,9 +127,11 @@ def folio_add_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs:
     frames.folio_mm_ids_shared[folios[(take_slot0 & (new_mapcount != diffs)) | take_slot1]] = True
 
 
-def folio_sub_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
-    """Remove diffs[i] mappings by mm from each (distinct) large folio; clear "maybe mapped
-    shared" where one slot now owns every mapping."""
+def folios_sub_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
+    """folio_sub_return_large_mapcount for many distinct large folios at once."""
+    if len(folios) == 1:
+        folio_sub_return_large_mapcount(machine, int(folios[0]), int(diffs[0]), mm)
+        return
     frames = machine.frames
     check(len(np.unique(folios)) == len(folios), "MM_ID update names a folio twice")
     check(np.all(diffs >= 1), "bad large mapcount diff")
@@ -166,7 +217,7 @@ def folio_add_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarr
     np.add.at(frames.page_mapcount, pages, 1)
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
     if len(folios):
-        folio_add_return_large_mapcount(machine, folios, diffs, mm)
+        folios_add_return_large_mapcount(machine, folios, diffs, mm)
     exclusive_pages = pages[np.repeat(exclusive, nr_pages)]
     frames.page_anon_exclusive[exclusive_pages] = True
     check(np.all(frames.page_mapcount[exclusive_pages] == 1), "exclusive page mapped more than once")
@@ -182,7 +233,7 @@ def folio_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray
     np.subtract.at(frames.page_mapcount, pages, 1)
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
     if len(folios):
-        folio_sub_return_large_mapcount(machine, folios, diffs, mm)
+        folios_sub_return_large_mapcount(machine, folios, diffs, mm)
 
 
 def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> None:
@@ -192,7 +243,7 @@ def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> No
     check(frames.page_mapcount[page] >= 1, f"page {page} mapcount underflow")
     frames.page_mapcount[page] -= 1
     if frames.folio_order[folio] > 0:
-        folio_sub_return_large_mapcount(machine, np.array([folio]), np.array([1]), mm)
+        folio_sub_return_large_mapcount(machine, folio, 1, mm)
 
 
 def folio_remove_rmap_pmd(machine: Machine, folio: int, mm: MM) -> None:
@@ -201,7 +252,7 @@ def folio_remove_rmap_pmd(machine: Machine, folio: int, mm: MM) -> None:
     check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD unmapping of a non-PMD folio")
     check(frames.folio_entire_mapcount[folio] >= 1, f"folio {folio} entire mapcount underflow")
     frames.folio_entire_mapcount[folio] -= 1
-    folio_sub_return_large_mapcount(machine, np.array([folio]), np.array([1]), mm)
+    folio_sub_return_large_mapcount(machine, folio, 1, mm)
 
 
 # fork: duplicate mappings, refusing exclusive pages of a maybe-pinned folio.
@@ -227,7 +278,7 @@ def folio_try_dup_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.n
     np.add.at(frames.page_mapcount, shared_pages, 1)
     folios, diffs = large_folio_diffs(machine, folio[~failed], nr_pages[~failed])
     if len(folios):
-        folio_add_return_large_mapcount(machine, folios, diffs, dst_mm)
+        folios_add_return_large_mapcount(machine, folios, diffs, dst_mm)
     return failed
 
 
@@ -245,7 +296,7 @@ def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm
             return False
         frames.page_anon_exclusive[folio] = False
     frames.folio_entire_mapcount[folio] += 1
-    folio_add_return_large_mapcount(machine, np.array([folio]), np.array([1]), dst_mm)
+    folio_add_return_large_mapcount(machine, folio, 1, dst_mm)
     return True
 
 

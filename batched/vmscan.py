@@ -18,10 +18,21 @@ from machine.pgtable import (
     swp_entry_to_pte,
 )
 
-from .folio import folio_mapcount, folio_maybe_dma_pinned, folio_put_refs, page_mapcount
+from .folio import (
+    folio_mapcount,
+    folio_maybe_dma_pinned,
+    folio_put,
+    folio_put_refs,
+    page_mapcount,
+)
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
 from .internal import FPB_UNMAP, PteBatches, folio_pte_batch, split_batches_by
-from .rmap import folio_remove_rmap_ptes, folio_try_share_anon_rmap_ptes, rmap_walk_vmas
+from .rmap import (
+    folio_remove_rmap_pte,
+    folio_remove_rmap_ptes,
+    folio_try_share_anon_rmap_ptes,
+    rmap_walk_vmas,
+)
 from .swap import folio_dup_swap, swap_free_unused
 
 
@@ -48,6 +59,29 @@ def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.n
     folio_put_refs(machine, batches.folio, batches.nr_pages)
 
 
+def try_to_unmap_pte(machine: Machine, folio: int, mm: MM, addr: int, slot: int) -> bool:
+    """try_to_unmap_one for a small folio: its one PTE at addr, if it maps it, becomes a swap
+    PTE for slot. False (EBUSY), changing nothing, if it is exclusive and maybe pinned."""
+    pte = machine.ptep_get(mm, addr)
+    if not pte_present(pte) or int(pte_pfn(pte)) != folio:
+        return True
+    frames = machine.frames
+    exclusive = bool(frames.page_anon_exclusive[folio])
+    if exclusive and folio_maybe_dma_pinned(machine, folio):
+        return False
+    frames.page_anon_exclusive[folio] = False  # folio_try_share_anon_rmap_pte
+    machine.ptep_get_and_clear(mm, addr)
+    machine.swap.swap_count[slot] += 1  # folio_dup_swap
+    machine.swap.swap_data[slot] = frames.page_data[folio]
+    mm.rss_anon -= 1
+    mm.rss_swap += 1
+    swp_pte = swp_entry_to_pte(slot)
+    machine.set_pte_at(mm, addr, pte_swp_mkexclusive(swp_pte) if exclusive else swp_pte)
+    folio_remove_rmap_pte(machine, folio, folio, mm)
+    folio_put(machine, folio)
+    return True
+
+
 def try_to_unmap_one(machine: Machine, folio: int, nr_pages: int, mm: MM, vma: VMA, start: int, end: int,
                      slot: int) -> bool:
     """Turn every mapping of folio in [start, end) of vma into swap PTEs; a PMD block is
@@ -60,6 +94,8 @@ def try_to_unmap_one(machine: Machine, folio: int, nr_pages: int, mm: MM, vma: V
         if int(pte_pfn(pmd)) != folio:
             return True
         split_huge_pmd_locked(machine, mm, vma, haddr)
+    if nr_pages == 1:
+        return try_to_unmap_pte(machine, folio, mm, start, slot)
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
     pfns = pte_pfn(ptes).astype(np.int64)
     of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)

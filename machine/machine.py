@@ -384,9 +384,12 @@ class Machine:
         written this op (no other block can have changed: model.md #9)."""
         for table, first, end in self._touched.values():
             span = slice(first - first % CONT_PTES, -(-end // CONT_PTES) * CONT_PTES)
-            if span.stop - span.start == CONT_PTES and not self._contpte_block_may_be_eligible(table.entries, span):
-                table.entries[span] &= ~np.uint64(PTE_CONT)  # one block that cannot fold: the common case
-                continue
+            if span.stop - span.start == CONT_PTES:
+                values = table.entries[span].tolist()  # one block, the common case: plain ints
+                if not self._contpte_block_eligible(values):
+                    if any(value & PTE_CONT for value in values):
+                        table.entries[span] &= ~np.uint64(PTE_CONT)
+                    continue
             table.entries[span] = self._canonical_entries(table.entries[span])
         self._touched = {}
 
@@ -407,16 +410,23 @@ class Machine:
             & (normalised == normalised[:, :1]).all(axis=1)
         )
 
-    def _contpte_block_may_be_eligible(self, entries: np.ndarray, span: slice) -> bool:
-        """_contpte_may_be_eligible for one block, on its first entry alone."""
-        first = int(entries[span.start])
+    def _contpte_block_eligible(self, values: list[int]) -> bool:
+        """_contpte_eligible for one block given as 16 ints (oracle 7 checks the two agree)."""
+        first = values[0]
         if first & PTE_TYPE_MASK != PTE_TYPE_PAGE:
             return False
-        pfn = int(pte_pfn(first))
-        if pfn % CONT_PTES or pfn >= self.frames.nr_frames:
+        pfn = pte_pfn(first)
+        if pfn % CONT_PTES or pfn + CONT_PTES > self.frames.nr_frames:
             return False
         folio = int(self.frames.page_folio[pfn])
-        return folio >= 0 and int(self.frames.folio_order[folio]) >= 4
+        if folio < 0 or self.frames.folio_order[folio] < 4:
+            return False  # not inside a folio of 16 pages or more
+        normalised = contpte_normalise(first)
+        for offset, value in enumerate(values):
+            if (value & PTE_TYPE_MASK != PTE_TYPE_PAGE or pte_pfn(value) != pfn + offset
+                    or contpte_normalise(value) != normalised):
+                return False
+        return int(self.frames.page_folio[pfn + CONT_PTES - 1]) == folio  # aligned runs: first and last decide
 
     def _contpte_may_be_eligible(self, first_entries: np.ndarray) -> np.ndarray:
         """A quick necessary condition per block, from its first entry: a page whose pfn is

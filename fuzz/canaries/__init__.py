@@ -1,0 +1,69 @@
+"""Planted bugs: small variants of batched/ that each reintroduce one real bug class.
+
+Each canary module loads its own independent copy of the `batched` package
+(so planting never touches the real one) and replaces one function in it with
+a variant carrying the bug; `Kernel` is the planted copy's kernel. The
+self-test fuzzes every canary and shows that the general campaign finds and
+minimises it (issue: no seed, dictionary or decoder bias may spell one out).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+BATCHED_DIR = Path(__file__).resolve().parent.parent.parent / "batched"
+
+CANARIES = (
+    "pmd_dup_checks_subpages",
+    "dup_clears_first_page_only",
+    "share_nr_pages_zero",
+    "batch_crosses_pte_table",
+    "batch_crosses_vma_end",
+    "batch_crosses_folio_end",
+    "pin_check_on_page",
+    "unmap_batch_mixed_exclusive",
+    "swap_exclusive_first_only",
+    "large_mapcount_per_batch",
+    "folio_ref_per_batch",
+    "fork_wrprotect_first_only",
+    "fork_swap_exclusive_child_only",
+    "pmd_split_drops_exclusive",
+)
+
+
+def load_batched_copy(alias: str) -> ModuleType:
+    """A fresh, independent import of the batched package under another name."""
+    for name in [name for name in sys.modules if name == alias or name.startswith(alias + ".")]:
+        del sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        alias, BATCHED_DIR / "__init__.py", submodule_search_locations=[str(BATCHED_DIR)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = package
+    spec.loader.exec_module(package)
+    return package
+
+
+def submodule(package: ModuleType, name: str) -> ModuleType:
+    return importlib.import_module(f"{package.__name__}.{name}")
+
+
+def plant(package: ModuleType, module_name: str, function_name: str, variant: Callable) -> None:
+    """Replace module_name.function_name in the copy, and every import of it in the copy."""
+    original = getattr(submodule(package, module_name), function_name)
+    for name, module in list(sys.modules.items()):
+        if name == package.__name__ or name.startswith(package.__name__ + "."):
+            for attribute, value in list(vars(module).items()):
+                if value is original:
+                    setattr(module, attribute, variant)
+
+
+def canary_module(name: str) -> ModuleType:
+    """The canary's module (it exposes Kernel), loaded by name."""
+    if name not in CANARIES:
+        raise KeyError(name)
+    return importlib.import_module(f"{__name__}.{name}")

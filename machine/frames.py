@@ -80,12 +80,15 @@ class FrameTable:
         Only blocks whose free count could hold the run are looked into, lowest first.
         """
         nr_pages = 1 << order
+        if nr_pages == 1:  # any block with a free frame will do: the lowest
+            if self.nr_free_frames == 0:
+                return None
+            start = int(np.argmax(self.block_nr_free > 0)) * FREE_BLOCK_FRAMES
+            return start + int(np.argmax(self.page_folio[start:start + FREE_BLOCK_FRAMES] == FREE_FOLIO))
         candidates = np.flatnonzero(self.block_nr_free >= nr_pages)
         for block in candidates.tolist():
             start = block * FREE_BLOCK_FRAMES
             end = min(start + FREE_BLOCK_FRAMES, self.nr_frames)
-            if nr_pages == 1:
-                return start + int(np.argmax(self.page_folio[start:end] == FREE_FOLIO))
             end -= (end - start) % nr_pages
             if end == start:
                 continue

@@ -14,9 +14,10 @@ import numpy as np
 
 from .errors import check
 from .frames import FrameTable
-from .mm import MM, PmdTable, PteTable, pmd_index, pte_index
+from .mm import MM, PUD_SHIFT, PmdTable, PteTable, pmd_index, pte_index
 from .pgtable import (
     CONT_PTES,
+    CONTPTE_NORMALISE_IGNORED,
     PAGE_SHIFT,
     PAGE_SIZE,
     PMD_SHIFT,
@@ -86,6 +87,19 @@ class PteRuns:
         ends = np.cumsum(self.nr_pages)
         return np.repeat(self.index, self.nr_pages) + np.arange(ends[-1] if len(ends) else 0) \
             - np.repeat(ends - self.nr_pages, self.nr_pages)
+
+
+def contpte_fold(values: list[int]) -> list[int]:
+    """An eligible block folded: CONT on all 16, pte_mkdirty on each if any is dirty,
+    young if any is young (SPEC §2.4)."""
+    any_dirty = any(pte_dirty(value) for value in values)
+    any_young = any(value & PTE_AF for value in values)
+    folded = [value | PTE_CONT for value in values]
+    if any_dirty:
+        folded = [pte_mkdirty(value) for value in folded]
+    if any_young:
+        folded = [value | PTE_AF for value in folded]
+    return folded
 
 
 class Machine:
@@ -225,6 +239,9 @@ class Machine:
     def set_ptes(self, mm: MM, addr: int, pte: int, nr_pages: int) -> None:
         """Write nr_pages entries: pte, then the same with the pfn advanced."""
         table, run = self._pte_run(mm, addr, nr_pages)
+        if nr_pages == 1:
+            table.entries[run.start] = pte
+            return
         offsets = np.arange(nr_pages, dtype=np.uint64) << np.uint64(PAGE_SHIFT)
         table.entries[run] = np.uint64(pte) + offsets
 
@@ -295,8 +312,10 @@ class Machine:
 
     def pmdp_get(self, mm: MM, addr: int) -> int:
         """The raw PMD entry (none, block or table descriptor) covering addr."""
-        table, index = self._pmd_slot(mm, addr, alloc=False)
-        return 0 if table is None else int(table.entries[index])
+        if addr % PMD_SIZE:
+            check(False, f"PMD address {addr:#x} not 2 MiB aligned")
+        table = mm.pmd_tables_by_addr.get(addr >> PUD_SHIFT)
+        return 0 if table is None else int(table.entries[pmd_index(addr)])
 
     def set_pmd_at(self, mm: MM, addr: int, pmd: int) -> None:
         """Install a PMD block; an empty PTE table in its place is freed."""
@@ -386,10 +405,11 @@ class Machine:
             span = slice(first - first % CONT_PTES, -(-end // CONT_PTES) * CONT_PTES)
             if span.stop - span.start == CONT_PTES:
                 values = table.entries[span].tolist()  # one block, the common case: plain ints
-                if not self._contpte_block_eligible(values):
-                    if any(value & PTE_CONT for value in values):
-                        table.entries[span] &= ~np.uint64(PTE_CONT)
-                    continue
+                if self._contpte_block_eligible(values):
+                    table.entries[span] = contpte_fold(values)
+                elif any(value & PTE_CONT for value in values):
+                    table.entries[span] &= ~np.uint64(PTE_CONT)
+                continue
             table.entries[span] = self._canonical_entries(table.entries[span])
         self._touched = {}
 
@@ -421,10 +441,8 @@ class Machine:
         folio = int(self.frames.page_folio[pfn])
         if folio < 0 or self.frames.folio_order[folio] < 4:
             return False  # not inside a folio of 16 pages or more
-        normalised = contpte_normalise(first)
-        for offset, value in enumerate(values):
-            if (value & PTE_TYPE_MASK != PTE_TYPE_PAGE or pte_pfn(value) != pfn + offset
-                    or contpte_normalise(value) != normalised):
+        for offset, value in enumerate(values):  # same N(e) and the pfn advanced by offset
+            if (value ^ (first + (offset << PAGE_SHIFT))) & ~CONTPTE_NORMALISE_IGNORED:
                 return False
         return int(self.frames.page_folio[pfn + CONT_PTES - 1]) == folio  # aligned runs: first and last decide
 

@@ -75,12 +75,15 @@ class PmdTable:
         return other
 
 
+PUD_SHIFT = 30
+
+
 def pgd_index(addr: int) -> int:
     return (addr >> 39) & (PTRS_PER_TABLE - 1)
 
 
 def pud_index(addr: int) -> int:
-    return (addr >> 30) & (PTRS_PER_TABLE - 1)
+    return (addr >> PUD_SHIFT) & (PTRS_PER_TABLE - 1)
 
 
 def pmd_index(addr: int) -> int:
@@ -99,6 +102,7 @@ class MM:
         self.vmas: list[VMA] = []
         self.pgd: dict[int, dict[int, PmdTable]] = {}
         self.pte_tables: dict[int, PteTable] = {}  # by addr >> PMD_SHIFT: a flat index of the tree
+        self.pmd_tables_by_addr: dict[int, PmdTable] = {}  # by addr >> PUD_SHIFT: the same for PMD tables
         self.rss_anon = 0   # MM_ANONPAGES
         self.rss_swap = 0   # MM_SWAPENTS
         self.has_pinned = False  # MMF_HAS_PINNED
@@ -110,6 +114,7 @@ class MM:
         other.pgd = {i: {j: pmd.clone() for j, pmd in pud.items()} for i, pud in self.pgd.items()}
         other.pte_tables = {table.base >> PMD_SHIFT: table for pmd_table in other.pmd_tables()
                             for table in pmd_table.ptes.values()}
+        other.pmd_tables_by_addr = {table.base >> PUD_SHIFT: table for table in other.pmd_tables()}
         other.rss_anon = self.rss_anon
         other.rss_swap = self.rss_swap
         other.has_pinned = self.has_pinned
@@ -174,8 +179,9 @@ class MM:
             pud = self.pgd[pgd_index(addr)] = {}
         table = pud.get(pud_index(addr))
         if table is None and alloc:
-            base = addr & ~((1 << 30) - 1)
+            base = addr & ~((1 << PUD_SHIFT) - 1)
             table = pud[pud_index(addr)] = PmdTable(base)
+            self.pmd_tables_by_addr[addr >> PUD_SHIFT] = table
         return table
 
     def pte_table(self, addr: int, alloc: bool = False) -> PteTable | None:

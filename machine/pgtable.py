@@ -227,6 +227,10 @@ def contpte_normalise(pte):
     return _clear(pte_mkold(pte_mkclean(pte)), PTE_CONT | PTE_ADDR_MASK)
 
 
+# The bits N(e) does not depend on besides the pfn: equal N(e) means equal in all others.
+CONTPTE_NORMALISE_IGNORED = PTE_DIRTY | PTE_RDONLY | PTE_AF | PTE_CONT
+
+
 def describe_pte(pte: int) -> str:
     """A short human-readable decoding, for diffs and reports."""
     if pte == 0:

@@ -499,3 +499,21 @@ def test_pmd_installed_over_a_written_empty_table_is_left_alone():
     machine.contpte_canonicalise()
     assert machine.lookup(mm, TABLE_VA) == ("pmd", pmd)
     assert list(mm.leaves()) == [(TABLE_VA, "pmd", pmd)]
+
+
+def test_normalise_ignored_mask_matches_contpte_normalise():
+    """machine's one-block fast path compares entries under CONTPTE_NORMALISE_IGNORED;
+    it must mean exactly 'equal N(e) once the pfn is set aside'."""
+    import random
+
+    from machine.pgtable import CONTPTE_NORMALISE_IGNORED, PTE_ADDR_MASK, contpte_normalise
+
+    rng = random.Random(5)
+    bits = [0, 1, 2, 6, 7, 8, 9, 10, 11, 51, 52, 53, 54, 55, 56]
+    for _ in range(5000):
+        a = sum(1 << b for b in bits if rng.random() < 0.5) | (rng.randrange(64) << 12)
+        b = a ^ sum(1 << bit for bit in rng.sample(bits, rng.randrange(3)))
+        b = (b & ~PTE_ADDR_MASK) | (rng.randrange(64) << 12)
+        same_n = contpte_normalise(a) == contpte_normalise(b)
+        same_masked = ((a ^ b) & ~(CONTPTE_NORMALISE_IGNORED | PTE_ADDR_MASK)) == 0
+        assert same_n == same_masked, (hex(a), hex(b))

@@ -32,12 +32,26 @@ class ScriptGenerator:
         self.used: list[int] = []
 
     def addr(self) -> int:
-        """An address near the window's interesting boundaries, or one already used."""
-        if self.used and self.rng.random() < 0.5:
+        """An address already used, a page near one (the same folio or contpte block), or a
+        fresh one near the window's interesting boundaries."""
+        draw = self.rng.random()
+        if self.used and draw < 0.4:
             return self.rng.choice(self.used)
-        addr = self.fresh_addr()
+        if self.used and draw < 0.6:
+            addr = self.near_addr(self.rng.choice(self.used))
+        else:
+            addr = self.fresh_addr()
         self.used.append(addr)
         return addr
+
+    def near_addr(self, addr: int) -> int:
+        """Another page of the 64 KiB block around addr, or a page a few away from it."""
+        rng = self.rng
+        if rng.random() < 0.5:
+            addr = addr - addr % CONT_PTE_SIZE + rng.randrange(CONT_PTE_SIZE // PAGE_SIZE) * PAGE_SIZE
+        else:
+            addr += rng.choice((-3, -2, -1, 1, 2, 3)) * PAGE_SIZE
+        return min(max(addr, WINDOW_BASE), WINDOW_BASE + WINDOW_SIZE - PAGE_SIZE)
 
     def fresh_addr(self) -> int:
         rng = self.rng

@@ -19,6 +19,10 @@ def folio_nr_pages(machine: Machine, folio: int) -> int:
 
 def page_folio(machine: Machine, pages):
     """The head pfn of each page's folio (pages must be allocated)."""
+    if isinstance(pages, int):
+        folio = int(machine.frames.page_folio[pages])
+        check(folio >= 0, "pfn %s is not allocated", pages)
+        return folio
     folios = machine.frames.page_folio[pages]
     check((folios >= 0).all(), "pages include a free frame")
     return folios
@@ -34,7 +38,7 @@ def folio_ref_add(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> 
 def folio_put(machine: Machine, folio: int) -> None:
     """Drop one reference; the last one frees the folio."""
     frames = machine.frames
-    check(frames.folio_refcount[folio] >= 1, f"folio {folio} refcount underflow")
+    check(frames.folio_refcount[folio] >= 1, "folio %s refcount underflow", folio)
     frames.folio_refcount[folio] -= 1
     if frames.folio_refcount[folio] == 0:
         frames.folio_free(folio)

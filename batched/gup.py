@@ -90,7 +90,7 @@ def pinned_pages(machine: Machine, mm: MM, start: int, end: int) -> np.ndarray:
     nr_pages = (end - start) >> PAGE_SHIFT
     if pmd_trans_huge(pmd):
         folio = int(pte_pfn(pmd))
-        check(frames.page_anon_exclusive[folio], f"pinning non-exclusive PMD folio {folio}")
+        check(frames.page_anon_exclusive[folio], "pinning non-exclusive PMD folio %s", folio)
         return folio + ((start & (PMD_SIZE - 1)) >> PAGE_SHIFT) + np.arange(nr_pages, dtype=np.int64)
     pages = pte_pfn(machine.ptes_get(mm, start, nr_pages)).astype(np.int64)
     check(np.all(frames.page_anon_exclusive[pages]), "pinning non-exclusive pages")

@@ -122,7 +122,7 @@ def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr:
     """fork of a PMD block: share it as a PMD, or split the parent's if it may be pinned
     (FALLBACK: the caller copies the 512 PTEs)."""
     pmd = machine.pmdp_get(src_mm, haddr)
-    check(pmd_trans_huge(pmd), f"copy_huge_pmd without a PMD block at {haddr:#x}")
+    check(pmd_trans_huge(pmd), "copy_huge_pmd without a PMD block at %#x", haddr)
     folio = int(pte_pfn(pmd))
     machine.frames.folio_refcount[folio] += 1
     if not folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm):
@@ -240,7 +240,7 @@ def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: in
     Refused with EAGAIN if any reference is not a mapping (a pin).
     """
     frames = machine.frames
-    check(int(frames.page_folio[folio]) == folio and frames.folio_anon[folio], f"split of non-folio {folio}")
+    check(int(frames.page_folio[folio]) == folio and frames.folio_anon[folio], "split of non-folio %s", folio)
     order = int(frames.folio_order[folio])
     if new_order == 1 or new_order >= order or not 0 <= new_order <= 8:
         return EINVAL

@@ -97,7 +97,7 @@ def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int)
     Context: vma is writable; nothing is mapped at addr.
     """
     check(vma.writable, "anonymous write fault in a read-only VMA")
-    check(pte_none(machine.lookup(mm, addr)[1]), f"anonymous fault on a mapped address {addr:#x}")
+    check(pte_none(machine.lookup(mm, addr)[1]), "anonymous fault on a mapped address %#x", addr)
     for candidate in fault_orders(order):
         if not alloc_anon_folio_suitable(machine, mm, vma, addr, candidate):
             continue

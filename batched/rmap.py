@@ -81,7 +81,7 @@ def folio_sub_return_large_mapcount(machine: Machine, folio: int, diff: int, mm:
     frames = machine.frames
     check(diff >= 1, "bad large mapcount diff")
     new_mapcount = int(frames.folio_large_mapcount[folio]) - diff
-    check(new_mapcount >= 0, f"folio {folio} large mapcount underflow")
+    check(new_mapcount >= 0, "folio %s large mapcount underflow", folio)
     frames.folio_large_mapcount[folio] = new_mapcount
     mm_ids = frames.folio_mm_id[folio]
     mapcounts = frames.folio_mm_id_mapcount[folio]
@@ -239,8 +239,8 @@ def folio_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray
 def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> None:
     """folio_remove_rmap_ptes for one PTE (COW's unmap of the old page)."""
     frames = machine.frames
-    check(int(frames.page_folio[page]) == folio, f"page {page} not in folio {folio}")
-    check(frames.page_mapcount[page] >= 1, f"page {page} mapcount underflow")
+    check(int(frames.page_folio[page]) == folio, "page %s not in folio %s", page, folio)
+    check(frames.page_mapcount[page] >= 1, "page %s mapcount underflow", page)
     frames.page_mapcount[page] -= 1
     if frames.folio_order[folio] > 0:
         folio_sub_return_large_mapcount(machine, folio, 1, mm)
@@ -250,7 +250,7 @@ def folio_remove_rmap_pmd(machine: Machine, folio: int, mm: MM) -> None:
     """Account one PMD mapping less. Context: the folio is PMD-mapped (entire mapcount >= 1)."""
     frames = machine.frames
     check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD unmapping of a non-PMD folio")
-    check(frames.folio_entire_mapcount[folio] >= 1, f"folio {folio} entire mapcount underflow")
+    check(frames.folio_entire_mapcount[folio] >= 1, "folio %s entire mapcount underflow", folio)
     frames.folio_entire_mapcount[folio] -= 1
     folio_sub_return_large_mapcount(machine, folio, 1, mm)
 
@@ -290,7 +290,7 @@ def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm
     """
     frames = machine.frames
     check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD dup of a non-PMD folio")
-    check(frames.folio_entire_mapcount[folio] >= 1, f"PMD dup of folio {folio} not PMD-mapped")
+    check(frames.folio_entire_mapcount[folio] >= 1, "PMD dup of folio %s not PMD-mapped", folio)
     if frames.page_anon_exclusive[folio]:
         if folio_needs_cow_for_dma(machine, src_mm, folio):
             return False

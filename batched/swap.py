@@ -26,7 +26,7 @@ def free_swap_and_cache_nr(machine: Machine, slots: np.ndarray) -> None:
 def swap_free(machine: Machine, slot: int) -> None:
     """One swap PTE less references slot (swap-in); the last one frees it."""
     swap = machine.swap
-    check(swap.swap_count[slot] >= 1, f"swap slot {slot} count underflow")
+    check(swap.swap_count[slot] >= 1, "swap slot %s count underflow", slot)
     swap.swap_count[slot] -= 1
     if swap.swap_count[slot] == 0:
         swap.swap_free_slot(slot)

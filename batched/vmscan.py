@@ -120,7 +120,7 @@ def try_to_unmap(machine: Machine, folio: int) -> str:
     Context: folio is an allocated anon folio.
     """
     frames = machine.frames
-    check(int(frames.page_folio[folio]) == folio and frames.folio_anon[folio], f"try_to_unmap of non-folio {folio}")
+    check(int(frames.page_folio[folio]) == folio and frames.folio_anon[folio], "try_to_unmap of non-folio %s", folio)
     order = int(frames.folio_order[folio])
     slot = machine.swap.find_free_slots(order)
     if slot is None:
@@ -181,11 +181,11 @@ def shrink_folio_list(machine: Machine, folio: int) -> str:
             return ENOMEM  # the pieces before the one without a slot would be rolled back
         walk = rmap_walk_vmas(machine, folio)
         result = split_huge_page_to_list_to_order(machine, folio, 0)
-        check(result == OK, f"reclaim could not split folio {folio}: {result}")
+        check(result == OK, "reclaim could not split folio %s: %s", folio, result)
         reclaim_split_folio(machine, folio, nr_pages, slots, walk)
         return OK
     result = try_to_unmap(machine, folio)
     check(result != EBUSY, "reclaim of an unpinned folio failed to share a page")
     if result == OK:
-        check(frames.page_folio[folio] < 0, f"reclaimed folio {folio} still referenced")
+        check(frames.page_folio[folio] < 0, "reclaimed folio %s still referenced", folio)
     return result

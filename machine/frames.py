@@ -69,7 +69,7 @@ class FrameTable:
 
     def page_folio_of(self, page: int) -> int:
         folio = int(self.page_folio[page])
-        check(folio != FREE_FOLIO, f"pfn {page} is not allocated")
+        check(folio != FREE_FOLIO, "pfn %s is not allocated", page)
         return folio
 
     # The allocator: lowest naturally aligned run of free frames.
@@ -120,7 +120,7 @@ class FrameTable:
 
         History-independent: the result depends only on which frames are free.
         """
-        check(0 <= order <= 9 and order != 1, f"bad folio order {order}")
+        check(0 <= order <= 9 and order != 1, "bad folio order %s", order)
         folio = self.find_free_run(order)
         if folio is None:
             return None
@@ -146,7 +146,10 @@ class FrameTable:
         if len(heads) == 1:
             head = int(heads[0])
             check(0 <= head and head + nr_pages <= self.nr_frames, "folio outside the frames")
-            check((self.page_folio[head:head + nr_pages] == FREE_FOLIO).all(), "folio made of allocated frames")
+            if nr_pages == 1:
+                check(self.page_folio[head] == FREE_FOLIO, "folio made of allocated frames")
+            else:
+                check((self.page_folio[head:head + nr_pages] == FREE_FOLIO).all(), "folio made of allocated frames")
             self.page_folio[head:head + nr_pages] = head
             self.folio_order[head] = order
             self.block_nr_free[head // FREE_BLOCK_FRAMES] -= nr_pages  # aligned: inside one block

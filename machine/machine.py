@@ -73,7 +73,7 @@ class PteRuns:
     nr_pages: np.ndarray  # int64, entries in each run (>= 1)
 
     def __post_init__(self) -> None:
-        check(self.addr % PMD_SIZE == 0, f"PTE table address {self.addr:#x} not 2 MiB aligned")
+        check(self.addr % PMD_SIZE == 0, "PTE table address %#x not 2 MiB aligned", self.addr)
         check(len(self.index) == len(self.nr_pages), "runs need one length each")
         if len(self.index):
             check((self.nr_pages >= 1).all(), "nr_pages must be positive")
@@ -155,8 +155,8 @@ class Machine:
 
     def mm_destroy(self, mm: MM) -> None:
         """Remove a process whose page tables and counters are already empty."""
-        check(next(mm.leaves(), None) is None, f"P{mm.pid} destroyed with mappings")
-        check(mm.rss_anon == 0 and mm.rss_swap == 0, f"P{mm.pid} destroyed with RSS")
+        check(next(mm.leaves(), None) is None, "P%s destroyed with mappings", mm.pid)
+        check(mm.rss_anon == 0 and mm.rss_swap == 0, "P%s destroyed with RSS", mm.pid)
         del self.processes[mm.pid]
 
     def lineage_alloc(self) -> int:
@@ -179,7 +179,7 @@ class Machine:
 
     def _pte_slot(self, mm: MM, addr: int, alloc: bool) -> tuple[PteTable | None, int]:
         if addr % PAGE_SIZE:
-            check(False, f"unaligned address {addr:#x}")
+            check(False, "unaligned address %#x", addr)
         table = mm.pte_table(addr, alloc)
         index = pte_index(addr)
         if table is not None and alloc:
@@ -198,7 +198,7 @@ class Machine:
     def ptep_get(self, mm: MM, addr: int) -> int:
         """The raw PTE at addr (0 if no PTE table covers it)."""
         if addr % PAGE_SIZE:
-            check(False, f"unaligned address {addr:#x}")
+            check(False, "unaligned address %#x", addr)
         table = mm.pte_tables.get(addr >> PMD_SHIFT)
         return 0 if table is None else int(table.entries[(addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)])
 
@@ -227,7 +227,7 @@ class Machine:
 
     def ptes_get(self, mm: MM, addr: int, nr_pages: int) -> np.ndarray:
         """A copy of nr_pages raw PTEs from addr (zeros where no table exists)."""
-        check(addr % PAGE_SIZE == 0, f"unaligned address {addr:#x}")
+        check(addr % PAGE_SIZE == 0, "unaligned address %#x", addr)
         check(nr_pages >= 1 and pte_index(addr) + nr_pages <= PTRS_PER_TABLE,
               "range crosses a PTE table")
         table = mm.pte_table(addr)
@@ -307,13 +307,13 @@ class Machine:
     # PMD primitives.
 
     def _pmd_slot(self, mm: MM, addr: int, alloc: bool) -> tuple[PmdTable | None, int]:
-        check(addr % PMD_SIZE == 0, f"PMD address {addr:#x} not 2 MiB aligned")
+        check(addr % PMD_SIZE == 0, "PMD address %#x not 2 MiB aligned", addr)
         return mm.pmd_table(addr, alloc), pmd_index(addr)
 
     def pmdp_get(self, mm: MM, addr: int) -> int:
         """The raw PMD entry (none, block or table descriptor) covering addr."""
         if addr % PMD_SIZE:
-            check(False, f"PMD address {addr:#x} not 2 MiB aligned")
+            check(False, "PMD address %#x not 2 MiB aligned", addr)
         table = mm.pmd_tables_by_addr.get(addr >> PUD_SHIFT)
         return 0 if table is None else int(table.entries[pmd_index(addr)])
 
@@ -367,8 +367,8 @@ class Machine:
     def _mark_accessed(self, mm: MM, addr: int, write: bool) -> int:
         """Set AF (and for a write clear RDONLY) as the MMU does; returns the pfn."""
         level, desc = self.lookup(mm, addr)
-        check(pte_present(desc), f"user access to an unmapped address {addr:#x}")
-        check(not write or pte_write(desc), f"user write to a read-only entry at {addr:#x}")
+        check(pte_present(desc), "user access to an unmapped address %#x", addr)
+        check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
         update_set = PTE_AF
         update_clear = PTE_RDONLY if write else 0
         if level == "pmd":

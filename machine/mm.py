@@ -205,7 +205,7 @@ class MM:
         """Drop the (empty) PTE table covering addr from the tree."""
         pmd_table = self.pmd_table(addr)
         index = pmd_index(addr)
-        check(pmd_table is not None and index in pmd_table.ptes, f"no PTE table at {addr:#x}")
+        check(pmd_table is not None and index in pmd_table.ptes, "no PTE table at %#x", addr)
         check(not pmd_table.ptes[index].entries.any(), "freeing a populated PTE table")
         del pmd_table.ptes[index]
         del self.pte_tables[addr >> PMD_SHIFT]

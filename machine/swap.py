@@ -53,5 +53,5 @@ class SwapSpace:
 
     def swap_free_slot(self, slot: int) -> None:
         """Clear an unreferenced slot's data (a freed slot's data is 0)."""
-        check(self.swap_count[slot] == 0, f"freeing swap slot {slot} that is referenced")
+        check(self.swap_count[slot] == 0, "freeing swap slot %s that is referenced", slot)
         self.swap_data[slot] = 0

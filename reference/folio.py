@@ -24,7 +24,7 @@ def folio_get(machine: Machine, folio: int) -> None:
 
 
 def folio_ref_add(machine: Machine, folio: int, nr_refs: int) -> None:
-    check(machine.frames.folio_refcount[folio] > 0, f"folio {folio} gets a reference while free")
+    check(machine.frames.folio_refcount[folio] > 0, "folio %s gets a reference while free", folio)
     machine.frames.folio_refcount[folio] += nr_refs
 
 
@@ -35,7 +35,7 @@ def folio_put(machine: Machine, folio: int) -> None:
 def folio_put_refs(machine: Machine, folio: int, nr_refs: int) -> None:
     """Drop nr_refs references; the last one frees the folio."""
     frames = machine.frames
-    check(frames.folio_refcount[folio] >= nr_refs, f"folio {folio} refcount underflow")
+    check(frames.folio_refcount[folio] >= nr_refs, "folio %s refcount underflow", folio)
     frames.folio_refcount[folio] -= nr_refs
     if frames.folio_refcount[folio] == 0:
         frames.folio_free(folio)

@@ -54,7 +54,7 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
             return OK
         if result != OK:
             return result
-    check(False, f"pin fault at {addr:#x} did not converge")
+    check(False, "pin fault at %#x did not converge", addr)
     return EFAULT
 
 
@@ -75,7 +75,7 @@ def gup_put_folio_pin(machine: Machine, page: int) -> None:
     frames = machine.frames
     folio = page_folio(machine, page)
     if folio_test_large(machine, folio):
-        check(frames.folio_pincount[folio] >= 1, f"folio {folio} pincount underflow")
+        check(frames.folio_pincount[folio] >= 1, "folio %s pincount underflow", folio)
         frames.folio_pincount[folio] -= 1
         folio_put_refs(machine, folio, 1)
     else:

@@ -33,7 +33,7 @@ class Kernel:
         self.machine = machine
 
     def _mm(self, pid: int) -> MM:
-        check(pid in self.machine.processes, f"P{pid} does not exist")
+        check(pid in self.machine.processes, "P%s does not exist", pid)
         return self.machine.processes[pid]
 
     def _transaction(self, operation: Callable[[], str]) -> str:

@@ -63,7 +63,7 @@ def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int)
     Context: vma is writable; nothing is mapped at addr.
     """
     check(vma.writable, "anonymous write fault in a read-only VMA")
-    check(pte_none(machine.lookup(mm, addr)[1]), f"anonymous fault on a mapped address {addr:#x}")
+    check(pte_none(machine.lookup(mm, addr)[1]), "anonymous fault on a mapped address %#x", addr)
     for candidate in fault_orders(order):
         if not fault_order_suitable(machine, mm, vma, addr, candidate):
             continue
@@ -222,7 +222,7 @@ def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
 
 def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
     """Unmap one present PTE and drop its folio reference. Context: a present PTE maps addr."""
-    check(pte_present(machine.ptep_get(mm, addr)), f"zap_present_pte of a non-present PTE at {addr:#x}")
+    check(pte_present(machine.ptep_get(mm, addr)), "zap_present_pte of a non-present PTE at %#x", addr)
     pte = machine.ptep_get_and_clear(mm, addr)
     page = int(pte_pfn(pte))
     folio = page_folio(machine, page)
@@ -233,7 +233,7 @@ def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
 
 def zap_swap_pte(machine: Machine, mm: MM, addr: int) -> None:
     """Drop one swap PTE's slot reference. Context: a swap PTE maps addr."""
-    check(is_swap_pte(machine.ptep_get(mm, addr)), f"zap_swap_pte of a non-swap PTE at {addr:#x}")
+    check(is_swap_pte(machine.ptep_get(mm, addr)), "zap_swap_pte of a non-swap PTE at %#x", addr)
     pte = machine.ptep_get_and_clear(mm, addr)
     mm.rss_swap -= 1
     swap_free(machine, int(pte_swp_offset(pte)))
@@ -282,8 +282,8 @@ def copy_nonpresent_pte(machine: Machine, dst_mm: MM, src_mm: MM, addr: int) -> 
     Context: a swap PTE maps addr in the parent; the child has nothing there.
     """
     pte = machine.ptep_get(src_mm, addr)
-    check(is_swap_pte(pte), f"copy_nonpresent_pte of a non-swap PTE at {addr:#x}")
-    check(pte_none(machine.ptep_get(dst_mm, addr)), f"child already maps {addr:#x}")
+    check(is_swap_pte(pte), "copy_nonpresent_pte of a non-swap PTE at %#x", addr)
+    check(pte_none(machine.ptep_get(dst_mm, addr)), "child already maps %#x", addr)
     swap_duplicate(machine, int(pte_swp_offset(pte)))
     if pte_swp_exclusive(pte):
         pte = pte_swp_clear_exclusive(pte)
@@ -311,8 +311,8 @@ def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, add
     Context: a present PTE maps addr in the parent; the child has nothing there.
     """
     pte = machine.ptep_get(src_mm, addr)
-    check(pte_present(pte), f"copy_present_pte of a non-present PTE at {addr:#x}")
-    check(pte_none(machine.ptep_get(dst_mm, addr)), f"child already maps {addr:#x}")
+    check(pte_present(pte), "copy_present_pte of a non-present PTE at %#x", addr)
+    check(pte_none(machine.ptep_get(dst_mm, addr)), "child already maps %#x", addr)
     page = int(pte_pfn(pte))
     folio = page_folio(machine, page)
     folio_get(machine, folio)

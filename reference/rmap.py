@@ -18,7 +18,7 @@ from .folio import (
 
 def __folio_rmap_sanity_checks(machine: Machine, folio: int, page: int, nr_pages: int) -> None:
     check(nr_pages >= 1, "nr_pages must be positive")
-    check(page_folio(machine, page) == folio, f"page {page} is not in folio {folio}")
+    check(page_folio(machine, page) == folio, "page %s is not in folio %s", page, folio)
     check(page_folio(machine, page + nr_pages - 1) == folio, "range leaves the folio")
 
 
@@ -63,7 +63,7 @@ def folio_sub_return_large_mapcount(machine: Machine, folio: int, diff: int, mm:
     frames = machine.frames
     check(diff >= 1 and diff <= folio_nr_pages(machine, folio), "bad large mapcount diff")
     new_mapcount = int(frames.folio_large_mapcount[folio]) - diff
-    check(new_mapcount >= 0, f"folio {folio} large mapcount underflow")
+    check(new_mapcount >= 0, "folio %s large mapcount underflow", folio)
     frames.folio_large_mapcount[folio] = new_mapcount
     mm_ids = frames.folio_mm_id[folio]
     mapcounts = frames.folio_mm_id_mapcount[folio]
@@ -141,7 +141,7 @@ def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> No
     """Account one PTE mapping of page less. Context: page is mapped (mapcount >= 1)."""
     __folio_rmap_sanity_checks(machine, folio, page, 1)
     frames = machine.frames
-    check(frames.page_mapcount[page] >= 1, f"page {page} mapcount underflow")
+    check(frames.page_mapcount[page] >= 1, "page %s mapcount underflow", page)
     frames.page_mapcount[page] -= 1
     if folio_test_large(machine, folio):
         folio_sub_return_large_mapcount(machine, folio, 1, mm)
@@ -151,7 +151,7 @@ def folio_remove_rmap_pmd(machine: Machine, folio: int, mm: MM) -> None:
     """Account one PMD mapping less. Context: the folio is PMD-mapped (entire mapcount >= 1)."""
     frames = machine.frames
     check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD unmapping of a non-PMD folio")
-    check(frames.folio_entire_mapcount[folio] >= 1, f"folio {folio} entire mapcount underflow")
+    check(frames.folio_entire_mapcount[folio] >= 1, "folio %s entire mapcount underflow", folio)
     frames.folio_entire_mapcount[folio] -= 1
     folio_sub_return_large_mapcount(machine, folio, 1, mm)
 
@@ -167,7 +167,7 @@ def folio_try_dup_anon_rmap_pte(machine: Machine, folio: int, page: int, dst_mm:
     """
     __folio_rmap_sanity_checks(machine, folio, page, 1)
     check(machine.frames.folio_anon[folio], "dup of a non-anon folio")
-    check(machine.frames.page_mapcount[page] >= 1, f"dup of unmapped page {page}")
+    check(machine.frames.page_mapcount[page] >= 1, "dup of unmapped page %s", page)
     if PageAnonExclusive(machine, page) and folio_needs_cow_for_dma(machine, src_mm, folio):
         return EBUSY
     ClearPageAnonExclusive(machine, page)
@@ -184,7 +184,7 @@ def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm
     """
     frames = machine.frames
     check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD dup of a non-PMD folio")
-    check(frames.folio_entire_mapcount[folio] >= 1, f"PMD dup of folio {folio} not PMD-mapped")
+    check(frames.folio_entire_mapcount[folio] >= 1, "PMD dup of folio %s not PMD-mapped", folio)
     if PageAnonExclusive(machine, folio):
         if folio_needs_cow_for_dma(machine, src_mm, folio):
             return EBUSY
@@ -202,8 +202,8 @@ def folio_try_share_anon_rmap_pte(machine: Machine, folio: int, page: int) -> st
     Context: the caller cleared the PTE but has not removed its rmap yet (mapcount >= 1).
     """
     __folio_rmap_sanity_checks(machine, folio, page, 1)
-    check(machine.frames.page_mapcount[page] >= 1, f"sharing page {page} whose rmap is gone")
-    check(PageAnonExclusive(machine, page), f"sharing non-exclusive page {page}")
+    check(machine.frames.page_mapcount[page] >= 1, "sharing page %s whose rmap is gone", page)
+    check(PageAnonExclusive(machine, page), "sharing non-exclusive page %s", page)
     if folio_maybe_dma_pinned(machine, folio):
         return EBUSY
     ClearPageAnonExclusive(machine, page)

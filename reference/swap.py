@@ -7,13 +7,13 @@ from machine import Machine, check
 
 def swap_duplicate(machine: Machine, slot: int) -> None:
     """One more swap PTE references slot."""
-    check(machine.swap.swap_count[slot] >= 1, f"duplicating free swap slot {slot}")
+    check(machine.swap.swap_count[slot] >= 1, "duplicating free swap slot %s", slot)
     machine.swap.swap_count[slot] += 1
 
 
 def swap_free(machine: Machine, slot: int) -> None:
     """One swap PTE less references slot; the last one frees it (data 0)."""
-    check(machine.swap.swap_count[slot] >= 1, f"swap slot {slot} count underflow")
+    check(machine.swap.swap_count[slot] >= 1, "swap slot %s count underflow", slot)
     machine.swap.swap_count[slot] -= 1
     if machine.swap.swap_count[slot] == 0:
         machine.swap.swap_free_slot(slot)

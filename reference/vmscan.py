@@ -110,7 +110,7 @@ def shrink_folio_list(machine: Machine, folio: int) -> str:
     if folio_test_large(machine, folio) and folio_partially_mapped(machine, folio):
         nr_pages = folio_nr_pages(machine, folio)
         result = split_huge_page_to_list_to_order(machine, folio, 0)
-        check(result == OK, f"reclaim could not split folio {folio}: {result}")
+        check(result == OK, "reclaim could not split folio %s: %s", folio, result)
         for page in range(folio, folio + nr_pages):
             if frames.is_free(page):
                 continue
@@ -124,5 +124,5 @@ def shrink_folio_list(machine: Machine, folio: int) -> str:
 def reclaim_mapped_folio(machine: Machine, folio: int) -> str:
     result = try_to_unmap(machine, folio)
     if result == OK:
-        check(machine.frames.is_free(folio), f"reclaimed folio {folio} still referenced")
+        check(machine.frames.is_free(folio), "reclaimed folio %s still referenced", folio)
     return result

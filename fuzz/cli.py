@@ -119,11 +119,63 @@ def _command_replay(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# minimize
+
+
+def _add_minimize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="an op script (.ops) that shows a finding")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="write the minimised script here (atomically); default: print it")
+    parser.add_argument("--impl", default=DEFAULT_IMPL, metavar="NAME",
+                        help=f"implementation under test (default {DEFAULT_IMPL})")
+    parser.add_argument("--max-runs", type=int, default=None, metavar="N",
+                        help="give up shrinking after N candidate runs")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write text to path so that a reader sees the old file or the whole new one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+def _command_minimize(args: argparse.Namespace) -> int:
+    from .minimize import MAX_RUNS, header_comment, minimize_script
+    from .ops import format_script
+    from .runner import REFERENCE_IMPL, load_implementation
+
+    script = _load_input(args.file)
+    if args.max_runs is not None and args.max_runs < 1:
+        raise UsageError(f"--max-runs must be positive, not {args.max_runs}")
+    load_implementation(REFERENCE_IMPL)
+    module = load_implementation(args.impl)
+    minimized = minimize_script(script, module, REFERENCE_IMPL, args.max_runs or MAX_RUNS)
+    if minimized is None:
+        print(f"{args.file}: no finding to minimise")
+        return EXIT_OK
+    small, signature = minimized
+    out = args.output or "-"
+    command = f"rmapfuzz replay --impl {args.impl} {out if args.output else 'FILE'}"
+    text = header_comment(signature, len(script.steps), command) + format_script(small)
+    if args.output:
+        write_atomically(args.output, text)
+        print(f"{args.output}: {signature}, {len(small.steps)} steps (from {len(script.steps)})")
+    else:
+        print(text, end="")
+    return EXIT_FINDING
+
+
+# ---------------------------------------------------------------------------
 # bench
 
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from .bench import DEFAULT_IMPL as BENCH_IMPL, DEFAULT_SIZES
+    from .bench import DEFAULT_IMPL as BENCH_IMPL
+    from .bench import DEFAULT_SIZES
 
     parser.add_argument("--sizes", default=DEFAULT_SIZES, metavar="SIZES",
                         help="comma-separated mapping sizes, multiples of 2M with K, M or G "
@@ -157,10 +209,12 @@ def _command_bench(args: argparse.Namespace) -> int:
 _Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 _COMMANDS: tuple[_Command, ...] = (
     ("replay", _add_replay_arguments, _command_replay),
+    ("minimize", _add_minimize_arguments, _command_minimize),
     ("bench", _add_bench_arguments, _command_bench),
 )
 _HELP = {
     "replay": "run op scripts on two implementations; compare, check oracles and expects",
+    "minimize": "shrink an op script to the smallest one with the same finding signature",
     "bench": "time the reference against an implementation on big deterministic workloads",
 }
 

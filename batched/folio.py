@@ -9,14 +9,6 @@ from machine import MM, Machine, check
 GUP_PIN_COUNTING_BIAS = 1024
 
 
-def folio_test_large(machine: Machine, folios):
-    return machine.frames.folio_order[folios] > 0
-
-
-def folio_nr_pages(machine: Machine, folio: int) -> int:
-    return machine.frames.folio_nr_pages(folio)
-
-
 def page_folio(machine: Machine, pages):
     """The head pfn of each page's folio (pages must be allocated)."""
     if isinstance(pages, int):

@@ -7,13 +7,12 @@ finding with a signature, while the clean copy passes.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from fuzz.canaries import load_package_copy, unload
 from fuzz.cli import main
 from machine.errors import OK
 
@@ -21,24 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PINNED_FORK = str(ROOT / "tests/scenarios/33-fork-pinned-base.ops")
 
 
-def load_reference_copy(alias: str) -> ModuleType:
-    """A second, independent import of the reference package under another name."""
-    package_dir = ROOT / "reference"
-    spec = importlib.util.spec_from_file_location(
-        alias, package_dir / "__init__.py", submodule_search_locations=[str(package_dir)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[alias] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def reference_copy():
     alias = "planted_reference"
-    module = load_reference_copy(alias)
+    module = load_package_copy("reference", alias)
     yield module
-    for name in [name for name in sys.modules if name == alias or name.startswith(alias + ".")]:
-        del sys.modules[name]
+    unload(alias)
 
 
 def test_clean_copy_of_the_reference_passes(reference_copy, capsys) -> None:

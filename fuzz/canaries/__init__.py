@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-BATCHED_DIR = Path(__file__).resolve().parent.parent.parent / "batched"
+PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 
 CANARIES = (
     "pmd_dup_checks_subpages",
@@ -36,16 +36,27 @@ CANARIES = (
 )
 
 
-def load_batched_copy(alias: str) -> ModuleType:
-    """A fresh, independent import of the batched package under another name."""
+def load_package_copy(package: str, alias: str) -> ModuleType:
+    """A fresh, independent import of one of the project's packages under another name."""
+    unload(alias)
+    package_dir = PROJECT_DIR / package
+    spec = importlib.util.spec_from_file_location(
+        alias, package_dir / "__init__.py", submodule_search_locations=[str(package_dir)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def unload(alias: str) -> None:
+    """Forget a copy loaded under alias, with all its submodules."""
     for name in [name for name in sys.modules if name == alias or name.startswith(alias + ".")]:
         del sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        alias, BATCHED_DIR / "__init__.py", submodule_search_locations=[str(BATCHED_DIR)])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[alias] = package
-    spec.loader.exec_module(package)
-    return package
+
+
+def load_batched_copy(alias: str) -> ModuleType:
+    """A fresh, independent import of the batched package under another name."""
+    return load_package_copy("batched", alias)
 
 
 def submodule(package: ModuleType, name: str) -> ModuleType:

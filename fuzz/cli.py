@@ -83,12 +83,22 @@ def _add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_input(path: str) -> Script:
-    """An op script; raw fuzzer inputs are not supported yet (UsageError)."""
+    """An op script (.ops), or a raw fuzzer input decoded to one."""
     if path.endswith(SCRIPT_SUFFIX):
         return parse_file(path)
-    if not os.path.isfile(path):
-        raise ScriptError(path, 0, "cannot read: no such file")
-    raise UsageError(f"{path}: raw inputs need the fuzzer decoder (not available yet)")
+    from .decode import check_version, decode
+
+    data = _read_bytes(path)
+    check_version(data, path)
+    return decode(data, path)
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as error:
+        raise ScriptError(path, 0, f"cannot read: {error.strerror or error}") from error
 
 
 def _command_replay(args: argparse.Namespace) -> int:
@@ -134,13 +144,20 @@ def _add_minimize_arguments(parser: argparse.ArgumentParser) -> None:
 
 def write_atomically(path: str, text: str) -> None:
     """Write text to path so that a reader sees the old file or the whole new one."""
+    write_atomically_bytes(path, text.encode("utf-8"))
+
+
+def write_atomically_bytes(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise UsageError(f"{path}: cannot write: {error.strerror or error}") from error
 
 
 def _command_minimize(args: argparse.Namespace) -> int:
@@ -167,6 +184,36 @@ def _command_minimize(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     return EXIT_FINDING
+
+
+# ---------------------------------------------------------------------------
+# decode, encode
+
+
+def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="a raw fuzzer input")
+
+
+def _command_decode(args: argparse.Namespace) -> int:
+    from .ops import format_script
+
+    print(format_script(_load_input(args.file)), end="")
+    return EXIT_OK
+
+
+def _add_encode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="an op script (.ops)")
+    parser.add_argument("-o", "--output", metavar="OUT", required=True,
+                        help="where to write the raw input (atomically)")
+
+
+def _command_encode(args: argparse.Namespace) -> int:
+    from .decode import encode
+
+    if not args.file.endswith(SCRIPT_SUFFIX):
+        raise UsageError(f"{args.file}: encode takes an op script (.ops)")
+    write_atomically_bytes(args.output, encode(parse_file(args.file)))
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------
@@ -210,11 +257,15 @@ _Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpa
 _COMMANDS: tuple[_Command, ...] = (
     ("replay", _add_replay_arguments, _command_replay),
     ("minimize", _add_minimize_arguments, _command_minimize),
+    ("decode", _add_decode_arguments, _command_decode),
+    ("encode", _add_encode_arguments, _command_encode),
     ("bench", _add_bench_arguments, _command_bench),
 )
 _HELP = {
     "replay": "run op scripts on two implementations; compare, check oracles and expects",
     "minimize": "shrink an op script to the smallest one with the same finding signature",
+    "decode": "print the op script a raw fuzzer input stands for",
+    "encode": "write the raw fuzzer input that decodes to an op script",
     "bench": "time the reference against an implementation on big deterministic workloads",
 }
 

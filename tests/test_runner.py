@@ -489,10 +489,10 @@ def test_cli_missing_and_raw_files_are_exit_2(tmp_path, capsys):
     assert cli.main(["replay", str(tmp_path / "missing.ops")]) == 2
     assert "cannot read" in one_error_line(capsys)
     raw = tmp_path / "crash-1234"
-    raw.write_bytes(b"\x00\x01")
+    raw.write_bytes(b"\x00\x07")  # the last byte is the encoding version
     assert cli.main(["replay", str(raw)]) == 2
-    assert one_error_line(capsys) == (f"rmapfuzz: {raw}: raw inputs need the fuzzer decoder "
-                                      "(not available yet)")
+    assert one_error_line(capsys) == (f"rmapfuzz: {raw}: raw input of encoding version 7, "
+                                      "this rmapfuzz reads version 1")
 
 
 def test_cli_replay_passes_and_prints_json(tmp_path, capsys, fake_implementations):

@@ -187,6 +187,126 @@ def _command_minimize(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# fuzz
+
+
+def _add_fuzz_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus", nargs="*", metavar="CORPUS",
+                        help="seed directories or files: op scripts (.ops) or raw inputs "
+                             "(default corpus/seeds)")
+    parser.add_argument("--time", type=int, default=None, metavar="S", help="stop after S seconds")
+    parser.add_argument("--runs", type=int, default=None, metavar="N", help="stop after N executions")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="N parallel campaigns (libFuzzer's -jobs and -workers)")
+    parser.add_argument("--impl", default=DEFAULT_IMPL, metavar="NAME",
+                        help=f"implementation under test (default {DEFAULT_IMPL})")
+    parser.add_argument("--seed", type=int, default=None, metavar="N", help="libFuzzer's -seed")
+    parser.add_argument("--crashes", default="corpus/crashes", metavar="DIR",
+                        help="where findings are saved (default corpus/crashes)")
+    parser.add_argument("--json", action="store_true", help="print the closing summary as JSON")
+    parser.add_argument("libfuzzer", nargs=argparse.REMAINDER, metavar="-- FLAGS",
+                        help="libFuzzer flags after --")
+
+
+def _command_fuzz(args: argparse.Namespace) -> int:
+    from .fuzzing import run_campaign
+
+    for name, value in (("--time", args.time), ("--runs", args.runs), ("--jobs", args.jobs)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be positive, not {value}")
+    extra = args.libfuzzer[1:] if args.libfuzzer[:1] == ["--"] else args.libfuzzer
+    bad = [flag for flag in extra if not flag.startswith("-")]
+    if bad:
+        raise UsageError(f"libFuzzer flags start with '-': {bad[0]!r}")
+    summary = run_campaign(args.corpus or ["corpus/seeds"], impl=args.impl, seconds=args.time,
+                           runs=args.runs, jobs=args.jobs, seed=args.seed, crash_dir=args.crashes,
+                           extra_flags=extra, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['executions']} executions in {summary['seconds']:.1f} s "
+              f"({summary['exec_per_s']:.0f} exec/s), {len(summary['findings'])} new findings")
+        for finding in summary["findings"]:
+            print(f"  {finding['signature']}: {finding['ops']} ops, {finding['path']}")
+    return EXIT_FINDING if summary["findings"] else EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# selftest
+
+
+def _add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budget", type=int, default=60, metavar="S",
+                        help="seconds of fuzzing per planted bug (default 60)")
+    parser.add_argument("--canary", action="append", metavar="NAME", help="only this canary (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON")
+
+
+def _command_selftest(args: argparse.Namespace) -> int:
+    from .canaries import CANARIES
+    from .fuzzing import format_selftest, selftest
+
+    if args.budget < 1:
+        raise UsageError(f"--budget must be positive, not {args.budget}")
+    unknown = [name for name in args.canary or [] if name not in CANARIES]
+    if unknown:
+        raise UsageError(f"unknown canary {unknown[0]!r} (known: {', '.join(CANARIES)})")
+    rows = selftest(args.budget, args.canary)
+    print(json.dumps({"canaries": rows}, indent=2) if args.json else format_selftest(rows))
+    return EXIT_OK if all(row["found"] and row["ops"] <= 8 for row in rows) else EXIT_FINDING
+
+
+# ---------------------------------------------------------------------------
+# gate
+
+
+def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fuzz-time", type=int, default=60, metavar="S",
+                        help="seconds of the seeded campaign against the implementation (default 60)")
+    parser.add_argument("--selftest-budget", type=int, default=20, metavar="S",
+                        help="seconds per planted bug in the self-test (default 20)")
+    parser.add_argument("--impl", default=DEFAULT_IMPL, metavar="NAME",
+                        help=f"implementation under test (default {DEFAULT_IMPL})")
+
+
+def _command_gate(args: argparse.Namespace) -> int:
+    import glob
+    import tempfile
+
+    from .fuzzing import format_selftest, run_campaign, selftest
+    from .runner import REFERENCE_IMPL, load_implementation, run_script
+
+    for name, value in (("--fuzz-time", args.fuzz_time), ("--selftest-budget", args.selftest_budget)):
+        if value < 1:
+            raise UsageError(f"{name} must be positive, not {value}")
+    load_implementation(args.impl)
+    corpus = sorted(glob.glob("corpus/seeds/*.ops") + glob.glob("corpus/crashes/*/reproducer.ops")
+                    + glob.glob("corpus/crashes/*/input.bin"))
+    scripts = [_load_input(path) for path in corpus]
+    failures = []
+    for script in scripts:
+        result = run_script(script, impl=args.impl, ref=REFERENCE_IMPL)
+        if result.findings:
+            failures.append(f"{script.path}: {result.findings[0].signature}")
+    print(f"corpus: {len(scripts)} files replayed, {len(failures)} failing")
+    for failure in failures:
+        print(f"  {failure}")
+    with tempfile.TemporaryDirectory(prefix="rmapfuzz-gate-") as crashes:
+        summary = run_campaign(["corpus/seeds"], impl=args.impl, seconds=args.fuzz_time, runs=None, jobs=1,
+                               seed=1, crash_dir=crashes, extra_flags=[], progress=False)
+    print(f"fuzz: {summary['executions']} executions in {summary['seconds']:.0f} s, "
+          f"{len(summary['findings'])} findings")
+    for finding in summary["findings"]:
+        print(f"  {finding['signature']} ({finding['ops']} ops)")
+    rows = selftest(args.selftest_budget)
+    print(format_selftest(rows))
+    missed = [row["bug"] for row in rows if not row["found"] or row["ops"] > 8]
+    ok = not failures and not summary["findings"] and not missed
+    print("gate: " + ("passed" if ok else "FAILED"))
+    return EXIT_OK if ok else EXIT_FINDING
+
+
+# ---------------------------------------------------------------------------
 # decode, encode
 
 
@@ -256,13 +376,19 @@ def _command_bench(args: argparse.Namespace) -> int:
 _Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 _COMMANDS: tuple[_Command, ...] = (
     ("replay", _add_replay_arguments, _command_replay),
+    ("fuzz", _add_fuzz_arguments, _command_fuzz),
     ("minimize", _add_minimize_arguments, _command_minimize),
+    ("selftest", _add_selftest_arguments, _command_selftest),
+    ("gate", _add_gate_arguments, _command_gate),
     ("decode", _add_decode_arguments, _command_decode),
     ("encode", _add_encode_arguments, _command_encode),
     ("bench", _add_bench_arguments, _command_bench),
 )
 _HELP = {
     "replay": "run op scripts on two implementations; compare, check oracles and expects",
+    "fuzz": "an atheris campaign: new findings are minimised and saved under corpus/crashes",
+    "selftest": "fuzz each planted bug class and show it is found and minimised",
+    "gate": "the CI gate: replay the corpus, a seeded fuzz run, the self-test",
     "minimize": "shrink an op script to the smallest one with the same finding signature",
     "decode": "print the op script a raw fuzzer input stands for",
     "encode": "write the raw fuzzer input that decodes to an op script",

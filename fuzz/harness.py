@@ -1,0 +1,159 @@
+"""The atheris harness: each input decoded, run on the reference and the implementation
+under test, and a new finding minimised and saved under corpus/crashes/<signature>/.
+
+`rmapfuzz fuzz` starts this module in a child process (`python -m fuzz.harness`)
+with libFuzzer's flags, so libFuzzer owns that process; the campaign's counts
+go to a summary file the command reads back. Only the project's own packages
+are instrumented. An exception inside an implementation is a finding of kind
+`exception` (the runner catches it), never a harness crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger()
+
+IMPL_ENV = "RMAPFUZZ_IMPL"
+CRASH_DIR_ENV = "RMAPFUZZ_CRASH_DIR"
+SUMMARY_DIR_ENV = "RMAPFUZZ_SUMMARY_DIR"
+STOP_ENV = "RMAPFUZZ_STOP_ON_FINDING"  # the self-test stops each campaign at its first finding
+SUMMARY_EVERY_S = 0.5
+INSTRUMENTED = ("machine", "reference", "batched", "fuzz")
+
+
+def signature_dir_name(signature: str) -> str:
+    """A directory name for a signature: kind-op-field."""
+    return "".join(char if char.isalnum() or char in "_." else "-" for char in signature)
+
+
+REPRODUCER_TEST = '''"""Replays the reproducer of {signature}: it fails until the bug is fixed, then stays green."""
+
+from pathlib import Path
+
+from fuzz.ops import parse_file
+from fuzz.runner import run_script
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_reproducer_stays_fixed():
+    result = run_script(parse_file(str(HERE / "reproducer.ops")), {impl!r}, "reference")
+    assert result.findings == [], result.findings[0].report()
+'''
+
+
+def save_finding(crash_dir: Path, signature: str, impl: str, raw: bytes, reproducer: str) -> Path | None:
+    """Write the raw input, the minimised script and its pytest file as one directory,
+    atomically (a rename); None if this signature was saved before."""
+    target = crash_dir / signature_dir_name(signature)
+    if target.exists():
+        return None
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=crash_dir))
+    try:
+        (staging / "input.bin").write_bytes(raw)
+        (staging / "reproducer.ops").write_text(reproducer, encoding="utf-8")
+        (staging / "test_reproducer.py").write_text(
+            REPRODUCER_TEST.format(signature=signature, impl=impl), encoding="utf-8")
+        os.rename(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if target.exists():
+            return None  # another worker saved it first
+        raise
+    return target
+
+
+class Campaign:
+    """The state of one fuzzing process: counts, the findings it saved, its summary file."""
+
+    def __init__(self, impl: str, crash_dir: Path, summary_dir: Path | None) -> None:
+        from .runner import load_implementation
+
+        self.impl_name = impl
+        self.impl = load_implementation(impl)
+        self.crash_dir = crash_dir
+        self.summary_path = summary_dir / f"summary-{os.getpid()}.json" if summary_dir else None
+        self.executions = 0
+        self.findings: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+        self.last_summary = 0.0
+
+    def test_one_input(self, data: bytes) -> None:
+        from .decode import decode
+        from .ops import ScriptError
+        from .runner import REFERENCE_IMPL, run_script
+
+        self.executions += 1
+        script = decode(data, "<input>")
+        try:
+            result = run_script(script, self.impl, REFERENCE_IMPL, check_every_op=False)
+        except ScriptError:
+            result = None  # a fork failed and a later op names its child (model.md #8)
+        if result is not None and result.findings:
+            self.record(script, result.findings[0].signature)
+        if time.monotonic() - self.last_summary > SUMMARY_EVERY_S:
+            self.write_summary()
+
+    def record(self, script, signature: str) -> None:
+        from .decode import EncodeError, encode
+        from .minimize import Minimizer, header_comment
+        from .ops import format_script
+
+        if (self.crash_dir / signature_dir_name(signature)).exists():
+            return
+        small = Minimizer(self.impl).minimize(script, signature)
+        try:
+            raw = encode(small)
+        except EncodeError:
+            raw = encode(script)
+        path = self.crash_dir / signature_dir_name(signature) / "reproducer.ops"
+        text = header_comment(signature, len(script.steps),
+                              f"rmapfuzz replay --impl {self.impl_name} {path}") + format_script(small)
+        saved = save_finding(self.crash_dir, signature, self.impl_name, raw, text)
+        if saved is not None:
+            self.findings.append({"signature": signature, "ops": len(small.steps), "path": str(saved),
+                                  "seconds": round(time.monotonic() - self.started, 2),
+                                  "executions": self.executions})
+            log.warning("finding", signature=signature, ops=len(small.steps), path=str(saved))
+        self.write_summary()
+        if saved is not None and os.environ.get(STOP_ENV) == "1":
+            os._exit(0)  # libFuzzer owns the process: leave at once, the summary is written
+
+    def write_summary(self) -> None:
+        self.last_summary = time.monotonic()
+        if self.summary_path is None:
+            return
+        elapsed = self.last_summary - self.started
+        summary = {"executions": self.executions, "seconds": round(elapsed, 3), "findings": self.findings}
+        temporary = self.summary_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(summary), encoding="utf-8")
+        os.replace(temporary, self.summary_path)
+
+
+def main(argv: list[str]) -> None:
+    """python -m fuzz.harness [libFuzzer flags and corpus directories]."""
+    import atheris
+
+    with atheris.instrument_imports(include=list(INSTRUMENTED)):
+        campaign = Campaign(os.environ.get(IMPL_ENV, "batched"),
+                            Path(os.environ.get(CRASH_DIR_ENV, "corpus/crashes")),
+                            Path(os.environ[SUMMARY_DIR_ENV]) if SUMMARY_DIR_ENV in os.environ else None)
+        from . import decode, minimize, runner  # noqa: F401  (instrumented with what they import)
+    campaign.write_summary()
+    atheris.Setup([sys.argv[0], *argv], campaign.test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,72 @@
+"""The atheris harness and the campaign commands: findings saved atomically and once,
+campaigns summarised, bad flags refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fuzz.cli import main
+from fuzz.decode import encode
+from fuzz.fuzzing import libfuzzer_flags, merge_summaries, prepare_seeds
+from fuzz.harness import Campaign, save_finding, signature_dir_name
+from fuzz.ops import parse_file
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = str(ROOT / "tests/scenarios/64-ttu-mixed-exclusive-batch.ops")
+
+
+def test_a_finding_is_saved_as_three_files_once(tmp_path):
+    saved = save_finding(tmp_path, "divergence:fork:pte", "batched", b"\x01\x02", "fork P0\n")
+    assert saved == tmp_path / "divergence-fork-pte"
+    assert sorted(path.name for path in saved.iterdir()) == ["input.bin", "reproducer.ops", "test_reproducer.py"]
+    assert save_finding(tmp_path, "divergence:fork:pte", "batched", b"\x03", "exit P0\n") is None
+    assert (saved / "input.bin").read_bytes() == b"\x01\x02"
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".staging")]
+
+
+def test_the_harness_minimises_and_saves_a_canary_finding(tmp_path):
+    campaign = Campaign("fuzz.canaries.unmap_batch_mixed_exclusive", tmp_path / "crashes", tmp_path)
+    campaign.test_one_input(encode(parse_file(SCENARIO)))
+    assert [finding["signature"] for finding in campaign.findings] == ["divergence:try_to_unmap:pte"]
+    directory = tmp_path / "crashes" / signature_dir_name("divergence:try_to_unmap:pte")
+    reproducer = parse_file(str(directory / "reproducer.ops"))
+    assert len(reproducer.steps) <= 8
+    assert main(["replay", "--impl", "fuzz.canaries.unmap_batch_mixed_exclusive", str(directory / "input.bin")]) == 1
+    summary = merge_summaries(tmp_path, 1.0)
+    assert summary["executions"] == 1 and len(summary["findings"]) == 1
+
+
+def test_the_real_batched_gives_no_finding_on_the_seeds(tmp_path):
+    campaign = Campaign("batched", tmp_path / "crashes", None)
+    for path in sorted((ROOT / "corpus/seeds").glob("*.ops")):
+        campaign.test_one_input(encode(parse_file(str(path))))
+    assert campaign.findings == [] and campaign.executions == 64
+
+
+def test_seeds_are_encoded_for_libfuzzer(tmp_path):
+    assert prepare_seeds([str(ROOT / "corpus/seeds")], tmp_path) == 64
+    assert libfuzzer_flags(30, None, 2, 7) == ["-max_total_time=30", "-seed=7", "-jobs=2", "-workers=2"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["fuzz", "--time", "0"],
+    ["fuzz", "--jobs", "-1"],
+    ["fuzz", "--", "max_len=10"],
+    ["fuzz", "no/such/corpus", "--time", "1"],
+    ["selftest", "--budget", "0"],
+    ["selftest", "--canary", "no_such_bug"],
+    ["gate", "--fuzz-time", "0"],
+])
+def test_bad_campaign_flags_are_exit_2_with_one_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rmapfuzz: ")
+
+
+def test_a_short_campaign_runs_and_summarises(tmp_path, capsys):
+    assert main(["fuzz", "--runs", "200", "--seed", "3", "--crashes", str(tmp_path), "--json",
+                 str(ROOT / "corpus/seeds/01-mmap-overlap.ops")]) == 0
+    out = capsys.readouterr().out
+    assert '"executions"' in out and '"findings": []' in out

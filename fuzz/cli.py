@@ -351,7 +351,21 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"implementation timed against the reference (default {BENCH_IMPL})")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the workload's random choices (default 0)")
+    parser.add_argument("--fuzz-seconds", type=int, default=20, metavar="S",
+                        help="also time the default fuzz campaign for S seconds on one core (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+
+def _fuzz_exec_per_s(impl: str, seconds: int) -> float:
+    """Executions per second of the default campaign (seeds, seed 1) on one core."""
+    import tempfile
+
+    from .fuzzing import run_campaign
+
+    with tempfile.TemporaryDirectory(prefix="rmapfuzz-bench-") as crashes:
+        summary = run_campaign(["corpus/seeds"], impl=impl, seconds=seconds, runs=None, jobs=1, seed=1,
+                               crash_dir=crashes, extra_flags=[], progress=False)
+    return round(summary["exec_per_s"], 1)
 
 
 def _command_bench(args: argparse.Namespace) -> int:
@@ -362,11 +376,16 @@ def _command_bench(args: argparse.Namespace) -> int:
     sizes = parse_sizes(args.sizes)
     load_implementation(REFERENCE_IMPL)
     load_implementation(args.impl)
+    if args.fuzz_seconds < 0:
+        raise UsageError(f"--fuzz-seconds must not be negative, not {args.fuzz_seconds}")
     results = run_bench(sizes, impl=args.impl, seed=args.seed)
+    exec_per_s = _fuzz_exec_per_s(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
     if args.json:
-        print(json.dumps(bench_json(results, args.impl), indent=2))
+        print(json.dumps(dict(bench_json(results, args.impl), fuzz_exec_per_s=exec_per_s), indent=2))
     else:
         print(format_table(results, args.impl))
+        if exec_per_s is not None:
+            print(f"fuzz loop: {exec_per_s:.0f} exec/s (default campaign, one core, {args.fuzz_seconds} s)")
     return EXIT_OK if all(result.ok for result in results) else EXIT_FINDING
 
 

@@ -125,13 +125,13 @@ def test_batched_matches_the_reference_on_the_bench_workload() -> None:
 
 
 def test_cli_bench_prints_a_table_and_exits_0(capsys) -> None:
-    assert cli.main(["bench", "--sizes", "4M", "--impl", "reference"]) == 0
+    assert cli.main(["bench", "--fuzz-seconds", "0", "--sizes", "4M", "--impl", "reference"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["size", "ops"] and lines[1].split()[0] == "4M"
 
 
 def test_cli_bench_json_is_one_object_with_the_keys(capsys) -> None:
-    assert cli.main(["bench", "--sizes", "4M", "--impl", "reference", "--json", "--seed", "1"]) == 0
+    assert cli.main(["bench", "--fuzz-seconds", "0", "--sizes", "4M", "--impl", "reference", "--json", "--seed", "1"]) == 0
     output = json.loads(capsys.readouterr().out)
     assert output["impl"] == "reference"
     [size] = output["sizes"]
@@ -164,7 +164,7 @@ def test_differing_result_is_reported_with_its_op(monkeypatch, capsys) -> None:
         return "EINVAL"
 
     name = planted(monkeypatch, "bench_planted_result", munmap=munmap_says_einval)
-    assert cli.main(["bench", "--sizes", "4M", "--impl", name]) == 1
+    assert cli.main(["bench", "--fuzz-seconds", "0", "--sizes", "4M", "--impl", name]) == 1
     out = capsys.readouterr().out
     assert "DIFFERS" in out
     assert f"(munmap P0 {BASE:#x} 1M): result differs: reference=ok {name}=EINVAL" in out
@@ -186,7 +186,7 @@ def test_kernel_exception_is_a_finding_not_an_internal_error(monkeypatch, capsys
         raise RuntimeError("planted")
 
     name = planted(monkeypatch, "bench_planted_raise", fork=fork_raises)
-    assert cli.main(["bench", "--sizes", "4M", "--impl", name, "--json"]) == 1
+    assert cli.main(["bench", "--fuzz-seconds", "0", "--sizes", "4M", "--impl", name, "--json"]) == 1
     [size] = json.loads(capsys.readouterr().out)["sizes"]
     assert "raised in op" in size["report"] and "fork P0" in size["report"]
 
@@ -209,3 +209,9 @@ def test_skipped_is_not_a_kernel_result() -> None:
 def test_bad_flag_or_size_is_exit_2_with_one_line(argv, message, capsys) -> None:
     assert cli.main(argv) == 2
     assert one_error_line(capsys).startswith(message)
+
+
+def test_cli_bench_reports_the_fuzz_loop_rate(capsys) -> None:
+    assert cli.main(["bench", "--sizes", "2M", "--fuzz-seconds", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fuzz_exec_per_s"] > 0

@@ -141,6 +141,72 @@ class Campaign:
         os.replace(temporary, self.summary_path)
 
 
+def mutate_ops(ops: list, rng) -> list:
+    """One structural mutation of an op list: insert a copy of an op elsewhere, delete,
+    duplicate in place, swap two, or change one argument."""
+    from dataclasses import replace
+
+    ops = list(ops)
+    if not ops:
+        return ops
+    index = rng.randrange(len(ops))
+    kind = rng.choice(("insert", "delete", "duplicate", "swap", "argument"))
+    if kind == "insert":
+        ops.insert(rng.randrange(len(ops) + 1), ops[index])
+    elif kind == "delete":
+        del ops[index]
+    elif kind == "duplicate":
+        ops.insert(index, ops[index])
+    elif kind == "swap":
+        other = rng.randrange(len(ops))
+        ops[index], ops[other] = ops[other], ops[index]
+    else:
+        op = ops[index]
+        changes = {}
+        if op.addr is not None and rng.random() < 0.5:
+            changes["addr"] = max(0, op.addr + rng.choice((-16, -1, 1, 16, 512)) * 4096)
+        elif op.order is not None:
+            changes["order"] = rng.choice((0, 2, 3, 4, 8, 9))
+        elif op.length is not None:
+            changes["length"] = rng.choice((4096, 65536, 2 << 20, (2 << 20) + 65536))
+        elif op.value is not None:
+            changes["value"] = rng.randrange(1 << 64)
+        elif op.nr_pages is not None:
+            changes["nr_pages"] = rng.choice((1, 2, 16, 17, 512))
+        ops[index] = replace(op, **changes)
+    return ops
+
+
+def mutate_input(data: bytes, max_size: int, rng) -> bytes | None:
+    """A structural mutation of a raw input's ops, re-encoded; None if the mutated ops
+    cannot be drawn (e.g. an op now names a process that does not exist yet)."""
+    from .decode import EncodeError, decode, encode
+    from .ops import Op
+
+    script = decode(data)
+    mutated = mutate_ops([step for step in script.steps if isinstance(step, Op)], rng)
+    try:
+        encoded = encode(type(script)(path=script.path, frames=script.frames, steps=mutated))
+    except EncodeError:
+        return None
+    return encoded if len(encoded) <= max_size else None
+
+
+def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+    """libFuzzer's custom mutator: half the time a structural mutation (mutate_input),
+    otherwise, or when that cannot be encoded, atheris.Mutate."""
+    import random
+
+    import atheris
+
+    rng = random.Random(seed)
+    if rng.random() < 0.5:
+        mutated = mutate_input(data, max_size, rng)
+        if mutated is not None:
+            return mutated
+    return atheris.Mutate(data, max_size)
+
+
 def main(argv: list[str]) -> None:
     """python -m fuzz.harness [libFuzzer flags and corpus directories]."""
     import atheris
@@ -151,7 +217,7 @@ def main(argv: list[str]) -> None:
                             Path(os.environ[SUMMARY_DIR_ENV]) if SUMMARY_DIR_ENV in os.environ else None)
         from . import decode, minimize, runner  # noqa: F401  (instrumented with what they import)
     campaign.write_summary()
-    atheris.Setup([sys.argv[0], *argv], campaign.test_one_input)
+    atheris.Setup([sys.argv[0], *argv], campaign.test_one_input, custom_mutator=custom_mutator)
     atheris.Fuzz()
 
 

@@ -70,3 +70,17 @@ def test_a_short_campaign_runs_and_summarises(tmp_path, capsys):
                  str(ROOT / "corpus/seeds/01-mmap-overlap.ops")]) == 0
     out = capsys.readouterr().out
     assert '"executions"' in out and '"findings": []' in out
+
+
+def test_structural_mutations_stay_decodable_and_change_the_ops():
+    import random
+
+    from fuzz.decode import decode
+    from fuzz.harness import mutate_input
+
+    data = encode(parse_file(SCENARIO))
+    original = decode(data).steps
+    mutated = [mutate_input(data, 4096, random.Random(seed)) for seed in range(60)]
+    encodable = [raw for raw in mutated if raw is not None]
+    assert len(encodable) > 30
+    assert any(decode(raw).steps != original for raw in encodable)

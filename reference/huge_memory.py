@@ -221,12 +221,28 @@ def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: in
     frames.folio_refcount[folio] = 0
     heads = __split_folio_to_order(machine, folio, new_order)
     frames.page_data[folio:folio + len(saved_data)] = saved_data
+    by_head = mappings_by_new_folio(folio, heads, new_order, mappings)
     for head in heads:
-        remap_page(machine, folio, head, mappings)
+        remap_page(machine, folio, head, by_head[head])
     for head in heads:
         if int(frames.folio_refcount[head]) == 0:
             frames.folio_free(head)
     return OK
+
+
+def mappings_by_new_folio(old_folio: int, heads: list[int], new_order: int,
+                          mappings: list[FolioMapping]) -> dict[int, list[FolioMapping]]:
+    """For each new folio, the mappings (in walk order) that map one of its pages: every
+    PMD mapping, and the PTE mapping of each of its pages."""
+    by_head: dict[int, list[FolioMapping]] = {head: [] for head in heads}
+    for mapping in mappings:
+        if mapping.is_pmd:
+            for head in heads:
+                by_head[head].append(mapping)
+        else:
+            page = int(pte_pfn(mapping.entry))
+            by_head[old_folio + ((page - old_folio) >> new_order << new_order)].append(mapping)
+    return by_head
 
 
 def remap_page(machine: Machine, old_folio: int, folio: int, mappings: list[FolioMapping]) -> None:

@@ -208,6 +208,24 @@ def _reference_kernel(frames: int):
     return machine, load_implementation("reference").Kernel(machine)
 
 
+class OpStream:
+    """The decoder as a stream: each op drawn against the machine it is handed (the
+    reference's, after the ops before), so decoding and running are one pass."""
+
+    def __init__(self, data: bytes, path: str = "<input>") -> None:
+        self.choices = ByteChoices(data)
+        self.choices.choose(256)  # the encoding version: ignored here (see check_version)
+        frames = draw_frames(self.choices)
+        self.script = Script(path=path, frames=None if frames == DEFAULT_NR_FRAMES else frames, steps=[])
+        self.used: list[int] = []
+
+    def next_op(self, machine: Machine) -> Op | None:
+        if self.choices.exhausted() or len(self.script.steps) >= MAX_OPS or not machine.processes:
+            return None
+        state = DecodeState(machine, self.used)
+        return OpGrammar(self.choices, state).op()
+
+
 def decode(data: bytes, path: str = "<input>") -> Script:
     """The op script a raw input stands for (total: any bytes decode)."""
     choices = ByteChoices(data)

@@ -90,18 +90,14 @@ class Campaign:
         self.last_summary = 0.0
 
     def test_one_input(self, data: bytes) -> None:
-        from .decode import decode
-        from .ops import ScriptError
-        from .runner import REFERENCE_IMPL, run_script
+        from .decode import OpStream
+        from .runner import REFERENCE_IMPL, run_stream
 
         self.executions += 1
-        script = decode(data, "<input>")
-        try:
-            result = run_script(script, self.impl, REFERENCE_IMPL, check_every_op=False)
-        except ScriptError:
-            result = None  # a fork failed and a later op names its child (model.md #8)
-        if result is not None and result.findings:
-            self.record(script, result.findings[0].signature)
+        stream = OpStream(data)
+        result = run_stream(stream.script, stream.next_op, self.impl, REFERENCE_IMPL)
+        if result.findings:
+            self.record(stream.script, result.findings[0].signature)
         if time.monotonic() - self.last_summary > SUMMARY_EVERY_S:
             self.write_summary()
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from machine import DEFAULT_NR_FRAMES, Machine
+from machine import DEFAULT_NR_FRAMES, Machine, check
 from machine.errors import RESULTS
 
 from .compare import Difference, compare_machines
@@ -273,6 +273,20 @@ class _Run:
                         or self._compare(len(self.script.steps) - 1, None)
         return RunResult([] if finding is None else [finding], self.ops_run, self.results)
 
+    def execute_stream(self, next_op: Callable[[Machine], Op | None]) -> RunResult:
+        """Run ops drawn one at a time against the reference machine's state (the fuzz
+        decoder), appending each to the script; oracles and states are checked at the end."""
+        finding = self._start()
+        while finding is None:
+            op = next_op(self.ref.machine)
+            if op is None:
+                finding = self._check_oracles(len(self.script.steps) - 1, None) \
+                    or self._compare(len(self.script.steps) - 1, None)
+                break
+            self.script.steps.append(op)
+            finding = self._run_op(len(self.script.steps) - 1, op, check_every_op=False)
+        return RunResult([] if finding is None else [finding], self.ops_run, self.results)
+
     def _finding(self, kind: str, field: str, detail: str, step_index: int, step: Op | Expect | None,
                  impl: str, **extra: Any) -> Finding:
         if isinstance(step, Op):
@@ -439,6 +453,22 @@ def run_script(script: Script, impl: str | Any = REFERENCE_IMPL, ref: str | Any 
         log.info("finding", signature=finding.signature, path=script.path, line=finding.line,
                  impl=finding.impl, ops=result.ops_run)
     log.debug("run_done", path=script.path, ops=result.ops_run, findings=len(result.findings))
+    return result
+
+
+def run_stream(script: Script, next_op: Callable[[Machine], Op | None], impl: str | Any,
+               ref: str | Any = REFERENCE_IMPL) -> RunResult:
+    """Run the ops next_op draws (from the reference machine after the ops before) on both
+    implementations; script (its frames, no steps yet) collects them. A failure at the end
+    is pinned to its op by replaying the collected script op by op."""
+    ref_impl, other_impl = _resolve(ref), _resolve(impl)
+    check(not script.steps, "run_stream starts from an empty script")
+    result = _Run(script, ref_impl, other_impl).execute_stream(next_op)
+    if result.findings and result.findings[0].kind in (DIVERGENCE, ORACLE) \
+            and result.findings[0].op_name == AT_END:
+        pinned = _Run(script, ref_impl, other_impl).execute(check_every_op=True)
+        if pinned.findings:
+            result = pinned
     return result
 
 

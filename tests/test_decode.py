@@ -71,3 +71,15 @@ def test_cli_encode_decode_and_replay_a_raw_input(tmp_path, capsys):
     assert main(["replay", str(raw)]) == 0
     assert main(["replay", "--impl", "fuzz.canaries.unmap_batch_mixed_exclusive", str(raw)]) == 1
     assert main(["encode", str(raw), "-o", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_decoding_stream_draws_what_decode_draws(seed):
+    from fuzz.decode import OpStream
+    from fuzz.runner import run_stream
+
+    data = random_bytes(2000 + seed)
+    stream = OpStream(data)
+    result = run_stream(stream.script, stream.next_op, "batched")
+    assert (stream.script.frames, stream.script.steps) == (decode(data).frames, decode(data).steps)
+    assert result.findings == []

@@ -4,7 +4,7 @@ It works on op scripts, the representation every finding is replayed from, so
 each candidate is a script like any other. Steps, repeated until nothing
 changes: cut everything after the op where the finding shows; delete chunks
 of ops, halving the chunk size down to single ops, from the end; lower the
-arguments of each op (order, page count, value, length). A deletion is
+arguments of each op (order, page count, value, length) and drop `frames N`. A deletion is
 repaired before it is tried: ops on a process whose fork was deleted go with
 it, later process numbers and pin ids are renumbered. A candidate is kept only
 if it reproduces the same signature; every tried candidate is cached.
@@ -61,6 +61,7 @@ class Minimizer:
             before = len(best.steps), format_script(best)
             best = self.delete_chunks(best, signature)
             best = self.lower_arguments(best, signature)
+            best = self.lower_frames(best, signature)
             if (len(best.steps), format_script(best)) == before or self.runs >= self.max_runs:
                 break
         log.info("minimized", signature=signature, ops=len(best.steps), from_ops=len(script.steps),
@@ -92,6 +93,14 @@ class Minimizer:
                     script = candidate
                 end = start
             size //= 2
+        return script
+
+    def lower_frames(self, script: Script, signature: str) -> Script:
+        """Drop `frames N` (back to the default machine) if the finding stays."""
+        if script.frames is not None:
+            candidate = replace(script, frames=None)
+            if self.reproduces(candidate, signature):
+                return candidate
         return script
 
     def lower_arguments(self, script: Script, signature: str) -> Script:

@@ -99,3 +99,10 @@ def test_cli_minimize_of_a_passing_script_and_bad_input(tmp_path, capsys):
     assert main(["minimize", "--max-runs", "0", str(ROOT / "tests/scenarios/01-mmap-overlap.ops")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("rmapfuzz: ") for line in err)
+
+
+def test_an_odd_machine_size_is_lowered_to_the_default():
+    module = canary_module("dup_clears_first_page_only")
+    script = parse_script("frames 65521\nmmap P0 0x200000 2M\nfault P0 0x200000 order=4\nfork P0\n")
+    small, signature = minimize_script(script, module)
+    assert small.frames is None and signature.startswith("oracle:fork")

@@ -207,8 +207,13 @@ def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
 
 def main(argv: list[str]) -> None:
     """python -m fuzz.harness [libFuzzer flags and corpus directories]."""
+    import logging
+
     import atheris
 
+    from .cli import configure_logging
+
+    configure_logging(level=logging.WARNING)  # findings are warnings; the runner's debug events cost time
     with atheris.instrument_imports(include=list(INSTRUMENTED)):
         campaign = Campaign(os.environ.get(IMPL_ENV, "batched"),
                             Path(os.environ.get(CRASH_DIR_ENV, "corpus/crashes")),

@@ -62,10 +62,6 @@ class PteBatches:
     def __len__(self) -> int:
         return len(self.page)
 
-    def addr(self) -> np.ndarray:
-        """Virtual address of each batch's first page."""
-        return self.runs.addr + (self.runs.index << PAGE_SHIFT)
-
     def pages(self) -> np.ndarray:
         """Every page of every batch, in address order."""
         return pte_offsets_in_batches(self.runs.nr_pages) + np.repeat(self.page, self.runs.nr_pages)

@@ -227,18 +227,15 @@ class OpStream:
 
 
 def decode(data: bytes, path: str = "<input>") -> Script:
-    """The op script a raw input stands for (total: any bytes decode)."""
-    choices = ByteChoices(data)
-    choices.choose(256)  # the encoding version: ignored here (see check_version)
-    frames = draw_frames(choices)
+    """The op script a raw input stands for (total: any bytes decode). The reference runs
+    alone to give each op its state; the harness runs both implementations instead."""
+    stream = OpStream(data, path)
+    frames = stream.script.frames if stream.script.frames is not None else DEFAULT_NR_FRAMES
     machine, kernel = _reference_kernel(frames)
-    state = DecodeState(machine)
-    steps: list[Op] = []
-    while not choices.exhausted() and len(steps) < MAX_OPS and machine.processes:
-        op = OpGrammar(choices, state).op()
+    while (op := stream.next_op(machine)) is not None:
         OP_DISPATCH[op.name](kernel, op)
-        steps.append(op)
-    return Script(path=path, frames=None if frames == DEFAULT_NR_FRAMES else frames, steps=steps)
+        stream.script.steps.append(op)
+    return stream.script
 
 
 def encode(script: Script) -> bytes:

@@ -269,8 +269,7 @@ class _Run:
                     break
             else:
                 if not check_every_op:
-                    finding = self._check_oracles(len(self.script.steps) - 1, None) \
-                        or self._compare(len(self.script.steps) - 1, None)
+                    finding = self._check_end()
         return RunResult([] if finding is None else [finding], self.ops_run, self.results)
 
     def execute_stream(self, next_op: Callable[[Machine], Op | None]) -> RunResult:
@@ -280,12 +279,16 @@ class _Run:
         while finding is None:
             op = next_op(self.ref.machine)
             if op is None:
-                finding = self._check_oracles(len(self.script.steps) - 1, None) \
-                    or self._compare(len(self.script.steps) - 1, None)
+                finding = self._check_end()
                 break
             self.script.steps.append(op)
             finding = self._run_op(len(self.script.steps) - 1, op, check_every_op=False)
         return RunResult([] if finding is None else [finding], self.ops_run, self.results)
+
+    def _check_end(self) -> Finding | None:
+        """The end-of-run checks of fuzzing mode: oracles on both machines, then the states."""
+        last = len(self.script.steps) - 1
+        return self._check_oracles(last, None) or self._compare(last, None)
 
     def _finding(self, kind: str, field: str, detail: str, step_index: int, step: Op | Expect | None,
                  impl: str, **extra: Any) -> Finding:

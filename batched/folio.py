@@ -43,7 +43,7 @@ def folio_put_refs(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) ->
     if folios.size == 0:
         return
     np.subtract.at(frames.folio_refcount, folios, nr_refs)
-    touched = folios if len(folios) == 1 else np.unique(folios)
+    touched = folios[:1] if (folios == folios[0]).all() else np.unique(folios)
     check(np.all(frames.folio_refcount[touched] >= 0), "folio refcount underflow")
     frames.folios_free(touched[frames.folio_refcount[touched] == 0])
 

@@ -77,6 +77,8 @@ class PteBatches:
 
 def pte_offsets_in_batches(nr_pages: np.ndarray) -> np.ndarray:
     """0 .. nr_pages[i]-1 for each batch i, concatenated."""
+    if len(nr_pages) == 1:
+        return np.arange(int(nr_pages[0]), dtype=np.int64)
     ends = np.cumsum(nr_pages)
     total = int(ends[-1]) if len(ends) else 0
     return np.arange(total, dtype=np.int64) - np.repeat(ends - nr_pages, nr_pages)
@@ -153,6 +155,8 @@ def split_batches_by(batches: PteBatches, per_page: np.ndarray) -> tuple[PteBatc
     nr_pages = batches.nr_pages
     if len(nr_pages) == 0:
         return batches, np.zeros(0, bool)
+    if len(nr_pages) == 1 and (per_page == per_page[0]).all():  # one uniform batch: nothing to split
+        return batches, per_page[:1].copy()
     offsets = pte_offsets_in_batches(nr_pages)
     new_start = offsets == 0
     new_start[1:] |= per_page[1:] != per_page[:-1]

@@ -88,7 +88,7 @@ def alloc_anon_folio_suitable(machine: Machine, mm: MM, vma: VMA, addr: int, ord
         return False
     if order == HPAGE_PMD_ORDER and pmd_trans_huge(machine.pmdp_get(mm, start)):
         return False
-    return not machine.ptes_get(mm, start, nr_pages).any()
+    return machine.ptes_none(mm, start, nr_pages)
 
 
 def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:

@@ -20,6 +20,12 @@ def __folio_rmap_sanity_checks(machine: Machine, folio: np.ndarray, page: np.nda
                                nr_pages: np.ndarray) -> None:
     """Each batch: nr_pages >= 1 and [page, page + nr_pages) inside its folio."""
     frames = machine.frames
+    if len(folio) == 1:
+        first, last = int(page[0]), int(page[0] + nr_pages[0] - 1)
+        check(last >= first, "nr_pages must be positive")
+        check(frames.page_folio[first] == folio[0] and frames.page_folio[last] == folio[0],
+              "batch pages not in their folio")
+        return
     check(np.all(nr_pages >= 1), "nr_pages must be positive")
     check(np.all(frames.page_folio[page] == folio), "batch pages not in their folios")
     check(np.all(frames.page_folio[page + nr_pages - 1] == folio), "batch leaves its folio")
@@ -27,6 +33,8 @@ def __folio_rmap_sanity_checks(machine: Machine, folio: np.ndarray, page: np.nda
 
 def batch_pages(page: np.ndarray, nr_pages: np.ndarray) -> np.ndarray:
     """Every page of every batch, concatenated."""
+    if len(page) == 1:
+        return np.arange(int(page[0]), int(page[0] + nr_pages[0]), dtype=np.int64)
     return np.repeat(page, nr_pages) + pte_offsets_in_batches(nr_pages)
 
 
@@ -36,6 +44,8 @@ def large_folio_diffs(machine: Machine, folio: np.ndarray, nr_pages: np.ndarray)
     large = machine.frames.folio_order[folio] > 0
     if len(folio) == 1:
         return folio[large], nr_pages[large].astype(np.int64)
+    if len(folio) and (folio == folio[0]).all():  # one folio's batches (split, unmap): no sort
+        return (folio[:1], nr_pages.sum(keepdims=True).astype(np.int64)) if large[0] else (folio[:0], nr_pages[:0])
     folios, inverse = np.unique(folio[large], return_inverse=True)
     return folios, np.bincount(inverse, weights=nr_pages[large], minlength=len(folios)).astype(np.int64)
 
@@ -328,5 +338,5 @@ def rmap_walk_vmas(machine: Machine, folio: int) -> list[tuple[MM, VMA, int, int
     lineage = int(frames.folio_lineage[folio])
     return [(mm, vma, max(vma.start, first), min(vma.end, last))
             for pid, mm in sorted(machine.processes.items())
-            for vma in mm.vmas
-            if vma.lineage == lineage and vma.start < last and vma.end > first]
+            for vma in mm.vmas_intersecting(first, last)
+            if vma.lineage == lineage]

@@ -52,6 +52,7 @@ class FrameTable:
         self.block_nr_free = np.full(nr_blocks, FREE_BLOCK_FRAMES, np.int64)
         self.block_nr_free[-1] = nr_frames - (nr_blocks - 1) * FREE_BLOCK_FRAMES
         self.nr_free_frames = nr_frames
+        self.first_free_block = 0  # a search hint: every block below it is full
 
     def clone(self) -> FrameTable:
         other = FrameTable.__new__(FrameTable)
@@ -60,6 +61,7 @@ class FrameTable:
             setattr(other, name, getattr(self, name).copy())
         other.block_nr_free = self.block_nr_free.copy()
         other.nr_free_frames = self.nr_free_frames
+        other.first_free_block = self.first_free_block
         return other
 
     # Queries used by both implementations.
@@ -74,29 +76,48 @@ class FrameTable:
 
     # The allocator: lowest naturally aligned run of free frames.
 
+    def _lowest_block_with_free_frames(self) -> int:
+        """The lowest block holding a free frame (some frame is free)."""
+        block = self.first_free_block
+        if self.block_nr_free[block] == 0:
+            block += int((self.block_nr_free[block:] > 0).argmax())
+            self.first_free_block = block
+        check(self.block_nr_free[block] > 0, "no block with a free frame")
+        return block
+
     def find_free_run(self, order: int) -> int | None:
         """The pfn of the lowest naturally aligned run of 2**order free frames.
 
         Only blocks whose free count could hold the run are looked into, lowest first.
         """
+        if self.nr_free_frames == 0:
+            return None
+        first = self._lowest_block_with_free_frames()
         nr_pages = 1 << order
         if nr_pages == 1:  # any block with a free frame will do: the lowest
-            if self.nr_free_frames == 0:
-                return None
-            start = int(np.argmax(self.block_nr_free > 0)) * FREE_BLOCK_FRAMES
-            return start + int(np.argmax(self.page_folio[start:start + FREE_BLOCK_FRAMES] == FREE_FOLIO))
-        candidates = np.flatnonzero(self.block_nr_free >= nr_pages)
-        for block in candidates.tolist():
-            start = block * FREE_BLOCK_FRAMES
-            end = min(start + FREE_BLOCK_FRAMES, self.nr_frames)
-            end -= (end - start) % nr_pages
-            if end == start:
-                continue
-            free_runs = (self.page_folio[start:end] == FREE_FOLIO).reshape(-1, nr_pages).all(axis=1)
-            run = int(free_runs.argmax())
-            if free_runs[run]:
-                return start + run * nr_pages
+            start = first * FREE_BLOCK_FRAMES  # FREE_FOLIO is below every head pfn: the first minimum
+            return start + int(self.page_folio[start:start + FREE_BLOCK_FRAMES].argmin())
+        if self.block_nr_free[first] >= nr_pages:  # the lowest block with room usually fits
+            pfn = self._free_run_in_block(first, nr_pages)
+            if pfn is not None:
+                return pfn
+        for block in np.flatnonzero(self.block_nr_free[first + 1:] >= nr_pages):  # lazily
+            pfn = self._free_run_in_block(int(block) + first + 1, nr_pages)
+            if pfn is not None:
+                return pfn
         return None
+
+    def _free_run_in_block(self, block: int, nr_pages: int) -> int | None:
+        """The lowest naturally aligned run of nr_pages free frames inside block, or None."""
+        start = block * FREE_BLOCK_FRAMES
+        end = min(start + FREE_BLOCK_FRAMES, self.nr_frames)
+        end -= (end - start) % nr_pages
+        if end == start:
+            return None
+        # A run is free when its highest entry is FREE_FOLIO, the lowest value there is.
+        run_max = np.maximum.reduce(self.page_folio[start:end].reshape(-1, nr_pages), axis=1)
+        run = int(run_max.argmin())
+        return start + run * nr_pages if run_max[run] == FREE_FOLIO else None
 
     def find_free_frames(self, nr_pages: int) -> np.ndarray | None:
         """The nr_pages lowest free frames, ascending (what nr_pages order-0 allocations
@@ -104,16 +125,19 @@ class FrameTable:
         check(nr_pages >= 0, "negative frame count")
         if nr_pages > self.nr_free_frames:
             return None
+        if nr_pages == 0:
+            return np.zeros(0, np.int64)
+        first = self._lowest_block_with_free_frames()
         found = []
         needed = nr_pages
-        for block in map(int, np.flatnonzero(self.block_nr_free > 0)):
+        for block in np.flatnonzero(self.block_nr_free[first:] > 0):
             if needed == 0:
                 break
-            start = block * FREE_BLOCK_FRAMES
+            start = (int(block) + first) * FREE_BLOCK_FRAMES
             free = np.flatnonzero(self.page_folio[start:start + FREE_BLOCK_FRAMES] == FREE_FOLIO)[:needed]
             found.append(free + start)
             needed -= len(free)
-        return np.concatenate(found) if found else np.zeros(0, np.int64)
+        return np.concatenate(found)
 
     def folio_alloc(self, order: int) -> int | None:
         """Allocate a folio of 2**order frames; returns its head pfn with refcount 1.
@@ -124,7 +148,7 @@ class FrameTable:
         folio = self.find_free_run(order)
         if folio is None:
             return None
-        self.folio_set_frames(np.array([folio]), order)
+        self._folio_set_frames_one(folio, order)
         self.folio_refcount[folio] = 1
         return folio
 
@@ -144,16 +168,7 @@ class FrameTable:
         heads = np.asarray(heads, np.int64)
         nr_pages = 1 << order
         if len(heads) == 1:
-            head = int(heads[0])
-            check(0 <= head and head + nr_pages <= self.nr_frames, "folio outside the frames")
-            if nr_pages == 1:
-                check(self.page_folio[head] == FREE_FOLIO, "folio made of allocated frames")
-            else:
-                check((self.page_folio[head:head + nr_pages] == FREE_FOLIO).all(), "folio made of allocated frames")
-            self.page_folio[head:head + nr_pages] = head
-            self.folio_order[head] = order
-            self.block_nr_free[head // FREE_BLOCK_FRAMES] -= nr_pages  # aligned: inside one block
-            self.nr_free_frames -= nr_pages
+            self._folio_set_frames_one(int(heads[0]), order)
             return
         pages = (heads[:, None] + np.arange(nr_pages)).reshape(-1)
         check(heads.size == 0 or (heads.min() >= 0 and pages.max() < self.nr_frames),
@@ -162,6 +177,20 @@ class FrameTable:
         self.page_folio[pages] = np.repeat(heads, nr_pages)
         self.folio_order[heads] = order
         self._account_frames(pages, -1)
+
+    def _folio_set_frames_one(self, head: int, order: int) -> None:
+        """folio_set_frames for one folio, with plain ints."""
+        nr_pages = 1 << order
+        check(0 <= head and head + nr_pages <= self.nr_frames, "folio outside the frames")
+        if nr_pages == 1:
+            check(self.page_folio[head] == FREE_FOLIO, "folio made of allocated frames")
+            self.page_folio[head] = head
+        else:
+            check((self.page_folio[head:head + nr_pages] == FREE_FOLIO).all(), "folio made of allocated frames")
+            self.page_folio[head:head + nr_pages] = head
+        self.folio_order[head] = order
+        self.block_nr_free[head // FREE_BLOCK_FRAMES] -= nr_pages  # aligned: inside one block
+        self.nr_free_frames -= nr_pages
 
     def folio_free(self, folio: int) -> None:
         """Return a folio's frames to the allocator, every field at its free value."""
@@ -176,10 +205,24 @@ class FrameTable:
         check(not self.folio_refcount[folios].any(), "freeing folios with references")
         check(not self.folio_large_mapcount[folios].any() and not self.folio_pincount[folios].any(),
               "freeing folios that are mapped or pinned")
+        if len(folios) == 1:
+            self._clear_folio_frames(int(folios[0]))
+            return
         nr_pages = 1 << self.folio_order[folios].astype(np.int64)
         pages = np.repeat(folios, nr_pages) + _segment_offsets(nr_pages)
         check(not self.page_mapcount[pages].any(), "freeing folios with mapped pages")
         self._clear_pages(pages)
+
+    def _clear_folio_frames(self, folio: int) -> None:
+        """_clear_pages for one folio's frames, as a slice."""
+        nr_pages = 1 << int(self.folio_order[folio])
+        frames = slice(folio, folio + nr_pages)
+        check(not self.page_mapcount[frames].any(), "freeing folios with mapped pages")
+        for name in self.ARRAYS:
+            getattr(self, name)[frames] = FREE_FOLIO if name == "page_folio" else 0
+        self.block_nr_free[folio // FREE_BLOCK_FRAMES] += nr_pages  # aligned: inside one block
+        self.nr_free_frames += nr_pages
+        self.first_free_block = min(self.first_free_block, folio // FREE_BLOCK_FRAMES)
 
     def clear_frames(self, pfn: int, nr_pages: int) -> None:
         """Reset nr_pages frames to their free values (free or split leftovers)."""
@@ -197,6 +240,8 @@ class FrameTable:
         if len(pages) == 0:
             return
         block = int(pages.min()) // FREE_BLOCK_FRAMES
+        if delta > 0:
+            self.first_free_block = min(self.first_free_block, block)
         if block == int(pages.max()) // FREE_BLOCK_FRAMES:
             self.block_nr_free[block] += delta * len(pages)  # all in one block
         else:

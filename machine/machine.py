@@ -9,6 +9,8 @@ reference/ and batched/.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
+from operator import and_, or_
 
 import numpy as np
 
@@ -18,15 +20,18 @@ from .mm import MM, PUD_SHIFT, PmdTable, PteTable, pmd_index, pte_index
 from .pgtable import (
     CONT_PTES,
     CONTPTE_NORMALISE_IGNORED,
+    MASK64,
     PAGE_SHIFT,
     PAGE_SIZE,
     PMD_SHIFT,
     PMD_SIZE,
     PTE_AF,
     PTE_CONT,
+    PTE_DIRTY,
     PTE_RDONLY,
     PTE_TYPE_MASK,
     PTE_TYPE_PAGE,
+    PTE_WRITE,
     PTRS_PER_TABLE,
     contpte_normalise,
     pmd_pte,
@@ -75,31 +80,51 @@ class PteRuns:
     def __post_init__(self) -> None:
         check(self.addr % PMD_SIZE == 0, "PTE table address %#x not 2 MiB aligned", self.addr)
         check(len(self.index) == len(self.nr_pages), "runs need one length each")
-        if len(self.index):
+        if len(self.index) == 1:
+            first, nr_pages = int(self.index[0]), int(self.nr_pages[0])
+            check(nr_pages >= 1, "nr_pages must be positive")
+            check(first >= 0 and first + nr_pages <= PTRS_PER_TABLE, "run crosses a PTE table")
+        elif len(self.index):
             check((self.nr_pages >= 1).all(), "nr_pages must be positive")
             check(self.index[0] >= 0 and self.index[-1] + self.nr_pages[-1] <= PTRS_PER_TABLE,
                   "run crosses a PTE table")
             check((self.index[1:] >= self.index[:-1] + self.nr_pages[:-1]).all(),
                   "runs overlap or are not ascending")
 
+    def first_addr(self) -> int:
+        """The VA of the first run's first entry."""
+        return self.addr + (int(self.index[0]) << PAGE_SHIFT)
+
     def entry_indices(self) -> np.ndarray:
         """Every entry of every run, ascending."""
+        if len(self.index) == 1:
+            return np.arange(int(self.index[0]), int(self.index[0] + self.nr_pages[0]), dtype=np.int64)
         ends = np.cumsum(self.nr_pages)
         return np.repeat(self.index, self.nr_pages) + np.arange(ends[-1] if len(ends) else 0) \
             - np.repeat(ends - self.nr_pages, self.nr_pages)
 
 
-def contpte_fold(values: list[int]) -> list[int]:
-    """An eligible block folded: CONT on all 16, pte_mkdirty on each if any is dirty,
-    young if any is young (SPEC §2.4)."""
-    any_dirty = any(pte_dirty(value) for value in values)
-    any_young = any(value & PTE_AF for value in values)
-    folded = [value | PTE_CONT for value in values]
+def contpte_fold_bits(values: list[int]) -> tuple[int, int]:
+    """The bits folding an eligible block sets and clears in each entry: CONT on all 16,
+    pte_mkdirty on each if any is dirty, young if any is young (SPEC §2.4).
+
+    Context: the block is eligible, so WRITE is the same on all 16 and pte_mkdirty
+    sets and clears the same bits in each.
+    """
+    any_bits, all_bits = reduce(or_, values), reduce(and_, values)
+    check(not (any_bits ^ all_bits) & PTE_WRITE, "contpte block with mixed WRITE")
+    writable = bool(all_bits & PTE_WRITE)
+    any_dirty = bool(any_bits & PTE_DIRTY) or (writable and not all_bits & PTE_RDONLY)
+    set_bits = PTE_CONT | (any_bits & PTE_AF)
+    clear_bits = 0
     if any_dirty:
-        folded = [pte_mkdirty(value) for value in folded]
-    if any_young:
-        folded = [value | PTE_AF for value in folded]
-    return folded
+        set_bits |= PTE_DIRTY
+        clear_bits = PTE_RDONLY if writable else 0  # hardware-dirty, as pte_mkdirty
+    return set_bits, clear_bits
+
+
+# Each entry of a run set_ptes writes: the template with the pfn advanced by its offset.
+_PFN_STEPS = np.arange(PTRS_PER_TABLE, dtype=np.uint64) << np.uint64(PAGE_SHIFT)
 
 
 class Machine:
@@ -200,7 +225,7 @@ class Machine:
         if addr % PAGE_SIZE:
             check(False, "unaligned address %#x", addr)
         table = mm.pte_tables.get(addr >> PMD_SHIFT)
-        return 0 if table is None else int(table.entries[(addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)])
+        return 0 if table is None else table.entries.item((addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1))
 
     def set_pte_at(self, mm: MM, addr: int, pte: int) -> None:
         table, index = self._pte_slot(mm, addr, alloc=True)
@@ -236,14 +261,24 @@ class Machine:
         index = pte_index(addr)
         return table.entries[index:index + nr_pages].copy()
 
+    def ptes_none(self, mm: MM, addr: int, nr_pages: int) -> bool:
+        """Every one of nr_pages PTEs from addr is none (or no table covers them)."""
+        check(addr % PAGE_SIZE == 0, "unaligned address %#x", addr)
+        check(nr_pages >= 1 and pte_index(addr) + nr_pages <= PTRS_PER_TABLE,
+              "range crosses a PTE table")
+        table = mm.pte_table(addr)
+        if table is None:
+            return True
+        index = pte_index(addr)
+        return not table.entries[index:index + nr_pages].any()
+
     def set_ptes(self, mm: MM, addr: int, pte: int, nr_pages: int) -> None:
         """Write nr_pages entries: pte, then the same with the pfn advanced."""
         table, run = self._pte_run(mm, addr, nr_pages)
         if nr_pages == 1:
             table.entries[run.start] = pte
             return
-        offsets = np.arange(nr_pages, dtype=np.uint64) << np.uint64(PAGE_SHIFT)
-        table.entries[run] = np.uint64(pte) + offsets
+        np.add(_PFN_STEPS[:nr_pages], np.uint64(pte), out=table.entries[run])
 
     def get_and_clear_full_ptes(self, mm: MM, addr: int, nr_pages: int) -> int:
         """Clear nr_pages entries; returns the first with dirty and young gathered from all."""
@@ -275,14 +310,21 @@ class Machine:
 
     def set_ptes_runs(self, mm: MM, runs: PteRuns, ptes: np.ndarray) -> None:
         """set_ptes for each run: ptes[i], then the same with the pfn advanced."""
+        if len(runs.index) == 1:
+            self.set_ptes(mm, runs.first_addr(), int(ptes[0]), int(runs.nr_pages[0]))
+            return
         table = self._pte_table_for_runs(mm, runs)
         ptes = np.asarray(ptes, np.uint64)
-        offsets = (runs.entry_indices() - np.repeat(runs.index, runs.nr_pages)).astype(np.uint64)
-        table.entries[runs.entry_indices()] = np.repeat(ptes, runs.nr_pages) + (offsets << np.uint64(PAGE_SHIFT))
+        entries = runs.entry_indices()
+        offsets = (entries - np.repeat(runs.index, runs.nr_pages)).astype(np.uint64)
+        table.entries[entries] = np.repeat(ptes, runs.nr_pages) + (offsets << np.uint64(PAGE_SHIFT))
 
     def get_and_clear_full_ptes_runs(self, mm: MM, runs: PteRuns) -> np.ndarray:
         """get_and_clear_full_ptes for each run: clears them; per run the first entry with
         dirty and young gathered from the whole run."""
+        if len(runs.index) == 1:
+            pte = self.get_and_clear_full_ptes(mm, runs.first_addr(), int(runs.nr_pages[0]))
+            return np.array([pte], np.uint64)
         table = self._pte_table_for_runs(mm, runs)
         entries = runs.entry_indices()
         values = table.entries[entries]
@@ -296,10 +338,16 @@ class Machine:
         return ptes
 
     def clear_full_ptes_runs(self, mm: MM, runs: PteRuns) -> None:
+        if len(runs.index) == 1:
+            self.clear_full_ptes(mm, runs.first_addr(), int(runs.nr_pages[0]))
+            return
         table = self._pte_table_for_runs(mm, runs)
         table.entries[runs.entry_indices()] = 0
 
     def wrprotect_ptes_runs(self, mm: MM, runs: PteRuns) -> None:
+        if len(runs.index) == 1:
+            self.wrprotect_ptes(mm, runs.first_addr(), int(runs.nr_pages[0]))
+            return
         table = self._pte_table_for_runs(mm, runs)
         entries = runs.entry_indices()
         table.entries[entries] = pte_wrprotect(table.entries[entries])
@@ -315,7 +363,7 @@ class Machine:
         if addr % PMD_SIZE:
             check(False, "PMD address %#x not 2 MiB aligned", addr)
         table = mm.pmd_tables_by_addr.get(addr >> PUD_SHIFT)
-        return 0 if table is None else int(table.entries[pmd_index(addr)])
+        return 0 if table is None else table.entries.item((addr >> PMD_SHIFT) & (PTRS_PER_TABLE - 1))
 
     def set_pmd_at(self, mm: MM, addr: int, pmd: int) -> None:
         """Install a PMD block; an empty PTE table in its place is freed."""
@@ -374,22 +422,21 @@ class Machine:
         if level == "pmd":
             table, index = self._pmd_slot(mm, addr & ~(PMD_SIZE - 1), alloc=False)
             table.entries[index] = (desc | update_set) & ~update_clear
-            return int(pte_pfn(desc)) + ((addr % PMD_SIZE) >> PAGE_SHIFT)
-        table, index = self._pte_slot(mm, addr & ~(PAGE_SIZE - 1), alloc=False)
+            return pte_pfn(desc) + ((addr % PMD_SIZE) >> PAGE_SHIFT)
+        table = mm.pte_tables[addr >> PMD_SHIFT]
+        index = (addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
         if not desc & PTE_CONT:
             table.entries[index] = (desc | update_set) & ~update_clear
-            return int(pte_pfn(desc))
-        span = slice(index, index + 1)
-        if desc & PTE_CONT:
-            first = index - index % CONT_PTES
-            span = slice(first, first + CONT_PTES)
+            return pte_pfn(desc)
+        first = index - index % CONT_PTES
+        span = slice(first, first + CONT_PTES)
         table.entries[span] = (table.entries[span] | np.uint64(update_set)) & ~np.uint64(update_clear)
         return int(pte_pfn(desc))
 
     def user_read(self, mm: MM, addr: int) -> int:
         """A user load from a present mapping: sets the access flag, returns the data word."""
         page = self._mark_accessed(mm, addr, write=False)
-        return int(self.frames.page_data[page])
+        return self.frames.page_data.item(page)
 
     def user_write(self, mm: MM, addr: int, value: int) -> None:
         """A user store to a writable mapping: hardware marks it young and dirty."""
@@ -406,8 +453,12 @@ class Machine:
             if span.stop - span.start == CONT_PTES:
                 values = table.entries[span].tolist()  # one block, the common case: plain ints
                 if self._contpte_block_eligible(values):
-                    table.entries[span] = contpte_fold(values)
-                elif any(value & PTE_CONT for value in values):
+                    set_bits, clear_bits = contpte_fold_bits(values)
+                    block = table.entries[span]
+                    np.bitwise_or(block, np.uint64(set_bits), out=block)
+                    if clear_bits:
+                        np.bitwise_and(block, np.uint64(MASK64 ^ clear_bits), out=block)
+                elif reduce(or_, values) & PTE_CONT:
                     table.entries[span] &= ~np.uint64(PTE_CONT)
                 continue
             table.entries[span] = self._canonical_entries(table.entries[span])

@@ -78,6 +78,14 @@ class PmdTable:
 PUD_SHIFT = 30
 
 
+def _vma_start(vma: VMA) -> int:
+    return vma.start
+
+
+def _vma_end(vma: VMA) -> int:
+    return vma.end
+
+
 def pgd_index(addr: int) -> int:
     return (addr >> 39) & (PTRS_PER_TABLE - 1)
 
@@ -129,33 +137,43 @@ class MM:
 
     def find_vma(self, addr: int) -> VMA | None:
         """The VMA containing addr, or None."""
-        index = bisect.bisect_right([vma.start for vma in self.vmas], addr) - 1
+        index = bisect.bisect_right(self.vmas, addr, key=_vma_start) - 1
         if index >= 0 and self.vmas[index].contains(addr):
             return self.vmas[index]
         return None
 
     def vmas_intersecting(self, start: int, end: int) -> list[VMA]:
-        return [vma for vma in self.vmas if vma.start < end and vma.end > start]
+        """The VMAs overlapping [start, end), ascending (VMAs are sorted and disjoint,
+        so their ends ascend too)."""
+        first = bisect.bisect_right(self.vmas, start, key=_vma_end)
+        last = bisect.bisect_left(self.vmas, end, lo=first, key=_vma_start)
+        return self.vmas[first:last]
+
+    def _vma_position(self, vma: VMA) -> int:
+        """The index of vma itself (not of an equal VMA) in the sorted list."""
+        index = bisect.bisect_left(self.vmas, vma.start, key=_vma_start)
+        check(index < len(self.vmas) and self.vmas[index] is vma, "VMA %#x not in P%s", vma.start, self.pid)
+        return index
 
     def vma_insert(self, vma: VMA) -> None:
         check(not self.vmas_intersecting(vma.start, vma.end), "vma_insert over a mapped range")
         check(vma.start < vma.end, "empty VMA")
-        bisect.insort(self.vmas, vma, key=lambda v: v.start)
+        bisect.insort(self.vmas, vma, key=_vma_start)
 
     def vma_remove(self, vma: VMA) -> None:
-        self.vmas.remove(vma)
+        del self.vmas[self._vma_position(vma)]
 
     def vma_split(self, vma: VMA, addr: int) -> VMA:
         """Split vma at addr (strictly inside); returns the upper part."""
         check(vma.start < addr < vma.end, "vma_split outside the VMA")
         upper = VMA(addr, vma.end, vma.writable, vma.lineage)
         vma.end = addr
-        bisect.insort(self.vmas, upper, key=lambda v: v.start)
+        self.vmas.insert(self._vma_position(vma) + 1, upper)
         return upper
 
     def vma_merge(self, vma: VMA) -> VMA:
         """Merge vma with adjacent neighbours of equal prot and lineage; returns the result."""
-        index = self.vmas.index(vma)
+        index = self._vma_position(vma)
         if index + 1 < len(self.vmas):
             after = self.vmas[index + 1]
             if after.start == vma.end and after.writable == vma.writable and after.lineage == vma.lineage:

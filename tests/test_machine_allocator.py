@@ -411,6 +411,7 @@ def assert_index_matches(frames: FrameTable) -> None:
     padded[:frames.nr_frames] = free
     assert np.array_equal(frames.block_nr_free, padded.reshape(blocks, 512).sum(axis=1))
     assert frames.nr_free_frames == int(free.sum())
+    assert not frames.block_nr_free[:frames.first_free_block].any()
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -6,6 +6,8 @@ import numpy as np
 
 from machine import MM, Machine, check
 
+from .internal import add_at, distinct
+
 GUP_PIN_COUNTING_BIAS = 1024
 
 
@@ -23,8 +25,8 @@ def page_folio(machine: Machine, pages):
 def folio_ref_add(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> None:
     """Add nr_refs[i] references to folios[i] (a folio may appear several times)."""
     frames = machine.frames
-    check(np.all(frames.folio_refcount[folios] > 0), "free folios get references")
-    np.add.at(frames.folio_refcount, folios, nr_refs)
+    check((frames.folio_refcount[folios] > 0).all(), "free folios get references")
+    add_at(frames.folio_refcount, folios, nr_refs)
 
 
 def folio_put(machine: Machine, folio: int) -> None:
@@ -42,15 +44,19 @@ def folio_put_refs(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) ->
     folios = np.asarray(folios, np.int64)
     if folios.size == 0:
         return
-    np.subtract.at(frames.folio_refcount, folios, nr_refs)
-    touched = folios[:1] if (folios == folios[0]).all() else np.unique(folios)
-    check(np.all(frames.folio_refcount[touched] >= 0), "folio refcount underflow")
+    add_at(frames.folio_refcount, folios, -np.asarray(nr_refs))
+    touched = distinct(folios)
+    check((frames.folio_refcount[touched] >= 0).all(), "folio refcount underflow")
     frames.folios_free(touched[frames.folio_refcount[touched] == 0])
 
 
 def folio_maybe_dma_pinned(machine: Machine, folios):
     """Exact _pincount for a large folio; refcount >= 1024 (false positives) for a small one."""
     frames = machine.frames
+    if isinstance(folios, int):
+        if frames.folio_order.item(folios) > 0:
+            return frames.folio_pincount.item(folios) > 0
+        return frames.folio_refcount.item(folios) >= GUP_PIN_COUNTING_BIAS
     return np.where(frames.folio_order[folios] > 0, frames.folio_pincount[folios] > 0,
                     frames.folio_refcount[folios] >= GUP_PIN_COUNTING_BIAS)
 

@@ -19,6 +19,7 @@ from machine.pgtable import (
 )
 
 from .folio import GUP_PIN_COUNTING_BIAS, folio_put_refs, page_folio
+from .internal import add_at
 from .memory import do_swap_page, handle_unshare_fault, handle_write_fault, mk_pte
 from .rmap import folio_add_new_anon_rmap
 
@@ -93,7 +94,7 @@ def pinned_pages(machine: Machine, mm: MM, start: int, end: int) -> np.ndarray:
         check(frames.page_anon_exclusive[folio], "pinning non-exclusive PMD folio %s", folio)
         return folio + ((start & (PMD_SIZE - 1)) >> PAGE_SHIFT) + np.arange(nr_pages, dtype=np.int64)
     pages = pte_pfn(machine.ptes_get(mm, start, nr_pages)).astype(np.int64)
-    check(np.all(frames.page_anon_exclusive[pages]), "pinning non-exclusive pages")
+    check(frames.page_anon_exclusive[pages].all(), "pinning non-exclusive pages")
     return pages
 
 
@@ -101,10 +102,10 @@ def try_grab_folios_pin(machine: Machine, pages: np.ndarray) -> None:
     """FOLL_PIN each page: +1 ref and +1 _pincount on a large folio, +1024 refs on a small one."""
     frames = machine.frames
     folios = page_folio(machine, pages)
-    check(np.all(frames.folio_refcount[folios] >= 1), "pinning a free folio")
+    check((frames.folio_refcount[folios] >= 1).all(), "pinning a free folio")
     large = frames.folio_order[folios] > 0
-    np.add.at(frames.folio_refcount, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
-    np.add.at(frames.folio_pincount, folios[large], 1)
+    add_at(frames.folio_refcount, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
+    add_at(frames.folio_pincount, folios[large], 1)
 
 
 def unpin_folios(machine: Machine, pages: np.ndarray) -> None:
@@ -112,8 +113,8 @@ def unpin_folios(machine: Machine, pages: np.ndarray) -> None:
     frames = machine.frames
     folios = page_folio(machine, pages)
     large = frames.folio_order[folios] > 0
-    np.subtract.at(frames.folio_pincount, folios[large], 1)
-    check(np.all(frames.folio_pincount[folios] >= 0), "pincount underflow")
+    add_at(frames.folio_pincount, folios[large], -1)
+    check((frames.folio_pincount[folios] >= 0).all(), "pincount underflow")
     folio_put_refs(machine, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
 
 

@@ -34,7 +34,7 @@ from machine.pgtable import (
 )
 
 from .folio import folio_put
-from .internal import set_pte_values
+from .internal import add_at, set_pte_values, totals_by_value
 from .rmap import (
     folio_add_anon_rmap_ptes,
     folio_add_new_anon_rmap,
@@ -223,15 +223,15 @@ def remap_folio_mappings(machine: Machine, mappings: FolioMappings) -> None:
     haddr = int(mappings.addrs[0]) & ~(PMD_SIZE - 1)
     set_pte_values(machine, mm, haddr, (mappings.addrs - haddr) >> PAGE_SHIFT, entries)
     folios = frames.page_folio[mappings.pages]
-    np.add.at(frames.folio_refcount, folios, 1)
-    np.add.at(frames.page_mapcount, mappings.pages, 1)
+    add_at(frames.folio_refcount, folios, 1)
+    add_at(frames.page_mapcount, mappings.pages, 1)
     frames.page_anon_exclusive[mappings.pages[mappings.exclusive]] = True
-    check(np.all(frames.page_mapcount[mappings.pages[mappings.exclusive]] == 1),
+    check((frames.page_mapcount[mappings.pages[mappings.exclusive]] == 1).all(),
           "exclusive page mapped more than once")
     large = frames.folio_order[folios] > 0
-    large_folios, counts = np.unique(folios[large], return_counts=True)
+    large_folios, counts = totals_by_value(folios[large], np.ones(int(large.sum()), np.int64))
     if len(large_folios):
-        folios_add_return_large_mapcount(machine, large_folios, counts.astype(np.int64), mm)
+        folios_add_return_large_mapcount(machine, large_folios, counts, mm)
 
 
 def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: int) -> str:

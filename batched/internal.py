@@ -64,10 +64,10 @@ class PteBatches:
 
     def pages(self) -> np.ndarray:
         """Every page of every batch, in address order."""
-        return pte_offsets_in_batches(self.runs.nr_pages) + np.repeat(self.page, self.runs.nr_pages)
+        return pte_offsets_in_batches(self.runs.nr_pages) + self.page.repeat(self.runs.nr_pages)
 
     def folios_of_pages(self) -> np.ndarray:
-        return np.repeat(self.folio, self.runs.nr_pages)
+        return self.folio.repeat(self.runs.nr_pages)
 
     def select(self, mask: np.ndarray) -> PteBatches:
         """The batches where mask holds."""
@@ -75,18 +75,47 @@ class PteBatches:
                           self.folio[mask], self.page[mask], self.pte[mask])
 
 
+def add_at(array: np.ndarray, indices: np.ndarray, delta) -> None:
+    """np.add.at (an index may repeat) with delta in the array's dtype: numpy's fast path
+    for ufunc.at needs matching dtypes, and counts are int32."""
+    np.add.at(array, indices, np.asarray(delta, array.dtype))
+
+
+def strictly_ascending(values: np.ndarray) -> bool:
+    return len(values) < 2 or bool((values[1:] > values[:-1]).all())
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """np.unique(values) without its overhead: values themselves when they already ascend."""
+    if strictly_ascending(values):
+        return values
+    ordered = np.sort(values)
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+
+
+def totals_by_value(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct value once, ascending, with the int64 sum of its counts."""
+    counts = np.asarray(counts, np.int64)
+    if strictly_ascending(values):
+        return values, counts
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    return ordered[starts], np.add.reduceat(counts[order], starts)
+
+
 def pte_offsets_in_batches(nr_pages: np.ndarray) -> np.ndarray:
     """0 .. nr_pages[i]-1 for each batch i, concatenated."""
     if len(nr_pages) == 1:
         return np.arange(int(nr_pages[0]), dtype=np.int64)
-    ends = np.cumsum(nr_pages)
+    ends = nr_pages.cumsum()
     total = int(ends[-1]) if len(ends) else 0
-    return np.arange(total, dtype=np.int64) - np.repeat(ends - nr_pages, nr_pages)
+    return np.arange(total, dtype=np.int64) - (ends - nr_pages).repeat(nr_pages)
 
 
 def batch_starts(nr_pages: np.ndarray) -> np.ndarray:
     """Index of each batch's first page in the concatenated pages of all batches."""
-    return np.cumsum(nr_pages) - nr_pages
+    return nr_pages.cumsum() - nr_pages
 
 
 def batches_any(per_page: np.ndarray, nr_pages: np.ndarray) -> np.ndarray:
@@ -139,7 +168,7 @@ def folio_pte_batch(machine: Machine, addr: int, ptes: np.ndarray, flags: int,
     hinted = pte_batch_hint(ptes[:-1], index[:-1])
     continues[1:] = same_folio & consecutive & (matches | hinted)
     starts = np.flatnonzero(present & ~continues)
-    run_ids = np.cumsum(present & ~continues) - 1
+    run_ids = (present & ~continues).cumsum() - 1
     nr_pages = np.bincount(run_ids[present], minlength=len(starts)).astype(np.int64)
     templates = ptes[starts].copy()
     if flags & FPB_MERGE_WRITE and len(starts):
@@ -162,7 +191,7 @@ def split_batches_by(batches: PteBatches, per_page: np.ndarray) -> tuple[PteBatc
     new_start[1:] |= per_page[1:] != per_page[:-1]
     starts = np.flatnonzero(new_start)
     sub_nr_pages = np.diff(np.append(starts, len(per_page))).astype(np.int64)
-    owner = np.repeat(np.arange(len(nr_pages)), nr_pages)[starts]
+    owner = np.arange(len(nr_pages)).repeat(nr_pages)[starts]
     sub_offsets = offsets[starts].astype(np.uint64)
     sub = PteBatches(PteRuns(batches.runs.addr, batches.runs.index[owner] + offsets[starts], sub_nr_pages),
                      batches.folio[owner], batches.page[owner] + offsets[starts],
@@ -183,7 +212,7 @@ class SwapBatches:
         return self.runs.nr_pages
 
     def slots(self) -> np.ndarray:
-        return np.repeat(self.slot, self.runs.nr_pages) + pte_offsets_in_batches(self.runs.nr_pages)
+        return self.slot.repeat(self.runs.nr_pages) + pte_offsets_in_batches(self.runs.nr_pages)
 
 
 def swap_pte_batch(addr: int, ptes: np.ndarray) -> SwapBatches:
@@ -196,7 +225,7 @@ def swap_pte_batch(addr: int, ptes: np.ndarray) -> SwapBatches:
     same_bits = (ptes[1:] & ~np.uint64(SWP_OFFSET_MASK)) == (ptes[:-1] & ~np.uint64(SWP_OFFSET_MASK))
     continues[1:] = swap[1:] & swap[:-1] & (slots[1:] == slots[:-1] + 1) & same_bits
     starts = np.flatnonzero(swap & ~continues)
-    run_ids = np.cumsum(swap & ~continues) - 1
+    run_ids = (swap & ~continues).cumsum() - 1
     nr_pages = np.bincount(run_ids[swap], minlength=len(starts)).astype(np.int64)
     index = np.arange(first, first + len(ptes), dtype=np.int64)
     return SwapBatches(PteRuns(table_addr, index[starts], nr_pages), ptes[starts].copy(), slots[starts])

@@ -329,8 +329,8 @@ def split_failed_batches(machine: Machine, batches: PteBatches) -> tuple[PteBatc
     (copied for the child)."""
     pages = batches.pages()
     offsets = pte_offsets_in_batches(batches.nr_pages)
-    index = np.repeat(batches.runs.index, batches.nr_pages) + offsets
-    ptes = np.repeat(batches.pte, batches.nr_pages) + (offsets.astype(np.uint64) << np.uint64(PAGE_SHIFT))
+    index = batches.runs.index.repeat(batches.nr_pages) + offsets
+    ptes = batches.pte.repeat(batches.nr_pages) + (offsets.astype(np.uint64) << np.uint64(PAGE_SHIFT))
     folios = batches.folios_of_pages()
     exclusive = machine.frames.page_anon_exclusive[pages]
     singles = PteBatches(PteRuns(batches.runs.addr, index[~exclusive], np.ones(int((~exclusive).sum()), np.int64)),

@@ -13,7 +13,7 @@ from machine import MM, MM_ID_DUMMY, VMA, Machine, check
 from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SHIFT
 
 from .folio import folio_maybe_dma_pinned, folio_needs_cow_for_dma
-from .internal import batches_any, pte_offsets_in_batches
+from .internal import add_at, batches_any, distinct, pte_offsets_in_batches, totals_by_value
 
 
 def __folio_rmap_sanity_checks(machine: Machine, folio: np.ndarray, page: np.ndarray,
@@ -26,16 +26,16 @@ def __folio_rmap_sanity_checks(machine: Machine, folio: np.ndarray, page: np.nda
         check(frames.page_folio[first] == folio[0] and frames.page_folio[last] == folio[0],
               "batch pages not in their folio")
         return
-    check(np.all(nr_pages >= 1), "nr_pages must be positive")
-    check(np.all(frames.page_folio[page] == folio), "batch pages not in their folios")
-    check(np.all(frames.page_folio[page + nr_pages - 1] == folio), "batch leaves its folio")
+    check((nr_pages >= 1).all(), "nr_pages must be positive")
+    check((frames.page_folio[page] == folio).all(), "batch pages not in their folios")
+    check((frames.page_folio[page + nr_pages - 1] == folio).all(), "batch leaves its folio")
 
 
 def batch_pages(page: np.ndarray, nr_pages: np.ndarray) -> np.ndarray:
     """Every page of every batch, concatenated."""
     if len(page) == 1:
         return np.arange(int(page[0]), int(page[0] + nr_pages[0]), dtype=np.int64)
-    return np.repeat(page, nr_pages) + pte_offsets_in_batches(nr_pages)
+    return page.repeat(nr_pages) + pte_offsets_in_batches(nr_pages)
 
 
 def large_folio_diffs(machine: Machine, folio: np.ndarray, nr_pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,10 +44,7 @@ def large_folio_diffs(machine: Machine, folio: np.ndarray, nr_pages: np.ndarray)
     large = machine.frames.folio_order[folio] > 0
     if len(folio) == 1:
         return folio[large], nr_pages[large].astype(np.int64)
-    if len(folio) and (folio == folio[0]).all():  # one folio's batches (split, unmap): no sort
-        return (folio[:1], nr_pages.sum(keepdims=True).astype(np.int64)) if large[0] else (folio[:0], nr_pages[:0])
-    folios, inverse = np.unique(folio[large], return_inverse=True)
-    return folios, np.bincount(inverse, weights=nr_pages[large], minlength=len(folios)).astype(np.int64)
+    return totals_by_value(folio[large], nr_pages[large])
 
 
 # MM_ID: who maps a large folio (CONFIG_MM_ID), for many folios of one mm at once.
@@ -114,8 +111,8 @@ def folios_add_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs
         folio_add_return_large_mapcount(machine, int(folios[0]), int(diffs[0]), mm)
         return
     frames = machine.frames
-    check(len(np.unique(folios)) == len(folios), "MM_ID update names a folio twice")
-    check(np.all(diffs >= 1) and np.all(diffs <= 1 << frames.folio_order[folios].astype(np.int64)),
+    check(len(distinct(folios)) == len(folios), "MM_ID update names a folio twice")
+    check((diffs >= 1).all() and (diffs <= 1 << frames.folio_order[folios].astype(np.int64)).all(),
           "bad large mapcount diff")
     new_mapcount = frames.folio_large_mapcount[folios] + diffs
     frames.folio_large_mapcount[folios] = new_mapcount
@@ -143,10 +140,10 @@ def folios_sub_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs
         folio_sub_return_large_mapcount(machine, int(folios[0]), int(diffs[0]), mm)
         return
     frames = machine.frames
-    check(len(np.unique(folios)) == len(folios), "MM_ID update names a folio twice")
-    check(np.all(diffs >= 1), "bad large mapcount diff")
+    check(len(distinct(folios)) == len(folios), "MM_ID update names a folio twice")
+    check((diffs >= 1).all(), "bad large mapcount diff")
     new_mapcount = frames.folio_large_mapcount[folios] - diffs
-    check(np.all(new_mapcount >= 0), "large mapcount underflow")
+    check((new_mapcount >= 0).all(), "large mapcount underflow")
     frames.folio_large_mapcount[folios] = new_mapcount
     mm_ids = frames.folio_mm_id[folios]
     mapcounts = frames.folio_mm_id_mapcount[folios]
@@ -222,15 +219,15 @@ def folio_add_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarr
     """
     __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
-    check(np.all(frames.folio_anon[folio]), "folio_add_anon_rmap_ptes on a non-anon folio")
+    check(frames.folio_anon[folio].all(), "folio_add_anon_rmap_ptes on a non-anon folio")
     pages = batch_pages(page, nr_pages)
-    np.add.at(frames.page_mapcount, pages, 1)
+    add_at(frames.page_mapcount, pages, 1)
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
     if len(folios):
         folios_add_return_large_mapcount(machine, folios, diffs, mm)
-    exclusive_pages = pages[np.repeat(exclusive, nr_pages)]
+    exclusive_pages = pages[exclusive.repeat(nr_pages)]
     frames.page_anon_exclusive[exclusive_pages] = True
-    check(np.all(frames.page_mapcount[exclusive_pages] == 1), "exclusive page mapped more than once")
+    check((frames.page_mapcount[exclusive_pages] == 1).all(), "exclusive page mapped more than once")
 
 
 def folio_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
@@ -239,8 +236,8 @@ def folio_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray
     __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
     pages = batch_pages(page, nr_pages)
-    check(np.all(frames.page_mapcount[pages] >= 1), "page mapcount underflow")
-    np.subtract.at(frames.page_mapcount, pages, 1)
+    check((frames.page_mapcount[pages] >= 1).all(), "page mapcount underflow")
+    add_at(frames.page_mapcount, pages, -1)
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
     if len(folios):
         folios_sub_return_large_mapcount(machine, folios, diffs, mm)
@@ -278,14 +275,14 @@ def folio_try_dup_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.n
     """
     __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
-    check(np.all(frames.folio_anon[folio]), "dup of a non-anon folio")
+    check(frames.folio_anon[folio].all(), "dup of a non-anon folio")
     pages = batch_pages(page, nr_pages)
-    check(np.all(frames.page_mapcount[pages] >= 1), "dup of an unmapped page")
+    check((frames.page_mapcount[pages] >= 1).all(), "dup of an unmapped page")
     any_exclusive = batches_any(frames.page_anon_exclusive[pages], nr_pages)
     failed = any_exclusive & folio_needs_cow_for_dma(machine, src_mm, folio)
-    shared_pages = pages[np.repeat(~failed, nr_pages)]
+    shared_pages = pages[(~failed).repeat(nr_pages)]
     frames.page_anon_exclusive[shared_pages] = False
-    np.add.at(frames.page_mapcount, shared_pages, 1)
+    add_at(frames.page_mapcount, shared_pages, 1)
     folios, diffs = large_folio_diffs(machine, folio[~failed], nr_pages[~failed])
     if len(folios):
         folios_add_return_large_mapcount(machine, folios, diffs, dst_mm)
@@ -322,10 +319,10 @@ def folio_try_share_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np
     __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
     pages = batch_pages(page, nr_pages)
-    check(np.all(frames.page_mapcount[pages] >= 1), "sharing pages whose rmap is gone")
-    check(np.all(frames.page_anon_exclusive[pages]), "sharing non-exclusive pages")
+    check((frames.page_mapcount[pages] >= 1).all(), "sharing pages whose rmap is gone")
+    check(frames.page_anon_exclusive[pages].all(), "sharing non-exclusive pages")
     shared = ~folio_maybe_dma_pinned(machine, folio)
-    frames.page_anon_exclusive[pages[np.repeat(shared, nr_pages)]] = False
+    frames.page_anon_exclusive[pages[shared.repeat(nr_pages)]] = False
     return shared
 
 

@@ -6,19 +6,21 @@ import numpy as np
 
 from machine import Machine, check
 
+from .internal import add_at
+
 
 def swap_duplicate_nr(machine: Machine, slots: np.ndarray) -> None:
     """One more swap PTE references each slot (fork)."""
     swap = machine.swap
-    check(np.all(swap.swap_count[slots] >= 1), "duplicating free swap slots")
-    np.add.at(swap.swap_count, slots, 1)
+    check((swap.swap_count[slots] >= 1).all(), "duplicating free swap slots")
+    add_at(swap.swap_count, slots, 1)
 
 
 def free_swap_and_cache_nr(machine: Machine, slots: np.ndarray) -> None:
     """One swap PTE less references each slot; slots left unreferenced are freed (data 0)."""
     swap = machine.swap
-    np.subtract.at(swap.swap_count, slots, 1)
-    check(np.all(swap.swap_count[slots] >= 0), "swap count underflow")
+    add_at(swap.swap_count, slots, -1)
+    check((swap.swap_count[slots] >= 0).all(), "swap count underflow")
     freed = slots[swap.swap_count[slots] == 0]
     swap.swap_data[freed] = 0
 
@@ -34,7 +36,7 @@ def swap_free(machine: Machine, slot: int) -> None:
 
 def folio_dup_swap(machine: Machine, slots: np.ndarray) -> None:
     """try_to_unmap: PTEs of the folio become swap PTEs referencing slots (free or not)."""
-    np.add.at(machine.swap.swap_count, slots, 1)
+    add_at(machine.swap.swap_count, slots, 1)
 
 
 def swap_free_unused(machine: Machine, slot: int, nr_slots: int) -> None:

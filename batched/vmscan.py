@@ -47,7 +47,7 @@ def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.n
         return
     machine.get_and_clear_full_ptes_runs(mm, batches.runs)
     pages = batches.pages()
-    slots = np.repeat(slot, batches.nr_pages) + (pages - np.repeat(batches.page, batches.nr_pages))
+    slots = slot.repeat(batches.nr_pages) + (pages - batches.page.repeat(batches.nr_pages))
     folio_dup_swap(machine, slots)
     machine.swap.swap_data[slots] = machine.frames.page_data[pages]
     nr_pages = int(batches.nr_pages.sum())
@@ -156,13 +156,13 @@ def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.n
         if not of_pieces.any():
             continue
         batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_pieces)
-        check(np.all(batches.nr_pages == 1), "order-0 pieces batched together")
+        check((batches.nr_pages == 1).all(), "order-0 pieces batched together")
         exclusive = machine.frames.page_anon_exclusive[batches.page]
         shared = folio_try_share_anon_rmap_ptes(machine, batches.folio[exclusive], batches.page[exclusive],
                                                 batches.nr_pages[exclusive])
         check(shared.all(), "reclaimed piece of an unpinned folio refused sharing")
         unmap_ptes_to_swap(machine, mm, batches, slot_of_piece[batches.page - folio], exclusive)
-    check(np.all(machine.frames.page_folio[mapped] < 0), "reclaimed pieces still referenced")
+    check((machine.frames.page_folio[mapped] < 0).all(), "reclaimed pieces still referenced")
 
 
 def shrink_folio_list(machine: Machine, folio: int) -> str:

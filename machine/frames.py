@@ -174,7 +174,7 @@ class FrameTable:
         check(heads.size == 0 or (heads.min() >= 0 and pages.max() < self.nr_frames),
               "folio outside the frames")
         check((self.page_folio[pages] == FREE_FOLIO).all(), "folio made of allocated frames")
-        self.page_folio[pages] = np.repeat(heads, nr_pages)
+        self.page_folio[pages] = heads.repeat(nr_pages)
         self.folio_order[heads] = order
         self._account_frames(pages, -1)
 
@@ -209,7 +209,7 @@ class FrameTable:
             self._clear_folio_frames(int(folios[0]))
             return
         nr_pages = 1 << self.folio_order[folios].astype(np.int64)
-        pages = np.repeat(folios, nr_pages) + _segment_offsets(nr_pages)
+        pages = folios.repeat(nr_pages) + _segment_offsets(nr_pages)
         check(not self.page_mapcount[pages].any(), "freeing folios with mapped pages")
         self._clear_pages(pages)
 
@@ -254,8 +254,8 @@ class FrameTable:
 
 def _segment_offsets(nr_pages: np.ndarray) -> np.ndarray:
     """0..nr_pages[i]-1 for each segment i, concatenated."""
-    ends = np.cumsum(nr_pages)
-    return np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - nr_pages, nr_pages)
+    ends = nr_pages.cumsum()
+    return np.arange(ends[-1] if len(ends) else 0) - (ends - nr_pages).repeat(nr_pages)
 
 
 __all__ = ["FrameTable", "MM_ID_DUMMY", "FREE_FOLIO", "MachineBug"]

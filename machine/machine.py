@@ -99,9 +99,9 @@ class PteRuns:
         """Every entry of every run, ascending."""
         if len(self.index) == 1:
             return np.arange(int(self.index[0]), int(self.index[0] + self.nr_pages[0]), dtype=np.int64)
-        ends = np.cumsum(self.nr_pages)
-        return np.repeat(self.index, self.nr_pages) + np.arange(ends[-1] if len(ends) else 0) \
-            - np.repeat(ends - self.nr_pages, self.nr_pages)
+        ends = self.nr_pages.cumsum()
+        return self.index.repeat(self.nr_pages) + np.arange(ends[-1] if len(ends) else 0) \
+            - (ends - self.nr_pages).repeat(self.nr_pages)
 
 
 def contpte_fold_bits(values: list[int]) -> tuple[int, int]:
@@ -316,8 +316,8 @@ class Machine:
         table = self._pte_table_for_runs(mm, runs)
         ptes = np.asarray(ptes, np.uint64)
         entries = runs.entry_indices()
-        offsets = (entries - np.repeat(runs.index, runs.nr_pages)).astype(np.uint64)
-        table.entries[entries] = np.repeat(ptes, runs.nr_pages) + (offsets << np.uint64(PAGE_SHIFT))
+        offsets = (entries - runs.index.repeat(runs.nr_pages)).astype(np.uint64)
+        table.entries[entries] = ptes.repeat(runs.nr_pages) + (offsets << np.uint64(PAGE_SHIFT))
 
     def get_and_clear_full_ptes_runs(self, mm: MM, runs: PteRuns) -> np.ndarray:
         """get_and_clear_full_ptes for each run: clears them; per run the first entry with
@@ -329,7 +329,7 @@ class Machine:
         entries = runs.entry_indices()
         values = table.entries[entries]
         ptes = table.entries[runs.index].copy()
-        starts = np.cumsum(runs.nr_pages) - runs.nr_pages
+        starts = runs.nr_pages.cumsum() - runs.nr_pages
         any_dirty = np.logical_or.reduceat(pte_dirty(values), starts) if len(starts) else np.zeros(0, bool)
         any_young = np.logical_or.reduceat(pte_young(values), starts) if len(starts) else np.zeros(0, bool)
         ptes = np.where(any_dirty, pte_mkdirty(ptes), ptes)
@@ -461,7 +461,9 @@ class Machine:
                 elif reduce(or_, values) & PTE_CONT:
                     table.entries[span] &= ~np.uint64(PTE_CONT)
                 continue
-            table.entries[span] = self._canonical_entries(table.entries[span])
+            entries = table.entries[span]
+            if entries.any():  # none entries are canonical as they are (zap's cleared runs)
+                table.entries[span] = self._canonical_entries(entries)
         self._touched = {}
 
     def _contpte_eligible(self, blocks: np.ndarray) -> np.ndarray:

@@ -37,7 +37,9 @@ class SwapSpace:
         chunk = max(SCAN_CHUNK_SLOTS, nr_slots)
         for start in range(0, usable, chunk):
             end = min(start + chunk, usable)
-            free_runs = (self.swap_count[start:end] == 0).reshape(-1, nr_slots).all(axis=1)
+            free_runs = self.swap_count[start:end] == 0
+            if nr_slots > 1:
+                free_runs = free_runs.reshape(-1, nr_slots).all(axis=1)
             if start == 0:
                 free_runs[0] = False  # slot 0 is the swap header: its swap PTE would read as pte_none
             run = int(free_runs.argmax())

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from batched.internal import (
     FPB_FORK,
     FPB_UNMAP,
     FPB_ZAP,
+    add_at,
+    distinct,
     folio_pte_batch,
     split_batches_by,
     swap_pte_batch,
+    totals_by_value,
 )
 from machine import Machine
 from machine.pgtable import (
@@ -115,3 +119,23 @@ def test_young_alone_never_splits_a_batch():
     values = [fault_pte(folio + i) & ~PTE_AF if i % 2 else fault_pte(folio + i) for i in range(4)]
     for flags in (FPB_ZAP, FPB_FORK, FPB_UNMAP):
         assert list(folio_pte_batch(machine, TABLE, ptes_of(values), flags).nr_pages) == [4]
+
+
+# --- the cheap replacements for np.unique and ufunc.at ------------------------
+
+@pytest.mark.parametrize("values", [[], [5], [1, 2, 9], [9, 2, 2, 1, 9], [3, 3, 3], [4, 1]])
+def test_distinct_and_totals_match_numpy_unique(values):
+    values = np.array(values, np.int64)
+    counts = np.arange(1, len(values) + 1, dtype=np.int64)
+    assert np.array_equal(distinct(values), np.unique(values))
+    unique, inverse = np.unique(values, return_inverse=True)
+    expected = np.bincount(inverse, weights=counts, minlength=len(unique)).astype(np.int64)
+    got_values, got_totals = totals_by_value(values, counts)
+    assert np.array_equal(got_values, unique) and np.array_equal(got_totals, expected)
+
+
+def test_add_at_adds_once_per_occurrence_in_the_array_dtype():
+    array = np.zeros(8, np.int32)
+    add_at(array, np.array([3, 1, 3, 3]), 2)
+    add_at(array, np.array([1]), -1)
+    assert array.tolist() == [0, 1, 0, 6, 0, 0, 0, 0] and array.dtype == np.int32

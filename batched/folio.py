@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, Machine, check
+from machine import MM, Machine, all_set, check
 
 from .internal import add_at, distinct
 
@@ -14,18 +14,18 @@ GUP_PIN_COUNTING_BIAS = 1024
 def page_folio(machine: Machine, pages):
     """The head pfn of each page's folio (pages must be allocated)."""
     if isinstance(pages, int):
-        folio = int(machine.frames.page_folio[pages])
+        folio = machine.frames.page_folio.item(pages)
         check(folio >= 0, "pfn %s is not allocated", pages)
         return folio
     folios = machine.frames.page_folio[pages]
-    check((folios >= 0).all(), "pages include a free frame")
+    check(all_set(folios >= 0), "pages include a free frame")
     return folios
 
 
 def folio_ref_add(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> None:
     """Add nr_refs[i] references to folios[i] (a folio may appear several times)."""
     frames = machine.frames
-    check((frames.folio_refcount[folios] > 0).all(), "free folios get references")
+    check(all_set(frames.folio_refcount[folios] > 0), "free folios get references")
     add_at(frames.folio_refcount, folios, nr_refs)
 
 
@@ -46,7 +46,7 @@ def folio_put_refs(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) ->
         return
     add_at(frames.folio_refcount, folios, -np.asarray(nr_refs))
     touched = distinct(folios)
-    check((frames.folio_refcount[touched] >= 0).all(), "folio refcount underflow")
+    check(all_set(frames.folio_refcount[touched] >= 0), "folio refcount underflow")
     frames.folios_free(touched[frames.folio_refcount[touched] == 0])
 
 
@@ -69,8 +69,8 @@ def folio_needs_cow_for_dma(machine: Machine, mm: MM, folios):
 def folio_mapcount(machine: Machine, folio: int) -> int:
     frames = machine.frames
     if frames.folio_order[folio] > 0:
-        return int(frames.folio_large_mapcount[folio])
-    return int(frames.page_mapcount[folio])
+        return frames.folio_large_mapcount.item(folio)
+    return frames.page_mapcount.item(folio)
 
 
 def page_mapcount(machine: Machine, pages: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, VMA, Machine, check
+from machine import MM, Machine, VMA, all_set, any_set, check
 from machine.errors import EFAULT, EINVAL, ENOMEM, OK
 from machine.pgtable import (
     PAGE_SHIFT,
@@ -94,7 +94,7 @@ def pinned_pages(machine: Machine, mm: MM, start: int, end: int) -> np.ndarray:
         check(frames.page_anon_exclusive[folio], "pinning non-exclusive PMD folio %s", folio)
         return folio + ((start & (PMD_SIZE - 1)) >> PAGE_SHIFT) + np.arange(nr_pages, dtype=np.int64)
     pages = pte_pfn(machine.ptes_get(mm, start, nr_pages)).astype(np.int64)
-    check(frames.page_anon_exclusive[pages].all(), "pinning non-exclusive pages")
+    check(all_set(frames.page_anon_exclusive[pages]), "pinning non-exclusive pages")
     return pages
 
 
@@ -102,7 +102,7 @@ def try_grab_folios_pin(machine: Machine, pages: np.ndarray) -> None:
     """FOLL_PIN each page: +1 ref and +1 _pincount on a large folio, +1024 refs on a small one."""
     frames = machine.frames
     folios = page_folio(machine, pages)
-    check((frames.folio_refcount[folios] >= 1).all(), "pinning a free folio")
+    check(all_set(frames.folio_refcount[folios] >= 1), "pinning a free folio")
     large = frames.folio_order[folios] > 0
     add_at(frames.folio_refcount, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
     add_at(frames.folio_pincount, folios[large], 1)
@@ -114,7 +114,7 @@ def unpin_folios(machine: Machine, pages: np.ndarray) -> None:
     folios = page_folio(machine, pages)
     large = frames.folio_order[folios] > 0
     add_at(frames.folio_pincount, folios[large], -1)
-    check((frames.folio_pincount[folios] >= 0).all(), "pincount underflow")
+    check(all_set(frames.folio_pincount[folios] >= 0), "pincount underflow")
     folio_put_refs(machine, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
 
 
@@ -132,7 +132,7 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
         vma = mm.find_vma(page_addr)
         chunk_end = min(end, vma.end, (page_addr & ~(PMD_SIZE - 1)) + PMD_SIZE)
         need_fault = pages_need_fault(machine, mm, page_addr, chunk_end, writable)
-        ready_end = page_addr + (int(np.argmax(need_fault)) << PAGE_SHIFT) if need_fault.any() else chunk_end
+        ready_end = page_addr + (int(np.argmax(need_fault)) << PAGE_SHIFT) if any_set(need_fault) else chunk_end
         if ready_end > page_addr:
             ready = pinned_pages(machine, mm, page_addr, ready_end)
             try_grab_folios_pin(machine, ready)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from machine import MM, VMA, Machine, PteRuns, check
+from machine import MM, Machine, PteRuns, VMA, all_set, check
 from machine.errors import EAGAIN, EINVAL, OK
 from machine.pgtable import (
     HPAGE_PMD_NR,
@@ -73,7 +73,7 @@ def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: 
     folio = int(pte_pfn(pmd))
     frames = machine.frames
     if not frames.page_anon_exclusive[folio]:
-        if int(frames.folio_refcount[folio]) != 1:
+        if frames.folio_refcount.item(folio) != 1:
             split_huge_pmd_locked(machine, mm, vma, haddr)
             return FALLBACK
         frames.page_anon_exclusive[folio] = True
@@ -199,8 +199,8 @@ def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> np.n
     """Turn an unmapped folio's struct pages into folios of new_order; returns their heads."""
     frames = machine.frames
     nr_pages = frames.folio_nr_pages(folio)
-    index = int(frames.folio_index[folio])
-    lineage = int(frames.folio_lineage[folio])
+    index = frames.folio_index.item(folio)
+    lineage = frames.folio_lineage.item(folio)
     data = frames.page_data[folio:folio + nr_pages].copy()
     heads = np.arange(folio, folio + nr_pages, 1 << new_order, dtype=np.int64)
     frames.clear_frames(folio, nr_pages)
@@ -226,7 +226,7 @@ def remap_folio_mappings(machine: Machine, mappings: FolioMappings) -> None:
     add_at(frames.folio_refcount, folios, 1)
     add_at(frames.page_mapcount, mappings.pages, 1)
     frames.page_anon_exclusive[mappings.pages[mappings.exclusive]] = True
-    check((frames.page_mapcount[mappings.pages[mappings.exclusive]] == 1).all(),
+    check(all_set(frames.page_mapcount[mappings.pages[mappings.exclusive]] == 1),
           "exclusive page mapped more than once")
     large = frames.folio_order[folios] > 0
     large_folios, counts = totals_by_value(folios[large], np.ones(int(large.sum()), np.int64))
@@ -240,16 +240,16 @@ def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: in
     Refused with EAGAIN if any reference is not a mapping (a pin).
     """
     frames = machine.frames
-    check(int(frames.page_folio[folio]) == folio and frames.folio_anon[folio], "split of non-folio %s", folio)
-    order = int(frames.folio_order[folio])
+    check(frames.page_folio.item(folio) == folio and frames.folio_anon[folio], "split of non-folio %s", folio)
+    order = frames.folio_order.item(folio)
     if new_order == 1 or new_order >= order or not 0 <= new_order <= 8:
         return EINVAL
-    if int(frames.folio_refcount[folio]) != int(frames.folio_large_mapcount[folio]):
+    if frames.folio_refcount.item(folio) != frames.folio_large_mapcount.item(folio):
         return EAGAIN
     frames.folio_refcount[folio] += 1  # the caller's reference, held across the unmap
     walk = [unmap_folio_range(machine, folio, mm, vma, start, end)
             for mm, vma, start, end in rmap_walk_vmas(machine, folio)]
-    check(int(frames.folio_refcount[folio]) == 1, "extra reference appeared during split")
+    check(frames.folio_refcount.item(folio) == 1, "extra reference appeared during split")
     frames.folio_refcount[folio] = 0
     heads = __split_folio_to_order(machine, folio, new_order)
     for mappings in walk:

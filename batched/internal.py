@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from machine import Machine, PteRuns, check
+from machine import Machine, PteRuns, all_set, check
 from machine.pgtable import (
     CONT_PTES,
     PAGE_SHIFT,
@@ -82,7 +82,7 @@ def add_at(array: np.ndarray, indices: np.ndarray, delta) -> None:
 
 
 def strictly_ascending(values: np.ndarray) -> bool:
-    return len(values) < 2 or bool((values[1:] > values[:-1]).all())
+    return len(values) < 2 or all_set(values[1:] > values[:-1])
 
 
 def distinct(values: np.ndarray) -> np.ndarray:
@@ -158,7 +158,7 @@ def folio_pte_batch(machine: Machine, addr: int, ptes: np.ndarray, flags: int,
     frames = machine.frames
     safe_pfns = np.where(present, pfns, 0)
     folios = np.where(present, frames.page_folio[safe_pfns], -1)
-    check((folios[present] >= 0).all(), "a present PTE maps a free frame")
+    check(all_set(folios[present] >= 0), "a present PTE maps a free frame")
     expected = __pte_batch_clear_ignored(ptes, flags)
     index = np.arange(first, first + len(ptes), dtype=np.int64)
     continues = np.zeros(len(ptes), bool)
@@ -184,7 +184,7 @@ def split_batches_by(batches: PteBatches, per_page: np.ndarray) -> tuple[PteBatc
     nr_pages = batches.nr_pages
     if len(nr_pages) == 0:
         return batches, np.zeros(0, bool)
-    if len(nr_pages) == 1 and (per_page == per_page[0]).all():  # one uniform batch: nothing to split
+    if len(nr_pages) == 1 and all_set(per_page == per_page[0]):  # one uniform batch: nothing to split
         return batches, per_page[:1].copy()
     offsets = pte_offsets_in_batches(nr_pages)
     new_start = offsets == 0

@@ -24,7 +24,7 @@ from machine.pgtable import (
 from .folio import page_folio
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
-from .memory import do_swap_page, fork_copies_bound, handle_write_fault
+from .memory import do_anonymous_page, do_swap_page, fork_copies_bound, handle_write_fault
 from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
 from .mprotect import do_mprotect_pkey
 from .vmscan import shrink_folio_list, try_to_unmap
@@ -87,8 +87,8 @@ class Kernel:
         if vma is None or not vma.writable:
             return EFAULT
         if pte_none(self.machine.lookup(mm, addr)[1]):
-            # do_anonymous_page fails only before it maps anything.
-            return self._finish(handle_write_fault(self.machine, mm, vma, addr, order))
+            # handle_pte_fault of a none entry; do_anonymous_page fails only before it maps anything.
+            return self._finish(do_anonymous_page(self.machine, mm, vma, addr, order))
         return self._user_write(mm, vma, addr, value=None)
 
     def write(self, pid: int, addr: int, value: int) -> str:

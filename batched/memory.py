@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, VMA, Machine, PteRuns, check
+from machine import MM, Machine, PteRuns, VMA, any_set, check
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
     HPAGE_PMD_ORDER,
@@ -127,11 +127,11 @@ def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
     """Every reference is one of mm's mappings, so no one else can see the folio."""
     frames = machine.frames
     if frames.folio_order[folio] == 0:
-        return int(frames.folio_refcount[folio]) == 1
-    large_mapcount = int(frames.folio_large_mapcount[folio])
+        return frames.folio_refcount.item(folio) == 1
+    large_mapcount = frames.folio_large_mapcount.item(folio)
     if large_mapcount <= 1 or frames.folio_mm_ids_shared[folio]:
         return False
-    if large_mapcount != int(frames.folio_refcount[folio]):
+    if large_mapcount != frames.folio_refcount.item(folio):
         return False
     check(mm.mm_id in frames.folio_mm_id[folio], "exclusively mapped folio not mapped by the faulting mm")
     return True
@@ -247,11 +247,11 @@ def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
     if mm.pte_table(start) is None:
         return
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
-    if not ptes.any():
+    if not any_set(ptes):
         return
-    if pte_present(ptes).any():
+    if any_set(pte_present(ptes)):
         zap_present_ptes(machine, mm, folio_pte_batch(machine, start, ptes, FPB_ZAP))
-    if is_swap_pte(ptes).any():
+    if any_set(is_swap_pte(ptes)):
         zap_nonpresent_ptes(machine, mm, swap_pte_batch(start, ptes))
 
 
@@ -275,7 +275,7 @@ def copy_nonpresent_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: Swap
     swap_duplicate_nr(machine, batches.slots())
     shared = pte_swp_clear_exclusive(batches.pte)
     was_exclusive = pte_swp_exclusive(batches.pte)
-    if was_exclusive.any():
+    if any_set(was_exclusive):
         exclusive_runs = PteRuns(batches.runs.addr, batches.runs.index[was_exclusive],
                                  batches.runs.nr_pages[was_exclusive])
         machine.set_ptes_runs(src_mm, exclusive_runs, shared[was_exclusive])
@@ -287,7 +287,7 @@ def __copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBa
     """The shared case: write-protect writable batches in the parent, set the child's
     entries old and write-protected from each batch's template."""
     writable = pte_write(batches.pte)
-    if writable.any():
+    if any_set(writable):
         machine.wrprotect_ptes_runs(src_mm, batches.select(writable).runs)
     child = np.where(writable, pte_wrprotect(batches.pte), batches.pte)
     machine.set_ptes_runs(dst_mm, batches.runs, pte_mkold(child))
@@ -344,19 +344,19 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
     if src_mm.pte_table(start) is None:
         return OK
     ptes = machine.ptes_get(src_mm, start, (end - start) >> PAGE_SHIFT)
-    if not ptes.any():
+    if not any_set(ptes):
         return OK
-    if is_swap_pte(ptes).any():
+    if any_set(is_swap_pte(ptes)):
         copy_nonpresent_ptes(machine, dst_mm, src_mm, swap_pte_batch(start, ptes))
-    if not pte_present(ptes).any():
+    if not any_set(pte_present(ptes)):
         return OK
     batches = folio_pte_batch(machine, start, ptes, FPB_FORK)
     failed = copy_present_ptes(machine, dst_mm, src_mm, batches)
-    if not failed.any():
+    if not any_set(failed):
         return OK
     singles, addrs, exclusive_pages = split_failed_batches(machine, batches.select(failed))
     # The fallback takes each page singly: a page of a batch of one cannot be exclusive here.
-    check(not copy_present_ptes(machine, dst_mm, src_mm, singles).any(), "non-exclusive page refused")
+    check(not any_set(copy_present_ptes(machine, dst_mm, src_mm, singles)), "non-exclusive page refused")
     return copy_present_pages(machine, dst_mm, dst_vma, addrs, exclusive_pages, batches.runs.addr)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, MM_ID_DUMMY, VMA, Machine, check
+from machine import MM, MM_ID_DUMMY, Machine, VMA, all_set, any_set, check
 from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SHIFT
 
 from .folio import folio_maybe_dma_pinned, folio_needs_cow_for_dma
@@ -26,9 +26,9 @@ def __folio_rmap_sanity_checks(machine: Machine, folio: np.ndarray, page: np.nda
         check(frames.page_folio[first] == folio[0] and frames.page_folio[last] == folio[0],
               "batch pages not in their folio")
         return
-    check((nr_pages >= 1).all(), "nr_pages must be positive")
-    check((frames.page_folio[page] == folio).all(), "batch pages not in their folios")
-    check((frames.page_folio[page + nr_pages - 1] == folio).all(), "batch leaves its folio")
+    check(all_set(nr_pages >= 1), "nr_pages must be positive")
+    check(all_set(frames.page_folio[page] == folio), "batch pages not in their folios")
+    check(all_set(frames.page_folio[page + nr_pages - 1] == folio), "batch leaves its folio")
 
 
 def batch_pages(page: np.ndarray, nr_pages: np.ndarray) -> np.ndarray:
@@ -52,7 +52,7 @@ def large_folio_diffs(machine: Machine, folio: np.ndarray, nr_pages: np.ndarray)
 def folio_set_large_mapcount(machine: Machine, folio: int, mapcount: int, mm: MM) -> None:
     """A new large folio's mapcount, all of it in mm's slot 0."""
     frames = machine.frames
-    check(not frames.folio_mm_id[folio].any(), "new folio already has MM_ID slots")
+    check(not any_set(frames.folio_mm_id[folio]), "new folio already has MM_ID slots")
     frames.folio_large_mapcount[folio] = mapcount
     frames.folio_mm_id_mapcount[folio, 0] = mapcount
     frames.folio_mm_id[folio, 0] = mm.mm_id
@@ -62,7 +62,7 @@ def folio_add_return_large_mapcount(machine: Machine, folio: int, diff: int, mm:
     """Add diff mappings by mm to one large folio; claim a slot or mark it maybe mapped shared."""
     frames = machine.frames
     check(1 <= diff <= frames.folio_nr_pages(folio), "bad large mapcount diff")
-    new_mapcount = int(frames.folio_large_mapcount[folio]) + diff
+    new_mapcount = frames.folio_large_mapcount.item(folio) + diff
     frames.folio_large_mapcount[folio] = new_mapcount
     mm_ids = frames.folio_mm_id[folio]
     mapcounts = frames.folio_mm_id_mapcount[folio]
@@ -87,7 +87,7 @@ def folio_sub_return_large_mapcount(machine: Machine, folio: int, diff: int, mm:
     one slot owns every mapping."""
     frames = machine.frames
     check(diff >= 1, "bad large mapcount diff")
-    new_mapcount = int(frames.folio_large_mapcount[folio]) - diff
+    new_mapcount = frames.folio_large_mapcount.item(folio) - diff
     check(new_mapcount >= 0, "folio %s large mapcount underflow", folio)
     frames.folio_large_mapcount[folio] = new_mapcount
     mm_ids = frames.folio_mm_id[folio]
@@ -112,7 +112,7 @@ def folios_add_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs
         return
     frames = machine.frames
     check(len(distinct(folios)) == len(folios), "MM_ID update names a folio twice")
-    check((diffs >= 1).all() and (diffs <= 1 << frames.folio_order[folios].astype(np.int64)).all(),
+    check(all_set(diffs >= 1) and all_set(diffs <= 1 << frames.folio_order[folios].astype(np.int64)),
           "bad large mapcount diff")
     new_mapcount = frames.folio_large_mapcount[folios] + diffs
     frames.folio_large_mapcount[folios] = new_mapcount
@@ -141,9 +141,9 @@ def folios_sub_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs
         return
     frames = machine.frames
     check(len(distinct(folios)) == len(folios), "MM_ID update names a folio twice")
-    check((diffs >= 1).all(), "bad large mapcount diff")
+    check(all_set(diffs >= 1), "bad large mapcount diff")
     new_mapcount = frames.folio_large_mapcount[folios] - diffs
-    check((new_mapcount >= 0).all(), "large mapcount underflow")
+    check(all_set(new_mapcount >= 0), "large mapcount underflow")
     frames.folio_large_mapcount[folios] = new_mapcount
     mm_ids = frames.folio_mm_id[folios]
     mapcounts = frames.folio_mm_id_mapcount[folios]
@@ -179,32 +179,35 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
     head exclusive. Context: the folio is fresh (unmapped, not anon).
     """
     frames = machine.frames
-    check(not frames.folio_anon[folio], "folio_add_new_anon_rmap on an anon folio")
-    check(frames.folio_large_mapcount[folio] == 0 and frames.page_mapcount[folio] == 0,
+    check(not frames.folio_anon.item(folio), "folio_add_new_anon_rmap on an anon folio")
+    check(frames.folio_large_mapcount.item(folio) == 0 and frames.page_mapcount.item(folio) == 0,
           "new folio already mapped")
     frames.folio_anon[folio] = True
     frames.folio_index[folio] = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
     frames.folio_lineage[folio] = vma.lineage
-    order = int(frames.folio_order[folio])
+    order = frames.folio_order.item(folio)
     nr_pages = 1 << order
     if order == HPAGE_PMD_ORDER:
         frames.folio_entire_mapcount[folio] = 1
         folio_set_large_mapcount(machine, folio, 1, mm)
         frames.page_anon_exclusive[folio] = True
         return
+    if order == 0:  # plain element stores: a one-element slice store costs several times more
+        frames.page_mapcount[folio] = 1
+        frames.page_anon_exclusive[folio] = True
+        return
     frames.page_mapcount[folio:folio + nr_pages] = 1
     frames.page_anon_exclusive[folio:folio + nr_pages] = True
-    if order > 0:
-        folio_set_large_mapcount(machine, folio, nr_pages, mm)
+    folio_set_large_mapcount(machine, folio, nr_pages, mm)
 
 
 def folios_add_new_anon_rmap_order0(machine: Machine, folios: np.ndarray, mm: MM, vma: VMA,
                                     addrs: np.ndarray) -> None:
     """folio_add_new_anon_rmap for many fresh order-0 folios (fork's copies), exclusive."""
     frames = machine.frames
-    check(not frames.folio_anon[folios].any(), "folio_add_new_anon_rmap on an anon folio")
-    check(not frames.folio_order[folios].any(), "order-0 folios expected")
-    check(not frames.page_mapcount[folios].any(), "new folio already mapped")
+    check(not any_set(frames.folio_anon[folios]), "folio_add_new_anon_rmap on an anon folio")
+    check(not any_set(frames.folio_order[folios]), "order-0 folios expected")
+    check(not any_set(frames.page_mapcount[folios]), "new folio already mapped")
     __folio_set_anon(machine, folios, vma, addrs)
     frames.page_mapcount[folios] = 1
     frames.page_anon_exclusive[folios] = True
@@ -219,7 +222,7 @@ def folio_add_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarr
     """
     __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
-    check(frames.folio_anon[folio].all(), "folio_add_anon_rmap_ptes on a non-anon folio")
+    check(all_set(frames.folio_anon[folio]), "folio_add_anon_rmap_ptes on a non-anon folio")
     pages = batch_pages(page, nr_pages)
     add_at(frames.page_mapcount, pages, 1)
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
@@ -227,7 +230,7 @@ def folio_add_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarr
         folios_add_return_large_mapcount(machine, folios, diffs, mm)
     exclusive_pages = pages[exclusive.repeat(nr_pages)]
     frames.page_anon_exclusive[exclusive_pages] = True
-    check((frames.page_mapcount[exclusive_pages] == 1).all(), "exclusive page mapped more than once")
+    check(all_set(frames.page_mapcount[exclusive_pages] == 1), "exclusive page mapped more than once")
 
 
 def folio_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
@@ -236,7 +239,7 @@ def folio_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray
     __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
     pages = batch_pages(page, nr_pages)
-    check((frames.page_mapcount[pages] >= 1).all(), "page mapcount underflow")
+    check(all_set(frames.page_mapcount[pages] >= 1), "page mapcount underflow")
     add_at(frames.page_mapcount, pages, -1)
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
     if len(folios):
@@ -246,7 +249,7 @@ def folio_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray
 def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> None:
     """folio_remove_rmap_ptes for one PTE (COW's unmap of the old page)."""
     frames = machine.frames
-    check(int(frames.page_folio[page]) == folio, "page %s not in folio %s", page, folio)
+    check(frames.page_folio.item(page) == folio, "page %s not in folio %s", page, folio)
     check(frames.page_mapcount[page] >= 1, "page %s mapcount underflow", page)
     frames.page_mapcount[page] -= 1
     if frames.folio_order[folio] > 0:
@@ -256,7 +259,7 @@ def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> No
 def folio_remove_rmap_pmd(machine: Machine, folio: int, mm: MM) -> None:
     """Account one PMD mapping less. Context: the folio is PMD-mapped (entire mapcount >= 1)."""
     frames = machine.frames
-    check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD unmapping of a non-PMD folio")
+    check(frames.folio_order.item(folio) == HPAGE_PMD_ORDER, "PMD unmapping of a non-PMD folio")
     check(frames.folio_entire_mapcount[folio] >= 1, "folio %s entire mapcount underflow", folio)
     frames.folio_entire_mapcount[folio] -= 1
     folio_sub_return_large_mapcount(machine, folio, 1, mm)
@@ -275,9 +278,9 @@ def folio_try_dup_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.n
     """
     __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
-    check(frames.folio_anon[folio].all(), "dup of a non-anon folio")
+    check(all_set(frames.folio_anon[folio]), "dup of a non-anon folio")
     pages = batch_pages(page, nr_pages)
-    check((frames.page_mapcount[pages] >= 1).all(), "dup of an unmapped page")
+    check(all_set(frames.page_mapcount[pages] >= 1), "dup of an unmapped page")
     any_exclusive = batches_any(frames.page_anon_exclusive[pages], nr_pages)
     failed = any_exclusive & folio_needs_cow_for_dma(machine, src_mm, folio)
     shared_pages = pages[(~failed).repeat(nr_pages)]
@@ -296,7 +299,7 @@ def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm
     Context: the parent maps the folio with a PMD (entire mapcount >= 1).
     """
     frames = machine.frames
-    check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD dup of a non-PMD folio")
+    check(frames.folio_order.item(folio) == HPAGE_PMD_ORDER, "PMD dup of a non-PMD folio")
     check(frames.folio_entire_mapcount[folio] >= 1, "PMD dup of folio %s not PMD-mapped", folio)
     if frames.page_anon_exclusive[folio]:
         if folio_needs_cow_for_dma(machine, src_mm, folio):
@@ -319,8 +322,8 @@ def folio_try_share_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np
     __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
     pages = batch_pages(page, nr_pages)
-    check((frames.page_mapcount[pages] >= 1).all(), "sharing pages whose rmap is gone")
-    check(frames.page_anon_exclusive[pages].all(), "sharing non-exclusive pages")
+    check(all_set(frames.page_mapcount[pages] >= 1), "sharing pages whose rmap is gone")
+    check(all_set(frames.page_anon_exclusive[pages]), "sharing non-exclusive pages")
     shared = ~folio_maybe_dma_pinned(machine, folio)
     frames.page_anon_exclusive[pages[shared.repeat(nr_pages)]] = False
     return shared
@@ -330,9 +333,9 @@ def rmap_walk_vmas(machine: Machine, folio: int) -> list[tuple[MM, VMA, int, int
     """Every (mm, vma, start, end) where the folio's pages may be mapped, in walk order:
     ascending process, then VMA (page i maps only at linear address index + i)."""
     frames = machine.frames
-    first = int(frames.folio_index[folio]) << PAGE_SHIFT
+    first = frames.folio_index.item(folio) << PAGE_SHIFT
     last = first + (machine.frames.folio_nr_pages(folio) << PAGE_SHIFT)
-    lineage = int(frames.folio_lineage[folio])
+    lineage = frames.folio_lineage.item(folio)
     return [(mm, vma, max(vma.start, first), min(vma.end, last))
             for pid, mm in sorted(machine.processes.items())
             for vma in mm.vmas_intersecting(first, last)

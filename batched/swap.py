@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import Machine, check
+from machine import Machine, all_set, check
 
 from .internal import add_at
 
@@ -12,7 +12,7 @@ from .internal import add_at
 def swap_duplicate_nr(machine: Machine, slots: np.ndarray) -> None:
     """One more swap PTE references each slot (fork)."""
     swap = machine.swap
-    check((swap.swap_count[slots] >= 1).all(), "duplicating free swap slots")
+    check(all_set(swap.swap_count[slots] >= 1), "duplicating free swap slots")
     add_at(swap.swap_count, slots, 1)
 
 
@@ -20,7 +20,7 @@ def free_swap_and_cache_nr(machine: Machine, slots: np.ndarray) -> None:
     """One swap PTE less references each slot; slots left unreferenced are freed (data 0)."""
     swap = machine.swap
     add_at(swap.swap_count, slots, -1)
-    check((swap.swap_count[slots] >= 0).all(), "swap count underflow")
+    check(all_set(swap.swap_count[slots] >= 0), "swap count underflow")
     freed = slots[swap.swap_count[slots] == 0]
     swap.swap_data[freed] = 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, VMA, Machine, check
+from machine import MM, Machine, VMA, all_set, any_set, check
 from machine.errors import EBUSY, ENOMEM, OK
 from machine.pgtable import (
     PAGE_SHIFT,
@@ -99,13 +99,13 @@ def try_to_unmap_one(machine: Machine, folio: int, nr_pages: int, mm: MM, vma: V
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
     pfns = pte_pfn(ptes).astype(np.int64)
     of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
-    if not of_folio.any():
+    if not any_set(of_folio):
         return True
     batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_folio)
     sub_batches, exclusive = split_batches_by(batches, machine.frames.page_anon_exclusive[batches.pages()])
-    if exclusive.any():
+    if any_set(exclusive):
         shared = sub_batches.select(exclusive)
-        if not folio_try_share_anon_rmap_ptes(machine, shared.folio, shared.page, shared.nr_pages).all():
+        if not all_set(folio_try_share_anon_rmap_ptes(machine, shared.folio, shared.page, shared.nr_pages)):
             before = np.arange(len(exclusive)) < int(np.argmax(exclusive))
             unmap_ptes_to_swap(machine, mm, sub_batches.select(before),
                                slot + (sub_batches.page[before] - folio), exclusive[before])
@@ -120,8 +120,8 @@ def try_to_unmap(machine: Machine, folio: int) -> str:
     Context: folio is an allocated anon folio.
     """
     frames = machine.frames
-    check(int(frames.page_folio[folio]) == folio and frames.folio_anon[folio], "try_to_unmap of non-folio %s", folio)
-    order = int(frames.folio_order[folio])
+    check(frames.page_folio.item(folio) == folio and frames.folio_anon[folio], "try_to_unmap of non-folio %s", folio)
+    order = frames.folio_order.item(folio)
     slot = machine.swap.find_free_slots(order)
     if slot is None:
         return ENOMEM
@@ -137,7 +137,7 @@ def try_to_unmap(machine: Machine, folio: int) -> str:
 def folio_partially_mapped(machine: Machine, folio: int) -> bool:
     """Some page of a large folio is mapped by nothing (model: no partially_mapped flag)."""
     pages = np.arange(folio, folio + machine.frames.folio_nr_pages(folio))
-    return bool((page_mapcount(machine, pages) == 0).any())
+    return any_set(page_mapcount(machine, pages) == 0)
 
 
 def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.ndarray,
@@ -153,25 +153,25 @@ def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.n
         ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
         pfns = pte_pfn(ptes).astype(np.int64)
         of_pieces = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
-        if not of_pieces.any():
+        if not any_set(of_pieces):
             continue
         batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_pieces)
-        check((batches.nr_pages == 1).all(), "order-0 pieces batched together")
+        check(all_set(batches.nr_pages == 1), "order-0 pieces batched together")
         exclusive = machine.frames.page_anon_exclusive[batches.page]
         shared = folio_try_share_anon_rmap_ptes(machine, batches.folio[exclusive], batches.page[exclusive],
                                                 batches.nr_pages[exclusive])
-        check(shared.all(), "reclaimed piece of an unpinned folio refused sharing")
+        check(all_set(shared), "reclaimed piece of an unpinned folio refused sharing")
         unmap_ptes_to_swap(machine, mm, batches, slot_of_piece[batches.page - folio], exclusive)
-    check((machine.frames.page_folio[mapped] < 0).all(), "reclaimed pieces still referenced")
+    check(all_set(machine.frames.page_folio[mapped] < 0), "reclaimed pieces still referenced")
 
 
 def shrink_folio_list(machine: Machine, folio: int) -> str:
     """Reclaim the folio to swap: refuse pinned or extra-referenced ones, split partial ones."""
     frames = machine.frames
-    large = int(frames.folio_order[folio]) > 0
+    large = frames.folio_order.item(folio) > 0
     if folio_maybe_dma_pinned(machine, folio):
         return EBUSY
-    if large and int(frames.folio_refcount[folio]) > folio_mapcount(machine, folio):
+    if large and frames.folio_refcount.item(folio) > folio_mapcount(machine, folio):
         return EBUSY
     if large and folio_partially_mapped(machine, folio):
         nr_pages = frames.folio_nr_pages(folio)

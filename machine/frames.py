@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import all_set, any_set
 from .errors import MachineBug, check
 
 MM_ID_DUMMY = 0
@@ -67,10 +68,10 @@ class FrameTable:
     # Queries used by both implementations.
 
     def folio_nr_pages(self, folio: int) -> int:
-        return 1 << int(self.folio_order[folio])
+        return 1 << self.folio_order.item(folio)
 
     def page_folio_of(self, page: int) -> int:
-        folio = int(self.page_folio[page])
+        folio = self.page_folio.item(page)
         check(folio != FREE_FOLIO, "pfn %s is not allocated", page)
         return folio
 
@@ -173,7 +174,7 @@ class FrameTable:
         pages = (heads[:, None] + np.arange(nr_pages)).reshape(-1)
         check(heads.size == 0 or (heads.min() >= 0 and pages.max() < self.nr_frames),
               "folio outside the frames")
-        check((self.page_folio[pages] == FREE_FOLIO).all(), "folio made of allocated frames")
+        check(all_set(self.page_folio[pages] == FREE_FOLIO), "folio made of allocated frames")
         self.page_folio[pages] = heads.repeat(nr_pages)
         self.folio_order[heads] = order
         self._account_frames(pages, -1)
@@ -186,7 +187,7 @@ class FrameTable:
             check(self.page_folio[head] == FREE_FOLIO, "folio made of allocated frames")
             self.page_folio[head] = head
         else:
-            check((self.page_folio[head:head + nr_pages] == FREE_FOLIO).all(), "folio made of allocated frames")
+            check(all_set(self.page_folio[head:head + nr_pages] == FREE_FOLIO), "folio made of allocated frames")
             self.page_folio[head:head + nr_pages] = head
         self.folio_order[head] = order
         self.block_nr_free[head // FREE_BLOCK_FRAMES] -= nr_pages  # aligned: inside one block
@@ -201,23 +202,23 @@ class FrameTable:
         folios = np.asarray(folios, np.int64)
         if folios.size == 0:
             return
-        check((self.page_folio[folios] == folios).all(), "freeing non-heads")
-        check(not self.folio_refcount[folios].any(), "freeing folios with references")
-        check(not self.folio_large_mapcount[folios].any() and not self.folio_pincount[folios].any(),
+        check(all_set(self.page_folio[folios] == folios), "freeing non-heads")
+        check(not any_set(self.folio_refcount[folios]), "freeing folios with references")
+        check(not any_set(self.folio_large_mapcount[folios]) and not any_set(self.folio_pincount[folios]),
               "freeing folios that are mapped or pinned")
         if len(folios) == 1:
             self._clear_folio_frames(int(folios[0]))
             return
         nr_pages = 1 << self.folio_order[folios].astype(np.int64)
         pages = folios.repeat(nr_pages) + _segment_offsets(nr_pages)
-        check(not self.page_mapcount[pages].any(), "freeing folios with mapped pages")
+        check(not any_set(self.page_mapcount[pages]), "freeing folios with mapped pages")
         self._clear_pages(pages)
 
     def _clear_folio_frames(self, folio: int) -> None:
         """_clear_pages for one folio's frames, as a slice."""
-        nr_pages = 1 << int(self.folio_order[folio])
+        nr_pages = 1 << self.folio_order.item(folio)
         frames = slice(folio, folio + nr_pages)
-        check(not self.page_mapcount[frames].any(), "freeing folios with mapped pages")
+        check(not any_set(self.page_mapcount[frames]), "freeing folios with mapped pages")
         for name in self.ARRAYS:
             getattr(self, name)[frames] = FREE_FOLIO if name == "page_folio" else 0
         self.block_nr_free[folio // FREE_BLOCK_FRAMES] += nr_pages  # aligned: inside one block
@@ -249,7 +250,7 @@ class FrameTable:
         self.nr_free_frames += delta * len(pages)
 
     def is_free(self, page: int) -> bool:
-        return int(self.page_folio[page]) == FREE_FOLIO
+        return self.page_folio.item(page) == FREE_FOLIO
 
 
 def _segment_offsets(nr_pages: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from operator import and_, or_
 
 import numpy as np
 
+from .arrays import all_set, any_set
 from .errors import check
 from .frames import FrameTable
 from .mm import MM, PUD_SHIFT, PmdTable, PteTable, pmd_index, pte_index
@@ -81,24 +82,24 @@ class PteRuns:
         check(self.addr % PMD_SIZE == 0, "PTE table address %#x not 2 MiB aligned", self.addr)
         check(len(self.index) == len(self.nr_pages), "runs need one length each")
         if len(self.index) == 1:
-            first, nr_pages = int(self.index[0]), int(self.nr_pages[0])
+            first, nr_pages = self.index.item(0), self.nr_pages.item(0)
             check(nr_pages >= 1, "nr_pages must be positive")
             check(first >= 0 and first + nr_pages <= PTRS_PER_TABLE, "run crosses a PTE table")
         elif len(self.index):
-            check((self.nr_pages >= 1).all(), "nr_pages must be positive")
+            check(all_set(self.nr_pages >= 1), "nr_pages must be positive")
             check(self.index[0] >= 0 and self.index[-1] + self.nr_pages[-1] <= PTRS_PER_TABLE,
                   "run crosses a PTE table")
-            check((self.index[1:] >= self.index[:-1] + self.nr_pages[:-1]).all(),
+            check(all_set(self.index[1:] >= self.index[:-1] + self.nr_pages[:-1]),
                   "runs overlap or are not ascending")
 
     def first_addr(self) -> int:
         """The VA of the first run's first entry."""
-        return self.addr + (int(self.index[0]) << PAGE_SHIFT)
+        return self.addr + (self.index.item(0) << PAGE_SHIFT)
 
     def entry_indices(self) -> np.ndarray:
         """Every entry of every run, ascending."""
         if len(self.index) == 1:
-            return np.arange(int(self.index[0]), int(self.index[0] + self.nr_pages[0]), dtype=np.int64)
+            return np.arange(self.index.item(0), int(self.index[0] + self.nr_pages[0]), dtype=np.int64)
         ends = self.nr_pages.cumsum()
         return self.index.repeat(self.nr_pages) + np.arange(ends[-1] if len(ends) else 0) \
             - (ends - self.nr_pages).repeat(self.nr_pages)
@@ -270,7 +271,7 @@ class Machine:
         if table is None:
             return True
         index = pte_index(addr)
-        return not table.entries[index:index + nr_pages].any()
+        return not any_set(table.entries[index:index + nr_pages])
 
     def set_ptes(self, mm: MM, addr: int, pte: int, nr_pages: int) -> None:
         """Write nr_pages entries: pte, then the same with the pfn advanced."""
@@ -285,9 +286,9 @@ class Machine:
         table, run = self._pte_run(mm, addr, nr_pages)
         entries = table.entries[run]
         pte = int(entries[0])
-        if pte_dirty(entries).any():
+        if any_set(pte_dirty(entries)):
             pte = pte_mkdirty(pte)
-        if pte_young(entries).any():
+        if any_set(pte_young(entries)):
             pte |= PTE_AF
         table.entries[run] = 0
         return pte
@@ -371,7 +372,7 @@ class Machine:
         table, index = self._pmd_slot(mm, addr, alloc=True)
         pte_table = table.ptes.get(index)
         if pte_table is not None:
-            check(not pte_table.entries.any(), "PMD block installed over a populated PTE table")
+            check(not any_set(pte_table.entries), "PMD block installed over a populated PTE table")
             mm.pte_table_free(addr)
             self._touched.pop(id(pte_table), None)
         else:
@@ -462,7 +463,7 @@ class Machine:
                     table.entries[span] &= ~np.uint64(PTE_CONT)
                 continue
             entries = table.entries[span]
-            if entries.any():  # none entries are canonical as they are (zap's cleared runs)
+            if any_set(entries):  # none entries are canonical as they are (zap's cleared runs)
                 table.entries[span] = self._canonical_entries(entries)
         self._touched = {}
 
@@ -491,13 +492,13 @@ class Machine:
         pfn = pte_pfn(first)
         if pfn % CONT_PTES or pfn + CONT_PTES > self.frames.nr_frames:
             return False
-        folio = int(self.frames.page_folio[pfn])
+        folio = self.frames.page_folio.item(pfn)
         if folio < 0 or self.frames.folio_order[folio] < 4:
             return False  # not inside a folio of 16 pages or more
         for offset, value in enumerate(values):  # same N(e) and the pfn advanced by offset
             if (value ^ (first + (offset << PAGE_SHIFT))) & ~CONTPTE_NORMALISE_IGNORED:
                 return False
-        return int(self.frames.page_folio[pfn + CONT_PTES - 1]) == folio  # aligned runs: first and last decide
+        return self.frames.page_folio.item(pfn + CONT_PTES - 1) == folio  # aligned runs: first and last decide
 
     def _contpte_may_be_eligible(self, first_entries: np.ndarray) -> np.ndarray:
         """A quick necessary condition per block, from its first entry: a page whose pfn is
@@ -510,7 +511,7 @@ class Machine:
 
     def _canonical_entries(self, entries: np.ndarray) -> np.ndarray:
         blocks = entries.reshape(-1, CONT_PTES)
-        if not self._contpte_may_be_eligible(blocks[:, 0]).any():
+        if not any_set(self._contpte_may_be_eligible(blocks[:, 0])):
             return entries & ~np.uint64(PTE_CONT)
         eligible = self._contpte_eligible(blocks)
         unfolded = blocks & ~np.uint64(PTE_CONT)

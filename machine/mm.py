@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .arrays import any_set
 from .errors import check
 from .pgtable import (
     PAGE_SHIFT, PMD_SHIFT, PMD_TYPE_TABLE, PTRS_PER_TABLE, pmd_trans_huge,
@@ -224,7 +225,7 @@ class MM:
         pmd_table = self.pmd_table(addr)
         index = pmd_index(addr)
         check(pmd_table is not None and index in pmd_table.ptes, "no PTE table at %#x", addr)
-        check(not pmd_table.ptes[index].entries.any(), "freeing a populated PTE table")
+        check(not any_set(pmd_table.ptes[index].entries), "freeing a populated PTE table")
         del pmd_table.ptes[index]
         del self.pte_tables[addr >> PMD_SHIFT]
 

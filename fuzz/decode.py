@@ -218,9 +218,11 @@ class OpStream:
         frames = draw_frames(self.choices)
         self.script = Script(path=path, frames=None if frames == DEFAULT_NR_FRAMES else frames, steps=[])
         self.used: list[int] = []
+        self.ended = False   # set when next_op has drawn the last op: script holds them all
 
     def next_op(self, machine: Machine) -> Op | None:
         if self.choices.exhausted() or len(self.script.steps) >= MAX_OPS or not machine.processes:
+            self.ended = True
             return None
         state = DecodeState(machine, self.used)
         return OpGrammar(self.choices, state).op()

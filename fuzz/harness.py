@@ -16,10 +16,14 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from .ops import Script
 
 log = structlog.get_logger()
 
@@ -31,6 +35,10 @@ SUMMARY_EVERY_S = 0.5
 # The kernel code is what coverage should steer towards; the harness's own code (oracles,
 # comparison, decoder) is not instrumented.
 INSTRUMENTED = ("machine", "reference", "batched")
+# libFuzzer mutates the input it has just run (or a corpus entry): keep that many decoded
+# inputs so the structural mutator need not decode them again (a few MiB at most).
+RECENT_SCRIPTS = 4096
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def signature_dir_name(signature: str) -> str:
@@ -76,6 +84,33 @@ def save_finding(crash_dir: Path, signature: str, impl: str, raw: bytes, reprodu
     return target
 
 
+class RecentScripts:
+    """The op scripts of the last inputs the harness ran to their end, by raw input; the least
+    recently used is forgotten first."""
+
+    def __init__(self, limit: int = RECENT_SCRIPTS) -> None:
+        self.limit = limit
+        self.scripts: OrderedDict[bytes, Script] = OrderedDict()
+
+    def remember(self, data: bytes, script: Script) -> None:
+        """Keep script (a copy of its step list) as what data decodes to."""
+        self.scripts[data] = type(script)(path=script.path, frames=script.frames, steps=list(script.steps))
+        self.scripts.move_to_end(data)
+        if len(self.scripts) > self.limit:
+            self.scripts.popitem(last=False)
+
+    def get(self, data: bytes) -> Script | None:
+        """What data decodes to, if it was run to its end lately."""
+        script = self.scripts.get(data)
+        if script is not None:
+            self.scripts.move_to_end(data)
+        return script
+
+
+# Filled by Campaign.test_one_input, read by custom_mutator (libFuzzer calls both in one process).
+recent_scripts = RecentScripts()
+
+
 class Campaign:
     """The state of one fuzzing process: counts, the findings it saved, its summary file."""
 
@@ -98,6 +133,8 @@ class Campaign:
         self.executions += 1
         stream = OpStream(data)
         result = run_stream(stream.script, stream.next_op, self.impl, REFERENCE_IMPL)
+        if stream.ended:   # every op was drawn and run: the script is decode(data)
+            recent_scripts.remember(data, stream.script)
         if result.findings:
             self.record(stream.script, result.findings[0].signature)
         if time.monotonic() - self.last_summary > SUMMARY_EVERY_S:
@@ -175,13 +212,17 @@ def mutate_ops(ops: list, rng) -> list:
     return ops
 
 
-def mutate_input(data: bytes, max_size: int, rng) -> bytes | None:
+def mutate_input(data: bytes, max_size: int, rng, script: Script | None = None) -> bytes | None:
     """A structural mutation of a raw input's ops, re-encoded; None if the mutated ops
-    cannot be drawn (e.g. an op now names a process that does not exist yet)."""
+    cannot be drawn (e.g. an op now names a process that does not exist yet).
+
+    script, if given, is decode(data), known already; otherwise data is decoded.
+    """
     from .decode import EncodeError, decode, encode
     from .ops import Op
 
-    script = decode(data)
+    if script is None:
+        script = decode(data)
     mutated = mutate_ops([step for step in script.steps if isinstance(step, Op)], rng)
     try:
         encoded = encode(type(script)(path=script.path, frames=script.frames, steps=mutated))
@@ -199,10 +240,38 @@ def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
 
     rng = random.Random(seed)
     if rng.random() < 0.5:
-        mutated = mutate_input(data, max_size, rng)
+        mutated = mutate_input(data, max_size, rng, recent_scripts.get(data))
         if mutated is not None:
             return mutated
     return atheris.Mutate(data, max_size)
+
+
+def copied_modules(packages: tuple[str, ...], project: Path = PROJECT_DIR) -> list[str]:
+    """Modules loaded from the files of one of packages under another name (a canary's copy of
+    batched), which atheris' import hook, matching names, leaves uninstrumented."""
+    roots = [str(project / package) + os.sep for package in packages]
+    copies = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and name.split(".")[0] not in packages and str(Path(path).resolve()).startswith(tuple(roots)):
+            copies.append(name)
+    return copies
+
+
+def instrument_copies(packages: tuple[str, ...]) -> int:
+    """Instrument every function of the copied modules, so a planted copy is steered by the same
+    coverage as the package it copies; returns how many functions."""
+    import gc
+    import types
+
+    import atheris
+
+    copies = set(copied_modules(packages))
+    functions = [obj for obj in gc.get_objects()
+                 if isinstance(obj, types.FunctionType) and obj.__module__ in copies]
+    for function in functions:
+        atheris.instrument_func(function)
+    return len(functions)
 
 
 def main(argv: list[str]) -> None:
@@ -219,6 +288,7 @@ def main(argv: list[str]) -> None:
                             Path(os.environ.get(CRASH_DIR_ENV, "corpus/crashes")),
                             Path(os.environ[SUMMARY_DIR_ENV]) if SUMMARY_DIR_ENV in os.environ else None)
         from . import decode, minimize, runner  # noqa: F401  (instrumented with what they import)
+    instrument_copies(INSTRUMENTED)
     campaign.write_summary()
     atheris.Setup([sys.argv[0], *argv], campaign.test_one_input, custom_mutator=custom_mutator)
     atheris.Fuzz()

@@ -450,6 +450,8 @@ class Machine:
         """Fold every eligible 16-entry block and unfold every other, among the blocks
         written this op (no other block can have changed: model.md #9)."""
         for table, first, end in self._touched.values():
+            if end - first == 1 and self._one_entry_keeps_block_canonical(table, first):
+                continue
             span = slice(first - first % CONT_PTES, -(-end // CONT_PTES) * CONT_PTES)
             if span.stop - span.start == CONT_PTES:
                 values = table.entries[span].tolist()  # one block, the common case: plain ints
@@ -466,6 +468,22 @@ class Machine:
             if any_set(entries):  # none entries are canonical as they are (zap's cleared runs)
                 table.entries[span] = self._canonical_entries(entries)
         self._touched = {}
+
+    def _one_entry_keeps_block_canonical(self, table: PteTable, index: int) -> bool:
+        """With only entry index of its block written this op, is the block still canonical,
+        judged from two entries? Yes when neither it nor its neighbour has CONT (the block
+        was not folded before the op, canonical then) and it is not a page of a folio of 16
+        pages or more (so the block cannot have become eligible)."""
+        value = table.entries.item(index)
+        if (value | table.entries.item(index ^ 1)) & PTE_CONT:
+            return False
+        if value & PTE_TYPE_MASK != PTE_TYPE_PAGE:
+            return True
+        pfn = pte_pfn(value)
+        if pfn >= self.frames.nr_frames:
+            return True
+        folio = self.frames.page_folio.item(pfn)
+        return folio < 0 or self.frames.folio_order.item(folio) < 4
 
     def _contpte_eligible(self, blocks: np.ndarray) -> np.ndarray:
         """Per block of shape (n, 16): all valid pages of one folio, pfns consecutive

@@ -27,10 +27,10 @@ from .errors import UsageError
 from .ops import OP_NAMES, PAGE_SIZE, VA_LIMIT, Op, Script
 from .runner import OP_DISPATCH, load_implementation
 
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2  # 2: raw frames, pin pages and lengths capped (fast executions)
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
-RAW_FRAMES = 1 << 16
+RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
 WINDOW_BASE = 0x200000
 WINDOW_SIZE = 8 << 20
 PMD_SIZE = 2 << 20
@@ -47,12 +47,12 @@ BOUNDARY_GRANULES = (PMD_SIZE, CONT_SIZE, PAGE_SIZE)
 BOUNDARY_OFFSETS = (0, -1, 1, 15, 16, 17, 511)
 LENGTHS = (PAGE_SIZE, 2 * PAGE_SIZE, CONT_SIZE, CONT_SIZE + PAGE_SIZE, PMD_SIZE, PMD_SIZE + CONT_SIZE,
            2 * PMD_SIZE, 4 * PMD_SIZE)
-RAW_LENGTH_PAGES = 1 << 20
+RAW_LENGTH_PAGES = 4096            # up to 16 MiB: eight PMDs, twice the address window
 ORDERS = (0, 2, 4, 9, 1, 3, 8)
 RAW_ORDERS = 64
 VALUES = (1, 2, 7, 0xdead, (1 << 64) - 1)
 PIN_PAGES = (1, 2, 16, 17)
-RAW_PIN_PAGES = 1 << 16
+RAW_PIN_PAGES = 1024               # two PMDs' worth
 PROTS = ("rw", "ro")
 
 assert set(KIND_TABLE) == set(OP_NAMES)

@@ -33,13 +33,14 @@ import numpy as np
 from machine.errors import check
 from machine.frames import FREE_FOLIO, FrameTable
 from machine.pgtable import (
-    CONT_PTES, HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE,
-    PTE_CONT, PTE_SWP_EXCLUSIVE, PTE_TYPE, PTE_VALID, PTE_WRITE, PTRS_PER_TABLE, SWP_TYPE_MASK,
+    CONT_PTES, HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, PMD_TYPE_TABLE,
+    PTE_CONT, PTE_SWP_EXCLUSIVE, PTE_TYPE, PTE_TYPE_MASK, PTE_VALID, PTE_WRITE, PTRS_PER_TABLE, SWP_TYPE_MASK,
     TASK_SIZE, pmd_table, pmd_trans_huge, pte_cont, pte_dirty, pte_pfn, pte_swp_offset, pte_young,
 )
 
 if TYPE_CHECKING:
     from machine import Machine
+    from machine.mm import MM
 
     from .shadow import Shadow
 
@@ -757,6 +758,39 @@ class OracleFailure:
     detail: str
 
 
+def same_oracle_inputs(a: Machine, a_shadow: Shadow, b: Machine, b_shadow: Shadow) -> bool:
+    """Whether check_oracles reads the same on b as on a, given compare_machines(a, b) found no
+    difference: then it returns the same on both. What the comparison leaves out is checked
+    here: the shadows, each process's VMA list in its order, and its page-table shape (which
+    PMD entries are table descriptors, which PTE tables exist; the comparison masks the first
+    and reads a missing PTE table as zeros).
+
+    Context: compare_machines(a, b) == [] (same processes, frames, swap, pins, leaves).
+    """
+    check(a.processes.keys() == b.processes.keys(), "machines with different processes")
+    if a_shadow.data != b_shadow.data or a_shadow.released != b_shadow.released:
+        return False
+    for pid, mm in a.processes.items():
+        other = b.processes[pid]
+        if [(vma.start, vma.end) for vma in mm.vmas] != [(vma.start, vma.end) for vma in other.vmas]:
+            return False
+        if _table_shape(mm) != _table_shape(other):
+            return False
+    return True
+
+
+def _table_shape(mm: MM) -> list[tuple[int, bytes, tuple[int, ...], bytes]]:
+    """Per PMD table: its base, where its table descriptors are, which PTE tables it holds, and
+    the descriptors of the table entries without a PTE table (their value is in the scan's detail)."""
+    shape = []
+    for table in mm.pmd_tables():
+        is_table = (table.entries & np.uint64(PTE_TYPE_MASK)) == np.uint64(PMD_TYPE_TABLE)
+        indices = _indices(is_table)
+        orphans = table.entries[[index for index in indices.tolist() if index not in table.ptes]]
+        shape.append((table.base, indices.tobytes(), tuple(sorted(table.ptes)), orphans.tobytes()))
+    return shape
+
+
 def check_oracles(machine: Machine, shadow: Shadow) -> list[OracleFailure]:
     """Every oracle of SPEC §6, in order, from one scan of all page tables."""
     scan = PageTableScan(machine)
@@ -765,6 +799,6 @@ def check_oracles(machine: Machine, shadow: Shadow) -> list[OracleFailure]:
             for detail in check_with_scan(machine, shadow, scan)]
 
 
-__all__ = ["ORACLES", "OracleFailure", "PageTableScan", "check_oracles", "check_mapcount",
+__all__ = ["ORACLES", "OracleFailure", "PageTableScan", "check_oracles", "same_oracle_inputs", "check_mapcount",
            "check_refcount", "check_swap", "check_exclusive", "check_pin", "check_data",
            "check_layout", "GUP_PIN_COUNTING_BIAS", "MAX_DETAILS"]

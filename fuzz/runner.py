@@ -39,7 +39,7 @@ from .compare import Difference, compare_machines
 from .errors import UsageError
 from .expects import expect_failures
 from .ops import Expect, Op, Script, ScriptError, format_expect, format_op
-from .oracles import check_oracles
+from .oracles import OracleFailure, check_oracles, same_oracle_inputs
 from .shadow import Shadow
 
 log = structlog.get_logger()
@@ -287,8 +287,7 @@ class _Run:
 
     def _check_end(self) -> Finding | None:
         """The end-of-run checks of fuzzing mode: oracles on both machines, then the states."""
-        last = len(self.script.steps) - 1
-        return self._check_oracles(last, None) or self._compare(last, None)
+        return self._check_state(len(self.script.steps) - 1, None)
 
     def _finding(self, kind: str, field: str, detail: str, step_index: int, step: Op | Expect | None,
                  impl: str, **extra: Any) -> Finding:
@@ -343,7 +342,7 @@ class _Run:
             side.shadow.apply(op, side.last_result, side.machine)
         if not check_every_op:
             return None
-        return self._check_oracles(step_index, op) or self._compare(step_index, op)
+        return self._check_state(step_index, op)
 
     def _missing_process(self, op: Op) -> str | None:
         """Raise ScriptError if op names a process the reference machine does not have;
@@ -383,16 +382,36 @@ class _Run:
             details.extend(f"{side.name}: {message}" for _field, message in failures)
         return ",".join(failing), "\n".join(details), first_field
 
-    def _check_oracles(self, step_index: int, op: Op) -> Finding | None:
-        failing, details, first_oracle = self._failures_on_sides(lambda side: [
-            (failure.oracle, f"{failure.oracle}: {failure.detail}")
-            for failure in check_oracles(side.machine, side.shadow)])
+    def _check_state(self, step_index: int, op: Op | None) -> Finding | None:
+        """Oracles on both machines, then the states. When the reference's oracles hold and the
+        other machine equals it in everything the oracles read, theirs hold too: not run again."""
+        ref, other = self.sides
+        ref_failures = check_oracles(ref.machine, ref.shadow)
+        differences = None
+        if not ref_failures:
+            differences = compare_machines(ref.machine, other.machine)
+            if not differences and same_oracle_inputs(ref.machine, ref.shadow, other.machine, other.shadow):
+                return None
+        return self._check_oracles(step_index, op, ref_failures) or self._compare(step_index, op, differences)
+
+    def _check_oracles(self, step_index: int, op: Op | None,
+                       ref_failures: list[OracleFailure] | None = None) -> Finding | None:
+        """An oracle finding naming every failing side; ref_failures: the reference's, if known."""
+        def failures(side: _Side) -> list[tuple[str, str]]:
+            found = ref_failures if side is self.ref and ref_failures is not None \
+                else check_oracles(side.machine, side.shadow)
+            return [(failure.oracle, f"{failure.oracle}: {failure.detail}") for failure in found]
+
+        failing, details, first_oracle = self._failures_on_sides(failures)
         if not failing:
             return None
         return self._finding(ORACLE, first_oracle, details, step_index, op, failing)
 
-    def _compare(self, step_index: int, op: Op | None) -> Finding | None:
-        differences = compare_machines(self.ref.machine, self.sides[1].machine)
+    def _compare(self, step_index: int, op: Op | None,
+                 differences: list[Difference] | None = None) -> Finding | None:
+        """A divergence finding; differences: compare_machines' list, if computed already."""
+        if differences is None:
+            differences = compare_machines(self.ref.machine, self.sides[1].machine)
         if not differences:
             return None
         names = self._names()

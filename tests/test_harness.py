@@ -84,3 +84,77 @@ def test_structural_mutations_stay_decodable_and_change_the_ops():
     encodable = [raw for raw in mutated if raw is not None]
     assert len(encodable) > 30
     assert any(decode(raw).steps != original for raw in encodable)
+
+
+def test_the_mutator_given_the_decoded_script_mutates_as_if_it_decoded():
+    import random
+
+    from fuzz.decode import decode
+    from fuzz.harness import mutate_input
+
+    for path in sorted((ROOT / "corpus/seeds").glob("*.ops"))[:16]:
+        data = encode(parse_file(str(path)))
+        script = decode(data)
+        for seed in range(8):
+            assert mutate_input(data, 4096, random.Random(seed), script) == \
+                mutate_input(data, 4096, random.Random(seed))
+
+
+def test_the_campaign_remembers_what_each_input_run_to_its_end_decodes_to(tmp_path, monkeypatch):
+    from fuzz import harness
+    from fuzz.decode import decode
+
+    recent = harness.RecentScripts(limit=3)
+    monkeypatch.setattr(harness, "recent_scripts", recent)
+    campaign = Campaign("batched", tmp_path / "crashes", None)
+    inputs = [encode(parse_file(str(path))) for path in sorted((ROOT / "corpus/seeds").glob("*.ops"))[:4]]
+    for data in inputs:
+        campaign.test_one_input(data)
+    assert recent.get(inputs[0]) is None                       # the least recently used went first
+    for data in inputs[1:]:
+        assert recent.get(data).steps == decode(data).steps
+        assert recent.get(data).frames == decode(data).frames
+
+
+def test_an_input_stopped_by_a_finding_is_not_remembered(tmp_path, monkeypatch):
+    from fuzz import harness
+
+    recent = harness.RecentScripts()
+    monkeypatch.setattr(harness, "recent_scripts", recent)
+    monkeypatch.setattr(Campaign, "record", lambda self, script, signature: None)
+    campaign = Campaign("batched", tmp_path / "crashes", None)
+
+    class RaisingKernel:
+        def __init__(self, machine):
+            pass
+
+        def __getattr__(self, name):
+            raise RuntimeError("planted")
+
+    campaign.impl = type("raising", (), {"Kernel": RaisingKernel})
+    data = encode(parse_file(SCENARIO))
+    campaign.test_one_input(data)
+    assert recent.get(data) is None
+
+
+def test_the_kernel_under_test_is_instrumented_under_any_name():
+    import sys
+
+    from fuzz.canaries import load_batched_copy, unload
+    from fuzz.harness import instrument_package, kernel_package
+    from fuzz.runner import load_implementation
+
+    assert kernel_package(load_implementation("batched")) == "batched"
+    assert kernel_package(load_implementation("fuzz.canaries.share_nr_pages_zero")) == \
+        "fuzz.canaries.share_nr_pages_zero_batched"
+    alias = "tests_instrumented_batched_copy"
+    copy = load_batched_copy(alias)
+    try:
+        assert kernel_package(copy) == alias
+        function = sys.modules[f"{alias}.rmap"].folio_add_anon_rmap_ptes
+        assert "__ATHERIS_INSTRUMENTED__" not in function.__code__.co_consts
+        assert instrument_package(alias) > 50
+        assert "__ATHERIS_INSTRUMENTED__" in function.__code__.co_consts
+        assert instrument_package("tests_no_such_package") == 0
+    finally:
+        unload(alias)

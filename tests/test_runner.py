@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fuzz import cli, runner
+from fuzz.decode import ENCODING_VERSION
 from fuzz.compare import MAX_DIFFERENCES, compare_machines
 from fuzz.errors import UsageError
 from fuzz.expects import check_expect
@@ -153,8 +154,10 @@ class StandInShadow:
 
 @pytest.fixture(autouse=True)
 def stand_ins(monkeypatch):
-    """Oracles that always hold and a shadow that only records: the runner is tested alone."""
+    """Oracles that always hold and a shadow that only records: the runner is tested alone
+    (and checks the oracles on both machines: tests/test_check_state.py covers sharing them)."""
     monkeypatch.setattr(runner, "check_oracles", lambda machine, shadow: [])
+    monkeypatch.setattr(runner, "same_oracle_inputs", lambda *machines_and_shadows: False)
     monkeypatch.setattr(runner, "Shadow", StandInShadow)
 
 
@@ -492,7 +495,7 @@ def test_cli_missing_and_raw_files_are_exit_2(tmp_path, capsys):
     raw.write_bytes(b"\x00\x07")  # the last byte is the encoding version
     assert cli.main(["replay", str(raw)]) == 2
     assert one_error_line(capsys) == (f"rmapfuzz: {raw}: raw input of encoding version 7, "
-                                      "this rmapfuzz reads version 1")
+                                      f"this rmapfuzz reads version {ENCODING_VERSION}")
 
 
 def test_cli_replay_passes_and_prints_json(tmp_path, capsys, fake_implementations):

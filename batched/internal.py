@@ -20,6 +20,7 @@ from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
     PTE_ADDR_MASK,
+    PTRS_PER_TABLE,
     SWP_OFFSET_MASK,
     is_swap_pte,
     pte_cont,
@@ -45,7 +46,7 @@ FPB_FORK = FPB_RESPECT_DIRTY | FPB_MERGE_WRITE
 FPB_UNMAP = FPB_RESPECT_WRITE
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per PTE table: a frozen dataclass's __init__ costs three times more
 class PteBatches:
     """Batches of one PTE table: runs of entries, and per batch its folio, first page
     (pfn) and the first entry (the template set_ptes advances; merged if asked)."""
@@ -135,10 +136,15 @@ def __pte_batch_clear_ignored(ptes: np.ndarray, flags: int) -> np.ndarray:
     return pte_mkold(ptes) & ~np.uint64(PTE_ADDR_MASK)
 
 
-def pte_batch_hint(ptes: np.ndarray, index: np.ndarray) -> np.ndarray:
+# Per entry of a PTE table: is it not the last of its contpte block?
+_NOT_LAST_IN_BLOCK = (np.arange(PTRS_PER_TABLE) + 1) % CONT_PTES != 0
+
+
+def pte_batch_hint(ptes: np.ndarray, first: int) -> np.ndarray:
     """arm64: an entry of a folded contpte block vouches for the rest of its block, so the
-    next entry continues the batch without being compared (per entry: continues from i-1)."""
-    return pte_cont(ptes) & ((index + 1) % CONT_PTES != 0)
+    next entry continues the batch without being compared (per entry of ptes, which start
+    at entry first of their table: does the entry after it continue from it?)."""
+    return pte_cont(ptes) & _NOT_LAST_IN_BLOCK[first:first + len(ptes)]
 
 
 def folio_pte_batch(machine: Machine, addr: int, ptes: np.ndarray, flags: int,
@@ -160,22 +166,21 @@ def folio_pte_batch(machine: Machine, addr: int, ptes: np.ndarray, flags: int,
     folios = np.where(present, frames.page_folio[safe_pfns], -1)
     check(all_set(folios[present] >= 0), "a present PTE maps a free frame")
     expected = __pte_batch_clear_ignored(ptes, flags)
-    index = np.arange(first, first + len(ptes), dtype=np.int64)
     continues = np.zeros(len(ptes), bool)
     same_folio = (folios[1:] == folios[:-1]) & present[1:] & present[:-1]
     consecutive = pfns[1:] == pfns[:-1] + 1
     matches = expected[1:] == expected[:-1]
-    hinted = pte_batch_hint(ptes[:-1], index[:-1])
+    hinted = pte_batch_hint(ptes[:-1], first)
     continues[1:] = same_folio & consecutive & (matches | hinted)
-    starts = np.flatnonzero(present & ~continues)
-    run_ids = (present & ~continues).cumsum() - 1
+    batch_start = present & ~continues
+    starts = np.flatnonzero(batch_start)
+    run_ids = batch_start.cumsum() - 1
     nr_pages = np.bincount(run_ids[present], minlength=len(starts)).astype(np.int64)
     templates = ptes[starts].copy()
     if flags & FPB_MERGE_WRITE and len(starts):
         any_writable = batches_any(pte_write(ptes[present]), nr_pages)
         templates = np.where(any_writable, pte_mkwrite(templates), templates)
-    return PteBatches(PteRuns(table_addr, index[starts], nr_pages),
-                      folios[starts].astype(np.int64), pfns[starts], templates)
+    return PteBatches(PteRuns(table_addr, starts + first, nr_pages), folios[starts], pfns[starts], templates)
 
 
 def split_batches_by(batches: PteBatches, per_page: np.ndarray) -> tuple[PteBatches, np.ndarray]:
@@ -199,7 +204,7 @@ def split_batches_by(batches: PteBatches, per_page: np.ndarray) -> tuple[PteBatc
     return sub, per_page[starts]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per PTE table: a frozen dataclass's __init__ costs three times more
 class SwapBatches:
     """Runs of swap PTEs with consecutive slots and identical swp bits (swap_pte_batch)."""
 

@@ -75,9 +75,13 @@ def pmd_ranges(start: int, end: int):
 
 # Anonymous faults (do_anonymous_page, alloc_anon_folio).
 
-def fault_orders(order: int) -> list[int]:
+def fault_orders(order: int) -> tuple[int, ...]:
     """The orders a fault of order K tries: K, K-1, ... 0, never 1 (K = 1 acts as 0)."""
-    return [candidate for candidate in range(order, -1, -1) if candidate != 1]
+    return _FAULT_ORDERS[order]
+
+
+_FAULT_ORDERS = tuple(tuple(candidate for candidate in range(order, -1, -1) if candidate != 1)
+                      for order in range(HPAGE_PMD_ORDER + 1))
 
 
 def alloc_anon_folio_suitable(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> bool:
@@ -137,9 +141,9 @@ def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
     return True
 
 
-def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: bool) -> str:
-    """A write (or unshare) fault on a present read-only PTE: reuse the page, else copy it."""
-    pte = machine.ptep_get(mm, addr)
+def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
+    """A write (or unshare) fault on the present read-only PTE pte at addr (vmf->orig_pte):
+    reuse the page, else copy it."""
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
     page = int(pte_pfn(pte))
@@ -213,7 +217,7 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
         return do_swap_page(machine, mm, vma, addr, write_fault=True)
     if pte_write(pte):
         return OK
-    return do_wp_page(machine, mm, vma, addr, unshare=False)
+    return do_wp_page(machine, mm, vma, addr, pte, unshare=False)
 
 
 def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
@@ -222,7 +226,7 @@ def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
         result = huge_memory.do_huge_pmd_wp_page(machine, mm, vma, addr, unshare=True)
         if result != huge_memory.FALLBACK:
             return result
-    return do_wp_page(machine, mm, vma, addr, unshare=True)
+    return do_wp_page(machine, mm, vma, addr, machine.ptep_get(mm, addr), unshare=True)
 
 
 # zap (zap_pte_range, zap_present_ptes, zap_nonpresent_ptes).

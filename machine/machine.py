@@ -69,7 +69,7 @@ class Pin:
         return len(self.pages)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per PTE table: a frozen dataclass's __init__ costs three times more
 class PteRuns:
     """Disjoint runs of entries in one PTE table, ascending: run i is the nr_pages[i]
     entries from index[i]. The batched primitives below apply to every run at once."""
@@ -415,17 +415,20 @@ class Machine:
 
     def _mark_accessed(self, mm: MM, addr: int, write: bool) -> int:
         """Set AF (and for a write clear RDONLY) as the MMU does; returns the pfn."""
-        level, desc = self.lookup(mm, addr)
-        check(pte_present(desc), "user access to an unmapped address %#x", addr)
-        check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
         update_set = PTE_AF
         update_clear = PTE_RDONLY if write else 0
-        if level == "pmd":
-            table, index = self._pmd_slot(mm, addr & ~(PMD_SIZE - 1), alloc=False)
-            table.entries[index] = (desc | update_set) & ~update_clear
+        pmd_table = mm.pmd_tables_by_addr.get(addr >> PUD_SHIFT)
+        pmd_slot = (addr >> PMD_SHIFT) & (PTRS_PER_TABLE - 1)
+        desc = 0 if pmd_table is None else pmd_table.entries.item(pmd_slot)
+        if pmd_trans_huge(desc):  # the MMU's walk ends at a PMD block
+            check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
+            pmd_table.entries[pmd_slot] = (desc | update_set) & ~update_clear
             return pte_pfn(desc) + ((addr % PMD_SIZE) >> PAGE_SHIFT)
-        table = mm.pte_tables[addr >> PMD_SHIFT]
+        table = mm.pte_tables.get(addr >> PMD_SHIFT)
         index = (addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+        desc = 0 if table is None else table.entries.item(index)
+        check(pte_present(desc), "user access to an unmapped address %#x", addr)
+        check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
         if not desc & PTE_CONT:
             table.entries[index] = (desc | update_set) & ~update_clear
             return pte_pfn(desc)

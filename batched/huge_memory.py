@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from machine import MM, Machine, PteRuns, VMA, all_set, check
+from machine import MM, VMA, Machine, PteRuns, all_set, check
 from machine.errors import EAGAIN, EINVAL, OK
 from machine.pgtable import (
     HPAGE_PMD_NR,

@@ -24,7 +24,12 @@ from machine.pgtable import (
 from .folio import page_folio
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
-from .memory import do_anonymous_page, do_swap_page, fork_copies_bound, handle_write_fault
+from .memory import (
+    do_anonymous_page,
+    do_swap_page,
+    fork_copies_bound,
+    handle_write_fault,
+)
 from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
 from .mprotect import do_mprotect_pkey
 from .vmscan import shrink_folio_list, try_to_unmap

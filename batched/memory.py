@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, Machine, PteRuns, VMA, any_set, check
+from machine import MM, VMA, Machine, PteRuns, any_set, check
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
     HPAGE_PMD_ORDER,

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, MM_ID_DUMMY, Machine, VMA, all_set, any_set, check
+from machine import MM, MM_ID_DUMMY, VMA, Machine, all_set, any_set, check
 from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SHIFT
 
 from .folio import folio_maybe_dma_pinned, folio_needs_cow_for_dma
-from .internal import add_at, batches_any, distinct, pte_offsets_in_batches, totals_by_value
+from .internal import (
+    add_at,
+    batches_any,
+    distinct,
+    pte_offsets_in_batches,
+    totals_by_value,
+)
 
 
 def __folio_rmap_sanity_checks(machine: Machine, folio: np.ndarray, page: np.ndarray,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, Machine, VMA, all_set, any_set, check
+from machine import MM, VMA, Machine, all_set, any_set, check
 from machine.errors import EBUSY, ENOMEM, OK
 from machine.pgtable import (
     PAGE_SHIFT,

@@ -33,9 +33,30 @@ import numpy as np
 from machine.errors import check
 from machine.frames import FREE_FOLIO, FrameTable
 from machine.pgtable import (
-    CONT_PTES, HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, PMD_TYPE_TABLE,
-    PTE_CONT, PTE_SWP_EXCLUSIVE, PTE_TYPE, PTE_TYPE_MASK, PTE_VALID, PTE_WRITE, PTRS_PER_TABLE, SWP_TYPE_MASK,
-    TASK_SIZE, pmd_table, pmd_trans_huge, pte_cont, pte_dirty, pte_pfn, pte_swp_offset, pte_young,
+    CONT_PTES,
+    HPAGE_PMD_NR,
+    HPAGE_PMD_ORDER,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SHIFT,
+    PMD_SIZE,
+    PMD_TYPE_TABLE,
+    PTE_CONT,
+    PTE_SWP_EXCLUSIVE,
+    PTE_TYPE,
+    PTE_TYPE_MASK,
+    PTE_VALID,
+    PTE_WRITE,
+    PTRS_PER_TABLE,
+    SWP_TYPE_MASK,
+    TASK_SIZE,
+    pmd_table,
+    pmd_trans_huge,
+    pte_cont,
+    pte_dirty,
+    pte_pfn,
+    pte_swp_offset,
+    pte_young,
 )
 
 if TYPE_CHECKING:

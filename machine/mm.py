@@ -17,7 +17,11 @@ import numpy as np
 from .arrays import any_set
 from .errors import check
 from .pgtable import (
-    PAGE_SHIFT, PMD_SHIFT, PMD_TYPE_TABLE, PTRS_PER_TABLE, pmd_trans_huge,
+    PAGE_SHIFT,
+    PMD_SHIFT,
+    PMD_TYPE_TABLE,
+    PTRS_PER_TABLE,
+    pmd_trans_huge,
 )
 
 

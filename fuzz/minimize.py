@@ -146,46 +146,50 @@ def repair(script: Script, deleted: set[int]) -> Script | None:
     None if nothing would be left to delete."""
     if not deleted:
         return None
-    new_pid = {0: 0}
-    next_old_pid, next_new_pid = 1, 1
-    new_pin: dict[int, int] = {}
-    next_old_pin, next_new_pin = 0, 0
+    pids, pins = _Numbering(first=1, kept={0: 0}), _Numbering(first=0)
     steps: list[Op | Expect] = []
     for index, step in enumerate(script.steps):
         keep = index not in deleted
-        if step.process is not None and step.process not in new_pid:
+        if step.process is not None and step.process not in pids.new:
             keep = False  # its process was never created (or its fork is gone)
         if isinstance(step, Op) and step.name == "fork":
-            child = next_old_pid
-            next_old_pid += 1
-            if keep:
-                new_pid[child] = next_new_pid
-                next_new_pid += 1
+            pids.issue(keep)
         if isinstance(step, Op) and step.name == "pin":
-            pin_id = next_old_pin
-            next_old_pin += 1
-            if keep:
-                new_pin[pin_id] = next_new_pin
-                next_new_pin += 1
-        if step.pin_id is not None and step.pin_id not in new_pin and (
+            pins.issue(keep)
+        if step.pin_id is not None and step.pin_id not in pins.new and (
                 isinstance(step, Expect) or step.name == "unpin"):
-            keep = keep and step.pin_id >= next_old_pin  # an unissued id stays invalid as it was
+            keep = keep and step.pin_id >= pins.next_old  # an unissued id stays invalid as it was
         if not keep:
             continue
-        steps.append(_renumbered(step, new_pid, new_pin, next_old_pin, next_new_pin))
+        steps.append(_renumbered(step, pids, pins))
     if len(steps) == len(script.steps):
         return None
     return replace(script, steps=steps)
 
 
-def _renumbered(step: Op | Expect, new_pid: dict[int, int], new_pin: dict[int, int],
-                next_old_pin: int, next_new_pin: int) -> Op | Expect:
+class _Numbering:
+    """Numbers issued in order (fork children, pin ids): the old script's, and the ones
+    the kept issuers get in the repaired script."""
+
+    def __init__(self, first: int, kept: dict[int, int] | None = None) -> None:
+        self.new: dict[int, int] = dict(kept or {})
+        self.next_old = self.next_new = first
+
+    def issue(self, keep: bool) -> None:
+        """The next old number is issued; a kept issuer gets the next new one."""
+        if keep:
+            self.new[self.next_old] = self.next_new
+            self.next_new += 1
+        self.next_old += 1
+
+
+def _renumbered(step: Op | Expect, pids: _Numbering, pins: _Numbering) -> Op | Expect:
     changes: dict[str, int] = {}
     if step.process is not None:
-        changes["process"] = new_pid[step.process]
+        changes["process"] = pids.new[step.process]
     if step.pin_id is not None:
         # An issued pin keeps its new id; an id never issued moves down with the others.
-        changes["pin_id"] = new_pin.get(step.pin_id, step.pin_id - (next_old_pin - next_new_pin))
+        changes["pin_id"] = pins.new.get(step.pin_id, step.pin_id - (pins.next_old - pins.next_new))
     return replace(step, **changes)
 
 

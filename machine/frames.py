@@ -190,8 +190,7 @@ class FrameTable:
             check(all_set(self.page_folio[head:head + nr_pages] == FREE_FOLIO), "folio made of allocated frames")
             self.page_folio[head:head + nr_pages] = head
         self.folio_order[head] = order
-        self.block_nr_free[head // FREE_BLOCK_FRAMES] -= nr_pages  # aligned: inside one block
-        self.nr_free_frames -= nr_pages
+        self._account_block(head // FREE_BLOCK_FRAMES, -nr_pages)  # aligned: inside one block
 
     def folio_free(self, folio: int) -> None:
         """Return a folio's frames to the allocator, every field at its free value."""
@@ -219,11 +218,8 @@ class FrameTable:
         nr_pages = 1 << self.folio_order.item(folio)
         frames = slice(folio, folio + nr_pages)
         check(not any_set(self.page_mapcount[frames]), "freeing folios with mapped pages")
-        for name in self.ARRAYS:
-            getattr(self, name)[frames] = FREE_FOLIO if name == "page_folio" else 0
-        self.block_nr_free[folio // FREE_BLOCK_FRAMES] += nr_pages  # aligned: inside one block
-        self.nr_free_frames += nr_pages
-        self.first_free_block = min(self.first_free_block, folio // FREE_BLOCK_FRAMES)
+        self._reset_fields(frames)
+        self._account_block(folio // FREE_BLOCK_FRAMES, nr_pages)  # aligned: inside one block
 
     def clear_frames(self, pfn: int, nr_pages: int) -> None:
         """Reset nr_pages frames to their free values (free or split leftovers)."""
@@ -231,23 +227,33 @@ class FrameTable:
 
     def _clear_pages(self, pages: np.ndarray) -> None:
         allocated = pages[self.page_folio[pages] != FREE_FOLIO]
-        for name in self.ARRAYS:
-            array = getattr(self, name)
-            array[pages] = FREE_FOLIO if name == "page_folio" else 0
+        self._reset_fields(pages)
         self._account_frames(allocated, +1)
+
+    def _reset_fields(self, pages: np.ndarray | slice) -> None:
+        """Every field of pages at its free value."""
+        for name in self.ARRAYS:
+            getattr(self, name)[pages] = FREE_FOLIO if name == "page_folio" else 0
 
     def _account_frames(self, pages: np.ndarray, delta: int) -> None:
         """Keep the allocator's index in step: pages became free (+1) or allocated (-1)."""
         if len(pages) == 0:
             return
         block = int(pages.min()) // FREE_BLOCK_FRAMES
+        if block == int(pages.max()) // FREE_BLOCK_FRAMES:
+            self._account_block(block, delta * len(pages))  # all in one block
+            return
+        np.add.at(self.block_nr_free, pages // FREE_BLOCK_FRAMES, delta)
+        self.nr_free_frames += delta * len(pages)
         if delta > 0:
             self.first_free_block = min(self.first_free_block, block)
-        if block == int(pages.max()) // FREE_BLOCK_FRAMES:
-            self.block_nr_free[block] += delta * len(pages)  # all in one block
-        else:
-            np.add.at(self.block_nr_free, pages // FREE_BLOCK_FRAMES, delta)
-        self.nr_free_frames += delta * len(pages)
+
+    def _account_block(self, block: int, nr_freed: int) -> None:
+        """nr_freed frames of block became free (negative: allocated)."""
+        self.block_nr_free[block] += nr_freed
+        self.nr_free_frames += nr_freed
+        if nr_freed > 0:
+            self.first_free_block = min(self.first_free_block, block)
 
     def is_free(self, page: int) -> bool:
         return self.page_folio.item(page) == FREE_FOLIO

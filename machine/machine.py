@@ -128,6 +128,16 @@ def contpte_fold_bits(values: list[int]) -> tuple[int, int]:
 _PFN_STEPS = np.arange(PTRS_PER_TABLE, dtype=np.uint64) << np.uint64(PAGE_SHIFT)
 
 
+def _pmd_entry_of(mm: MM, addr: int) -> tuple[PmdTable | None, int]:
+    """The PMD table covering addr (None if absent) and the index of addr's entry in it."""
+    return mm.pmd_tables_by_addr.get(addr >> PUD_SHIFT), (addr >> PMD_SHIFT) & (PTRS_PER_TABLE - 1)
+
+
+def _pte_entry_of(mm: MM, addr: int) -> tuple[PteTable | None, int]:
+    """The PTE table covering addr (None if absent) and the index of addr's entry in it."""
+    return mm.pte_tables.get(addr >> PMD_SHIFT), (addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+
+
 class Machine:
     """All state of one simulated machine."""
 
@@ -225,8 +235,8 @@ class Machine:
         """The raw PTE at addr (0 if no PTE table covers it)."""
         if addr % PAGE_SIZE:
             check(False, "unaligned address %#x", addr)
-        table = mm.pte_tables.get(addr >> PMD_SHIFT)
-        return 0 if table is None else table.entries.item((addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1))
+        table, index = _pte_entry_of(mm, addr)
+        return 0 if table is None else table.entries.item(index)
 
     def set_pte_at(self, mm: MM, addr: int, pte: int) -> None:
         table, index = self._pte_slot(mm, addr, alloc=True)
@@ -251,27 +261,26 @@ class Machine:
         self._touch(table, index, index + nr_pages)
         return table, slice(index, index + nr_pages)
 
-    def ptes_get(self, mm: MM, addr: int, nr_pages: int) -> np.ndarray:
-        """A copy of nr_pages raw PTEs from addr (zeros where no table exists)."""
+    def _ptes_view(self, mm: MM, addr: int, nr_pages: int) -> np.ndarray | None:
+        """The nr_pages entries from addr inside one PTE table, as a view; None if no table."""
         check(addr % PAGE_SIZE == 0, "unaligned address %#x", addr)
         check(nr_pages >= 1 and pte_index(addr) + nr_pages <= PTRS_PER_TABLE,
               "range crosses a PTE table")
         table = mm.pte_table(addr)
         if table is None:
-            return np.zeros(nr_pages, np.uint64)
+            return None
         index = pte_index(addr)
-        return table.entries[index:index + nr_pages].copy()
+        return table.entries[index:index + nr_pages]
+
+    def ptes_get(self, mm: MM, addr: int, nr_pages: int) -> np.ndarray:
+        """A copy of nr_pages raw PTEs from addr (zeros where no table exists)."""
+        entries = self._ptes_view(mm, addr, nr_pages)
+        return np.zeros(nr_pages, np.uint64) if entries is None else entries.copy()
 
     def ptes_none(self, mm: MM, addr: int, nr_pages: int) -> bool:
         """Every one of nr_pages PTEs from addr is none (or no table covers them)."""
-        check(addr % PAGE_SIZE == 0, "unaligned address %#x", addr)
-        check(nr_pages >= 1 and pte_index(addr) + nr_pages <= PTRS_PER_TABLE,
-              "range crosses a PTE table")
-        table = mm.pte_table(addr)
-        if table is None:
-            return True
-        index = pte_index(addr)
-        return not any_set(table.entries[index:index + nr_pages])
+        entries = self._ptes_view(mm, addr, nr_pages)
+        return entries is None or not any_set(entries)
 
     def set_ptes(self, mm: MM, addr: int, pte: int, nr_pages: int) -> None:
         """Write nr_pages entries: pte, then the same with the pfn advanced."""
@@ -363,8 +372,8 @@ class Machine:
         """The raw PMD entry (none, block or table descriptor) covering addr."""
         if addr % PMD_SIZE:
             check(False, "PMD address %#x not 2 MiB aligned", addr)
-        table = mm.pmd_tables_by_addr.get(addr >> PUD_SHIFT)
-        return 0 if table is None else table.entries.item((addr >> PMD_SHIFT) & (PTRS_PER_TABLE - 1))
+        table, index = _pmd_entry_of(mm, addr)
+        return 0 if table is None else table.entries.item(index)
 
     def set_pmd_at(self, mm: MM, addr: int, pmd: int) -> None:
         """Install a PMD block; an empty PTE table in its place is freed."""
@@ -417,15 +426,13 @@ class Machine:
         """Set AF (and for a write clear RDONLY) as the MMU does; returns the pfn."""
         update_set = PTE_AF
         update_clear = PTE_RDONLY if write else 0
-        pmd_table = mm.pmd_tables_by_addr.get(addr >> PUD_SHIFT)
-        pmd_slot = (addr >> PMD_SHIFT) & (PTRS_PER_TABLE - 1)
-        desc = 0 if pmd_table is None else pmd_table.entries.item(pmd_slot)
+        pmd_table, pmd_index_in_table = _pmd_entry_of(mm, addr)
+        desc = 0 if pmd_table is None else pmd_table.entries.item(pmd_index_in_table)
         if pmd_trans_huge(desc):  # the MMU's walk ends at a PMD block
             check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
-            pmd_table.entries[pmd_slot] = (desc | update_set) & ~update_clear
+            pmd_table.entries[pmd_index_in_table] = (desc | update_set) & ~update_clear
             return pte_pfn(desc) + ((addr % PMD_SIZE) >> PAGE_SHIFT)
-        table = mm.pte_tables.get(addr >> PMD_SHIFT)
-        index = (addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+        table, index = _pte_entry_of(mm, addr)
         desc = 0 if table is None else table.entries.item(index)
         check(pte_present(desc), "user access to an unmapped address %#x", addr)
         check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
@@ -435,7 +442,7 @@ class Machine:
         first = index - index % CONT_PTES
         span = slice(first, first + CONT_PTES)
         table.entries[span] = (table.entries[span] | np.uint64(update_set)) & ~np.uint64(update_clear)
-        return int(pte_pfn(desc))
+        return pte_pfn(desc)
 
     def user_read(self, mm: MM, addr: int) -> int:
         """A user load from a present mapping: sets the access flag, returns the data word."""

@@ -8,9 +8,9 @@ and the machine's counters (processes, mmaps and pins ever made). Page-table
 pages themselves (table descriptors, empty tables) are not compared.
 
 Equal machines are the common case, so every part is first compared whole
-with `np.array_equal`; only a part that differs is taken apart element by
-element. The list of differences is capped (`MAX_DIFFERENCES`) with a final
-"... N more" entry.
+(`_same_array`: same dtype, shape and bytes; a dict's ==); only a part that
+differs is taken apart element by element. The list of differences is capped
+(`MAX_DIFFERENCES`) with a final "... N more" entry.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from machine.pgtable import (
 
 MAX_DIFFERENCES = 50
 MORE_FIELD = "more"   # the field of the final "... N more" entry of a capped list
+_NO_ENTRIES = np.zeros(PTRS_PER_TABLE, np.uint64)   # what a missing PTE table reads
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,12 @@ class _Differences:
         return self.items + [Difference(f"... {self.nr_more} more", MORE_FIELD, "", "")]
 
 
+def _same_array(ref: np.ndarray, other: np.ndarray) -> bool:
+    """Whether two of a machine's integer or bool arrays are equal: same dtype, shape and bytes
+    (np.array_equal without its overhead). On False the caller compares element by element."""
+    return ref.dtype == other.dtype and ref.shape == other.shape and ref.tobytes() == other.tobytes()
+
+
 def _text(value: object) -> str:
     if isinstance(value, np.ndarray):
         value = value.tolist()
@@ -114,7 +121,7 @@ def _compare_frames(a: FrameTable, b: FrameTable, out: _Differences) -> None:
     masks: list[np.ndarray] = []
     for name in FrameTable.ARRAYS:
         ref, other = getattr(a, name), getattr(b, name)
-        if np.array_equal(ref, other):
+        if _same_array(ref, other):
             continue
         differs = ref != other
         if differs.ndim > 1:     # folio_mm_id, folio_mm_id_mapcount: one row per pfn
@@ -142,11 +149,9 @@ def _compare_swap(a: Machine, b: Machine, out: _Differences) -> None:
         out.add("swap", "nr_slots", a.swap.nr_slots, b.swap.nr_slots)
         return
     fields = ("swap_data", "swap_count")
-    masks = []
-    for name in fields:
-        ref, other = getattr(a.swap, name), getattr(b.swap, name)
-        masks.append(np.zeros(a.swap.nr_slots, np.bool_) if np.array_equal(ref, other) else ref != other)
-    differs = np.stack(masks)
+    if all(_same_array(getattr(a.swap, name), getattr(b.swap, name)) for name in fields):
+        return
+    differs = np.stack([getattr(a.swap, name) != getattr(b.swap, name) for name in fields])
     nr_differences = int(differs.sum())
     nr_reported = 0
     for slot in map(int, np.flatnonzero(differs.any(axis=0))):
@@ -183,45 +188,57 @@ def _vma_text(vma: tuple[int, int, str, int] | None) -> str:
 
 def _compare_mm(a: MM, b: MM, out: _Differences) -> None:
     where = f"P{a.pid}"
-    ref_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage) for vma in a.vmas}
-    other_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage) for vma in b.vmas}
-    if ref_vmas != other_vmas:
-        for start in sorted(ref_vmas.keys() | other_vmas.keys()):
-            ref, other = ref_vmas.get(start), other_vmas.get(start)
-            if ref != other:
-                out.add(f"{where} {start:#x}", "vma", _vma_text(ref), _vma_text(other))
+    if a.vmas != b.vmas:
+        _compare_vmas(a, b, out)
     for field in ("rss_anon", "rss_swap", "has_pinned"):
         if getattr(a, field) != getattr(b, field):
             out.add(where, field, getattr(a, field), getattr(b, field))
     _compare_leaves(a, b, out)
 
 
-def _leaf_tables(mm: MM) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """The leaf descriptors of mm as arrays: PMD blocks per PMD table (table descriptors
-    masked to 0), and PTE tables by their base address."""
-    pmd_blocks: dict[int, np.ndarray] = {}
+def _compare_vmas(a: MM, b: MM, out: _Differences) -> None:
+    """Per start address, the VMA that starts there on each side."""
+    ref_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage) for vma in a.vmas}
+    other_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage) for vma in b.vmas}
+    for start in sorted(ref_vmas.keys() | other_vmas.keys()):
+        ref, other = ref_vmas.get(start), other_vmas.get(start)
+        if ref != other:
+            out.add(f"P{a.pid} {start:#x}", "vma", _vma_text(ref), _vma_text(other))
+
+
+def _leaf_tables(mm: MM) -> tuple[dict[int, int], dict[int, np.ndarray]]:
+    """The leaf descriptors of mm: the non-zero PMD entries that are not table descriptors by
+    address, and the PTE tables' entries by their base address."""
+    pmd_blocks: dict[int, int] = {}
     pte_tables: dict[int, np.ndarray] = {}
     for pmd_table in mm.pmd_tables():
-        entries = pmd_table.entries
-        is_table = (entries & np.uint64(PTE_TYPE_MASK)) == np.uint64(PMD_TYPE_TABLE)
-        pmd_blocks[pmd_table.base] = np.where(is_table, np.uint64(0), entries)
+        indices = pmd_table.entries.nonzero()[0]
+        for index, pmd in zip(indices.tolist(), pmd_table.entries[indices].tolist()):
+            if pmd & PTE_TYPE_MASK != PMD_TYPE_TABLE:
+                pmd_blocks[pmd_table.base + (index << PMD_SHIFT)] = pmd
         for index, table in pmd_table.ptes.items():
             pte_tables[pmd_table.base + (index << PMD_SHIFT)] = table.entries
     return pmd_blocks, pte_tables
 
 
-def _differing_entries(ref: dict[int, np.ndarray], other: dict[int, np.ndarray], level: str,
-                       shift: int) -> list[tuple[int, str, int, int]]:
-    """(addr, level, ref value, other value) of every differing entry; a missing table reads 0."""
-    zeros = np.zeros(PTRS_PER_TABLE, np.uint64)
+def _differing_blocks(ref: dict[int, int], other: dict[int, int]) -> list[tuple[int, str, int, int]]:
+    """(addr, "pmd", ref value, other value) of every differing PMD leaf; a missing one reads 0."""
+    if ref == other:
+        return []
+    return [(addr, "pmd", ref.get(addr, 0), other.get(addr, 0)) for addr in ref.keys() | other.keys()
+            if ref.get(addr, 0) != other.get(addr, 0)]
+
+
+def _differing_entries(ref: dict[int, np.ndarray],
+                       other: dict[int, np.ndarray]) -> list[tuple[int, str, int, int]]:
+    """(addr, "pte", ref value, other value) of every differing PTE; a missing table reads 0."""
     found = []
     for base in ref.keys() | other.keys():
-        ref_entries, other_entries = ref.get(base, zeros), other.get(base, zeros)
-        if np.array_equal(ref_entries, other_entries):
+        ref_entries, other_entries = ref.get(base, _NO_ENTRIES), other.get(base, _NO_ENTRIES)
+        if _same_array(ref_entries, other_entries):
             continue
         for index in map(int, np.flatnonzero(ref_entries != other_entries)):
-            found.append((base + (index << shift), level,
-                          int(ref_entries[index]), int(other_entries[index])))
+            found.append((base + (index << PAGE_SHIFT), "pte", int(ref_entries[index]), int(other_entries[index])))
     return found
 
 
@@ -229,8 +246,7 @@ def _compare_leaves(a: MM, b: MM, out: _Differences) -> None:
     """Every non-zero leaf descriptor (mm.leaves()), compared table by table."""
     ref_blocks, ref_ptes = _leaf_tables(a)
     other_blocks, other_ptes = _leaf_tables(b)
-    found = (_differing_entries(ref_blocks, other_blocks, "pmd", PMD_SHIFT)
-             + _differing_entries(ref_ptes, other_ptes, "pte", PAGE_SHIFT))
+    found = _differing_blocks(ref_blocks, other_blocks) + _differing_entries(ref_ptes, other_ptes)
     found.sort()
     for position, (addr, level, ref, other) in enumerate(found):
         if out.full():

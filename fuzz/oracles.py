@@ -16,17 +16,23 @@ subject first (`pfn 37: ...`, `folio 32 (order 4): ...`, `P1 0x200000: ...`,
 `pin 2 page 5 (P0 0x205000): ...`, `slot 9: ...`); a check that finds many
 alike reports the first MAX_DETAILS and how many more.
 
-Speed: the fuzzer runs this after every op. Work is done on arrays the size of
-what is mapped (leaves, allocated frames, folio heads, pins) rather than the
-size of the machine wherever possible, and a frame-wide check first asks
-a cheap question (a count) and only looks for the culprits when it fails.
+Speed: the fuzzer runs this after every op, or once per input, on machines
+small enough that the number of numpy calls, not their size, is the cost. Work
+is done on arrays the size of what is mapped (leaves, allocated frames, folio
+heads, pins) rather than the size of the machine wherever possible; a check
+first asks a cheap question (a count, an equality) and only looks for the
+culprits, and builds its messages, when that fails; a check skips what is
+absent (no PMD blocks, no swap entries, no pins, no large folio); and what
+several oracles read (the frame fields' non-zero counts, the heads, the large
+ones) is computed once, on the scan.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -70,13 +76,18 @@ MAX_DETAILS = 16          # details reported per check before "... and N more"
 
 _PID_SHIFT = 48           # a leaf's key: pid << 48 | addr (addresses are below 2**48)
 _PID_LIMIT = 1 << 14
+_TABLE_SHIFT = PTRS_PER_TABLE.bit_length() - 1   # position in a stack of tables >> this: the table
 _FOLIO_SHIFT = 16         # a (folio, process) key: folio << 16 | pid
 _PAGE_OFFSETS = np.arange(HPAGE_PMD_NR, dtype=np.int64)
 _BLOCKS_PER_TABLE = PTRS_PER_TABLE // CONT_PTES
 _FOLIO_FIELDS = tuple(name for name in FrameTable.ARRAYS if name.startswith("folio_"))
 _PAGE_FIELDS = ("page_mapcount", "page_anon_exclusive", "page_data")
+_LARGE_FOLIO_FIELDS = ("folio_large_mapcount", "folio_entire_mapcount", "folio_mm_id", "folio_mm_id_mapcount",
+                       "folio_mm_ids_shared")   # free values on an order-0 folio
 _NOT_A_FRAME = -2         # the "folio" of a pfn beyond the machine, in contpte verdict keys
+_ADDR_MASK = (1 << _PID_SHIFT) - 1
 _EMPTY = np.zeros(0, np.int64)
+_EMPTY_DESC = np.zeros(0, np.uint64)
 
 # machine.contpte_blocks_canonical verdicts by block: a block's verdict depends
 # only on its 16 entries and the folios of their pfns, which form the key.
@@ -90,7 +101,7 @@ def _where(pid: int, addr: int) -> str:
 
 def _key_where(key: int) -> str:
     key = int(key)
-    return _where(key >> _PID_SHIFT, key & ((1 << _PID_SHIFT) - 1))
+    return _where(key >> _PID_SHIFT, key & _ADDR_MASK)
 
 
 def _details(items: Iterable, describe: Callable[..., str]) -> list[str]:
@@ -123,6 +134,20 @@ def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
         return np.full(len(keys), -1, np.int64)
     index = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
     return np.where(sorted_keys[index] == keys, index, -1)
+
+
+def _found(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """values[index] where index >= 0 (a _lookup result), -1 elsewhere."""
+    if len(values) == 0:
+        return np.full(len(index), -1, np.int64)
+    return np.where(index >= 0, values[np.maximum(index, 0)], -1)
+
+
+def _joined(arrays: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    """np.concatenate(arrays), without a copy for one array; empty for none."""
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate(arrays) if arrays else empty
 
 
 def _count(indices: np.ndarray, length: int) -> np.ndarray:
@@ -165,6 +190,10 @@ class PageTableScan:
         self._gather_ptes()
 
     def _gather_pmds(self, pmd_leaves: list[tuple[int, int, int]]) -> None:
+        if not pmd_leaves:
+            self.pmd_pid = self.pmd_addr = self.pmd_pfn = self.pmd_key = _EMPTY
+            self.pmd_desc = _EMPTY_DESC
+            return
         self.pmd_pid = np.array([leaf[0] for leaf in pmd_leaves], np.int64)
         self.pmd_addr = np.array([leaf[1] for leaf in pmd_leaves], np.int64)
         self.pmd_desc = np.array([leaf[2] for leaf in pmd_leaves], np.uint64)
@@ -172,26 +201,45 @@ class PageTableScan:
         self.pmd_key = _keys(self.pmd_pid, self.pmd_addr)
 
     def _gather_ptes(self) -> None:
-        if self.pte_tables:
-            entries = np.stack([table[2] for table in self.pte_tables])
-            bases = np.array([table[1] for table in self.pte_tables], np.int64)
-            table_pids = np.array([table[0] for table in self.pte_tables], np.int64)
-        else:
-            entries = np.zeros((0, PTRS_PER_TABLE), np.uint64)
-            bases = table_pids = _EMPTY
+        """Split the non-zero entries of every PTE table into present and swap PTEs."""
+        if not self.pte_tables:
+            self.pte_entries = np.zeros((0, PTRS_PER_TABLE), np.uint64)
+            self._set_ptes(_EMPTY, _EMPTY_DESC)
+            self._set_swap_ptes(_EMPTY, _EMPTY_DESC)
+            return
+        entries = np.array([table[2] for table in self.pte_tables])
+        table_keys = np.array([(pid << _PID_SHIFT) | base for pid, base, _ in self.pte_tables], np.int64)
         self.pte_entries = entries                 # (tables, 512), in pte_tables order
-        rows, columns = np.nonzero(entries)
-        desc = entries[rows, columns]
-        pids = table_pids[rows]
-        addrs = bases[rows] + (columns.astype(np.int64) << PAGE_SHIFT)
+        flat = entries.reshape(-1)
+        positions = (flat != 0).nonzero()[0]       # table * 512 + index of every non-zero entry
+        desc = flat[positions]
+        keys = table_keys[positions >> _TABLE_SHIFT] | ((positions & (PTRS_PER_TABLE - 1)) << PAGE_SHIFT)
         present = (desc & np.uint64(PTE_VALID)) != 0
-        swap = ~present
-        self.pte_pid, self.pte_addr, self.pte_desc = pids[present], addrs[present], desc[present]
-        self.pte_pfn = pte_pfn(self.pte_desc).astype(np.int64)
-        self.pte_key = _keys(self.pte_pid, self.pte_addr)
-        self.swp_pid, self.swp_addr, self.swp_desc = pids[swap], addrs[swap], desc[swap]
-        self.swp_slot = pte_swp_offset(self.swp_desc).astype(np.int64)
-        self.swp_key = _keys(self.swp_pid, self.swp_addr)
+        if np.count_nonzero(present) == len(desc):
+            self._set_ptes(keys, desc)
+            self._set_swap_ptes(_EMPTY, _EMPTY_DESC)
+        else:
+            swap = ~present
+            self._set_ptes(keys[present], desc[present])
+            self._set_swap_ptes(keys[swap], desc[swap])
+
+    def _set_ptes(self, keys: np.ndarray, desc: np.ndarray) -> None:
+        """The present PTEs: keys and descriptors, and from them pid, addr and pfn."""
+        self.pte_key, self.pte_desc = keys, desc
+        if len(keys) == 0:
+            self.pte_pid = self.pte_addr = self.pte_pfn = _EMPTY
+            return
+        self.pte_pid, self.pte_addr = keys >> _PID_SHIFT, keys & _ADDR_MASK
+        self.pte_pfn = pte_pfn(desc).astype(np.int64)
+
+    def _set_swap_ptes(self, keys: np.ndarray, desc: np.ndarray) -> None:
+        """The swap PTEs: keys and descriptors, and from them pid, addr and slot."""
+        self.swp_key, self.swp_desc = keys, desc
+        if len(keys) == 0:
+            self.swp_pid = self.swp_addr = self.swp_slot = _EMPTY
+            return
+        self.swp_pid, self.swp_addr = keys >> _PID_SHIFT, keys & _ADDR_MASK
+        self.swp_slot = pte_swp_offset(desc).astype(np.int64)
 
     # Frames.
 
@@ -205,6 +253,27 @@ class PageTableScan:
         """Head pfns of every allocated folio (page_folio[f] == f), ascending."""
         allocated = self.allocated
         return allocated[self.frames.page_folio[allocated] == allocated]
+
+    @cached_property
+    def large(self) -> np.ndarray:
+        """Per head, in heads order: whether its folio is large (order > 0)."""
+        return self.frames.folio_order[self.heads] > 0
+
+    @cached_property
+    def large_heads(self) -> np.ndarray:
+        """Head pfns of every large folio, ascending."""
+        return self.heads[self.large]
+
+    @cached_property
+    def nr_nonzero(self) -> dict[str, int]:
+        """Per folio and page field of the frame table: how many of its values are non-zero."""
+        return {name: np.count_nonzero(getattr(self.frames, name)) for name in _FOLIO_FIELDS + _PAGE_FIELDS}
+
+    def zero_outside(self, name: str, pfns: np.ndarray) -> bool:
+        """Whether frame field name is zero at every pfn but pfns (ascending, distinct): a count,
+        the cheap question to ask before looking for the pfns where it is not."""
+        nr_nonzero = self.nr_nonzero[name]
+        return nr_nonzero == 0 or np.count_nonzero(getattr(self.frames, name)[pfns]) == nr_nonzero
 
     def folio_of(self, pfns: np.ndarray) -> np.ndarray:
         """page_folio of each pfn: its head, -1 if free or beyond the machine."""
@@ -229,39 +298,36 @@ class PageTableScan:
         return _count(self.pte_pfn, self.nr_frames)
 
     @cached_property
-    def folio_pte_mappings(self) -> np.ndarray:
-        """Per head: present PTEs mapping any page of the folio."""
-        return _count(self.pte_folio, self.nr_frames)
-
-    @cached_property
     def folio_pmd_mappings(self) -> np.ndarray:
         """Per head: PMD blocks mapping the folio."""
         return _count(self.pmd_folio, self.nr_frames)
 
     @cached_property
     def folio_mappings(self) -> np.ndarray:
-        return self.folio_pte_mappings + self.folio_pmd_mappings
+        """Per head: present PTEs mapping any page of the folio plus PMD blocks mapping it."""
+        return _count(np.concatenate([self.pte_folio, self.pmd_folio]), self.nr_frames)
 
     @cached_property
-    def _folio_mm_keys(self) -> tuple[np.ndarray, np.ndarray]:
-        """Sorted unique (folio << 16 | pid) keys of every mapping, with their counts."""
+    def _folio_mm_keys(self) -> np.ndarray:
+        """The (folio << 16 | pid) key of every mapping of a folio, sorted."""
         folios = np.concatenate([self.pte_folio, self.pmd_folio])
         pids = np.concatenate([self.pte_pid, self.pmd_pid])
         mapped = folios >= 0
-        keys = (folios[mapped] << _FOLIO_SHIFT) | pids[mapped]
-        return np.unique(keys, return_counts=True)
+        return np.sort((folios[mapped] << _FOLIO_SHIFT) | pids[mapped])
 
     def folio_mm_mappings(self, folios: np.ndarray, pids: np.ndarray) -> np.ndarray:
         """Mappings of each folio by each process (0 for a process that does not exist)."""
-        keys, counts = self._folio_mm_keys
-        index = _lookup(keys, (folios.astype(np.int64) << _FOLIO_SHIFT) | pids.astype(np.int64))
-        return np.where(index >= 0, counts[np.maximum(index, 0)], 0) if len(counts) else np.zeros(len(folios), np.int64)
+        keys = self._folio_mm_keys
+        wanted = (folios.astype(np.int64) << _FOLIO_SHIFT) | pids.astype(np.int64)
+        return np.searchsorted(keys, wanted, side="right") - np.searchsorted(keys, wanted, side="left")
 
     @cached_property
     def folio_nr_mms(self) -> np.ndarray:
         """Per head: how many processes map the folio."""
-        keys, _ = self._folio_mm_keys
-        return _count(keys >> _FOLIO_SHIFT, self.nr_frames)
+        keys = self._folio_mm_keys
+        first = np.ones(len(keys), bool)           # the first mapping of each (folio, process)
+        first[1:] = keys[1:] != keys[:-1]
+        return _count(keys[first] >> _FOLIO_SHIFT, self.nr_frames)
 
     @cached_property
     def swap_pte_count(self) -> np.ndarray:
@@ -272,9 +338,10 @@ class PageTableScan:
     def rss(self) -> dict[int, tuple[int, int]]:
         """Per live process: (present PTEs + 512 x PMD blocks, swap PTEs)."""
         length = max(self.machine.processes, default=0) + 1
-        anon = (np.bincount(self.pte_pid, minlength=length)
-                + HPAGE_PMD_NR * np.bincount(self.pmd_pid, minlength=length)).tolist()
-        swap = np.bincount(self.swp_pid, minlength=length).tolist()
+        anon = np.bincount(self.pte_pid, minlength=length)
+        if len(self.pmd_pid):
+            anon += HPAGE_PMD_NR * np.bincount(self.pmd_pid, minlength=length)
+        anon, swap = anon.tolist(), np.bincount(self.swp_pid, minlength=length).tolist()
         return {pid: (anon[pid], swap[pid]) for pid in self.machine.processes}
 
     # Pins: every (pin, page) pair, and what its address maps now.
@@ -293,7 +360,7 @@ class PageTableScan:
             return {name: _EMPTY for name in ("id", "index", "pid", "addr", "page", "live",
                                               "mapped", "exclusive_page")}
         sizes = np.array([len(pin.pages) for pin in pins], np.int64)
-        index = np.concatenate([np.arange(size, dtype=np.int64) for size in sizes.tolist()])
+        index = _joined([np.arange(size, dtype=np.int64) for size in sizes.tolist()], _EMPTY)
         arrays = {
             "id": np.repeat(np.array([pin.pin_id for pin in pins], np.int64), sizes),
             "index": index,
@@ -302,13 +369,15 @@ class PageTableScan:
             "page": np.array([page for pin in pins for page in pin.pages], np.int64),
             "live": np.repeat(np.array([pin.pid in self.machine.processes for pin in pins], bool), sizes),
         }
-        pte = _lookup(self.pte_key, _keys(arrays["pid"], arrays["addr"]))
-        pmd = _lookup(self.pmd_key, _keys(arrays["pid"], arrays["addr"] & ~(PMD_SIZE - 1)))
-        pte_found = self.pte_pfn[np.maximum(pte, 0)] if len(self.pte_pfn) else np.zeros_like(pte)
-        pmd_found = self.pmd_pfn[np.maximum(pmd, 0)] if len(self.pmd_pfn) else np.zeros_like(pmd)
-        pmd_offset = (arrays["addr"] % PMD_SIZE) >> PAGE_SHIFT
-        arrays["mapped"] = np.where(pte >= 0, pte_found, np.where(pmd >= 0, pmd_found + pmd_offset, -1))
-        arrays["exclusive_page"] = np.where(pte >= 0, pte_found, np.where(pmd >= 0, pmd_found, -1))
+        keys = _keys(arrays["pid"], arrays["addr"])
+        pte_page = _found(self.pte_pfn, _lookup(self.pte_key, keys))
+        arrays["mapped"] = arrays["exclusive_page"] = pte_page
+        if len(self.pmd_key):
+            pmd_head = _found(self.pmd_pfn, _lookup(self.pmd_key, keys & ~(PMD_SIZE - 1)))
+            by_pmd = (pte_page < 0) & (pmd_head >= 0)
+            pmd_page = pmd_head + ((arrays["addr"] % PMD_SIZE) >> PAGE_SHIFT)
+            arrays["mapped"] = np.where(by_pmd, pmd_page, pte_page)
+            arrays["exclusive_page"] = np.where(by_pmd, pmd_head, pte_page)
         return arrays
 
 
@@ -322,9 +391,7 @@ def _check_mapcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
     failures = _details(wrong, lambda i: f"pfn {allocated[i]}: _mapcount {frames.page_mapcount[allocated[i]]}, "
                                          f"mappings found {found[i]}")
 
-    heads = scan.heads
-    is_large = frames.folio_order[heads] > 0
-    large, small = heads[is_large], heads[~is_large]
+    large = scan.large_heads
     if len(large):
         mappings, pmd_mappings = scan.folio_mappings[large], scan.folio_pmd_mappings[large]
         wrong = _indices(frames.folio_large_mapcount[large] != mappings)
@@ -336,15 +403,8 @@ def _check_mapcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
             f"folio {large[i]} (order {frames.folio_order[large[i]]}): _entire_mapcount "
             f"{frames.folio_entire_mapcount[large[i]]}, PMD mappings found {pmd_mappings[i]}"))
         failures += _check_mm_ids(machine, scan, large)
-    if len(small):
-        stray = (frames.folio_large_mapcount[small] != 0) | (frames.folio_entire_mapcount[small] != 0) \
-            | frames.folio_mm_id[small].any(axis=1) | frames.folio_mm_id_mapcount[small].any(axis=1) \
-            | frames.folio_mm_ids_shared[small]
-        failures += _details(small[stray], lambda f: (
-            f"folio {f} (order 0): large-folio fields set (_large_mapcount {frames.folio_large_mapcount[f]}, "
-            f"_entire_mapcount {frames.folio_entire_mapcount[f]}, mm_id {_ints(frames.folio_mm_id[f])}, "
-            f"mm_id_mapcount {_ints(frames.folio_mm_id_mapcount[f])}, "
-            f"shared {bool(frames.folio_mm_ids_shared[f])})"))
+    if not all(scan.zero_outside(name, large) for name in _LARGE_FOLIO_FIELDS):
+        failures += _check_small_folio_fields(frames, scan.heads[~scan.large])
 
     for pid in sorted(machine.processes):
         mm = machine.processes[pid]
@@ -356,30 +416,45 @@ def _check_mapcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
     return failures
 
 
+def _check_small_folio_fields(frames: FrameTable, small: np.ndarray) -> list[str]:
+    """The large-folio fields of order-0 folios (small: their heads) hold their free values."""
+    if len(small) == 0:
+        return []
+    stray = (frames.folio_large_mapcount[small] != 0) | (frames.folio_entire_mapcount[small] != 0) \
+        | frames.folio_mm_id[small].any(axis=1) | frames.folio_mm_id_mapcount[small].any(axis=1) \
+        | frames.folio_mm_ids_shared[small]
+    return _details(small[stray], lambda f: (
+        f"folio {f} (order 0): large-folio fields set (_large_mapcount {frames.folio_large_mapcount[f]}, "
+        f"_entire_mapcount {frames.folio_entire_mapcount[f]}, mm_id {_ints(frames.folio_mm_id[f])}, "
+        f"mm_id_mapcount {_ints(frames.folio_mm_id_mapcount[f])}, "
+        f"shared {bool(frames.folio_mm_ids_shared[f])})"))
+
+
 def _check_mm_ids(machine: Machine, scan: PageTableScan, large: np.ndarray) -> list[str]:
     """MM_ID of large folios: a slot in use counts between 1 and its process's mappings, a free
     slot counts 0, no mm_id twice, and a clear shared bit means one process maps the folio."""
     frames = machine.frames
     failures: list[str] = []
-    mm_ids = frames.folio_mm_id[large]
+    mm_ids = frames.folio_mm_id[large]                 # (folios, slots)
     slot_counts = frames.folio_mm_id_mapcount[large]
-    for slot in (0, 1):
-        in_use = _indices(mm_ids[:, slot] != 0)
-        if len(in_use):
-            folios, counts, pids = large[in_use], slot_counts[in_use, slot], mm_ids[in_use, slot] - 1
-            found = scan.folio_mm_mappings(folios, pids)
-            wrong = _indices((counts > found) | (counts < 1))
-            failures += _details(wrong, lambda i: (
-                f"folio {folios[i]}: MM_ID slot {slot} (P{pids[i]}) counts {counts[i]}, "
-                f"mappings by that process found {found[i]}"))
-        stale = large[(mm_ids[:, slot] == 0) & (slot_counts[:, slot] != 0)]
-        failures += _details(stale, lambda f: (
-            f"folio {f}: free MM_ID slot {slot} has mapcount {frames.folio_mm_id_mapcount[f, slot]}"))
-    twice = large[(mm_ids[:, 0] != 0) & (mm_ids[:, 0] == mm_ids[:, 1])]
+    in_use = mm_ids != 0
+    pids = mm_ids - 1
+    found = scan.folio_mm_mappings(large[:, None], pids)
+    miscounted = in_use & ((slot_counts > found) | (slot_counts < 1))
+    stale = ~in_use & (slot_counts != 0)
+    if np.count_nonzero(miscounted) or np.count_nonzero(stale):
+        for slot in (0, 1):
+            failures += _details(_indices(miscounted[:, slot]), lambda i, slot=slot: (
+                f"folio {large[i]}: MM_ID slot {slot} (P{pids[i, slot]}) counts {slot_counts[i, slot]}, "
+                f"mappings by that process found {found[i, slot]}"))
+            failures += _details(large[stale[:, slot]], lambda f, slot=slot: (
+                f"folio {f}: free MM_ID slot {slot} has mapcount {frames.folio_mm_id_mapcount[f, slot]}"))
+    twice = large[in_use[:, 0] & (mm_ids[:, 0] == mm_ids[:, 1])]
     failures += _details(twice, lambda f: f"folio {f}: both MM_ID slots hold mm_id {frames.folio_mm_id[f, 0]}")
-    not_shared = large[~frames.folio_mm_ids_shared[large] & (scan.folio_nr_mms[large] > 1)]
-    failures += _details(not_shared, lambda f: (
-        f"folio {f}: shared bit clear but mapped by {scan.folio_nr_mms[f]} processes"))
+    if len(machine.processes) > 1:                    # else no folio is mapped by two processes
+        not_shared = large[~frames.folio_mm_ids_shared[large] & (scan.folio_nr_mms[large] > 1)]
+        failures += _details(not_shared, lambda f: (
+            f"folio {f}: shared bit clear but mapped by {scan.folio_nr_mms[f]} processes"))
     return failures
 
 
@@ -391,21 +466,23 @@ def _check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
     heads = scan.heads
 
     pins = scan.pin_pages
-    pin_folio = scan.folio_of(pins["page"])
-    unpinnable = _indices(pin_folio < 0)
-    failures += _details(unpinnable, lambda i: (
-        f"pin {pins['id'][i]} page {pins['index'][i]}: holds pfn {pins['page'][i]}, which is "
-        + ("free" if pins["page"][i] < scan.nr_frames else "beyond the machine")))
-    pin_pairs = _count(pin_folio, scan.nr_frames)[heads]
-    large = frames.folio_order[heads] > 0
-    pin_refs = np.where(large, pin_pairs, GUP_PIN_COUNTING_BIAS * pin_pairs)
+    if len(pins["id"]):
+        pin_folio = scan.folio_of(pins["page"])
+        unpinnable = _indices(pin_folio < 0)
+        failures += _details(unpinnable, lambda i: (
+            f"pin {pins['id'][i]} page {pins['index'][i]}: holds pfn {pins['page'][i]}, which is "
+            + ("free" if pins["page"][i] < scan.nr_frames else "beyond the machine")))
+        pin_pairs = _count(pin_folio, scan.nr_frames)[heads]
+        pin_refs = np.where(scan.large, pin_pairs, GUP_PIN_COUNTING_BIAS * pin_pairs)
+        expected_pincount = np.where(scan.large, pin_pairs, 0)
+    else:
+        pin_pairs = pin_refs = expected_pincount = np.zeros(len(heads), np.int64)
     mappings = scan.folio_mappings[heads]
 
     wrong = _indices(frames.folio_refcount[heads] != mappings + pin_refs)
     failures += _details(wrong, lambda i: (
         f"folio {heads[i]} (order {frames.folio_order[heads[i]]}): refcount {frames.folio_refcount[heads[i]]}, "
         f"mappings {mappings[i]} + pin references {pin_refs[i]} = {mappings[i] + pin_refs[i]}"))
-    expected_pincount = np.where(large, pin_pairs, 0)
     wrong = _indices(frames.folio_pincount[heads] != expected_pincount)
     failures += _details(wrong, lambda i: (
         f"folio {heads[i]} (order {frames.folio_order[heads[i]]}): _pincount "
@@ -418,7 +495,7 @@ def _check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
             ("PTE", scan.pte_pid, scan.pte_addr, scan.pte_pfn, scan.pte_folio),
             ("PMD", scan.pmd_pid, scan.pmd_addr, scan.pmd_pfn, scan.pmd_folio)):
         bad = _indices(folios < 0)
-        failures += _details(bad, lambda i: (
+        failures += _details(bad, lambda i, level=level, pids=pids, addrs=addrs, pfns=pfns: (
             f"{_where(pids[i], addrs[i])}: {level} maps pfn {pfns[i]}, which is "
             + ("free" if pfns[i] < scan.nr_frames else "beyond the machine")))
     return failures
@@ -427,11 +504,38 @@ def _check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
 def _check_folio_structure(frames: FrameTable, scan: PageTableScan) -> list[str]:
     """page_folio agrees with the heads' orders; free frames and tail pages hold free values."""
     failures: list[str] = []
+    heads, allocated = scan.heads, scan.allocated
+    # Every allocated frame a head of order 0: the folios tile the allocated frames.
+    if len(heads) != len(allocated) or np.count_nonzero(frames.folio_order[heads]):
+        failures += _check_folio_runs(frames, scan)
+    for name in _FOLIO_FIELDS:
+        if scan.zero_outside(name, heads):
+            continue
+        array = getattr(frames, name)
+        set_ = array.any(axis=1) if array.ndim == 2 else array != 0
+        set_[heads] = False
+        failures += _details(_indices(set_), lambda pfn, name=name, array=array: (
+            f"pfn {pfn}: {name} {_ints(array[pfn]) if array.ndim == 2 else array[pfn]} on a "
+            + ("free frame" if frames.page_folio[pfn] == FREE_FOLIO else "tail page")))
+    for name in _PAGE_FIELDS:
+        if scan.zero_outside(name, allocated):
+            continue
+        array = getattr(frames, name)
+        stray = _indices((array != 0) & (frames.page_folio == FREE_FOLIO))
+        failures += _details(stray, lambda pfn, name=name, array=array: (
+            f"pfn {pfn}: {name} {array[pfn]} on a free frame"))
+    return failures
+
+
+def _check_folio_runs(frames: FrameTable, scan: PageTableScan) -> list[str]:
+    """Each head's order is valid, its run of 2**order frames naturally aligned inside the
+    machine, and the runs tile exactly the allocated frames, each frame naming its own head."""
+    failures: list[str] = []
     page_folio = frames.page_folio
     heads, allocated = scan.heads, scan.allocated
     orders = frames.folio_order[heads].astype(np.int64)
     bad_order = (orders < 0) | (orders > HPAGE_PMD_ORDER) | (orders == 1)
-    sizes = np.left_shift(1, np.clip(orders, 0, HPAGE_PMD_ORDER))
+    sizes = np.left_shift(1, np.where(bad_order, 0, orders))
     placed = ~bad_order & (heads % sizes == 0) & (heads + sizes <= scan.nr_frames)
     if not placed.all():
         failures += _details(heads[bad_order], lambda f: f"folio {f}: bad order {frames.folio_order[f]}")
@@ -441,7 +545,6 @@ def _check_folio_structure(frames: FrameTable, scan: PageTableScan) -> list[str]
     starts = np.cumsum(sizes) - sizes
     owners = np.repeat(heads, sizes)
     covered = owners + (np.arange(len(owners), dtype=np.int64) - np.repeat(starts, sizes))
-    # The folios tile exactly the allocated frames, each frame naming its own head.
     if not (len(covered) == len(allocated) and np.array_equal(covered, allocated)
             and np.array_equal(page_folio[covered], owners)):
         owner = np.full(scan.nr_frames, FREE_FOLIO, np.int64)
@@ -450,23 +553,6 @@ def _check_folio_structure(frames: FrameTable, scan: PageTableScan) -> list[str]
         failures += _details(overlap, lambda pfn: f"pfn {pfn}: inside two folios")
         wrong = _indices(page_folio != owner)
         failures += _details(wrong, lambda pfn: f"pfn {pfn}: page_folio {page_folio[pfn]}, expected {owner[pfn]}")
-
-    all_heads = scan.heads
-    for name in _FOLIO_FIELDS:
-        array = getattr(frames, name)
-        if np.count_nonzero(array) == np.count_nonzero(array[all_heads]):
-            continue
-        set_ = array.any(axis=1) if array.ndim == 2 else array != 0
-        set_[all_heads] = False
-        failures += _details(_indices(set_), lambda pfn: (
-            f"pfn {pfn}: {name} {_ints(array[pfn]) if array.ndim == 2 else array[pfn]} on a "
-            + ("free frame" if page_folio[pfn] == FREE_FOLIO else "tail page")))
-    for name in _PAGE_FIELDS:
-        array = getattr(frames, name)
-        if np.count_nonzero(array) == np.count_nonzero(array[allocated]):
-            continue
-        stray = _indices((array != 0) & (page_folio == FREE_FOLIO))
-        failures += _details(stray, lambda pfn: f"pfn {pfn}: {name} {array[pfn]} on a free frame")
     return failures
 
 
@@ -475,22 +561,24 @@ def _check_folio_structure(frames: FrameTable, scan: PageTableScan) -> list[str]
 def _check_swap(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     swap = machine.swap
     failures: list[str] = []
-    found = scan.swap_pte_count
-    wrong = _indices(swap.swap_count != found)
-    failures += _details(wrong, lambda slot: f"slot {slot}: count {swap.swap_count[slot]}, "
-                                             f"swap entries found {found[slot]}")
+    if len(scan.swp_slot) or np.count_nonzero(swap.swap_count):   # else both count 0 everywhere
+        found = scan.swap_pte_count
+        wrong = _indices(swap.swap_count != found)
+        failures += _details(wrong, lambda slot: f"slot {slot}: count {swap.swap_count[slot]}, "
+                                                 f"swap entries found {found[slot]}")
     if len(scan.swp_desc):
         pids, addrs, descs, slots = scan.swp_pid, scan.swp_addr, scan.swp_desc, scan.swp_slot
         failures += _details(_indices(slots >= swap.nr_slots), lambda i: (
             f"{_where(pids[i], addrs[i])}: swap entry to slot {slots[i]} beyond the device"))
         exclusive = (descs & np.uint64(PTE_SWP_EXCLUSIVE)) != 0
-        referencing = found[np.minimum(slots, swap.nr_slots - 1)]
+        referencing = scan.swap_pte_count[np.minimum(slots, swap.nr_slots - 1)]
         failures += _details(_indices(exclusive & (referencing != 1)), lambda i: (
             f"{_where(pids[i], addrs[i])}: PTE_SWP_EXCLUSIVE on slot {slots[i]} "
             f"referenced by {referencing[i]} swap entries"))
         failures += _details(_indices((descs & np.uint64(SWP_TYPE_MASK)) != 0), lambda i: (
             f"{_where(pids[i], addrs[i])}: swap entry {int(descs[i]):#x} has a swap type"))
-    if np.count_nonzero(swap.swap_data) != np.count_nonzero(swap.swap_data[swap.swap_count != 0]):
+    nr_data = np.count_nonzero(swap.swap_data)
+    if nr_data and nr_data != np.count_nonzero(swap.swap_data[swap.swap_count != 0]):
         stale = _indices((swap.swap_count == 0) & (swap.swap_data != 0))
         failures += _details(stale, lambda slot: f"slot {slot}: free but holds data {swap.swap_data[slot]}")
     return failures
@@ -503,26 +591,29 @@ def _check_exclusive(machine: Machine, shadow: Shadow, scan: PageTableScan) -> l
     failures: list[str] = []
     # Mapped once: a PTE-mapped page is judged by its own bit, a PMD-mapped folio by its head's;
     # a page's mappings are its PTEs plus its folio's PMD blocks.
-    pte_ok, pmd_ok = scan.pte_folio >= 0, scan.pmd_folio == scan.pmd_pfn
-    judged = np.concatenate([scan.pte_pfn[pte_ok], scan.pmd_pfn[pmd_ok]])
+    pte_ok = scan.pte_folio >= 0
+    judged = scan.pte_pfn[pte_ok]
+    if len(scan.pmd_pfn):
+        judged = np.concatenate([judged, scan.pmd_pfn[scan.pmd_folio == scan.pmd_pfn]])
     judged = judged[exclusive[judged]]
     if len(judged):
-        total = scan.page_pte_mappings[judged] + scan.folio_pmd_mappings[machine.frames.page_folio[judged]]
-        shared, first = np.unique(judged[total != 1], return_index=True)
-        total = total[total != 1][first]
-        failures += _details(range(len(shared)), lambda i: (
-            f"pfn {shared[i]}: PageAnonExclusive but mapped {total[i]} times"))
+        total = scan.page_pte_mappings[judged]
+        if len(scan.pmd_pfn):   # a corrupt page_folio is the refcount oracle's: no mapping here
+            folios = machine.frames.page_folio[judged]
+            in_range = (folios >= 0) & (folios < len(scan.folio_pmd_mappings))
+            total = total + np.where(in_range, scan.folio_pmd_mappings[np.where(in_range, folios, 0)], 0)
+        not_once = total != 1
+        if np.count_nonzero(not_once):
+            shared, first = np.unique(judged[not_once], return_index=True)
+            total = total[not_once][first]
+            failures += _details(range(len(shared)), lambda i: (
+                f"pfn {shared[i]}: PageAnonExclusive but mapped {total[i]} times"))
 
     # Writable => exclusive (the head's bit for a PMD block).
-    for level, pids, addrs, descs, pfns, ok in (
-            ("PTE", scan.pte_pid, scan.pte_addr, scan.pte_desc, scan.pte_pfn, pte_ok),
-            ("PMD", scan.pmd_pid, scan.pmd_addr, scan.pmd_desc, scan.pmd_pfn, scan.pmd_folio >= 0)):
-        if len(descs) == 0:
-            continue
-        writable = ((descs & np.uint64(PTE_WRITE)) != 0) & ok
-        bad = _indices(writable & ~exclusive[np.where(ok, pfns, 0)])
-        failures += _details(bad, lambda i: (
-            f"{_where(pids[i], addrs[i])}: writable {level} to non-exclusive pfn {pfns[i]}"))
+    failures += _writable_not_exclusive("PTE", scan.pte_pid, scan.pte_addr, scan.pte_desc, scan.pte_pfn,
+                                        scan.pte_folio, exclusive)
+    failures += _writable_not_exclusive("PMD", scan.pmd_pid, scan.pmd_addr, scan.pmd_desc, scan.pmd_pfn,
+                                        scan.pmd_folio, exclusive)
 
     # A pinned page still mapped where it was pinned => exclusive as SPEC §4 reads it.
     pins = scan.pin_pages
@@ -534,6 +625,18 @@ def _check_exclusive(machine: Machine, shadow: Shadow, scan: PageTableScan) -> l
             f"pinned pfn {pins['page'][i]} still mapped but not exclusive"
             + (f" (head pfn {pins['exclusive_page'][i]})" if pins["exclusive_page"][i] != pins["page"][i] else "")))
     return failures
+
+
+def _writable_not_exclusive(level: str, pids: np.ndarray, addrs: np.ndarray, descs: np.ndarray, pfns: np.ndarray,
+                            folios: np.ndarray, exclusive: np.ndarray) -> list[str]:
+    """Writable entries of one level (PTE or PMD) to an allocated page whose PageAnonExclusive
+    (the head's for a PMD block) is clear."""
+    if len(descs) == 0:
+        return []
+    ok = folios >= 0
+    writable = ((descs & np.uint64(PTE_WRITE)) != 0) & ok
+    bad = _indices(writable & ~exclusive[np.where(ok, pfns, 0)])
+    return _details(bad, lambda i: f"{_where(pids[i], addrs[i])}: writable {level} to non-exclusive pfn {pfns[i]}")
 
 
 # --- 5. pin ------------------------------------------------------------------
@@ -557,8 +660,38 @@ def _check_pin(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[st
 # --- 6. data -----------------------------------------------------------------
 
 def _check_data(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
+    keys, values, sources = _mapped_words(machine, scan)
+    written = sorted(((pid << _PID_SHIFT) | addr, value)
+                     for pid in machine.processes for addr, value in shadow.data.get(pid, {}).items())
+    # The cheap question: the non-zero words read are the non-zero words written. As no two
+    # leaves share a key, that holds exactly when both checks below do.
+    read = _indices(values != 0)
+    if sorted(zip(keys[read].tolist(), values[read].tolist())) == [item for item in written if item[1]]:
+        return []
+
+    written_keys = np.array([key for key, _ in written], np.int64)
+    written_values = np.array([value for _, value in written], np.uint64)
+    if len(written_keys):
+        found = _lookup(written_keys, keys)
+        expected = np.where(found >= 0, written_values[np.maximum(found, 0)], np.uint64(0))
+    else:
+        expected = np.zeros(len(keys), np.uint64)
+
+    def describe_read(i: int) -> str:
+        source = f"pfn {sources[i]}" if sources[i] >= 0 else f"swap slot {-1 - sources[i]}"
+        return f"{_key_where(keys[i])}: reads {values[i]} ({source}), wrote {expected[i]}"
+
+    failures = _details(_indices(values != expected), describe_read)
+    if len(written_keys):
+        unmapped = (written_values != 0) & (_lookup(np.sort(keys), written_keys) < 0)
+        failures += _details(_indices(unmapped), lambda i: (
+            f"{_key_where(written_keys[i])}: wrote {written_values[i]}, but nothing is mapped there"))
+    return failures
+
+
+def _mapped_words(machine: Machine, scan: PageTableScan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What every mapped page reads: (key, value, source), source a pfn or -1 - swap slot."""
     frames, swap = machine.frames, machine.swap
-    # What every mapped page reads: (key, value, source), source a pfn or -1 - swap slot.
     keys, values, sources = [], [], []
     if len(scan.pte_pfn):
         ok = scan.pte_pfn < scan.nr_frames
@@ -576,31 +709,7 @@ def _check_data(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[s
         keys.append(scan.swp_key[ok])
         values.append(swap.swap_data[scan.swp_slot[ok]])
         sources.append(-1 - scan.swp_slot[ok])
-    keys = np.concatenate(keys) if keys else _EMPTY
-    values = np.concatenate(values) if values else np.zeros(0, np.uint64)
-    sources = np.concatenate(sources) if sources else _EMPTY
-
-    written = sorted(((pid << _PID_SHIFT) | addr, value)
-                     for pid in machine.processes for addr, value in shadow.data.get(pid, {}).items())
-    written_keys = np.array([key for key, _ in written], np.int64)
-    written_values = np.array([value for _, value in written], np.uint64)
-
-    if len(written_keys):
-        found = _lookup(written_keys, keys)
-        expected = np.where(found >= 0, written_values[np.maximum(found, 0)], np.uint64(0))
-    else:
-        expected = np.zeros(len(keys), np.uint64)
-
-    def describe_read(i: int) -> str:
-        source = f"pfn {sources[i]}" if sources[i] >= 0 else f"swap slot {-1 - sources[i]}"
-        return f"{_key_where(keys[i])}: reads {values[i]} ({source}), wrote {expected[i]}"
-
-    failures = _details(_indices(values != expected), describe_read)
-    if len(written_keys):
-        unmapped = (written_values != 0) & (_lookup(np.sort(keys), written_keys) < 0)
-        failures += _details(_indices(unmapped), lambda i: (
-            f"{_key_where(written_keys[i])}: wrote {written_values[i]}, but nothing is mapped there"))
-    return failures
+    return _joined(keys, _EMPTY), _joined(values, _EMPTY_DESC), _joined(sources, _EMPTY)
 
 
 # --- 7. layout ---------------------------------------------------------------
@@ -640,16 +749,22 @@ def _non_canonical_blocks(machine: Machine, scan: PageTableScan) -> list[tuple[i
     """
     if not scan.pte_tables:
         return []
+    if len(scan.pte_desc) < CONT_PTES:    # no block is all valid: a candidate has a CONT bit
+        any_cont = (np.bitwise_or.reduce(scan.pte_desc) | np.bitwise_or.reduce(scan.swp_desc)) & np.uint64(PTE_CONT)
+        if not any_cont:
+            return []
     blocks = scan.pte_entries.reshape(-1, CONT_PTES)
-    candidates = _indices(((blocks & np.uint64(PTE_VALID)) != 0).all(axis=1)
-                                | ((blocks & np.uint64(PTE_CONT)) != 0).any(axis=1))
+    all_valid = np.bitwise_and.reduce(blocks, axis=1) & np.uint64(PTE_VALID)
+    any_cont = np.bitwise_or.reduce(blocks, axis=1) & np.uint64(PTE_CONT)
+    candidates = _indices((all_valid | any_cont) != 0)
     if len(candidates) == 0:
         return []
     pfns = pte_pfn(blocks[candidates]).astype(np.int64)
     in_range = pfns < scan.nr_frames
     folios = np.where(in_range, machine.frames.page_folio[np.where(in_range, pfns, 0)], _NOT_A_FRAME)
-    content = np.concatenate([blocks[candidates].view(np.int64), folios], axis=1)
-    verdict_keys = [row.tobytes() for row in content]
+    content = np.concatenate([blocks[candidates].view(np.int64), folios], axis=1).tobytes()
+    row_size = len(content) // len(candidates)
+    verdict_keys = [content[start:start + row_size] for start in range(0, len(content), row_size)]
     unknown = [i for i, key in enumerate(verdict_keys) if key not in _contpte_verdicts]
     if len(_contpte_verdicts) + len(unknown) > _CONTPTE_VERDICTS_LIMIT:
         _contpte_verdicts.clear()
@@ -687,24 +802,26 @@ def _check_vmas(machine: Machine, scan: PageTableScan) -> list[str]:
                 failures.append(f"P{pid} VMA {before.start:#x}-{before.end:#x}: not sorted before or "
                                 f"overlaps VMA {after.start:#x}-{after.end:#x}")
 
-    leaf_keys = np.concatenate([scan.pte_key, scan.swp_key, scan.pmd_key])
+    leaf_keys = _joined([keys for keys in (scan.pte_key, scan.swp_key, scan.pmd_key) if len(keys)], _EMPTY)
     if len(leaf_keys) == 0:
         return failures
-    sizes = np.concatenate([np.full(len(scan.pte_key), PAGE_SIZE), np.full(len(scan.swp_key), PAGE_SIZE),
-                            np.full(len(scan.pmd_key), PMD_SIZE)])
+    leaf_ends = leaf_keys + PAGE_SIZE
+    if len(scan.pmd_key):
+        leaf_ends[len(leaf_keys) - len(scan.pmd_key):] += PMD_SIZE - PAGE_SIZE
     starts = np.array(vma_keys, np.int64)
     ends = np.array(vma_ends, np.int64)
-    order = np.argsort(starts, kind="stable")
-    starts, ends = starts[order], ends[order]
+    if failures:                # else the VMAs are sorted and disjoint already
+        order = np.argsort(starts, kind="stable")
+        starts, ends = starts[order], ends[order]
     index = np.searchsorted(starts, leaf_keys, side="right") - 1
-    outside = (index < 0) | (leaf_keys + sizes > ends[np.maximum(index, 0)]) if len(starts) else \
-        np.ones(len(leaf_keys), bool)
-    levels = ["PTE"] * len(scan.pte_key) + ["swap PTE"] * len(scan.swp_key) + ["PMD block"] * len(scan.pmd_key) \
-        if outside.any() else []
-    failures += _details(_indices(outside), lambda i: (
+    outside = _indices((index < 0) | (leaf_ends > ends[np.maximum(index, 0)]) if len(starts) else
+                       np.ones(len(leaf_keys), bool))
+    if len(outside) == 0:
+        return failures
+    levels = ["PTE"] * len(scan.pte_key) + ["swap PTE"] * len(scan.swp_key) + ["PMD block"] * len(scan.pmd_key)
+    return failures + _details(outside, lambda i: (
         f"{_key_where(leaf_keys[i])}: {levels[i]} outside "
         + ("a single VMA" if levels[i] == "PMD block" else "any VMA")))
-    return failures
 
 
 # --- the public interface ----------------------------------------------------
@@ -800,15 +917,16 @@ def same_oracle_inputs(a: Machine, a_shadow: Shadow, b: Machine, b_shadow: Shado
     return True
 
 
-def _table_shape(mm: MM) -> list[tuple[int, bytes, tuple[int, ...], bytes]]:
+def _table_shape(mm: MM) -> list[tuple[int, list[int], list[int], list[int]]]:
     """Per PMD table: its base, where its table descriptors are, which PTE tables it holds, and
     the descriptors of the table entries without a PTE table (their value is in the scan's detail)."""
     shape = []
     for table in mm.pmd_tables():
-        is_table = (table.entries & np.uint64(PTE_TYPE_MASK)) == np.uint64(PMD_TYPE_TABLE)
-        indices = _indices(is_table)
-        orphans = table.entries[[index for index in indices.tolist() if index not in table.ptes]]
-        shape.append((table.base, indices.tobytes(), tuple(sorted(table.ptes)), orphans.tobytes()))
+        indices = table.entries.nonzero()[0]
+        descriptors = [(index, pmd) for index, pmd in zip(indices.tolist(), table.entries[indices].tolist())
+                       if pmd & PTE_TYPE_MASK == PMD_TYPE_TABLE]
+        shape.append((table.base, [index for index, _ in descriptors], sorted(table.ptes),
+                      [pmd for index, pmd in descriptors if index not in table.ptes]))
     return shape
 
 

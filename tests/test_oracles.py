@@ -10,16 +10,32 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fuzz.oracles import (
-    GUP_PIN_COUNTING_BIAS, ORACLES, OracleFailure, PageTableScan, check_oracles,
-)
 from fuzz.ops import Op
+from fuzz.oracles import (
+    GUP_PIN_COUNTING_BIAS,
+    ORACLES,
+    OracleFailure,
+    PageTableScan,
+    check_oracles,
+)
 from fuzz.shadow import Shadow
 from machine import VMA, Machine
 from machine.mm import MM
 from machine.pgtable import (
-    CONT_PTES, HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE, PTE_CONT, pfn_pte, pte_cont, pte_mkdirty,
-    pte_mkold, pte_mkwrite, pte_pmd, pte_swp_mkexclusive, pte_wrprotect, swp_entry_to_pte,
+    CONT_PTES,
+    HPAGE_PMD_NR,
+    PAGE_SIZE,
+    PMD_SIZE,
+    PTE_CONT,
+    pfn_pte,
+    pte_cont,
+    pte_mkdirty,
+    pte_mkold,
+    pte_mkwrite,
+    pte_pmd,
+    pte_swp_mkexclusive,
+    pte_wrprotect,
+    swp_entry_to_pte,
     vm_get_page_prot,
 )
 
@@ -154,6 +170,26 @@ def map_shared_mthp(machine: Machine, shadow: Shadow, mms: list[MM], addr: int, 
     machine.contpte_canonicalise()
     for mm in mms:
         write_shadow(shadow, machine, mm, addr, 55)
+    return folio
+
+
+def map_shared_pmd_thp(machine: Machine, shadow: Shadow, mms: list[MM], addr: int) -> int:
+    """A PMD-mapped THP after fork: a read-only PMD block in two processes, each owning an MM_ID
+    slot, shared bit set, no page exclusive."""
+    frames = machine.frames
+    folio = new_anon_folio(machine, 9, addr)
+    frames.folio_refcount[folio] = len(mms)
+    frames.folio_large_mapcount[folio] = len(mms)
+    frames.folio_entire_mapcount[folio] = len(mms)
+    for slot, mm in enumerate(mms):
+        frames.folio_mm_id[folio, slot] = mm.mm_id
+        frames.folio_mm_id_mapcount[folio, slot] = 1
+        machine.set_pmd_at(mm, addr, pte_pmd(pte_wrprotect(faulted_pte(folio))))
+        mm.rss_anon += HPAGE_PMD_NR
+    frames.folio_mm_ids_shared[folio] = True
+    frames.page_data[folio] = 9
+    for mm in mms:
+        shadow.data.setdefault(mm.pid, {})[addr] = 9
     return folio
 
 
@@ -372,6 +408,44 @@ def test_mapcount_fires_on_clear_shared_bit_with_two_processes():
     assert_only(machine, shadow, "mapcount", f"folio {folio}: shared bit clear but mapped by 2 processes")
 
 
+def test_mapcount_fires_on_free_mm_id_slot_with_a_mapcount():
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_mm_id_mapcount[folio, 1] = 2
+    assert_only(machine, shadow, "mapcount", f"folio {folio}: free MM_ID slot 1 has mapcount 2")
+
+
+def test_mapcount_fires_on_both_mm_id_slots_naming_one_process():
+    machine, shadow, mm = new_world()
+    folio = map_mthp(machine, shadow, mm, MTHP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_mm_id[folio, 1] = mm.mm_id
+    machine.frames.folio_mm_id_mapcount[folio, 1] = 1
+    assert_only(machine, shadow, "mapcount", f"folio {folio}: both MM_ID slots hold mm_id {mm.mm_id}")
+
+
+def test_mapcount_fires_on_shared_bit_clear_for_a_pmd_block_in_two_processes():
+    machine, shadow, parent = new_world()
+    child = new_child(machine, parent)
+    folio = map_shared_pmd_thp(machine, shadow, [parent, child], THP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_mm_ids_shared[folio] = False
+    assert_only(machine, shadow, "mapcount", f"folio {folio}: shared bit clear but mapped by 2 processes")
+
+
+@pytest.mark.parametrize("with_large_folio", [False, True])
+def test_mapcount_fires_on_a_large_folio_field_of_an_order_0_folio(with_large_folio):
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    if with_large_folio:
+        map_mthp(machine, shadow, mm, MTHP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_mm_id[folio, 0] = mm.mm_id
+    assert_only(machine, shadow, "mapcount", f"folio {folio} (order 0): large-folio fields set",
+                f"mm_id [{mm.mm_id}, 0]")
+
+
 def test_mapcount_fires_on_rss_counters():
     machine, shadow, mm = new_world()
     map_pmd_thp(machine, shadow, mm, THP_ADDR)
@@ -447,6 +521,37 @@ def test_refcount_fires_on_page_folio_pointing_at_the_wrong_head():
     assert_only(machine, shadow, "refcount", f"pfn {free}: page_folio {folio}, expected -1")
 
 
+def test_refcount_fires_on_a_free_frame_claimed_by_an_order_0_folio():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    free = machine.frames.find_free_run(0)
+    machine.frames.page_folio[free] = folio
+    assert_only(machine, shadow, "refcount", f"pfn {free}: page_folio {folio}, expected -1")
+
+
+def test_refcount_fires_on_a_folio_run_over_another_folio():
+    machine, shadow, mm = new_world()
+    first = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    second = map_small_folio(machine, shadow, mm, SMALL_ADDR + PAGE_SIZE, 8)
+    assert (first % 4, second) == (0, first + 1)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_order[first] = 2
+    found = [detail for failure, detail in zip(check_oracles(machine, shadow), details(machine, shadow))
+             if failure.oracle == "refcount"]
+    assert f"pfn {second}: inside two folios" in found
+    assert f"pfn {first + 2}: page_folio -1, expected {first}" in found
+
+
+@pytest.mark.parametrize("order", [1, 10, -1])
+def test_refcount_fires_on_a_bad_folio_order(order):
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    machine.frames.folio_order[folio] = order
+    assert f"folio {folio}: bad order {order}" in details(machine, shadow)
+
+
 # --- 3. swap ------------------------------------------------------------------
 
 def test_swap_fires_on_stale_slot_count():
@@ -476,6 +581,21 @@ def test_swap_fires_on_data_left_in_a_free_slot():
     assert_only(machine, shadow, "swap", f"slot {slot + 1}: free but holds data 8")
 
 
+def test_swap_fires_on_a_slot_count_without_any_swap_entry():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    machine.swap.swap_count[5] = 1
+    assert_only(machine, shadow, "swap", "slot 5: count 1, swap entries found 0")
+
+
+def test_swap_fires_on_data_in_a_free_slot_without_any_swap_entry():
+    machine, shadow, _ = new_world()
+    assert_healthy(machine, shadow)
+    machine.swap.swap_data[3] = 8
+    assert_only(machine, shadow, "swap", "slot 3: free but holds data 8")
+
+
 # --- 4. exclusive -------------------------------------------------------------
 
 def test_exclusive_fires_on_writable_pte_to_non_exclusive_page():
@@ -501,6 +621,24 @@ def test_exclusive_fires_on_exclusive_page_mapped_by_two_processes():
     assert_healthy(machine, shadow)
     machine.frames.page_anon_exclusive[folio] = True
     assert_only(machine, shadow, "exclusive", f"pfn {folio}: PageAnonExclusive but mapped 2 times")
+
+
+def test_exclusive_fires_on_exclusive_head_of_a_pmd_block_in_two_processes():
+    machine, shadow, parent = new_world()
+    child = new_child(machine, parent)
+    folio = map_shared_pmd_thp(machine, shadow, [parent, child], THP_ADDR)
+    assert_healthy(machine, shadow)
+    machine.frames.page_anon_exclusive[folio] = True
+    assert_only(machine, shadow, "exclusive", f"pfn {folio}: PageAnonExclusive but mapped 2 times")
+
+
+def test_a_page_folio_beyond_the_frames_is_a_finding_not_a_crash():
+    machine, shadow, mm = new_world()
+    map_pmd_thp(machine, shadow, mm, THP_ADDR)       # PMD blocks: the exclusive oracle reads folios
+    page = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    machine.frames.page_folio[page] = machine.frames.nr_frames + 5
+    assert "refcount" in fired(machine, shadow)
 
 
 def test_exclusive_fires_on_pinned_page_still_mapped_but_shared():
@@ -602,6 +740,20 @@ def test_data_fires_on_written_address_that_lost_its_mapping():
     assert_only(machine, shadow, "data", f"P0 {SMALL_ADDR + PAGE_SIZE:#x}: wrote 9, but nothing is mapped there")
 
 
+def test_data_fires_on_a_mapped_page_nobody_wrote():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    del shadow.data[mm.pid][SMALL_ADDR]          # the write never happened: the page must read 0
+    assert_only(machine, shadow, "data", f"P0 {SMALL_ADDR:#x}: reads 7 (pfn {folio}), wrote 0")
+
+
+def test_data_accepts_zero_written_to_an_unmapped_address():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    shadow.data[mm.pid][SMALL_ADDR + PAGE_SIZE] = 0
+    assert_healthy(machine, shadow)
+
+
 def test_data_follows_fork_in_each_process():
     machine, shadow, parent = new_world()
     child = new_child(machine, parent)
@@ -638,6 +790,15 @@ def test_layout_fires_on_eligible_block_left_unfolded():
     table = mm.pte_table(MTHP_ADDR)
     table.entries[:] &= ~np.uint64(PTE_CONT)
     assert_only(machine, shadow, "layout", "CONT on 0/16")
+
+
+def test_layout_fires_on_cont_bit_in_a_block_of_one_pte():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    assert_healthy(machine, shadow)
+    table = mm.pte_table(SMALL_ADDR)
+    table.entries[(SMALL_ADDR % PMD_SIZE) // PAGE_SIZE] |= np.uint64(PTE_CONT)
+    assert_only(machine, shadow, "layout", f"P0 {SMALL_ADDR:#x}: contpte block not canonical (CONT on 1/16")
 
 
 def test_layout_fires_on_leaf_outside_a_vma():
@@ -677,6 +838,17 @@ def test_layout_fires_on_overlapping_vmas():
     assert_healthy(machine, shadow)
     mm.vmas.append(VMA(VMA_END - PAGE_SIZE, VMA_END + PAGE_SIZE, True, 1))
     assert_only(machine, shadow, "layout", "overlaps VMA")
+
+
+def test_layout_reports_unsorted_vmas_but_finds_the_leaves_inside_them():
+    machine, shadow, mm = new_world()
+    mm.vma_insert(VMA(VMA_END, VMA_END + PMD_SIZE, True, machine.lineage_alloc()))
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    map_small_folio(machine, shadow, mm, VMA_END, 8)
+    assert_healthy(machine, shadow)
+    mm.vmas.reverse()
+    assert assert_only(machine, shadow, "layout", "not sorted before or overlaps") == [
+        f"P0 VMA {VMA_END:#x}-{VMA_END + PMD_SIZE:#x}: not sorted before or overlaps VMA {VMA_START:#x}-{VMA_END:#x}"]
 
 
 # --- reporting ----------------------------------------------------------------

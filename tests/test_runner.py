@@ -14,11 +14,12 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fuzz import cli, runner
-from fuzz.decode import ENCODING_VERSION
 from fuzz.compare import MAX_DIFFERENCES, compare_machines
+from fuzz.decode import ENCODING_VERSION
 from fuzz.errors import UsageError
 from fuzz.expects import check_expect
 from fuzz.ops import ScriptError, parse_script
@@ -343,6 +344,37 @@ def test_differences_in_processes_pins_and_slots_are_found():
     assert fields == {("machine", "processes"), ("P0 0x1000", "vma"), ("P0", "rss_swap"),
                       ("pin 0", "pin"), ("slot 2", "swap_count"), ("machine", "nr_processes"),
                       ("machine", "nr_pins")}
+
+
+def test_leaf_differences_name_address_and_level():
+    machine = Machine(1024)
+    mm = machine.processes[0]
+    block = pte_pmd(pfn_pte(512, vm_get_page_prot(True)))
+    machine.set_pte_at(mm, 0x200000, pfn_pte(3, vm_get_page_prot(True)))
+    machine.set_pmd_at(mm, 0x600000, block)
+    other = machine.snapshot()
+    other_mm = other.processes[0]
+    other.set_pte_at(other_mm, 0x201000, pfn_pte(4, vm_get_page_prot(True)))   # a new entry
+    other.set_pte_at(other_mm, 0x800000, pfn_pte(5, vm_get_page_prot(False)))  # in a new PTE table
+    other.pmdp_get_and_clear(other_mm, 0x600000)
+    other.set_pmd_at(other_mm, 0xa00000, block)
+    differences = compare_machines(machine, other)
+    assert [(d.where, d.field, d.ref.split(" (")[0], d.other.split(" (")[0]) for d in differences] == [
+        ("P0 0x201000", "pte", "none", "pte pfn=4 RDONLY|AF"),
+        ("P0 0x600000", "pmd", "pmd pfn=512 RDONLY|AF", "none"),
+        ("P0 0x800000", "pte", "none", "pte pfn=5 RDONLY|AF"),
+        ("P0 0xa00000", "pmd", "none", "pmd pfn=512 RDONLY|AF"),
+    ]
+
+
+def test_table_descriptors_are_not_compared():
+    machine = Machine(64)
+    mm = machine.processes[0]
+    machine.set_pte_at(mm, 0x200000, pfn_pte(3, vm_get_page_prot(True)))
+    other = machine.snapshot()
+    pmd_table = next(other.processes[0].pmd_tables())
+    pmd_table.entries[1] ^= np.uint64(0x5000)          # the table descriptor's address bits
+    assert compare_machines(machine, other) == []
 
 
 def test_difference_list_is_capped():

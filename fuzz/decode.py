@@ -1,14 +1,18 @@
 """Raw fuzzer inputs and op scripts, both ways (issue 4: the input decoding).
 
-A raw input is a stream of choices read with atheris' FuzzedDataProvider
-(`ConsumeIntInRange`, which takes its bytes from the end of the input). The
+A raw input is a stream of choices read as atheris' FuzzedDataProvider reads
+them (`ConsumeIntInRange`, which takes its bytes from the end of the input). The
 decoder is total and deterministic: any bytes give a valid op sequence, because
 each op is drawn against the reference machine's state after the ops before
 it: only live processes and issued pins are named; addresses are drawn near VMA
 edges, folio, contpte and PMD boundaries or pages already used; orders lean to
 0, 2, 4 and 9; the op count is capped. The encoder plays the same grammar the
 other way, so seeds and reproducers can be kept as `.ops` and turned back into
-bytes: `decode(encode(script)) == script` for every script it accepts.
+bytes: `decode(encode(script)) == script` for every script it accepts. The
+encoder needs only what each op may name (`Names`: the live processes and the
+pins issued), so it runs the reference only as far as the last fork, exit or
+pin, and not at all over the ops a mutated script keeps from the decoded input
+it came from: their names were recorded when that input was decoded.
 
 The first choice is the encoding version. Decoding ignores a wrong one (a
 mutated input is still an input); stored raw files are always written by the
@@ -17,11 +21,11 @@ encoder, and `check_version` refuses files of another version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
 
-import atheris
-
-from machine import DEFAULT_NR_FRAMES, Machine
+from machine import DEFAULT_NR_FRAMES, Machine, check
 
 from .errors import UsageError
 from .ops import OP_NAMES, PAGE_SIZE, VA_LIMIT, Op, Script
@@ -54,6 +58,9 @@ VALUES = (1, 2, 7, 0xdead, (1 << 64) - 1)
 PIN_PAGES = (1, 2, 16, 17)
 RAW_PIN_PAGES = 1024               # two PMDs' worth
 PROTS = ("rw", "ro")
+# The only ops that change what later ops may name (SPEC §3): fork makes a process, exit
+# ends one, a successful pin issues the next pin id.
+NAMING_OPS = ("fork", "exit", "pin")
 
 assert set(KIND_TABLE) == set(OP_NAMES)
 
@@ -62,34 +69,50 @@ class EncodeError(UsageError):
     """An op script the grammar cannot produce (e.g. an address the decoder never draws)."""
 
 
-@dataclass
-class DecodeState:
-    """What the next op may name, read off the reference machine, plus addresses used."""
+class Names(NamedTuple):
+    """What an op may name: the live processes, ascending, and the number of pins issued
+    (an unpin names one of them or the next, which does not exist)."""
 
-    machine: Machine
-    used: list[int] = field(default_factory=list)
+    live: tuple[int, ...]
+    nr_pins: int
 
-    def live(self) -> list[int]:
-        return sorted(self.machine.processes)
 
-    def vma_edges(self, pid: int) -> list[int]:
-        edges = []
-        for vma in self.machine.processes[pid].vmas:
-            edges.extend((vma.start, vma.end - PAGE_SIZE))
-        return edges or [WINDOW_BASE]
+def names_of(machine: Machine) -> Names:
+    return Names(tuple(sorted(machine.processes)), machine.nr_pins)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A raw input's op script with the names each op was drawn against, then those left
+    after the last op: what encode needs to draw the same ops again without running them."""
+
+    script: Script
+    names: tuple[Names, ...]
 
 
 class ByteChoices:
-    """Choices read from raw bytes, as atheris' FuzzedDataProvider gives them."""
+    """Choices read from raw bytes exactly as atheris' FuzzedDataProvider.ConsumeIntInRange
+    reads them (a test holds it to that), at a fraction of its per-call cost: each from the
+    end of the input, little-endian in as many bytes as its range needs (fewer if fewer are
+    left), modulo the count."""
 
     def __init__(self, data: bytes) -> None:
-        self.provider = atheris.FuzzedDataProvider(data)
+        self.data = data
+        self.remaining = len(data)   # data[:remaining] is not read yet
 
     def choose(self, count: int, wanted: int | None = None) -> int:
-        return self.provider.ConsumeIntInRange(0, count - 1)
+        end = self.remaining
+        if count <= 256:   # most choices: one byte, none if there is one way or no byte left
+            if count == 1 or end == 0:
+                return 0
+            self.remaining = end - 1
+            return self.data[end - 1] % count
+        start = max(end - ((count - 1).bit_length() + 7) // 8, 0)
+        self.remaining = start
+        return int.from_bytes(self.data[start:end], "little") % count
 
     def exhausted(self) -> bool:
-        return self.provider.remaining_bytes() == 0
+        return self.remaining == 0
 
 
 class RecordedChoices:
@@ -111,30 +134,34 @@ class RecordedChoices:
         return b"".join(reversed(parts))
 
 
-def _index(options: tuple | list, wanted: object) -> int | None:
+def _index(options: tuple, wanted: object) -> int | None:
+    if wanted is None:   # decoding: nothing is wanted
+        return None
     return options.index(wanted) if wanted in options else None
 
 
 class OpGrammar:
-    """One op drawn from choices against a state; with RecordedChoices and a target op the
+    """Ops drawn one after another from choices; with RecordedChoices and a target op the
     same code records the choices that draw exactly that op."""
 
-    def __init__(self, choices: ByteChoices | RecordedChoices, state: DecodeState) -> None:
+    def __init__(self, choices: ByteChoices | RecordedChoices) -> None:
         self.choices = choices
-        self.state = state
+        self.used: list[int] = []   # the addresses drawn so far
 
-    def op(self, target: Op | None = None) -> Op:
+    def op(self, names: Names, machine: Machine | None = None, target: Op | None = None) -> Op:
+        """One op naming only what names holds, its address near machine's VMA edges among
+        others (machine is None when encoding: the encoder never draws those)."""
         choose = self.choices.choose
         name = KIND_TABLE[choose(len(KIND_TABLE), _index(KIND_TABLE, target and target.name))]
         if name == "unpin":
-            nr_pins = self.state.machine.nr_pins
+            nr_pins = names.nr_pins
             pin_id = choose(nr_pins + 1, target.pin_id if target else None)
             return Op("unpin", pin_id=pin_id)
-        live = self.state.live()
+        live = names.live
         process = live[choose(len(live), _index(live, target and target.process))]
         if name in ("fork", "exit"):
             return Op(name, process=process)
-        addr = self.addr(process, target.addr if target else None)
+        addr = self.addr(process, machine, target.addr if target else None)
         if name in ("mmap", "munmap", "dontneed", "mprotect"):
             length = self.length(addr, target.length if target else None)
             prot = None
@@ -151,23 +178,23 @@ class OpGrammar:
             return Op(name, process=process, addr=addr, nr_pages=nr_pages, prot=prot)
         return Op(name, process=process, addr=addr)
 
-    def addr(self, process: int, wanted: int | None) -> int:
+    def addr(self, process: int, machine: Machine | None, wanted: int | None) -> int:
         """Near a VMA edge, at or near a boundary in the window, already used, or any page."""
         choose = self.choices.choose
         category = ADDR_CATEGORIES[choose(len(ADDR_CATEGORIES), None if wanted is None else len(ADDR_CATEGORIES) - 1)]
         if category == "vma_edge":
-            edges = self.state.vma_edges(process)
+            edges = vma_edges(machine, process)
             addr = edges[choose(len(edges))]
         elif category == "boundary":
             granule = BOUNDARY_GRANULES[choose(len(BOUNDARY_GRANULES))]
             addr = WINDOW_BASE + choose(WINDOW_SIZE // granule) * granule
             addr += BOUNDARY_OFFSETS[choose(len(BOUNDARY_OFFSETS))] * PAGE_SIZE
             addr = min(max(addr, 0), VA_LIMIT - PAGE_SIZE)
-        elif category == "used" and self.state.used:
-            addr = self.state.used[choose(len(self.state.used))]
+        elif category == "used" and self.used:
+            addr = self.used[choose(len(self.used))]
         else:
             addr = choose(RAW_PAGES, None if wanted is None else wanted // PAGE_SIZE) * PAGE_SIZE
-        self.state.used.append(addr)
+        self.used.append(addr)
         return addr
 
     def length(self, addr: int, wanted: int | None) -> int:
@@ -189,6 +216,14 @@ class OpGrammar:
         return pick(self.choices, PIN_PAGES, RAW_PIN_PAGES, wanted)
 
 
+def vma_edges(machine: Machine, pid: int) -> list[int]:
+    """The first and last page of each of pid's VMAs (the window's base if it has none)."""
+    edges = []
+    for vma in machine.processes[pid].vmas:
+        edges.extend((vma.start, vma.end - PAGE_SIZE))
+    return edges or [WINDOW_BASE]
+
+
 def pick(choices: ByteChoices | RecordedChoices, listed: tuple[int, ...], raw_count: int,
          wanted: int | None) -> int:
     """One of the listed values (3 times in 4), else any value below raw_count; the
@@ -201,6 +236,10 @@ def pick(choices: ByteChoices | RecordedChoices, listed: tuple[int, ...], raw_co
 def draw_frames(choices: ByteChoices | RecordedChoices, wanted: int | None = None) -> int:
     """The machine size: a usual one, or any from 1 to RAW_FRAMES."""
     return pick(choices, FRAMES_CHOICES, RAW_FRAMES + 1, wanted) or 1
+
+
+def _nr_frames(script: Script) -> int:
+    return script.frames if script.frames is not None else DEFAULT_NR_FRAMES
 
 
 def _reference_kernel(frames: int):
@@ -217,52 +256,100 @@ class OpStream:
         self.choices.choose(256)  # the encoding version: ignored here (see check_version)
         frames = draw_frames(self.choices)
         self.script = Script(path=path, frames=None if frames == DEFAULT_NR_FRAMES else frames, steps=[])
-        self.used: list[int] = []
+        self.grammar = OpGrammar(self.choices)
+        self.names: list[Names] = []   # what each op was drawn against, then what is left
         self.ended = False   # set when next_op has drawn the last op: script holds them all
 
     def next_op(self, machine: Machine) -> Op | None:
-        if self.choices.exhausted() or len(self.script.steps) >= MAX_OPS or not machine.processes:
+        names = names_of(machine)
+        if self.names and self.names[-1] == names:
+            names = self.names[-1]   # one object per change: remembered inputs stay small
+        self.names.append(names)
+        if self.choices.exhausted() or len(self.script.steps) >= MAX_OPS or not names.live:
             self.ended = True
             return None
-        state = DecodeState(machine, self.used)
-        return OpGrammar(self.choices, state).op()
+        return self.grammar.op(names, machine)
+
+    def decoded(self) -> Decoded:
+        """What the input decodes to (a copy of the script) once the stream has ended."""
+        check(self.ended, "the stream has not drawn its last op")
+        script = self.script
+        return Decoded(Script(path=script.path, frames=script.frames, steps=list(script.steps)),
+                       tuple(self.names))
 
 
-def decode(data: bytes, path: str = "<input>") -> Script:
-    """The op script a raw input stands for (total: any bytes decode). The reference runs
-    alone to give each op its state; the harness runs both implementations instead."""
+def decode_input(data: bytes, path: str = "<input>") -> Decoded:
+    """The op script a raw input stands for (total: any bytes decode) and its names. The
+    reference runs alone to give each op its state; the harness runs both implementations instead."""
     stream = OpStream(data, path)
-    frames = stream.script.frames if stream.script.frames is not None else DEFAULT_NR_FRAMES
-    machine, kernel = _reference_kernel(frames)
+    machine, kernel = _reference_kernel(_nr_frames(stream.script))
     while (op := stream.next_op(machine)) is not None:
         OP_DISPATCH[op.name](kernel, op)
         stream.script.steps.append(op)
-    return stream.script
+    return stream.decoded()
 
 
-def encode(script: Script) -> bytes:
-    """The raw input that decodes to script's ops (its expects are dropped).
+def decode(data: bytes, path: str = "<input>") -> Script:
+    """The op script a raw input stands for (see decode_input)."""
+    return decode_input(data, path).script
+
+
+def encode(script: Script, known: Decoded | None = None) -> bytes:
+    """The raw input that decodes to script's ops (its expects are dropped); known, if
+    given, is a decoded input whose names save running the ops script starts with too.
 
     Raises EncodeError if the grammar cannot draw the script (a machine size the decoder
     never picks, more than MAX_OPS ops, a process or pin it could not name).
     """
-    frames = script.frames if script.frames is not None else DEFAULT_NR_FRAMES
+    frames = _nr_frames(script)
     recorded = RecordedChoices()
     recorded.choose(256, ENCODING_VERSION)
     draw_frames(recorded, frames)
     ops = [step for step in script.steps if isinstance(step, Op)]
     if len(ops) > MAX_OPS:
         raise EncodeError(f"{script.path}: {len(ops)} ops, the decoder draws at most {MAX_OPS}")
-    machine, kernel = _reference_kernel(frames)
-    state = DecodeState(machine)
-    for op in ops:
-        if not machine.processes:
+    grammar = OpGrammar(recorded)
+    for op, names in zip(ops, names_before_ops(frames, ops, _known_names(script, ops, known))):
+        if not names.live:
             raise EncodeError(f"{script.path}:{op.line}: no process is left to name")
-        drawn = OpGrammar(recorded, state).op(op)
+        drawn = grammar.op(names, target=op)
         if drawn != op:
             raise EncodeError(f"{script.path}:{op.line}: the decoder cannot draw this op exactly")
-        OP_DISPATCH[op.name](kernel, op)
     return recorded.to_bytes()
+
+
+def _known_names(script: Script, ops: list[Op], known: Decoded | None) -> tuple[Names, ...]:
+    """known's names before each op script starts with too, and before the op after those."""
+    if known is None or _nr_frames(known.script) != _nr_frames(script):
+        return ()
+    known_ops = known.script.steps
+    check(len(known.names) == len(known_ops) + 1, "a decoded input has names after its last op")
+    shared = 0
+    while shared < min(len(ops), len(known_ops)) and ops[shared] == known_ops[shared]:
+        shared += 1
+    return known.names[:shared + 1]
+
+
+def names_before_ops(frames: int, ops: list[Op], known_names: tuple[Names, ...] = ()) -> Iterator[Names]:
+    """The names each op is drawn against: the reference machine's after the ops before.
+
+    known_names, the first ones, need no run. After them the reference runs the ops only
+    up to each op that can change the names (NAMING_OPS), and lazily: an op runs once the
+    names after it are asked for, so the encoder refuses an op before running it.
+    """
+    machine = kernel = None
+    ran = 0   # ops the reference has run
+    for index in range(len(ops)):
+        if index < len(known_names):
+            names = known_names[index]
+        elif index == 0 or ops[index - 1].name in NAMING_OPS:
+            if kernel is None:
+                machine, kernel = _reference_kernel(frames)
+            for op in ops[ran:index]:
+                OP_DISPATCH[op.name](kernel, op)
+            ran = index
+            names = names_of(machine)
+        yield names
 
 
 def check_version(data: bytes, path: str) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    from .ops import Script
+    from .decode import Decoded
 
 log = structlog.get_logger()
 
@@ -40,7 +40,8 @@ SUMMARY_EVERY_S = 0.5
 # bug as fast without them. The harness's own code (oracles, comparison, decoder) never is.
 INSTRUMENTED = ("batched",)
 # libFuzzer mutates the input it has just run (or a corpus entry): keep that many decoded
-# inputs so the structural mutator need not decode them again (a few MiB at most).
+# inputs so the structural mutator need not decode them again, nor run again the ops a
+# mutation keeps at the start (a few MiB at most).
 RECENT_SCRIPTS = 4096
 
 
@@ -88,26 +89,26 @@ def save_finding(crash_dir: Path, signature: str, impl: str, raw: bytes, reprodu
 
 
 class RecentScripts:
-    """The op scripts of the last inputs the harness ran to their end, by raw input; the least
+    """What the last inputs the harness ran to their end decode to, by raw input; the least
     recently used is forgotten first."""
 
     def __init__(self, limit: int = RECENT_SCRIPTS) -> None:
         self.limit = limit
-        self.scripts: OrderedDict[bytes, Script] = OrderedDict()
+        self.scripts: OrderedDict[bytes, Decoded] = OrderedDict()
 
-    def remember(self, data: bytes, script: Script) -> None:
-        """Keep script (a copy of its step list) as what data decodes to."""
-        self.scripts[data] = type(script)(path=script.path, frames=script.frames, steps=list(script.steps))
+    def remember(self, data: bytes, decoded: Decoded) -> None:
+        """Keep decoded as what data decodes to."""
+        self.scripts[data] = decoded
         self.scripts.move_to_end(data)
         if len(self.scripts) > self.limit:
             self.scripts.popitem(last=False)
 
-    def get(self, data: bytes) -> Script | None:
+    def get(self, data: bytes) -> Decoded | None:
         """What data decodes to, if it was run to its end lately."""
-        script = self.scripts.get(data)
-        if script is not None:
+        decoded = self.scripts.get(data)
+        if decoded is not None:
             self.scripts.move_to_end(data)
-        return script
+        return decoded
 
 
 # Filled by Campaign.test_one_input, read by custom_mutator (libFuzzer calls both in one process).
@@ -118,10 +119,11 @@ class Campaign:
     """The state of one fuzzing process: counts, the findings it saved, its summary file."""
 
     def __init__(self, impl: str, crash_dir: Path, summary_dir: Path | None) -> None:
-        from .runner import load_implementation
+        from .runner import REFERENCE_IMPL, load_implementation
 
         self.impl_name = impl
         self.impl = load_implementation(impl)
+        self.reference = load_implementation(REFERENCE_IMPL)   # loaded once, not per input
         self.crash_dir = crash_dir
         self.summary_path = summary_dir / f"summary-{os.getpid()}.json" if summary_dir else None
         self.executions = 0
@@ -131,13 +133,13 @@ class Campaign:
 
     def test_one_input(self, data: bytes) -> None:
         from .decode import OpStream
-        from .runner import REFERENCE_IMPL, run_stream
+        from .runner import run_stream
 
         self.executions += 1
         stream = OpStream(data)
-        result = run_stream(stream.script, stream.next_op, self.impl, REFERENCE_IMPL)
+        result = run_stream(stream.script, stream.next_op, self.impl, self.reference)
         if stream.ended:   # every op was drawn and run: the script is decode(data)
-            recent_scripts.remember(data, stream.script)
+            recent_scripts.remember(data, stream.decoded())
         if result.findings:
             self.record(stream.script, result.findings[0].signature)
         if time.monotonic() - self.last_summary > SUMMARY_EVERY_S:
@@ -215,20 +217,22 @@ def mutate_ops(ops: list, rng) -> list:
     return ops
 
 
-def mutate_input(data: bytes, max_size: int, rng, script: Script | None = None) -> bytes | None:
+def mutate_input(data: bytes, max_size: int, rng, decoded: Decoded | None = None) -> bytes | None:
     """A structural mutation of a raw input's ops, re-encoded; None if the mutated ops
     cannot be drawn (e.g. an op now names a process that does not exist yet).
 
-    script, if given, is decode(data), known already; otherwise data is decoded.
+    decoded, if given, is decode_input(data), known already; otherwise data is decoded.
+    The encoder reuses its names for the ops the mutation keeps at the start.
     """
-    from .decode import EncodeError, decode, encode
+    from .decode import EncodeError, decode_input, encode
     from .ops import Op
 
-    if script is None:
-        script = decode(data)
+    if decoded is None:
+        decoded = decode_input(data)
+    script = decoded.script
     mutated = mutate_ops([step for step in script.steps if isinstance(step, Op)], rng)
     try:
-        encoded = encode(type(script)(path=script.path, frames=script.frames, steps=mutated))
+        encoded = encode(type(script)(path=script.path, frames=script.frames, steps=mutated), decoded)
     except EncodeError:
         return None
     return encoded if len(encoded) <= max_size else None
@@ -288,7 +292,7 @@ def main(argv: list[str]) -> None:
         campaign = Campaign(os.environ.get(IMPL_ENV, "batched"),
                             Path(os.environ.get(CRASH_DIR_ENV, "corpus/crashes")),
                             Path(os.environ[SUMMARY_DIR_ENV]) if SUMMARY_DIR_ENV in os.environ else None)
-        from . import decode, minimize, runner  # noqa: F401  (what they import of INSTRUMENTED is instrumented)
+        from . import decode, minimize, runner
     instrument_package(kernel_package(campaign.impl))
     campaign.write_summary()
     atheris.Setup([sys.argv[0], *argv], campaign.test_one_input, custom_mutator=custom_mutator)

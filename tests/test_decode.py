@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from fuzz.cli import main
-from fuzz.decode import MAX_OPS, EncodeError, RecordedChoices, decode, encode
+from fuzz.decode import (
+    MAX_OPS,
+    NAMING_OPS,
+    RAW_FRAMES,
+    ByteChoices,
+    EncodeError,
+    RecordedChoices,
+    decode,
+    decode_input,
+    encode,
+)
 from fuzz.ops import Op, ScriptError, format_script, parse_file, parse_script
 from fuzz.runner import run_script
 
@@ -83,3 +93,55 @@ def test_the_decoding_stream_draws_what_decode_draws(seed):
     result = run_stream(stream.script, stream.next_op, "batched")
     assert (stream.script.frames, stream.script.steps) == (decode(data).frames, decode(data).steps)
     assert result.findings == []
+    assert stream.decoded().names == decode_input(data).names
+
+
+def test_choices_are_read_as_fuzzed_data_provider_reads_them():
+    import atheris
+
+    counts = (1, 2, 4, 7, 8, 26, 256, 257, 1025, RAW_FRAMES + 1, 1 << 36, (1 << 64) - 1, 1 << 64)
+    rng = random.Random(5)
+    for _ in range(2000):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+        provider, choices = atheris.FuzzedDataProvider(data), ByteChoices(data)
+        for count in (rng.choice(counts) for _ in range(rng.randrange(1, 30))):
+            assert choices.choose(count) == provider.ConsumeIntInRange(0, count - 1)
+            assert choices.remaining == provider.remaining_bytes()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_only_forks_exits_and_pins_change_what_later_ops_may_name(seed):
+    decoded = decode_input(random_bytes(3000 + seed))
+    for op, before, after in zip(decoded.script.steps, decoded.names, decoded.names[1:]):
+        assert op.name in NAMING_OPS or after == before, op
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_encoding_with_a_decoded_input_gives_the_bytes_encoding_alone_gives(seed):
+    from fuzz.harness import mutate_ops
+
+    decoded = decode_input(random_bytes(4000 + seed))
+    for mutation in range(4):
+        ops = mutate_ops(decoded.script.steps, random.Random(mutation))
+        script = type(decoded.script)(path="<mutated>", frames=decoded.script.frames, steps=ops)
+        try:
+            alone = encode(script)
+        except EncodeError:
+            with pytest.raises(EncodeError):
+                encode(script, decoded)
+        else:
+            assert encode(script, decoded) == alone
+
+
+def test_the_encoder_runs_nothing_when_what_ops_may_name_is_known(monkeypatch):
+    import fuzz.decode
+
+    decoded = decode_input(encode(parse_script(
+        "mmap P0 0x200000 2M\nfork P0\nfault P1 0x200000\npin P0 0x200000 1 rw\nwrite P0 0x200000 7\n")))
+    ops = decoded.script.steps
+    changes = (ops[:3] + ops[4:], ops + [ops[2]], ops[:4] + [ops[-1]] * 2)  # after the pin: no fork, exit, pin
+    with monkeypatch.context() as patch:
+        patch.setattr(fuzz.decode, "_reference_kernel", None)   # any run would fail
+        encoded = [encode(type(decoded.script)("<changed>", decoded.script.frames, changed), decoded)
+                   for changed in changes]
+    assert [decode(data).steps for data in encoded] == list(changes)

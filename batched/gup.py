@@ -1,17 +1,20 @@
 """FOLL_PIN | FOLL_LONGTERM pins, as mm/gup.c: pages that need no fault are grabbed
-together; the faults themselves go one page at a time, as in the kernel."""
+together, and so are the faults of a run of none PTEs (one fresh order-0 folio each, as
+the kernel's one-page faults give); any other fault goes one page at a time."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, VMA, Machine, all_set, any_set, check
+from machine import MM, VMA, Machine, PteRuns, all_set, any_set, check
 from machine.errors import EFAULT, EINVAL, ENOMEM, OK
+from machine.mm import pte_index
 from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
     is_swap_pte,
     pmd_trans_huge,
+    pte_mkdirty,
     pte_none,
     pte_pfn,
     pte_present,
@@ -20,8 +23,14 @@ from machine.pgtable import (
 
 from .folio import GUP_PIN_COUNTING_BIAS, folio_put_refs, page_folio
 from .internal import add_at
-from .memory import do_swap_page, handle_unshare_fault, handle_write_fault, mk_pte
-from .rmap import folio_add_new_anon_rmap
+from .memory import (
+    do_swap_page,
+    handle_unshare_fault,
+    handle_write_fault,
+    maybe_mkwrite,
+    mk_pte,
+)
+from .rmap import folio_add_new_anon_rmap, folios_add_new_anon_rmap_order0
 
 
 def gup_vma_range_ok(mm: MM, start: int, end: int, writable: bool) -> bool:
@@ -61,6 +70,38 @@ def pages_need_fault(machine: Machine, mm: MM, start: int, end: int, writable: b
     pfns = np.where(present, pte_pfn(ptes), 0).astype(np.int64)
     exclusive = present & machine.frames.page_anon_exclusive[pfns]
     return ~(present & (pte_write(ptes) | exclusive))
+
+
+def pte_none_run(machine: Machine, mm: MM, start: int, end: int) -> int:
+    """How many PTEs from start (before end, inside one PMD) are none in a row: 0 under a
+    PMD block."""
+    if pmd_trans_huge(machine.pmdp_get(mm, start & ~(PMD_SIZE - 1))):
+        return 0
+    mapped = ~pte_none(machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT))
+    return int(np.argmax(mapped)) if any_set(mapped) else len(mapped)
+
+
+def faultin_none_pages_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, nr_pages: int,
+                               writable: bool) -> bool:
+    """Fault in nr_pages none PTEs from addr as GUP's one-page faults do, all at once: a fresh
+    exclusive order-0 folio each (a write fault's: writable and dirty for rw; an unshare's for
+    ro), at the lowest free frames in ascending address order. False, with nothing done, if
+    fewer frames are free: the page-by-page path then fails where the kernel would."""
+    check(nr_pages >= 1, "nr_pages must be positive")
+    check(addr >= vma.start and addr + (nr_pages << PAGE_SHIFT) <= vma.end, "faults outside the VMA")
+    check(not writable or vma.writable, "rw pin fault in a read-only VMA")
+    folios = machine.frames.folios_alloc_order0(nr_pages)
+    if folios is None:
+        return False
+    addrs = addr + (np.arange(nr_pages, dtype=np.int64) << PAGE_SHIFT)
+    folios_add_new_anon_rmap_order0(machine, folios, mm, vma, addrs)
+    mm.rss_anon += nr_pages
+    entries = mk_pte(folios.astype(np.uint64), vma)
+    if writable:
+        entries = maybe_mkwrite(pte_mkdirty(entries), vma)
+    index = pte_index(addr) + np.arange(nr_pages, dtype=np.int64)
+    machine.set_ptes_runs(mm, PteRuns(addr & ~(PMD_SIZE - 1), index, np.ones(nr_pages, np.int64)), entries)
+    return True
 
 
 def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable: bool) -> str:
@@ -120,7 +161,8 @@ def unpin_folios(machine: Machine, pages: np.ndarray) -> None:
 
 def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable: bool) -> str:
     """Pin nr_pages pages from addr in ascending order: runs that need no fault are grabbed
-    at once, and each page that does is faulted before anything after it is looked at."""
+    at once, a run of none PTEs is faulted at once, and each other page that needs a fault
+    is faulted before anything after it is looked at."""
     if nr_pages == 0:
         return EINVAL
     end = addr + (nr_pages << PAGE_SHIFT)
@@ -139,6 +181,9 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
             pages.append(ready)
             page_addr = ready_end
             continue
+        nr_none = pte_none_run(machine, mm, page_addr, chunk_end)
+        if nr_none and faultin_none_pages_for_pin(machine, mm, vma, page_addr, nr_none, writable):
+            continue   # now ready: grabbed on the next turn
         result = faultin_page_for_pin(machine, mm, vma, page_addr, writable)
         if result != OK:
             return result

@@ -128,6 +128,13 @@ def _keys(pids: np.ndarray, addrs: np.ndarray) -> np.ndarray:
     return (pids.astype(np.int64) << _PID_SHIFT) | addrs.astype(np.int64)
 
 
+def _unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pids and addresses _keys packed."""
+    if len(keys) == 0:
+        return _EMPTY, _EMPTY
+    return keys >> _PID_SHIFT, keys & _ADDR_MASK
+
+
 def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """The index of each key in sorted_keys, -1 where it is absent."""
     if len(sorted_keys) == 0 or len(keys) == 0:
@@ -226,20 +233,14 @@ class PageTableScan:
     def _set_ptes(self, keys: np.ndarray, desc: np.ndarray) -> None:
         """The present PTEs: keys and descriptors, and from them pid, addr and pfn."""
         self.pte_key, self.pte_desc = keys, desc
-        if len(keys) == 0:
-            self.pte_pid = self.pte_addr = self.pte_pfn = _EMPTY
-            return
-        self.pte_pid, self.pte_addr = keys >> _PID_SHIFT, keys & _ADDR_MASK
-        self.pte_pfn = pte_pfn(desc).astype(np.int64)
+        self.pte_pid, self.pte_addr = _unpack_keys(keys)
+        self.pte_pfn = pte_pfn(desc).astype(np.int64) if len(keys) else _EMPTY
 
     def _set_swap_ptes(self, keys: np.ndarray, desc: np.ndarray) -> None:
         """The swap PTEs: keys and descriptors, and from them pid, addr and slot."""
         self.swp_key, self.swp_desc = keys, desc
-        if len(keys) == 0:
-            self.swp_pid = self.swp_addr = self.swp_slot = _EMPTY
-            return
-        self.swp_pid, self.swp_addr = keys >> _PID_SHIFT, keys & _ADDR_MASK
-        self.swp_slot = pte_swp_offset(desc).astype(np.int64)
+        self.swp_pid, self.swp_addr = _unpack_keys(keys)
+        self.swp_slot = pte_swp_offset(desc).astype(np.int64) if len(keys) else _EMPTY
 
     # Frames.
 

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, VMA, Machine, PteRuns, all_set, any_set, check
+from machine import MM, VMA, Machine, all_set, any_set, check
 from machine.errors import EFAULT, EINVAL, ENOMEM, OK
-from machine.mm import pte_index
 from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
     is_swap_pte,
     pmd_trans_huge,
-    pte_mkdirty,
     pte_none,
     pte_pfn,
     pte_present,
@@ -27,10 +25,10 @@ from .memory import (
     do_swap_page,
     handle_unshare_fault,
     handle_write_fault,
-    maybe_mkwrite,
+    map_new_anon_pages,
     mk_pte,
 )
-from .rmap import folio_add_new_anon_rmap, folios_add_new_anon_rmap_order0
+from .rmap import folio_add_new_anon_rmap
 
 
 def gup_vma_range_ok(mm: MM, start: int, end: int, writable: bool) -> bool:
@@ -94,13 +92,7 @@ def faultin_none_pages_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, nr
     if folios is None:
         return False
     addrs = addr + (np.arange(nr_pages, dtype=np.int64) << PAGE_SHIFT)
-    folios_add_new_anon_rmap_order0(machine, folios, mm, vma, addrs)
-    mm.rss_anon += nr_pages
-    entries = mk_pte(folios.astype(np.uint64), vma)
-    if writable:
-        entries = maybe_mkwrite(pte_mkdirty(entries), vma)
-    index = pte_index(addr) + np.arange(nr_pages, dtype=np.int64)
-    machine.set_ptes_runs(mm, PteRuns(addr & ~(PMD_SIZE - 1), index, np.ones(nr_pages, np.int64)), entries)
+    map_new_anon_pages(machine, mm, vma, addr & ~(PMD_SIZE - 1), addrs, folios, dirty=writable)
     return True
 
 

@@ -319,12 +319,22 @@ def copy_present_pages(machine: Machine, dst_mm: MM, dst_vma: VMA, addrs: np.nda
     if new_folios is None:
         return ENOMEM
     copy_user_pages(machine, new_folios, src_pages)
-    folios_add_new_anon_rmap_order0(machine, new_folios, dst_mm, dst_vma, addrs)
-    dst_mm.rss_anon += len(new_folios)
-    entries = maybe_mkwrite(pte_mkdirty(mk_pte(new_folios.astype(np.uint64), dst_vma)), dst_vma)
-    index = (addrs - table_addr) >> PAGE_SHIFT
-    machine.set_ptes_runs(dst_mm, PteRuns(table_addr, index, np.ones(len(index), np.int64)), entries)
+    map_new_anon_pages(machine, dst_mm, dst_vma, table_addr, addrs, new_folios, dirty=True)
     return OK
+
+
+def map_new_anon_pages(machine: Machine, mm: MM, vma: VMA, table_addr: int, addrs: np.ndarray,
+                       folios: np.ndarray, dirty: bool) -> None:
+    """Map fresh order-0 folios, one per address (ascending, in the PTE table at table_addr),
+    exclusive: their rmap, RSS and entries; dirty ones also writable in a writable VMA."""
+    check(len(addrs) == len(folios) >= 1, "one fresh folio per address")
+    folios_add_new_anon_rmap_order0(machine, folios, mm, vma, addrs)
+    mm.rss_anon += len(folios)
+    entries = mk_pte(folios.astype(np.uint64), vma)
+    if dirty:
+        entries = maybe_mkwrite(pte_mkdirty(entries), vma)
+    index = (addrs - table_addr) >> PAGE_SHIFT
+    machine.set_ptes_runs(mm, PteRuns(table_addr, index, np.ones(len(index), np.int64)), entries)
 
 
 def split_failed_batches(machine: Machine, batches: PteBatches) -> tuple[PteBatches, np.ndarray, np.ndarray]:

@@ -212,8 +212,7 @@ def _leaf_tables(mm: MM) -> tuple[dict[int, int], dict[int, np.ndarray]]:
     pmd_blocks: dict[int, int] = {}
     pte_tables: dict[int, np.ndarray] = {}
     for pmd_table in mm.pmd_tables():
-        indices = pmd_table.entries.nonzero()[0]
-        for index, pmd in zip(indices.tolist(), pmd_table.entries[indices].tolist()):
+        for index, pmd in pmd_table.nonzero_entries():
             if pmd & PTE_TYPE_MASK != PMD_TYPE_TABLE:
                 pmd_blocks[pmd_table.base + (index << PMD_SHIFT)] = pmd
         for index, table in pmd_table.ptes.items():

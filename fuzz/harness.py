@@ -292,7 +292,7 @@ def main(argv: list[str]) -> None:
         campaign = Campaign(os.environ.get(IMPL_ENV, "batched"),
                             Path(os.environ.get(CRASH_DIR_ENV, "corpus/crashes")),
                             Path(os.environ[SUMMARY_DIR_ENV]) if SUMMARY_DIR_ENV in os.environ else None)
-        from . import decode, minimize, runner
+        from . import decode, minimize, runner  # noqa: F401 - what they import of INSTRUMENTED is instrumented
     instrument_package(kernel_package(campaign.impl))
     campaign.write_summary()
     atheris.Setup([sys.argv[0], *argv], campaign.test_one_input, custom_mutator=custom_mutator)

@@ -183,8 +183,7 @@ class PageTableScan:
         for pid in sorted(machine.processes):
             check(0 <= pid < _PID_LIMIT, f"process number {pid} too large for the scan")
             for table in machine.processes[pid].pmd_tables():
-                for index in table.entries.nonzero()[0].tolist():
-                    pmd = int(table.entries[index])
+                for index, pmd in table.nonzero_entries():
                     addr = table.base + (index << PMD_SHIFT)
                     if pmd_trans_huge(pmd):
                         pmd_leaves.append((pid, addr, pmd))
@@ -923,8 +922,7 @@ def _table_shape(mm: MM) -> list[tuple[int, list[int], list[int], list[int]]]:
     the descriptors of the table entries without a PTE table (their value is in the scan's detail)."""
     shape = []
     for table in mm.pmd_tables():
-        indices = table.entries.nonzero()[0]
-        descriptors = [(index, pmd) for index, pmd in zip(indices.tolist(), table.entries[indices].tolist())
+        descriptors = [(index, pmd) for index, pmd in table.nonzero_entries()
                        if pmd & PTE_TYPE_MASK == PMD_TYPE_TABLE]
         shape.append((table.base, [index for index, _ in descriptors], sorted(table.ptes),
                       [pmd for index, pmd in descriptors if index not in table.ptes]))

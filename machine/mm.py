@@ -72,6 +72,11 @@ class PmdTable:
         self.entries = np.zeros(PTRS_PER_TABLE, np.uint64)
         self.ptes: dict[int, PteTable] = {}
 
+    def nonzero_entries(self) -> list[tuple[int, int]]:
+        """(index, descriptor) of every non-zero entry, ascending: blocks and table descriptors."""
+        indices = self.entries.nonzero()[0]
+        return list(zip(indices.tolist(), self.entries[indices].tolist()))
+
     def clone(self) -> PmdTable:
         other = PmdTable.__new__(PmdTable)
         other.base = self.base
@@ -242,9 +247,7 @@ class MM:
     def leaves(self) -> Iterator[tuple[int, str, int]]:
         """Every non-zero leaf descriptor as (addr, level, descriptor), ascending."""
         for pmd_table in self.pmd_tables():
-            entries = pmd_table.entries
-            for index in map(int, np.flatnonzero(entries)):
-                pmd = int(entries[index])
+            for index, pmd in pmd_table.nonzero_entries():
                 addr = pmd_table.base + (index << PMD_SHIFT)
                 if pmd_trans_huge(pmd):
                     yield addr, "pmd", pmd

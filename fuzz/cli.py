@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import structlog
 
@@ -356,20 +356,37 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
 
-def _fuzz_exec_per_s(impl: str, seconds: int) -> float:
-    """Executions per second of the default campaign (seeds, seed 1) on one core."""
+def _fuzz_loop_summary(impl: str, seconds: int) -> dict[str, Any]:
+    """The summary of the default campaign (seeds, seed 1) run for seconds on one core."""
     import tempfile
 
     from .fuzzing import run_campaign
 
     with tempfile.TemporaryDirectory(prefix="rmapfuzz-bench-") as crashes:
-        summary = run_campaign(["corpus/seeds"], impl=impl, seconds=seconds, runs=None, jobs=1, seed=1,
-                               crash_dir=crashes, extra_flags=[], progress=False)
-    return round(summary["exec_per_s"], 1)
+        return run_campaign(["corpus/seeds"], impl=impl, seconds=seconds, runs=None, jobs=1, seed=1,
+                            crash_dir=crashes, extra_flags=[], progress=False)
+
+
+def _format_fuzz_loop(summary: dict[str, Any], seconds: int) -> str:
+    """The fuzz loop's rate, where an execution's time goes, and the rate the loop would have
+    if the reference and the checks took no time (what the implementation alone allows)."""
+    from .fuzzing import ms_per_execution
+    from .runner import CHECKS_PART, REFERENCE_PART
+
+    lines = [f"fuzz loop: {summary['exec_per_s']:.0f} exec/s (default campaign, one core, {seconds} s)"]
+    parts = ms_per_execution(summary)
+    if parts:
+        total = sum(parts.values())
+        shares = ", ".join(f"{part} {ms:.2f}" for part, ms in sorted(parts.items(), key=lambda item: -item[1]))
+        lines.append(f"  ms per execution: {total:.2f} = {shares}")
+        without = total - parts.get(REFERENCE_PART, 0.0) - parts.get(CHECKS_PART, 0.0)
+        lines.append(f"  without the reference's and the checks' time: {1000 / without:.0f} exec/s")
+    return "\n".join(lines)
 
 
 def _command_bench(args: argparse.Namespace) -> int:
     from .bench import bench_json, format_table, parse_sizes, run_bench
+    from .fuzzing import ms_per_execution
     from .runner import REFERENCE_IMPL, load_implementation
 
     # All input is checked before anything runs: a bad size is exit 2, never half a bench.
@@ -379,13 +396,15 @@ def _command_bench(args: argparse.Namespace) -> int:
     if args.fuzz_seconds < 0:
         raise UsageError(f"--fuzz-seconds must not be negative, not {args.fuzz_seconds}")
     results = run_bench(sizes, impl=args.impl, seed=args.seed)
-    exec_per_s = _fuzz_exec_per_s(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
+    fuzz_loop = _fuzz_loop_summary(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
     if args.json:
-        print(json.dumps(dict(bench_json(results, args.impl), fuzz_exec_per_s=exec_per_s), indent=2))
+        loop = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None} if fuzz_loop is None else \
+            {"fuzz_exec_per_s": round(fuzz_loop["exec_per_s"], 1), "fuzz_ms_per_execution": ms_per_execution(fuzz_loop)}
+        print(json.dumps(dict(bench_json(results, args.impl), **loop), indent=2))
     else:
         print(format_table(results, args.impl))
-        if exec_per_s is not None:
-            print(f"fuzz loop: {exec_per_s:.0f} exec/s (default campaign, one core, {args.fuzz_seconds} s)")
+        if fuzz_loop is not None:
+            print(_format_fuzz_loop(fuzz_loop, args.fuzz_seconds))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FINDING
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,34 @@ def run_campaign(corpus: list[str], impl: str, seconds: int | None, runs: int | 
 
 
 def merge_summaries(directory: Path, wall_seconds: float) -> dict[str, Any]:
+    """The campaign's summary from its fuzzing processes' ones: executions, findings, and the
+    seconds the processes spent fuzzing, in all and in each part of the loop."""
     executions, findings = 0, []
+    fuzzing_seconds, seconds_by_part = 0.0, Counter()
     for path in sorted(directory.glob("summary-*.json")):
         summary = json.loads(path.read_text(encoding="utf-8"))
         executions += summary["executions"]
         findings += summary["findings"]
+        fuzzing_seconds += summary["seconds"]
+        seconds_by_part.update(summary["seconds_by_part"])
     return {"executions": executions, "seconds": round(wall_seconds, 2),
-            "exec_per_s": executions / wall_seconds if wall_seconds else 0.0, "findings": findings}
+            "exec_per_s": executions / wall_seconds if wall_seconds else 0.0, "findings": findings,
+            "fuzzing_seconds": round(fuzzing_seconds, 2),
+            "seconds_by_part": {part: round(seconds, 4) for part, seconds in sorted(seconds_by_part.items())}}
+
+
+REST_PART = "rest"   # libFuzzer, atheris' coverage bookkeeping, the harness's own code
+
+
+def ms_per_execution(summary: dict[str, Any]) -> dict[str, float]:
+    """Milliseconds per execution in each part of the loop (merge_summaries' seconds_by_part),
+    and in the rest of the fuzzing processes' time; empty without executions."""
+    executions = summary["executions"]
+    if not executions:
+        return {}
+    parts = dict(summary["seconds_by_part"])
+    parts[REST_PART] = max(summary["fuzzing_seconds"] - sum(parts.values()), 0.0)
+    return {part: round(seconds * 1000 / executions, 3) for part, seconds in parts.items()}
 
 
 SELFTEST_SEED = 1

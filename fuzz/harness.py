@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +113,10 @@ class RecentScripts:
 
 # Filled by Campaign.test_one_input, read by custom_mutator (libFuzzer calls both in one process).
 recent_scripts = RecentScripts()
+# Seconds this process spent in each part of the loop: the runner's parts (RunResult.seconds)
+# and the structural mutator's; the summary reports them.
+MUTATOR_PART = "mutator"
+loop_seconds: Counter[str] = Counter()
 
 
 class Campaign:
@@ -130,6 +134,7 @@ class Campaign:
         self.findings: list[dict[str, Any]] = []
         self.started = time.monotonic()
         self.last_summary = 0.0
+        loop_seconds.clear()   # one campaign per process; a test may make several
 
     def test_one_input(self, data: bytes) -> None:
         from .decode import OpStream
@@ -138,6 +143,7 @@ class Campaign:
         self.executions += 1
         stream = OpStream(data)
         result = run_stream(stream.script, stream.next_op, self.impl, self.reference)
+        loop_seconds.update(result.seconds)
         if stream.ended:   # every op was drawn and run: the script is decode(data)
             recent_scripts.remember(data, stream.decoded())
         if result.findings:
@@ -175,7 +181,8 @@ class Campaign:
         if self.summary_path is None:
             return
         elapsed = self.last_summary - self.started
-        summary = {"executions": self.executions, "seconds": round(elapsed, 3), "findings": self.findings}
+        summary = {"executions": self.executions, "seconds": round(elapsed, 3), "findings": self.findings,
+                   "seconds_by_part": dict(loop_seconds)}
         temporary = self.summary_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(summary), encoding="utf-8")
         os.replace(temporary, self.summary_path)
@@ -245,12 +252,16 @@ def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
 
     import atheris
 
-    rng = random.Random(seed)
-    if rng.random() < 0.5:
-        mutated = mutate_input(data, max_size, rng, recent_scripts.get(data))
-        if mutated is not None:
-            return mutated
-    return atheris.Mutate(data, max_size)
+    started = time.perf_counter()
+    try:
+        rng = random.Random(seed)
+        if rng.random() < 0.5:
+            mutated = mutate_input(data, max_size, rng, recent_scripts.get(data))
+            if mutated is not None:
+                return mutated
+        return atheris.Mutate(data, max_size)
+    finally:
+        loop_seconds[MUTATOR_PART] += time.perf_counter() - started
 
 
 def kernel_package(impl: Any) -> str:

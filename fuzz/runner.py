@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -191,14 +192,23 @@ class Finding:
                 "field": self.field, "line": self.line, "impl": self.impl, "detail": self.detail}
 
 
+# The parts of a run RunResult.seconds times.
+REFERENCE_PART = "reference"
+IMPLEMENTATION_PART = "implementation"
+DECODER_PART = "decoder"
+CHECKS_PART = "checks"
+
+
 @dataclass
 class RunResult:
     """What a run found (at most one finding: it stops at the first), the number
-    of ops run and each op's result (the reference's, equal to the other's)."""
+    of ops run, each op's result (the reference's, equal to the other's) and the
+    seconds each part took: the two kernels, the fuzz decoder, the oracles and comparison."""
 
     findings: list[Finding]
     ops_run: int
     results: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -236,6 +246,7 @@ class _Side:
     kernel: Any = None
     shadow: Any = None
     last_result: str | None = None
+    seconds: float = 0.0   # spent in this side's kernel
 
 
 class _Run:
@@ -252,6 +263,8 @@ class _Run:
         self.ops_run = 0
         self.results: list[str] = []
         self.last_op: Op | None = None
+        self.decoder_seconds = 0.0
+        self.checks_seconds = 0.0
 
     @property
     def ref(self) -> _Side:
@@ -270,20 +283,28 @@ class _Run:
             else:
                 if not check_every_op:
                     finding = self._check_end()
-        return RunResult([] if finding is None else [finding], self.ops_run, self.results)
+        return self._result(finding)
 
     def execute_stream(self, next_op: Callable[[Machine], Op | None]) -> RunResult:
         """Run ops drawn one at a time against the reference machine's state (the fuzz
         decoder), appending each to the script; oracles and states are checked at the end."""
         finding = self._start()
         while finding is None:
+            started = time.perf_counter()
             op = next_op(self.ref.machine)
+            self.decoder_seconds += time.perf_counter() - started
             if op is None:
                 finding = self._check_end()
                 break
             self.script.steps.append(op)
             finding = self._run_op(len(self.script.steps) - 1, op, check_every_op=False)
-        return RunResult([] if finding is None else [finding], self.ops_run, self.results)
+        return self._result(finding)
+
+    def _result(self, finding: Finding | None) -> RunResult:
+        reference, other = self.sides
+        seconds = {REFERENCE_PART: reference.seconds, IMPLEMENTATION_PART: other.seconds,
+                   DECODER_PART: self.decoder_seconds, CHECKS_PART: self.checks_seconds}
+        return RunResult([] if finding is None else [finding], self.ops_run, self.results, seconds)
 
     def _check_end(self) -> Finding | None:
         """The end-of-run checks of fuzzing mode: oracles on both machines, then the states."""
@@ -312,11 +333,14 @@ class _Run:
 
     def _start(self) -> Finding | None:
         for side, impl in zip(self.sides, (self.ref_impl, self.other_impl)):
+            started = time.perf_counter()
             try:
                 side.kernel = impl.module.Kernel(side.machine)
             except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
                 return self._finding(EXCEPTION, type(error).__name__, _traceback(error), -1, None,
                                      side.name)
+            finally:
+                side.seconds += time.perf_counter() - started
             side.shadow = Shadow()
         return None
 
@@ -357,11 +381,14 @@ class _Run:
         return None
 
     def _call(self, step_index: int, op: Op, side: _Side) -> Finding | None:
+        started = time.perf_counter()
         try:
             result = OP_DISPATCH[op.name](side.kernel, op)
         except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
             return self._finding(EXCEPTION, type(error).__name__, _traceback(error), step_index, op,
                                  side.name)
+        finally:
+            side.seconds += time.perf_counter() - started
         if not isinstance(result, str) or result not in RESULTS:
             return self._finding(EXCEPTION, "result", f"returned {result!r}, not one of {', '.join(RESULTS)}",
                                  step_index, op, side.name)
@@ -383,8 +410,16 @@ class _Run:
         return ",".join(failing), "\n".join(details), first_field
 
     def _check_state(self, step_index: int, op: Op | None) -> Finding | None:
-        """Oracles on both machines, then the states. When the reference's oracles hold and the
-        other machine equals it in everything the oracles read, theirs hold too: not run again."""
+        """Oracles on both machines, then the states (timed as the checks)."""
+        started = time.perf_counter()
+        try:
+            return self._check_oracles_then_states(step_index, op)
+        finally:
+            self.checks_seconds += time.perf_counter() - started
+
+    def _check_oracles_then_states(self, step_index: int, op: Op | None) -> Finding | None:
+        """When the reference's oracles hold and the other machine equals it in everything the
+        oracles read, theirs hold too: not run again."""
         ref, other = self.sides
         ref_failures = check_oracles(ref.machine, ref.shadow)
         differences = None

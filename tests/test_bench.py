@@ -215,3 +215,6 @@ def test_cli_bench_reports_the_fuzz_loop_rate(capsys) -> None:
     assert cli.main(["bench", "--sizes", "2M", "--fuzz-seconds", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fuzz_exec_per_s"] > 0
+    parts = out["fuzz_ms_per_execution"]
+    assert sorted(parts) == ["checks", "decoder", "implementation", "mutator", "reference", "rest"]
+    assert parts["reference"] > 0 and parts["implementation"] > 0

@@ -3,13 +3,19 @@ campaigns summarised, bad flags refused."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from fuzz.cli import main
 from fuzz.decode import encode
-from fuzz.fuzzing import libfuzzer_flags, merge_summaries, prepare_seeds
+from fuzz.fuzzing import (
+    libfuzzer_flags,
+    merge_summaries,
+    ms_per_execution,
+    prepare_seeds,
+)
 from fuzz.harness import Campaign, save_finding, signature_dir_name
 from fuzz.ops import parse_file
 
@@ -44,6 +50,31 @@ def test_the_real_batched_gives_no_finding_on_the_seeds(tmp_path):
     for path in seeds:
         campaign.test_one_input(encode(parse_file(str(path))))
     assert campaign.findings == [] and campaign.executions == len(seeds) >= 64
+
+
+def test_a_campaign_summary_times_the_parts_of_its_loop(tmp_path):
+    campaign = Campaign("batched", tmp_path / "crashes", tmp_path)
+    for path in sorted((ROOT / "corpus/seeds").glob("*.ops"))[:8]:
+        campaign.test_one_input(encode(parse_file(str(path))))
+    campaign.write_summary()
+    summary = merge_summaries(tmp_path, 1.0)
+    parts = summary["seconds_by_part"]
+    assert sorted(parts) == ["checks", "decoder", "implementation", "reference"]
+    assert all(seconds > 0 for seconds in parts.values())
+    assert sum(parts.values()) <= summary["fuzzing_seconds"] + 0.01
+
+
+def test_fuzzing_processes_summaries_add_up_to_ms_per_execution(tmp_path):
+    for pid, (executions, seconds, parts) in enumerate([(100, 2.0, {"reference": 0.5, "mutator": 0.25}),
+                                                          (300, 2.0, {"reference": 1.5, "checks": 0.25})]):
+        (tmp_path / f"summary-{pid}.json").write_text(json.dumps(
+            {"executions": executions, "seconds": seconds, "findings": [], "seconds_by_part": parts}))
+    summary = merge_summaries(tmp_path, 4.0)
+    assert summary["executions"] == 400 and summary["exec_per_s"] == 100.0
+    assert summary["fuzzing_seconds"] == 4.0
+    assert summary["seconds_by_part"] == {"checks": 0.25, "mutator": 0.25, "reference": 2.0}
+    assert ms_per_execution(summary) == {"checks": 0.625, "mutator": 0.625, "reference": 5.0, "rest": 3.75}
+    assert ms_per_execution(dict(summary, executions=0)) == {}
 
 
 def test_seeds_are_encoded_for_libfuzzer(tmp_path):

@@ -22,7 +22,7 @@ from fuzz.compare import MAX_DIFFERENCES, compare_machines
 from fuzz.decode import ENCODING_VERSION
 from fuzz.errors import UsageError
 from fuzz.expects import check_expect
-from fuzz.ops import ScriptError, parse_script
+from fuzz.ops import Script, ScriptError, parse_script
 from fuzz.runner import Finding, load_implementation, run_script
 from machine import VMA, Machine
 from machine.errors import EFAULT, ENOMEM, OK, MachineBug
@@ -278,6 +278,61 @@ def test_shadow_sees_every_op_and_its_result(monkeypatch):
     monkeypatch.setattr(runner, "Shadow", RecordingShadow)
     run_script(script(WRITE_SCRIPT), impl=OK_IMPL, ref=OK_IMPL)
     assert [shadow.applied for shadow in shadows] == [[("mmap", OK), ("write", OK), ("read", OK)]] * 2
+
+
+class FakeClock:
+    """Stands in for the runner's time module: only what the test's kernels spend passes."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_each_part_of_a_run_is_timed_apart(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(runner, "time", clock)
+
+    class SlowWriteKernel(OkKernel):
+        def write(self, pid, addr, value):
+            clock.now += 5.0
+            return super().write(pid, addr, value)
+
+    class SlowReadKernel(OkKernel):
+        def read(self, pid, addr):
+            clock.now += 2.0
+            return super().read(pid, addr)
+
+    def slow_compare(*machines):
+        clock.now += 0.25
+        return []
+
+    monkeypatch.setattr(runner, "compare_machines", slow_compare)
+    result = run_script(script(WRITE_SCRIPT), impl=implementation("slow_write", SlowWriteKernel),
+                        ref=implementation("slow_read", SlowReadKernel))
+    assert result.ok
+    assert result.seconds == {"reference": 2.0, "implementation": 5.0, "decoder": 0.0, "checks": 0.75}
+
+
+def test_a_stream_run_times_the_decoder_and_a_raising_kernel(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(runner, "time", clock)
+    ops = iter(script("mmap P0 0x200000 64K\nfork P0\n").steps)
+
+    def next_op(machine):
+        clock.now += 1.0
+        return next(ops, None)
+
+    class SlowForkRaisesKernel(OkKernel):
+        def fork(self, pid):
+            clock.now += 3.0
+            raise MachineBug("fork: mapcount underflow")
+
+    result = runner.run_stream(Script(path="t.ops", frames=64, steps=[]),
+                               next_op, implementation("slow_raise", SlowForkRaisesKernel), OK_IMPL)
+    assert result.findings[0].signature == "exception:fork:MachineBug"
+    assert result.seconds == {"reference": 0.0, "implementation": 3.0, "decoder": 2.0, "checks": 0.0}
 
 
 def test_process_missing_at_run_time_is_a_script_error():

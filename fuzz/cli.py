@@ -380,7 +380,8 @@ def _format_fuzz_loop(summary: dict[str, Any], seconds: int) -> str:
         shares = ", ".join(f"{part} {ms:.2f}" for part, ms in sorted(parts.items(), key=lambda item: -item[1]))
         lines.append(f"  ms per execution: {total:.2f} = {shares}")
         without = total - parts.get(REFERENCE_PART, 0.0) - parts.get(CHECKS_PART, 0.0)
-        lines.append(f"  without the reference's and the checks' time: {1000 / without:.0f} exec/s")
+        if without > 0:
+            lines.append(f"  without the reference's and the checks' time: {1000 / without:.0f} exec/s")
     return "\n".join(lines)
 
 
@@ -398,8 +399,10 @@ def _command_bench(args: argparse.Namespace) -> int:
     results = run_bench(sizes, impl=args.impl, seed=args.seed)
     fuzz_loop = _fuzz_loop_summary(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
     if args.json:
-        loop = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None} if fuzz_loop is None else \
-            {"fuzz_exec_per_s": round(fuzz_loop["exec_per_s"], 1), "fuzz_ms_per_execution": ms_per_execution(fuzz_loop)}
+        loop = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None}
+        if fuzz_loop is not None:
+            loop = {"fuzz_exec_per_s": round(fuzz_loop["exec_per_s"], 1),
+                    "fuzz_ms_per_execution": ms_per_execution(fuzz_loop)}
         print(json.dumps(dict(bench_json(results, args.impl), **loop), indent=2))
     else:
         print(format_table(results, args.impl))

@@ -203,7 +203,8 @@ CHECKS_PART = "checks"
 class RunResult:
     """What a run found (at most one finding: it stops at the first), the number
     of ops run, each op's result (the reference's, equal to the other's) and the
-    seconds each part took: the two kernels, the fuzz decoder, the oracles and comparison."""
+    seconds each part of the run took: the two kernels, the fuzz decoder, the oracles and
+    the comparison (a final failure pinned to its op reports the pinning replay's)."""
 
     findings: list[Finding]
     ops_run: int

@@ -113,6 +113,9 @@ class RecentScripts:
 
 # Filled by Campaign.test_one_input, read by custom_mutator (libFuzzer calls both in one process).
 recent_scripts = RecentScripts()
+# What the inputs the mutator had to decode itself decode to: corpus entries libFuzzer picks
+# again and again, which every execution's remember() would push out of recent_scripts.
+mutated_inputs = RecentScripts()
 # Seconds this process spent in each part of the loop: the runner's parts (RunResult.seconds)
 # and the structural mutator's; the summary reports them.
 MUTATOR_PART = "mutator"
@@ -224,6 +227,18 @@ def mutate_ops(ops: list, rng) -> list:
     return ops
 
 
+def decoded_input(data: bytes) -> Decoded:
+    """What data decodes to: remembered from its run or an earlier mutation, else decoded
+    (the reference runs it) and remembered for the next time libFuzzer picks it."""
+    from .decode import decode_input
+
+    decoded = recent_scripts.get(data) or mutated_inputs.get(data)
+    if decoded is None:
+        decoded = decode_input(data)
+        mutated_inputs.remember(data, decoded)
+    return decoded
+
+
 def mutate_input(data: bytes, max_size: int, rng, decoded: Decoded | None = None) -> bytes | None:
     """A structural mutation of a raw input's ops, re-encoded; None if the mutated ops
     cannot be drawn (e.g. an op now names a process that does not exist yet).
@@ -256,7 +271,7 @@ def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
     try:
         rng = random.Random(seed)
         if rng.random() < 0.5:
-            mutated = mutate_input(data, max_size, rng, recent_scripts.get(data))
+            mutated = mutate_input(data, max_size, rng, decoded_input(data))
             if mutated is not None:
                 return mutated
         return atheris.Mutate(data, max_size)

@@ -151,6 +151,29 @@ def test_the_campaign_remembers_what_each_input_run_to_its_end_decodes_to(tmp_pa
         assert recent.get(data).names == decode_input(data).names
 
 
+def test_the_mutator_decodes_an_input_it_did_not_see_run_only_once(monkeypatch):
+    from fuzz import decode, harness
+
+    real_decode_input = decode.decode_input
+    decodes = []
+
+    def counting_decode_input(data):
+        decodes.append(data)
+        return real_decode_input(data)
+
+    monkeypatch.setattr(decode, "decode_input", counting_decode_input)
+    monkeypatch.setattr(harness, "recent_scripts", harness.RecentScripts(limit=2))
+    monkeypatch.setattr(harness, "mutated_inputs", harness.RecentScripts())
+    corpus_entry = encode(parse_file(SCENARIO))
+    decoded = harness.decoded_input(corpus_entry)
+    assert decoded.script.steps == real_decode_input(corpus_entry).script.steps
+    for execution in range(3):   # later executions push everything out of recent_scripts
+        harness.recent_scripts.remember(bytes([execution]), decoded)
+    assert harness.decoded_input(corpus_entry) is decoded
+    assert harness.decoded_input(bytes([2])) is decoded     # run lately: never decoded
+    assert decodes == [corpus_entry]
+
+
 def test_an_input_stopped_by_a_finding_is_not_remembered(tmp_path, monkeypatch):
     from fuzz import harness
 

@@ -89,8 +89,8 @@ def save_finding(crash_dir: Path, signature: str, impl: str, raw: bytes, reprodu
 
 
 class RecentScripts:
-    """What the last inputs the harness ran to their end decode to, by raw input; the least
-    recently used is forgotten first."""
+    """What raw inputs seen lately decode to (those the harness ran to their end, or those the
+    mutator decoded itself); the least recently used is forgotten first."""
 
     def __init__(self, limit: int = RECENT_SCRIPTS) -> None:
         self.limit = limit
@@ -239,18 +239,16 @@ def decoded_input(data: bytes) -> Decoded:
     return decoded
 
 
-def mutate_input(data: bytes, max_size: int, rng, decoded: Decoded | None = None) -> bytes | None:
+def mutate_input(data: bytes, max_size: int, rng, decoded: Decoded) -> bytes | None:
     """A structural mutation of a raw input's ops, re-encoded; None if the mutated ops
     cannot be drawn (e.g. an op now names a process that does not exist yet).
 
-    decoded, if given, is decode_input(data), known already; otherwise data is decoded.
-    The encoder reuses its names for the ops the mutation keeps at the start.
+    decoded is what data decodes to (decoded_input); the encoder reuses its names for the
+    ops the mutation keeps at the start.
     """
-    from .decode import EncodeError, decode_input, encode
+    from .decode import EncodeError, encode
     from .ops import Op
 
-    if decoded is None:
-        decoded = decode_input(data)
     script = decoded.script
     mutated = mutate_ops([step for step in script.steps if isinstance(step, Op)], rng)
     try:

@@ -412,6 +412,34 @@ def _command_bench(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# kernel, export: the real kernel (fuzz/kernel)
+
+
+def _add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
+    from .kernel.commands import add_kernel_arguments
+
+    add_kernel_arguments(parser)
+
+
+def _command_kernel(args: argparse.Namespace) -> int:
+    from .kernel.commands import command_kernel
+
+    return command_kernel(args, _load_input)
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from .kernel.commands import add_export_arguments
+
+    add_export_arguments(parser)
+
+
+def _command_export(args: argparse.Namespace) -> int:
+    from .kernel.commands import command_export
+
+    return command_export(args, _load_input, write_atomically)
+
+
+# ---------------------------------------------------------------------------
 # The command line
 
 _Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -424,6 +452,8 @@ _COMMANDS: tuple[_Command, ...] = (
     ("decode", _add_decode_arguments, _command_decode),
     ("encode", _add_encode_arguments, _command_encode),
     ("bench", _add_bench_arguments, _command_bench),
+    ("kernel", _add_kernel_arguments, _command_kernel),
+    ("export", _add_export_arguments, _command_export),
 )
 _HELP = {
     "replay": "run op scripts on two implementations; compare, check oracles and expects",
@@ -434,6 +464,8 @@ _HELP = {
     "decode": "print the op script a raw fuzzer input stands for",
     "encode": "write the raw fuzzer input that decodes to an op script",
     "bench": "time the reference against an implementation on big deterministic workloads",
+    "kernel": "run op scripts on the model and on Debian's arm64 kernel under qemu; compare op by op",
+    "export": "write an op script as a standalone C reproducer for a real kernel",
 }
 
 

@@ -1,0 +1,89 @@
+"""The `rmapfuzz kernel` and `rmapfuzz export` subcommands (registered in fuzz/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import UsageError
+from ..ops import Script
+
+EXIT_OK, EXIT_FINDING = 0, 1
+C_SUFFIX = ".c"
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="op scripts (.ops) or raw fuzzer inputs")
+    parser.add_argument("-o", "--output", metavar="DIR",
+                        help="write FILE's reproducer as DIR/<name>.c (atomically); default: print it "
+                             "(one FILE only)")
+
+
+def command_export(args: argparse.Namespace, load_input, write_atomically) -> int:
+    """Each script as a standalone C reproducer; exit 2 naming the op if one has no faithful realisation."""
+    from .bridge import export_script
+    from .realise import UnsupportedScript
+
+    if args.output is None and len(args.files) > 1:
+        raise UsageError("export of several files needs -o DIR")
+    scripts: list[Script] = [load_input(path) for path in args.files]
+    programs = []
+    for script in scripts:
+        try:
+            programs.append((script, export_script(script)))
+        except UnsupportedScript as error:
+            record = error.unsupported
+            line = f"{script.path}:{record.line}" if record.line else script.path
+            raise UsageError(f"{line}: cannot export"
+                             + (f" '{record.op_text}'" if record.op_text else "") + f": {record.reason}") from error
+    for script, program in programs:
+        if args.output is None:
+            print(program, end="")
+            continue
+        os.makedirs(args.output, exist_ok=True)
+        name = os.path.splitext(os.path.basename(script.path))[0] + C_SUFFIX
+        write_atomically(os.path.join(args.output, name), program)
+        print(os.path.join(args.output, name))
+    return EXIT_OK
+
+
+def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="op scripts (.ops) or raw fuzzer inputs")
+    parser.add_argument("--json", action="store_true", help="print the verdicts as one JSON object")
+    parser.add_argument("--keep", metavar="DIR", help="keep the initramfs, the scripts and the boot's output here")
+    parser.add_argument("--impl", default="reference", metavar="NAME",
+                        help="the model implementation compared with the kernel (default reference)")
+    parser.add_argument("--kernel", metavar="IMAGE",
+                        help="boot this arm64 Image instead of Debian's (a kernel you built)")
+    parser.add_argument("--modules", metavar="DIR",
+                        help="with --kernel: the module tree holding zram (lib/modules/<release>)")
+    parser.add_argument("--kernel-version", metavar="VERSION",
+                        help="Debian's kernel of this version instead of the newest in sid")
+
+
+def command_kernel(args: argparse.Namespace, load_input) -> int:
+    """Run scripts on the model and on a real kernel; exit 1 on an unexplained disagreement."""
+    from ..runner import REFERENCE_IMPL, load_implementation
+    from . import guest
+    from .bridge import check_scripts, report_json
+
+    if args.modules and not args.kernel:
+        raise UsageError("--modules goes with --kernel")
+    if args.kernel and args.kernel_version:
+        raise UsageError("--kernel and --kernel-version exclude each other")
+    scripts = [load_input(path) for path in args.files]
+    load_implementation(REFERENCE_IMPL)
+    load_implementation(args.impl)
+    guest.require_tools(("qemu-system-aarch64", guest.CROSS_CC))
+    kernel = (guest.custom_kernel(args.kernel, args.modules) if args.kernel
+              else guest.debian_kernel(args.kernel_version))
+    report = check_scripts(scripts, kernel, impl=args.impl, keep=args.keep)
+    if args.json:
+        print(report_json(report))
+    else:
+        for verdict in report.verdicts:
+            print(verdict.report())
+        for warning in report.warnings:
+            print(f"warning: {warning}")
+        print(report.summary())
+    return EXIT_FINDING if report.unexplained else EXIT_OK

@@ -1,0 +1,193 @@
+"""Op scripts as a real kernel runs them: which ops have a faithful realisation, and the C reproducer.
+
+Each op becomes one `GuestOp` of the guest runtime (fuzz/kernel/runtime.c):
+`mmap` with MAP_FIXED_NOREPLACE, `fault ... order=K` as a write fault with
+the mTHP sizes up to K set to `always`, `pin ... rw` as io_uring buffer
+registration, `reclaim` as MADV_PAGEOUT of exactly the folio's pages, `split`
+through debugfs `split_huge_pages`, and so on. An op with no faithful
+realisation makes the whole script unsupported, with the op and the reason;
+no stand-in with other semantics is ever used. Some reasons show only on the
+model's run (an ENOMEM path, a reclaim of a folio several processes map), so
+`realise` takes that run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from machine.pgtable import PAGE_SHIFT
+
+from ..ops import Op, Script, format_op
+from .model import ModelRun, script_ops
+from .observe import PRESENT
+
+# The guest runtime's op kinds (enum rf_op_kind in runtime.c).
+GUEST_KINDS = {"mmap": 0, "munmap": 1, "dontneed": 2, "mprotect": 3, "fault": 4, "write": 5, "read": 6,
+               "pin": 7, "unpin": 8, "fork": 9, "exit": 10, "reclaim": 11, "split": 12}
+RUNTIME_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime.c")
+
+USER_VA_LIMIT = 1 << 47        # the runtime's own binary, stack and mmaps live above this
+MAX_OBSERVED_PAGES = 1 << 20   # the runtime keeps a hash per observed page per process
+MAX_RANGES = 256               # MAX_RANGES in runtime.c
+MAX_PROCESSES = 64             # MAX_PROCESSES in runtime.c
+MAX_PINS = 256                 # MAX_PINS in runtime.c
+IO_URING_MAX_BUFFERS = 1 << 14  # IORING_MAX_REG_BUFFERS: one buffer per pinned page
+# Ops whose ENOMEM means the model ran out of frames or slots (dontneed's and mprotect's mean a hole).
+ALLOCATING_OPS = frozenset({"fault", "write", "read", "pin", "fork", "reclaim", "try_to_unmap", "split"})
+
+
+@dataclass(frozen=True)
+class GuestOp:
+    """One op as the guest runtime takes it: struct rf_op."""
+
+    kind: int
+    process: int
+    addr: int = 0
+    length: int = 0
+    value: int = 0
+    arg: int = 0
+
+    def line(self) -> str:
+        """The runtime's script-file line: "kind process addr length value arg" in decimal."""
+        return f"{self.kind} {self.process} {self.addr} {self.length} {self.value} {self.arg}"
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """Why a script cannot run faithfully on a real kernel: its first unrealisable op."""
+
+    line: int
+    op_text: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"line {self.line} '{self.op_text}': {self.reason}"
+
+
+class UnsupportedScript(Exception):
+    """Raised with the Unsupported record of a script that has no faithful realisation."""
+
+    def __init__(self, unsupported: Unsupported) -> None:
+        super().__init__(unsupported.describe())
+        self.unsupported = unsupported
+
+
+def _static_reason(op: Op) -> str | None:
+    """Why op alone has no realisation, or None."""
+    if op.name == "try_to_unmap":
+        return "the race of GUP-fast with reclaim that try_to_unmap models cannot be brought about from user space"
+    if op.name == "split_pmd":
+        return "no system call splits a PMD mapping without also splitting the folio or the VMA"
+    if op.name == "pin" and op.prot == "ro":
+        return "a read-only long-term pin needs GUP_TEST, which Debian's kernel lacks"
+    if op.addr is not None and op.addr + (op.length or (op.nr_pages or 0) << PAGE_SHIFT) > USER_VA_LIMIT:
+        return f"reaches above {USER_VA_LIMIT:#x}, where the runtime's own mappings live"
+    if op.name == "pin" and op.addr == 0:
+        return "io_uring refuses a buffer at address 0"
+    if op.name == "pin" and (op.nr_pages or 0) > IO_URING_MAX_BUFFERS:
+        return f"io_uring registers at most {IO_URING_MAX_BUFFERS} buffers (one per pinned page)"
+    return None
+
+
+def _script_reason(script: Script, run: ModelRun) -> str | None:
+    if len(run.pages.ranges) > MAX_RANGES:
+        return f"more than {MAX_RANGES} distinct mmap ranges to observe"
+    if run.pages.nr_pages > MAX_OBSERVED_PAGES:
+        return f"more than {MAX_OBSERVED_PAGES} pages to observe"
+    return None
+
+
+def _model_reason(step_index: int, run: ModelRun) -> str | None:
+    """Why the op of this model step cannot be shown faithfully, given what the model did."""
+    step = run.steps[step_index]
+    op = step.op
+    if step.result == "ENOMEM" and op.name in ALLOCATING_OPS:
+        return "an ENOMEM path: the model's frames or swap slots ran out, a 1 GiB guest's do not"
+    if op.name == "reclaim":
+        view = step.before.get((op.process or 0, op.addr or 0))
+        if view is not None and view.state == PRESENT and any(
+                other.state == PRESENT and other.head == view.head and key[0] != op.process
+                for key, other in step.before.items()):
+            return "MADV_PAGEOUT skips a folio that more than one process maps"
+    if op.name == "fork" and step.new_process is not None and step.new_process >= MAX_PROCESSES:
+        return f"more than {MAX_PROCESSES} processes"
+    if op.name == "pin" and step.result == "ok" and sum(
+            1 for earlier in run.steps[:step_index + 1] if earlier.op.name == "pin" and earlier.result == "ok") > MAX_PINS:
+        return f"more than {MAX_PINS} pins"
+    return None
+
+
+def realise(run: ModelRun) -> list[GuestOp]:
+    """The guest ops of the script the model ran; UnsupportedScript names the first op without a
+    faithful realisation (or line 0 for the script as a whole)."""
+    reason = _script_reason(run.script, run)
+    if reason:
+        raise UnsupportedScript(Unsupported(0, "", reason))
+    guest_ops: list[GuestOp] = []
+    for step_index, step in enumerate(run.steps):
+        op = step.op
+        reason = _static_reason(op) or _model_reason(step_index, run)
+        if reason:
+            raise UnsupportedScript(Unsupported(op.line, format_op(op), reason))
+        guest_ops.append(guest_op(op, step.new_process))
+    return guest_ops
+
+
+def guest_op(op: Op, new_process: int | None = None) -> GuestOp:
+    """The runtime's form of one realisable op (fork needs the child's number)."""
+    kind = GUEST_KINDS[op.name]
+    process = op.process or 0
+    rw = int((op.prot or "rw") == "rw")
+    if op.name in ("mmap", "mprotect"):
+        return GuestOp(kind, process, op.addr or 0, op.length or 0, arg=rw)
+    if op.name in ("munmap", "dontneed"):
+        return GuestOp(kind, process, op.addr or 0, op.length or 0)
+    if op.name in ("fault", "split"):
+        return GuestOp(kind, process, op.addr or 0, arg=op.order or 0)
+    if op.name == "write":
+        return GuestOp(kind, process, op.addr or 0, value=op.value or 0)
+    if op.name in ("read", "reclaim"):
+        return GuestOp(kind, process, op.addr or 0)
+    if op.name == "pin":
+        return GuestOp(kind, process, op.addr or 0, (op.nr_pages or 0) << PAGE_SHIFT, arg=rw)
+    if op.name == "unpin":
+        return GuestOp(kind, 0, arg=op.pin_id or 0)
+    if op.name == "fork":
+        return GuestOp(kind, process, arg=new_process if new_process is not None else -1)
+    return GuestOp(kind, process)   # exit
+
+
+def guest_script_text(guest_ops: list[GuestOp]) -> str:
+    """The file the guest runtime's /init reads for one script."""
+    return "".join(op.line() + "\n" for op in guest_ops)
+
+
+_C_KIND_NAMES = {kind: f"RF_{name.upper()}" for name, kind in GUEST_KINDS.items()}
+
+
+def export_c(script: Script, guest_ops: list[GuestOp], runtime_source: str, version: str) -> str:
+    """A standalone C reproducer: the runtime with this script's op table and a main() to run it."""
+    ops = script_ops(script)
+    rows = []
+    for op, guest in zip(ops, guest_ops, strict=True):
+        rows.append(f"\t/* line {op.line}: {format_op(op)} */\n"
+                    f"\t{{ {_C_KIND_NAMES[guest.kind]}, {guest.process}, {guest.addr:#x}, {guest.length:#x}, "
+                    f"{guest.value:#x}, {guest.arg} }},\n")
+    name = os.path.basename(script.path)
+    return (
+        f"/*\n * {name}: an rmapfuzz op script as a standalone program for a real arm64 kernel.\n"
+        f" * Generated by rmapfuzz {version} (rmapfuzz export); the runtime below is fuzz/kernel/runtime.c.\n"
+        " *\n * Build: aarch64-linux-gnu-gcc -static-pie -O2 -march=armv8.1-a -o repro repro.c\n"
+        " * Run as root, with swap on (a reclaim needs it) and debugfs mounted (a split needs it).\n"
+        " * After each op it prints the op's errno (R lines) and every page line that changed\n"
+        " * (P lines; see the runtime's header comment for the fields).\n */\n\n"
+        f"{runtime_source}\n"
+        "/* ------------------------------------------------------------------------- */\n"
+        f"/* The script: {name} */\n\n"
+        "static const struct rf_op script[] = {\n" + "".join(rows) + "};\n\n"
+        "int main(void)\n{\n"
+        "\tmount(\"debugfs\", \"/sys/kernel/debug\", \"debugfs\", 0, NULL);\n"
+        "\tmachine_setup();\n"
+        f"\trun_script(\"{name}\", script, sizeof(script) / sizeof(script[0]));\n"
+        "\treturn 0;\n}\n")

@@ -80,7 +80,8 @@ def _contpte_folding(difference: Difference, context: OpContext) -> bool:
         return False
     key = (difference.process, difference.addr)
     model, kernel = context.model_after.get(key), context.kernel_after.get(key)
-    return model is not None and kernel is not None and model.cont != kernel.cont
+    return (model is not None and kernel is not None and model.state == kernel.state == PRESENT
+            and model.cont != kernel.cont)
 
 
 def _mmap_overlap(difference: Difference, context: OpContext) -> bool:

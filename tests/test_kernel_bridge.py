@@ -1,0 +1,358 @@
+"""The kernel bridge without a kernel: projection, the guest output's parser, the comparison,
+realisation, the deviation matchers, export and the CLI's errors.
+
+The comparison is checked the way an oracle is: the model's own observation, rewritten
+as the guest runtime would print it (with other pfns), agrees with the model, and each
+planted difference is reported on its field, or explained by exactly its deviation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from fuzz import cli
+from fuzz.kernel import guest
+from fuzz.kernel.bridge import AGREE, DISAGREE, ERROR, judge
+from fuzz.kernel.deviations import DEVIATIONS, OpContext, explain
+from fuzz.kernel.model import run_model
+from fuzz.kernel.observe import (
+    PRESENT,
+    SWAP,
+    ZERO,
+    Difference,
+    GuestScript,
+    PageView,
+    compare_observations,
+    parse_guest_output,
+)
+from fuzz.kernel.realise import GUEST_KINDS, UnsupportedScript, export_c, guest_script_text, realise
+from fuzz.ops import parse_script
+
+SCENARIOS = os.path.join(os.path.dirname(__file__), "scenarios")
+
+COW_THP = """\
+mmap P0 0x200000 2M
+fault P0 0x200000 order=9
+fork P0
+write P0 0x201000 7
+"""
+
+
+def model_of(text: str):
+    return run_model(parse_script(text, "test.ops"))
+
+
+def guest_lines(observation, offset: int = 0x10000) -> list[str]:
+    """The runtime's P lines for an observation, every pfn, head and slot moved by offset."""
+    lines = []
+    for (process, addr), view in sorted(observation.items()):
+        if view.state == SWAP:
+            lines.append(f"P {process} {addr:x} s {view.slot + offset:x} {int(view.exclusive)}")
+        elif view.state == PRESENT:
+            fields = (view.pfn + offset, view.head + offset)
+            flags = (view.order, int(view.level == "pmd"), int(view.cont), int(view.dirty), int(view.young),
+                     int(view.writable), int(view.exclusive), view.mapcount, view.refcount, view.pincount,
+                     int(view.shared), 0)
+            lines.append(f"P {process} {addr:x} p {fields[0]:x} {fields[1]:x} "
+                         + " ".join(str(flag) for flag in flags) + f" {view.value:x}")
+    return lines
+
+
+def guest_script_of(run, rewrite=lambda index, lines: lines) -> GuestScript:
+    """What the runtime would print if the kernel did exactly what the model did (pfns moved)."""
+    output = ["K 7.2.13-test", "S 00000"]
+    previous: set[tuple[int, int]] = set()
+    for index, step in enumerate(run.steps):
+        output.append(f"R {index} {0 if step.result == 'ok' else 22}")
+        for key in sorted(previous - step.after.keys()):
+            output.append(f"P {key[0]} {key[1]:x} n")
+        output.extend(rewrite(index, guest_lines(step.after)))
+        output.append(f"E {index}")
+        previous = set(step.after)
+    output.append("Z 00000")
+    return parse_guest_output(output).scripts["00000"]
+
+
+# ---------------------------------------------------------------------------
+# Projection and parsing
+
+
+def test_project_shows_a_pmd_thp_page_by_page():
+    run = model_of("mmap P0 0x200000 2M\nfault P0 0x200000 order=9\n")
+    after = run.steps[-1].after
+    assert len(after) == 512
+    head = after[(0, 0x200000)]
+    tail = after[(0, 0x3ff000)]
+    assert head.level == tail.level == "pmd" and head.order == 9
+    assert tail.pfn == head.pfn + 511 and tail.head == head.pfn
+    assert head.exclusive and tail.exclusive          # the head's bit, as SPEC §4 reports it
+    assert head.refcount == 1 and head.mapcount == 1
+
+
+def test_project_leaves_out_pages_no_mmap_named():
+    run = model_of("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nmunmap P0 0x200000 4K\n")
+    assert set(run.steps[-1].after) == {(0, 0x200000 + index * 0x1000) for index in range(1, 16)}
+
+
+def test_parse_rebuilds_each_op_from_delta_lines():
+    run = parse_guest_output([
+        "K 7.2.13", "S a", "R 0 0", "P 0 200000 n", "E 0",
+        "R 1 0", "P 0 200000 p 45a00 45a00 0 0 0 1 1 1 1 1 1 0 0 0 7", "E 1",
+        "R 2 0", "N 1 90", "P 1 200000 s 2a 0", "E 2",
+        "R 3 0", "G 1", "E 3", "Z a", "D"])
+    script = run.scripts["a"]
+    assert run.kernel_release == "7.2.13" and run.finished and script.complete
+    assert script.results == [0, 0, 0, 0]
+    assert script.observations[0] == {}
+    assert script.observations[1][(0, 0x200000)].value == 7
+    assert script.observations[2][(1, 0x200000)] == PageView(SWAP, slot=0x2a, exclusive=False)
+    assert (1, 0x200000) not in script.observations[3]
+    assert (0, 0x200000) in script.observations[3]
+
+
+def test_parse_reads_the_zero_page_and_runtime_failures():
+    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 4150b 4150b 0 0 0 0 1 0 0 0 1 0 0 1 0", "E 0",
+                              "X op 1: worker P0 died or hung", "Z a"])
+    assert run.scripts["a"].observations[0][(0, 0x200000)].state == ZERO
+    assert run.scripts["a"].failure.startswith("op 1")
+
+
+# ---------------------------------------------------------------------------
+# Comparison
+
+
+def test_the_model_agrees_with_itself_under_other_pfns():
+    run = model_of(COW_THP)
+    assert judge(run, guest_script_of(run)).status == AGREE
+
+
+def test_comparison_names_identity_not_pfns():
+    run = model_of(COW_THP)
+    after = run.steps[-1].after
+    moved = {key: view._replace(pfn=view.pfn + 7, head=view.head + 7) for key, view in after.items()}
+    assert compare_observations(after, moved) == []
+    # P1's copy of 0x201000 made the same page as P0's: a relation differs.
+    p0 = moved[(0, 0x201000)]
+    moved[(1, 0x201000)] = moved[(1, 0x201000)]._replace(pfn=p0.pfn, head=p0.head)
+    fields = {(d.process, d.field) for d in compare_observations(after, moved) if d.addr == 0x201000}
+    assert (1, "page") in fields and (1, "folio") in fields
+
+
+@pytest.mark.parametrize("field, value", [
+    ("exclusive", False), ("refcount", 3), ("mapcount", 5), ("young", False), ("writable", False),
+    ("value", 8), ("order", 4), ("pincount", 1)])
+def test_a_planted_difference_is_reported_on_its_field(field, value):
+    run = model_of(COW_THP)
+
+    def plant(index, lines):
+        if index != 3:
+            return lines
+        return [line for line in lines if not line.startswith("P 0 201000 ")] + guest_lines(
+            {(0, 0x201000): run.steps[3].after[(0, 0x201000)]._replace(**{field: value})})
+
+    verdict = judge(run, guest_script_of(run, plant))
+    assert verdict.status == DISAGREE
+    assert verdict.difference["field"] == field
+    assert (verdict.difference["process"], verdict.difference["addr"]) == (0, 0x201000)
+    assert verdict.line == 4
+
+
+def test_a_result_difference_is_a_disagreement():
+    run = model_of("mmap P0 0x200000 2M\nmunmap P0 0x200000 4K\n")
+    kernel = guest_script_of(run)
+    kernel.results[1] = 22
+    verdict = judge(run, kernel)
+    assert verdict.status == DISAGREE and verdict.difference["field"] == "result"
+
+
+def test_a_missing_observation_is_an_error():
+    run = model_of(COW_THP)
+    kernel = guest_script_of(run)
+    del kernel.observations[2:]
+    del kernel.results[2:]
+    verdict = judge(run, kernel)
+    assert verdict.status == ERROR and verdict.line == 3
+
+
+# ---------------------------------------------------------------------------
+# Deviations: each explains its own pattern and nothing else
+
+
+def context_of(run, index, kernel_after):
+    step = run.steps[index]
+    return OpContext(step.op, step.before, step.after, run.steps[index - 1].after if index else {},
+                     kernel_after, step.vmas)
+
+
+def test_zero_page_explains_only_a_zero_page_where_the_model_maps_nothing():
+    run = model_of("mmap P0 0x200000 2M\nread P0 0x200000\n")
+    kernel = {(0, 0x200000): PageView(ZERO, pfn=5, head=5)}
+    differences = compare_observations(run.steps[1].after, kernel)
+    assert [(d.field, d.model, d.kernel) for d in differences] == [("state", "none", ZERO)]
+    assert explain(differences[0], context_of(run, 1, kernel)) == "zero-page"
+    present = {(0, 0x200000): PageView(PRESENT, pfn=5, head=5, refcount=1, mapcount=1)}
+    difference = compare_observations(run.steps[1].after, present)[0]
+    assert explain(difference, context_of(run, 1, present)) is None
+
+
+def test_contpte_folding_explains_cont_and_the_bits_it_gathers_only():
+    run = model_of("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\n")
+    after = run.steps[1].after
+    unfolded = {key: view._replace(cont=False) for key, view in after.items()}
+    context = context_of(run, 1, unfolded)
+    assert {explain(d, context) for d in compare_observations(after, unfolded)} == {"contpte-folding"}
+    older = dict(unfolded)
+    older[(0, 0x200000)] = older[(0, 0x200000)]._replace(young=False)
+    assert explain(Difference(0, 0x200000, "young", True, False), context_of(run, 1, older)) == "contpte-folding"
+    same_cont = {key: view._replace(young=False) for key, view in after.items()}
+    assert explain(Difference(0, 0x200000, "young", True, False), context_of(run, 1, same_cont)) is None
+
+
+def test_mmap_overlap_explains_eexist_only_on_mmap():
+    run = model_of("mmap P0 0x200000 2M\nmmap P0 0x200000 4K\n")
+    context = context_of(run, 1, run.steps[1].after)
+    assert explain(Difference(0, 0x200000, "result", "EINVAL", "EEXIST"), context) == "mmap-overlap"
+    assert explain(Difference(0, 0x200000, "result", "EINVAL", "ENOMEM"), context) is None
+
+
+def test_split_deviations_need_a_split():
+    run = model_of("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nsplit P0 0x200000 order=0\n")
+    zero = {key: PageView(ZERO) for key in run.steps[2].after}
+    assert explain(Difference(0, 0x200000, "state", PRESENT, ZERO), context_of(run, 2, zero)) == "split-zero-page"
+    assert explain(Difference(0, 0x200000, "young", True, False), context_of(run, 2, zero)) == "split-old-ptes"
+    assert explain(Difference(0, 0x200000, "young", True, False), context_of(run, 1, zero)) is None
+    assert explain(Difference(0, 0x200000, "state", PRESENT, ZERO), context_of(run, 1, zero)) is None
+
+
+def test_every_deviation_is_documented_in_docs_model():
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "model.md"), encoding="utf-8") as stream:
+        text = stream.read()
+    for deviation in DEVIATIONS:
+        assert f"`deviation:{deviation.id}`" in text, deviation.id
+
+
+# ---------------------------------------------------------------------------
+# Realisation and export
+
+
+@pytest.mark.parametrize("line, reason", [
+    ("try_to_unmap P0 0x200000", "GUP-fast"),
+    ("split_pmd P0 0x200000", "PMD mapping"),
+    ("pin P0 0x200000 1 ro", "GUP_TEST"),
+    ("pin P0 0x0 1 rw", "address 0"),
+])
+def test_ops_without_a_faithful_realisation_are_refused(line, reason):
+    run = run_model(parse_script(f"mmap P0 0x0 4M\nfault P0 0x200000 order=9\n{line}\n", "t.ops"))
+    with pytest.raises(UnsupportedScript, match=reason) as error:
+        realise(run)
+    assert error.value.unsupported.line == 3
+
+
+def test_an_enomem_path_and_a_shared_reclaim_are_refused():
+    with pytest.raises(UnsupportedScript, match="ENOMEM"):
+        realise(model_of("frames 1\nmmap P0 0x200000 2M\nwrite P0 0x200000 1\nwrite P0 0x201000 2\n"))
+    with pytest.raises(UnsupportedScript, match="more than one process"):
+        realise(model_of("mmap P0 0x200000 2M\nwrite P0 0x200000 1\nfork P0\nreclaim P0 0x200000\n"))
+    # dontneed's ENOMEM is a hole, not an allocation: realisable.
+    assert realise(model_of("mmap P0 0x200000 8K\ndontneed P0 0x200000 16K\n"))
+
+
+def test_guest_ops_carry_every_argument():
+    ops = realise(model_of(COW_THP + "pin P0 0x200000 2 rw\nunpin 0\nsplit P1 0x200000 order=4\nexit P1\n"))
+    assert guest_script_text(ops).splitlines() == [
+        f"{GUEST_KINDS['mmap']} 0 2097152 2097152 0 1", f"{GUEST_KINDS['fault']} 0 2097152 0 0 9",
+        f"{GUEST_KINDS['fork']} 0 0 0 0 1", f"{GUEST_KINDS['write']} 0 2101248 0 7 0",
+        f"{GUEST_KINDS['pin']} 0 2097152 8192 0 1", f"{GUEST_KINDS['unpin']} 0 0 0 0 0",
+        f"{GUEST_KINDS['split']} 1 2097152 0 0 4", f"{GUEST_KINDS['exit']} 1 0 0 0 0"]
+
+
+def test_guest_kinds_match_the_runtime_enum():
+    with open(guest.RUNTIME_SOURCE, encoding="utf-8") as stream:
+        source = stream.read()
+    enum = source[source.index("enum rf_op_kind {"):source.index("};", source.index("enum rf_op_kind {"))]
+    names = [word.strip().strip(",") for word in enum.split("{")[1].replace("\n", " ").split(",")]
+    assert [name for name in names if name and name != "RF_NR_KINDS"] == [
+        f"RF_{name.upper()}" for name, _kind in sorted(GUEST_KINDS.items(), key=lambda item: item[1])]
+
+
+def test_export_writes_one_commented_row_per_op():
+    script = parse_script(COW_THP, "cow.ops")
+    text = export_c(script, realise(run_model(script)), "/* runtime */", "0.1.0")
+    assert "/* line 4: write P0 0x201000 7 */" in text
+    assert "{ RF_WRITE, 0, 0x201000, 0x0, 0x7, 0 }," in text
+    assert "run_script(\"cow.ops\", script" in text
+
+
+@pytest.mark.skipif(shutil.which(guest.CROSS_CC) is None, reason=f"{guest.CROSS_CC} is not installed")
+def test_exported_reproducer_compiles_standalone(tmp_path):
+    path = tmp_path / "cow.ops"
+    path.write_text(COW_THP)
+    assert cli.main(["export", str(path), "-o", str(tmp_path)]) == 0
+    binary = tmp_path / "cow"
+    done = subprocess.run([guest.CROSS_CC, *guest.CC_FLAGS, "-Werror", "-o", str(binary), str(tmp_path / "cow.c")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(shutil.which(guest.CROSS_CC) is None, reason=f"{guest.CROSS_CC} is not installed")
+def test_runtime_compiles_as_init_without_warnings(tmp_path):
+    done = subprocess.run([guest.CROSS_CC, *guest.CC_FLAGS, "-Wextra", "-Werror", "-DRF_INIT", "-o",
+                           str(tmp_path / "init"), guest.RUNTIME_SOURCE], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------------------
+# The CLI
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err.strip()
+
+
+def test_export_of_an_unrealisable_op_is_exit_2_naming_the_line(tmp_path, capsys):
+    path = tmp_path / "ttu.ops"
+    path.write_text("mmap P0 0x200000 2M\nwrite P0 0x200000 1\ntry_to_unmap P0 0x200000\n")
+    assert cli.main(["export", str(path)]) == 2
+    assert one_error_line(capsys).startswith(f"rmapfuzz: {path}:3: cannot export 'try_to_unmap P0 0x200000'")
+
+
+def test_export_of_several_files_needs_an_output_directory(tmp_path, capsys):
+    path = tmp_path / "a.ops"
+    path.write_text(COW_THP)
+    assert cli.main(["export", str(path), str(path)]) == 2
+    assert "needs -o DIR" in one_error_line(capsys)
+
+
+def test_kernel_without_qemu_is_exit_2_naming_the_package(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "a.ops"
+    path.write_text(COW_THP)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert cli.main(["kernel", str(path)]) == 2
+    assert one_error_line(capsys) == ("rmapfuzz: qemu-system-aarch64 not found: install it with "
+                                      "'apt-get install qemu-system-arm'")
+
+
+def test_kernel_with_a_missing_image_is_exit_2(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "a.ops"
+    path.write_text(COW_THP)
+    monkeypatch.setattr(guest, "require_tools", lambda names=(): None)
+    assert cli.main(["kernel", str(path), "--kernel", str(tmp_path / "Image")]) == 2
+    assert one_error_line(capsys) == f"rmapfuzz: {tmp_path / 'Image'}: no such kernel image"
+
+
+def test_initramfs_holds_init_modules_in_order_and_scripts(tmp_path):
+    path = tmp_path / "initramfs.cpio.gz"
+    guest.pack_initramfs(str(path), b"\x7fELF", [("lz4hc_compress", b"a"), ("zram", b"b")], [("00000", "0 0 1 2 3 4\n")])
+    listing = subprocess.run(["sh", "-c", f"gzip -dc {path} | cpio -t --quiet"], capture_output=True, text=True,
+                             check=False).stdout.split()
+    if not listing:
+        pytest.skip("cpio is not installed")
+    assert listing[listing.index("init"):] == ["init", "lib/modules/00-lz4hc_compress.ko", "lib/modules/01-zram.ko",
+                                               "scripts/00000"]

@@ -28,7 +28,7 @@ from ..ops import Script, format_op
 from ..runner import REFERENCE_IMPL
 from . import guest
 from .deviations import OpContext, explain
-from .model import ModelRun, run_model
+from .model import ModelError, ModelRun, run_model
 from .observe import Difference, GuestRun, GuestScript, compare_observations, parse_guest_output
 from .realise import GuestOp, UnsupportedScript, export_c, guest_script_text, realise
 
@@ -43,6 +43,7 @@ ERRNO_NAMES = {0: "ok", 2: "ENOENT", 11: "EAGAIN", 12: "ENOMEM", 14: "EFAULT", 1
 STATE_ONLY_OPS = frozenset({"reclaim", "split"})
 BOOT_TIMEOUT_BASE = 120.0        # seconds: boot and set-up
 BOOT_TIMEOUT_PER_SCRIPT = 10.0
+MAX_REPORTED_DIFFERENCES = 64
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Verdict:
     difference: dict[str, object] | None = None
     reason: str = ""
     ops_compared: int = 0
+    differences: list[str] = field(default_factory=list)   # all of them at the deciding op, capped
 
     @property
     def label(self) -> str:
@@ -102,16 +104,17 @@ def judge(run: ModelRun, kernel: GuestScript) -> Verdict:
             differences.insert(0, result)
         if differences:
             context = OpContext(op, step.before, step.after, kernel_before, kernel_after, step.vmas)
+            listed = [difference.describe() for difference in differences[:MAX_REPORTED_DIFFERENCES]]
             ids: list[str] = []
             for difference in differences:
                 deviation = explain(difference, context)
                 if deviation is None:
                     return Verdict(run.script.path, DISAGREE, line=op.line, op=format_op(op),
-                                   difference=asdict(difference), ops_compared=index + 1)
+                                   difference=asdict(difference), ops_compared=index + 1, differences=listed)
                 if deviation not in ids:
                     ids.append(deviation)
             return Verdict(run.script.path, DEVIATION, deviations=ids, line=op.line, op=format_op(op),
-                           ops_compared=index + 1)
+                           ops_compared=index + 1, differences=listed)
         kernel_before = kernel_after
     return Verdict(run.script.path, AGREE, ops_compared=len(run.steps))
 
@@ -146,9 +149,13 @@ class KernelReport:
                 f"{len(self.verdicts)} scripts: {parts}; boot {self.boot_seconds:.1f} s")
 
 
-def prepare(script: Script, impl: str) -> tuple[ModelRun, list[GuestOp] | None, Verdict | None]:
-    """The model's run and the guest ops, or the unsupported verdict."""
-    run = run_model(script, impl)
+def prepare(script: Script, impl: str) -> tuple[ModelRun | None, list[GuestOp] | None, Verdict | None]:
+    """The model's run and the guest ops, or the verdict that settles the script without a boot
+    (unsupported, or an error when the model implementation itself fails)."""
+    try:
+        run = run_model(script, impl)
+    except ModelError as error:
+        return None, None, Verdict(script.path, ERROR, reason=f"the model failed: {error}")
     try:
         return run, realise(run), None
     except UnsupportedScript as unsupported:
@@ -183,6 +190,7 @@ def check_scripts(scripts: Sequence[Script], kernel: guest.KernelBuild, impl: st
             verdicts.append(verdict)
             continue
         kernel_script = parsed.scripts.get(f"{index:05d}")
+        assert run is not None and ops is not None
         if kernel_script is None:
             reason = parsed.failure or _boot_problem(boot) or "the guest never started this script"
             verdicts.append(Verdict(run.script.path, ERROR, reason=reason))

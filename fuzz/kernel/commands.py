@@ -48,7 +48,13 @@ def command_export(args: argparse.Namespace, load_input, write_atomically) -> in
 
 
 def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="op scripts (.ops) or raw fuzzer inputs")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="op scripts (.ops) or raw fuzzer inputs")
+    parser.add_argument("--fuzz", type=int, metavar="N",
+                        help="also draw N realisable scripts with the fuzz decoder; minimise and save each "
+                             "unexplained disagreement under corpus/kernel/")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="with --fuzz: the seed (default 0)")
+    parser.add_argument("--corpus", default="corpus/kernel", metavar="DIR",
+                        help="with --fuzz: where disagreements are saved (default corpus/kernel)")
     parser.add_argument("--json", action="store_true", help="print the verdicts as one JSON object")
     parser.add_argument("--keep", metavar="DIR", help="keep the initramfs, the scripts and the boot's output here")
     parser.add_argument("--impl", default="reference", metavar="NAME",
@@ -65,10 +71,14 @@ def command_kernel(args: argparse.Namespace, load_input) -> int:
     """Run scripts on the model and on a real kernel; exit 1 on an unexplained disagreement."""
     from ..runner import REFERENCE_IMPL, load_implementation
     from . import guest
-    from .bridge import check_scripts, report_json
+    from .bridge import check_scripts
 
     if args.modules and not args.kernel:
         raise UsageError("--modules goes with --kernel")
+    if not args.files and args.fuzz is None:
+        raise UsageError("kernel needs FILE... or --fuzz N")
+    if args.fuzz is not None and args.fuzz < 1:
+        raise UsageError(f"--fuzz must be positive, not {args.fuzz}")
     if args.kernel and args.kernel_version:
         raise UsageError("--kernel and --kernel-version exclude each other")
     scripts = [load_input(path) for path in args.files]
@@ -77,13 +87,32 @@ def command_kernel(args: argparse.Namespace, load_input) -> int:
     guest.require_tools(("qemu-system-aarch64", guest.CROSS_CC))
     kernel = (guest.custom_kernel(args.kernel, args.modules) if args.kernel
               else guest.debian_kernel(args.kernel_version))
-    report = check_scripts(scripts, kernel, impl=args.impl, keep=args.keep)
-    if args.json:
+    status = EXIT_OK
+    if scripts:
+        report = check_scripts(scripts, kernel, impl=args.impl, keep=args.keep)
+        _print_report(report, args.json, every_script=True)
+        status = EXIT_FINDING if report.unexplained else status
+    if args.fuzz is not None:
+        from .campaign import fuzz_kernel
+
+        report, findings = fuzz_kernel(args.fuzz, args.seed, kernel, impl=args.impl, corpus=args.corpus,
+                                       keep=None if scripts else args.keep)
+        _print_report(report, args.json, every_script=False)
+        for finding in findings:
+            print(f"  {finding.signature}: {finding.ops} ops (from {finding.from_ops}), {finding.path}")
+        status = EXIT_FINDING if report.unexplained else status
+    return status
+
+
+def _print_report(report, as_json: bool, every_script: bool) -> None:
+    from .bridge import AGREE, DEVIATION, UNSUPPORTED, report_json
+
+    if as_json:
         print(report_json(report))
-    else:
-        for verdict in report.verdicts:
+        return
+    for verdict in report.verdicts:
+        if every_script or verdict.status not in (AGREE, DEVIATION, UNSUPPORTED):
             print(verdict.report())
-        for warning in report.warnings:
-            print(f"warning: {warning}")
-        print(report.summary())
-    return EXIT_FINDING if report.unexplained else EXIT_OK
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    print(report.summary())

@@ -278,7 +278,8 @@ class Boot:
 
 
 def boot(kernel: KernelBuild, scripts: list[tuple[str, str]], work_dir: str, timeout: float) -> Boot:
-    """Boot kernel once with the runtime as /init running scripts; its output comes back on hvc0."""
+    """Boot kernel once with the runtime as /init running scripts; its output comes back on a
+    virtio-serial port named rmapfuzz."""
     require_tools(("qemu-system-aarch64",))
     with open(build_runtime(), "rb") as stream:
         init = stream.read()
@@ -289,7 +290,7 @@ def boot(kernel: KernelBuild, scripts: list[tuple[str, str]], work_dir: str, tim
     command = ["qemu-system-aarch64", "-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", "1",
                "-m", QEMU_MEMORY, "-nographic", "-no-reboot", "-kernel", kernel.image, "-initrd", initramfs,
                "-append", BOOT_ARGS, "-chardev", f"file,id=observations,path={output}",
-               "-device", "virtio-serial-pci", "-device", "virtconsole,chardev=observations"]
+               "-device", "virtio-serial-pci", "-device", "virtserialport,chardev=observations,name=rmapfuzz"]
     started = time.monotonic()
     timed_out = False
     with open(console, "wb") as console_stream:

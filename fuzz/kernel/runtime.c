@@ -23,7 +23,7 @@
  *   G <n>                          Pn exited
  *   E <op>                         observation after op number op is complete
  *   X <reason>                     the script could not run on this kernel
- *   Z <name>                       the script ends
+ *   Z <name> <ms> <observe ms>     the script ends: its time, and the part spent observing
  * A page line is printed only when it differs from that page's previous one.
  *
  * Built two ways from this one file: with RF_INIT as the /init of an
@@ -51,6 +51,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef MADV_PAGEOUT
@@ -910,15 +911,23 @@ static void lru_drain(void)
 	madvise(dummy, PAGE_SIZE, MADV_COLD);
 }
 
+/*
+ * One folio as the observer reads it: its struct pages and /proc/kpageflags
+ * words in one read each, so a page costs one read more (its data word).
+ */
 struct folio_facts {
 	uint64_t head;
 	int order;
-	int32_t refcount, pincount;
+	int32_t refcount, pincount, entire_mapcount;
 	int shared;
+	unsigned char *pages;	/* the folio's struct pages (at least 4: struct folio spans them) */
+	uint64_t *kpageflags;	/* one word per page */
 };
 
+#define FOLIO_CACHE_SIZE 8
 static int kpageflags_fd = -1;
-static struct folio_facts folio_cache; /* the last folio read, for this observation */
+static struct folio_facts folio_cache[FOLIO_CACHE_SIZE]; /* the folios read in this observation */
+static int folio_cache_next;
 
 static void kpageflags_read(uint64_t first_pfn, uint64_t *flags, size_t nr_pages)
 {
@@ -928,56 +937,71 @@ static void kpageflags_read(uint64_t first_pfn, uint64_t *flags, size_t nr_pages
 	pread(kpageflags_fd, flags, nr_pages * sizeof(*flags), first_pfn * 8);
 }
 
+static void folio_cache_clear(void)
+{
+	for (int i = 0; i < FOLIO_CACHE_SIZE; i++)
+		folio_cache[i].head = 0;
+}
+
+static uint32_t read_u32(const unsigned char *bytes)
+{
+	uint32_t value;
+
+	memcpy(&value, bytes, sizeof(value));
+	return value;
+}
+
 /*
  * The folio of pfn: its head and order from /proc/kpageflags (HEAD, TAIL),
- * its refcount, _pincount and MM_ID shared bit from struct folio.
+ * its refcount, _entire_mapcount, _pincount and MM_ID shared bit from struct folio.
  */
-static void read_folio(uint64_t pfn, struct folio_facts *facts)
+static const struct folio_facts *read_folio(uint64_t pfn)
 {
-	static uint64_t flags[1 << PMD_ORDER];
-	uint64_t first = pfn >= (1 << PMD_ORDER) - 1 ? pfn - ((1 << PMD_ORDER) - 1) : 0, head = pfn, mm_ids = 0;
-	uint64_t head_va;
+	static uint64_t window[1 << PMD_ORDER];
+	uint64_t first = pfn >= (1 << PMD_ORDER) - 1 ? pfn - ((1 << PMD_ORDER) - 1) : 0, head = pfn, mm_ids;
+	struct folio_facts *facts;
+	uint64_t nr_pages, nr_structs;
 	int order = 0;
 
-	if (folio_cache.head && pfn >= folio_cache.head && pfn < folio_cache.head + (1UL << folio_cache.order)) {
-		*facts = folio_cache;
-		return;
+	for (int i = 0; i < FOLIO_CACHE_SIZE; i++) {
+		facts = &folio_cache[i];
+		if (facts->head && pfn >= facts->head && pfn < facts->head + (1UL << facts->order))
+			return facts;
 	}
-	kpageflags_read(first, flags, pfn - first + 1);
-	while (head > first && ((flags[head - first] >> KPF_TAIL) & 1))
+	kpageflags_read(first, window, pfn - first + 1);
+	while (head > first && ((window[head - first] >> KPF_TAIL) & 1))
 		head--;
-	if ((flags[head - first] >> KPF_HEAD) & 1) {
+	if ((window[head - first] >> KPF_HEAD) & 1) {
 		uint64_t nr_tails = 0;
 
-		kpageflags_read(head + 1, flags, (1 << PMD_ORDER) - 1);
-		while (nr_tails < (1 << PMD_ORDER) - 1 && ((flags[nr_tails] >> KPF_TAIL) & 1))
+		kpageflags_read(head + 1, window, (1 << PMD_ORDER) - 1);
+		while (nr_tails < (1 << PMD_ORDER) - 1 && ((window[nr_tails] >> KPF_TAIL) & 1))
 			nr_tails++;
 		while ((2UL << order) <= nr_tails + 1)
 			order++;
 	} else {
 		head = pfn;
 	}
-	head_va = page_struct_va(head);
+	facts = &folio_cache[folio_cache_next];
+	folio_cache_next = (folio_cache_next + 1) % FOLIO_CACHE_SIZE;
+	nr_pages = 1UL << order;
+	nr_structs = nr_pages < 4 ? 4 : nr_pages;
+	free(facts->pages);
+	free(facts->kpageflags);
+	facts->pages = calloc(nr_structs, layout.page_size);
+	facts->kpageflags = calloc(nr_pages, sizeof(uint64_t));
+	if (!facts->pages || !facts->kpageflags)
+		fatal("folio buffers");
+	kread_va(page_struct_va(head), facts->pages, (order ? nr_structs : 1) * layout.page_size);
+	kpageflags_read(head, facts->kpageflags, nr_pages);
 	facts->head = head;
 	facts->order = order;
-	facts->refcount = 0;
-	facts->pincount = 0;
-	facts->shared = 0;
-	kread_va(head_va + layout.page_refcount, &facts->refcount, sizeof(facts->refcount));
-	if (order) {
-		kread_va(head_va + layout.folio_pincount, &facts->pincount, sizeof(facts->pincount));
-		kread_va(head_va + layout.folio_mm_ids, &mm_ids, sizeof(mm_ids));
-		facts->shared = (mm_ids >> layout.mm_ids_shared_bit) & 1;
-	}
-	folio_cache = *facts;
-}
-
-static int page_is_zero(uint64_t pfn)
-{
-	uint64_t flags;
-
-	kpageflags_read(pfn, &flags, 1);
-	return (flags >> KPF_ZERO) & 1;
+	facts->refcount = read_u32(facts->pages + layout.page_refcount);
+	facts->pincount = order ? read_u32(facts->pages + layout.folio_pincount) : 0;
+	facts->entire_mapcount = order ? (int32_t)read_u32(facts->pages + layout.folio_entire_mapcount) + 1 : 0;
+	memcpy(&mm_ids, facts->pages + layout.folio_mm_ids, sizeof(mm_ids));
+	facts->shared = order ? (mm_ids >> layout.mm_ids_shared_bit) & 1 : 0;
+	return facts;
 }
 
 /* pte_dirty/pte_young as ptep_get() shows them: a contpte block gathers its 16 entries' A/D. */
@@ -998,25 +1022,21 @@ static uint64_t contpte_gather(const uint64_t *table, unsigned int index)
 
 static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry, int pmd)
 {
-	struct folio_facts folio;
-	uint64_t page_va = page_struct_va(pfn), flags = 0, value = 0, excl_page;
-	int32_t mapcount = -1, entire = -1;
+	const struct folio_facts *folio = read_folio(pfn);
+	uint64_t index = pfn - folio->head, exclusive_index = pmd ? 0 : index, flags, value = 0;
+	const unsigned char *page = folio->pages + index * layout.page_size;
+	int32_t mapcount = (int32_t)read_u32(page + layout.page_mapcount) + 1;
 	int dirty = (entry & PTE_SW_DIRTY) || ((entry & PTE_DBM) && !(entry & PTE_RDONLY));
-	int zero = page_is_zero(pfn);
 
-	read_folio(pfn, &folio);
 	/* PageAnonExclusive of the page; of the head for a PMD mapping (SPEC §4's `exclusive`). */
-	excl_page = pmd ? page_struct_va(folio.head) : page_va;
-	kread_va(excl_page + layout.page_flags, &flags, sizeof(flags));
-	kread_va(page_va + layout.page_mapcount, &mapcount, sizeof(mapcount));
-	if (folio.order)
-		kread_va(page_struct_va(folio.head) + layout.folio_entire_mapcount, &entire, sizeof(entire));
+	memcpy(&flags, folio->pages + exclusive_index * layout.page_size + layout.page_flags, sizeof(flags));
 	kread_pa(pfn * PAGE_SIZE, &value, sizeof(value));
 	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx",
-		 (unsigned long)pfn, (unsigned long)folio.head, folio.order, pmd, !pmd && (entry & PTE_CONT) ? 1 : 0,
-		 dirty, entry & PTE_AF ? 1 : 0, entry & PTE_DBM ? 1 : 0,
-		 (int)((flags >> layout.pg_anon_exclusive) & 1), mapcount + 1 + (folio.order ? entire + 1 : 0),
-		 folio.refcount, folio.pincount, folio.shared, zero, (unsigned long)value);
+		 (unsigned long)pfn, (unsigned long)folio->head, folio->order, pmd,
+		 !pmd && (entry & PTE_CONT) ? 1 : 0, dirty, entry & PTE_AF ? 1 : 0, entry & PTE_DBM ? 1 : 0,
+		 (int)((flags >> layout.pg_anon_exclusive) & 1), mapcount + folio->entire_mapcount,
+		 folio->refcount, folio->pincount, folio->shared, (int)((folio->kpageflags[index] >> KPF_ZERO) & 1),
+		 (unsigned long)value);
 }
 
 /* The line describing page va of worker n, from pagemap and the page tables. */
@@ -1044,6 +1064,8 @@ static void observe_page(int n, uint64_t va, uint64_t pagemap_entry, uint64_t *t
 	(void)n;
 }
 
+static uint64_t none_hash; /* fnv1a("n"): the line of a page with nothing mapped */
+
 static void observe_worker(int n)
 {
 	static uint64_t pagemap_entries[PTRS_PER_TABLE];
@@ -1056,18 +1078,24 @@ static void observe_worker(int n)
 		for (uint64_t chunk = ranges[r].start; chunk < ranges[r].end;) {
 			uint64_t chunk_end = (chunk | (PMD_SIZE - 1)) + 1, pmd_block = 0, table_pa;
 			uint64_t nr_pages;
+			int any = 0;
 
 			if (chunk_end > ranges[r].end)
 				chunk_end = ranges[r].end;
 			nr_pages = (chunk_end - chunk) / PAGE_SIZE;
+
 			memset(pagemap_entries, 0, sizeof(pagemap_entries));
 			pread(worker->pagemap_fd, pagemap_entries, nr_pages * 8, chunk / PAGE_SIZE * 8);
-			table_pa = walk_to_pte_table(worker->pgd, pgtable_levels, chunk, &pmd_block);
+			for (uint64_t i = 0; i < nr_pages && !any; i++)
+				any = pagemap_entries[i] != 0;
+			table_pa = any ? walk_to_pte_table(worker->pgd, pgtable_levels, chunk, &pmd_block) : 0;
 			if (table_pa)
 				kread_pa(table_pa, table, sizeof(table));
 			for (uint64_t i = 0; i < nr_pages; i++, index++) {
 				uint64_t va = chunk + i * PAGE_SIZE, hash;
 
+				if (!pagemap_entries[i] && last_line_hash[n][index] == none_hash)
+					continue; /* still none: the common case of a large mapping */
 				observe_page(n, va, pagemap_entries[i], table, table_pa, pmd_block, line, sizeof(line));
 				hash = fnv1a(line);
 				if (last_line_hash[n][index] != hash) {
@@ -1080,15 +1108,28 @@ static void observe_worker(int n)
 	}
 }
 
+static double observe_ms;
+
+static double now_ms(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec * 1e3 + now.tv_nsec / 1e6;
+}
+
 static void observe(int op_index)
 {
+	double started = now_ms();
+
 	lru_drain();
-	folio_cache.head = 0;
+	folio_cache_clear();
 	for (int n = 0; n < MAX_PROCESSES; n++)
 		if (workers[n].pid)
 			observe_worker(n);
 	out("E %d\n", op_index);
 	out_flush();
+	observe_ms += now_ms() - started;
 }
 
 static void worker_started(int n, pid_t pid)
@@ -1100,9 +1141,11 @@ static void worker_started(int n, pid_t pid)
 	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
 	workers[n].pagemap_fd = open(path, O_RDONLY);
 	workers[n].pgd = task_pgd(pid);
-	last_line_hash[n] = calloc(nr_observed_pages ? nr_observed_pages : 1, sizeof(uint64_t));
+	last_line_hash[n] = malloc((nr_observed_pages ? nr_observed_pages : 1) * sizeof(uint64_t));
 	if (workers[n].pagemap_fd < 0 || !workers[n].pgd || !last_line_hash[n])
 		fatal("cannot observe a new worker");
+	for (uint64_t i = 0; i < nr_observed_pages; i++) /* a new process's pages start as none */
+		last_line_hash[n][i] = none_hash;
 	out("N %d %d\n", n, pid);
 }
 
@@ -1153,24 +1196,25 @@ static int send_op(const struct rf_op *op, struct reply *reply)
  */
 static int reclaim_ranges(int n, uint64_t va, struct range *out_ranges, int max_ranges)
 {
-	struct folio_facts folio;
-	uint64_t entry = 0, pfn, start, nr_pages;
+	const struct folio_facts *folio;
+	uint64_t entry = 0, pfn, start, nr_pages, head;
 	int count = 0;
 
 	pread(workers[n].pagemap_fd, &entry, sizeof(entry), va / PAGE_SIZE * 8);
 	if (!(entry & PM_PRESENT))
 		return 0;
 	pfn = entry & PM_PFN_MASK;
-	folio_cache.head = 0;
-	read_folio(pfn, &folio);
-	nr_pages = 1UL << folio.order;
-	start = va - (pfn - folio.head) * PAGE_SIZE;
+	folio_cache_clear();
+	folio = read_folio(pfn);
+	head = folio->head;
+	nr_pages = 1UL << folio->order;
+	start = va - (pfn - head) * PAGE_SIZE;
 	for (uint64_t i = 0; i < nr_pages && count < max_ranges; i++) {
 		uint64_t page_va = start + i * PAGE_SIZE, page_entry = 0;
 		int mine;
 
 		pread(workers[n].pagemap_fd, &page_entry, sizeof(page_entry), page_va / PAGE_SIZE * 8);
-		mine = (page_entry & PM_PRESENT) && (page_entry & PM_PFN_MASK) == folio.head + i;
+		mine = (page_entry & PM_PRESENT) && (page_entry & PM_PFN_MASK) == head + i;
 		if (!mine)
 			continue;
 		if (count && out_ranges[count - 1].end == page_va)
@@ -1251,12 +1295,15 @@ static int run_op(int op_index, const struct rf_op *op)
 
 static void run_script(const char *name, const struct rf_op *ops, int nr_ops)
 {
+	double started = now_ms();
 	pid_t pid;
 
 	out("S %s\n", name);
 	script_ops = ops;
 	nr_ranges = 0;
 	nr_pins = 0;
+	observe_ms = 0;
+	none_hash = fnv1a("n");
 	for (int i = 0; i < nr_ops; i++)
 		if (ops[i].kind == RF_MMAP)
 			ranges_add(ops[i].addr, ops[i].addr + ops[i].length);
@@ -1307,7 +1354,7 @@ static void run_script(const char *name, const struct rf_op *ops, int nr_ops)
 	}
 	close(replies[0]);
 	close(replies[1]);
-	out("Z %s\n", name);
+	out("Z %s %.1f %.1f\n", name, now_ms() - started, observe_ms);
 	out_flush();
 }
 
@@ -1359,6 +1406,33 @@ static int read_script(const char *path, struct rf_op **ops)
 	return nr_ops;
 }
 
+/* The virtio-serial port named rmapfuzz (no tty layer: fast), else the console. */
+static int open_observation_port(void)
+{
+	DIR *ports = opendir("/sys/class/virtio-ports");
+	struct dirent *port;
+	int fd = -1;
+
+	while (ports && fd < 0 && (port = readdir(ports))) {
+		char path[512];
+		size_t size = 0;
+		char *name;
+
+		if (port->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", port->d_name);
+		name = read_whole_file(path, &size);
+		if (name && size >= 8 && !memcmp(name, "rmapfuzz", 8)) {
+			snprintf(path, sizeof(path), "/dev/%s", port->d_name);
+			fd = open(path, O_WRONLY);
+		}
+		free(name);
+	}
+	if (ports)
+		closedir(ports);
+	return fd < 0 ? 1 : fd;
+}
+
 static int compare_names(const struct dirent **a, const struct dirent **b)
 {
 	return strcmp((*a)->d_name, (*b)->d_name);
@@ -1374,9 +1448,7 @@ int main(void)
 	mount("sysfs", "/sys", "sysfs", 0, NULL);
 	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
 	mount("debugfs", "/sys/kernel/debug", "debugfs", 0, NULL);
-	out_fd = open("/dev/hvc0", O_WRONLY);
-	if (out_fd < 0)
-		out_fd = 1;
+	out_fd = open_observation_port();
 	nr_entries = scandir("/lib/modules", &entries, NULL, compare_names);
 	for (int i = 0; i < nr_entries; i++) {
 		if (entries[i]->d_name[0] != '.') {

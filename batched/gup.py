@@ -31,16 +31,6 @@ from .memory import (
 from .rmap import folio_add_new_anon_rmap
 
 
-def gup_vma_range_ok(mm: MM, start: int, end: int, writable: bool) -> bool:
-    """[start, end) lies in VMAs (writable ones for a rw pin)."""
-    covered = start
-    for vma in mm.vmas_intersecting(start, end):
-        if vma.start > covered or (writable and not vma.writable):
-            return False
-        covered = vma.end
-    return covered >= end
-
-
 def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
     """A R/O pin of an unpopulated address: a fresh exclusive page mapped as an unshare copy."""
     folio = machine.frames.folio_alloc(0)
@@ -154,16 +144,21 @@ def unpin_folios(machine: Machine, pages: np.ndarray) -> None:
 def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable: bool) -> str:
     """Pin nr_pages pages from addr in ascending order: runs that need no fault are grabbed
     at once, a run of none PTEs is faulted at once, and each other page that needs a fault
-    is faulted before anything after it is looked at."""
+    is faulted before anything after it is looked at. As __get_user_pages: MMF_HAS_PINNED
+    is set first, and the first page outside a VMA (or in a read-only one for rw) ends the
+    walk with EFAULT, what was pinned unpinned and the faults kept."""
     if nr_pages == 0:
         return EINVAL
+    mm.has_pinned = True
     end = addr + (nr_pages << PAGE_SHIFT)
-    if not gup_vma_range_ok(mm, addr, end, writable):
-        return EFAULT
-    pages = []
+    pages: list[np.ndarray] = []
     page_addr = addr
     while page_addr < end:
         vma = mm.find_vma(page_addr)
+        if vma is None or (writable and not vma.writable):
+            if pages:
+                unpin_folios(machine, np.concatenate(pages))
+            return EFAULT
         chunk_end = min(end, vma.end, (page_addr & ~(PMD_SIZE - 1)) + PMD_SIZE)
         need_fault = pages_need_fault(machine, mm, page_addr, chunk_end, writable)
         ready_end = page_addr + (int(np.argmax(need_fault)) << PAGE_SHIFT) if any_set(need_fault) else chunk_end
@@ -183,7 +178,6 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
         try_grab_folios_pin(machine, ready)
         pages.append(ready)
         page_addr += 1 << PAGE_SHIFT
-    mm.has_pinned = True
     machine.pin_add(mm.pid, addr, "rw" if writable else "ro", tuple(map(int, np.concatenate(pages))))
     return OK
 

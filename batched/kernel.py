@@ -50,15 +50,17 @@ class Kernel:
         return self.machine.processes[pid]
 
     def _transaction(self, operation: Callable[[], str], max_new_frames: int) -> str:
-        """Run an op that may fail after changing state, needing at most max_new_frames
-        order-0 frames. With that many free it cannot run out, so no snapshot is needed."""
+        """Run an op that may run out of memory after changing state, needing at most
+        max_new_frames order-0 frames. With that many free it cannot run out, so no snapshot
+        is needed. Only ENOMEM rolls back: the op's other failures come before any change or
+        keep what it did (pin's EFAULT)."""
         if self.machine.frames.nr_free_frames >= max_new_frames:
             result = operation()
             check(result != ENOMEM, "an op ran out of frames its bound said it had")
             return self._finish(result)
         snapshot = self.machine.snapshot()
         result = operation()
-        if result != OK:
+        if result == ENOMEM:
             self.machine.restore(snapshot)
             return result
         return self._finish(result)

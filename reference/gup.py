@@ -83,17 +83,23 @@ def gup_put_folio_pin(machine: Machine, page: int) -> None:
 
 
 def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable: bool) -> str:
-    """Pin nr_pages pages from addr, faulting each in and unsharing it, in ascending order."""
+    """Pin nr_pages pages from addr, faulting each in and unsharing it, in ascending order.
+
+    As __get_user_pages: MMF_HAS_PINNED is set before the walk, and a page outside a VMA
+    (or in a read-only one for rw) ends it with EFAULT, the pages pinned so far unpinned
+    and the faults before it kept.
+    """
     if nr_pages == 0:
         return EINVAL
-    for i in range(nr_pages):
-        vma = mm.find_vma(addr + (i << PAGE_SHIFT))
-        if vma is None or (writable and not vma.writable):
-            return EFAULT
+    mm.has_pinned = True
     pages = []
     for i in range(nr_pages):
         page_addr = addr + (i << PAGE_SHIFT)
         vma = mm.find_vma(page_addr)
+        if vma is None or (writable and not vma.writable):
+            for page in pages:
+                gup_put_folio_pin(machine, page)
+            return EFAULT
         result = faultin_page_for_pin(machine, mm, vma, page_addr, writable)
         if result != OK:
             return result
@@ -102,7 +108,6 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
               f"pinning non-exclusive page {page}")
         try_grab_folio_pin(machine, page)
         pages.append(page)
-    mm.has_pinned = True
     machine.pin_add(mm.pid, addr, "rw" if writable else "ro", tuple(pages))
     return OK
 

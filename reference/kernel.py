@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from machine import MM, Machine, check
-from machine.errors import EFAULT, EINVAL, ENOENT, OK
+from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK
 from machine.pgtable import PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write
 
 from .folio import page_folio
@@ -37,14 +37,16 @@ class Kernel:
         return self.machine.processes[pid]
 
     def _transaction(self, operation: Callable[[], str]) -> str:
-        """Run operation; on failure put the machine back exactly as it was (SPEC §1)."""
+        """Run operation; if it runs out of memory put the machine back exactly as it was
+        (SPEC §1). Its other failures come before it changes anything, or keep what it did
+        (pin's EFAULT, as __get_user_pages keeps the faults before the bad page)."""
         snapshot = self.machine.snapshot()
         result = operation()
-        if result != OK:
+        if result == ENOMEM:
             self.machine.restore(snapshot)
             return result
         self.machine.contpte_canonicalise()
-        return OK
+        return result
 
     def _without_snapshot(self, operation: Callable[[], str]) -> str:
         """Run an op that needs no rollback: every failure of it comes before it changes

@@ -356,3 +356,21 @@ def test_initramfs_holds_init_modules_in_order_and_scripts(tmp_path):
         pytest.skip("cpio is not installed")
     assert listing[listing.index("init"):] == ["init", "lib/modules/00-lz4hc_compress.ko", "lib/modules/01-zram.ko",
                                                "scripts/00000"]
+
+
+def test_a_result_only_deviation_lets_the_comparison_go_on():
+    run = model_of("mmap P0 0x200000 2M\nmmap P0 0x200000 4K\nwrite P0 0x200000 1\n")
+
+    def eexist_then_wrong_value(index, lines):
+        if index == 2:
+            return [line[:line.rindex(" ")] + " 2" for line in lines]
+        return lines
+
+    kernel = guest_script_of(run, eexist_then_wrong_value)
+    kernel.results[1] = 17      # EEXIST: explained, the states still equal
+    verdict = judge(run, kernel)
+    assert verdict.status == DISAGREE and verdict.line == 3 and verdict.difference["field"] == "value"
+    kernel = guest_script_of(run)
+    kernel.results[1] = 17
+    verdict = judge(run, kernel)
+    assert (verdict.label, verdict.line, verdict.ops_compared) == ("deviation:mmap-overlap", 2, 3)

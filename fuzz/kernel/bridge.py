@@ -89,8 +89,16 @@ def _result_difference(step_op, model_result: str, kernel_errno: int) -> Differe
 
 
 def judge(run: ModelRun, kernel: GuestScript) -> Verdict:
-    """Compare the model's run with the kernel's, op by op, up to the first op where they differ."""
+    """Compare the model's run with the kernel's, op by op.
+
+    The first op with a difference no deviation explains makes the script disagree. A
+    deviation that touched the state ends the comparison there (the two states have
+    legitimately parted); one that explained only the op's result code (the states
+    still equal) lets it go on.
+    """
     kernel_before: dict = {}
+    seen: list[str] = []
+    first: tuple[int, str, list[str]] | None = None   # the first deviating op: line, text, differences
     for index, step in enumerate(run.steps):
         op = step.op
         if index >= len(kernel.observations) or index >= len(kernel.results):
@@ -102,20 +110,27 @@ def judge(run: ModelRun, kernel: GuestScript) -> Verdict:
         result = _result_difference(op, step.result, kernel.results[index])
         if result is not None:
             differences.insert(0, result)
-        if differences:
-            context = OpContext(op, step.before, step.after, kernel_before, kernel_after, step.vmas)
-            listed = [difference.describe() for difference in differences[:MAX_REPORTED_DIFFERENCES]]
-            ids: list[str] = []
-            for difference in differences:
-                deviation = explain(difference, context)
-                if deviation is None:
-                    return Verdict(run.script.path, DISAGREE, line=op.line, op=format_op(op),
-                                   difference=asdict(difference), ops_compared=index + 1, differences=listed)
-                if deviation not in ids:
-                    ids.append(deviation)
-            return Verdict(run.script.path, DEVIATION, deviations=ids, line=op.line, op=format_op(op),
-                           ops_compared=index + 1, differences=listed)
+        if not differences:
+            kernel_before = kernel_after
+            continue
+        context = OpContext(op, step.before, step.after, kernel_before, kernel_after, step.vmas)
+        listed = [difference.describe() for difference in differences[:MAX_REPORTED_DIFFERENCES]]
+        for difference in differences:
+            deviation = explain(difference, context)
+            if deviation is None:
+                return Verdict(run.script.path, DISAGREE, line=op.line, op=format_op(op),
+                               difference=asdict(difference), ops_compared=index + 1, differences=listed)
+            if deviation not in seen:
+                seen.append(deviation)
+        if first is None:
+            first = (op.line, format_op(op), listed)
+        if any(difference.field != "result" for difference in differences):
+            return Verdict(run.script.path, DEVIATION, deviations=seen, line=first[0], op=first[1],
+                           ops_compared=index + 1, differences=first[2])
         kernel_before = kernel_after
+    if first is not None:
+        return Verdict(run.script.path, DEVIATION, deviations=seen, line=first[0], op=first[1],
+                       ops_compared=len(run.steps), differences=first[2])
     return Verdict(run.script.path, AGREE, ops_compared=len(run.steps))
 
 

@@ -40,14 +40,16 @@ def _realisable_kind(op: Op) -> bool:
 
 
 def restrict_to_realisable(script: Script, impl: str = REFERENCE_IMPL) -> Script | None:
-    """The longest realisable script made of script's realisable ops, or None if nothing is left."""
+    """The longest realisable script made of script's realisable ops, or None if nothing is
+    left or it never maps a page (nothing for the kernel to show)."""
     ops = [op for op in script_ops(script) if _realisable_kind(op)]
     while ops:
         text = "".join(format_op(op) + "\n" for op in ops)
         try:
             candidate = parse_script(text, script.path)
-            realise(run_model(candidate, impl))
-            return candidate
+            run = run_model(candidate, impl)
+            realise(run)
+            return candidate if any(step.after for step in run.steps) else None
         except ScriptError:
             return None
         except UnsupportedScript as error:

@@ -655,8 +655,16 @@ static void machine_setup(void)
 	write_file("/proc/sys/vm/overcommit_memory", "1");
 	write_file("/proc/sys/vm/mmap_min_addr", "0");
 	write_file("/proc/sys/kernel/kptr_restrict", "0");
+	/*
+	 * khugepaged scans an mm as soon as a PMD fault registers it and may collapse a
+	 * range a script built: it may collapse only a fully mapped, exclusive, unswapped
+	 * range here, and the runtime reports a script during which it collapsed anything.
+	 */
 	write_file(THP_DIR "/khugepaged/scan_sleep_millisecs", "86400000");
 	write_file(THP_DIR "/khugepaged/alloc_sleep_millisecs", "86400000");
+	write_file(THP_DIR "/khugepaged/max_ptes_none", "0");
+	write_file(THP_DIR "/khugepaged/max_ptes_swap", "0");
+	write_file(THP_DIR "/khugepaged/max_ptes_shared", "0");
 	thp_sizes_set(0);
 	if (zram_swap_setup())
 		out("X-warning swap: %s\n", strerror(errno));
@@ -1293,9 +1301,20 @@ static int run_op(int op_index, const struct rf_op *op)
 	return reply.result;
 }
 
+static long khugepaged_pages_collapsed(void)
+{
+	size_t size = 0;
+	char *text = read_whole_file(THP_DIR "/khugepaged/pages_collapsed", &size);
+	long pages = text ? strtol(text, NULL, 10) : -1;
+
+	free(text);
+	return pages;
+}
+
 static void run_script(const char *name, const struct rf_op *ops, int nr_ops)
 {
 	double started = now_ms();
+	long collapsed;
 	pid_t pid;
 
 	out("S %s\n", name);
@@ -1322,12 +1341,17 @@ static void run_script(const char *name, const struct rf_op *ops, int nr_ops)
 	if (pid == 0)
 		_exit(worker_loop(0));
 	worker_started(0, pid);
+	collapsed = khugepaged_pages_collapsed();
 	for (int i = 0; i < nr_ops; i++) {
 		int result = run_op(i, &ops[i]);
 
 		if (result < 0) {
 			out("X op %d: worker P%d died or hung\n", i, ops[i].process);
 			kill(workers[ops[i].process].pid, SIGKILL);
+			break;
+		}
+		if (khugepaged_pages_collapsed() != collapsed) {
+			out("X op %d: khugepaged collapsed a range behind the script's back\n", i);
 			break;
 		}
 		out("R %d %d\n", i, result);

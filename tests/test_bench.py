@@ -14,8 +14,9 @@ from collections import Counter
 import pytest
 
 import reference
-from fuzz import cli
-from fuzz.bench import (
+from fuzz.errors import UsageError
+from fuzz.front import cli
+from fuzz.front.bench import (
     BASE,
     SKIPPED,
     SizeResult,
@@ -27,7 +28,6 @@ from fuzz.bench import (
     machine_frames,
     parse_sizes,
 )
-from fuzz.errors import UsageError
 
 M = 1 << 20
 BENCH_KEYS = {"size", "ops", "reference_s", "batched_s", "speedup", "reference_peak_mib",

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.cli import main
-from fuzz.decode import encode
-from fuzz.fuzzing import (
+from fuzz.engine.campaign import (
     libfuzzer_flags,
     merge_summaries,
     ms_per_execution,
     prepare_seeds,
 )
-from fuzz.harness import Campaign, save_finding, signature_dir_name
-from fuzz.ops import parse_file
+from fuzz.engine.decode import encode
+from fuzz.engine.harness import Campaign, save_finding, signature_dir_name
+from fuzz.front.cli import main
+from fuzz.script.ops import parse_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = str(ROOT / "tests/scenarios/64-ttu-mixed-exclusive-batch.ops")
@@ -109,8 +109,8 @@ def test_a_short_campaign_runs_and_summarises(tmp_path, capsys):
 def test_structural_mutations_stay_decodable_and_change_the_ops():
     import random
 
-    from fuzz.decode import decode, decode_input
-    from fuzz.harness import mutate_input
+    from fuzz.engine.decode import decode, decode_input
+    from fuzz.engine.harness import mutate_input
 
     data = encode(parse_file(SCENARIO))
     decoded = decode_input(data)
@@ -123,9 +123,9 @@ def test_structural_mutations_stay_decodable_and_change_the_ops():
 def test_the_mutator_encodes_the_mutated_ops_as_the_encoder_does_from_scratch():
     import random
 
-    from fuzz.decode import EncodeError, decode_input
-    from fuzz.harness import mutate_input, mutate_ops
-    from fuzz.ops import Op, Script
+    from fuzz.engine.decode import EncodeError, decode_input
+    from fuzz.engine.harness import mutate_input, mutate_ops
+    from fuzz.script.ops import Op, Script
 
     for path in sorted((ROOT / "corpus/seeds").glob("*.ops"))[:16]:
         data = encode(parse_file(str(path)))
@@ -142,8 +142,8 @@ def test_the_mutator_encodes_the_mutated_ops_as_the_encoder_does_from_scratch():
 
 
 def test_the_campaign_remembers_what_each_input_run_to_its_end_decodes_to(tmp_path, monkeypatch):
-    from fuzz import harness
-    from fuzz.decode import decode_input
+    from fuzz.engine import harness
+    from fuzz.engine.decode import decode_input
 
     recent = harness.RecentScripts(limit=3)
     monkeypatch.setattr(harness, "recent_scripts", recent)
@@ -159,7 +159,7 @@ def test_the_campaign_remembers_what_each_input_run_to_its_end_decodes_to(tmp_pa
 
 
 def test_the_mutator_decodes_an_input_it_did_not_see_run_only_once(monkeypatch):
-    from fuzz import decode, harness
+    from fuzz.engine import decode, harness
 
     real_decode_input = decode.decode_input
     decodes = []
@@ -182,7 +182,7 @@ def test_the_mutator_decodes_an_input_it_did_not_see_run_only_once(monkeypatch):
 
 
 def test_an_input_stopped_by_a_finding_is_not_remembered(tmp_path, monkeypatch):
-    from fuzz import harness
+    from fuzz.engine import harness
 
     recent = harness.RecentScripts()
     monkeypatch.setattr(harness, "recent_scripts", recent)
@@ -206,8 +206,8 @@ def test_the_kernel_under_test_is_instrumented_under_any_name():
     import sys
 
     from fuzz.canaries import load_batched_copy, unload
-    from fuzz.harness import instrument_package, kernel_package
-    from fuzz.runner import load_implementation
+    from fuzz.engine.harness import instrument_package, kernel_package
+    from fuzz.judge.runner import load_implementation
 
     assert kernel_package(load_implementation("batched")) == "batched"
     assert kernel_package(load_implementation("fuzz.canaries.share_nr_pages_zero")) == \

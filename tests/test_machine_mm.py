@@ -756,8 +756,16 @@ def test_lineage_ids_count_successful_mmaps(machine):
 
 def test_pte_runs_primitives_match_the_single_run_forms():
     import numpy as np
+
     from machine import Machine, PteRuns
-    from machine.pgtable import PTE_AF, PTE_WRITE, PTE_DIRTY, PTE_RDONLY, pfn_pte, vm_get_page_prot
+    from machine.pgtable import (
+        PTE_AF,
+        PTE_DIRTY,
+        PTE_RDONLY,
+        PTE_WRITE,
+        pfn_pte,
+        vm_get_page_prot,
+    )
 
     base = vm_get_page_prot(True)
     runs = PteRuns(0x200000, np.array([0, 5, 40]), np.array([3, 1, 16]))
@@ -786,6 +794,7 @@ def test_pte_runs_primitives_match_the_single_run_forms():
 def test_pte_runs_refuse_overlap_and_table_crossing():
     import numpy as np
     import pytest
+
     from machine import MachineBug, PteRuns
     with pytest.raises(MachineBug):
         PteRuns(0x200000, np.array([0, 2]), np.array([3, 1]))

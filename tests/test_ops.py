@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from fuzz.ops import (
+from fuzz.script.ops import (
     EXPECT_ENTRY_KEYS,
     EXPECT_PIN_KEYS,
     OP_NAMES,

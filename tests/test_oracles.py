@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fuzz.ops import Op
-from fuzz.oracles import (
+from fuzz.judge.oracles import (
     GUP_PIN_COUNTING_BIAS,
     ORACLES,
     OracleFailure,
     PageTableScan,
     check_oracles,
 )
-from fuzz.shadow import Shadow
+from fuzz.judge.shadow import Shadow
+from fuzz.script.ops import Op
 from machine import VMA, Machine
 from machine.mm import MM
 from machine.pgtable import (

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz.generate import random_script
-from fuzz.ops import ScriptError
-from fuzz.runner import run_script
+from fuzz.engine.generate import random_script
+from fuzz.judge.runner import run_script
+from fuzz.script.ops import ScriptError
 
 SEEDS = range(200)
 
@@ -35,8 +35,8 @@ KEEPS_PARTIAL_WORK = {"dontneed", "mprotect", "try_to_unmap"}
 
 def test_reference_failures_are_transactional() -> None:
     """Every failing op outside KEEPS_PARTIAL_WORK leaves the machine exactly as before (SPEC §1)."""
-    from fuzz.compare import compare_machines
-    from fuzz.runner import OP_DISPATCH
+    from fuzz.judge.compare import compare_machines
+    from fuzz.judge.runner import OP_DISPATCH
     from machine import Machine
     from reference import Kernel
 

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fuzz import cli, runner
-from fuzz.compare import MAX_DIFFERENCES, compare_machines
-from fuzz.decode import ENCODING_VERSION
+from fuzz.engine.decode import ENCODING_VERSION
 from fuzz.errors import UsageError
-from fuzz.expects import check_expect
-from fuzz.ops import Script, ScriptError, parse_script
-from fuzz.runner import Finding, load_implementation, run_script
+from fuzz.front import cli
+from fuzz.judge import runner
+from fuzz.judge.compare import MAX_DIFFERENCES, compare_machines
+from fuzz.judge.expects import check_expect
+from fuzz.judge.runner import Finding, load_implementation, run_script
+from fuzz.script.ops import Script, ScriptError, parse_script
 from machine import VMA, Machine
 from machine.errors import EFAULT, ENOMEM, OK, MachineBug
 from machine.pgtable import (
@@ -609,7 +610,7 @@ def test_cli_replay_finding_is_exit_1(tmp_path, capsys, fake_implementations):
 def test_cli_as_a_module_is_exit_2_with_one_line(tmp_path):
     path = write_file(tmp_path, "bad.ops", "frames 64\nfrobnicate P0\n")
     env = {key: value for key, value in os.environ.items() if key != "RMAPFUZZ_DEBUG"}
-    completed = subprocess.run([sys.executable, "-m", "fuzz.cli", "replay", path], cwd=MAIN, env=env,
+    completed = subprocess.run([sys.executable, "-m", "fuzz.front.cli", "replay", path], cwd=MAIN, env=env,
                                capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 2
     assert completed.stderr.splitlines() == [f"rmapfuzz: {path}:2: unknown op 'frobnicate'"]

@@ -32,12 +32,11 @@ from typing import Any
 
 import structlog
 
+from fuzz.errors import UsageError
+from fuzz.judge.compare import compare_machines
+from fuzz.judge.runner import OP_DISPATCH, REFERENCE_IMPL, load_implementation
+from fuzz.script.ops import VA_LIMIT, Op, format_op
 from machine import Machine
-
-from .compare import compare_machines
-from .errors import UsageError
-from .ops import VA_LIMIT, Op, format_op
-from .runner import OP_DISPATCH, REFERENCE_IMPL, load_implementation
 
 log = structlog.get_logger()
 

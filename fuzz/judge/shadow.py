@@ -15,9 +15,8 @@ from machine.errors import OK
 from machine.pgtable import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
+    from fuzz.script.ops import Op
     from machine import Machine, Pin
-
-    from .ops import Op
 
 
 class Shadow:

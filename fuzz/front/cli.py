@@ -21,8 +21,9 @@ from typing import Any, NoReturn
 
 import structlog
 
-from .errors import UsageError
-from .ops import Script, ScriptError, parse_file
+from fuzz.errors import UsageError
+from fuzz.logs import configure_logging
+from fuzz.script.ops import Script, ScriptError, parse_file
 
 PROG = "rmapfuzz"
 DEFAULT_IMPL = "batched"     # the implementation under test unless --impl says otherwise
@@ -37,36 +38,6 @@ class _ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-# ---------------------------------------------------------------------------
-# Logging
-
-
-class _Stderr:
-    """sys.stderr as it is at each write (tests and callers may replace it)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def configure_logging(json_logs: bool = False, level: int = logging.INFO) -> None:
-    """structlog to stderr: a console renderer, or one JSON object per line."""
-    renderer = (structlog.processors.JSONRenderer() if json_logs
-                else structlog.dev.ConsoleRenderer(colors=False))
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
-        cache_logger_on_first_use=False,
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -86,7 +57,7 @@ def _load_input(path: str) -> Script:
     """An op script (.ops), or a raw fuzzer input decoded to one."""
     if path.endswith(SCRIPT_SUFFIX):
         return parse_file(path)
-    from .decode import check_version, decode
+    from fuzz.engine.decode import check_version, decode
 
     data = _read_bytes(path)
     check_version(data, path)
@@ -102,7 +73,7 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _command_replay(args: argparse.Namespace) -> int:
-    from .runner import REFERENCE_IMPL, load_implementation, run_script
+    from fuzz.judge.runner import REFERENCE_IMPL, load_implementation, run_script
 
     # All input is checked before anything runs: a bad file is exit 2, never half a replay.
     scripts = [_load_input(path) for path in args.files]
@@ -161,9 +132,9 @@ def write_atomically_bytes(path: str, data: bytes) -> None:
 
 
 def _command_minimize(args: argparse.Namespace) -> int:
-    from .minimize import MAX_RUNS, header_comment, minimize_script
-    from .ops import format_script
-    from .runner import REFERENCE_IMPL, load_implementation
+    from fuzz.engine.minimize import MAX_RUNS, header_comment, minimize_script
+    from fuzz.judge.runner import REFERENCE_IMPL, load_implementation
+    from fuzz.script.ops import format_script
 
     script = _load_input(args.file)
     if args.max_runs is not None and args.max_runs < 1:
@@ -209,7 +180,7 @@ def _add_fuzz_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_fuzz(args: argparse.Namespace) -> int:
-    from .fuzzing import run_campaign
+    from fuzz.engine.campaign import run_campaign
 
     for name, value in (("--time", args.time), ("--runs", args.runs), ("--jobs", args.jobs)):
         if value is not None and value < 1:
@@ -243,8 +214,8 @@ def _add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_selftest(args: argparse.Namespace) -> int:
-    from .canaries import CANARIES
-    from .fuzzing import format_selftest, selftest
+    from fuzz.canaries import CANARIES
+    from fuzz.engine.campaign import format_selftest, selftest
 
     if args.budget < 1:
         raise UsageError(f"--budget must be positive, not {args.budget}")
@@ -273,8 +244,8 @@ def _command_gate(args: argparse.Namespace) -> int:
     import glob
     import tempfile
 
-    from .fuzzing import format_selftest, run_campaign, selftest
-    from .runner import REFERENCE_IMPL, load_implementation, run_script
+    from fuzz.engine.campaign import format_selftest, run_campaign, selftest
+    from fuzz.judge.runner import REFERENCE_IMPL, load_implementation, run_script
 
     for name, value in (("--fuzz-time", args.fuzz_time), ("--selftest-budget", args.selftest_budget)):
         if value < 1:
@@ -315,7 +286,7 @@ def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_decode(args: argparse.Namespace) -> int:
-    from .ops import format_script
+    from fuzz.script.ops import format_script
 
     print(format_script(_load_input(args.file)), end="")
     return EXIT_OK
@@ -328,7 +299,7 @@ def _add_encode_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_encode(args: argparse.Namespace) -> int:
-    from .decode import encode
+    from fuzz.engine.decode import encode
 
     if not args.file.endswith(SCRIPT_SUFFIX):
         raise UsageError(f"{args.file}: encode takes an op script (.ops)")
@@ -341,8 +312,8 @@ def _command_encode(args: argparse.Namespace) -> int:
 
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from .bench import DEFAULT_IMPL as BENCH_IMPL
-    from .bench import DEFAULT_SIZES
+    from fuzz.front.bench import DEFAULT_IMPL as BENCH_IMPL
+    from fuzz.front.bench import DEFAULT_SIZES
 
     parser.add_argument("--sizes", default=DEFAULT_SIZES, metavar="SIZES",
                         help="comma-separated mapping sizes, multiples of 2M with K, M or G "
@@ -360,7 +331,7 @@ def _fuzz_loop_summary(impl: str, seconds: int) -> dict[str, Any]:
     """The summary of the default campaign (seeds, seed 1) run for seconds on one core."""
     import tempfile
 
-    from .fuzzing import run_campaign
+    from fuzz.engine.campaign import run_campaign
 
     with tempfile.TemporaryDirectory(prefix="rmapfuzz-bench-") as crashes:
         return run_campaign(["corpus/seeds"], impl=impl, seconds=seconds, runs=None, jobs=1, seed=1,
@@ -370,8 +341,8 @@ def _fuzz_loop_summary(impl: str, seconds: int) -> dict[str, Any]:
 def _format_fuzz_loop(summary: dict[str, Any], seconds: int) -> str:
     """The fuzz loop's rate, where an execution's time goes, and the rate the loop would have
     if the reference and the checks took no time (what the implementation alone allows)."""
-    from .fuzzing import ms_per_execution
-    from .runner import CHECKS_PART, REFERENCE_PART
+    from fuzz.engine.campaign import ms_per_execution
+    from fuzz.judge.runner import CHECKS_PART, REFERENCE_PART
 
     lines = [f"fuzz loop: {summary['exec_per_s']:.0f} exec/s (default campaign, one core, {seconds} s)"]
     parts = ms_per_execution(summary)
@@ -386,9 +357,9 @@ def _format_fuzz_loop(summary: dict[str, Any], seconds: int) -> str:
 
 
 def _command_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_json, format_table, parse_sizes, run_bench
-    from .fuzzing import ms_per_execution
-    from .runner import REFERENCE_IMPL, load_implementation
+    from fuzz.engine.campaign import ms_per_execution
+    from fuzz.front.bench import bench_json, format_table, parse_sizes, run_bench
+    from fuzz.judge.runner import REFERENCE_IMPL, load_implementation
 
     # All input is checked before anything runs: a bad size is exit 2, never half a bench.
     sizes = parse_sizes(args.sizes)

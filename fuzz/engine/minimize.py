@@ -18,8 +18,8 @@ from typing import Any
 
 import structlog
 
-from .ops import Expect, Op, Script, ScriptError, format_script
-from .runner import REFERENCE_IMPL, run_script
+from fuzz.judge.runner import REFERENCE_IMPL, run_script
+from fuzz.script.ops import Expect, Op, Script, ScriptError, format_script
 
 log = structlog.get_logger()
 

@@ -33,15 +33,14 @@ from typing import Any
 
 import structlog
 
+from fuzz.errors import UsageError
+from fuzz.judge.compare import Difference, compare_machines
+from fuzz.judge.expects import expect_failures
+from fuzz.judge.oracles import OracleFailure, check_oracles, same_oracle_inputs
+from fuzz.judge.shadow import Shadow
+from fuzz.script.ops import Expect, Op, Script, ScriptError, format_expect, format_op
 from machine import DEFAULT_NR_FRAMES, Machine, check
 from machine.errors import RESULTS
-
-from .compare import Difference, compare_machines
-from .errors import UsageError
-from .expects import expect_failures
-from .ops import Expect, Op, Script, ScriptError, format_expect, format_op
-from .oracles import OracleFailure, check_oracles, same_oracle_inputs
-from .shadow import Shadow
 
 log = structlog.get_logger()
 

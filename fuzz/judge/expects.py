@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fuzz.script.ops import Expect
 from machine import FREE_FOLIO, Machine
 from machine.mm import MM
 from machine.pgtable import (
@@ -29,8 +30,6 @@ from machine.pgtable import (
     pte_write,
     pte_young,
 )
-
-from .ops import Expect
 
 GUP_PIN_COUNTING_BIAS = 1024   # refs a pin takes on a small folio (include/linux/mm.h)
 

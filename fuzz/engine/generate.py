@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import random
 
+from fuzz.script.ops import Op, Script
 from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE
-
-from .ops import Op, Script
 
 WINDOW_BASE = 0x200000
 WINDOW_SIZE = 4 * PMD_SIZE

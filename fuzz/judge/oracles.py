@@ -66,10 +66,9 @@ from machine.pgtable import (
 )
 
 if TYPE_CHECKING:
+    from fuzz.judge.shadow import Shadow
     from machine import Machine
     from machine.mm import MM
-
-    from .shadow import Shadow
 
 GUP_PIN_COUNTING_BIAS = 1024
 MAX_DETAILS = 16          # details reported per check before "... and N more"

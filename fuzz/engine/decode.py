@@ -25,11 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from fuzz.errors import UsageError
+from fuzz.judge.runner import OP_DISPATCH, load_implementation
+from fuzz.script.ops import OP_NAMES, PAGE_SIZE, VA_LIMIT, Op, Script
 from machine import DEFAULT_NR_FRAMES, Machine, check
-
-from .errors import UsageError
-from .ops import OP_NAMES, PAGE_SIZE, VA_LIMIT, Op, Script
-from .runner import OP_DISPATCH, load_implementation
 
 ENCODING_VERSION = 2  # 2: raw frames, pin pages and lengths capped (fast executions)
 MAX_OPS = 24

@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .harness import CRASH_DIR_ENV, IMPL_ENV, STOP_ENV, SUMMARY_DIR_ENV
+from fuzz.engine.harness import CRASH_DIR_ENV, IMPL_ENV, STOP_ENV, SUMMARY_DIR_ENV
+from fuzz.errors import UsageError
 
 PROGRESS = re.compile(r"^#(\d+)\s+(\w+).*?exec/s: (\d+)")
 
@@ -23,8 +23,8 @@ PROGRESS = re.compile(r"^#(\d+)\s+(\w+).*?exec/s: (\d+)")
 def prepare_seeds(paths: list[str], directory: Path) -> int:
     """Copy seeds into a libFuzzer corpus directory: raw inputs as they are, op scripts
     encoded. Returns how many were written."""
-    from .decode import encode
-    from .ops import parse_file
+    from fuzz.engine.decode import encode
+    from fuzz.script.ops import parse_file
 
     count = 0
     for given in paths:
@@ -59,7 +59,7 @@ def run_campaign(corpus: list[str], impl: str, seconds: int | None, runs: int | 
                  seed: int | None, crash_dir: str, extra_flags: list[str], progress: bool,
                  stop_on_finding: bool = False) -> dict[str, Any]:
     """Fuzz impl against the reference; returns the summary (executions, exec/s, findings)."""
-    from .runner import load_implementation
+    from fuzz.judge.runner import load_implementation
 
     load_implementation(impl)
     with tempfile.TemporaryDirectory(prefix="rmapfuzz-") as work:
@@ -68,12 +68,12 @@ def run_campaign(corpus: list[str], impl: str, seconds: int | None, runs: int | 
         seeds.mkdir()
         summaries.mkdir()
         prepare_seeds(corpus, seeds)
-        project = str(Path(__file__).resolve().parent.parent)
+        project = str(Path(__file__).resolve().parents[2])
         python_path = os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, **{IMPL_ENV: impl, CRASH_DIR_ENV: str(Path(crash_dir).resolve()),
                                   SUMMARY_DIR_ENV: str(summaries), "PYTHONPATH": python_path,
                                   STOP_ENV: "1" if stop_on_finding else "0"})
-        command = [sys.executable, "-m", "fuzz.harness", *libfuzzer_flags(seconds, runs, jobs, seed),
+        command = [sys.executable, "-m", "fuzz.engine.harness", *libfuzzer_flags(seconds, runs, jobs, seed),
                    *extra_flags, str(seeds)]
         started = time.monotonic()
         process = subprocess.Popen(command, env=env, cwd=work_dir, stderr=subprocess.PIPE, text=True,
@@ -131,7 +131,7 @@ SELFTEST_SEED = 1
 def selftest(budget: int, names: list[str] | None = None, corpus: list[str] | None = None) -> list[dict[str, Any]]:
     """Fuzz every canary (a planted bug class) for at most budget seconds with a fixed seed;
     per canary: found, seconds and executions to the first finding, minimised op count."""
-    from .canaries import CANARIES
+    from fuzz.canaries import CANARIES
 
     rows = []
     for name in names or CANARIES:

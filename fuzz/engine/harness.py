@@ -1,7 +1,7 @@
 """The atheris harness: each input decoded, run on the reference and the implementation
 under test, and a new finding minimised and saved under corpus/crashes/<signature>/.
 
-`rmapfuzz fuzz` starts this module in a child process (`python -m fuzz.harness`)
+`rmapfuzz fuzz` starts this module in a child process (`python -m fuzz.engine.harness`)
 with libFuzzer's flags, so libFuzzer owns that process; the campaign's counts
 go to a summary file the command reads back. Only the implementation under test is
 instrumented (batched/, a canary's copy of it, or the package of another `--impl`):
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    from .decode import Decoded
+    from fuzz.engine.decode import Decoded
 
 log = structlog.get_logger()
 
@@ -54,8 +54,8 @@ REPRODUCER_TEST = '''"""Replays the reproducer of {signature}: it fails until th
 
 from pathlib import Path
 
-from fuzz.ops import parse_file
-from fuzz.runner import run_script
+from fuzz.script.ops import parse_file
+from fuzz.judge.runner import run_script
 
 HERE = Path(__file__).resolve().parent
 
@@ -126,7 +126,7 @@ class Campaign:
     """The state of one fuzzing process: counts, the findings it saved, its summary file."""
 
     def __init__(self, impl: str, crash_dir: Path, summary_dir: Path | None) -> None:
-        from .runner import REFERENCE_IMPL, load_implementation
+        from fuzz.judge.runner import REFERENCE_IMPL, load_implementation
 
         self.impl_name = impl
         self.impl = load_implementation(impl)
@@ -140,8 +140,8 @@ class Campaign:
         loop_seconds.clear()   # one campaign per process; a test may make several
 
     def test_one_input(self, data: bytes) -> None:
-        from .decode import OpStream
-        from .runner import run_stream
+        from fuzz.engine.decode import OpStream
+        from fuzz.judge.runner import run_stream
 
         self.executions += 1
         stream = OpStream(data)
@@ -155,9 +155,9 @@ class Campaign:
             self.write_summary()
 
     def record(self, script, signature: str) -> None:
-        from .decode import EncodeError, encode
-        from .minimize import Minimizer, header_comment
-        from .ops import format_script
+        from fuzz.engine.decode import EncodeError, encode
+        from fuzz.engine.minimize import Minimizer, header_comment
+        from fuzz.script.ops import format_script
 
         if (self.crash_dir / signature_dir_name(signature)).exists():
             return
@@ -230,7 +230,7 @@ def mutate_ops(ops: list, rng) -> list:
 def decoded_input(data: bytes) -> Decoded:
     """What data decodes to: remembered from its run or an earlier mutation, else decoded
     (the reference runs it) and remembered for the next time libFuzzer picks it."""
-    from .decode import decode_input
+    from fuzz.engine.decode import decode_input
 
     decoded = recent_scripts.get(data) or mutated_inputs.get(data)
     if decoded is None:
@@ -246,8 +246,8 @@ def mutate_input(data: bytes, max_size: int, rng, decoded: Decoded) -> bytes | N
     decoded is what data decodes to (decoded_input); the encoder reuses its names for the
     ops the mutation keeps at the start.
     """
-    from .decode import EncodeError, encode
-    from .ops import Op
+    from fuzz.engine.decode import EncodeError, encode
+    from fuzz.script.ops import Op
 
     script = decoded.script
     mutated = mutate_ops([step for step in script.steps if isinstance(step, Op)], rng)
@@ -304,19 +304,20 @@ def instrument_package(package: str) -> int:
 
 
 def main(argv: list[str]) -> None:
-    """python -m fuzz.harness [libFuzzer flags and corpus directories]."""
+    """python -m fuzz.engine.harness [libFuzzer flags and corpus directories]."""
     import logging
 
     import atheris
 
-    from .cli import configure_logging
+    from fuzz.logs import configure_logging
 
     configure_logging(level=logging.WARNING)  # findings are warnings; the runner's debug events cost time
     with atheris.instrument_imports(include=list(INSTRUMENTED)):
         campaign = Campaign(os.environ.get(IMPL_ENV, "batched"),
                             Path(os.environ.get(CRASH_DIR_ENV, "corpus/crashes")),
                             Path(os.environ[SUMMARY_DIR_ENV]) if SUMMARY_DIR_ENV in os.environ else None)
-        from . import decode, minimize, runner  # noqa: F401 - what they import of INSTRUMENTED is instrumented
+        from fuzz.engine import decode, minimize  # noqa: F401
+        from fuzz.judge import runner  # noqa: F401 - what they import of INSTRUMENTED is instrumented
     instrument_package(kernel_package(campaign.impl))
     campaign.write_summary()
     atheris.Setup([sys.argv[0], *argv], campaign.test_one_input, custom_mutator=custom_mutator)

@@ -141,7 +141,7 @@ def test_the_encoder_runs_nothing_when_what_ops_may_name_is_known(monkeypatch):
     ops = decoded.script.steps
     changes = (ops[:3] + ops[4:], ops + [ops[2]], ops[:4] + [ops[-1]] * 2)  # after the pin: no fork, exit, pin
     with monkeypatch.context() as patch:
-        patch.setattr(fuzz.engine.decode, "_reference_kernel", None)   # any run would fail
+        patch.setattr(fuzz.engine.decode, "reference_kernel", None)   # any run would fail
         encoded = [encode(type(decoded.script)("<changed>", decoded.script.frames, changed), decoded)
                    for changed in changes]
     assert [decode(data).steps for data in encoded] == list(changes)

@@ -207,7 +207,7 @@ def test_the_kernel_under_test_is_instrumented_under_any_name():
 
     from fuzz.canaries import load_batched_copy, unload
     from fuzz.engine.harness import instrument_package, kernel_package
-    from fuzz.judge.runner import load_implementation
+    from fuzz.implementation import load_implementation
 
     assert kernel_package(load_implementation("batched")) == "batched"
     assert kernel_package(load_implementation("fuzz.canaries.share_nr_pages_zero")) == \

@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fuzz import implementation as interface
 from fuzz.engine.decode import ENCODING_VERSION
 from fuzz.errors import UsageError
 from fuzz.front import cli
+from fuzz.implementation import load_implementation
 from fuzz.judge import runner
 from fuzz.judge.compare import MAX_DIFFERENCES, compare_machines
 from fuzz.judge.expects import check_expect
-from fuzz.judge.runner import Finding, load_implementation, run_script
+from fuzz.judge.runner import Finding, run_script
 from fuzz.script.ops import Script, ScriptError, parse_script
 from machine import VMA, Machine
 from machine.errors import EFAULT, ENOMEM, OK, MachineBug
@@ -354,9 +356,9 @@ def test_load_implementation_reports_unknown_names():
 def test_load_implementation_finds_entry_points(monkeypatch):
     monkeypatch.setitem(sys.modules, "rmapfuzz_test_variant", implementation("rmapfuzz_test_variant", OkKernel))
     entry_point = importlib.metadata.EntryPoint(
-        name="variant", value="rmapfuzz_test_variant", group=runner.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(runner.importlib.metadata, "entry_points",
-                        lambda group: [entry_point] if group == runner.ENTRY_POINT_GROUP else [])
+        name="variant", value="rmapfuzz_test_variant", group=interface.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(interface.importlib.metadata, "entry_points",
+                        lambda group: [entry_point] if group == interface.ENTRY_POINT_GROUP else [])
     assert load_implementation("variant").Kernel is OkKernel
 
 

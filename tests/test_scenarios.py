@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.front.cli import DEFAULT_IMPL
+from fuzz.implementation import DEFAULT_IMPL
 from fuzz.judge.runner import run_script
 from fuzz.script.ops import parse_file
 

@@ -59,7 +59,7 @@ def run_campaign(corpus: list[str], impl: str, seconds: int | None, runs: int | 
                  seed: int | None, crash_dir: str, extra_flags: list[str], progress: bool,
                  stop_on_finding: bool = False) -> dict[str, Any]:
     """Fuzz impl against the reference; returns the summary (executions, exec/s, findings)."""
-    from fuzz.judge.runner import load_implementation
+    from fuzz.implementation import load_implementation
 
     load_implementation(impl)
     with tempfile.TemporaryDirectory(prefix="rmapfuzz-") as work:

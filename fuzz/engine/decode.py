@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from fuzz.errors import UsageError
-from fuzz.judge.runner import OP_DISPATCH, load_implementation
-from fuzz.script.ops import OP_NAMES, PAGE_SIZE, VA_LIMIT, Op, Script
+from fuzz.implementation import OP_DISPATCH, OP_NAMES, PROTS, reference_kernel
+from fuzz.script.ops import PAGE_SIZE, VA_LIMIT, Op, Script
 from machine import DEFAULT_NR_FRAMES, Machine, check
 
 ENCODING_VERSION = 2  # 2: raw frames, pin pages and lengths capped (fast executions)
@@ -56,7 +56,6 @@ RAW_ORDERS = 64
 VALUES = (1, 2, 7, 0xdead, (1 << 64) - 1)
 PIN_PAGES = (1, 2, 16, 17)
 RAW_PIN_PAGES = 1024               # two PMDs' worth
-PROTS = ("rw", "ro")
 # The only ops that change what later ops may name (SPEC §3): fork makes a process, exit
 # ends one, a successful pin issues the next pin id.
 NAMING_OPS = ("fork", "exit", "pin")
@@ -241,11 +240,6 @@ def _nr_frames(script: Script) -> int:
     return script.frames if script.frames is not None else DEFAULT_NR_FRAMES
 
 
-def _reference_kernel(frames: int):
-    machine = Machine(frames)
-    return machine, load_implementation("reference").Kernel(machine)
-
-
 class OpStream:
     """The decoder as a stream: each op drawn against the machine it is handed (the
     reference's, after the ops before), so decoding and running are one pass."""
@@ -281,7 +275,7 @@ def decode_input(data: bytes, path: str = "<input>") -> Decoded:
     """The op script a raw input stands for (total: any bytes decode) and its names. The
     reference runs alone to give each op its state; the harness runs both implementations instead."""
     stream = OpStream(data, path)
-    machine, kernel = _reference_kernel(_nr_frames(stream.script))
+    machine, kernel = reference_kernel(_nr_frames(stream.script))
     while (op := stream.next_op(machine)) is not None:
         OP_DISPATCH[op.name](kernel, op)
         stream.script.steps.append(op)
@@ -343,7 +337,7 @@ def names_before_ops(frames: int, ops: list[Op], known_names: tuple[Names, ...] 
             names = known_names[index]
         elif index == 0 or ops[index - 1].name in NAMING_OPS:
             if kernel is None:
-                machine, kernel = _reference_kernel(frames)
+                machine, kernel = reference_kernel(frames)
             for op in ops[ran:index]:
                 OP_DISPATCH[op.name](kernel, op)
             ran = index

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+from fuzz.implementation import OP_NAMES
 from fuzz.script.ops import Op, Script
 from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE
 
@@ -18,6 +19,11 @@ WINDOW_SIZE = 4 * PMD_SIZE
 ORDERS = (0, 0, 2, 4, 4, 9, 9, 1, 3, 8)
 SPLIT_ORDERS = (0, 0, 2, 4, 1, 9)
 VALUES = (1, 2, 7, 0xdead, 0xffffffffffffffff)
+# How often each op is drawn, in OP_NAMES' order: faults and writes make the states the others act on.
+OP_WEIGHT = {"mmap": 6, "munmap": 2, "dontneed": 2, "mprotect": 4, "fault": 14, "write": 14, "read": 5,
+             "pin": 6, "unpin": 3, "fork": 5, "exit": 2, "reclaim": 5, "try_to_unmap": 4, "split_pmd": 3,
+             "split": 4}
+OP_WEIGHTS = tuple(OP_WEIGHT[name] for name in OP_NAMES)
 
 
 class ScriptGenerator:
@@ -70,10 +76,7 @@ class ScriptGenerator:
 
     def op(self) -> Op:
         rng = self.rng
-        name = rng.choices(
-            ("mmap", "munmap", "dontneed", "mprotect", "fault", "write", "read", "pin", "unpin",
-             "fork", "exit", "reclaim", "try_to_unmap", "split_pmd", "split"),
-            weights=(6, 2, 2, 4, 14, 14, 5, 6, 3, 5, 2, 5, 4, 3, 4))[0]
+        name = rng.choices(OP_NAMES, weights=OP_WEIGHTS)[0]
         pid = self.process()
         if name == "exit" and len(self.live) == 1:
             name = "fork"

@@ -126,7 +126,7 @@ class Campaign:
     """The state of one fuzzing process: counts, the findings it saved, its summary file."""
 
     def __init__(self, impl: str, crash_dir: Path, summary_dir: Path | None) -> None:
-        from fuzz.judge.runner import REFERENCE_IMPL, load_implementation
+        from fuzz.implementation import REFERENCE_IMPL, load_implementation
 
         self.impl_name = impl
         self.impl = load_implementation(impl)

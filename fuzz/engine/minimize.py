@@ -18,7 +18,8 @@ from typing import Any
 
 import structlog
 
-from fuzz.judge.runner import REFERENCE_IMPL, run_script
+from fuzz.implementation import REFERENCE_IMPL
+from fuzz.judge.runner import run_script
 from fuzz.script.ops import Expect, Op, Script, ScriptError, format_script
 
 log = structlog.get_logger()

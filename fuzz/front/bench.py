@@ -33,15 +33,19 @@ from typing import Any
 import structlog
 
 from fuzz.errors import UsageError
+from fuzz.implementation import (
+    DEFAULT_IMPL,
+    OP_DISPATCH,
+    REFERENCE_IMPL,
+    load_implementation,
+)
 from fuzz.judge.compare import compare_machines
-from fuzz.judge.runner import OP_DISPATCH, REFERENCE_IMPL, load_implementation
 from fuzz.script.ops import VA_LIMIT, Op, format_op
 from machine import Machine
 
 log = structlog.get_logger()
 
 DEFAULT_SIZES = "64M,256M,1G"
-DEFAULT_IMPL = "batched"
 
 PAGE_SIZE = 4096
 MTHP_SIZE = 64 << 10
@@ -445,7 +449,6 @@ def format_table(results: Sequence[SizeResult], impl: str) -> str:
 
 __all__ = [
     "BASE",
-    "DEFAULT_IMPL",
     "DEFAULT_SIZES",
     "FaultLayout",
     "ImplementationRun",

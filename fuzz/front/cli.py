@@ -22,11 +22,11 @@ from typing import Any, NoReturn
 import structlog
 
 from fuzz.errors import UsageError
+from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
 from fuzz.logs import configure_logging
 from fuzz.script.ops import Script, ScriptError, parse_file
 
 PROG = "rmapfuzz"
-DEFAULT_IMPL = "batched"     # the implementation under test unless --impl says otherwise
 SCRIPT_SUFFIX = ".ops"
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
 
@@ -73,7 +73,7 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _command_replay(args: argparse.Namespace) -> int:
-    from fuzz.judge.runner import REFERENCE_IMPL, load_implementation, run_script
+    from fuzz.judge.runner import run_script
 
     # All input is checked before anything runs: a bad file is exit 2, never half a replay.
     scripts = [_load_input(path) for path in args.files]
@@ -133,7 +133,6 @@ def write_atomically_bytes(path: str, data: bytes) -> None:
 
 def _command_minimize(args: argparse.Namespace) -> int:
     from fuzz.engine.minimize import MAX_RUNS, header_comment, minimize_script
-    from fuzz.judge.runner import REFERENCE_IMPL, load_implementation
     from fuzz.script.ops import format_script
 
     script = _load_input(args.file)
@@ -245,7 +244,7 @@ def _command_gate(args: argparse.Namespace) -> int:
     import tempfile
 
     from fuzz.engine.campaign import format_selftest, run_campaign, selftest
-    from fuzz.judge.runner import REFERENCE_IMPL, load_implementation, run_script
+    from fuzz.judge.runner import run_script
 
     for name, value in (("--fuzz-time", args.fuzz_time), ("--selftest-budget", args.selftest_budget)):
         if value < 1:
@@ -312,14 +311,13 @@ def _command_encode(args: argparse.Namespace) -> int:
 
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from fuzz.front.bench import DEFAULT_IMPL as BENCH_IMPL
     from fuzz.front.bench import DEFAULT_SIZES
 
     parser.add_argument("--sizes", default=DEFAULT_SIZES, metavar="SIZES",
                         help="comma-separated mapping sizes, multiples of 2M with K, M or G "
                              f"(default {DEFAULT_SIZES})")
-    parser.add_argument("--impl", default=BENCH_IMPL, metavar="NAME",
-                        help=f"implementation timed against the reference (default {BENCH_IMPL})")
+    parser.add_argument("--impl", default=DEFAULT_IMPL, metavar="NAME",
+                        help=f"implementation timed against the reference (default {DEFAULT_IMPL})")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the workload's random choices (default 0)")
     parser.add_argument("--fuzz-seconds", type=int, default=20, metavar="S",
@@ -359,7 +357,6 @@ def _format_fuzz_loop(summary: dict[str, Any], seconds: int) -> str:
 def _command_bench(args: argparse.Namespace) -> int:
     from fuzz.engine.campaign import ms_per_execution
     from fuzz.front.bench import bench_json, format_table, parse_sizes, run_bench
-    from fuzz.judge.runner import REFERENCE_IMPL, load_implementation
 
     # All input is checked before anything runs: a bad size is exit 2, never half a bench.
     sizes = parse_sizes(args.sizes)

@@ -22,18 +22,21 @@ not exist is a `ScriptError`, not a finding.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import structlog
 
-from fuzz.errors import UsageError
+from fuzz.implementation import (
+    OP_DISPATCH,
+    REFERENCE_IMPL,
+    Implementation,
+    checked_implementation,
+    load_implementation,
+)
 from fuzz.judge.compare import Difference, compare_machines
 from fuzz.judge.expects import expect_failures
 from fuzz.judge.oracles import OracleFailure, check_oracles, same_oracle_inputs
@@ -44,9 +47,6 @@ from machine.errors import RESULTS
 
 log = structlog.get_logger()
 
-ENTRY_POINT_GROUP = "rmapfuzz.implementations"
-BUILTIN_IMPLEMENTATIONS = {"reference": "reference", "batched": "batched"}
-REFERENCE_IMPL = "reference"
 
 DIVERGENCE = "divergence"
 ORACLE = "oracle"
@@ -63,73 +63,17 @@ REPORT_DIFFERENCES = 20
 # Implementations
 
 
-def load_implementation(name: str) -> Any:
-    """The implementation called name: a module (or object) exposing `Kernel`.
-
-    "reference" and "batched" are the project's packages; any other name is
-    first an entry point in the group `rmapfuzz.implementations`, else a
-    module path. Raises UsageError if it cannot be loaded or has no Kernel.
-    """
-    if not name:
-        raise UsageError("empty implementation name")
-    loaded = _load_builtin(name) if name in BUILTIN_IMPLEMENTATIONS else None
-    if loaded is None:
-        loaded = _load_entry_point(name)
-    if loaded is None:
-        loaded = _load_module(name)
-    if isinstance(loaded, type):       # an entry point may name the Kernel class itself
-        loaded = SimpleNamespace(Kernel=loaded, __name__=name)
-    if not callable(getattr(loaded, "Kernel", None)):
-        raise UsageError(f"implementation {name!r} does not expose a Kernel class")
-    return loaded
-
-
-def _load_builtin(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(BUILTIN_IMPLEMENTATIONS[name])
-    except Exception as error:
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
-
-
-def _load_entry_point(name: str) -> Any | None:
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry_point.name == name:
-            try:
-                return entry_point.load()
-            except Exception as error:
-                raise UsageError(f"cannot load implementation {name!r} "
-                                 f"(entry point {entry_point.value}): {_one_line(error)}") from error
-    return None
-
-
-def _load_module(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and name.startswith(error.name) and name[len(error.name):][:1] in ("", "."):
-            raise UsageError(f"unknown implementation {name!r}: not a module or an entry point "
-                             f"in {ENTRY_POINT_GROUP}") from error
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
-    except Exception as error:
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
 @dataclass(frozen=True)
 class _Implementation:
     name: str
-    module: Any
+    module: Implementation
 
 
 def _resolve(impl: str | Any) -> _Implementation:
     if isinstance(impl, str):
         return _Implementation(impl, load_implementation(impl))
-    if not callable(getattr(impl, "Kernel", None)):
-        raise UsageError(f"implementation {impl!r} does not expose a Kernel class")
-    return _Implementation(getattr(impl, "__name__", type(impl).__name__), impl)
+    name = getattr(impl, "__name__", type(impl).__name__)
+    return _Implementation(name, checked_implementation(impl, repr(impl)))
 
 
 # ---------------------------------------------------------------------------
@@ -216,25 +160,7 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------
-# Dispatch: one kernel method per op (SPEC §3)
-
-OP_DISPATCH: dict[str, Callable[[Any, Op], object]] = {
-    "mmap": lambda kernel, op: kernel.mmap(op.process, op.addr, op.length, op.prot or "rw"),
-    "munmap": lambda kernel, op: kernel.munmap(op.process, op.addr, op.length),
-    "dontneed": lambda kernel, op: kernel.dontneed(op.process, op.addr, op.length),
-    "mprotect": lambda kernel, op: kernel.mprotect(op.process, op.addr, op.length, op.prot),
-    "fault": lambda kernel, op: kernel.fault(op.process, op.addr, op.order or 0),
-    "write": lambda kernel, op: kernel.write(op.process, op.addr, op.value),
-    "read": lambda kernel, op: kernel.read(op.process, op.addr),
-    "pin": lambda kernel, op: kernel.pin(op.process, op.addr, op.nr_pages, op.prot),
-    "unpin": lambda kernel, op: kernel.unpin(op.pin_id),
-    "fork": lambda kernel, op: kernel.fork(op.process),
-    "exit": lambda kernel, op: kernel.exit(op.process),
-    "reclaim": lambda kernel, op: kernel.reclaim(op.process, op.addr),
-    "try_to_unmap": lambda kernel, op: kernel.try_to_unmap(op.process, op.addr),
-    "split_pmd": lambda kernel, op: kernel.split_pmd(op.process, op.addr),
-    "split": lambda kernel, op: kernel.split(op.process, op.addr, op.order),
-}
+# Running
 
 
 @dataclass
@@ -531,13 +457,10 @@ def run_stream(script: Script, next_op: Callable[[Machine], Op | None], impl: st
 
 __all__ = [
     "DIVERGENCE",
-    "ENTRY_POINT_GROUP",
     "EXCEPTION",
     "EXPECT",
     "ORACLE",
-    "REFERENCE_IMPL",
     "Finding",
     "RunResult",
-    "load_implementation",
     "run_script",
 ]

@@ -18,9 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-OP_NAMES = ("mmap", "munmap", "dontneed", "mprotect", "fault", "write", "read", "pin",
-            "unpin", "fork", "exit", "reclaim", "try_to_unmap", "split_pmd", "split")
-RESULT_NAMES = ("ok", "EFAULT", "EBUSY", "EAGAIN", "ENOENT", "ENOMEM", "EINVAL")
+from fuzz.implementation import OP_NAMES, ORDER_OPS, PROT_OPS, RANGE_OPS, RESULT_NAMES
 
 # Keys of `expect P va ...` and `expect pin ID ...`, in the order SPEC §4 lists them.
 EXPECT_ENTRY_KEYS = ("value", "state", "exclusive", "writable", "dirty", "young", "level",
@@ -516,9 +514,6 @@ def parse_file(path: str) -> Script:
 # ---------------------------------------------------------------------------
 # Printer: the inverse of the parser on valid scripts
 
-_RANGE_OPS = frozenset(("mmap", "munmap", "dontneed", "mprotect"))
-_ORDER_OPS = frozenset(("fault", "split"))
-_PROT_OPS = frozenset(("mmap", "mprotect", "pin"))
 
 
 def _format_addr(addr: int) -> str:
@@ -555,13 +550,13 @@ def format_op(op: Op) -> str:
     if name in ("fork", "exit"):
         return " ".join(words)
     words.append(_format_addr(int(_need(op.addr, op, "addr"))))
-    if name in _RANGE_OPS:
+    if name in RANGE_OPS:
         words.append(_format_length(int(_need(op.length, op, "length"))))
     if name == "pin":
         words.append(str(_need(op.nr_pages, op, "nr_pages")))
-    if name in _PROT_OPS:
+    if name in PROT_OPS:
         words.append(str(_need(op.prot, op, "prot")))
-    if name in _ORDER_OPS:
+    if name in ORDER_OPS:
         words.append(f"order={_need(op.order, op, 'order')}")
     if name == "write":
         words.append(_format_value(int(_need(op.value, op, "value"))))

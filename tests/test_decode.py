@@ -118,7 +118,7 @@ def test_only_forks_exits_and_pins_change_what_later_ops_may_name(seed):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_encoding_with_a_decoded_input_gives_the_bytes_encoding_alone_gives(seed):
-    from fuzz.engine.harness import mutate_ops
+    from fuzz.engine.mutator import mutate_ops
 
     decoded = decode_input(random_bytes(4000 + seed))
     for mutation in range(4):

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
@@ -25,6 +25,9 @@ from fuzz.errors import UsageError
 from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
 from fuzz.logs import configure_logging
 from fuzz.script.ops import Script, ScriptError, parse_file
+
+if TYPE_CHECKING:
+    from fuzz.engine.campaign import CampaignSummary, SelftestRow
 
 PROG = "rmapfuzz"
 SCRIPT_SUFFIX = ".ops"
@@ -179,7 +182,7 @@ def _add_fuzz_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_fuzz(args: argparse.Namespace) -> int:
-    from fuzz.engine.campaign import run_campaign
+    from fuzz.engine.campaign import DEFAULT_CORPUS, run_campaign
 
     for name, value in (("--time", args.time), ("--runs", args.runs), ("--jobs", args.jobs)):
         if value is not None and value < 1:
@@ -188,17 +191,23 @@ def _command_fuzz(args: argparse.Namespace) -> int:
     bad = [flag for flag in extra if not flag.startswith("-")]
     if bad:
         raise UsageError(f"libFuzzer flags start with '-': {bad[0]!r}")
-    summary = run_campaign(args.corpus or ["corpus/seeds"], impl=args.impl, seconds=args.time,
+    summary = run_campaign(args.corpus or [DEFAULT_CORPUS], impl=args.impl, seconds=args.time,
                            runs=args.runs, jobs=args.jobs, seed=args.seed, crash_dir=args.crashes,
-                           extra_flags=extra, progress=not args.json)
+                           extra_flags=extra, progress=None if args.json else _show_progress)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary.to_json(), indent=2))
     else:
-        print(f"{summary['executions']} executions in {summary['seconds']:.1f} s "
-              f"({summary['exec_per_s']:.0f} exec/s), {len(summary['findings'])} new findings")
-        for finding in summary["findings"]:
-            print(f"  {finding['signature']}: {finding['ops']} ops, {finding['path']}")
-    return EXIT_FINDING if summary["findings"] else EXIT_OK
+        print(file=sys.stderr)   # ends the progress line
+        print(f"{summary.executions} executions in {summary.seconds:.1f} s "
+              f"({summary.exec_per_s:.0f} exec/s), {len(summary.findings)} new findings")
+        for finding in summary.findings:
+            print(f"  {finding.signature}: {finding.ops} ops, {finding.path}")
+    return EXIT_FINDING if summary.findings else EXIT_OK
+
+
+def _show_progress(executions: int, exec_per_s: int) -> None:
+    """The campaign's live progress line on stderr, rewritten in place."""
+    print(f"\r{executions} execs, {exec_per_s} exec/s  ", end="", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -214,7 +223,7 @@ def _add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _command_selftest(args: argparse.Namespace) -> int:
     from fuzz.canaries import CANARIES
-    from fuzz.engine.campaign import format_selftest, selftest
+    from fuzz.engine.campaign import selftest
 
     if args.budget < 1:
         raise UsageError(f"--budget must be positive, not {args.budget}")
@@ -222,8 +231,18 @@ def _command_selftest(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown canary {unknown[0]!r} (known: {', '.join(CANARIES)})")
     rows = selftest(args.budget, args.canary)
-    print(json.dumps({"canaries": rows}, indent=2) if args.json else format_selftest(rows))
-    return EXIT_OK if all(row["found"] and row["ops"] <= 8 for row in rows) else EXIT_FINDING
+    print(json.dumps({"canaries": [row.to_json() for row in rows]}, indent=2) if args.json
+          else format_selftest(rows))
+    return EXIT_OK if all(row.passed for row in rows) else EXIT_FINDING
+
+
+def format_selftest(rows: list[SelftestRow]) -> str:
+    """The self-test as a table: per planted bug, found, seconds, executions, minimised ops."""
+    lines = [f"{'bug':32s} {'found':5s} {'seconds':>8s} {'executions':>10s} {'ops':>4s}"]
+    for row in rows:
+        lines.append(f"{row.bug:32s} {'yes' if row.found else 'NO':5s} {row.seconds:8.1f} "
+                     f"{row.executions:10d} {row.ops if row.ops is not None else '-':>4}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------
@@ -241,9 +260,8 @@ def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _command_gate(args: argparse.Namespace) -> int:
     import glob
-    import tempfile
 
-    from fuzz.engine.campaign import format_selftest, run_campaign, selftest
+    from fuzz.engine.campaign import run_default_campaign, selftest
     from fuzz.judge.runner import run_script
 
     for name, value in (("--fuzz-time", args.fuzz_time), ("--selftest-budget", args.selftest_budget)):
@@ -261,17 +279,15 @@ def _command_gate(args: argparse.Namespace) -> int:
     print(f"corpus: {len(scripts)} files replayed, {len(failures)} failing")
     for failure in failures:
         print(f"  {failure}")
-    with tempfile.TemporaryDirectory(prefix="rmapfuzz-gate-") as crashes:
-        summary = run_campaign(["corpus/seeds"], impl=args.impl, seconds=args.fuzz_time, runs=None, jobs=1,
-                               seed=1, crash_dir=crashes, extra_flags=[], progress=False)
-    print(f"fuzz: {summary['executions']} executions in {summary['seconds']:.0f} s, "
-          f"{len(summary['findings'])} findings")
-    for finding in summary["findings"]:
-        print(f"  {finding['signature']} ({finding['ops']} ops)")
+    summary = run_default_campaign(args.impl, args.fuzz_time)
+    print(f"fuzz: {summary.executions} executions in {summary.seconds:.0f} s, "
+          f"{len(summary.findings)} findings")
+    for finding in summary.findings:
+        print(f"  {finding.signature} ({finding.ops} ops)")
     rows = selftest(args.selftest_budget)
     print(format_selftest(rows))
-    missed = [row["bug"] for row in rows if not row["found"] or row["ops"] > 8]
-    ok = not failures and not summary["findings"] and not missed
+    missed = [row.bug for row in rows if not row.passed]
+    ok = not failures and not summary.findings and not missed
     print("gate: " + ("passed" if ok else "FAILED"))
     return EXIT_OK if ok else EXIT_FINDING
 
@@ -325,24 +341,13 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
 
-def _fuzz_loop_summary(impl: str, seconds: int) -> dict[str, Any]:
-    """The summary of the default campaign (seeds, seed 1) run for seconds on one core."""
-    import tempfile
-
-    from fuzz.engine.campaign import run_campaign
-
-    with tempfile.TemporaryDirectory(prefix="rmapfuzz-bench-") as crashes:
-        return run_campaign(["corpus/seeds"], impl=impl, seconds=seconds, runs=None, jobs=1, seed=1,
-                            crash_dir=crashes, extra_flags=[], progress=False)
-
-
-def _format_fuzz_loop(summary: dict[str, Any], seconds: int) -> str:
+def _format_fuzz_loop(summary: CampaignSummary, seconds: int) -> str:
     """The fuzz loop's rate, where an execution's time goes, and the rate the loop would have
     if the reference and the checks took no time (what the implementation alone allows)."""
     from fuzz.engine.campaign import ms_per_execution
     from fuzz.judge.runner import CHECKS_PART, REFERENCE_PART
 
-    lines = [f"fuzz loop: {summary['exec_per_s']:.0f} exec/s (default campaign, one core, {seconds} s)"]
+    lines = [f"fuzz loop: {summary.exec_per_s:.0f} exec/s (default campaign, one core, {seconds} s)"]
     parts = ms_per_execution(summary)
     if parts:
         total = sum(parts.values())
@@ -355,7 +360,7 @@ def _format_fuzz_loop(summary: dict[str, Any], seconds: int) -> str:
 
 
 def _command_bench(args: argparse.Namespace) -> int:
-    from fuzz.engine.campaign import ms_per_execution
+    from fuzz.engine.campaign import ms_per_execution, run_default_campaign
     from fuzz.front.bench import bench_json, format_table, parse_sizes, run_bench
 
     # All input is checked before anything runs: a bad size is exit 2, never half a bench.
@@ -365,11 +370,11 @@ def _command_bench(args: argparse.Namespace) -> int:
     if args.fuzz_seconds < 0:
         raise UsageError(f"--fuzz-seconds must not be negative, not {args.fuzz_seconds}")
     results = run_bench(sizes, impl=args.impl, seed=args.seed)
-    fuzz_loop = _fuzz_loop_summary(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
+    fuzz_loop = run_default_campaign(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
     if args.json:
-        loop = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None}
+        loop: dict[str, Any] = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None}
         if fuzz_loop is not None:
-            loop = {"fuzz_exec_per_s": round(fuzz_loop["exec_per_s"], 1),
+            loop = {"fuzz_exec_per_s": round(fuzz_loop.exec_per_s, 1),
                     "fuzz_ms_per_execution": ms_per_execution(fuzz_loop)}
         print(json.dumps(dict(bench_json(results, args.impl), **loop), indent=2))
     else:

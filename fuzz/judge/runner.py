@@ -26,6 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import structlog
@@ -48,11 +49,14 @@ from machine.errors import RESULTS
 log = structlog.get_logger()
 
 
-DIVERGENCE = "divergence"
-ORACLE = "oracle"
-EXPECT = "expect"
-EXCEPTION = "exception"
-FINDING_KINDS = (DIVERGENCE, ORACLE, EXPECT, EXCEPTION)
+class FindingKind(StrEnum):
+    """What a finding is (SPEC §7): its value starts the finding's signature."""
+
+    DIVERGENCE = "divergence"   # the two machines' results or states differ
+    ORACLE = "oracle"           # an invariant of SPEC §6 fails on a machine
+    EXPECT = "expect"           # a script's expect line fails
+    EXCEPTION = "exception"     # a kernel method raised, or returned no result code
+
 
 AT_START = "start"   # op_name of a finding before the first op (kernel construction, expects)
 AT_END = "end"       # op_name of a final-state divergence that could not be pinned to an op
@@ -90,7 +94,7 @@ class Finding:
     shows on; step_index/line: the script step and its source line.
     """
 
-    kind: str
+    kind: FindingKind
     op_name: str
     field: str
     detail: str
@@ -114,24 +118,24 @@ class Finding:
         where = f"{self.path}:{self.line}" if self.path else f"line {self.line}"
         op = f"op {self.op_number} ({self.step_text})" if self.op_number else self.step_text
         headline = {
-            DIVERGENCE: f"states differ after {op}" if self.op_number else "final states differ",
-            ORACLE: f"oracle {self.field} fails on {self.impl} after {op}",
-            EXPECT: f"expect fails on {self.impl}: {self.step_text}",
-            EXCEPTION: f"{self.impl} raised {self.field} in {op}",
+            FindingKind.DIVERGENCE: f"states differ after {op}" if self.op_number else "final states differ",
+            FindingKind.ORACLE: f"oracle {self.field} fails on {self.impl} after {op}",
+            FindingKind.EXPECT: f"expect fails on {self.impl}: {self.step_text}",
+            FindingKind.EXCEPTION: f"{self.impl} raised {self.field} in {op}",
         }.get(self.kind, f"{self.kind} at {op}")
         lines = [f"{where}: {headline}", f"  signature: {self.signature}"]
-        if self.kind == EXPECT and self.last_op:
+        if self.kind == FindingKind.EXPECT and self.last_op:
             lines.append(f"  after line {self.last_op}")
-        if self.kind == DIVERGENCE and self.ref:
+        if self.kind == FindingKind.DIVERGENCE and self.ref:
             lines.append(f"  reference: {self.ref}, other: {self.impl}")
         lines.extend("    " + text for text in self.detail.splitlines())
-        if self.kind == DIVERGENCE and self.op_number:
+        if self.kind == FindingKind.DIVERGENCE and self.op_number:
             lines.append(f"  states first differ after op {self.op_number} "
                          f"(line {self.line}): {self.step_text}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, object]:
-        return {"signature": self.signature, "kind": self.kind, "op": self.op_name,
+        return {"signature": self.signature, "kind": str(self.kind), "op": self.op_name,
                 "field": self.field, "line": self.line, "impl": self.impl, "detail": self.detail}
 
 
@@ -236,7 +240,7 @@ class _Run:
         """The end-of-run checks of fuzzing mode: oracles on both machines, then the states."""
         return self._check_state(len(self.script.steps) - 1, None)
 
-    def _finding(self, kind: str, field: str, detail: str, step_index: int, step: Op | Expect | None,
+    def _finding(self, kind: FindingKind, field: str, detail: str, step_index: int, step: Op | Expect | None,
                  impl: str, **extra: Any) -> Finding:
         if isinstance(step, Op):
             op_name, step_text, op_number = step.name, format_op(step), self.ops_run
@@ -263,7 +267,7 @@ class _Run:
             try:
                 side.kernel = impl.module.Kernel(side.machine)
             except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
-                return self._finding(EXCEPTION, type(error).__name__, _traceback(error), -1, None,
+                return self._finding(FindingKind.EXCEPTION, type(error).__name__, _traceback(error), -1, None,
                                      side.name)
             finally:
                 side.seconds += time.perf_counter() - started
@@ -277,7 +281,7 @@ class _Run:
         self.ops_run += 1
         self.last_op = op
         if missing is not None:
-            return self._finding(DIVERGENCE, "processes", missing, step_index, op, self.sides[1].name)
+            return self._finding(FindingKind.DIVERGENCE, "processes", missing, step_index, op, self.sides[1].name)
         for side in self.sides:
             finding = self._call(step_index, op, side)
             if finding is not None:
@@ -286,7 +290,7 @@ class _Run:
         self.results.append(ref_result)
         if ref_result != other_result:
             difference = Difference("op", "result", ref_result, other_result)
-            return self._finding(DIVERGENCE, "result", difference.describe(*self._names()), step_index,
+            return self._finding(FindingKind.DIVERGENCE, "result", difference.describe(*self._names()), step_index,
                                  op, self.sides[1].name, differences=(difference,))
         for side in self.sides:
             side.shadow.apply(op, side.last_result, side.machine)
@@ -311,12 +315,12 @@ class _Run:
         try:
             result = OP_DISPATCH[op.name](side.kernel, op)
         except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
-            return self._finding(EXCEPTION, type(error).__name__, _traceback(error), step_index, op,
+            return self._finding(FindingKind.EXCEPTION, type(error).__name__, _traceback(error), step_index, op,
                                  side.name)
         finally:
             side.seconds += time.perf_counter() - started
         if not isinstance(result, str) or result not in RESULTS:
-            return self._finding(EXCEPTION, "result", f"returned {result!r}, not one of {', '.join(RESULTS)}",
+            return self._finding(FindingKind.EXCEPTION, "result", f"returned {result!r}, not one of {', '.join(RESULTS)}",
                                  step_index, op, side.name)
         side.last_result = result
         return None
@@ -366,7 +370,7 @@ class _Run:
         failing, details, first_oracle = self._failures_on_sides(failures)
         if not failing:
             return None
-        return self._finding(ORACLE, first_oracle, details, step_index, op, failing)
+        return self._finding(FindingKind.ORACLE, first_oracle, details, step_index, op, failing)
 
     def _compare(self, step_index: int, op: Op | None,
                  differences: list[Difference] | None = None) -> Finding | None:
@@ -380,7 +384,7 @@ class _Run:
         detail = [difference.describe(*names) for difference in shown]
         if len(differences) > len(shown):
             detail.append(f"... and {len(differences) - len(shown)} more listed")
-        return self._finding(DIVERGENCE, differences[0].field, "\n".join(detail), step_index, op,
+        return self._finding(FindingKind.DIVERGENCE, differences[0].field, "\n".join(detail), step_index, op,
                              self.sides[1].name, differences=tuple(differences))
 
     def _names(self) -> tuple[str, str]:
@@ -396,7 +400,7 @@ class _Run:
         if not failing:
             return None
         last_op = f"{self.last_op.line}: {format_op(self.last_op)}" if self.last_op else ""
-        return self._finding(EXPECT, first_key, details, step_index, expect, failing, last_op=last_op)
+        return self._finding(FindingKind.EXPECT, first_key, details, step_index, expect, failing, last_op=last_op)
 
     def _check_expect_processes(self, expect: Expect) -> None:
         processes = [expect.process] if expect.kind == "entry" else []
@@ -426,12 +430,8 @@ def run_script(script: Script, impl: str | Any = REFERENCE_IMPL, ref: str | Any 
     log.debug("run_start", path=script.path, impl=other_impl.name, ref=ref_impl.name,
               frames=script.frames, steps=len(script.steps), check_every_op=check_every_op)
     result = _Run(script, ref_impl, other_impl).execute(check_every_op)
-    if not check_every_op and result.findings and result.findings[0].kind in (DIVERGENCE, ORACLE) \
-            and result.findings[0].op_name == AT_END:
-        # Pin a final difference or oracle failure to the first op after which it shows.
-        pinned = _Run(script, ref_impl, other_impl).execute(check_every_op=True)
-        if pinned.findings:
-            result = pinned
+    if not check_every_op:
+        result = _pinned(result, script, ref_impl, other_impl)
     for finding in result.findings:
         log.info("finding", signature=finding.signature, path=script.path, line=finding.line,
                  impl=finding.impl, ops=result.ops_run)
@@ -447,19 +447,23 @@ def run_stream(script: Script, next_op: Callable[[Machine], Op | None], impl: st
     ref_impl, other_impl = _resolve(ref), _resolve(impl)
     check(not script.steps, "run_stream starts from an empty script")
     result = _Run(script, ref_impl, other_impl).execute_stream(next_op)
-    if result.findings and result.findings[0].kind in (DIVERGENCE, ORACLE) \
-            and result.findings[0].op_name == AT_END:
-        pinned = _Run(script, ref_impl, other_impl).execute(check_every_op=True)
-        if pinned.findings:
-            result = pinned
-    return result
+    return _pinned(result, script, ref_impl, other_impl)
+
+
+def _pinned(result: RunResult, script: Script, ref: _Implementation, other: _Implementation) -> RunResult:
+    """result, or if it ends with a final difference or oracle failure found only at the end,
+    the run of script checking every op, which pins it to the first op after which it shows."""
+    if not result.findings:
+        return result
+    finding = result.findings[0]
+    if finding.kind not in (FindingKind.DIVERGENCE, FindingKind.ORACLE) or finding.op_name != AT_END:
+        return result
+    pinned = _Run(script, ref, other).execute(check_every_op=True)
+    return pinned if pinned.findings else result
 
 
 __all__ = [
-    "DIVERGENCE",
-    "EXCEPTION",
-    "EXPECT",
-    "ORACLE",
+    "FindingKind",
     "Finding",
     "RunResult",
     "run_script",

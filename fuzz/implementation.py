@@ -123,7 +123,7 @@ def load_implementation(name: str) -> Implementation:
     """
     if not name:
         raise UsageError("empty implementation name")
-    loaded = _load_builtin(name) if name in BUILTIN_IMPLEMENTATIONS else None
+    loaded: object = _load_builtin(name) if name in BUILTIN_IMPLEMENTATIONS else None
     if loaded is None:
         loaded = _load_entry_point(name)
     if loaded is None:

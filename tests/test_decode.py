@@ -112,7 +112,7 @@ def test_choices_are_read_as_fuzzed_data_provider_reads_them():
 @pytest.mark.parametrize("seed", range(40))
 def test_only_forks_exits_and_pins_change_what_later_ops_may_name(seed):
     decoded = decode_input(random_bytes(3000 + seed))
-    for op, before, after in zip(decoded.script.steps, decoded.names, decoded.names[1:]):
+    for op, before, after in zip(decoded.script.steps, decoded.names, decoded.names[1:], strict=False):
         assert op.name in NAMING_OPS or after == before, op
 
 

@@ -340,9 +340,12 @@ def test_scan_sees_the_leaves_mm_leaves_yields():
     scan = PageTableScan(machine)
     for pid, mm in machine.processes.items():
         leaves = list(mm.leaves())
-        ptes = [(int(a), int(d)) for p, a, d in zip(scan.pte_pid, scan.pte_addr, scan.pte_desc) if p == pid]
-        swaps = [(int(a), int(d)) for p, a, d in zip(scan.swp_pid, scan.swp_addr, scan.swp_desc) if p == pid]
-        pmds = [(int(a), int(d)) for p, a, d in zip(scan.pmd_pid, scan.pmd_addr, scan.pmd_desc) if p == pid]
+        ptes = [(int(a), int(d)) for p, a, d in zip(scan.pte_pid, scan.pte_addr, scan.pte_desc, strict=True)
+                if p == pid]
+        swaps = [(int(a), int(d)) for p, a, d in zip(scan.swp_pid, scan.swp_addr, scan.swp_desc, strict=True)
+                 if p == pid]
+        pmds = [(int(a), int(d)) for p, a, d in zip(scan.pmd_pid, scan.pmd_addr, scan.pmd_desc, strict=True)
+                if p == pid]
         assert sorted(ptes + swaps) == [(a, d) for a, level, d in leaves if level == "pte"]
         assert pmds == [(a, d) for a, level, d in leaves if level == "pmd"]
 
@@ -537,7 +540,7 @@ def test_refcount_fires_on_a_folio_run_over_another_folio():
     assert (first % 4, second) == (0, first + 1)
     assert_healthy(machine, shadow)
     machine.frames.folio_order[first] = 2
-    found = [detail for failure, detail in zip(check_oracles(machine, shadow), details(machine, shadow))
+    found = [detail for failure, detail in zip(check_oracles(machine, shadow), details(machine, shadow), strict=True)
              if failure.oracle == "refcount"]
     assert f"pfn {second}: inside two folios" in found
     assert f"pfn {first + 2}: page_folio -1, expected {first}" in found

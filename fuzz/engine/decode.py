@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from fuzz.errors import UsageError
-from fuzz.implementation import OP_DISPATCH, OP_NAMES, PROTS, reference_kernel
+from fuzz.implementation import OP_DISPATCH, OP_NAMES, PROTS, Kernel, reference_kernel
 from fuzz.script.ops import PAGE_SIZE, VA_LIMIT, Op, Script
 from machine import DEFAULT_NR_FRAMES, Machine, check
 
@@ -181,6 +181,7 @@ class OpGrammar:
         choose = self.choices.choose
         category = ADDR_CATEGORIES[choose(len(ADDR_CATEGORIES), None if wanted is None else len(ADDR_CATEGORIES) - 1)]
         if category == "vma_edge":
+            assert machine is not None   # the encoder draws every address raw
             edges = vma_edges(machine, process)
             addr = edges[choose(len(edges))]
         elif category == "boundary":
@@ -216,7 +217,7 @@ class OpGrammar:
 
 def vma_edges(machine: Machine, pid: int) -> list[int]:
     """The first and last page of each of pid's VMAs (the window's base if it has none)."""
-    edges = []
+    edges: list[int] = []
     for vma in machine.processes[pid].vmas:
         edges.extend((vma.start, vma.end - PAGE_SIZE))
     return edges or [WINDOW_BASE]
@@ -302,7 +303,7 @@ def encode(script: Script, known: Decoded | None = None) -> bytes:
     if len(ops) > MAX_OPS:
         raise EncodeError(f"{script.path}: {len(ops)} ops, the decoder draws at most {MAX_OPS}")
     grammar = OpGrammar(recorded)
-    for op, names in zip(ops, names_before_ops(frames, ops, _known_names(script, ops, known))):
+    for op, names in zip(ops, names_before_ops(frames, ops, _known_names(script, ops, known)), strict=True):
         if not names.live:
             raise EncodeError(f"{script.path}:{op.line}: no process is left to name")
         drawn = grammar.op(names, target=op)
@@ -330,13 +331,14 @@ def names_before_ops(frames: int, ops: list[Op], known_names: tuple[Names, ...] 
     up to each op that can change the names (NAMING_OPS), and lazily: an op runs once the
     names after it are asked for, so the encoder refuses an op before running it.
     """
-    machine = kernel = None
+    machine: Machine | None = None
+    kernel: Kernel | None = None
     ran = 0   # ops the reference has run
     for index in range(len(ops)):
         if index < len(known_names):
             names = known_names[index]
         elif index == 0 or ops[index - 1].name in NAMING_OPS:
-            if kernel is None:
+            if machine is None or kernel is None:
                 machine, kernel = reference_kernel(frames)
             for op in ops[ran:index]:
                 OP_DISPATCH[op.name](kernel, op)

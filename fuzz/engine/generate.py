@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from fuzz.implementation import OP_NAMES
-from fuzz.script.ops import Op, Script
+from fuzz.script.ops import Expect, Op, Script
 from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE
 
 WINDOW_BASE = 0x200000
@@ -105,7 +105,7 @@ class ScriptGenerator:
         return Op(name, process=pid, addr=self.addr())
 
     def script(self, nr_ops: int) -> Script:
-        steps = [Op("mmap", process=0, addr=WINDOW_BASE, length=3 * PMD_SIZE, prot="rw")]
+        steps: list[Op | Expect] = [Op("mmap", process=0, addr=WINDOW_BASE, length=3 * PMD_SIZE, prot="rw")]
         steps += [self.op() for _ in range(nr_ops - 1)]
         return Script(path="<generated>", frames=self.rng.choice((256, 1024, 4096)), steps=steps)
 

@@ -185,7 +185,7 @@ class _Numbering:
 
 
 def _renumbered(step: Op | Expect, pids: _Numbering, pins: _Numbering) -> Op | Expect:
-    changes: dict[str, int] = {}
+    changes: dict[str, Any] = {}
     if step.process is not None:
         changes["process"] = pids.new[step.process]
     if step.pin_id is not None:

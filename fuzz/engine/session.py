@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,7 @@ class Session:
         self.stop_on_finding = False
         self.executions = 0
         self.findings: list[SavedFinding] = []
-        self.seconds_by_part: Counter[str] = Counter()
+        self.seconds_by_part: defaultdict[str, float] = defaultdict(float)
         self.started = time.monotonic()
         self.last_summary = 0.0
 
@@ -98,7 +98,8 @@ class Session:
         self.executions += 1
         stream = OpStream(data)
         result = run_stream(stream.script, stream.next_op, self.impl, self.reference)
-        self.seconds_by_part.update(result.seconds)
+        for part, seconds in result.seconds.items():
+            self.seconds_by_part[part] += seconds
         if stream.ended:   # every op was drawn and run: the script is decode(data)
             self.mutator.remember_run(data, stream.decoded())
         if result.findings:

@@ -18,6 +18,7 @@ does not look smaller by reusing what the first one freed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -253,10 +254,8 @@ class _PeakRss:
 def _release_free_memory() -> None:
     """Collect garbage and hand free heap back to the system, so a run starts from a settled RSS."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):   # not glibc: the peak may read a little low
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc: the peak may read a little low
-        pass
 
 
 @dataclass
@@ -354,7 +353,7 @@ def _run_error_report(run: ImplementationRun, ops: Sequence[Op]) -> str:
 
 def _result_report(ref: ImplementationRun, other: ImplementationRun, ops: Sequence[Op]) -> str:
     """The first op whose results differ, or "" if the result lists are equal."""
-    for number, (op, ref_result, other_result) in enumerate(zip(ops, ref.results, other.results), 1):
+    for number, (op, ref_result, other_result) in enumerate(zip(ops, ref.results, other.results, strict=False), 1):
         if ref_result != other_result:
             return (f"op {number} ({format_op(op)}): result differs: "
                     f"{ref.name}={ref_result} {other.name}={other_result}")
@@ -437,7 +436,7 @@ def format_table(results: Sequence[SizeResult], impl: str) -> str:
          "" if result.ok else "DIFFERS")
         for result in results]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     for result in results:
         if result.skipped:
             lines.append(f"{format_size(result.size)}: {result.skipped} ops skipped "

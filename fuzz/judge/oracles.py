@@ -29,10 +29,11 @@ ones) is computed once, on the scan.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, SupportsInt
 
 import numpy as np
 
@@ -94,16 +95,16 @@ _contpte_verdicts: dict[bytes, bool] = {}
 _CONTPTE_VERDICTS_LIMIT = 1 << 16
 
 
-def _where(pid: int, addr: int) -> str:
+def _where(pid: SupportsInt, addr: SupportsInt) -> str:
     return f"P{pid} {addr:#x}"
 
 
-def _key_where(key: int) -> str:
+def _key_where(key: SupportsInt) -> str:
     key = int(key)
     return _where(key >> _PID_SHIFT, key & _ADDR_MASK)
 
 
-def _details(items: Iterable, describe: Callable[..., str]) -> list[str]:
+def _details(items: Collection[Any], describe: Callable[..., str]) -> list[str]:
     """describe(item) for the first MAX_DETAILS items, then how many more there were."""
     if len(items) == 0:
         return []
@@ -266,7 +267,7 @@ class PageTableScan:
     @cached_property
     def nr_nonzero(self) -> dict[str, int]:
         """Per folio and page field of the frame table: how many of its values are non-zero."""
-        return {name: np.count_nonzero(getattr(self.frames, name)) for name in _FOLIO_FIELDS + _PAGE_FIELDS}
+        return {name: int(np.count_nonzero(getattr(self.frames, name))) for name in _FOLIO_FIELDS + _PAGE_FIELDS}
 
     def zero_outside(self, name: str, pfns: np.ndarray) -> bool:
         """Whether frame field name is zero at every pfn but pfns (ascending, distinct): a count,
@@ -648,7 +649,7 @@ def _check_pin(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[st
     if not incoherent.any():
         return []
     released = np.array([index in shadow.released.get(pin_id, ())
-                         for pin_id, index in zip(pins["id"].tolist(), pins["index"].tolist())], bool)
+                         for pin_id, index in zip(pins["id"].tolist(), pins["index"].tolist(), strict=True)], bool)
     return _details(_indices(incoherent & ~released), lambda i: (
         f"pin {pins['id'][i]} page {pins['index'][i]} ({_where(pins['pid'][i], pins['addr'][i])}): "
         f"pinned pfn {pins['page'][i]}, "
@@ -665,7 +666,7 @@ def _check_data(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[s
     # The cheap question: the non-zero words read are the non-zero words written. As no two
     # leaves share a key, that holds exactly when both checks below do.
     read = _indices(values != 0)
-    if sorted(zip(keys[read].tolist(), values[read].tolist())) == [item for item in written if item[1]]:
+    if sorted(zip(keys[read].tolist(), values[read].tolist(), strict=True)) == [item for item in written if item[1]]:
         return []
 
     written_keys = np.array([key for key, _ in written], np.int64)
@@ -772,7 +773,7 @@ def _non_canonical_blocks(machine: Machine, scan: PageTableScan) -> list[tuple[i
         packed = np.zeros((_BLOCKS_PER_TABLE, CONT_PTES), np.uint64)
         packed[:len(chunk)] = blocks[candidates[chunk]]
         canonical = machine.contpte_blocks_canonical(packed.reshape(-1))
-        for i, verdict in zip(chunk, canonical.tolist()):
+        for i, verdict in zip(chunk, canonical.tolist(), strict=False):   # packed is padded
             _contpte_verdicts[verdict_keys[i]] = verdict
     rejected: list[tuple[int, int, np.ndarray]] = []
     for i, key in enumerate(verdict_keys):
@@ -792,11 +793,11 @@ def _check_vmas(machine: Machine, scan: PageTableScan) -> list[str]:
         vmas = machine.processes[pid].vmas
         for vma in vmas:
             if not (vma.start < vma.end and vma.start % PAGE_SIZE == 0 and vma.end % PAGE_SIZE == 0
-                    and 0 <= vma.start and vma.end <= TASK_SIZE):
+                    and vma.start >= 0 and vma.end <= TASK_SIZE):
                 failures.append(f"P{pid} VMA {vma.start:#x}-{vma.end:#x}: empty, unaligned or outside the VA space")
             vma_keys.append((pid << _PID_SHIFT) + vma.start)
             vma_ends.append((pid << _PID_SHIFT) + vma.end)   # +, not |: an end may be 2**48
-        for before, after in zip(vmas, vmas[1:]):
+        for before, after in itertools.pairwise(vmas):
             if before.end > after.start:
                 failures.append(f"P{pid} VMA {before.start:#x}-{before.end:#x}: not sorted before or "
                                 f"overlaps VMA {after.start:#x}-{after.end:#x}")

@@ -262,7 +262,7 @@ class _Run:
     # Start: a kernel and a shadow per machine.
 
     def _start(self) -> Finding | None:
-        for side, impl in zip(self.sides, (self.ref_impl, self.other_impl)):
+        for side, impl in zip(self.sides, (self.ref_impl, self.other_impl), strict=True):
             started = time.perf_counter()
             try:
                 side.kernel = impl.module.Kernel(side.machine)
@@ -287,6 +287,7 @@ class _Run:
             if finding is not None:
                 return finding
         ref_result, other_result = (side.last_result for side in self.sides)
+        assert ref_result is not None and other_result is not None   # _call set both
         self.results.append(ref_result)
         if ref_result != other_result:
             difference = Difference("op", "result", ref_result, other_result)
@@ -320,8 +321,8 @@ class _Run:
         finally:
             side.seconds += time.perf_counter() - started
         if not isinstance(result, str) or result not in RESULTS:
-            return self._finding(FindingKind.EXCEPTION, "result", f"returned {result!r}, not one of {', '.join(RESULTS)}",
-                                 step_index, op, side.name)
+            detail = f"returned {result!r}, not one of {', '.join(RESULTS)}"
+            return self._finding(FindingKind.EXCEPTION, "result", detail, step_index, op, side.name)
         side.last_result = result
         return None
 
@@ -403,7 +404,7 @@ class _Run:
         return self._finding(FindingKind.EXPECT, first_key, details, step_index, expect, failing, last_op=last_op)
 
     def _check_expect_processes(self, expect: Expect) -> None:
-        processes = [expect.process] if expect.kind == "entry" else []
+        processes: list[int | str | None] = [expect.process] if expect.kind == "entry" else []
         processes += [value for key, value in expect.keys if key in ("same-page", "distinct-page")]
         for process in processes:
             if process not in self.ref.machine.processes:

@@ -15,8 +15,8 @@ a script error (SPEC §3: "a script error (exit 2), not an op result").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from fuzz.implementation import OP_NAMES, ORDER_OPS, PROT_OPS, RANGE_OPS, RESULT_NAMES
 
@@ -292,9 +292,9 @@ def _op_fork(name: str, args: list[str], processes: _Processes) -> Op:
 
 
 def _op_exit(name: str, args: list[str], processes: _Processes) -> Op:
-    op = Op(name, process=processes.parse(args[0]))
-    processes.exit(op.process)
-    return op
+    process = processes.parse(args[0])
+    processes.exit(process)
+    return Op(name, process=process)
 
 
 _OpParser = Callable[[str, list[str], _Processes], Op]

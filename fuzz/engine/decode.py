@@ -26,9 +26,20 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from fuzz.errors import UsageError
-from fuzz.implementation import OP_DISPATCH, OP_NAMES, PROTS, Kernel, reference_kernel
-from fuzz.script.ops import PAGE_SIZE, VA_LIMIT, Op, Script
+from fuzz.implementation import (
+    OP_DISPATCH,
+    OP_NAMES,
+    ORDER_OPS,
+    PROCESS_OPS,
+    PROT_OPS,
+    PROTS,
+    RANGE_OPS,
+    Kernel,
+    reference_kernel,
+)
+from fuzz.script.ops import Op, Script
 from machine import DEFAULT_NR_FRAMES, Machine, check
+from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
 ENCODING_VERSION = 2  # 2: raw frames, pin pages and lengths capped (fast executions)
 MAX_OPS = 24
@@ -36,8 +47,6 @@ FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
 WINDOW_BASE = 0x200000
 WINDOW_SIZE = 8 << 20
-PMD_SIZE = 2 << 20
-CONT_SIZE = 64 << 10
 # Op kinds, repeated to weight them: faults and writes make the states the others act on.
 KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "pin", "pin",
               "unpin", "fork", "fork", "exit", "munmap", "dontneed", "mprotect", "mprotect", "reclaim",
@@ -45,10 +54,10 @@ KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "writ
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
 ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "raw")
 LISTED_WEIGHT = 3  # a listed value is drawn 3 times in 4, a raw one once
-RAW_PAGES = VA_LIMIT // PAGE_SIZE
-BOUNDARY_GRANULES = (PMD_SIZE, CONT_SIZE, PAGE_SIZE)
+RAW_PAGES = TASK_SIZE // PAGE_SIZE
+BOUNDARY_GRANULES = (PMD_SIZE, CONT_PTE_SIZE, PAGE_SIZE)
 BOUNDARY_OFFSETS = (0, -1, 1, 15, 16, 17, 511)
-LENGTHS = (PAGE_SIZE, 2 * PAGE_SIZE, CONT_SIZE, CONT_SIZE + PAGE_SIZE, PMD_SIZE, PMD_SIZE + CONT_SIZE,
+LENGTHS = (PAGE_SIZE, 2 * PAGE_SIZE, CONT_PTE_SIZE, CONT_PTE_SIZE + PAGE_SIZE, PMD_SIZE, PMD_SIZE + CONT_PTE_SIZE,
            2 * PMD_SIZE, 4 * PMD_SIZE)
 RAW_LENGTH_PAGES = 4096            # up to 16 MiB: eight PMDs, twice the address window
 ORDERS = (0, 2, 4, 9, 1, 3, 8)
@@ -157,16 +166,16 @@ class OpGrammar:
             return Op("unpin", pin_id=pin_id)
         live = names.live
         process = live[choose(len(live), _index(live, target and target.process))]
-        if name in ("fork", "exit"):
+        if name in PROCESS_OPS:
             return Op(name, process=process)
         addr = self.addr(process, machine, target.addr if target else None)
-        if name in ("mmap", "munmap", "dontneed", "mprotect"):
+        if name in RANGE_OPS:
             length = self.length(addr, target.length if target else None)
             prot = None
-            if name in ("mmap", "mprotect"):
+            if name in PROT_OPS:
                 prot = PROTS[choose(len(PROTS), _index(PROTS, target and (target.prot or "rw")))]
             return Op(name, process=process, addr=addr, length=length, prot=prot)
-        if name in ("fault", "split"):
+        if name in ORDER_OPS:
             return Op(name, process=process, addr=addr, order=self.order(target.order if target else None))
         if name == "write":
             return Op(name, process=process, addr=addr, value=self.value(target.value if target else None))
@@ -188,7 +197,7 @@ class OpGrammar:
             granule = BOUNDARY_GRANULES[choose(len(BOUNDARY_GRANULES))]
             addr = WINDOW_BASE + choose(WINDOW_SIZE // granule) * granule
             addr += BOUNDARY_OFFSETS[choose(len(BOUNDARY_OFFSETS))] * PAGE_SIZE
-            addr = min(max(addr, 0), VA_LIMIT - PAGE_SIZE)
+            addr = min(max(addr, 0), TASK_SIZE - PAGE_SIZE)
         elif category == "used" and self.used:
             addr = self.used[choose(len(self.used))]
         else:
@@ -203,7 +212,7 @@ class OpGrammar:
         else:
             raw_pages = None if wanted is None else wanted // PAGE_SIZE - 1
             length = (choose(RAW_LENGTH_PAGES, raw_pages) + 1) * PAGE_SIZE
-        return max(PAGE_SIZE, min(length, VA_LIMIT - addr))
+        return max(PAGE_SIZE, min(length, TASK_SIZE - addr))
 
     def order(self, wanted: int | None) -> int:
         return pick(self.choices, ORDERS, RAW_ORDERS, wanted)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from fuzz.implementation import OP_NAMES
+from fuzz.implementation import OP_NAMES, PROT_OPS, RANGE_OPS
 from fuzz.script.ops import Expect, Op, Script
 from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE
 
@@ -80,8 +80,8 @@ class ScriptGenerator:
         pid = self.process()
         if name == "exit" and len(self.live) == 1:
             name = "fork"
-        if name in ("mmap", "munmap", "dontneed", "mprotect"):
-            prot = rng.choice(("rw", "rw", "ro")) if name in ("mmap", "mprotect") else None
+        if name in RANGE_OPS:
+            prot = rng.choice(("rw", "rw", "ro")) if name in PROT_OPS else None
             return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot)
         if name == "fault":
             return Op(name, process=pid, addr=self.addr(), order=rng.choice(ORDERS))

@@ -21,11 +21,11 @@ import structlog
 from fuzz.implementation import REFERENCE_IMPL
 from fuzz.judge.runner import run_script
 from fuzz.script.ops import Expect, Op, Script, ScriptError, format_script
+from machine.pgtable import PAGE_SIZE
 
 log = structlog.get_logger()
 
 MAX_RUNS = 2000
-PAGE_SIZE = 4096
 
 
 @dataclass

@@ -41,18 +41,16 @@ from fuzz.implementation import (
     load_implementation,
 )
 from fuzz.judge.compare import compare_machines
-from fuzz.script.ops import VA_LIMIT, Op, format_op
+from fuzz.script.ops import Op, format_op
 from machine import Machine
+from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
 log = structlog.get_logger()
 
 DEFAULT_SIZES = "64M,256M,1G"
 
-PAGE_SIZE = 4096
-MTHP_SIZE = 64 << 10
 MTHP_ORDER = 4
-PMD_SIZE = 2 << 20
-PMD_ORDER = 9
+MTHP_SIZE = PAGE_SIZE << MTHP_ORDER
 HALF_PMD = PMD_SIZE // 2
 BASE = 0x40000000                  # 1 GiB aligned start of the one mapping
 PIN_NR_PAGES = 8
@@ -89,7 +87,7 @@ def check_size(size: int, text: str = "") -> None:
     name = repr(text or str(size))
     if size <= 0 or size % PMD_SIZE:
         raise UsageError(f"bad size {name}: not a positive multiple of 2M")
-    if BASE + size > VA_LIMIT:
+    if BASE + size > TASK_SIZE:
         raise UsageError(f"bad size {name}: the mapping would end past the 48-bit VA limit")
 
 
@@ -148,7 +146,7 @@ def fault_layout(size: int) -> FaultLayout:
 def _fault_ops(size: int) -> list[Op]:
     """Step 2, chunk by chunk in ascending address order."""
     layout = fault_layout(size)
-    folios = ([(addr, PMD_ORDER) for addr in layout.pmd_chunks]
+    folios = ([(addr, HPAGE_PMD_ORDER) for addr in layout.pmd_chunks]
               + [(addr, MTHP_ORDER) for addr in layout.mthp_folios]
               + [(addr, 0) for addr in layout.base_pages])
     return [Op("fault", process=0, addr=addr, order=order) for addr, order in sorted(folios)]

@@ -323,6 +323,37 @@ def _command_encode(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# seeds
+
+
+def _add_seeds_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenarios", default="tests/scenarios", metavar="DIR",
+                        help="the scenarios the seeds are made from (default tests/scenarios)")
+    parser.add_argument("--out", default="corpus/seeds", metavar="DIR",
+                        help="the seed directory (default corpus/seeds)")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 if the seeds are not in sync with the scenarios")
+
+
+def _command_seeds(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fuzz.engine.seeds import stale_seeds, write_seeds
+
+    scenarios, out = Path(args.scenarios), Path(args.out)
+    if not scenarios.is_dir():
+        raise UsageError(f"{args.scenarios}: not a directory")
+    if args.check:
+        stale = stale_seeds(scenarios, out)
+        for name in stale:
+            print(f"{out / name}: not the seed of {scenarios / name}")
+        return EXIT_FINDING if stale else EXIT_OK
+    for name in write_seeds(scenarios, out):
+        print(f"{out / name}: {'written' if (out / name).exists() else 'removed'}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
 # bench
 
 
@@ -397,6 +428,7 @@ _COMMANDS: tuple[_Command, ...] = (
     ("decode", _add_decode_arguments, _command_decode),
     ("encode", _add_encode_arguments, _command_encode),
     ("bench", _add_bench_arguments, _command_bench),
+    ("seeds", _add_seeds_arguments, _command_seeds),
 )
 _HELP = {
     "replay": "run op scripts on two implementations; compare, check oracles and expects",
@@ -407,6 +439,7 @@ _HELP = {
     "decode": "print the op script a raw fuzzer input stands for",
     "encode": "write the raw fuzzer input that decodes to an op script",
     "bench": "time the reference against an implementation on big deterministic workloads",
+    "seeds": "write the seed corpus from the scenarios (their ops without the expects)",
 }
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fuzz.implementation import OP_NAMES, ORDER_OPS, PROT_OPS, RANGE_OPS, RESULT_NAMES
+from fuzz.implementation import OP_NAMES, ORDER_OPS, PROCESS_OPS, PROT_OPS, RANGE_OPS, RESULT_NAMES
+from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SIZE, TASK_SIZE
 
 # Keys of `expect P va ...` and `expect pin ID ...`, in the order SPEC §4 lists them.
 EXPECT_ENTRY_KEYS = ("value", "state", "exclusive", "writable", "dirty", "young", "level",
@@ -27,12 +28,10 @@ EXPECT_ENTRY_KEYS = ("value", "state", "exclusive", "writable", "dirty", "young"
 EXPECT_PIN_KEYS = ("value", "coherent")
 EXPECT_RESULT_KEYS = ("result",)
 
-PAGE_SIZE = 4096
-VA_LIMIT = 1 << 48          # 48-bit VA: every range ends at or below this
 VALUE_LIMIT = 1 << 64       # data words are 64-bit
 FRAMES_LIMIT = 1 << 24      # largest `frames N`
 ORDER_ARG_LIMIT = 63        # `order=K` of fault/split; 0..9 is the kernel's check (EINVAL)
-EXPECT_ORDER_LIMIT = 9      # largest folio order an `expect ... order=` can name
+EXPECT_ORDER_LIMIT = HPAGE_PMD_ORDER   # largest folio order an `expect ... order=` can name
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ def _parse_addr(text: str) -> int:
     addr = _parse_number(text)
     if addr % PAGE_SIZE:
         raise _LineError(f"address {addr:#x} is not 4 KiB aligned")
-    if addr >= VA_LIMIT:
+    if addr >= TASK_SIZE:
         raise _LineError(f"address {addr:#x} is not below 2^48")
     return addr
 
@@ -193,7 +192,7 @@ def _parse_length(text: str) -> int:
 
 
 def _check_range_end(end: int) -> None:
-    if end > VA_LIMIT:
+    if end > TASK_SIZE:
         raise _LineError("range ends above 2^48")
 
 
@@ -547,7 +546,7 @@ def format_op(op: Op) -> str:
     if name == "unpin":
         return f"unpin {_need(op.pin_id, op, 'pin_id')}"
     words = [name, f"P{_need(op.process, op, 'process')}"]
-    if name in ("fork", "exit"):
+    if name in PROCESS_OPS:
         return " ".join(words)
     words.append(_format_addr(int(_need(op.addr, op, "addr"))))
     if name in RANGE_OPS:

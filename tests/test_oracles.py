@@ -266,7 +266,7 @@ def assert_only(machine: Machine, shadow: Shadow, oracle: str, *fragments: str) 
 
 def test_oracles_are_named_in_spec_order():
     assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout"]
-    assert all(ORACLES[name].__name__ == f"check_{name}" for name in ORACLES)
+    assert all(ORACLES[name].name == name and ORACLES[name].check.__name__ == f"check_{name}" for name in ORACLES)
 
 
 def test_empty_machine_is_healthy():
@@ -941,3 +941,47 @@ def test_layout_accepts_leaves_at_the_top_of_the_address_space():
     assert_healthy(machine, shadow)
     child.vmas[-1].end = top
     assert_only(machine, shadow, "layout", f"P1 {top:#x}: PTE outside any VMA")
+
+
+# --- the registry and the scan's remembered contpte verdicts -------------------
+
+def test_each_oracle_states_its_rule_first_in_spec_order():
+    for number, (name, oracle) in enumerate(ORACLES.items(), 1):
+        assert oracle.rule.startswith(f"Rule {number}, {name}: "), oracle.rule
+
+
+def test_contpte_verdicts_kept_across_scans_ask_the_machine_only_about_unseen_blocks():
+    from fuzz.judge.scan import ContpteVerdicts
+
+    machine, shadow, mm = new_world()
+    map_mthp(machine, shadow, mm, MTHP_ADDR)
+    asked = []
+    judge = machine.contpte_blocks_canonical
+
+    def counting_judge(entries):
+        asked.append(len(entries))
+        return judge(entries)
+
+    machine.contpte_blocks_canonical = counting_judge
+    verdicts = ContpteVerdicts()
+    assert check_oracles(machine, shadow, verdicts) == []
+    assert asked and len(verdicts.verdicts) == 1
+    asked.clear()
+    assert check_oracles(machine, shadow, verdicts) == []
+    assert asked == []                                      # the same block: remembered
+    table = mm.pte_table(MTHP_ADDR)
+    first = (MTHP_ADDR % PMD_SIZE) // PAGE_SIZE
+    table.entries[first + 8:first + 16] &= ~np.uint64(PTE_CONT)
+    assert [failure.oracle for failure in check_oracles(machine, shadow, verdicts)] == ["layout"]
+    assert asked and len(verdicts.verdicts) == 2            # a new block: judged and remembered
+
+
+def test_contpte_verdicts_are_forgotten_past_their_limit():
+    from fuzz.judge.scan import ContpteVerdicts
+
+    machine, shadow, mm = new_world()
+    map_mthp(machine, shadow, mm, MTHP_ADDR)
+    verdicts = ContpteVerdicts(limit=1)
+    verdicts.verdicts[b"another block"] = True
+    assert check_oracles(machine, shadow, verdicts) == []
+    assert list(verdicts.verdicts.values()) == [True] and b"another block" not in verdicts.verdicts

@@ -160,7 +160,7 @@ class StandInShadow:
 def stand_ins(monkeypatch):
     """Oracles that always hold and a shadow that only records: the runner is tested alone
     (and checks the oracles on both machines: tests/test_check_state.py covers sharing them)."""
-    monkeypatch.setattr(runner, "check_oracles", lambda machine, shadow: [])
+    monkeypatch.setattr(runner, "check_oracles", lambda machine, shadow, contpte_verdicts: [])
     monkeypatch.setattr(runner, "same_oracle_inputs", lambda *machines_and_shadows: False)
     monkeypatch.setattr(runner, "Shadow", StandInShadow)
 
@@ -264,7 +264,7 @@ def test_final_difference_is_pinned_to_the_first_op_that_caused_it():
 def test_failing_oracle_is_an_oracle_finding(monkeypatch):
     failure = types.SimpleNamespace(oracle="refcount", detail="pfn 0: refcount 1, expected 2")
     monkeypatch.setattr(runner, "check_oracles",
-                        lambda machine, shadow: [failure] if machine.processes[0].rss_anon else [])
+                        lambda machine, shadow, contpte_verdicts: [failure] if machine.processes[0].rss_anon else [])
     [finding] = run_script(script(WRITE_SCRIPT), impl=OK_IMPL, ref=OK_IMPL).findings
     assert finding.signature == "oracle:write:refcount"
     assert "pfn 0: refcount 1, expected 2" in finding.detail

@@ -20,6 +20,7 @@ import structlog
 
 from fuzz.implementation import REFERENCE_IMPL
 from fuzz.judge.runner import run_script
+from fuzz.judge.scan import ContpteVerdicts
 from fuzz.script.ops import Expect, Op, Script, ScriptError, format_script
 from machine.pgtable import PAGE_SIZE
 
@@ -37,6 +38,7 @@ class Minimizer:
     max_runs: int = MAX_RUNS
     runs: int = 0
     cache: dict[str, bool] = field(default_factory=dict)
+    contpte_verdicts: ContpteVerdicts = field(default_factory=ContpteVerdicts)
 
     def reproduces(self, script: Script, signature: str) -> bool:
         """Whether script still shows the finding (cached by its text)."""
@@ -47,7 +49,8 @@ class Minimizer:
             return False
         self.runs += 1
         try:
-            result = run_script(script, self.impl, self.ref, check_every_op=True)
+            result = run_script(script, self.impl, self.ref, check_every_op=True,
+                                contpte_verdicts=self.contpte_verdicts)
         except ScriptError:
             found = False
         else:

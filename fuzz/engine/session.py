@@ -23,6 +23,7 @@ from fuzz.engine.findings import SavedFinding, is_saved, minimise_and_save
 from fuzz.engine.mutator import StructuralMutator
 from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
 from fuzz.judge.runner import run_stream
+from fuzz.judge.scan import ContpteVerdicts
 from fuzz.script.ops import Script
 
 log = structlog.get_logger()
@@ -77,6 +78,7 @@ class Session:
         self.crash_dir = crash_dir
         self.summary_path = summary_dir / f"summary-{os.getpid()}.json" if summary_dir else None
         self.mutator = mutator if mutator is not None else StructuralMutator()
+        self.contpte_verdicts = ContpteVerdicts()   # the layout oracle's, kept across inputs
         self.stop_on_finding = False
         self.executions = 0
         self.findings: list[SavedFinding] = []
@@ -97,7 +99,7 @@ class Session:
         """libFuzzer's callback: decode and run data on both implementations, at once."""
         self.executions += 1
         stream = OpStream(data)
-        result = run_stream(stream.script, stream.next_op, self.impl, self.reference)
+        result = run_stream(stream.script, stream.next_op, self.impl, self.reference, self.contpte_verdicts)
         for part, seconds in result.seconds.items():
             self.seconds_by_part[part] += seconds
         if stream.ended:   # every op was drawn and run: the script is decode(data)

@@ -41,6 +41,7 @@ from fuzz.implementation import (
 from fuzz.judge.compare import Difference, compare_machines
 from fuzz.judge.expects import expect_failures
 from fuzz.judge.oracles import OracleFailure, check_oracles, same_oracle_inputs
+from fuzz.judge.scan import ContpteVerdicts
 from fuzz.judge.shadow import Shadow
 from fuzz.script.ops import Expect, Op, Script, ScriptError, format_expect, format_op
 from machine import DEFAULT_NR_FRAMES, Machine, check
@@ -182,8 +183,10 @@ class _Side:
 class _Run:
     """One run of a script; stops at the first finding."""
 
-    def __init__(self, script: Script, ref: _Implementation, other: _Implementation) -> None:
+    def __init__(self, script: Script, ref: _Implementation, other: _Implementation,
+                 contpte_verdicts: ContpteVerdicts) -> None:
         self.script = script
+        self.contpte_verdicts = contpte_verdicts
         self.ref_impl, self.other_impl = ref, other
         ref_name, other_name = ref.name, other.name
         if ref_name == other_name:
@@ -352,7 +355,7 @@ class _Run:
         """When the reference's oracles hold and the other machine equals it in everything the
         oracles read, theirs hold too: not run again."""
         ref, other = self.sides
-        ref_failures = check_oracles(ref.machine, ref.shadow)
+        ref_failures = check_oracles(ref.machine, ref.shadow, self.contpte_verdicts)
         differences = None
         if not ref_failures:
             differences = compare_machines(ref.machine, other.machine)
@@ -365,7 +368,7 @@ class _Run:
         """An oracle finding naming every failing side; ref_failures: the reference's, if known."""
         def failures(side: _Side) -> list[tuple[str, str]]:
             found = ref_failures if side is self.ref and ref_failures is not None \
-                else check_oracles(side.machine, side.shadow)
+                else check_oracles(side.machine, side.shadow, self.contpte_verdicts)
             return [(failure.oracle, f"{failure.oracle}: {failure.detail}") for failure in found]
 
         failing, details, first_oracle = self._failures_on_sides(failures)
@@ -419,20 +422,22 @@ def _traceback(error: BaseException) -> str:
 
 
 def run_script(script: Script, impl: str | Any = REFERENCE_IMPL, ref: str | Any = REFERENCE_IMPL,
-               check_every_op: bool = True) -> RunResult:
+               check_every_op: bool = True, contpte_verdicts: ContpteVerdicts | None = None) -> RunResult:
     """Run script on implementation impl against ref; see the module doc.
 
     impl and ref are implementation names (load_implementation) or loaded
-    implementations (anything with a Kernel). Raises UsageError for an
-    implementation that cannot be loaded and ScriptError for a step naming a
+    implementations (anything with a Kernel). contpte_verdicts, if given, is kept across
+    runs by the caller (the layout oracle's verdicts by block content). Raises UsageError
+    for an implementation that cannot be loaded and ScriptError for a step naming a
     process that does not exist.
     """
+    verdicts = contpte_verdicts if contpte_verdicts is not None else ContpteVerdicts()
     ref_impl, other_impl = _resolve(ref), _resolve(impl)
     log.debug("run_start", path=script.path, impl=other_impl.name, ref=ref_impl.name,
               frames=script.frames, steps=len(script.steps), check_every_op=check_every_op)
-    result = _Run(script, ref_impl, other_impl).execute(check_every_op)
+    result = _Run(script, ref_impl, other_impl, verdicts).execute(check_every_op)
     if not check_every_op:
-        result = _pinned(result, script, ref_impl, other_impl)
+        result = _pinned(result, script, ref_impl, other_impl, verdicts)
     for finding in result.findings:
         log.info("finding", signature=finding.signature, path=script.path, line=finding.line,
                  impl=finding.impl, ops=result.ops_run)
@@ -441,17 +446,20 @@ def run_script(script: Script, impl: str | Any = REFERENCE_IMPL, ref: str | Any 
 
 
 def run_stream(script: Script, next_op: Callable[[Machine], Op | None], impl: str | Any,
-               ref: str | Any = REFERENCE_IMPL) -> RunResult:
+               ref: str | Any = REFERENCE_IMPL, contpte_verdicts: ContpteVerdicts | None = None) -> RunResult:
     """Run the ops next_op draws (from the reference machine after the ops before) on both
     implementations; script (its frames, no steps yet) collects them. A failure at the end
-    is pinned to its op by replaying the collected script op by op."""
+    is pinned to its op by replaying the collected script op by op. contpte_verdicts as
+    for run_script."""
     ref_impl, other_impl = _resolve(ref), _resolve(impl)
     check(not script.steps, "run_stream starts from an empty script")
-    result = _Run(script, ref_impl, other_impl).execute_stream(next_op)
-    return _pinned(result, script, ref_impl, other_impl)
+    verdicts = contpte_verdicts if contpte_verdicts is not None else ContpteVerdicts()
+    result = _Run(script, ref_impl, other_impl, verdicts).execute_stream(next_op)
+    return _pinned(result, script, ref_impl, other_impl, verdicts)
 
 
-def _pinned(result: RunResult, script: Script, ref: _Implementation, other: _Implementation) -> RunResult:
+def _pinned(result: RunResult, script: Script, ref: _Implementation, other: _Implementation,
+            contpte_verdicts: ContpteVerdicts) -> RunResult:
     """result, or if it ends with a final difference or oracle failure found only at the end,
     the run of script checking every op, which pins it to the first op after which it shows."""
     if not result.findings:
@@ -459,7 +467,7 @@ def _pinned(result: RunResult, script: Script, ref: _Implementation, other: _Imp
     finding = result.findings[0]
     if finding.kind not in (FindingKind.DIVERGENCE, FindingKind.ORACLE) or finding.op_name != AT_END:
         return result
-    pinned = _Run(script, ref, other).execute(check_every_op=True)
+    pinned = _Run(script, ref, other, contpte_verdicts).execute(check_every_op=True)
     return pinned if pinned.findings else result
 
 

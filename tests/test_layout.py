@@ -97,3 +97,15 @@ def test_only_the_front_prints(path):
     calls = [node.lineno for node in ast.walk(tree)
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
     assert calls == [], f"{module_name(path)} prints at lines {calls}"
+
+
+def test_the_readme_layout_table_names_every_module_of_fuzz():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for path in fuzz_modules():
+        if path.name == "__init__.py":
+            continue
+        relative = path.relative_to(ROOT)
+        named = f"`{relative}`" if len(relative.parts) == 2 else f"`{path.name}`"
+        assert named in readme, f"README.md's layout table does not name {relative}"
+    for package in sorted(path for path in FUZZ.iterdir() if (path / "__init__.py").exists()):
+        assert f"`{package.relative_to(ROOT)}/`" in readme, f"README.md's layout table does not name {package}"

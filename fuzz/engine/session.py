@@ -71,7 +71,7 @@ class Session:
     """The state of one fuzzing process: counts, the findings it saved, its summary file."""
 
     def __init__(self, impl: str, crash_dir: Path, summary_dir: Path | None,
-                 mutator: StructuralMutator | None = None) -> None:
+                 mutator: StructuralMutator | None = None, stop_on_finding: bool = False) -> None:
         self.impl_name = impl
         self.impl = load_implementation(impl)
         self.reference = load_implementation(REFERENCE_IMPL)   # loaded once, not per input
@@ -79,7 +79,7 @@ class Session:
         self.summary_path = summary_dir / f"summary-{os.getpid()}.json" if summary_dir else None
         self.mutator = mutator if mutator is not None else StructuralMutator()
         self.contpte_verdicts = ContpteVerdicts()   # the layout oracle's, kept across inputs
-        self.stop_on_finding = False
+        self.stop_on_finding = stop_on_finding   # the self-test's: leave at the first finding saved
         self.executions = 0
         self.findings: list[SavedFinding] = []
         self.seconds_by_part: defaultdict[str, float] = defaultdict(float)
@@ -90,10 +90,8 @@ class Session:
     def from_environment(cls) -> Session:
         """The session the campaign asked for in the environment (see the *_ENV names)."""
         summary_dir = os.environ.get(SUMMARY_DIR_ENV)
-        session = cls(os.environ.get(IMPL_ENV, DEFAULT_IMPL), Path(os.environ.get(CRASH_DIR_ENV, DEFAULT_CRASH_DIR)),
-                      Path(summary_dir) if summary_dir else None)
-        session.stop_on_finding = os.environ.get(STOP_ENV) == "1"
-        return session
+        return cls(os.environ.get(IMPL_ENV, DEFAULT_IMPL), Path(os.environ.get(CRASH_DIR_ENV, DEFAULT_CRASH_DIR)),
+                   Path(summary_dir) if summary_dir else None, stop_on_finding=os.environ.get(STOP_ENV) == "1")
 
     def test_one_input(self, data: bytes) -> None:
         """libFuzzer's callback: decode and run data on both implementations, at once."""

@@ -1,6 +1,6 @@
 """Typed errors of the harness; only the CLI turns them into a message and exit status 2.
 
-`ScriptError` (an invalid op script) lives in `fuzz.ops` beside the parser.
+`ScriptError` (an invalid op script) lives in `fuzz.script.ops` beside the parser.
 """
 
 from __future__ import annotations

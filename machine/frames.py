@@ -182,7 +182,7 @@ class FrameTable:
     def _folio_set_frames_one(self, head: int, order: int) -> None:
         """folio_set_frames for one folio, with plain ints."""
         nr_pages = 1 << order
-        check(0 <= head and head + nr_pages <= self.nr_frames, "folio outside the frames")
+        check(head >= 0 and head + nr_pages <= self.nr_frames, "folio outside the frames")
         if nr_pages == 1:
             check(self.page_folio[head] == FREE_FOLIO, "folio made of allocated frames")
             self.page_folio[head] = head

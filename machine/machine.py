@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import reduce
 from operator import and_, or_
+from typing import Literal, overload
 
 import numpy as np
 
 from .arrays import all_set, any_set
-from .errors import check
+from .errors import MachineBug, check
 from .frames import FrameTable
 from .mm import MM, PUD_SHIFT, PmdTable, PteTable, pmd_index, pte_index
 from .pgtable import (
@@ -213,7 +214,13 @@ class Machine:
 
     # Single-entry PTE primitives.
 
+    @overload
+    def _pte_slot(self, mm: MM, addr: int, alloc: Literal[True]) -> tuple[PteTable, int]: ...
+    @overload
+    def _pte_slot(self, mm: MM, addr: int, alloc: bool) -> tuple[PteTable | None, int]: ...
+
     def _pte_slot(self, mm: MM, addr: int, alloc: bool) -> tuple[PteTable | None, int]:
+        """The PTE table covering addr (allocated if alloc) and addr's index in it."""
         if addr % PAGE_SIZE:
             check(False, "unaligned address %#x", addr)
         table = mm.pte_table(addr, alloc)
@@ -364,7 +371,13 @@ class Machine:
 
     # PMD primitives.
 
+    @overload
+    def _pmd_slot(self, mm: MM, addr: int, alloc: Literal[True]) -> tuple[PmdTable, int]: ...
+    @overload
+    def _pmd_slot(self, mm: MM, addr: int, alloc: bool) -> tuple[PmdTable | None, int]: ...
+
     def _pmd_slot(self, mm: MM, addr: int, alloc: bool) -> tuple[PmdTable | None, int]:
+        """The PMD table covering addr (allocated if alloc) and addr's index in it."""
         check(addr % PMD_SIZE == 0, "PMD address %#x not 2 MiB aligned", addr)
         return mm.pmd_table(addr, alloc), pmd_index(addr)
 
@@ -391,7 +404,8 @@ class Machine:
 
     def pmdp_get_and_clear(self, mm: MM, addr: int) -> int:
         table, index = self._pmd_slot(mm, addr, alloc=False)
-        check(table is not None and pmd_trans_huge(int(table.entries[index])), "no PMD block to clear")
+        if table is None or not pmd_trans_huge(int(table.entries[index])):
+            raise MachineBug("no PMD block to clear")
         pmd = int(table.entries[index])
         table.entries[index] = 0
         return pmd
@@ -399,7 +413,8 @@ class Machine:
     def pmdp_set_wrprotect(self, mm: MM, addr: int) -> None:
         table, index = self._pmd_slot(mm, addr, alloc=False)
         pmd = 0 if table is None else int(table.entries[index])
-        check(pmd_trans_huge(pmd), "no PMD block to write-protect")
+        if table is None or not pmd_trans_huge(pmd):
+            raise MachineBug("no PMD block to write-protect")
         table.entries[index] = pte_pmd(pte_wrprotect(pmd_pte(pmd)))
 
     # Lookups for oracles, expects and the user's accesses.
@@ -428,13 +443,14 @@ class Machine:
         update_clear = PTE_RDONLY if write else 0
         pmd_table, pmd_index_in_table = _pmd_entry_of(mm, addr)
         desc = 0 if pmd_table is None else pmd_table.entries.item(pmd_index_in_table)
-        if pmd_trans_huge(desc):  # the MMU's walk ends at a PMD block
+        if pmd_table is not None and pmd_trans_huge(desc):  # the MMU's walk ends at a PMD block
             check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
             pmd_table.entries[pmd_index_in_table] = (desc | update_set) & ~update_clear
             return pte_pfn(desc) + ((addr % PMD_SIZE) >> PAGE_SHIFT)
         table, index = _pte_entry_of(mm, addr)
         desc = 0 if table is None else table.entries.item(index)
-        check(pte_present(desc), "user access to an unmapped address %#x", addr)
+        if table is None or not pte_present(desc):
+            raise MachineBug(f"user access to an unmapped address {addr:#x}")
         check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
         if not desc & PTE_CONT:
             table.entries[index] = (desc | update_set) & ~update_clear

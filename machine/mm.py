@@ -9,13 +9,14 @@ Table pages are not frames and are not compared (SPEC §5).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Literal, overload
 
 import numpy as np
 
 from .arrays import any_set
-from .errors import check
+from .errors import MachineBug, check
 from .pgtable import (
     PAGE_SHIFT,
     PMD_SHIFT,
@@ -75,7 +76,7 @@ class PmdTable:
     def nonzero_entries(self) -> list[tuple[int, int]]:
         """(index, descriptor) of every non-zero entry, ascending: blocks and table descriptors."""
         indices = self.entries.nonzero()[0]
-        return list(zip(indices.tolist(), self.entries[indices].tolist()))
+        return list(zip(indices.tolist(), self.entries[indices].tolist(), strict=True))
 
     def clone(self) -> PmdTable:
         other = PmdTable.__new__(PmdTable)
@@ -199,7 +200,13 @@ class MM:
 
     # Page-table walks (no allocation unless asked).
 
+    @overload
+    def pmd_table(self, addr: int, alloc: Literal[True]) -> PmdTable: ...
+    @overload
+    def pmd_table(self, addr: int, alloc: bool = False) -> PmdTable | None: ...
+
     def pmd_table(self, addr: int, alloc: bool = False) -> PmdTable | None:
+        """The PMD table covering addr; None if absent (allocated, with its PUD, if alloc)."""
         pud = self.pgd.get(pgd_index(addr))
         if pud is None:
             if not alloc:
@@ -211,6 +218,11 @@ class MM:
             table = pud[pud_index(addr)] = PmdTable(base)
             self.pmd_tables_by_addr[addr >> PUD_SHIFT] = table
         return table
+
+    @overload
+    def pte_table(self, addr: int, alloc: Literal[True]) -> PteTable: ...
+    @overload
+    def pte_table(self, addr: int, alloc: bool = False) -> PteTable | None: ...
 
     def pte_table(self, addr: int, alloc: bool = False) -> PteTable | None:
         """The PTE table covering addr; None if absent or if a PMD block maps addr."""
@@ -233,7 +245,8 @@ class MM:
         """Drop the (empty) PTE table covering addr from the tree."""
         pmd_table = self.pmd_table(addr)
         index = pmd_index(addr)
-        check(pmd_table is not None and index in pmd_table.ptes, "no PTE table at %#x", addr)
+        if pmd_table is None or index not in pmd_table.ptes:
+            raise MachineBug(f"no PTE table at {addr:#x}")
         check(not any_set(pmd_table.ptes[index].entries), "freeing a populated PTE table")
         del pmd_table.ptes[index]
         del self.pte_tables[addr >> PMD_SHIFT]

@@ -7,7 +7,7 @@ model) or canonicalises contpte blocks before the user's access.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from machine import MM, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK

@@ -102,7 +102,8 @@ def test_sub_batches_split_where_exclusivity_changes():
     assert list(sub.nr_pages) == [3, 1, 6, 2, 4]
     assert list(flags) == [False, True, False, True, False]
     assert list(sub.page) == [folio, folio + 3, folio + 4, folio + 10, folio + 12]
-    assert [int(pte) >> PAGE_SHIFT & 0xfffff for pte in sub.pte] == [folio, folio + 3, folio + 4, folio + 10, folio + 12]
+    assert [int(pte) >> PAGE_SHIFT & 0xfffff for pte in sub.pte] == \
+        [folio, folio + 3, folio + 4, folio + 10, folio + 12]
 
 
 def test_swap_batches_need_consecutive_slots_and_equal_marker():

@@ -14,8 +14,9 @@ from collections import Counter
 import pytest
 
 import reference
-from fuzz import cli
-from fuzz.bench import (
+from fuzz.errors import UsageError
+from fuzz.front import cli
+from fuzz.front.bench import (
     BASE,
     SKIPPED,
     SizeResult,
@@ -27,7 +28,6 @@ from fuzz.bench import (
     machine_frames,
     parse_sizes,
 )
-from fuzz.errors import UsageError
 
 M = 1 << 20
 BENCH_KEYS = {"size", "ops", "reference_s", "batched_s", "speedup", "reference_peak_mib",
@@ -131,11 +131,12 @@ def test_cli_bench_prints_a_table_and_exits_0(capsys) -> None:
 
 
 def test_cli_bench_json_is_one_object_with_the_keys(capsys) -> None:
-    assert cli.main(["bench", "--fuzz-seconds", "0", "--sizes", "4M", "--impl", "reference", "--json", "--seed", "1"]) == 0
+    argv = ["bench", "--fuzz-seconds", "0", "--sizes", "4M", "--impl", "reference", "--json", "--seed", "1"]
+    assert cli.main(argv) == 0
     output = json.loads(capsys.readouterr().out)
     assert output["impl"] == "reference"
     [size] = output["sizes"]
-    assert BENCH_KEYS <= set(size)
+    assert set(size) >= BENCH_KEYS
     assert size["size"] == "4M" and size["ok"] is True
 
 
@@ -144,7 +145,7 @@ def test_bench_json_uses_batched_keys_whatever_the_impl() -> None:
                         impl_peak_mib=1.0)
     output = bench_json([result], "some_module")
     assert output["impl"] == "some_module"
-    assert BENCH_KEYS <= set(output["sizes"][0]) and output["sizes"][0]["speedup"] == 4.0
+    assert set(output["sizes"][0]) >= BENCH_KEYS and output["sizes"][0]["speedup"] == 4.0
 
 
 # ---------------------------------------------------------------------------

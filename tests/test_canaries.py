@@ -15,9 +15,9 @@ import pytest
 
 import batched
 from fuzz.canaries import CANARIES, canary_module
-from fuzz.generate import random_script
-from fuzz.ops import ScriptError, parse_file
-from fuzz.runner import run_script
+from fuzz.engine.generate import random_script
+from fuzz.judge.runner import run_script
+from fuzz.script.ops import ScriptError, parse_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted(glob.glob(str(ROOT / "tests/scenarios/*.ops")))

@@ -9,11 +9,11 @@ import types
 import pytest
 
 import reference
-from fuzz.compare import compare_machines
-from fuzz.ops import parse_script
-from fuzz.oracles import check_oracles, same_oracle_inputs
-from fuzz.runner import run_script
-from fuzz.shadow import Shadow
+from fuzz.judge.compare import compare_machines
+from fuzz.judge.oracles import check_oracles, same_oracle_inputs
+from fuzz.judge.runner import run_script
+from fuzz.judge.shadow import Shadow
+from fuzz.script.ops import parse_script
 from machine import Machine
 from machine.pgtable import PAGE_SHIFT, PMD_TYPE_TABLE
 

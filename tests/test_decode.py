@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.cli import main
-from fuzz.decode import (
+from fuzz.engine.decode import (
     MAX_OPS,
     NAMING_OPS,
     RAW_FRAMES,
@@ -20,8 +19,9 @@ from fuzz.decode import (
     decode_input,
     encode,
 )
-from fuzz.ops import Op, ScriptError, format_script, parse_file, parse_script
-from fuzz.runner import run_script
+from fuzz.front.cli import main
+from fuzz.judge.runner import run_script
+from fuzz.script.ops import Op, ScriptError, format_script, parse_file, parse_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted(glob.glob(str(ROOT / "tests/scenarios/*.ops")))
@@ -85,8 +85,8 @@ def test_cli_encode_decode_and_replay_a_raw_input(tmp_path, capsys):
 
 @pytest.mark.parametrize("seed", range(20))
 def test_the_decoding_stream_draws_what_decode_draws(seed):
-    from fuzz.decode import OpStream
-    from fuzz.runner import run_stream
+    from fuzz.engine.decode import OpStream
+    from fuzz.judge.runner import run_stream
 
     data = random_bytes(2000 + seed)
     stream = OpStream(data)
@@ -112,13 +112,13 @@ def test_choices_are_read_as_fuzzed_data_provider_reads_them():
 @pytest.mark.parametrize("seed", range(40))
 def test_only_forks_exits_and_pins_change_what_later_ops_may_name(seed):
     decoded = decode_input(random_bytes(3000 + seed))
-    for op, before, after in zip(decoded.script.steps, decoded.names, decoded.names[1:]):
+    for op, before, after in zip(decoded.script.steps, decoded.names, decoded.names[1:], strict=False):
         assert op.name in NAMING_OPS or after == before, op
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_encoding_with_a_decoded_input_gives_the_bytes_encoding_alone_gives(seed):
-    from fuzz.harness import mutate_ops
+    from fuzz.engine.mutator import mutate_ops
 
     decoded = decode_input(random_bytes(4000 + seed))
     for mutation in range(4):
@@ -134,14 +134,14 @@ def test_encoding_with_a_decoded_input_gives_the_bytes_encoding_alone_gives(seed
 
 
 def test_the_encoder_runs_nothing_when_what_ops_may_name_is_known(monkeypatch):
-    import fuzz.decode
+    import fuzz.engine.decode
 
     decoded = decode_input(encode(parse_script(
         "mmap P0 0x200000 2M\nfork P0\nfault P1 0x200000\npin P0 0x200000 1 rw\nwrite P0 0x200000 7\n")))
     ops = decoded.script.steps
     changes = (ops[:3] + ops[4:], ops + [ops[2]], ops[:4] + [ops[-1]] * 2)  # after the pin: no fork, exit, pin
     with monkeypatch.context() as patch:
-        patch.setattr(fuzz.decode, "_reference_kernel", None)   # any run would fail
+        patch.setattr(fuzz.engine.decode, "reference_kernel", None)   # any run would fail
         encoded = [encode(type(decoded.script)("<changed>", decoded.script.frames, changed), decoded)
                    for changed in changes]
     assert [decode(data).steps for data in encoded] == list(changes)

@@ -1,6 +1,6 @@
 """The batched implementation against the reference on 20,000 seeded random op sequences.
 
-Each sequence (up to 40 ops, fuzz.generate) runs on both machines; the op
+Each sequence (up to 40 ops, fuzz.engine.generate) runs on both machines; the op
 results, the final states and every oracle on both must agree. A failure is
 pinned by the runner to the first op where it shows and reported with its seed.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz.generate import random_script
-from fuzz.ops import ScriptError
-from fuzz.runner import run_script
+from fuzz.engine.generate import random_script
+from fuzz.judge.runner import run_script
+from fuzz.script.ops import ScriptError
 
 NR_SEQUENCES = 20_000
 NR_CHUNKS = 40

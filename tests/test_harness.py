@@ -4,20 +4,23 @@ campaigns summarised, bad flags refused."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from fuzz.cli import main
-from fuzz.decode import encode
-from fuzz.fuzzing import (
+from fuzz.engine.campaign import (
     libfuzzer_flags,
     merge_summaries,
     ms_per_execution,
     prepare_seeds,
 )
-from fuzz.harness import Campaign, save_finding, signature_dir_name
-from fuzz.ops import parse_file
+from fuzz.engine.decode import encode
+from fuzz.engine.findings import save_finding, signature_dir_name
+from fuzz.engine.mutator import StructuralMutator
+from fuzz.engine.session import Session
+from fuzz.front.cli import main
+from fuzz.script.ops import parse_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = str(ROOT / "tests/scenarios/64-ttu-mixed-exclusive-batch.ops")
@@ -33,19 +36,19 @@ def test_a_finding_is_saved_as_three_files_once(tmp_path):
 
 
 def test_the_harness_minimises_and_saves_a_canary_finding(tmp_path):
-    campaign = Campaign("fuzz.canaries.unmap_batch_mixed_exclusive", tmp_path / "crashes", tmp_path)
+    campaign = Session("fuzz.canaries.unmap_batch_mixed_exclusive", tmp_path / "crashes", tmp_path)
     campaign.test_one_input(encode(parse_file(SCENARIO)))
-    assert [finding["signature"] for finding in campaign.findings] == ["divergence:try_to_unmap:pte"]
+    assert [finding.signature for finding in campaign.findings] == ["divergence:try_to_unmap:pte"]
     directory = tmp_path / "crashes" / signature_dir_name("divergence:try_to_unmap:pte")
     reproducer = parse_file(str(directory / "reproducer.ops"))
     assert len(reproducer.steps) <= 8
     assert main(["replay", "--impl", "fuzz.canaries.unmap_batch_mixed_exclusive", str(directory / "input.bin")]) == 1
     summary = merge_summaries(tmp_path, 1.0)
-    assert summary["executions"] == 1 and len(summary["findings"]) == 1
+    assert summary.executions == 1 and len(summary.findings) == 1
 
 
 def test_the_real_batched_gives_no_finding_on_the_seeds(tmp_path):
-    campaign = Campaign("batched", tmp_path / "crashes", None)
+    campaign = Session("batched", tmp_path / "crashes", None)
     seeds = sorted((ROOT / "corpus/seeds").glob("*.ops"))
     for path in seeds:
         campaign.test_one_input(encode(parse_file(str(path))))
@@ -53,15 +56,15 @@ def test_the_real_batched_gives_no_finding_on_the_seeds(tmp_path):
 
 
 def test_a_campaign_summary_times_the_parts_of_its_loop(tmp_path):
-    campaign = Campaign("batched", tmp_path / "crashes", tmp_path)
+    campaign = Session("batched", tmp_path / "crashes", tmp_path)
     for path in sorted((ROOT / "corpus/seeds").glob("*.ops"))[:8]:
         campaign.test_one_input(encode(parse_file(str(path))))
     campaign.write_summary()
     summary = merge_summaries(tmp_path, 1.0)
-    parts = summary["seconds_by_part"]
+    parts = summary.seconds_by_part
     assert sorted(parts) == ["checks", "decoder", "implementation", "reference"]
     assert all(seconds > 0 for seconds in parts.values())
-    assert sum(parts.values()) <= summary["fuzzing_seconds"] + 0.01
+    assert sum(parts.values()) <= summary.fuzzing_seconds + 0.01
 
 
 def test_fuzzing_processes_summaries_add_up_to_ms_per_execution(tmp_path):
@@ -70,11 +73,11 @@ def test_fuzzing_processes_summaries_add_up_to_ms_per_execution(tmp_path):
         (tmp_path / f"summary-{pid}.json").write_text(json.dumps(
             {"executions": executions, "seconds": seconds, "findings": [], "seconds_by_part": parts}))
     summary = merge_summaries(tmp_path, 4.0)
-    assert summary["executions"] == 400 and summary["exec_per_s"] == 100.0
-    assert summary["fuzzing_seconds"] == 4.0
-    assert summary["seconds_by_part"] == {"checks": 0.25, "mutator": 0.25, "reference": 2.0}
+    assert summary.executions == 400 and summary.exec_per_s == 100.0
+    assert summary.fuzzing_seconds == 4.0
+    assert summary.seconds_by_part == {"checks": 0.25, "mutator": 0.25, "reference": 2.0}
     assert ms_per_execution(summary) == {"checks": 0.625, "mutator": 0.625, "reference": 5.0, "rest": 3.75}
-    assert ms_per_execution(dict(summary, executions=0)) == {}
+    assert ms_per_execution(replace(summary, executions=0)) == {}
 
 
 def test_seeds_are_encoded_for_libfuzzer(tmp_path):
@@ -109,8 +112,8 @@ def test_a_short_campaign_runs_and_summarises(tmp_path, capsys):
 def test_structural_mutations_stay_decodable_and_change_the_ops():
     import random
 
-    from fuzz.decode import decode, decode_input
-    from fuzz.harness import mutate_input
+    from fuzz.engine.decode import decode, decode_input
+    from fuzz.engine.mutator import mutate_input
 
     data = encode(parse_file(SCENARIO))
     decoded = decode_input(data)
@@ -123,9 +126,9 @@ def test_structural_mutations_stay_decodable_and_change_the_ops():
 def test_the_mutator_encodes_the_mutated_ops_as_the_encoder_does_from_scratch():
     import random
 
-    from fuzz.decode import EncodeError, decode_input
-    from fuzz.harness import mutate_input, mutate_ops
-    from fuzz.ops import Op, Script
+    from fuzz.engine.decode import EncodeError, decode_input
+    from fuzz.engine.mutator import mutate_input, mutate_ops
+    from fuzz.script.ops import Op, Script
 
     for path in sorted((ROOT / "corpus/seeds").glob("*.ops"))[:16]:
         data = encode(parse_file(str(path)))
@@ -142,12 +145,11 @@ def test_the_mutator_encodes_the_mutated_ops_as_the_encoder_does_from_scratch():
 
 
 def test_the_campaign_remembers_what_each_input_run_to_its_end_decodes_to(tmp_path, monkeypatch):
-    from fuzz import harness
-    from fuzz.decode import decode_input
+    from fuzz.engine.decode import decode_input
 
-    recent = harness.RecentScripts(limit=3)
-    monkeypatch.setattr(harness, "recent_scripts", recent)
-    campaign = Campaign("batched", tmp_path / "crashes", None)
+    mutator = StructuralMutator(limit=3)
+    recent = mutator.ran
+    campaign = Session("batched", tmp_path / "crashes", None, mutator)
     inputs = [encode(parse_file(str(path))) for path in sorted((ROOT / "corpus/seeds").glob("*.ops"))[:4]]
     for data in inputs:
         campaign.test_one_input(data)
@@ -159,7 +161,7 @@ def test_the_campaign_remembers_what_each_input_run_to_its_end_decodes_to(tmp_pa
 
 
 def test_the_mutator_decodes_an_input_it_did_not_see_run_only_once(monkeypatch):
-    from fuzz import decode, harness
+    from fuzz.engine import decode
 
     real_decode_input = decode.decode_input
     decodes = []
@@ -169,25 +171,21 @@ def test_the_mutator_decodes_an_input_it_did_not_see_run_only_once(monkeypatch):
         return real_decode_input(data)
 
     monkeypatch.setattr(decode, "decode_input", counting_decode_input)
-    monkeypatch.setattr(harness, "recent_scripts", harness.RecentScripts(limit=2))
-    monkeypatch.setattr(harness, "mutated_inputs", harness.RecentScripts())
+    mutator = StructuralMutator(limit=2)
     corpus_entry = encode(parse_file(SCENARIO))
-    decoded = harness.decoded_input(corpus_entry)
+    decoded = mutator.decoded_input(corpus_entry)
     assert decoded.script.steps == real_decode_input(corpus_entry).script.steps
-    for execution in range(3):   # later executions push everything out of recent_scripts
-        harness.recent_scripts.remember(bytes([execution]), decoded)
-    assert harness.decoded_input(corpus_entry) is decoded
-    assert harness.decoded_input(bytes([2])) is decoded     # run lately: never decoded
+    for execution in range(3):   # later executions push everything out of the runs' cache
+        mutator.remember_run(bytes([execution]), decoded)
+    assert mutator.decoded_input(corpus_entry) is decoded
+    assert mutator.decoded_input(bytes([2])) is decoded     # run lately: never decoded
     assert decodes == [corpus_entry]
 
 
 def test_an_input_stopped_by_a_finding_is_not_remembered(tmp_path, monkeypatch):
-    from fuzz import harness
-
-    recent = harness.RecentScripts()
-    monkeypatch.setattr(harness, "recent_scripts", recent)
-    monkeypatch.setattr(Campaign, "record", lambda self, script, signature: None)
-    campaign = Campaign("batched", tmp_path / "crashes", None)
+    monkeypatch.setattr(Session, "record", lambda self, script, signature: None)
+    campaign = Session("batched", tmp_path / "crashes", None)
+    recent = campaign.mutator.ran
 
     class RaisingKernel:
         def __init__(self, machine):
@@ -206,8 +204,8 @@ def test_the_kernel_under_test_is_instrumented_under_any_name():
     import sys
 
     from fuzz.canaries import load_batched_copy, unload
-    from fuzz.harness import instrument_package, kernel_package
-    from fuzz.runner import load_implementation
+    from fuzz.engine.harness import instrument_package, kernel_package
+    from fuzz.implementation import load_implementation
 
     assert kernel_package(load_implementation("batched")) == "batched"
     assert kernel_package(load_implementation("fuzz.canaries.share_nr_pages_zero")) == \
@@ -223,3 +221,52 @@ def test_the_kernel_under_test_is_instrumented_under_any_name():
         assert instrument_package("tests_no_such_package") == 0
     finally:
         unload(alias)
+
+
+def test_the_custom_mutator_times_itself_as_the_sessions_mutator_part(tmp_path):
+    from fuzz.engine.harness import custom_mutator_for
+    from fuzz.engine.session import MUTATOR_PART
+
+    session = Session("batched", tmp_path / "crashes", None)
+    byte_mutations = []
+
+    def byte_mutator(data: bytes, max_size: int) -> bytes:
+        byte_mutations.append(data)
+        return data[::-1]
+
+    mutate = custom_mutator_for(session, byte_mutator)
+    data = encode(parse_file(SCENARIO))
+    mutated = [mutate(data, 4096, seed) for seed in range(12)]
+    assert 0 < len(byte_mutations) < len(mutated)     # some structural, some byte-level
+    assert all(raw != data and len(raw) <= 4096 for raw in mutated)
+    assert session.seconds_by_part[MUTATOR_PART] > 0
+
+
+def test_a_campaign_reports_its_progress_lines_to_the_caller(tmp_path):
+    from fuzz.engine.campaign import run_campaign
+
+    heard = []
+    summary = run_campaign([str(ROOT / "corpus/seeds/06-fault-pmd.ops")], impl="batched", seconds=None, runs=50,
+                           jobs=1, seed=3, crash_dir=str(tmp_path), extra_flags=[],
+                           progress=lambda executions, rate: heard.append(executions))
+    assert heard and heard == sorted(heard)
+    assert summary.findings == []
+
+
+def test_saved_findings_and_summaries_read_back_as_they_were_written(tmp_path):
+    from fuzz.engine.findings import SavedFinding
+    from fuzz.engine.session import ProcessSummary, read_summaries
+
+    finding = SavedFinding("oracle:fork:mapcount", 4, str(tmp_path / "x"), 1.25, 17)
+    written = ProcessSummary(30, 2.5, [finding], {"reference": 0.5})
+    (tmp_path / "summary-1.json").write_text(json.dumps(written.to_json()))
+    assert read_summaries(tmp_path) == [written]
+    assert merge_summaries(tmp_path, 2.0).to_json()["findings"] == [finding.to_json()]
+
+
+def test_a_selftest_row_passes_only_when_found_in_few_ops():
+    from fuzz.engine.campaign import MAX_SELFTEST_OPS, SelftestRow
+
+    assert SelftestRow("bug", True, 1.0, 5, MAX_SELFTEST_OPS, "divergence:fork:pte").passed
+    assert not SelftestRow("bug", True, 1.0, 5, MAX_SELFTEST_OPS + 1, "divergence:fork:pte").passed
+    assert not SelftestRow("bug", False, 9.0, 500, None, None).passed

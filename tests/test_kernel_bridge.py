@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from fuzz import cli
+from fuzz.front import cli
 from fuzz.kernel import guest
 from fuzz.kernel.bridge import AGREE, DISAGREE, ERROR, judge
 from fuzz.kernel.deviations import DEVIATIONS, OpContext, explain
@@ -30,7 +30,7 @@ from fuzz.kernel.observe import (
     parse_guest_output,
 )
 from fuzz.kernel.realise import GUEST_KINDS, UnsupportedScript, export_c, guest_script_text, realise
-from fuzz.ops import parse_script
+from fuzz.script.ops import parse_script
 
 SCENARIOS = os.path.join(os.path.dirname(__file__), "scenarios")
 
@@ -349,7 +349,8 @@ def test_kernel_with_a_missing_image_is_exit_2(tmp_path, capsys, monkeypatch):
 
 def test_initramfs_holds_init_modules_in_order_and_scripts(tmp_path):
     path = tmp_path / "initramfs.cpio.gz"
-    guest.pack_initramfs(str(path), b"\x7fELF", [("lz4hc_compress", b"a"), ("zram", b"b")], [("00000", "0 0 1 2 3 4\n")])
+    guest.pack_initramfs(str(path), b"\x7fELF", [("lz4hc_compress", b"a"), ("zram", b"b")],
+                         [("00000", "0 0 1 2 3 4\n")])
     listing = subprocess.run(["sh", "-c", f"gzip -dc {path} | cpio -t --quiet"], capture_output=True, text=True,
                              check=False).stdout.split()
     if not listing:

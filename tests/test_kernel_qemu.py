@@ -14,7 +14,7 @@ import pytest
 from fuzz.errors import UsageError
 from fuzz.kernel import guest
 from fuzz.kernel.bridge import AGREE, DEVIATION, DISAGREE, UNSUPPORTED, check_scripts
-from fuzz.ops import parse_file, parse_script
+from fuzz.script.ops import parse_file, parse_script
 
 SCENARIOS = os.path.join(os.path.dirname(__file__), "scenarios")
 MISSING = guest.missing_tools(("qemu-system-aarch64", guest.CROSS_CC, "apt-get", "dpkg-deb"))

@@ -506,7 +506,11 @@ def test_normalise_ignored_mask_matches_contpte_normalise():
     it must mean exactly 'equal N(e) once the pfn is set aside'."""
     import random
 
-    from machine.pgtable import CONTPTE_NORMALISE_IGNORED, PTE_ADDR_MASK, contpte_normalise
+    from machine.pgtable import (
+        CONTPTE_NORMALISE_IGNORED,
+        PTE_ADDR_MASK,
+        contpte_normalise,
+    )
 
     rng = random.Random(5)
     bits = [0, 1, 2, 6, 7, 8, 9, 10, 11, 51, 52, 53, 54, 55, 56]

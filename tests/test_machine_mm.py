@@ -756,28 +756,37 @@ def test_lineage_ids_count_successful_mmaps(machine):
 
 def test_pte_runs_primitives_match_the_single_run_forms():
     import numpy as np
+
     from machine import Machine, PteRuns
-    from machine.pgtable import PTE_AF, PTE_WRITE, PTE_DIRTY, PTE_RDONLY, pfn_pte, vm_get_page_prot
+    from machine.pgtable import (
+        PTE_AF,
+        PTE_DIRTY,
+        PTE_RDONLY,
+        PTE_WRITE,
+        pfn_pte,
+        vm_get_page_prot,
+    )
 
     base = vm_get_page_prot(True)
     runs = PteRuns(0x200000, np.array([0, 5, 40]), np.array([3, 1, 16]))
     first = [pfn_pte(100, base | PTE_WRITE | PTE_DIRTY), pfn_pte(7, base), pfn_pte(200, base | PTE_WRITE)]
     many, one = Machine(), Machine()
     many.set_ptes_runs(many.processes[0], runs, np.array(first, np.uint64))
-    for index, nr_pages, pte in zip(runs.index, runs.nr_pages, first):
+    for index, nr_pages, pte in zip(runs.index, runs.nr_pages, first, strict=True):
         one.set_ptes(one.processes[0], 0x200000 + int(index) * 4096, pte, int(nr_pages))
     assert np.array_equal(many.ptes_get(many.processes[0], 0x200000, 512),
                           one.ptes_get(one.processes[0], 0x200000, 512))
     many.wrprotect_ptes_runs(many.processes[0], runs)
-    for index, nr_pages in zip(runs.index, runs.nr_pages):
+    for index, nr_pages in zip(runs.index, runs.nr_pages, strict=True):
         one.wrprotect_ptes(one.processes[0], 0x200000 + int(index) * 4096, int(nr_pages))
     assert np.array_equal(many.ptes_get(many.processes[0], 0x200000, 512),
                           one.ptes_get(one.processes[0], 0x200000, 512))
-    one.set_pte_at(one.processes[0], 0x200000 + 41 * 4096, int(one.ptep_get(one.processes[0], 0x200000 + 41 * 4096)) | PTE_AF)
-    many.set_pte_at(many.processes[0], 0x200000 + 41 * 4096, int(many.ptep_get(many.processes[0], 0x200000 + 41 * 4096)) | PTE_AF)
+    addr = 0x200000 + 41 * 4096
+    one.set_pte_at(one.processes[0], addr, int(one.ptep_get(one.processes[0], addr)) | PTE_AF)
+    many.set_pte_at(many.processes[0], addr, int(many.ptep_get(many.processes[0], addr)) | PTE_AF)
     gathered = many.get_and_clear_full_ptes_runs(many.processes[0], runs)
     expected = [one.get_and_clear_full_ptes(one.processes[0], 0x200000 + int(index) * 4096, int(nr_pages))
-                for index, nr_pages in zip(runs.index, runs.nr_pages)]
+                for index, nr_pages in zip(runs.index, runs.nr_pages, strict=True)]
     assert list(map(int, gathered)) == expected
     assert not many.ptes_get(many.processes[0], 0x200000, 512).any()
     assert int(gathered[0]) & PTE_RDONLY
@@ -786,6 +795,7 @@ def test_pte_runs_primitives_match_the_single_run_forms():
 def test_pte_runs_refuse_overlap_and_table_crossing():
     import numpy as np
     import pytest
+
     from machine import MachineBug, PteRuns
     with pytest.raises(MachineBug):
         PteRuns(0x200000, np.array([0, 2]), np.array([3, 1]))

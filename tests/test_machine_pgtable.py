@@ -11,8 +11,19 @@ import pytest
 
 from machine import pgtable as pg
 from machine.pgtable import (
-    PTE_AF, PTE_ATTRINDX_MASK, PTE_CONT, PTE_DIRTY, PTE_NG, PTE_PXN, PTE_RDONLY,
-    PTE_SPECIAL, PTE_SWP_EXCLUSIVE, PTE_TYPE, PTE_USER, PTE_UXN, PTE_VALID,
+    PTE_AF,
+    PTE_ATTRINDX_MASK,
+    PTE_CONT,
+    PTE_DIRTY,
+    PTE_NG,
+    PTE_PXN,
+    PTE_RDONLY,
+    PTE_SPECIAL,
+    PTE_SWP_EXCLUSIVE,
+    PTE_TYPE,
+    PTE_USER,
+    PTE_UXN,
+    PTE_VALID,
     PTE_WRITE,
 )
 

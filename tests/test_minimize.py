@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from fuzz.canaries import canary_module
-from fuzz.cli import main
-from fuzz.generate import random_script
-from fuzz.minimize import Minimizer, lower_candidates, minimize_script, repair
-from fuzz.ops import Op, ScriptError, format_script, parse_file, parse_script
-from fuzz.runner import run_script
+from fuzz.engine.generate import random_script
+from fuzz.engine.minimize import Minimizer, lower_candidates, minimize_script, repair
+from fuzz.front.cli import main
+from fuzz.judge.runner import run_script
+from fuzz.script.ops import Op, ScriptError, format_script, parse_file, parse_script
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,11 +7,10 @@ import random
 
 import pytest
 
-from fuzz.ops import (
+from fuzz.implementation import OP_NAMES, RESULT_NAMES
+from fuzz.script.ops import (
     EXPECT_ENTRY_KEYS,
     EXPECT_PIN_KEYS,
-    OP_NAMES,
-    RESULT_NAMES,
     Expect,
     Op,
     Script,

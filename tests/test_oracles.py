@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fuzz.ops import Op
-from fuzz.oracles import (
+from fuzz.judge.oracles import (
     GUP_PIN_COUNTING_BIAS,
     ORACLES,
     OracleFailure,
     PageTableScan,
     check_oracles,
 )
-from fuzz.shadow import Shadow
+from fuzz.judge.shadow import Shadow
+from fuzz.script.ops import Op
 from machine import VMA, Machine
 from machine.mm import MM
 from machine.pgtable import (
@@ -266,7 +266,7 @@ def assert_only(machine: Machine, shadow: Shadow, oracle: str, *fragments: str) 
 
 def test_oracles_are_named_in_spec_order():
     assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout"]
-    assert all(ORACLES[name].__name__ == f"check_{name}" for name in ORACLES)
+    assert all(ORACLES[name].name == name and ORACLES[name].check.__name__ == f"check_{name}" for name in ORACLES)
 
 
 def test_empty_machine_is_healthy():
@@ -340,9 +340,12 @@ def test_scan_sees_the_leaves_mm_leaves_yields():
     scan = PageTableScan(machine)
     for pid, mm in machine.processes.items():
         leaves = list(mm.leaves())
-        ptes = [(int(a), int(d)) for p, a, d in zip(scan.pte_pid, scan.pte_addr, scan.pte_desc) if p == pid]
-        swaps = [(int(a), int(d)) for p, a, d in zip(scan.swp_pid, scan.swp_addr, scan.swp_desc) if p == pid]
-        pmds = [(int(a), int(d)) for p, a, d in zip(scan.pmd_pid, scan.pmd_addr, scan.pmd_desc) if p == pid]
+        ptes = [(int(a), int(d)) for p, a, d in zip(scan.pte_pid, scan.pte_addr, scan.pte_desc, strict=True)
+                if p == pid]
+        swaps = [(int(a), int(d)) for p, a, d in zip(scan.swp_pid, scan.swp_addr, scan.swp_desc, strict=True)
+                 if p == pid]
+        pmds = [(int(a), int(d)) for p, a, d in zip(scan.pmd_pid, scan.pmd_addr, scan.pmd_desc, strict=True)
+                if p == pid]
         assert sorted(ptes + swaps) == [(a, d) for a, level, d in leaves if level == "pte"]
         assert pmds == [(a, d) for a, level, d in leaves if level == "pmd"]
 
@@ -537,7 +540,7 @@ def test_refcount_fires_on_a_folio_run_over_another_folio():
     assert (first % 4, second) == (0, first + 1)
     assert_healthy(machine, shadow)
     machine.frames.folio_order[first] = 2
-    found = [detail for failure, detail in zip(check_oracles(machine, shadow), details(machine, shadow))
+    found = [detail for failure, detail in zip(check_oracles(machine, shadow), details(machine, shadow), strict=True)
              if failure.oracle == "refcount"]
     assert f"pfn {second}: inside two folios" in found
     assert f"pfn {first + 2}: page_folio -1, expected {first}" in found
@@ -938,3 +941,47 @@ def test_layout_accepts_leaves_at_the_top_of_the_address_space():
     assert_healthy(machine, shadow)
     child.vmas[-1].end = top
     assert_only(machine, shadow, "layout", f"P1 {top:#x}: PTE outside any VMA")
+
+
+# --- the registry and the scan's remembered contpte verdicts -------------------
+
+def test_each_oracle_states_its_rule_first_in_spec_order():
+    for number, (name, oracle) in enumerate(ORACLES.items(), 1):
+        assert oracle.rule.startswith(f"Rule {number}, {name}: "), oracle.rule
+
+
+def test_contpte_verdicts_kept_across_scans_ask_the_machine_only_about_unseen_blocks():
+    from fuzz.judge.scan import ContpteVerdicts
+
+    machine, shadow, mm = new_world()
+    map_mthp(machine, shadow, mm, MTHP_ADDR)
+    asked = []
+    judge = machine.contpte_blocks_canonical
+
+    def counting_judge(entries):
+        asked.append(len(entries))
+        return judge(entries)
+
+    machine.contpte_blocks_canonical = counting_judge
+    verdicts = ContpteVerdicts()
+    assert check_oracles(machine, shadow, verdicts) == []
+    assert asked and len(verdicts.verdicts) == 1
+    asked.clear()
+    assert check_oracles(machine, shadow, verdicts) == []
+    assert asked == []                                      # the same block: remembered
+    table = mm.pte_table(MTHP_ADDR)
+    first = (MTHP_ADDR % PMD_SIZE) // PAGE_SIZE
+    table.entries[first + 8:first + 16] &= ~np.uint64(PTE_CONT)
+    assert [failure.oracle for failure in check_oracles(machine, shadow, verdicts)] == ["layout"]
+    assert asked and len(verdicts.verdicts) == 2            # a new block: judged and remembered
+
+
+def test_contpte_verdicts_are_forgotten_past_their_limit():
+    from fuzz.judge.scan import ContpteVerdicts
+
+    machine, shadow, mm = new_world()
+    map_mthp(machine, shadow, mm, MTHP_ADDR)
+    verdicts = ContpteVerdicts(limit=1)
+    verdicts.verdicts[b"another block"] = True
+    assert check_oracles(machine, shadow, verdicts) == []
+    assert list(verdicts.verdicts.values()) == [True] and b"another block" not in verdicts.verdicts

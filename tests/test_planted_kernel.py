@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fuzz.canaries import load_package_copy, unload
-from fuzz.cli import main
+from fuzz.front.cli import main
 from machine.errors import OK
 
 ROOT = Path(__file__).resolve().parent.parent

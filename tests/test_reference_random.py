@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz.generate import random_script
-from fuzz.ops import ScriptError
-from fuzz.runner import run_script
+from fuzz.engine.generate import random_script
+from fuzz.judge.runner import run_script
+from fuzz.script.ops import ScriptError
 
 SEEDS = range(200)
 
@@ -40,8 +40,8 @@ def keeps_partial_work(op_name: str, result: str) -> bool:
 
 def test_reference_failures_are_transactional() -> None:
     """Every failing op that does not keep partial work leaves the machine exactly as before (SPEC §1)."""
-    from fuzz.compare import compare_machines
-    from fuzz.runner import OP_DISPATCH
+    from fuzz.implementation import OP_DISPATCH
+    from fuzz.judge.compare import compare_machines
     from machine import Machine
     from reference import Kernel
 

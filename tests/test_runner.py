@@ -17,13 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fuzz import cli, runner
-from fuzz.compare import MAX_DIFFERENCES, compare_machines
-from fuzz.decode import ENCODING_VERSION
+from fuzz import implementation as interface
+from fuzz.engine.decode import ENCODING_VERSION
 from fuzz.errors import UsageError
-from fuzz.expects import check_expect
-from fuzz.ops import Script, ScriptError, parse_script
-from fuzz.runner import Finding, load_implementation, run_script
+from fuzz.front import cli
+from fuzz.implementation import load_implementation
+from fuzz.judge import runner
+from fuzz.judge.compare import MAX_DIFFERENCES, compare_machines
+from fuzz.judge.expects import check_expect
+from fuzz.judge.runner import Finding, run_script
+from fuzz.script.ops import Script, ScriptError, parse_script
 from machine import VMA, Machine
 from machine.errors import EFAULT, ENOMEM, OK, MachineBug
 from machine.pgtable import (
@@ -157,7 +160,7 @@ class StandInShadow:
 def stand_ins(monkeypatch):
     """Oracles that always hold and a shadow that only records: the runner is tested alone
     (and checks the oracles on both machines: tests/test_check_state.py covers sharing them)."""
-    monkeypatch.setattr(runner, "check_oracles", lambda machine, shadow: [])
+    monkeypatch.setattr(runner, "check_oracles", lambda machine, shadow, contpte_verdicts: [])
     monkeypatch.setattr(runner, "same_oracle_inputs", lambda *machines_and_shadows: False)
     monkeypatch.setattr(runner, "Shadow", StandInShadow)
 
@@ -261,7 +264,7 @@ def test_final_difference_is_pinned_to_the_first_op_that_caused_it():
 def test_failing_oracle_is_an_oracle_finding(monkeypatch):
     failure = types.SimpleNamespace(oracle="refcount", detail="pfn 0: refcount 1, expected 2")
     monkeypatch.setattr(runner, "check_oracles",
-                        lambda machine, shadow: [failure] if machine.processes[0].rss_anon else [])
+                        lambda machine, shadow, contpte_verdicts: [failure] if machine.processes[0].rss_anon else [])
     [finding] = run_script(script(WRITE_SCRIPT), impl=OK_IMPL, ref=OK_IMPL).findings
     assert finding.signature == "oracle:write:refcount"
     assert "pfn 0: refcount 1, expected 2" in finding.detail
@@ -353,9 +356,9 @@ def test_load_implementation_reports_unknown_names():
 def test_load_implementation_finds_entry_points(monkeypatch):
     monkeypatch.setitem(sys.modules, "rmapfuzz_test_variant", implementation("rmapfuzz_test_variant", OkKernel))
     entry_point = importlib.metadata.EntryPoint(
-        name="variant", value="rmapfuzz_test_variant", group=runner.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(runner.importlib.metadata, "entry_points",
-                        lambda group: [entry_point] if group == runner.ENTRY_POINT_GROUP else [])
+        name="variant", value="rmapfuzz_test_variant", group=interface.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(interface.importlib.metadata, "entry_points",
+                        lambda group: [entry_point] if group == interface.ENTRY_POINT_GROUP else [])
     assert load_implementation("variant").Kernel is OkKernel
 
 
@@ -609,7 +612,7 @@ def test_cli_replay_finding_is_exit_1(tmp_path, capsys, fake_implementations):
 def test_cli_as_a_module_is_exit_2_with_one_line(tmp_path):
     path = write_file(tmp_path, "bad.ops", "frames 64\nfrobnicate P0\n")
     env = {key: value for key, value in os.environ.items() if key != "RMAPFUZZ_DEBUG"}
-    completed = subprocess.run([sys.executable, "-m", "fuzz.cli", "replay", path], cwd=MAIN, env=env,
+    completed = subprocess.run([sys.executable, "-m", "fuzz.front.cli", "replay", path], cwd=MAIN, env=env,
                                capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 2
     assert completed.stderr.splitlines() == [f"rmapfuzz: {path}:2: unknown op 'frobnicate'"]

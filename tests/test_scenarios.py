@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.cli import DEFAULT_IMPL
-from fuzz.ops import parse_file
-from fuzz.runner import run_script
+from fuzz.implementation import DEFAULT_IMPL
+from fuzz.judge.runner import run_script
+from fuzz.script.ops import parse_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(ROOT.glob("tests/scenarios/*.ops")) + sorted(ROOT.glob("corpus/**/*.ops"))

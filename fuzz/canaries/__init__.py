@@ -42,6 +42,8 @@ def load_package_copy(package: str, alias: str) -> ModuleType:
     package_dir = PROJECT_DIR / package
     spec = importlib.util.spec_from_file_location(
         alias, package_dir / "__init__.py", submodule_search_locations=[str(package_dir)])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {package_dir} as {alias}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[alias] = module
     spec.loader.exec_module(module)

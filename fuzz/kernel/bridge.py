@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 
 import structlog
 
-from ..ops import Script, format_op
-from ..runner import REFERENCE_IMPL
+from fuzz.implementation import REFERENCE_IMPL
+from fuzz.script.ops import Op, Script, format_op
+
 from . import guest
 from .deviations import OpContext, explain
 from .model import ModelError, ModelRun, run_model
@@ -79,7 +80,7 @@ def errno_name(errno: int) -> str:
     return ERRNO_NAMES.get(errno, f"errno {errno}")
 
 
-def _result_difference(step_op, model_result: str, kernel_errno: int) -> Difference | None:
+def _result_difference(step_op: Op, model_result: str, kernel_errno: int) -> Difference | None:
     if step_op.name in STATE_ONLY_OPS:
         return None
     kernel_result = errno_name(kernel_errno)

@@ -18,10 +18,12 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from ..decode import decode
-from ..minimize import Minimizer, header_comment
-from ..ops import Op, Script, ScriptError, format_op, format_script, parse_script
-from ..runner import REFERENCE_IMPL
+from fuzz.atomic import write_atomically
+from fuzz.engine.decode import decode
+from fuzz.engine.minimize import Minimizer, header_comment
+from fuzz.implementation import REFERENCE_IMPL
+from fuzz.script.ops import Op, Script, ScriptError, format_op, format_script, parse_script
+
 from . import guest
 from .bridge import DISAGREE, KernelReport, Verdict, check_scripts, export_script
 from .model import run_model, script_ops
@@ -144,7 +146,6 @@ class KernelFinding:
 def save_finding(script: Script, original_ops: int, signature: str, kernel: guest.KernelBuild, impl: str,
                  corpus: str = KERNEL_CORPUS) -> KernelFinding:
     """corpus/kernel/<signature>/: reproducer.ops, reproducer.c and differences.txt, each written atomically."""
-    from ..cli import write_atomically
 
     directory = os.path.join(corpus, signature.replace(":", "-"))
     os.makedirs(directory, exist_ok=True)

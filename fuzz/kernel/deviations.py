@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fuzz.script.ops import Op
 from machine.pgtable import PAGE_SIZE, PMD_SIZE
 
-from ..ops import Op
 from .observe import PRESENT, SWAP, ZERO, Difference, Observation
 
 

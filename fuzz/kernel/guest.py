@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from ..errors import UsageError
+from fuzz.errors import UsageError
+
 from .realise import RUNTIME_SOURCE
 
 log = structlog.get_logger()

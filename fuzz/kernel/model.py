@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fuzz.implementation import OP_DISPATCH, REFERENCE_IMPL, load_implementation
+from fuzz.script.ops import Op, Script, ScriptError, format_op
 from machine import DEFAULT_NR_FRAMES, Machine
 from machine.errors import RESULTS
 
-from ..ops import Op, Script, ScriptError, format_op
-from ..runner import OP_DISPATCH, REFERENCE_IMPL, load_implementation
 from .observe import Observation, PageRanges, project
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from fuzz.script.ops import Op, Script, format_op
 from machine.pgtable import PAGE_SHIFT
 
-from ..ops import Op, Script, format_op
 from .model import ModelRun, script_ops
 from .observe import PRESENT
 
@@ -112,9 +112,11 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
             return "MADV_PAGEOUT skips a folio that more than one process maps"
     if op.name == "fork" and step.new_process is not None and step.new_process >= MAX_PROCESSES:
         return f"more than {MAX_PROCESSES} processes"
-    if op.name == "pin" and step.result == "ok" and sum(
-            1 for earlier in run.steps[:step_index + 1] if earlier.op.name == "pin" and earlier.result == "ok") > MAX_PINS:
-        return f"more than {MAX_PINS} pins"
+    if op.name == "pin" and step.result == "ok":
+        nr_pins = sum(1 for earlier in run.steps[:step_index + 1]
+                      if earlier.op.name == "pin" and earlier.result == "ok")
+        if nr_pins > MAX_PINS:
+            return f"more than {MAX_PINS} pins"
     return None
 
 

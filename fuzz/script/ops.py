@@ -15,12 +15,11 @@ a script error (SPEC §3: "a script error (exit 2), not an op result").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-OP_NAMES = ("mmap", "munmap", "dontneed", "mprotect", "fault", "write", "read", "pin",
-            "unpin", "fork", "exit", "reclaim", "try_to_unmap", "split_pmd", "split")
-RESULT_NAMES = ("ok", "EFAULT", "EBUSY", "EAGAIN", "ENOENT", "ENOMEM", "EINVAL")
+from fuzz.implementation import OP_NAMES, ORDER_OPS, PROCESS_OPS, PROT_OPS, RANGE_OPS, RESULT_NAMES
+from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SIZE, TASK_SIZE
 
 # Keys of `expect P va ...` and `expect pin ID ...`, in the order SPEC §4 lists them.
 EXPECT_ENTRY_KEYS = ("value", "state", "exclusive", "writable", "dirty", "young", "level",
@@ -29,12 +28,10 @@ EXPECT_ENTRY_KEYS = ("value", "state", "exclusive", "writable", "dirty", "young"
 EXPECT_PIN_KEYS = ("value", "coherent")
 EXPECT_RESULT_KEYS = ("result",)
 
-PAGE_SIZE = 4096
-VA_LIMIT = 1 << 48          # 48-bit VA: every range ends at or below this
 VALUE_LIMIT = 1 << 64       # data words are 64-bit
 FRAMES_LIMIT = 1 << 24      # largest `frames N`
 ORDER_ARG_LIMIT = 63        # `order=K` of fault/split; 0..9 is the kernel's check (EINVAL)
-EXPECT_ORDER_LIMIT = 9      # largest folio order an `expect ... order=` can name
+EXPECT_ORDER_LIMIT = HPAGE_PMD_ORDER   # largest folio order an `expect ... order=` can name
 
 
 @dataclass(frozen=True)
@@ -175,7 +172,7 @@ def _parse_addr(text: str) -> int:
     addr = _parse_number(text)
     if addr % PAGE_SIZE:
         raise _LineError(f"address {addr:#x} is not 4 KiB aligned")
-    if addr >= VA_LIMIT:
+    if addr >= TASK_SIZE:
         raise _LineError(f"address {addr:#x} is not below 2^48")
     return addr
 
@@ -195,7 +192,7 @@ def _parse_length(text: str) -> int:
 
 
 def _check_range_end(end: int) -> None:
-    if end > VA_LIMIT:
+    if end > TASK_SIZE:
         raise _LineError("range ends above 2^48")
 
 
@@ -294,9 +291,9 @@ def _op_fork(name: str, args: list[str], processes: _Processes) -> Op:
 
 
 def _op_exit(name: str, args: list[str], processes: _Processes) -> Op:
-    op = Op(name, process=processes.parse(args[0]))
-    processes.exit(op.process)
-    return op
+    process = processes.parse(args[0])
+    processes.exit(process)
+    return Op(name, process=process)
 
 
 _OpParser = Callable[[str, list[str], _Processes], Op]
@@ -516,9 +513,6 @@ def parse_file(path: str) -> Script:
 # ---------------------------------------------------------------------------
 # Printer: the inverse of the parser on valid scripts
 
-_RANGE_OPS = frozenset(("mmap", "munmap", "dontneed", "mprotect"))
-_ORDER_OPS = frozenset(("fault", "split"))
-_PROT_OPS = frozenset(("mmap", "mprotect", "pin"))
 
 
 def _format_addr(addr: int) -> str:
@@ -552,16 +546,16 @@ def format_op(op: Op) -> str:
     if name == "unpin":
         return f"unpin {_need(op.pin_id, op, 'pin_id')}"
     words = [name, f"P{_need(op.process, op, 'process')}"]
-    if name in ("fork", "exit"):
+    if name in PROCESS_OPS:
         return " ".join(words)
     words.append(_format_addr(int(_need(op.addr, op, "addr"))))
-    if name in _RANGE_OPS:
+    if name in RANGE_OPS:
         words.append(_format_length(int(_need(op.length, op, "length"))))
     if name == "pin":
         words.append(str(_need(op.nr_pages, op, "nr_pages")))
-    if name in _PROT_OPS:
+    if name in PROT_OPS:
         words.append(str(_need(op.prot, op, "prot")))
-    if name in _ORDER_OPS:
+    if name in ORDER_OPS:
         words.append(f"order={_need(op.order, op, 'order')}")
     if name == "write":
         words.append(_format_value(int(_need(op.value, op, "value"))))

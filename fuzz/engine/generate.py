@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import random
 
+from fuzz.implementation import OP_NAMES, PROT_OPS, RANGE_OPS
+from fuzz.script.ops import Expect, Op, Script
 from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE
-
-from .ops import Op, Script
 
 WINDOW_BASE = 0x200000
 WINDOW_SIZE = 4 * PMD_SIZE
 ORDERS = (0, 0, 2, 4, 4, 9, 9, 1, 3, 8)
 SPLIT_ORDERS = (0, 0, 2, 4, 1, 9)
 VALUES = (1, 2, 7, 0xdead, 0xffffffffffffffff)
+# How often each op is drawn, in OP_NAMES' order: faults and writes make the states the others act on.
+OP_WEIGHT = {"mmap": 6, "munmap": 2, "dontneed": 2, "mprotect": 4, "fault": 14, "write": 14, "read": 5,
+             "pin": 6, "unpin": 3, "fork": 5, "exit": 2, "reclaim": 5, "try_to_unmap": 4, "split_pmd": 3,
+             "split": 4}
+OP_WEIGHTS = tuple(OP_WEIGHT[name] for name in OP_NAMES)
 
 
 class ScriptGenerator:
@@ -71,15 +76,12 @@ class ScriptGenerator:
 
     def op(self) -> Op:
         rng = self.rng
-        name = rng.choices(
-            ("mmap", "munmap", "dontneed", "mprotect", "fault", "write", "read", "pin", "unpin",
-             "fork", "exit", "reclaim", "try_to_unmap", "split_pmd", "split"),
-            weights=(6, 2, 2, 4, 14, 14, 5, 6, 3, 5, 2, 5, 4, 3, 4))[0]
+        name = rng.choices(OP_NAMES, weights=OP_WEIGHTS)[0]
         pid = self.process()
         if name == "exit" and len(self.live) == 1:
             name = "fork"
-        if name in ("mmap", "munmap", "dontneed", "mprotect"):
-            prot = rng.choice(("rw", "rw", "ro")) if name in ("mmap", "mprotect") else None
+        if name in RANGE_OPS:
+            prot = rng.choice(("rw", "rw", "ro")) if name in PROT_OPS else None
             return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot)
         if name == "fault":
             return Op(name, process=pid, addr=self.addr(), order=rng.choice(ORDERS))
@@ -103,7 +105,7 @@ class ScriptGenerator:
         return Op(name, process=pid, addr=self.addr())
 
     def script(self, nr_ops: int) -> Script:
-        steps = [Op("mmap", process=0, addr=WINDOW_BASE, length=3 * PMD_SIZE, prot="rw")]
+        steps: list[Op | Expect] = [Op("mmap", process=0, addr=WINDOW_BASE, length=3 * PMD_SIZE, prot="rw")]
         steps += [self.op() for _ in range(nr_ops - 1)]
         return Script(path="<generated>", frames=self.rng.choice((256, 1024, 4096)), steps=steps)
 

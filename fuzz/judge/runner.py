@@ -22,38 +22,42 @@ not exist is a `ScriptError`, not a finding.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType, SimpleNamespace
+from enum import StrEnum
 from typing import Any
 
 import structlog
 
+from fuzz.implementation import (
+    OP_DISPATCH,
+    REFERENCE_IMPL,
+    Implementation,
+    checked_implementation,
+    load_implementation,
+)
+from fuzz.judge.compare import Difference, compare_machines
+from fuzz.judge.expects import expect_failures
+from fuzz.judge.oracles import OracleFailure, check_oracles, same_oracle_inputs
+from fuzz.judge.scan import ContpteVerdicts
+from fuzz.judge.shadow import Shadow
+from fuzz.script.ops import Expect, Op, Script, ScriptError, format_expect, format_op
 from machine import DEFAULT_NR_FRAMES, Machine, check
 from machine.errors import RESULTS
 
-from .compare import Difference, compare_machines
-from .errors import UsageError
-from .expects import expect_failures
-from .ops import Expect, Op, Script, ScriptError, format_expect, format_op
-from .oracles import OracleFailure, check_oracles, same_oracle_inputs
-from .shadow import Shadow
-
 log = structlog.get_logger()
 
-ENTRY_POINT_GROUP = "rmapfuzz.implementations"
-BUILTIN_IMPLEMENTATIONS = {"reference": "reference", "batched": "batched"}
-REFERENCE_IMPL = "reference"
 
-DIVERGENCE = "divergence"
-ORACLE = "oracle"
-EXPECT = "expect"
-EXCEPTION = "exception"
-FINDING_KINDS = (DIVERGENCE, ORACLE, EXPECT, EXCEPTION)
+class FindingKind(StrEnum):
+    """What a finding is (SPEC §7): its value starts the finding's signature."""
+
+    DIVERGENCE = "divergence"   # the two machines' results or states differ
+    ORACLE = "oracle"           # an invariant of SPEC §6 fails on a machine
+    EXPECT = "expect"           # a script's expect line fails
+    EXCEPTION = "exception"     # a kernel method raised, or returned no result code
+
 
 AT_START = "start"   # op_name of a finding before the first op (kernel construction, expects)
 AT_END = "end"       # op_name of a final-state divergence that could not be pinned to an op
@@ -64,73 +68,17 @@ REPORT_DIFFERENCES = 20
 # Implementations
 
 
-def load_implementation(name: str) -> Any:
-    """The implementation called name: a module (or object) exposing `Kernel`.
-
-    "reference" and "batched" are the project's packages; any other name is
-    first an entry point in the group `rmapfuzz.implementations`, else a
-    module path. Raises UsageError if it cannot be loaded or has no Kernel.
-    """
-    if not name:
-        raise UsageError("empty implementation name")
-    loaded = _load_builtin(name) if name in BUILTIN_IMPLEMENTATIONS else None
-    if loaded is None:
-        loaded = _load_entry_point(name)
-    if loaded is None:
-        loaded = _load_module(name)
-    if isinstance(loaded, type):       # an entry point may name the Kernel class itself
-        loaded = SimpleNamespace(Kernel=loaded, __name__=name)
-    if not callable(getattr(loaded, "Kernel", None)):
-        raise UsageError(f"implementation {name!r} does not expose a Kernel class")
-    return loaded
-
-
-def _load_builtin(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(BUILTIN_IMPLEMENTATIONS[name])
-    except Exception as error:
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
-
-
-def _load_entry_point(name: str) -> Any | None:
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry_point.name == name:
-            try:
-                return entry_point.load()
-            except Exception as error:
-                raise UsageError(f"cannot load implementation {name!r} "
-                                 f"(entry point {entry_point.value}): {_one_line(error)}") from error
-    return None
-
-
-def _load_module(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and name.startswith(error.name) and name[len(error.name):][:1] in ("", "."):
-            raise UsageError(f"unknown implementation {name!r}: not a module or an entry point "
-                             f"in {ENTRY_POINT_GROUP}") from error
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
-    except Exception as error:
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
 @dataclass(frozen=True)
 class _Implementation:
     name: str
-    module: Any
+    module: Implementation
 
 
 def _resolve(impl: str | Any) -> _Implementation:
     if isinstance(impl, str):
         return _Implementation(impl, load_implementation(impl))
-    if not callable(getattr(impl, "Kernel", None)):
-        raise UsageError(f"implementation {impl!r} does not expose a Kernel class")
-    return _Implementation(getattr(impl, "__name__", type(impl).__name__), impl)
+    name = getattr(impl, "__name__", type(impl).__name__)
+    return _Implementation(name, checked_implementation(impl, repr(impl)))
 
 
 # ---------------------------------------------------------------------------
@@ -147,7 +95,7 @@ class Finding:
     shows on; step_index/line: the script step and its source line.
     """
 
-    kind: str
+    kind: FindingKind
     op_name: str
     field: str
     detail: str
@@ -171,24 +119,24 @@ class Finding:
         where = f"{self.path}:{self.line}" if self.path else f"line {self.line}"
         op = f"op {self.op_number} ({self.step_text})" if self.op_number else self.step_text
         headline = {
-            DIVERGENCE: f"states differ after {op}" if self.op_number else "final states differ",
-            ORACLE: f"oracle {self.field} fails on {self.impl} after {op}",
-            EXPECT: f"expect fails on {self.impl}: {self.step_text}",
-            EXCEPTION: f"{self.impl} raised {self.field} in {op}",
+            FindingKind.DIVERGENCE: f"states differ after {op}" if self.op_number else "final states differ",
+            FindingKind.ORACLE: f"oracle {self.field} fails on {self.impl} after {op}",
+            FindingKind.EXPECT: f"expect fails on {self.impl}: {self.step_text}",
+            FindingKind.EXCEPTION: f"{self.impl} raised {self.field} in {op}",
         }.get(self.kind, f"{self.kind} at {op}")
         lines = [f"{where}: {headline}", f"  signature: {self.signature}"]
-        if self.kind == EXPECT and self.last_op:
+        if self.kind == FindingKind.EXPECT and self.last_op:
             lines.append(f"  after line {self.last_op}")
-        if self.kind == DIVERGENCE and self.ref:
+        if self.kind == FindingKind.DIVERGENCE and self.ref:
             lines.append(f"  reference: {self.ref}, other: {self.impl}")
         lines.extend("    " + text for text in self.detail.splitlines())
-        if self.kind == DIVERGENCE and self.op_number:
+        if self.kind == FindingKind.DIVERGENCE and self.op_number:
             lines.append(f"  states first differ after op {self.op_number} "
                          f"(line {self.line}): {self.step_text}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, object]:
-        return {"signature": self.signature, "kind": self.kind, "op": self.op_name,
+        return {"signature": self.signature, "kind": str(self.kind), "op": self.op_name,
                 "field": self.field, "line": self.line, "impl": self.impl, "detail": self.detail}
 
 
@@ -217,25 +165,7 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------
-# Dispatch: one kernel method per op (SPEC §3)
-
-OP_DISPATCH: dict[str, Callable[[Any, Op], object]] = {
-    "mmap": lambda kernel, op: kernel.mmap(op.process, op.addr, op.length, op.prot or "rw"),
-    "munmap": lambda kernel, op: kernel.munmap(op.process, op.addr, op.length),
-    "dontneed": lambda kernel, op: kernel.dontneed(op.process, op.addr, op.length),
-    "mprotect": lambda kernel, op: kernel.mprotect(op.process, op.addr, op.length, op.prot),
-    "fault": lambda kernel, op: kernel.fault(op.process, op.addr, op.order or 0),
-    "write": lambda kernel, op: kernel.write(op.process, op.addr, op.value),
-    "read": lambda kernel, op: kernel.read(op.process, op.addr),
-    "pin": lambda kernel, op: kernel.pin(op.process, op.addr, op.nr_pages, op.prot),
-    "unpin": lambda kernel, op: kernel.unpin(op.pin_id),
-    "fork": lambda kernel, op: kernel.fork(op.process),
-    "exit": lambda kernel, op: kernel.exit(op.process),
-    "reclaim": lambda kernel, op: kernel.reclaim(op.process, op.addr),
-    "try_to_unmap": lambda kernel, op: kernel.try_to_unmap(op.process, op.addr),
-    "split_pmd": lambda kernel, op: kernel.split_pmd(op.process, op.addr),
-    "split": lambda kernel, op: kernel.split(op.process, op.addr, op.order),
-}
+# Running
 
 
 @dataclass
@@ -253,8 +183,10 @@ class _Side:
 class _Run:
     """One run of a script; stops at the first finding."""
 
-    def __init__(self, script: Script, ref: _Implementation, other: _Implementation) -> None:
+    def __init__(self, script: Script, ref: _Implementation, other: _Implementation,
+                 contpte_verdicts: ContpteVerdicts) -> None:
         self.script = script
+        self.contpte_verdicts = contpte_verdicts
         self.ref_impl, self.other_impl = ref, other
         ref_name, other_name = ref.name, other.name
         if ref_name == other_name:
@@ -311,7 +243,7 @@ class _Run:
         """The end-of-run checks of fuzzing mode: oracles on both machines, then the states."""
         return self._check_state(len(self.script.steps) - 1, None)
 
-    def _finding(self, kind: str, field: str, detail: str, step_index: int, step: Op | Expect | None,
+    def _finding(self, kind: FindingKind, field: str, detail: str, step_index: int, step: Op | Expect | None,
                  impl: str, **extra: Any) -> Finding:
         if isinstance(step, Op):
             op_name, step_text, op_number = step.name, format_op(step), self.ops_run
@@ -333,12 +265,12 @@ class _Run:
     # Start: a kernel and a shadow per machine.
 
     def _start(self) -> Finding | None:
-        for side, impl in zip(self.sides, (self.ref_impl, self.other_impl)):
+        for side, impl in zip(self.sides, (self.ref_impl, self.other_impl), strict=True):
             started = time.perf_counter()
             try:
                 side.kernel = impl.module.Kernel(side.machine)
             except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
-                return self._finding(EXCEPTION, type(error).__name__, _traceback(error), -1, None,
+                return self._finding(FindingKind.EXCEPTION, type(error).__name__, _traceback(error), -1, None,
                                      side.name)
             finally:
                 side.seconds += time.perf_counter() - started
@@ -352,16 +284,17 @@ class _Run:
         self.ops_run += 1
         self.last_op = op
         if missing is not None:
-            return self._finding(DIVERGENCE, "processes", missing, step_index, op, self.sides[1].name)
+            return self._finding(FindingKind.DIVERGENCE, "processes", missing, step_index, op, self.sides[1].name)
         for side in self.sides:
             finding = self._call(step_index, op, side)
             if finding is not None:
                 return finding
         ref_result, other_result = (side.last_result for side in self.sides)
+        assert ref_result is not None and other_result is not None   # _call set both
         self.results.append(ref_result)
         if ref_result != other_result:
             difference = Difference("op", "result", ref_result, other_result)
-            return self._finding(DIVERGENCE, "result", difference.describe(*self._names()), step_index,
+            return self._finding(FindingKind.DIVERGENCE, "result", difference.describe(*self._names()), step_index,
                                  op, self.sides[1].name, differences=(difference,))
         for side in self.sides:
             side.shadow.apply(op, side.last_result, side.machine)
@@ -386,13 +319,13 @@ class _Run:
         try:
             result = OP_DISPATCH[op.name](side.kernel, op)
         except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
-            return self._finding(EXCEPTION, type(error).__name__, _traceback(error), step_index, op,
+            return self._finding(FindingKind.EXCEPTION, type(error).__name__, _traceback(error), step_index, op,
                                  side.name)
         finally:
             side.seconds += time.perf_counter() - started
         if not isinstance(result, str) or result not in RESULTS:
-            return self._finding(EXCEPTION, "result", f"returned {result!r}, not one of {', '.join(RESULTS)}",
-                                 step_index, op, side.name)
+            detail = f"returned {result!r}, not one of {', '.join(RESULTS)}"
+            return self._finding(FindingKind.EXCEPTION, "result", detail, step_index, op, side.name)
         side.last_result = result
         return None
 
@@ -422,7 +355,7 @@ class _Run:
         """When the reference's oracles hold and the other machine equals it in everything the
         oracles read, theirs hold too: not run again."""
         ref, other = self.sides
-        ref_failures = check_oracles(ref.machine, ref.shadow)
+        ref_failures = check_oracles(ref.machine, ref.shadow, self.contpte_verdicts)
         differences = None
         if not ref_failures:
             differences = compare_machines(ref.machine, other.machine)
@@ -435,13 +368,13 @@ class _Run:
         """An oracle finding naming every failing side; ref_failures: the reference's, if known."""
         def failures(side: _Side) -> list[tuple[str, str]]:
             found = ref_failures if side is self.ref and ref_failures is not None \
-                else check_oracles(side.machine, side.shadow)
+                else check_oracles(side.machine, side.shadow, self.contpte_verdicts)
             return [(failure.oracle, f"{failure.oracle}: {failure.detail}") for failure in found]
 
         failing, details, first_oracle = self._failures_on_sides(failures)
         if not failing:
             return None
-        return self._finding(ORACLE, first_oracle, details, step_index, op, failing)
+        return self._finding(FindingKind.ORACLE, first_oracle, details, step_index, op, failing)
 
     def _compare(self, step_index: int, op: Op | None,
                  differences: list[Difference] | None = None) -> Finding | None:
@@ -455,7 +388,7 @@ class _Run:
         detail = [difference.describe(*names) for difference in shown]
         if len(differences) > len(shown):
             detail.append(f"... and {len(differences) - len(shown)} more listed")
-        return self._finding(DIVERGENCE, differences[0].field, "\n".join(detail), step_index, op,
+        return self._finding(FindingKind.DIVERGENCE, differences[0].field, "\n".join(detail), step_index, op,
                              self.sides[1].name, differences=tuple(differences))
 
     def _names(self) -> tuple[str, str]:
@@ -471,10 +404,10 @@ class _Run:
         if not failing:
             return None
         last_op = f"{self.last_op.line}: {format_op(self.last_op)}" if self.last_op else ""
-        return self._finding(EXPECT, first_key, details, step_index, expect, failing, last_op=last_op)
+        return self._finding(FindingKind.EXPECT, first_key, details, step_index, expect, failing, last_op=last_op)
 
     def _check_expect_processes(self, expect: Expect) -> None:
-        processes = [expect.process] if expect.kind == "entry" else []
+        processes: list[int | str | None] = [expect.process] if expect.kind == "entry" else []
         processes += [value for key, value in expect.keys if key in ("same-page", "distinct-page")]
         for process in processes:
             if process not in self.ref.machine.processes:
@@ -489,24 +422,22 @@ def _traceback(error: BaseException) -> str:
 
 
 def run_script(script: Script, impl: str | Any = REFERENCE_IMPL, ref: str | Any = REFERENCE_IMPL,
-               check_every_op: bool = True) -> RunResult:
+               check_every_op: bool = True, contpte_verdicts: ContpteVerdicts | None = None) -> RunResult:
     """Run script on implementation impl against ref; see the module doc.
 
     impl and ref are implementation names (load_implementation) or loaded
-    implementations (anything with a Kernel). Raises UsageError for an
-    implementation that cannot be loaded and ScriptError for a step naming a
+    implementations (anything with a Kernel). contpte_verdicts, if given, is kept across
+    runs by the caller (the layout oracle's verdicts by block content). Raises UsageError
+    for an implementation that cannot be loaded and ScriptError for a step naming a
     process that does not exist.
     """
+    verdicts = contpte_verdicts if contpte_verdicts is not None else ContpteVerdicts()
     ref_impl, other_impl = _resolve(ref), _resolve(impl)
     log.debug("run_start", path=script.path, impl=other_impl.name, ref=ref_impl.name,
               frames=script.frames, steps=len(script.steps), check_every_op=check_every_op)
-    result = _Run(script, ref_impl, other_impl).execute(check_every_op)
-    if not check_every_op and result.findings and result.findings[0].kind in (DIVERGENCE, ORACLE) \
-            and result.findings[0].op_name == AT_END:
-        # Pin a final difference or oracle failure to the first op after which it shows.
-        pinned = _Run(script, ref_impl, other_impl).execute(check_every_op=True)
-        if pinned.findings:
-            result = pinned
+    result = _Run(script, ref_impl, other_impl, verdicts).execute(check_every_op)
+    if not check_every_op:
+        result = _pinned(result, script, ref_impl, other_impl, verdicts)
     for finding in result.findings:
         log.info("finding", signature=finding.signature, path=script.path, line=finding.line,
                  impl=finding.impl, ops=result.ops_run)
@@ -515,30 +446,34 @@ def run_script(script: Script, impl: str | Any = REFERENCE_IMPL, ref: str | Any 
 
 
 def run_stream(script: Script, next_op: Callable[[Machine], Op | None], impl: str | Any,
-               ref: str | Any = REFERENCE_IMPL) -> RunResult:
+               ref: str | Any = REFERENCE_IMPL, contpte_verdicts: ContpteVerdicts | None = None) -> RunResult:
     """Run the ops next_op draws (from the reference machine after the ops before) on both
     implementations; script (its frames, no steps yet) collects them. A failure at the end
-    is pinned to its op by replaying the collected script op by op."""
+    is pinned to its op by replaying the collected script op by op. contpte_verdicts as
+    for run_script."""
     ref_impl, other_impl = _resolve(ref), _resolve(impl)
     check(not script.steps, "run_stream starts from an empty script")
-    result = _Run(script, ref_impl, other_impl).execute_stream(next_op)
-    if result.findings and result.findings[0].kind in (DIVERGENCE, ORACLE) \
-            and result.findings[0].op_name == AT_END:
-        pinned = _Run(script, ref_impl, other_impl).execute(check_every_op=True)
-        if pinned.findings:
-            result = pinned
-    return result
+    verdicts = contpte_verdicts if contpte_verdicts is not None else ContpteVerdicts()
+    result = _Run(script, ref_impl, other_impl, verdicts).execute_stream(next_op)
+    return _pinned(result, script, ref_impl, other_impl, verdicts)
+
+
+def _pinned(result: RunResult, script: Script, ref: _Implementation, other: _Implementation,
+            contpte_verdicts: ContpteVerdicts) -> RunResult:
+    """result, or if it ends with a final difference or oracle failure found only at the end,
+    the run of script checking every op, which pins it to the first op after which it shows."""
+    if not result.findings:
+        return result
+    finding = result.findings[0]
+    if finding.kind not in (FindingKind.DIVERGENCE, FindingKind.ORACLE) or finding.op_name != AT_END:
+        return result
+    pinned = _Run(script, ref, other, contpte_verdicts).execute(check_every_op=True)
+    return pinned if pinned.findings else result
 
 
 __all__ = [
-    "DIVERGENCE",
-    "ENTRY_POINT_GROUP",
-    "EXCEPTION",
-    "EXPECT",
-    "ORACLE",
-    "REFERENCE_IMPL",
+    "FindingKind",
     "Finding",
     "RunResult",
-    "load_implementation",
     "run_script",
 ]

@@ -25,11 +25,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from fuzz.errors import UsageError
+from fuzz.implementation import (
+    OP_DISPATCH,
+    OP_NAMES,
+    ORDER_OPS,
+    PROCESS_OPS,
+    PROT_OPS,
+    PROTS,
+    RANGE_OPS,
+    Kernel,
+    reference_kernel,
+)
+from fuzz.script.ops import Op, Script
 from machine import DEFAULT_NR_FRAMES, Machine, check
-
-from .errors import UsageError
-from .ops import OP_NAMES, PAGE_SIZE, VA_LIMIT, Op, Script
-from .runner import OP_DISPATCH, load_implementation
+from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
 ENCODING_VERSION = 2  # 2: raw frames, pin pages and lengths capped (fast executions)
 MAX_OPS = 24
@@ -37,8 +47,6 @@ FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
 WINDOW_BASE = 0x200000
 WINDOW_SIZE = 8 << 20
-PMD_SIZE = 2 << 20
-CONT_SIZE = 64 << 10
 # Op kinds, repeated to weight them: faults and writes make the states the others act on.
 KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "pin", "pin",
               "unpin", "fork", "fork", "exit", "munmap", "dontneed", "mprotect", "mprotect", "reclaim",
@@ -46,10 +54,10 @@ KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "writ
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
 ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "raw")
 LISTED_WEIGHT = 3  # a listed value is drawn 3 times in 4, a raw one once
-RAW_PAGES = VA_LIMIT // PAGE_SIZE
-BOUNDARY_GRANULES = (PMD_SIZE, CONT_SIZE, PAGE_SIZE)
+RAW_PAGES = TASK_SIZE // PAGE_SIZE
+BOUNDARY_GRANULES = (PMD_SIZE, CONT_PTE_SIZE, PAGE_SIZE)
 BOUNDARY_OFFSETS = (0, -1, 1, 15, 16, 17, 511)
-LENGTHS = (PAGE_SIZE, 2 * PAGE_SIZE, CONT_SIZE, CONT_SIZE + PAGE_SIZE, PMD_SIZE, PMD_SIZE + CONT_SIZE,
+LENGTHS = (PAGE_SIZE, 2 * PAGE_SIZE, CONT_PTE_SIZE, CONT_PTE_SIZE + PAGE_SIZE, PMD_SIZE, PMD_SIZE + CONT_PTE_SIZE,
            2 * PMD_SIZE, 4 * PMD_SIZE)
 RAW_LENGTH_PAGES = 4096            # up to 16 MiB: eight PMDs, twice the address window
 ORDERS = (0, 2, 4, 9, 1, 3, 8)
@@ -57,7 +65,6 @@ RAW_ORDERS = 64
 VALUES = (1, 2, 7, 0xdead, (1 << 64) - 1)
 PIN_PAGES = (1, 2, 16, 17)
 RAW_PIN_PAGES = 1024               # two PMDs' worth
-PROTS = ("rw", "ro")
 # The only ops that change what later ops may name (SPEC §3): fork makes a process, exit
 # ends one, a successful pin issues the next pin id.
 NAMING_OPS = ("fork", "exit", "pin")
@@ -159,16 +166,16 @@ class OpGrammar:
             return Op("unpin", pin_id=pin_id)
         live = names.live
         process = live[choose(len(live), _index(live, target and target.process))]
-        if name in ("fork", "exit"):
+        if name in PROCESS_OPS:
             return Op(name, process=process)
         addr = self.addr(process, machine, target.addr if target else None)
-        if name in ("mmap", "munmap", "dontneed", "mprotect"):
+        if name in RANGE_OPS:
             length = self.length(addr, target.length if target else None)
             prot = None
-            if name in ("mmap", "mprotect"):
+            if name in PROT_OPS:
                 prot = PROTS[choose(len(PROTS), _index(PROTS, target and (target.prot or "rw")))]
             return Op(name, process=process, addr=addr, length=length, prot=prot)
-        if name in ("fault", "split"):
+        if name in ORDER_OPS:
             return Op(name, process=process, addr=addr, order=self.order(target.order if target else None))
         if name == "write":
             return Op(name, process=process, addr=addr, value=self.value(target.value if target else None))
@@ -183,13 +190,14 @@ class OpGrammar:
         choose = self.choices.choose
         category = ADDR_CATEGORIES[choose(len(ADDR_CATEGORIES), None if wanted is None else len(ADDR_CATEGORIES) - 1)]
         if category == "vma_edge":
+            assert machine is not None   # the encoder draws every address raw
             edges = vma_edges(machine, process)
             addr = edges[choose(len(edges))]
         elif category == "boundary":
             granule = BOUNDARY_GRANULES[choose(len(BOUNDARY_GRANULES))]
             addr = WINDOW_BASE + choose(WINDOW_SIZE // granule) * granule
             addr += BOUNDARY_OFFSETS[choose(len(BOUNDARY_OFFSETS))] * PAGE_SIZE
-            addr = min(max(addr, 0), VA_LIMIT - PAGE_SIZE)
+            addr = min(max(addr, 0), TASK_SIZE - PAGE_SIZE)
         elif category == "used" and self.used:
             addr = self.used[choose(len(self.used))]
         else:
@@ -204,7 +212,7 @@ class OpGrammar:
         else:
             raw_pages = None if wanted is None else wanted // PAGE_SIZE - 1
             length = (choose(RAW_LENGTH_PAGES, raw_pages) + 1) * PAGE_SIZE
-        return max(PAGE_SIZE, min(length, VA_LIMIT - addr))
+        return max(PAGE_SIZE, min(length, TASK_SIZE - addr))
 
     def order(self, wanted: int | None) -> int:
         return pick(self.choices, ORDERS, RAW_ORDERS, wanted)
@@ -218,7 +226,7 @@ class OpGrammar:
 
 def vma_edges(machine: Machine, pid: int) -> list[int]:
     """The first and last page of each of pid's VMAs (the window's base if it has none)."""
-    edges = []
+    edges: list[int] = []
     for vma in machine.processes[pid].vmas:
         edges.extend((vma.start, vma.end - PAGE_SIZE))
     return edges or [WINDOW_BASE]
@@ -240,11 +248,6 @@ def draw_frames(choices: ByteChoices | RecordedChoices, wanted: int | None = Non
 
 def _nr_frames(script: Script) -> int:
     return script.frames if script.frames is not None else DEFAULT_NR_FRAMES
-
-
-def _reference_kernel(frames: int):
-    machine = Machine(frames)
-    return machine, load_implementation("reference").Kernel(machine)
 
 
 class OpStream:
@@ -282,7 +285,7 @@ def decode_input(data: bytes, path: str = "<input>") -> Decoded:
     """The op script a raw input stands for (total: any bytes decode) and its names. The
     reference runs alone to give each op its state; the harness runs both implementations instead."""
     stream = OpStream(data, path)
-    machine, kernel = _reference_kernel(_nr_frames(stream.script))
+    machine, kernel = reference_kernel(_nr_frames(stream.script))
     while (op := stream.next_op(machine)) is not None:
         OP_DISPATCH[op.name](kernel, op)
         stream.script.steps.append(op)
@@ -309,7 +312,7 @@ def encode(script: Script, known: Decoded | None = None) -> bytes:
     if len(ops) > MAX_OPS:
         raise EncodeError(f"{script.path}: {len(ops)} ops, the decoder draws at most {MAX_OPS}")
     grammar = OpGrammar(recorded)
-    for op, names in zip(ops, names_before_ops(frames, ops, _known_names(script, ops, known))):
+    for op, names in zip(ops, names_before_ops(frames, ops, _known_names(script, ops, known)), strict=True):
         if not names.live:
             raise EncodeError(f"{script.path}:{op.line}: no process is left to name")
         drawn = grammar.op(names, target=op)
@@ -337,14 +340,15 @@ def names_before_ops(frames: int, ops: list[Op], known_names: tuple[Names, ...] 
     up to each op that can change the names (NAMING_OPS), and lazily: an op runs once the
     names after it are asked for, so the encoder refuses an op before running it.
     """
-    machine = kernel = None
+    machine: Machine | None = None
+    kernel: Kernel | None = None
     ran = 0   # ops the reference has run
     for index in range(len(ops)):
         if index < len(known_names):
             names = known_names[index]
         elif index == 0 or ops[index - 1].name in NAMING_OPS:
-            if kernel is None:
-                machine, kernel = _reference_kernel(frames)
+            if machine is None or kernel is None:
+                machine, kernel = reference_kernel(frames)
             for op in ops[ran:index]:
                 OP_DISPATCH[op.name](kernel, op)
             ran = index

@@ -1,12 +1,19 @@
-"""The `rmapfuzz kernel` and `rmapfuzz export` subcommands (registered in fuzz/cli.py)."""
+"""The `rmapfuzz kernel` and `rmapfuzz export` subcommands (registered in fuzz/front/cli.py)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ..errors import UsageError
-from ..ops import Script
+from fuzz.errors import UsageError
+from fuzz.script.ops import Script
+
+if TYPE_CHECKING:
+    from fuzz.kernel.bridge import KernelReport
+
+LoadInput = Callable[[str], Script]
 
 EXIT_OK, EXIT_FINDING = 0, 1
 C_SUFFIX = ".c"
@@ -19,10 +26,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "(one FILE only)")
 
 
-def command_export(args: argparse.Namespace, load_input, write_atomically) -> int:
+def command_export(args: argparse.Namespace, load_input: LoadInput,
+                   write_atomically: Callable[[str, str], None]) -> int:
     """Each script as a standalone C reproducer; exit 2 naming the op if one has no faithful realisation."""
-    from .bridge import export_script
-    from .realise import UnsupportedScript
+    from fuzz.kernel.bridge import export_script
+    from fuzz.kernel.realise import UnsupportedScript
 
     if args.output is None and len(args.files) > 1:
         raise UsageError("export of several files needs -o DIR")
@@ -67,11 +75,11 @@ def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Debian's kernel of this version instead of the newest in sid")
 
 
-def command_kernel(args: argparse.Namespace, load_input) -> int:
+def command_kernel(args: argparse.Namespace, load_input: LoadInput) -> int:
     """Run scripts on the model and on a real kernel; exit 1 on an unexplained disagreement."""
-    from ..runner import REFERENCE_IMPL, load_implementation
-    from . import guest
-    from .bridge import check_scripts
+    from fuzz.implementation import REFERENCE_IMPL, load_implementation
+    from fuzz.kernel import guest
+    from fuzz.kernel.bridge import check_scripts
 
     if args.modules and not args.kernel:
         raise UsageError("--modules goes with --kernel")
@@ -93,7 +101,7 @@ def command_kernel(args: argparse.Namespace, load_input) -> int:
         _print_report(report, args.json, every_script=True)
         status = EXIT_FINDING if report.unexplained else status
     if args.fuzz is not None:
-        from .campaign import fuzz_kernel
+        from fuzz.kernel.campaign import fuzz_kernel
 
         report, findings = fuzz_kernel(args.fuzz, args.seed, kernel, impl=args.impl, corpus=args.corpus,
                                        keep=None if scripts else args.keep)
@@ -104,8 +112,8 @@ def command_kernel(args: argparse.Namespace, load_input) -> int:
     return status
 
 
-def _print_report(report, as_json: bool, every_script: bool) -> None:
-    from .bridge import AGREE, DEVIATION, UNSUPPORTED, report_json
+def _print_report(report: KernelReport, as_json: bool, every_script: bool) -> None:
+    from fuzz.kernel.bridge import AGREE, DEVIATION, UNSUPPORTED, report_json
 
     if as_json:
         print(report_json(report))

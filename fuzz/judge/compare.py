@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from machine import Machine
+from machine import Machine, Pin
 from machine.frames import FrameTable
 from machine.mm import MM
 from machine.pgtable import (
@@ -256,7 +256,7 @@ def _compare_leaves(a: MM, b: MM, out: _Differences) -> None:
 
 # Pins.
 
-def _pin_text(pin) -> str:
+def _pin_text(pin: Pin | None) -> str:
     if pin is None:
         return "absent"
     pages = ",".join(map(str, pin.pages[:8])) + (",..." if len(pin.pages) > 8 else "")

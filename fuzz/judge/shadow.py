@@ -9,15 +9,14 @@ never from the page tables it is checked against.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from machine.errors import OK
 from machine.pgtable import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
+    from fuzz.script.ops import Op
     from machine import Machine, Pin
-
-    from .ops import Op
 
 
 class Shadow:
@@ -47,26 +46,30 @@ class Shadow:
         zaps the mapped parts of the range, and a zapped page reads 0.
         """
         name = op.name
+        # The op's fields are those OP_ARGUMENTS lists for it (the parser and decoder see to it).
+        pid = cast(int, op.process)
         if name == "write":
             if result == OK:
-                self.data.setdefault(op.process, {})[op.addr] = op.value
+                self.data.setdefault(pid, {})[cast(int, op.addr)] = cast(int, op.value)
         elif name in ("munmap", "dontneed"):
-            self._drop_range(op.process, op.addr, op.addr + op.length)
-            self._release_range(machine, op.process, op.addr, op.addr + op.length)
+            start = cast(int, op.addr)
+            end = start + cast(int, op.length)
+            self._drop_range(pid, start, end)
+            self._release_range(machine, pid, start, end)
         elif name == "exit":
-            self.data.pop(op.process, None)
-            for pin in self._pins_of(machine, op.process):
+            self.data.pop(pid, None)
+            for pin in self._pins_of(machine, pid):
                 self.released[pin.pin_id] = set(range(pin.nr_pages))
         elif name == "fork":
             if result == OK:
                 child = machine.nr_processes - 1
-                self.data[child] = dict(self.data.get(op.process, {}))
+                self.data[child] = dict(self.data.get(pid, {}))
         elif name == "pin":
             if result == OK:
                 self.released[machine.nr_pins - 1] = set()
         elif name == "unpin":
             if result == OK:
-                self.released.pop(op.pin_id, None)
+                self.released.pop(cast(int, op.pin_id), None)
 
     def _drop_range(self, pid: int, start: int, end: int) -> None:
         """Forget what pid wrote in [start, end): O(min(pages in range, pages written))."""

@@ -18,6 +18,7 @@ does not look smaller by reusing what the first one freed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -32,23 +33,24 @@ from typing import Any
 
 import structlog
 
+from fuzz.errors import UsageError
+from fuzz.implementation import (
+    DEFAULT_IMPL,
+    OP_DISPATCH,
+    REFERENCE_IMPL,
+    load_implementation,
+)
+from fuzz.judge.compare import compare_machines
+from fuzz.script.ops import Op, format_op
 from machine import Machine
-
-from .compare import compare_machines
-from .errors import UsageError
-from .ops import VA_LIMIT, Op, format_op
-from .runner import OP_DISPATCH, REFERENCE_IMPL, load_implementation
+from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
 log = structlog.get_logger()
 
 DEFAULT_SIZES = "64M,256M,1G"
-DEFAULT_IMPL = "batched"
 
-PAGE_SIZE = 4096
-MTHP_SIZE = 64 << 10
 MTHP_ORDER = 4
-PMD_SIZE = 2 << 20
-PMD_ORDER = 9
+MTHP_SIZE = PAGE_SIZE << MTHP_ORDER
 HALF_PMD = PMD_SIZE // 2
 BASE = 0x40000000                  # 1 GiB aligned start of the one mapping
 PIN_NR_PAGES = 8
@@ -85,7 +87,7 @@ def check_size(size: int, text: str = "") -> None:
     name = repr(text or str(size))
     if size <= 0 or size % PMD_SIZE:
         raise UsageError(f"bad size {name}: not a positive multiple of 2M")
-    if BASE + size > VA_LIMIT:
+    if BASE + size > TASK_SIZE:
         raise UsageError(f"bad size {name}: the mapping would end past the 48-bit VA limit")
 
 
@@ -144,7 +146,7 @@ def fault_layout(size: int) -> FaultLayout:
 def _fault_ops(size: int) -> list[Op]:
     """Step 2, chunk by chunk in ascending address order."""
     layout = fault_layout(size)
-    folios = ([(addr, PMD_ORDER) for addr in layout.pmd_chunks]
+    folios = ([(addr, HPAGE_PMD_ORDER) for addr in layout.pmd_chunks]
               + [(addr, MTHP_ORDER) for addr in layout.mthp_folios]
               + [(addr, 0) for addr in layout.base_pages])
     return [Op("fault", process=0, addr=addr, order=order) for addr, order in sorted(folios)]
@@ -250,10 +252,8 @@ class _PeakRss:
 def _release_free_memory() -> None:
     """Collect garbage and hand free heap back to the system, so a run starts from a settled RSS."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):   # not glibc: the peak may read a little low
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc: the peak may read a little low
-        pass
 
 
 @dataclass
@@ -351,7 +351,7 @@ def _run_error_report(run: ImplementationRun, ops: Sequence[Op]) -> str:
 
 def _result_report(ref: ImplementationRun, other: ImplementationRun, ops: Sequence[Op]) -> str:
     """The first op whose results differ, or "" if the result lists are equal."""
-    for number, (op, ref_result, other_result) in enumerate(zip(ops, ref.results, other.results), 1):
+    for number, (op, ref_result, other_result) in enumerate(zip(ops, ref.results, other.results, strict=False), 1):
         if ref_result != other_result:
             return (f"op {number} ({format_op(op)}): result differs: "
                     f"{ref.name}={ref_result} {other.name}={other_result}")
@@ -434,7 +434,7 @@ def format_table(results: Sequence[SizeResult], impl: str) -> str:
          "" if result.ok else "DIFFERS")
         for result in results]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     for result in results:
         if result.skipped:
             lines.append(f"{format_size(result.size)}: {result.skipped} ops skipped "
@@ -446,7 +446,6 @@ def format_table(results: Sequence[SizeResult], impl: str) -> str:
 
 __all__ = [
     "BASE",
-    "DEFAULT_IMPL",
     "DEFAULT_SIZES",
     "FaultLayout",
     "ImplementationRun",

@@ -18,13 +18,15 @@ from typing import Any
 
 import structlog
 
-from .ops import Expect, Op, Script, ScriptError, format_script
-from .runner import REFERENCE_IMPL, run_script
+from fuzz.implementation import REFERENCE_IMPL
+from fuzz.judge.runner import run_script
+from fuzz.judge.scan import ContpteVerdicts
+from fuzz.script.ops import Expect, Op, Script, ScriptError, format_script
+from machine.pgtable import PAGE_SIZE
 
 log = structlog.get_logger()
 
 MAX_RUNS = 2000
-PAGE_SIZE = 4096
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Minimizer:
     max_runs: int = MAX_RUNS
     runs: int = 0
     cache: dict[str, bool] = field(default_factory=dict)
+    contpte_verdicts: ContpteVerdicts = field(default_factory=ContpteVerdicts)
 
     def reproduces(self, script: Script, signature: str) -> bool:
         """Whether script still shows the finding (cached by its text)."""
@@ -46,7 +49,8 @@ class Minimizer:
             return False
         self.runs += 1
         try:
-            result = run_script(script, self.impl, self.ref, check_every_op=True)
+            result = run_script(script, self.impl, self.ref, check_every_op=True,
+                                contpte_verdicts=self.contpte_verdicts)
         except ScriptError:
             found = False
         else:
@@ -184,7 +188,7 @@ class _Numbering:
 
 
 def _renumbered(step: Op | Expect, pids: _Numbering, pins: _Numbering) -> Op | Expect:
-    changes: dict[str, int] = {}
+    changes: dict[str, Any] = {}
     if step.process is not None:
         changes["process"] = pids.new[step.process]
     if step.pin_id is not None:

@@ -17,15 +17,20 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
-from .errors import UsageError
-from .ops import Script, ScriptError, parse_file
+from fuzz.atomic import write_atomically, write_atomically_bytes
+from fuzz.errors import UsageError
+from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
+from fuzz.logs import configure_logging
+from fuzz.script.ops import Script, ScriptError, parse_file
+
+if TYPE_CHECKING:
+    from fuzz.engine.campaign import CampaignSummary, SelftestRow
 
 PROG = "rmapfuzz"
-DEFAULT_IMPL = "batched"     # the implementation under test unless --impl says otherwise
 SCRIPT_SUFFIX = ".ops"
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
 
@@ -37,36 +42,6 @@ class _ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-# ---------------------------------------------------------------------------
-# Logging
-
-
-class _Stderr:
-    """sys.stderr as it is at each write (tests and callers may replace it)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def configure_logging(json_logs: bool = False, level: int = logging.INFO) -> None:
-    """structlog to stderr: a console renderer, or one JSON object per line."""
-    renderer = (structlog.processors.JSONRenderer() if json_logs
-                else structlog.dev.ConsoleRenderer(colors=False))
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
-        cache_logger_on_first_use=False,
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -86,7 +61,7 @@ def _load_input(path: str) -> Script:
     """An op script (.ops), or a raw fuzzer input decoded to one."""
     if path.endswith(SCRIPT_SUFFIX):
         return parse_file(path)
-    from .decode import check_version, decode
+    from fuzz.engine.decode import check_version, decode
 
     data = _read_bytes(path)
     check_version(data, path)
@@ -102,7 +77,7 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _command_replay(args: argparse.Namespace) -> int:
-    from .runner import REFERENCE_IMPL, load_implementation, run_script
+    from fuzz.judge.runner import run_script
 
     # All input is checked before anything runs: a bad file is exit 2, never half a replay.
     scripts = [_load_input(path) for path in args.files]
@@ -142,28 +117,9 @@ def _add_minimize_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up shrinking after N candidate runs")
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Write text to path so that a reader sees the old file or the whole new one."""
-    write_atomically_bytes(path, text.encode("utf-8"))
-
-
-def write_atomically_bytes(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        raise UsageError(f"{path}: cannot write: {error.strerror or error}") from error
-
-
 def _command_minimize(args: argparse.Namespace) -> int:
-    from .minimize import MAX_RUNS, header_comment, minimize_script
-    from .ops import format_script
-    from .runner import REFERENCE_IMPL, load_implementation
+    from fuzz.engine.minimize import MAX_RUNS, header_comment, minimize_script
+    from fuzz.script.ops import format_script
 
     script = _load_input(args.file)
     if args.max_runs is not None and args.max_runs < 1:
@@ -209,7 +165,7 @@ def _add_fuzz_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_fuzz(args: argparse.Namespace) -> int:
-    from .fuzzing import run_campaign
+    from fuzz.engine.campaign import DEFAULT_CORPUS, run_campaign
 
     for name, value in (("--time", args.time), ("--runs", args.runs), ("--jobs", args.jobs)):
         if value is not None and value < 1:
@@ -218,17 +174,23 @@ def _command_fuzz(args: argparse.Namespace) -> int:
     bad = [flag for flag in extra if not flag.startswith("-")]
     if bad:
         raise UsageError(f"libFuzzer flags start with '-': {bad[0]!r}")
-    summary = run_campaign(args.corpus or ["corpus/seeds"], impl=args.impl, seconds=args.time,
+    summary = run_campaign(args.corpus or [DEFAULT_CORPUS], impl=args.impl, seconds=args.time,
                            runs=args.runs, jobs=args.jobs, seed=args.seed, crash_dir=args.crashes,
-                           extra_flags=extra, progress=not args.json)
+                           extra_flags=extra, progress=None if args.json else _show_progress)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary.to_json(), indent=2))
     else:
-        print(f"{summary['executions']} executions in {summary['seconds']:.1f} s "
-              f"({summary['exec_per_s']:.0f} exec/s), {len(summary['findings'])} new findings")
-        for finding in summary["findings"]:
-            print(f"  {finding['signature']}: {finding['ops']} ops, {finding['path']}")
-    return EXIT_FINDING if summary["findings"] else EXIT_OK
+        print(file=sys.stderr)   # ends the progress line
+        print(f"{summary.executions} executions in {summary.seconds:.1f} s "
+              f"({summary.exec_per_s:.0f} exec/s), {len(summary.findings)} new findings")
+        for finding in summary.findings:
+            print(f"  {finding.signature}: {finding.ops} ops, {finding.path}")
+    return EXIT_FINDING if summary.findings else EXIT_OK
+
+
+def _show_progress(executions: int, exec_per_s: int) -> None:
+    """The campaign's live progress line on stderr, rewritten in place."""
+    print(f"\r{executions} execs, {exec_per_s} exec/s  ", end="", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -243,8 +205,8 @@ def _add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_selftest(args: argparse.Namespace) -> int:
-    from .canaries import CANARIES
-    from .fuzzing import format_selftest, selftest
+    from fuzz.canaries import CANARIES
+    from fuzz.engine.campaign import selftest
 
     if args.budget < 1:
         raise UsageError(f"--budget must be positive, not {args.budget}")
@@ -252,8 +214,18 @@ def _command_selftest(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown canary {unknown[0]!r} (known: {', '.join(CANARIES)})")
     rows = selftest(args.budget, args.canary)
-    print(json.dumps({"canaries": rows}, indent=2) if args.json else format_selftest(rows))
-    return EXIT_OK if all(row["found"] and row["ops"] <= 8 for row in rows) else EXIT_FINDING
+    print(json.dumps({"canaries": [row.to_json() for row in rows]}, indent=2) if args.json
+          else format_selftest(rows))
+    return EXIT_OK if all(row.passed for row in rows) else EXIT_FINDING
+
+
+def format_selftest(rows: list[SelftestRow]) -> str:
+    """The self-test as a table: per planted bug, found, seconds, executions, minimised ops."""
+    lines = [f"{'bug':32s} {'found':5s} {'seconds':>8s} {'executions':>10s} {'ops':>4s}"]
+    for row in rows:
+        lines.append(f"{row.bug:32s} {'yes' if row.found else 'NO':5s} {row.seconds:8.1f} "
+                     f"{row.executions:10d} {row.ops if row.ops is not None else '-':>4}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------
@@ -271,10 +243,9 @@ def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _command_gate(args: argparse.Namespace) -> int:
     import glob
-    import tempfile
 
-    from .fuzzing import format_selftest, run_campaign, selftest
-    from .runner import REFERENCE_IMPL, load_implementation, run_script
+    from fuzz.engine.campaign import run_default_campaign, selftest
+    from fuzz.judge.runner import run_script
 
     for name, value in (("--fuzz-time", args.fuzz_time), ("--selftest-budget", args.selftest_budget)):
         if value < 1:
@@ -291,17 +262,15 @@ def _command_gate(args: argparse.Namespace) -> int:
     print(f"corpus: {len(scripts)} files replayed, {len(failures)} failing")
     for failure in failures:
         print(f"  {failure}")
-    with tempfile.TemporaryDirectory(prefix="rmapfuzz-gate-") as crashes:
-        summary = run_campaign(["corpus/seeds"], impl=args.impl, seconds=args.fuzz_time, runs=None, jobs=1,
-                               seed=1, crash_dir=crashes, extra_flags=[], progress=False)
-    print(f"fuzz: {summary['executions']} executions in {summary['seconds']:.0f} s, "
-          f"{len(summary['findings'])} findings")
-    for finding in summary["findings"]:
-        print(f"  {finding['signature']} ({finding['ops']} ops)")
+    summary = run_default_campaign(args.impl, args.fuzz_time)
+    print(f"fuzz: {summary.executions} executions in {summary.seconds:.0f} s, "
+          f"{len(summary.findings)} findings")
+    for finding in summary.findings:
+        print(f"  {finding.signature} ({finding.ops} ops)")
     rows = selftest(args.selftest_budget)
     print(format_selftest(rows))
-    missed = [row["bug"] for row in rows if not row["found"] or row["ops"] > 8]
-    ok = not failures and not summary["findings"] and not missed
+    missed = [row.bug for row in rows if not row.passed]
+    ok = not failures and not summary.findings and not missed
     print("gate: " + ("passed" if ok else "FAILED"))
     return EXIT_OK if ok else EXIT_FINDING
 
@@ -315,7 +284,7 @@ def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_decode(args: argparse.Namespace) -> int:
-    from .ops import format_script
+    from fuzz.script.ops import format_script
 
     print(format_script(_load_input(args.file)), end="")
     return EXIT_OK
@@ -328,7 +297,7 @@ def _add_encode_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_encode(args: argparse.Namespace) -> int:
-    from .decode import encode
+    from fuzz.engine.decode import encode
 
     if not args.file.endswith(SCRIPT_SUFFIX):
         raise UsageError(f"{args.file}: encode takes an op script (.ops)")
@@ -337,18 +306,48 @@ def _command_encode(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# seeds
+
+
+def _add_seeds_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenarios", default="tests/scenarios", metavar="DIR",
+                        help="the scenarios the seeds are made from (default tests/scenarios)")
+    parser.add_argument("--out", default="corpus/seeds", metavar="DIR",
+                        help="the seed directory (default corpus/seeds)")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 if the seeds are not in sync with the scenarios")
+
+
+def _command_seeds(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fuzz.engine.seeds import stale_seeds, write_seeds
+
+    scenarios, out = Path(args.scenarios), Path(args.out)
+    if not scenarios.is_dir():
+        raise UsageError(f"{args.scenarios}: not a directory")
+    if args.check:
+        stale = stale_seeds(scenarios, out)
+        for name in stale:
+            print(f"{out / name}: not the seed of {scenarios / name}")
+        return EXIT_FINDING if stale else EXIT_OK
+    for name in write_seeds(scenarios, out):
+        print(f"{out / name}: {'written' if (out / name).exists() else 'removed'}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
 # bench
 
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from .bench import DEFAULT_IMPL as BENCH_IMPL
-    from .bench import DEFAULT_SIZES
+    from fuzz.front.bench import DEFAULT_SIZES
 
     parser.add_argument("--sizes", default=DEFAULT_SIZES, metavar="SIZES",
                         help="comma-separated mapping sizes, multiples of 2M with K, M or G "
                              f"(default {DEFAULT_SIZES})")
-    parser.add_argument("--impl", default=BENCH_IMPL, metavar="NAME",
-                        help=f"implementation timed against the reference (default {BENCH_IMPL})")
+    parser.add_argument("--impl", default=DEFAULT_IMPL, metavar="NAME",
+                        help=f"implementation timed against the reference (default {DEFAULT_IMPL})")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the workload's random choices (default 0)")
     parser.add_argument("--fuzz-seconds", type=int, default=20, metavar="S",
@@ -356,24 +355,13 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
 
-def _fuzz_loop_summary(impl: str, seconds: int) -> dict[str, Any]:
-    """The summary of the default campaign (seeds, seed 1) run for seconds on one core."""
-    import tempfile
-
-    from .fuzzing import run_campaign
-
-    with tempfile.TemporaryDirectory(prefix="rmapfuzz-bench-") as crashes:
-        return run_campaign(["corpus/seeds"], impl=impl, seconds=seconds, runs=None, jobs=1, seed=1,
-                            crash_dir=crashes, extra_flags=[], progress=False)
-
-
-def _format_fuzz_loop(summary: dict[str, Any], seconds: int) -> str:
+def _format_fuzz_loop(summary: CampaignSummary, seconds: int) -> str:
     """The fuzz loop's rate, where an execution's time goes, and the rate the loop would have
     if the reference and the checks took no time (what the implementation alone allows)."""
-    from .fuzzing import ms_per_execution
-    from .runner import CHECKS_PART, REFERENCE_PART
+    from fuzz.engine.campaign import ms_per_execution
+    from fuzz.judge.runner import CHECKS_PART, REFERENCE_PART
 
-    lines = [f"fuzz loop: {summary['exec_per_s']:.0f} exec/s (default campaign, one core, {seconds} s)"]
+    lines = [f"fuzz loop: {summary.exec_per_s:.0f} exec/s (default campaign, one core, {seconds} s)"]
     parts = ms_per_execution(summary)
     if parts:
         total = sum(parts.values())
@@ -386,9 +374,8 @@ def _format_fuzz_loop(summary: dict[str, Any], seconds: int) -> str:
 
 
 def _command_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_json, format_table, parse_sizes, run_bench
-    from .fuzzing import ms_per_execution
-    from .runner import REFERENCE_IMPL, load_implementation
+    from fuzz.engine.campaign import ms_per_execution, run_default_campaign
+    from fuzz.front.bench import bench_json, format_table, parse_sizes, run_bench
 
     # All input is checked before anything runs: a bad size is exit 2, never half a bench.
     sizes = parse_sizes(args.sizes)
@@ -397,11 +384,11 @@ def _command_bench(args: argparse.Namespace) -> int:
     if args.fuzz_seconds < 0:
         raise UsageError(f"--fuzz-seconds must not be negative, not {args.fuzz_seconds}")
     results = run_bench(sizes, impl=args.impl, seed=args.seed)
-    fuzz_loop = _fuzz_loop_summary(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
+    fuzz_loop = run_default_campaign(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
     if args.json:
-        loop = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None}
+        loop: dict[str, Any] = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None}
         if fuzz_loop is not None:
-            loop = {"fuzz_exec_per_s": round(fuzz_loop["exec_per_s"], 1),
+            loop = {"fuzz_exec_per_s": round(fuzz_loop.exec_per_s, 1),
                     "fuzz_ms_per_execution": ms_per_execution(fuzz_loop)}
         print(json.dumps(dict(bench_json(results, args.impl), **loop), indent=2))
     else:
@@ -416,25 +403,25 @@ def _command_bench(args: argparse.Namespace) -> int:
 
 
 def _add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
-    from .kernel.commands import add_kernel_arguments
+    from fuzz.front.kernel import add_kernel_arguments
 
     add_kernel_arguments(parser)
 
 
 def _command_kernel(args: argparse.Namespace) -> int:
-    from .kernel.commands import command_kernel
+    from fuzz.front.kernel import command_kernel
 
     return command_kernel(args, _load_input)
 
 
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    from .kernel.commands import add_export_arguments
+    from fuzz.front.kernel import add_export_arguments
 
     add_export_arguments(parser)
 
 
 def _command_export(args: argparse.Namespace) -> int:
-    from .kernel.commands import command_export
+    from fuzz.front.kernel import command_export
 
     return command_export(args, _load_input, write_atomically)
 
@@ -454,6 +441,7 @@ _COMMANDS: tuple[_Command, ...] = (
     ("bench", _add_bench_arguments, _command_bench),
     ("kernel", _add_kernel_arguments, _command_kernel),
     ("export", _add_export_arguments, _command_export),
+    ("seeds", _add_seeds_arguments, _command_seeds),
 )
 _HELP = {
     "replay": "run op scripts on two implementations; compare, check oracles and expects",
@@ -466,6 +454,7 @@ _HELP = {
     "bench": "time the reference against an implementation on big deterministic workloads",
     "kernel": "run op scripts on the model and on Debian's arm64 kernel under qemu; compare op by op",
     "export": "write an op script as a standalone C reproducer for a real kernel",
+    "seeds": "write the seed corpus from the scenarios (their ops without the expects)",
 }
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from machine import FREE_FOLIO, Machine
+from fuzz.script.ops import Expect
+from machine import FREE_FOLIO, Machine, Pin
 from machine.mm import MM
 from machine.pgtable import (
     PAGE_SHIFT,
@@ -29,8 +30,6 @@ from machine.pgtable import (
     pte_write,
     pte_young,
 )
-
-from .ops import Expect
 
 GUP_PIN_COUNTING_BIAS = 1024   # refs a pin takes on a small folio (include/linux/mm.h)
 
@@ -64,8 +63,12 @@ def expect_failures(machine: Machine, expect: Expect, last_result: str | None) -
     if expect.kind == "result":
         return _result_failures(expect, last_result)
     if expect.kind == "pin":
+        if expect.pin_id is None:
+            raise ValueError(f"pin expect without pin_id: {expect!r}")
         return _key_failures(f"pin {expect.pin_id}", expect, _PinFacts(machine, expect.pin_id))
     if expect.kind == "entry":
+        if expect.process is None or expect.addr is None:
+            raise ValueError(f"entry expect without process or addr: {expect!r}")
         where = f"P{expect.process} {expect.addr:#x}"
         mm = machine.processes.get(expect.process)
         if mm is None:
@@ -234,13 +237,13 @@ class _EntryFacts:
         page, other_page = self._page_pair(int(want))
         if other_page != page:
             raise _KeyFails(f"P{want} maps pfn {other_page}, P{self.mm.pid} pfn {page}")
-        return want
+        return int(want)
 
     def _distinct_page(self, want: str | int) -> int:
         page, other_page = self._page_pair(int(want))
         if other_page == page:
             raise _KeyFails(f"P{want} maps the same pfn {page}")
-        return want
+        return int(want)
 
     def _page_pair(self, pid: int) -> tuple[int, int]:
         """(this entry's pfn, the pfn process pid maps at the same address); both present."""
@@ -274,7 +277,7 @@ class _PinFacts:
             return _yes_no(self._coherent(pin))
         raise ValueError(f"unknown pin expect key {key!r}")
 
-    def _coherent(self, pin) -> bool:
+    def _coherent(self, pin: Pin) -> bool:
         """Every page of the pin is the page its process maps there now (process gone: no)."""
         mm = self.machine.processes.get(pin.pid)
         if mm is None:

@@ -1,0 +1,5 @@
+"""python -m fuzz: the rmapfuzz command line."""
+
+from fuzz.front.cli import main
+
+raise SystemExit(main())

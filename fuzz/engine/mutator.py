@@ -1,0 +1,132 @@
+"""The structural mutator: one change to a raw input's ops (insert, delete, duplicate, swap,
+or change an argument), re-encoded to a raw input.
+
+libFuzzer mutates the input it has just run, or a corpus entry it picks again. Both are
+remembered with what they decode to (`StructuralMutator`'s two caches), so the mutator
+seldom decodes, and the encoder reuses what each kept op could name (`Decoded.names`),
+running the reference only when a fork, exit or pin follows the mutated op.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any
+
+from fuzz.engine import decode
+from fuzz.engine.decode import Decoded, EncodeError, encode
+from fuzz.script.ops import Op, Script
+from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE
+
+# Inputs remembered in each cache: a few MiB at most.
+RECENT_SCRIPTS = 4096
+MUTATIONS = ("insert", "delete", "duplicate", "swap", "argument")
+ADDR_STEPS = (-16, -1, 1, 16, 512)    # pages an address moves by
+ORDERS = (0, 2, 3, 4, 8, 9)
+LENGTHS = (PAGE_SIZE, CONT_PTE_SIZE, PMD_SIZE, PMD_SIZE + CONT_PTE_SIZE)
+NR_PAGES = (1, 2, 16, 17, 512)
+
+
+class RecentScripts:
+    """What raw inputs seen lately decode to; the least recently used is forgotten first."""
+
+    def __init__(self, limit: int = RECENT_SCRIPTS) -> None:
+        self.limit = limit
+        self.scripts: OrderedDict[bytes, Decoded] = OrderedDict()
+
+    def remember(self, data: bytes, decoded: Decoded) -> None:
+        """Keep decoded as what data decodes to."""
+        self.scripts[data] = decoded
+        self.scripts.move_to_end(data)
+        if len(self.scripts) > self.limit:
+            self.scripts.popitem(last=False)
+
+    def get(self, data: bytes) -> Decoded | None:
+        """What data decodes to, if it was remembered lately."""
+        decoded = self.scripts.get(data)
+        if decoded is not None:
+            self.scripts.move_to_end(data)
+        return decoded
+
+
+class StructuralMutator:
+    """The mutator of one fuzzing process and its two caches: the inputs the harness ran to
+    their end (`ran`), and those the mutator had to decode itself (`decoded_here`: corpus
+    entries libFuzzer picks again and again, which every execution would push out of `ran`)."""
+
+    def __init__(self, limit: int = RECENT_SCRIPTS) -> None:
+        self.ran = RecentScripts(limit)
+        self.decoded_here = RecentScripts(limit)
+
+    def remember_run(self, data: bytes, decoded: Decoded) -> None:
+        """The harness ran data to its end: decoded is what it decodes to."""
+        self.ran.remember(data, decoded)
+
+    def decoded_input(self, data: bytes) -> Decoded:
+        """What data decodes to: remembered from its run or an earlier mutation, else decoded
+        (the reference runs it) and remembered for the next time libFuzzer picks it."""
+        decoded = self.ran.get(data) or self.decoded_here.get(data)
+        if decoded is None:
+            decoded = decode.decode_input(data)
+            self.decoded_here.remember(data, decoded)
+        return decoded
+
+    def mutate(self, data: bytes, max_size: int, rng: random.Random) -> bytes | None:
+        """A structural mutation of data (see mutate_input)."""
+        return mutate_input(data, max_size, rng, self.decoded_input(data))
+
+
+def mutate_ops(ops: list[Op], rng: random.Random) -> list[Op]:
+    """One structural mutation of an op list: insert a copy of an op elsewhere, delete,
+    duplicate in place, swap two, or change one argument."""
+    ops = list(ops)
+    if not ops:
+        return ops
+    index = rng.randrange(len(ops))
+    kind = rng.choice(MUTATIONS)
+    if kind == "insert":
+        ops.insert(rng.randrange(len(ops) + 1), ops[index])
+    elif kind == "delete":
+        del ops[index]
+    elif kind == "duplicate":
+        ops.insert(index, ops[index])
+    elif kind == "swap":
+        other = rng.randrange(len(ops))
+        ops[index], ops[other] = ops[other], ops[index]
+    else:
+        ops[index] = mutate_argument(ops[index], rng)
+    return ops
+
+
+def mutate_argument(op: Op, rng: random.Random) -> Op:
+    """op with one argument changed: its address half the time, else its order, length,
+    value or page count (the first it has)."""
+    changes: dict[str, Any] = {}
+    if op.addr is not None and rng.random() < 0.5:
+        changes["addr"] = max(0, op.addr + rng.choice(ADDR_STEPS) * PAGE_SIZE)
+    elif op.order is not None:
+        changes["order"] = rng.choice(ORDERS)
+    elif op.length is not None:
+        changes["length"] = rng.choice(LENGTHS)
+    elif op.value is not None:
+        changes["value"] = rng.randrange(1 << 64)
+    elif op.nr_pages is not None:
+        changes["nr_pages"] = rng.choice(NR_PAGES)
+    return replace(op, **changes)
+
+
+def mutate_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded) -> bytes | None:
+    """A structural mutation of a raw input's ops, re-encoded; None if the mutated ops
+    cannot be drawn (e.g. an op now names a process that does not exist yet).
+
+    decoded is what data decodes to; the encoder reuses its names for the ops the
+    mutation keeps at the start.
+    """
+    script = decoded.script
+    mutated = mutate_ops([step for step in script.steps if isinstance(step, Op)], rng)
+    try:
+        encoded = encode(Script(path=script.path, frames=script.frames, steps=list(mutated)), decoded)
+    except EncodeError:
+        return None
+    return encoded if len(encoded) <= max_size else None

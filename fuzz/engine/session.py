@@ -1,0 +1,136 @@
+"""One fuzzing process's state: the implementations it runs, its counts, the findings it
+saved, and the summary file through which the campaign that started it reads them.
+
+`rmapfuzz fuzz` starts the harness (`python -m fuzz.engine.harness`) in a child process,
+which libFuzzer owns; the campaign hands it its settings in the environment (`*_ENV`) and
+reads its counts back from `summary-<pid>.json` in the summary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from fuzz.engine.decode import OpStream
+from fuzz.engine.findings import SavedFinding, is_saved, minimise_and_save
+from fuzz.engine.mutator import StructuralMutator
+from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
+from fuzz.judge.runner import run_stream
+from fuzz.judge.scan import ContpteVerdicts
+from fuzz.script.ops import Script
+
+log = structlog.get_logger()
+
+IMPL_ENV = "RMAPFUZZ_IMPL"
+CRASH_DIR_ENV = "RMAPFUZZ_CRASH_DIR"
+SUMMARY_DIR_ENV = "RMAPFUZZ_SUMMARY_DIR"
+STOP_ENV = "RMAPFUZZ_STOP_ON_FINDING"  # the self-test stops each campaign at its first finding
+DEFAULT_CRASH_DIR = "corpus/crashes"
+SUMMARY_EVERY_S = 0.5
+SUMMARY_GLOB = "summary-*.json"
+# The parts of the loop a summary times: the runner's (RunResult.seconds) and the mutator's.
+MUTATOR_PART = "mutator"
+
+
+@dataclass
+class ProcessSummary:
+    """What one fuzzing process reports: executions, its seconds, the findings it saved and
+    the seconds spent in each part of its loop."""
+
+    executions: int
+    seconds: float
+    findings: list[SavedFinding] = field(default_factory=list)
+    seconds_by_part: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"executions": self.executions, "seconds": self.seconds,
+                "findings": [finding.to_json() for finding in self.findings],
+                "seconds_by_part": self.seconds_by_part}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProcessSummary:
+        return cls(data["executions"], data["seconds"],
+                   [SavedFinding.from_json(finding) for finding in data["findings"]],
+                   dict(data["seconds_by_part"]))
+
+
+def read_summaries(directory: Path) -> list[ProcessSummary]:
+    """The summaries the fuzzing processes of one campaign wrote to directory."""
+    return [ProcessSummary.from_json(json.loads(path.read_text(encoding="utf-8")))
+            for path in sorted(directory.glob(SUMMARY_GLOB))]
+
+
+class Session:
+    """The state of one fuzzing process: counts, the findings it saved, its summary file."""
+
+    def __init__(self, impl: str, crash_dir: Path, summary_dir: Path | None,
+                 mutator: StructuralMutator | None = None, stop_on_finding: bool = False) -> None:
+        self.impl_name = impl
+        self.impl = load_implementation(impl)
+        self.reference = load_implementation(REFERENCE_IMPL)   # loaded once, not per input
+        self.crash_dir = crash_dir
+        self.summary_path = summary_dir / f"summary-{os.getpid()}.json" if summary_dir else None
+        self.mutator = mutator if mutator is not None else StructuralMutator()
+        self.contpte_verdicts = ContpteVerdicts()   # the layout oracle's, kept across inputs
+        self.stop_on_finding = stop_on_finding   # the self-test's: leave at the first finding saved
+        self.executions = 0
+        self.findings: list[SavedFinding] = []
+        self.seconds_by_part: defaultdict[str, float] = defaultdict(float)
+        self.started = time.monotonic()
+        self.last_summary = 0.0
+
+    @classmethod
+    def from_environment(cls) -> Session:
+        """The session the campaign asked for in the environment (see the *_ENV names)."""
+        summary_dir = os.environ.get(SUMMARY_DIR_ENV)
+        return cls(os.environ.get(IMPL_ENV, DEFAULT_IMPL), Path(os.environ.get(CRASH_DIR_ENV, DEFAULT_CRASH_DIR)),
+                   Path(summary_dir) if summary_dir else None, stop_on_finding=os.environ.get(STOP_ENV) == "1")
+
+    def test_one_input(self, data: bytes) -> None:
+        """libFuzzer's callback: decode and run data on both implementations, at once."""
+        self.executions += 1
+        stream = OpStream(data)
+        result = run_stream(stream.script, stream.next_op, self.impl, self.reference, self.contpte_verdicts)
+        for part, seconds in result.seconds.items():
+            self.seconds_by_part[part] += seconds
+        if stream.ended:   # every op was drawn and run: the script is decode(data)
+            self.mutator.remember_run(data, stream.decoded())
+        if result.findings:
+            self.record(stream.script, result.findings[0].signature)
+        if time.monotonic() - self.last_summary > SUMMARY_EVERY_S:
+            self.write_summary()
+
+    def record(self, script: Script, signature: str) -> None:
+        """Minimise and save a finding of a signature not saved before."""
+        if is_saved(self.crash_dir, signature):
+            return
+        saved = minimise_and_save(self.crash_dir, self.impl_name, self.impl, script, signature)
+        if saved is not None:
+            path, nr_ops = saved
+            self.findings.append(SavedFinding(signature, nr_ops, str(path),
+                                              round(time.monotonic() - self.started, 2), self.executions))
+            log.warning("finding", signature=signature, ops=nr_ops, path=str(path))
+        self.write_summary()
+        if saved is not None and self.stop_on_finding:
+            os._exit(0)  # libFuzzer owns the process: leave at once, the summary is written
+
+    def summary(self) -> ProcessSummary:
+        """The counts so far."""
+        return ProcessSummary(self.executions, round(time.monotonic() - self.started, 3), list(self.findings),
+                              dict(self.seconds_by_part))
+
+    def write_summary(self) -> None:
+        """Replace the summary file (if there is one) with the counts so far."""
+        self.last_summary = time.monotonic()
+        if self.summary_path is None:
+            return
+        temporary = self.summary_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.summary().to_json()), encoding="utf-8")
+        os.replace(temporary, self.summary_path)

@@ -353,6 +353,11 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fuzz-seconds", type=int, default=20, metavar="S",
                         help="also time the default fuzz campaign for S seconds on one core (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--kernel", action="store_true",
+                        help="instead: time generated scripts checked against Debian's arm64 kernel "
+                             "(boot time, scripts per second)")
+    parser.add_argument("--kernel-scripts", type=int, default=1000, metavar="N",
+                        help="with --kernel: how many scripts (default 1000)")
 
 
 def _format_fuzz_loop(summary: CampaignSummary, seconds: int) -> str:
@@ -377,6 +382,8 @@ def _command_bench(args: argparse.Namespace) -> int:
     from fuzz.engine.campaign import ms_per_execution, run_default_campaign
     from fuzz.front.bench import bench_json, format_table, parse_sizes, run_bench
 
+    if args.kernel:
+        return _command_bench_kernel(args)
     # All input is checked before anything runs: a bad size is exit 2, never half a bench.
     sizes = parse_sizes(args.sizes)
     load_implementation(REFERENCE_IMPL)
@@ -396,6 +403,18 @@ def _command_bench(args: argparse.Namespace) -> int:
         if fuzz_loop is not None:
             print(_format_fuzz_loop(fuzz_loop, args.fuzz_seconds))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FINDING
+
+
+def _command_bench_kernel(args: argparse.Namespace) -> int:
+    from fuzz.kernel import guest
+    from fuzz.kernel.bench import bench_kernel
+
+    if args.kernel_scripts < 1:
+        raise UsageError(f"--kernel-scripts must be positive, not {args.kernel_scripts}")
+    guest.require_tools(("qemu-system-aarch64", guest.CROSS_CC))
+    result = bench_kernel(args.kernel_scripts, args.seed, guest.debian_kernel())
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.format())
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------

@@ -142,8 +142,10 @@ class KernelReport:
     kernel_version: str
     kernel_release: str
     verdicts: list[Verdict]
-    boot_seconds: float = 0.0
+    boot_seconds: float = 0.0          # the qemu process, start to power-off
     warnings: list[str] = field(default_factory=list)
+    guest_boot_seconds: float = 0.0    # the guest's uptime when the runtime started
+    guest_script_seconds: float = 0.0  # the guest's time from the first script to the end of the last
 
     @property
     def unexplained(self) -> list[Verdict]:
@@ -214,6 +216,9 @@ def check_scripts(scripts: Sequence[Script], kernel: guest.KernelBuild, impl: st
         verdicts.append(judge(run, kernel_script))
     report = KernelReport(kernel.version, parsed.kernel_release, verdicts,
                           boot.seconds if boot else 0.0, parsed.warnings)
+    if len(parsed.uptimes) == 2:
+        report.guest_boot_seconds = parsed.uptimes[0]
+        report.guest_script_seconds = parsed.uptimes[1] - parsed.uptimes[0]
     log.info("kernel_checked", scripts=len(scripts), **dict(report.counts()))
     return report
 

@@ -175,6 +175,7 @@ class GuestRun:
     warnings: list[str] = field(default_factory=list)
     failure: str = ""          # an X line outside any script: the runtime could not start
     finished: bool = False     # the runtime's final D line was seen
+    uptimes: list[float] = field(default_factory=list)   # T lines: before the first script, after the last
 
 
 def parse_guest_output(lines: Iterable[str]) -> GuestRun:
@@ -214,6 +215,8 @@ def parse_guest_output(lines: Iterable[str]) -> GuestRun:
             run.warnings.append(" ".join(words[1:]))
         elif tag == "D":
             run.finished = True
+        elif tag == "T":
+            run.uptimes.append(float(words[1]))
     return run
 
 

@@ -24,6 +24,7 @@
  *   E <op>                         observation after op number op is complete
  *   X <reason>                     the script could not run on this kernel
  *   Z <name> <ms> <observe ms>     the script ends: its time, and the part spent observing
+ *   T <seconds>                    the guest's uptime (/init: before the first script and after the last)
  * A page line is printed only when it differs from that page's previous one.
  *
  * Built two ways from this one file: with RF_INIT as the /init of an
@@ -1397,6 +1398,16 @@ static void load_module(const char *path)
 	close(fd);
 }
 
+static double uptime_seconds(void)
+{
+	size_t size = 0;
+	char *text = read_whole_file("/proc/uptime", &size);
+	double seconds = text ? strtod(text, NULL) : 0;
+
+	free(text);
+	return seconds;
+}
+
 /* A script file: one op a line, "kind process addr length value arg" in decimal. */
 static int read_script(const char *path, struct rf_op **ops)
 {
@@ -1488,6 +1499,7 @@ int main(void)
 	}
 	machine_setup();
 	out("L levels=%d ram=%lx vmemmap=%lx\n", pgtable_levels, (unsigned long)ram_pa, (unsigned long)vmemmap_va);
+	out("T %.3f\n", uptime_seconds());
 	out_flush();
 	nr_entries = scandir("/scripts", &entries, NULL, compare_names);
 	for (int i = 0; i < nr_entries; i++) {
@@ -1502,6 +1514,7 @@ int main(void)
 			run_script(entries[i]->d_name, ops, nr_ops);
 		free(ops);
 	}
+	out("T %.3f\n", uptime_seconds());
 	out("D\n");
 	out_flush();
 	sync();

@@ -16,7 +16,7 @@ import pytest
 
 from fuzz.front import cli
 from fuzz.kernel import guest
-from fuzz.kernel.bridge import AGREE, DISAGREE, ERROR, judge
+from fuzz.kernel.bridge import AGREE, DISAGREE, ERROR, export_script, judge
 from fuzz.kernel.deviations import DEVIATIONS, OpContext, explain
 from fuzz.kernel.model import run_model
 from fuzz.kernel.observe import (
@@ -30,7 +30,7 @@ from fuzz.kernel.observe import (
     parse_guest_output,
 )
 from fuzz.kernel.realise import GUEST_KINDS, UnsupportedScript, export_c, guest_script_text, realise
-from fuzz.script.ops import parse_script
+from fuzz.script.ops import parse_file, parse_script
 
 SCENARIOS = os.path.join(os.path.dirname(__file__), "scenarios")
 
@@ -375,3 +375,17 @@ def test_a_result_only_deviation_lets_the_comparison_go_on():
     kernel.results[1] = 17
     verdict = judge(run, kernel)
     assert (verdict.label, verdict.line, verdict.ops_compared) == ("deviation:mmap-overlap", 2, 3)
+
+
+def test_saved_kernel_reproducers_are_the_current_export():
+    """corpus/kernel/*/reproducer.c is what `rmapfuzz export` makes of its reproducer.ops today."""
+    root = os.path.join(os.path.dirname(__file__), "..", "corpus", "kernel")
+    directories = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    for name in directories:
+        directory = os.path.join(root, name)
+        with open(os.path.join(directory, "reproducer.c"), encoding="utf-8") as stream:
+            saved = stream.read()
+        script = parse_file(os.path.join(directory, "reproducer.ops"))
+        assert saved == export_script(script), (
+            f"{directory}/reproducer.c is stale: rmapfuzz export {directory}/reproducer.ops > "
+            f"{directory}/reproducer.c")

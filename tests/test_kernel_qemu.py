@@ -8,12 +8,16 @@ its scripts: a boot is a few seconds.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
 from fuzz.errors import UsageError
+from fuzz.front import cli
 from fuzz.kernel import guest
-from fuzz.kernel.bridge import AGREE, DEVIATION, DISAGREE, UNSUPPORTED, check_scripts
+from fuzz.kernel.bridge import AGREE, DEVIATION, DISAGREE, UNSUPPORTED, check_scripts, judge
+from fuzz.kernel.model import run_model
+from fuzz.kernel.observe import parse_guest_output
 from fuzz.script.ops import parse_file, parse_script
 
 SCENARIOS = os.path.join(os.path.dirname(__file__), "scenarios")
@@ -74,3 +78,15 @@ def test_a_deviation_stops_the_comparison_at_its_op(debian_kernel):
     script = parse_script("mmap P0 0x200000 2M\nread P0 0x200000\nwrite P0 0x200000 3\n", "zero.ops")
     verdict = check_scripts([script], debian_kernel).verdicts[0]
     assert (verdict.status, verdict.deviations, verdict.line) == (DEVIATION, ["zero-page"], 2)
+
+
+def test_an_exported_reproducer_runs_as_init_and_agrees_with_the_model(debian_kernel, tmp_path):
+    path = tmp_path / "fork-mthp.ops"
+    path.write_text(FORK_MTHP)
+    assert cli.main(["export", str(path), "-o", str(tmp_path)]) == 0
+    binary = tmp_path / "fork-mthp"
+    subprocess.run([guest.CROSS_CC, *guest.CC_FLAGS, "-o", str(binary), str(tmp_path / "fork-mthp.c")], check=True)
+    booted = guest.boot(debian_kernel, [], str(tmp_path), timeout=120, init=binary.read_bytes())
+    kernel = parse_guest_output(booted.output.splitlines()).scripts["fork-mthp.ops"]
+    assert kernel.complete and len(kernel.observations) == 4
+    assert judge(run_model(parse_script(FORK_MTHP, str(path))), kernel).status == AGREE

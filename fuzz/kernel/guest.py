@@ -278,12 +278,15 @@ class Boot:
     timed_out: bool
 
 
-def boot(kernel: KernelBuild, scripts: list[tuple[str, str]], work_dir: str, timeout: float) -> Boot:
-    """Boot kernel once with the runtime as /init running scripts; its output comes back on a
-    virtio-serial port named rmapfuzz."""
+def boot(kernel: KernelBuild, scripts: list[tuple[str, str]], work_dir: str, timeout: float,
+         init: bytes | None = None) -> Boot:
+    """Boot kernel once with the runtime as /init running scripts (or another static program
+    as /init: an exported reproducer); its output comes back on a virtio-serial port named
+    rmapfuzz."""
     require_tools(("qemu-system-aarch64",))
-    with open(build_runtime(), "rb") as stream:
-        init = stream.read()
+    if init is None:
+        with open(build_runtime(), "rb") as stream:
+            init = stream.read()
     initramfs = os.path.join(work_dir, "initramfs.cpio.gz")
     output = os.path.join(work_dir, "observations.txt")
     console = os.path.join(work_dir, "console.txt")

@@ -693,7 +693,6 @@ static struct worker workers[MAX_PROCESSES];
 static int commands[MAX_PROCESSES][2], replies[2];
 static int pin_rings[MAX_PINS]; /* io_uring fds holding each pin, -1 once unpinned */
 static int nr_pins;
-static const struct rf_op *script_ops;
 
 static sigjmp_buf fault_jump;
 static volatile sig_atomic_t fault_armed;
@@ -1048,8 +1047,8 @@ static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry
 		 (unsigned long)value);
 }
 
-/* The line describing page va of worker n, from pagemap and the page tables. */
-static void observe_page(int n, uint64_t va, uint64_t pagemap_entry, uint64_t *table, uint64_t table_pa,
+/* The line describing page va, from its pagemap entry and the page tables. */
+static void observe_page(uint64_t va, uint64_t pagemap_entry, uint64_t *table, uint64_t table_pa,
 			 uint64_t pmd_block, char *line, size_t size)
 {
 	if (pagemap_entry & PM_PRESENT) {
@@ -1070,7 +1069,6 @@ static void observe_page(int n, uint64_t va, uint64_t pagemap_entry, uint64_t *t
 	} else {
 		snprintf(line, size, "n");
 	}
-	(void)n;
 }
 
 static uint64_t none_hash; /* fnv1a("n"): the line of a page with nothing mapped */
@@ -1105,7 +1103,7 @@ static void observe_worker(int n)
 
 				if (!pagemap_entries[i] && last_line_hash[n][index] == none_hash)
 					continue; /* still none: the common case of a large mapping */
-				observe_page(n, va, pagemap_entries[i], table, table_pa, pmd_block, line, sizeof(line));
+				observe_page(va, pagemap_entries[i], table, table_pa, pmd_block, line, sizeof(line));
 				hash = fnv1a(line);
 				if (last_line_hash[n][index] != hash) {
 					last_line_hash[n][index] = hash;
@@ -1244,7 +1242,7 @@ static int split_folio_at(int n, uint64_t va, int order)
 	return -write_file("/sys/kernel/debug/split_huge_pages", command);
 }
 
-static int run_op(int op_index, const struct rf_op *op)
+static int run_op(const struct rf_op *op)
 {
 	struct reply reply = { 0, 0, -1 };
 	struct rf_op sent = *op;
@@ -1298,7 +1296,6 @@ static int run_op(int op_index, const struct rf_op *op)
 		close(pidfd);
 		pin_rings[nr_pins++] = ring;
 	}
-	(void)op_index;
 	return reply.result;
 }
 
@@ -1319,7 +1316,6 @@ static void run_script(const char *name, const struct rf_op *ops, int nr_ops)
 	pid_t pid;
 
 	out("S %s\n", name);
-	script_ops = ops;
 	nr_ranges = 0;
 	nr_pins = 0;
 	observe_ms = 0;
@@ -1344,7 +1340,7 @@ static void run_script(const char *name, const struct rf_op *ops, int nr_ops)
 	worker_started(0, pid);
 	collapsed = khugepaged_pages_collapsed();
 	for (int i = 0; i < nr_ops; i++) {
-		int result = run_op(i, &ops[i]);
+		int result = run_op(&ops[i]);
 
 		if (result < 0) {
 			out("X op %d: worker P%d died or hung\n", i, ops[i].process);
@@ -1383,9 +1379,37 @@ static void run_script(const char *name, const struct rf_op *ops, int nr_ops)
 	out_flush();
 }
 
-#ifdef RF_INIT
-/* ------------------------------------------------------------------------- */
-/* /init: mount, load modules, run every script under /scripts, power off. */
+/* The virtio-serial port named rmapfuzz (no tty layer: fast), else the console. */
+static int open_observation_port(void)
+{
+	DIR *ports = opendir("/sys/class/virtio-ports");
+	struct dirent *port;
+	int fd = -1;
+
+	while (ports && fd < 0 && (port = readdir(ports))) {
+		char path[512];
+		size_t size = 0;
+		char *name;
+
+		if (port->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", port->d_name);
+		name = read_whole_file(path, &size);
+		if (name && size >= 8 && !memcmp(name, "rmapfuzz", 8)) {
+			snprintf(path, sizeof(path), "/dev/%s", port->d_name);
+			fd = open(path, O_WRONLY);
+		}
+		free(name);
+	}
+	if (ports)
+		closedir(ports);
+	return fd < 0 ? 1 : fd;
+}
+
+static int compare_names(const struct dirent **a, const struct dirent **b)
+{
+	return strcmp((*a)->d_name, (*b)->d_name);
+}
 
 static void load_module(const char *path)
 {
@@ -1397,6 +1421,45 @@ static void load_module(const char *path)
 		out("X-warning module %s: %s\n", path, strerror(errno));
 	close(fd);
 }
+
+/* Every module under /lib/modules, in name order (the initramfs names them in load order). */
+static void load_modules(void)
+{
+	struct dirent **entries;
+	char path[512];
+	int nr_entries = scandir("/lib/modules", &entries, NULL, compare_names);
+
+	for (int i = 0; i < nr_entries; i++) {
+		if (entries[i]->d_name[0] != '.') {
+			snprintf(path, sizeof(path), "/lib/modules/%s", entries[i]->d_name);
+			load_module(path);
+		}
+	}
+}
+
+/* Booted as /init: mount what a system has, take the observation port, load the modules. */
+static void system_start(void)
+{
+	mount("proc", "/proc", "proc", 0, NULL);
+	mount("sysfs", "/sys", "sysfs", 0, NULL);
+	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+	mount("debugfs", "/sys/kernel/debug", "debugfs", 0, NULL);
+	out_fd = open_observation_port();
+	load_modules();
+}
+
+static void print_kernel_release(void)
+{
+	size_t size = 0;
+	char *release = read_whole_file("/proc/sys/kernel/osrelease", &size);
+
+	out("K %.*s\n", release ? (int)size - 1 : 0, release ? release : "");
+	free(release);
+}
+
+#ifdef RF_INIT
+/* ------------------------------------------------------------------------- */
+/* /init: mount, load modules, run every script under /scripts, power off. */
 
 static double uptime_seconds(void)
 {
@@ -1441,62 +1504,14 @@ static int read_script(const char *path, struct rf_op **ops)
 	return nr_ops;
 }
 
-/* The virtio-serial port named rmapfuzz (no tty layer: fast), else the console. */
-static int open_observation_port(void)
-{
-	DIR *ports = opendir("/sys/class/virtio-ports");
-	struct dirent *port;
-	int fd = -1;
-
-	while (ports && fd < 0 && (port = readdir(ports))) {
-		char path[512];
-		size_t size = 0;
-		char *name;
-
-		if (port->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", port->d_name);
-		name = read_whole_file(path, &size);
-		if (name && size >= 8 && !memcmp(name, "rmapfuzz", 8)) {
-			snprintf(path, sizeof(path), "/dev/%s", port->d_name);
-			fd = open(path, O_WRONLY);
-		}
-		free(name);
-	}
-	if (ports)
-		closedir(ports);
-	return fd < 0 ? 1 : fd;
-}
-
-static int compare_names(const struct dirent **a, const struct dirent **b)
-{
-	return strcmp((*a)->d_name, (*b)->d_name);
-}
-
 int main(void)
 {
 	struct dirent **entries;
 	char path[512];
 	int nr_entries;
 
-	mount("proc", "/proc", "proc", 0, NULL);
-	mount("sysfs", "/sys", "sysfs", 0, NULL);
-	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
-	mount("debugfs", "/sys/kernel/debug", "debugfs", 0, NULL);
-	out_fd = open_observation_port();
-	nr_entries = scandir("/lib/modules", &entries, NULL, compare_names);
-	for (int i = 0; i < nr_entries; i++) {
-		if (entries[i]->d_name[0] != '.') {
-			snprintf(path, sizeof(path), "/lib/modules/%s", entries[i]->d_name);
-			load_module(path);
-		}
-	}
-	{
-		size_t size = 0;
-		char *release = read_whole_file("/proc/sys/kernel/osrelease", &size);
-
-		out("K %.*s\n", release ? (int)size - 1 : 0, release ? release : "");
-	}
+	system_start();
+	print_kernel_release();
 	machine_setup();
 	out("L levels=%d ram=%lx vmemmap=%lx\n", pgtable_levels, (unsigned long)ram_pa, (unsigned long)vmemmap_va);
 	out("T %.3f\n", uptime_seconds());

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fuzz.canaries import CANARIES
 from fuzz.engine.campaign import (
     libfuzzer_flags,
     merge_summaries,
@@ -270,3 +271,24 @@ def test_a_selftest_row_passes_only_when_found_in_few_ops():
     assert SelftestRow("bug", True, 1.0, 5, MAX_SELFTEST_OPS, "divergence:fork:pte").passed
     assert not SelftestRow("bug", True, 1.0, 5, MAX_SELFTEST_OPS + 1, "divergence:fork:pte").passed
     assert not SelftestRow("bug", False, 9.0, 500, None, None).passed
+
+
+@pytest.mark.parametrize("name", CANARIES)
+def test_a_canarys_planted_function_is_instrumented_with_its_copy_of_batched(name):
+    """The planted variant belongs to the canary's copy of batched (as a patched function would),
+    so the campaign is steered by the buggy code's own coverage (issue 16, item 4)."""
+    import importlib
+    import inspect
+
+    from fuzz.engine.harness import instrument_package, kernel_package
+
+    module = importlib.import_module(f"fuzz.canaries.{name}")
+    package = kernel_package(module)
+    planted = [value for value in vars(module).values()
+               if inspect.isfunction(value) and value.__code__.co_filename == module.__file__]
+    assert planted, f"{name} plants no function"
+    for function in planted:
+        assert function.__module__.startswith(package + "."), (function.__name__, function.__module__)
+    instrument_package(package)
+    for function in planted:
+        assert "__ATHERIS_INSTRUMENTED__" in function.__code__.co_consts, function.__name__

@@ -66,8 +66,14 @@ def submodule(package: ModuleType, name: str) -> ModuleType:
 
 
 def plant(package: ModuleType, module_name: str, function_name: str, variant: Callable) -> None:
-    """Replace module_name.function_name in the copy, and every import of it in the copy."""
-    original = getattr(submodule(package, module_name), function_name)
+    """Replace module_name.function_name in the copy, and every import of it in the copy.
+
+    The variant then belongs to the copy's module, as a patched function would: the harness
+    instruments a canary's copy of batched by module, so the planted code steers its campaign.
+    """
+    target = submodule(package, module_name)
+    original = getattr(target, function_name)
+    variant.__module__ = target.__name__
     for name, module in list(sys.modules.items()):
         if name == package.__name__ or name.startswith(package.__name__ + "."):
             for attribute, value in list(vars(module).items()):

@@ -201,6 +201,9 @@ def _add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=int, default=60, metavar="S",
                         help="seconds of fuzzing per planted bug (default 60)")
     parser.add_argument("--canary", action="append", metavar="NAME", help="only this canary (repeatable)")
+    parser.add_argument("--empty-corpus", action="store_true",
+                        help="start every campaign from an empty corpus instead of the seeds: "
+                             "what the search finds by itself")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
 
 
@@ -213,7 +216,13 @@ def _command_selftest(args: argparse.Namespace) -> int:
     unknown = [name for name in args.canary or [] if name not in CANARIES]
     if unknown:
         raise UsageError(f"unknown canary {unknown[0]!r} (known: {', '.join(CANARIES)})")
-    rows = selftest(args.budget, args.canary)
+    if args.empty_corpus:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="rmapfuzz-empty-corpus-") as empty:
+            rows = selftest(args.budget, args.canary, corpus=[empty])
+    else:
+        rows = selftest(args.budget, args.canary)
     print(json.dumps({"canaries": [row.to_json() for row in rows]}, indent=2) if args.json
           else format_selftest(rows))
     return EXIT_OK if all(row.passed for row in rows) else EXIT_FINDING

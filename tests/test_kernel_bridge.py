@@ -389,3 +389,57 @@ def test_saved_kernel_reproducers_are_the_current_export():
         assert saved == export_script(script), (
             f"{directory}/reproducer.c is stale: rmapfuzz export {directory}/reproducer.ops > "
             f"{directory}/reproducer.c")
+
+
+def test_swap_cache_explains_a_non_exclusive_swap_in_of_a_shared_entry_only():
+    run = model_of("mmap P0 0x200000 2M\nwrite P0 0x200000 1\nreclaim P0 0x200000\nfork P0\nread P0 0x200000\n")
+    after = run.steps[4].after
+    kernel = dict(after)
+    kernel[(0, 0x200000)] = after[(0, 0x200000)]._replace(exclusive=False, writable=False, refcount=2)
+    context = context_of(run, 4, kernel)
+    differences = compare_observations(after, kernel)
+    assert {d.field for d in differences} == {"exclusive", "writable", "refcount"}
+    assert {explain(d, context) for d in differences} == {"swap-cache"}
+    # Not on another page, and not when the kernel's page is exclusive.
+    assert explain(Difference(1, 0x200000, "exclusive", True, False), context) is None
+    exclusive = dict(kernel)
+    exclusive[(0, 0x200000)] = kernel[(0, 0x200000)]._replace(exclusive=True)
+    assert explain(Difference(0, 0x200000, "refcount", 1, 2), context_of(run, 4, exclusive)) is None
+
+
+def test_large_swapin_explains_a_large_folio_where_the_model_swaps_in_order_0():
+    run = model_of("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nreclaim P0 0x200000\n"
+                   "fault P0 0x200000 order=4\n")
+    after = run.steps[3].after
+    kernel = {(0, 0x200000 + index * 0x1000): PageView(PRESENT, pfn=0x100 + index, head=0x100, order=4,
+                                                       refcount=16, mapcount=1, exclusive=True)
+              for index in range(16)}
+    context = context_of(run, 3, kernel)
+    differences = compare_observations(after, kernel)
+    assert differences and {explain(d, context) for d in differences} == {"large-swapin"}
+    assert explain(Difference(0, 0x200000, "order", 0, 4), context_of(run, 1, kernel)) is None
+
+
+def test_vma_merge_explains_a_larger_fault_across_a_model_vma_edge_only():
+    run = model_of("mmap P0 0x200000 1M\nmmap P0 0x300000 1M\nfault P0 0x200000 order=9\n")
+    assert run.steps[2].after[(0, 0x200000)].order == 8
+    kernel = {(0, 0x200000 + index * 0x1000): PageView(PRESENT, pfn=0x200 + index, head=0x200, order=9,
+                                                       level="pmd", refcount=1, mapcount=1, exclusive=True)
+              for index in range(512)}
+    context = context_of(run, 2, kernel)
+    assert {explain(d, context) for d in compare_observations(run.steps[2].after, kernel)} == {"vma-merge"}
+    one_vma = model_of("mmap P0 0x200000 1M\nfault P0 0x200000 order=9\n")
+    assert explain(Difference(0, 0x200000, "order", 8, 9), context_of(one_vma, 1, kernel)) is None
+
+
+def test_pmd_fault_needs_pmd_none_explains_the_faulting_range_only():
+    run = model_of("mmap P0 0x200000 2M\nwrite P0 0x200000 1\ndontneed P0 0x200000 2M\nfault P0 0x200000 order=9\n")
+    assert run.steps[3].after[(0, 0x200000)].level == "pmd"
+    kernel = {(0, 0x200000 + index * 0x1000): PageView(PRESENT, pfn=0x300 + index, head=0x300, order=8,
+                                                       refcount=256, mapcount=1, exclusive=True)
+              for index in range(256)}
+    context = context_of(run, 3, kernel)
+    assert {explain(d, context) for d in compare_observations(run.steps[3].after, kernel)} == {
+        "pmd-fault-needs-pmd-none"}
+    assert explain(Difference(1, 0x200000, "order", 9, 8), context) is None
+    assert explain(Difference(0, 0x400000, "order", 9, 8), context) is None

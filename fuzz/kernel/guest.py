@@ -65,9 +65,10 @@ def require_tools(names: Sequence[str] = tuple(TOOLS)) -> None:
         raise UsageError(f"{name} not found: install it with 'apt-get install {TOOLS[name]}'")
 
 
-def _run(command: list[str], what: str, timeout: float = 900) -> str:
+def _run(command: list[str], what: str, timeout: float = 900, cwd: str | None = None) -> str:
+    """command's standard output; UsageError naming what failed, with its last line of output."""
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise UsageError(f"{what}: {error}") from error
     if done.returncode != 0:
@@ -134,8 +135,8 @@ class DebianArchive:
 
     def download(self, packages: Sequence[str], into: str) -> None:
         os.makedirs(into, exist_ok=True)
-        _run(["sh", "-c", 'cd "$1" && shift && exec apt-get "$@"', "apt-get", into, *self.apt_options(),
-              "download", *packages], f"apt-get download {' '.join(packages)}")
+        _run(["apt-get", *self.apt_options(), "download", *packages], f"apt-get download {' '.join(packages)}",
+             cwd=into)
 
 
 def debian_kernel(version: str | None = None) -> KernelBuild:

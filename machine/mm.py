@@ -16,6 +16,7 @@ import numpy as np
 
 from .arrays import any_set
 from .errors import check
+from .journal import Journal
 from .pgtable import (
     PAGE_SHIFT,
     PMD_SHIFT,
@@ -115,8 +116,9 @@ def pte_index(addr: int) -> int:
 class MM:
     """One process: VMAs, page tables, RSS counters and MMF_HAS_PINNED."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, journal: Journal | None = None) -> None:
         self.pid = pid
+        self.journal = journal  # the machine's undo journal, for the page-table tree's changes
         self.vmas: list[VMA] = []
         self.pgd: dict[int, dict[int, PmdTable]] = {}
         self.pte_tables: dict[int, PteTable] = {}  # by addr >> PMD_SHIFT: a flat index of the tree
@@ -128,6 +130,7 @@ class MM:
     def clone(self) -> MM:
         other = MM.__new__(MM)
         other.pid = self.pid
+        other.journal = None
         other.vmas = [VMA(v.start, v.end, v.writable, v.lineage) for v in self.vmas]
         other.pgd = {i: {j: pmd.clone() for j, pmd in pud.items()} for i, pud in self.pgd.items()}
         other.pte_tables = {table.base >> PMD_SHIFT: table for pmd_table in other.pmd_tables()
@@ -204,13 +207,26 @@ class MM:
         if pud is None:
             if not alloc:
                 return None
+            self._record_key(self.pgd, pgd_index(addr))
             pud = self.pgd[pgd_index(addr)] = {}
         table = pud.get(pud_index(addr))
         if table is None and alloc:
             base = addr & ~((1 << PUD_SHIFT) - 1)
+            self._record_key(pud, pud_index(addr))
+            self._record_key(self.pmd_tables_by_addr, addr >> PUD_SHIFT)
             table = pud[pud_index(addr)] = PmdTable(base)
             self.pmd_tables_by_addr[addr >> PUD_SHIFT] = table
         return table
+
+    def _record_key(self, mapping: dict, key: int) -> None:
+        """Tell an open journal that mapping[key] is about to be set or deleted."""
+        if self.journal is not None and self.journal.recording:
+            self.journal.record_key(mapping, key)
+
+    def _record_entry(self, table: PmdTable, index: int) -> None:
+        """Tell an open journal that table.entries[index] is about to be written."""
+        if self.journal is not None and self.journal.recording:
+            self.journal.record_array(table.entries, index)
 
     def pte_table(self, addr: int, alloc: bool = False) -> PteTable | None:
         """The PTE table covering addr; None if absent or if a PMD block maps addr."""
@@ -224,6 +240,9 @@ class MM:
         table = pmd_table.ptes.get(index)
         if table is None and alloc:
             check(pmd_table.entries[index] == 0, "PTE table requested under a PMD block")
+            self._record_key(pmd_table.ptes, index)
+            self._record_key(self.pte_tables, addr >> PMD_SHIFT)
+            self._record_entry(pmd_table, index)
             table = pmd_table.ptes[index] = PteTable(addr & ~((1 << PMD_SHIFT) - 1))
             self.pte_tables[addr >> PMD_SHIFT] = table
             pmd_table.entries[index] = PMD_TYPE_TABLE | (id(table) & ((1 << 36) - 1)) << PAGE_SHIFT
@@ -235,6 +254,8 @@ class MM:
         index = pmd_index(addr)
         check(pmd_table is not None and index in pmd_table.ptes, "no PTE table at %#x", addr)
         check(not any_set(pmd_table.ptes[index].entries), "freeing a populated PTE table")
+        self._record_key(pmd_table.ptes, index)
+        self._record_key(self.pte_tables, addr >> PMD_SHIFT)
         del pmd_table.ptes[index]
         del self.pte_tables[addr >> PMD_SHIFT]
 

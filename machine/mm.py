@@ -87,6 +87,7 @@ class PmdTable:
 
 
 PUD_SHIFT = 30
+PUD_SIZE = 1 << PUD_SHIFT
 
 
 def _vma_start(vma: VMA) -> int:
@@ -258,6 +259,18 @@ class MM:
         self._record_key(self.pte_tables, addr >> PMD_SHIFT)
         del pmd_table.ptes[index]
         del self.pte_tables[addr >> PMD_SHIFT]
+
+    def pmd_tables_in(self, start: int, end: int) -> list[PmdTable]:
+        """The PMD tables present that cover part of [start, end), ascending. A page-table
+        walk goes only where tables are (pgd_none and pud_none skip the rest), so its cost
+        follows the tables present, not the length of the range."""
+        first, last = start >> PUD_SHIFT, (end - 1) >> PUD_SHIFT
+        tables = self.pmd_tables_by_addr
+        if last - first < len(tables):
+            keys = [key for key in range(first, last + 1) if key in tables]
+        else:
+            keys = sorted(key for key in tables if first <= key <= last)
+        return [tables[key] for key in keys]
 
     def pmd_tables(self) -> Iterator[PmdTable]:
         for pgd_key in sorted(self.pgd):

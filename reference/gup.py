@@ -82,14 +82,23 @@ def gup_put_folio_pin(machine: Machine, page: int) -> None:
         folio_put_refs(machine, folio, GUP_PIN_COUNTING_BIAS)
 
 
+def vma_range_pinnable(mm: MM, start: int, end: int, writable: bool) -> bool:
+    """[start, end) lies in VMAs, writable ones for a rw pin: checked VMA by VMA."""
+    addr = start
+    while addr < end:
+        vma = mm.find_vma(addr)
+        if vma is None or (writable and not vma.writable):
+            return False
+        addr = vma.end
+    return True
+
+
 def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable: bool) -> str:
     """Pin nr_pages pages from addr, faulting each in and unsharing it, in ascending order."""
     if nr_pages == 0:
         return EINVAL
-    for i in range(nr_pages):
-        vma = mm.find_vma(addr + (i << PAGE_SHIFT))
-        if vma is None or (writable and not vma.writable):
-            return EFAULT
+    if not vma_range_pinnable(mm, addr, addr + (nr_pages << PAGE_SHIFT), writable):
+        return EFAULT
     pages = []
     for i in range(nr_pages):
         page_addr = addr + (i << PAGE_SHIFT)

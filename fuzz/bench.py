@@ -41,7 +41,7 @@ from .runner import OP_DISPATCH, REFERENCE_IMPL, load_implementation
 
 log = structlog.get_logger()
 
-DEFAULT_SIZES = "64M,256M,1G"
+DEFAULT_SIZES = "64M,256M,1G,4G"
 DEFAULT_IMPL = "batched"
 
 PAGE_SIZE = 4096
@@ -327,7 +327,23 @@ class SizeResult:
 
     @property
     def speedup(self) -> float:
+        """The reference's time over the implementation's: the ratio at this size."""
         return self.reference_s / self.impl_s if self.impl_s > 0 else float("inf")
+
+    @property
+    def nr_pages(self) -> int:
+        """The pages of the workload's mapping."""
+        return self.size // PAGE_SIZE
+
+    @property
+    def reference_us_per_page(self) -> float:
+        """The reference's time per page of the mapping, in microseconds: flat when it grows linearly."""
+        return self.reference_s * 1e6 / self.nr_pages
+
+    @property
+    def impl_us_per_page(self) -> float:
+        """The implementation's time per page of the mapping, in microseconds."""
+        return self.impl_s * 1e6 / self.nr_pages
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form; the implementation's keys are batched_* whatever it is."""
@@ -335,6 +351,8 @@ class SizeResult:
             "size": format_size(self.size), "ops": self.ops,
             "reference_s": round(self.reference_s, 4), "batched_s": round(self.impl_s, 4),
             "speedup": round(self.speedup, 3) if self.impl_s > 0 else None,
+            "reference_us_per_page": round(self.reference_us_per_page, 3),
+            "batched_us_per_page": round(self.impl_us_per_page, 3),
             "reference_peak_mib": round(self.reference_peak_mib, 1),
             "batched_peak_mib": round(self.impl_peak_mib, 1),
             "skipped": self.skipped, "ok": self.ok,
@@ -426,12 +444,12 @@ def bench_json(results: Sequence[SizeResult], impl: str) -> dict[str, Any]:
 def format_table(results: Sequence[SizeResult], impl: str) -> str:
     """One row per size, then the report of every size whose runs differ."""
     ref_name, impl_name = _side_names(impl)
-    header = ("size", "ops", f"{ref_name} s", f"{impl_name} s", "speedup", f"{ref_name} MiB",
-              f"{impl_name} MiB", "")
+    header = ("size", "ops", f"{ref_name} s", f"{impl_name} s", "speedup", f"{ref_name} us/page",
+              f"{impl_name} us/page", f"{ref_name} MiB", f"{impl_name} MiB", "")
     rows = [header] + [
         (format_size(result.size), str(result.ops), f"{result.reference_s:.3f}", f"{result.impl_s:.3f}",
-         f"{result.speedup:.2f}x", f"{result.reference_peak_mib:.1f}", f"{result.impl_peak_mib:.1f}",
-         "" if result.ok else "DIFFERS")
+         f"{result.speedup:.2f}x", f"{result.reference_us_per_page:.2f}", f"{result.impl_us_per_page:.2f}",
+         f"{result.reference_peak_mib:.1f}", f"{result.impl_peak_mib:.1f}", "" if result.ok else "DIFFERS")
         for result in results]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

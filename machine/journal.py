@@ -5,10 +5,10 @@ While a journal is open, every write to machine state records the old value firs
 - the frame and swap arrays are swapped for JournaledArray views of themselves, which
   record every element written through them (item assignment, in-place ufuncs, `out=`
   and `ufunc.at`), so the kernels' plain `frames.folio_refcount[folio] += 1` is covered;
-- page-table entries and table dictionaries are written only by machine/, which records
-  them explicitly (record_array, record_key);
-- the few scalars and small containers (counters, the process and pin tables, each
-  process's counters and VMAs) are saved whole when the journal opens.
+- page-table entries, table dictionaries and the pin table are written only by machine/,
+  which records them explicitly (record_array, record_key);
+- the scalars and the small containers whose size follows the script, not the machine
+  (the process table, each process's counters and VMAs) are saved whole when it opens.
 Rollback replays the records backwards. Nothing of it is kernel policy.
 """
 

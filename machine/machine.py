@@ -142,15 +142,14 @@ def _pte_entry_of(mm: MM, addr: int) -> tuple[PteTable | None, int]:
 @dataclass(frozen=True)
 class _SavedState:
     """What journal_begin saves whole rather than journaling writes: the scalars and the small
-    containers (processes, pins, each process's counters and VMAs), whose size follows the
-    script, not the machine."""
+    containers (the process table, each process's counters and VMAs), whose size follows
+    the script, not the machine. Pins are journaled as they are added and removed."""
 
     nr_free_frames: int
     first_free_block: int
     nr_processes: int
     nr_mmaps: int
     nr_pins: int
-    pins: dict[int, Pin]
     processes: dict[int, MM]
     mm_counters: dict[int, tuple[int, int, bool]]          # pid: rss_anon, rss_swap, has_pinned
     vmas: dict[int, list[tuple[VMA, int, int, bool, int]]]  # pid: each VMA and its fields
@@ -161,7 +160,7 @@ class _SavedState:
         processes = machine.processes
         return _SavedState(
             machine.frames.nr_free_frames, machine.frames.first_free_block,
-            machine.nr_processes, machine.nr_mmaps, machine.nr_pins, dict(machine.pins), dict(processes),
+            machine.nr_processes, machine.nr_mmaps, machine.nr_pins, dict(processes),
             {pid: (mm.rss_anon, mm.rss_swap, mm.has_pinned) for pid, mm in processes.items()},
             {pid: [(vma, vma.start, vma.end, vma.writable, vma.lineage) for vma in mm.vmas]
              for pid, mm in processes.items()},
@@ -173,7 +172,6 @@ class _SavedState:
         machine.nr_processes = self.nr_processes
         machine.nr_mmaps = self.nr_mmaps
         machine.nr_pins = self.nr_pins
-        machine.pins = self.pins
         machine.processes = self.processes
         for pid, mm in self.processes.items():
             mm.rss_anon, mm.rss_swap, mm.has_pinned = self.mm_counters[pid]
@@ -277,6 +275,11 @@ class Machine:
         names = [(self.frames, name) for name in (*FrameTable.ARRAYS, "block_nr_free")]
         return names + [(self.swap, "swap_data"), (self.swap, "swap_count")]
 
+    def _record_key(self, mapping: dict, key: int) -> None:
+        """Tell an open journal that mapping[key] is about to be set or deleted."""
+        if self.journal.recording:
+            self.journal.record_key(mapping, key)
+
     def _record_entries(self, entries: np.ndarray, key: object) -> None:
         """Tell an open journal that entries[key] of a page table is about to be written."""
         if self.journal.recording:
@@ -307,10 +310,12 @@ class Machine:
         check(len(pages) >= 1, "a pin holds at least one page")
         pin_id = self.nr_pins
         self.nr_pins += 1
+        self._record_key(self.pins, pin_id)
         self.pins[pin_id] = Pin(pin_id, pid, addr, mode, pages)
         return pin_id
 
     def pin_remove(self, pin_id: int) -> Pin:
+        self._record_key(self.pins, pin_id)
         return self.pins.pop(pin_id)
 
     # Single-entry PTE primitives.

@@ -60,7 +60,9 @@ class Journal:
 
     def record_array(self, array: np.ndarray, key: Any) -> None:
         """Remember array[key] before it is written."""
-        old = np.array(np.ndarray.__getitem__(array, key))
+        old = np.ndarray.__getitem__(array, key)
+        if isinstance(old, np.ndarray):
+            old = old.copy()  # a view would follow the write; a numpy scalar is immutable
         self._undo.append((np.ndarray.__setitem__, array, _frozen_key(key), old))
 
     def record_key(self, mapping: dict, key: Any) -> None:

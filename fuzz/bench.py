@@ -35,7 +35,7 @@ import structlog
 from machine import Machine
 
 from .compare import compare_machines
-from .errors import UsageError
+from .errors import UsageError, quote_token, shown_number
 from .ops import VA_LIMIT, Op, format_op
 from .runner import OP_DISPATCH, REFERENCE_IMPL, load_implementation
 
@@ -64,6 +64,7 @@ SAMPLE_INTERVAL = 0.005            # seconds between RSS samples
 REPORT_DIFFERENCES = 5             # state differences shown per size
 IMPL_RUNS = 3                      # the implementation's time is the median of this many runs
 MIB = 1 << 20
+MAX_SIZE_DIGITS = 20               # more digits than any size below the VA limit (int() refuses 4,300)
 
 
 # ---------------------------------------------------------------------------
@@ -73,8 +74,8 @@ MIB = 1 << 20
 def parse_size(text: str) -> int:
     """One size, digits then K, M or G: bytes; UsageError unless a positive multiple of 2 MiB."""
     digits, unit = text[:-1], SIZE_UNITS.get(text[-1:].upper())
-    if unit is None or not digits.isascii() or not digits.isdigit():
-        raise UsageError(f"bad size {text!r}: write a number with K, M or G, e.g. 64M")
+    if unit is None or not digits.isascii() or not digits.isdigit() or len(digits) > MAX_SIZE_DIGITS:
+        raise UsageError(f"bad size {quote_token(text)}: write a number with K, M or G, e.g. 64M")
     size = int(digits) * unit
     check_size(size, text)
     return size
@@ -82,7 +83,7 @@ def parse_size(text: str) -> int:
 
 def check_size(size: int, text: str = "") -> None:
     """UsageError unless size is a positive multiple of 2 MiB whose mapping fits the VA space."""
-    name = repr(text or str(size))
+    name = quote_token(text) if text else shown_number(size)
     if size <= 0 or size % PMD_SIZE:
         raise UsageError(f"bad size {name}: not a positive multiple of 2M")
     if BASE + size > VA_LIMIT:

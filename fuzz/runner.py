@@ -37,7 +37,7 @@ from machine import DEFAULT_NR_FRAMES, Machine, check
 from machine.errors import RESULTS
 
 from .compare import Difference, compare_machines
-from .errors import UsageError
+from .errors import UsageError, quote_token
 from .expects import expect_failures
 from .ops import Expect, Op, Script, ScriptError, format_expect, format_op
 from .oracles import OracleFailure, check_oracles, same_oracle_inputs
@@ -81,7 +81,7 @@ def load_implementation(name: str) -> Any:
     if isinstance(loaded, type):       # an entry point may name the Kernel class itself
         loaded = SimpleNamespace(Kernel=loaded, __name__=name)
     if not callable(getattr(loaded, "Kernel", None)):
-        raise UsageError(f"implementation {name!r} does not expose a Kernel class")
+        raise UsageError(f"implementation {quote_token(name)} does not expose a Kernel class")
     return loaded
 
 
@@ -89,7 +89,7 @@ def _load_builtin(name: str) -> ModuleType:
     try:
         return importlib.import_module(BUILTIN_IMPLEMENTATIONS[name])
     except Exception as error:
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
+        raise UsageError(f"cannot load implementation {quote_token(name)}: {_one_line(error)}") from error
 
 
 def _load_entry_point(name: str) -> Any | None:
@@ -98,7 +98,7 @@ def _load_entry_point(name: str) -> Any | None:
             try:
                 return entry_point.load()
             except Exception as error:
-                raise UsageError(f"cannot load implementation {name!r} "
+                raise UsageError(f"cannot load implementation {quote_token(name)} "
                                  f"(entry point {entry_point.value}): {_one_line(error)}") from error
     return None
 
@@ -108,11 +108,11 @@ def _load_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:
         if error.name is not None and name.startswith(error.name) and name[len(error.name):][:1] in ("", "."):
-            raise UsageError(f"unknown implementation {name!r}: not a module or an entry point "
+            raise UsageError(f"unknown implementation {quote_token(name)}: not a module or an entry point "
                              f"in {ENTRY_POINT_GROUP}") from error
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
+        raise UsageError(f"cannot load implementation {quote_token(name)}: {_one_line(error)}") from error
     except Exception as error:
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
+        raise UsageError(f"cannot load implementation {quote_token(name)}: {_one_line(error)}") from error
 
 
 def _one_line(error: BaseException) -> str:
@@ -129,7 +129,7 @@ def _resolve(impl: str | Any) -> _Implementation:
     if isinstance(impl, str):
         return _Implementation(impl, load_implementation(impl))
     if not callable(getattr(impl, "Kernel", None)):
-        raise UsageError(f"implementation {impl!r} does not expose a Kernel class")
+        raise UsageError(f"implementation {quote_token(str(impl))} does not expose a Kernel class")
     return _Implementation(getattr(impl, "__name__", type(impl).__name__), impl)
 
 
@@ -464,7 +464,7 @@ class _Run:
     # Expects.
 
     def _check_expect(self, step_index: int, expect: Expect) -> Finding | None:
-        self._check_expect_processes(expect)
+        self._check_expect_names(expect)
         failing, details, first_key = self._failures_on_sides(lambda side: [
             (failure.key, failure.message)
             for failure in expect_failures(side.machine, expect, side.last_result)])
@@ -473,7 +473,12 @@ class _Run:
         last_op = f"{self.last_op.line}: {format_op(self.last_op)}" if self.last_op else ""
         return self._finding(EXPECT, first_key, details, step_index, expect, failing, last_op=last_op)
 
-    def _check_expect_processes(self, expect: Expect) -> None:
+    def _check_expect_names(self, expect: Expect) -> None:
+        """An expect naming a process that does not exist or a pin id never issued (on the
+        reference) is a script error, not a finding (SPEC §3, §4)."""
+        if expect.kind == "pin" and expect.pin_id >= self.ref.machine.nr_pins:
+            raise ScriptError(self.script.path, expect.line, f"expect pin {expect.pin_id} names a pin id never issued "
+                              f"({self.ref.machine.nr_pins} pins issued)")
         processes = [expect.process] if expect.kind == "entry" else []
         processes += [value for key, value in expect.keys if key in ("same-page", "distinct-page")]
         for process in processes:

@@ -2,8 +2,8 @@
 
 Transactional failure (SPEC §1) without journaling every op: an op whose only
 failures come before it changes anything runs as it is; one that can fail half-way
-(write, pin, fork) first bounds the order-0 allocations it may need and opens the
-machine's undo journal only when the free frames might not cover them.
+(write, pin, fork) first bounds the order-0 allocations it may need and opens a
+machine transaction only when the free frames might not cover them.
 """
 
 from __future__ import annotations
@@ -51,21 +51,21 @@ class Kernel:
 
     def _transaction(self, operation: Callable[[], str], max_new_frames: int) -> str:
         """Run an op that may fail after changing state, needing at most max_new_frames
-        order-0 frames. With that many free it cannot run out, so no journal is needed."""
+        order-0 frames. With that many free it cannot run out, so no transaction is needed."""
         if self.machine.frames.nr_free_frames >= max_new_frames:
             result = operation()
             check(result != ENOMEM, "an op ran out of frames its bound said it had")
             return self._finish(result)
-        self.machine.journal_begin()
+        self.machine.transaction_begin()
         try:
             result = operation()
         except BaseException:
-            self.machine.journal_commit()  # a MachineBug: leave the state as the bug left it
+            self.machine.transaction_commit()  # a MachineBug: leave the state as the bug left it
             raise
         if result != OK:
-            self.machine.journal_rollback()
+            self.machine.transaction_rollback()
             return result
-        self.machine.journal_commit()
+        self.machine.transaction_commit()
         return self._finish(result)
 
     def _finish(self, result: str) -> str:

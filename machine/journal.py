@@ -42,6 +42,9 @@ class Journal:
         self.recording = False
         self._undo: list[tuple] = []
         self._levels: list[int] = []  # where each open level's records start
+        # Page-table entry arrays of tables made since the outermost open: a rollback drops
+        # those tables from the tree, so their entries need no records (kept alive here).
+        self._fresh: dict[int, np.ndarray] = {}
 
     @property
     def depth(self) -> int:
@@ -57,13 +60,29 @@ class Journal:
         if not self._levels:
             self.recording = False
             self._undo = []
+            self._fresh = {}
 
     def record_array(self, array: np.ndarray, key: Any) -> None:
         """Remember array[key] before it is written."""
         old = np.ndarray.__getitem__(array, key)
-        if isinstance(old, np.ndarray):
-            old = old.copy()  # a view would follow the write; a numpy scalar is immutable
-        self._undo.append((np.ndarray.__setitem__, array, _frozen_key(key), old))
+        if type(key) is not int:
+            key = _frozen_key(key)
+            if isinstance(old, np.ndarray):
+                old = old.copy()  # a view would follow the write; a numpy scalar is immutable
+        self._undo.append((np.ndarray.__setitem__, array, key, old))
+
+    def new_table(self, entries: np.ndarray) -> None:
+        """A page table was made with these entries: at the outermost level, its writes
+        need no records (the rollback drops the table itself)."""
+        if len(self._levels) == 1:
+            self._fresh[id(entries)] = entries
+
+    def record_entries(self, entries: np.ndarray, key: Any) -> None:
+        """Remember entries[key] of a page table before it is written, unless the table
+        is new since the outermost open and that is the level open (an inner level's
+        rollback keeps the table, so it needs the records)."""
+        if len(self._levels) > 1 or id(entries) not in self._fresh:
+            self.record_array(entries, key)
 
     def record_key(self, mapping: dict, key: Any) -> None:
         """Remember mapping[key] (or its absence) before it is set or deleted."""

@@ -51,6 +51,10 @@ from .pgtable import (
 from .swap import SwapSpace
 
 DEFAULT_NR_FRAMES = 4096
+# A transaction on a machine of at most this many frames copies it whole (tens of
+# microseconds, less than journaling the thousands of writes of a fork); a larger one
+# journals, so that an op's rollback costs what it wrote, not the machine's size.
+TRANSACTION_COPY_MAX_FRAMES = 16384
 _BLOCKS_PER_TABLE = PTRS_PER_TABLE // CONT_PTES
 _CONT_OFFSETS = np.arange(CONT_PTES, dtype=np.int64)
 
@@ -189,6 +193,7 @@ class Machine:
         self.swap = SwapSpace(nr_frames)
         self.journal = Journal()
         self._saved: list[_SavedState] = []  # what each open journal_begin saved whole
+        self._transactions: list[Machine | None] = []  # per open transaction: its copy, or None: journaled
         self._plain_arrays: list[np.ndarray] = []  # the arrays a journal's views stand in for
         self.processes: dict[int, MM] = {0: MM(0, self.journal)}
         self.nr_processes = 1  # process numbers ever used
@@ -207,6 +212,7 @@ class Machine:
         other.swap = self.swap.clone()
         other.journal = Journal()
         other._saved = []
+        other._transactions = []
         other._plain_arrays = []
         other.processes = {pid: mm.clone() for pid, mm in self.processes.items()}
         for mm in other.processes.values():
@@ -235,8 +241,32 @@ class Machine:
         self.nr_pins = snapshot.nr_pins
         self._touched = {}
 
-    # The undo journal, for the transactional failure model (SPEC §1) at the cost of what an
-    # op writes: see journal.py.
+    # Transactions, for the transactional failure model (SPEC §1): an op that may fail
+    # half-way runs between transaction_begin and transaction_commit or _rollback.
+
+    def transaction_begin(self) -> None:
+        """Start an op that may have to be undone exactly: a small machine is copied whole,
+        a large one (or one whose journal is already open) journaled."""
+        if self.frames.nr_frames > TRANSACTION_COPY_MAX_FRAMES or self.journal.depth:
+            self.journal_begin()
+            self._transactions.append(None)
+        else:
+            self._transactions.append(self.snapshot())
+
+    def transaction_commit(self) -> None:
+        """Keep everything the op wrote."""
+        if self._transactions.pop() is None:
+            self.journal_commit()
+
+    def transaction_rollback(self) -> None:
+        """Put the machine back exactly as it was at transaction_begin."""
+        snapshot = self._transactions.pop()
+        if snapshot is None:
+            self.journal_rollback()
+        else:
+            self.restore(snapshot)
+
+    # The undo journal: rollback at the cost of what an op writes (journal.py).
 
     def journal_begin(self) -> None:
         """Start recording the old value of everything written, until commit or rollback.
@@ -283,7 +313,7 @@ class Machine:
     def _record_entries(self, entries: np.ndarray, key: object) -> None:
         """Tell an open journal that entries[key] of a page table is about to be written."""
         if self.journal.recording:
-            self.journal.record_array(entries, key)
+            self.journal.record_entries(entries, key)
 
     # Processes, lineages and pins.
 
@@ -680,4 +710,4 @@ class Machine:
         return (folded | ~cont.any(axis=1)) & (folded == self._contpte_eligible(blocks)) & (~folded | uniform)
 
 
-__all__ = ["Machine", "Pin", "PteRuns", "DEFAULT_NR_FRAMES"]
+__all__ = ["Machine", "Pin", "PteRuns", "DEFAULT_NR_FRAMES", "TRANSACTION_COPY_MAX_FRAMES"]

@@ -216,6 +216,7 @@ class MM:
             self._record_key(pud, pud_index(addr))
             self._record_key(self.pmd_tables_by_addr, addr >> PUD_SHIFT)
             table = pud[pud_index(addr)] = PmdTable(base)
+            self._new_table(table.entries)
             self.pmd_tables_by_addr[addr >> PUD_SHIFT] = table
         return table
 
@@ -227,7 +228,12 @@ class MM:
     def _record_entry(self, table: PmdTable, index: int) -> None:
         """Tell an open journal that table.entries[index] is about to be written."""
         if self.journal is not None and self.journal.recording:
-            self.journal.record_array(table.entries, index)
+            self.journal.record_entries(table.entries, index)
+
+    def _new_table(self, entries: np.ndarray) -> None:
+        """Tell an open journal that a page table with these entries was just made."""
+        if self.journal is not None and self.journal.recording:
+            self.journal.new_table(entries)
 
     def pte_table(self, addr: int, alloc: bool = False) -> PteTable | None:
         """The PTE table covering addr; None if absent or if a PMD block maps addr."""
@@ -245,6 +251,7 @@ class MM:
             self._record_key(self.pte_tables, addr >> PMD_SHIFT)
             self._record_entry(pmd_table, index)
             table = pmd_table.ptes[index] = PteTable(addr & ~((1 << PMD_SHIFT) - 1))
+            self._new_table(table.entries)
             self.pte_tables[addr >> PMD_SHIFT] = table
             pmd_table.entries[index] = PMD_TYPE_TABLE | (id(table) & ((1 << 36) - 1)) << PAGE_SHIFT
         return table

@@ -37,25 +37,25 @@ class Kernel:
         return self.machine.processes[pid]
 
     def _transaction(self, operation: Callable[[], str]) -> str:
-        """Run operation under the machine's undo journal; on failure put the machine back
-        exactly as it was (SPEC §1)."""
-        self.machine.journal_begin()
+        """Run operation as a machine transaction; on failure put the machine back exactly
+        as it was (SPEC §1)."""
+        self.machine.transaction_begin()
         try:
             result = operation()
         except BaseException:
-            self.machine.journal_commit()  # a MachineBug: leave the state as the bug left it
+            self.machine.transaction_commit()  # a MachineBug: leave the state as the bug left it
             raise
         if result != OK:
-            self.machine.journal_rollback()
+            self.machine.transaction_rollback()
             return result
-        self.machine.journal_commit()
+        self.machine.transaction_commit()
         self.machine.contpte_canonicalise()
         return OK
 
     def _without_rollback(self, operation: Callable[[], str]) -> str:
         """Run an op that needs no rollback: every failure of it comes before it changes
         anything (mmap, unpin, read, split_pmd, split, fault on a none entry), or its failure keeps what was done
-        (munmap, dontneed, mprotect, exit, try_to_unmap). Saves the journal's records."""
+        (munmap, dontneed, mprotect, exit, try_to_unmap). Saves a transaction."""
         result = operation()
         self.machine.contpte_canonicalise()
         return result

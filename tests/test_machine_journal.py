@@ -106,3 +106,16 @@ def test_journaled_view_records_ufunc_at_and_out_writes() -> None:
     machine.journal_rollback()
     assert not frames.folio_refcount.any() and not frames.page_data.any()
     assert not frames.folio_mm_id_mapcount.any()
+
+
+def test_transaction_copies_a_small_machine_and_journals_a_large_one() -> None:
+    from machine.machine import TRANSACTION_COPY_MAX_FRAMES
+
+    for nr_frames, journaled_expected in ((TRANSACTION_COPY_MAX_FRAMES, False), (TRANSACTION_COPY_MAX_FRAMES + 1, True)):
+        machine = Machine(nr_frames)
+        reference.Kernel(machine).mmap(0, 0x200000, 0x200000, "rw")
+        machine.transaction_begin()
+        assert (machine.journal.depth == 1) == journaled_expected
+        machine.frames.folio_refcount[5] = 3
+        machine.transaction_rollback()
+        assert machine.frames.folio_refcount[5] == 0 and machine.journal.depth == 0

@@ -67,6 +67,9 @@ def mk_pte(page, vma: VMA):
     return pfn_pte(page, vm_get_page_prot(vma.writable))
 
 
+PMD_SLOTS_READ_SINGLY = 8
+
+
 def pmd_ranges(mm: MM, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
     """Split [start, end) at PMD boundaries: (addr, next_addr, whether it is a whole PMD),
     for each PMD entry that maps something: only the PMD tables present are looked into,
@@ -74,8 +77,13 @@ def pmd_ranges(mm: MM, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
     for pmd_table in mm.pmd_tables_in(start, end):
         first = pmd_index(max(start, pmd_table.base))
         last = pmd_index(min(end, pmd_table.base + PUD_SIZE) - 1)
-        for index in np.flatnonzero(pmd_table.entries[first:last + 1]).tolist():
-            haddr = pmd_table.base + ((first + index) << PMD_SHIFT)
+        entries = pmd_table.entries
+        if last - first < PMD_SLOTS_READ_SINGLY:  # a few slots: plain reads beat a numpy call
+            mapped = [index for index in range(first, last + 1) if entries.item(index)]
+        else:
+            mapped = (np.flatnonzero(entries[first:last + 1]) + first).tolist()
+        for index in mapped:
+            haddr = pmd_table.base + (index << PMD_SHIFT)
             addr, next_addr = max(start, haddr), min(end, haddr + PMD_SIZE)
             yield addr, next_addr, addr == haddr and next_addr == haddr + PMD_SIZE
 

@@ -377,19 +377,22 @@ class Machine:
 
     def set_pte_at(self, mm: MM, addr: int, pte: int) -> None:
         table, index = self._pte_slot(mm, addr, alloc=True)
-        self._record_entries(table.entries, index)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = pte
 
     def ptep_get_and_clear(self, mm: MM, addr: int) -> int:
         table, index = self._pte_slot(mm, addr, alloc=True)
         pte = int(table.entries[index])
-        self._record_entries(table.entries, index)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = 0
         return pte
 
     def ptep_set_wrprotect(self, mm: MM, addr: int) -> None:
         table, index = self._pte_slot(mm, addr, alloc=True)
-        self._record_entries(table.entries, index)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = pte_wrprotect(int(table.entries[index]))
 
     # Batched PTE primitives: nr_pages entries inside one PTE table.
@@ -399,7 +402,8 @@ class Machine:
         table, index = self._pte_slot(mm, addr, alloc=True)
         check(index + nr_pages <= PTRS_PER_TABLE, "batch crosses a PTE table")
         self._touch(table, index, index + nr_pages)
-        self._record_entries(table.entries, slice(index, index + nr_pages))
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, slice(index, index + nr_pages))
         return table, slice(index, index + nr_pages)
 
     def _ptes_view(self, mm: MM, addr: int, nr_pages: int) -> np.ndarray | None:
@@ -458,7 +462,8 @@ class Machine:
         if len(runs.index):
             first, end = int(runs.index[0]), int(runs.index[-1] + runs.nr_pages[-1])
             self._touch(table, first, end)
-            self._record_entries(table.entries, slice(first, end))
+            if self.journal.recording:
+                self.journal.record_entries(table.entries, slice(first, end))
         return table
 
     def set_ptes_runs(self, mm: MM, runs: PteRuns, ptes: np.ndarray) -> None:
@@ -530,14 +535,16 @@ class Machine:
         else:
             check(table.entries[index] == 0 or pmd_trans_huge(int(table.entries[index])),
                   "PMD slot holds an unknown descriptor")
-        self._record_entries(table.entries, index)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = pmd
 
     def pmdp_get_and_clear(self, mm: MM, addr: int) -> int:
         table, index = self._pmd_slot(mm, addr, alloc=False)
         check(table is not None and pmd_trans_huge(int(table.entries[index])), "no PMD block to clear")
         pmd = int(table.entries[index])
-        self._record_entries(table.entries, index)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = 0
         return pmd
 
@@ -545,7 +552,8 @@ class Machine:
         table, index = self._pmd_slot(mm, addr, alloc=False)
         pmd = 0 if table is None else int(table.entries[index])
         check(pmd_trans_huge(pmd), "no PMD block to write-protect")
-        self._record_entries(table.entries, index)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = pte_pmd(pte_wrprotect(pmd_pte(pmd)))
 
     # Lookups for oracles, expects and the user's accesses.
@@ -584,12 +592,14 @@ class Machine:
         check(pte_present(desc), "user access to an unmapped address %#x", addr)
         check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
         if not desc & PTE_CONT:
-            self._record_entries(table.entries, index)
+            if self.journal.recording:
+                self.journal.record_entries(table.entries, index)
             table.entries[index] = (desc | update_set) & ~update_clear
             return pte_pfn(desc)
         first = index - index % CONT_PTES
         span = slice(first, first + CONT_PTES)
-        self._record_entries(table.entries, span)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, span)
         table.entries[span] = (table.entries[span] | np.uint64(update_set)) & ~np.uint64(update_clear)
         return pte_pfn(desc)
 
@@ -612,7 +622,8 @@ class Machine:
             if end - first == 1 and self._one_entry_keeps_block_canonical(table, first):
                 continue
             span = slice(first - first % CONT_PTES, -(-end // CONT_PTES) * CONT_PTES)
-            self._record_entries(table.entries, span)
+            if self.journal.recording:
+                self.journal.record_entries(table.entries, span)
             if span.stop - span.start == CONT_PTES:
                 values = table.entries[span].tolist()  # one block, the common case: plain ints
                 if self._contpte_block_eligible(values):

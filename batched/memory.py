@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from machine import MM, VMA, Machine, PteRuns, any_set, check
-from machine.mm import PUD_SIZE, pmd_index
 from machine.errors import ENOMEM, OK
+from machine.mm import PUD_SIZE, pmd_index
 from machine.pgtable import (
     HPAGE_PMD_ORDER,
     PAGE_SHIFT,

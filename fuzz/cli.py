@@ -33,7 +33,7 @@ EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
 log = structlog.get_logger()
 
 
-_ARGPARSE_TOKEN = re.compile(r"'([^']{%d,})'" % (QUOTE_LIMIT + 1))   # a long token argparse quotes
+_ARGPARSE_TOKEN = re.compile(rf"'([^']{{{QUOTE_LIMIT + 1},}})'")   # a long token argparse quotes
 
 
 class _ArgumentParser(argparse.ArgumentParser):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from machine import MM, VMA, Machine, check
-from machine.mm import PUD_SIZE
 from machine.errors import EBUSY, ENOMEM, OK
+from machine.mm import PUD_SIZE
 from machine.pgtable import (
     HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, is_swap_pte, pfn_pte, pmd_trans_huge,
     pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_none, pte_pfn, pte_present,

@@ -65,10 +65,10 @@ class Journal:
     def record_array(self, array: np.ndarray, key: Any) -> None:
         """Remember array[key] before it is written."""
         old = np.ndarray.__getitem__(array, key)
+        if isinstance(old, np.ndarray):
+            old = old.copy()  # a view (a row, a slice) would follow the write; a scalar is immutable
         if type(key) is not int:
             key = _frozen_key(key)
-            if isinstance(old, np.ndarray):
-                old = old.copy()  # a view would follow the write; a numpy scalar is immutable
         self._undo.append((np.ndarray.__setitem__, array, key, old))
 
     def new_table(self, entries: np.ndarray) -> None:

@@ -102,10 +102,11 @@ def test_journaled_view_records_ufunc_at_and_out_writes() -> None:
     counts = frames.folio_mm_id_mapcount[7]
     counts[1] += 4
     counts += 1
+    frames.folio_mm_id[3] = (5, 6)  # a whole row by an int index: its old value is copied
     assert frames.folio_refcount[3] == 2 and frames.page_data[3] == 9 and frames.folio_mm_id_mapcount[7, 1] == 5
     machine.journal_rollback()
     assert not frames.folio_refcount.any() and not frames.page_data.any()
-    assert not frames.folio_mm_id_mapcount.any()
+    assert not frames.folio_mm_id_mapcount.any() and not frames.folio_mm_id.any()
 
 
 def test_transaction_copies_a_small_machine_and_journals_a_large_one() -> None:

@@ -1,9 +1,9 @@
 """The batched kernel: every op of SPEC §3 on whole ranges of PTEs at once.
 
-Transactional failure (SPEC §1) without copying the machine for every op: an op
-whose only failures come before it changes anything runs as it is; one that can
-fail half-way (write, pin, fork) first bounds the order-0 allocations it may need
-and takes a snapshot only when the free frames might not cover them.
+Transactional failure (SPEC §1) without journaling every op: an op whose only
+failures come before it changes anything runs as it is; one that can fail half-way
+(write, pin, fork) first bounds the order-0 allocations it may need and opens a
+machine transaction only when the free frames might not cover them.
 """
 
 from __future__ import annotations
@@ -51,18 +51,23 @@ class Kernel:
 
     def _transaction(self, operation: Callable[[], str], max_new_frames: int) -> str:
         """Run an op that may run out of memory after changing state, needing at most
-        max_new_frames order-0 frames. With that many free it cannot run out, so no snapshot
+        max_new_frames order-0 frames. With that many free it cannot run out, so no transaction
         is needed. Only ENOMEM rolls back: the op's other failures come before any change or
         keep what it did (pin's EFAULT)."""
         if self.machine.frames.nr_free_frames >= max_new_frames:
             result = operation()
             check(result != ENOMEM, "an op ran out of frames its bound said it had")
             return self._finish(result)
-        snapshot = self.machine.snapshot()
-        result = operation()
+        self.machine.transaction_begin()
+        try:
+            result = operation()
+        except BaseException:
+            self.machine.transaction_commit()  # a MachineBug: leave the state as the bug left it
+            raise
         if result == ENOMEM:
-            self.machine.restore(snapshot)
+            self.machine.transaction_rollback()
             return result
+        self.machine.transaction_commit()
         return self._finish(result)
 
     def _finish(self, result: str) -> str:

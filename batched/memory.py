@@ -7,14 +7,18 @@ primitives write all runs of the table in one call.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from machine import MM, VMA, Machine, PteRuns, any_set, check
 from machine.errors import ENOMEM, OK
+from machine.mm import PUD_SIZE, pmd_index
 from machine.pgtable import (
     HPAGE_PMD_ORDER,
     PAGE_SHIFT,
     PAGE_SIZE,
+    PMD_SHIFT,
     PMD_SIZE,
     is_swap_pte,
     pfn_pte,
@@ -63,14 +67,25 @@ def mk_pte(page, vma: VMA):
     return pfn_pte(page, vm_get_page_prot(vma.writable))
 
 
-def pmd_ranges(start: int, end: int):
-    """Split [start, end) at PMD boundaries: (addr, next_addr, whether it is a whole PMD)."""
-    addr = start
-    while addr < end:
-        haddr = addr & ~(PMD_SIZE - 1)
-        next_addr = min(haddr + PMD_SIZE, end)
-        yield addr, next_addr, addr == haddr and next_addr == haddr + PMD_SIZE
-        addr = next_addr
+PMD_SLOTS_READ_SINGLY = 8
+
+
+def pmd_ranges(mm: MM, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+    """Split [start, end) at PMD boundaries: (addr, next_addr, whether it is a whole PMD),
+    for each PMD entry that maps something: only the PMD tables present are looked into,
+    and each one's non-none entries in the range are found at once."""
+    for pmd_table in mm.pmd_tables_in(start, end):
+        first = pmd_index(max(start, pmd_table.base))
+        last = pmd_index(min(end, pmd_table.base + PUD_SIZE) - 1)
+        entries = pmd_table.entries
+        if last - first < PMD_SLOTS_READ_SINGLY:  # a few slots: plain reads beat a numpy call
+            mapped = [index for index in range(first, last + 1) if entries.item(index)]
+        else:
+            mapped = (np.flatnonzero(entries[first:last + 1]) + first).tolist()
+        for index in mapped:
+            haddr = pmd_table.base + (index << PMD_SHIFT)
+            addr, next_addr = max(start, haddr), min(end, haddr + PMD_SIZE)
+            yield addr, next_addr, addr == haddr and next_addr == haddr + PMD_SIZE
 
 
 # Anonymous faults (do_anonymous_page, alloc_anon_folio).
@@ -262,7 +277,7 @@ def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
 def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
     """Zap [start, end) of vma: a fully covered PMD block whole, a partial one split first."""
     check(vma.start <= start < end <= vma.end, "zap range leaves the VMA")
-    for addr, next_addr, whole_pmd in pmd_ranges(start, end):
+    for addr, next_addr, whole_pmd in pmd_ranges(mm, start, end):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
             if whole_pmd:
@@ -376,7 +391,7 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
 
 def copy_page_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA) -> str:
     """Copy every mapping of src_vma to the child, PMD by PMD in ascending address order."""
-    for addr, next_addr, _whole_pmd in pmd_ranges(src_vma.start, src_vma.end):
+    for addr, next_addr, _whole_pmd in pmd_ranges(src_mm, src_vma.start, src_vma.end):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)) \
                 and huge_memory.copy_huge_pmd(machine, dst_mm, src_mm, src_vma, haddr) == OK:

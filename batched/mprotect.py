@@ -44,7 +44,7 @@ def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -
 
 def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
     """Apply vma's protection to [start, end): a covered PMD whole, a partial one split first."""
-    for addr, next_addr, whole_pmd in pmd_ranges(start, end):
+    for addr, next_addr, whole_pmd in pmd_ranges(mm, start, end):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
             if whole_pmd:

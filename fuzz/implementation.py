@@ -18,7 +18,7 @@ from collections.abc import Callable
 from types import ModuleType, SimpleNamespace
 from typing import Any, Protocol, cast
 
-from fuzz.errors import UsageError
+from fuzz.errors import UsageError, quote_token
 from machine import Machine
 from machine.errors import RESULTS
 
@@ -130,7 +130,7 @@ def load_implementation(name: str) -> Implementation:
         loaded = _load_module(name)
     if isinstance(loaded, type):       # an entry point may name the Kernel class itself
         loaded = SimpleNamespace(Kernel=loaded, __name__=name)
-    return checked_implementation(loaded, repr(name))
+    return checked_implementation(loaded, quote_token(name))
 
 
 def checked_implementation(loaded: object, what: str) -> Implementation:
@@ -144,7 +144,7 @@ def _load_builtin(name: str) -> ModuleType:
     try:
         return importlib.import_module(BUILTIN_IMPLEMENTATIONS[name])
     except Exception as error:
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
+        raise UsageError(f"cannot load implementation {quote_token(name)}: {_one_line(error)}") from error
 
 
 def _load_entry_point(name: str) -> object | None:
@@ -153,7 +153,7 @@ def _load_entry_point(name: str) -> object | None:
             try:
                 return entry_point.load()
             except Exception as error:
-                raise UsageError(f"cannot load implementation {name!r} "
+                raise UsageError(f"cannot load implementation {quote_token(name)} "
                                  f"(entry point {entry_point.value}): {_one_line(error)}") from error
     return None
 
@@ -163,11 +163,11 @@ def _load_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:
         if error.name is not None and name.startswith(error.name) and name[len(error.name):][:1] in ("", "."):
-            raise UsageError(f"unknown implementation {name!r}: not a module or an entry point "
+            raise UsageError(f"unknown implementation {quote_token(name)}: not a module or an entry point "
                              f"in {ENTRY_POINT_GROUP}") from error
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
+        raise UsageError(f"cannot load implementation {quote_token(name)}: {_one_line(error)}") from error
     except Exception as error:
-        raise UsageError(f"cannot load implementation {name!r}: {_one_line(error)}") from error
+        raise UsageError(f"cannot load implementation {quote_token(name)}: {_one_line(error)}") from error
 
 
 def _one_line(error: BaseException) -> str:

@@ -18,7 +18,8 @@ import numpy as np
 from .arrays import all_set, any_set
 from .errors import MachineBug, check
 from .frames import FrameTable
-from .mm import MM, PUD_SHIFT, PmdTable, PteTable, pmd_index, pte_index
+from .journal import Journal, journaled
+from .mm import MM, PUD_SHIFT, VMA, PmdTable, PteTable, pmd_index, pte_index
 from .pgtable import (
     CONT_PTES,
     CONTPTE_NORMALISE_IGNORED,
@@ -51,6 +52,10 @@ from .pgtable import (
 from .swap import SwapSpace
 
 DEFAULT_NR_FRAMES = 4096
+# A transaction on a machine of at most this many frames copies it whole (tens of
+# microseconds, less than journaling the thousands of writes of a fork); a larger one
+# journals, so that an op's rollback costs what it wrote, not the machine's size.
+TRANSACTION_COPY_MAX_FRAMES = 16384
 _BLOCKS_PER_TABLE = PTRS_PER_TABLE // CONT_PTES
 _CONT_OFFSETS = np.arange(CONT_PTES, dtype=np.int64)
 
@@ -139,13 +144,59 @@ def _pte_entry_of(mm: MM, addr: int) -> tuple[PteTable | None, int]:
     return mm.pte_tables.get(addr >> PMD_SHIFT), (addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
 
 
+@dataclass(frozen=True)
+class _SavedState:
+    """What journal_begin saves whole rather than journaling writes: the scalars and the small
+    containers (the process table, each process's counters and VMAs), whose size follows
+    the script, not the machine. Pins are journaled as they are added and removed."""
+
+    nr_free_frames: int
+    first_free_block: int
+    nr_processes: int
+    nr_mmaps: int
+    nr_pins: int
+    processes: dict[int, MM]
+    mm_counters: dict[int, tuple[int, int, bool]]          # pid: rss_anon, rss_swap, has_pinned
+    vmas: dict[int, list[tuple[VMA, int, int, bool, int]]]  # pid: each VMA and its fields
+    touched: dict[int, list]
+
+    @staticmethod
+    def of(machine: Machine) -> _SavedState:
+        processes = machine.processes
+        return _SavedState(
+            machine.frames.nr_free_frames, machine.frames.first_free_block,
+            machine.nr_processes, machine.nr_mmaps, machine.nr_pins, dict(processes),
+            {pid: (mm.rss_anon, mm.rss_swap, mm.has_pinned) for pid, mm in processes.items()},
+            {pid: [(vma, vma.start, vma.end, vma.writable, vma.lineage) for vma in mm.vmas]
+             for pid, mm in processes.items()},
+            {key: list(touched) for key, touched in machine._touched.items()})
+
+    def restore(self, machine: Machine) -> None:
+        machine.frames.nr_free_frames = self.nr_free_frames
+        machine.frames.first_free_block = self.first_free_block
+        machine.nr_processes = self.nr_processes
+        machine.nr_mmaps = self.nr_mmaps
+        machine.nr_pins = self.nr_pins
+        machine.processes = self.processes
+        for pid, mm in self.processes.items():
+            mm.rss_anon, mm.rss_swap, mm.has_pinned = self.mm_counters[pid]
+            mm.vmas = [vma for vma, *_fields in self.vmas[pid]]
+            for vma, start, end, writable, lineage in self.vmas[pid]:
+                vma.start, vma.end, vma.writable, vma.lineage = start, end, writable, lineage
+        machine._touched = self.touched
+
+
 class Machine:
     """All state of one simulated machine."""
 
     def __init__(self, nr_frames: int = DEFAULT_NR_FRAMES) -> None:
         self.frames = FrameTable(nr_frames)
         self.swap = SwapSpace(nr_frames)
-        self.processes: dict[int, MM] = {0: MM(0)}
+        self.journal = Journal()
+        self._saved: list[_SavedState] = []  # what each open journal_begin saved whole
+        self._transactions: list[Machine | None] = []  # per open transaction: its copy, or None: journaled
+        self._plain_arrays: list[np.ndarray] = []  # the arrays a journal's views stand in for
+        self.processes: dict[int, MM] = {0: MM(0, self.journal)}
         self.nr_processes = 1  # process numbers ever used
         self.nr_mmaps = 0      # successful mmaps: the next lineage id
         self.pins: dict[int, Pin] = {}
@@ -156,10 +207,17 @@ class Machine:
 
     def snapshot(self) -> Machine:
         """A deep copy of the whole state."""
+        check(not self.journal.recording, "snapshot while a journal is open")
         other = Machine.__new__(Machine)
         other.frames = self.frames.clone()
         other.swap = self.swap.clone()
+        other.journal = Journal()
+        other._saved = []
+        other._transactions = []
+        other._plain_arrays = []
         other.processes = {pid: mm.clone() for pid, mm in self.processes.items()}
+        for mm in other.processes.values():
+            mm.journal = other.journal
         other.nr_processes = self.nr_processes
         other.nr_mmaps = self.nr_mmaps
         other.pins = dict(self.pins)
@@ -172,20 +230,97 @@ class Machine:
 
         The snapshot's objects are taken over, not copied: a snapshot restores once.
         """
+        check(not self.journal.recording, "restore while a journal is open")
         self.frames = snapshot.frames
         self.swap = snapshot.swap
         self.processes = snapshot.processes
+        for mm in self.processes.values():
+            mm.journal = self.journal
         self.nr_processes = snapshot.nr_processes
         self.nr_mmaps = snapshot.nr_mmaps
         self.pins = snapshot.pins
         self.nr_pins = snapshot.nr_pins
         self._touched = {}
 
+    # Transactions, for the transactional failure model (SPEC §1): an op that may fail
+    # half-way runs between transaction_begin and transaction_commit or _rollback.
+
+    def transaction_begin(self) -> None:
+        """Start an op that may have to be undone exactly: a small machine is copied whole,
+        a large one (or one whose journal is already open) journaled."""
+        if self.frames.nr_frames > TRANSACTION_COPY_MAX_FRAMES or self.journal.depth:
+            self.journal_begin()
+            self._transactions.append(None)
+        else:
+            self._transactions.append(self.snapshot())
+
+    def transaction_commit(self) -> None:
+        """Keep everything the op wrote."""
+        if self._transactions.pop() is None:
+            self.journal_commit()
+
+    def transaction_rollback(self) -> None:
+        """Put the machine back exactly as it was at transaction_begin."""
+        snapshot = self._transactions.pop()
+        if snapshot is None:
+            self.journal_rollback()
+        else:
+            self.restore(snapshot)
+
+    # The undo journal: rollback at the cost of what an op writes (journal.py).
+
+    def journal_begin(self) -> None:
+        """Start recording the old value of everything written, until commit or rollback.
+        Journals nest: an inner rollback undoes only what was written since its begin."""
+        self._saved.append(_SavedState.of(self))
+        if self.journal.depth == 0:
+            self._plain_arrays = [getattr(owner, name) for owner, name in self._journaled_arrays()]
+            for owner, name in self._journaled_arrays():
+                setattr(owner, name, journaled(getattr(owner, name), self.journal))
+        self.journal.open()
+
+    def journal_commit(self) -> None:
+        """Keep everything written since the last journal_begin."""
+        check(self.journal.depth >= 1, "no journal open")
+        self._saved.pop()
+        self.journal.close()
+        self._journal_end()
+
+    def journal_rollback(self) -> None:
+        """Put the machine back exactly as it was at the last journal_begin."""
+        check(self.journal.depth >= 1, "no journal open")
+        self.journal.roll_back()
+        self._saved.pop().restore(self)
+        self._journal_end()
+
+    def _journal_end(self) -> None:
+        """Once the outermost journal ends, the plain arrays come back."""
+        if self.journal.depth == 0:
+            for (owner, name), array in zip(self._journaled_arrays(), self._plain_arrays, strict=True):
+                setattr(owner, name, array)
+            self._plain_arrays = []
+
+    def _journaled_arrays(self) -> list[tuple[object, str]]:
+        """The arrays swapped for journaled views while a journal is open: every frame
+        and swap array (the kernels write them directly)."""
+        names = [(self.frames, name) for name in (*FrameTable.ARRAYS, "block_nr_free")]
+        return names + [(self.swap, "swap_data"), (self.swap, "swap_count")]
+
+    def _record_key(self, mapping: dict, key: int) -> None:
+        """Tell an open journal that mapping[key] is about to be set or deleted."""
+        if self.journal.recording:
+            self.journal.record_key(mapping, key)
+
+    def _record_entries(self, entries: np.ndarray, key: object) -> None:
+        """Tell an open journal that entries[key] of a page table is about to be written."""
+        if self.journal.recording:
+            self.journal.record_entries(entries, key)
+
     # Processes, lineages and pins.
 
     def mm_alloc(self) -> MM:
         """A new empty process with the lowest number never used."""
-        mm = MM(self.nr_processes)
+        mm = MM(self.nr_processes, self.journal)
         self.nr_processes += 1
         self.processes[mm.pid] = mm
         return mm
@@ -206,10 +341,12 @@ class Machine:
         check(len(pages) >= 1, "a pin holds at least one page")
         pin_id = self.nr_pins
         self.nr_pins += 1
+        self._record_key(self.pins, pin_id)
         self.pins[pin_id] = Pin(pin_id, pid, addr, mode, pages)
         return pin_id
 
     def pin_remove(self, pin_id: int) -> Pin:
+        self._record_key(self.pins, pin_id)
         return self.pins.pop(pin_id)
 
     # Single-entry PTE primitives.
@@ -247,16 +384,22 @@ class Machine:
 
     def set_pte_at(self, mm: MM, addr: int, pte: int) -> None:
         table, index = self._pte_slot(mm, addr, alloc=True)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = pte
 
     def ptep_get_and_clear(self, mm: MM, addr: int) -> int:
         table, index = self._pte_slot(mm, addr, alloc=True)
         pte = int(table.entries[index])
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = 0
         return pte
 
     def ptep_set_wrprotect(self, mm: MM, addr: int) -> None:
         table, index = self._pte_slot(mm, addr, alloc=True)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = pte_wrprotect(int(table.entries[index]))
 
     # Batched PTE primitives: nr_pages entries inside one PTE table.
@@ -266,6 +409,8 @@ class Machine:
         table, index = self._pte_slot(mm, addr, alloc=True)
         check(index + nr_pages <= PTRS_PER_TABLE, "batch crosses a PTE table")
         self._touch(table, index, index + nr_pages)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, slice(index, index + nr_pages))
         return table, slice(index, index + nr_pages)
 
     def _ptes_view(self, mm: MM, addr: int, nr_pages: int) -> np.ndarray | None:
@@ -322,7 +467,10 @@ class Machine:
     def _pte_table_for_runs(self, mm: MM, runs: PteRuns) -> PteTable:
         table = mm.pte_table(runs.addr, alloc=True)
         if len(runs.index):
-            self._touch(table, int(runs.index[0]), int(runs.index[-1] + runs.nr_pages[-1]))
+            first, end = int(runs.index[0]), int(runs.index[-1] + runs.nr_pages[-1])
+            self._touch(table, first, end)
+            if self.journal.recording:
+                self.journal.record_entries(table.entries, slice(first, end))
         return table
 
     def set_ptes_runs(self, mm: MM, runs: PteRuns, ptes: np.ndarray) -> None:
@@ -400,6 +548,8 @@ class Machine:
         else:
             check(table.entries[index] == 0 or pmd_trans_huge(int(table.entries[index])),
                   "PMD slot holds an unknown descriptor")
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = pmd
 
     def pmdp_get_and_clear(self, mm: MM, addr: int) -> int:
@@ -407,6 +557,8 @@ class Machine:
         if table is None or not pmd_trans_huge(int(table.entries[index])):
             raise MachineBug("no PMD block to clear")
         pmd = int(table.entries[index])
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = 0
         return pmd
 
@@ -415,6 +567,8 @@ class Machine:
         pmd = 0 if table is None else int(table.entries[index])
         if table is None or not pmd_trans_huge(pmd):
             raise MachineBug("no PMD block to write-protect")
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, index)
         table.entries[index] = pte_pmd(pte_wrprotect(pmd_pte(pmd)))
 
     # Lookups for oracles, expects and the user's accesses.
@@ -445,6 +599,7 @@ class Machine:
         desc = 0 if pmd_table is None else pmd_table.entries.item(pmd_index_in_table)
         if pmd_table is not None and pmd_trans_huge(desc):  # the MMU's walk ends at a PMD block
             check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
+            self._record_entries(pmd_table.entries, pmd_index_in_table)
             pmd_table.entries[pmd_index_in_table] = (desc | update_set) & ~update_clear
             return pte_pfn(desc) + ((addr % PMD_SIZE) >> PAGE_SHIFT)
         table, index = _pte_entry_of(mm, addr)
@@ -453,10 +608,14 @@ class Machine:
             raise MachineBug(f"user access to an unmapped address {addr:#x}")
         check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
         if not desc & PTE_CONT:
+            if self.journal.recording:
+                self.journal.record_entries(table.entries, index)
             table.entries[index] = (desc | update_set) & ~update_clear
             return pte_pfn(desc)
         first = index - index % CONT_PTES
         span = slice(first, first + CONT_PTES)
+        if self.journal.recording:
+            self.journal.record_entries(table.entries, span)
         table.entries[span] = (table.entries[span] | np.uint64(update_set)) & ~np.uint64(update_clear)
         return pte_pfn(desc)
 
@@ -479,6 +638,8 @@ class Machine:
             if end - first == 1 and self._one_entry_keeps_block_canonical(table, first):
                 continue
             span = slice(first - first % CONT_PTES, -(-end // CONT_PTES) * CONT_PTES)
+            if self.journal.recording:
+                self.journal.record_entries(table.entries, span)
             if span.stop - span.start == CONT_PTES:
                 values = table.entries[span].tolist()  # one block, the common case: plain ints
                 if self._contpte_block_eligible(values):
@@ -576,4 +737,4 @@ class Machine:
         return (folded | ~cont.any(axis=1)) & (folded == self._contpte_eligible(blocks)) & (~folded | uniform)
 
 
-__all__ = ["Machine", "Pin", "PteRuns", "DEFAULT_NR_FRAMES"]
+__all__ = ["Machine", "Pin", "PteRuns", "DEFAULT_NR_FRAMES", "TRANSACTION_COPY_MAX_FRAMES"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from .arrays import any_set
 from .errors import MachineBug, check
+from .journal import Journal
 from .pgtable import (
     PAGE_SHIFT,
     PMD_SHIFT,
@@ -87,6 +88,7 @@ class PmdTable:
 
 
 PUD_SHIFT = 30
+PUD_SIZE = 1 << PUD_SHIFT
 
 
 def _vma_start(vma: VMA) -> int:
@@ -116,8 +118,9 @@ def pte_index(addr: int) -> int:
 class MM:
     """One process: VMAs, page tables, RSS counters and MMF_HAS_PINNED."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, journal: Journal | None = None) -> None:
         self.pid = pid
+        self.journal = journal  # the machine's undo journal, for the page-table tree's changes
         self.vmas: list[VMA] = []
         self.pgd: dict[int, dict[int, PmdTable]] = {}
         self.pte_tables: dict[int, PteTable] = {}  # by addr >> PMD_SHIFT: a flat index of the tree
@@ -129,6 +132,7 @@ class MM:
     def clone(self) -> MM:
         other = MM.__new__(MM)
         other.pid = self.pid
+        other.journal = None
         other.vmas = [VMA(v.start, v.end, v.writable, v.lineage) for v in self.vmas]
         other.pgd = {i: {j: pmd.clone() for j, pmd in pud.items()} for i, pud in self.pgd.items()}
         other.pte_tables = {table.base >> PMD_SHIFT: table for pmd_table in other.pmd_tables()
@@ -211,13 +215,32 @@ class MM:
         if pud is None:
             if not alloc:
                 return None
+            self._record_key(self.pgd, pgd_index(addr))
             pud = self.pgd[pgd_index(addr)] = {}
         table = pud.get(pud_index(addr))
         if table is None and alloc:
             base = addr & ~((1 << PUD_SHIFT) - 1)
+            self._record_key(pud, pud_index(addr))
+            self._record_key(self.pmd_tables_by_addr, addr >> PUD_SHIFT)
             table = pud[pud_index(addr)] = PmdTable(base)
+            self._new_table(table.entries)
             self.pmd_tables_by_addr[addr >> PUD_SHIFT] = table
         return table
+
+    def _record_key(self, mapping: dict, key: int) -> None:
+        """Tell an open journal that mapping[key] is about to be set or deleted."""
+        if self.journal is not None and self.journal.recording:
+            self.journal.record_key(mapping, key)
+
+    def _record_entry(self, table: PmdTable, index: int) -> None:
+        """Tell an open journal that table.entries[index] is about to be written."""
+        if self.journal is not None and self.journal.recording:
+            self.journal.record_entries(table.entries, index)
+
+    def _new_table(self, entries: np.ndarray) -> None:
+        """Tell an open journal that a page table with these entries was just made."""
+        if self.journal is not None and self.journal.recording:
+            self.journal.new_table(entries)
 
     @overload
     def pte_table(self, addr: int, alloc: Literal[True]) -> PteTable: ...
@@ -236,7 +259,11 @@ class MM:
         table = pmd_table.ptes.get(index)
         if table is None and alloc:
             check(pmd_table.entries[index] == 0, "PTE table requested under a PMD block")
+            self._record_key(pmd_table.ptes, index)
+            self._record_key(self.pte_tables, addr >> PMD_SHIFT)
+            self._record_entry(pmd_table, index)
             table = pmd_table.ptes[index] = PteTable(addr & ~((1 << PMD_SHIFT) - 1))
+            self._new_table(table.entries)
             self.pte_tables[addr >> PMD_SHIFT] = table
             pmd_table.entries[index] = PMD_TYPE_TABLE | (id(table) & ((1 << 36) - 1)) << PAGE_SHIFT
         return table
@@ -248,8 +275,22 @@ class MM:
         if pmd_table is None or index not in pmd_table.ptes:
             raise MachineBug(f"no PTE table at {addr:#x}")
         check(not any_set(pmd_table.ptes[index].entries), "freeing a populated PTE table")
+        self._record_key(pmd_table.ptes, index)
+        self._record_key(self.pte_tables, addr >> PMD_SHIFT)
         del pmd_table.ptes[index]
         del self.pte_tables[addr >> PMD_SHIFT]
+
+    def pmd_tables_in(self, start: int, end: int) -> list[PmdTable]:
+        """The PMD tables present that cover part of [start, end), ascending. A page-table
+        walk goes only where tables are (pgd_none and pud_none skip the rest), so its cost
+        follows the tables present, not the length of the range."""
+        first, last = start >> PUD_SHIFT, (end - 1) >> PUD_SHIFT
+        tables = self.pmd_tables_by_addr
+        if last - first < len(tables):
+            keys = [key for key in range(first, last + 1) if key in tables]
+        else:
+            keys = sorted(key for key in tables if first <= key <= last)
+        return [tables[key] for key in keys]
 
     def pmd_tables(self) -> Iterator[PmdTable]:
         for pgd_key in sorted(self.pgd):

@@ -37,21 +37,27 @@ class Kernel:
         return self.machine.processes[pid]
 
     def _transaction(self, operation: Callable[[], str]) -> str:
-        """Run operation; if it runs out of memory put the machine back exactly as it was
-        (SPEC §1). Its other failures come before it changes anything, or keep what it did
-        (pin's EFAULT, as __get_user_pages keeps the faults before the bad page)."""
-        snapshot = self.machine.snapshot()
-        result = operation()
+        """Run operation as a machine transaction; if it runs out of memory put the machine
+        back exactly as it was (SPEC §1). Its other failures come before it changes anything,
+        or keep what it did (pin's EFAULT, as __get_user_pages keeps the faults before the
+        bad page)."""
+        self.machine.transaction_begin()
+        try:
+            result = operation()
+        except BaseException:
+            self.machine.transaction_commit()  # a MachineBug: leave the state as the bug left it
+            raise
         if result == ENOMEM:
-            self.machine.restore(snapshot)
+            self.machine.transaction_rollback()
             return result
+        self.machine.transaction_commit()
         self.machine.contpte_canonicalise()
         return result
 
-    def _without_snapshot(self, operation: Callable[[], str]) -> str:
+    def _without_rollback(self, operation: Callable[[], str]) -> str:
         """Run an op that needs no rollback: every failure of it comes before it changes
         anything (mmap, unpin, read, split_pmd, split, fault on a none entry), or its failure keeps what was done
-        (munmap, dontneed, mprotect, exit, try_to_unmap). Saves a whole-machine copy."""
+        (munmap, dontneed, mprotect, exit, try_to_unmap). Saves a transaction."""
         result = operation()
         self.machine.contpte_canonicalise()
         return result
@@ -60,19 +66,19 @@ class Kernel:
 
     def mmap(self, pid: int, addr: int, length: int, prot: str) -> str:
         mm = self._mm(pid)
-        return self._without_snapshot(lambda: do_mmap(self.machine, mm, addr, length, prot == "rw"))
+        return self._without_rollback(lambda: do_mmap(self.machine, mm, addr, length, prot == "rw"))
 
     def munmap(self, pid: int, addr: int, length: int) -> str:
         mm = self._mm(pid)
-        return self._without_snapshot(lambda: do_munmap(self.machine, mm, addr, length))
+        return self._without_rollback(lambda: do_munmap(self.machine, mm, addr, length))
 
     def dontneed(self, pid: int, addr: int, length: int) -> str:
         mm = self._mm(pid)
-        return self._without_snapshot(lambda: madvise_dontneed(self.machine, mm, addr, length))
+        return self._without_rollback(lambda: madvise_dontneed(self.machine, mm, addr, length))
 
     def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str:
         mm = self._mm(pid)
-        return self._without_snapshot(
+        return self._without_rollback(
             lambda: do_mprotect_pkey(self.machine, mm, addr, length, prot == "rw"))
 
     # Faults and user accesses.
@@ -86,7 +92,7 @@ class Kernel:
             return EFAULT
         if pte_none(self.machine.lookup(mm, addr)[1]):
             # do_anonymous_page fails (ENOMEM) only before it maps anything.
-            return self._without_snapshot(lambda: handle_write_fault(self.machine, mm, vma, addr, order))
+            return self._without_rollback(lambda: handle_write_fault(self.machine, mm, vma, addr, order))
         return self._user_write(mm, vma, addr, value=None)
 
     def write(self, pid: int, addr: int, value: int) -> str:
@@ -98,7 +104,7 @@ class Kernel:
 
     def _user_write(self, mm: MM, vma, addr: int, value: int | None) -> str:
         """Write-fault addr in, then store value (None: the word already there, as `fault` does).
-        A present writable entry needs no fault, so nothing can fail and no snapshot is taken."""
+        A present writable entry needs no fault, so nothing can fail and no journal is kept."""
         entry = self.machine.lookup(mm, addr)[1]
         if not (pte_present(entry) and pte_write(entry)):
             result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, 0))
@@ -118,7 +124,7 @@ class Kernel:
         if pte_none(entry):
             return OK  # model: no zero page; reads 0 and maps nothing
         if is_swap_pte(entry):
-            result = self._without_snapshot(lambda: do_swap_page(self.machine, mm, vma, addr, write_fault=False))
+            result = self._without_rollback(lambda: do_swap_page(self.machine, mm, vma, addr, write_fault=False))
             if result != OK:
                 return result
         self.machine.user_read(mm, addr)
@@ -131,7 +137,7 @@ class Kernel:
         return self._transaction(lambda: pin_user_pages(self.machine, mm, addr, nr_pages, mode == "rw"))
 
     def unpin(self, pin_id: int) -> str:
-        return self._without_snapshot(lambda: unpin_user_pages(self.machine, pin_id))
+        return self._without_rollback(lambda: unpin_user_pages(self.machine, pin_id))
 
     # Processes.
 
@@ -141,7 +147,7 @@ class Kernel:
 
     def exit(self, pid: int) -> str:
         mm = self._mm(pid)
-        return self._without_snapshot(lambda: exit_mmap(self.machine, mm))
+        return self._without_rollback(lambda: exit_mmap(self.machine, mm))
 
     # Reclaim and splits: they act on the folio mapped at (pid, addr).
 
@@ -165,7 +171,7 @@ class Kernel:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
-        return self._without_snapshot(lambda: try_to_unmap(self.machine, folio))
+        return self._without_rollback(lambda: try_to_unmap(self.machine, folio))
 
     def split_pmd(self, pid: int, addr: int) -> str:
         mm = self._mm(pid)
@@ -175,10 +181,10 @@ class Kernel:
         haddr = addr & ~(PMD_SIZE - 1)
         if not pmd_trans_huge(self.machine.pmdp_get(mm, haddr)):
             return ENOENT
-        return self._without_snapshot(lambda: split_huge_pmd_locked(self.machine, mm, vma, haddr) or OK)
+        return self._without_rollback(lambda: split_huge_pmd_locked(self.machine, mm, vma, haddr) or OK)
 
     def split(self, pid: int, addr: int, order: int) -> str:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
-        return self._without_snapshot(lambda: split_huge_page_to_list_to_order(self.machine, folio, order))
+        return self._without_rollback(lambda: split_huge_page_to_list_to_order(self.machine, folio, order))

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from machine import MM, VMA, Machine, check
 from machine.errors import EBUSY, ENOMEM, OK
+from machine.mm import PUD_SIZE
 from machine.pgtable import (
     HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, is_swap_pte, pfn_pte, pmd_trans_huge,
     pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_none, pte_pfn, pte_present,
@@ -251,20 +252,25 @@ def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
             zap_swap_pte(machine, mm, addr)
 
 
-def pmd_ranges(start: int, end: int) -> Iterator[tuple[int, int, bool]]:
-    """Split [start, end) at PMD boundaries: (addr, next_addr, whether it is a whole PMD)."""
-    addr = start
-    while addr < end:
-        haddr = addr & ~(PMD_SIZE - 1)
-        next_addr = min(haddr + PMD_SIZE, end)
-        yield addr, next_addr, addr == haddr and next_addr == haddr + PMD_SIZE
-        addr = next_addr
+def pmd_ranges(machine: Machine, mm: MM, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+    """Split [start, end) at PMD boundaries: (addr, next_addr, whether it is a whole PMD),
+    for each PMD entry that maps something. As the kernel's walks, only the PMD tables
+    present are looked into, and a pmd_none entry is skipped."""
+    for pmd_table in mm.pmd_tables_in(start, end):
+        addr = max(start, pmd_table.base)
+        table_end = min(end, pmd_table.base + PUD_SIZE)
+        while addr < table_end:
+            haddr = addr & ~(PMD_SIZE - 1)
+            next_addr = min(haddr + PMD_SIZE, table_end)
+            if machine.pmdp_get(mm, haddr) != 0:
+                yield addr, next_addr, addr == haddr and next_addr == haddr + PMD_SIZE
+            addr = next_addr
 
 
 def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
     """Zap [start, end) of vma: a fully covered PMD block whole, a partial one split first."""
     check(vma.start <= start < end <= vma.end, "zap range leaves the VMA")
-    for addr, next_addr, whole_pmd in pmd_ranges(start, end):
+    for addr, next_addr, whole_pmd in pmd_ranges(machine, mm, start, end):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
             if whole_pmd:
@@ -344,16 +350,12 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
 
 def copy_page_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA) -> str:
     """Copy every mapping of src_vma to the child, in ascending address order."""
-    addr = src_vma.start
-    while addr < src_vma.end:
+    for addr, next_addr, _whole_pmd in pmd_ranges(machine, src_mm, src_vma.start, src_vma.end):
         haddr = addr & ~(PMD_SIZE - 1)
-        next_addr = min(haddr + PMD_SIZE, src_vma.end)
         if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)):
             if huge_memory.copy_huge_pmd(machine, dst_mm, src_mm, src_vma, haddr) == OK:
-                addr = next_addr
                 continue
         result = copy_pte_range(machine, dst_mm, dst_vma, src_mm, addr, next_addr)
         if result != OK:
             return result
-        addr = next_addr
     return OK

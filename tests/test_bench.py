@@ -18,6 +18,7 @@ from fuzz.errors import UsageError
 from fuzz.front import cli
 from fuzz.front.bench import (
     BASE,
+    DEFAULT_SIZES,
     SKIPPED,
     SizeResult,
     bench_json,
@@ -146,6 +147,23 @@ def test_bench_json_uses_batched_keys_whatever_the_impl() -> None:
     output = bench_json([result], "some_module")
     assert output["impl"] == "some_module"
     assert set(output["sizes"][0]) >= BENCH_KEYS and output["sizes"][0]["speedup"] == 4.0
+
+
+def test_bench_reports_each_implementations_time_per_page_and_the_ratio() -> None:
+    result = SizeResult(size=4 * M, ops=10, reference_s=2.048, impl_s=0.512, reference_peak_mib=3.0,
+                        impl_peak_mib=1.0)
+    size = bench_json([result], "batched")["sizes"][0]
+    assert size["reference_us_per_page"] == 2000.0 and size["batched_us_per_page"] == 500.0
+    assert size["speedup"] == 4.0
+    header, row = format_table([result], "batched").splitlines()
+    assert "reference us/page" in header and "batched us/page" in header
+    assert row.split()[:5] == ["4M", "10", "2.048", "0.512", "4.00x"]
+    assert row.split()[5:7] == ["2000.00", "500.00"]
+
+
+def test_default_sizes_reach_4g_on_a_machine_of_twice_its_pages() -> None:
+    assert parse_sizes(DEFAULT_SIZES) == [64 * M, 256 * M, 1024 * M, 4096 * M]
+    assert machine_frames(4096 * M) == 2 * (1 << 20) + 4096
 
 
 # ---------------------------------------------------------------------------

@@ -172,8 +172,8 @@ def test_expect_names_only_live_processes() -> None:
 
 
 def test_pins_outlive_their_process_in_expects() -> None:
-    steps = parse_script("exit P0\nunpin 0\nexpect pin 0 coherent=no\n").steps
-    assert steps[2] == Expect("pin", pin_id=0, keys=(("coherent", "no"),))
+    steps = parse_script("pin P0 0 1 rw\nexit P0\nunpin 0\nexpect pin 0 coherent=no\n").steps
+    assert steps[3] == Expect("pin", pin_id=0, keys=(("coherent", "no"),))
 
 
 @pytest.mark.parametrize("word", ["p0", "P", "P-1", "P+1", "Px", "P0x1", "P1_0", "0"])
@@ -299,6 +299,25 @@ def test_error_quotes_huge_tokens_briefly() -> None:
     assert error.message == f"unknown op '{'x' * 40}...'"
 
 
+@pytest.mark.parametrize("text", [
+    "frames 0x" + "f" * 200_000,
+    "frames " + "9" * 4000,
+    "read P0 0x" + "f" * 200_000,
+    "read P0 0x" + "f" * 199_999 + "1",
+    "mmap P0 0x0 0x" + "f" * 200_000 + "1",
+    "write P0 0x0 0x" + "f" * 200_000,
+    "fault P0 0x0 order=0x" + "f" * 200_000,
+    "read P" + "9" * 4000 + " 0x0",
+    "read P0 0x0 " + "9" * 200_000,
+    "pin P0 0 1 rw\nexpect pin 0x" + "f" * 200_000 + " value=1",
+])
+def test_error_caps_echoed_numbers(text: str) -> None:
+    """A 200,000-digit number is not echoed whole, whether the message quotes the token or
+    the number it parsed to."""
+    error = error_of(text)
+    assert len(error.message) < 150, error.message[:300]
+
+
 def test_error_escapes_control_characters() -> None:
     assert error_of("read\x00 P0 0x1000").message == "unknown op 'read\\x00'"
 
@@ -331,7 +350,7 @@ def test_expect_keys_keep_source_order() -> None:
 
 
 def test_pin_expect() -> None:
-    expect = only_step("expect pin 3 value=0xdeadbeef coherent=no")
+    expect = parse_script("pin P0 0 1 rw\n" * 4 + "expect pin 3 value=0xdeadbeef coherent=no").steps[-1]
     assert expect == Expect("pin", pin_id=3, keys=(("value", 0xDEADBEEF), ("coherent", "no")))
     assert {key for key, _ in expect.keys} == set(EXPECT_PIN_KEYS)
 
@@ -358,7 +377,7 @@ def test_result_expect_may_follow_other_expects() -> None:
     ("expect P0 0x1000 exclusive=maybe", 1, "bad value 'maybe' for exclusive (yes|no)"),
     ("expect P0 0x1000 state=none state=swap", 1, "expect key 'state' given twice"),
     ("expect P0 0x1000", 1, "expect needs at least one key=value"),
-    ("expect pin 0", 1, "expect needs at least one key=value"),
+    ("pin P0 0 1 rw\nexpect pin 0", 2, "expect needs at least one key=value"),
     ("expect pin", 1, "expect pin needs a pin id"),
     ("expect pin x value=1", 1, "bad number 'x'"),
     ("expect P0", 1, "expect P0 needs an address"),
@@ -370,7 +389,7 @@ def test_result_expect_may_follow_other_expects() -> None:
     ("expect P0 0x1000 =yes", 1, "expected key=value, got '=yes'"),
     ("expect P0 0x1000 coherent=yes", 1, "expect key 'coherent' is not valid for an entry expect"),
     ("expect P0 0x1000 result=ok", 1, "expect key 'result' is not valid for an entry expect"),
-    ("expect pin 0 state=none", 1, "expect key 'state' is not valid for expect pin"),
+    ("pin P0 0 1 rw\nexpect pin 0 state=none", 2, "expect key 'state' is not valid for expect pin"),
     ("read P0 0\nexpect result=ok value=1", 2, "expect key 'value' is not valid for expect result"),
     ("read P0 0\nexpect result=ok result=ok", 2, "expect key 'result' given twice"),
     ("read P0 0\nexpect result=EPERM", 2,
@@ -383,7 +402,10 @@ def test_result_expect_may_follow_other_expects() -> None:
      "bad value '0x10000000000000000' for value (0..2^64-1)"),
     ("expect P0 0x1000 value=", 1, "bad value '' for value (0..2^64-1)"),
     ("expect P0 0x1000 same-page=1", 1, "bad value '1' for same-page (Pn)"),
-    ("expect pin 0 coherent=1", 1, "bad value '1' for coherent (yes|no)"),
+    ("pin P0 0 1 rw\nexpect pin 0 coherent=1", 2, "bad value '1' for coherent (yes|no)"),
+    ("expect pin 0 value=1", 1, "expect pin 0 names a pin id never issued (0 pin ops come before it)"),
+    ("pin P0 0 1 rw\nexpect pin 1 value=1", 2,
+     "expect pin 1 names a pin id never issued (1 pin ops come before it)"),
 ])
 def test_bad_expect_is_an_error(text: str, line: int, message: str) -> None:
     assert_error(text, line, message)
@@ -520,6 +542,7 @@ def random_script(rng: random.Random) -> Script:
     """A valid random script built from the data model, tracking live processes."""
     live, next_child, steps = [0], 1, []
     have_op = False
+    nr_pin_ops = 0
 
     def addr() -> int:
         return rng.choice([0, 0x1000, 0x200000, rng.randrange(1 << 35) << 12])  # room below 2^48
@@ -530,11 +553,12 @@ def random_script(rng: random.Random) -> Script:
         process = rng.choice(live)
         name = rng.choice(OP_NAMES + ("expect",) * 3)
         if name == "expect":
-            kind = rng.choice(["entry", "pin", "result"] if have_op else ["entry", "pin"])
+            kind = rng.choice(["entry", "result"] if have_op else ["entry"]
+                              + (["pin"] if nr_pin_ops else []))
             if kind == "result":
                 steps.append(Expect("result", keys=(("result", rng.choice(RESULT_NAMES)),)))
             elif kind == "pin":
-                steps.append(Expect("pin", pin_id=rng.randrange(5),
+                steps.append(Expect("pin", pin_id=rng.randrange(nr_pin_ops),
                                     keys=(("coherent", "yes"), ("value", rng.randrange(1 << 64)))))
             else:
                 keys = rng.sample([("state", "swap"), ("order", 9), ("mapcount", 0),
@@ -557,6 +581,7 @@ def random_script(rng: random.Random) -> Script:
             op = Op(name, process, va, value=rng.randrange(1 << 64))
         elif name == "pin":
             op = Op(name, process, va, nr_pages=rng.randrange(600), prot=rng.choice(["rw", "ro"]))
+            nr_pin_ops += 1
         elif name == "unpin":
             op = Op(name, pin_id=rng.randrange(10))
         elif name == "fork":

@@ -26,7 +26,7 @@ from fuzz.judge import runner
 from fuzz.judge.compare import MAX_DIFFERENCES, compare_machines
 from fuzz.judge.expects import check_expect
 from fuzz.judge.runner import Finding, run_script
-from fuzz.script.ops import Script, ScriptError, parse_script
+from fuzz.script.ops import Expect, Script, ScriptError, parse_script
 from machine import VMA, Machine
 from machine.errors import EFAULT, ENOMEM, OK, MachineBug
 from machine.pgtable import (
@@ -449,7 +449,9 @@ def test_difference_list_is_capped():
 
 
 def expect(text):
-    [step] = parse_script(text).steps
+    """The one expect of text; an expect pin follows a pin op, as the parser asks."""
+    *pins, step = parse_script(text if not text.startswith("expect pin") else "pin P0 0 1 rw\n" + text).steps
+    assert len(pins) <= 1
     return step
 
 
@@ -527,7 +529,7 @@ def test_expect_pin():
     assert check_expect(machine, expect("expect pin 0 value=7 coherent=yes"), OK) == []
     machine.set_pte_at(mm, 0x200000, 0)
     assert check_expect(machine, expect("expect pin 0 coherent=no"), OK) == []
-    [failure] = check_expect(machine, expect("expect pin 1 value=7"), OK)
+    [failure] = check_expect(machine, Expect("pin", pin_id=1, keys=(("value", 7),)), OK)
     assert failure == "pin 1: value=7: never issued"
     machine.pin_remove(0)
     [failure] = check_expect(machine, expect("expect pin 0 value=7"), OK)
@@ -557,6 +559,34 @@ def one_error_line(capsys):
     lines = err.splitlines()
     assert len(lines) == 1, err
     return lines[0]
+
+
+def test_expect_of_a_pin_whose_pin_op_failed_is_a_script_error() -> None:
+    """The parser lets `expect pin 0` follow a pin op; the pin failed, so no id 0 was issued."""
+    script = parse_script("frames 16\nmmap P0 0x200000 2M\npin P0 0x200000 17 rw\n"
+                          "expect result=ENOMEM\nexpect pin 0 value=0\n", "p.ops")
+    with pytest.raises(ScriptError) as info:
+        run_script(script, "batched", "reference")
+    assert str(info.value) == "p.ops:5: expect pin 0 names a pin id never issued (0 pins issued)"
+
+
+def test_cli_expect_of_a_pin_never_issued_is_exit_2_with_file_and_line(tmp_path, capsys):
+    path = write_file(tmp_path, "pin.ops", "mmap P0 0x200000 2M\npin P0 0x200000 1 rw\nexpect pin 1 value=0\n")
+    assert cli.main(["replay", path]) == 2
+    assert one_error_line(capsys) == (f"rmapfuzz: {path}:3: expect pin 1 names a pin id never issued "
+                                      "(1 pin ops come before it)")
+
+
+def test_cli_caps_a_huge_token_in_its_error(capsys):
+    assert cli.main(["fuzz", "--runs", "9" * 200_000]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("rmapfuzz: argument --runs: invalid int value: '9999") and len(line) < 120
+    assert cli.main(["fuzz", "--runs", "-" + "9" * 4000]) == 2
+    assert len(one_error_line(capsys)) < 120
+    assert cli.main(["bench", "--sizes", "9" * 200_000 + "M"]) == 2
+    assert len(one_error_line(capsys)) < 120
+    assert cli.main(["replay", "--impl", "x" * 200_000, "none.ops"]) == 2
+    assert len(one_error_line(capsys)) < 300
 
 
 def test_cli_malformed_script_is_exit_2_with_one_line(tmp_path, capsys):

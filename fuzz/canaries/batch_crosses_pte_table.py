@@ -8,7 +8,7 @@ from . import load_batched_copy, plant
 batched = load_batched_copy(__name__ + "_batched")
 
 
-def pmd_ranges(start, end):
+def pmd_ranges(mm, start, end):
     addr = start
     while addr < end:
         next_addr = min(addr + PMD_SIZE, end)  # planted: not pmd_addr_end()

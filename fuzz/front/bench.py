@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from fuzz.errors import UsageError
+from fuzz.errors import UsageError, quote_token, shown_number
 from fuzz.implementation import (
     DEFAULT_IMPL,
     OP_DISPATCH,
@@ -47,7 +47,7 @@ from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
 log = structlog.get_logger()
 
-DEFAULT_SIZES = "64M,256M,1G"
+DEFAULT_SIZES = "64M,256M,1G,4G"
 
 MTHP_ORDER = 4
 MTHP_SIZE = PAGE_SIZE << MTHP_ORDER
@@ -66,6 +66,7 @@ SAMPLE_INTERVAL = 0.005            # seconds between RSS samples
 REPORT_DIFFERENCES = 5             # state differences shown per size
 IMPL_RUNS = 3                      # the implementation's time is the median of this many runs
 MIB = 1 << 20
+MAX_SIZE_DIGITS = 20               # more digits than any size below the VA limit (int() refuses 4,300)
 
 
 # ---------------------------------------------------------------------------
@@ -75,8 +76,8 @@ MIB = 1 << 20
 def parse_size(text: str) -> int:
     """One size, digits then K, M or G: bytes; UsageError unless a positive multiple of 2 MiB."""
     digits, unit = text[:-1], SIZE_UNITS.get(text[-1:].upper())
-    if unit is None or not digits.isascii() or not digits.isdigit():
-        raise UsageError(f"bad size {text!r}: write a number with K, M or G, e.g. 64M")
+    if unit is None or not digits.isascii() or not digits.isdigit() or len(digits) > MAX_SIZE_DIGITS:
+        raise UsageError(f"bad size {quote_token(text)}: write a number with K, M or G, e.g. 64M")
     size = int(digits) * unit
     check_size(size, text)
     return size
@@ -84,7 +85,7 @@ def parse_size(text: str) -> int:
 
 def check_size(size: int, text: str = "") -> None:
     """UsageError unless size is a positive multiple of 2 MiB whose mapping fits the VA space."""
-    name = repr(text or str(size))
+    name = quote_token(text) if text else shown_number(size)
     if size <= 0 or size % PMD_SIZE:
         raise UsageError(f"bad size {name}: not a positive multiple of 2M")
     if BASE + size > TASK_SIZE:
@@ -284,22 +285,24 @@ def _run_ops(kernel: Any, machine: Machine, ops: Sequence[Op], results: list[str
 def run_workload(implementation: Any, name: str, ops: Sequence[Op], nr_frames: int) -> ImplementationRun:
     """ops on a fresh Machine(nr_frames) with implementation.Kernel: results, seconds, peak RSS.
 
-    Only the kernel calls are timed. A kernel exception stops the run and is
-    kept in `error` (a finding, as in replay), not raised.
+    Only the kernel calls are timed, in CPU time of the thread running them: on a shared
+    machine a neighbour's load lengthens the wall-clock time, not this (it is logged too).
+    A kernel exception stops the run and is kept in `error` (a finding, as in replay), not
+    raised.
     """
     _release_free_memory()
     machine = Machine(nr_frames)
     results: list[str] = []
     error = ""
     with _PeakRss() as rss:
-        start = time.perf_counter()
+        start, wall_start = time.thread_time(), time.perf_counter()
         try:
             kernel = implementation.Kernel(machine)
             _run_ops(kernel, machine, ops, results)
         except Exception:  # noqa: BLE001 - any kernel exception is a finding
             error = traceback.format_exc().rstrip()
-        seconds = time.perf_counter() - start
-    log.info("bench_run", impl=name, ops=len(results), seconds=round(seconds, 3),
+        seconds, wall_seconds = time.thread_time() - start, time.perf_counter() - wall_start
+    log.info("bench_run", impl=name, ops=len(results), seconds=round(seconds, 3), wall_seconds=round(wall_seconds, 3),
              peak_mib=round(rss.peak_mib, 1), skipped=results.count(SKIPPED), raised=bool(error))
     return ImplementationRun(name, machine, results, seconds, rss.peak_mib, error)
 
@@ -327,7 +330,23 @@ class SizeResult:
 
     @property
     def speedup(self) -> float:
+        """The reference's time over the implementation's: the ratio at this size."""
         return self.reference_s / self.impl_s if self.impl_s > 0 else float("inf")
+
+    @property
+    def nr_pages(self) -> int:
+        """The pages of the workload's mapping."""
+        return self.size // PAGE_SIZE
+
+    @property
+    def reference_us_per_page(self) -> float:
+        """The reference's time per page of the mapping, in microseconds: flat when it grows linearly."""
+        return self.reference_s * 1e6 / self.nr_pages
+
+    @property
+    def impl_us_per_page(self) -> float:
+        """The implementation's time per page of the mapping, in microseconds."""
+        return self.impl_s * 1e6 / self.nr_pages
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form; the implementation's keys are batched_* whatever it is."""
@@ -335,6 +354,8 @@ class SizeResult:
             "size": format_size(self.size), "ops": self.ops,
             "reference_s": round(self.reference_s, 4), "batched_s": round(self.impl_s, 4),
             "speedup": round(self.speedup, 3) if self.impl_s > 0 else None,
+            "reference_us_per_page": round(self.reference_us_per_page, 3),
+            "batched_us_per_page": round(self.impl_us_per_page, 3),
             "reference_peak_mib": round(self.reference_peak_mib, 1),
             "batched_peak_mib": round(self.impl_peak_mib, 1),
             "skipped": self.skipped, "ok": self.ok,
@@ -426,12 +447,12 @@ def bench_json(results: Sequence[SizeResult], impl: str) -> dict[str, Any]:
 def format_table(results: Sequence[SizeResult], impl: str) -> str:
     """One row per size, then the report of every size whose runs differ."""
     ref_name, impl_name = _side_names(impl)
-    header = ("size", "ops", f"{ref_name} s", f"{impl_name} s", "speedup", f"{ref_name} MiB",
-              f"{impl_name} MiB", "")
+    header = ("size", "ops", f"{ref_name} s", f"{impl_name} s", "speedup", f"{ref_name} us/page",
+              f"{impl_name} us/page", f"{ref_name} MiB", f"{impl_name} MiB", "")
     rows = [header] + [
         (format_size(result.size), str(result.ops), f"{result.reference_s:.3f}", f"{result.impl_s:.3f}",
-         f"{result.speedup:.2f}x", f"{result.reference_peak_mib:.1f}", f"{result.impl_peak_mib:.1f}",
-         "" if result.ok else "DIFFERS")
+         f"{result.speedup:.2f}x", f"{result.reference_us_per_page:.2f}", f"{result.impl_us_per_page:.2f}",
+         f"{result.reference_peak_mib:.1f}", f"{result.impl_peak_mib:.1f}", "" if result.ok else "DIFFERS")
         for result in results]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import structlog
 
 from fuzz.atomic import write_atomically, write_atomically_bytes
-from fuzz.errors import UsageError
+from fuzz.errors import QUOTE_LIMIT, UsageError, quote_token, shown_number
 from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
 from fuzz.logs import configure_logging
 from fuzz.script.ops import Script, ScriptError, parse_file
@@ -37,11 +38,14 @@ EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
 log = structlog.get_logger()
 
 
+_ARGPARSE_TOKEN = re.compile(rf"'([^']{{{QUOTE_LIMIT + 1},}})'")   # a long token argparse quotes
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of printing usage and exiting."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        raise UsageError(_ARGPARSE_TOKEN.sub(lambda token: quote_token(token.group(1)), message))
 
 
 # ---------------------------------------------------------------------------
@@ -123,7 +127,7 @@ def _command_minimize(args: argparse.Namespace) -> int:
 
     script = _load_input(args.file)
     if args.max_runs is not None and args.max_runs < 1:
-        raise UsageError(f"--max-runs must be positive, not {args.max_runs}")
+        raise UsageError(f"--max-runs must be positive, not {shown_number(args.max_runs)}")
     load_implementation(REFERENCE_IMPL)
     module = load_implementation(args.impl)
     minimized = minimize_script(script, module, REFERENCE_IMPL, args.max_runs or MAX_RUNS)
@@ -169,11 +173,11 @@ def _command_fuzz(args: argparse.Namespace) -> int:
 
     for name, value in (("--time", args.time), ("--runs", args.runs), ("--jobs", args.jobs)):
         if value is not None and value < 1:
-            raise UsageError(f"{name} must be positive, not {value}")
+            raise UsageError(f"{name} must be positive, not {shown_number(value)}")
     extra = args.libfuzzer[1:] if args.libfuzzer[:1] == ["--"] else args.libfuzzer
     bad = [flag for flag in extra if not flag.startswith("-")]
     if bad:
-        raise UsageError(f"libFuzzer flags start with '-': {bad[0]!r}")
+        raise UsageError(f"libFuzzer flags start with '-': {quote_token(bad[0])}")
     summary = run_campaign(args.corpus or [DEFAULT_CORPUS], impl=args.impl, seconds=args.time,
                            runs=args.runs, jobs=args.jobs, seed=args.seed, crash_dir=args.crashes,
                            extra_flags=extra, progress=None if args.json else _show_progress)
@@ -212,10 +216,10 @@ def _command_selftest(args: argparse.Namespace) -> int:
     from fuzz.engine.campaign import selftest
 
     if args.budget < 1:
-        raise UsageError(f"--budget must be positive, not {args.budget}")
+        raise UsageError(f"--budget must be positive, not {shown_number(args.budget)}")
     unknown = [name for name in args.canary or [] if name not in CANARIES]
     if unknown:
-        raise UsageError(f"unknown canary {unknown[0]!r} (known: {', '.join(CANARIES)})")
+        raise UsageError(f"unknown canary {quote_token(unknown[0])} (known: {', '.join(CANARIES)})")
     if args.empty_corpus:
         import tempfile
 
@@ -258,7 +262,7 @@ def _command_gate(args: argparse.Namespace) -> int:
 
     for name, value in (("--fuzz-time", args.fuzz_time), ("--selftest-budget", args.selftest_budget)):
         if value < 1:
-            raise UsageError(f"{name} must be positive, not {value}")
+            raise UsageError(f"{name} must be positive, not {shown_number(value)}")
     load_implementation(args.impl)
     corpus = sorted(glob.glob("corpus/seeds/*.ops") + glob.glob("corpus/crashes/*/reproducer.ops")
                     + glob.glob("corpus/crashes/*/input.bin"))
@@ -398,7 +402,7 @@ def _command_bench(args: argparse.Namespace) -> int:
     load_implementation(REFERENCE_IMPL)
     load_implementation(args.impl)
     if args.fuzz_seconds < 0:
-        raise UsageError(f"--fuzz-seconds must not be negative, not {args.fuzz_seconds}")
+        raise UsageError(f"--fuzz-seconds must not be negative, not {shown_number(args.fuzz_seconds)}")
     results = run_bench(sizes, impl=args.impl, seed=args.seed)
     fuzz_loop = run_default_campaign(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
     if args.json:

@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from fuzz.errors import quote_token
 from fuzz.implementation import (
     OP_DISPATCH,
     REFERENCE_IMPL,
@@ -78,7 +79,7 @@ def _resolve(impl: str | Any) -> _Implementation:
     if isinstance(impl, str):
         return _Implementation(impl, load_implementation(impl))
     name = getattr(impl, "__name__", type(impl).__name__)
-    return _Implementation(name, checked_implementation(impl, repr(impl)))
+    return _Implementation(name, checked_implementation(impl, quote_token(str(impl))))
 
 
 # ---------------------------------------------------------------------------
@@ -407,6 +408,11 @@ class _Run:
         return self._finding(FindingKind.EXPECT, first_key, details, step_index, expect, failing, last_op=last_op)
 
     def _check_expect_processes(self, expect: Expect) -> None:
+        """An expect naming a process that does not exist or a pin id never issued (on the
+        reference) is a script error, not a finding (SPEC §3, §4)."""
+        if expect.kind == "pin" and expect.pin_id is not None and expect.pin_id >= self.ref.machine.nr_pins:
+            raise ScriptError(self.script.path, expect.line, f"expect pin {expect.pin_id} names a pin id never issued "
+                              f"({self.ref.machine.nr_pins} pins issued)")
         processes: list[int | str | None] = [expect.process] if expect.kind == "entry" else []
         processes += [value for key, value in expect.keys if key in ("same-page", "distinct-page")]
         for process in processes:

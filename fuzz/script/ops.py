@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fuzz.errors import quote_token, shown_number
 from fuzz.implementation import OP_NAMES, ORDER_OPS, PROCESS_OPS, PROT_OPS, RANGE_OPS, RESULT_NAMES
 from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SIZE, TASK_SIZE
 
@@ -99,16 +100,6 @@ _DECIMAL_DIGITS = frozenset("0123456789")
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _LENGTH_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30,
                  "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-_QUOTE_LIMIT = 40
-
-
-def _quote(token: str) -> str:
-    """Quote a token for an error message: escaped, and cut short if a fuzzer made it huge."""
-    if len(token) > _QUOTE_LIMIT:
-        token = token[:_QUOTE_LIMIT] + "..."
-    return repr(token)
-
-
 def _decimal(text: str) -> int | None:
     """ASCII decimal digits only: int() would also take '+', '_', spaces and other scripts' digits."""
     if not text or not _DECIMAL_DIGITS.issuperset(text):
@@ -132,7 +123,7 @@ def _number(text: str) -> int | None:
 def _parse_number(text: str) -> int:
     number = _number(text)
     if number is None:
-        raise _LineError(f"bad number {_quote(text)}")
+        raise _LineError(f"bad number {quote_token(text)}")
     return number
 
 
@@ -144,19 +135,21 @@ def _parse_process_number(text: str) -> int | None:
 
 
 class _Processes:
-    """Which processes are live at the current line: the static mirror of fork and exit."""
+    """Which processes are live at the current line: the static mirror of fork and exit;
+    and how many pin ops came before it (pin ids below that may have been issued)."""
 
     def __init__(self) -> None:
         self.live = {0}
         self.next_child = 1     # lowest number never used; numbers are never reused
+        self.nr_pin_ops = 0
 
     def parse(self, text: str) -> int:
         """The number of a live process written as "Pn"."""
         process = _parse_process_number(text)
         if process is None:
-            raise _LineError(f"bad process {_quote(text)}")
+            raise _LineError(f"bad process {quote_token(text)}")
         if process not in self.live:
-            raise _LineError(f"unknown process P{process}")
+            raise _LineError(f"unknown process P{shown_number(process)}")
         return process
 
     def fork(self) -> None:
@@ -171,9 +164,9 @@ def _parse_addr(text: str) -> int:
     """A page-aligned user address below 2^48."""
     addr = _parse_number(text)
     if addr % PAGE_SIZE:
-        raise _LineError(f"address {addr:#x} is not 4 KiB aligned")
+        raise _LineError(f"address {shown_number(addr, hex_form=True)} is not 4 KiB aligned")
     if addr >= TASK_SIZE:
-        raise _LineError(f"address {addr:#x} is not below 2^48")
+        raise _LineError(f"address {shown_number(addr, hex_form=True)} is not below 2^48")
     return addr
 
 
@@ -182,12 +175,12 @@ def _parse_length(text: str) -> int:
     unit = _LENGTH_UNITS.get(text[-1:], 1)
     number = _number(text[:-1] if unit != 1 else text)
     if number is None:
-        raise _LineError(f"bad length {_quote(text)}")
+        raise _LineError(f"bad length {quote_token(text)}")
     length = number * unit
     if length == 0:
         raise _LineError("length must be positive")
     if length % PAGE_SIZE:
-        raise _LineError(f"length {length:#x} is not 4 KiB aligned")
+        raise _LineError(f"length {shown_number(length, hex_form=True)} is not 4 KiB aligned")
     return length
 
 
@@ -199,17 +192,17 @@ def _check_range_end(end: int) -> None:
 def _parse_prot(text: str, what: str) -> str:
     prot = text.lower()
     if prot not in ("rw", "ro"):
-        raise _LineError(f"bad {what} {_quote(text)} (rw|ro)")
+        raise _LineError(f"bad {what} {quote_token(text)} (rw|ro)")
     return prot
 
 
 def _parse_order(text: str) -> int:
     """The `order=K` argument of fault and split: any K in 0..63 (the kernel checks 0..9)."""
     if not text.startswith("order="):
-        raise _LineError(f"expected order=K, got {_quote(text)}")
+        raise _LineError(f"expected order=K, got {quote_token(text)}")
     order = _parse_number(text[len("order="):])
     if order > ORDER_ARG_LIMIT:
-        raise _LineError(f"order {order} out of range 0..{ORDER_ARG_LIMIT}")
+        raise _LineError(f"order {shown_number(order)} out of range 0..{ORDER_ARG_LIMIT}")
     return order
 
 
@@ -217,7 +210,7 @@ def _parse_value(text: str) -> int:
     """A 64-bit data word."""
     value = _parse_number(text)
     if value >= VALUE_LIMIT:
-        raise _LineError(f"value {value:#x} out of range 0..2^64-1")
+        raise _LineError(f"value {shown_number(value, hex_form=True)} out of range 0..2^64-1")
     return value
 
 
@@ -277,6 +270,7 @@ def _op_pin(name: str, args: list[str], processes: _Processes) -> Op:
     nr_pages = _parse_number(args[2])
     _check_range_end(addr + nr_pages * PAGE_SIZE)
     mode = _parse_prot(args[3], "pin mode")
+    processes.nr_pin_ops += 1
     return Op(name, process=process, addr=addr, nr_pages=nr_pages, prot=mode)
 
 
@@ -392,18 +386,18 @@ def _parse_keys(words: list[str], kind: str, syntax: dict[str, _KeyParser],
     for word in words:
         key, equals, text = word.partition("=")
         if not key or not equals:
-            raise _LineError(f"expected key=value, got {_quote(word)}")
+            raise _LineError(f"expected key=value, got {quote_token(word)}")
         if key not in _ALL_EXPECT_KEYS:
-            raise _LineError(f"unknown expect key {_quote(key)}")
+            raise _LineError(f"unknown expect key {quote_token(key)}")
         if key not in syntax:
-            raise _LineError(f"expect key {_quote(key)} is not valid for {_KIND_PHRASE[kind]}")
+            raise _LineError(f"expect key {quote_token(key)} is not valid for {_KIND_PHRASE[kind]}")
         if key in seen:
-            raise _LineError(f"expect key {_quote(key)} given twice")
+            raise _LineError(f"expect key {quote_token(key)} given twice")
         seen.add(key)
         parse, expected = syntax[key]
         value = parse(text)
         if value is None:
-            raise _LineError(f"bad value {_quote(text)} for {key} ({expected})")
+            raise _LineError(f"bad value {quote_token(text)} for {key} ({expected})")
         if key in _PROCESS_KEYS:
             value = processes.parse(text)     # must name a live process, like any Pn
         keys.append((key, value))
@@ -418,11 +412,14 @@ def _parse_expect(args: list[str], processes: _Processes) -> Expect:
     if first.startswith("result="):
         return Expect("result", keys=_parse_keys(args, "result", _RESULT_KEY_SYNTAX, processes))
     if "=" in first:
-        raise _LineError(f"expect needs 'P va', 'pin ID' or 'result=' before {_quote(first)}")
+        raise _LineError(f"expect needs 'P va', 'pin ID' or 'result=' before {quote_token(first)}")
     if first == "pin":
         if len(args) < 2:
             raise _LineError("expect pin needs a pin id")
         pin_id = _parse_number(args[1])
+        if pin_id >= processes.nr_pin_ops:
+            raise _LineError(f"expect pin {shown_number(pin_id)} names a pin id never issued "
+                             f"({processes.nr_pin_ops} pin ops come before it)")
         return Expect("pin", pin_id=pin_id,
                       keys=_parse_keys(args[2:], "pin", _PIN_KEY_SYNTAX, processes))
     process = processes.parse(first)
@@ -442,7 +439,7 @@ def _parse_frames(args: list[str]) -> int:
         raise _LineError(_arity_message("frames", 1, 1, len(args)))
     frames = _parse_number(args[0])
     if not 1 <= frames <= FRAMES_LIMIT:
-        raise _LineError(f"frames {frames} out of range 1..{FRAMES_LIMIT}")
+        raise _LineError(f"frames {shown_number(frames)} out of range 1..{FRAMES_LIMIT}")
     return frames
 
 
@@ -478,7 +475,7 @@ def parse_script(text: str, path: str = "<string>") -> Script:
             else:
                 syntax = _OP_SYNTAX.get(name)
                 if syntax is None:
-                    raise _LineError(f"unknown op {_quote(name)}")
+                    raise _LineError(f"unknown op {quote_token(name)}")
                 fewest, most, parse_op = syntax
                 if not fewest <= len(args) <= most:
                     raise _LineError(_arity_message(name, fewest, most, len(args)))

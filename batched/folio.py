@@ -79,5 +79,27 @@ def page_mapcount(machine: Machine, pages: np.ndarray) -> np.ndarray:
     return frames.page_mapcount[pages] + frames.folio_entire_mapcount[frames.page_folio[pages]]
 
 
+def PageAnonExclusive(machine: Machine, page: int) -> bool:  # noqa: N802 (kernel name)
+    return machine.frames.page_anon_exclusive.item(page)
+
+
+def SetPageAnonExclusive(machine: Machine, page: int) -> None:  # noqa: N802
+    machine.frames.page_anon_exclusive[page] = True
+
+
+def ClearPageAnonExclusive(machine: Machine, page: int) -> None:  # noqa: N802
+    machine.frames.page_anon_exclusive[page] = False
+
+
+def SetPagesAnonExclusive(machine: Machine, pages: np.ndarray | slice) -> None:  # noqa: N802
+    """SetPageAnonExclusive on every page of pages (an array of pfns or a slice of them)."""
+    machine.frames.page_anon_exclusive[pages] = True
+
+
+def ClearPagesAnonExclusive(machine: Machine, pages: np.ndarray | slice) -> None:  # noqa: N802
+    """ClearPageAnonExclusive on every page of pages (an array of pfns or a slice of them)."""
+    machine.frames.page_anon_exclusive[pages] = False
+
+
 def copy_user_pages(machine: Machine, dst: np.ndarray, src: np.ndarray) -> None:
     machine.frames.page_data[dst] = machine.frames.page_data[src]

@@ -36,7 +36,7 @@ def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> 
     folio = machine.frames.folio_alloc(0)
     if folio is None:
         return ENOMEM
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
     machine.set_pte_at(mm, addr, mk_pte(folio, vma))
     mm.rss_anon += 1
     return OK

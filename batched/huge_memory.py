@@ -1,6 +1,6 @@
 """PMD-mapped THPs and folio split, as mm/huge_memory.c, batched.
 
-A PMD split maps all 512 PTEs with one set_ptes and one folio_add_anon_rmap_ptes;
+A PMD split maps all 512 PTEs with one set_ptes and one folios_add_anon_rmap_ptes;
 a folio split unmaps and remaps every mapping of one process VMA at once.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from machine import MM, VMA, Machine, PteRuns, all_set, check
-from machine.errors import EAGAIN, EINVAL, OK
+from machine.errors import EAGAIN, EBUSY, EINVAL, OK
 from machine.pgtable import (
     HPAGE_PMD_NR,
     PAGE_SHIFT,
@@ -36,12 +36,12 @@ from machine.pgtable import (
 from .folio import folio_put
 from .internal import add_at, set_pte_values, totals_by_value
 from .rmap import (
-    folio_add_anon_rmap_ptes,
     folio_add_new_anon_rmap,
     folio_remove_rmap_pmd,
-    folio_remove_rmap_ptes,
     folio_try_dup_anon_rmap_pmd,
+    folios_add_anon_rmap_ptes,
     folios_add_return_large_mapcount,
+    folios_remove_rmap_ptes,
     rmap_walk_vmas,
 )
 
@@ -59,7 +59,7 @@ def maybe_pmd_mkwrite(pmd: int, vma: VMA) -> int:
 def map_anon_folio_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, folio: int) -> None:
     """Map a fresh order-9 folio with one PMD block, writable and dirty, head exclusive."""
     check(machine.frames.folio_nr_pages(folio) == HPAGE_PMD_NR, "PMD mapping of a non-PMD folio")
-    folio_add_new_anon_rmap(machine, folio, mm, vma, haddr)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, haddr, exclusive=True)
     machine.set_pmd_at(mm, haddr, maybe_pmd_mkwrite(pte_mkdirty(mk_huge_pmd(folio, vma)), vma))
     mm.rss_anon += HPAGE_PMD_NR
 
@@ -111,7 +111,7 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
     anon_exclusive = bool(frames.page_anon_exclusive[folio])
     frames.folio_refcount[folio] += HPAGE_PMD_NR - 1
     frames.page_anon_exclusive[folio:folio + HPAGE_PMD_NR] = anon_exclusive
-    folio_add_anon_rmap_ptes(machine, np.array([folio]), np.array([folio]), np.array([HPAGE_PMD_NR]), mm,
+    folios_add_anon_rmap_ptes(machine, np.array([folio]), np.array([folio]), np.array([HPAGE_PMD_NR]), mm,
                              np.array([anon_exclusive]))
     entry = int(split_entries(pmd, folio, vma))
     machine.set_ptes(mm, haddr, entry, HPAGE_PMD_NR)
@@ -125,7 +125,7 @@ def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr:
     check(pmd_trans_huge(pmd), "copy_huge_pmd without a PMD block at %#x", haddr)
     folio = int(pte_pfn(pmd))
     machine.frames.folio_refcount[folio] += 1
-    if not folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm):
+    if folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm) == EBUSY:
         folio_put(machine, folio)
         split_huge_pmd_locked(machine, src_mm, src_vma, haddr)
         return FALLBACK
@@ -189,7 +189,7 @@ def unmap_folio_range(machine: Machine, folio: int, mm: MM, vma: VMA, start: int
     if len(mapped):
         index = ((start - haddr) >> PAGE_SHIFT) + mapped
         machine.clear_full_ptes_runs(mm, PteRuns(haddr, index, np.ones(len(index), np.int64)))
-        folio_remove_rmap_ptes(machine, np.full(len(mapped), folio), pages[mapped],
+        folios_remove_rmap_ptes(machine, np.full(len(mapped), folio), pages[mapped],
                                np.ones(len(mapped), np.int64), mm)
         frames.folio_refcount[folio] -= len(mapped)
     return mappings

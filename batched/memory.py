@@ -46,11 +46,12 @@ from .internal import (
     swap_pte_batch,
 )
 from .rmap import (
+    BusyPerBatch,
     folio_add_new_anon_rmap,
     folio_remove_rmap_pte,
-    folio_remove_rmap_ptes,
-    folio_try_dup_anon_rmap_ptes,
     folios_add_new_anon_rmap_order0,
+    folios_remove_rmap_ptes,
+    folios_try_dup_anon_rmap_ptes,
 )
 from .swap import free_swap_and_cache_nr, swap_duplicate_nr, swap_free
 
@@ -120,7 +121,7 @@ def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio
     """Map a fresh folio whole at addr with one set_ptes, writable and dirty, all exclusive."""
     nr_pages = machine.frames.folio_nr_pages(folio)
     machine.frames.folio_refcount[folio] += nr_pages - 1
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
     machine.set_ptes(mm, addr, maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma), nr_pages)
     mm.rss_anon += nr_pages
 
@@ -163,7 +164,7 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, page: int, folio
     if new_folio is None:
         return ENOMEM
     copy_user_pages(machine, new_folio, page)
-    folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr)
+    folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr, exclusive=True)
     entry = mk_pte(new_folio, vma)
     if not unshare:
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
@@ -191,7 +192,7 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
         entry = pte_mkwrite(entry)
         if write_fault:
             entry = pte_mkdirty(entry)
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
     swap_free(machine, slot)
     mm.rss_swap -= 1
     mm.rss_anon += 1
@@ -235,7 +236,7 @@ def zap_present_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
     """Unmap every batch: clear_full_ptes, rmap removal and nr_pages references each."""
     machine.clear_full_ptes_runs(mm, batches.runs)
     mm.rss_anon -= int(batches.nr_pages.sum())
-    folio_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
+    folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
     folio_put_refs(machine, batches.folio, batches.nr_pages)
 
 
@@ -297,18 +298,18 @@ def __copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBa
     machine.set_ptes_runs(dst_mm, batches.runs, pte_mkold(child))
 
 
-def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> np.ndarray:
-    """Share each batch with the child (folio refs, folio_try_dup_anon_rmap_ptes, entries).
-    Returns the mask of batches that failed because the folio may be pinned and a page is
+def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> BusyPerBatch:
+    """Share each batch with the child (folio refs, folios_try_dup_anon_rmap_ptes, entries).
+    Returns which batches failed (EBUSY) because the folio may be pinned and a page is
     exclusive; they are left untouched for the page-by-page fallback."""
     folio_ref_add(machine, batches.folio, batches.nr_pages)
-    failed = folio_try_dup_anon_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages,
-                                          dst_mm, src_mm)
-    folio_put_refs(machine, batches.folio[failed], batches.nr_pages[failed])
-    shared = batches.select(~failed)
+    busy = folios_try_dup_anon_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages,
+                                         dst_mm, src_mm)
+    folio_put_refs(machine, batches.folio[busy], batches.nr_pages[busy])
+    shared = batches.select(~busy)
     dst_mm.rss_anon += int(shared.nr_pages.sum())
     __copy_present_ptes(machine, dst_mm, src_mm, shared)
-    return failed
+    return busy
 
 
 def copy_present_pages(machine: Machine, dst_mm: MM, dst_vma: VMA, addrs: np.ndarray,

@@ -35,7 +35,15 @@ from machine.pgtable import (
 )
 
 from . import huge_memory
-from .folio import copy_user_pages, folio_put, folio_put_refs, folio_ref_add, page_folio
+from .folio import (
+    PageAnonExclusive,
+    SetPageAnonExclusive,
+    copy_user_pages,
+    folio_put,
+    folio_put_refs,
+    folio_ref_add,
+    page_folio,
+)
 from .internal import (
     FPB_FORK,
     FPB_ZAP,
@@ -86,7 +94,8 @@ _FAULT_ORDERS = tuple(tuple(candidate for candidate in range(order, -1, -1) if c
 
 
 def alloc_anon_folio_suitable(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> bool:
-    """The aligned 2**order pages around addr lie in vma and every PTE there is none."""
+    """alloc_anon_folio's test of one order (thp_vma_suitable_order, pte_range_none): the
+    aligned 2**order pages around addr lie in vma and every PTE there is none."""
     nr_pages = 1 << order
     start = addr & ~((nr_pages << PAGE_SHIFT) - 1)
     if start < vma.start or start + (nr_pages << PAGE_SHIFT) > vma.end:
@@ -112,18 +121,24 @@ def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int)
         if candidate == HPAGE_PMD_ORDER:
             huge_memory.map_anon_folio_pmd(machine, mm, vma, addr & ~(PMD_SIZE - 1), folio)
         else:
-            map_anon_folio_pte_nopf(machine, mm, vma, addr & ~((PAGE_SIZE << candidate) - 1), folio)
+            map_anon_folio_pte_pf(machine, mm, vma, addr & ~((PAGE_SIZE << candidate) - 1), folio)
         return OK
     return ENOMEM
 
 
 def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
-    """Map a fresh folio whole at addr with one set_ptes, writable and dirty, all exclusive."""
+    """Map a fresh folio whole at addr with one set_ptes, writable and dirty, all exclusive
+    (no counters)."""
     nr_pages = machine.frames.folio_nr_pages(folio)
     machine.frames.folio_refcount[folio] += nr_pages - 1
     folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
     machine.set_ptes(mm, addr, maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma), nr_pages)
-    mm.rss_anon += nr_pages
+
+
+def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
+    """map_anon_folio_pte_nopf for a page fault: also count the folio's pages in MM_ANONPAGES."""
+    map_anon_folio_pte_nopf(machine, mm, vma, addr, folio)
+    mm.rss_anon += machine.frames.folio_nr_pages(folio)
 
 
 # Write faults on present read-only PTEs (do_wp_page): one page, as in the kernel.
@@ -131,10 +146,18 @@ def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio
 def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
     """Every reference is one of mm's mappings, so no one else can see the folio."""
     frames = machine.frames
-    if frames.folio_order[folio] == 0:
-        return frames.folio_refcount.item(folio) == 1
+    if frames.folio_order[folio] > 0:
+        return __wp_can_reuse_large_anon_folio(machine, folio, mm)
+    return frames.folio_refcount.item(folio) == 1
+
+
+def __wp_can_reuse_large_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
+    """v6.15: reuse when mapped more than once, only by mm, and all refs are mappings."""
+    frames = machine.frames
     large_mapcount = frames.folio_large_mapcount.item(folio)
-    if large_mapcount <= 1 or frames.folio_mm_ids_shared[folio]:
+    if large_mapcount <= 1:
+        return False  # give back a large folio mapped by a single page
+    if frames.folio_mm_ids_shared[folio]:
         return False
     if large_mapcount != frames.folio_refcount.item(folio):
         return False
@@ -144,22 +167,32 @@ def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
 
 def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
     """A write (or unshare) fault on the present read-only PTE pte at addr (vmf->orig_pte):
-    reuse the page, else copy it."""
+    reuse the page, else copy it.
+
+    Context: pte is still the entry at addr; for a write fault the VMA is writable.
+    """
+    check(pte == machine.ptep_get(mm, addr), "do_wp_page: the PTE at %#x changed", addr)
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
     page = int(pte_pfn(pte))
     folio = int(page_folio(machine, page))
-    frames = machine.frames
-    if frames.page_anon_exclusive[page] or wp_can_reuse_anon_folio(machine, folio, mm):
-        frames.page_anon_exclusive[page] = True
+    if PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm):
+        SetPageAnonExclusive(machine, page)
         if not unshare:
-            machine.set_pte_at(mm, addr, maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma))
+            wp_page_reuse(machine, mm, vma, addr, pte)
         return OK
-    return wp_page_copy(machine, mm, vma, addr, page, folio, unshare)
+    return wp_page_copy(machine, mm, vma, addr, pte, unshare)
 
 
-def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, page: int, folio: int, unshare: bool) -> str:
-    """Copy the page to a new exclusive order-0 folio, then drop the old mapping."""
+def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> None:
+    """Make the reused page's PTE young, dirty and (in a writable VMA) writable."""
+    machine.set_pte_at(mm, addr, maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma))
+
+
+def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
+    """Copy the page pte maps to a new exclusive order-0 folio, then drop the old mapping."""
+    page = int(pte_pfn(pte))
+    folio = int(page_folio(machine, page))
     new_folio = machine.frames.folio_alloc(0)
     if new_folio is None:
         return ENOMEM

@@ -19,7 +19,7 @@ from machine.pgtable import (
     pte_write,
 )
 
-from .folio import GUP_PIN_COUNTING_BIAS, folio_put_refs, page_folio
+from .folio import GUP_PIN_COUNTING_BIAS, folios_put_refs, page_folio
 from .internal import add_at
 from .memory import (
     do_swap_page,
@@ -150,7 +150,7 @@ def gup_put_folios_pin(machine: Machine, pages: np.ndarray) -> None:
     large = frames.folio_order[folios] > 0
     add_at(frames.folio_pincount, folios[large], -1)
     check(all_set(frames.folio_pincount[folios] >= 0), "pincount underflow")
-    folio_put_refs(machine, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
+    folios_put_refs(machine, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
 
 
 def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable: bool) -> str:

@@ -34,7 +34,7 @@ from machine.pgtable import (
     vm_get_page_prot,
 )
 
-from .folio import PageAnonExclusive, SetPageAnonExclusive, SetPagesAnonExclusive, folio_put
+from .folio import PageAnonExclusive, SetPageAnonExclusive, SetPagesAnonExclusive, folio_get, folio_put, folio_ref_add
 from .internal import add_at, set_pte_values, totals_by_value
 from .rmap import (
     folio_add_new_anon_rmap,
@@ -112,7 +112,7 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
     anon_exclusive = PageAnonExclusive(machine, folio)
     check(not any_set(frames.page_anon_exclusive[folio + 1:folio + HPAGE_PMD_NR]),
           "PMD-mapped THP %s has exclusive tail pages", folio)
-    frames.folio_refcount[folio] += HPAGE_PMD_NR - 1
+    folio_ref_add(machine, folio, HPAGE_PMD_NR - 1)
     folios_add_anon_rmap_ptes(machine, np.array([folio]), np.array([folio]), np.array([HPAGE_PMD_NR]), mm,
                              np.array([anon_exclusive]))
     entry = int(split_entries(pmd, folio, vma))
@@ -126,7 +126,7 @@ def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr:
     pmd = machine.pmdp_get(src_mm, haddr)
     check(pmd_trans_huge(pmd), "copy_huge_pmd without a PMD block at %#x", haddr)
     folio = int(pte_pfn(pmd))
-    machine.frames.folio_refcount[folio] += 1
+    folio_get(machine, folio)
     if folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm) == EBUSY:
         folio_put(machine, folio)
         split_huge_pmd_locked(machine, src_mm, src_vma, haddr)

@@ -40,8 +40,9 @@ from .folio import (
     SetPageAnonExclusive,
     copy_user_pages,
     folio_put,
-    folio_put_refs,
     folio_ref_add,
+    folios_put_refs,
+    folios_ref_add,
     page_folio,
 )
 from .internal import (
@@ -130,7 +131,7 @@ def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio
     """Map a fresh folio whole at addr with one set_ptes, writable and dirty, all exclusive
     (no counters)."""
     nr_pages = machine.frames.folio_nr_pages(folio)
-    machine.frames.folio_refcount[folio] += nr_pages - 1
+    folio_ref_add(machine, folio, nr_pages - 1)
     folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
     machine.set_ptes(mm, addr, maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma), nr_pages)
 
@@ -270,7 +271,7 @@ def zap_present_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
     machine.clear_full_ptes_runs(mm, batches.runs)
     mm.rss_anon -= int(batches.nr_pages.sum())
     folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
-    folio_put_refs(machine, batches.folio, batches.nr_pages)
+    folios_put_refs(machine, batches.folio, batches.nr_pages)
 
 
 def zap_nonpresent_ptes(machine: Machine, mm: MM, batches: SwapBatches) -> None:
@@ -335,10 +336,10 @@ def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatc
     """Share each batch with the child (folio refs, folios_try_dup_anon_rmap_ptes, entries).
     Returns which batches failed (EBUSY) because the folio may be pinned and a page is
     exclusive; they are left untouched for the page-by-page fallback."""
-    folio_ref_add(machine, batches.folio, batches.nr_pages)
+    folios_ref_add(machine, batches.folio, batches.nr_pages)
     busy = folios_try_dup_anon_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages,
                                          dst_mm, src_mm)
-    folio_put_refs(machine, batches.folio[busy], batches.nr_pages[busy])
+    folios_put_refs(machine, batches.folio[busy], batches.nr_pages[busy])
     shared = batches.select(~busy)
     dst_mm.rss_anon += int(shared.nr_pages.sum())
     __copy_present_ptes(machine, dst_mm, src_mm, shared)

@@ -23,7 +23,7 @@ from .folio import (
     folio_mapcount,
     folio_maybe_dma_pinned,
     folio_put,
-    folio_put_refs,
+    folios_put_refs,
     page_mapcount,
 )
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
@@ -58,7 +58,7 @@ def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.n
     swp_ptes = swp_entry_to_pte(slot.astype(np.uint64))
     machine.set_ptes_runs(mm, batches.runs, np.where(exclusive, pte_swp_mkexclusive(swp_ptes), swp_ptes))
     folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
-    folio_put_refs(machine, batches.folio, batches.nr_pages)
+    folios_put_refs(machine, batches.folio, batches.nr_pages)
 
 
 def try_to_unmap_pte(machine: Machine, folio: int, mm: MM, addr: int, slot: int) -> str:

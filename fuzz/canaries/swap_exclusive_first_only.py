@@ -27,7 +27,7 @@ def unmap_ptes_to_swap(machine, mm, batches, slot, exclusive):
     firsts = PteRuns(batches.runs.addr, batches.runs.index[exclusive], np.ones(int(exclusive.sum()), np.int64))
     machine.set_ptes_runs(mm, firsts, pte_swp_mkexclusive(swp_ptes[exclusive]))  # planted: first only
     vmscan.folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
-    vmscan.folio_put_refs(machine, batches.folio, batches.nr_pages)
+    vmscan.folios_put_refs(machine, batches.folio, batches.nr_pages)
 
 
 plant(batched, "vmscan", "unmap_ptes_to_swap", unmap_ptes_to_swap)

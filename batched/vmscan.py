@@ -61,30 +61,33 @@ def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.n
     folios_put_refs(machine, batches.folio, batches.nr_pages)
 
 
-def try_to_unmap_pte(machine: Machine, folio: int, mm: MM, addr: int, slot: int) -> str:
-    """try_to_unmap_one for a small folio: its one PTE at addr, if it maps it, becomes a swap
-    PTE for slot. EBUSY, changing nothing, if it is exclusive and maybe pinned; else OK."""
+def try_to_unmap_pte(machine: Machine, folio: int, page: int, mm: MM, addr: int, slot: int) -> str:
+    """Replace the PTE mapping page at addr by a swap PTE for slot (the small-folio path of
+    try_to_unmap_one). EBUSY, changing nothing, if page is exclusive and the folio maybe
+    pinned; else OK.
+
+    Context: a present PTE maps page at addr; page belongs to folio.
+    """
     pte = machine.ptep_get(mm, addr)
-    if not pte_present(pte) or int(pte_pfn(pte)) != folio:
-        return OK
+    check(pte_present(pte) and int(pte_pfn(pte)) == page, "try_to_unmap_pte: page %s is not mapped at %#x",
+          page, addr)
     frames = machine.frames
-    exclusive = PageAnonExclusive(machine, folio)
-    if exclusive and folio_try_share_anon_rmap_pte(machine, folio, folio) == EBUSY:
+    exclusive = PageAnonExclusive(machine, page)
+    if exclusive and folio_try_share_anon_rmap_pte(machine, folio, page) == EBUSY:
         return EBUSY
     machine.ptep_get_and_clear(mm, addr)
     machine.swap.swap_count[slot] += 1  # folio_dup_swap
-    machine.swap.swap_data[slot] = frames.page_data[folio]
+    machine.swap.swap_data[slot] = frames.page_data[page]
     mm.rss_anon -= 1
     mm.rss_swap += 1
     swp_pte = swp_entry_to_pte(slot)
     machine.set_pte_at(mm, addr, pte_swp_mkexclusive(swp_pte) if exclusive else swp_pte)
-    folio_remove_rmap_pte(machine, folio, folio, mm)
+    folio_remove_rmap_pte(machine, folio, page, mm)
     folio_put(machine, folio)
     return OK
 
 
-def try_to_unmap_one(machine: Machine, folio: int, nr_pages: int, mm: MM, vma: VMA, start: int, end: int,
-                     slot: int) -> str:
+def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int, slot: int) -> str:
     """Turn every mapping of folio in [start, end) of vma into swap PTEs; a PMD block is
     split first. EBUSY when an exclusive sub-batch cannot be shared because the folio may
     be pinned: the sub-batches before it stay converted, it stays as it was. Else OK."""
@@ -95,8 +98,12 @@ def try_to_unmap_one(machine: Machine, folio: int, nr_pages: int, mm: MM, vma: V
         if int(pte_pfn(pmd)) != folio:
             return OK
         split_huge_pmd_locked(machine, mm, vma, haddr)
+    nr_pages = machine.frames.folio_nr_pages(folio)
     if nr_pages == 1:
-        return try_to_unmap_pte(machine, folio, mm, start, slot)
+        pte = machine.ptep_get(mm, start)
+        if not pte_present(pte) or int(pte_pfn(pte)) != folio:
+            return OK
+        return try_to_unmap_pte(machine, folio, folio, mm, start, slot)
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
     pfns = pte_pfn(ptes).astype(np.int64)
     of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
@@ -128,7 +135,7 @@ def try_to_unmap(machine: Machine, folio: int) -> str:
         return ENOMEM
     result = OK
     for mm, vma, start, end in rmap_walk_vmas(machine, folio):
-        result = try_to_unmap_one(machine, folio, 1 << order, mm, vma, start, end, slot)
+        result = try_to_unmap_one(machine, folio, mm, vma, start, end, slot)
         if result != OK:
             break
     swap_free_unused(machine, slot, 1 << order)

@@ -79,6 +79,8 @@ def large_folio_diffs(machine: Machine, folio: np.ndarray, nr_pages: np.ndarray)
 def folio_set_large_mapcount(machine: Machine, folio: int, mapcount: int, mm: MM) -> None:
     """A new large folio's mapcount, all of it in mm's slot 0."""
     frames = machine.frames
+    check(frames.folio_order.item(folio) > 0, "large mapcount of small folio %s", folio)
+    check(1 <= mapcount <= frames.folio_nr_pages(folio), "bad large mapcount")
     check(not any_set(frames.folio_mm_id[folio]), "new folio already has MM_ID slots")
     frames.folio_large_mapcount[folio] = mapcount
     frames.folio_mm_id_mapcount[folio, 0] = mapcount
@@ -226,6 +228,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
     __folio_set_anon(machine, folio, vma, addr)
     order = frames.folio_order.item(folio)
     nr_pages = 1 << order
+    check(vma.start <= addr and addr + (nr_pages << PAGE_SHIFT) <= vma.end, "new folio leaves the VMA")
     if order == HPAGE_PMD_ORDER:
         frames.folio_entire_mapcount[folio] = 1
         folio_set_large_mapcount(machine, folio, 1, mm)
@@ -250,6 +253,7 @@ def folios_add_new_anon_rmap_order0(machine: Machine, folios: np.ndarray, mm: MM
     check(not any_set(frames.folio_anon[folios]), "folio_add_new_anon_rmap on an anon folio")
     check(not any_set(frames.folio_order[folios]), "order-0 folios expected")
     check(not any_set(frames.page_mapcount[folios]), "new folio already mapped")
+    check(all_set(addrs >= vma.start) and all_set(addrs < vma.end), "new folios leave the VMA")
     __folios_set_anon(machine, folios, vma, addrs)
     frames.page_mapcount[folios] = 1
     SetPagesAnonExclusive(machine, folios)

@@ -28,6 +28,8 @@ def __folio_rmap_sanity_checks(machine: Machine, folio: int, page: int, nr_pages
 def folio_set_large_mapcount(machine: Machine, folio: int, mapcount: int, mm: MM) -> None:
     """A new large folio's mapcount, all of it in mm's slot 0."""
     frames = machine.frames
+    check(folio_test_large(machine, folio), "large mapcount of small folio %s", folio)
+    check(mapcount >= 1 and mapcount <= folio_nr_pages(machine, folio), "bad large mapcount")
     check(frames.folio_mm_id[folio, 0] == MM_ID_DUMMY and frames.folio_mm_id[folio, 1] == MM_ID_DUMMY,
           "new folio already has MM_ID slots")
     frames.folio_large_mapcount[folio] = mapcount
@@ -106,6 +108,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
           "new folio already mapped")
     __folio_set_anon(machine, folio, vma, addr)
     nr_pages = folio_nr_pages(machine, folio)
+    check(vma.start <= addr and addr + (nr_pages << PAGE_SHIFT) <= vma.end, "new folio leaves the VMA")
     if not folio_test_large(machine, folio):
         frames.page_mapcount[folio] = 1
         if exclusive:

@@ -114,7 +114,7 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
           "PMD-mapped THP %s has exclusive tail pages", folio)
     folio_ref_add(machine, folio, HPAGE_PMD_NR - 1)
     folios_add_anon_rmap_ptes(machine, np.array([folio]), np.array([folio]), np.array([HPAGE_PMD_NR]), mm,
-                             np.array([anon_exclusive]))
+                              np.array([anon_exclusive]))
     entry = int(split_entries(pmd, folio, vma))
     machine.set_ptes(mm, haddr, entry, HPAGE_PMD_NR)
     folio_remove_rmap_pmd(machine, folio, mm)
@@ -167,13 +167,18 @@ class FolioMappings:
 def unmap_folio(machine: Machine, folio: int) -> list[FolioMappings]:
     """Remove every mapping of folio in walk order, one process VMA at a time; the caller
     holds a reference."""
-    return [try_to_migrate_one(machine, folio, mm, vma, start, end)
-            for mm, vma, start, end in rmap_walk_vmas(machine, folio)]
+    mappings: list[FolioMappings] = []
+    for mm, vma, start, end in rmap_walk_vmas(machine, folio):
+        result = try_to_migrate_one(machine, folio, mm, vma, start, end, mappings)
+        check(result == OK, "unmap_folio could not unmap folio %s: %s", folio, result)
+    return mappings
 
 
-def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int) -> FolioMappings:
-    """Remove every mapping of folio in [start, end) of one VMA at once, remembering them
-    (model: the mappings themselves stand for the migration entries)."""
+def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int,
+                       mappings: list[FolioMappings]) -> str:
+    """Remove every mapping of folio in [start, end) of one VMA at once, appending them to
+    mappings as one FolioMappings (model: the mappings themselves stand for the migration
+    entries). Returns OK: with no migration entries there is nothing to fail on."""
     frames = machine.frames
     nr_pages = frames.folio_nr_pages(folio)
     haddr = start & ~(PMD_SIZE - 1)
@@ -181,28 +186,29 @@ def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: in
     pmd = machine.pmdp_get(mm, haddr)
     if pmd_trans_huge(pmd):
         if int(pte_pfn(pmd)) != folio:
-            return FolioMappings(mm, vma, np.zeros(0, np.int64), np.zeros(0, np.int64),
-                                 np.zeros(0, np.uint64), np.zeros(0, bool))
+            mappings.append(FolioMappings(mm, vma, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                          np.zeros(0, np.uint64), np.zeros(0, bool)))
+            return OK
         pages = np.arange(folio, folio + HPAGE_PMD_NR, dtype=np.int64)
-        mappings = FolioMappings(mm, vma, haddr + ((pages - folio) << PAGE_SHIFT), pages,
-                                 np.full(HPAGE_PMD_NR, pmd, np.uint64),
-                                 np.full(HPAGE_PMD_NR, bool(frames.page_anon_exclusive[folio])))
+        mappings.append(FolioMappings(mm, vma, haddr + ((pages - folio) << PAGE_SHIFT), pages,
+                                      np.full(HPAGE_PMD_NR, pmd, np.uint64),
+                                      np.full(HPAGE_PMD_NR, bool(frames.page_anon_exclusive[folio]))))
         machine.pmdp_get_and_clear(mm, haddr)
         folio_remove_rmap_pmd(machine, folio, mm)
         frames.folio_refcount[folio] -= 1
-        return mappings
+        return OK
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
     pages = pte_pfn(ptes).astype(np.int64)
     mapped = np.flatnonzero(pte_present(ptes) & (pages >= folio) & (pages < folio + nr_pages))
-    mappings = FolioMappings(mm, vma, start + (mapped << PAGE_SHIFT), pages[mapped], ptes[mapped],
-                             frames.page_anon_exclusive[pages[mapped]])
+    mappings.append(FolioMappings(mm, vma, start + (mapped << PAGE_SHIFT), pages[mapped], ptes[mapped],
+                                  frames.page_anon_exclusive[pages[mapped]]))
     if len(mapped):
         index = ((start - haddr) >> PAGE_SHIFT) + mapped
         machine.clear_full_ptes_runs(mm, PteRuns(haddr, index, np.ones(len(index), np.int64)))
         folios_remove_rmap_ptes(machine, np.full(len(mapped), folio), pages[mapped],
-                               np.ones(len(mapped), np.int64), mm)
+                                np.ones(len(mapped), np.int64), mm)
         frames.folio_refcount[folio] -= len(mapped)
-    return mappings
+    return OK
 
 
 def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> np.ndarray:

@@ -260,7 +260,7 @@ def folios_add_new_anon_rmap_order0(machine: Machine, folios: np.ndarray, mm: MM
 
 
 def folios_add_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
-                             mm: MM, exclusive: np.ndarray) -> None:
+                              mm: MM, exclusive: np.ndarray) -> None:
     """Account one more PTE mapping of every page of each batch (PMD split, split remap);
     exclusive[i] sets PageAnonExclusive on all of batch i's pages.
 
@@ -280,7 +280,7 @@ def folios_add_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndar
 
 
 def folios_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
-                           mm: MM) -> None:
+                            mm: MM) -> None:
     """Account one PTE mapping less of every page of each batch. Context: they are mapped."""
     __folios_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames

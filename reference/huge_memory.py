@@ -159,18 +159,19 @@ def split_entry(old: int, page: int, vma: VMA) -> int:
 
 def unmap_folio(machine: Machine, folio: int) -> list[FolioMapping]:
     """Remove every mapping of folio in walk order; the caller holds a reference."""
-    mappings = []
+    mappings: list[FolioMapping] = []
     for mm, vma, start, end in rmap_walk_vmas(machine, folio):
-        mappings += try_to_migrate_one(machine, folio, mm, vma, start, end)
+        result = try_to_migrate_one(machine, folio, mm, vma, start, end, mappings)
+        check(result == OK, "unmap_folio could not unmap folio %s: %s", folio, result)
     return mappings
 
 
-def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int,
-                       end: int) -> list[FolioMapping]:
-    """Remove every mapping of folio in [start, end) of vma, one entry at a time,
-    remembering each (model: the mapping itself stands for the migration entry)."""
+def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int,
+                       mappings: list[FolioMapping]) -> str:
+    """Remove every mapping of folio in [start, end) of vma, one entry at a time, appending
+    each to mappings (model: the mapping itself stands for the migration entry). Returns
+    OK: with no migration entries there is nothing to fail on."""
     nr_pages = folio_nr_pages(machine, folio)
-    mappings = []
     addr = start
     while addr < end:
         haddr = addr & ~(PMD_SIZE - 1)
@@ -191,7 +192,7 @@ def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: in
             folio_remove_rmap_pte(machine, folio, page, mm)
             folio_put(machine, folio)
         addr += PAGE_SIZE
-    return mappings
+    return OK
 
 
 def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> list[int]:

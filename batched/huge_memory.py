@@ -41,7 +41,7 @@ from .rmap import (
     folio_remove_rmap_pmd,
     folio_try_dup_anon_rmap_pmd,
     folios_add_anon_rmap_ptes,
-    folios_add_return_large_mapcount,
+    folios_add_large_mapcount,
     folios_remove_rmap_ptes,
     rmap_walk_vmas,
 )
@@ -260,7 +260,7 @@ def folios_remove_migration_ptes(machine: Machine, mappings: FolioMappings) -> N
     large = frames.folio_order[folios] > 0
     large_folios, counts = totals_by_value(folios[large], np.ones(int(large.sum()), np.int64))
     if len(large_folios):
-        folios_add_return_large_mapcount(machine, large_folios, counts, mm)
+        folios_add_large_mapcount(machine, large_folios, counts, mm)
 
 
 def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: int) -> str:

@@ -136,8 +136,9 @@ def folio_sub_return_large_mapcount(machine: Machine, folio: int, diff: int, mm:
     return new_mapcount
 
 
-def folios_add_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
-    """folio_add_return_large_mapcount for many distinct large folios at once."""
+def folios_add_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
+    """folio_add_large_mapcount (folio_add_return_large_mapcount, result unused) for many
+    distinct large folios at once."""
     if len(folios) == 1:
         folio_add_return_large_mapcount(machine, int(folios[0]), int(diffs[0]), mm)
         return
@@ -166,8 +167,9 @@ def folios_add_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs
     frames.folio_mm_ids_shared[folios[(take_slot0 & (new_mapcount != diffs)) | take_slot1]] = True
 
 
-def folios_sub_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
-    """folio_sub_return_large_mapcount for many distinct large folios at once."""
+def folios_sub_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
+    """folio_sub_large_mapcount (folio_sub_return_large_mapcount, result unused) for many
+    distinct large folios at once."""
     if len(folios) == 1:
         folio_sub_return_large_mapcount(machine, int(folios[0]), int(diffs[0]), mm)
         return
@@ -273,7 +275,7 @@ def folios_add_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndar
     add_at(frames.page_mapcount, pages, 1)
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
     if len(folios):
-        folios_add_return_large_mapcount(machine, folios, diffs, mm)
+        folios_add_large_mapcount(machine, folios, diffs, mm)
     exclusive_pages = pages[exclusive.repeat(nr_pages)]
     SetPagesAnonExclusive(machine, exclusive_pages)
     check(all_set(frames.page_mapcount[exclusive_pages] == 1), "exclusive page mapped more than once")
@@ -289,7 +291,7 @@ def folios_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarra
     add_at(frames.page_mapcount, pages, -1)
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
     if len(folios):
-        folios_sub_return_large_mapcount(machine, folios, diffs, mm)
+        folios_sub_large_mapcount(machine, folios, diffs, mm)
 
 
 def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> None:
@@ -337,7 +339,7 @@ def folios_try_dup_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.
     add_at(frames.page_mapcount, shared_pages, 1)
     folios, diffs = large_folio_diffs(machine, folio[~busy], nr_pages[~busy])
     if len(folios):
-        folios_add_return_large_mapcount(machine, folios, diffs, dst_mm)
+        folios_add_large_mapcount(machine, folios, diffs, dst_mm)
     return busy
 
 

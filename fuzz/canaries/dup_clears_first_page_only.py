@@ -18,7 +18,7 @@ def folios_try_dup_anon_rmap_ptes(machine, folio, page, nr_pages, dst_mm, src_mm
     np.add.at(frames.page_mapcount, shared_pages, 1)
     folios, diffs = rmap.large_folio_diffs(machine, folio[~busy], nr_pages[~busy])
     if len(folios):
-        rmap.folios_add_return_large_mapcount(machine, folios, diffs, dst_mm)
+        rmap.folios_add_large_mapcount(machine, folios, diffs, dst_mm)
     return busy
 
 

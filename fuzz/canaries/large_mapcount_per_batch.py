@@ -15,7 +15,7 @@ def folios_remove_rmap_ptes(machine, folio, page, nr_pages, mm):
     np.subtract.at(frames.page_mapcount, pages, 1)
     folios, diffs = rmap.large_folio_diffs(machine, folio, np.ones_like(nr_pages))  # planted: 1 per batch
     if len(folios):
-        rmap.folios_sub_return_large_mapcount(machine, folios, diffs, mm)
+        rmap.folios_sub_large_mapcount(machine, folios, diffs, mm)
 
 
 plant(batched, "rmap", "folios_remove_rmap_ptes", folios_remove_rmap_ptes)

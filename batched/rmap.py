@@ -351,6 +351,7 @@ def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm
     """
     frames = machine.frames
     check(frames.folio_order.item(folio) == HPAGE_PMD_ORDER, "PMD dup of a non-PMD folio")
+    check(frames.folio_anon.item(folio), "dup of a non-anon folio")
     check(frames.folio_entire_mapcount[folio] >= 1, "PMD dup of folio %s not PMD-mapped", folio)
     if PageAnonExclusive(machine, folio):
         if folio_needs_cow_for_dma(machine, src_mm, folio):

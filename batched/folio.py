@@ -22,7 +22,16 @@ def page_folio(machine: Machine, pages):
     return folios
 
 
-def folio_ref_add(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> None:
+def folio_get(machine: Machine, folio: int) -> None:
+    folio_ref_add(machine, folio, 1)
+
+
+def folio_ref_add(machine: Machine, folio: int, nr_refs: int) -> None:
+    check(machine.frames.folio_refcount.item(folio) > 0, "folio %s gets a reference while free", folio)
+    machine.frames.folio_refcount[folio] += nr_refs
+
+
+def folios_ref_add(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> None:
     """Add nr_refs[i] references to folios[i] (a folio may appear several times)."""
     frames = machine.frames
     check(all_set(frames.folio_refcount[folios] > 0), "free folios get references")
@@ -38,7 +47,7 @@ def folio_put(machine: Machine, folio: int) -> None:
         frames.folio_free(folio)
 
 
-def folio_put_refs(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> None:
+def folios_put_refs(machine: Machine, folios: np.ndarray, nr_refs: np.ndarray) -> None:
     """Drop nr_refs[i] references from folios[i]; folios whose last reference goes are freed."""
     frames = machine.frames
     folios = np.asarray(folios, np.int64)
@@ -77,6 +86,28 @@ def page_mapcount(machine: Machine, pages: np.ndarray) -> np.ndarray:
     """PTE mappings of each page plus its folio's PMD mappings."""
     frames = machine.frames
     return frames.page_mapcount[pages] + frames.folio_entire_mapcount[frames.page_folio[pages]]
+
+
+def PageAnonExclusive(machine: Machine, page: int) -> bool:  # noqa: N802 (kernel name)
+    return machine.frames.page_anon_exclusive.item(page)
+
+
+def SetPageAnonExclusive(machine: Machine, page: int) -> None:  # noqa: N802
+    machine.frames.page_anon_exclusive[page] = True
+
+
+def ClearPageAnonExclusive(machine: Machine, page: int) -> None:  # noqa: N802
+    machine.frames.page_anon_exclusive[page] = False
+
+
+def SetPagesAnonExclusive(machine: Machine, pages: np.ndarray | slice) -> None:  # noqa: N802
+    """SetPageAnonExclusive on every page of pages (an array of pfns or a slice of them)."""
+    machine.frames.page_anon_exclusive[pages] = True
+
+
+def ClearPagesAnonExclusive(machine: Machine, pages: np.ndarray | slice) -> None:  # noqa: N802
+    """ClearPageAnonExclusive on every page of pages (an array of pfns or a slice of them)."""
+    machine.frames.page_anon_exclusive[pages] = False
 
 
 def copy_user_pages(machine: Machine, dst: np.ndarray, src: np.ndarray) -> None:

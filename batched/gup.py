@@ -19,7 +19,7 @@ from machine.pgtable import (
     pte_write,
 )
 
-from .folio import GUP_PIN_COUNTING_BIAS, folio_put_refs, page_folio
+from .folio import GUP_PIN_COUNTING_BIAS, folios_put_refs, page_folio
 from .internal import add_at
 from .memory import (
     do_swap_page,
@@ -36,28 +36,36 @@ def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> 
     folio = machine.frames.folio_alloc(0)
     if folio is None:
         return ENOMEM
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
     machine.set_pte_at(mm, addr, mk_pte(folio, vma))
     mm.rss_anon += 1
     return OK
 
 
-def pages_need_fault(machine: Machine, mm: MM, start: int, end: int, writable: bool) -> np.ndarray:
-    """Per page of [start, end) (inside one PMD): must it be faulted before it can be pinned?
-    rw: unless mapped writable; ro: unless mapped and writable or PageAnonExclusive (the
-    head's under a PMD block)."""
+def gup_must_unshare(machine: Machine, level: str, entry, page):
+    """A R/O pin must unshare a page mapped read-only by entry that is not
+    PageAnonExclusive (the head's for a PMD). Its caller's !pte_write test is folded in.
+    entry and page may be arrays of present entries and their pages: one answer each."""
+    exclusive_page = page_folio(machine, page) if level == "pmd" else page
+    return np.logical_not(pte_write(entry)) & np.logical_not(machine.frames.page_anon_exclusive[exclusive_page])
+
+
+def range_needs_fault_for_pin(machine: Machine, mm: MM, start: int, end: int, writable: bool) -> np.ndarray:
+    """Per page of the range [start, end) (inside one PMD): must it be faulted before it can
+    be pinned? rw: unless mapped writable; ro: unless mapped and not gup_must_unshare."""
     nr_pages = (end - start) >> PAGE_SHIFT
     pmd = machine.pmdp_get(mm, start & ~(PMD_SIZE - 1))
     if pmd_trans_huge(pmd):
-        pinnable = pte_write(pmd) or (not writable and machine.frames.page_anon_exclusive[int(pte_pfn(pmd))])
-        return np.full(nr_pages, not pinnable)
+        if writable:
+            return np.full(nr_pages, not pte_write(pmd))
+        return np.full(nr_pages, bool(gup_must_unshare(machine, "pmd", pmd, int(pte_pfn(pmd)))))
     ptes = machine.ptes_get(mm, start, nr_pages)
     present = pte_present(ptes)
     if writable:
         return ~(present & pte_write(ptes))
-    pfns = np.where(present, pte_pfn(ptes), 0).astype(np.int64)
-    exclusive = present & machine.frames.page_anon_exclusive[pfns]
-    return ~(present & (pte_write(ptes) | exclusive))
+    need_fault = ~present
+    need_fault[present] = gup_must_unshare(machine, "pte", ptes[present], pte_pfn(ptes[present]).astype(np.int64))
+    return need_fault
 
 
 def pte_none_run(machine: Machine, mm: MM, start: int, end: int) -> int:
@@ -89,7 +97,7 @@ def faultin_none_pages_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, nr
 def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable: bool) -> str:
     """One page's faults until it may be pinned: writable for rw, exclusive for ro."""
     for _attempt in range(3):
-        if not pages_need_fault(machine, mm, addr, addr + (1 << PAGE_SHIFT), writable)[0]:
+        if not range_needs_fault_for_pin(machine, mm, addr, addr + (1 << PAGE_SHIFT), writable)[0]:
             return OK
         entry = machine.lookup(mm, addr)[1]
         if writable:
@@ -102,7 +110,7 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
             result = handle_unshare_fault(machine, mm, vma, addr)
         if result != OK:
             return result
-    check(not pages_need_fault(machine, mm, addr, addr + (1 << PAGE_SHIFT), writable)[0],
+    check(not range_needs_fault_for_pin(machine, mm, addr, addr + (1 << PAGE_SHIFT), writable)[0],
           f"pin fault at {addr:#x} did not converge")
     return OK
 
@@ -121,24 +129,28 @@ def pinned_pages(machine: Machine, mm: MM, start: int, end: int) -> np.ndarray:
     return pages
 
 
-def try_grab_folios_pin(machine: Machine, pages: np.ndarray) -> None:
-    """FOLL_PIN each page: +1 ref and +1 _pincount on a large folio, +1024 refs on a small one."""
+def try_grab_folios_pin(machine: Machine, pages: np.ndarray) -> str:
+    """try_grab_folio_pin for each page (of many folios): +1 ref and +1 _pincount on a large
+    folio, +1024 refs on a small one. Returns OK (the kernel's 0) for all: the model has no
+    refcount overflow to fail on."""
     frames = machine.frames
     folios = page_folio(machine, pages)
     check(all_set(frames.folio_refcount[folios] >= 1), "pinning a free folio")
     large = frames.folio_order[folios] > 0
     add_at(frames.folio_refcount, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
     add_at(frames.folio_pincount, folios[large], 1)
+    return OK
 
 
-def unpin_folios(machine: Machine, pages: np.ndarray) -> None:
-    """Undo try_grab_folios_pin; folios losing their last reference are freed."""
+def gup_put_folios_pin(machine: Machine, pages: np.ndarray) -> None:
+    """gup_put_folio_pin for each page (of many folios): undo try_grab_folios_pin; folios
+    losing their last reference are freed."""
     frames = machine.frames
     folios = page_folio(machine, pages)
     large = frames.folio_order[folios] > 0
     add_at(frames.folio_pincount, folios[large], -1)
     check(all_set(frames.folio_pincount[folios] >= 0), "pincount underflow")
-    folio_put_refs(machine, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
+    folios_put_refs(machine, folios, np.where(large, 1, GUP_PIN_COUNTING_BIAS))
 
 
 def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable: bool) -> str:
@@ -157,14 +169,14 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
         vma = mm.find_vma(page_addr)
         if vma is None or (writable and not vma.writable):
             if pages:
-                unpin_folios(machine, np.concatenate(pages))
+                gup_put_folios_pin(machine, np.concatenate(pages))
             return EFAULT
         chunk_end = min(end, vma.end, (page_addr & ~(PMD_SIZE - 1)) + PMD_SIZE)
-        need_fault = pages_need_fault(machine, mm, page_addr, chunk_end, writable)
+        need_fault = range_needs_fault_for_pin(machine, mm, page_addr, chunk_end, writable)
         ready_end = page_addr + (int(np.argmax(need_fault)) << PAGE_SHIFT) if any_set(need_fault) else chunk_end
         if ready_end > page_addr:
             ready = pinned_pages(machine, mm, page_addr, ready_end)
-            try_grab_folios_pin(machine, ready)
+            check(try_grab_folios_pin(machine, ready) == OK, "could not grab pages")
             pages.append(ready)
             page_addr = ready_end
             continue
@@ -175,7 +187,7 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
         if result != OK:
             return result
         ready = pinned_pages(machine, mm, page_addr, page_addr + (1 << PAGE_SHIFT))
-        try_grab_folios_pin(machine, ready)
+        check(try_grab_folios_pin(machine, ready) == OK, "could not grab pages")
         pages.append(ready)
         page_addr += 1 << PAGE_SHIFT
     machine.pin_add(mm.pid, addr, "rw" if writable else "ro", tuple(map(int, np.concatenate(pages))))
@@ -186,5 +198,5 @@ def unpin_user_pages(machine: Machine, pin_id: int) -> str:
     if pin_id not in machine.pins:
         return EINVAL
     pin = machine.pin_remove(pin_id)
-    unpin_folios(machine, np.array(pin.pages, np.int64))
+    gup_put_folios_pin(machine, np.array(pin.pages, np.int64))
     return OK

@@ -1,7 +1,8 @@
 """PMD-mapped THPs and folio split, as mm/huge_memory.c, batched.
 
-A PMD split maps all 512 PTEs with one set_ptes and one folio_add_anon_rmap_ptes;
-a folio split unmaps and remaps every mapping of one process VMA at once.
+A PMD split maps all 512 PTEs with one set_ptes and one folios_add_anon_rmap_ptes;
+a folio split unmaps (try_to_migrate_one) and remaps (folios_remove_migration_ptes)
+every mapping of one process VMA at once.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from machine import MM, VMA, Machine, PteRuns, all_set, check
-from machine.errors import EAGAIN, EINVAL, OK
+from machine import MM, VMA, Machine, PteRuns, all_set, any_set, check
+from machine.errors import EAGAIN, EBUSY, EINVAL, OK
 from machine.pgtable import (
     HPAGE_PMD_NR,
     PAGE_SHIFT,
@@ -33,15 +34,15 @@ from machine.pgtable import (
     vm_get_page_prot,
 )
 
-from .folio import folio_put
+from .folio import PageAnonExclusive, SetPageAnonExclusive, SetPagesAnonExclusive, folio_get, folio_put, folio_ref_add
 from .internal import add_at, set_pte_values, totals_by_value
 from .rmap import (
-    folio_add_anon_rmap_ptes,
     folio_add_new_anon_rmap,
     folio_remove_rmap_pmd,
-    folio_remove_rmap_ptes,
     folio_try_dup_anon_rmap_pmd,
-    folios_add_return_large_mapcount,
+    folios_add_anon_rmap_ptes,
+    folios_add_large_mapcount,
+    folios_remove_rmap_ptes,
     rmap_walk_vmas,
 )
 
@@ -59,7 +60,7 @@ def maybe_pmd_mkwrite(pmd: int, vma: VMA) -> int:
 def map_anon_folio_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, folio: int) -> None:
     """Map a fresh order-9 folio with one PMD block, writable and dirty, head exclusive."""
     check(machine.frames.folio_nr_pages(folio) == HPAGE_PMD_NR, "PMD mapping of a non-PMD folio")
-    folio_add_new_anon_rmap(machine, folio, mm, vma, haddr)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, haddr, exclusive=True)
     machine.set_pmd_at(mm, haddr, maybe_pmd_mkwrite(pte_mkdirty(mk_huge_pmd(folio, vma)), vma))
     mm.rss_anon += HPAGE_PMD_NR
 
@@ -72,11 +73,11 @@ def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: 
     check(pmd_trans_huge(pmd), "do_huge_pmd_wp_page without a PMD block")
     folio = int(pte_pfn(pmd))
     frames = machine.frames
-    if not frames.page_anon_exclusive[folio]:
+    if not PageAnonExclusive(machine, folio):
         if frames.folio_refcount.item(folio) != 1:
             split_huge_pmd_locked(machine, mm, vma, haddr)
             return FALLBACK
-        frames.page_anon_exclusive[folio] = True
+        SetPageAnonExclusive(machine, folio)
     if not unshare:
         machine.set_pmd_at(mm, haddr, maybe_pmd_mkwrite(pte_mkdirty(pte_mkyoung(pmd)), vma))
     return OK
@@ -108,11 +109,12 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
     folio = int(pte_pfn(pmd))
     frames = machine.frames
     check(frames.folio_nr_pages(folio) == HPAGE_PMD_NR, "PMD block of a non-PMD folio")
-    anon_exclusive = bool(frames.page_anon_exclusive[folio])
-    frames.folio_refcount[folio] += HPAGE_PMD_NR - 1
-    frames.page_anon_exclusive[folio:folio + HPAGE_PMD_NR] = anon_exclusive
-    folio_add_anon_rmap_ptes(machine, np.array([folio]), np.array([folio]), np.array([HPAGE_PMD_NR]), mm,
-                             np.array([anon_exclusive]))
+    anon_exclusive = PageAnonExclusive(machine, folio)
+    check(not any_set(frames.page_anon_exclusive[folio + 1:folio + HPAGE_PMD_NR]),
+          "PMD-mapped THP %s has exclusive tail pages", folio)
+    folio_ref_add(machine, folio, HPAGE_PMD_NR - 1)
+    folios_add_anon_rmap_ptes(machine, np.array([folio]), np.array([folio]), np.array([HPAGE_PMD_NR]), mm,
+                              np.array([anon_exclusive]))
     entry = int(split_entries(pmd, folio, vma))
     machine.set_ptes(mm, haddr, entry, HPAGE_PMD_NR)
     folio_remove_rmap_pmd(machine, folio, mm)
@@ -124,8 +126,8 @@ def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr:
     pmd = machine.pmdp_get(src_mm, haddr)
     check(pmd_trans_huge(pmd), "copy_huge_pmd without a PMD block at %#x", haddr)
     folio = int(pte_pfn(pmd))
-    machine.frames.folio_refcount[folio] += 1
-    if not folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm):
+    folio_get(machine, folio)
+    if folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm) == EBUSY:
         folio_put(machine, folio)
         split_huge_pmd_locked(machine, src_mm, src_vma, haddr)
         return FALLBACK
@@ -143,7 +145,7 @@ def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
     check(pmd_trans_huge(pmd) and vma.start <= haddr and haddr + PMD_SIZE <= vma.end,
           f"change_huge_pmd without a PMD block inside the VMA at {haddr:#x}")
     entry = pte_modify(pmd, vm_get_page_prot(vma.writable))
-    if vma.writable and machine.frames.page_anon_exclusive[int(pte_pfn(pmd))]:
+    if vma.writable and PageAnonExclusive(machine, int(pte_pfn(pmd))):
         entry = pte_mkwrite(entry)
     machine.set_pmd_at(mm, haddr, entry)
 
@@ -152,7 +154,7 @@ def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
 
 @dataclass(slots=True)  # built per PTE table: a frozen dataclass's __init__ costs three times more
 class FolioMappings:
-    """The mappings unmap_folio removed in one process VMA: a PMD block or PTEs."""
+    """The mappings try_to_migrate_one removed in one process VMA: a PMD block or PTEs."""
 
     mm: MM
     vma: VMA
@@ -162,8 +164,21 @@ class FolioMappings:
     exclusive: np.ndarray  # bool, per page: PageAnonExclusive (the head's for a PMD)
 
 
-def unmap_folio_range(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int) -> FolioMappings:
-    """Remove every mapping of folio in [start, end) of one VMA, remembering them."""
+def unmap_folio(machine: Machine, folio: int) -> list[FolioMappings]:
+    """Remove every mapping of folio in walk order, one process VMA at a time; the caller
+    holds a reference."""
+    mappings: list[FolioMappings] = []
+    for mm, vma, start, end in rmap_walk_vmas(machine, folio):
+        result = try_to_migrate_one(machine, folio, mm, vma, start, end, mappings)
+        check(result == OK, "unmap_folio could not unmap folio %s: %s", folio, result)
+    return mappings
+
+
+def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int,
+                       mappings: list[FolioMappings]) -> str:
+    """Remove every mapping of folio in [start, end) of one VMA at once, appending them to
+    mappings as one FolioMappings (model: the mappings themselves stand for the migration
+    entries). Returns OK: with no migration entries there is nothing to fail on."""
     frames = machine.frames
     nr_pages = frames.folio_nr_pages(folio)
     haddr = start & ~(PMD_SIZE - 1)
@@ -171,28 +186,29 @@ def unmap_folio_range(machine: Machine, folio: int, mm: MM, vma: VMA, start: int
     pmd = machine.pmdp_get(mm, haddr)
     if pmd_trans_huge(pmd):
         if int(pte_pfn(pmd)) != folio:
-            return FolioMappings(mm, vma, np.zeros(0, np.int64), np.zeros(0, np.int64),
-                                 np.zeros(0, np.uint64), np.zeros(0, bool))
+            mappings.append(FolioMappings(mm, vma, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                          np.zeros(0, np.uint64), np.zeros(0, bool)))
+            return OK
         pages = np.arange(folio, folio + HPAGE_PMD_NR, dtype=np.int64)
-        mappings = FolioMappings(mm, vma, haddr + ((pages - folio) << PAGE_SHIFT), pages,
-                                 np.full(HPAGE_PMD_NR, pmd, np.uint64),
-                                 np.full(HPAGE_PMD_NR, bool(frames.page_anon_exclusive[folio])))
+        mappings.append(FolioMappings(mm, vma, haddr + ((pages - folio) << PAGE_SHIFT), pages,
+                                      np.full(HPAGE_PMD_NR, pmd, np.uint64),
+                                      np.full(HPAGE_PMD_NR, bool(frames.page_anon_exclusive[folio]))))
         machine.pmdp_get_and_clear(mm, haddr)
         folio_remove_rmap_pmd(machine, folio, mm)
         frames.folio_refcount[folio] -= 1
-        return mappings
+        return OK
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
     pages = pte_pfn(ptes).astype(np.int64)
     mapped = np.flatnonzero(pte_present(ptes) & (pages >= folio) & (pages < folio + nr_pages))
-    mappings = FolioMappings(mm, vma, start + (mapped << PAGE_SHIFT), pages[mapped], ptes[mapped],
-                             frames.page_anon_exclusive[pages[mapped]])
+    mappings.append(FolioMappings(mm, vma, start + (mapped << PAGE_SHIFT), pages[mapped], ptes[mapped],
+                                  frames.page_anon_exclusive[pages[mapped]]))
     if len(mapped):
         index = ((start - haddr) >> PAGE_SHIFT) + mapped
         machine.clear_full_ptes_runs(mm, PteRuns(haddr, index, np.ones(len(index), np.int64)))
-        folio_remove_rmap_ptes(machine, np.full(len(mapped), folio), pages[mapped],
-                               np.ones(len(mapped), np.int64), mm)
+        folios_remove_rmap_ptes(machine, np.full(len(mapped), folio), pages[mapped],
+                                np.ones(len(mapped), np.int64), mm)
         frames.folio_refcount[folio] -= len(mapped)
-    return mappings
+    return OK
 
 
 def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> np.ndarray:
@@ -212,9 +228,22 @@ def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> np.n
     return heads
 
 
-def remap_folio_mappings(machine: Machine, mappings: FolioMappings) -> None:
-    """remove_migration_ptes for every page one process VMA mapped: its new PTE, one
-    reference and one mapping of its new folio (MM_ID of the process's VMA in walk order)."""
+def remap_page(machine: Machine, folio: int, nr_pages: int, mappings: list[FolioMappings]) -> None:
+    """Map the nr_pages pages of a split folio, from its first new folio folio on, again:
+    process VMA by process VMA in walk order, all new folios at once (each new folio's
+    MM_ID slots then see its mappings in walk order, as the reference's folio by folio).
+
+    Context: mappings are unmap_folio's, taken before the split.
+    """
+    check(machine.frames.page_folio.item(folio) == folio, "remap from %s, not a new folio", folio)
+    check(all_set((machine.frames.page_folio[folio:folio + nr_pages]) >= folio), "remap beyond the split folio")
+    for vma_mappings in mappings:
+        folios_remove_migration_ptes(machine, vma_mappings)
+
+
+def folios_remove_migration_ptes(machine: Machine, mappings: FolioMappings) -> None:
+    """remove_migration_ptes of every new folio for the pages one process VMA mapped: each
+    page's new PTE, one reference and one mapping of its new folio."""
     if len(mappings.pages) == 0:
         return
     frames = machine.frames
@@ -225,13 +254,13 @@ def remap_folio_mappings(machine: Machine, mappings: FolioMappings) -> None:
     folios = frames.page_folio[mappings.pages]
     add_at(frames.folio_refcount, folios, 1)
     add_at(frames.page_mapcount, mappings.pages, 1)
-    frames.page_anon_exclusive[mappings.pages[mappings.exclusive]] = True
+    SetPagesAnonExclusive(machine, mappings.pages[mappings.exclusive])
     check(all_set(frames.page_mapcount[mappings.pages[mappings.exclusive]] == 1),
           "exclusive page mapped more than once")
     large = frames.folio_order[folios] > 0
     large_folios, counts = totals_by_value(folios[large], np.ones(int(large.sum()), np.int64))
     if len(large_folios):
-        folios_add_return_large_mapcount(machine, large_folios, counts, mm)
+        folios_add_large_mapcount(machine, large_folios, counts, mm)
 
 
 def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: int) -> str:
@@ -247,13 +276,12 @@ def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: in
     if frames.folio_refcount.item(folio) != frames.folio_large_mapcount.item(folio):
         return EAGAIN
     frames.folio_refcount[folio] += 1  # the caller's reference, held across the unmap
-    walk = [unmap_folio_range(machine, folio, mm, vma, start, end)
-            for mm, vma, start, end in rmap_walk_vmas(machine, folio)]
+    nr_pages = frames.folio_nr_pages(folio)
+    mappings = unmap_folio(machine, folio)
     check(frames.folio_refcount.item(folio) == 1, "extra reference appeared during split")
     frames.folio_refcount[folio] = 0
     heads = __split_folio_to_order(machine, folio, new_order)
-    for mappings in walk:
-        remap_folio_mappings(machine, mappings)
+    remap_page(machine, folio, nr_pages, mappings)
     frames.folios_free(heads[frames.folio_refcount[heads] == 0])
     return OK
 

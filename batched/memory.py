@@ -39,7 +39,16 @@ from machine.pgtable import (
 )
 
 from . import huge_memory
-from .folio import copy_user_pages, folio_put, folio_put_refs, folio_ref_add, page_folio
+from .folio import (
+    PageAnonExclusive,
+    SetPageAnonExclusive,
+    copy_user_pages,
+    folio_put,
+    folio_ref_add,
+    folios_put_refs,
+    folios_ref_add,
+    page_folio,
+)
 from .internal import (
     FPB_FORK,
     FPB_ZAP,
@@ -50,11 +59,12 @@ from .internal import (
     swap_pte_batch,
 )
 from .rmap import (
+    BusyPerBatch,
     folio_add_new_anon_rmap,
     folio_remove_rmap_pte,
-    folio_remove_rmap_ptes,
-    folio_try_dup_anon_rmap_ptes,
     folios_add_new_anon_rmap_order0,
+    folios_remove_rmap_ptes,
+    folios_try_dup_anon_rmap_ptes,
 )
 from .swap import free_swap_and_cache_nr, swap_duplicate_nr, swap_free
 
@@ -100,7 +110,8 @@ _FAULT_ORDERS = tuple(tuple(candidate for candidate in range(order, -1, -1) if c
 
 
 def alloc_anon_folio_suitable(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> bool:
-    """The aligned 2**order pages around addr lie in vma and every PTE there is none."""
+    """alloc_anon_folio's test of one order (thp_vma_suitable_order, pte_range_none): the
+    aligned 2**order pages around addr lie in vma and every PTE there is none."""
     nr_pages = 1 << order
     start = addr & ~((nr_pages << PAGE_SHIFT) - 1)
     if start < vma.start or start + (nr_pages << PAGE_SHIFT) > vma.end:
@@ -126,18 +137,24 @@ def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int)
         if candidate == HPAGE_PMD_ORDER:
             huge_memory.map_anon_folio_pmd(machine, mm, vma, addr & ~(PMD_SIZE - 1), folio)
         else:
-            map_anon_folio_pte_nopf(machine, mm, vma, addr & ~((PAGE_SIZE << candidate) - 1), folio)
+            map_anon_folio_pte_pf(machine, mm, vma, addr & ~((PAGE_SIZE << candidate) - 1), folio)
         return OK
     return ENOMEM
 
 
 def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
-    """Map a fresh folio whole at addr with one set_ptes, writable and dirty, all exclusive."""
+    """Map a fresh folio whole at addr with one set_ptes, writable and dirty, all exclusive
+    (no counters)."""
     nr_pages = machine.frames.folio_nr_pages(folio)
-    machine.frames.folio_refcount[folio] += nr_pages - 1
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr)
+    folio_ref_add(machine, folio, nr_pages - 1)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
     machine.set_ptes(mm, addr, maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma), nr_pages)
-    mm.rss_anon += nr_pages
+
+
+def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
+    """map_anon_folio_pte_nopf for a page fault: also count the folio's pages in MM_ANONPAGES."""
+    map_anon_folio_pte_nopf(machine, mm, vma, addr, folio)
+    mm.rss_anon += machine.frames.folio_nr_pages(folio)
 
 
 # Write faults on present read-only PTEs (do_wp_page): one page, as in the kernel.
@@ -145,10 +162,18 @@ def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio
 def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
     """Every reference is one of mm's mappings, so no one else can see the folio."""
     frames = machine.frames
-    if frames.folio_order[folio] == 0:
-        return frames.folio_refcount.item(folio) == 1
+    if frames.folio_order[folio] > 0:
+        return __wp_can_reuse_large_anon_folio(machine, folio, mm)
+    return frames.folio_refcount.item(folio) == 1
+
+
+def __wp_can_reuse_large_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
+    """v6.15: reuse when mapped more than once, only by mm, and all refs are mappings."""
+    frames = machine.frames
     large_mapcount = frames.folio_large_mapcount.item(folio)
-    if large_mapcount <= 1 or frames.folio_mm_ids_shared[folio]:
+    if large_mapcount <= 1:
+        return False  # give back a large folio mapped by a single page
+    if frames.folio_mm_ids_shared[folio]:
         return False
     if large_mapcount != frames.folio_refcount.item(folio):
         return False
@@ -158,27 +183,37 @@ def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
 
 def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
     """A write (or unshare) fault on the present read-only PTE pte at addr (vmf->orig_pte):
-    reuse the page, else copy it."""
+    reuse the page, else copy it.
+
+    Context: pte is still the entry at addr; for a write fault the VMA is writable.
+    """
+    check(pte == machine.ptep_get(mm, addr), "do_wp_page: the PTE at %#x changed", addr)
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
     page = int(pte_pfn(pte))
     folio = int(page_folio(machine, page))
-    frames = machine.frames
-    if frames.page_anon_exclusive[page] or wp_can_reuse_anon_folio(machine, folio, mm):
-        frames.page_anon_exclusive[page] = True
+    if PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm):
+        SetPageAnonExclusive(machine, page)
         if not unshare:
-            machine.set_pte_at(mm, addr, maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma))
+            wp_page_reuse(machine, mm, vma, addr, pte)
         return OK
-    return wp_page_copy(machine, mm, vma, addr, page, folio, unshare)
+    return wp_page_copy(machine, mm, vma, addr, pte, unshare)
 
 
-def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, page: int, folio: int, unshare: bool) -> str:
-    """Copy the page to a new exclusive order-0 folio, then drop the old mapping."""
+def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> None:
+    """Make the reused page's PTE young, dirty and (in a writable VMA) writable."""
+    machine.set_pte_at(mm, addr, maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma))
+
+
+def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
+    """Copy the page pte maps to a new exclusive order-0 folio, then drop the old mapping."""
+    page = int(pte_pfn(pte))
+    folio = int(page_folio(machine, page))
     new_folio = machine.frames.folio_alloc(0)
     if new_folio is None:
         return ENOMEM
     copy_user_pages(machine, new_folio, page)
-    folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr)
+    folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr, exclusive=True)
     entry = mk_pte(new_folio, vma)
     if not unshare:
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
@@ -206,7 +241,7 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
         entry = pte_mkwrite(entry)
         if write_fault:
             entry = pte_mkdirty(entry)
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr)
+    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
     swap_free(machine, slot)
     mm.rss_swap -= 1
     mm.rss_anon += 1
@@ -250,8 +285,8 @@ def zap_present_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
     """Unmap every batch: clear_full_ptes, rmap removal and nr_pages references each."""
     machine.clear_full_ptes_runs(mm, batches.runs)
     mm.rss_anon -= int(batches.nr_pages.sum())
-    folio_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
-    folio_put_refs(machine, batches.folio, batches.nr_pages)
+    folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
+    folios_put_refs(machine, batches.folio, batches.nr_pages)
 
 
 def zap_nonpresent_ptes(machine: Machine, mm: MM, batches: SwapBatches) -> None:
@@ -312,18 +347,18 @@ def __copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBa
     machine.set_ptes_runs(dst_mm, batches.runs, pte_mkold(child))
 
 
-def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> np.ndarray:
-    """Share each batch with the child (folio refs, folio_try_dup_anon_rmap_ptes, entries).
-    Returns the mask of batches that failed because the folio may be pinned and a page is
+def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> BusyPerBatch:
+    """Share each batch with the child (folio refs, folios_try_dup_anon_rmap_ptes, entries).
+    Returns which batches failed (EBUSY) because the folio may be pinned and a page is
     exclusive; they are left untouched for the page-by-page fallback."""
-    folio_ref_add(machine, batches.folio, batches.nr_pages)
-    failed = folio_try_dup_anon_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages,
-                                          dst_mm, src_mm)
-    folio_put_refs(machine, batches.folio[failed], batches.nr_pages[failed])
-    shared = batches.select(~failed)
+    folios_ref_add(machine, batches.folio, batches.nr_pages)
+    busy = folios_try_dup_anon_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages,
+                                         dst_mm, src_mm)
+    folios_put_refs(machine, batches.folio[busy], batches.nr_pages[busy])
+    shared = batches.select(~busy)
     dst_mm.rss_anon += int(shared.nr_pages.sum())
     __copy_present_ptes(machine, dst_mm, src_mm, shared)
-    return failed
+    return busy
 
 
 def copy_present_pages(machine: Machine, dst_mm: MM, dst_vma: VMA, addrs: np.ndarray,

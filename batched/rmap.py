@@ -1,8 +1,11 @@
 """Reverse mapping, as mm/rmap.c and include/linux/rmap.h: batches of PTEs at once.
 
-Every function takes arrays describing batches (folio, first page, nr_pages) and
-handles all of them with array operations. Counts are plain (the kernel's
-accessor values): a slot count of 0 with MM_ID_DUMMY is a free slot.
+A function named folios_* takes arrays describing batches of many folios at once
+(folio, first page, nr_pages) and handles all of them with array operations; one
+named folio_* takes one folio, as the kernel's of that name. A try_ function of one
+folio returns OK or EBUSY (the kernel's 0 or -EBUSY); a folios_try_ one returns a
+BusyPerBatch mask. Counts are plain (the kernel's accessor values): a slot count of 0
+with MM_ID_DUMMY is a free slot.
 """
 
 from __future__ import annotations
@@ -10,9 +13,18 @@ from __future__ import annotations
 import numpy as np
 
 from machine import MM, MM_ID_DUMMY, VMA, Machine, all_set, any_set, check
+from machine.errors import EBUSY, OK
 from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SHIFT
 
-from .folio import folio_maybe_dma_pinned, folio_needs_cow_for_dma
+from .folio import (
+    ClearPageAnonExclusive,
+    ClearPagesAnonExclusive,
+    PageAnonExclusive,
+    SetPageAnonExclusive,
+    SetPagesAnonExclusive,
+    folio_maybe_dma_pinned,
+    folio_needs_cow_for_dma,
+)
 from .internal import (
     add_at,
     batches_any,
@@ -21,16 +33,25 @@ from .internal import (
     totals_by_value,
 )
 
+BusyPerBatch = np.ndarray
+"""What a folios_try_ function returns: bool per batch, True where the batch failed with
+EBUSY and was left as it was (the kernel's -EBUSY), False where it succeeded (0)."""
 
-def __folio_rmap_sanity_checks(machine: Machine, folio: np.ndarray, page: np.ndarray,
-                               nr_pages: np.ndarray) -> None:
-    """Each batch: nr_pages >= 1 and [page, page + nr_pages) inside its folio."""
+
+def __folio_rmap_sanity_checks(machine: Machine, folio: int, page: int, nr_pages: int) -> None:
+    """nr_pages >= 1 and [page, page + nr_pages) inside folio."""
+    frames = machine.frames
+    check(nr_pages >= 1, "nr_pages must be positive")
+    check(frames.page_folio.item(page) == folio, "page %s is not in folio %s", page, folio)
+    check(frames.page_folio.item(page + nr_pages - 1) == folio, "range leaves the folio")
+
+
+def __folios_rmap_sanity_checks(machine: Machine, folio: np.ndarray, page: np.ndarray,
+                                nr_pages: np.ndarray) -> None:
+    """__folio_rmap_sanity_checks for each batch."""
     frames = machine.frames
     if len(folio) == 1:
-        first, last = int(page[0]), int(page[0] + nr_pages[0] - 1)
-        check(last >= first, "nr_pages must be positive")
-        check(frames.page_folio[first] == folio[0] and frames.page_folio[last] == folio[0],
-              "batch pages not in their folio")
+        __folio_rmap_sanity_checks(machine, int(folio[0]), int(page[0]), int(nr_pages[0]))
         return
     check(all_set(nr_pages >= 1), "nr_pages must be positive")
     check(all_set(frames.page_folio[page] == folio), "batch pages not in their folios")
@@ -58,6 +79,8 @@ def large_folio_diffs(machine: Machine, folio: np.ndarray, nr_pages: np.ndarray)
 def folio_set_large_mapcount(machine: Machine, folio: int, mapcount: int, mm: MM) -> None:
     """A new large folio's mapcount, all of it in mm's slot 0."""
     frames = machine.frames
+    check(frames.folio_order.item(folio) > 0, "large mapcount of small folio %s", folio)
+    check(1 <= mapcount <= frames.folio_nr_pages(folio), "bad large mapcount")
     check(not any_set(frames.folio_mm_id[folio]), "new folio already has MM_ID slots")
     frames.folio_large_mapcount[folio] = mapcount
     frames.folio_mm_id_mapcount[folio, 0] = mapcount
@@ -67,6 +90,7 @@ def folio_set_large_mapcount(machine: Machine, folio: int, mapcount: int, mm: MM
 def folio_add_return_large_mapcount(machine: Machine, folio: int, diff: int, mm: MM) -> int:
     """Add diff mappings by mm to one large folio; claim a slot or mark it maybe mapped shared."""
     frames = machine.frames
+    check(frames.folio_order.item(folio) > 0, "large mapcount of small folio %s", folio)
     check(1 <= diff <= frames.folio_nr_pages(folio), "bad large mapcount diff")
     new_mapcount = frames.folio_large_mapcount.item(folio) + diff
     frames.folio_large_mapcount[folio] = new_mapcount
@@ -92,7 +116,8 @@ def folio_sub_return_large_mapcount(machine: Machine, folio: int, diff: int, mm:
     """Remove diff mappings by mm from one large folio; clear "maybe mapped shared" once
     one slot owns every mapping."""
     frames = machine.frames
-    check(diff >= 1, "bad large mapcount diff")
+    check(frames.folio_order.item(folio) > 0, "large mapcount of small folio %s", folio)
+    check(1 <= diff <= frames.folio_nr_pages(folio), "bad large mapcount diff")
     new_mapcount = frames.folio_large_mapcount.item(folio) - diff
     check(new_mapcount >= 0, "folio %s large mapcount underflow", folio)
     frames.folio_large_mapcount[folio] = new_mapcount
@@ -111,13 +136,15 @@ def folio_sub_return_large_mapcount(machine: Machine, folio: int, diff: int, mm:
     return new_mapcount
 
 
-def folios_add_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
-    """folio_add_return_large_mapcount for many distinct large folios at once."""
+def folios_add_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
+    """folio_add_large_mapcount (folio_add_return_large_mapcount, result unused) for many
+    distinct large folios at once."""
     if len(folios) == 1:
         folio_add_return_large_mapcount(machine, int(folios[0]), int(diffs[0]), mm)
         return
     frames = machine.frames
     check(len(distinct(folios)) == len(folios), "MM_ID update names a folio twice")
+    check(all_set(frames.folio_order[folios] > 0), "large mapcount of small folios")
     check(all_set(diffs >= 1) and all_set(diffs <= 1 << frames.folio_order[folios].astype(np.int64)),
           "bad large mapcount diff")
     new_mapcount = frames.folio_large_mapcount[folios] + diffs
@@ -140,14 +167,17 @@ def folios_add_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs
     frames.folio_mm_ids_shared[folios[(take_slot0 & (new_mapcount != diffs)) | take_slot1]] = True
 
 
-def folios_sub_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
-    """folio_sub_return_large_mapcount for many distinct large folios at once."""
+def folios_sub_large_mapcount(machine: Machine, folios: np.ndarray, diffs: np.ndarray, mm: MM) -> None:
+    """folio_sub_large_mapcount (folio_sub_return_large_mapcount, result unused) for many
+    distinct large folios at once."""
     if len(folios) == 1:
         folio_sub_return_large_mapcount(machine, int(folios[0]), int(diffs[0]), mm)
         return
     frames = machine.frames
     check(len(distinct(folios)) == len(folios), "MM_ID update names a folio twice")
-    check(all_set(diffs >= 1), "bad large mapcount diff")
+    check(all_set(frames.folio_order[folios] > 0), "large mapcount of small folios")
+    check(all_set(diffs >= 1) and all_set(diffs <= 1 << frames.folio_order[folios].astype(np.int64)),
+          "bad large mapcount diff")
     new_mapcount = frames.folio_large_mapcount[folios] - diffs
     check(all_set(new_mapcount >= 0), "large mapcount underflow")
     frames.folio_large_mapcount[folios] = new_mapcount
@@ -170,40 +200,51 @@ def folios_sub_return_large_mapcount(machine: Machine, folios: np.ndarray, diffs
 
 # Adding mappings.
 
-def __folio_set_anon(machine: Machine, folios: np.ndarray, vma: VMA, addrs: np.ndarray) -> None:
-    """Make new folios anon in vma's lineage with index = linear page index of each addr."""
+def __folio_set_anon(machine: Machine, folio: int, vma: VMA, addr: int) -> None:
+    """Make a new folio anon in vma's lineage with index = linear page index of addr."""
+    frames = machine.frames
+    frames.folio_anon[folio] = True
+    frames.folio_index[folio] = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
+    frames.folio_lineage[folio] = vma.lineage
+
+
+def __folios_set_anon(machine: Machine, folios: np.ndarray, vma: VMA, addrs: np.ndarray) -> None:
+    """__folio_set_anon for many new folios at once, each at its addr."""
     frames = machine.frames
     frames.folio_anon[folios] = True
     frames.folio_index[folios] = vma.pgoff + ((addrs - vma.start) >> PAGE_SHIFT)
     frames.folio_lineage[folios] = vma.lineage
 
 
-def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr: int) -> None:
-    """Account the first mappings of a brand-new folio mapped whole at addr, exclusive.
+def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr: int,
+                            exclusive: bool) -> None:
+    """Account the first mappings of a brand-new folio mapped whole at addr.
 
-    PTE-mapped: every page one mapping and exclusive; PMD-mappable: one entire mapping,
-    head exclusive. Context: the folio is fresh (unmapped, not anon).
+    PTE-mapped: every page one mapping (exclusive if exclusive); PMD-mappable: one entire
+    mapping (head exclusive if exclusive). Context: the folio is fresh (unmapped, not anon).
     """
     frames = machine.frames
     check(not frames.folio_anon.item(folio), "folio_add_new_anon_rmap on an anon folio")
     check(frames.folio_large_mapcount.item(folio) == 0 and frames.page_mapcount.item(folio) == 0,
           "new folio already mapped")
-    frames.folio_anon[folio] = True
-    frames.folio_index[folio] = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
-    frames.folio_lineage[folio] = vma.lineage
+    __folio_set_anon(machine, folio, vma, addr)
     order = frames.folio_order.item(folio)
     nr_pages = 1 << order
+    check(vma.start <= addr and addr + (nr_pages << PAGE_SHIFT) <= vma.end, "new folio leaves the VMA")
     if order == HPAGE_PMD_ORDER:
         frames.folio_entire_mapcount[folio] = 1
         folio_set_large_mapcount(machine, folio, 1, mm)
-        frames.page_anon_exclusive[folio] = True
+        if exclusive:
+            SetPageAnonExclusive(machine, folio)
         return
     if order == 0:  # plain element stores: a one-element slice store costs several times more
         frames.page_mapcount[folio] = 1
-        frames.page_anon_exclusive[folio] = True
+        if exclusive:
+            SetPageAnonExclusive(machine, folio)
         return
     frames.page_mapcount[folio:folio + nr_pages] = 1
-    frames.page_anon_exclusive[folio:folio + nr_pages] = True
+    if exclusive:
+        SetPagesAnonExclusive(machine, slice(folio, folio + nr_pages))
     folio_set_large_mapcount(machine, folio, nr_pages, mm)
 
 
@@ -214,48 +255,52 @@ def folios_add_new_anon_rmap_order0(machine: Machine, folios: np.ndarray, mm: MM
     check(not any_set(frames.folio_anon[folios]), "folio_add_new_anon_rmap on an anon folio")
     check(not any_set(frames.folio_order[folios]), "order-0 folios expected")
     check(not any_set(frames.page_mapcount[folios]), "new folio already mapped")
-    __folio_set_anon(machine, folios, vma, addrs)
+    check(all_set(addrs >= vma.start) and all_set(addrs < vma.end), "new folios leave the VMA")
+    __folios_set_anon(machine, folios, vma, addrs)
     frames.page_mapcount[folios] = 1
-    frames.page_anon_exclusive[folios] = True
+    SetPagesAnonExclusive(machine, folios)
 
 
-def folio_add_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
-                             mm: MM, exclusive: np.ndarray) -> None:
+def folios_add_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
+                              mm: MM, exclusive: np.ndarray) -> None:
     """Account one more PTE mapping of every page of each batch (PMD split, split remap);
     exclusive[i] sets PageAnonExclusive on all of batch i's pages.
 
     Context: the folios are anon; an exclusive page ends up mapped exactly once.
     """
-    __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
+    __folios_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
-    check(all_set(frames.folio_anon[folio]), "folio_add_anon_rmap_ptes on a non-anon folio")
+    check(all_set(frames.folio_anon[folio]), "folios_add_anon_rmap_ptes on a non-anon folio")
     pages = batch_pages(page, nr_pages)
     add_at(frames.page_mapcount, pages, 1)
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
     if len(folios):
-        folios_add_return_large_mapcount(machine, folios, diffs, mm)
+        folios_add_large_mapcount(machine, folios, diffs, mm)
     exclusive_pages = pages[exclusive.repeat(nr_pages)]
-    frames.page_anon_exclusive[exclusive_pages] = True
+    SetPagesAnonExclusive(machine, exclusive_pages)
     check(all_set(frames.page_mapcount[exclusive_pages] == 1), "exclusive page mapped more than once")
 
 
-def folio_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
-                           mm: MM) -> None:
+def folios_remove_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
+                            mm: MM) -> None:
     """Account one PTE mapping less of every page of each batch. Context: they are mapped."""
-    __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
+    __folios_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
     pages = batch_pages(page, nr_pages)
     check(all_set(frames.page_mapcount[pages] >= 1), "page mapcount underflow")
     add_at(frames.page_mapcount, pages, -1)
     folios, diffs = large_folio_diffs(machine, folio, nr_pages)
     if len(folios):
-        folios_sub_return_large_mapcount(machine, folios, diffs, mm)
+        folios_sub_large_mapcount(machine, folios, diffs, mm)
 
 
 def folio_remove_rmap_pte(machine: Machine, folio: int, page: int, mm: MM) -> None:
-    """folio_remove_rmap_ptes for one PTE (COW's unmap of the old page)."""
+    """Account one PTE mapping of page less (COW's unmap of the old page).
+
+    Context: page is mapped (mapcount >= 1).
+    """
+    __folio_rmap_sanity_checks(machine, folio, page, 1)
     frames = machine.frames
-    check(frames.page_folio.item(page) == folio, "page %s not in folio %s", page, folio)
     check(frames.page_mapcount[page] >= 1, "page %s mapcount underflow", page)
     frames.page_mapcount[page] -= 1
     if frames.folio_order[folio] > 0:
@@ -273,66 +318,86 @@ def folio_remove_rmap_pmd(machine: Machine, folio: int, mm: MM) -> None:
 
 # fork: duplicate mappings, refusing exclusive pages of a maybe-pinned folio.
 
-def folio_try_dup_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
-                                 dst_mm: MM, src_mm: MM) -> np.ndarray:
-    """Share each batch with the child: clear its pages' exclusivity and account the
-    child's mappings. A batch fails as a whole, changing nothing, when its folio may be
-    pinned and any of its pages is exclusive (the caller falls back page by page).
-    Returns the mask of batches that failed.
+def folios_try_dup_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
+                                  dst_mm: MM, src_mm: MM) -> BusyPerBatch:
+    """folio_try_dup_anon_rmap_ptes for each batch: share it with the child, clearing its
+    pages' exclusivity and accounting the child's mappings. A batch fails as a whole with
+    EBUSY, changing nothing, when its folio may be pinned and any of its pages is exclusive
+    (the caller falls back page by page).
 
     Context: the parent maps every page of the batches; the folios are anon.
     """
-    __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
+    __folios_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
     check(all_set(frames.folio_anon[folio]), "dup of a non-anon folio")
     pages = batch_pages(page, nr_pages)
     check(all_set(frames.page_mapcount[pages] >= 1), "dup of an unmapped page")
     any_exclusive = batches_any(frames.page_anon_exclusive[pages], nr_pages)
-    failed = any_exclusive & folio_needs_cow_for_dma(machine, src_mm, folio)
-    shared_pages = pages[(~failed).repeat(nr_pages)]
-    frames.page_anon_exclusive[shared_pages] = False
+    busy = any_exclusive & folio_needs_cow_for_dma(machine, src_mm, folio)
+    shared_pages = pages[(~busy).repeat(nr_pages)]
+    ClearPagesAnonExclusive(machine, shared_pages)
     add_at(frames.page_mapcount, shared_pages, 1)
-    folios, diffs = large_folio_diffs(machine, folio[~failed], nr_pages[~failed])
+    folios, diffs = large_folio_diffs(machine, folio[~busy], nr_pages[~busy])
     if len(folios):
-        folios_add_return_large_mapcount(machine, folios, diffs, dst_mm)
-    return failed
+        folios_add_large_mapcount(machine, folios, diffs, dst_mm)
+    return busy
 
 
-def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm: MM) -> bool:
-    """The PMD variant: exclusivity is the head's bit only. Returns False (changing
-    nothing) when the head is exclusive and the folio may be pinned.
+def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm: MM) -> str:
+    """The PMD variant: exclusivity is the head's bit only. EBUSY, changing nothing,
+    when the head is exclusive and the folio may be pinned; else OK.
 
     Context: the parent maps the folio with a PMD (entire mapcount >= 1).
     """
     frames = machine.frames
     check(frames.folio_order.item(folio) == HPAGE_PMD_ORDER, "PMD dup of a non-PMD folio")
+    check(frames.folio_anon.item(folio), "dup of a non-anon folio")
     check(frames.folio_entire_mapcount[folio] >= 1, "PMD dup of folio %s not PMD-mapped", folio)
-    if frames.page_anon_exclusive[folio]:
+    if PageAnonExclusive(machine, folio):
         if folio_needs_cow_for_dma(machine, src_mm, folio):
-            return False
-        frames.page_anon_exclusive[folio] = False
+            return EBUSY
+        ClearPageAnonExclusive(machine, folio)
     frames.folio_entire_mapcount[folio] += 1
     folio_add_return_large_mapcount(machine, folio, 1, dst_mm)
-    return True
+    return OK
 
 
 # try_to_unmap: exclusive pages must be marked maybe shared before their PTEs become swap.
 
-def folio_try_share_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray,
-                                   nr_pages: np.ndarray) -> np.ndarray:
-    """Mark the exclusive pages of each batch maybe shared, with one pin check per batch;
-    returns the mask of batches shared. A batch whose folio may be pinned is left as it was.
+def folio_try_share_anon_rmap_pte(machine: Machine, folio: int, page: int) -> str:
+    """Mark one exclusive page maybe shared; EBUSY, changing nothing, if the folio may be
+    pinned, else OK.
+
+    Context: the caller cleared the PTE but has not removed its rmap yet (mapcount >= 1).
+    """
+    __folio_rmap_sanity_checks(machine, folio, page, 1)
+    frames = machine.frames
+    check(frames.folio_anon.item(folio), "sharing a page of non-anon folio %s", folio)
+    check(frames.page_mapcount.item(page) >= 1, "sharing page %s whose rmap is gone", page)
+    check(PageAnonExclusive(machine, page), "sharing non-exclusive page %s", page)
+    if folio_maybe_dma_pinned(machine, folio):
+        return EBUSY
+    ClearPageAnonExclusive(machine, page)
+    return OK
+
+
+def folios_try_share_anon_rmap_ptes(machine: Machine, folio: np.ndarray, page: np.ndarray,
+                                    nr_pages: np.ndarray) -> BusyPerBatch:
+    """folio_try_share_anon_rmap_ptes for each batch: mark its exclusive pages maybe
+    shared, with one pin check per batch. A batch whose folio may be pinned fails with
+    EBUSY and is left as it was.
 
     Context: the caller cleared the PTEs but has not removed their rmap yet.
     """
-    __folio_rmap_sanity_checks(machine, folio, page, nr_pages)
+    __folios_rmap_sanity_checks(machine, folio, page, nr_pages)
     frames = machine.frames
+    check(all_set(frames.folio_anon[folio]), "sharing pages of a non-anon folio")
     pages = batch_pages(page, nr_pages)
     check(all_set(frames.page_mapcount[pages] >= 1), "sharing pages whose rmap is gone")
     check(all_set(frames.page_anon_exclusive[pages]), "sharing non-exclusive pages")
-    shared = ~folio_maybe_dma_pinned(machine, folio)
-    frames.page_anon_exclusive[pages[shared.repeat(nr_pages)]] = False
-    return shared
+    busy = folio_maybe_dma_pinned(machine, folio)
+    ClearPagesAnonExclusive(machine, pages[(~busy).repeat(nr_pages)])
+    return busy
 
 
 def rmap_walk_vmas(machine: Machine, folio: int) -> list[tuple[MM, VMA, int, int]]:

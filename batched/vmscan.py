@@ -19,18 +19,20 @@ from machine.pgtable import (
 )
 
 from .folio import (
+    PageAnonExclusive,
     folio_mapcount,
     folio_maybe_dma_pinned,
     folio_put,
-    folio_put_refs,
+    folios_put_refs,
     page_mapcount,
 )
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
 from .internal import FPB_UNMAP, PteBatches, folio_pte_batch, split_batches_by
 from .rmap import (
     folio_remove_rmap_pte,
-    folio_remove_rmap_ptes,
-    folio_try_share_anon_rmap_ptes,
+    folio_try_share_anon_rmap_pte,
+    folios_remove_rmap_ptes,
+    folios_try_share_anon_rmap_ptes,
     rmap_walk_vmas,
 )
 from .swap import folio_dup_swap, swap_free_unused
@@ -41,7 +43,7 @@ def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.n
     """Replace each batch's PTEs by swap PTEs from slot[i] on (PTE_SWP_EXCLUSIVE where
     exclusive[i]), copying the data, and drop their rmap and references.
 
-    Context: exclusive batches were already shared by folio_try_share_anon_rmap_ptes.
+    Context: exclusive batches were already shared by folios_try_share_anon_rmap_ptes.
     """
     if len(batches) == 0:
         return
@@ -55,63 +57,69 @@ def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.n
     mm.rss_swap += nr_pages
     swp_ptes = swp_entry_to_pte(slot.astype(np.uint64))
     machine.set_ptes_runs(mm, batches.runs, np.where(exclusive, pte_swp_mkexclusive(swp_ptes), swp_ptes))
-    folio_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
-    folio_put_refs(machine, batches.folio, batches.nr_pages)
+    folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
+    folios_put_refs(machine, batches.folio, batches.nr_pages)
 
 
-def try_to_unmap_pte(machine: Machine, folio: int, mm: MM, addr: int, slot: int) -> bool:
-    """try_to_unmap_one for a small folio: its one PTE at addr, if it maps it, becomes a swap
-    PTE for slot. False (EBUSY), changing nothing, if it is exclusive and maybe pinned."""
+def try_to_unmap_pte(machine: Machine, folio: int, page: int, mm: MM, addr: int, slot: int) -> str:
+    """Replace the PTE mapping page at addr by a swap PTE for slot (the small-folio path of
+    try_to_unmap_one). EBUSY, changing nothing, if page is exclusive and the folio maybe
+    pinned; else OK.
+
+    Context: a present PTE maps page at addr; page belongs to folio.
+    """
     pte = machine.ptep_get(mm, addr)
-    if not pte_present(pte) or int(pte_pfn(pte)) != folio:
-        return True
+    check(pte_present(pte) and int(pte_pfn(pte)) == page, "try_to_unmap_pte: page %s is not mapped at %#x",
+          page, addr)
     frames = machine.frames
-    exclusive = bool(frames.page_anon_exclusive[folio])
-    if exclusive and folio_maybe_dma_pinned(machine, folio):
-        return False
-    frames.page_anon_exclusive[folio] = False  # folio_try_share_anon_rmap_pte
+    exclusive = PageAnonExclusive(machine, page)
+    if exclusive and folio_try_share_anon_rmap_pte(machine, folio, page) == EBUSY:
+        return EBUSY
     machine.ptep_get_and_clear(mm, addr)
     machine.swap.swap_count[slot] += 1  # folio_dup_swap
-    machine.swap.swap_data[slot] = frames.page_data[folio]
+    machine.swap.swap_data[slot] = frames.page_data[page]
     mm.rss_anon -= 1
     mm.rss_swap += 1
     swp_pte = swp_entry_to_pte(slot)
     machine.set_pte_at(mm, addr, pte_swp_mkexclusive(swp_pte) if exclusive else swp_pte)
-    folio_remove_rmap_pte(machine, folio, folio, mm)
+    folio_remove_rmap_pte(machine, folio, page, mm)
     folio_put(machine, folio)
-    return True
+    return OK
 
 
-def try_to_unmap_one(machine: Machine, folio: int, nr_pages: int, mm: MM, vma: VMA, start: int, end: int,
-                     slot: int) -> bool:
+def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int, slot: int) -> str:
     """Turn every mapping of folio in [start, end) of vma into swap PTEs; a PMD block is
-    split first. False (EBUSY) when an exclusive sub-batch cannot be shared because the
-    folio may be pinned: the sub-batches before it stay converted, it stays as it was."""
+    split first. EBUSY when an exclusive sub-batch cannot be shared because the folio may
+    be pinned: the sub-batches before it stay converted, it stays as it was. Else OK."""
     haddr = start & ~(PMD_SIZE - 1)
     check(end <= haddr + PMD_SIZE, "a folio's range crosses a PMD")
     pmd = machine.pmdp_get(mm, haddr)
     if pmd_trans_huge(pmd):
         if int(pte_pfn(pmd)) != folio:
-            return True
+            return OK
         split_huge_pmd_locked(machine, mm, vma, haddr)
+    nr_pages = machine.frames.folio_nr_pages(folio)
     if nr_pages == 1:
-        return try_to_unmap_pte(machine, folio, mm, start, slot)
+        pte = machine.ptep_get(mm, start)
+        if not pte_present(pte) or int(pte_pfn(pte)) != folio:
+            return OK
+        return try_to_unmap_pte(machine, folio, folio, mm, start, slot)
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
     pfns = pte_pfn(ptes).astype(np.int64)
     of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
     if not any_set(of_folio):
-        return True
+        return OK
     batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_folio)
     sub_batches, exclusive = split_batches_by(batches, machine.frames.page_anon_exclusive[batches.pages()])
     if any_set(exclusive):
         shared = sub_batches.select(exclusive)
-        if not all_set(folio_try_share_anon_rmap_ptes(machine, shared.folio, shared.page, shared.nr_pages)):
+        if any_set(folios_try_share_anon_rmap_ptes(machine, shared.folio, shared.page, shared.nr_pages)):
             before = np.arange(len(exclusive)) < int(np.argmax(exclusive))
             unmap_ptes_to_swap(machine, mm, sub_batches.select(before),
                                slot + (sub_batches.page[before] - folio), exclusive[before])
-            return False
+            return EBUSY
     unmap_ptes_to_swap(machine, mm, sub_batches, slot + (sub_batches.page - folio), exclusive)
-    return True
+    return OK
 
 
 def try_to_unmap(machine: Machine, folio: int) -> str:
@@ -127,8 +135,8 @@ def try_to_unmap(machine: Machine, folio: int) -> str:
         return ENOMEM
     result = OK
     for mm, vma, start, end in rmap_walk_vmas(machine, folio):
-        if not try_to_unmap_one(machine, folio, 1 << order, mm, vma, start, end, slot):
-            result = EBUSY
+        result = try_to_unmap_one(machine, folio, mm, vma, start, end, slot)
+        if result != OK:
             break
     swap_free_unused(machine, slot, 1 << order)
     return result
@@ -158,9 +166,9 @@ def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.n
         batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_pieces)
         check(all_set(batches.nr_pages == 1), "order-0 pieces batched together")
         exclusive = machine.frames.page_anon_exclusive[batches.page]
-        shared = folio_try_share_anon_rmap_ptes(machine, batches.folio[exclusive], batches.page[exclusive],
-                                                batches.nr_pages[exclusive])
-        check(all_set(shared), "reclaimed piece of an unpinned folio refused sharing")
+        busy = folios_try_share_anon_rmap_ptes(machine, batches.folio[exclusive], batches.page[exclusive],
+                                               batches.nr_pages[exclusive])
+        check(not any_set(busy), "reclaimed piece of an unpinned folio refused sharing")
         unmap_ptes_to_swap(machine, mm, batches, slot_of_piece[batches.page - folio], exclusive)
     check(all_set(machine.frames.page_folio[mapped] < 0), "reclaimed pieces still referenced")
 

@@ -15,7 +15,8 @@ from .rmap import folio_add_new_anon_rmap
 
 
 def gup_must_unshare(machine: Machine, level: str, entry: int, page: int) -> bool:
-    """A R/O pin must unshare a page that is not PageAnonExclusive (the head's for a PMD)."""
+    """A R/O pin must unshare a page mapped read-only by entry that is not
+    PageAnonExclusive (the head's for a PMD). Its caller's !pte_write test is folded in."""
     if pte_write(entry):
         return False
     exclusive_page = page_folio(machine, page) if level == "pmd" else page
@@ -58,8 +59,11 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
     return EFAULT
 
 
-def try_grab_folio_pin(machine: Machine, page: int) -> None:
-    """FOLL_PIN one page: +1 ref and +1 _pincount on a large folio, +1024 refs on a small one."""
+def try_grab_folio_pin(machine: Machine, page: int) -> str:
+    """FOLL_PIN one page: +1 ref and +1 _pincount on a large folio, +1024 refs on a small one.
+
+    Returns OK (the kernel's 0): the model has no refcount overflow to fail on.
+    """
     frames = machine.frames
     folio = page_folio(machine, page)
     check(frames.folio_refcount[folio] >= 1, "pinning a free folio")
@@ -68,6 +72,7 @@ def try_grab_folio_pin(machine: Machine, page: int) -> None:
         frames.folio_pincount[folio] += 1
     else:
         frames.folio_refcount[folio] += GUP_PIN_COUNTING_BIAS
+    return OK
 
 
 def gup_put_folio_pin(machine: Machine, page: int) -> None:
@@ -106,7 +111,7 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
         page = machine.page_at(mm, page_addr)
         check(PageAnonExclusive(machine, pin_exclusive_page(machine, mm, page_addr, page)),
               f"pinning non-exclusive page {page}")
-        try_grab_folio_pin(machine, page)
+        check(try_grab_folio_pin(machine, page) == OK, "could not grab page %s", page)
         pages.append(page)
     machine.pin_add(mm.pid, addr, "rw" if writable else "ro", tuple(pages))
     return OK

@@ -81,10 +81,11 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
     folio = int(pte_pfn(pmd))
     check(folio_nr_pages(machine, folio) == HPAGE_PMD_NR, "PMD block of a non-PMD folio")
     anon_exclusive = PageAnonExclusive(machine, folio)
+    for page in range(folio + 1, folio + HPAGE_PMD_NR):
+        check(not PageAnonExclusive(machine, page), "PMD-mapped THP %s has exclusive tail page %s", folio, page)
     folio_ref_add(machine, folio, HPAGE_PMD_NR - 1)
     for page in range(folio, folio + HPAGE_PMD_NR):
-        # The head's state is copied to every page (RMAP_EXCLUSIVE or RMAP_NONE).
-        machine.frames.page_anon_exclusive[page] = anon_exclusive
+        # The head's state is given to every page (RMAP_EXCLUSIVE or RMAP_NONE).
         folio_add_anon_rmap_pte(machine, folio, page, mm, anon_exclusive)
     entry = split_entry(pmd, folio, vma)
     for i in range(HPAGE_PMD_NR):
@@ -158,30 +159,40 @@ def split_entry(old: int, page: int, vma: VMA) -> int:
 
 def unmap_folio(machine: Machine, folio: int) -> list[FolioMapping]:
     """Remove every mapping of folio in walk order; the caller holds a reference."""
-    nr_pages = folio_nr_pages(machine, folio)
-    mappings = []
+    mappings: list[FolioMapping] = []
     for mm, vma, start, end in rmap_walk_vmas(machine, folio):
-        addr = start
-        while addr < end:
-            haddr = addr & ~(PMD_SIZE - 1)
-            pmd = machine.pmdp_get(mm, haddr)
-            if pmd_trans_huge(pmd):
-                if int(pte_pfn(pmd)) == folio:
-                    mappings.append(FolioMapping(mm, vma, haddr, pmd, True, PageAnonExclusive(machine, folio)))
-                    machine.pmdp_get_and_clear(mm, haddr)
-                    folio_remove_rmap_pmd(machine, folio, mm)
-                    folio_put(machine, folio)
-                addr = haddr + PMD_SIZE
-                continue
-            pte = machine.ptep_get(mm, addr)
-            page = int(pte_pfn(pte))
-            if pte_present(pte) and folio <= page < folio + nr_pages:
-                mappings.append(FolioMapping(mm, vma, addr, pte, False, PageAnonExclusive(machine, page)))
-                machine.ptep_get_and_clear(mm, addr)
-                folio_remove_rmap_pte(machine, folio, page, mm)
-                folio_put(machine, folio)
-            addr += PAGE_SIZE
+        result = try_to_migrate_one(machine, folio, mm, vma, start, end, mappings)
+        check(result == OK, "unmap_folio could not unmap folio %s: %s", folio, result)
     return mappings
+
+
+def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int,
+                       mappings: list[FolioMapping]) -> str:
+    """Remove every mapping of folio in [start, end) of vma, one entry at a time, appending
+    each to mappings (model: the mapping itself stands for the migration entry). Returns
+    OK: with no migration entries there is nothing to fail on."""
+    nr_pages = folio_nr_pages(machine, folio)
+    addr = start
+    while addr < end:
+        haddr = addr & ~(PMD_SIZE - 1)
+        pmd = machine.pmdp_get(mm, haddr)
+        if pmd_trans_huge(pmd):
+            if int(pte_pfn(pmd)) == folio:
+                mappings.append(FolioMapping(mm, vma, haddr, pmd, True, PageAnonExclusive(machine, folio)))
+                machine.pmdp_get_and_clear(mm, haddr)
+                folio_remove_rmap_pmd(machine, folio, mm)
+                folio_put(machine, folio)
+            addr = haddr + PMD_SIZE
+            continue
+        pte = machine.ptep_get(mm, addr)
+        page = int(pte_pfn(pte))
+        if pte_present(pte) and folio <= page < folio + nr_pages:
+            mappings.append(FolioMapping(mm, vma, addr, pte, False, PageAnonExclusive(machine, page)))
+            machine.ptep_get_and_clear(mm, addr)
+            folio_remove_rmap_pte(machine, folio, page, mm)
+            folio_put(machine, folio)
+        addr += PAGE_SIZE
+    return OK
 
 
 def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> list[int]:
@@ -221,9 +232,7 @@ def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: in
     frames.folio_refcount[folio] = 0
     heads = __split_folio_to_order(machine, folio, new_order)
     frames.page_data[folio:folio + len(saved_data)] = saved_data
-    by_head = mappings_by_new_folio(folio, heads, new_order, mappings)
-    for head in heads:
-        remap_page(machine, folio, head, by_head[head])
+    remap_page(machine, folio, len(saved_data), mappings)
     for head in heads:
         if int(frames.folio_refcount[head]) == 0:
             frames.folio_free(head)
@@ -245,8 +254,22 @@ def mappings_by_new_folio(old_folio: int, heads: list[int], new_order: int,
     return by_head
 
 
-def remap_page(machine: Machine, old_folio: int, folio: int, mappings: list[FolioMapping]) -> None:
-    """remove_migration_ptes for one new folio: its pages' mappings, in walk order."""
+def remap_page(machine: Machine, folio: int, nr_pages: int, mappings: list[FolioMapping]) -> None:
+    """Map the nr_pages pages of a split folio, from its first new folio folio on, again:
+    new folio by new folio in ascending order, each with its mappings in walk order.
+
+    Context: the new folios are all of one order; mappings are unmap_folio's.
+    """
+    new_nr_pages = folio_nr_pages(machine, folio)
+    heads = list(range(folio, folio + nr_pages, new_nr_pages))
+    by_head = mappings_by_new_folio(folio, heads, new_nr_pages.bit_length() - 1, mappings)
+    for head in heads:
+        check(folio_nr_pages(machine, head) == new_nr_pages, "split into folios of several orders")
+        remove_migration_ptes(machine, folio, head, by_head[head])
+
+
+def remove_migration_ptes(machine: Machine, old_folio: int, folio: int, mappings: list[FolioMapping]) -> None:
+    """Map one new folio's pages again as its share of the mappings, in walk order."""
     nr_pages = folio_nr_pages(machine, folio)
     for mapping in mappings:
         if mapping.is_pmd:

@@ -46,8 +46,9 @@ def pte_range_none(machine: Machine, mm: MM, addr: int, nr_pages: int) -> bool:
     return all(pte_none(machine.ptep_get(mm, addr + (i << PAGE_SHIFT))) for i in range(nr_pages))
 
 
-def fault_order_suitable(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> bool:
-    """The aligned range of 2**order pages around addr lies in vma and maps nothing."""
+def alloc_anon_folio_suitable(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> bool:
+    """alloc_anon_folio's test of one order (thp_vma_suitable_order, pte_range_none): the
+    aligned range of 2**order pages around addr lies in vma and maps nothing."""
     nr_pages = 1 << order
     start = addr & ~((nr_pages << PAGE_SHIFT) - 1)
     end = start + (nr_pages << PAGE_SHIFT)
@@ -66,7 +67,7 @@ def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int)
     check(vma.writable, "anonymous write fault in a read-only VMA")
     check(pte_none(machine.lookup(mm, addr)[1]), "anonymous fault on a mapped address %#x", addr)
     for candidate in fault_orders(order):
-        if not fault_order_suitable(machine, mm, vma, addr, candidate):
+        if not alloc_anon_folio_suitable(machine, mm, vma, addr, candidate):
             continue
         folio = folio_alloc(machine, candidate)
         if folio is None:
@@ -74,20 +75,25 @@ def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int)
         if candidate == HPAGE_PMD_ORDER:
             huge_memory.map_anon_folio_pmd(machine, mm, vma, addr & ~(PMD_SIZE - 1), folio)
         else:
-            map_anon_folio_pte(machine, mm, vma, addr & ~((PAGE_SIZE << candidate) - 1), folio)
+            map_anon_folio_pte_pf(machine, mm, vma, addr & ~((PAGE_SIZE << candidate) - 1), folio)
         return OK
     return ENOMEM
 
 
-def map_anon_folio_pte(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
-    """Map a fresh folio whole at addr, writable and dirty, every page exclusive."""
+def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
+    """Map a fresh folio whole at addr, writable and dirty, every page exclusive (no counters)."""
     nr_pages = folio_nr_pages(machine, folio)
     folio_ref_add(machine, folio, nr_pages - 1)
     folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
     entry = maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma)
     for i in range(nr_pages):
         machine.set_pte_at(mm, addr + (i << PAGE_SHIFT), pfn_pte(folio + i, entry))
-        mm.rss_anon += 1
+
+
+def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
+    """map_anon_folio_pte_nopf for a page fault: also count the folio's pages in MM_ANONPAGES."""
+    map_anon_folio_pte_nopf(machine, mm, vma, addr, folio)
+    mm.rss_anon += folio_nr_pages(machine, folio)
 
 
 # Write faults on present read-only entries (do_wp_page).
@@ -115,12 +121,13 @@ def __wp_can_reuse_large_anon_folio(machine: Machine, folio: int, mm: MM) -> boo
     return True
 
 
-def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: bool) -> str:
-    """A write (or unshare) fault on a present read-only PTE: reuse the page, else copy it.
+def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
+    """A write (or unshare) fault on the present read-only PTE pte at addr (vmf->orig_pte):
+    reuse the page, else copy it.
 
-    Context: a present PTE maps addr; for a write fault the VMA is writable.
+    Context: pte is still the entry at addr; for a write fault the VMA is writable.
     """
-    pte = machine.ptep_get(mm, addr)
+    check(pte == machine.ptep_get(mm, addr), "do_wp_page: the PTE at %#x changed", addr)
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
     page = int(pte_pfn(pte))
@@ -135,12 +142,13 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: bool) -> 
 
 
 def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> None:
+    """Make the reused page's PTE young, dirty and (in a writable VMA) writable."""
     entry = maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma)
     machine.set_pte_at(mm, addr, entry)
 
 
 def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
-    """Copy the page to a new exclusive order-0 folio, then drop the old mapping."""
+    """Copy the page pte maps to a new exclusive order-0 folio, then drop the old mapping."""
     old_page = int(pte_pfn(pte))
     old_folio = page_folio(machine, old_page)
     new_folio = folio_alloc(machine, 0)
@@ -206,7 +214,7 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
         return do_swap_page(machine, mm, vma, addr, write_fault=True)
     if pte_write(pte):
         return OK
-    return do_wp_page(machine, mm, vma, addr, unshare=False)
+    return do_wp_page(machine, mm, vma, addr, pte, unshare=False)
 
 
 def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
@@ -216,10 +224,10 @@ def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
         result = huge_memory.do_huge_pmd_wp_page(machine, mm, vma, addr, unshare=True)
         if result != huge_memory.FALLBACK:
             return result
-    return do_wp_page(machine, mm, vma, addr, unshare=True)
+    return do_wp_page(machine, mm, vma, addr, machine.ptep_get(mm, addr), unshare=True)
 
 
-# zap (zap_pte_range, zap_present_pte, zap_nonpresent_ptes).
+# zap (zap_pte_range, zap_present_pte, zap_nonpresent_pte).
 
 def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
     """Unmap one present PTE and drop its folio reference. Context: a present PTE maps addr."""
@@ -232,9 +240,9 @@ def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
     folio_put(machine, folio)
 
 
-def zap_swap_pte(machine: Machine, mm: MM, addr: int) -> None:
+def zap_nonpresent_pte(machine: Machine, mm: MM, addr: int) -> None:
     """Drop one swap PTE's slot reference. Context: a swap PTE maps addr."""
-    check(is_swap_pte(machine.ptep_get(mm, addr)), "zap_swap_pte of a non-swap PTE at %#x", addr)
+    check(is_swap_pte(machine.ptep_get(mm, addr)), "zap_nonpresent_pte of a non-swap PTE at %#x", addr)
     pte = machine.ptep_get_and_clear(mm, addr)
     mm.rss_swap -= 1
     swap_free(machine, int(pte_swp_offset(pte)))
@@ -249,7 +257,7 @@ def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
         if pte_present(pte):
             zap_present_pte(machine, mm, addr)
         elif is_swap_pte(pte):
-            zap_swap_pte(machine, mm, addr)
+            zap_nonpresent_pte(machine, mm, addr)
 
 
 def pmd_ranges(machine: Machine, mm: MM, start: int, end: int) -> Iterator[tuple[int, int, bool]]:

@@ -17,8 +17,9 @@ def do_mmap(machine: Machine, mm: MM, addr: int, length: int, writable: bool) ->
     return OK
 
 
-def zap_range(machine: Machine, mm: MM, start: int, end: int) -> bool:
-    """Zap every mapping in [start, end), VMA by VMA; returns whether VMAs covered it all."""
+def unmap_vmas(machine: Machine, mm: MM, start: int, end: int) -> bool:
+    """Zap every mapping in [start, end), VMA by VMA (unmap_page_range each); returns whether
+    VMAs covered it all (madvise_dontneed's ENOMEM for a hole)."""
     covered = start
     for vma in mm.vmas_intersecting(start, end):
         if vma.start > covered:
@@ -32,7 +33,7 @@ def zap_range(machine: Machine, mm: MM, start: int, end: int) -> bool:
 def do_munmap(machine: Machine, mm: MM, start: int, length: int) -> str:
     """Zap [start, start + length) and remove it from the VMAs, splitting them at the edges."""
     end = start + length
-    zap_range(machine, mm, start, end)
+    unmap_vmas(machine, mm, start, end)
     for vma in mm.vmas_intersecting(start, end):
         if vma.start < start:
             vma = mm.vma_split(vma, start)
@@ -44,7 +45,7 @@ def do_munmap(machine: Machine, mm: MM, start: int, length: int) -> str:
 
 def madvise_dontneed(machine: Machine, mm: MM, start: int, length: int) -> str:
     """Zap the mapped parts of the range; ENOMEM if it had a hole. VMAs stay."""
-    return OK if zap_range(machine, mm, start, start + length) else ENOMEM
+    return OK if unmap_vmas(machine, mm, start, start + length) else ENOMEM
 
 
 def exit_mmap(machine: Machine, mm: MM) -> str:

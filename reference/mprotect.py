@@ -23,6 +23,15 @@ def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int) -> None:
     machine.set_pte_at(mm, addr, entry)
 
 
+def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
+    """New protection for every present PTE of [start, end) (one PMD), one at a time."""
+    if mm.pte_table(start) is None:
+        return  # pmd_none: nothing mapped here
+    for addr in range(start, end, PAGE_SIZE):
+        if pte_present(machine.ptep_get(mm, addr)):
+            change_pte(machine, mm, vma, addr)
+
+
 def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
     """Apply vma's protection to [start, end): a covered PMD whole, a partial one split first."""
     for addr, next_addr, whole_pmd in pmd_ranges(machine, mm, start, end):
@@ -32,11 +41,7 @@ def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int) 
                 change_huge_pmd(machine, mm, vma, haddr)
                 continue
             split_huge_pmd_locked(machine, mm, vma, haddr)
-        if mm.pte_table(addr) is None:
-            continue  # pmd_none: nothing mapped here
-        for page_addr in range(addr, next_addr, PAGE_SIZE):
-            if pte_present(machine.ptep_get(mm, page_addr)):
-                change_pte(machine, mm, vma, page_addr)
+        change_pte_range(machine, mm, vma, addr, next_addr)
 
 
 def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:

@@ -1,7 +1,8 @@
 """Reverse mapping, as mm/rmap.c and include/linux/rmap.h: one PTE and one page at a time.
 
-Counts are plain (the kernel's accessor values): a slot count of 0 with
-MM_ID_DUMMY is a free slot (the kernel's -1).
+A try_ function returns OK or EBUSY (the kernel's 0 or -EBUSY). Counts are plain
+(the kernel's accessor values): a slot count of 0 with MM_ID_DUMMY is a free slot
+(the kernel's -1).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def __folio_rmap_sanity_checks(machine: Machine, folio: int, page: int, nr_pages
 def folio_set_large_mapcount(machine: Machine, folio: int, mapcount: int, mm: MM) -> None:
     """A new large folio's mapcount, all of it in mm's slot 0."""
     frames = machine.frames
+    check(folio_test_large(machine, folio), "large mapcount of small folio %s", folio)
+    check(mapcount >= 1 and mapcount <= folio_nr_pages(machine, folio), "bad large mapcount")
     check(frames.folio_mm_id[folio, 0] == MM_ID_DUMMY and frames.folio_mm_id[folio, 1] == MM_ID_DUMMY,
           "new folio already has MM_ID slots")
     frames.folio_large_mapcount[folio] = mapcount
@@ -37,6 +40,7 @@ def folio_set_large_mapcount(machine: Machine, folio: int, mapcount: int, mm: MM
 def folio_add_return_large_mapcount(machine: Machine, folio: int, diff: int, mm: MM) -> int:
     """Add diff mappings by mm; claim a slot or mark the folio maybe mapped shared."""
     frames = machine.frames
+    check(folio_test_large(machine, folio), "large mapcount of small folio %s", folio)
     check(diff >= 1 and diff <= folio_nr_pages(machine, folio), "bad large mapcount diff")
     new_mapcount = int(frames.folio_large_mapcount[folio]) + diff
     frames.folio_large_mapcount[folio] = new_mapcount
@@ -61,6 +65,7 @@ def folio_add_return_large_mapcount(machine: Machine, folio: int, diff: int, mm:
 def folio_sub_return_large_mapcount(machine: Machine, folio: int, diff: int, mm: MM) -> int:
     """Remove diff mappings by mm; clear "maybe mapped shared" once one slot owns all."""
     frames = machine.frames
+    check(folio_test_large(machine, folio), "large mapcount of small folio %s", folio)
     check(diff >= 1 and diff <= folio_nr_pages(machine, folio), "bad large mapcount diff")
     new_mapcount = int(frames.folio_large_mapcount[folio]) - diff
     check(new_mapcount >= 0, "folio %s large mapcount underflow", folio)
@@ -103,6 +108,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
           "new folio already mapped")
     __folio_set_anon(machine, folio, vma, addr)
     nr_pages = folio_nr_pages(machine, folio)
+    check(vma.start <= addr and addr + (nr_pages << PAGE_SHIFT) <= vma.end, "new folio leaves the VMA")
     if not folio_test_large(machine, folio):
         frames.page_mapcount[folio] = 1
         if exclusive:
@@ -184,6 +190,7 @@ def folio_try_dup_anon_rmap_pmd(machine: Machine, folio: int, dst_mm: MM, src_mm
     """
     frames = machine.frames
     check(int(frames.folio_order[folio]) == HPAGE_PMD_ORDER, "PMD dup of a non-PMD folio")
+    check(frames.folio_anon[folio], "dup of a non-anon folio")
     check(frames.folio_entire_mapcount[folio] >= 1, "PMD dup of folio %s not PMD-mapped", folio)
     if PageAnonExclusive(machine, folio):
         if folio_needs_cow_for_dma(machine, src_mm, folio):
@@ -202,6 +209,7 @@ def folio_try_share_anon_rmap_pte(machine: Machine, folio: int, page: int) -> st
     Context: the caller cleared the PTE but has not removed its rmap yet (mapcount >= 1).
     """
     __folio_rmap_sanity_checks(machine, folio, page, 1)
+    check(machine.frames.folio_anon[folio], "sharing a page of non-anon folio %s", folio)
     check(machine.frames.page_mapcount[page] >= 1, "sharing page %s whose rmap is gone", page)
     check(PageAnonExclusive(machine, page), "sharing non-exclusive page %s", page)
     if folio_maybe_dma_pinned(machine, folio):

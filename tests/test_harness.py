@@ -215,7 +215,7 @@ def test_the_kernel_under_test_is_instrumented_under_any_name():
     copy = load_batched_copy(alias)
     try:
         assert kernel_package(copy) == alias
-        function = sys.modules[f"{alias}.rmap"].folio_add_anon_rmap_ptes
+        function = sys.modules[f"{alias}.rmap"].folios_add_anon_rmap_ptes
         assert "__ATHERIS_INSTRUMENTED__" not in function.__code__.co_consts
         assert instrument_package(alias) > 50
         assert "__ATHERIS_INSTRUMENTED__" in function.__code__.co_consts

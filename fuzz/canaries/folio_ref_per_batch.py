@@ -12,8 +12,8 @@ memory = submodule(batched, "memory")
 def zap_present_ptes(machine, mm, batches):
     machine.clear_full_ptes_runs(mm, batches.runs)
     mm.rss_anon -= int(batches.nr_pages.sum())
-    memory.folio_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
-    memory.folio_put_refs(machine, batches.folio, np.ones_like(batches.nr_pages))  # planted: 1 per batch
+    memory.folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
+    memory.folios_put_refs(machine, batches.folio, np.ones_like(batches.nr_pages))  # planted: 1 per batch
 
 
 plant(batched, "memory", "zap_present_ptes", zap_present_ptes)

@@ -9,13 +9,13 @@ batched = load_batched_copy(__name__ + "_batched")
 rmap = submodule(batched, "rmap")
 
 
-def folio_try_share_anon_rmap_ptes(machine, folio, page, nr_pages):
+def folios_try_share_anon_rmap_ptes(machine, folio, page, nr_pages):
     frames = machine.frames
     pages = rmap.batch_pages(page, nr_pages)
-    shared = ~rmap.folio_maybe_dma_pinned(machine, page)  # planted: the page, not the folio
-    frames.page_anon_exclusive[pages[np.repeat(shared, nr_pages)]] = False
-    return shared
+    busy = rmap.folio_maybe_dma_pinned(machine, page)  # planted: the page, not the folio
+    frames.page_anon_exclusive[pages[np.repeat(~busy, nr_pages)]] = False
+    return busy
 
 
-plant(batched, "rmap", "folio_try_share_anon_rmap_ptes", folio_try_share_anon_rmap_ptes)
+plant(batched, "rmap", "folios_try_share_anon_rmap_ptes", folios_try_share_anon_rmap_ptes)
 Kernel = batched.Kernel

@@ -17,8 +17,8 @@ def split_huge_pmd_locked(machine, mm, vma, haddr):
     frames = machine.frames
     anon_exclusive = bool(frames.page_anon_exclusive[folio])
     frames.folio_refcount[folio] += HPAGE_PMD_NR - 1
-    huge_memory.folio_add_anon_rmap_ptes(machine, np.array([folio]), np.array([folio]), np.array([HPAGE_PMD_NR]),
-                                         mm, np.array([False]))  # planted: RMAP_NONE for every page
+    huge_memory.folios_add_anon_rmap_ptes(machine, np.array([folio]), np.array([folio]), np.array([HPAGE_PMD_NR]),
+                                          mm, np.array([False]))  # planted: RMAP_NONE for every page
     frames.page_anon_exclusive[folio] = anon_exclusive  # ... and the head keeps its own bit
     machine.set_ptes(mm, haddr, int(huge_memory.split_entries(pmd, folio, vma)), HPAGE_PMD_NR)
     huge_memory.folio_remove_rmap_pmd(machine, folio, mm)

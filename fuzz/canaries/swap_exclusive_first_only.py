@@ -26,8 +26,8 @@ def unmap_ptes_to_swap(machine, mm, batches, slot, exclusive):
     machine.set_ptes_runs(mm, batches.runs, swp_ptes)
     firsts = PteRuns(batches.runs.addr, batches.runs.index[exclusive], np.ones(int(exclusive.sum()), np.int64))
     machine.set_ptes_runs(mm, firsts, pte_swp_mkexclusive(swp_ptes[exclusive]))  # planted: first only
-    vmscan.folio_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
-    vmscan.folio_put_refs(machine, batches.folio, batches.nr_pages)
+    vmscan.folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
+    vmscan.folios_put_refs(machine, batches.folio, batches.nr_pages)
 
 
 plant(batched, "vmscan", "unmap_ptes_to_swap", unmap_ptes_to_swap)

@@ -24,6 +24,7 @@ import structlog
 from fuzz.atomic import write_atomically, write_atomically_bytes
 from fuzz.errors import UsageError
 from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
+from fuzz.kernelc.source import KERNEL_TREE_ENV
 from fuzz.logs import configure_logging
 from fuzz.script.ops import Script, ScriptError, parse_file
 
@@ -458,6 +459,18 @@ _HELP = {
 }
 
 
+KERNEL_TREE_COMMANDS = ("replay", "minimize", "fuzz", "gate", "bench")
+
+
+def use_kernel_tree(tree: str | None) -> None:
+    """--kernel-tree DIR: the tree kernel-c builds from, for this process and its children."""
+    if tree is None:
+        return
+    if not os.path.isdir(tree):
+        raise UsageError(f"--kernel-tree {tree}: not a directory")
+    os.environ[KERNEL_TREE_ENV] = os.path.abspath(tree)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog=PROG, description="Differential fuzzer for the Linux kernel's "
                                                    "reverse-map code on a simulated arm64 machine.")
@@ -471,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
         subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                                help="log info events (default: warnings)")
         add_arguments(subparser)
+        if name in KERNEL_TREE_COMMANDS:
+            subparser.add_argument("--kernel-tree", metavar="DIR",
+                                   help="with --impl kernel-c: the kernel tree whose rmap helpers are "
+                                        "compiled (default: Debian's linux-source of the bridge's kernel)")
         subparser.set_defaults(run=run)
     return parser
 
@@ -493,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
         verbose = args.verbose or args.log_json
         configure_logging(json_logs=args.log_json, level=logging.INFO if verbose else logging.WARNING)
+        use_kernel_tree(getattr(args, "kernel_tree", None))
         return args.run(args)
     except ScriptError as error:
         return _fail(_script_error_message(error))

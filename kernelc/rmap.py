@@ -1,0 +1,70 @@
+"""batched/rmap.py's helpers served by the kernel's C: the same signatures, each batch one
+call of the extracted helper on its folio (fuzz/kernelc/glue.c)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from machine import MM, Machine
+
+from . import bridge
+from .bridge import EBUSY, HelperLibrary
+
+
+class KernelcRmap:
+    """The C-backed helpers for one library; each method has batched.rmap's signature."""
+
+    def __init__(self, library: HelperLibrary) -> None:
+        self.library = library
+
+    # MM_ID: who maps a large folio.
+
+    def folio_set_large_mapcount(self, machine: Machine, folio: int, mapcount: int, mm: MM) -> None:
+        bridge.set_large_mapcount(self.library, machine, int(folio), int(mapcount), mm)
+
+    def folio_add_return_large_mapcount(self, machine: Machine, folio: int, diff: int, mm: MM) -> int:
+        return bridge.add_return_large_mapcount(self.library, machine, int(folio), int(diff), mm)
+
+    def folio_sub_return_large_mapcount(self, machine: Machine, folio: int, diff: int, mm: MM) -> int:
+        return bridge.sub_return_large_mapcount(self.library, machine, int(folio), int(diff), mm)
+
+    def folios_add_return_large_mapcount(self, machine: Machine, folios: np.ndarray, diffs: np.ndarray,
+                                         mm: MM) -> None:
+        for folio, diff in zip(*bridge.as_ints(folios, diffs), strict=True):
+            bridge.add_return_large_mapcount(self.library, machine, folio, diff, mm)
+
+    def folios_sub_return_large_mapcount(self, machine: Machine, folios: np.ndarray, diffs: np.ndarray,
+                                         mm: MM) -> None:
+        for folio, diff in zip(*bridge.as_ints(folios, diffs), strict=True):
+            bridge.sub_return_large_mapcount(self.library, machine, folio, diff, mm)
+
+    # fork and try_to_unmap.
+
+    def folio_try_dup_anon_rmap_ptes(self, machine: Machine, folio: np.ndarray, page: np.ndarray,
+                                     nr_pages: np.ndarray, dst_mm: MM, src_mm: MM) -> np.ndarray:
+        """The mask of batches that failed (-EBUSY: the folio may be pinned)."""
+        failed = np.zeros(len(folio), np.bool_)
+        for index, (head, first, count) in enumerate(zip(*bridge.as_ints(folio, page, nr_pages), strict=True)):
+            ret = bridge.try_dup_anon_rmap_ptes(self.library, machine, head, first, count, dst_mm, src_mm)
+            failed[index] = ret == EBUSY
+        return failed
+
+    def folio_try_dup_anon_rmap_pmd(self, machine: Machine, folio: int, dst_mm: MM, src_mm: MM) -> bool:
+        return bridge.try_dup_anon_rmap_pmd(self.library, machine, int(folio), dst_mm, src_mm) == 0
+
+    def folio_try_share_anon_rmap_ptes(self, machine: Machine, folio: np.ndarray, page: np.ndarray,
+                                       nr_pages: np.ndarray) -> np.ndarray:
+        """The mask of batches shared (0), the others left as they were (-EBUSY)."""
+        shared = np.zeros(len(folio), np.bool_)
+        for index, (head, first, count) in enumerate(zip(*bridge.as_ints(folio, page, nr_pages), strict=True)):
+            shared[index] = bridge.try_share_anon_rmap_ptes(self.library, machine, head, first, count) == 0
+        return shared
+
+    def functions(self) -> dict[str, Callable[..., object]]:
+        """batched.rmap's name of each helper this serves."""
+        return {name: getattr(self, name) for name in (
+            "folio_set_large_mapcount", "folio_add_return_large_mapcount", "folio_sub_return_large_mapcount",
+            "folios_add_return_large_mapcount", "folios_sub_return_large_mapcount",
+            "folio_try_dup_anon_rmap_ptes", "folio_try_dup_anon_rmap_pmd", "folio_try_share_anon_rmap_ptes")}

@@ -1,0 +1,159 @@
+"""kernel-c: the kernel's own rmap helpers, extracted from a tree, compiled against the shim
+and judged against the reference.
+
+The tree is `$RMAPFUZZ_KERNEL_TREE` or Debian's linux-source in the cache (fetched on first
+use); without gcc or a tree the tests skip, saying which is missing. Trees that differ from
+it (a helper missing, a helper changed) are copies of its few extracted files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fuzz.errors import UsageError
+from fuzz.kernelc.build import build, compiler_missing
+from fuzz.kernelc.extract import RMAP_H, TARGETS, ExtractionError, extract, extract_function
+from fuzz.kernelc.source import KERNEL_TREE_ENV, SOURCE_FILES, kernel_tree
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = sorted((ROOT / "tests" / "scenarios").glob("*.ops"))
+
+
+def default_tree() -> str:
+    """The tree kernel-c uses here, or skip naming what is missing."""
+    missing = compiler_missing()
+    if missing:
+        pytest.skip(missing)
+    try:
+        return kernel_tree()
+    except UsageError as error:
+        pytest.skip(f"no kernel source for kernel-c: {error}")
+
+
+@pytest.fixture(scope="module")
+def tree() -> str:
+    return default_tree()
+
+
+def tree_copy(tree: str, into: Path, edit: Callable[[str], str], path: str = RMAP_H) -> str:
+    """A second tree: tree's extracted files, with edit applied to path's text."""
+    for name in SOURCE_FILES:
+        target = into / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(os.path.join(tree, name), target)
+        target.chmod(0o644)
+    edited = into / path
+    text = edited.read_text(encoding="utf-8")
+    changed = edit(text)
+    assert changed != text, "the edit changed nothing"
+    edited.write_text(changed, encoding="utf-8")
+    return str(into)
+
+
+def rmapfuzz(*args: str, tree: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if tree is not None:
+        env.pop(KERNEL_TREE_ENV, None)
+        args = (*args, "--kernel-tree", tree)
+    return subprocess.run([sys.executable, "-m", "fuzz", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600, check=False)
+
+
+# Extraction.
+
+def test_extraction_finds_every_required_target_in_the_default_tree(tree: str) -> None:
+    found = {function.target.name for function in extract(tree)}
+    assert {target.name for target in TARGETS if not target.optional} <= found
+
+
+def test_extraction_takes_the_function_verbatim_with_balanced_braces() -> None:
+    source = "int x;\nstatic inline int f(int a,\n\t\tint b)\n{\n\tif (a) { return '}'; }\n\t/* } */\n\treturn b;\n}\n"
+    line, text = extract_function(source, "f") or (0, "")
+    assert line == 2
+    assert text == source[source.index("static"):source.rindex("}") + 1]
+
+
+def test_extraction_skips_prototypes_and_takes_the_first_definition() -> None:
+    source = "static int f(int a);\nstatic int f(int a)\n{\n\treturn 1;\n}\nstatic int f(int a)\n{\n\treturn 2;\n}\n"
+    line, text = extract_function(source, "f") or (0, "")
+    assert line == 2 and "return 1" in text
+
+
+def test_extraction_names_each_missing_function(tree: str, tmp_path: Path) -> None:
+    renamed = tree_copy(tree, tmp_path, lambda text: text.replace("__folio_try_dup_anon_rmap(", "__folio_dup(")
+                        .replace("folio_mm_id(const", "folio_mm_id_of(const"))
+    with pytest.raises(ExtractionError) as raised:
+        extract(renamed)
+    message = str(raised.value)
+    assert "__folio_try_dup_anon_rmap (include/linux/rmap.h)" in message
+    assert "folio_mm_id (include/linux/rmap.h)" in message
+    assert "shim.h" in message
+
+
+def test_a_changed_kernel_type_fails_the_build_with_the_compiler_message(tree: str, tmp_path: Path) -> None:
+    moved = tree_copy(tree, tmp_path, lambda text: text.replace("folio->_mm_id[idx] & MM_ID_MASK",
+                                                                "folio->_mm_id_slots[idx] & MM_ID_MASK"))
+    with pytest.raises(UsageError, match="_mm_id_slots"):
+        build(moved)
+
+
+# The implementation.
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda path: path.stem)
+def test_scenario_replays_clean_on_kernel_c(tree: str, path: Path) -> None:
+    from fuzz.judge.runner import run_script
+    from fuzz.script.ops import parse_file
+
+    result = run_script(parse_file(str(path)), impl="kernel-c", ref="reference")
+    assert result.findings == [], result.findings[0].report()
+
+
+def test_kernel_c_equals_reference_on_random_sequences(tree: str) -> None:
+    from fuzz.engine.generate import random_script
+    from fuzz.judge.runner import run_script
+    from fuzz.script.ops import ScriptError
+
+    for seed in range(400):
+        try:
+            result = run_script(random_script(20_000_000 + seed, 40), "kernel-c", "reference", check_every_op=True)
+        except ScriptError:
+            continue
+        assert result.findings == [], f"seed {20_000_000 + seed}:\n" + result.findings[0].report()
+
+
+def test_a_helper_changed_in_a_second_tree_is_caught(tree: str, tmp_path: Path) -> None:
+    # The MM_ID "maybe mapped shared" bit is not set when a second process takes slot 1.
+    forgetful = tree_copy(tree, tmp_path, lambda text: text.replace(
+        "\t\t/* Slot 0 certainly has mappings as well. */\n\t\tfolio->_mm_ids |= FOLIO_MM_IDS_SHARED_BIT;\n", ""))
+    done = rmapfuzz("replay", "--impl", "kernel-c", str(ROOT / "tests/scenarios/59-mmid-shared-bit.ops"),
+                    tree=forgetful)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "oracle:fork:mapcount" in done.stdout or "expect" in done.stdout, done.stdout
+
+
+def test_a_kernel_warning_is_a_finding_naming_function_and_line(tree: str, tmp_path: Path) -> None:
+    # The PMD dup passes one page short: __folio_rmap_sanity_checks warns.
+    short = tree_copy(tree, tmp_path, lambda text: text.replace(
+        "return __folio_try_dup_anon_rmap(folio, page, HPAGE_PMD_NR, dst_vma,",
+        "return __folio_try_dup_anon_rmap(folio, page, HPAGE_PMD_NR - 1, dst_vma,"))
+    line = next(number for number, text in enumerate(Path(short, RMAP_H).read_text().splitlines(), 1)
+                if "VM_WARN_ON_FOLIO(nr_pages != HPAGE_PMD_NR, folio);" in text)
+    done = rmapfuzz("replay", "--impl", "kernel-c", str(ROOT / "tests/scenarios/16-cow-fork-pmd.ops"), tree=short)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"warning:fork:__folio_rmap_sanity_checks:{line}" in done.stdout, done.stdout
+
+
+def test_kernel_c_without_a_compiler_exits_2_with_one_line_saying_how_to_install(tree: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CC="no-such-cc")
+    done = subprocess.run([sys.executable, "-m", "fuzz", "replay", "--impl", "kernel-c",
+                           str(SCENARIOS[0])], capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "install gcc" in done.stderr

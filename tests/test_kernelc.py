@@ -19,7 +19,7 @@ import pytest
 
 from fuzz.errors import UsageError
 from fuzz.kernelc.build import build, compiler_missing
-from fuzz.kernelc.extract import RMAP_H, TARGETS, ExtractionError, extract, extract_function
+from fuzz.kernelc.extract import PAGE_FLAGS_H, RMAP_H, TARGETS, ExtractionError, extract, extract_function
 from fuzz.kernelc.source import KERNEL_TREE_ENV, SOURCE_FILES, kernel_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,3 +157,81 @@ def test_kernel_c_without_a_compiler_exits_2_with_one_line_saying_how_to_install
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
     assert "install gcc" in done.stderr
+
+
+# The series under review (patch 8/9: folio_try_share_anon_rmap_ptes), rebuilt from the thread.
+
+REVIEW_THREAD = Path("/work/shared/seed/review-folio_try_share_anon_rmap_ptes.txt")
+PMD_HEAD_ONLY = "if (level == PGTABLE_LEVEL_PMD)\n nr_pages = 1;\n"
+
+
+@pytest.fixture(scope="module")
+def series_tree(tree: str) -> str:
+    from fuzz.kernelc.series import patched_tree
+
+    if not REVIEW_THREAD.exists():
+        pytest.skip(f"no review thread at {REVIEW_THREAD}")
+    return patched_tree(tree, REVIEW_THREAD.read_text(encoding="utf-8"), SOURCE_FILES)
+
+
+def test_the_series_is_rebuilt_from_the_thread_and_applies(series_tree: str) -> None:
+    functions = {function.target.name for function in extract(series_tree)}
+    assert {"folio_try_share_anon_rmap_ptes", "ClearPagesAnonExclusive"} <= functions
+    assert PMD_HEAD_ONLY in Path(series_tree, RMAP_H).read_text(encoding="utf-8")
+
+
+def test_a_patch_that_does_not_apply_is_named(tree: str) -> None:
+    from fuzz.kernelc.series import patched_tree
+
+    patch = ("diff --git a/include/linux/rmap.h b/include/linux/rmap.h\n--- a/include/linux/rmap.h\n"
+             "+++ b/include/linux/rmap.h\n@@ -10,3 +10,3 @@\n no such line\n-nor this\n+but this\n")
+    with pytest.raises(UsageError, match="include/linux/rmap.h hunk at line 10"):
+        patched_tree(tree, patch, SOURCE_FILES)
+
+
+def test_every_scenario_passes_with_the_series(series_tree: str) -> None:
+    done = rmapfuzz("replay", "--impl", "kernel-c", "--kernel-patch", str(REVIEW_THREAD), *map(str, SCENARIOS))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+
+
+def pmd_mapped_thp_with_a_stale_tail_bit() -> tuple[object, int]:
+    from fuzz.implementation import reference_kernel
+
+    machine, kernel = reference_kernel(1024)
+    assert kernel.mmap(0, 0x200000, 0x200000, "rw") == "ok"
+    assert kernel.fault(0, 0x200000, 9) == "ok"
+    folio = int(machine.frames.folio_order.argmax())
+    machine.frames.page_anon_exclusive[folio + 5] = True   # a tail's bit, which the PMD path must not touch
+    return machine, folio
+
+
+@pytest.mark.parametrize("planted", [False, True], ids=["series", "pmd-clears-every-subpage"])
+def test_the_series_pmd_share_clears_the_head_only(series_tree: str, tmp_path: Path, planted: bool) -> None:
+    """The review's worry: the PMD path must keep clearing the head's bit only. Planted: the
+    `nr_pages = 1` of the PMD level dropped. (The model keeps tail bits clear while a THP is
+    PMD-mapped, and try_to_unmap splits the PMD first, so only this direct call sees it.)"""
+    from kernelc import bridge
+
+    tree = tree_copy(series_tree, tmp_path, lambda text: text.replace(PMD_HEAD_ONLY, "")) if planted else series_tree
+    library = bridge.load_library(build(tree).path)
+    machine, folio = pmd_mapped_thp_with_a_stale_tail_bit()
+    assert bridge.try_share_anon_rmap_pmd(library, machine, folio) == 0
+    frames = machine.frames
+    assert not frames.page_anon_exclusive[folio]
+    assert bool(frames.page_anon_exclusive[folio + 5]) is not planted
+
+
+def test_nr_pages_zero_reaching_the_series_clearing_loop_is_a_warning(series_tree: str, tmp_path: Path) -> None:
+    """The review's other worry: ClearPagesAnonExclusive's `for (;;) ... if (--nr == 0)` loop
+    clears 2^32 pages when nr_pages == 0 reaches it. Planted: the PMD special case written as
+    `nr_pages = level == PGTABLE_LEVEL_PMD;`, which zeroes every PTE batch after the sanity
+    checks passed; the loop walks off the folio's window and the call is abandoned."""
+    zeroed = tree_copy(series_tree, tmp_path, lambda text: text.replace(
+        PMD_HEAD_ONLY, "nr_pages = level == PGTABLE_LEVEL_PMD;\n"))
+    done = rmapfuzz("replay", "--impl", "kernel-c", str(ROOT / "tests/scenarios/64-ttu-mixed-exclusive-batch.ops"),
+                    tree=zeroed)
+    assert done.returncode == 1, done.stdout + done.stderr
+    line = next(number for number, text in enumerate(Path(zeroed, PAGE_FLAGS_H).read_text().splitlines(), 1)
+                if "ClearPageAnonExclusive(page);" in text and number > 1100)
+    assert f"warning:try_to_unmap:ClearPagesAnonExclusive:{line}" in done.stdout, done.stdout
+    assert "page outside the folio's window" in done.stdout

@@ -24,6 +24,7 @@ import structlog
 from fuzz.atomic import write_atomically, write_atomically_bytes
 from fuzz.errors import UsageError
 from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
+from fuzz.kernelc.series import KERNEL_PATCH_ENV
 from fuzz.kernelc.source import KERNEL_TREE_ENV
 from fuzz.logs import configure_logging
 from fuzz.script.ops import Script, ScriptError, parse_file
@@ -462,13 +463,17 @@ _HELP = {
 KERNEL_TREE_COMMANDS = ("replay", "minimize", "fuzz", "gate", "bench")
 
 
-def use_kernel_tree(tree: str | None) -> None:
-    """--kernel-tree DIR: the tree kernel-c builds from, for this process and its children."""
-    if tree is None:
-        return
-    if not os.path.isdir(tree):
-        raise UsageError(f"--kernel-tree {tree}: not a directory")
-    os.environ[KERNEL_TREE_ENV] = os.path.abspath(tree)
+def use_kernel_tree(tree: str | None, patch: str | None) -> None:
+    """--kernel-tree DIR and --kernel-patch FILE: what kernel-c builds from, for this process
+    and its children (a fuzzing campaign's workers)."""
+    if tree is not None:
+        if not os.path.isdir(tree):
+            raise UsageError(f"--kernel-tree {tree}: not a directory")
+        os.environ[KERNEL_TREE_ENV] = os.path.abspath(tree)
+    if patch is not None:
+        if not os.path.isfile(patch):
+            raise UsageError(f"--kernel-patch {patch}: no such file")
+        os.environ[KERNEL_PATCH_ENV] = os.path.abspath(patch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -488,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
             subparser.add_argument("--kernel-tree", metavar="DIR",
                                    help="with --impl kernel-c: the kernel tree whose rmap helpers are "
                                         "compiled (default: Debian's linux-source of the bridge's kernel)")
+            subparser.add_argument("--kernel-patch", metavar="FILE",
+                                   help="with --impl kernel-c: a patch (or a review thread quoting one) "
+                                        "applied to a copy of the kernel tree at run time")
         subparser.set_defaults(run=run)
     return parser
 
@@ -510,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
         verbose = args.verbose or args.log_json
         configure_logging(json_logs=args.log_json, level=logging.INFO if verbose else logging.WARNING)
-        use_kernel_tree(getattr(args, "kernel_tree", None))
+        use_kernel_tree(getattr(args, "kernel_tree", None), getattr(args, "kernel_patch", None))
         return args.run(args)
     except ScriptError as error:
         return _fail(_script_error_message(error))

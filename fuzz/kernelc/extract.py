@@ -17,6 +17,7 @@ from fuzz.errors import UsageError
 
 RMAP_H = "include/linux/rmap.h"
 MM_H = "include/linux/mm.h"
+PAGE_FLAGS_H = "include/linux/page-flags.h"
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ TARGETS: tuple[Target, ...] = (
     Target(RMAP_H, "folio_try_dup_anon_rmap_ptes"),
     Target(RMAP_H, "folio_try_dup_anon_rmap_pte"),
     Target(RMAP_H, "folio_try_dup_anon_rmap_pmd"),
-    Target(MM_H, "folio_clear_pages_anon_exclusive", optional=True),   # the series (patch 8/9)
+    Target(PAGE_FLAGS_H, "ClearPagesAnonExclusive", optional=True),    # the series, patch 8/9 v1
+    Target(MM_H, "folio_clear_pages_anon_exclusive", optional=True),   # its name after review
     Target(RMAP_H, "__folio_try_share_anon_rmap"),
     Target(RMAP_H, "folio_try_share_anon_rmap_pte"),
     Target(RMAP_H, "folio_try_share_anon_rmap_ptes", optional=True),   # the series (patch 8/9)

@@ -195,24 +195,28 @@ struct anon_vma {
 /* The window's bounds: a page outside them ends the call (glue.c). */
 extern struct page *rmapfuzz_window_start, *rmapfuzz_window_end;
 
-static inline struct page *rmapfuzz_checked_page(const struct page *page)
+static inline struct page *rmapfuzz_checked_page(const struct page *page, const char *file,
+						 const char *function, int line)
 {
 	if (page < rmapfuzz_window_start || page >= rmapfuzz_window_end) {
-		rmapfuzz_warn(true, __FILE__, __func__, __LINE__, "page outside the folio's window");
+		rmapfuzz_warn(true, file, function, line, "page outside the folio's window");
 		longjmp(rmapfuzz_escape, 1);
 	}
 	return (struct page *)page;
 }
 
-static inline struct page *compound_head(const struct page *page)
+/* Macros, so that a page off the window is charged to the kernel function that used it. */
+#define PF_ANY(page, enforce) rmapfuzz_checked_page(page, __FILE__, __func__, __LINE__)
+
+static inline struct page *rmapfuzz_compound_head(const struct page *page, struct page *checked)
 {
-	unsigned long head = rmapfuzz_checked_page(page)->compound_head;
+	unsigned long head = checked->compound_head;
 
 	return (struct page *)(head & 1 ? head - 1 : (unsigned long)page);
 }
 
+#define compound_head(page) rmapfuzz_compound_head(page, PF_ANY(page, 0))
 #define page_folio(page) ((struct folio *)compound_head(page))
-#define PF_ANY(page, enforce) rmapfuzz_checked_page(page)
 
 static inline bool folio_test_large(const struct folio *folio)
 {
@@ -256,15 +260,8 @@ static __always_inline bool folio_test_anon(const struct folio *folio)
 #define folio_is_device_private(folio) false
 #define is_zero_folio(folio) false
 
-static __always_inline int PageAnonExclusive(const struct page *page)
-{
-	return test_bit(PG_anon_exclusive, &PF_ANY(page, 1)->flags.f);
-}
-
-static __always_inline void ClearPageAnonExclusive(struct page *page)
-{
-	clear_bit(PG_anon_exclusive, &PF_ANY(page, 1)->flags.f);
-}
+#define PageAnonExclusive(page) test_bit(PG_anon_exclusive, &PF_ANY(page, 1)->flags.f)
+#define ClearPageAnonExclusive(page) clear_bit(PG_anon_exclusive, &PF_ANY(page, 1)->flags.f)
 
 #define GUP_PIN_COUNTING_BIAS (1U << 10)
 

@@ -14,12 +14,13 @@ from fuzz.errors import UsageError
 from fuzz.kernel.guest import DebianArchive, cache_dir, missing_tools
 
 from .extract import TARGETS
+from .series import KERNEL_PATCH_ENV, patched_tree
 
 log = structlog.get_logger()
 
 KERNEL_TREE_ENV = "RMAPFUZZ_KERNEL_TREE"
 # What extraction reads, and the files the series' patch touches.
-SOURCE_FILES = tuple(sorted({target.path for target in TARGETS} | {"include/linux/page-flags.h", "mm/rmap.c"}))
+SOURCE_FILES = tuple(sorted({target.path for target in TARGETS} | {"mm/rmap.c"}))
 INSTALL_HINT = "apt-get install gcc dpkg xz-utils, or pass --kernel-tree DIR"
 
 
@@ -28,14 +29,24 @@ def source_package(kernel_version: str) -> str:
     return "linux-source-" + ".".join(kernel_version.split(".")[:2])
 
 
-def kernel_tree(tree: str | None = None) -> str:
-    """tree, else $RMAPFUZZ_KERNEL_TREE, else Debian's source of the kernel the bridge boots."""
+def kernel_tree(tree: str | None = None, patch: str | None = None) -> str:
+    """tree, else $RMAPFUZZ_KERNEL_TREE, else Debian's source of the kernel the bridge boots;
+    with patch (else $RMAPFUZZ_KERNEL_PATCH: a diff or a review thread quoting one) applied
+    to a copy of it in the cache."""
     tree = tree or os.environ.get(KERNEL_TREE_ENV) or None
+    patch = patch or os.environ.get(KERNEL_PATCH_ENV) or None
     if tree is None:
-        return debian_source_tree()
-    if not os.path.isdir(tree):
+        tree = debian_source_tree()
+    elif not os.path.isdir(tree):
         raise UsageError(f"{tree}: no such kernel tree")
-    return os.path.abspath(tree)
+    if patch is None:
+        return os.path.abspath(tree)
+    try:
+        with open(patch, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as error:
+        raise UsageError(f"--kernel-patch {patch}: {error.strerror}") from error
+    return patched_tree(tree, text, SOURCE_FILES)
 
 
 def debian_source_tree(version: str | None = None) -> str:

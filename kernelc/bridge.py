@@ -9,7 +9,9 @@ VM_WARN_* that fires becomes a KernelWarning naming the kernel function, file an
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -61,6 +63,14 @@ class HelperLibrary:
     has_share_ptes: bool
     frames: FrameTable | None = None
     pointers: Frames | None = None
+    calls: Counter[str] = field(default_factory=Counter)            # per entry point
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def costs(self) -> dict[str, tuple[int, float]]:
+        """Each helper called so far: (calls, microseconds per call, the copy in and out
+        and the ctypes call included)."""
+        return {name.removeprefix("rmapfuzz_"): (count, 1e6 * self.seconds[name] / count)
+                for name, count in sorted(self.calls.items())}
 
     def frames_of(self, machine: Machine) -> Frames:
         """The pointers for machine.frames (a rollback may replace the FrameTable)."""
@@ -93,6 +103,15 @@ def load_library(path: str) -> HelperLibrary:
     return HelperLibrary(lib, bool(ctypes.c_int.in_dll(lib, "rmapfuzz_has_share_ptes").value))
 
 
+def call(library: HelperLibrary, name: str, *arguments: object) -> int:
+    """The entry point name of library on arguments, counted and timed."""
+    started = time.perf_counter()
+    ret: int = getattr(library.lib, name)(*arguments)
+    library.seconds[name] += time.perf_counter() - started
+    library.calls[name] += 1
+    return ret
+
+
 def raise_warnings(library: HelperLibrary, ret: int) -> int:
     """ret, unless a VM_WARN_* fired during the call (or the call escaped): KernelWarning."""
     nr_warnings = ctypes.c_int.in_dll(library.lib, "rmapfuzz_nr_warnings").value
@@ -114,14 +133,14 @@ def _text(value: bytes | None) -> str:
 def try_dup_anon_rmap_ptes(library: HelperLibrary, machine: Machine, folio: int, page: int, nr_pages: int,
                            dst_mm: MM, src_mm: MM) -> int:
     """folio_try_dup_anon_rmap_ptes: 0, or -EBUSY (nothing changed)."""
-    ret = library.lib.rmapfuzz_try_dup_anon_rmap_ptes(library.frames_of(machine), folio, page, nr_pages,
+    ret = call(library, "rmapfuzz_try_dup_anon_rmap_ptes", library.frames_of(machine), folio, page, nr_pages,
                                                       dst_mm.mm_id, src_mm.mm_id, src_mm.has_pinned)
     return raise_warnings(library, ret)
 
 
 def try_dup_anon_rmap_pmd(library: HelperLibrary, machine: Machine, folio: int, dst_mm: MM, src_mm: MM) -> int:
     """folio_try_dup_anon_rmap_pmd: 0, or -EBUSY (nothing changed)."""
-    ret = library.lib.rmapfuzz_try_dup_anon_rmap_pmd(library.frames_of(machine), folio, dst_mm.mm_id,
+    ret = call(library, "rmapfuzz_try_dup_anon_rmap_pmd", library.frames_of(machine), folio, dst_mm.mm_id,
                                                      src_mm.mm_id, src_mm.has_pinned)
     return raise_warnings(library, ret)
 
@@ -129,29 +148,29 @@ def try_dup_anon_rmap_pmd(library: HelperLibrary, machine: Machine, folio: int, 
 def try_share_anon_rmap_ptes(library: HelperLibrary, machine: Machine, folio: int, page: int,
                              nr_pages: int) -> int:
     """folio_try_share_anon_rmap_ptes (the series), else _pte page by page: 0 or -EBUSY."""
-    ret = library.lib.rmapfuzz_try_share_anon_rmap_ptes(library.frames_of(machine), folio, page, nr_pages)
+    ret = call(library, "rmapfuzz_try_share_anon_rmap_ptes", library.frames_of(machine), folio, page, nr_pages)
     return raise_warnings(library, ret)
 
 
 def try_share_anon_rmap_pmd(library: HelperLibrary, machine: Machine, folio: int) -> int:
-    ret = library.lib.rmapfuzz_try_share_anon_rmap_pmd(library.frames_of(machine), folio)
+    ret = call(library, "rmapfuzz_try_share_anon_rmap_pmd", library.frames_of(machine), folio)
     return raise_warnings(library, ret)
 
 
 def set_large_mapcount(library: HelperLibrary, machine: Machine, folio: int, mapcount: int, mm: MM) -> None:
-    ret = library.lib.rmapfuzz_set_large_mapcount(library.frames_of(machine), folio, mapcount, mm.mm_id)
+    ret = call(library, "rmapfuzz_set_large_mapcount", library.frames_of(machine), folio, mapcount, mm.mm_id)
     raise_warnings(library, ret)
 
 
 def add_return_large_mapcount(library: HelperLibrary, machine: Machine, folio: int, diff: int, mm: MM) -> int:
     """folio_add_return_large_mapcount: the new large mapcount."""
-    ret = library.lib.rmapfuzz_add_return_large_mapcount(library.frames_of(machine), folio, diff, mm.mm_id)
+    ret = call(library, "rmapfuzz_add_return_large_mapcount", library.frames_of(machine), folio, diff, mm.mm_id)
     return raise_warnings(library, ret)
 
 
 def sub_return_large_mapcount(library: HelperLibrary, machine: Machine, folio: int, diff: int, mm: MM) -> int:
     """folio_sub_return_large_mapcount: the new large mapcount."""
-    ret = library.lib.rmapfuzz_sub_return_large_mapcount(library.frames_of(machine), folio, diff, mm.mm_id)
+    ret = call(library, "rmapfuzz_sub_return_large_mapcount", library.frames_of(machine), folio, diff, mm.mm_id)
     return raise_warnings(library, ret)
 
 

@@ -375,6 +375,12 @@ def _format_fuzz_loop(summary: CampaignSummary, seconds: int) -> str:
     return "\n".join(lines)
 
 
+def _helper_costs(impl: str) -> dict[str, tuple[int, float]]:
+    """An implementation's own per-call costs (kernel-c: its C helpers), if it keeps any."""
+    costs = getattr(load_implementation(impl), "helper_costs", None)
+    return costs() if callable(costs) else {}
+
+
 def _command_bench(args: argparse.Namespace) -> int:
     from fuzz.engine.campaign import ms_per_execution, run_default_campaign
     from fuzz.front.bench import bench_json, format_table, parse_sizes, run_bench
@@ -386,15 +392,21 @@ def _command_bench(args: argparse.Namespace) -> int:
     if args.fuzz_seconds < 0:
         raise UsageError(f"--fuzz-seconds must not be negative, not {args.fuzz_seconds}")
     results = run_bench(sizes, impl=args.impl, seed=args.seed)
+    costs = _helper_costs(args.impl)
     fuzz_loop = run_default_campaign(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
     if args.json:
         loop: dict[str, Any] = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None}
         if fuzz_loop is not None:
             loop = {"fuzz_exec_per_s": round(fuzz_loop.exec_per_s, 1),
                     "fuzz_ms_per_execution": ms_per_execution(fuzz_loop)}
+        loop["helper_us_per_call"] = {name: round(us, 2) for name, (_calls, us) in costs.items()} or None
         print(json.dumps(dict(bench_json(results, args.impl), **loop), indent=2))
     else:
         print(format_table(results, args.impl))
+        if costs:
+            print(f"{args.impl} helpers, microseconds per call (copying the folio in and out included):")
+            for name, (calls, us) in costs.items():
+                print(f"  {name}: {us:.2f} ({calls} calls)")
         if fuzz_loop is not None:
             print(_format_fuzz_loop(fuzz_loop, args.fuzz_seconds))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FINDING

@@ -8,6 +8,7 @@ it (a helper missing, a helper changed) are copies of its few extracted files.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -235,3 +236,11 @@ def test_nr_pages_zero_reaching_the_series_clearing_loop_is_a_warning(series_tre
                 if "ClearPageAnonExclusive(page);" in text and number > 1100)
     assert f"warning:try_to_unmap:ClearPagesAnonExclusive:{line}" in done.stdout, done.stdout
     assert "page outside the folio's window" in done.stdout
+
+
+def test_bench_reports_microseconds_per_helper_call(tree: str) -> None:
+    done = rmapfuzz("bench", "--impl", "kernel-c", "--sizes", "2M", "--fuzz-seconds", "0", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    costs = json.loads(done.stdout)["helper_us_per_call"]
+    assert costs["try_dup_anon_rmap_pmd"] > 0
+    assert costs["sub_return_large_mapcount"] > 0

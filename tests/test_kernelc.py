@@ -244,3 +244,20 @@ def test_bench_reports_microseconds_per_helper_call(tree: str) -> None:
     costs = json.loads(done.stdout)["helper_us_per_call"]
     assert costs["try_dup_anon_rmap_pmd"] > 0
     assert costs["sub_return_large_mapcount"] > 0
+
+
+def test_selftest_finds_the_bugs_planted_in_the_c(series_tree: str) -> None:
+    done = rmapfuzz("selftest", "--impl", "kernel-c", "--kernel-patch", str(REVIEW_THREAD), "--budget", "30",
+                    "--canary", "share_nr_pages_zero", "--canary", "dup_pin_check_first_page_only", "--json")
+    assert done.returncode in (0, 1), done.stdout + done.stderr   # 1: a reproducer longer than the table's bound
+    rows = {row["bug"]: row for row in json.loads(done.stdout)["canaries"]}
+    assert rows["share_nr_pages_zero"]["signature"].startswith("warning:try_to_unmap:ClearPagesAnonExclusive:")
+    assert rows["dup_pin_check_first_page_only"]["found"]
+
+
+def test_a_plant_of_the_series_is_skipped_on_a_tree_without_it(tree: str) -> None:
+    from fuzz.kernelc.plants import PLANTS, planted_tree
+
+    plant = next(plant for plant in PLANTS if plant.name == "share_nr_pages_zero")
+    with pytest.raises(UsageError, match="plant share_nr_pages_zero"):
+        planted_tree(plant, tree)

@@ -203,6 +203,9 @@ def _add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=int, default=60, metavar="S",
                         help="seconds of fuzzing per planted bug (default 60)")
     parser.add_argument("--canary", action="append", metavar="NAME", help="only this canary (repeatable)")
+    parser.add_argument("--impl", choices=("batched", "kernel-c"), default="batched",
+                        help="batched: bugs planted in copies of batched/ (default); kernel-c: bugs planted "
+                             "in the kernel tree's C (fuzz/kernelc/plants.py)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
 
 
@@ -212,6 +215,13 @@ def _command_selftest(args: argparse.Namespace) -> int:
 
     if args.budget < 1:
         raise UsageError(f"--budget must be positive, not {args.budget}")
+    if args.impl == "kernel-c":
+        from fuzz.kernelc.plants import selftest as kernel_c_selftest
+
+        rows = kernel_c_selftest(args.budget, args.canary)
+        print(json.dumps({"canaries": [row.to_json() for row in rows]}, indent=2) if args.json
+              else format_selftest(rows))
+        return EXIT_OK if all(row.passed for row in rows) else EXIT_FINDING
     unknown = [name for name in args.canary or [] if name not in CANARIES]
     if unknown:
         raise UsageError(f"unknown canary {unknown[0]!r} (known: {', '.join(CANARIES)})")
@@ -472,7 +482,7 @@ _HELP = {
 }
 
 
-KERNEL_TREE_COMMANDS = ("replay", "minimize", "fuzz", "gate", "bench")
+KERNEL_TREE_COMMANDS = ("replay", "minimize", "fuzz", "selftest", "gate", "bench")
 
 
 def use_kernel_tree(tree: str | None, patch: str | None) -> None:

@@ -81,8 +81,10 @@ def patched_tree(tree: str, patch: str, files: tuple[str, ...]) -> str:
         raise
     with open(os.path.join(partial, "applied.patch"), "w", encoding="utf-8") as stream:
         stream.write(patch)
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(partial, root)
+    try:
+        os.replace(partial, root)
+    except OSError:              # another process made it meanwhile
+        shutil.rmtree(partial, ignore_errors=True)
     return root
 
 

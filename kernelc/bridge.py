@@ -90,6 +90,9 @@ ENTRY_POINTS = {
     "rmapfuzz_set_large_mapcount": (ctypes.c_long, ctypes.c_int, ctypes.c_int),
     "rmapfuzz_add_return_large_mapcount": (ctypes.c_long, ctypes.c_int, ctypes.c_int),
     "rmapfuzz_sub_return_large_mapcount": (ctypes.c_long, ctypes.c_int, ctypes.c_int),
+    "rmapfuzz_add_anon_rmap_ptes": (ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int),
+    "rmapfuzz_remove_rmap_ptes": (ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int),
+    "rmapfuzz_remove_rmap_pmd": (ctypes.c_long, ctypes.c_int),
 }
 
 
@@ -172,6 +175,25 @@ def sub_return_large_mapcount(library: HelperLibrary, machine: Machine, folio: i
     """folio_sub_return_large_mapcount: the new large mapcount."""
     ret = call(library, "rmapfuzz_sub_return_large_mapcount", library.frames_of(machine), folio, diff, mm.mm_id)
     return raise_warnings(library, ret)
+
+
+def add_anon_rmap_ptes(library: HelperLibrary, machine: Machine, folio: int, page: int, nr_pages: int, mm: MM,
+                       exclusive: bool) -> None:
+    """folio_add_anon_rmap_ptes, with RMAP_EXCLUSIVE if exclusive."""
+    ret = call(library, "rmapfuzz_add_anon_rmap_ptes", library.frames_of(machine), folio, page, nr_pages,
+               mm.mm_id, exclusive)
+    raise_warnings(library, ret)
+
+
+def remove_rmap_ptes(library: HelperLibrary, machine: Machine, folio: int, page: int, nr_pages: int,
+                     mm: MM) -> None:
+    ret = call(library, "rmapfuzz_remove_rmap_ptes", library.frames_of(machine), folio, page, nr_pages, mm.mm_id)
+    raise_warnings(library, ret)
+
+
+def remove_rmap_pmd(library: HelperLibrary, machine: Machine, folio: int, mm: MM) -> None:
+    ret = call(library, "rmapfuzz_remove_rmap_pmd", library.frames_of(machine), folio, mm.mm_id)
+    raise_warnings(library, ret)
 
 
 def as_ints(*arrays: np.ndarray) -> list[list[int]]:

@@ -62,9 +62,29 @@ class KernelcRmap:
             shared[index] = bridge.try_share_anon_rmap_ptes(self.library, machine, head, first, count) == 0
         return shared
 
+    # Adding and removing PTE and PMD mappings (mm/rmap.c).
+
+    def folio_add_anon_rmap_ptes(self, machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
+                                 mm: MM, exclusive: np.ndarray) -> None:
+        batches = zip(*bridge.as_ints(folio, page, nr_pages, exclusive), strict=True)
+        for head, first, count, is_exclusive in batches:
+            bridge.add_anon_rmap_ptes(self.library, machine, head, first, count, mm, bool(is_exclusive))
+
+    def folio_remove_rmap_ptes(self, machine: Machine, folio: np.ndarray, page: np.ndarray, nr_pages: np.ndarray,
+                               mm: MM) -> None:
+        for head, first, count in zip(*bridge.as_ints(folio, page, nr_pages), strict=True):
+            bridge.remove_rmap_ptes(self.library, machine, head, first, count, mm)
+
+    def folio_remove_rmap_pte(self, machine: Machine, folio: int, page: int, mm: MM) -> None:
+        bridge.remove_rmap_ptes(self.library, machine, int(folio), int(page), 1, mm)
+
+    def folio_remove_rmap_pmd(self, machine: Machine, folio: int, mm: MM) -> None:
+        bridge.remove_rmap_pmd(self.library, machine, int(folio), mm)
+
     def functions(self) -> dict[str, Callable[..., object]]:
         """batched.rmap's name of each helper this serves."""
         return {name: getattr(self, name) for name in (
             "folio_set_large_mapcount", "folio_add_return_large_mapcount", "folio_sub_return_large_mapcount",
             "folios_add_return_large_mapcount", "folios_sub_return_large_mapcount",
-            "folio_try_dup_anon_rmap_ptes", "folio_try_dup_anon_rmap_pmd", "folio_try_share_anon_rmap_ptes")}
+            "folio_try_dup_anon_rmap_ptes", "folio_try_dup_anon_rmap_pmd", "folio_try_share_anon_rmap_ptes",
+            "folio_add_anon_rmap_ptes", "folio_remove_rmap_ptes", "folio_remove_rmap_pte", "folio_remove_rmap_pmd")}

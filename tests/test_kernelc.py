@@ -20,7 +20,7 @@ import pytest
 
 from fuzz.errors import UsageError
 from fuzz.kernelc.build import build, compiler_missing
-from fuzz.kernelc.extract import PAGE_FLAGS_H, RMAP_H, TARGETS, ExtractionError, extract, extract_function
+from fuzz.kernelc.extract import PAGE_FLAGS_H, RMAP_C, RMAP_H, TARGETS, ExtractionError, extract, extract_function
 from fuzz.kernelc.source import KERNEL_TREE_ENV, SOURCE_FILES, kernel_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,3 +261,14 @@ def test_a_plant_of_the_series_is_skipped_on_a_tree_without_it(tree: str) -> Non
     plant = next(plant for plant in PLANTS if plant.name == "share_nr_pages_zero")
     with pytest.raises(UsageError, match="plant share_nr_pages_zero"):
         planted_tree(plant, tree)
+
+
+def test_nr_pages_mapped_is_checked_on_the_way_out(tree: str, tmp_path: Path) -> None:
+    """The kernel keeps _nr_pages_mapped and the model does not: the bridge derives it from
+    the mapcounts on the way in and checks the C kept it right on the way out."""
+    stale = tree_copy(tree, tmp_path, lambda text: text.replace(
+        "atomic_sub_return_relaxed(last, mapped) < ENTIRELY_MAPPED", "atomic_read(mapped) < ENTIRELY_MAPPED"),
+        path=RMAP_C)
+    done = rmapfuzz("replay", "--impl", "kernel-c", *map(str, SCENARIOS), tree=stale)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ":folio_copy_out:" in done.stdout and "_nr_pages_mapped disagrees" in done.stdout, done.stdout

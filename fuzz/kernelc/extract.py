@@ -17,6 +17,7 @@ from fuzz.errors import UsageError
 
 RMAP_H = "include/linux/rmap.h"
 MM_H = "include/linux/mm.h"
+RMAP_C = "mm/rmap.c"
 PAGE_FLAGS_H = "include/linux/page-flags.h"
 
 
@@ -31,7 +32,8 @@ class Target:
 
 
 # The CONFIG_MM_ID mapcount functions, the dup and share paths with their wrappers and the
-# sanity checks (include/linux/rmap.h), and the pin checks they call (include/linux/mm.h).
+# sanity checks (include/linux/rmap.h), the pin checks they call (include/linux/mm.h), and
+# the anon add and remove paths (mm/rmap.c).
 TARGETS: tuple[Target, ...] = (
     Target(MM_H, "folio_has_pincount"),
     Target(MM_H, "folio_maybe_dma_pinned"),
@@ -55,6 +57,14 @@ TARGETS: tuple[Target, ...] = (
     Target(RMAP_H, "folio_try_share_anon_rmap_pte"),
     Target(RMAP_H, "folio_try_share_anon_rmap_ptes", optional=True),   # the series (patch 8/9)
     Target(RMAP_H, "folio_try_share_anon_rmap_pmd"),
+    # Adding and removing mappings (mm/rmap.c): the only users of _nr_pages_mapped.
+    Target(RMAP_C, "__folio_add_rmap"),
+    Target(RMAP_C, "__folio_add_anon_rmap"),
+    Target(RMAP_C, "folio_add_anon_rmap_ptes"),
+    Target(RMAP_C, "folio_add_anon_rmap_pmd"),
+    Target(RMAP_C, "__folio_remove_rmap"),
+    Target(RMAP_C, "folio_remove_rmap_ptes"),
+    Target(RMAP_C, "folio_remove_rmap_pmd"),
 )
 
 
@@ -78,9 +88,9 @@ class Extracted:
 
 
 def definition_start(source: str, name: str) -> re.Match[str] | None:
-    """The first line that starts a definition of name: `static ... name(` at a line start,
+    """The first line that starts a definition of name: `[static ...] type name(` at a line start,
     its parameters possibly running on, then `{` (a prototype ends with `;` instead)."""
-    pattern = re.compile(rf"^static\b[^;{{}}()]*\b{re.escape(name)}\s*\(", re.MULTILINE)
+    pattern = re.compile(rf"^[A-Za-z_][^;{{}}()=#]*\b{re.escape(name)}\s*\(", re.MULTILINE)
     for match in pattern.finditer(source):
         body = _balanced_end(source, match.end() - 1, "(", ")")
         if body is None:

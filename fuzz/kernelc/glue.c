@@ -217,3 +217,23 @@ int rmapfuzz_sub_return_large_mapcount(struct frames *frames, long head, int dif
 {
 	return RUN_ON_FOLIO(frames, head, folio_sub_return_large_mapcount(folio, diff, vma_of(0, mm_id, 0)));
 }
+
+int rmapfuzz_add_anon_rmap_ptes(struct frames *frames, long head, long page, int nr_pages, int mm_id,
+				int exclusive)
+{
+	return RUN_ON_FOLIO(frames, head,
+		(folio_add_anon_rmap_ptes(folio, folio_page_of(frames, head, page), nr_pages, vma_of(0, mm_id, 0),
+					  0, exclusive ? RMAP_EXCLUSIVE : RMAP_NONE), 0));
+}
+
+int rmapfuzz_remove_rmap_ptes(struct frames *frames, long head, long page, int nr_pages, int mm_id)
+{
+	return RUN_ON_FOLIO(frames, head,
+		(folio_remove_rmap_ptes(folio, folio_page_of(frames, head, page), nr_pages, vma_of(0, mm_id, 0)), 0));
+}
+
+int rmapfuzz_remove_rmap_pmd(struct frames *frames, long head, int mm_id)
+{
+	return RUN_ON_FOLIO(frames, head,
+		(folio_remove_rmap_pmd(folio, folio_page_of(frames, head, head), vma_of(0, mm_id, 0)), 0));
+}

@@ -14,7 +14,7 @@ from fuzz.engine.campaign import SelftestRow, run_default_campaign
 from fuzz.errors import UsageError
 from fuzz.kernel.guest import cache_dir
 
-from .extract import RMAP_H
+from .extract import RMAP_C, RMAP_H
 from .series import KERNEL_PATCH_ENV
 from .source import KERNEL_TREE_ENV, SOURCE_FILES, kernel_tree
 
@@ -45,6 +45,12 @@ PLANTS = (
     Plant("dup_pin_check_first_page_only", RMAP_H,
           "\t\t\tfor (i = 0; i < nr_pages; i++)\n\t\t\t\tif (PageAnonExclusive(page + i))",
           "\t\t\tfor (i = 0; i < 1; i++)\n\t\t\t\tif (PageAnonExclusive(page + i))"),
+)
+PLANTS += (
+    # Removing PTE mappings forgets _nr_pages_mapped: the kernel's own state goes stale, which
+    # the bridge checks against the mapcounts on the way out.
+    Plant("remove_rmap_keeps_nr_pages_mapped", RMAP_C, "atomic_sub_return_relaxed(last, mapped) < ENTIRELY_MAPPED",
+          "atomic_read(mapped) < ENTIRELY_MAPPED"),
 )
 PLANT_NAMES = tuple(plant.name for plant in PLANTS)
 

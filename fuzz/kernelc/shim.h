@@ -87,6 +87,10 @@ typedef struct { int counter; } atomic_t;
 #define atomic_sub(i, v) ((v)->counter -= (i))
 #define atomic_inc(v) ((v)->counter++)
 #define atomic_dec(v) ((v)->counter--)
+#define atomic_inc_and_test(v) (++(v)->counter == 0)
+#define atomic_add_negative(i, v) (((v)->counter += (i)) < 0)
+#define atomic_add_return_relaxed(i, v) ((v)->counter += (i))
+#define atomic_sub_return_relaxed(i, v) ((v)->counter -= (i))
 #define smp_mb() __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #define smp_mb__after_atomic() __atomic_thread_fence(__ATOMIC_SEQ_CST)
 
@@ -187,6 +191,8 @@ _Static_assert(offsetof(struct folio, _mapcount) == offsetof(struct page, _mapco
 _Static_assert(offsetof(struct folio, _large_mapcount) == 64 + 16, "folio _large_mapcount");
 
 #define ENTIRELY_MAPPED 0x800000
+#define FOLIO_PAGES_MAPPED (ENTIRELY_MAPPED - 1)
+#define CONFIG_NO_PAGE_MAPCOUNT 0
 
 struct anon_vma {
 	atomic_t refcount;
@@ -255,6 +261,19 @@ static __always_inline bool folio_test_anon(const struct folio *folio)
 	return ((unsigned long)folio->mapping & FOLIO_MAPPING_ANON) != 0;
 }
 
+static inline int folio_entire_mapcount(const struct folio *folio)
+{
+	return atomic_read(&folio->_entire_mapcount) + 1;
+}
+
+/* What the add and remove paths do beyond the counts: statistics, mlock, deferred split. */
+#define __folio_mod_stat(folio, nr, nr_pmdmapped) do { } while (0)
+#define mlock_vma_folio(folio, vma) do { } while (0)
+#define munlock_vma_folio(folio, vma) do { } while (0)
+#define deferred_split_folio(folio, partially_mapped) do { } while (0)
+#define folio_test_partially_mapped(folio) false
+#define __page_check_anon_rmap(folio, page, vma, address) do { } while (0)
+
 #define folio_test_hugetlb(folio) false
 #define folio_test_ksm(folio) false
 #define folio_is_device_private(folio) false
@@ -262,6 +281,7 @@ static __always_inline bool folio_test_anon(const struct folio *folio)
 
 #define PageAnonExclusive(page) test_bit(PG_anon_exclusive, &PF_ANY(page, 1)->flags.f)
 #define ClearPageAnonExclusive(page) clear_bit(PG_anon_exclusive, &PF_ANY(page, 1)->flags.f)
+#define SetPageAnonExclusive(page) set_bit(PG_anon_exclusive, &PF_ANY(page, 1)->flags.f)
 
 #define GUP_PIN_COUNTING_BIAS (1U << 10)
 
@@ -300,6 +320,8 @@ enum pgtable_level {
 #define folio_sub_large_mapcount folio_sub_return_large_mapcount
 #define folio_inc_large_mapcount(folio, vma) folio_add_large_mapcount(folio, 1, vma)
 #define folio_dec_large_mapcount(folio, vma) folio_sub_large_mapcount(folio, 1, vma)
+#define folio_inc_return_large_mapcount(folio, vma) folio_add_return_large_mapcount(folio, 1, vma)
+#define folio_dec_return_large_mapcount(folio, vma) folio_sub_return_large_mapcount(folio, 1, vma)
 
 typedef int __bitwise rmap_t;
 #define RMAP_NONE ((__force rmap_t)0)

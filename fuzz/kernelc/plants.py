@@ -32,7 +32,7 @@ class Plant:
     needs_series: bool = False
 
 
-PLANTS = (
+PLANTS: tuple[Plant, ...] = (
     # The series: the PMD level's `nr_pages = 1` written so that every PTE batch gets 0,
     # which then reaches ClearPagesAnonExclusive's `for (;;) ... if (--nr == 0)` loop.
     Plant("share_nr_pages_zero", RMAP_H, PMD_HEAD_ONLY, "nr_pages = level == PGTABLE_LEVEL_PMD;\n", True),

@@ -9,11 +9,12 @@ untouched.
 
 from __future__ import annotations
 
-from fuzz.canaries import load_batched_copy, plant
+from fuzz.canaries import load_batched_copy, plant, submodule
 from fuzz.kernelc.build import build
 
 from .bridge import load_library
 from .rmap import KernelcRmap
+from .vmscan import try_to_unmap_pte_for
 
 LIBRARY_BUILD = build()
 LIBRARY = load_library(LIBRARY_BUILD.path)
@@ -22,6 +23,7 @@ RMAP = KernelcRmap(LIBRARY)
 batched = load_batched_copy(__name__ + ".batched_copy")   # under kernelc: instrumented when fuzzed
 for _name, _function in RMAP.functions().items():
     plant(batched, "rmap", _name, _function)
+plant(batched, "vmscan", "try_to_unmap_pte", try_to_unmap_pte_for(LIBRARY, submodule(batched, "vmscan")))
 
 
 def helper_costs() -> dict[str, tuple[int, float]]:

@@ -8,6 +8,8 @@ pinned by the runner to the first op where it shows and reported with its seed.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from fuzz.engine.generate import random_script
@@ -21,6 +23,7 @@ NR_CHUNKS = 40
 MAX_OPS = 40
 
 
+@functools.cache
 def kernel_c_missing() -> str | None:
     """Why kernel-c cannot be built here (no compiler, no kernel source), or None."""
     try:

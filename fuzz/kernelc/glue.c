@@ -1,4 +1,3 @@
-// SPDX-License-Identifier: MIT
 /*
  * The C side of the kernel-c bridge: the machine's frame arrays (numpy, by pointer) on one
  * side, the extracted rmap helpers on struct folio on the other. Each entry point copies

@@ -1,4 +1,3 @@
-/* SPDX-License-Identifier: MIT */
 /*
  * The user-space stand-in for the kernel headers the extracted rmap helpers need,
  * in the pattern of tools/testing/vma: kernel types in the kernel's layout, the few

@@ -109,7 +109,7 @@ OP_DISPATCH: dict[str, Callable[[Kernel, Any], str]] = {
 # Loading an implementation
 
 ENTRY_POINT_GROUP = "rmapfuzz.implementations"
-BUILTIN_IMPLEMENTATIONS = {"reference": "reference", "batched": "batched"}
+BUILTIN_IMPLEMENTATIONS = {"reference": "reference", "batched": "batched", "kernel-c": "kernelc"}
 REFERENCE_IMPL = "reference"
 DEFAULT_IMPL = "batched"   # the implementation under test unless a command says otherwise
 

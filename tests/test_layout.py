@@ -1,4 +1,4 @@
-"""The house rules of fuzz/: imports run one way (front -> kernel bridge -> engine -> judge ->
+"""The house rules of fuzz/: imports run one way (front -> kernel-c build -> kernel bridge -> engine -> judge ->
 script -> the kernel interface -> machine), no import cycle, implementations only through the
 kernel interface, and only the front prints."""
 
@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "fuzz"
 # Lowest first: a module may import its own layer and those below it.
 LAYERS = ("machine", "fuzz.errors", "fuzz.logs", "fuzz.atomic", "fuzz.implementation", "fuzz.script", "fuzz.judge",
-          "fuzz.engine", "fuzz.kernel", "fuzz.front")
+          "fuzz.engine", "fuzz.kernel", "fuzz.kernelc", "fuzz.front")
 BASE = ("machine", "fuzz.errors", "fuzz.logs", "fuzz.atomic")   # imported by any layer
-IMPLEMENTATIONS = ("reference", "batched")
+IMPLEMENTATIONS = ("reference", "batched", "kernelc")
 
 
 def module_name(path: Path) -> str:

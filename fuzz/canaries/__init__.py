@@ -14,7 +14,7 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -73,7 +73,8 @@ def plant(package: ModuleType, module_name: str, function_name: str, variant: Ca
     """
     target = submodule(package, module_name)
     original = getattr(target, function_name)
-    variant.__module__ = target.__name__
+    if isinstance(variant, FunctionType):   # a bound method (kernel-c's C helpers) keeps its own
+        variant.__module__ = target.__name__
     for name, module in list(sys.modules.items()):
         if name == package.__name__ or name.startswith(package.__name__ + "."):
             for attribute, value in list(vars(module).items()):

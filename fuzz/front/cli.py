@@ -25,6 +25,8 @@ import structlog
 from fuzz.atomic import write_atomically, write_atomically_bytes
 from fuzz.errors import QUOTE_LIMIT, UsageError, quote_token, shown_number
 from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
+from fuzz.kernelc.series import KERNEL_PATCH_ENV
+from fuzz.kernelc.source import KERNEL_TREE_ENV
 from fuzz.logs import configure_logging
 from fuzz.script.ops import Script, ScriptError, parse_file
 
@@ -208,6 +210,9 @@ def _add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--empty-corpus", action="store_true",
                         help="start every campaign from an empty corpus instead of the seeds: "
                              "what the search finds by itself")
+    parser.add_argument("--impl", choices=("batched", "kernel-c"), default="batched",
+                        help="batched: bugs planted in copies of batched/ (default); kernel-c: bugs planted "
+                             "in the kernel tree's C (fuzz/kernelc/plants.py)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
 
 
@@ -217,6 +222,13 @@ def _command_selftest(args: argparse.Namespace) -> int:
 
     if args.budget < 1:
         raise UsageError(f"--budget must be positive, not {shown_number(args.budget)}")
+    if args.impl == "kernel-c":
+        from fuzz.kernelc.plants import selftest as kernel_c_selftest
+
+        rows = kernel_c_selftest(args.budget, args.canary)
+        print(json.dumps({"canaries": [row.to_json() for row in rows]}, indent=2) if args.json
+              else format_selftest(rows))
+        return EXIT_OK if all(row.passed for row in rows) else EXIT_FINDING
     unknown = [name for name in args.canary or [] if name not in CANARIES]
     if unknown:
         raise UsageError(f"unknown canary {quote_token(unknown[0])} (known: {', '.join(CANARIES)})")
@@ -391,6 +403,12 @@ def _format_fuzz_loop(summary: CampaignSummary, seconds: int) -> str:
     return "\n".join(lines)
 
 
+def _helper_costs(impl: str) -> dict[str, tuple[int, float]]:
+    """An implementation's own per-call costs (kernel-c: its C helpers), if it keeps any."""
+    costs = getattr(load_implementation(impl), "helper_costs", None)
+    return costs() if callable(costs) else {}
+
+
 def _command_bench(args: argparse.Namespace) -> int:
     from fuzz.engine.campaign import ms_per_execution, run_default_campaign
     from fuzz.front.bench import bench_json, format_table, parse_sizes, run_bench
@@ -404,15 +422,21 @@ def _command_bench(args: argparse.Namespace) -> int:
     if args.fuzz_seconds < 0:
         raise UsageError(f"--fuzz-seconds must not be negative, not {shown_number(args.fuzz_seconds)}")
     results = run_bench(sizes, impl=args.impl, seed=args.seed)
+    costs = _helper_costs(args.impl)
     fuzz_loop = run_default_campaign(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
     if args.json:
         loop: dict[str, Any] = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None}
         if fuzz_loop is not None:
             loop = {"fuzz_exec_per_s": round(fuzz_loop.exec_per_s, 1),
                     "fuzz_ms_per_execution": ms_per_execution(fuzz_loop)}
+        loop["helper_us_per_call"] = {name: round(us, 2) for name, (_calls, us) in costs.items()} or None
         print(json.dumps(dict(bench_json(results, args.impl), **loop), indent=2))
     else:
         print(format_table(results, args.impl))
+        if costs:
+            print(f"{args.impl} helpers, microseconds per call (copying the folio in and out included):")
+            for name, (calls, us) in costs.items():
+                print(f"  {name}: {us:.2f} ({calls} calls)")
         if fuzz_loop is not None:
             print(_format_fuzz_loop(fuzz_loop, args.fuzz_seconds))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FINDING
@@ -490,6 +514,22 @@ _HELP = {
 }
 
 
+KERNEL_TREE_COMMANDS = ("replay", "minimize", "fuzz", "selftest", "gate", "bench")
+
+
+def use_kernel_tree(tree: str | None, patch: str | None) -> None:
+    """--kernel-tree DIR and --kernel-patch FILE: what kernel-c builds from, for this process
+    and its children (a fuzzing campaign's workers)."""
+    if tree is not None:
+        if not os.path.isdir(tree):
+            raise UsageError(f"--kernel-tree {tree}: not a directory")
+        os.environ[KERNEL_TREE_ENV] = os.path.abspath(tree)
+    if patch is not None:
+        if not os.path.isfile(patch):
+            raise UsageError(f"--kernel-patch {patch}: no such file")
+        os.environ[KERNEL_PATCH_ENV] = os.path.abspath(patch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog=PROG, description="Differential fuzzer for the Linux kernel's "
                                                    "reverse-map code on a simulated arm64 machine.")
@@ -503,6 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
         subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                                help="log info events (default: warnings)")
         add_arguments(subparser)
+        if name in KERNEL_TREE_COMMANDS:
+            subparser.add_argument("--kernel-tree", metavar="DIR",
+                                   help="with --impl kernel-c: the kernel tree whose rmap helpers are "
+                                        "compiled (default: Debian's linux-source of the bridge's kernel)")
+            subparser.add_argument("--kernel-patch", metavar="FILE",
+                                   help="with --impl kernel-c: a patch (or a review thread quoting one) "
+                                        "applied to a copy of the kernel tree at run time")
         subparser.set_defaults(run=run)
     return parser
 
@@ -525,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
         verbose = args.verbose or args.log_json
         configure_logging(json_logs=args.log_json, level=logging.INFO if verbose else logging.WARNING)
+        use_kernel_tree(getattr(args, "kernel_tree", None), getattr(args, "kernel_patch", None))
         return args.run(args)
     except ScriptError as error:
         return _fail(_script_error_message(error))

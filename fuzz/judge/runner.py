@@ -6,6 +6,8 @@ memory. Each op runs on both; then, in this order, a finding is:
 
 - `exception`: a kernel method raised (or returned something that is not a
   result code); field: the exception's type;
+- `warning`: a VM_WARN_* of the kernel's own C fired (kernel-c); field: the
+  kernel function and its line;
 - `divergence` on field `result`: the two result codes differ;
 - `oracle`: an oracle of SPEC §6 fails on a machine; field: the oracle;
 - `divergence`: the machines' states differ (SPEC §5); field: the first
@@ -46,7 +48,7 @@ from fuzz.judge.scan import ContpteVerdicts
 from fuzz.judge.shadow import Shadow
 from fuzz.script.ops import Expect, Op, Script, ScriptError, format_expect, format_op
 from machine import DEFAULT_NR_FRAMES, Machine, check
-from machine.errors import RESULTS
+from machine.errors import RESULTS, KernelWarning
 
 log = structlog.get_logger()
 
@@ -58,6 +60,7 @@ class FindingKind(StrEnum):
     ORACLE = "oracle"           # an invariant of SPEC §6 fails on a machine
     EXPECT = "expect"           # a script's expect line fails
     EXCEPTION = "exception"     # a kernel method raised, or returned no result code
+    WARNING = "warning"         # a VM_WARN_* of the kernel's own C fired (kernel-c)
 
 
 AT_START = "start"   # op_name of a finding before the first op (kernel construction, expects)
@@ -124,6 +127,7 @@ class Finding:
             FindingKind.ORACLE: f"oracle {self.field} fails on {self.impl} after {op}",
             FindingKind.EXPECT: f"expect fails on {self.impl}: {self.step_text}",
             FindingKind.EXCEPTION: f"{self.impl} raised {self.field} in {op}",
+            FindingKind.WARNING: f"kernel warning in {self.field} on {self.impl} in {op}",
         }.get(self.kind, f"{self.kind} at {op}")
         lines = [f"{where}: {headline}", f"  signature: {self.signature}"]
         if self.kind == FindingKind.EXPECT and self.last_op:
@@ -271,8 +275,7 @@ class _Run:
             try:
                 side.kernel = impl.module.Kernel(side.machine)
             except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
-                return self._finding(FindingKind.EXCEPTION, type(error).__name__, _traceback(error), -1, None,
-                                     side.name)
+                return self._finding(*_raised(error), _traceback(error), -1, None, side.name)
             finally:
                 side.seconds += time.perf_counter() - started
             side.shadow = Shadow()
@@ -320,8 +323,7 @@ class _Run:
         try:
             result = OP_DISPATCH[op.name](side.kernel, op)
         except Exception as error:  # noqa: BLE001 - any kernel exception is a finding
-            return self._finding(FindingKind.EXCEPTION, type(error).__name__, _traceback(error), step_index, op,
-                                 side.name)
+            return self._finding(*_raised(error), _traceback(error), step_index, op, side.name)
         finally:
             side.seconds += time.perf_counter() - started
         if not isinstance(result, str) or result not in RESULTS:
@@ -418,6 +420,13 @@ class _Run:
         for process in processes:
             if process not in self.ref.machine.processes:
                 raise ScriptError(self.script.path, expect.line, f"unknown process P{process}")
+
+
+def _raised(error: Exception) -> tuple[FindingKind, str]:
+    """A raised error's finding kind and field: a kernel warning names its function and line."""
+    if isinstance(error, KernelWarning):
+        return FindingKind.WARNING, f"{error.function}:{error.line}"
+    return FindingKind.EXCEPTION, type(error).__name__
 
 
 def _traceback(error: BaseException) -> str:

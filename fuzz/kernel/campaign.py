@@ -95,6 +95,7 @@ class KernelMinimizer(Minimizer):
         super().__init__(impl=impl, ref=REFERENCE_IMPL)
         self.kernel = kernel
         self.pending: dict[str, Script] = {}
+        self.verdicts: dict[str, Verdict] = {}   # the kernel's verdict on each candidate judged
 
     def reproduces(self, script: Script, signature: str) -> bool:
         key = format_script(script)
@@ -110,12 +111,15 @@ class KernelMinimizer(Minimizer):
         report = check_scripts(scripts, self.kernel, impl=self.impl)
         for key, verdict in zip(keys, report.verdicts, strict=True):
             self.cache[key] = verdict.status == DISAGREE and kernel_signature(verdict) == signature
+            self.verdicts[key] = verdict
         self.pending = {}
 
 
 def minimize_on_kernel(script: Script, verdict: Verdict, kernel: guest.KernelBuild,
-                       impl: str = REFERENCE_IMPL) -> Script:
-    """The smallest script the search finds that disagrees with the kernel as verdict does."""
+                       impl: str = REFERENCE_IMPL) -> tuple[Script, Verdict]:
+    """The smallest script the search finds that disagrees with the kernel as verdict does,
+    and the kernel's verdict on it (verdict itself for script cut after its deciding op: the
+    ops after it change nothing before it)."""
     signature = kernel_signature(verdict)
     ops = script_ops(script)
     cut = next((index for index, op in enumerate(ops) if op.line == verdict.line), len(ops) - 1)
@@ -130,7 +134,8 @@ def minimize_on_kernel(script: Script, verdict: Verdict, kernel: guest.KernelBui
         if not minimizer.pending:
             break
         minimizer.judge_pending(signature)
-    return parse_script(format_script(best), script.path)
+    key = format_script(best)
+    return parse_script(key, script.path), replace(minimizer.verdicts.get(key, verdict), path=script.path)
 
 
 @dataclass
@@ -143,25 +148,24 @@ class KernelFinding:
     from_ops: int
 
 
-def save_finding(script: Script, original_ops: int, signature: str, kernel: guest.KernelBuild, impl: str,
+def save_finding(script: Script, verdict: Verdict, original_ops: int, kernel_name: str, impl: str,
                  corpus: str = KERNEL_CORPUS) -> KernelFinding:
-    """corpus/kernel/<signature>/: reproducer.ops, reproducer.c and differences.txt, each written atomically."""
-
+    """corpus/kernel/<signature>/: reproducer.ops, reproducer.c and differences.txt (verdict, the
+    kernel's on script), each written atomically."""
+    signature = kernel_signature(verdict)
     directory = os.path.join(corpus, signature.replace(":", "-"))
     os.makedirs(directory, exist_ok=True)
     ops_path = os.path.join(directory, "reproducer.ops")
     command = f"rmapfuzz kernel {ops_path}" + ("" if impl == REFERENCE_IMPL else f" --impl {impl}")
     write_atomically(ops_path, header_comment(signature, original_ops, command) + format_script(script))
     write_atomically(os.path.join(directory, "reproducer.c"), export_script(script, impl))
-    report = check_scripts([script], kernel, impl=impl)
-    write_atomically(os.path.join(directory, "differences.txt"), _differences_text(script, report, impl))
+    write_atomically(os.path.join(directory, "differences.txt"), _differences_text(verdict, kernel_name, impl))
     return KernelFinding(signature, directory, len(script_ops(script)), original_ops)
 
 
-def _differences_text(script: Script, report: KernelReport, impl: str) -> str:
+def _differences_text(verdict: Verdict, kernel_name: str, impl: str) -> str:
     """The verdict, then every model/kernel difference at the op that decided it."""
-    verdict = report.verdicts[0]
-    lines = [f"kernel {report.kernel_release} ({report.kernel_version}), model {impl}", verdict.report(), "",
+    lines = [f"kernel {kernel_name}, model {impl}", verdict.report(), "",
              f"every difference after line {verdict.line} '{verdict.op}' (model, then kernel):"]
     lines.extend(f"  {difference}" for difference in verdict.differences)
     return "\n".join(lines) + "\n"
@@ -180,7 +184,8 @@ def fuzz_kernel(nr_scripts: int, seed: int, kernel: guest.KernelBuild, impl: str
             continue
         signature = kernel_signature(verdict)
         seen.add(signature)
-        small = minimize_on_kernel(script, verdict, kernel, impl) if minimize else script
-        findings.append(save_finding(small, len(script_ops(script)), signature, kernel, impl, corpus))
+        small, small_verdict = minimize_on_kernel(script, verdict, kernel, impl) if minimize else (script, verdict)
+        kernel_name = f"{report.kernel_release} ({report.kernel_version})"
+        findings.append(save_finding(small, small_verdict, len(script_ops(script)), kernel_name, impl, corpus))
         log.info("kernel_finding", signature=signature, ops=findings[-1].ops, path=findings[-1].path)
     return report, findings

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from machine import Machine, PteRuns, all_set, check
+from machine import MM, Machine, PteRuns, all_set, check
 from machine.pgtable import (
     CONT_PTES,
     PAGE_SHIFT,
@@ -147,11 +147,13 @@ def pte_batch_hint(ptes: np.ndarray, first: int) -> np.ndarray:
     return pte_cont(ptes) & _NOT_LAST_IN_BLOCK[first:first + len(ptes)]
 
 
-def folio_pte_batch(machine: Machine, addr: int, ptes: np.ndarray, flags: int,
+def folio_pte_batch(machine: Machine, mm: MM, addr: int, ptes: np.ndarray, flags: int,
                     candidate: np.ndarray | None = None) -> PteBatches:
-    """All batches of present entries in ptes, the entries of one PTE table and one VMA
-    starting at addr (so no batch crosses a table or a VMA end); a batch never passes its
-    folio's last page. candidate optionally restricts which present entries are batched.
+    """All batches of present entries in ptes, the entries of mm's PTE table from addr as
+    the caller read them, inside one VMA (so no batch crosses a table or a VMA end); a
+    batch never passes its folio's last page. candidate optionally restricts which present
+    entries are batched. (mm names the table, as the kernel's ptep does; the kernel's own
+    C, under kernel-c, reads it in place.)
     """
     check(len(ptes) >= 1, "folio_pte_batch of no entries")
     table_addr = addr & ~(PMD_SIZE - 1)

@@ -304,7 +304,7 @@ def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
     if not any_set(ptes):
         return
     if any_set(pte_present(ptes)):
-        zap_present_ptes(machine, mm, folio_pte_batch(machine, start, ptes, FPB_ZAP))
+        zap_present_ptes(machine, mm, folio_pte_batch(machine, mm, start, ptes, FPB_ZAP))
     if any_set(is_swap_pte(ptes)):
         zap_nonpresent_ptes(machine, mm, swap_pte_batch(start, ptes))
 
@@ -414,7 +414,7 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
         copy_nonpresent_ptes(machine, dst_mm, src_mm, swap_pte_batch(start, ptes))
     if not any_set(pte_present(ptes)):
         return OK
-    batches = folio_pte_batch(machine, start, ptes, FPB_FORK)
+    batches = folio_pte_batch(machine, src_mm, start, ptes, FPB_FORK)
     failed = copy_present_ptes(machine, dst_mm, src_mm, batches)
     if not any_set(failed):
         return OK

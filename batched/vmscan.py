@@ -109,7 +109,7 @@ def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int,
     of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
     if not any_set(of_folio):
         return OK
-    batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_folio)
+    batches = folio_pte_batch(machine, mm, start, ptes, FPB_UNMAP, candidate=of_folio)
     sub_batches, exclusive = split_batches_by(batches, machine.frames.page_anon_exclusive[batches.pages()])
     if any_set(exclusive):
         shared = sub_batches.select(exclusive)
@@ -163,7 +163,7 @@ def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.n
         of_pieces = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
         if not any_set(of_pieces):
             continue
-        batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_pieces)
+        batches = folio_pte_batch(machine, mm, start, ptes, FPB_UNMAP, candidate=of_pieces)
         check(all_set(batches.nr_pages == 1), "order-0 pieces batched together")
         exclusive = machine.frames.page_anon_exclusive[batches.page]
         busy = folios_try_share_anon_rmap_ptes(machine, batches.folio[exclusive], batches.page[exclusive],

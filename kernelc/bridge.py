@@ -93,6 +93,9 @@ ENTRY_POINTS = {
     "rmapfuzz_add_anon_rmap_ptes": (ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int),
     "rmapfuzz_remove_rmap_ptes": (ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int),
     "rmapfuzz_remove_rmap_pmd": (ctypes.c_long, ctypes.c_int),
+    # the table, first, nr_ptes, candidate (or NULL), flags, and the index, nr_pages and pte out arrays
+    "rmapfuzz_folio_pte_batches": (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p),
 }
 
 
@@ -194,6 +197,32 @@ def remove_rmap_ptes(library: HelperLibrary, machine: Machine, folio: int, page:
 def remove_rmap_pmd(library: HelperLibrary, machine: Machine, folio: int, mm: MM) -> None:
     ret = call(library, "rmapfuzz_remove_rmap_pmd", library.frames_of(machine), folio, mm.mm_id)
     raise_warnings(library, ret)
+
+
+def folio_pte_batches(library: HelperLibrary, machine: Machine, table: np.ndarray, first: int, nr_ptes: int,
+                      candidate: np.ndarray | None, flags: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every batch of table's entries [first, first + nr_ptes), found by the kernel's
+    folio_pte_batch_flags() on the table itself: (first index, nr_pages, template) each."""
+    assert table.dtype == np.uint64 and table.flags.c_contiguous
+    index = np.empty(nr_ptes, np.int64)
+    nr_pages = np.empty(nr_ptes, np.int64)
+    ptes = np.empty(nr_ptes, np.uint64)
+    wanted = None if candidate is None else np.ascontiguousarray(candidate, np.uint8)
+    ret = call(library, "rmapfuzz_folio_pte_batches", library.frames_of(machine), table.ctypes.data, first, nr_ptes,
+               None if wanted is None else wanted.ctypes.data, flags, index.ctypes.data, nr_pages.ctypes.data,
+               ptes.ctypes.data)
+    nr_batches = raise_warnings(library, ret)
+    return index[:nr_batches], nr_pages[:nr_batches], ptes[:nr_batches]
+
+
+def pte_bits(library: HelperLibrary) -> dict[str, int]:
+    """The kernel's values of the descriptor bits the machine encodes (from the tree's
+    pgtable-hwdef.h and pgtable-prot.h), by name."""
+    names = ("PTE_VALID", "PTE_RDONLY", "PTE_AF", "PTE_WRITE", "PTE_CONT", "PTE_DIRTY", "PTE_ADDR_LOW",
+             "CONT_PTES")
+    bits = (ctypes.c_uint64 * len(names))()
+    library.lib.rmapfuzz_pte_bits(bits)
+    return dict(zip(names, bits, strict=True))
 
 
 def as_ints(*arrays: np.ndarray) -> list[list[int]]:

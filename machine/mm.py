@@ -20,6 +20,7 @@ from .errors import MachineBug, check
 from .journal import Journal
 from .pgtable import (
     PAGE_SHIFT,
+    PAGE_SIZE,
     PMD_SHIFT,
     PMD_TYPE_TABLE,
     PTRS_PER_TABLE,
@@ -48,19 +49,33 @@ class VMA:
         return self.start <= addr < self.end
 
 
+def page_table_page(source: np.ndarray | None = None) -> np.ndarray:
+    """512 descriptors (zero, or a copy of source) in a page-aligned array, as a page-table
+    page is: arm64's pte_batch_hint() reads an entry's place in its contpte block from its
+    address, and kernel-c hands the kernel's C the machine's own table."""
+    buffer = np.empty(2 * PTRS_PER_TABLE, np.uint64)
+    skip = (-buffer.__array_interface__["data"][0] % PAGE_SIZE) // buffer.itemsize
+    entries = buffer[skip:skip + PTRS_PER_TABLE]
+    if source is None:
+        entries.fill(0)
+    else:
+        entries[:] = source
+    return entries
+
+
 class PteTable:
-    """A level-3 table: 512 page or swap descriptors starting at base."""
+    """A level-3 table: 512 page or swap descriptors starting at base, page-aligned."""
 
     __slots__ = ("base", "entries")
 
     def __init__(self, base: int) -> None:
         self.base = base
-        self.entries = np.zeros(PTRS_PER_TABLE, np.uint64)
+        self.entries = page_table_page()
 
     def clone(self) -> PteTable:
         other = PteTable.__new__(PteTable)
         other.base = self.base
-        other.entries = self.entries.copy()
+        other.entries = page_table_page(self.entries)
         return other
 
 

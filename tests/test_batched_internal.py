@@ -1,4 +1,9 @@
-"""batched/internal.py: folio_pte_batch's boundaries and flags, sub-batches, swap batches."""
+"""batched/internal.py: folio_pte_batch's boundaries and flags, sub-batches, swap batches.
+
+folio_pte_batch's tests run on batched's vectorised version and on the kernel's own C
+(kernel-c: folio_pte_batch_flags() with arm64's accessors on the machine's table), which
+is skipped, saying why, where it cannot be built.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ from batched.internal import (
     FPB_ZAP,
     add_at,
     distinct,
-    folio_pte_batch,
     split_batches_by,
     swap_pte_batch,
     totals_by_value,
 )
+from batched.internal import folio_pte_batch as batched_folio_pte_batch
+from fuzz.errors import UsageError
 from machine import Machine
 from machine.pgtable import (
     PAGE_SHIFT,
@@ -43,7 +49,32 @@ def ptes_of(values) -> np.ndarray:
     return np.array(values, np.uint64)
 
 
-def test_a_batch_stops_at_the_folio_end_even_with_consecutive_pfns():
+def kernelc_folio_pte_batch():
+    try:
+        import kernelc
+    except UsageError as error:
+        pytest.skip(f"kernel-c unavailable: {error}")
+    return kernelc.PTE_BATCH.folio_pte_batch
+
+
+@pytest.fixture(params=["batched", "kernel-c"])
+def folio_pte_batch(request):
+    """folio_pte_batch(machine, addr, values, flags): values written into a process's PTE
+    table from the table's start, then batched from addr over the entries from there."""
+    implementation = batched_folio_pte_batch if request.param == "batched" else kernelc_folio_pte_batch()
+
+    def batch(machine: Machine, addr: int, values, flags: int, nr_ptes: int | None = None):
+        mm = machine.mm_alloc()
+        for index, value in enumerate(values):
+            machine.set_pte_at(mm, TABLE + (index << PAGE_SHIFT), int(value))
+        first = (addr - TABLE) >> PAGE_SHIFT
+        nr_ptes = len(values) - first if nr_ptes is None else nr_ptes
+        return implementation(machine, mm, addr, machine.ptes_get(mm, addr, nr_ptes), flags)
+
+    return batch
+
+
+def test_a_batch_stops_at_the_folio_end_even_with_consecutive_pfns(folio_pte_batch):
     machine, (first, second) = machine_with_folios(4, 4)
     assert second == first + 16
     batches = folio_pte_batch(machine, TABLE, ptes_of([fault_pte(first + i) for i in range(32)]), FPB_ZAP)
@@ -51,15 +82,15 @@ def test_a_batch_stops_at_the_folio_end_even_with_consecutive_pfns():
     assert list(batches.folio) == [first, second]
 
 
-def test_a_batch_covers_only_the_range_it_is_given():
+def test_a_batch_covers_only_the_range_it_is_given(folio_pte_batch):
     machine, (folio,) = machine_with_folios(4)
     ptes = ptes_of([fault_pte(folio + i) for i in range(16)])
-    batches = folio_pte_batch(machine, TABLE + 4 * 4096, ptes[4:10], FPB_ZAP)  # a VMA ending mid-folio
+    batches = folio_pte_batch(machine, TABLE + 4 * 4096, ptes, FPB_ZAP, nr_ptes=6)  # a VMA ending mid-folio
     assert list(batches.runs.index) == [4] and list(batches.nr_pages) == [6]
     assert list(batches.page) == [folio + 4]
 
 
-def test_zap_ignores_dirty_write_and_young_unmap_respects_write():
+def test_zap_ignores_dirty_write_and_young_unmap_respects_write(folio_pte_batch):
     machine, (folio,) = machine_with_folios(2)
     values = [fault_pte(folio), pte_wrprotect(fault_pte(folio + 1)), pte_mkold(pte_wrprotect(fault_pte(folio + 2))),
               pte_mkclean(pte_wrprotect(fault_pte(folio + 3)))]
@@ -67,7 +98,7 @@ def test_zap_ignores_dirty_write_and_young_unmap_respects_write():
     assert list(folio_pte_batch(machine, TABLE, ptes_of(values), FPB_UNMAP).nr_pages) == [1, 3]
 
 
-def test_fork_respects_dirty_and_merges_write_into_the_template():
+def test_fork_respects_dirty_and_merges_write_into_the_template(folio_pte_batch):
     machine, (folio,) = machine_with_folios(2)
     read_only = pte_wrprotect(fault_pte(folio))            # dirty, not writable
     values = [read_only, fault_pte(folio + 1), fault_pte(folio + 2), pte_mkclean(read_only) + (3 << PAGE_SHIFT)]
@@ -77,7 +108,7 @@ def test_fork_respects_dirty_and_merges_write_into_the_template():
     assert not pte_write(int(values[0]))
 
 
-def test_the_arm64_hint_carries_a_folded_block_without_comparing():
+def test_the_arm64_hint_carries_a_folded_block_without_comparing(folio_pte_batch):
     machine, (folio,) = machine_with_folios(4)
     values = [fault_pte(folio + i) | PTE_CONT for i in range(16)]
     values[5] = pfn_pte(folio + 5, BASE_PROT) | PTE_CONT  # not writable: would end an unmap batch
@@ -86,14 +117,14 @@ def test_the_arm64_hint_carries_a_folded_block_without_comparing():
     assert list(folio_pte_batch(machine, TABLE, ptes_of(unfolded), FPB_UNMAP).nr_pages) == [5, 1, 10]
 
 
-def test_non_present_entries_and_small_folios_end_batches():
+def test_non_present_entries_and_small_folios_end_batches(folio_pte_batch):
     machine, (small, large) = machine_with_folios(0, 2)
     values = [fault_pte(small), fault_pte(large), 0, fault_pte(large + 2), fault_pte(large + 3)]
     batches = folio_pte_batch(machine, TABLE, ptes_of(values), FPB_ZAP)
     assert list(batches.runs.index) == [0, 1, 3] and list(batches.nr_pages) == [1, 1, 2]
 
 
-def test_sub_batches_split_where_exclusivity_changes():
+def test_sub_batches_split_where_exclusivity_changes(folio_pte_batch):
     machine, (folio,) = machine_with_folios(4)
     batches = folio_pte_batch(machine, TABLE, ptes_of([fault_pte(folio + i) for i in range(16)]), FPB_UNMAP)
     exclusive = np.zeros(16, bool)
@@ -115,7 +146,7 @@ def test_swap_batches_need_consecutive_slots_and_equal_marker():
     assert list(batches.slots()) == [8, 9, 10, 11, 20, 21]
 
 
-def test_young_alone_never_splits_a_batch():
+def test_young_alone_never_splits_a_batch(folio_pte_batch):
     machine, (folio,) = machine_with_folios(2)
     values = [fault_pte(folio + i) & ~PTE_AF if i % 2 else fault_pte(folio + i) for i in range(4)]
     for flags in (FPB_ZAP, FPB_FORK, FPB_UNMAP):

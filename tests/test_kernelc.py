@@ -279,3 +279,53 @@ def test_a_kernel_tree_that_is_not_a_directory_is_exit_2() -> None:
     done = rmapfuzz("replay", "--impl", "kernel-c", str(SCENARIOS[0]), tree="/no/such/tree")
     assert done.returncode == 2
     assert "--kernel-tree /no/such/tree: not a directory" in done.stderr
+
+
+# PTE batching: folio_pte_batch_flags() and arm64's accessors on the machine's tables.
+
+def test_the_trees_descriptor_bits_are_the_machines(tree: str) -> None:
+    """The machine encodes arm64's descriptors; the tree's pgtable-hwdef.h and pgtable-prot.h
+    say what they are. A tree that moved a bit fails here, naming it."""
+    import kernelc
+    from kernelc.bridge import pte_bits
+    from machine import pgtable
+
+    for name, value in pte_bits(kernelc.LIBRARY).items():
+        if name == "PTE_ADDR_LOW":   # the model's physical addresses have 48 bits
+            name, value = "PTE_ADDR_MASK", value & ((1 << 48) - 1)
+        assert getattr(pgtable, name) == value, f"machine/pgtable.py's {name} is not the tree's {value:#x}"
+
+
+def test_folio_pte_batch_reads_the_machines_table_in_place(tree: str) -> None:
+    """The C is handed the table itself: page-aligned (pte_batch_hint reads the block offset
+    from the address), and the entries the caller batches are the table's."""
+    import kernelc
+    from machine import Machine
+    from machine.errors import MachineBug
+    from machine.pgtable import PAGE_SIZE
+    from tests.pte_values import fault_pte
+
+    machine = Machine(4096)
+    folio = machine.frames.folio_alloc(4)
+    mm = machine.mm_alloc()
+    for index in range(16):
+        machine.set_pte_at(mm, 0x200000 + index * PAGE_SIZE, fault_pte(folio + index))
+    table = mm.pte_table(0x200000)
+    assert table is not None and table.entries.__array_interface__["data"][0] % PAGE_SIZE == 0
+    ptes = machine.ptes_get(mm, 0x200000, 16)
+    batches = kernelc.PTE_BATCH.folio_pte_batch(machine, mm, 0x200000, ptes, 0)
+    assert list(batches.nr_pages) == [16]
+    ptes[3] = fault_pte(folio + 5)
+    with pytest.raises(MachineBug, match="not the table's"):
+        kernelc.PTE_BATCH.folio_pte_batch(machine, mm, 0x200000, ptes, 0)
+
+
+def test_a_batch_past_the_folio_end_in_a_second_tree_is_caught(tree: str, tmp_path: Path) -> None:
+    from fuzz.kernelc.extract import INTERNAL_H
+
+    unbounded = tree_copy(tree, tmp_path, lambda text: text.replace(
+        "max_nr = min_t(unsigned long, max_nr,\n\t\t       folio_pfn(folio) + folio_nr_pages(folio) - pte_pfn(pte));",
+        ""), path=INTERNAL_H)
+    done = rmapfuzz("replay", "--impl", "kernel-c", *map(str, SCENARIOS), tree=unbounded)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "warning:fork:__folio_rmap_sanity_checks:" in done.stdout, done.stdout   # the batch's rmap call

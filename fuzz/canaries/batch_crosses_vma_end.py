@@ -16,7 +16,7 @@ def zap_pte_range(machine, mm, start, end):
     table_end = (start & ~(PMD_SIZE - 1)) + PMD_SIZE
     ptes = machine.ptes_get(mm, start, (table_end - start) >> PAGE_SHIFT)  # planted: not end
     if pte_present(ptes).any():
-        memory.zap_present_ptes(machine, mm, internal.folio_pte_batch(machine, start, ptes, internal.FPB_ZAP))
+        memory.zap_present_ptes(machine, mm, internal.folio_pte_batch(machine, mm, start, ptes, internal.FPB_ZAP))
     if is_swap_pte(ptes).any():
         memory.zap_nonpresent_ptes(machine, mm, internal.swap_pte_batch(start, ptes))
 

@@ -19,16 +19,32 @@ RMAP_H = "include/linux/rmap.h"
 MM_H = "include/linux/mm.h"
 RMAP_C = "mm/rmap.c"
 PAGE_FLAGS_H = "include/linux/page-flags.h"
+INTERNAL_H = "mm/internal.h"
+UTIL_C = "mm/util.c"
+PGTABLE_H = "include/linux/pgtable.h"
+ARM64_PGTABLE_H = "arch/arm64/include/asm/pgtable.h"
+ARM64_PGTABLE_HWDEF_H = "arch/arm64/include/asm/pgtable-hwdef.h"
+ARM64_PGTABLE_PROT_H = "arch/arm64/include/asm/pgtable-prot.h"
+CONTPTE_C = "arch/arm64/mm/contpte.c"
+
+FUNCTION, MACRO, CONDITIONAL = "function", "macro", "conditional"
 
 
 @dataclass(frozen=True)
 class Target:
-    """A function to extract: its source file in the tree and its name. An optional one
-    (the series' new helpers) is extracted when present and otherwise left out."""
+    """What to extract: its source file in the tree, its name and its kind (a function, a
+    `#define` with its continuation lines, or an `#ifdef NAME` block to its `#endif`, for
+    the preprocessor to choose from as the kernel's build does). An optional one (the
+    series' new helpers) is extracted when present and otherwise left out."""
 
     path: str
     name: str
     optional: bool = False
+    kind: str = FUNCTION
+
+    def describe(self) -> str:
+        return {FUNCTION: self.name, MACRO: f"#define {self.name}",
+                CONDITIONAL: f"#ifdef {self.name}"}[self.kind] + f" ({self.path})"
 
 
 # The CONFIG_MM_ID mapcount functions, the dup and share paths with their wrappers and the
@@ -67,13 +83,43 @@ TARGETS: tuple[Target, ...] = (
     Target(RMAP_C, "folio_remove_rmap_pmd"),
 )
 
+# PTE batching (mm/internal.h, mm/util.c) on the arm64 descriptors: the bits
+# (pgtable-hwdef.h, pgtable-prot.h), the accessors and the contpte hint and getter
+# (arch/arm64), in the order the preprocessor needs them.
+PTE_BATCH_TARGETS: tuple[Target, ...] = (
+    *(Target(ARM64_PGTABLE_HWDEF_H, name, kind=MACRO) for name in (
+        "CONT_PTE_SHIFT", "CONT_PTES", "PTE_VALID", "PTE_RDONLY", "PTE_AF", "PTE_NG", "PTE_DBM", "PTE_CONT",
+        "PTE_ADDR_LOW")),
+    *(Target(ARM64_PGTABLE_PROT_H, name, kind=MACRO) for name in ("PTE_WRITE", "PTE_DIRTY", "PTE_PRESENT_INVALID")),
+    Target(ARM64_PGTABLE_H, "CONFIG_ARM64_PA_BITS_52", kind=CONDITIONAL),   # __pte_to_phys, __phys_to_pte_val
+    *(Target(ARM64_PGTABLE_H, name, kind=MACRO) for name in (
+        "pte_pfn", "pfn_pte", "pte_present", "pte_young", "pte_write", "pte_rdonly", "pte_cont", "pte_hw_dirty",
+        "pte_sw_dirty", "pte_dirty", "pte_valid", "pte_present_invalid", "pte_valid_cont")),
+    *(Target(ARM64_PGTABLE_H, name) for name in (
+        "clear_pte_bit", "set_pte_bit", "pte_mkwrite_novma", "pte_mkclean", "pte_mkdirty", "pte_wrprotect",
+        "pte_mkold", "pte_mkyoung", "pte_pgprot", "pte_advance_pfn", "__ptep_get", "pte_batch_hint")),
+    Target(CONTPTE_C, "contpte_align_down"),
+    Target(CONTPTE_C, "contpte_ptep_get"),
+    Target(ARM64_PGTABLE_H, "ptep_get"),
+    Target(PGTABLE_H, "pte_same"),
+    Target(PGTABLE_H, "pte_mkwrite"),
+    Target(PGTABLE_H, "pte_clear_soft_dirty"),     # the !CONFIG_HAVE_ARCH_SOFT_DIRTY stub: arm64 has none
+    *(Target(INTERNAL_H, name, kind=MACRO) for name in (
+        "FPB_RESPECT_DIRTY", "FPB_RESPECT_SOFT_DIRTY", "FPB_RESPECT_WRITE", "FPB_MERGE_WRITE",
+        "FPB_MERGE_YOUNG_DIRTY")),
+    Target(INTERNAL_H, "__pte_batch_clear_ignored"),
+    Target(INTERNAL_H, "folio_pte_batch_flags"),
+    Target(UTIL_C, "folio_pte_batch"),
+)
+TARGETS += PTE_BATCH_TARGETS
+
 
 class ExtractionError(UsageError):
     """Some targets are not in the tree (or not as functions): their names say which."""
 
     def __init__(self, tree: str, missing: Sequence[Target]) -> None:
         self.missing = tuple(missing)
-        names = ", ".join(f"{target.name} ({target.path})" for target in missing)
+        names = ", ".join(target.describe() for target in missing)
         super().__init__(f"kernel tree {tree}: cannot find {names}; the kernel's types or signatures "
                          f"moved: update fuzz/kernelc/shim.h and fuzz/kernelc/extract.py")
 
@@ -149,6 +195,41 @@ def extract_function(source: str, name: str) -> tuple[int, str] | None:
     return source.count("\n", 0, match.start()) + 1, source[match.start():end]
 
 
+def extract_macro(source: str, name: str) -> tuple[int, str] | None:
+    """(first line, text) of name's first `#define`, with its continuation lines, or None."""
+    match = re.search(rf"^#[ \t]*define[ \t]+{re.escape(name)}\b", source, re.MULTILINE)
+    if match is None:
+        return None
+    end = match.start()
+    while True:
+        newline = source.find("\n", end)
+        if newline < 0:
+            end = len(source)
+            break
+        if not source[end:newline].rstrip().endswith("\\"):
+            end = newline
+            break
+        end = newline + 1
+    return source.count("\n", 0, match.start()) + 1, source[match.start():end]
+
+
+def extract_conditional(source: str, name: str) -> tuple[int, str] | None:
+    """(first line, text) of the first `#ifdef name` block through its matching `#endif`."""
+    match = re.search(rf"^#[ \t]*ifdef[ \t]+{re.escape(name)}\b", source, re.MULTILINE)
+    if match is None:
+        return None
+    depth = 0
+    for directive in re.finditer(r"^#[ \t]*(if|ifdef|ifndef|endif)\b.*$", source[match.start():], re.MULTILINE):
+        depth += -1 if directive.group(1) == "endif" else 1
+        if depth == 0:
+            end = match.start() + directive.end()
+            return source.count("\n", 0, match.start()) + 1, source[match.start():end]
+    return None
+
+
+EXTRACTORS = {FUNCTION: extract_function, MACRO: extract_macro, CONDITIONAL: extract_conditional}
+
+
 def extract(tree: str, targets: Sequence[Target] = TARGETS) -> list[Extracted]:
     """Every target found in tree, in the order given; ExtractionError naming each
     required target that is not there."""
@@ -159,7 +240,7 @@ def extract(tree: str, targets: Sequence[Target] = TARGETS) -> list[Extracted]:
         if target.path not in sources:
             sources[target.path] = _read(os.path.join(tree, target.path))
         source = sources[target.path]
-        function = extract_function(source, target.name) if source is not None else None
+        function = EXTRACTORS[target.kind](source, target.name) if source is not None else None
         if function is None:
             if not target.optional:
                 missing.append(target)

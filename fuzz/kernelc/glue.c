@@ -18,6 +18,8 @@ static struct page window[WINDOW_PAGES] __attribute__((aligned(64)));
 struct page *rmapfuzz_window_start = window;
 struct page *rmapfuzz_window_end = window + WINDOW_PAGES;
 static struct page *const folio_window = window + HPAGE_PMD_NR;
+long rmapfuzz_window_pfn;		/* pfn of window[0]: the folio's head is at folio_window */
+const pte_t *rmapfuzz_batch_table;	/* the page table folio_pte_batch reads, or NULL */
 static struct anon_vma live_anon_vma = { .refcount = { 1 } };
 static struct mm_struct mms[2];
 static struct vm_area_struct vmas[2] = { { &mms[0] }, { &mms[1] } };
@@ -56,6 +58,7 @@ static struct folio *folio_copy_in(const struct frames *frames, long head)
 	struct folio *folio = (struct folio *)folio_window;
 
 	rmapfuzz_nr_warnings = 0;
+	rmapfuzz_window_pfn = head - (folio_window - window);
 	window_nr_pages = nr_pages;
 	for (long i = 0; i < nr_pages; i++) {
 		struct page *page = &folio_window[i];
@@ -235,4 +238,123 @@ int rmapfuzz_remove_rmap_pmd(struct frames *frames, long head, int mm_id)
 {
 	return RUN_ON_FOLIO(frames, head,
 		(folio_remove_rmap_pmd(folio, folio_page_of(frames, head, head), vma_of(0, mm_id, 0)), 0));
+}
+
+/*
+ * PTE batching. The folio a batch starts in is put in the window as far as the batch
+ * needs it: its head (PG_head, _nr_pages) and every page's compound_head.
+ */
+static struct folio *folio_memmap_in(const struct frames *frames, long head)
+{
+	long nr_pages = 1L << frames->folio_order[head];
+	struct folio *folio = (struct folio *)folio_window;
+
+	rmapfuzz_window_pfn = head - (folio_window - window);
+	window_nr_pages = nr_pages;
+	for (long i = 1; i < nr_pages; i++)
+		folio_window[i].compound_head = (unsigned long)folio_window | 1;
+	set_bit(PG_head, &folio->flags.f);
+	folio->_nr_pages = nr_pages;
+	return folio;
+}
+
+static void folio_memmap_out(void)
+{
+	__builtin_memset(folio_window, 0, (window_nr_pages > 1 ? window_nr_pages : 2) * sizeof(struct page));
+}
+
+/* The machine's folio_pte_batch flags (batched/internal.py) as the kernel's. */
+#define RMAPFUZZ_RESPECT_DIRTY 1
+#define RMAPFUZZ_RESPECT_WRITE 4
+#define RMAPFUZZ_MERGE_WRITE 8
+
+static fpb_t fpb_flags(int flags)
+{
+	return (flags & RMAPFUZZ_RESPECT_DIRTY ? FPB_RESPECT_DIRTY : 0) |
+	       (flags & RMAPFUZZ_RESPECT_WRITE ? FPB_RESPECT_WRITE : 0) |
+	       (flags & RMAPFUZZ_MERGE_WRITE ? FPB_MERGE_WRITE : 0);
+}
+
+/* How many entries from index on may one batch take: up to the first non-candidate. */
+static unsigned int candidate_run(const uint8_t *candidate, int index, int end)
+{
+	int last = index;
+
+	while (last < end && (!candidate || candidate[last]))
+		last++;
+	return last - index;
+}
+
+/*
+ * Every batch of the entries [first, first + nr_ptes) of a page table (one VMA), as the
+ * kernel's zap, fork and unmap loops find them: ptep_get() each present entry, and for a
+ * page of a large folio folio_pte_batch_flags() from there, the rest of the range (or of
+ * the candidate run) as max_nr. Each batch's first index, nr_pages and template (merged
+ * as flags ask) go to the out arrays; the number of batches is returned, or an error.
+ */
+int rmapfuzz_folio_pte_batches(struct frames *frames, pte_t *table, int first, int nr_ptes,
+			       const uint8_t *candidate, int flags, int64_t *batch_index,
+			       int64_t *batch_nr_pages, uint64_t *batch_pte)
+{
+	int nr_batches = 0;
+
+	rmapfuzz_nr_warnings = 0;
+	rmapfuzz_batch_table = table;
+	for (int i = 0; i < nr_ptes;) {
+		pte_t *ptep = table + first + i;
+		unsigned int nr_pages = 1, max_nr;
+		pte_t pte;
+		long head;
+
+		if (candidate && !candidate[i]) {
+			i++;
+			continue;
+		}
+		pte = ptep_get(ptep);
+		if (!pte_present(pte)) {
+			i++;
+			continue;
+		}
+		head = frames->page_folio[pte_pfn(pte)];
+		if (head < 0) {
+			rmapfuzz_warn(true, __FILE__, __func__, __LINE__, "a present PTE maps a free frame");
+			return RMAPFUZZ_INCONSISTENT;
+		}
+		max_nr = candidate_run(candidate, i, nr_ptes);
+		if (frames->folio_order[head] > 0) {
+			struct folio *folio = folio_memmap_in(frames, head);
+
+			if (setjmp(rmapfuzz_escape)) {
+				__builtin_memset(window, 0, sizeof(window));
+				return RMAPFUZZ_ESCAPED;
+			}
+			nr_pages = folio_pte_batch_flags(folio, &vmas[0], ptep, &pte, max_nr, fpb_flags(flags));
+			folio_memmap_out();
+		}
+		if (nr_pages < 1 || nr_pages > max_nr) {
+			rmapfuzz_warn(true, __FILE__, __func__, __LINE__, "folio_pte_batch_flags() outside 1..max_nr");
+			return RMAPFUZZ_INCONSISTENT;
+		}
+		batch_index[nr_batches] = first + i;
+		batch_nr_pages[nr_batches] = nr_pages;
+		batch_pte[nr_batches] = pte_val(pte);
+		nr_batches++;
+		i += nr_pages;
+	}
+	rmapfuzz_batch_table = NULL;
+	return nr_batches;
+}
+
+/* The kernel's values of the descriptor bits the machine encodes (machine/pgtable.py). */
+int rmapfuzz_pte_bits(uint64_t *bits)
+{
+	bits[0] = PTE_VALID;
+	bits[1] = PTE_RDONLY;
+	bits[2] = PTE_AF;
+	bits[3] = PTE_WRITE;
+	bits[4] = PTE_CONT;
+	bits[5] = PTE_DIRTY;
+	bits[6] = PTE_ADDR_LOW;
+	bits[7] = CONT_PTES;
+	return 8;
 }

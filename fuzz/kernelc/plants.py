@@ -14,7 +14,7 @@ from fuzz.engine.campaign import SelftestRow, run_default_campaign
 from fuzz.errors import UsageError
 from fuzz.kernel.guest import cache_dir
 
-from .extract import RMAP_C, RMAP_H
+from .extract import INTERNAL_H, RMAP_C, RMAP_H
 from .series import KERNEL_PATCH_ENV
 from .source import KERNEL_TREE_ENV, SOURCE_FILES, kernel_tree
 
@@ -51,6 +51,13 @@ PLANTS += (
     # the bridge checks against the mapcounts on the way out.
     Plant("remove_rmap_keeps_nr_pages_mapped", RMAP_C, "atomic_sub_return_relaxed(last, mapped) < ENTIRELY_MAPPED",
           "atomic_read(mapped) < ENTIRELY_MAPPED"),
+)
+PLANTS += (
+    # folio_pte_batch_flags() no longer limits max_nr to the folio: a batch runs on into the
+    # next folio when its pfns and bits continue (the bug class of batch_crosses_folio_end).
+    Plant("pte_batch_ignores_folio_end", INTERNAL_H,
+          "max_nr = min_t(unsigned long, max_nr,\n\t\t       folio_pfn(folio) + folio_nr_pages(folio) - pte_pfn(pte));",
+          ""),
 )
 PLANT_NAMES = tuple(plant.name for plant in PLANTS)
 

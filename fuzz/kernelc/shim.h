@@ -326,4 +326,47 @@ typedef int __bitwise rmap_t;
 #define RMAP_NONE ((__force rmap_t)0)
 #define RMAP_EXCLUSIVE ((__force rmap_t)BIT(0))
 
+/*
+ * PTE batching: arm64's descriptor types (asm/pgtable-types.h), 48-bit physical
+ * addresses and 16-entry contpte blocks; the bits and accessors themselves come from
+ * the tree. The page table is the machine's own array, page-aligned as the kernel's,
+ * so pte_batch_hint() can read a descriptor's place in its block from its address.
+ */
+#define CONFIG_ARM64_CONT_PTE_SHIFT 4
+#define PAGE_SHIFT 12
+#define _AT(type, value) ((type)(value))
+
+typedef uint64_t pteval_t;
+typedef uint64_t phys_addr_t;
+typedef struct { pteval_t pte; } pte_t;
+typedef struct { pteval_t pgprot; } pgprot_t;
+#define pte_val(x) ((x).pte)
+#define __pte(x) ((pte_t) { (x) })
+#define pgprot_val(x) ((x).pgprot)
+#define __pgprot(x) ((pgprot_t) { (x) })
+
+typedef int __bitwise fpb_t;
+
+#define READ_ONCE(x) (*(const volatile __typeof__(x) *)&(x))
+#define PTR_ALIGN_DOWN(p, a) ((__typeof__(p))((unsigned long)(p) & ~((unsigned long)(a) - 1)))
+#define min(a, b) ((a) < (b) ? (a) : (b))
+#define min_t(type, a, b) min((type)(a), (type)(b))
+
+/* The memmap: the window's first page is pfn rmapfuzz_window_pfn (glue.c). */
+extern long rmapfuzz_window_pfn;
+#define pfn_to_page(pfn) (rmapfuzz_window_start + ((long)(pfn) - rmapfuzz_window_pfn))
+#define page_to_pfn(p) (rmapfuzz_window_pfn + ((const struct page *)(p) - rmapfuzz_window_start))
+#define folio_pfn(folio) page_to_pfn((const struct page *)(folio))
+
+/*
+ * folio_pte_batch_flags() warns when @ptentp points into a page table instead of at a
+ * copy: here a pointer is "a valid kernel address of a page-table page" when it lies in
+ * the machine's table being batched.
+ */
+extern const pte_t *rmapfuzz_batch_table;
+#define virt_addr_valid(p) ((const pte_t *)(p) >= rmapfuzz_batch_table && \
+			    (const pte_t *)(p) < rmapfuzz_batch_table + 512)
+#define virt_to_page(p) ((const void *)(p))
+#define PageTable(page) true
+
 #endif /* RMAPFUZZ_SHIM_H */

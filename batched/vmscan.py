@@ -174,14 +174,16 @@ def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.n
 
 
 def shrink_folio_list(machine: Machine, folio: int) -> str:
-    """Reclaim the folio to swap: refuse pinned or extra-referenced ones, split partial ones."""
+    """Reclaim the folio to swap: refuse pinned or extra-referenced ones; split a large one
+    that is partially mapped, or for which swap has no aligned run of slots (the kernel's
+    THP_SWPOUT_FALLBACK), and reclaim its mapped pieces, each into its own slot."""
     frames = machine.frames
-    large = frames.folio_order.item(folio) > 0
+    order = frames.folio_order.item(folio)
     if folio_maybe_dma_pinned(machine, folio):
         return EBUSY
-    if large and frames.folio_refcount.item(folio) > folio_mapcount(machine, folio):
+    if order and frames.folio_refcount.item(folio) > folio_mapcount(machine, folio):
         return EBUSY
-    if large and folio_partially_mapped(machine, folio):
+    if order and (folio_partially_mapped(machine, folio) or machine.swap.find_free_slots(order) is None):
         nr_pages = frames.folio_nr_pages(folio)
         mapped_pieces = int((page_mapcount(machine, np.arange(folio, folio + nr_pages)) > 0).sum())
         slots = machine.swap.find_free_slots_order0(mapped_pieces)

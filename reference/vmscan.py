@@ -101,13 +101,16 @@ def folio_partially_mapped(machine: Machine, folio: int) -> bool:
 
 
 def shrink_folio_list(machine: Machine, folio: int) -> str:
-    """Reclaim the folio to swap: refuse pinned or extra-referenced ones, split partial ones."""
+    """Reclaim the folio to swap: refuse pinned or extra-referenced ones; split a large one
+    that is partially mapped, or for which swap has no aligned run of slots (the kernel's
+    THP_SWPOUT_FALLBACK), and reclaim its mapped pieces one by one."""
     frames = machine.frames
     if folio_maybe_dma_pinned(machine, folio):
         return EBUSY
     if folio_test_large(machine, folio) and int(frames.folio_refcount[folio]) > folio_mapcount(machine, folio):
         return EBUSY
-    if folio_test_large(machine, folio) and folio_partially_mapped(machine, folio):
+    if folio_test_large(machine, folio) and (folio_partially_mapped(machine, folio)
+                                             or folio_alloc_swap_fails(machine, folio)):
         nr_pages = folio_nr_pages(machine, folio)
         result = split_huge_page_to_list_to_order(machine, folio, 0)
         check(result == OK, "reclaim could not split folio %s: %s", folio, result)
@@ -119,6 +122,11 @@ def shrink_folio_list(machine: Machine, folio: int) -> str:
                 return result
         return OK
     return reclaim_mapped_folio(machine, folio)
+
+
+def folio_alloc_swap_fails(machine: Machine, folio: int) -> bool:
+    """No naturally aligned run of free slots for the whole folio (folio_alloc_swap)."""
+    return machine.swap.find_free_slots(int(machine.frames.folio_order[folio])) is None
 
 
 def reclaim_mapped_folio(machine: Machine, folio: int) -> str:

@@ -33,6 +33,7 @@ CANARIES = (
     "fork_wrprotect_first_only",
     "fork_swap_exclusive_child_only",
     "pmd_split_drops_exclusive",
+    "thp_swpout_no_fallback",
 )
 
 

@@ -239,11 +239,14 @@ def test_nr_pages_zero_reaching_the_series_clearing_loop_is_a_warning(series_tre
 
 
 def test_bench_reports_microseconds_per_helper_call(tree: str) -> None:
-    done = rmapfuzz("bench", "--impl", "kernel-c", "--sizes", "2M", "--fuzz-seconds", "0", "--json")
+    done = rmapfuzz("bench", "--impl", "kernel-c", "--sizes", "2M", "--fuzz-seconds", "2", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
-    costs = json.loads(done.stdout)["helper_us_per_call"]
+    result = json.loads(done.stdout)
+    costs = result["helper_us_per_call"]
     assert costs["try_dup_anon_rmap_pmd"] > 0
     assert costs["remove_rmap_pmd"] > 0
+    assert costs["folio_pte_batches"] > 0
+    assert result["fuzz_exec_per_s"] > 0 and result["fuzz_exec_per_s_batched"] > 0   # the loop beside batched's
 
 
 def test_selftest_finds_the_bugs_planted_in_the_c(series_tree: str) -> None:

@@ -424,11 +424,16 @@ def _command_bench(args: argparse.Namespace) -> int:
     results = run_bench(sizes, impl=args.impl, seed=args.seed)
     costs = _helper_costs(args.impl)
     fuzz_loop = run_default_campaign(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
+    # Another implementation's loop is only worth its number beside batched's, taken in the same run.
+    beside = (run_default_campaign(DEFAULT_IMPL, args.fuzz_seconds)
+              if args.fuzz_seconds and args.impl != DEFAULT_IMPL else None)
     if args.json:
         loop: dict[str, Any] = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None}
         if fuzz_loop is not None:
             loop = {"fuzz_exec_per_s": round(fuzz_loop.exec_per_s, 1),
                     "fuzz_ms_per_execution": ms_per_execution(fuzz_loop)}
+        if beside is not None:
+            loop[f"fuzz_exec_per_s_{DEFAULT_IMPL}"] = round(beside.exec_per_s, 1)
         loop["helper_us_per_call"] = {name: round(us, 2) for name, (_calls, us) in costs.items()} or None
         print(json.dumps(dict(bench_json(results, args.impl), **loop), indent=2))
     else:
@@ -439,6 +444,8 @@ def _command_bench(args: argparse.Namespace) -> int:
                 print(f"  {name}: {us:.2f} ({calls} calls)")
         if fuzz_loop is not None:
             print(_format_fuzz_loop(fuzz_loop, args.fuzz_seconds))
+        if beside is not None:
+            print(f"beside it, {DEFAULT_IMPL}'s " + _format_fuzz_loop(beside, args.fuzz_seconds))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FINDING
 
 

@@ -145,3 +145,43 @@ def test_the_encoder_runs_nothing_when_what_ops_may_name_is_known(monkeypatch):
         encoded = [encode(type(decoded.script)("<changed>", decoded.script.frames, changed), decoded)
                    for changed in changes]
     assert [decode(data).steps for data in encoded] == list(changes)
+
+
+def test_folio_addresses_of_note_are_the_large_folios_worth_acting_on():
+    """Pinned, shared by fork, of mixed exclusivity, PMD-mapped: their pages are offered to
+    the ops that act on folios; small folios and plain exclusive mTHPs are not."""
+    from fuzz.engine.decode import folio_addresses_of_note
+    from fuzz.implementation import OP_DISPATCH, reference_kernel
+
+    machine, kernel = reference_kernel(4096)
+    script = parse_script("""
+mmap P0 0x200000 8M
+fault P0 0x200000 order=2
+fault P0 0x210000 order=2
+pin P0 0x210000 1 ro
+fault P0 0x220000 order=2
+write P0 0x240000 1
+fault P0 0x400000 order=9
+fork P0
+fault P0 0x260000 order=2
+mprotect P0 0x220000 16K rw
+""")
+    for op in script.steps:
+        OP_DISPATCH[op.name](kernel, op)
+    noted = folio_addresses_of_note(machine, 0)
+    pinned = [0x210000 + i * 0x1000 for i in range(4)]
+    shared = [0x200000 + i * 0x1000 for i in range(4)] + [0x220000 + i * 0x1000 for i in range(4)]
+    assert noted == sorted(shared + pinned + [0x400000])
+    assert 0x240000 not in noted and 0x260000 not in noted   # order 0; exclusive to P0 alone
+    assert folio_addresses_of_note(machine, 1) == sorted(shared + [0x400000])   # fork copied the pinned one
+
+    machine, kernel = reference_kernel(4096)
+    for op in parse_script("""
+mmap P0 0x200000 64K
+fault P0 0x200000 order=4
+fork P0
+exit P1
+write P0 0x203000 9
+""").steps:
+        OP_DISPATCH[op.name](kernel, op)
+    assert folio_addresses_of_note(machine, 0) == [0x200000 + i * 0x1000 for i in range(16)]   # page 3 alone exclusive

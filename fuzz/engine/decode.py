@@ -5,7 +5,9 @@ them (`ConsumeIntInRange`, which takes its bytes from the end of the input). The
 decoder is total and deterministic: any bytes give a valid op sequence, because
 each op is drawn against the reference machine's state after the ops before
 it: only live processes and issued pins are named; addresses are drawn near VMA
-edges, folio, contpte and PMD boundaries or pages already used; orders lean to
+edges, folio, contpte and PMD boundaries, pages already used or, for an op that
+acts on a folio, pages of the large folios worth acting on (pinned, mapped by
+several processes, of mixed PageAnonExclusive, PMD-mapped); orders lean to
 0, 2, 4 and 9; the op count is capped. The encoder plays the same grammar the
 other way, so seeds and reproducers can be kept as `.ops` and turned back into
 bytes: `decode(encode(script)) == script` for every script it accepts. The
@@ -25,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 from fuzz.errors import UsageError
 from fuzz.implementation import (
     OP_DISPATCH,
@@ -39,9 +43,20 @@ from fuzz.implementation import (
 )
 from fuzz.script.ops import Op, Script
 from machine import DEFAULT_NR_FRAMES, Machine, check
-from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE, TASK_SIZE
+from machine.mm import PUD_SHIFT
+from machine.pgtable import (
+    CONT_PTE_SIZE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SHIFT,
+    PMD_SIZE,
+    TASK_SIZE,
+    pmd_trans_huge,
+    pte_pfn,
+    pte_present,
+)
 
-ENCODING_VERSION = 2  # 2: raw frames, pin pages and lengths capped (fast executions)
+ENCODING_VERSION = 3  # 2: raw frames, pin pages and lengths capped (fast executions); 3: folio addresses
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
@@ -53,6 +68,10 @@ KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "writ
               "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split")
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
 ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "raw")
+# An op that acts on the folio at its address also draws pages of the folios worth acting on.
+FOLIO_OPS = frozenset({"try_to_unmap", "reclaim", "split", "split_pmd", "pin", "write", "dontneed", "munmap",
+                       "mprotect"})
+FOLIO_ADDR_CATEGORIES = ("folio", "folio", "folio", *ADDR_CATEGORIES)
 LISTED_WEIGHT = 3  # a listed value is drawn 3 times in 4, a raw one once
 RAW_PAGES = TASK_SIZE // PAGE_SIZE
 BOUNDARY_GRANULES = (PMD_SIZE, CONT_PTE_SIZE, PAGE_SIZE)
@@ -168,7 +187,8 @@ class OpGrammar:
         process = live[choose(len(live), _index(live, target and target.process))]
         if name in PROCESS_OPS:
             return Op(name, process=process)
-        addr = self.addr(process, machine, target.addr if target else None)
+        addr = self.addr(process, machine, target.addr if target else None,
+                         FOLIO_ADDR_CATEGORIES if name in FOLIO_OPS else ADDR_CATEGORIES)
         if name in RANGE_OPS:
             length = self.length(addr, target.length if target else None)
             prot = None
@@ -185,11 +205,16 @@ class OpGrammar:
             return Op(name, process=process, addr=addr, nr_pages=nr_pages, prot=prot)
         return Op(name, process=process, addr=addr)
 
-    def addr(self, process: int, machine: Machine | None, wanted: int | None) -> int:
-        """Near a VMA edge, at or near a boundary in the window, already used, or any page."""
+    def addr(self, process: int, machine: Machine | None, wanted: int | None,
+             categories: tuple[str, ...] = ADDR_CATEGORIES) -> int:
+        """A page of a folio worth acting on (where categories offer it), near a VMA edge, at
+        or near a boundary in the window, already used, or any page."""
         choose = self.choices.choose
-        category = ADDR_CATEGORIES[choose(len(ADDR_CATEGORIES), None if wanted is None else len(ADDR_CATEGORIES) - 1)]
-        if category == "vma_edge":
+        category = categories[choose(len(categories), None if wanted is None else len(categories) - 1)]
+        noted = folio_addresses_of_note(machine, process) if category == "folio" and machine is not None else []
+        if noted:
+            addr = noted[choose(len(noted))]
+        elif category in ("vma_edge", "folio"):
             assert machine is not None   # the encoder draws every address raw
             edges = vma_edges(machine, process)
             addr = edges[choose(len(edges))]
@@ -222,6 +247,37 @@ class OpGrammar:
 
     def pin_pages(self, wanted: int | None) -> int:
         return pick(self.choices, PIN_PAGES, RAW_PIN_PAGES, wanted)
+
+
+def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
+    """Where pid maps a page of a large folio worth acting on, ascending: one that is maybe
+    pinned, mapped by more than one process, or of mixed PageAnonExclusive among the pages
+    pid maps (PTE-mapped), and every PMD mapping (the head's address)."""
+    mm = machine.processes[pid]
+    frames = machine.frames
+    noted: list[int] = []
+    for key in sorted(mm.pte_tables):
+        entries = mm.pte_tables[key].entries
+        index = np.flatnonzero(pte_present(entries))
+        if len(index) == 0:
+            continue
+        heads = frames.page_folio[pte_pfn(entries[index]).astype(np.int64)]
+        large = frames.folio_order[heads] > 0
+        index, heads = index[large], heads[large]
+        if len(index) == 0:
+            continue
+        exclusive = frames.page_anon_exclusive[pte_pfn(entries[index]).astype(np.int64)].astype(np.int64)
+        folios, per_page = np.unique(heads, return_inverse=True)
+        mapped = np.bincount(per_page)
+        nr_exclusive = np.bincount(per_page, weights=exclusive)
+        of_note = ((frames.folio_pincount[folios] > 0) | (frames.folio_mm_ids_shared[folios] != 0)
+                   | ((nr_exclusive > 0) & (nr_exclusive < mapped)))
+        noted.extend(((key << PMD_SHIFT) + (index[of_note[per_page]] << PAGE_SHIFT)).tolist())
+    for key in sorted(mm.pmd_tables_by_addr):
+        for slot, pmd in mm.pmd_tables_by_addr[key].nonzero_entries():
+            if pmd_trans_huge(pmd):
+                noted.append((key << PUD_SHIFT) + (slot << PMD_SHIFT))
+    return sorted(noted)
 
 
 def vma_edges(machine: Machine, pid: int) -> list[int]:

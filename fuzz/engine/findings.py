@@ -19,6 +19,7 @@ from fuzz.script.ops import Script, format_script
 INPUT_FILE = "input.bin"
 REPRODUCER_FILE = "reproducer.ops"
 TEST_FILE = "test_reproducer.py"
+STAGING_PREFIX = ".staging-"   # then the pid of the process writing it
 
 REPRODUCER_TEST = '''"""Replays the reproducer of {signature}: it fails until the bug is fixed, then stays green."""
 
@@ -67,23 +68,66 @@ def is_saved(crash_dir: Path, signature: str) -> bool:
 
 def save_finding(crash_dir: Path, signature: str, impl: str, raw: bytes, reproducer: str) -> Path | None:
     """Write the raw input, the minimised script and its pytest file as one directory,
-    atomically (a rename); None if this signature was saved before."""
+    atomically (each file synced, then the directory renamed into place); None if this
+    signature was saved before, by this campaign or another one sharing crash_dir."""
     target = crash_dir / signature_dir_name(signature)
     if target.exists():
         return None
     crash_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=crash_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=crash_dir))
     try:
-        (staging / INPUT_FILE).write_bytes(raw)
-        (staging / REPRODUCER_FILE).write_text(reproducer, encoding="utf-8")
-        (staging / TEST_FILE).write_text(REPRODUCER_TEST.format(signature=signature, impl=impl), encoding="utf-8")
-        os.rename(staging, target)
+        write_synced(staging / INPUT_FILE, raw)
+        write_synced(staging / REPRODUCER_FILE, reproducer.encode("utf-8"))
+        write_synced(staging / TEST_FILE, REPRODUCER_TEST.format(signature=signature, impl=impl).encode("utf-8"))
+        sync_directory(staging)
+        os.rename(staging, target)   # fails on a directory another campaign renamed there first
+        sync_directory(crash_dir)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         if target.exists():
             return None  # another worker saved it first
         raise
     return target
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write data to a new file and sync it to the disk."""
+    with open(path, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def sync_directory(path: Path) -> None:
+    """Sync a directory's entries (a file created or renamed in it) to the disk."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sweep_staging(crash_dir: Path) -> list[Path]:
+    """Remove the staging directories a killed campaign left in crash_dir (their process is
+    gone); returns them. A live campaign's staging is left alone."""
+    swept = []
+    for staging in crash_dir.glob(f"{STAGING_PREFIX}*") if crash_dir.is_dir() else []:
+        owner = staging.name[len(STAGING_PREFIX):].partition("-")[0]
+        if owner.isdigit() and not process_alive(int(owner)):
+            shutil.rmtree(staging, ignore_errors=True)
+            swept.append(staging)
+    return swept
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process pid exists (another user's included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def minimise_and_save(crash_dir: Path, impl_name: str, impl: Implementation, script: Script,

@@ -17,8 +17,23 @@ from pathlib import Path
 import pytest
 
 from fuzz.engine import findings
-from fuzz.engine.campaign import artifacts_in, default_artifact_dir, finding_event, read_seeds
-from fuzz.engine.findings import INPUT_FILE, REPRODUCER_FILE, TEST_FILE, save_finding, sweep_staging
+from fuzz.engine.campaign import (
+    artifacts_in,
+    default_artifact_dir,
+    finding_event,
+    read_seeds,
+    sweep_work_directories,
+    work_directory,
+)
+from fuzz.engine.findings import (
+    INPUT_FILE,
+    REPRODUCER_FILE,
+    TEST_FILE,
+    abandoned,
+    hold_lock,
+    save_finding,
+    sweep_staging,
+)
 from fuzz.engine.lifeline import CAMPAIGN_PID_ENV
 from fuzz.front.cli import main
 from fuzz.script.ops import parse_file
@@ -96,6 +111,8 @@ def test_a_campaign_killed_with_sigkill_leaves_each_reported_finding_whole_and_n
     for directory in crashes.iterdir():   # whatever else shows is whole too
         if not directory.name.startswith("."):
             assert sorted(path.name for path in directory.iterdir()) == sorted(FINDING_FILES)
+    for staging in crashes.glob(".staging-*"):   # a finding the worker was writing when it died
+        age(staging)
     sweep_staging(crashes)
     assert not list(crashes.glob(".staging-*"))
 
@@ -117,14 +134,48 @@ def test_a_finding_whose_process_dies_while_saving_it_never_shows_half_written(t
     assert not (tmp_path / "divergence-fork-pte").exists()
     staging = list(tmp_path.glob(".staging-*"))
     assert len(staging) == 1 and staging[0].name.startswith(f".staging-{child}-")
+    assert sweep_staging(tmp_path) == []   # just written: it could be a live one not locked yet
+    age(staging[0])
     assert sweep_staging(tmp_path) == staging
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_live_campaigns_staging_is_not_swept(tmp_path):
-    live = tmp_path / f".staging-{os.getpid()}-abc"
+def age(path: Path, seconds: float = 3600) -> None:
+    """Make path look untouched for seconds."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_live_campaigns_staging_is_not_swept_however_old(tmp_path):
+    live = tmp_path / ".staging-1-abc"   # a pid this namespace may not see: the lock decides
     live.mkdir()
-    assert sweep_staging(tmp_path) == [] and live.exists()
+    lock = hold_lock(live)
+    try:
+        age(live)
+        assert sweep_staging(tmp_path) == [] and live.exists()
+    finally:
+        os.close(lock)
+    assert sweep_staging(tmp_path) == [live]
+
+
+def test_a_dead_campaigns_work_directory_is_swept_and_a_live_ones_is_not(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, live = tmp_path / "rmapfuzz-4000001-dead", tmp_path / "rmapfuzz-4000002-live"
+    other = tmp_path / "rmapfuzz-crashes-xyz"   # a directory of another kind
+    for directory in (dead, live, other):
+        directory.mkdir()
+        age(directory)
+    lock = hold_lock(live)
+    try:
+        assert sweep_work_directories() == [dead]
+    finally:
+        os.close(lock)
+    assert live.exists() and other.exists()
+    with work_directory() as work:
+        assert work.parent == tmp_path and abandoned(work, min_age_s=0) is False
+    assert not work.exists()
 
 
 def test_a_finding_saved_by_another_campaign_is_never_overwritten(tmp_path):

@@ -26,7 +26,7 @@ import structlog
 from fuzz.atomic import write_atomically_bytes
 from fuzz.canaries import CANARIES
 from fuzz.engine.decode import encode
-from fuzz.engine.findings import SavedFinding, process_alive, sweep_staging
+from fuzz.engine.findings import SavedFinding, abandoned, hold_lock, sweep_staging
 from fuzz.engine.lifeline import CAMPAIGN_PID_ENV, die_with_parent
 from fuzz.engine.session import (
     CRASH_DIR_ENV,
@@ -200,19 +200,26 @@ def write_launcher(directory: Path) -> Path:
 
 @contextmanager
 def work_directory() -> Iterator[Path]:
-    """A campaign's temporary directory (seeds, summaries, the launcher), named after its process;
-    first the ones campaigns killed before they could remove theirs are removed."""
+    """A campaign's temporary directory (seeds, summaries, the launcher), named after its process
+    and locked while it lives; first the ones campaigns killed before they could remove theirs
+    are removed."""
     sweep_work_directories()
     with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-") as work:
-        yield Path(work)
+        lock = hold_lock(Path(work))
+        try:
+            yield Path(work)
+        finally:
+            os.close(lock)
 
 
-def sweep_work_directories() -> None:
-    """Remove the temporary directories of campaigns whose process is gone."""
-    for directory in Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*"):
-        owner = directory.name[len(WORK_PREFIX):].partition("-")[0]
-        if owner.isdigit() and not process_alive(int(owner)):
+def sweep_work_directories() -> list[Path]:
+    """Remove the temporary directories of campaigns that died (abandoned); returns them."""
+    swept = []
+    for directory in sorted(Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}[0-9]*-*")):
+        if directory.is_dir() and abandoned(directory):
             shutil.rmtree(directory, ignore_errors=True)
+            swept.append(directory)
+    return swept
 
 
 def harness_environment(impl: str, crash_dir: Path, summaries: Path, launcher: Path,

@@ -4,9 +4,11 @@ minimised reproducer with its header, and a pytest file that replays it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ INPUT_FILE = "input.bin"
 REPRODUCER_FILE = "reproducer.ops"
 TEST_FILE = "test_reproducer.py"
 STAGING_PREFIX = ".staging-"   # then the pid of the process writing it
+ABANDONED_AFTER_S = 60.0       # a staging or work directory untouched this long, and unlocked, is abandoned
 
 REPRODUCER_TEST = '''"""Replays the reproducer of {signature}: it fails until the bug is fixed, then stays green."""
 
@@ -69,12 +72,14 @@ def is_saved(crash_dir: Path, signature: str) -> bool:
 def save_finding(crash_dir: Path, signature: str, impl: str, raw: bytes, reproducer: str) -> Path | None:
     """Write the raw input, the minimised script and its pytest file as one directory,
     atomically (each file synced, then the directory renamed into place); None if this
-    signature was saved before, by this campaign or another one sharing crash_dir."""
+    signature was saved before, by this campaign or another one sharing crash_dir. The staging
+    directory is locked while it is written, so only an abandoned one is ever swept."""
     target = crash_dir / signature_dir_name(signature)
     if target.exists():
         return None
     crash_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=crash_dir))
+    lock = hold_lock(staging)
     try:
         write_synced(staging / INPUT_FILE, raw)
         write_synced(staging / REPRODUCER_FILE, reproducer.encode("utf-8"))
@@ -87,6 +92,8 @@ def save_finding(crash_dir: Path, signature: str, impl: str, raw: bytes, reprodu
         if target.exists():
             return None  # another worker saved it first
         raise
+    finally:
+        os.close(lock)
     return target
 
 
@@ -107,13 +114,38 @@ def sync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
+def hold_lock(directory: Path) -> int:
+    """Lock directory (flock) for this process until the descriptor returned is closed; the lock
+    goes when the process dies, however it dies, whatever process namespace looks at it."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def abandoned(directory: Path, min_age_s: float = ABANDONED_AFTER_S) -> bool:
+    """Whether directory was left by a process that died: nobody holds its lock and nothing was
+    written in it for min_age_s (a directory just made, not locked yet, is never taken for one)."""
+    try:
+        if time.time() - directory.stat().st_mtime < min_age_s:
+            return False
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+    return True
+
+
 def sweep_staging(crash_dir: Path) -> list[Path]:
-    """Remove the staging directories a killed campaign left in crash_dir (their process is
-    gone); returns them. A live campaign's staging is left alone."""
+    """Remove the staging directories a killed campaign left in crash_dir (abandoned); returns
+    them. A live campaign's staging is left alone."""
     swept = []
-    for staging in crash_dir.glob(f"{STAGING_PREFIX}*") if crash_dir.is_dir() else []:
-        owner = staging.name[len(STAGING_PREFIX):].partition("-")[0]
-        if owner.isdigit() and not process_alive(int(owner)):
+    for staging in sorted(crash_dir.glob(f"{STAGING_PREFIX}*")) if crash_dir.is_dir() else []:
+        if abandoned(staging):
             shutil.rmtree(staging, ignore_errors=True)
             swept.append(staging)
     return swept

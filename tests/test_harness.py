@@ -86,7 +86,8 @@ def test_seeds_are_encoded_for_libfuzzer(tmp_path):
     assert prepare_seeds([str(ROOT / "corpus/seeds")], tmp_path) == (len(seeds), [])
     assert len(seeds) >= 64
     assert sorted(path.name for path in tmp_path.iterdir()) == [f"seed-{i:05d}" for i in range(len(seeds))]
-    assert libfuzzer_flags(30, None, 2, 7)[1:] == ["-max_total_time=30", "-seed=7", "-jobs=2", "-workers=2"]
+    assert libfuzzer_flags(30, None, 2, 7)[1:] == ["-max_total_time=30", "-seed=7", "-jobs=2", "-workers=2",
+                                                   "-reload=1"]
     assert libfuzzer_flags(None, 10, 1, None, fork=2)[1:] == ["-runs=10", "-fork=2", "-ignore_crashes=1",
                                                              "-ignore_timeouts=1", "-ignore_ooms=1"]
 

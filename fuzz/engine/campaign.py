@@ -10,13 +10,14 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,7 @@ def libfuzzer_flags(seconds: int | None, runs: int | None, jobs: int, seed: int 
     if seed is not None:
         flags.append(f"-seed={seed}")
     if jobs > 1:
-        flags += [f"-jobs={jobs}", f"-workers={jobs}"]
+        flags += [f"-jobs={jobs}", f"-workers={jobs}", "-reload=1"]   # the workers share one corpus
     if fork > 0:
         flags += [f"-fork={fork}", "-ignore_crashes=1", "-ignore_timeouts=1", "-ignore_ooms=1"]
     return flags
@@ -232,12 +233,14 @@ def harness_environment(impl: str, crash_dir: Path, summaries: Path, launcher: P
 
 
 def run_harness(command: list[str], env: dict[str, str], cwd: Path, progress: Progress | None = None,
-                finding_heard: FindingHeard | None = None) -> tuple[int, list[str]]:
+                finding_heard: FindingHeard | None = None, stop_on_finding: bool = False) -> tuple[int, list[str]]:
     """Run the harness until it ends, telling progress of each status line and finding_heard of
     each finding a worker saved (its JSON log event); returns its exit status and the last lines
-    of its output. The harness dies with this process."""
+    of its output. The harness dies with this process; with stop_on_finding, at the first finding
+    all its processes are killed (the other -jobs workers would fuzz on to the end of their time)."""
     process = subprocess.Popen(command, env=dict(env, **{LOG_JSON_ENV: "1"}), cwd=cwd, stderr=subprocess.PIPE,
-                               text=True, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+                               text=True, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent,
+                               start_new_session=True)
     assert process.stderr is not None
     last_lines: list[str] = []
     for line in process.stderr:
@@ -246,9 +249,17 @@ def run_harness(command: list[str], env: dict[str, str], cwd: Path, progress: Pr
         if progress is not None and match:
             progress(int(match.group(1)), int(match.group(3)))
         event = finding_event(line)
-        if finding_heard is not None and event is not None:
+        if event is not None and finding_heard is not None:
             finding_heard(*event)
+        if event is not None and stop_on_finding:
+            kill_process_group(process.pid)
     return process.wait(), last_lines
+
+
+def kill_process_group(pid: int) -> None:
+    """SIGKILL the harness's process group (it leads its own session: its workers are in it)."""
+    with suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def finding_event(line: str) -> tuple[str, int, str] | None:
@@ -288,7 +299,7 @@ def run_campaign(corpus: list[str], impl: str, seconds: int | None, runs: int | 
         started = time.monotonic()
         status, last_lines = run_harness(command, harness_environment(impl, crashes, summaries, launcher,
                                                                       stop_on_finding),
-                                          work_dir, progress, finding_heard)
+                                          work_dir, progress, finding_heard, stop_on_finding)
         new_artifacts = [str(path) for path in artifacts_in(artifacts) if path not in artifacts_before]
         summary = merge_summaries(summaries, time.monotonic() - started, skipped, new_artifacts)
         survived = fork > 0 and bool(new_artifacts)   # fork mode kept its crashing inputs and went on
@@ -300,14 +311,15 @@ def run_campaign(corpus: list[str], impl: str, seconds: int | None, runs: int | 
 
 
 def run_default_campaign(impl: str, seconds: int, crash_dir: str | None = None, stop_on_finding: bool = False,
-                         corpus: list[str] | None = None) -> CampaignSummary:
+                         corpus: list[str] | None = None, jobs: int = 1,
+                         finding_heard: FindingHeard | None = None) -> CampaignSummary:
     """The default campaign (the gate's, the self-test's and the bench's): the seed corpus,
-    libFuzzer seed DEFAULT_SEED, one process, for seconds; findings go to crash_dir, or to a
-    directory dropped afterwards."""
+    libFuzzer seed DEFAULT_SEED, one process (or jobs workers sharing the corpus), for seconds;
+    findings go to crash_dir, or to a directory dropped afterwards."""
     def run(crashes: str) -> CampaignSummary:
-        return run_campaign(corpus or [DEFAULT_CORPUS], impl=impl, seconds=seconds, runs=None, jobs=1,
+        return run_campaign(corpus or [DEFAULT_CORPUS], impl=impl, seconds=seconds, runs=None, jobs=jobs,
                             seed=DEFAULT_SEED, crash_dir=crashes, extra_flags=[],
-                            stop_on_finding=stop_on_finding)
+                            stop_on_finding=stop_on_finding, finding_heard=finding_heard)
 
     if crash_dir is not None:
         return run(crash_dir)
@@ -423,3 +435,57 @@ def write_merged(out: Path, seed: SeedFile, name: str) -> Path:
         target = out / f"{seed.path.stem}-{name[:12]}{SCRIPT_SUFFIX}"
     write_atomically_bytes(str(target), text)
     return target
+
+
+@dataclass(frozen=True)
+class WorkersRow:
+    """The default campaign with some workers sharing its corpus: executions per second (all
+    workers' executions over the wall time, start-up included)."""
+
+    workers: int
+    executions: int
+    seconds: float
+    exec_per_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TimeToFindRow:
+    """One planted bug fuzzed by some workers until the first finding: found or not, the wall
+    seconds from the campaign's start to the finding saved (or of the whole budget)."""
+
+    bug: str
+    workers: int
+    found: bool
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def workers_bench(impl: str, seconds: int, workers: tuple[int, ...] = (1, 2)) -> list[WorkersRow]:
+    """Executions per second of the default campaign against impl with each number of workers."""
+    rows = []
+    for count in workers:
+        summary = run_default_campaign(impl, seconds, jobs=count)
+        rows.append(WorkersRow(count, summary.executions, summary.seconds, round(summary.exec_per_s, 1)))
+    return rows
+
+
+def time_to_find_bench(budget: int, names: list[str] | None = None, workers: tuple[int, ...] = (1, 2),
+                       corpus: list[str] | None = None) -> list[TimeToFindRow]:
+    """The wall seconds to each canary's first finding with each number of workers (the default
+    campaign, from corpus if given, stopped at its first finding or after budget seconds)."""
+    return [time_to_find(name, count, budget, corpus) for name in names or CANARIES for count in workers]
+
+
+def time_to_find(name: str, workers: int, budget: int, corpus: list[str] | None = None) -> TimeToFindRow:
+    """The wall seconds to one canary's first finding with workers workers (see time_to_find_bench)."""
+    heard: list[float] = []
+    started = time.monotonic()
+    summary = run_default_campaign(f"fuzz.canaries.{name}", budget, stop_on_finding=True, jobs=workers,
+                                   corpus=corpus, finding_heard=lambda *_: heard.append(time.monotonic() - started))
+    seconds = heard[0] if heard else summary.seconds
+    return TimeToFindRow(name, workers, bool(heard) or bool(summary.findings), round(seconds, 2))

@@ -119,8 +119,9 @@ class Session:
             path, nr_ops = saved
             self.findings.append(SavedFinding(signature, nr_ops, str(path),
                                               round(time.monotonic() - self.started, 2), self.executions))
-            log.warning(FINDING_EVENT, signature=signature, ops=nr_ops, path=str(path))
-        self.write_summary()
+        self.write_summary()   # before the event: a campaign that hears it may stop this process at once
+        if saved is not None:
+            log.warning(FINDING_EVENT, signature=signature, ops=saved[1], path=str(saved[0]))
         if saved is not None and self.stop_on_finding:
             os._exit(0)  # libFuzzer owns the process: leave at once, the summary is written
 

@@ -471,6 +471,17 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "(boot time, scripts per second)")
     parser.add_argument("--kernel-scripts", type=int, default=1000, metavar="N",
                         help="with --kernel: how many scripts (default 1000)")
+    parser.add_argument("--workers", action="store_true",
+                        help="instead: the default campaign's exec/s with 1 and 2 workers sharing a corpus "
+                             "(-jobs/-workers, -reload), and the seconds to find each planted bug with 1 and 2")
+    parser.add_argument("--workers-seconds", type=int, default=30, metavar="S",
+                        help="with --workers: seconds of each exec/s campaign (default 30)")
+    parser.add_argument("--find-budget", type=int, default=60, metavar="S",
+                        help="with --workers: seconds at most per planted bug (0: skip; default 60)")
+    parser.add_argument("--canary", action="append", metavar="NAME",
+                        help="with --workers: only this planted bug (repeatable)")
+    parser.add_argument("--empty-corpus", action="store_true",
+                        help="with --workers: find the planted bugs from an empty corpus instead of the seeds")
 
 
 def _format_fuzz_loop(summary: CampaignSummary, seconds: int) -> str:
@@ -503,6 +514,8 @@ def _command_bench(args: argparse.Namespace) -> int:
 
     if args.kernel:
         return _command_bench_kernel(args)
+    if args.workers:
+        return _command_bench_workers(args)
     # All input is checked before anything runs: a bad size is exit 2, never half a bench.
     sizes = parse_sizes(args.sizes)
     load_implementation(REFERENCE_IMPL)
@@ -528,6 +541,37 @@ def _command_bench(args: argparse.Namespace) -> int:
         if fuzz_loop is not None:
             print(_format_fuzz_loop(fuzz_loop, args.fuzz_seconds))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FINDING
+
+
+def _command_bench_workers(args: argparse.Namespace) -> int:
+    from fuzz.canaries import CANARIES
+    from fuzz.engine.campaign import time_to_find_bench, workers_bench
+    from fuzz.front.bench import format_workers
+
+    if args.workers_seconds < 1:
+        raise UsageError(f"--workers-seconds must be positive, not {shown_number(args.workers_seconds)}")
+    if args.find_budget < 0:
+        raise UsageError(f"--find-budget must not be negative, not {shown_number(args.find_budget)}")
+    unknown = [name for name in args.canary or [] if name not in CANARIES]
+    if unknown:
+        raise UsageError(f"unknown canary {quote_token(unknown[0])} (known: {', '.join(CANARIES)})")
+    load_implementation(args.impl)
+    workers = workers_bench(args.impl, args.workers_seconds)
+    if not args.find_budget:
+        finds = []
+    elif args.empty_corpus:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="rmapfuzz-empty-corpus-") as empty:
+            finds = time_to_find_bench(args.find_budget, args.canary, corpus=[empty])
+    else:
+        finds = time_to_find_bench(args.find_budget, args.canary)
+    if args.json:
+        print(json.dumps({"workers": [row.to_json() for row in workers],
+                          "time_to_find": [row.to_json() for row in finds]}, indent=2))
+    else:
+        print(format_workers(workers, finds))
+    return EXIT_OK
 
 
 def _command_bench_kernel(args: argparse.Namespace) -> int:

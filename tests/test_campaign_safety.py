@@ -240,7 +240,7 @@ def test_fork_mode_keeps_a_crashing_input_as_an_artifact_and_goes_on(tmp_path, m
     crashes = [path for path in artifacts_in(artifacts) if path.name.startswith("crash-")]
     assert crashes
     assert "libFuzzer artifact: " + str(crashes[0]) in capsys.readouterr().out
-    # replay and minimize read libFuzzer's files whatever their first (version) byte
+    # replay and minimize read libFuzzer's files whatever their version byte (the last one)
     assert main(["replay", str(crashes[0])]) in (0, 1)
     assert main(["minimize", "--max-runs", "5", str(crashes[0])]) in (0, 1)
 
@@ -269,7 +269,7 @@ def test_a_crash_outside_fork_mode_names_its_kept_artifact(tmp_path, monkeypatch
 
 
 def test_a_stored_input_of_another_version_is_refused_but_a_libfuzzer_artifact_is_read(tmp_path):
-    data = bytes([7, 0, 5, 0, 0, 0])
+    data = bytes([0, 0, 0, 5, 0, 7])   # the last byte is the encoding version: 7, not this rmapfuzz's
     (tmp_path / "input.bin").write_bytes(data)
     (tmp_path / "crash-0123abcd").write_bytes(data)
     assert main(["replay", str(tmp_path / "input.bin")]) == 2

@@ -66,7 +66,7 @@ def _add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 def _load_input(path: str) -> Script:
     """An op script (.ops), or a raw fuzzer input decoded to one. A stored input of another
     encoding version is refused, except libFuzzer's own artifacts (crash-<sha1>, timeout-, ...):
-    the harness decoded their mutated first byte as it decodes any input, ignoring it."""
+    the harness decoded their mutated version byte (the last one) as it decodes any input, ignoring it."""
     if path.endswith(SCRIPT_SUFFIX):
         return parse_file(path)
     from fuzz.engine.campaign import ARTIFACT_PREFIXES

@@ -237,3 +237,34 @@ def test_cli_bench_reports_the_fuzz_loop_rate(capsys) -> None:
     parts = out["fuzz_ms_per_execution"]
     assert sorted(parts) == ["checks", "decoder", "implementation", "mutator", "reference", "rest"]
     assert parts["reference"] > 0 and parts["implementation"] > 0
+
+
+def test_the_workers_bench_prints_exec_per_s_and_each_bugs_time_to_find_per_number_of_workers():
+    from fuzz.engine.campaign import TimeToFindRow, WorkersRow
+    from fuzz.front.bench import format_workers
+
+    text = format_workers([WorkersRow(1, 3000, 30.5, 98.4), WorkersRow(2, 5000, 31.0, 161.3)],
+                          [TimeToFindRow("pin_check_on_page", 1, True, 1.3),
+                           TimeToFindRow("pin_check_on_page", 2, False, 60.0)])
+    lines = text.splitlines()
+    assert lines[1].split() == ["1", "3000", "30.5", "98.4"] and lines[2].split() == ["2", "5000", "31.0", "161.3"]
+    assert lines[-1].split() == ["pin_check_on_page", "1.3", "s", "-"]
+
+
+@pytest.mark.parametrize("argv", [["bench", "--workers", "--workers-seconds", "0"],
+                                  ["bench", "--workers", "--find-budget", "-1"],
+                                  ["bench", "--workers", "--canary", "no_such_bug"]])
+def test_bad_workers_bench_flags_are_exit_2(argv, capsys):
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.startswith("rmapfuzz: ")
+
+
+def test_two_workers_stop_at_the_first_finding_of_either():
+    import time
+
+    from fuzz.engine.campaign import time_to_find
+
+    started = time.monotonic()
+    row = time_to_find("share_nr_pages_zero", 2, budget=90)
+    assert row.found and row.workers == 2 and row.seconds < 60
+    assert time.monotonic() - started < 75   # the other worker did not fuzz on to the end of the budget

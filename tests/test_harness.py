@@ -83,14 +83,21 @@ def test_fuzzing_processes_summaries_add_up_to_ms_per_execution(tmp_path):
 
 def test_seeds_are_encoded_for_libfuzzer(tmp_path):
     seeds = list((ROOT / "corpus/seeds").glob("*.ops"))
-    assert prepare_seeds([str(ROOT / "corpus/seeds")], tmp_path) == len(seeds) >= 64
+    assert prepare_seeds([str(ROOT / "corpus/seeds")], tmp_path) == (len(seeds), [])
+    assert len(seeds) >= 64
     assert sorted(path.name for path in tmp_path.iterdir()) == [f"seed-{i:05d}" for i in range(len(seeds))]
-    assert libfuzzer_flags(30, None, 2, 7)[1:] == ["-max_total_time=30", "-seed=7", "-jobs=2", "-workers=2"]
+    assert libfuzzer_flags(30, None, 2, 7)[1:] == ["-max_total_time=30", "-seed=7", "-jobs=2", "-workers=2",
+                                                   "-reload=1"]
+    assert libfuzzer_flags(None, 10, 1, None, fork=2)[1:] == ["-runs=10", "-fork=2", "-ignore_crashes=1",
+                                                             "-ignore_timeouts=1", "-ignore_ooms=1"]
 
 
 @pytest.mark.parametrize("argv", [
     ["fuzz", "--time", "0"],
     ["fuzz", "--jobs", "-1"],
+    ["fuzz", "--fork", "-1"],
+    ["merge", "only-one-dir"],
+    ["target"],
     ["fuzz", "--", "max_len=10"],
     ["fuzz", "no/such/corpus", "--time", "1"],
     ["selftest", "--budget", "0"],
@@ -292,3 +299,31 @@ def test_a_canarys_planted_function_is_instrumented_with_its_copy_of_batched(nam
     instrument_package(package)
     for function in planted:
         assert "__ATHERIS_INSTRUMENTED__" in function.__code__.co_consts, function.__name__
+
+
+def test_merge_adds_the_inputs_that_add_coverage_and_keeps_op_scripts_readable(tmp_path, capsys):
+    import hashlib
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    seeds = [ROOT / "corpus/seeds" / name for name in ("06-fault-pmd.ops", "14-cow-fork-base.ops",
+                                                        "64-ttu-mixed-exclusive-batch.ops")]
+    for path in seeds:
+        (corpus / path.name).write_text(path.read_text())
+    raw = encode(parse_file(str(ROOT / "corpus/seeds/45-fork-swap-entries.ops")))
+    (corpus / "raw-input").write_bytes(raw)
+    (corpus / "same-as-a-seed").write_bytes(encode(parse_file(str(seeds[0]))))   # no coverage of its own
+    (corpus / "broken.ops").write_text("fault P0\n")
+    out = tmp_path / "out"
+    assert main(["merge", str(out), str(corpus)]) == 0
+    err = capsys.readouterr().err
+    assert "broken.ops" in err and "(skipped)" in err
+    added = sorted(path.name for path in out.iterdir())
+    assert hashlib.sha1(raw).hexdigest() in added
+    assert "same-as-a-seed" not in added and len(added) <= 4
+    for path in seeds:
+        if path.name in added:
+            assert (out / path.name).read_text() == path.read_text()   # the script itself, readable
+    assert [name for name in added if name.endswith(".ops")]
+    assert main(["merge", str(out), str(corpus), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == []   # nothing new the second time

@@ -4,9 +4,11 @@ minimised reproducer with its header, and a pytest file that replays it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from fuzz.script.ops import Script, format_script
 INPUT_FILE = "input.bin"
 REPRODUCER_FILE = "reproducer.ops"
 TEST_FILE = "test_reproducer.py"
+STAGING_PREFIX = ".staging-"   # then the pid of the process writing it
+ABANDONED_AFTER_S = 60.0       # a staging or work directory untouched this long, and unlocked, is abandoned
 
 REPRODUCER_TEST = '''"""Replays the reproducer of {signature}: it fails until the bug is fixed, then stays green."""
 
@@ -67,23 +71,95 @@ def is_saved(crash_dir: Path, signature: str) -> bool:
 
 def save_finding(crash_dir: Path, signature: str, impl: str, raw: bytes, reproducer: str) -> Path | None:
     """Write the raw input, the minimised script and its pytest file as one directory,
-    atomically (a rename); None if this signature was saved before."""
+    atomically (each file synced, then the directory renamed into place); None if this
+    signature was saved before, by this campaign or another one sharing crash_dir. The staging
+    directory is locked while it is written, so only an abandoned one is ever swept."""
     target = crash_dir / signature_dir_name(signature)
     if target.exists():
         return None
     crash_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=crash_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=crash_dir))
+    lock = hold_lock(staging)
     try:
-        (staging / INPUT_FILE).write_bytes(raw)
-        (staging / REPRODUCER_FILE).write_text(reproducer, encoding="utf-8")
-        (staging / TEST_FILE).write_text(REPRODUCER_TEST.format(signature=signature, impl=impl), encoding="utf-8")
-        os.rename(staging, target)
+        write_synced(staging / INPUT_FILE, raw)
+        write_synced(staging / REPRODUCER_FILE, reproducer.encode("utf-8"))
+        write_synced(staging / TEST_FILE, REPRODUCER_TEST.format(signature=signature, impl=impl).encode("utf-8"))
+        sync_directory(staging)
+        os.rename(staging, target)   # fails on a directory another campaign renamed there first
+        sync_directory(crash_dir)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         if target.exists():
             return None  # another worker saved it first
         raise
+    finally:
+        os.close(lock)
     return target
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write data to a new file and sync it to the disk."""
+    with open(path, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def sync_directory(path: Path) -> None:
+    """Sync a directory's entries (a file created or renamed in it) to the disk."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def hold_lock(directory: Path) -> int:
+    """Lock directory (flock) for this process until the descriptor returned is closed; the lock
+    goes when the process dies, however it dies, whatever process namespace looks at it."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def abandoned(directory: Path, min_age_s: float = ABANDONED_AFTER_S) -> bool:
+    """Whether directory was left by a process that died: nobody holds its lock and nothing was
+    written in it for min_age_s (a directory just made, not locked yet, is never taken for one)."""
+    try:
+        if time.time() - directory.stat().st_mtime < min_age_s:
+            return False
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def sweep_staging(crash_dir: Path) -> list[Path]:
+    """Remove the staging directories a killed campaign left in crash_dir (abandoned); returns
+    them. A live campaign's staging is left alone."""
+    swept = []
+    for staging in sorted(crash_dir.glob(f"{STAGING_PREFIX}*")) if crash_dir.is_dir() else []:
+        if abandoned(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+            swept.append(staging)
+    return swept
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process pid exists (another user's included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def minimise_and_save(crash_dir: Path, impl_name: str, impl: Implementation, script: Script,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import random
 import sys
 import time
@@ -21,7 +22,8 @@ from collections.abc import Callable
 
 import atheris
 
-from fuzz.engine.session import MUTATOR_PART, Session
+from fuzz.engine.lifeline import hold_on_to_campaign
+from fuzz.engine.session import LAUNCHER_ENV, LOG_JSON_ENV, MUTATOR_PART, Session
 from fuzz.implementation import Implementation
 from fuzz.logs import configure_logging
 
@@ -78,13 +80,17 @@ def instrument_package(package: str) -> int:
 
 
 def main(argv: list[str]) -> None:
-    """python -m fuzz.engine.harness [libFuzzer flags and corpus directories]."""
-    configure_logging(level=logging.WARNING)  # findings are warnings; the runner's debug events cost time
+    """python -m fuzz.engine.harness [libFuzzer flags and corpus directories]; libFuzzer starts
+    its -jobs, -fork and -merge workers as LAUNCHER_ENV (an executable), else as sys.argv[0]."""
+    hold_on_to_campaign()
+    # Findings are warnings (JSON lines when the campaign reads them); the runner's debug events cost time.
+    configure_logging(json_logs=os.environ.get(LOG_JSON_ENV) == "1", level=logging.WARNING)
     with atheris.instrument_imports(include=list(INSTRUMENTED)):
         session = Session.from_environment()   # loads the implementations: batched is instrumented
     instrument_package(kernel_package(session.impl))
     session.write_summary()
-    atheris.Setup([sys.argv[0], *argv], session.test_one_input, custom_mutator=custom_mutator_for(session))
+    atheris.Setup([os.environ.get(LAUNCHER_ENV, sys.argv[0]), *argv], session.test_one_input,
+                  custom_mutator=custom_mutator_for(session))
     atheris.Fuzz()
 
 

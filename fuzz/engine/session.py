@@ -31,6 +31,9 @@ log = structlog.get_logger()
 IMPL_ENV = "RMAPFUZZ_IMPL"
 CRASH_DIR_ENV = "RMAPFUZZ_CRASH_DIR"
 SUMMARY_DIR_ENV = "RMAPFUZZ_SUMMARY_DIR"
+LOG_JSON_ENV = "RMAPFUZZ_LOG_JSON"   # "1": the harness logs JSON lines, which the campaign reads
+FINDING_EVENT = "finding"   # the log event of a finding saved: signature, ops, path
+LAUNCHER_ENV = "RMAPFUZZ_LAUNCHER"   # an executable running the harness: what libFuzzer re-executes
 STOP_ENV = "RMAPFUZZ_STOP_ON_FINDING"  # the self-test stops each campaign at its first finding
 DEFAULT_CRASH_DIR = "corpus/crashes"
 SUMMARY_EVERY_S = 0.5
@@ -116,8 +119,9 @@ class Session:
             path, nr_ops = saved
             self.findings.append(SavedFinding(signature, nr_ops, str(path),
                                               round(time.monotonic() - self.started, 2), self.executions))
-            log.warning("finding", signature=signature, ops=nr_ops, path=str(path))
-        self.write_summary()
+        self.write_summary()   # before the event: a campaign that hears it may stop this process at once
+        if saved is not None:
+            log.warning(FINDING_EVENT, signature=signature, ops=saved[1], path=str(saved[0]))
         if saved is not None and self.stop_on_finding:
             os._exit(0)  # libFuzzer owns the process: leave at once, the summary is written
 

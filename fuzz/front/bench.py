@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from fuzz.engine.campaign import TimeToFindRow, WorkersRow
 from fuzz.errors import UsageError, quote_token, shown_number
 from fuzz.implementation import (
     DEFAULT_IMPL,
@@ -485,3 +486,17 @@ __all__ = [
     "run_bench",
     "run_workload",
 ]
+
+
+def format_workers(workers: Sequence[WorkersRow], finds: Sequence[TimeToFindRow]) -> str:
+    """The workers bench as two tables: exec/s per number of workers, and the seconds to each
+    planted bug's first finding per number of workers ("-" where it was not found)."""
+    lines = [f"{'workers':>7s} {'executions':>10s} {'seconds':>8s} {'exec/s':>8s}"]
+    lines += [f"{row.workers:7d} {row.executions:10d} {row.seconds:8.1f} {row.exec_per_s:8.1f}" for row in workers]
+    counts = sorted({row.workers for row in finds})
+    if counts:
+        lines += ["", f"{'planted bug':32s} " + " ".join(f"{f'{count} worker(s)':>12s}" for count in counts)]
+        for bug in dict.fromkeys(row.bug for row in finds):
+            cells = {row.workers: (f"{row.seconds:.1f} s" if row.found else "-") for row in finds if row.bug == bug}
+            lines.append(f"{bug:32s} " + " ".join(f"{cells.get(count, ''):>12s}" for count in counts))
+    return "\n".join(lines)

@@ -64,13 +64,17 @@ def _add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_input(path: str) -> Script:
-    """An op script (.ops), or a raw fuzzer input decoded to one."""
+    """An op script (.ops), or a raw fuzzer input decoded to one. A stored input of another
+    encoding version is refused, except libFuzzer's own artifacts (crash-<sha1>, timeout-, ...):
+    the harness decoded their mutated version byte (the last one) as it decodes any input, ignoring it."""
     if path.endswith(SCRIPT_SUFFIX):
         return parse_file(path)
+    from fuzz.engine.campaign import ARTIFACT_PREFIXES
     from fuzz.engine.decode import check_version, decode
 
     data = _read_bytes(path)
-    check_version(data, path)
+    if not os.path.basename(path).startswith(ARTIFACT_PREFIXES):
+        check_version(data, path)
     return decode(data, path)
 
 
@@ -165,6 +169,12 @@ def _add_fuzz_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, metavar="N", help="libFuzzer's -seed")
     parser.add_argument("--crashes", default="corpus/crashes", metavar="DIR",
                         help="where findings are saved (default corpus/crashes)")
+    parser.add_argument("--artifacts", default=None, metavar="DIR",
+                        help="where libFuzzer's own artifacts (crash-, timeout-, oom-, slow-unit- files) go "
+                             "(default: artifacts/ beside the crash directory, corpus/artifacts)")
+    parser.add_argument("--fork", type=int, default=0, metavar="N",
+                        help="libFuzzer's fork mode with N workers: a crashing or hanging input is kept "
+                             "as an artifact and the campaign goes on")
     parser.add_argument("--json", action="store_true", help="print the closing summary as JSON")
     parser.add_argument("libfuzzer", nargs=argparse.REMAINDER, metavar="-- FLAGS",
                         help="libFuzzer flags after --")
@@ -176,22 +186,43 @@ def _command_fuzz(args: argparse.Namespace) -> int:
     for name, value in (("--time", args.time), ("--runs", args.runs), ("--jobs", args.jobs)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be positive, not {shown_number(value)}")
+    if args.fork < 0:
+        raise UsageError(f"--fork must not be negative, not {shown_number(args.fork)}")
     extra = args.libfuzzer[1:] if args.libfuzzer[:1] == ["--"] else args.libfuzzer
+    # After `CORPUS... --`, argparse hands the libFuzzer flags to CORPUS: a corpus path never starts with '-'.
+    extra = [item for item in args.corpus if item.startswith("-")] + extra
+    args.corpus = [item for item in args.corpus if not item.startswith("-")]
     bad = [flag for flag in extra if not flag.startswith("-")]
     if bad:
         raise UsageError(f"libFuzzer flags start with '-': {quote_token(bad[0])}")
     summary = run_campaign(args.corpus or [DEFAULT_CORPUS], impl=args.impl, seconds=args.time,
                            runs=args.runs, jobs=args.jobs, seed=args.seed, crash_dir=args.crashes,
-                           extra_flags=extra, progress=None if args.json else _show_progress)
+                           extra_flags=extra, progress=None if args.json else _show_progress,
+                           fork=args.fork, artifact_dir=args.artifacts, finding_heard=_show_finding)
+    if not args.json:
+        print(file=sys.stderr)   # ends the progress line
+    _report_skipped(summary.skipped)
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
     else:
-        print(file=sys.stderr)   # ends the progress line
         print(f"{summary.executions} executions in {summary.seconds:.1f} s "
               f"({summary.exec_per_s:.0f} exec/s), {len(summary.findings)} new findings")
         for finding in summary.findings:
             print(f"  {finding.signature}: {finding.ops} ops, {finding.path}")
-    return EXIT_FINDING if summary.findings else EXIT_OK
+        for artifact in summary.artifacts:
+            print(f"  libFuzzer artifact: {artifact} (rmapfuzz replay {artifact})")
+    return EXIT_FINDING if summary.findings or summary.artifacts else EXIT_OK
+
+
+def _report_skipped(skipped: list[str]) -> None:
+    """One line on stderr for each corpus file skipped: its name and its problem."""
+    for line in skipped:
+        print(f"{PROG}: {' '.join(line.split())} (skipped)", file=sys.stderr)
+
+
+def _show_finding(signature: str, ops: int, path: str) -> None:
+    """A finding as soon as a worker saved it, on stderr: whole on disk from this line on."""
+    print(f"\rfinding {signature}: {ops} ops, {path}", file=sys.stderr, flush=True)
 
 
 def _show_progress(executions: int, exec_per_s: int) -> None:
@@ -331,6 +362,63 @@ def _command_encode(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# merge
+
+
+def _add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT", help="the corpus directory that gains the inputs adding coverage")
+    parser.add_argument("inputs", nargs="+", metavar="DIR", help="corpus directories or files to merge from")
+    parser.add_argument("--impl", default=DEFAULT_IMPL, metavar="NAME",
+                        help=f"implementation whose coverage decides (default {DEFAULT_IMPL})")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _command_merge(args: argparse.Namespace) -> int:
+    from fuzz.engine.campaign import merge_corpora
+
+    summary = merge_corpora(args.out, args.inputs, args.impl)
+    _report_skipped(summary.skipped)
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        print(f"{args.out}: {len(summary.added)} inputs added of {summary.inputs}")
+        for path in summary.added:
+            print(f"  {path}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# target: the OSS-Fuzz / ClusterFuzzLite fuzz target
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("impls", nargs="*", metavar="NAME",
+                        help=f"implementations, one target each (default {DEFAULT_IMPL})")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="where to write each <name>_fuzzer.py, .options and _seed_corpus.zip")
+    parser.add_argument("--seeds", default="corpus/seeds", metavar="DIR",
+                        help="the seeds zipped as each target's seed corpus (default corpus/seeds)")
+
+
+def _command_target(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fuzz.engine.campaign import read_seeds
+    from fuzz.engine.target import write_target
+
+    impls = args.impls or [DEFAULT_IMPL]
+    for impl in impls:
+        load_implementation(impl)
+    seeds, skipped = read_seeds([args.seeds])
+    _report_skipped([str(skip) for skip in skipped])
+    named = {seed.path.stem: seed.data for seed in seeds}
+    for impl in impls:
+        for path in write_target(impl, Path(args.out), named):
+            print(path)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
 # seeds
 
 
@@ -383,6 +471,17 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "(boot time, scripts per second)")
     parser.add_argument("--kernel-scripts", type=int, default=1000, metavar="N",
                         help="with --kernel: how many scripts (default 1000)")
+    parser.add_argument("--workers", action="store_true",
+                        help="instead: the default campaign's exec/s with 1 and 2 workers sharing a corpus "
+                             "(-jobs/-workers, -reload), and the seconds to find each planted bug with 1 and 2")
+    parser.add_argument("--workers-seconds", type=int, default=30, metavar="S",
+                        help="with --workers: seconds of each exec/s campaign (default 30)")
+    parser.add_argument("--find-budget", type=int, default=60, metavar="S",
+                        help="with --workers: seconds at most per planted bug (0: skip; default 60)")
+    parser.add_argument("--canary", action="append", metavar="NAME",
+                        help="with --workers: only this planted bug (repeatable)")
+    parser.add_argument("--empty-corpus", action="store_true",
+                        help="with --workers: find the planted bugs from an empty corpus instead of the seeds")
 
 
 def _format_fuzz_loop(summary: CampaignSummary, seconds: int) -> str:
@@ -415,6 +514,8 @@ def _command_bench(args: argparse.Namespace) -> int:
 
     if args.kernel:
         return _command_bench_kernel(args)
+    if args.workers:
+        return _command_bench_workers(args)
     # All input is checked before anything runs: a bad size is exit 2, never half a bench.
     sizes = parse_sizes(args.sizes)
     load_implementation(REFERENCE_IMPL)
@@ -447,6 +548,37 @@ def _command_bench(args: argparse.Namespace) -> int:
         if beside is not None:
             print(f"beside it, {DEFAULT_IMPL}'s " + _format_fuzz_loop(beside, args.fuzz_seconds))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FINDING
+
+
+def _command_bench_workers(args: argparse.Namespace) -> int:
+    from fuzz.canaries import CANARIES
+    from fuzz.engine.campaign import time_to_find_bench, workers_bench
+    from fuzz.front.bench import format_workers
+
+    if args.workers_seconds < 1:
+        raise UsageError(f"--workers-seconds must be positive, not {shown_number(args.workers_seconds)}")
+    if args.find_budget < 0:
+        raise UsageError(f"--find-budget must not be negative, not {shown_number(args.find_budget)}")
+    unknown = [name for name in args.canary or [] if name not in CANARIES]
+    if unknown:
+        raise UsageError(f"unknown canary {quote_token(unknown[0])} (known: {', '.join(CANARIES)})")
+    load_implementation(args.impl)
+    workers = workers_bench(args.impl, args.workers_seconds)
+    if not args.find_budget:
+        finds = []
+    elif args.empty_corpus:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="rmapfuzz-empty-corpus-") as empty:
+            finds = time_to_find_bench(args.find_budget, args.canary, corpus=[empty])
+    else:
+        finds = time_to_find_bench(args.find_budget, args.canary)
+    if args.json:
+        print(json.dumps({"workers": [row.to_json() for row in workers],
+                          "time_to_find": [row.to_json() for row in finds]}, indent=2))
+    else:
+        print(format_workers(workers, finds))
+    return EXIT_OK
 
 
 def _command_bench_kernel(args: argparse.Namespace) -> int:
@@ -505,6 +637,8 @@ _COMMANDS: tuple[_Command, ...] = (
     ("kernel", _add_kernel_arguments, _command_kernel),
     ("export", _add_export_arguments, _command_export),
     ("seeds", _add_seeds_arguments, _command_seeds),
+    ("merge", _add_merge_arguments, _command_merge),
+    ("target", _add_target_arguments, _command_target),
 )
 _HELP = {
     "replay": "run op scripts on two implementations; compare, check oracles and expects",
@@ -518,6 +652,8 @@ _HELP = {
     "kernel": "run op scripts on the model and on Debian's arm64 kernel under qemu; compare op by op",
     "export": "write an op script as a standalone C reproducer for a real kernel",
     "seeds": "write the seed corpus from the scenarios (their ops without the expects)",
+    "merge": "libFuzzer's -merge=1: add to OUT the inputs of the DIRs that add coverage",
+    "target": "write OSS-Fuzz / ClusterFuzzLite fuzz targets: <name>_fuzzer.py, .options, seed corpus zip",
 }
 
 

@@ -67,7 +67,7 @@ def test_each_op_parses_to_its_fields(text: str, op: Op) -> None:
 
 
 def test_every_op_name_is_covered_by_the_table() -> None:
-    assert set(OP_NAMES) == {"mmap", "munmap", "dontneed", "mprotect", "fault", "write",
+    assert set(OP_NAMES) == {"mmap", "munmap", "dontneed", "free", "mprotect", "fault", "write",
                              "read", "pin", "unpin", "fork", "exit", "reclaim",
                              "try_to_unmap", "split_pmd", "split"}
 
@@ -334,13 +334,13 @@ def test_entry_expect_normalises_every_key() -> None:
     text = ("fork P0\n"
             "expect P0 0x200000 value=0x7 state=Present exclusive=YES writable=no dirty=yes "
             "young=no level=PTE cont=yes order=4 mapcount=2 shared=yes pinned=no "
-            "same-page=P1 distinct-page=P0\n")
+            "same-page=P1 distinct-page=P0 lazyfree=Yes folio-dirty=no\n")
     expect = parse_script(text).steps[1]
     assert expect == Expect("entry", process=0, addr=0x200000, keys=(
         ("value", 7), ("state", "present"), ("exclusive", "yes"), ("writable", "no"),
         ("dirty", "yes"), ("young", "no"), ("level", "pte"), ("cont", "yes"), ("order", 4),
         ("mapcount", 2), ("shared", "yes"), ("pinned", "no"), ("same-page", 1),
-        ("distinct-page", 0)))
+        ("distinct-page", 0), ("lazyfree", "yes"), ("folio-dirty", "no")))
     assert {key for key, _ in expect.keys} == set(EXPECT_ENTRY_KEYS)
 
 
@@ -455,6 +455,7 @@ mmap P0 0x600000 0x3000 ro
 munmap P0 0x602000 4K
 mprotect P0 0x600000 8K rw
 dontneed P0 0x601000 4096
+free P0 0x602000 8K
 fault P0 0x200000 order=9
 fault P0 0x600000
 write P0 0x200000 7
@@ -468,7 +469,7 @@ expect result=EINVAL
 fork P0
 expect P1 0x200000 value=7 state=present exclusive=no writable=no dirty=yes young=no \
 level=pmd order=9 mapcount=2 shared=yes pinned=yes same-page=P0
-expect P1 0x200000 distinct-page=P0 cont=no level=pte
+expect P1 0x200000 distinct-page=P0 cont=no level=pte lazyfree=no folio-dirty=no
 split_pmd P0 0x200000
 split P0 0x200000 order=4
 reclaim P0 0x210000
@@ -571,7 +572,7 @@ def random_script(rng: random.Random) -> Script:
         length = rng.randrange(1, 1 << 10) << 12
         if name == "mmap":
             op = Op(name, process, va, length=length, prot=rng.choice(["rw", "ro"]))
-        elif name in ("munmap", "dontneed"):
+        elif name in ("munmap", "dontneed", "free"):
             op = Op(name, process, va, length=length)
         elif name == "mprotect":
             op = Op(name, process, va, length=length, prot=rng.choice(["rw", "ro"]))

@@ -33,6 +33,8 @@ CANARIES = (
     "fork_wrprotect_first_only",
     "fork_swap_exclusive_child_only",
     "pmd_split_drops_exclusive",
+    "lazyfree_clean_first_only",
+    "free_clears_block_first_only",
 )
 
 

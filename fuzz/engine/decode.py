@@ -41,7 +41,7 @@ from fuzz.script.ops import Op, Script
 from machine import DEFAULT_NR_FRAMES, Machine, check
 from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
-ENCODING_VERSION = 2  # 2: raw frames, pin pages and lengths capped (fast executions)
+ENCODING_VERSION = 3  # 2: raw frames, pin pages and lengths capped (fast executions); 3: free
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
@@ -49,7 +49,7 @@ WINDOW_BASE = 0x200000
 WINDOW_SIZE = 8 << 20
 # Op kinds, repeated to weight them: faults and writes make the states the others act on.
 KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "pin", "pin",
-              "unpin", "fork", "fork", "exit", "munmap", "dontneed", "mprotect", "mprotect", "reclaim",
+              "unpin", "fork", "fork", "exit", "munmap", "dontneed", "free", "free", "mprotect", "mprotect", "reclaim",
               "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split")
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
 ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "raw")

@@ -71,6 +71,9 @@
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT 21
 #endif
+#ifndef MADV_FREE
+#define MADV_FREE 8
+#endif
 #ifndef MADV_COLD
 #define MADV_COLD 20
 #endif
@@ -112,7 +115,7 @@
 
 enum rf_op_kind {
 	RF_MMAP, RF_MUNMAP, RF_DONTNEED, RF_MPROTECT, RF_FAULT, RF_WRITE, RF_READ,
-	RF_PIN, RF_UNPIN, RF_FORK, RF_EXIT, RF_RECLAIM, RF_SPLIT, RF_NR_KINDS
+	RF_PIN, RF_UNPIN, RF_FORK, RF_EXIT, RF_RECLAIM, RF_SPLIT, RF_FREE, RF_NR_KINDS
 };
 
 /* One op of a script; which fields an op reads is in rf_do_op(). */
@@ -120,7 +123,7 @@ struct rf_op {
 	int kind;
 	int process;	   /* Pn */
 	uint64_t addr;
-	uint64_t length;   /* bytes: mmap, munmap, dontneed, mprotect, pin */
+	uint64_t length;   /* bytes: mmap, munmap, dontneed, free, mprotect, pin */
 	uint64_t value;    /* write */
 	int arg;	   /* rw flag (mmap, mprotect, pin), order (fault, split), pin id (unpin), child (fork) */
 };
@@ -838,6 +841,8 @@ static int rf_do_op(const struct rf_op *op, struct reply *reply)
 		return munmap(addr, op->length) ? errno : 0;
 	case RF_DONTNEED:
 		return madvise(addr, op->length, MADV_DONTNEED) ? errno : 0;
+	case RF_FREE:
+		return madvise(addr, op->length, MADV_FREE) ? errno : 0;
 	case RF_MPROTECT:
 		return mprotect(addr, op->length, prot) ? errno : 0;
 	case RF_FAULT: {

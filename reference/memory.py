@@ -187,7 +187,9 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
         if write_fault:
             entry = pte_mkdirty(entry)
     folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
-    machine.frames.folio_dirty[folio] = True  # model: no swap cache, as after folio_free_swap
+    # folio_free_swap drops the swap cache and dirties the folio only when no other swap PTE
+    # shares the slot; a shared slot's write fault ends in a clean COW copy instead.
+    machine.frames.folio_dirty[folio] = int(machine.swap.swap_count[slot]) == 1
     swap_free(machine, slot)
     mm.rss_swap -= 1
     mm.rss_anon += 1

@@ -131,7 +131,8 @@ def _swap_cache(difference: Difference, context: OpContext) -> bool:
     """A swap-in of a non-exclusive swap entry (one fork shared) goes through the swap cache:
     the kernel finds or leaves the folio there and maps it not exclusive (so not writable,
     and a reference more while it stays cached); the model, without a swap cache, makes a
-    fresh exclusive page. Explains the faulting page's exclusivity, write bit and refcount."""
+    fresh exclusive page, dirty as after folio_free_swap. Explains the faulting page's
+    exclusivity, write bit, refcount and PG_dirty (clean while the swap cache holds it)."""
     if not _swap_in_of(context):
         return False
     op = context.op
@@ -140,7 +141,8 @@ def _swap_cache(difference: Difference, context: OpContext) -> bool:
         return False
     kernel = context.kernel_after.get(key)
     return (not context.model_before[key].exclusive and kernel is not None and kernel.state == PRESENT
-            and not kernel.exclusive and difference.field in ("exclusive", "writable", "dirty", "refcount"))
+            and not kernel.exclusive
+            and difference.field in ("exclusive", "writable", "dirty", "refcount", "folio_dirty"))
 
 
 def _vma_merge(difference: Difference, context: OpContext) -> bool:

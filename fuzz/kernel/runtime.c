@@ -96,6 +96,9 @@
 #define PM_PFN_MASK ((1UL << 55) - 1)
 #define PM_SWAP (1UL << 62)
 #define PM_PRESENT (1UL << 63)
+#define KPF_DIRTY 4
+#define KPF_ANON 12
+#define KPF_SWAPBACKED 14
 #define KPF_HEAD 15
 #define KPF_TAIL 16
 #define KPF_ZERO 24
@@ -728,10 +731,24 @@ static int user_store(uint64_t addr, uint64_t value)
  * access after a fault does. A load first would take a read fault instead
  * (a zero page, a swap-in by read), and an atomic add of 0 is not reliably a
  * write access. No VMA (ENOMEM) or no write permission (EINVAL, EFAULT) is
- * the SIGSEGV a user write would get: EFAULT.
+ * the SIGSEGV a user write would get: EFAULT. A page already present takes
+ * the load and the store alone: MADV_POPULATE_WRITE's GUP (FOLL_TOUCH) would
+ * also mark a folio dirty behind a clean writable entry (after MADV_FREE),
+ * which a user store does not. (The pagemap is opened each time: a forked
+ * worker must not read its parent's through an inherited descriptor.)
  */
 static int user_write_fault(uint64_t addr)
 {
+	int self_pagemap = open("/proc/self/pagemap", O_RDONLY);
+	uint64_t entry = 0;
+	int present = self_pagemap >= 0 &&
+		      pread(self_pagemap, &entry, sizeof(entry), addr / PAGE_SIZE * 8) == sizeof(entry) &&
+		      (entry & PM_PRESENT);
+
+	if (self_pagemap >= 0)
+		close(self_pagemap);
+	if (present)
+		return user_store(addr, *(volatile uint64_t *)addr);
 	if (madvise((void *)addr, PAGE_SIZE, MADV_POPULATE_WRITE))
 		return errno == ENOMEM || errno == EFAULT || errno == EINVAL ? EFAULT : errno;
 	return user_store(addr, *(volatile uint64_t *)addr);
@@ -1037,6 +1054,9 @@ static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry
 {
 	const struct folio_facts *folio = read_folio(pfn);
 	uint64_t index = pfn - folio->head, exclusive_index = pmd ? 0 : index, flags, value = 0;
+	uint64_t head_flags = folio->kpageflags[0];
+	/* lazyfree: anon without PG_swapbacked (folio_test_lazyfree); PG_dirty of the folio. */
+	int lazyfree = ((head_flags >> KPF_ANON) & 1) && !((head_flags >> KPF_SWAPBACKED) & 1);
 	const unsigned char *page = folio->pages + index * layout.page_size;
 	int32_t mapcount = (int32_t)read_u32(page + layout.page_mapcount) + 1;
 	int dirty = (entry & PTE_SW_DIRTY) || ((entry & PTE_DBM) && !(entry & PTE_RDONLY));
@@ -1044,12 +1064,12 @@ static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry
 	/* PageAnonExclusive of the page; of the head for a PMD mapping (SPEC §4's `exclusive`). */
 	memcpy(&flags, folio->pages + exclusive_index * layout.page_size + layout.page_flags, sizeof(flags));
 	kread_pa(pfn * PAGE_SIZE, &value, sizeof(value));
-	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx",
+	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx %d %d",
 		 (unsigned long)pfn, (unsigned long)folio->head, folio->order, pmd,
 		 !pmd && (entry & PTE_CONT) ? 1 : 0, dirty, entry & PTE_AF ? 1 : 0, entry & PTE_DBM ? 1 : 0,
 		 (int)((flags >> layout.pg_anon_exclusive) & 1), mapcount + folio->entire_mapcount,
 		 folio->refcount, folio->pincount, folio->shared, (int)((folio->kpageflags[index] >> KPF_ZERO) & 1),
-		 (unsigned long)value);
+		 (unsigned long)value, lazyfree, (int)((head_flags >> KPF_DIRTY) & 1));
 }
 
 /* The line describing page va, from its pagemap entry and the page tables. */

@@ -745,10 +745,12 @@ static int user_store(uint64_t addr, uint64_t value)
  * (a zero page, a swap-in by read), and an atomic add of 0 is not reliably a
  * write access. No VMA (ENOMEM) or no write permission (EINVAL, EFAULT) is
  * the SIGSEGV a user write would get: EFAULT. A page already present takes
- * the load and the store alone: MADV_POPULATE_WRITE's GUP (FOLL_TOUCH) would
- * also mark a folio dirty behind a clean writable entry (after MADV_FREE),
- * which a user store does not. (The pagemap is opened each time: a forked
- * worker must not read its parent's through an inherited descriptor.)
+ * the store alone: MADV_POPULATE_WRITE's GUP (FOLL_TOUCH) would also mark a
+ * folio dirty behind a clean writable entry (after MADV_FREE), which a user
+ * store does not; its word is read through /proc/self/mem, as a load would
+ * set the access bit (of a whole contpte block) the user write never asked
+ * for. (Both files are opened each time: a forked worker must not read its
+ * parent's through an inherited descriptor.)
  */
 static int user_write_fault(uint64_t addr)
 {
@@ -760,8 +762,16 @@ static int user_write_fault(uint64_t addr)
 
 	if (self_pagemap >= 0)
 		close(self_pagemap);
-	if (present)
-		return user_store(addr, *(volatile uint64_t *)addr);
+	if (present) {
+		int self_mem = open("/proc/self/mem", O_RDONLY);
+		uint64_t word = 0;
+		int read_ok = self_mem >= 0 && pread(self_mem, &word, sizeof(word), (off_t)addr) == sizeof(word);
+
+		if (self_mem >= 0)
+			close(self_mem);
+		if (read_ok)
+			return user_store(addr, word);
+	}
 	if (madvise((void *)addr, PAGE_SIZE, MADV_POPULATE_WRITE))
 		return errno == ENOMEM || errno == EFAULT || errno == EINVAL ? EFAULT : errno;
 	return user_store(addr, *(volatile uint64_t *)addr);

@@ -47,6 +47,7 @@ def assert_error(text: str, line: int, message: str) -> None:
     ("mmap P0 0x200000 0x2000 ro", Op("mmap", 0, 0x200000, length=0x2000, prot="ro")),
     ("munmap P0 0x1000 4096", Op("munmap", 0, 0x1000, length=0x1000)),
     ("dontneed P0 0x1000 8K", Op("dontneed", 0, 0x1000, length=0x2000)),
+    ("free P0 0x1000 8K", Op("free", 0, 0x1000, length=0x2000)),
     ("mprotect P0 0x1000 0x1000 ro", Op("mprotect", 0, 0x1000, length=0x1000, prot="ro")),
     ("mprotect P0 0x1000 0x1000 rw", Op("mprotect", 0, 0x1000, length=0x1000, prot="rw")),
     ("fault P0 0x10000 order=4", Op("fault", 0, 0x10000, order=4)),
@@ -262,6 +263,8 @@ def test_bad_number_is_an_error(text: str, message: str) -> None:
     ("read P0 0x1000000000000", "address 0x1000000000000 is not below 2^48"),
     ("mmap P0 0xfffffffff000 0x2000", "range ends above 2^48"),
     ("dontneed P0 0 0x1000000001000", "range ends above 2^48"),
+    ("free P0 0x1000 0x1800", "length 0x1800 is not 4 KiB aligned"),
+    ("free P0 0x1000", "free takes 3 arguments, got 2"),
     ("pin P0 0xfffffffff000 2 rw", "range ends above 2^48"),
 ])
 def test_bad_address_or_length_is_an_error(text: str, message: str) -> None:

@@ -52,7 +52,9 @@ KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "writ
               "unpin", "fork", "fork", "exit", "munmap", "dontneed", "free", "free", "mprotect", "mprotect", "reclaim",
               "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split")
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
-ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "raw")
+# "near": another page of the 64 KiB block around a used address (the rest of a folio an op
+# acted on: a write to one page of a folio MADV_FREE cleaned, a fault next to a split).
+ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "near", "raw")
 LISTED_WEIGHT = 3  # a listed value is drawn 3 times in 4, a raw one once
 RAW_PAGES = TASK_SIZE // PAGE_SIZE
 BOUNDARY_GRANULES = (PMD_SIZE, CONT_PTE_SIZE, PAGE_SIZE)
@@ -200,6 +202,9 @@ class OpGrammar:
             addr = min(max(addr, 0), TASK_SIZE - PAGE_SIZE)
         elif category == "used" and self.used:
             addr = self.used[choose(len(self.used))]
+        elif category == "near" and self.used:
+            block = self.used[choose(len(self.used))] & ~(CONT_PTE_SIZE - 1)
+            addr = block + choose(CONT_PTE_SIZE // PAGE_SIZE) * PAGE_SIZE
         else:
             addr = choose(RAW_PAGES, None if wanted is None else wanted // PAGE_SIZE) * PAGE_SIZE
         self.used.append(addr)

@@ -112,3 +112,27 @@ def ClearPagesAnonExclusive(machine: Machine, pages: np.ndarray | slice) -> None
 
 def copy_user_pages(machine: Machine, dst: np.ndarray, src: np.ndarray) -> None:
     machine.frames.page_data[dst] = machine.frames.page_data[src]
+
+
+def folio_maybe_mapped_shared(machine: Machine, folio: int) -> bool:
+    """include/linux/mm.h: mapcount > 1 for a small folio; for a large one mapped more than
+    once, the MM_ID "maybe mapped shared" bit."""
+    frames = machine.frames
+    mapcount = folio_mapcount(machine, folio)
+    if frames.folio_order.item(folio) == 0:
+        return mapcount > 1
+    return mapcount > 1 and frames.folio_mm_ids_shared.item(folio)
+
+
+def folio_test_lazyfree(machine: Machine, folios):
+    """Anon folios without PG_swapbacked: MADV_FREE made them discardable while clean."""
+    frames = machine.frames
+    if isinstance(folios, int):
+        return frames.folio_anon.item(folios) and not frames.folio_swapbacked.item(folios)
+    return frames.folio_anon[folios] & ~frames.folio_swapbacked[folios]
+
+
+def folios_mark_lazyfree(machine: Machine, folios: np.ndarray) -> None:
+    """mm/swap.c folio_mark_lazyfree for each folio: an anon swap-backed folio loses PG_swapbacked."""
+    frames = machine.frames
+    frames.folio_swapbacked[folios] &= ~frames.folio_anon[folios]

@@ -109,6 +109,8 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
     folio = int(pte_pfn(pmd))
     frames = machine.frames
     check(frames.folio_nr_pages(folio) == HPAGE_PMD_NR, "PMD block of a non-PMD folio")
+    if pte_dirty(pmd):
+        frames.folio_dirty[folio] = True  # folio_set_dirty
     anon_exclusive = PageAnonExclusive(machine, folio)
     check(not any_set(frames.page_anon_exclusive[folio + 1:folio + HPAGE_PMD_NR]),
           "PMD-mapped THP %s has exclusive tail pages", folio)
@@ -194,6 +196,8 @@ def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: in
                                       np.full(HPAGE_PMD_NR, pmd, np.uint64),
                                       np.full(HPAGE_PMD_NR, bool(frames.page_anon_exclusive[folio]))))
         machine.pmdp_get_and_clear(mm, haddr)
+        if pte_dirty(pmd):
+            frames.folio_dirty[folio] = True  # set_pmd_migration_entry: folio_mark_dirty
         folio_remove_rmap_pmd(machine, folio, mm)
         frames.folio_refcount[folio] -= 1
         return OK
@@ -203,6 +207,8 @@ def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: in
     mappings.append(FolioMappings(mm, vma, start + (mapped << PAGE_SHIFT), pages[mapped], ptes[mapped],
                                   frames.page_anon_exclusive[pages[mapped]]))
     if len(mapped):
+        if any_set(pte_dirty(ptes[mapped])):
+            frames.folio_dirty[folio] = True  # folio_mark_dirty
         index = ((start - haddr) >> PAGE_SHIFT) + mapped
         machine.clear_full_ptes_runs(mm, PteRuns(haddr, index, np.ones(len(index), np.int64)))
         folios_remove_rmap_ptes(machine, np.full(len(mapped), folio), pages[mapped],
@@ -217,11 +223,15 @@ def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> np.n
     nr_pages = frames.folio_nr_pages(folio)
     index = frames.folio_index.item(folio)
     lineage = frames.folio_lineage.item(folio)
+    swapbacked = frames.folio_swapbacked.item(folio)
+    dirty = frames.folio_dirty.item(folio)
     data = frames.page_data[folio:folio + nr_pages].copy()
     heads = np.arange(folio, folio + nr_pages, 1 << new_order, dtype=np.int64)
     frames.clear_frames(folio, nr_pages)
     frames.folio_set_frames(heads, new_order)
     frames.folio_anon[heads] = True
+    frames.folio_swapbacked[heads] = swapbacked  # the flags __split_folio_to_order clones
+    frames.folio_dirty[heads] = dirty
     frames.folio_index[heads] = index + (heads - folio)
     frames.folio_lineage[heads] = lineage
     frames.page_data[folio:folio + nr_pages] = data

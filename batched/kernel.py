@@ -24,6 +24,7 @@ from machine.pgtable import (
 from .folio import page_folio
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
+from .madvise import madvise_free
 from .memory import (
     do_anonymous_page,
     do_swap_page,
@@ -85,6 +86,9 @@ class Kernel:
 
     def dontneed(self, pid: int, addr: int, length: int) -> str:
         return self._finish(madvise_dontneed(self.machine, self._mm(pid), addr, length))
+
+    def free(self, pid: int, addr: int, length: int) -> str:
+        return self._finish(madvise_free(self.machine, self._mm(pid), addr, length))
 
     def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str:
         return self._finish(do_mprotect_pkey(self.machine, self._mm(pid), addr, length, prot == "rw"))

@@ -228,6 +228,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
     check(frames.folio_large_mapcount.item(folio) == 0 and frames.page_mapcount.item(folio) == 0,
           "new folio already mapped")
     __folio_set_anon(machine, folio, vma, addr)
+    frames.folio_swapbacked[folio] = True  # __folio_set_swapbacked: not lazyfree until MADV_FREE
     order = frames.folio_order.item(folio)
     nr_pages = 1 << order
     check(vma.start <= addr and addr + (nr_pages << PAGE_SHIFT) <= vma.end, "new folio leaves the VMA")
@@ -257,6 +258,7 @@ def folios_add_new_anon_rmap_order0(machine: Machine, folios: np.ndarray, mm: MM
     check(not any_set(frames.page_mapcount[folios]), "new folio already mapped")
     check(all_set(addrs >= vma.start) and all_set(addrs < vma.end), "new folios leave the VMA")
     __folios_set_anon(machine, folios, vma, addrs)
+    frames.folio_swapbacked[folios] = True
     frames.page_mapcount[folios] = 1
     SetPagesAnonExclusive(machine, folios)
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import numpy as np
 
 from machine import MM, VMA, Machine, all_set, any_set, check
-from machine.errors import EBUSY, ENOMEM, OK
+from machine.errors import EAGAIN, EBUSY, ENOMEM, OK
 from machine.pgtable import (
+    HPAGE_PMD_NR,
     PAGE_SHIFT,
     PMD_SIZE,
     pmd_trans_huge,
+    pte_dirty,
     pte_pfn,
     pte_present,
     pte_swp_mkexclusive,
@@ -23,12 +25,14 @@ from .folio import (
     folio_mapcount,
     folio_maybe_dma_pinned,
     folio_put,
+    folio_test_lazyfree,
     folios_put_refs,
     page_mapcount,
 )
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
-from .internal import FPB_UNMAP, PteBatches, folio_pte_batch, split_batches_by
+from .internal import FPB_UNMAP, PteBatches, batches_any, folio_pte_batch, split_batches_by
 from .rmap import (
+    folio_remove_rmap_pmd,
     folio_remove_rmap_pte,
     folio_try_share_anon_rmap_pte,
     folios_remove_rmap_ptes,
@@ -122,17 +126,111 @@ def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int,
     return OK
 
 
+# The lazyfree branch of try_to_unmap_one: a clean folio MADV_FREE made lazyfree is discarded.
+
+def discard_lazyfree_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
+    """Clear every batch (get_and_clear_ptes) and drop its rmap and references."""
+    if len(batches) == 0:
+        return
+    machine.clear_full_ptes_runs(mm, batches.runs)
+    mm.rss_anon -= int(batches.nr_pages.sum())
+    folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
+    folios_put_refs(machine, batches.folio, batches.nr_pages)
+
+
+def restore_lazyfree_ptes(machine: Machine, mm: MM, batch: PteBatches) -> int:
+    """Clear one batch and write it back from the value get_and_clear_ptes gathered
+    (set_ptes), as try_to_unmap_one does for a batch it keeps; returns that value."""
+    pteval = int(machine.get_and_clear_full_ptes_runs(mm, batch.runs)[0])
+    machine.set_ptes_runs(mm, batch.runs, np.array([pteval], np.uint64))
+    return pteval
+
+
+def unmap_huge_pmd_locked(machine: Machine, mm: MM, haddr: int, folio: int) -> str:
+    """__discard_anon_folio_pmd_locked: a lazyfree PMD-mapped THP discarded whole if clean
+    and not referenced beyond its mappings; EAGAIN (made swap-backed) if dirty, EBUSY (PMD
+    restored) if referenced."""
+    frames = machine.frames
+    pmd = machine.pmdp_get(mm, haddr)
+    if pte_dirty(pmd):
+        frames.folio_dirty[folio] = True  # folio_set_dirty
+    if frames.folio_dirty.item(folio):
+        frames.folio_swapbacked[folio] = True
+        return EAGAIN
+    machine.pmdp_get_and_clear(mm, haddr)
+    if frames.folio_refcount.item(folio) != folio_mapcount(machine, folio):
+        machine.set_pmd_at(mm, haddr, pmd)
+        return EBUSY
+    folio_remove_rmap_pmd(machine, folio, mm)
+    mm.rss_anon -= HPAGE_PMD_NR
+    folio_put(machine, folio)
+    return OK
+
+
+def try_to_unmap_one_lazyfree(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int) -> str:
+    """try_to_unmap_one for a lazyfree folio in [start, end) of vma: its PMD block, or its
+    PTEs in folio_unmap_pte_batch batches (FPB_RESPECT_WRITE), discarded up to the first
+    batch kept: a dirty one (or any, if the folio is dirty) is restored and the folio made
+    swap-backed (EAGAIN); with references beyond the mappings the first is restored (EBUSY)."""
+    haddr = start & ~(PMD_SIZE - 1)
+    check(end <= haddr + PMD_SIZE, "a folio's range crosses a PMD")
+    pmd = machine.pmdp_get(mm, haddr)
+    frames = machine.frames
+    if pmd_trans_huge(pmd):
+        if int(pte_pfn(pmd)) != folio:
+            return OK
+        return unmap_huge_pmd_locked(machine, mm, haddr, folio)
+    nr_pages = frames.folio_nr_pages(folio)
+    ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
+    pfns = pte_pfn(ptes).astype(np.int64)
+    of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
+    if not any_set(of_folio):
+        return OK
+    batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_folio)
+    batch_dirty = batches_any(pte_dirty(ptes[of_folio]), batches.nr_pages)
+    if frames.folio_dirty.item(folio):
+        batch_dirty[:] = True
+    extra_refs = frames.folio_refcount.item(folio) != folio_mapcount(machine, folio)
+    stop = 0 if extra_refs or any_set(batch_dirty) else len(batches)
+    if not extra_refs and any_set(batch_dirty):
+        stop = int(np.argmax(batch_dirty))
+    discard_lazyfree_ptes(machine, mm, batches.select(np.arange(len(batches)) < stop))
+    if stop == len(batches):
+        return OK
+    kept = batches.select(np.arange(len(batches)) == stop)
+    if pte_dirty(restore_lazyfree_ptes(machine, mm, kept)):
+        frames.folio_dirty[folio] = True  # folio_mark_dirty
+    if frames.folio_dirty.item(folio):
+        frames.folio_swapbacked[folio] = True
+        return EAGAIN
+    return EBUSY
+
+
+def try_to_unmap_lazyfree(machine: Machine, folio: int) -> str:
+    """try_to_unmap of a lazyfree folio: no swap slots, each mapping discarded in walk order
+    until one is kept; the folio is freed when the last goes."""
+    for mm, vma, start, end in rmap_walk_vmas(machine, folio):
+        result = try_to_unmap_one_lazyfree(machine, folio, mm, vma, start, end)
+        if result != OK:
+            return result
+    return OK
+
+
 def try_to_unmap(machine: Machine, folio: int) -> str:
-    """Unmap folio everywhere into one aligned run of swap slots, walking its lineage.
+    """Unmap folio everywhere into one aligned run of swap slots, walking its lineage (a
+    lazyfree folio is discarded instead).
 
     Context: folio is an allocated anon folio.
     """
     frames = machine.frames
     check(frames.page_folio.item(folio) == folio and frames.folio_anon[folio], "try_to_unmap of non-folio %s", folio)
+    if folio_test_lazyfree(machine, folio):
+        return try_to_unmap_lazyfree(machine, folio)
     order = frames.folio_order.item(folio)
     slot = machine.swap.find_free_slots(order)
     if slot is None:
         return ENOMEM
+    frames.folio_dirty[folio] = True  # shrink_folio_list marks it dirty once it has swap
     result = OK
     for mm, vma, start, end in rmap_walk_vmas(machine, folio):
         result = try_to_unmap_one(machine, folio, mm, vma, start, end, slot)
@@ -176,8 +274,11 @@ def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.n
 def shrink_folio_list(machine: Machine, folio: int) -> str:
     """Reclaim the folio to swap: refuse pinned or extra-referenced ones; split a large one
     that is partially mapped, or for which swap has no aligned run of slots (the kernel's
-    THP_SWPOUT_FALLBACK), and reclaim its mapped pieces, each into its own slot."""
+    THP_SWPOUT_FALLBACK), and reclaim its mapped pieces, each into its own slot. A lazyfree
+    folio skips all of these (they belong to the swap-backed branch) and is discarded."""
     frames = machine.frames
+    if folio_test_lazyfree(machine, folio):
+        return try_to_unmap(machine, folio)
     order = frames.folio_order.item(folio)
     if folio_maybe_dma_pinned(machine, folio):
         return EBUSY

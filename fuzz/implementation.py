@@ -33,6 +33,7 @@ class Kernel(Protocol):
     def mmap(self, pid: int, addr: int, length: int, prot: str) -> str: ...
     def munmap(self, pid: int, addr: int, length: int) -> str: ...
     def dontneed(self, pid: int, addr: int, length: int) -> str: ...
+    def free(self, pid: int, addr: int, length: int) -> str: ...
     def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str: ...
     def fault(self, pid: int, addr: int, order: int) -> str: ...
     def write(self, pid: int, addr: int, value: int) -> str: ...
@@ -62,6 +63,7 @@ OP_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "mmap": ("process", "addr", "length", "prot"),
     "munmap": ("process", "addr", "length"),
     "dontneed": ("process", "addr", "length"),
+    "free": ("process", "addr", "length"),
     "mprotect": ("process", "addr", "length", "prot"),
     "fault": ("process", "addr", "order"),
     "write": ("process", "addr", "value"),
@@ -91,6 +93,7 @@ OP_DISPATCH: dict[str, Callable[[Kernel, Any], str]] = {
     "mmap": lambda kernel, op: kernel.mmap(op.process, op.addr, op.length, op.prot or DEFAULT_PROT),
     "munmap": lambda kernel, op: kernel.munmap(op.process, op.addr, op.length),
     "dontneed": lambda kernel, op: kernel.dontneed(op.process, op.addr, op.length),
+    "free": lambda kernel, op: kernel.free(op.process, op.addr, op.length),
     "mprotect": lambda kernel, op: kernel.mprotect(op.process, op.addr, op.length, op.prot),
     "fault": lambda kernel, op: kernel.fault(op.process, op.addr, op.order or DEFAULT_ORDER),
     "write": lambda kernel, op: kernel.write(op.process, op.addr, op.value),

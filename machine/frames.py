@@ -24,7 +24,7 @@ class FrameTable:
         "page_mapcount", "page_anon_exclusive", "page_folio", "page_data",
         "folio_order", "folio_refcount", "folio_large_mapcount", "folio_entire_mapcount",
         "folio_pincount", "folio_mm_id", "folio_mm_id_mapcount", "folio_mm_ids_shared",
-        "folio_anon", "folio_index", "folio_lineage",
+        "folio_anon", "folio_swapbacked", "folio_dirty", "folio_index", "folio_lineage",
     )
 
     def __init__(self, nr_frames: int) -> None:
@@ -44,7 +44,9 @@ class FrameTable:
         self.folio_mm_id = np.zeros((nr_frames, 2), np.int32)
         self.folio_mm_id_mapcount = np.zeros((nr_frames, 2), np.int32)
         self.folio_mm_ids_shared = np.zeros(nr_frames, np.bool_)  # "maybe mapped shared"
-        self.folio_anon = np.zeros(nr_frames, np.bool_)           # anon + swapbacked
+        self.folio_anon = np.zeros(nr_frames, np.bool_)           # PageAnon
+        self.folio_swapbacked = np.zeros(nr_frames, np.bool_)     # PG_swapbacked: clear on an anon folio = lazyfree
+        self.folio_dirty = np.zeros(nr_frames, np.bool_)          # PG_dirty
         self.folio_index = np.zeros(nr_frames, np.int64)
         self.folio_lineage = np.zeros(nr_frames, np.int32)
         # The allocator's index: free frames per block of FREE_BLOCK_FRAMES, kept in step

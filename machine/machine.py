@@ -41,7 +41,9 @@ from .pgtable import (
     pmd_trans_huge,
     pte_cont,
     pte_dirty,
+    pte_mkclean,
     pte_mkdirty,
+    pte_mkold,
     pte_pfn,
     pte_pmd,
     pte_present,
@@ -443,13 +445,14 @@ class Machine:
         np.add(_PFN_STEPS[:nr_pages], np.uint64(pte), out=table.entries[run])
 
     def get_and_clear_full_ptes(self, mm: MM, addr: int, nr_pages: int) -> int:
-        """Clear nr_pages entries; returns the first with dirty and young gathered from all."""
+        """Clear nr_pages entries; returns the first, made dirty or young if any entry after it
+        is (the first raw otherwise, as the kernel's loop gathers from the second on)."""
         table, run = self._pte_run(mm, addr, nr_pages)
         entries = table.entries[run]
         pte = int(entries[0])
-        if any_set(pte_dirty(entries)):
+        if any_set(pte_dirty(entries[1:])):
             pte = pte_mkdirty(pte)
-        if any_set(pte_young(entries)):
+        if any_set(pte_young(entries[1:])):
             pte |= PTE_AF
         table.entries[run] = 0
         return pte
@@ -461,6 +464,12 @@ class Machine:
     def wrprotect_ptes(self, mm: MM, addr: int, nr_pages: int) -> None:
         table, run = self._pte_run(mm, addr, nr_pages)
         table.entries[run] = pte_wrprotect(table.entries[run])
+
+    def clear_young_dirty_ptes(self, mm: MM, addr: int, nr_pages: int) -> None:
+        """clear_young_dirty_ptes(CYDP_CLEAR_YOUNG | CYDP_CLEAR_DIRTY): each entry
+        pte_mkold(pte_mkclean(entry))."""
+        table, run = self._pte_run(mm, addr, nr_pages)
+        table.entries[run] = pte_mkold(pte_mkclean(table.entries[run]))
 
     # The batched primitives applied to many runs of one PTE table in one call.
 
@@ -495,8 +504,11 @@ class Machine:
         values = table.entries[entries]
         ptes = table.entries[runs.index].copy()
         starts = runs.nr_pages.cumsum() - runs.nr_pages
-        any_dirty = np.logical_or.reduceat(pte_dirty(values), starts) if len(starts) else np.zeros(0, bool)
-        any_young = np.logical_or.reduceat(pte_young(values), starts) if len(starts) else np.zeros(0, bool)
+        after_first = np.ones(len(values), bool)   # the kernel's loop gathers from the second entry on
+        after_first[starts] = False
+        no_runs = np.zeros(0, bool)
+        any_dirty = np.logical_or.reduceat(pte_dirty(values) & after_first, starts) if len(starts) else no_runs
+        any_young = np.logical_or.reduceat(pte_young(values) & after_first, starts) if len(starts) else no_runs
         ptes = np.where(any_dirty, pte_mkdirty(ptes), ptes)
         ptes = np.where(any_young, ptes | np.uint64(PTE_AF), ptes)
         table.entries[entries] = 0
@@ -516,6 +528,14 @@ class Machine:
         table = self._pte_table_for_runs(mm, runs)
         entries = runs.entry_indices()
         table.entries[entries] = pte_wrprotect(table.entries[entries])
+
+    def clear_young_dirty_ptes_runs(self, mm: MM, runs: PteRuns) -> None:
+        if len(runs.index) == 1:
+            self.clear_young_dirty_ptes(mm, runs.first_addr(), int(runs.nr_pages[0]))
+            return
+        table = self._pte_table_for_runs(mm, runs)
+        entries = runs.entry_indices()
+        table.entries[entries] = pte_mkold(pte_mkclean(table.entries[entries]))
 
     # PMD primitives.
 

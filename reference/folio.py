@@ -91,3 +91,44 @@ def folio_alloc(machine: Machine, order: int) -> int | None:
 
 def copy_user_page(machine: Machine, dst: int, src: int) -> None:
     machine.frames.page_data[dst] = machine.frames.page_data[src]
+
+
+def folio_maybe_mapped_shared(machine: Machine, folio: int) -> bool:
+    """include/linux/mm.h: mapcount > 1 for a small folio; for a large one mapped more than
+    once, the MM_ID "maybe mapped shared" bit."""
+    mapcount = folio_mapcount(machine, folio)
+    if not folio_test_large(machine, folio):
+        return mapcount > 1
+    if mapcount <= 1:
+        return False
+    return folio_large_maybe_mapped_shared(machine, folio)
+
+
+def folio_test_dirty(machine: Machine, folio: int) -> bool:
+    return bool(machine.frames.folio_dirty[folio])
+
+
+def folio_mark_dirty(machine: Machine, folio: int) -> None:
+    """PG_dirty set (an anon folio has no mapping: noop_dirty_folio)."""
+    machine.frames.folio_dirty[folio] = True
+
+
+def folio_clear_dirty(machine: Machine, folio: int) -> None:
+    machine.frames.folio_dirty[folio] = False
+
+
+def folio_test_lazyfree(machine: Machine, folio: int) -> bool:
+    """An anon folio without PG_swapbacked: MADV_FREE made it discardable while clean."""
+    frames = machine.frames
+    return bool(frames.folio_anon[folio]) and not frames.folio_swapbacked[folio]
+
+
+def folio_mark_lazyfree(machine: Machine, folio: int) -> None:
+    """mm/swap.c: an anon swap-backed folio loses PG_swapbacked (lru_lazyfree)."""
+    frames = machine.frames
+    if frames.folio_anon[folio] and frames.folio_swapbacked[folio]:
+        frames.folio_swapbacked[folio] = False
+
+
+def folio_set_swapbacked(machine: Machine, folio: int) -> None:
+    machine.frames.folio_swapbacked[folio] = True

@@ -80,6 +80,8 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
     pmd = machine.pmdp_get_and_clear(mm, haddr)  # pmdp_invalidate
     folio = int(pte_pfn(pmd))
     check(folio_nr_pages(machine, folio) == HPAGE_PMD_NR, "PMD block of a non-PMD folio")
+    if pte_dirty(pmd):
+        machine.frames.folio_dirty[folio] = True  # folio_set_dirty
     anon_exclusive = PageAnonExclusive(machine, folio)
     for page in range(folio + 1, folio + HPAGE_PMD_NR):
         check(not PageAnonExclusive(machine, page), "PMD-mapped THP %s has exclusive tail page %s", folio, page)
@@ -180,6 +182,8 @@ def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: in
             if int(pte_pfn(pmd)) == folio:
                 mappings.append(FolioMapping(mm, vma, haddr, pmd, True, PageAnonExclusive(machine, folio)))
                 machine.pmdp_get_and_clear(mm, haddr)
+                if pte_dirty(pmd):
+                    machine.frames.folio_dirty[folio] = True  # set_pmd_migration_entry: folio_mark_dirty
                 folio_remove_rmap_pmd(machine, folio, mm)
                 folio_put(machine, folio)
             addr = haddr + PMD_SIZE
@@ -189,6 +193,8 @@ def try_to_migrate_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: in
         if pte_present(pte) and folio <= page < folio + nr_pages:
             mappings.append(FolioMapping(mm, vma, addr, pte, False, PageAnonExclusive(machine, page)))
             machine.ptep_get_and_clear(mm, addr)
+            if pte_dirty(pte):
+                machine.frames.folio_dirty[folio] = True  # folio_mark_dirty
             folio_remove_rmap_pte(machine, folio, page, mm)
             folio_put(machine, folio)
         addr += PAGE_SIZE
@@ -201,12 +207,16 @@ def __split_folio_to_order(machine: Machine, folio: int, new_order: int) -> list
     nr_pages = folio_nr_pages(machine, folio)
     index = int(frames.folio_index[folio])
     lineage = int(frames.folio_lineage[folio])
+    swapbacked = bool(frames.folio_swapbacked[folio])
+    dirty = bool(frames.folio_dirty[folio])
     new_nr_pages = 1 << new_order
     heads = list(range(folio, folio + nr_pages, new_nr_pages))
     frames.clear_frames(folio, nr_pages)
     for head in heads:
         frames.folio_set_frames([head], new_order)
         frames.folio_anon[head] = True
+        frames.folio_swapbacked[head] = swapbacked  # the flags __split_folio_to_order clones
+        frames.folio_dirty[head] = dirty
         frames.folio_index[head] = index + (head - folio)
         frames.folio_lineage[head] = lineage
     return heads

@@ -16,6 +16,7 @@ from machine.pgtable import PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte
 from .folio import page_folio
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
+from .madvise import madvise_free
 from .memory import do_swap_page, handle_write_fault
 from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
 from .mprotect import do_mprotect_pkey
@@ -57,7 +58,7 @@ class Kernel:
     def _without_rollback(self, operation: Callable[[], str]) -> str:
         """Run an op that needs no rollback: every failure of it comes before it changes
         anything (mmap, unpin, read, split_pmd, split, fault on a none entry), or its failure keeps what was done
-        (munmap, dontneed, mprotect, exit, try_to_unmap). Saves a transaction."""
+        (munmap, dontneed, free, mprotect, exit, try_to_unmap). Saves a transaction."""
         result = operation()
         self.machine.contpte_canonicalise()
         return result
@@ -75,6 +76,10 @@ class Kernel:
     def dontneed(self, pid: int, addr: int, length: int) -> str:
         mm = self._mm(pid)
         return self._without_rollback(lambda: madvise_dontneed(self.machine, mm, addr, length))
+
+    def free(self, pid: int, addr: int, length: int) -> str:
+        mm = self._mm(pid)
+        return self._without_rollback(lambda: madvise_free(self.machine, mm, addr, length))
 
     def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str:
         mm = self._mm(pid)

@@ -187,6 +187,11 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
         if write_fault:
             entry = pte_mkdirty(entry)
     folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
+    # folio_free_swap drops the swap cache and dirties the folio when no other swap PTE shares
+    # the slot; a write fault on a shared slot copies the cached page into a clean new folio.
+    # (model) A read fault on a shared slot leaves the kernel's folio clean in the swap cache,
+    # which MADV_FREE treats as it treats a dirty one: PG_dirty stands in for it.
+    machine.frames.folio_dirty[folio] = not (write_fault and int(machine.swap.swap_count[slot]) > 1)
     swap_free(machine, slot)
     mm.rss_swap -= 1
     mm.rss_anon += 1

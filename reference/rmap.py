@@ -107,6 +107,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
     check(frames.folio_large_mapcount[folio] == 0 and frames.page_mapcount[folio] == 0,
           "new folio already mapped")
     __folio_set_anon(machine, folio, vma, addr)
+    frames.folio_swapbacked[folio] = True  # __folio_set_swapbacked: not lazyfree until MADV_FREE
     nr_pages = folio_nr_pages(machine, folio)
     check(vma.start <= addr and addr + (nr_pages << PAGE_SHIFT) <= vma.end, "new folio leaves the VMA")
     if not folio_test_large(machine, folio):

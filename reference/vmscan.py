@@ -4,18 +4,19 @@
 from __future__ import annotations
 
 from machine import MM, VMA, Machine, check
-from machine.errors import EBUSY, ENOMEM, OK
+from machine.errors import EAGAIN, EBUSY, ENOMEM, OK
 from machine.pgtable import (
-    PAGE_SIZE, PMD_SIZE, pmd_trans_huge, pte_pfn, pte_present, pte_swp_mkexclusive,
+    HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ADDR_MASK, pmd_trans_huge, pte_advance_pfn, pte_dirty,
+    pte_mkclean, pte_mkdirty, pte_mkold, pte_mkyoung, pte_pfn, pte_present, pte_swp_mkexclusive, pte_young,
     swp_entry_to_pte,
 )
 
 from .folio import (
-    PageAnonExclusive, folio_maybe_dma_pinned, folio_mapcount, folio_nr_pages, folio_put,
-    folio_test_large, page_mapcount,
+    PageAnonExclusive, folio_mark_dirty, folio_maybe_dma_pinned, folio_mapcount, folio_nr_pages, folio_put,
+    folio_set_swapbacked, folio_test_dirty, folio_test_large, folio_test_lazyfree, page_mapcount,
 )
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
-from .rmap import folio_remove_rmap_pte, folio_try_share_anon_rmap_pte, rmap_walk_vmas
+from .rmap import folio_remove_rmap_pmd, folio_remove_rmap_pte, folio_try_share_anon_rmap_pte, rmap_walk_vmas
 from .swap import folio_dup_swap, swap_free
 
 
@@ -72,17 +73,137 @@ def try_to_unmap_pte(machine: Machine, folio: int, page: int, mm: MM, addr: int,
     return OK
 
 
+# The lazyfree branch of try_to_unmap_one: a clean folio MADV_FREE made lazyfree is discarded.
+
+def folio_unmap_pte_batch(machine: Machine, folio: int, mm: MM, vma: VMA, addr: int) -> int:
+    """How many PTEs from addr try_to_unmap_one clears at once: 1 for a small or swap-backed
+    folio; else those that map consecutive pages of folio in this VMA and PTE table and match
+    but for dirty and young (FPB_RESPECT_WRITE), looked at one at a time."""
+    if not folio_test_large(machine, folio) or not folio_test_lazyfree(machine, folio):
+        return 1
+    pte = machine.ptep_get(mm, addr)
+    page = int(pte_pfn(pte))
+    end_addr = min((addr & ~(PMD_SIZE - 1)) + PMD_SIZE, vma.end)
+    max_nr = min((end_addr - addr) >> PAGE_SHIFT, folio + folio_nr_pages(machine, folio) - page)
+    nr_pages = 1
+    while nr_pages < max_nr:
+        next_pte = machine.ptep_get(mm, addr + (nr_pages << PAGE_SHIFT))
+        if not pte_present(next_pte) or int(pte_pfn(next_pte)) != page + nr_pages:
+            break
+        if pte_unmap_batch_bits(next_pte) != pte_unmap_batch_bits(pte):
+            break
+        nr_pages += 1
+    return nr_pages
+
+
+def pte_unmap_batch_bits(pte: int) -> int:
+    """What folio_unmap_pte_batch compares: the entry without dirty, young and pfn (write kept)."""
+    return int(pte_mkold(pte_mkclean(pte))) & ~PTE_ADDR_MASK
+
+
+def try_to_unmap_lazyfree_ptes(machine: Machine, folio: int, mm: MM, addr: int, nr_pages: int) -> str:
+    """Clear nr_pages PTEs of a lazyfree folio from addr, one at a time, gathering dirty and
+    young; discard them if the folio is still clean and nothing but mappings holds it.
+    A dirty folio has every entry restored from the gathered value (set_ptes) and becomes
+    swap-backed again: EAGAIN. An extra reference restores them too: EBUSY."""
+    pteval = machine.ptep_get_and_clear(mm, addr)
+    for i in range(1, nr_pages):
+        pte = machine.ptep_get_and_clear(mm, addr + (i << PAGE_SHIFT))
+        if pte_dirty(pte):
+            pteval = pte_mkdirty(pteval)
+        if pte_young(pte):
+            pteval = pte_mkyoung(pteval)
+    if pte_dirty(pteval):
+        folio_mark_dirty(machine, folio)
+    result = OK
+    if folio_test_dirty(machine, folio):
+        folio_set_swapbacked(machine, folio)
+        result = EAGAIN
+    elif int(machine.frames.folio_refcount[folio]) != folio_mapcount(machine, folio):
+        result = EBUSY  # model: no isolation reference, so the kernel's 1 + map_count is map_count
+    if result != OK:
+        for i in range(nr_pages):
+            machine.set_pte_at(mm, addr + (i << PAGE_SHIFT), pte_advance_pfn(pteval, i))
+        return result
+    mm.rss_anon -= nr_pages
+    page = int(pte_pfn(pteval))
+    for i in range(nr_pages):
+        folio_remove_rmap_pte(machine, folio, page + i, mm)
+        folio_put(machine, folio)
+    return OK
+
+
+def unmap_huge_pmd_locked(machine: Machine, mm: MM, haddr: int, folio: int) -> str:
+    """__discard_anon_folio_pmd_locked: a lazyfree PMD-mapped THP discarded whole if clean
+    and not referenced beyond its mappings; EAGAIN (made swap-backed) if dirty, EBUSY (PMD
+    restored) if referenced."""
+    pmd = machine.pmdp_get(mm, haddr)
+    if pte_dirty(pmd):
+        folio_mark_dirty(machine, folio)
+    if folio_test_dirty(machine, folio):
+        folio_set_swapbacked(machine, folio)
+        return EAGAIN
+    machine.pmdp_get_and_clear(mm, haddr)
+    if int(machine.frames.folio_refcount[folio]) != folio_mapcount(machine, folio):
+        machine.set_pmd_at(mm, haddr, pmd)
+        return EBUSY
+    folio_remove_rmap_pmd(machine, folio, mm)
+    mm.rss_anon -= HPAGE_PMD_NR
+    folio_put(machine, folio)
+    return OK
+
+
+def try_to_unmap_one_lazyfree(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int) -> str:
+    """try_to_unmap_one for a lazyfree folio in [start, end) of vma: its PMD block or its PTEs
+    batch by batch (folio_unmap_pte_batch) discarded, until a batch is kept (EAGAIN, EBUSY)."""
+    nr_pages = folio_nr_pages(machine, folio)
+    addr = start
+    while addr < end:
+        haddr = addr & ~(PMD_SIZE - 1)
+        pmd = machine.pmdp_get(mm, haddr)
+        if pmd_trans_huge(pmd):
+            if int(pte_pfn(pmd)) == folio:
+                return unmap_huge_pmd_locked(machine, mm, haddr, folio)
+            addr = haddr + PMD_SIZE
+            continue
+        pte = machine.ptep_get(mm, addr)
+        page = int(pte_pfn(pte))
+        if pte_present(pte) and folio <= page < folio + nr_pages:
+            batch = folio_unmap_pte_batch(machine, folio, mm, vma, addr)
+            result = try_to_unmap_lazyfree_ptes(machine, folio, mm, addr, batch)
+            if result != OK:
+                return result
+            addr += batch << PAGE_SHIFT
+            continue
+        addr += PAGE_SIZE
+    return OK
+
+
+def try_to_unmap_lazyfree(machine: Machine, folio: int) -> str:
+    """try_to_unmap of a lazyfree folio: no swap slots, each mapping discarded in walk order
+    until one is kept; the folio is freed when the last goes."""
+    for mm, vma, start, end in rmap_walk_vmas(machine, folio):
+        result = try_to_unmap_one_lazyfree(machine, folio, mm, vma, start, end)
+        if result != OK:
+            return result
+    return OK
+
+
 def try_to_unmap(machine: Machine, folio: int) -> str:
-    """Unmap folio everywhere into one aligned run of swap slots, walking its lineage.
+    """Unmap folio everywhere into one aligned run of swap slots, walking its lineage (a
+    lazyfree folio is discarded instead).
 
     Context: folio is an allocated anon folio.
     """
     check(int(machine.frames.page_folio[folio]) == folio and machine.frames.folio_anon[folio],
           f"try_to_unmap of non-folio {folio}")
+    if folio_test_lazyfree(machine, folio):
+        return try_to_unmap_lazyfree(machine, folio)
     order = int(machine.frames.folio_order[folio])
     slot = machine.swap.find_free_slots(order)
     if slot is None:
         return ENOMEM
+    machine.frames.folio_dirty[folio] = True  # shrink_folio_list marks it dirty once it has swap
     result = OK
     for mm, vma, start, end in rmap_walk_vmas(machine, folio):
         result = try_to_unmap_one(machine, folio, mm, vma, start, end, slot)
@@ -103,8 +224,11 @@ def folio_partially_mapped(machine: Machine, folio: int) -> bool:
 def shrink_folio_list(machine: Machine, folio: int) -> str:
     """Reclaim the folio to swap: refuse pinned or extra-referenced ones; split a large one
     that is partially mapped, or for which swap has no aligned run of slots (the kernel's
-    THP_SWPOUT_FALLBACK), and reclaim its mapped pieces one by one."""
+    THP_SWPOUT_FALLBACK), and reclaim its mapped pieces one by one. A lazyfree folio skips
+    all of these (they belong to the swap-backed branch) and is discarded."""
     frames = machine.frames
+    if folio_test_lazyfree(machine, folio):
+        return try_to_unmap(machine, folio)
     if folio_maybe_dma_pinned(machine, folio):
         return EBUSY
     if folio_test_large(machine, folio) and int(frames.folio_refcount[folio]) > folio_mapcount(machine, folio):
@@ -130,6 +254,7 @@ def folio_alloc_swap_fails(machine: Machine, folio: int) -> bool:
 
 
 def reclaim_mapped_folio(machine: Machine, folio: int) -> str:
+    """try_to_unmap; a folio unmapped everywhere is freed."""
     result = try_to_unmap(machine, folio)
     if result == OK:
         check(machine.frames.is_free(folio), "reclaimed folio %s still referenced", folio)

@@ -33,7 +33,7 @@ from fuzz.front.bench import (
 M = 1 << 20
 BENCH_KEYS = {"size", "ops", "reference_s", "batched_s", "speedup", "reference_peak_mib",
               "batched_peak_mib"}
-WORKLOAD_OPS = {"mmap", "fault", "write", "pin", "fork", "reclaim", "split_pmd", "split",
+WORKLOAD_OPS = {"mmap", "fault", "free", "write", "pin", "fork", "reclaim", "split_pmd", "split",
                 "munmap", "exit"}
 
 
@@ -94,7 +94,8 @@ def test_workload_follows_the_layout_and_sampling_rules() -> None:
     pins = [op for op in ops if op.name == "pin"]
     assert len(pins) == nr_pages // 100 // 8
     assert [op.prot for op in pins[:2]] == ["rw", "ro"] and all(op.addr % (32 << 10) == 0 for op in pins)
-    assert sum(op.name == "reclaim" for op in ops) == len(layout.folios()) // 10
+    assert sum(op.name == "reclaim" for op in ops) == len(layout.folios()) // 10 + len(layout.mthp_folios) // 10
+    assert sum(op.name == "free" for op in ops) == len(layout.mthp_folios) // 10
     assert sum(op.name == "split_pmd" for op in ops) == len(layout.pmd_chunks) // 10
     assert sum(op.name == "split" for op in ops) == len(layout.mthp_folios) // 10
     munmaps = [op for op in ops if op.name == "munmap"]

@@ -58,7 +58,8 @@ def guest_lines(observation, offset: int = 0x10000) -> list[str]:
                      int(view.writable), int(view.exclusive), view.mapcount, view.refcount, view.pincount,
                      int(view.shared), 0)
             lines.append(f"P {process} {addr:x} p {fields[0]:x} {fields[1]:x} "
-                         + " ".join(str(flag) for flag in flags) + f" {view.value:x}")
+                         + " ".join(str(flag) for flag in flags) + f" {view.value:x}"
+                         + f" {int(view.lazyfree)} {int(view.folio_dirty)}")
     return lines
 
 
@@ -101,7 +102,7 @@ def test_project_leaves_out_pages_no_mmap_named():
 def test_parse_rebuilds_each_op_from_delta_lines():
     run = parse_guest_output([
         "K 7.2.13", "S a", "R 0 0", "P 0 200000 n", "E 0",
-        "R 1 0", "P 0 200000 p 45a00 45a00 0 0 0 1 1 1 1 1 1 0 0 0 7", "E 1",
+        "R 1 0", "P 0 200000 p 45a00 45a00 0 0 0 1 1 1 1 1 1 0 0 0 7 0 1", "E 1",
         "R 2 0", "N 1 90", "P 1 200000 s 2a 0", "E 2",
         "R 3 0", "G 1", "E 3", "Z a", "D"])
     script = run.scripts["a"]
@@ -109,13 +110,14 @@ def test_parse_rebuilds_each_op_from_delta_lines():
     assert script.results == [0, 0, 0, 0]
     assert script.observations[0] == {}
     assert script.observations[1][(0, 0x200000)].value == 7
+    assert script.observations[1][(0, 0x200000)].folio_dirty and not script.observations[1][(0, 0x200000)].lazyfree
     assert script.observations[2][(1, 0x200000)] == PageView(SWAP, slot=0x2a, exclusive=False)
     assert (1, 0x200000) not in script.observations[3]
     assert (0, 0x200000) in script.observations[3]
 
 
 def test_parse_reads_the_zero_page_and_runtime_failures():
-    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 4150b 4150b 0 0 0 0 1 0 0 0 1 0 0 1 0", "E 0",
+    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 4150b 4150b 0 0 0 0 1 0 0 0 1 0 0 1 0 0 0", "E 0",
                               "X op 1: worker P0 died or hung", "Z a"])
     assert run.scripts["a"].observations[0][(0, 0x200000)].state == ZERO
     assert run.scripts["a"].failure.startswith("op 1")
@@ -144,7 +146,7 @@ def test_comparison_names_identity_not_pfns():
 
 @pytest.mark.parametrize("field, value", [
     ("exclusive", False), ("refcount", 3), ("mapcount", 5), ("young", False), ("writable", False),
-    ("value", 8), ("order", 4), ("pincount", 1)])
+    ("value", 8), ("order", 4), ("pincount", 1), ("lazyfree", True), ("folio_dirty", True)])
 def test_a_planted_difference_is_reported_on_its_field(field, value):
     run = model_of(COW_THP)
 
@@ -363,8 +365,8 @@ def test_a_result_only_deviation_lets_the_comparison_go_on():
     run = model_of("mmap P0 0x200000 2M\nmmap P0 0x200000 4K\nwrite P0 0x200000 1\n")
 
     def eexist_then_wrong_value(index, lines):
-        if index == 2:
-            return [line[:line.rindex(" ")] + " 2" for line in lines]
+        if index == 2:   # the data word, before the lazyfree and folio-dirty flags
+            return [" ".join([*line.split()[:-3], "2", *line.split()[-2:]]) for line in lines]
         return lines
 
     kernel = guest_script_of(run, eexist_then_wrong_value)

@@ -367,6 +367,15 @@ def test_get_and_clear_full_ptes_gathers_software_dirty_of_a_readonly_entry(mach
     assert machine.get_and_clear_full_ptes(mm, VA, 2) == first | PTE_DIRTY
 
 
+def test_get_and_clear_full_ptes_gathers_from_the_second_entry_on(machine, mm):
+    """The kernel's loop gathers the entries after the first: a hardware-dirty first entry
+    comes back raw, without the software DIRTY bit pte_mkdirty would add."""
+    first = clean_writable(40) & ~PTE_RDONLY
+    machine.set_pte_at(mm, VA, first)
+    machine.set_pte_at(mm, VA + PAGE_SIZE, pte_mkold(clean_writable(41)))
+    assert machine.get_and_clear_full_ptes(mm, VA, 2) == first
+
+
 def test_get_and_clear_full_ptes_of_clean_old_entries_returns_the_first_raw(machine, mm):
     machine.set_ptes(mm, VA, pte_mkold(clean_writable(40)), 3)
     assert machine.get_and_clear_full_ptes(mm, VA, 3) == pte_mkold(clean_writable(40))

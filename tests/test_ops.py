@@ -47,6 +47,7 @@ def assert_error(text: str, line: int, message: str) -> None:
     ("mmap P0 0x200000 0x2000 ro", Op("mmap", 0, 0x200000, length=0x2000, prot="ro")),
     ("munmap P0 0x1000 4096", Op("munmap", 0, 0x1000, length=0x1000)),
     ("dontneed P0 0x1000 8K", Op("dontneed", 0, 0x1000, length=0x2000)),
+    ("free P0 0x1000 8K", Op("free", 0, 0x1000, length=0x2000)),
     ("mprotect P0 0x1000 0x1000 ro", Op("mprotect", 0, 0x1000, length=0x1000, prot="ro")),
     ("mprotect P0 0x1000 0x1000 rw", Op("mprotect", 0, 0x1000, length=0x1000, prot="rw")),
     ("fault P0 0x10000 order=4", Op("fault", 0, 0x10000, order=4)),
@@ -67,7 +68,7 @@ def test_each_op_parses_to_its_fields(text: str, op: Op) -> None:
 
 
 def test_every_op_name_is_covered_by_the_table() -> None:
-    assert set(OP_NAMES) == {"mmap", "munmap", "dontneed", "mprotect", "fault", "write",
+    assert set(OP_NAMES) == {"mmap", "munmap", "dontneed", "free", "mprotect", "fault", "write",
                              "read", "pin", "unpin", "fork", "exit", "reclaim",
                              "try_to_unmap", "split_pmd", "split"}
 
@@ -262,6 +263,8 @@ def test_bad_number_is_an_error(text: str, message: str) -> None:
     ("read P0 0x1000000000000", "address 0x1000000000000 is not below 2^48"),
     ("mmap P0 0xfffffffff000 0x2000", "range ends above 2^48"),
     ("dontneed P0 0 0x1000000001000", "range ends above 2^48"),
+    ("free P0 0x1000 0x1800", "length 0x1800 is not 4 KiB aligned"),
+    ("free P0 0x1000", "free takes 3 arguments, got 2"),
     ("pin P0 0xfffffffff000 2 rw", "range ends above 2^48"),
 ])
 def test_bad_address_or_length_is_an_error(text: str, message: str) -> None:
@@ -334,13 +337,13 @@ def test_entry_expect_normalises_every_key() -> None:
     text = ("fork P0\n"
             "expect P0 0x200000 value=0x7 state=Present exclusive=YES writable=no dirty=yes "
             "young=no level=PTE cont=yes order=4 mapcount=2 shared=yes pinned=no "
-            "same-page=P1 distinct-page=P0\n")
+            "same-page=P1 distinct-page=P0 lazyfree=Yes folio-dirty=no\n")
     expect = parse_script(text).steps[1]
     assert expect == Expect("entry", process=0, addr=0x200000, keys=(
         ("value", 7), ("state", "present"), ("exclusive", "yes"), ("writable", "no"),
         ("dirty", "yes"), ("young", "no"), ("level", "pte"), ("cont", "yes"), ("order", 4),
         ("mapcount", 2), ("shared", "yes"), ("pinned", "no"), ("same-page", 1),
-        ("distinct-page", 0)))
+        ("distinct-page", 0), ("lazyfree", "yes"), ("folio-dirty", "no")))
     assert {key for key, _ in expect.keys} == set(EXPECT_ENTRY_KEYS)
 
 
@@ -455,6 +458,7 @@ mmap P0 0x600000 0x3000 ro
 munmap P0 0x602000 4K
 mprotect P0 0x600000 8K rw
 dontneed P0 0x601000 4096
+free P0 0x602000 8K
 fault P0 0x200000 order=9
 fault P0 0x600000
 write P0 0x200000 7
@@ -468,7 +472,7 @@ expect result=EINVAL
 fork P0
 expect P1 0x200000 value=7 state=present exclusive=no writable=no dirty=yes young=no \
 level=pmd order=9 mapcount=2 shared=yes pinned=yes same-page=P0
-expect P1 0x200000 distinct-page=P0 cont=no level=pte
+expect P1 0x200000 distinct-page=P0 cont=no level=pte lazyfree=no folio-dirty=no
 split_pmd P0 0x200000
 split P0 0x200000 order=4
 reclaim P0 0x210000
@@ -571,7 +575,7 @@ def random_script(rng: random.Random) -> Script:
         length = rng.randrange(1, 1 << 10) << 12
         if name == "mmap":
             op = Op(name, process, va, length=length, prot=rng.choice(["rw", "ro"]))
-        elif name in ("munmap", "dontneed"):
+        elif name in ("munmap", "dontneed", "free"):
             op = Op(name, process, va, length=length)
         elif name == "mprotect":
             op = Op(name, process, va, length=length, prot=rng.choice(["rw", "ro"]))

@@ -29,6 +29,7 @@ from machine.pgtable import (
     PTE_CONT,
     pfn_pte,
     pte_cont,
+    pte_mkclean,
     pte_mkdirty,
     pte_mkold,
     pte_mkwrite,
@@ -76,6 +77,7 @@ def new_anon_folio(machine: Machine, order: int, addr: int) -> int:
     folio = frames.folio_alloc(order)
     frames.folio_refcount[folio] = 0   # the builders count each mapping and pin
     frames.folio_anon[folio] = True
+    frames.folio_swapbacked[folio] = True
     frames.folio_index[folio] = addr >> 12
     frames.folio_lineage[folio] = 0
     return folio
@@ -265,7 +267,7 @@ def assert_only(machine: Machine, shadow: Shadow, oracle: str, *fragments: str) 
 # --- the builders make healthy states with the kernel's values ---------------
 
 def test_oracles_are_named_in_spec_order():
-    assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout"]
+    assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout", "lazyfree"]
     assert all(ORACLES[name].name == name and ORACLES[name].check.__name__ == f"check_{name}" for name in ORACLES)
 
 
@@ -755,6 +757,44 @@ def test_data_accepts_zero_written_to_an_unmapped_address():
     map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
     shadow.data[mm.pid][SMALL_ADDR + PAGE_SIZE] = 0
     assert_healthy(machine, shadow)
+
+
+def madvise_free_small_folio(machine: Machine, shadow: Shadow, mm: MM, addr: int, folio: int) -> None:
+    """What MADV_FREE leaves: the entry old and clean, the folio lazyfree, the word maybe lost."""
+    machine.set_pte_at(mm, addr, pte_mkold(pte_mkclean(machine.ptep_get(mm, addr))))
+    machine.frames.folio_swapbacked[folio] = False
+    shadow.lazy.setdefault(mm.pid, {})[addr] = shadow.data[mm.pid].pop(addr)
+
+
+def test_data_accepts_a_freed_page_reading_its_word_or_zero():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    madvise_free_small_folio(machine, shadow, mm, SMALL_ADDR, folio)
+    assert_healthy(machine, shadow)
+    machine.frames.page_data[folio] = 0             # as if discarded and faulted again
+    assert_healthy(machine, shadow)
+    machine.frames.page_data[folio] = 8
+    assert_only(machine, shadow, "data", f"P0 {SMALL_ADDR:#x}: reads 8, wrote 7 before MADV_FREE")
+
+
+def test_lazyfree_fires_on_a_written_page_mapped_clean_in_a_lazyfree_folio():
+    machine, shadow, mm = new_world()
+    folio = map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    madvise_free_small_folio(machine, shadow, mm, SMALL_ADDR, folio)
+    write_shadow(shadow, machine, mm, SMALL_ADDR, 9)   # the store, its dirty bit lost (the planted bug)
+    del shadow.lazy[mm.pid][SMALL_ADDR]
+    assert_only(machine, shadow, "lazyfree", f"P0 {SMALL_ADDR:#x}: wrote 9 since MADV_FREE",
+                f"clean pte entry of lazyfree folio {folio}")
+    machine.set_pte_at(mm, SMALL_ADDR, pte_mkdirty(machine.ptep_get(mm, SMALL_ADDR)))
+    assert_healthy(machine, shadow)                    # dirty again: reclaim keeps it
+
+
+def test_lazyfree_fires_on_a_lazyfree_pmd_block_mapped_clean_over_written_pages():
+    machine, shadow, mm = new_world()
+    folio = map_pmd_thp(machine, shadow, mm, THP_ADDR)
+    machine.frames.folio_swapbacked[folio] = False
+    machine.set_pmd_at(mm, THP_ADDR, pte_mkclean(machine.pmdp_get(mm, THP_ADDR)))
+    assert_only(machine, shadow, "lazyfree", "clean pmd entry of lazyfree folio")
 
 
 def test_data_follows_fork_in_each_process():

@@ -31,11 +31,25 @@ def test_reference_keeps_every_oracle_on_random_sequences(chunk: int) -> None:
 
 # SPEC §3: only these ops keep work done before a failure; and pin's EFAULT, which keeps the
 # faults before the bad page as __get_user_pages does (docs/model.md, found by the kernel bridge).
-KEEPS_PARTIAL_WORK = {"dontneed", "mprotect", "try_to_unmap"}
+KEEPS_PARTIAL_WORK = {"dontneed", "free", "mprotect", "try_to_unmap"}
 
 
-def keeps_partial_work(op_name: str, result: str) -> bool:
-    return op_name in KEEPS_PARTIAL_WORK or (op_name == "pin" and result == "EFAULT")
+def keeps_partial_work(op_name: str, result: str, lazyfree: bool = False) -> bool:
+    """And the reclaim of a lazyfree folio kept by a dirty batch (EAGAIN) or a reference (EBUSY):
+    try_to_unmap_one keeps what it discarded before (docs/model.md, lazyfree)."""
+    return (op_name in KEEPS_PARTIAL_WORK or (op_name == "pin" and result == "EFAULT")
+            or (op_name == "reclaim" and lazyfree and result in ("EAGAIN", "EBUSY")))
+
+
+def lazyfree_at(machine, op) -> bool:
+    """Whether op names a present page of a lazyfree folio."""
+    if op.name != "reclaim" or op.process not in machine.processes:
+        return False
+    page = machine.page_at(machine.processes[op.process], op.addr)
+    if page is None:
+        return False
+    folio = int(machine.frames.page_folio[page])
+    return bool(machine.frames.folio_anon[folio] and not machine.frames.folio_swapbacked[folio])
 
 
 def test_reference_failures_are_transactional() -> None:
@@ -54,8 +68,9 @@ def test_reference_failures_are_transactional() -> None:
             if op.process is not None and op.process not in machine.processes:
                 break
             before = machine.snapshot()
+            lazyfree = lazyfree_at(machine, op)
             result = OP_DISPATCH[op.name](kernel, op)
-            if result != "ok" and not keeps_partial_work(op.name, result):
+            if result != "ok" and not keeps_partial_work(op.name, result, lazyfree):
                 failures_checked += 1
                 assert compare_machines(before, machine) == [], f"seed {seed}: {op} -> {result}"
     assert failures_checked > 1000

@@ -70,6 +70,7 @@ class OkKernel:
             if page is None:
                 return ENOMEM
             frames.folio_anon[page] = True
+            frames.folio_swapbacked[page] = True
             frames.folio_index[page] = addr >> 12
             frames.folio_lineage[page] = vma.lineage
             frames.page_mapcount[page] = self.mapcount()

@@ -34,6 +34,8 @@ CANARIES = (
     "fork_swap_exclusive_child_only",
     "pmd_split_drops_exclusive",
     "thp_swpout_no_fallback",
+    "lazyfree_clean_first_only",
+    "free_clears_block_first_only",
 )
 
 

@@ -56,7 +56,7 @@ from machine.pgtable import (
     pte_present,
 )
 
-ENCODING_VERSION = 3  # 2: raw frames, pin pages and lengths capped (fast executions); 3: folio addresses
+ENCODING_VERSION = 4  # 2: raw frames, pin pages and lengths capped (fast executions); 3: free; 4: folio and near addresses
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
@@ -64,13 +64,15 @@ WINDOW_BASE = 0x200000
 WINDOW_SIZE = 8 << 20
 # Op kinds, repeated to weight them: faults and writes make the states the others act on.
 KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "pin", "pin",
-              "unpin", "fork", "fork", "exit", "munmap", "dontneed", "mprotect", "mprotect", "reclaim",
+              "unpin", "fork", "fork", "exit", "munmap", "dontneed", "free", "free", "mprotect", "mprotect", "reclaim",
               "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split")
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
-ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "raw")
+# "near": another page of the 64 KiB block around a used address (the rest of a folio an op
+# acted on: a write to one page of a folio MADV_FREE cleaned, a fault next to a split).
+ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "near", "raw")
 # An op that acts on the folio at its address also draws pages of the folios worth acting on.
 FOLIO_OPS = frozenset({"try_to_unmap", "reclaim", "split", "split_pmd", "pin", "write", "dontneed", "munmap",
-                       "mprotect"})
+                       "mprotect", "free"})
 FOLIO_ADDR_CATEGORIES = ("folio", "folio", "folio", *ADDR_CATEGORIES)
 LISTED_WEIGHT = 3  # a listed value is drawn 3 times in 4, a raw one once
 RAW_PAGES = TASK_SIZE // PAGE_SIZE
@@ -225,6 +227,9 @@ class OpGrammar:
             addr = min(max(addr, 0), TASK_SIZE - PAGE_SIZE)
         elif category == "used" and self.used:
             addr = self.used[choose(len(self.used))]
+        elif category == "near" and self.used:
+            block = self.used[choose(len(self.used))] & ~(CONT_PTE_SIZE - 1)
+            addr = block + choose(CONT_PTE_SIZE // PAGE_SIZE) * PAGE_SIZE
         else:
             addr = choose(RAW_PAGES, None if wanted is None else wanted // PAGE_SIZE) * PAGE_SIZE
         self.used.append(addr)

@@ -20,7 +20,7 @@ ORDERS = (0, 0, 2, 4, 4, 9, 9, 1, 3, 8)
 SPLIT_ORDERS = (0, 0, 2, 4, 1, 9)
 VALUES = (1, 2, 7, 0xdead, 0xffffffffffffffff)
 # How often each op is drawn, in OP_NAMES' order: faults and writes make the states the others act on.
-OP_WEIGHT = {"mmap": 6, "munmap": 2, "dontneed": 2, "mprotect": 4, "fault": 14, "write": 14, "read": 5,
+OP_WEIGHT = {"mmap": 6, "munmap": 2, "dontneed": 2, "free": 4, "mprotect": 4, "fault": 14, "write": 14, "read": 5,
              "pin": 6, "unpin": 3, "fork": 5, "exit": 2, "reclaim": 5, "try_to_unmap": 4, "split_pmd": 3,
              "split": 4}
 OP_WEIGHTS = tuple(OP_WEIGHT[name] for name in OP_NAMES)

@@ -188,10 +188,13 @@ def build_workload(size: int, seed: int = 0) -> list[Op]:
     In order: mmap; fault everything (PMD THPs, mTHPs, base pages by chunk);
     P0 writes 10% of the pages; pins of 1% of the pages; fork twice; each
     child writes 10%; reclaim 10% of the folios; split_pmd 10% of the PMD
-    chunks and split to order 0 10% of the mTHPs; munmap the first MiB of
-    every chunk in each process; exit P2, P1, P0. Random draws, in this order:
-    P0's pages, P0's values, the pins, P1's pages and values, P2's pages and
-    values, the reclaimed folios, the split PMDs, the split mTHPs.
+    chunks and split to order 0 10% of the mTHPs; MADV_FREE of 10% of the
+    mTHPs in P0, then reclaim of each (lazyfree: P0's clean entries are
+    discarded, the children's dirty ones keep the folio); munmap the first MiB
+    of every chunk in each process; exit P2, P1, P0. Random draws, in this
+    order: P0's pages, P0's values, the pins, P1's pages and values, P2's pages
+    and values, the reclaimed folios, the split PMDs, the split mTHPs, the
+    freed mTHPs.
     """
     check_size(size)
     rng = random.Random(seed)
@@ -206,6 +209,8 @@ def build_workload(size: int, seed: int = 0) -> list[Op]:
     ops += [Op("reclaim", process=0, addr=addr) for addr in _tenth(rng, layout.folios())]
     ops += [Op("split_pmd", process=0, addr=addr) for addr in _tenth(rng, layout.pmd_chunks)]
     ops += [Op("split", process=0, addr=addr, order=0) for addr in _tenth(rng, layout.mthp_folios)]
+    for addr in _tenth(rng, layout.mthp_folios):
+        ops += [Op("free", process=0, addr=addr, length=MTHP_SIZE), Op("reclaim", process=0, addr=addr)]
     ops += _munmap_ops(size)
     ops += [Op("exit", process=pid) for pid in (*reversed(CHILDREN), 0)]
     return ops

@@ -233,6 +233,18 @@ class _EntryFacts:
             return _yes_no(frames.folio_pincount[folio] > 0)
         return _yes_no(frames.folio_refcount[folio] >= GUP_PIN_COUNTING_BIAS)
 
+    def _lazyfree(self, want: str | int) -> str:
+        """folio_test_lazyfree: an anon folio without PG_swapbacked (MADV_FREE)."""
+        self._need("present")
+        frames = self.machine.frames
+        folio = self._folio()
+        return _yes_no(frames.folio_anon[folio] and not frames.folio_swapbacked[folio])
+
+    def _folio_dirty(self, want: str | int) -> str:
+        """PG_dirty of the folio (not the entry's dirty bit: that is `dirty`)."""
+        self._need("present")
+        return _yes_no(self.machine.frames.folio_dirty[self._folio()])
+
     def _same_page(self, want: str | int) -> int:
         page, other_page = self._page_pair(int(want))
         if other_page != page:

@@ -383,15 +383,19 @@ def check_pin(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str
 def check_data(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     """Rule 6, data: every process reads at every mapped address what the shadow says it wrote
     there (0 if nothing), and every address it wrote a non-zero word to, and did not unmap
-    since, is still mapped."""
+    since, is still mapped; a page MADV_FREE freed since its last write reads that word or
+    0 (a lazyfree folio discarded by reclaim), mapped or not."""
     keys, values, sources = scan.mapped_words()
+    lazy_failures: list[str] = []
+    if any(shadow.lazy.values()):
+        keys, values, sources, lazy_failures = _check_lazy_words(machine, shadow, keys, values, sources)
     written = sorted(((pid << PID_SHIFT) | addr, value)
                      for pid in machine.processes for addr, value in shadow.data.get(pid, {}).items())
     # The cheap question: the non-zero words read are the non-zero words written. As no two
     # leaves share a key, that holds exactly when both checks below do.
     read = indices_of(values != 0)
     if sorted(zip(keys[read].tolist(), values[read].tolist(), strict=True)) == [item for item in written if item[1]]:
-        return []
+        return lazy_failures
 
     written_keys = np.array([key for key, _ in written], np.int64)
     written_values = np.array([value for _, value in written], np.uint64)
@@ -405,12 +409,61 @@ def check_data(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[st
         source = f"pfn {sources[i]}" if sources[i] >= 0 else f"swap slot {-1 - sources[i]}"
         return f"{key_where(keys[i])}: reads {values[i]} ({source}), wrote {expected[i]}"
 
-    failures = details(indices_of(values != expected), describe_read)
+    failures = lazy_failures + details(indices_of(values != expected), describe_read)
     if len(written_keys):
         unmapped = (written_values != 0) & (lookup_keys(np.sort(keys), written_keys) < 0)
         failures += details(indices_of(unmapped), lambda i: (
             f"{key_where(written_keys[i])}: wrote {written_values[i]}, but nothing is mapped there"))
     return failures
+
+
+def _check_lazy_words(machine: Machine, shadow: Shadow, keys: np.ndarray, values: np.ndarray,
+                      sources: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The mapped words of the pages MADV_FREE freed since their last write, checked (each
+    reads its word or 0), and the other mapped words, returned for the rest of rule 6."""
+    lazy = sorted(((pid << PID_SHIFT) | addr, value)
+                  for pid in machine.processes for addr, value in shadow.lazy.get(pid, {}).items())
+    lazy_keys = np.array([key for key, _ in lazy], np.int64)
+    lazy_values = np.array([value for _, value in lazy], np.uint64)
+    at = lookup_keys(lazy_keys, keys)
+    is_lazy = at >= 0
+    allowed = np.where(is_lazy, lazy_values[np.maximum(at, 0)], np.uint64(0)) if len(lazy) else values
+    bad = is_lazy & (values != 0) & (values != allowed)
+    failures = details(indices_of(bad), lambda i: (
+        f"{key_where(keys[i])}: reads {values[i]}, wrote {allowed[i]} before MADV_FREE (0 if discarded)"))
+    keep = ~is_lazy
+    return keys[keep], values[keep], sources[keep], failures
+
+
+# --- 8. lazyfree ----------------------------------------------------------------
+
+def check_lazyfree(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
+    """Rule 8, lazyfree: a page a process wrote a non-zero word to since its last MADV_FREE
+    is never mapped there by a clean entry of a lazyfree folio (anon, PG_swapbacked clear),
+    so reclaim, which discards a lazyfree folio only while every entry of it is clean, can
+    never discard a page that still holds what a process needs."""
+    frames = machine.frames
+    lazyfree = frames.folio_anon & ~frames.folio_swapbacked
+    if not lazyfree.any() or not any(shadow.data.values()):
+        return []
+    keys = [scan.pte_key, scan.pmd_key]
+    clean = [~pte_dirty(scan.pte_desc), ~pte_dirty(scan.pmd_desc)]
+    pfns = [scan.pte_pfn, scan.pmd_pfn]
+    failures: list[str] = []
+    written = {(pid << PID_SHIFT) | addr: value
+               for pid, pages in shadow.data.items() for addr, value in pages.items() if value}
+    for level, span in (("pte", PAGE_SIZE), ("pmd", PMD_SIZE)):
+        index = 0 if level == "pte" else 1
+        ok = pfns[index] < scan.nr_frames
+        folios = np.full(len(ok), FREE_FOLIO, np.int64)
+        folios[ok] = frames.page_folio[pfns[index][ok]]
+        suspect = indices_of(clean[index] & (folios >= 0) & lazyfree[np.maximum(folios, 0)])
+        for i in suspect.tolist():
+            key = int(keys[index][i])
+            hits = [key + offset for offset in range(0, span, PAGE_SIZE) if key + offset in written]
+            failures += [f"{key_where(hit)}: wrote {written[hit]} since MADV_FREE, mapped by a clean {level} "
+                         f"entry of lazyfree folio {int(folios[i])}" for hit in hits[:1]]
+    return failures[:MAX_DETAILS]
 
 
 # --- 7. layout ---------------------------------------------------------------
@@ -513,6 +566,7 @@ ORACLES: dict[str, Oracle] = {oracle.name: oracle for oracle in (
     Oracle("pin", check_pin),
     Oracle("data", check_data),
     Oracle("layout", check_layout),
+    Oracle("lazyfree", check_lazyfree),
 )}
 
 
@@ -543,7 +597,8 @@ def same_oracle_inputs(a: Machine, a_shadow: Shadow, b: Machine, b_shadow: Shado
     Context: compare_machines(a, b) == [] (same processes, frames, swap, pins, leaves).
     """
     check(a.processes.keys() == b.processes.keys(), "machines with different processes")
-    if a_shadow.data != b_shadow.data or a_shadow.released != b_shadow.released:
+    if (a_shadow.data != b_shadow.data or a_shadow.lazy != b_shadow.lazy
+            or a_shadow.released != b_shadow.released):
         return False
     for pid, mm in a.processes.items():
         other = b.processes[pid]

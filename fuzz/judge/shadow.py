@@ -25,6 +25,9 @@ class Shadow:
     def __init__(self) -> None:
         # pid -> {page-aligned addr: value}; a missing address reads 0.
         self.data: dict[int, dict[int, int]] = {}
+        # pid -> {page-aligned addr: value} of the pages MADV_FREE made discardable since
+        # their last write: each reads its value, or 0 once discarded (never in data too).
+        self.lazy: dict[int, dict[int, int]] = {}
         # pin_id -> indices of the pin's pages whose address its process unmapped
         # (munmap, dontneed, exit) since the pin.
         self.released: dict[int, set[int]] = {}
@@ -32,6 +35,7 @@ class Shadow:
     def clone(self) -> Shadow:
         other = Shadow()
         other.data = {pid: dict(pages) for pid, pages in self.data.items()}
+        other.lazy = {pid: dict(pages) for pid, pages in self.lazy.items()}
         other.released = {pin_id: set(pages) for pin_id, pages in self.released.items()}
         return other
 
@@ -51,19 +55,31 @@ class Shadow:
         if name == "write":
             if result == OK:
                 self.data.setdefault(pid, {})[cast(int, op.addr)] = cast(int, op.value)
+                if pid in self.lazy:
+                    self.lazy[pid].pop(cast(int, op.addr), None)
         elif name in ("munmap", "dontneed"):
             start = cast(int, op.addr)
             end = start + cast(int, op.length)
-            self._drop_range(pid, start, end)
+            self._drop_range(self.data, pid, start, end)
+            self._drop_range(self.lazy, pid, start, end)
             self._release_range(machine, pid, start, end)
+        elif name == "free":
+            # Whatever the result: a hole's ENOMEM still frees the VMAs' parts.
+            start = cast(int, op.addr)
+            freed = self._drop_range(self.data, pid, start, start + cast(int, op.length))
+            if freed:
+                self.lazy.setdefault(pid, {}).update(freed)
         elif name == "exit":
             self.data.pop(pid, None)
+            self.lazy.pop(pid, None)
             for pin in self._pins_of(machine, pid):
                 self.released[pin.pin_id] = set(range(pin.nr_pages))
         elif name == "fork":
             if result == OK:
                 child = machine.nr_processes - 1
                 self.data[child] = dict(self.data.get(pid, {}))
+                if pid in self.lazy:
+                    self.lazy[child] = dict(self.lazy[pid])
         elif name == "pin":
             if result == OK:
                 self.released[machine.nr_pins - 1] = set()
@@ -71,17 +87,21 @@ class Shadow:
             if result == OK:
                 self.released.pop(cast(int, op.pin_id), None)
 
-    def _drop_range(self, pid: int, start: int, end: int) -> None:
-        """Forget what pid wrote in [start, end): O(min(pages in range, pages written))."""
-        pages = self.data.get(pid)
+    @staticmethod
+    def _drop_range(words: dict[int, dict[int, int]], pid: int, start: int, end: int) -> dict[int, int]:
+        """Forget pid's words in [start, end) and return them: O(min(pages in range, pages written))."""
+        pages = words.get(pid)
+        dropped: dict[int, int] = {}
         if not pages:
-            return
+            return dropped
         if (end - start) >> PAGE_SHIFT <= len(pages):
             for addr in range(start, end, PAGE_SIZE):
-                pages.pop(addr, None)
+                if addr in pages:
+                    dropped[addr] = pages.pop(addr)
         else:
             for addr in [addr for addr in pages if start <= addr < end]:
-                del pages[addr]
+                dropped[addr] = pages.pop(addr)
+        return dropped
 
     @staticmethod
     def _pins_of(machine: Machine, pid: int) -> list[Pin]:

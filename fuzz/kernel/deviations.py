@@ -48,8 +48,9 @@ def _zero_page(difference: Difference, context: OpContext) -> bool:
 def _split_zero_page(difference: Difference, context: OpContext) -> bool:
     """A folio split to order 0 maps each all-zero page to the shared zero page
     (remap_page(..., RMP_USE_SHARED_ZEROPAGE)) where the model keeps the page: in a
-    `split ... order=0`, or in the split MADV_PAGEOUT makes of a partially mapped large
-    folio (where the model then swaps the zero page's data out)."""
+    `split ... order=0`, in the split MADV_FREE makes of a large folio its range covers in
+    part, or in the split MADV_PAGEOUT makes of a partially mapped large folio (where the
+    model then swaps the zero page's data out)."""
     if difference.field != "state" or difference.kernel != ZERO:
         return False
     op = context.op
@@ -57,16 +58,28 @@ def _split_zero_page(difference: Difference, context: OpContext) -> bool:
     if op.name == "split" and (op.order or 0) == 0 and difference.model == PRESENT:
         view = context.model_after.get(key)
         return view is not None and view.value == 0
+    if op.name == "free" and difference.model == PRESENT:
+        return _split_by_free(context, key) and context.model_after[key].value == 0
     if op.name == "reclaim" and difference.model == SWAP:
         before = context.model_before.get(key)
         return before is not None and before.state == PRESENT and before.order > 0 and before.value == 0
     return False
 
 
+def _split_by_free(context: OpContext, key: tuple[int, int]) -> bool:
+    """MADV_FREE split the large folio mapped at key (present before in a large folio, after in an order-0 one)."""
+    before, after = context.model_before.get(key), context.model_after.get(key)
+    return (before is not None and after is not None and before.state == PRESENT and after.state == PRESENT
+            and before.order > 0 and after.order == 0)
+
+
 def _split_old_ptes(difference: Difference, context: OpContext) -> bool:
-    """The kernel's folio split remaps its PTEs old (access bit clear) where the model keeps them young."""
-    return (context.op.name == "split" and difference.field == "young"
-            and difference.model is True and difference.kernel is False)
+    """The kernel's folio split remaps its PTEs old (access bit clear) where the model keeps them young
+    (a `split`, or the split MADV_FREE makes of a large folio its range covers in part)."""
+    if difference.field != "young" or difference.model is not True or difference.kernel is not False:
+        return False
+    return context.op.name == "split" or (
+        context.op.name == "free" and _split_by_free(context, (difference.process, difference.addr)))
 
 
 def _contpte_folding(difference: Difference, context: OpContext) -> bool:
@@ -118,7 +131,8 @@ def _swap_cache(difference: Difference, context: OpContext) -> bool:
     """A swap-in of a non-exclusive swap entry (one fork shared) goes through the swap cache:
     the kernel finds or leaves the folio there and maps it not exclusive (so not writable,
     and a reference more while it stays cached); the model, without a swap cache, makes a
-    fresh exclusive page. Explains the faulting page's exclusivity, write bit and refcount."""
+    fresh exclusive page, dirty as after folio_free_swap. Explains the faulting page's
+    exclusivity, write bit, refcount and PG_dirty (clean while the swap cache holds it)."""
     if not _swap_in_of(context):
         return False
     op = context.op
@@ -127,7 +141,8 @@ def _swap_cache(difference: Difference, context: OpContext) -> bool:
         return False
     kernel = context.kernel_after.get(key)
     return (not context.model_before[key].exclusive and kernel is not None and kernel.state == PRESENT
-            and not kernel.exclusive and difference.field in ("exclusive", "writable", "dirty", "refcount"))
+            and not kernel.exclusive
+            and difference.field in ("exclusive", "writable", "dirty", "refcount", "folio_dirty"))
 
 
 def _vma_merge(difference: Difference, context: OpContext) -> bool:

@@ -56,13 +56,15 @@ class PageView(NamedTuple):
     shared: bool = False       # the MM_ID "maybe mapped shared" bit of a large folio
     value: int = 0             # the frame's first data word
     slot: int = 0              # swap offset
+    lazyfree: bool = False     # folio_test_lazyfree: anon without PG_swapbacked (MADV_FREE)
+    folio_dirty: bool = False  # PG_dirty of the folio
 
 
 Observation = dict[Key, PageView]
 
 # The fields compared for each state, in report order; identities come first.
 PRESENT_FIELDS = ("order", "level", "cont", "dirty", "young", "writable", "exclusive", "mapcount",
-                  "refcount", "pincount", "shared", "value")
+                  "refcount", "pincount", "shared", "value", "lazyfree", "folio_dirty")
 SWAP_FIELDS = ("exclusive",)
 
 
@@ -148,7 +150,9 @@ def _present_view(machine: Machine, pte: int, index: int, level: str) -> PageVie
         refcount=int(frames.folio_refcount[folio]),
         pincount=int(frames.folio_pincount[folio]) if order else 0,
         shared=bool(frames.folio_mm_ids_shared[folio]) if order else False,
-        value=int(frames.page_data[page]))
+        value=int(frames.page_data[page]),
+        lazyfree=bool(frames.folio_anon[folio]) and not frames.folio_swapbacked[folio],
+        folio_dirty=bool(frames.folio_dirty[folio]))
 
 
 # ---------------------------------------------------------------------------
@@ -221,7 +225,8 @@ def parse_guest_output(lines: Iterable[str]) -> GuestRun:
 
 
 def _apply_page_line(state: Observation, words: list[str]) -> None:
-    """P n va n | s slot excl | p pfn head order pmd cont dirty young write excl mapcount ref pin shared zero value."""
+    """P n va n | s slot excl | p pfn head order pmd cont dirty young write excl mapcount ref pin shared zero value
+    lazyfree folio_dirty."""
     key = (int(words[1]), int(words[2], 16))
     kind = words[3]
     if kind == "n":
@@ -230,7 +235,7 @@ def _apply_page_line(state: Observation, words: list[str]) -> None:
         state[key] = PageView(SWAP, slot=int(words[4], 16), exclusive=words[5] == "1")
     elif kind == "p":
         (pfn, head, order, pmd, cont, dirty, young, write, excl, mapcount, ref, pin, shared, zero,
-         value) = words[4:19]
+         value, lazyfree, folio_dirty) = words[4:21]
         if zero == "1":
             state[key] = PageView(ZERO, pfn=int(pfn, 16), head=int(head, 16))
             return
@@ -238,7 +243,8 @@ def _apply_page_line(state: Observation, words: list[str]) -> None:
             PRESENT, pfn=int(pfn, 16), head=int(head, 16), order=int(order),
             level="pmd" if pmd == "1" else "pte", cont=cont == "1", dirty=dirty == "1",
             young=young == "1", writable=write == "1", exclusive=excl == "1", mapcount=int(mapcount),
-            refcount=int(ref), pincount=int(pin), shared=shared == "1", value=int(value, 16))
+            refcount=int(ref), pincount=int(pin), shared=shared == "1", value=int(value, 16),
+            lazyfree=lazyfree == "1", folio_dirty=folio_dirty == "1")
     else:
         raise ValueError(f"unknown page line {' '.join(words)!r}")
 

@@ -24,7 +24,7 @@ from .observe import PRESENT
 
 # The guest runtime's op kinds (enum rf_op_kind in runtime.c).
 GUEST_KINDS = {"mmap": 0, "munmap": 1, "dontneed": 2, "mprotect": 3, "fault": 4, "write": 5, "read": 6,
-               "pin": 7, "unpin": 8, "fork": 9, "exit": 10, "reclaim": 11, "split": 12}
+               "pin": 7, "unpin": 8, "fork": 9, "exit": 10, "reclaim": 11, "split": 12, "free": 13}
 RUNTIME_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime.c")
 
 USER_VA_LIMIT = 1 << 47        # the runtime's own binary, stack and mmaps live above this
@@ -33,7 +33,7 @@ MAX_RANGES = 256               # MAX_RANGES in runtime.c
 MAX_PROCESSES = 64             # MAX_PROCESSES in runtime.c
 MAX_PINS = 256                 # MAX_PINS in runtime.c
 IO_URING_MAX_BUFFERS = 1 << 14  # IORING_MAX_REG_BUFFERS: one buffer per pinned page
-# Ops whose ENOMEM means the model ran out of frames or slots (dontneed's and mprotect's mean a hole).
+# Ops whose ENOMEM means the model ran out of frames or slots (dontneed's, free's and mprotect's mean a hole).
 ALLOCATING_OPS = frozenset({"fault", "write", "read", "pin", "fork", "reclaim", "try_to_unmap", "split"})
 
 
@@ -143,7 +143,7 @@ def guest_op(op: Op, new_process: int | None = None) -> GuestOp:
     rw = int((op.prot or "rw") == "rw")
     if op.name in ("mmap", "mprotect"):
         return GuestOp(kind, process, op.addr or 0, op.length or 0, arg=rw)
-    if op.name in ("munmap", "dontneed"):
+    if op.name in ("munmap", "dontneed", "free"):
         return GuestOp(kind, process, op.addr or 0, op.length or 0)
     if op.name in ("fault", "split"):
         return GuestOp(kind, process, op.addr or 0, arg=op.order or 0)

@@ -25,7 +25,7 @@ from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SIZE, TASK_SIZE
 # Keys of `expect P va ...` and `expect pin ID ...`, in the order SPEC §4 lists them.
 EXPECT_ENTRY_KEYS = ("value", "state", "exclusive", "writable", "dirty", "young", "level",
                      "cont", "order", "mapcount", "shared", "pinned", "same-page",
-                     "distinct-page")
+                     "distinct-page", "lazyfree", "folio-dirty")
 EXPECT_PIN_KEYS = ("value", "coherent")
 EXPECT_RESULT_KEYS = ("result",)
 
@@ -297,6 +297,7 @@ _OP_SYNTAX: dict[str, tuple[int, int, _OpParser]] = {
     "mmap": (3, 4, _op_mmap),
     "munmap": (3, 3, _op_range),
     "dontneed": (3, 3, _op_range),
+    "free": (3, 3, _op_range),
     "mprotect": (4, 4, _op_mprotect),
     "fault": (2, 3, _op_fault),
     "write": (3, 3, _op_write),
@@ -359,6 +360,8 @@ _ENTRY_KEY_SYNTAX: dict[str, _KeyParser] = {
     "pinned": (_YES_NO, "yes|no"),
     "same-page": (_parse_process_number, "Pn"),
     "distinct-page": (_parse_process_number, "Pn"),
+    "lazyfree": (_YES_NO, "yes|no"),
+    "folio-dirty": (_YES_NO, "yes|no"),
 }
 _PIN_KEY_SYNTAX: dict[str, _KeyParser] = {
     "value": (_bounded(VALUE_LIMIT - 1), "0..2^64-1"),

@@ -71,6 +71,9 @@
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT 21
 #endif
+#ifndef MADV_FREE
+#define MADV_FREE 8
+#endif
 #ifndef MADV_COLD
 #define MADV_COLD 20
 #endif
@@ -106,13 +109,16 @@
 #define PM_PFN_MASK ((1UL << 55) - 1)
 #define PM_SWAP (1UL << 62)
 #define PM_PRESENT (1UL << 63)
+#define KPF_DIRTY 4
+#define KPF_ANON 12
+#define KPF_SWAPBACKED 14
 #define KPF_HEAD 15
 #define KPF_TAIL 16
 #define KPF_ZERO 24
 
 enum rf_op_kind {
 	RF_MMAP, RF_MUNMAP, RF_DONTNEED, RF_MPROTECT, RF_FAULT, RF_WRITE, RF_READ,
-	RF_PIN, RF_UNPIN, RF_FORK, RF_EXIT, RF_RECLAIM, RF_SPLIT, RF_NR_KINDS
+	RF_PIN, RF_UNPIN, RF_FORK, RF_EXIT, RF_RECLAIM, RF_SPLIT, RF_FREE, RF_NR_KINDS
 };
 
 /* One op of a script; which fields an op reads is in rf_do_op(). */
@@ -120,7 +126,7 @@ struct rf_op {
 	int kind;
 	int process;	   /* Pn */
 	uint64_t addr;
-	uint64_t length;   /* bytes: mmap, munmap, dontneed, mprotect, pin */
+	uint64_t length;   /* bytes: mmap, munmap, dontneed, free, mprotect, pin */
 	uint64_t value;    /* write */
 	int arg;	   /* rw flag (mmap, mprotect, pin), order (fault, split), pin id (unpin), child (fork) */
 };
@@ -738,10 +744,34 @@ static int user_store(uint64_t addr, uint64_t value)
  * access after a fault does. A load first would take a read fault instead
  * (a zero page, a swap-in by read), and an atomic add of 0 is not reliably a
  * write access. No VMA (ENOMEM) or no write permission (EINVAL, EFAULT) is
- * the SIGSEGV a user write would get: EFAULT.
+ * the SIGSEGV a user write would get: EFAULT. A page already present takes
+ * the store alone: MADV_POPULATE_WRITE's GUP (FOLL_TOUCH) would also mark a
+ * folio dirty behind a clean writable entry (after MADV_FREE), which a user
+ * store does not; its word is read through /proc/self/mem, as a load would
+ * set the access bit (of a whole contpte block) the user write never asked
+ * for. (Both files are opened each time: a forked worker must not read its
+ * parent's through an inherited descriptor.)
  */
 static int user_write_fault(uint64_t addr)
 {
+	int self_pagemap = open("/proc/self/pagemap", O_RDONLY);
+	uint64_t entry = 0;
+	int present = self_pagemap >= 0 &&
+		      pread(self_pagemap, &entry, sizeof(entry), addr / PAGE_SIZE * 8) == sizeof(entry) &&
+		      (entry & PM_PRESENT);
+
+	if (self_pagemap >= 0)
+		close(self_pagemap);
+	if (present) {
+		int self_mem = open("/proc/self/mem", O_RDONLY);
+		uint64_t word = 0;
+		int read_ok = self_mem >= 0 && pread(self_mem, &word, sizeof(word), (off_t)addr) == sizeof(word);
+
+		if (self_mem >= 0)
+			close(self_mem);
+		if (read_ok)
+			return user_store(addr, word);
+	}
 	if (madvise((void *)addr, PAGE_SIZE, MADV_POPULATE_WRITE))
 		return errno == ENOMEM || errno == EFAULT || errno == EINVAL ? EFAULT : errno;
 	return user_store(addr, *(volatile uint64_t *)addr);
@@ -838,6 +868,8 @@ static int rf_do_op(const struct rf_op *op, struct reply *reply)
 		return munmap(addr, op->length) ? errno : 0;
 	case RF_DONTNEED:
 		return madvise(addr, op->length, MADV_DONTNEED) ? errno : 0;
+	case RF_FREE:
+		return madvise(addr, op->length, MADV_FREE) ? errno : 0;
 	case RF_MPROTECT:
 		return mprotect(addr, op->length, prot) ? errno : 0;
 	case RF_FAULT: {
@@ -1045,6 +1077,9 @@ static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry
 {
 	const struct folio_facts *folio = read_folio(pfn);
 	uint64_t index = pfn - folio->head, exclusive_index = pmd ? 0 : index, flags, value = 0;
+	uint64_t head_flags = folio->kpageflags[0];
+	/* lazyfree: anon without PG_swapbacked (folio_test_lazyfree); PG_dirty of the folio. */
+	int lazyfree = ((head_flags >> KPF_ANON) & 1) && !((head_flags >> KPF_SWAPBACKED) & 1);
 	const unsigned char *page = folio->pages + index * layout.page_size;
 	int32_t mapcount = (int32_t)read_u32(page + layout.page_mapcount) + 1;
 	int dirty = (entry & PTE_SW_DIRTY) || ((entry & PTE_DBM) && !(entry & PTE_RDONLY));
@@ -1052,12 +1087,12 @@ static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry
 	/* PageAnonExclusive of the page; of the head for a PMD mapping (SPEC §4's `exclusive`). */
 	memcpy(&flags, folio->pages + exclusive_index * layout.page_size + layout.page_flags, sizeof(flags));
 	kread_pa(pfn * PAGE_SIZE, &value, sizeof(value));
-	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx",
+	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx %d %d",
 		 (unsigned long)pfn, (unsigned long)folio->head, folio->order, pmd,
 		 !pmd && (entry & PTE_CONT) ? 1 : 0, dirty, entry & PTE_AF ? 1 : 0, entry & PTE_DBM ? 1 : 0,
 		 (int)((flags >> layout.pg_anon_exclusive) & 1), mapcount + folio->entire_mapcount,
 		 folio->refcount, folio->pincount, folio->shared, (int)((folio->kpageflags[index] >> KPF_ZERO) & 1),
-		 (unsigned long)value);
+		 (unsigned long)value, lazyfree, (int)((head_flags >> KPF_DIRTY) & 1));
 }
 
 /* The line describing page va, from its pagemap entry and the page tables. */

@@ -1,0 +1,133 @@
+"""MADV_FREE (mm/madvise.c madvise_free_single_vma, madvise_free_pte_range; mm/huge_memory.c
+madvise_free_huge_pmd): one PTE and one page at a time."""
+
+from __future__ import annotations
+
+from machine import MM, VMA, Machine, check
+from machine.errors import ENOMEM, OK
+from machine.pgtable import (
+    PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ADDR_MASK, is_swap_pte, pmd_trans_huge, pte_dirty, pte_mkclean,
+    pte_mkold, pte_none, pte_pfn, pte_present, pte_swp_offset, pte_wrprotect, pte_young,
+)
+
+from .folio import (
+    folio_clear_dirty, folio_mapcount, folio_mark_lazyfree, folio_maybe_mapped_shared, folio_nr_pages,
+    folio_test_dirty, folio_test_large, page_folio,
+)
+from .huge_memory import split_huge_page_to_list_to_order
+from .memory import pmd_ranges
+from .swap import swap_free
+
+
+def madvise_free(machine: Machine, mm: MM, start: int, length: int) -> str:
+    """MADV_FREE of [start, start + length), VMA by VMA; ENOMEM if the range had a hole (the
+    VMAs in it are still done, as madvise_walk_vmas goes on after a hole)."""
+    end = start + length
+    covered = start
+    for vma in mm.vmas_intersecting(start, end):
+        if vma.start > covered:
+            break
+        covered = vma.end
+    for vma in mm.vmas_intersecting(start, end):
+        madvise_free_single_vma(machine, mm, vma, max(vma.start, start), min(vma.end, end))
+    return OK if covered >= end else ENOMEM
+
+
+def madvise_free_single_vma(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
+    """Walk [start, end) of vma PMD by PMD: a PMD block through madvise_free_huge_pmd, PTEs
+    through madvise_free_pte_range."""
+    check(vma.start <= start < end <= vma.end, "MADV_FREE range leaves the VMA")
+    for addr, next_addr, whole_pmd in pmd_ranges(machine, mm, start, end):
+        haddr = addr & ~(PMD_SIZE - 1)
+        if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
+            if madvise_free_huge_pmd(machine, mm, haddr, whole_pmd):
+                continue
+            if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
+                continue  # shared, or the split failed: pte_offset_map_lock finds no PTE table
+        madvise_free_pte_range(machine, mm, addr, next_addr)
+
+
+def madvise_free_huge_pmd(machine: Machine, mm: MM, haddr: int, whole_pmd: bool) -> bool:
+    """A PMD-mapped THP: skipped if maybe mapped shared; split (to order 0) if the range covers
+    only part of it; else its PMD made old and clean and the folio lazyfree. Returns whether
+    the PMD was handled (False: the caller walks the PTEs the split left, if any)."""
+    pmd = machine.pmdp_get(mm, haddr)
+    check(pmd_trans_huge(pmd), "madvise_free_huge_pmd without a PMD block at %#x", haddr)
+    folio = int(pte_pfn(pmd))
+    if folio_maybe_mapped_shared(machine, folio):
+        return False
+    if not whole_pmd:
+        split_huge_page_to_list_to_order(machine, folio, 0)  # a pinned folio stays whole
+        return False
+    folio_clear_dirty(machine, folio)
+    if pte_young(pmd) or pte_dirty(pmd):
+        machine.set_pmd_at(mm, haddr, pte_mkclean(pte_mkold(pmd)))
+    folio_mark_lazyfree(machine, folio)
+    return True
+
+
+def madvise_folio_pte_batch(machine: Machine, mm: MM, folio: int, addr: int, end: int) -> int:
+    """How many PTEs from addr (before end) map consecutive pages of folio and match but for
+    dirty, write and young (folio_pte_batch_flags with FPB_MERGE_YOUNG_DIRTY), one at a time."""
+    pte = machine.ptep_get(mm, addr)
+    page = int(pte_pfn(pte))
+    expected = pte_batch_ignored(pte)
+    max_nr = min((end - addr) >> PAGE_SHIFT, folio + folio_nr_pages(machine, folio) - page)
+    nr_pages = 1
+    while nr_pages < max_nr:
+        next_pte = machine.ptep_get(mm, addr + (nr_pages << PAGE_SHIFT))
+        if not pte_present(next_pte) or int(pte_pfn(next_pte)) != page + nr_pages:
+            break
+        if pte_batch_ignored(next_pte) != expected:
+            break
+        nr_pages += 1
+    return nr_pages
+
+
+def pte_batch_ignored(pte: int) -> int:
+    """What a batch without FPB_RESPECT_* flags compares: the entry without dirty, write,
+    young and its pfn (__pte_batch_clear_ignored)."""
+    return int(pte_mkold(pte_wrprotect(pte_mkclean(pte)))) & ~PTE_ADDR_MASK
+
+
+def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
+    """MADV_FREE of the PTEs in [start, end), inside one PMD and one VMA: swap entries are
+    freed; a large folio the range covers only part of is split (unless maybe mapped shared,
+    or pinned); a dirty folio is done only if mapped exactly once per page; each folio done
+    has its entries made old and clean and becomes lazyfree."""
+    if mm.pte_table(start) is None:
+        return
+    addr = start
+    while addr < end:
+        pte = machine.ptep_get(mm, addr)
+        if pte_none(pte):
+            addr += PAGE_SIZE
+            continue
+        if is_swap_pte(pte):
+            machine.ptep_get_and_clear(mm, addr)
+            mm.rss_swap -= 1
+            swap_free(machine, int(pte_swp_offset(pte)))
+            addr += PAGE_SIZE
+            continue
+        folio = page_folio(machine, int(pte_pfn(pte)))
+        nr_pages = 1
+        if folio_test_large(machine, folio):
+            nr_pages = madvise_folio_pte_batch(machine, mm, folio, addr, end)
+            if nr_pages < folio_nr_pages(machine, folio):
+                if folio_maybe_mapped_shared(machine, folio):
+                    addr += nr_pages << PAGE_SHIFT
+                    continue
+                if split_huge_page_to_list_to_order(machine, folio, 0) != OK:
+                    addr += nr_pages << PAGE_SHIFT
+                    continue
+                continue  # the same entry again, now mapping an order-0 folio
+        if folio_test_dirty(machine, folio):
+            if folio_mapcount(machine, folio) != folio_nr_pages(machine, folio):
+                addr += nr_pages << PAGE_SHIFT
+                continue
+            folio_clear_dirty(machine, folio)
+        for i in range(nr_pages):
+            entry_addr = addr + (i << PAGE_SHIFT)
+            machine.set_pte_at(mm, entry_addr, pte_mkold(pte_mkclean(machine.ptep_get(mm, entry_addr))))
+        folio_mark_lazyfree(machine, folio)
+        addr += nr_pages << PAGE_SHIFT

@@ -56,7 +56,7 @@ from machine.pgtable import (
     pte_present,
 )
 
-ENCODING_VERSION = 4  # 2: raw frames, pin pages and lengths capped (fast executions); 3: free; 4: folio and near addresses
+ENCODING_VERSION = 4  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast

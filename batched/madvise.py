@@ -126,7 +126,7 @@ def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> No
         ptes = machine.ptes_get(mm, addr, (end - addr) >> PAGE_SHIFT)
         if not any_set(pte_present(ptes)):
             return
-        batches = folio_pte_batch(machine, addr, ptes, FPB_ZAP)
+        batches = folio_pte_batch(machine, mm, addr, ptes, FPB_ZAP)
         partial = batches.nr_pages < (1 << frames.folio_order[batches.folio].astype(np.int64))
         shared = np.zeros(len(batches), bool)
         if any_set(partial):

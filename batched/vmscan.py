@@ -186,7 +186,7 @@ def try_to_unmap_one_lazyfree(machine: Machine, folio: int, mm: MM, vma: VMA, st
     of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
     if not any_set(of_folio):
         return OK
-    batches = folio_pte_batch(machine, start, ptes, FPB_UNMAP, candidate=of_folio)
+    batches = folio_pte_batch(machine, mm, start, ptes, FPB_UNMAP, candidate=of_folio)
     batch_dirty = batches_any(pte_dirty(ptes[of_folio]), batches.nr_pages)
     if frames.folio_dirty.item(folio):
         batch_dirty[:] = True

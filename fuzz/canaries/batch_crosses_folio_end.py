@@ -12,7 +12,7 @@ batched = load_batched_copy(__name__ + "_batched")
 internal = submodule(batched, "internal")
 
 
-def folio_pte_batch(machine, addr, ptes, flags, candidate=None):
+def folio_pte_batch(machine, mm, addr, ptes, flags, candidate=None):
     table_addr = addr & ~(PMD_SIZE - 1)
     first = (addr - table_addr) >> 12
     present = pte_present(ptes)

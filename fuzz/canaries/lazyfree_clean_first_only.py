@@ -26,7 +26,7 @@ def try_to_unmap_one_lazyfree(machine, folio, mm, vma, start, end):
     of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
     if not of_folio.any():
         return vmscan.OK
-    batches = vmscan.folio_pte_batch(machine, start, ptes, vmscan.FPB_UNMAP, candidate=of_folio)
+    batches = vmscan.folio_pte_batch(machine, mm, start, ptes, vmscan.FPB_UNMAP, candidate=of_folio)
     batch_dirty = pte_dirty(batches.pte).astype(bool)   # planted: the first entry of each batch only
     if frames.folio_dirty.item(folio):
         batch_dirty[:] = True

@@ -117,6 +117,39 @@ def test_a_campaign_killed_with_sigkill_leaves_each_reported_finding_whole_and_n
     assert not list(crashes.glob(".staging-*"))
 
 
+def fuzzing_workers(campaign_pid: int) -> list[int]:
+    """The campaign's processes that are fuzzing: the harness and its workers, not their shells."""
+    def harness(pid: int) -> bool:
+        try:
+            return b"fuzz.engine.harness" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    return [pid for pid in workers_of(campaign_pid) if harness(pid)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc")
+def test_the_jobs_workers_under_their_shells_die_with_a_killed_campaign(tmp_path):
+    campaign = subprocess.Popen(
+        [sys.executable, "-m", "fuzz", "fuzz", "--jobs", "2", "--time", "120", "--crashes", str(tmp_path / "c"),
+         str(ROOT / "corpus/seeds/06-fault-pmd.ops")], cwd=tmp_path, env=campaign_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(fuzzing_workers(campaign.pid)) < 3 and time.monotonic() < deadline:   # the master, two workers
+            time.sleep(0.2)
+        time.sleep(3)   # the workers past their start-up, fuzzing
+        workers = workers_of(campaign.pid)   # their shells included
+        assert len(fuzzing_workers(campaign.pid)) >= 3, workers
+    finally:
+        campaign.send_signal(signal.SIGKILL)
+        campaign.wait()
+    gone_by = time.monotonic() + 5
+    while any(alive(pid) for pid in workers) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)], "a worker outlived its campaign"
+
+
 def test_a_finding_whose_process_dies_while_saving_it_never_shows_half_written(tmp_path):
     real_write = findings.write_synced
     child = os.fork()

@@ -320,3 +320,16 @@ def test_a_finding_event_is_read_from_the_harness_json_log_line():
     assert finding_event('{"event": "other"}') is None
     assert finding_event("#1024 pulse cov: 3") is None
     assert finding_event("{not json") is None
+
+
+def test_the_gate_names_a_corrupt_corpus_file_as_failing_and_replays_the_rest(tmp_path):
+    from fuzz.front.cli import replay_corpus
+
+    bad, stale = tmp_path / "bad.ops", tmp_path / "input.bin"
+    bad.write_text("fork P7\n")
+    stale.write_bytes(bytes([0, 0, 9]))   # a stored input of encoding version 9
+    good = str(ROOT / "corpus/seeds/06-fault-pmd.ops")
+    replayed, failures = replay_corpus([str(bad), good, str(stale)], "batched")
+    assert replayed == 1
+    assert len(failures) == 2 and failures[0].startswith(f"{bad}:1: ") and failures[1].startswith(f"{stale}: ")
+    assert all(line.endswith("(not replayed)") for line in failures)

@@ -141,7 +141,7 @@ def read_seeds(paths: list[str]) -> tuple[list[SeedFile], list[SkippedFile]]:
             except (UsageError, OSError, UnicodeDecodeError) as error:
                 skipped.append(SkippedFile(str(item), " ".join(str(error).split())))
     for skip in skipped:
-        log.warning("corpus_file_skipped", path=skip.path, problem=skip.problem)
+        log.info("corpus_file_skipped", path=skip.path, problem=skip.problem)   # the front prints each
     return seeds, skipped
 
 

@@ -95,6 +95,7 @@ def frame_names(signature: str) -> list[str]:
 
 
 def _raise_from(error: RmapFinding, frames: list[Callable[..., None]]) -> None:
+    """The body of every frame raise_finding makes: call the next one, the innermost raises."""
     if frames:
         frames[0](error, frames[1:])
     raise error

@@ -334,3 +334,22 @@ def test_the_gate_names_a_corrupt_corpus_file_as_failing_and_replays_the_rest(tm
     assert replayed == 1
     assert len(failures) == 2 and failures[0].startswith(f"{bad}:1: ") and failures[1].startswith(f"{stale}: ")
     assert all(line.endswith("(not replayed)") for line in failures)
+
+
+def test_ctrl_c_stops_a_campaign_with_its_summary(tmp_path):
+    campaign = subprocess.Popen(
+        [sys.executable, "-m", "fuzz", "fuzz", "--time", "120", "--crashes", str(tmp_path / "c"), "--json",
+         str(ROOT / "corpus/seeds/06-fault-pmd.ops")], cwd=tmp_path, env=campaign_env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                            signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not fuzzing_workers(campaign.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
+    workers = workers_of(campaign.pid)
+    started = time.monotonic()
+    campaign.send_signal(signal.SIGINT)
+    out, _ = campaign.communicate(timeout=30)
+    assert campaign.returncode == 0 and time.monotonic() - started < 20
+    assert json.loads(out)["executions"] > 0
+    assert not [pid for pid in workers if alive(pid)]

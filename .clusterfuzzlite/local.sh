@@ -32,7 +32,12 @@ fail() { echo "local.sh: $*" >&2; exit 1; }
 step "build: the source copied as the Dockerfile's COPY does (.dockerignore), build.sh in a virtual environment"
 tar -C "$root" --exclude=.git --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache \
   --exclude=.pytest_cache --exclude=build --exclude='*.egg-info' -c . | tar -C "$SRC/rmapfuzz" -x
-python3 -m venv --system-site-packages "$work/venv"
+# The environment sees the installed tools (PyInstaller, atheris, numpy) and takes build.sh's
+# `pip3 install .` for itself: pip3 there is this Python's pip run by the environment's Python
+# (no ensurepip needed, and the shared installation is never touched).
+python3 -m venv --system-site-packages --without-pip "$work/venv"
+printf '#!/bin/sh\nexec "%s/venv/bin/python3" -m pip "$@"\n' "$work" > "$work/venv/bin/pip3"
+chmod +x "$work/venv/bin/pip3"
 started=$(date +%s)
 (
   cd "$SRC/rmapfuzz"

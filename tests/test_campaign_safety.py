@@ -117,6 +117,39 @@ def test_a_campaign_killed_with_sigkill_leaves_each_reported_finding_whole_and_n
     assert not list(crashes.glob(".staging-*"))
 
 
+def fuzzing_workers(campaign_pid: int) -> list[int]:
+    """The campaign's processes that are fuzzing: the harness and its workers, not their shells."""
+    def harness(pid: int) -> bool:
+        try:
+            return b"fuzz.engine.harness" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    return [pid for pid in workers_of(campaign_pid) if harness(pid)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc")
+def test_the_jobs_workers_under_their_shells_die_with_a_killed_campaign(tmp_path):
+    campaign = subprocess.Popen(
+        [sys.executable, "-m", "fuzz", "fuzz", "--jobs", "2", "--time", "120", "--crashes", str(tmp_path / "c"),
+         str(ROOT / "corpus/seeds/06-fault-pmd.ops")], cwd=tmp_path, env=campaign_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(fuzzing_workers(campaign.pid)) < 3 and time.monotonic() < deadline:   # the master, two workers
+            time.sleep(0.2)
+        time.sleep(3)   # the workers past their start-up, fuzzing
+        workers = workers_of(campaign.pid)   # their shells included
+        assert len(fuzzing_workers(campaign.pid)) >= 3, workers
+    finally:
+        campaign.send_signal(signal.SIGKILL)
+        campaign.wait()
+    gone_by = time.monotonic() + 5
+    while any(alive(pid) for pid in workers) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)], "a worker outlived its campaign"
+
+
 def test_a_finding_whose_process_dies_while_saving_it_never_shows_half_written(tmp_path):
     real_write = findings.write_synced
     child = os.fork()
@@ -218,8 +251,9 @@ def test_a_corrupt_or_unreadable_corpus_file_is_named_and_skipped(tmp_path, caps
     assert sorted(seed.path.name for seed in seeds) == ["good.ops", "raw-input"]
     assert sorted(Path(skip.path).name for skip in skipped) == ["bad.ops", "latin1.ops"]
     assert main(["fuzz", "--runs", "20", "--seed", "1", "--crashes", str(tmp_path / "crashes"), str(corpus)]) == 0
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rmapfuzz: ")]
-    assert len(err) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "bad.ops" in line or "latin1.ops" in line]
+    err = [line for line in lines if line.startswith("rmapfuzz: ")]
+    assert len(err) == 2 and len(lines) == 2   # one line each, nothing else naming them
     assert any("bad.ops: line 2:" in line and line.endswith("(skipped)") for line in err)
     assert any("latin1.ops" in line for line in err)
 
@@ -287,3 +321,35 @@ def test_a_finding_event_is_read_from_the_harness_json_log_line():
     assert finding_event('{"event": "other"}') is None
     assert finding_event("#1024 pulse cov: 3") is None
     assert finding_event("{not json") is None
+
+
+def test_the_gate_names_a_corrupt_corpus_file_as_failing_and_replays_the_rest(tmp_path):
+    from fuzz.front.cli import replay_corpus
+
+    bad, stale = tmp_path / "bad.ops", tmp_path / "input.bin"
+    bad.write_text("fork P7\n")
+    stale.write_bytes(bytes([0, 0, 9]))   # a stored input of encoding version 9
+    good = str(ROOT / "corpus/seeds/06-fault-pmd.ops")
+    replayed, failures = replay_corpus([str(bad), good, str(stale)], "batched")
+    assert replayed == 1
+    assert len(failures) == 2 and failures[0].startswith(f"{bad}:1: ") and failures[1].startswith(f"{stale}: ")
+    assert all(line.endswith("(not replayed)") for line in failures)
+
+
+def test_ctrl_c_stops_a_campaign_with_its_summary(tmp_path):
+    campaign = subprocess.Popen(
+        [sys.executable, "-m", "fuzz", "fuzz", "--time", "120", "--crashes", str(tmp_path / "c"), "--json",
+         str(ROOT / "corpus/seeds/06-fault-pmd.ops")], cwd=tmp_path, env=campaign_env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                            signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not fuzzing_workers(campaign.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
+    workers = workers_of(campaign.pid)
+    started = time.monotonic()
+    campaign.send_signal(signal.SIGINT)
+    out, _ = campaign.communicate(timeout=30)
+    assert campaign.returncode == 0 and time.monotonic() - started < 20
+    assert json.loads(out)["executions"] > 0
+    assert not [pid for pid in workers if alive(pid)]

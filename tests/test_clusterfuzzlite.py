@@ -131,3 +131,18 @@ def test_the_workflows_pass_actionlint():
 def test_the_dockerfile_passes_hadolint():
     result = subprocess.run(["hadolint", str(ROOT / ".clusterfuzzlite/Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_target_minimises_within_a_budget_libfuzzers_timeout_allows(monkeypatch):
+    from fuzz.engine import target as target_module
+
+    budgets = []
+
+    class RecordingMinimizer(target_module.Minimizer):
+        def minimize(self, script, signature):
+            budgets.append(self.max_runs)
+            return super().minimize(script, signature)
+
+    monkeypatch.setattr(target_module, "Minimizer", RecordingMinimizer)
+    raised_by(FuzzTarget(CANARY), encode(parse_file(str(SCENARIO))))
+    assert budgets == [target_module.TARGET_MINIMIZE_RUNS] and budgets[0] <= 500

@@ -141,7 +141,7 @@ def read_seeds(paths: list[str]) -> tuple[list[SeedFile], list[SkippedFile]]:
             except (UsageError, OSError, UnicodeDecodeError) as error:
                 skipped.append(SkippedFile(str(item), " ".join(str(error).split())))
     for skip in skipped:
-        log.warning("corpus_file_skipped", path=skip.path, problem=skip.problem)
+        log.info("corpus_file_skipped", path=skip.path, problem=skip.problem)   # the front prints each
     return seeds, skipped
 
 
@@ -243,23 +243,31 @@ def run_harness(command: list[str], env: dict[str, str], cwd: Path, progress: Pr
                                start_new_session=True)
     assert process.stderr is not None
     last_lines: list[str] = []
-    for line in process.stderr:
-        last_lines = [*last_lines[-(LAST_LINES - 1):], line.rstrip()]
-        match = PROGRESS.match(line)
-        if progress is not None and match:
-            progress(int(match.group(1)), int(match.group(3)))
-        event = finding_event(line)
-        if event is not None and finding_heard is not None:
-            finding_heard(*event)
-        if event is not None and stop_on_finding:
-            kill_process_group(process.pid)
+    try:
+        for line in process.stderr:
+            last_lines = [*last_lines[-(LAST_LINES - 1):], line.rstrip()]
+            match = PROGRESS.match(line)
+            if progress is not None and match:
+                progress(int(match.group(1)), int(match.group(3)))
+            event = finding_event(line)
+            if event is not None and finding_heard is not None:
+                finding_heard(*event)
+            if event is not None and stop_on_finding:
+                kill_process_group(process.pid)
+    except KeyboardInterrupt:
+        # Ctrl-C reaches this process alone (the harness leads its own session): pass it on, so
+        # every worker stops as libFuzzer stops on SIGINT, with its summary written.
+        kill_process_group(process.pid, signal.SIGINT)
+        process.stderr.read()
+        process.wait()
+        return 0, last_lines
     return process.wait(), last_lines
 
 
-def kill_process_group(pid: int) -> None:
-    """SIGKILL the harness's process group (it leads its own session: its workers are in it)."""
+def kill_process_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal the harness's process group (it leads its own session: its workers are in it)."""
     with suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, sig)
 
 
 def finding_event(line: str) -> tuple[str, int, str] | None:

@@ -297,11 +297,32 @@ def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"implementation under test (default {DEFAULT_IMPL})")
 
 
+def replay_corpus(paths: list[str], impl: str) -> tuple[int, list[str]]:
+    """Replay each corpus file on impl: how many were replayed, and a line for each that fails,
+    a finding's signature or, for a file that cannot be read as an input, its problem (never fatal)."""
+    from fuzz.judge.runner import run_script
+
+    replayed, failures = 0, []
+    for path in paths:
+        try:
+            script = _load_input(path)
+        except ScriptError as error:
+            failures.append(f"{_script_error_message(error)} (not replayed)")
+            continue
+        except UsageError as error:
+            failures.append(f"{error} (not replayed)")
+            continue
+        replayed += 1
+        result = run_script(script, impl=impl, ref=REFERENCE_IMPL)
+        if result.findings:
+            failures.append(f"{script.path}: {result.findings[0].signature}")
+    return replayed, failures
+
+
 def _command_gate(args: argparse.Namespace) -> int:
     import glob
 
     from fuzz.engine.campaign import run_default_campaign, selftest
-    from fuzz.judge.runner import run_script
 
     for name, value in (("--fuzz-time", args.fuzz_time), ("--selftest-budget", args.selftest_budget)):
         if value < 1:
@@ -309,13 +330,8 @@ def _command_gate(args: argparse.Namespace) -> int:
     load_implementation(args.impl)
     corpus = sorted(glob.glob("corpus/seeds/*.ops") + glob.glob("corpus/crashes/*/reproducer.ops")
                     + glob.glob("corpus/crashes/*/input.bin"))
-    scripts = [_load_input(path) for path in corpus]
-    failures = []
-    for script in scripts:
-        result = run_script(script, impl=args.impl, ref=REFERENCE_IMPL)
-        if result.findings:
-            failures.append(f"{script.path}: {result.findings[0].signature}")
-    print(f"corpus: {len(scripts)} files replayed, {len(failures)} failing")
+    replayed, failures = replay_corpus(corpus, args.impl)
+    print(f"corpus: {replayed} files replayed, {len(failures)} failing")
     for failure in failures:
         print(f"  {failure}")
     summary = run_default_campaign(args.impl, args.fuzz_time)

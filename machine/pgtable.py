@@ -37,6 +37,7 @@ PTE_PXN = 1 << 53
 PTE_UXN = 1 << 54
 PTE_DIRTY = 1 << 55  # software dirty
 PTE_SPECIAL = 1 << 56
+PTE_UFFD_WP = 1 << 58  # software bit: uffd-wp tracking (CONFIG_HAVE_ARCH_USERFAULTFD_WP)
 
 PTE_TYPE_MASK = PTE_VALID | PTE_TYPE
 PTE_TYPE_PAGE = PTE_VALID | PTE_TYPE
@@ -44,6 +45,11 @@ PMD_TYPE_TABLE = PTE_VALID | PTE_TYPE
 PMD_TYPE_SECT = PTE_VALID
 
 PTE_SWP_EXCLUSIVE = 1 << 2
+PTE_SWP_UFFD_WP = 1 << 3  # only in swap PTEs
+# A PTE marker is a swap entry of type SWP_PTE_MARKER (include/linux/swap.h: the last of the
+# 32 types), its offset the marker bits (include/linux/swapops.h).
+SWP_PTE_MARKER = 31
+PTE_MARKER_UFFD_WP = 1 << 0
 SWP_TYPE_SHIFT = 6
 SWP_TYPE_MASK = 0b11111 << SWP_TYPE_SHIFT
 SWP_OFFSET_SHIFT = 12
@@ -215,6 +221,48 @@ def pte_swp_mkexclusive(pte):
 
 def pte_swp_clear_exclusive(pte):
     return _clear(pte, PTE_SWP_EXCLUSIVE)
+
+
+# uffd-wp (arch/arm64/include/asm/pgtable.h, include/linux/swapops.h).
+
+def pte_uffd_wp(pte):
+    return (pte & PTE_UFFD_WP) != 0
+
+
+def pte_mkuffd_wp(pte):
+    """Set the uffd-wp bit and write-protect, as arm64's pte_mkuffd_wp does."""
+    return pte_wrprotect(pte | PTE_UFFD_WP)
+
+
+def pte_clear_uffd_wp(pte):
+    return _clear(pte, PTE_UFFD_WP)
+
+
+def pte_swp_uffd_wp(pte):
+    return (pte & PTE_SWP_UFFD_WP) != 0
+
+
+def pte_swp_mkuffd_wp(pte):
+    return pte | PTE_SWP_UFFD_WP
+
+
+def pte_swp_clear_uffd_wp(pte):
+    return _clear(pte, PTE_SWP_UFFD_WP)
+
+
+def make_pte_marker(marker: int) -> int:
+    """make_pte_marker_entry(marker) as a PTE: swap type SWP_PTE_MARKER, the marker bits as offset."""
+    return (SWP_PTE_MARKER << SWP_TYPE_SHIFT) | (marker << SWP_OFFSET_SHIFT)
+
+
+def is_pte_marker(pte):
+    """A non-present entry of swap type SWP_PTE_MARKER."""
+    return is_swap_pte(pte) & (((pte & SWP_TYPE_MASK) >> SWP_TYPE_SHIFT) == SWP_PTE_MARKER)
+
+
+def pte_marker_uffd_wp(pte):
+    """A PTE marker carrying PTE_MARKER_UFFD_WP."""
+    return is_pte_marker(pte) & ((((pte & SWP_OFFSET_MASK) >> SWP_OFFSET_SHIFT) & PTE_MARKER_UFFD_WP) != 0)
 
 
 def pte_move_swp_offset(pte, delta):

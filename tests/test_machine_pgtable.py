@@ -101,6 +101,8 @@ def bits(hi: int, lo: int) -> int:
     ("PTE_DIRTY", bit(55)),
     ("PTE_SPECIAL", bit(56)),
     ("PTE_SWP_EXCLUSIVE", bit(2)),
+    ("PTE_UFFD_WP", bit(58)),
+    ("PTE_SWP_UFFD_WP", bit(3)),
     ("SWP_TYPE_MASK", bits(10, 6)),
     ("SWP_OFFSET_MASK", bits(61, 12)),
 ])
@@ -460,3 +462,28 @@ def test_describe_pte_names_the_kind():
     assert pg.describe_pte(SWAP_EXCL).startswith(f"swap slot={(1 << 50) - 1} excl")
     assert pg.describe_pte(FAULT).startswith(f"pte pfn={PFN} W|D|AF")
     assert pg.describe_pte(PMD_BLOCK).startswith("pmd ")
+
+
+def test_uffd_wp_bits_follow_arm64():
+    """pte_mkuffd_wp sets bit 58 and write-protects (hardware dirtiness kept as DIRTY);
+    the swap PTE's bit is bit 3, beside PTE_SWP_EXCLUSIVE."""
+    writable_dirty = pg.pte_mkdirty(pg.pte_mkwrite(pg.pfn_pte(7, pg.vm_get_page_prot(True))))
+    protected = pg.pte_mkuffd_wp(writable_dirty)
+    assert pg.pte_uffd_wp(protected) and not pg.pte_write(protected) and pg.pte_dirty(protected)
+    assert pg.pte_clear_uffd_wp(protected) == protected & ~PTE_UFFD_WP_BIT
+    swp = pg.pte_swp_mkuffd_wp(pg.swp_entry_to_pte(9))
+    assert pg.pte_swp_uffd_wp(swp) and pg.pte_swp_offset(swp) == 9 and not pg.pte_swp_exclusive(swp)
+    assert pg.pte_swp_clear_uffd_wp(swp) == pg.swp_entry_to_pte(9)
+
+
+def test_uffd_wp_marker_is_a_swap_entry_of_type_31():
+    """make_pte_marker(PTE_MARKER_UFFD_WP): type SWP_PTE_MARKER (31) in bits 10:6, marker bit 0 at 12."""
+    marker = pg.make_pte_marker(pg.PTE_MARKER_UFFD_WP)
+    assert marker == (31 << 6) | (1 << 12)
+    assert pg.is_swap_pte(marker) and pg.is_pte_marker(marker) and pg.pte_marker_uffd_wp(marker)
+    assert not pg.is_pte_marker(pg.swp_entry_to_pte(1)) and not pg.pte_marker_uffd_wp(pg.swp_entry_to_pte(1))
+    entries = np.array([marker, pg.swp_entry_to_pte(1), 0], np.uint64)
+    assert pg.is_pte_marker(entries).tolist() == [True, False, False]
+
+
+PTE_UFFD_WP_BIT = 1 << 58

@@ -1,5 +1,5 @@
-"""The seven oracles of SPEC §6: the invariants checked on a machine beyond its equality
-with the other machine.
+"""The seven oracles of SPEC §6, and an eighth for lazyfree memory (issue 14, docs/model.md):
+the invariants checked on a machine beyond its equality with the other machine.
 
 Each `check_<name>(machine, shadow, scan)` states its rule in its docstring, in
 SPEC §6's order and words, then checks it on a `PageTableScan` (fuzz.judge.scan:
@@ -435,37 +435,6 @@ def _check_lazy_words(machine: Machine, shadow: Shadow, keys: np.ndarray, values
     return keys[keep], values[keep], sources[keep], failures
 
 
-# --- 8. lazyfree ----------------------------------------------------------------
-
-def check_lazyfree(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
-    """Rule 8, lazyfree: a page a process wrote a non-zero word to since its last MADV_FREE
-    is never mapped there by a clean entry of a lazyfree folio (anon, PG_swapbacked clear),
-    so reclaim, which discards a lazyfree folio only while every entry of it is clean, can
-    never discard a page that still holds what a process needs."""
-    frames = machine.frames
-    lazyfree = frames.folio_anon & ~frames.folio_swapbacked
-    if not lazyfree.any() or not any(shadow.data.values()):
-        return []
-    keys = [scan.pte_key, scan.pmd_key]
-    clean = [~pte_dirty(scan.pte_desc), ~pte_dirty(scan.pmd_desc)]
-    pfns = [scan.pte_pfn, scan.pmd_pfn]
-    failures: list[str] = []
-    written = {(pid << PID_SHIFT) | addr: value
-               for pid, pages in shadow.data.items() for addr, value in pages.items() if value}
-    for level, span in (("pte", PAGE_SIZE), ("pmd", PMD_SIZE)):
-        index = 0 if level == "pte" else 1
-        ok = pfns[index] < scan.nr_frames
-        folios = np.full(len(ok), FREE_FOLIO, np.int64)
-        folios[ok] = frames.page_folio[pfns[index][ok]]
-        suspect = indices_of(clean[index] & (folios >= 0) & lazyfree[np.maximum(folios, 0)])
-        for i in suspect.tolist():
-            key = int(keys[index][i])
-            hits = [key + offset for offset in range(0, span, PAGE_SIZE) if key + offset in written]
-            failures += [f"{key_where(hit)}: wrote {written[hit]} since MADV_FREE, mapped by a clean {level} "
-                         f"entry of lazyfree folio {int(folios[i])}" for hit in hits[:1]]
-    return failures[:MAX_DETAILS]
-
-
 # --- 7. layout ---------------------------------------------------------------
 
 def check_layout(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
@@ -536,6 +505,37 @@ def _check_vmas(machine: Machine, scan: PageTableScan) -> list[str]:
     return failures + details(outside, lambda i: (
         f"{key_where(leaf_keys[i])}: {levels[i]} outside "
         + ("a single VMA" if levels[i] == "PMD block" else "any VMA")))
+
+
+# --- 8. lazyfree ----------------------------------------------------------------
+
+def check_lazyfree(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
+    """Rule 8, lazyfree: a page a process wrote a non-zero word to since its last MADV_FREE
+    is never mapped there by a clean entry of a lazyfree folio (anon, PG_swapbacked clear),
+    so reclaim, which discards a lazyfree folio only while every entry of it is clean, can
+    never discard a page that still holds what a process needs."""
+    frames = machine.frames
+    lazyfree = frames.folio_anon & ~frames.folio_swapbacked
+    if not lazyfree.any() or not any(shadow.data.values()):
+        return []
+    keys = [scan.pte_key, scan.pmd_key]
+    clean = [~pte_dirty(scan.pte_desc), ~pte_dirty(scan.pmd_desc)]
+    pfns = [scan.pte_pfn, scan.pmd_pfn]
+    failures: list[str] = []
+    written = {(pid << PID_SHIFT) | addr: value
+               for pid, pages in shadow.data.items() for addr, value in pages.items() if value}
+    for level, span in (("pte", PAGE_SIZE), ("pmd", PMD_SIZE)):
+        index = 0 if level == "pte" else 1
+        ok = pfns[index] < scan.nr_frames
+        folios = np.full(len(ok), FREE_FOLIO, np.int64)
+        folios[ok] = frames.page_folio[pfns[index][ok]]
+        suspect = indices_of(clean[index] & (folios >= 0) & lazyfree[np.maximum(folios, 0)])
+        for i in suspect.tolist():
+            key = int(keys[index][i])
+            hits = [key + offset for offset in range(0, span, PAGE_SIZE) if key + offset in written]
+            failures += [f"{key_where(hit)}: wrote {written[hit]} since MADV_FREE, mapped by a clean {level} "
+                         f"entry of lazyfree folio {int(folios[i])}" for hit in hits[:1]]
+    return failures[:MAX_DETAILS]
 
 
 # --- the registry ------------------------------------------------------------

@@ -747,9 +747,10 @@ static int user_store(uint64_t addr, uint64_t value)
  * the SIGSEGV a user write would get: EFAULT. A page already present takes
  * the store alone: MADV_POPULATE_WRITE's GUP (FOLL_TOUCH) would also mark a
  * folio dirty behind a clean writable entry (after MADV_FREE), which a user
- * store does not; its word is read through /proc/self/mem, as a load would
- * set the access bit (of a whole contpte block) the user write never asked
- * for. (Both files are opened each time: a forked worker must not read its
+ * store does not; its word is read from the frame through /proc/kcore, as
+ * a load would set the access bit (of a whole contpte block) the user write
+ * never asked for, and /proc/self/mem's GUP (FOLL_TOUCH) makes a PMD young.
+ * (The pagemap is opened each time: a forked worker must not read its
  * parent's through an inherited descriptor.)
  */
 static int user_write_fault(uint64_t addr)
@@ -763,13 +764,9 @@ static int user_write_fault(uint64_t addr)
 	if (self_pagemap >= 0)
 		close(self_pagemap);
 	if (present) {
-		int self_mem = open("/proc/self/mem", O_RDONLY);
 		uint64_t word = 0;
-		int read_ok = self_mem >= 0 && pread(self_mem, &word, sizeof(word), (off_t)addr) == sizeof(word);
 
-		if (self_mem >= 0)
-			close(self_mem);
-		if (read_ok)
+		if (kread_pa((entry & PM_PFN_MASK) * PAGE_SIZE, &word, sizeof(word)))
 			return user_store(addr, word);
 	}
 	if (madvise((void *)addr, PAGE_SIZE, MADV_POPULATE_WRITE))

@@ -20,14 +20,10 @@ def do_mmap(machine: Machine, mm: MM, addr: int, length: int, writable: bool) ->
 def unmap_vmas(machine: Machine, mm: MM, start: int, end: int) -> bool:
     """Zap every mapping in [start, end), VMA by VMA (unmap_page_range each); returns whether
     VMAs covered it all (madvise_dontneed's ENOMEM for a hole)."""
-    covered = start
-    for vma in mm.vmas_intersecting(start, end):
-        if vma.start > covered:
-            break
-        covered = vma.end
+    covered = mm.vmas_cover(start, end)
     for vma in mm.vmas_intersecting(start, end):
         unmap_page_range(machine, mm, vma, max(vma.start, start), min(vma.end, end))
-    return covered >= end
+    return covered
 
 
 def do_munmap(machine: Machine, mm: MM, start: int, length: int) -> str:

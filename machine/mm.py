@@ -179,6 +179,16 @@ class MM:
         last = bisect.bisect_left(self.vmas, end, lo=first, key=_vma_start)
         return self.vmas[first:last]
 
+    def vmas_cover(self, start: int, end: int) -> bool:
+        """Whether the VMAs cover [start, end) with no hole (madvise's and munmap's ENOMEM
+        test)."""
+        covered = start
+        for vma in self.vmas_intersecting(start, end):
+            if vma.start > covered:
+                return False
+            covered = vma.end
+        return covered >= end
+
     def _vma_position(self, vma: VMA) -> int:
         """The index of vma itself (not of an equal VMA) in the sorted list."""
         index = bisect.bisect_left(self.vmas, vma.start, key=_vma_start)

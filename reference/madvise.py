@@ -23,14 +23,10 @@ def madvise_free(machine: Machine, mm: MM, start: int, length: int) -> str:
     """MADV_FREE of [start, start + length), VMA by VMA; ENOMEM if the range had a hole (the
     VMAs in it are still done, as madvise_walk_vmas goes on after a hole)."""
     end = start + length
-    covered = start
-    for vma in mm.vmas_intersecting(start, end):
-        if vma.start > covered:
-            break
-        covered = vma.end
+    covered = mm.vmas_cover(start, end)
     for vma in mm.vmas_intersecting(start, end):
         madvise_free_single_vma(machine, mm, vma, max(vma.start, start), min(vma.end, end))
-    return OK if covered >= end else ENOMEM
+    return OK if covered else ENOMEM
 
 
 def madvise_free_single_vma(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:

@@ -69,6 +69,17 @@ def test_vma_insert_keeps_vmas_sorted_by_start():
     assert [v.start for v in mm.vmas] == [0x10000, 0x30000, 0x50000]
 
 
+@pytest.mark.parametrize("start, end, covered", [
+    (0x10000, 0x30000, True), (0x18000, 0x28000, True), (0x10000, 0x38000, False), (0x8000, 0x20000, False),
+    (0x28000, 0x30000, True), (0x30000, 0x50000, False),
+])
+def test_vmas_cover_a_range_only_without_a_hole(start, end, covered):
+    mm = MM(0)
+    for vma_start, vma_end in ((0x10000, 0x20000), (0x20000, 0x30000), (0x40000, 0x50000)):
+        mm.vma_insert(VMA(vma_start, vma_end, True, 0))
+    assert mm.vmas_cover(start, end) is covered
+
+
 @pytest.mark.parametrize("start, end", [
     (0x10000, 0x20000), (0x8000, 0x11000), (0x1f000, 0x30000), (0x0, 0x100000), (0x12000, 0x13000),
 ])

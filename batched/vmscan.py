@@ -91,6 +91,19 @@ def try_to_unmap_pte(machine: Machine, folio: int, page: int, mm: MM, addr: int,
     return OK
 
 
+def folio_unmap_pte_batches(machine: Machine, mm: MM, folio: int, start: int,
+                            end: int) -> tuple[np.ndarray, PteBatches] | None:
+    """folio's present entries among the PTEs of [start, end) (one table, one VMA), and their
+    batches as try_to_unmap_one takes them (folio_unmap_pte_batch: FPB_RESPECT_WRITE);
+    None if no entry there maps folio."""
+    ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
+    pfns = pte_pfn(ptes).astype(np.int64)
+    of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + machine.frames.folio_nr_pages(folio))
+    if not any_set(of_folio):
+        return None
+    return ptes[of_folio], folio_pte_batch(machine, mm, start, ptes, FPB_UNMAP, candidate=of_folio)
+
+
 def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int, slot: int) -> str:
     """Turn every mapping of folio in [start, end) of vma into swap PTEs; a PMD block is
     split first. EBUSY when an exclusive sub-batch cannot be shared because the folio may
@@ -108,12 +121,10 @@ def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int,
         if not pte_present(pte) or int(pte_pfn(pte)) != folio:
             return OK
         return try_to_unmap_pte(machine, folio, folio, mm, start, slot)
-    ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
-    pfns = pte_pfn(ptes).astype(np.int64)
-    of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
-    if not any_set(of_folio):
+    found = folio_unmap_pte_batches(machine, mm, folio, start, end)
+    if found is None:
         return OK
-    batches = folio_pte_batch(machine, mm, start, ptes, FPB_UNMAP, candidate=of_folio)
+    batches = found[1]
     sub_batches, exclusive = split_batches_by(batches, machine.frames.page_anon_exclusive[batches.pages()])
     if any_set(exclusive):
         shared = sub_batches.select(exclusive)
@@ -180,14 +191,11 @@ def try_to_unmap_one_lazyfree(machine: Machine, folio: int, mm: MM, vma: VMA, st
         if int(pte_pfn(pmd)) != folio:
             return OK
         return unmap_huge_pmd_locked(machine, mm, haddr, folio)
-    nr_pages = frames.folio_nr_pages(folio)
-    ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
-    pfns = pte_pfn(ptes).astype(np.int64)
-    of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
-    if not any_set(of_folio):
+    found = folio_unmap_pte_batches(machine, mm, folio, start, end)
+    if found is None:
         return OK
-    batches = folio_pte_batch(machine, mm, start, ptes, FPB_UNMAP, candidate=of_folio)
-    batch_dirty = batches_any(pte_dirty(ptes[of_folio]), batches.nr_pages)
+    folio_ptes, batches = found
+    batch_dirty = batches_any(pte_dirty(folio_ptes), batches.nr_pages)
     if frames.folio_dirty.item(folio):
         batch_dirty[:] = True
     extra_refs = frames.folio_refcount.item(folio) != folio_mapcount(machine, folio)

@@ -293,7 +293,8 @@ def boot(kernel: KernelBuild, scripts: list[tuple[str, str]], work_dir: str, tim
     console = os.path.join(work_dir, "console.txt")
     pack_initramfs(initramfs, init, modules_in_load_order(kernel.modules), scripts)
     command = ["qemu-system-aarch64", "-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", "1",
-               "-m", QEMU_MEMORY, "-nographic", "-no-reboot", "-kernel", kernel.image, "-initrd", initramfs,
+               "-m", QEMU_MEMORY, "-nographic", "-no-reboot", "-nic", "none",   # no NIC: no option ROM
+               "-kernel", kernel.image, "-initrd", initramfs,
                "-append", BOOT_ARGS, "-chardev", f"file,id=observations,path={output}",
                "-device", "virtio-serial-pci", "-device", "virtserialport,chardev=observations,name=rmapfuzz"]
     started = time.monotonic()

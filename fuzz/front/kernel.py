@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -73,6 +74,9 @@ def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --kernel: the module tree holding zram (lib/modules/<release>)")
     parser.add_argument("--kernel-version", metavar="VERSION",
                         help="Debian's kernel of this version instead of the newest in sid")
+    parser.add_argument("--cpu", metavar="MODEL",
+                        help="qemu's -cpu for the guest (default max,pauth-impdef=on,lpa2=off: the model's "
+                             "48-bit, 4-level machine; 'max,pauth-impdef=on' boots with LPA2)")
 
 
 def command_kernel(args: argparse.Namespace, load_input: LoadInput) -> int:
@@ -95,6 +99,8 @@ def command_kernel(args: argparse.Namespace, load_input: LoadInput) -> int:
     guest.require_tools(("qemu-system-aarch64", guest.CROSS_CC))
     kernel = (guest.custom_kernel(args.kernel, args.modules) if args.kernel
               else guest.debian_kernel(args.kernel_version))
+    if args.cpu:
+        kernel = dataclasses.replace(kernel, cpu=args.cpu)
     status = EXIT_OK
     if scripts:
         report = check_scripts(scripts, kernel, impl=args.impl, keep=args.keep)

@@ -73,15 +73,6 @@ def _split_by_free(context: OpContext, key: tuple[int, int]) -> bool:
             and before.order > 0 and after.order == 0)
 
 
-def _split_old_ptes(difference: Difference, context: OpContext) -> bool:
-    """The kernel's folio split remaps its PTEs old (access bit clear) where the model keeps them young
-    (a `split`, or the split MADV_FREE makes of a large folio its range covers in part)."""
-    if difference.field != "young" or difference.model is not True or difference.kernel is not False:
-        return False
-    return context.op.name == "split" or (
-        context.op.name == "free" and _split_by_free(context, (difference.process, difference.addr)))
-
-
 def _contpte_folding(difference: Difference, context: OpContext) -> bool:
     """The model folds contpte blocks canonically; the kernel only where its writers fold them.
 
@@ -177,7 +168,6 @@ def _large_swapin(difference: Difference, context: OpContext) -> bool:
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("zero-page", "No zero page: a read of an unpopulated address maps nothing", _zero_page),
     Deviation("split-zero-page", "A folio split to order 0 keeps all-zero pages mapped", _split_zero_page),
-    Deviation("split-old-ptes", "A folio split remaps PTEs with their access bit", _split_old_ptes),
     Deviation("mmap-overlap", "mmap over an existing mapping is EINVAL", _mmap_overlap),
     Deviation("pmd-fault-needs-pmd-none", "An order-9 fault needs only no PMD block and all 512 entries 0",
               _pmd_fault_needs_pmd_none),

@@ -185,3 +185,39 @@ write P0 0x203000 9
 """).steps:
         OP_DISPATCH[op.name](kernel, op)
     assert folio_addresses_of_note(machine, 0) == [0x200000 + i * 0x1000 for i in range(16)]   # page 3 alone exclusive
+
+
+def test_an_op_may_act_on_a_folio_of_note_and_the_encoder_never_draws_one():
+    """The first choice of an op sends it, one time in ACT_CHANCE, to an ACT_KINDS op on a page
+    of a folio of note in the process drawn; with none there, the op is drawn as any other."""
+    from fuzz.engine.decode import (
+        ACT_CHANCE,
+        ACT_KINDS,
+        ByteChoices,
+        OpGrammar,
+        RecordedChoices,
+        folio_addresses_of_note,
+        names_of,
+    )
+    from fuzz.implementation import OP_DISPATCH, reference_kernel
+
+    machine, kernel = reference_kernel(4096)
+    for op in parse_script("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nfork P0\n").steps:
+        OP_DISPATCH[op.name](kernel, op)
+    noted = folio_addresses_of_note(machine, 1)
+    assert noted == [0x200000 + i * 0x1000 for i in range(16)]
+    choices = RecordedChoices()
+    for wanted, count in ((0, ACT_CHANCE), (1, 2), (ACT_KINDS.index("reclaim"), len(ACT_KINDS)), (5, len(noted))):
+        choices.choose(count, wanted)
+    drawn = OpGrammar(ByteChoices(choices.to_bytes())).op(names_of(machine), machine)
+    assert drawn == Op("reclaim", process=1, addr=0x205000)
+
+    machine, kernel = reference_kernel(4096)   # nothing of note: the same choices draw an ordinary op
+    for op in parse_script("mmap P0 0x200000 64K\nfork P0\n").steps:
+        OP_DISPATCH[op.name](kernel, op)
+    drawn = OpGrammar(ByteChoices(choices.to_bytes())).op(names_of(machine), machine)
+    assert drawn.name != "reclaim" or drawn.addr != 0x205000
+
+    recorded = RecordedChoices()
+    OpGrammar(recorded).op(names_of(machine), target=Op("reclaim", process=0, addr=0x205000))
+    assert recorded.choices[0] == (ACT_CHANCE - 1, ACT_CHANCE)   # the encoder's way: never acting

@@ -7,8 +7,10 @@ each op is drawn against the reference machine's state after the ops before
 it: only live processes and issued pins are named; addresses are drawn near VMA
 edges, folio, contpte and PMD boundaries, pages already used or, for an op that
 acts on a folio, pages of the large folios worth acting on (pinned, mapped by
-several processes, of mixed PageAnonExclusive, PMD-mapped); orders lean to
-0, 2, 4 and 9; the op count is capped. The encoder plays the same grammar the
+several processes, of mixed PageAnonExclusive, PMD-mapped), and one op in four
+may be drawn to act on such a folio outright (`act_on_folio_of_note`: unmap,
+reclaim, split, pin, write, ... a page of it); orders lean to 0, 2, 4 and 9; the
+op count is capped. The encoder plays the same grammar the
 other way, so seeds and reproducers can be kept as `.ops` and turned back into
 bytes: `decode(encode(script)) == script` for every script it accepts. The
 encoder needs only what each op may name (`Names`: the live processes and the
@@ -56,7 +58,8 @@ from machine.pgtable import (
     pte_present,
 )
 
-ENCODING_VERSION = 4  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses
+ENCODING_VERSION = 5  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
+                      # 5: an op that acts on a folio of note
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
@@ -74,6 +77,12 @@ ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "
 FOLIO_OPS = frozenset({"try_to_unmap", "reclaim", "split", "split_pmd", "pin", "write", "dontneed", "munmap",
                        "mprotect", "free"})
 FOLIO_ADDR_CATEGORIES = ("folio", "folio", "folio", *ADDR_CATEGORIES)
+# One op in ACT_CHANCE is drawn to act on a folio of note (issue 16): what is done to a large
+# folio that is pinned, shared by fork, of mixed exclusivity or PMD-mapped, weighted like
+# KIND_TABLE. The encoder never takes this way (it draws every op from KIND_TABLE).
+ACT_CHANCE = 4
+ACT_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "split", "split", "split_pmd", "fork",
+             "pin", "pin", "write", "write", "free", "mprotect", "dontneed", "munmap")
 LISTED_WEIGHT = 3  # a listed value is drawn 3 times in 4, a raw one once
 RAW_PAGES = TASK_SIZE // PAGE_SIZE
 BOUNDARY_GRANULES = (PMD_SIZE, CONT_PTE_SIZE, PAGE_SIZE)
@@ -91,6 +100,7 @@ RAW_PIN_PAGES = 1024               # two PMDs' worth
 NAMING_OPS = ("fork", "exit", "pin")
 
 assert set(KIND_TABLE) == set(OP_NAMES)
+assert set(ACT_KINDS) <= set(KIND_TABLE) - {"unpin"}
 
 
 class EncodeError(UsageError):
@@ -178,8 +188,13 @@ class OpGrammar:
 
     def op(self, names: Names, machine: Machine | None = None, target: Op | None = None) -> Op:
         """One op naming only what names holds, its address near machine's VMA edges among
-        others (machine is None when encoding: the encoder never draws those)."""
+        others (machine is None when encoding: the encoder never draws those). One op in
+        ACT_CHANCE acts on a folio of note, where the process it draws maps one."""
         choose = self.choices.choose
+        if choose(ACT_CHANCE, None if target is None else ACT_CHANCE - 1) == 0 and machine is not None:
+            acting = self.act_on_folio_of_note(names, machine)
+            if acting is not None:
+                return acting
         name = KIND_TABLE[choose(len(KIND_TABLE), _index(KIND_TABLE, target and target.name))]
         if name == "unpin":
             nr_pins = names.nr_pins
@@ -191,6 +206,27 @@ class OpGrammar:
             return Op(name, process=process)
         addr = self.addr(process, machine, target.addr if target else None,
                          FOLIO_ADDR_CATEGORIES if name in FOLIO_OPS else ADDR_CATEGORIES)
+        return self.op_at(name, process, addr, target)
+
+    def act_on_folio_of_note(self, names: Names, machine: Machine) -> Op | None:
+        """An op of ACT_KINDS on a page of a folio worth acting on (folio_addresses_of_note)
+        in a process drawn from names, or None if that process maps none."""
+        choose = self.choices.choose
+        process = names.live[choose(len(names.live))]
+        noted = folio_addresses_of_note(machine, process)
+        if not noted:
+            return None
+        name = ACT_KINDS[choose(len(ACT_KINDS))]
+        if name in PROCESS_OPS:
+            return Op(name, process=process)
+        addr = noted[choose(len(noted))]
+        self.used.append(addr)
+        return self.op_at(name, process, addr, None)
+
+    def op_at(self, name: str, process: int, addr: int, target: Op | None) -> Op:
+        """The op name of process at addr, with the rest of its fields drawn."""
+        assert name not in PROCESS_OPS and name != "unpin", name
+        choose = self.choices.choose
         if name in RANGE_OPS:
             length = self.length(addr, target.length if target else None)
             prot = None

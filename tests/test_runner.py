@@ -439,7 +439,7 @@ def test_table_descriptors_are_not_compared():
 def test_difference_list_is_capped():
     machine = Machine(256)
     other = machine.snapshot()
-    other.frames.page_data[:] = 1
+    other.frames.page_data[:other.frames.nr_frames] = 1
     differences = compare_machines(machine, other)
     assert len(differences) == MAX_DIFFERENCES + 1
     assert differences[-1].where == f"... {256 - MAX_DIFFERENCES} more"

@@ -230,7 +230,8 @@ class PageTableScan:
         so they count in no mapcount, refcount or RSS. Any other leaf naming a reserved frame
         stays present, where the oracles report it as taken for a folio."""
         frames = self.frames
-        zero = pte_special(self.pte_desc) & (self.pte_pfn == frames.zero_pfn) if len(self.pte_desc) else EMPTY.astype(bool)
+        zero = (pte_special(self.pte_desc) & (self.pte_pfn == frames.zero_pfn) if len(self.pte_desc)
+                else EMPTY.astype(bool))
         self.zero_key, self.zero_desc = self.pte_key[zero], self.pte_desc[zero]
         if np.count_nonzero(zero):
             keep = ~zero

@@ -181,11 +181,11 @@ def _compare_processes(a: Machine, b: Machine, out: _Differences) -> None:
         _compare_mm(a.processes[pid], b.processes[pid], out, a.frames)
 
 
-def _vma_text(vma: tuple[int, int, str, int] | None) -> str:
+def _vma_text(vma: tuple[int, int, str, int, bool] | None) -> str:
     if vma is None:
         return "absent"
-    start, end, prot, lineage = vma
-    return f"{start:#x}-{end:#x} {prot} lineage={lineage}"
+    start, end, prot, lineage, anon_vma = vma
+    return f"{start:#x}-{end:#x} {prot} lineage={lineage}" + (" anon_vma" if anon_vma else "")
 
 
 def describe_leaf(frames: FrameTable, desc: int) -> str:
@@ -217,8 +217,8 @@ def _compare_mm(a: MM, b: MM, out: _Differences, frames: FrameTable) -> None:
 
 def _compare_vmas(a: MM, b: MM, out: _Differences) -> None:
     """Per start address, the VMA that starts there on each side."""
-    ref_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage) for vma in a.vmas}
-    other_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage) for vma in b.vmas}
+    ref_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage, vma.anon_vma) for vma in a.vmas}
+    other_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage, vma.anon_vma) for vma in b.vmas}
     for start in sorted(ref_vmas.keys() | other_vmas.keys()):
         ref, other = ref_vmas.get(start), other_vmas.get(start)
         if ref != other:

@@ -89,7 +89,7 @@ class FrameTable:
     def folio_nr_pages(self, folio: int) -> int:
         return 1 << self.folio_order.item(folio)
 
-    def is_zero_pfn(self, pfn):
+    def is_zero_pfn(self, pfn: int | np.ndarray) -> bool | np.ndarray:
         """The shared zero page or a page of the huge zero folio (is_zero_pfn, is_huge_zero_pfn);
         works on an int or a numpy array of pfns."""
         return (pfn >= self.huge_zero_pfn) & (pfn <= self.zero_pfn)

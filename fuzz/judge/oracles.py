@@ -183,7 +183,7 @@ def check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> lis
         unpinnable = indices_of(pin_folio < 0)
         failures += details(unpinnable, lambda i: (
             f"pin {pins['id'][i]} page {pins['index'][i]}: holds pfn {pins['page'][i]}, which is "
-            + _not_a_folio(frames, pins["page"][i])))
+            + _not_a_folio(frames, int(pins["page"][i]))))
         pin_pairs = occurrences(pin_folio, scan.nr_frames)[heads]
         pin_refs = np.where(scan.large, pin_pairs, GUP_PIN_COUNTING_BIAS * pin_pairs)
         expected_pincount = np.where(scan.large, pin_pairs, 0)
@@ -208,7 +208,7 @@ def check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> lis
             ("PMD", scan.pmd_pid, scan.pmd_addr, scan.pmd_pfn, scan.pmd_folio)):
         bad = indices_of(folios < 0)
         failures += details(bad, lambda i, level=level, pids=pids, addrs=addrs, pfns=pfns: (
-            f"{where(pids[i], addrs[i])}: {level} maps pfn {pfns[i]}, which is " + _not_a_folio(frames, pfns[i])))
+            f"{where(pids[i], addrs[i])}: {level} maps pfn {pfns[i]}, which is " + _not_a_folio(frames, int(pfns[i]))))
     return failures
 
 
@@ -579,7 +579,7 @@ def check_zero_page(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
             "(the zero page taken for a folio)"))
     pins = scan.pin_pages
     if len(pins["id"]):
-        failures += details(indices_of(frames.is_zero_pfn(pins["page"])), lambda i: (
+        failures += details(indices_of(np.asarray(frames.is_zero_pfn(pins["page"]))), lambda i: (
             f"pin {pins['id'][i]} page {pins['index'][i]}: pins the zero page (pfn {pins['page'][i]})"))
     def describe_reserved(change: tuple[int, str]) -> str:
         pfn, name = change

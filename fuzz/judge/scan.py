@@ -224,6 +224,18 @@ class PageTableScan:
             self._set_ptes(keys[present], desc[present])
             self._set_swap_ptes(keys[swap], desc[swap])
 
+    def _set_ptes(self, keys: np.ndarray, desc: np.ndarray) -> None:
+        """The present PTEs: keys and descriptors, and from them pid, addr and pfn."""
+        self.pte_key, self.pte_desc = keys, desc
+        self.pte_pid, self.pte_addr = unpack_keys(keys)
+        self.pte_pfn = pte_pfn(desc).astype(np.int64) if len(keys) else EMPTY
+
+    def _set_swap_ptes(self, keys: np.ndarray, desc: np.ndarray) -> None:
+        """The swap PTEs: keys and descriptors, and from them pid, addr and slot."""
+        self.swp_key, self.swp_desc = keys, desc
+        self.swp_pid, self.swp_addr = unpack_keys(keys)
+        self.swp_slot = pte_swp_offset(desc).astype(np.int64) if len(keys) else EMPTY
+
     def _gather_zero_pages(self) -> None:
         """Take the zero-page leaves out of the present ones: a special PTE of the zero page
         and a special PMD block of the huge zero folio map no folio (vm_normal_page() is NULL),
@@ -246,18 +258,6 @@ class PageTableScan:
             self.pmd_key, self.pmd_desc, self.pmd_pid = self.pmd_key[keep], self.pmd_desc[keep], self.pmd_pid[keep]
             self.pmd_addr, self.pmd_pfn = self.pmd_addr[keep], self.pmd_pfn[keep]
         self.zero_pmd_pid, self.zero_pmd_addr = unpack_keys(self.zero_pmd_key)
-
-    def _set_ptes(self, keys: np.ndarray, desc: np.ndarray) -> None:
-        """The present PTEs: keys and descriptors, and from them pid, addr and pfn."""
-        self.pte_key, self.pte_desc = keys, desc
-        self.pte_pid, self.pte_addr = unpack_keys(keys)
-        self.pte_pfn = pte_pfn(desc).astype(np.int64) if len(keys) else EMPTY
-
-    def _set_swap_ptes(self, keys: np.ndarray, desc: np.ndarray) -> None:
-        """The swap PTEs: keys and descriptors, and from them pid, addr and slot."""
-        self.swp_key, self.swp_desc = keys, desc
-        self.swp_pid, self.swp_addr = unpack_keys(keys)
-        self.swp_slot = pte_swp_offset(desc).astype(np.int64) if len(keys) else EMPTY
 
     # Frames.
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine import MM, Machine, all_set, check
+from machine import MM, VMA, Machine, all_set, any_set, check
+from machine.pgtable import pfn_pte, pte_mkspecial, pte_pfn, pte_special, vm_get_page_prot
 
 from .internal import add_at, distinct
 
@@ -136,3 +137,23 @@ def folios_mark_lazyfree(machine: Machine, folios: np.ndarray) -> None:
     """mm/swap.c folio_mark_lazyfree for each folio: an anon swap-backed folio loses PG_swapbacked."""
     frames = machine.frames
     frames.folio_swapbacked[folios] &= ~frames.folio_anon[folios]
+
+
+def vm_normal_pages(machine: Machine, ptes):
+    """Per present entry: does it map a normal page (False for a special entry, the shared
+    zero page, for which vm_normal_page() is NULL: no folio, rmap, reference or RSS)."""
+    if np.ndim(ptes) == 0:
+        if not pte_special(ptes):
+            return True
+        check(pte_pfn(ptes) == machine.frames.zero_pfn, "special PTE not of the zero page")
+        return False
+    special = pte_special(ptes)
+    check(not any_set(special) or all_set(pte_pfn(ptes[special]) == machine.frames.zero_pfn),
+          "special PTE not of the zero page")
+    return ~special
+
+
+def zero_page_pte(machine: Machine, vma: VMA) -> int:
+    """The shared zero page as a read fault or a split maps it: pte_mkspecial(pfn_pte(zero_pfn,
+    vm_page_prot)), read-only, young and clean."""
+    return pte_mkspecial(pfn_pte(machine.frames.zero_pfn, vm_get_page_prot(vma.writable)))

@@ -16,6 +16,7 @@ from machine.pgtable import (
     pte_none,
     pte_pfn,
     pte_present,
+    pte_special,
     pte_write,
 )
 
@@ -32,7 +33,8 @@ from .rmap import folio_add_new_anon_rmap
 
 
 def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
-    """A R/O pin of an unpopulated address: a fresh exclusive page mapped as an unshare copy."""
+    """A R/O pin of an unpopulated address: the read fault's zero page and its unshare copy
+    (wp_page_copy with unshare: a zeroed exclusive folio, mapped as `base`) in one step."""
     folio = machine.frames.folio_alloc(0)
     if folio is None:
         return ENOMEM
@@ -44,10 +46,12 @@ def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> 
 
 def gup_must_unshare(machine: Machine, level: str, entry, page):
     """A R/O pin must unshare a page mapped read-only by entry that is not
-    PageAnonExclusive (the head's for a PMD). Its caller's !pte_write test is folded in.
-    entry and page may be arrays of present entries and their pages: one answer each."""
+    PageAnonExclusive (the head's for a PMD), and always the zero page (not anon: a
+    FOLL_LONGTERM pin in a COW mapping unshares it). Its caller's !pte_write test is folded
+    in. entry and page may be arrays of present entries and their pages: one answer each."""
     exclusive_page = page_folio(machine, page) if level == "pmd" else page
-    return np.logical_not(pte_write(entry)) & np.logical_not(machine.frames.page_anon_exclusive[exclusive_page])
+    return np.logical_not(pte_write(entry)) & (
+        np.logical_not(machine.frames.page_anon_exclusive[exclusive_page]) | pte_special(entry))
 
 
 def range_needs_fault_for_pin(machine: Machine, mm: MM, start: int, end: int, writable: bool) -> np.ndarray:
@@ -81,7 +85,8 @@ def faultin_none_pages_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, nr
                                writable: bool) -> bool:
     """Fault in nr_pages none PTEs from addr as GUP's one-page faults do, all at once: a fresh
     exclusive order-0 folio each (a write fault's: writable and dirty for rw; an unshare's for
-    ro), at the lowest free frames in ascending address order. False, with nothing done, if
+    ro: the zero page a read fault maps, unshared at once), at the lowest free frames in
+    ascending address order. False, with nothing done, if
     fewer frames are free: the page-by-page path then fails where the kernel would."""
     check(nr_pages >= 1, "nr_pages must be positive")
     check(addr >= vma.start and addr + (nr_pages << PAGE_SHIFT) <= vma.end, "faults outside the VMA")

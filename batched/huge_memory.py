@@ -34,7 +34,15 @@ from machine.pgtable import (
     vm_get_page_prot,
 )
 
-from .folio import PageAnonExclusive, SetPageAnonExclusive, SetPagesAnonExclusive, folio_get, folio_put, folio_ref_add
+from .folio import (
+    PageAnonExclusive,
+    SetPageAnonExclusive,
+    SetPagesAnonExclusive,
+    folio_get,
+    folio_put,
+    folio_ref_add,
+    zero_page_pte,
+)
 from .internal import add_at, set_pte_values, totals_by_value
 from .rmap import (
     folio_add_new_anon_rmap,
@@ -253,20 +261,29 @@ def remap_page(machine: Machine, folio: int, nr_pages: int, mappings: list[Folio
 
 def folios_remove_migration_ptes(machine: Machine, mappings: FolioMappings) -> None:
     """remove_migration_ptes of every new folio for the pages one process VMA mapped: each
-    page's new PTE, one reference and one mapping of its new folio."""
+    page's new PTE, one reference and one mapping of its new folio; a page that is now an
+    order-0 folio reading all zero gets the shared zero page instead (try_to_map_unused_to_zeropage,
+    TTU_USE_SHARED_ZEROPAGE of a successful anon split): no reference, no mapping, one page
+    less in MM_ANONPAGES."""
     if len(mappings.pages) == 0:
         return
     frames = machine.frames
     mm = mappings.mm
+    folios = frames.page_folio[mappings.pages]
+    zero = (frames.folio_order[folios] == 0) & (frames.page_data[mappings.pages] == 0)
     entries = split_entries(mappings.old, mappings.pages, mappings.vma)
+    entries = np.where(zero, np.uint64(zero_page_pte(machine, mappings.vma)), entries)
     haddr = int(mappings.addrs[0]) & ~(PMD_SIZE - 1)
     set_pte_values(machine, mm, haddr, (mappings.addrs - haddr) >> PAGE_SHIFT, entries)
-    folios = frames.page_folio[mappings.pages]
+    if any_set(zero):
+        mm.rss_anon -= int(np.count_nonzero(zero))
+        folios, pages, exclusive = folios[~zero], mappings.pages[~zero], mappings.exclusive[~zero]
+    else:
+        pages, exclusive = mappings.pages, mappings.exclusive
     add_at(frames.folio_refcount, folios, 1)
-    add_at(frames.page_mapcount, mappings.pages, 1)
-    SetPagesAnonExclusive(machine, mappings.pages[mappings.exclusive])
-    check(all_set(frames.page_mapcount[mappings.pages[mappings.exclusive]] == 1),
-          "exclusive page mapped more than once")
+    add_at(frames.page_mapcount, pages, 1)
+    SetPagesAnonExclusive(machine, pages[exclusive])
+    check(all_set(frames.page_mapcount[pages[exclusive]] == 1), "exclusive page mapped more than once")
     large = frames.folio_order[folios] > 0
     large_folios, counts = totals_by_value(folios[large], np.ones(int(large.sum()), np.int64))
     if len(large_folios):

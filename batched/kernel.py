@@ -21,12 +21,13 @@ from machine.pgtable import (
     pte_present,
 )
 
-from .folio import page_folio
+from .folio import page_folio, vm_normal_pages
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
 from .madvise import madvise_free
 from .memory import (
     do_anonymous_page,
+    do_anonymous_page_read,
     do_swap_page,
     fork_copies_bound,
     handle_write_fault,
@@ -131,8 +132,8 @@ class Kernel:
             return EFAULT
         entry = self.machine.lookup(mm, addr)[1]
         if pte_none(entry):
-            return OK  # model: no zero page; reads 0 and maps nothing
-        if is_swap_pte(entry):
+            self._finish(do_anonymous_page_read(self.machine, mm, vma, addr))
+        elif is_swap_pte(entry):
             result = self._finish(do_swap_page(self.machine, mm, vma, addr, write_fault=False))
             if result != OK:
                 return result
@@ -163,12 +164,13 @@ class Kernel:
     # Reclaim and splits: they act on the folio mapped at (pid, addr).
 
     def _folio_at(self, pid: int, addr: int) -> tuple[str, int]:
-        """(OK, the folio mapped at addr), else (EFAULT: no VMA, or ENOENT: nothing present)."""
+        """(OK, the folio mapped at addr), else (EFAULT: no VMA, or ENOENT: nothing present, or
+        the zero page, which has no folio: MADV_PAGEOUT and split_huge_pages skip it)."""
         mm = self._mm(pid)
         if mm.find_vma(addr) is None:
             return EFAULT, -1
-        entry = self.machine.lookup(mm, addr)[1]
-        if not pte_present(entry):
+        level, entry = self.machine.lookup(mm, addr)
+        if not pte_present(entry) or (level == "pte" and not vm_normal_pages(self.machine, entry)):
             return ENOENT, -1
         return OK, int(page_folio(self.machine, int(pte_pfn(entry))))
 

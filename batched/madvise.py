@@ -23,7 +23,7 @@ from machine.pgtable import (
     pte_young,
 )
 
-from .folio import folio_maybe_mapped_shared, folios_mark_lazyfree
+from .folio import folio_maybe_mapped_shared, folios_mark_lazyfree, vm_normal_pages
 from .huge_memory import split_huge_page_to_list_to_order
 from .internal import FPB_ZAP, PteBatches, folio_pte_batch, swap_pte_batch
 from .memory import pmd_ranges
@@ -119,9 +119,10 @@ def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> No
     addr = start
     while addr < end:
         ptes = machine.ptes_get(mm, addr, (end - addr) >> PAGE_SHIFT)
-        if not any_set(pte_present(ptes)):
+        normal = pte_present(ptes) & vm_normal_pages(machine, ptes)  # the zero page is skipped
+        if not any_set(normal):
             return
-        batches = folio_pte_batch(machine, mm, addr, ptes, FPB_ZAP)
+        batches = folio_pte_batch(machine, mm, addr, ptes, FPB_ZAP, candidate=normal)
         partial = batches.nr_pages < (1 << frames.folio_order[batches.folio].astype(np.int64))
         shared = np.zeros(len(batches), bool)
         if any_set(partial):

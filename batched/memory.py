@@ -48,6 +48,8 @@ from .folio import (
     folios_put_refs,
     folios_ref_add,
     page_folio,
+    vm_normal_pages,
+    zero_page_pte,
 )
 from .internal import (
     FPB_FORK,
@@ -99,6 +101,14 @@ def pmd_ranges(mm: MM, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
 
 
 # Anonymous faults (do_anonymous_page, alloc_anon_folio).
+
+def do_anonymous_page_read(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
+    """A read fault on a none entry: the shared zero page, with no folio, rmap, reference or
+    RSS. Context: nothing is mapped at addr."""
+    check(pte_none(machine.lookup(mm, addr)[1]), "anonymous read fault on a mapped address %#x", addr)
+    machine.set_ptes(mm, addr, zero_page_pte(machine, vma), 1)
+    return OK
+
 
 def fault_orders(order: int) -> tuple[int, ...]:
     """The orders a fault of order K tries: K, K-1, ... 0, never 1 (K = 1 acts as 0)."""
@@ -190,6 +200,8 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
     check(pte == machine.ptep_get(mm, addr), "do_wp_page: the PTE at %#x changed", addr)
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
+    if not vm_normal_pages(machine, pte):
+        return wp_page_copy(machine, mm, vma, addr, pte, unshare)  # the zero page: always copied
     page = int(pte_pfn(pte))
     folio = int(page_folio(machine, page))
     if PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm):
@@ -206,19 +218,27 @@ def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> No
 
 
 def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
-    """Copy the page pte maps to a new exclusive order-0 folio, then drop the old mapping."""
+    """Copy the page pte maps to a new exclusive order-0 folio, then drop the old mapping.
+    A copy of the zero page is a zeroed folio, and one page more in MM_ANONPAGES."""
+    zero_page = not vm_normal_pages(machine, pte)
     page = int(pte_pfn(pte))
-    folio = int(page_folio(machine, page))
     new_folio = machine.frames.folio_alloc(0)
     if new_folio is None:
         return ENOMEM
-    copy_user_pages(machine, new_folio, page)
+    if zero_page:
+        machine.frames.page_data[new_folio] = 0  # vma_alloc_zeroed_movable_folio
+    else:
+        copy_user_pages(machine, new_folio, page)
     folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr, exclusive=True)
     entry = mk_pte(new_folio, vma)
     if not unshare:
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
     machine.ptep_get_and_clear(mm, addr)
     machine.set_pte_at(mm, addr, entry)
+    if zero_page:
+        mm.rss_anon += 1
+        return OK
+    folio = int(page_folio(machine, page))
     folio_remove_rmap_pte(machine, folio, page, mm)
     folio_put(machine, folio)
     return OK
@@ -294,6 +314,13 @@ def zap_present_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
     folios_put_refs(machine, batches.folio, batches.nr_pages)
 
 
+def zap_zero_page_ptes(machine: Machine, mm: MM, start: int, zero: np.ndarray) -> None:
+    """Clear the zero-page entries (zero, per entry from start): no folio, so no rmap,
+    reference or RSS (zap_present_ptes with vm_normal_page() NULL)."""
+    index = np.flatnonzero(zero).astype(np.int64) + ((start & (PMD_SIZE - 1)) >> PAGE_SHIFT)
+    machine.clear_full_ptes_runs(mm, PteRuns(start & ~(PMD_SIZE - 1), index, np.ones(len(index), np.int64)))
+
+
 def zap_nonpresent_ptes(machine: Machine, mm: MM, batches: SwapBatches) -> None:
     """Drop every swap batch's slot references."""
     machine.clear_full_ptes_runs(mm, batches.runs)
@@ -308,8 +335,12 @@ def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
     if not any_set(ptes):
         return
-    if any_set(pte_present(ptes)):
-        zap_present_ptes(machine, mm, folio_pte_batch(machine, mm, start, ptes, FPB_ZAP))
+    present = pte_present(ptes)
+    normal = present & vm_normal_pages(machine, ptes)
+    if any_set(normal):
+        zap_present_ptes(machine, mm, folio_pte_batch(machine, mm, start, ptes, FPB_ZAP, candidate=normal))
+    if any_set(present & ~normal):
+        zap_zero_page_ptes(machine, mm, start, present & ~normal)
     if any_set(is_swap_pte(ptes)):
         zap_nonpresent_ptes(machine, mm, swap_pte_batch(start, ptes))
 
@@ -350,6 +381,15 @@ def __copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBa
         machine.wrprotect_ptes_runs(src_mm, batches.select(writable).runs)
     child = np.where(writable, pte_wrprotect(batches.pte), batches.pte)
     machine.set_ptes_runs(dst_mm, batches.runs, pte_mkold(child))
+
+
+def copy_zero_page_ptes(machine: Machine, dst_mm: MM, start: int, ptes: np.ndarray, zero: np.ndarray) -> None:
+    """The zero-page entries (zero, per entry of ptes from start) go to the child old, the
+    parent's untouched: no folio to reference or dup (copy_present_ptes with page NULL)."""
+    check(not any_set(pte_write(ptes[zero])), "writable zero-page PTE")
+    index = np.flatnonzero(zero).astype(np.int64) + ((start & (PMD_SIZE - 1)) >> PAGE_SHIFT)
+    machine.set_ptes_runs(dst_mm, PteRuns(start & ~(PMD_SIZE - 1), index, np.ones(len(index), np.int64)),
+                          pte_mkold(ptes[zero]))
 
 
 def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> BusyPerBatch:
@@ -417,9 +457,13 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
         return OK
     if any_set(is_swap_pte(ptes)):
         copy_nonpresent_ptes(machine, dst_mm, src_mm, swap_pte_batch(start, ptes))
-    if not any_set(pte_present(ptes)):
+    present = pte_present(ptes)
+    normal = present & vm_normal_pages(machine, ptes)
+    if any_set(present & ~normal):
+        copy_zero_page_ptes(machine, dst_mm, start, ptes, present & ~normal)
+    if not any_set(normal):
         return OK
-    batches = folio_pte_batch(machine, src_mm, start, ptes, FPB_FORK)
+    batches = folio_pte_batch(machine, src_mm, start, ptes, FPB_FORK, candidate=normal)
     failed = copy_present_ptes(machine, dst_mm, src_mm, batches)
     if not any_set(failed):
         return OK

@@ -54,11 +54,16 @@ def exit_mmap(machine: Machine, mm: MM) -> str:
 
 
 def dup_mmap(machine: Machine, mm: MM) -> str:
-    """fork: a child with a copy of every VMA and its mappings, in ascending address order."""
+    """fork: a child with a copy of every VMA and its mappings, in ascending address order.
+    A VMA without an anon_vma (nothing but zero-page entries ever mapped) has its page
+    tables left behind: "Don't copy ptes where a page fault will fill them correctly"
+    (vma_needs_copy); the child's gets an anon_vma only if the parent's has one (anon_vma_fork)."""
     child = machine.mm_alloc()
     for vma in mm.vmas:
-        child_vma = VMA(vma.start, vma.end, vma.writable, vma.lineage)
+        child_vma = VMA(vma.start, vma.end, vma.writable, vma.lineage, vma.anon_vma)
         child.vma_insert(child_vma)
+        if not vma.anon_vma:
+            continue
         result = copy_page_range(machine, child, child_vma, mm, vma)
         if result != OK:
             return result

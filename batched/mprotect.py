@@ -19,6 +19,7 @@ from machine.pgtable import (
     vm_get_page_prot,
 )
 
+from .folio import vm_normal_pages
 from .huge_memory import change_huge_pmd, split_huge_pmd_locked
 from .internal import set_pte_values
 from .memory import pmd_ranges
@@ -26,7 +27,7 @@ from .memory import pmd_ranges
 
 def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
     """New protection for every present PTE of [start, end) (one PMD); an exclusive page in a
-    rw VMA becomes writable."""
+    rw VMA becomes writable (can_change_pte_writable: never the zero page, no anon page)."""
     if mm.pte_table(start) is None:
         return
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
@@ -36,7 +37,7 @@ def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -
     old = ptes[present]
     entries = pte_modify(old, vm_get_page_prot(vma.writable))
     if vma.writable:
-        exclusive = machine.frames.page_anon_exclusive[pte_pfn(old).astype(np.int64)]
+        exclusive = machine.frames.page_anon_exclusive[pte_pfn(old).astype(np.int64)] & vm_normal_pages(machine, old)
         entries = np.where(exclusive, pte_mkwrite(entries), entries)
     haddr = start & ~(PMD_SIZE - 1)
     set_pte_values(machine, mm, haddr, ((start - haddr) >> PAGE_SHIFT) + present, entries)

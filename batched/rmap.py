@@ -216,6 +216,12 @@ def __folios_set_anon(machine: Machine, folios: np.ndarray, vma: VMA, addrs: np.
     frames.folio_lineage[folios] = vma.lineage
 
 
+def anon_vma_prepare(vma: VMA) -> None:
+    """Give vma its anon_vma before its first anon folio is mapped (vmf_anon_prepare): a read
+    fault's zero page needs none, and fork copies the page tables only of a VMA that has one."""
+    vma.anon_vma = True
+
+
 def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr: int,
                             exclusive: bool) -> None:
     """Account the first mappings of a brand-new folio mapped whole at addr.
@@ -223,6 +229,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
     PTE-mapped: every page one mapping (exclusive if exclusive); PMD-mappable: one entire
     mapping (head exclusive if exclusive). Context: the folio is fresh (unmapped, not anon).
     """
+    anon_vma_prepare(vma)
     frames = machine.frames
     check(not frames.folio_anon.item(folio), "folio_add_new_anon_rmap on an anon folio")
     check(frames.folio_large_mapcount.item(folio) == 0 and frames.page_mapcount.item(folio) == 0,
@@ -252,6 +259,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
 def folios_add_new_anon_rmap_order0(machine: Machine, folios: np.ndarray, mm: MM, vma: VMA,
                                     addrs: np.ndarray) -> None:
     """folio_add_new_anon_rmap for many fresh order-0 folios (fork's copies), exclusive."""
+    anon_vma_prepare(vma)
     frames = machine.frames
     check(not any_set(frames.folio_anon[folios]), "folio_add_new_anon_rmap on an anon folio")
     check(not any_set(frames.folio_order[folios]), "order-0 folios expected")

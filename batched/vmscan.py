@@ -294,7 +294,9 @@ def shrink_folio_list(machine: Machine, folio: int) -> str:
         return EBUSY
     if order and (folio_partially_mapped(machine, folio) or machine.swap.find_free_slots(order) is None):
         nr_pages = frames.folio_nr_pages(folio)
-        mapped_pieces = int((page_mapcount(machine, np.arange(folio, folio + nr_pages)) > 0).sum())
+        pages = np.arange(folio, folio + nr_pages)
+        # The split maps an all-zero piece to the zero page and frees it: no slot for it.
+        mapped_pieces = int(((page_mapcount(machine, pages) > 0) & (frames.page_data[pages] != 0)).sum())
         slots = machine.swap.find_free_slots_order0(mapped_pieces)
         if slots is None:
             return ENOMEM  # the pieces before the one without a slot would be rolled back

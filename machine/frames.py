@@ -15,10 +15,18 @@ from .errors import MachineBug, check
 MM_ID_DUMMY = 0
 FREE_FOLIO = -1
 FREE_BLOCK_FRAMES = 512  # the allocator's index counts free frames per block of the largest order
+HUGE_ZERO_NR_PAGES = 512  # the huge zero folio: one PMD's worth of zero pages
 
 
 class FrameTable:
-    """struct page / struct folio for nr_frames 4 KiB frames."""
+    """struct page / struct folio for nr_frames 4 KiB frames, and the reserved frames after them.
+
+    The reserved frames are the kernel's shared zero page (`zero_pfn`, ZERO_PAGE(0)) and
+    huge zero folio (`huge_zero_pfn`, 512 frames, PMD-aligned): never allocated, their
+    data 0, each its own folio (page_folio, folio_order) with every count at 0. No kernel
+    path changes a field of theirs (a zero-page PTE is special: vm_normal_page() is NULL,
+    so no rmap, refcount or counter); frames between nr_frames and huge_zero_pfn are padding.
+    """
 
     ARRAYS = (
         "page_mapcount", "page_anon_exclusive", "page_folio", "page_data",
@@ -30,25 +38,32 @@ class FrameTable:
     def __init__(self, nr_frames: int) -> None:
         check(nr_frames >= 1, "nr_frames must be positive")
         self.nr_frames = nr_frames
+        self.huge_zero_pfn = -(-nr_frames // HUGE_ZERO_NR_PAGES) * HUGE_ZERO_NR_PAGES
+        self.zero_pfn = self.huge_zero_pfn + HUGE_ZERO_NR_PAGES
+        size = self.zero_pfn + 1  # every frame, reserved ones included
         # Per page.
-        self.page_mapcount = np.zeros(nr_frames, np.int32)        # PTE mappings of this page
-        self.page_anon_exclusive = np.zeros(nr_frames, np.bool_)  # PG_anon_exclusive
-        self.page_folio = np.full(nr_frames, FREE_FOLIO, np.int64)  # head pfn, -1 when free
-        self.page_data = np.zeros(nr_frames, np.uint64)           # the page's data word
+        self.page_mapcount = np.zeros(size, np.int32)        # PTE mappings of this page
+        self.page_anon_exclusive = np.zeros(size, np.bool_)  # PG_anon_exclusive
+        self.page_folio = np.full(size, FREE_FOLIO, np.int64)  # head pfn, -1 when free
+        self.page_data = np.zeros(size, np.uint64)           # the page's data word
         # Per folio, at the head's index.
-        self.folio_order = np.zeros(nr_frames, np.int8)
-        self.folio_refcount = np.zeros(nr_frames, np.int64)
-        self.folio_large_mapcount = np.zeros(nr_frames, np.int32)
-        self.folio_entire_mapcount = np.zeros(nr_frames, np.int32)
-        self.folio_pincount = np.zeros(nr_frames, np.int32)
-        self.folio_mm_id = np.zeros((nr_frames, 2), np.int32)
-        self.folio_mm_id_mapcount = np.zeros((nr_frames, 2), np.int32)
-        self.folio_mm_ids_shared = np.zeros(nr_frames, np.bool_)  # "maybe mapped shared"
-        self.folio_anon = np.zeros(nr_frames, np.bool_)           # PageAnon
-        self.folio_swapbacked = np.zeros(nr_frames, np.bool_)     # PG_swapbacked: clear on an anon folio = lazyfree
-        self.folio_dirty = np.zeros(nr_frames, np.bool_)          # PG_dirty
-        self.folio_index = np.zeros(nr_frames, np.int64)
-        self.folio_lineage = np.zeros(nr_frames, np.int32)
+        self.folio_order = np.zeros(size, np.int8)
+        self.folio_refcount = np.zeros(size, np.int64)
+        self.folio_large_mapcount = np.zeros(size, np.int32)
+        self.folio_entire_mapcount = np.zeros(size, np.int32)
+        self.folio_pincount = np.zeros(size, np.int32)
+        self.folio_mm_id = np.zeros((size, 2), np.int32)
+        self.folio_mm_id_mapcount = np.zeros((size, 2), np.int32)
+        self.folio_mm_ids_shared = np.zeros(size, np.bool_)  # "maybe mapped shared"
+        self.folio_anon = np.zeros(size, np.bool_)           # PageAnon
+        self.folio_swapbacked = np.zeros(size, np.bool_)     # PG_swapbacked: clear on an anon folio = lazyfree
+        self.folio_dirty = np.zeros(size, np.bool_)          # PG_dirty
+        self.folio_index = np.zeros(size, np.int64)
+        self.folio_lineage = np.zeros(size, np.int32)
+        # The reserved frames: the zero page and the huge zero folio, each a folio of its own.
+        self.page_folio[self.huge_zero_pfn:self.zero_pfn] = self.huge_zero_pfn
+        self.folio_order[self.huge_zero_pfn] = 9
+        self.page_folio[self.zero_pfn] = self.zero_pfn
         # The allocator's index: free frames per block of FREE_BLOCK_FRAMES, kept in step
         # with page_folio by every method that allocates or frees.
         nr_blocks = -(-nr_frames // FREE_BLOCK_FRAMES)
@@ -60,6 +75,8 @@ class FrameTable:
     def clone(self) -> FrameTable:
         other = FrameTable.__new__(FrameTable)
         other.nr_frames = self.nr_frames
+        other.huge_zero_pfn = self.huge_zero_pfn
+        other.zero_pfn = self.zero_pfn
         for name in self.ARRAYS:
             setattr(other, name, getattr(self, name).copy())
         other.block_nr_free = self.block_nr_free.copy()
@@ -71,6 +88,35 @@ class FrameTable:
 
     def folio_nr_pages(self, folio: int) -> int:
         return 1 << self.folio_order.item(folio)
+
+    def is_zero_pfn(self, pfn: int | np.ndarray) -> bool | np.ndarray:
+        """The shared zero page or a page of the huge zero folio (is_zero_pfn, is_huge_zero_pfn);
+        works on an int or a numpy array of pfns."""
+        return (pfn >= self.huge_zero_pfn) & (pfn <= self.zero_pfn)
+
+    def reserved_value(self, name: str) -> np.ndarray:
+        """What field name holds at every frame from nr_frames on, as __init__ set it: padding
+        free, the huge zero folio and the zero page each a folio of their own, nothing else set."""
+        array = getattr(self, name)
+        expected = np.zeros_like(array[self.nr_frames:])
+        if name == "page_folio":
+            expected[:] = FREE_FOLIO
+            expected[self.huge_zero_pfn - self.nr_frames:-1] = self.huge_zero_pfn
+            expected[-1] = self.zero_pfn
+        elif name == "folio_order":
+            expected[self.huge_zero_pfn - self.nr_frames] = 9
+        return expected
+
+    def reserved_frames_changed(self) -> list[tuple[int, str]]:
+        """(pfn, field) of every field of a frame beyond nr_frames that is not as __init__ set
+        it: the zero page and huge zero folio are never taken for a folio of the allocator's."""
+        changed = []
+        for name in self.ARRAYS:
+            differs = getattr(self, name)[self.nr_frames:] != self.reserved_value(name)
+            if differs.ndim > 1:
+                differs = differs.any(axis=1)
+            changed += [(self.nr_frames + int(i), name) for i in np.flatnonzero(differs)]
+        return sorted(changed)
 
     def page_folio_of(self, page: int) -> int:
         folio = self.page_folio.item(page)
@@ -99,7 +145,8 @@ class FrameTable:
         nr_pages = 1 << order
         if nr_pages == 1:  # any block with a free frame will do: the lowest
             start = first * FREE_BLOCK_FRAMES  # FREE_FOLIO is below every head pfn: the first minimum
-            return start + int(self.page_folio[start:start + FREE_BLOCK_FRAMES].argmin())
+            end = min(start + FREE_BLOCK_FRAMES, self.nr_frames)  # never the padding before the reserved frames
+            return start + int(self.page_folio[start:end].argmin())
         if self.block_nr_free[first] >= nr_pages:  # the lowest block with room usually fits
             pfn = self._free_run_in_block(first, nr_pages)
             if pfn is not None:
@@ -137,7 +184,8 @@ class FrameTable:
             if needed == 0:
                 break
             start = (int(block) + first) * FREE_BLOCK_FRAMES
-            free = np.flatnonzero(self.page_folio[start:start + FREE_BLOCK_FRAMES] == FREE_FOLIO)[:needed]
+            end = min(start + FREE_BLOCK_FRAMES, self.nr_frames)
+            free = np.flatnonzero(self.page_folio[start:end] == FREE_FOLIO)[:needed]
             found.append(free + start)
             needed -= len(free)
         return np.concatenate(found)

@@ -159,7 +159,7 @@ class _SavedState:
     nr_pins: int
     processes: dict[int, MM]
     mm_counters: dict[int, tuple[int, int, bool]]          # pid: rss_anon, rss_swap, has_pinned
-    vmas: dict[int, list[tuple[VMA, int, int, bool, int]]]  # pid: each VMA and its fields
+    vmas: dict[int, list[tuple[VMA, int, int, bool, int, bool]]]  # pid: each VMA and its fields
     touched: dict[int, list]
 
     @staticmethod
@@ -169,7 +169,7 @@ class _SavedState:
             machine.frames.nr_free_frames, machine.frames.first_free_block,
             machine.nr_processes, machine.nr_mmaps, machine.nr_pins, dict(processes),
             {pid: (mm.rss_anon, mm.rss_swap, mm.has_pinned) for pid, mm in processes.items()},
-            {pid: [(vma, vma.start, vma.end, vma.writable, vma.lineage) for vma in mm.vmas]
+            {pid: [(vma, vma.start, vma.end, vma.writable, vma.lineage, vma.anon_vma) for vma in mm.vmas]
              for pid, mm in processes.items()},
             {key: list(touched) for key, touched in machine._touched.items()})
 
@@ -183,8 +183,8 @@ class _SavedState:
         for pid, mm in self.processes.items():
             mm.rss_anon, mm.rss_swap, mm.has_pinned = self.mm_counters[pid]
             mm.vmas = [vma for vma, *_fields in self.vmas[pid]]
-            for vma, start, end, writable, lineage in self.vmas[pid]:
-                vma.start, vma.end, vma.writable, vma.lineage = start, end, writable, lineage
+            for vma, start, end, writable, lineage, anon_vma in self.vmas[pid]:
+                vma.start, vma.end, vma.writable, vma.lineage, vma.anon_vma = start, end, writable, lineage, anon_vma
         machine._touched = self.touched
 
 

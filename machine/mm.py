@@ -36,6 +36,7 @@ class VMA:
     end: int
     writable: bool
     lineage: int
+    anon_vma: bool = False  # vma->anon_vma is set: some anon folio was mapped in it (anon_vma_prepare)
 
     @property
     def pgoff(self) -> int:
@@ -148,7 +149,7 @@ class MM:
         other = MM.__new__(MM)
         other.pid = self.pid
         other.journal = None
-        other.vmas = [VMA(v.start, v.end, v.writable, v.lineage) for v in self.vmas]
+        other.vmas = [VMA(v.start, v.end, v.writable, v.lineage, v.anon_vma) for v in self.vmas]
         other.pgd = {i: {j: pmd.clone() for j, pmd in pud.items()} for i, pud in self.pgd.items()}
         other.pte_tables = {table.base >> PMD_SHIFT: table for pmd_table in other.pmd_tables()
                             for table in pmd_table.ptes.values()}
@@ -206,23 +207,26 @@ class MM:
     def vma_split(self, vma: VMA, addr: int) -> VMA:
         """Split vma at addr (strictly inside); returns the upper part."""
         check(vma.start < addr < vma.end, "vma_split outside the VMA")
-        upper = VMA(addr, vma.end, vma.writable, vma.lineage)
+        upper = VMA(addr, vma.end, vma.writable, vma.lineage, vma.anon_vma)
         vma.end = addr
         self.vmas.insert(self._vma_position(vma) + 1, upper)
         return upper
 
     def vma_merge(self, vma: VMA) -> VMA:
-        """Merge vma with adjacent neighbours of equal prot and lineage; returns the result."""
+        """Merge vma with adjacent neighbours of equal prot and lineage; returns the result, which
+        has an anon_vma if either part had (vma_merge takes the one there is)."""
         index = self._vma_position(vma)
         if index + 1 < len(self.vmas):
             after = self.vmas[index + 1]
             if after.start == vma.end and after.writable == vma.writable and after.lineage == vma.lineage:
                 vma.end = after.end
+                vma.anon_vma |= after.anon_vma
                 del self.vmas[index + 1]
         if index > 0:
             before = self.vmas[index - 1]
             if before.end == vma.start and before.writable == vma.writable and before.lineage == vma.lineage:
                 before.end = vma.end
+                before.anon_vma |= vma.anon_vma
                 del self.vmas[index]
                 return before
         return vma

@@ -165,6 +165,15 @@ def pte_mkyoung(pte):
     return pte | PTE_AF
 
 
+def pte_special(pte):
+    """A special mapping (the zero page here): vm_normal_page() returns no page for it."""
+    return (pte & PTE_SPECIAL) != 0
+
+
+def pte_mkspecial(pte):
+    return pte | PTE_SPECIAL
+
+
 def pte_mkcont(pte):
     return pte | PTE_CONT
 
@@ -288,7 +297,7 @@ def describe_pte(pte: int) -> str:
         return f"swap slot={pte_swp_offset(pte)}{exclusive} ({pte:#x})"
     flags = []
     for name, bit in (("W", PTE_WRITE), ("RDONLY", PTE_RDONLY), ("D", PTE_DIRTY),
-                      ("AF", PTE_AF), ("CONT", PTE_CONT)):
+                      ("AF", PTE_AF), ("CONT", PTE_CONT), ("SPECIAL", PTE_SPECIAL)):
         if pte & bit:
             flags.append(name)
     kind = "pmd" if (pte & PTE_TYPE_MASK) == PMD_TYPE_SECT else "pte"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from machine import Machine, MM, check
+from machine import VMA, Machine, MM, check
+from machine.pgtable import pfn_pte, pte_mkspecial, pte_pfn, pte_present, pte_special, vm_get_page_prot
 
 GUP_PIN_COUNTING_BIAS = 1024
 
@@ -132,3 +133,19 @@ def folio_mark_lazyfree(machine: Machine, folio: int) -> None:
 
 def folio_set_swapbacked(machine: Machine, folio: int) -> None:
     machine.frames.folio_swapbacked[folio] = True
+
+
+def vm_normal_page(machine: Machine, pte: int) -> int | None:
+    """The page a present PTE maps, or None for a special one (the shared zero page), which
+    has no folio to count: no rmap, no reference, no RSS."""
+    check(pte_present(pte), "vm_normal_page of a non-present PTE")
+    if pte_special(pte):
+        check(int(pte_pfn(pte)) == machine.frames.zero_pfn, "special PTE %#x not of the zero page", pte)
+        return None
+    return int(pte_pfn(pte))
+
+
+def zero_page_pte(machine: Machine, vma: VMA) -> int:
+    """The shared zero page as a read fault or a split maps it: pte_mkspecial(pfn_pte(zero_pfn,
+    vm_page_prot)), read-only, young and clean."""
+    return pte_mkspecial(pfn_pte(machine.frames.zero_pfn, vm_get_page_prot(vma.writable)))

@@ -3,38 +3,27 @@
 from __future__ import annotations
 
 from machine import MM, VMA, Machine, check
-from machine.errors import EFAULT, EINVAL, ENOMEM, OK
-from machine.pgtable import PAGE_SHIFT, is_swap_pte, pte_none, pte_present, pte_write
+from machine.errors import EFAULT, EINVAL, OK
+from machine.pgtable import PAGE_SHIFT, is_swap_pte, pte_none, pte_present, pte_special, pte_write
 
 from .folio import (
-    GUP_PIN_COUNTING_BIAS, PageAnonExclusive, folio_alloc, folio_put_refs, folio_test_large,
+    GUP_PIN_COUNTING_BIAS, PageAnonExclusive, folio_put_refs, folio_test_large,
     page_folio,
 )
-from .memory import do_swap_page, handle_unshare_fault, handle_write_fault, mk_pte
-from .rmap import folio_add_new_anon_rmap
+from .memory import do_anonymous_page_read, do_swap_page, handle_unshare_fault, handle_write_fault
 
 
 def gup_must_unshare(machine: Machine, level: str, entry: int, page: int) -> bool:
     """A R/O pin must unshare a page mapped read-only by entry that is not
-    PageAnonExclusive (the head's for a PMD). Its caller's !pte_write test is folded in."""
+    PageAnonExclusive (the head's for a PMD), and always the zero page (not anon: a
+    FOLL_LONGTERM pin in a COW mapping, which every private mapping is, unshares it).
+    Its caller's !pte_write test is folded in."""
     if pte_write(entry):
         return False
+    if pte_special(entry):
+        return True
     exclusive_page = page_folio(machine, page) if level == "pmd" else page
     return not PageAnonExclusive(machine, exclusive_page)
-
-
-def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
-    """A R/O pin of an unpopulated address: the zero page unshared into a fresh exclusive page.
-
-    Model: no zero page, so the result is mapped directly as an unshare copy (base).
-    """
-    folio = folio_alloc(machine, 0)
-    if folio is None:
-        return ENOMEM
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
-    machine.set_pte_at(mm, addr, mk_pte(folio, vma))
-    mm.rss_anon += 1
-    return OK
 
 
 def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable: bool) -> str:
@@ -46,7 +35,7 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
                 return OK
             result = handle_write_fault(machine, mm, vma, addr, order=0)
         elif pte_none(entry):
-            result = do_unshare_anonymous_page(machine, mm, vma, addr)
+            result = do_anonymous_page_read(machine, mm, vma, addr)  # the zero page, unshared next
         elif is_swap_pte(entry):
             result = do_swap_page(machine, mm, vma, addr, write_fault=False)
         elif gup_must_unshare(machine, level, entry, machine.page_at(mm, addr)):

@@ -17,7 +17,7 @@ from .folio import page_folio
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
 from .madvise import madvise_free
-from .memory import do_swap_page, handle_write_fault
+from .memory import do_anonymous_page_read, do_swap_page, handle_write_fault, vm_normal_page
 from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
 from .mprotect import do_mprotect_pkey
 from .vmscan import shrink_folio_list, try_to_unmap
@@ -127,8 +127,8 @@ class Kernel:
             return EFAULT
         entry = self.machine.lookup(mm, addr)[1]
         if pte_none(entry):
-            return OK  # model: no zero page; reads 0 and maps nothing
-        if is_swap_pte(entry):
+            self._without_rollback(lambda: do_anonymous_page_read(self.machine, mm, vma, addr))
+        elif is_swap_pte(entry):
             result = self._without_rollback(lambda: do_swap_page(self.machine, mm, vma, addr, write_fault=False))
             if result != OK:
                 return result
@@ -157,14 +157,18 @@ class Kernel:
     # Reclaim and splits: they act on the folio mapped at (pid, addr).
 
     def _folio_at(self, pid: int, addr: int) -> tuple[str, int]:
-        """(OK, the folio mapped at addr), else (EFAULT: no VMA, or ENOENT: nothing present)."""
+        """(OK, the folio mapped at addr), else (EFAULT: no VMA, or ENOENT: nothing present, or
+        the zero page, which has no folio: MADV_PAGEOUT and split_huge_pages skip it)."""
         mm = self._mm(pid)
         if mm.find_vma(addr) is None:
             return EFAULT, -1
-        entry = self.machine.lookup(mm, addr)[1]
+        level, entry = self.machine.lookup(mm, addr)
         if not pte_present(entry):
             return ENOENT, -1
-        return OK, page_folio(self.machine, int(pte_pfn(entry)))
+        page = int(pte_pfn(entry)) if level == "pmd" else vm_normal_page(self.machine, entry)
+        if page is None:
+            return ENOENT, -1
+        return OK, page_folio(self.machine, page)
 
     def reclaim(self, pid: int, addr: int) -> str:
         result, folio = self._folio_at(pid, addr)

@@ -7,7 +7,7 @@ from machine import MM, VMA, Machine, check
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
     PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ADDR_MASK, is_swap_pte, pmd_trans_huge, pte_dirty, pte_mkclean,
-    pte_mkold, pte_none, pte_pfn, pte_present, pte_swp_offset, pte_wrprotect, pte_young,
+    pte_mkold, pte_none, pte_pfn, pte_present, pte_special, pte_swp_offset, pte_wrprotect, pte_young,
 )
 
 from .folio import (
@@ -103,6 +103,9 @@ def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> No
             machine.ptep_get_and_clear(mm, addr)
             mm.rss_swap -= 1
             swap_free(machine, int(pte_swp_offset(pte)))
+            addr += PAGE_SIZE
+            continue
+        if pte_special(pte):  # the zero page: vm_normal_folio() is NULL, skipped
             addr += PAGE_SIZE
             continue
         folio = page_folio(machine, int(pte_pfn(pte)))

@@ -9,7 +9,7 @@ from machine.errors import EBUSY, ENOMEM, OK
 from machine.mm import PUD_SIZE
 from machine.pgtable import (
     HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, is_swap_pte, pfn_pte, pmd_trans_huge,
-    pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_none, pte_pfn, pte_present,
+    pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_none, pte_present,
     pte_swp_clear_exclusive, pte_swp_exclusive, pte_swp_offset, pte_write, pte_wrprotect,
     vm_get_page_prot,
 )
@@ -18,7 +18,7 @@ from . import huge_memory
 from .folio import (
     PageAnonExclusive, SetPageAnonExclusive, copy_user_page, folio_alloc, folio_get,
     folio_large_maybe_mapped_shared, folio_nr_pages, folio_put, folio_ref_add, folio_test_large,
-    page_folio,
+    page_folio, vm_normal_page, zero_page_pte,
 )
 from .rmap import (
     folio_add_new_anon_rmap, folio_remove_rmap_pte, folio_try_dup_anon_rmap_pte,
@@ -35,6 +35,17 @@ def mk_pte(page: int, vma: VMA) -> int:
 
 
 # Anonymous faults (do_anonymous_page, alloc_anon_folio).
+
+def do_anonymous_page_read(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
+    """A read fault on a none entry: map the shared zero page ("Use the zero-page for reads"),
+    with no folio, rmap, reference or RSS.
+
+    Context: nothing is mapped at addr.
+    """
+    check(pte_none(machine.lookup(mm, addr)[1]), "anonymous read fault on a mapped address %#x", addr)
+    machine.set_pte_at(mm, addr, zero_page_pte(machine, vma))
+    return OK
+
 
 def fault_orders(order: int) -> list[int]:
     """The orders a fault of order K tries: K, K-1, ... 0, never 1 (K = 1 acts as 0)."""
@@ -130,7 +141,9 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
     check(pte == machine.ptep_get(mm, addr), "do_wp_page: the PTE at %#x changed", addr)
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
-    page = int(pte_pfn(pte))
+    page = vm_normal_page(machine, pte)
+    if page is None:
+        return wp_page_copy(machine, mm, vma, addr, pte, unshare)  # the zero page: always copied
     folio = page_folio(machine, page)
     if PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm):
         SetPageAnonExclusive(machine, page)
@@ -148,19 +161,26 @@ def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> No
 
 
 def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
-    """Copy the page pte maps to a new exclusive order-0 folio, then drop the old mapping."""
-    old_page = int(pte_pfn(pte))
-    old_folio = page_folio(machine, old_page)
+    """Copy the page pte maps to a new exclusive order-0 folio, then drop the old mapping.
+    A copy of the zero page is a zeroed folio, and counts one more page in MM_ANONPAGES."""
+    old_page = vm_normal_page(machine, pte)
     new_folio = folio_alloc(machine, 0)
     if new_folio is None:
         return ENOMEM
-    copy_user_page(machine, new_folio, old_page)
+    if old_page is None:
+        machine.frames.page_data[new_folio] = 0  # vma_alloc_zeroed_movable_folio
+    else:
+        copy_user_page(machine, new_folio, old_page)
     folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr, exclusive=True)
     entry = mk_pte(new_folio, vma)
     if not unshare:
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
     machine.ptep_get_and_clear(mm, addr)
     machine.set_pte_at(mm, addr, entry)
+    if old_page is None:
+        mm.rss_anon += 1
+        return OK
+    old_folio = page_folio(machine, old_page)
     folio_remove_rmap_pte(machine, old_folio, old_page, mm)
     folio_put(machine, old_folio)
     return OK
@@ -235,10 +255,13 @@ def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
 # zap (zap_pte_range, zap_present_pte, zap_nonpresent_pte).
 
 def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
-    """Unmap one present PTE and drop its folio reference. Context: a present PTE maps addr."""
+    """Unmap one present PTE and drop its folio reference (the zero page has none).
+    Context: a present PTE maps addr."""
     check(pte_present(machine.ptep_get(mm, addr)), "zap_present_pte of a non-present PTE at %#x", addr)
     pte = machine.ptep_get_and_clear(mm, addr)
-    page = int(pte_pfn(pte))
+    page = vm_normal_page(machine, pte)
+    if page is None:
+        return
     folio = page_folio(machine, page)
     mm.rss_anon -= 1
     folio_remove_rmap_pte(machine, folio, page, mm)
@@ -332,7 +355,11 @@ def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, add
     pte = machine.ptep_get(src_mm, addr)
     check(pte_present(pte), "copy_present_pte of a non-present PTE at %#x", addr)
     check(pte_none(machine.ptep_get(dst_mm, addr)), "child already maps %#x", addr)
-    page = int(pte_pfn(pte))
+    page = vm_normal_page(machine, pte)
+    if page is None:  # the zero page: the entry alone is copied, old (never writable)
+        check(not pte_write(pte), "writable zero-page PTE at %#x", addr)
+        machine.set_pte_at(dst_mm, addr, pte_mkold(pte))
+        return OK
     folio = page_folio(machine, page)
     folio_get(machine, folio)
     if folio_try_dup_anon_rmap_pte(machine, folio, page, dst_mm, src_mm) == EBUSY:

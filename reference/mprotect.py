@@ -5,7 +5,7 @@ from __future__ import annotations
 from machine import MM, VMA, Machine
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
-    PAGE_SIZE, PMD_SIZE, pmd_trans_huge, pte_mkwrite, pte_modify, pte_pfn, pte_present,
+    PAGE_SIZE, PMD_SIZE, pmd_trans_huge, pte_mkwrite, pte_modify, pte_pfn, pte_present, pte_special,
     vm_get_page_prot,
 )
 
@@ -15,10 +15,11 @@ from .memory import pmd_ranges
 
 
 def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int) -> None:
-    """New protection for one present PTE; an exclusive page in a rw VMA becomes writable."""
+    """New protection for one present PTE; an exclusive page in a rw VMA becomes writable
+    (can_change_pte_writable: never the zero page, which has no anon page)."""
     pte = machine.ptep_get(mm, addr)
     entry = pte_modify(pte, vm_get_page_prot(vma.writable))
-    if vma.writable and PageAnonExclusive(machine, int(pte_pfn(pte))):
+    if vma.writable and not pte_special(pte) and PageAnonExclusive(machine, int(pte_pfn(pte))):
         entry = pte_mkwrite(entry)
     machine.set_pte_at(mm, addr, entry)
 

@@ -95,6 +95,12 @@ def __folio_set_anon(machine: Machine, folio: int, vma: VMA, addr: int) -> None:
     frames.folio_lineage[folio] = vma.lineage
 
 
+def anon_vma_prepare(vma: VMA) -> None:
+    """Give vma its anon_vma before its first anon folio is mapped (vmf_anon_prepare): a read
+    fault's zero page needs none, and fork copies the page tables only of a VMA that has one."""
+    vma.anon_vma = True
+
+
 def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr: int,
                             exclusive: bool) -> None:
     """Account the first mappings of a brand-new folio mapped whole at addr.
@@ -102,6 +108,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
     Context: the folio is fresh (unmapped, not anon); addr is where its first page is mapped.
     PTE-mapped: every page gets one mapping; PMD-mappable: one entire mapping, head exclusive.
     """
+    anon_vma_prepare(vma)
     frames = machine.frames
     check(not frames.folio_anon[folio], "folio_add_new_anon_rmap on an anon folio")
     check(frames.folio_large_mapcount[folio] == 0 and frames.page_mapcount[folio] == 0,

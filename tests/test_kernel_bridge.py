@@ -190,15 +190,21 @@ def context_of(run, index, kernel_after):
                      kernel_after, step.vmas)
 
 
-def test_zero_page_explains_only_a_zero_page_where_the_model_maps_nothing():
-    run = model_of("mmap P0 0x200000 2M\nread P0 0x200000\n")
-    kernel = {(0, 0x200000): PageView(ZERO, pfn=5, head=5)}
-    differences = compare_observations(run.steps[1].after, kernel)
-    assert [(d.field, d.model, d.kernel) for d in differences] == [("state", "none", ZERO)]
-    assert explain(differences[0], context_of(run, 1, kernel)) == "zero-page"
-    present = {(0, 0x200000): PageView(PRESENT, pfn=5, head=5, refcount=1, mapcount=1)}
-    difference = compare_observations(run.steps[1].after, present)[0]
-    assert explain(difference, context_of(run, 1, present)) is None
+def test_the_models_zero_page_is_compared_with_the_kernels_by_what_it_is():
+    run = model_of("mmap P0 0x200000 2M\nwrite P0 0x300000 1\nread P0 0x200000\nfork P0\n")
+    model = run.steps[3].after
+    assert model[(0, 0x200000)].state == model[(1, 0x200000)].state == ZERO
+    assert model[(0, 0x200000)].young and not model[(1, 0x200000)].young
+    kernel = {key: view._replace(pfn=77, head=77) for key, view in model.items()}
+    assert compare_observations(model, kernel) == []      # no identity: every zero page is one page
+    older = dict(kernel)
+    older[(0, 0x200000)] = older[(0, 0x200000)]._replace(young=False, writable=True)
+    assert [(d.field, d.model, d.kernel) for d in compare_observations(model, older)] == [
+        ("young", True, False), ("writable", False, True)]
+    nothing = {key: view for key, view in kernel.items() if key[0] == 1}
+    difference = compare_observations(model, nothing)[0]
+    assert (difference.field, difference.model, difference.kernel) == ("state", ZERO, "none")
+    assert explain(difference, context_of(run, 3, nothing)) is None   # no deviation explains a zero page
 
 
 def test_contpte_folding_explains_cont_and_the_bits_it_gathers_only():
@@ -221,13 +227,13 @@ def test_mmap_overlap_explains_eexist_only_on_mmap():
     assert explain(Difference(0, 0x200000, "result", "EINVAL", "ENOMEM"), context) is None
 
 
-def test_split_deviations_need_a_split():
-    run = model_of("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nsplit P0 0x200000 order=0\n")
-    zero = {key: PageView(ZERO) for key in run.steps[2].after}
-    assert explain(Difference(0, 0x200000, "state", PRESENT, ZERO), context_of(run, 2, zero)) == "split-zero-page"
-    assert explain(Difference(0, 0x200000, "young", True, False), context_of(run, 2, zero)) is None   # LPA2 only
-    assert explain(Difference(0, 0x200000, "young", True, False), context_of(run, 1, zero)) is None
-    assert explain(Difference(0, 0x200000, "state", PRESENT, ZERO), context_of(run, 1, zero)) is None
+def test_no_deviation_explains_a_split_any_more():
+    run = model_of("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nwrite P0 0x200000 1\n"
+                   "split P0 0x200000 order=0\n")
+    old = {key: view._replace(young=False) for key, view in run.steps[3].after.items()}
+    # an old PTE after a split is arm64's LPA2 bug (docs/model.md, resolution 23): nothing explains it
+    assert explain(Difference(0, 0x200000, "young", True, False), context_of(run, 3, old)) is None
+    assert explain(Difference(0, 0x200000, "state", PRESENT, ZERO), context_of(run, 3, old)) is None
 
 
 def test_every_deviation_is_documented_in_docs_model():

@@ -31,7 +31,7 @@ def occupy(frames: FrameTable, pfns) -> None:
 
 
 def free_set(frames: FrameTable) -> frozenset[int]:
-    return frozenset(map(int, np.flatnonzero(frames.page_folio == FREE_FOLIO)))
+    return frozenset(map(int, np.flatnonzero(frames.page_folio[:frames.nr_frames] == FREE_FOLIO)))
 
 
 def lowest_aligned_free_run(free: set[int], nr_frames: int, order: int) -> int | None:
@@ -405,7 +405,7 @@ def test_swap_clone_is_a_deep_copy():
 # --- the allocator's index ---------------------------------------------------
 
 def assert_index_matches(frames: FrameTable) -> None:
-    free = frames.page_folio == FREE_FOLIO
+    free = frames.page_folio[:frames.nr_frames] == FREE_FOLIO
     blocks = -(-frames.nr_frames // 512)
     padded = np.zeros(blocks * 512, bool)
     padded[:frames.nr_frames] = free

@@ -397,7 +397,7 @@ def test_result_expect_may_follow_other_expects() -> None:
     ("read P0 0\nexpect result=ok result=ok", 2, "expect key 'result' given twice"),
     ("read P0 0\nexpect result=EPERM", 2,
      "bad value 'EPERM' for result (ok|EFAULT|EBUSY|EAGAIN|ENOENT|ENOMEM|EINVAL)"),
-    ("expect P0 0x1000 state=gone", 1, "bad value 'gone' for state (present|swap|none)"),
+    ("expect P0 0x1000 state=gone", 1, "bad value 'gone' for state (present|swap|none|zero)"),
     ("expect P0 0x1000 level=pud", 1, "bad value 'pud' for level (pte|pmd)"),
     ("expect P0 0x1000 order=10", 1, "bad value '10' for order (0..9)"),
     ("expect P0 0x1000 mapcount=-1", 1, "bad value '-1' for mapcount (integer >= 0)"),

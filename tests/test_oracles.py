@@ -32,6 +32,7 @@ from machine.pgtable import (
     pte_mkclean,
     pte_mkdirty,
     pte_mkold,
+    pte_mkspecial,
     pte_mkwrite,
     pte_pmd,
     pte_swp_mkexclusive,
@@ -267,7 +268,8 @@ def assert_only(machine: Machine, shadow: Shadow, oracle: str, *fragments: str) 
 # --- the builders make healthy states with the kernel's values ---------------
 
 def test_oracles_are_named_in_spec_order():
-    assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout", "lazyfree"]
+    assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout", "lazyfree",
+                            "zero_page"]
     assert all(ORACLES[name].name == name and ORACLES[name].check.__name__ == f"check_{name}" for name in ORACLES)
 
 
@@ -1025,3 +1027,78 @@ def test_contpte_verdicts_are_forgotten_past_their_limit():
     verdicts.verdicts[b"another block"] = True
     assert check_oracles(machine, shadow, verdicts) == []
     assert list(verdicts.verdicts.values()) == [True] and b"another block" not in verdicts.verdicts
+
+
+# --- 9. zero page -------------------------------------------------------------
+
+ZERO_ADDR = 0x500000
+
+
+def map_zero_page(machine: Machine, mm: MM, addr: int) -> int:
+    """What a read fault maps: the special zero-page PTE from vm_page_prot, nothing counted."""
+    pte = pte_mkspecial(pfn_pte(machine.frames.zero_pfn, vm_get_page_prot(True)))
+    machine.set_pte_at(mm, addr, pte)
+    return pte
+
+
+def test_zero_page_entries_are_healthy_and_count_nowhere():
+    machine, shadow, mm = new_world()
+    map_zero_page(machine, mm, ZERO_ADDR)
+    child = new_child(machine, mm)
+    machine.set_pte_at(child, ZERO_ADDR, pte_mkold(map_zero_page(machine, mm, ZERO_ADDR)))
+    assert_healthy(machine, shadow)
+
+
+def test_zero_page_fires_on_a_writable_or_dirty_zero_page_entry():
+    machine, shadow, mm = new_world()
+    pte = map_zero_page(machine, mm, ZERO_ADDR)
+    machine.set_pte_at(mm, ZERO_ADDR, pte_mkwrite(pte_mkdirty(pte)))
+    assert_only(machine, shadow, "zero_page", f"P0 {ZERO_ADDR:#x}: zero-page PTE", "is writable or dirty")
+
+
+def test_zero_page_fires_on_a_special_entry_of_a_folio():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    machine.set_pte_at(mm, SMALL_ADDR, pte_mkspecial(machine.ptep_get(mm, SMALL_ADDR)))
+    assert "special PTE maps pfn" in " ".join(ORACLES["zero_page"](machine, shadow))
+
+
+def test_zero_page_taken_for_a_folio_fires_in_the_accounting_oracles():
+    machine, shadow, mm = new_world()
+    machine.set_pte_at(mm, ZERO_ADDR, pfn_pte(machine.frames.zero_pfn, vm_get_page_prot(True)))  # not special
+    mm.rss_anon += 1
+    assert "the zero page taken for a folio" in " ".join(ORACLES["refcount"](machine, shadow))
+    assert "without PTE_SPECIAL maps reserved pfn" in " ".join(ORACLES["zero_page"](machine, shadow))
+
+
+def test_zero_page_fires_on_a_count_or_word_on_a_reserved_frame():
+    machine, shadow, mm = new_world()
+    map_zero_page(machine, mm, ZERO_ADDR)
+    frames = machine.frames
+    frames.page_mapcount[frames.zero_pfn] = 1          # rmap on the zero page (a batched zap or fork bug)
+    frames.folio_refcount[frames.zero_pfn] = 1
+    found = assert_only(machine, shadow, "zero_page", f"pfn {frames.zero_pfn} (zero page): page_mapcount 1",
+                        "folio_refcount 1")
+    assert len(found) == 2
+    machine, shadow, mm = new_world()
+    map_zero_page(machine, mm, ZERO_ADDR)
+    machine.frames.page_data[machine.frames.zero_pfn] = 9   # a store through the zero page
+    failures = {failure.oracle for failure in check_oracles(machine, shadow)}
+    assert failures == {"zero_page", "data"}
+    machine, shadow, mm = new_world()
+    machine.frames.folio_pincount[machine.frames.huge_zero_pfn] = 1
+    assert_only(machine, shadow, "zero_page", "(huge zero folio): folio_pincount 1")
+
+
+def test_zero_page_fires_on_a_pin_of_the_zero_page():
+    machine, shadow, mm = new_world()
+    map_zero_page(machine, mm, ZERO_ADDR)
+    machine.pin_add(mm.pid, ZERO_ADDR, "ro", (machine.frames.zero_pfn,))
+    assert "pins the zero page" in " ".join(ORACLES["zero_page"](machine, shadow))
+
+
+def test_mapcount_fires_when_the_zero_page_counts_in_rss():
+    machine, shadow, mm = new_world()
+    map_zero_page(machine, mm, ZERO_ADDR)
+    mm.rss_anon += 1
+    assert_only(machine, shadow, "mapcount", "P0: MM_ANONPAGES 1, present pages found 0")

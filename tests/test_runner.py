@@ -75,6 +75,7 @@ class OkKernel:
             frames.folio_lineage[page] = vma.lineage
             frames.page_mapcount[page] = self.mapcount()
             frames.page_anon_exclusive[page] = True
+            vma.anon_vma = True
             mm.rss_anon += 1
             self.machine.set_pte_at(mm, addr, self.fault_pte(page))
         self.machine.contpte_canonicalise()
@@ -106,7 +107,7 @@ class OkKernel:
     def fork(self, pid):
         child = self.machine.mm_alloc()
         for vma in self.machine.processes[pid].vmas:
-            child.vma_insert(VMA(vma.start, vma.end, vma.writable, vma.lineage))
+            child.vma_insert(VMA(vma.start, vma.end, vma.writable, vma.lineage, vma.anon_vma))
         return OK
 
     def __getattr__(self, name):
@@ -439,7 +440,7 @@ def test_table_descriptors_are_not_compared():
 def test_difference_list_is_capped():
     machine = Machine(256)
     other = machine.snapshot()
-    other.frames.page_data[:] = 1
+    other.frames.page_data[:other.frames.nr_frames] = 1
     differences = compare_machines(machine, other)
     assert len(differences) == MAX_DIFFERENCES + 1
     assert differences[-1].where == f"... {256 - MAX_DIFFERENCES} more"

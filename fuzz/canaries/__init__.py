@@ -36,6 +36,9 @@ CANARIES = (
     "thp_swpout_no_fallback",
     "lazyfree_clean_first_only",
     "free_clears_block_first_only",
+    "zap_zero_page_as_folio",
+    "fork_zero_page_as_folio",
+    "split_zero_page_first_only",
 )
 
 

@@ -56,17 +56,19 @@ from machine.pgtable import (
     pmd_trans_huge,
     pte_pfn,
     pte_present,
+    pte_special,
 )
 
-ENCODING_VERSION = 5  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
-                      # 5: an op that acts on a folio of note
+ENCODING_VERSION = 6  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
+                      # 5: an op that acts on a folio of note; 6: reads weighted up (the zero page),
+                      # zero-page entries and half-zero folios among folio addresses
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
 WINDOW_BASE = 0x200000
 WINDOW_SIZE = 8 << 20
 # Op kinds, repeated to weight them: faults and writes make the states the others act on.
-KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "pin", "pin",
+KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "read", "pin", "pin",
               "unpin", "fork", "fork", "exit", "munmap", "dontneed", "free", "free", "mprotect", "mprotect", "reclaim",
               "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split")
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
@@ -292,8 +294,10 @@ class OpGrammar:
 
 def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
     """Where pid maps a page of a large folio worth acting on, ascending: one that is maybe
-    pinned, mapped by more than one process, or of mixed PageAnonExclusive among the pages
-    pid maps (PTE-mapped), and every PMD mapping (the head's address)."""
+    pinned, mapped by more than one process, of mixed PageAnonExclusive among the pages
+    pid maps, or of all-zero pages beside written ones (a split to order 0 maps only those
+    to the zero page) (PTE-mapped); every PMD mapping (the head's address); and every
+    zero-page entry (a write, pin, fork or split of it)."""
     mm = machine.processes[pid]
     frames = machine.frames
     noted: list[int] = []
@@ -302,17 +306,25 @@ def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
         index = np.flatnonzero(pte_present(entries))
         if len(index) == 0:
             continue
+        special = pte_special(entries[index])
+        noted.extend(((key << PMD_SHIFT) + (index[special] << PAGE_SHIFT)).tolist())
+        index = index[~special]
+        if len(index) == 0:
+            continue
         heads = frames.page_folio[pte_pfn(entries[index]).astype(np.int64)]
         large = frames.folio_order[heads] > 0
         index, heads = index[large], heads[large]
         if len(index) == 0:
             continue
-        exclusive = frames.page_anon_exclusive[pte_pfn(entries[index]).astype(np.int64)].astype(np.int64)
+        pages = pte_pfn(entries[index]).astype(np.int64)
+        exclusive = frames.page_anon_exclusive[pages].astype(np.int64)
+        zero = (frames.page_data[pages] == 0).astype(np.int64)
         folios, per_page = np.unique(heads, return_inverse=True)
         mapped = np.bincount(per_page)
         nr_exclusive = np.bincount(per_page, weights=exclusive)
+        nr_zero = np.bincount(per_page, weights=zero)
         of_note = ((frames.folio_pincount[folios] > 0) | (frames.folio_mm_ids_shared[folios] != 0)
-                   | ((nr_exclusive > 0) & (nr_exclusive < mapped)))
+                   | ((nr_exclusive > 0) & (nr_exclusive < mapped)) | ((nr_zero > 0) & (nr_zero < mapped)))
         noted.extend(((key << PMD_SHIFT) + (index[of_note[per_page]] << PAGE_SHIFT)).tolist())
     for key in sorted(mm.pmd_tables_by_addr):
         for slot, pmd in mm.pmd_tables_by_addr[key].nonzero_entries():

@@ -29,6 +29,8 @@ from machine.pgtable import (
     PTE_TYPE_MASK,
     PTRS_PER_TABLE,
     describe_pte,
+    pte_pfn,
+    pte_special,
 )
 
 MAX_DIFFERENCES = 50
@@ -140,7 +142,7 @@ def _compare_frames(a: FrameTable, b: FrameTable, out: _Differences) -> None:
             if out.full():
                 out.skip(nr_differences - nr_reported)
                 return
-            out.add(f"pfn {page}", name, getattr(a, name)[page], getattr(b, name)[page])
+            out.add(_frame_where(a, page), name, getattr(a, name)[page], getattr(b, name)[page])
             nr_reported += 1
 
 
@@ -176,30 +178,47 @@ def _compare_processes(a: Machine, b: Machine, out: _Differences) -> None:
     if ref_pids != other_pids:
         out.add("machine", "processes", _process_list(ref_pids), _process_list(other_pids))
     for pid in sorted(ref_pids & other_pids):
-        _compare_mm(a.processes[pid], b.processes[pid], out)
+        _compare_mm(a.processes[pid], b.processes[pid], out, a.frames)
 
 
-def _vma_text(vma: tuple[int, int, str, int] | None) -> str:
+def _vma_text(vma: tuple[int, int, str, int, bool] | None) -> str:
     if vma is None:
         return "absent"
-    start, end, prot, lineage = vma
-    return f"{start:#x}-{end:#x} {prot} lineage={lineage}"
+    start, end, prot, lineage, anon_vma = vma
+    return f"{start:#x}-{end:#x} {prot} lineage={lineage}" + (" anon_vma" if anon_vma else "")
 
 
-def _compare_mm(a: MM, b: MM, out: _Differences) -> None:
+def describe_leaf(frames: FrameTable, desc: int) -> str:
+    """describe_pte, naming a zero-page entry (special, on a reserved zero pfn) as what it is."""
+    text = describe_pte(desc)
+    if desc and pte_special(desc) and frames.is_zero_pfn(int(pte_pfn(desc))):
+        return "zero page " + text
+    return text
+
+
+def _frame_where(frames: FrameTable, page: int) -> str:
+    """pfn N, and which reserved frame it is if it is one."""
+    if page == frames.zero_pfn:
+        return f"pfn {page} (zero page)"
+    if page >= frames.nr_frames:
+        return f"pfn {page} (huge zero folio)" if page >= frames.huge_zero_pfn else f"pfn {page} (padding)"
+    return f"pfn {page}"
+
+
+def _compare_mm(a: MM, b: MM, out: _Differences, frames: FrameTable) -> None:
     where = f"P{a.pid}"
     if a.vmas != b.vmas:
         _compare_vmas(a, b, out)
     for field in ("rss_anon", "rss_swap", "has_pinned"):
         if getattr(a, field) != getattr(b, field):
             out.add(where, field, getattr(a, field), getattr(b, field))
-    _compare_leaves(a, b, out)
+    _compare_leaves(a, b, out, frames)
 
 
 def _compare_vmas(a: MM, b: MM, out: _Differences) -> None:
     """Per start address, the VMA that starts there on each side."""
-    ref_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage) for vma in a.vmas}
-    other_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage) for vma in b.vmas}
+    ref_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage, vma.anon_vma) for vma in a.vmas}
+    other_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage, vma.anon_vma) for vma in b.vmas}
     for start in sorted(ref_vmas.keys() | other_vmas.keys()):
         ref, other = ref_vmas.get(start), other_vmas.get(start)
         if ref != other:
@@ -241,7 +260,7 @@ def _differing_entries(ref: dict[int, np.ndarray],
     return found
 
 
-def _compare_leaves(a: MM, b: MM, out: _Differences) -> None:
+def _compare_leaves(a: MM, b: MM, out: _Differences, frames: FrameTable) -> None:
     """Every non-zero leaf descriptor (mm.leaves()), compared table by table."""
     ref_blocks, ref_ptes = _leaf_tables(a)
     other_blocks, other_ptes = _leaf_tables(b)
@@ -251,7 +270,7 @@ def _compare_leaves(a: MM, b: MM, out: _Differences) -> None:
         if out.full():
             out.skip(len(found) - position)
             return
-        out.add(f"P{a.pid} {addr:#x}", level, describe_pte(ref), describe_pte(other))
+        out.add(f"P{a.pid} {addr:#x}", level, describe_leaf(frames, ref), describe_leaf(frames, other))
 
 
 # Pins.

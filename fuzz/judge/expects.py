@@ -25,6 +25,7 @@ from machine.pgtable import (
     pte_dirty,
     pte_pfn,
     pte_present,
+    pte_special,
     pte_swp_exclusive,
     pte_swp_offset,
     pte_write,
@@ -116,7 +117,9 @@ class _EntryFacts:
         self.mm = mm
         self.addr = addr
         self.level, self.desc = machine.lookup(mm, addr)
-        if pte_present(self.desc):
+        if pte_present(self.desc) and pte_special(self.desc) and machine.frames.is_zero_pfn(int(pte_pfn(self.desc))):
+            self.state = "zero"    # the shared zero page (a special PTE) or the huge zero folio
+        elif pte_present(self.desc):
             self.state = "present"
         elif is_swap_pte(self.desc):
             self.state = "swap"
@@ -135,7 +138,8 @@ class _EntryFacts:
             raise _KeyFails(f"does not apply to {self._state_phrase()}")
 
     def _state_phrase(self) -> str:
-        return {"present": "a present entry", "swap": "a swap entry", "none": "an empty entry"}[self.state]
+        return {"present": "a present entry", "swap": "a swap entry", "none": "an empty entry",
+                "zero": "the zero page"}[self.state]
 
     def _page(self) -> int:
         """The pfn mapped at addr; for a PMD block head + (addr % 2M) >> 12."""
@@ -169,6 +173,9 @@ class _EntryFacts:
             return int(self.machine.frames.page_data[self._page()])
         if self.state == "swap":
             return int(self.machine.swap.swap_data[self._slot()])
+        if self.state == "zero":
+            page = int(pte_pfn(self.pte)) + ((self.addr % PMD_SIZE) >> PAGE_SHIFT if self.level == "pmd" else 0)
+            return int(self.machine.frames.page_data[page])
         return 0
 
     def _exclusive(self, want: str | int) -> str:
@@ -182,23 +189,23 @@ class _EntryFacts:
         return _yes_no(self.machine.frames.page_anon_exclusive[page])
 
     def _writable(self, want: str | int) -> str:
-        self._need("present")
+        self._need("present", "zero")
         return _yes_no(pte_write(self.pte))
 
     def _dirty(self, want: str | int) -> str:
-        self._need("present")
+        self._need("present", "zero")
         return _yes_no(pte_dirty(self.pte))
 
     def _young(self, want: str | int) -> str:
-        self._need("present")
+        self._need("present", "zero")
         return _yes_no(pte_young(self.pte))
 
     def _level(self, want: str | int) -> str:
-        self._need("present")
+        self._need("present", "zero")
         return self.level
 
     def _cont(self, want: str | int) -> str:
-        self._need("present")
+        self._need("present", "zero")
         if self.level != "pte":
             raise _KeyFails("does not apply at pmd level")
         return _yes_no(pte_cont(self.pte))

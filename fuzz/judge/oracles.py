@@ -46,6 +46,7 @@ from machine.pgtable import (
     PAGE_SIZE,
     PMD_SIZE,
     PMD_TYPE_TABLE,
+    PTE_SPECIAL,
     PTE_SWP_EXCLUSIVE,
     PTE_TYPE,
     PTE_TYPE_MASK,
@@ -182,7 +183,7 @@ def check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> lis
         unpinnable = indices_of(pin_folio < 0)
         failures += details(unpinnable, lambda i: (
             f"pin {pins['id'][i]} page {pins['index'][i]}: holds pfn {pins['page'][i]}, which is "
-            + ("free" if pins["page"][i] < scan.nr_frames else "beyond the machine")))
+            + _not_a_folio(frames, int(pins["page"][i]))))
         pin_pairs = occurrences(pin_folio, scan.nr_frames)[heads]
         pin_refs = np.where(scan.large, pin_pairs, GUP_PIN_COUNTING_BIAS * pin_pairs)
         expected_pincount = np.where(scan.large, pin_pairs, 0)
@@ -207,9 +208,17 @@ def check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> lis
             ("PMD", scan.pmd_pid, scan.pmd_addr, scan.pmd_pfn, scan.pmd_folio)):
         bad = indices_of(folios < 0)
         failures += details(bad, lambda i, level=level, pids=pids, addrs=addrs, pfns=pfns: (
-            f"{where(pids[i], addrs[i])}: {level} maps pfn {pfns[i]}, which is "
-            + ("free" if pfns[i] < scan.nr_frames else "beyond the machine")))
+            f"{where(pids[i], addrs[i])}: {level} maps pfn {pfns[i]}, which is " + _not_a_folio(frames, int(pfns[i]))))
     return failures
+
+
+def _not_a_folio(frames: FrameTable, pfn: int) -> str:
+    """Why pfn, named by a mapping or a pin as a folio's page, is none."""
+    if pfn < frames.nr_frames:
+        return "free"
+    if pfn == frames.zero_pfn or frames.huge_zero_pfn <= pfn < frames.zero_pfn:
+        return "the zero page taken for a folio (a zero-page mapping is special, and is never pinned)"
+    return "beyond the machine"
 
 
 def _check_folio_structure(frames: FrameTable, scan: PageTableScan) -> list[str]:
@@ -222,7 +231,7 @@ def _check_folio_structure(frames: FrameTable, scan: PageTableScan) -> list[str]
     for name in FOLIO_FIELDS:
         if scan.zero_outside(name, heads):
             continue
-        array = getattr(frames, name)
+        array = getattr(frames, name)[:scan.nr_frames]   # the reserved frames: the zero-page oracle's
         set_ = array.any(axis=1) if array.ndim == 2 else array != 0
         set_[heads] = False
         failures += details(indices_of(set_), lambda pfn, name=name, array=array: (
@@ -231,8 +240,8 @@ def _check_folio_structure(frames: FrameTable, scan: PageTableScan) -> list[str]
     for name in PAGE_FIELDS:
         if scan.zero_outside(name, allocated):
             continue
-        array = getattr(frames, name)
-        stray = indices_of((array != 0) & (frames.page_folio == FREE_FOLIO))
+        array = getattr(frames, name)[:scan.nr_frames]
+        stray = indices_of((array != 0) & (frames.page_folio[:scan.nr_frames] == FREE_FOLIO))
         failures += details(stray, lambda pfn, name=name, array=array: (
             f"pfn {pfn}: {name} {array[pfn]} on a free frame"))
     return failures
@@ -242,7 +251,7 @@ def _check_folio_runs(frames: FrameTable, scan: PageTableScan) -> list[str]:
     """Each head's order is valid, its run of 2**order frames naturally aligned inside the
     machine, and the runs tile exactly the allocated frames, each frame naming its own head."""
     failures: list[str] = []
-    page_folio = frames.page_folio
+    page_folio = frames.page_folio[:scan.nr_frames]
     heads, allocated = scan.heads, scan.allocated
     orders = frames.folio_order[heads].astype(np.int64)
     bad_order = (orders < 0) | (orders > HPAGE_PMD_ORDER) | (orders == 1)
@@ -485,7 +494,8 @@ def _check_vmas(machine: Machine, scan: PageTableScan) -> list[str]:
                 failures.append(f"P{pid} VMA {before.start:#x}-{before.end:#x}: not sorted before or "
                                 f"overlaps VMA {after.start:#x}-{after.end:#x}")
 
-    leaf_keys = joined([keys for keys in (scan.pte_key, scan.swp_key, scan.pmd_key) if len(keys)], EMPTY)
+    leaf_keys = joined([keys for keys in (scan.pte_key, scan.zero_key, scan.swp_key, scan.pmd_key) if len(keys)],
+                       EMPTY)
     if len(leaf_keys) == 0:
         return failures
     leaf_ends = leaf_keys + PAGE_SIZE
@@ -501,7 +511,8 @@ def _check_vmas(machine: Machine, scan: PageTableScan) -> list[str]:
                        np.ones(len(leaf_keys), bool))
     if len(outside) == 0:
         return failures
-    levels = ["PTE"] * len(scan.pte_key) + ["swap PTE"] * len(scan.swp_key) + ["PMD block"] * len(scan.pmd_key)
+    levels = (["PTE"] * len(scan.pte_key) + ["zero-page PTE"] * len(scan.zero_key) + ["swap PTE"] * len(scan.swp_key)
+              + ["PMD block"] * len(scan.pmd_key))
     return failures + details(outside, lambda i: (
         f"{key_where(leaf_keys[i])}: {levels[i]} outside "
         + ("a single VMA" if levels[i] == "PMD block" else "any VMA")))
@@ -538,6 +549,48 @@ def check_lazyfree(machine: Machine, shadow: Shadow, scan: PageTableScan) -> lis
     return failures[:MAX_DETAILS]
 
 
+# --- 9. zero page ---------------------------------------------------------------
+
+def check_zero_page(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
+    """Rule 9, zero_page: a zero-page entry (a special PTE of the shared zero page, a special PMD
+    block of the huge zero folio) is neither writable nor dirty; PTE_SPECIAL marks nothing else,
+    and nothing else maps or pins a reserved frame; the reserved frames keep every field as the
+    machine made them (no mapcount, refcount, pin, flag or data word: the zero page reads 0 and
+    is never taken for a folio)."""
+    frames = machine.frames
+    failures: list[str] = []
+    for level, pids, addrs, descs in (("PTE", scan.zero_pid, scan.zero_addr, scan.zero_desc),
+                                      ("PMD", scan.zero_pmd_pid, scan.zero_pmd_addr, scan.zero_pmd_desc)):
+        if len(descs):
+            bad = indices_of(((descs & np.uint64(PTE_WRITE)) != 0) | pte_dirty(descs))
+            failures += details(bad, lambda i, level=level, pids=pids, addrs=addrs, descs=descs: (
+                f"{where(pids[i], addrs[i])}: zero-page {level} {int(descs[i]):#x} is writable or dirty"))
+    for level, pids, addrs, descs, pfns in (("PTE", scan.pte_pid, scan.pte_addr, scan.pte_desc, scan.pte_pfn),
+                                            ("PMD", scan.pmd_pid, scan.pmd_addr, scan.pmd_desc, scan.pmd_pfn)):
+        if len(descs) == 0:
+            continue
+        special = (descs & np.uint64(PTE_SPECIAL)) != 0
+        failures += details(indices_of(special), lambda i, level=level, pids=pids, addrs=addrs, pfns=pfns: (
+            f"{where(pids[i], addrs[i])}: special {level} maps pfn {pfns[i]}, not the "
+            + ("zero page" if level == "PTE" else "huge zero folio's head")))
+        reserved = ~special & (pfns >= frames.nr_frames) & (pfns <= frames.zero_pfn)
+        failures += details(indices_of(reserved), lambda i, level=level, pids=pids, addrs=addrs, pfns=pfns: (
+            f"{where(pids[i], addrs[i])}: {level} without PTE_SPECIAL maps reserved pfn {pfns[i]} "
+            "(the zero page taken for a folio)"))
+    pins = scan.pin_pages
+    if len(pins["id"]):
+        failures += details(indices_of(np.asarray(frames.is_zero_pfn(pins["page"]))), lambda i: (
+            f"pin {pins['id'][i]} page {pins['index'][i]}: pins the zero page (pfn {pins['page'][i]})"))
+    def describe_reserved(change: tuple[int, str]) -> str:
+        pfn, name = change
+        kind = ("zero page" if pfn == frames.zero_pfn else
+                "huge zero folio" if pfn >= frames.huge_zero_pfn else "padding before the zero pages")
+        value = getattr(frames, name)[pfn]
+        return f"pfn {pfn} ({kind}): {name} {ints(value) if np.ndim(value) else value}, never set on a reserved frame"
+    failures += details(frames.reserved_frames_changed(), describe_reserved)
+    return failures
+
+
 # --- the registry ------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -567,6 +620,7 @@ ORACLES: dict[str, Oracle] = {oracle.name: oracle for oracle in (
     Oracle("data", check_data),
     Oracle("layout", check_layout),
     Oracle("lazyfree", check_lazyfree),
+    Oracle("zero_page", check_zero_page),
 )}
 
 

@@ -44,6 +44,7 @@ from machine.pgtable import (
     pmd_table,
     pmd_trans_huge,
     pte_pfn,
+    pte_special,
     pte_swp_offset,
 )
 
@@ -187,6 +188,7 @@ class PageTableScan:
                                              "is neither a block nor a table with a PTE table")
         self._gather_pmds(pmd_leaves)
         self._gather_ptes()
+        self._gather_zero_pages()
 
     def _gather_pmds(self, pmd_leaves: list[tuple[int, int, int]]) -> None:
         if not pmd_leaves:
@@ -234,12 +236,36 @@ class PageTableScan:
         self.swp_pid, self.swp_addr = unpack_keys(keys)
         self.swp_slot = pte_swp_offset(desc).astype(np.int64) if len(keys) else EMPTY
 
+    def _gather_zero_pages(self) -> None:
+        """Take the zero-page leaves out of the present ones: a special PTE of the zero page
+        and a special PMD block of the huge zero folio map no folio (vm_normal_page() is NULL),
+        so they count in no mapcount, refcount or RSS. Any other leaf naming a reserved frame
+        stays present, where the oracles report it as taken for a folio."""
+        frames = self.frames
+        zero = (pte_special(self.pte_desc) & (self.pte_pfn == frames.zero_pfn) if len(self.pte_desc)
+                else EMPTY.astype(bool))
+        self.zero_key, self.zero_desc = self.pte_key[zero], self.pte_desc[zero]
+        if np.count_nonzero(zero):
+            keep = ~zero
+            self.pte_key, self.pte_desc, self.pte_pid = self.pte_key[keep], self.pte_desc[keep], self.pte_pid[keep]
+            self.pte_addr, self.pte_pfn = self.pte_addr[keep], self.pte_pfn[keep]
+        self.zero_pid, self.zero_addr = unpack_keys(self.zero_key)
+        huge_zero = (pte_special(self.pmd_desc) & (self.pmd_pfn == frames.huge_zero_pfn) if len(self.pmd_desc)
+                     else EMPTY.astype(bool))
+        self.zero_pmd_key, self.zero_pmd_desc = self.pmd_key[huge_zero], self.pmd_desc[huge_zero]
+        if np.count_nonzero(huge_zero):
+            keep = ~huge_zero
+            self.pmd_key, self.pmd_desc, self.pmd_pid = self.pmd_key[keep], self.pmd_desc[keep], self.pmd_pid[keep]
+            self.pmd_addr, self.pmd_pfn = self.pmd_addr[keep], self.pmd_pfn[keep]
+        self.zero_pmd_pid, self.zero_pmd_addr = unpack_keys(self.zero_pmd_key)
+
     # Frames.
 
     @cached_property
     def allocated(self) -> np.ndarray:
-        """Every pfn that belongs to a folio (page_folio != -1), ascending."""
-        return indices_of(self.frames.page_folio != FREE_FOLIO)
+        """Every pfn that belongs to a folio (page_folio != -1), ascending; the reserved frames
+        after nr_frames (the zero page, the huge zero folio) are not the allocator's."""
+        return indices_of(self.frames.page_folio[:self.nr_frames] != FREE_FOLIO)
 
     @cached_property
     def heads(self) -> np.ndarray:
@@ -260,7 +286,8 @@ class PageTableScan:
     @cached_property
     def nr_nonzero(self) -> dict[str, int]:
         """Per folio and page field of the frame table: how many of its values are non-zero."""
-        return {name: int(np.count_nonzero(getattr(self.frames, name))) for name in FOLIO_FIELDS + PAGE_FIELDS}
+        return {name: int(np.count_nonzero(getattr(self.frames, name)[:self.nr_frames]))
+                for name in FOLIO_FIELDS + PAGE_FIELDS}
 
     def zero_outside(self, name: str, pfns: np.ndarray) -> bool:
         """Whether frame field name is zero at every pfn but pfns (ascending, distinct): a count,
@@ -392,6 +419,15 @@ class PageTableScan:
             keys.append((self.pmd_key[:, None] + (_PAGE_OFFSETS << PAGE_SHIFT))[ok])
             values.append(frames.page_data[pages[ok]])
             sources.append(pages[ok])
+        if len(self.zero_key):
+            keys.append(self.zero_key)
+            values.append(frames.page_data[np.full(len(self.zero_key), frames.zero_pfn)])
+            sources.append(np.full(len(self.zero_key), frames.zero_pfn, np.int64))
+        if len(self.zero_pmd_key):
+            pages = frames.huge_zero_pfn + np.tile(_PAGE_OFFSETS, len(self.zero_pmd_key))
+            keys.append((self.zero_pmd_key[:, None] + (_PAGE_OFFSETS << PAGE_SHIFT)).reshape(-1))
+            values.append(frames.page_data[pages])
+            sources.append(pages)
         if len(self.swp_slot):
             ok = self.swp_slot < swap.nr_slots
             keys.append(self.swp_key[ok])

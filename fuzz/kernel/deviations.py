@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fuzz.script.ops import Op
 from machine.pgtable import PAGE_SIZE, PMD_SIZE
 
-from .observe import PRESENT, SWAP, ZERO, Difference, Observation
+from .observe import PRESENT, SWAP, Difference, Observation
 
 
 @dataclass(frozen=True)
@@ -38,39 +38,6 @@ class Deviation:
     id: str
     model_rule: str                                        # the docs/model.md row, in short
     explains: Callable[[Difference, OpContext], bool]
-
-
-def _zero_page(difference: Difference, context: OpContext) -> bool:
-    """A read fault maps the shared zero page where the model maps nothing."""
-    return difference.field == "state" and difference.model == "none" and difference.kernel == ZERO
-
-
-def _split_zero_page(difference: Difference, context: OpContext) -> bool:
-    """A folio split to order 0 maps each all-zero page to the shared zero page
-    (remap_page(..., RMP_USE_SHARED_ZEROPAGE)) where the model keeps the page: in a
-    `split ... order=0`, in the split MADV_FREE makes of a large folio its range covers in
-    part, or in the split MADV_PAGEOUT makes of a partially mapped large folio (where the
-    model then swaps the zero page's data out)."""
-    if difference.field != "state" or difference.kernel != ZERO:
-        return False
-    op = context.op
-    key = (difference.process, difference.addr)
-    if op.name == "split" and (op.order or 0) == 0 and difference.model == PRESENT:
-        view = context.model_after.get(key)
-        return view is not None and view.value == 0
-    if op.name == "free" and difference.model == PRESENT:
-        return _split_by_free(context, key) and context.model_after[key].value == 0
-    if op.name == "reclaim" and difference.model == SWAP:
-        before = context.model_before.get(key)
-        return before is not None and before.state == PRESENT and before.order > 0 and before.value == 0
-    return False
-
-
-def _split_by_free(context: OpContext, key: tuple[int, int]) -> bool:
-    """MADV_FREE split the large folio mapped at key (present before in a large folio, after in an order-0 one)."""
-    before, after = context.model_before.get(key), context.model_after.get(key)
-    return (before is not None and after is not None and before.state == PRESENT and after.state == PRESENT
-            and before.order > 0 and after.order == 0)
 
 
 def _contpte_folding(difference: Difference, context: OpContext) -> bool:
@@ -166,8 +133,6 @@ def _large_swapin(difference: Difference, context: OpContext) -> bool:
 
 
 DEVIATIONS: tuple[Deviation, ...] = (
-    Deviation("zero-page", "No zero page: a read of an unpopulated address maps nothing", _zero_page),
-    Deviation("split-zero-page", "A folio split to order 0 keeps all-zero pages mapped", _split_zero_page),
     Deviation("mmap-overlap", "mmap over an existing mapping is EINVAL", _mmap_overlap),
     Deviation("pmd-fault-needs-pmd-none", "An order-9 fault needs only no PMD block and all 512 entries 0",
               _pmd_fault_needs_pmd_none),

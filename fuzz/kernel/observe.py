@@ -26,6 +26,7 @@ from machine.pgtable import (
     pte_dirty,
     pte_pfn,
     pte_present,
+    pte_special,
     pte_swp_exclusive,
     pte_swp_offset,
     pte_write,
@@ -66,6 +67,8 @@ Observation = dict[Key, PageView]
 PRESENT_FIELDS = ("order", "level", "cont", "dirty", "young", "writable", "exclusive", "mapcount",
                   "refcount", "pincount", "shared", "value", "lazyfree", "folio_dirty")
 SWAP_FIELDS = ("exclusive",)
+# A zero-page entry maps no folio: what it is, its entry's bits and what it reads.
+ZERO_FIELDS = ("level", "cont", "dirty", "young", "writable", "value")
 
 
 @dataclass(frozen=True)
@@ -124,12 +127,23 @@ def project(machine: Machine, pages: PageRanges) -> Observation:
                     if page_addr in pages:
                         observation[(pid, page_addr)] = _present_view(machine, pmd_pte(desc), index, "pmd")
             elif addr in pages:
-                if pte_present(desc):
+                if pte_present(desc) and pte_special(desc) and machine.frames.is_zero_pfn(int(pte_pfn(desc))):
+                    observation[(pid, addr)] = _zero_view(machine, desc, 0, "pte")
+                elif pte_present(desc):
                     observation[(pid, addr)] = _present_view(machine, desc, 0, "pte")
                 elif is_swap_pte(desc):
                     observation[(pid, addr)] = PageView(SWAP, slot=int(pte_swp_offset(desc)),
                                                         exclusive=bool(pte_swp_exclusive(desc)))
     return observation
+
+
+def _zero_view(machine: Machine, pte: int, index: int, level: str) -> PageView:
+    """A zero-page entry (the shared zero page, or a page of the huge zero folio under a PMD)."""
+    page = int(pte_pfn(pte)) + index
+    return PageView(ZERO, pfn=page, head=int(pte_pfn(pte)), level=level,
+                    cont=level == "pte" and bool(pte_cont(pte)), dirty=bool(pte_dirty(pte)),
+                    young=bool(pte_young(pte)), writable=bool(pte_write(pte)),
+                    value=int(machine.frames.page_data[page]))
 
 
 def _present_view(machine: Machine, pte: int, index: int, level: str) -> PageView:
@@ -237,7 +251,9 @@ def _apply_page_line(state: Observation, words: list[str]) -> None:
         (pfn, head, order, pmd, cont, dirty, young, write, excl, mapcount, ref, pin, shared, zero,
          value, lazyfree, folio_dirty) = words[4:21]
         if zero == "1":
-            state[key] = PageView(ZERO, pfn=int(pfn, 16), head=int(head, 16))
+            state[key] = PageView(ZERO, pfn=int(pfn, 16), head=int(head, 16), level="pmd" if pmd == "1" else "pte",
+                                  cont=cont == "1", dirty=dirty == "1", young=young == "1",
+                                  writable=write == "1", value=int(value, 16))
             return
         state[key] = PageView(
             PRESENT, pfn=int(pfn, 16), head=int(head, 16), order=int(order),
@@ -308,12 +324,14 @@ def _page_differences(key: Key, model: PageView | None, kernel: PageView | None,
     if model_state != kernel_state:
         yield Difference(process, addr, "state", model_state, kernel_state)
         return
-    if model is None or kernel is None or model.state == ZERO:
+    if model is None or kernel is None:
         return
-    if model.state == SWAP:
+    if model.state == ZERO:
+        fields: tuple[str, ...] = ZERO_FIELDS
+    elif model.state == SWAP:
         if model_ids.slot(model) != kernel_ids.slot(kernel):
             yield Difference(process, addr, "slot", model_ids.slot(model), kernel_ids.slot(kernel))
-        fields: tuple[str, ...] = SWAP_FIELDS
+        fields = SWAP_FIELDS
     else:
         if model_ids.page(model) != kernel_ids.page(kernel):
             yield Difference(process, addr, "page", model_ids.page(model), kernel_ids.page(kernel))

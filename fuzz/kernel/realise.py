@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from fuzz.script.ops import Op, Script, format_op
 from machine.pgtable import PAGE_SHIFT
 
-from .model import ModelRun, script_ops
-from .observe import PRESENT
+from .model import ModelRun, ModelStep, script_ops
+from .observe import PRESENT, SWAP, PageView
 
 # The guest runtime's op kinds (enum rf_op_kind in runtime.c).
 GUEST_KINDS = {"mmap": 0, "munmap": 1, "dontneed": 2, "mprotect": 3, "fault": 4, "write": 5, "read": 6,
@@ -110,6 +110,9 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
                 other.state == PRESENT and other.head == view.head and key[0] != op.process
                 for key, other in step.before.items()):
             return "MADV_PAGEOUT skips a folio that more than one process maps"
+        if view is not None and view.state == PRESENT and _swap_out_fallback(view, step):
+            return ("the model's swap had no aligned run of slots for the folio (the swap-out fallback "
+                    "splits it), the guest's 256 MiB zram has")
     if op.name == "fork" and step.new_process is not None and step.new_process >= MAX_PROCESSES:
         return f"more than {MAX_PROCESSES} processes"
     if op.name == "pin" and step.result == "ok":
@@ -118,6 +121,22 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
         if nr_pins > MAX_PINS:
             return f"more than {MAX_PINS} pins"
     return None
+
+
+def _swap_out_fallback(view: PageView, step: ModelStep) -> bool:
+    """Whether reclaim split a large folio that every page of it mapped, as only the swap-out
+    fallback does (a partially mapped one is split on the kernel too): its pages did not all
+    go to one run of consecutive swap slots."""
+    if view.order == 0:
+        return False
+    keys = [key for key, other in step.before.items() if other.state == PRESENT and other.head == view.head]
+    if len(keys) != 1 << view.order:
+        return False
+    after = [step.after.get(key) for key in sorted(keys, key=lambda key: step.before[key].pfn)]
+    if any(other is None or other.state != SWAP for other in after):
+        return True
+    slots = [other.slot for other in after if other is not None]
+    return slots != list(range(slots[0], slots[0] + len(slots)))
 
 
 def realise(run: ModelRun) -> list[GuestOp]:

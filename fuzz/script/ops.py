@@ -347,7 +347,7 @@ _YES_NO = _choice("yes", "no")
 _KeyParser = tuple[Callable[[str], str | int | None], str]
 _ENTRY_KEY_SYNTAX: dict[str, _KeyParser] = {
     "value": (_bounded(VALUE_LIMIT - 1), "0..2^64-1"),
-    "state": (_choice("present", "swap", "none"), "present|swap|none"),
+    "state": (_choice("present", "swap", "none", "zero"), "present|swap|none|zero"),
     "exclusive": (_YES_NO, "yes|no"),
     "writable": (_YES_NO, "yes|no"),
     "dirty": (_YES_NO, "yes|no"),

@@ -1,0 +1,28 @@
+"""zap batches the zero page as if it were an anon folio (vm_normal_page's special test
+forgotten): its entries go through rmap removal and reference drops of the zero page's
+frame, and count against MM_ANONPAGES."""
+
+from machine import any_set
+from machine.pgtable import PAGE_SHIFT, is_swap_pte, pte_present
+
+from . import load_batched_copy, plant, submodule
+
+batched = load_batched_copy(__name__ + "_batched")
+memory = submodule(batched, "memory")
+internal = submodule(batched, "internal")
+
+
+def zap_pte_range(machine, mm, start, end):
+    if mm.pte_table(start) is None:
+        return
+    ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
+    if not any_set(ptes):
+        return
+    if any_set(pte_present(ptes)):   # planted: the zero page batched with the folios
+        memory.zap_present_ptes(machine, mm, internal.folio_pte_batch(machine, mm, start, ptes, internal.FPB_ZAP))
+    if any_set(is_swap_pte(ptes)):
+        memory.zap_nonpresent_ptes(machine, mm, internal.swap_pte_batch(start, ptes))
+
+
+plant(batched, "memory", "zap_pte_range", zap_pte_range)
+Kernel = batched.Kernel

@@ -269,6 +269,22 @@ def test_an_enomem_path_and_a_shared_reclaim_are_refused():
     assert realise(model_of("mmap P0 0x200000 8K\ndontneed P0 0x200000 16K\n"))
 
 
+def test_a_reclaim_split_only_for_want_of_an_aligned_slot_run_is_refused():
+    fallback = ("frames 16\nmmap P0 0x200000 2M\nfault P0 0x200000 order=3\nreclaim P0 0x200000\n"
+                "read P0 0x201000\nfault P0 0x300000 order=3\nwrite P0 0x302000 9\nreclaim P0 0x300000\n")
+    with pytest.raises(UnsupportedScript, match="aligned run of slots") as error:
+        realise(model_of(fallback))
+    assert error.value.unsupported.line == 8
+    # Swapped whole, discarded (lazyfree), refused (pinned) or partially mapped: realisable.
+    assert realise(model_of("mmap P0 0x200000 2M\nfault P0 0x200000 order=4\nreclaim P0 0x200000\n"))
+    assert realise(model_of("mmap P0 0x200000 2M\nfault P0 0x200000 order=4\nfree P0 0x200000 64K\n"
+                            "reclaim P0 0x200000\n"))
+    assert realise(model_of("mmap P0 0x200000 2M\nfault P0 0x200000 order=4\npin P0 0x200000 1 rw\n"
+                            "reclaim P0 0x200000\n"))
+    assert realise(model_of("mmap P0 0x200000 2M\nfault P0 0x200000 order=4\nwrite P0 0x201000 1\n"
+                            "dontneed P0 0x20f000 4K\nreclaim P0 0x200000\n"))
+
+
 def test_guest_ops_carry_every_argument():
     ops = realise(model_of(COW_THP + "pin P0 0x200000 2 rw\nunpin 0\nsplit P1 0x200000 order=4\nexit P1\n"))
     assert guest_script_text(ops).splitlines() == [

@@ -20,7 +20,7 @@ from fuzz.script.ops import Op, Script, format_op
 from machine.pgtable import PAGE_SHIFT
 
 from .model import ModelRun, ModelStep, script_ops
-from .observe import PRESENT, SWAP, PageView
+from .observe import PRESENT, SWAP, ZERO, PageView
 
 # The guest runtime's op kinds (enum rf_op_kind in runtime.c).
 GUEST_KINDS = {"mmap": 0, "munmap": 1, "dontneed": 2, "mprotect": 3, "fault": 4, "write": 5, "read": 6,
@@ -124,19 +124,21 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
 
 
 def _swap_out_fallback(view: PageView, step: ModelStep) -> bool:
-    """Whether reclaim split a large folio that every page of it mapped, as only the swap-out
-    fallback does (a partially mapped one is split on the kernel too): its pages did not all
-    go to one run of consecutive swap slots."""
-    if view.order == 0:
+    """Whether reclaim split a swap-backed large folio that every page of it mapped, as only
+    the swap-out fallback does (a partially mapped one is split on the kernel too): some page
+    went to the zero page, or the pages went to swap but not to one aligned run of slots."""
+    if view.order == 0 or view.lazyfree:
         return False
     keys = [key for key, other in step.before.items() if other.state == PRESENT and other.head == view.head]
     if len(keys) != 1 << view.order:
         return False
     after = [step.after.get(key) for key in sorted(keys, key=lambda key: step.before[key].pfn)]
-    if any(other is None or other.state != SWAP for other in after):
+    if any(other is not None and other.state == ZERO for other in after):
         return True
+    if any(other is None or other.state != SWAP for other in after):
+        return False   # refused, or not swapped out
     slots = [other.slot for other in after if other is not None]
-    return slots != list(range(slots[0], slots[0] + len(slots)))
+    return slots[0] % len(slots) != 0 or slots != list(range(slots[0], slots[0] + len(slots)))
 
 
 def realise(run: ModelRun) -> list[GuestOp]:

@@ -25,6 +25,7 @@ class FrameTable:
         "folio_order", "folio_refcount", "folio_large_mapcount", "folio_entire_mapcount",
         "folio_pincount", "folio_mm_id", "folio_mm_id_mapcount", "folio_mm_ids_shared",
         "folio_anon", "folio_swapbacked", "folio_dirty", "folio_index", "folio_lineage",
+        "folio_mapping",
     )
 
     def __init__(self, nr_frames: int) -> None:
@@ -49,6 +50,7 @@ class FrameTable:
         self.folio_dirty = np.zeros(nr_frames, np.bool_)          # PG_dirty
         self.folio_index = np.zeros(nr_frames, np.int64)
         self.folio_lineage = np.zeros(nr_frames, np.int32)
+        self.folio_mapping = np.zeros(nr_frames, np.int32)        # page cache: file id + 1, 0 for none
         # The allocator's index: free frames per block of FREE_BLOCK_FRAMES, kept in step
         # with page_folio by every method that allocates or frees.
         nr_blocks = -(-nr_frames // FREE_BLOCK_FRAMES)

@@ -14,7 +14,7 @@ from machine.pgtable import (
     vm_get_page_prot,
 )
 
-from . import huge_memory
+from . import filemap, huge_memory
 from .folio import (
     PageAnonExclusive, SetPageAnonExclusive, copy_user_page, folio_alloc, folio_get,
     folio_large_maybe_mapped_shared, folio_nr_pages, folio_put, folio_ref_add, folio_test_large,
@@ -132,7 +132,11 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
     check(unshare or vma.writable, "write fault in a read-only VMA")
     page = int(pte_pfn(pte))
     folio = page_folio(machine, page)
-    if PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm):
+    if vma.shared:  # a page-cache page of a shared file mapping: written in place
+        check(not unshare, "unshare fault in a shared mapping")
+        return filemap.wp_page_shared(machine, mm, vma, addr, pte)
+    anon = bool(machine.frames.folio_anon[folio])
+    if anon and (PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm)):
         SetPageAnonExclusive(machine, page)
         if unshare:
             return OK
@@ -155,7 +159,11 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
     if new_folio is None:
         return ENOMEM
     copy_user_page(machine, new_folio, old_page)
+    vma.anon_vma = True  # anon_vma_prepare
     folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr, exclusive=True)
+    if not machine.frames.folio_anon[old_folio]:  # a private file page COWed
+        mm.rss_file -= 1
+        mm.rss_anon += 1
     entry = mk_pte(new_folio, vma)
     if not unshare:
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
@@ -213,6 +221,8 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
         if result != huge_memory.FALLBACK:
             return result
     pte = machine.ptep_get(mm, addr)
+    if pte_none(pte) and vma.file is not None:
+        return filemap.do_file_write_fault(machine, mm, vma, addr, order)
     if pte_none(pte):
         return do_anonymous_page(machine, mm, vma, addr, order)
     if is_swap_pte(pte):
@@ -237,6 +247,9 @@ def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
 def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
     """Unmap one present PTE and drop its folio reference. Context: a present PTE maps addr."""
     check(pte_present(machine.ptep_get(mm, addr)), "zap_present_pte of a non-present PTE at %#x", addr)
+    if machine.frames.folio_mapping[page_folio(machine, int(pte_pfn(machine.ptep_get(mm, addr))))]:
+        filemap.zap_present_file_pte(machine, mm, addr)
+        return
     pte = machine.ptep_get_and_clear(mm, addr)
     page = int(pte_pfn(pte))
     folio = page_folio(machine, page)
@@ -334,6 +347,9 @@ def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, add
     check(pte_none(machine.ptep_get(dst_mm, addr)), "child already maps %#x", addr)
     page = int(pte_pfn(pte))
     folio = page_folio(machine, page)
+    if not machine.frames.folio_anon[folio]:
+        filemap.copy_present_file_pte(machine, dst_mm, src_mm, addr, pte)
+        return OK
     folio_get(machine, folio)
     if folio_try_dup_anon_rmap_pte(machine, folio, page, dst_mm, src_mm) == EBUSY:
         folio_put(machine, folio)
@@ -362,7 +378,10 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
 
 
 def copy_page_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA) -> str:
-    """Copy every mapping of src_vma to the child, in ascending address order."""
+    """Copy every mapping of src_vma to the child, in ascending address order; a VMA without
+    an anon_vma (a file VMA never COWed) copies nothing: the child faults (vma_needs_copy)."""
+    if not src_vma.anon_vma:
+        return OK
     for addr, next_addr, _whole_pmd in pmd_ranges(machine, src_mm, src_vma.start, src_vma.end):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)):

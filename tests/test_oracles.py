@@ -267,7 +267,8 @@ def assert_only(machine: Machine, shadow: Shadow, oracle: str, *fragments: str) 
 # --- the builders make healthy states with the kernel's values ---------------
 
 def test_oracles_are_named_in_spec_order():
-    assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout", "lazyfree"]
+    assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout", "lazyfree",
+                             "pagecache"]
     assert all(ORACLES[name].name == name and ORACLES[name].check.__name__ == f"check_{name}" for name in ORACLES)
 
 

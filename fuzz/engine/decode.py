@@ -56,7 +56,7 @@ from machine.pgtable import (
     pte_present,
 )
 
-ENCODING_VERSION = 4  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses
+ENCODING_VERSION = 5  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses; 5: files
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
@@ -65,7 +65,8 @@ WINDOW_SIZE = 8 << 20
 # Op kinds, repeated to weight them: faults and writes make the states the others act on.
 KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "pin", "pin",
               "unpin", "fork", "fork", "exit", "munmap", "dontneed", "free", "free", "mprotect", "mprotect", "reclaim",
-              "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split")
+              "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split", "file", "file", "sync",
+              "mmap")
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
 # "near": another page of the 64 KiB block around a used address (the rest of a folio an op
 # acted on: a write to one page of a folio MADV_FREE cleaned, a fault next to a split).
@@ -86,6 +87,13 @@ RAW_ORDERS = 64
 VALUES = (1, 2, 7, 0xdead, (1 << 64) - 1)
 PIN_PAGES = (1, 2, 16, 17)
 RAW_PIN_PAGES = 1024               # two PMDs' worth
+# Files: F0..F2 (a file op on one that exists is EEXIST; a mmap or sync of one never made is
+# EBADF); sizes from a page to a PMD, a size that is not a folio's (the last folio of a
+# file stops short of an order); a file mmap's offset at, inside or past a large folio's start.
+FILE_IDS = (0, 1, 2)
+MMAP_FILES = (None, None, 0, 0, 1, 2)   # anonymous memory stays as common as a file
+FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, 4 * PAGE_SIZE, PAGE_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)
+FILE_OFFSETS = (0, 0, PAGE_SIZE, 8 * PAGE_SIZE, CONT_PTE_SIZE, 15 * PAGE_SIZE)
 # The only ops that change what later ops may name (SPEC §3): fork makes a process, exit
 # ends one, a successful pin issues the next pin id.
 NAMING_OPS = ("fork", "exit", "pin")
@@ -181,6 +189,13 @@ class OpGrammar:
         others (machine is None when encoding: the encoder never draws those)."""
         choose = self.choices.choose
         name = KIND_TABLE[choose(len(KIND_TABLE), _index(KIND_TABLE, target and target.name))]
+        if name in ("file", "sync"):
+            file = FILE_IDS[choose(len(FILE_IDS), _index(FILE_IDS, target and target.file))]
+            if name == "sync":
+                return Op(name, file=file)
+            length = FILE_LENGTHS[choose(len(FILE_LENGTHS), _index(FILE_LENGTHS, target and target.length))]
+            shmem = bool(choose(2, None if target is None else int(target.shmem)))
+            return Op(name, file=file, length=length, shmem=shmem)
         if name == "unpin":
             nr_pins = names.nr_pins
             pin_id = choose(nr_pins + 1, target.pin_id if target else None)
@@ -196,6 +211,17 @@ class OpGrammar:
             prot = None
             if name in PROT_OPS:
                 prot = PROTS[choose(len(PROTS), _index(PROTS, target and (target.prot or "rw")))]
+            if name == "mmap":
+                wanted_file: int | None = None
+                if target is not None:
+                    wanted_file = 0 if target.file is None else _index(MMAP_FILES, target.file)
+                mmap_file = MMAP_FILES[choose(len(MMAP_FILES), wanted_file)]
+                if mmap_file is not None:
+                    offset = FILE_OFFSETS[choose(len(FILE_OFFSETS),
+                                                 _index(FILE_OFFSETS, (target.offset or 0) if target else None))]
+                    shared = bool(choose(2, None if target is None else int(target.shared)))
+                    return Op(name, process=process, addr=addr, length=length, prot=prot, file=mmap_file,
+                              offset=offset or None, shared=shared)
             return Op(name, process=process, addr=addr, length=length, prot=prot)
         if name in ORDER_OPS:
             return Op(name, process=process, addr=addr, order=self.order(target.order if target else None))

@@ -197,15 +197,20 @@ def do_file_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: in
     if index is None:
         return SIGBUS
     frames = machine.frames
-    folio = filemap_get_folio(machine, file_of_vma(machine, vma), index, order)
-    if folio is None:
-        return ENOMEM
+    file = file_of_vma(machine, vma)
     if vma.shared:
+        folio = filemap_get_folio(machine, file, index, order)
+        if folio is None:
+            return ENOMEM
         finish_fault(machine, mm, vma, addr, folio, write=True)
         frames.folio_dirty[folio] = True  # fault_dirty_shared_page
         return OK
-    new_folio = frames.folio_alloc(0)
+    new_folio = frames.folio_alloc(0)  # do_cow_fault: folio_prealloc before __do_fault
     if new_folio is None:
+        return ENOMEM
+    folio = filemap_get_folio(machine, file, index, order)
+    if folio is None:
+        folio_put(machine, new_folio)
         return ENOMEM
     frames.page_data[new_folio] = frames.page_data[folio + index - frames.folio_index.item(folio)]
     vma.anon_vma = True

@@ -203,17 +203,19 @@ def do_read_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0)
 
 
 def do_cow_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0) -> str:
-    """A write fault on a none entry of a private file VMA: the page-cache page (made if the
-    file has none, of order K..0) copied into a new exclusive anon page, which is mapped."""
+    """A write fault on a none entry of a private file VMA: a new anon page allocated first
+    (folio_prealloc), then the page-cache page (made if the file has none, of order K..0)
+    copied into it, and the copy mapped exclusive."""
     index = file_fault_index(machine, vma, addr)
     if index is None:
         return SIGBUS
     file = file_of_vma(machine, vma)
-    folio = filemap_get_folio(machine, file, index, order)
-    if folio is None:
-        return ENOMEM
     new_folio = folio_alloc(machine, 0)
     if new_folio is None:
+        return ENOMEM
+    folio = filemap_get_folio(machine, file, index, order)
+    if folio is None:
+        folio_put(machine, new_folio)
         return ENOMEM
     copy_user_page(machine, new_folio, folio + index - int(machine.frames.folio_index[folio]))
     vma.anon_vma = True  # anon_vma_prepare

@@ -75,6 +75,9 @@ class UnsupportedScript(Exception):
 
 def _static_reason(op: Op) -> str | None:
     """Why op alone has no realisation, or None."""
+    if op.name in ("file", "sync") or (op.name == "mmap" and op.file is not None):
+        return ("file-backed memory is not realised: shmem needs memfd_create in the runtime, a regular "
+                "file a disk filesystem in the guest")
     if op.name == "try_to_unmap":
         return "the race of GUP-fast with reclaim that try_to_unmap models cannot be brought about from user space"
     if op.name == "split_pmd":

@@ -36,6 +36,8 @@ CANARIES = (
     "thp_swpout_no_fallback",
     "lazyfree_clean_first_only",
     "free_clears_block_first_only",
+    "file_dirty_first_only",
+    "file_dup_counts_batch_as_one",
 )
 
 

@@ -65,7 +65,7 @@ WINDOW_SIZE = 8 << 20
 # Op kinds, repeated to weight them: faults and writes make the states the others act on.
 KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "pin", "pin",
               "unpin", "fork", "fork", "exit", "munmap", "dontneed", "free", "free", "mprotect", "mprotect", "reclaim",
-              "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split", "file", "file", "sync",
+              "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split", "file", "file", "file", "sync",
               "mmap")
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
 # "near": another page of the 64 KiB block around a used address (the rest of a folio an op
@@ -90,8 +90,11 @@ RAW_PIN_PAGES = 1024               # two PMDs' worth
 # Files: F0..F2 (a file op on one that exists is EEXIST; a mmap or sync of one never made is
 # EBADF); sizes from a page to a PMD, a size that is not a folio's (the last folio of a
 # file stops short of an order); a file mmap's offset at, inside or past a large folio's start.
+# "new" and "existing" are drawn against the machine (the lowest file not made yet, one that
+# exists), as vma_edge is: the encoder writes the file's number raw.
 FILE_IDS = (0, 1, 2)
-MMAP_FILES = (None, None, 0, 0, 1, 2)   # anonymous memory stays as common as a file
+FILE_OP_IDS = ("new", "new", *FILE_IDS)
+MMAP_FILES = (None, None, None, "existing", "existing", "existing", *FILE_IDS)   # anonymous half the time
 FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, 4 * PAGE_SIZE, PAGE_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)
 FILE_OFFSETS = (0, 0, PAGE_SIZE, 8 * PAGE_SIZE, CONT_PTE_SIZE, 15 * PAGE_SIZE)
 # The only ops that change what later ops may name (SPEC §3): fork makes a process, exit
@@ -190,7 +193,9 @@ class OpGrammar:
         choose = self.choices.choose
         name = KIND_TABLE[choose(len(KIND_TABLE), _index(KIND_TABLE, target and target.name))]
         if name in ("file", "sync"):
-            file = FILE_IDS[choose(len(FILE_IDS), _index(FILE_IDS, target and target.file))]
+            ids = FILE_OP_IDS if name == "file" else MMAP_FILES[3:]
+            drawn = ids[choose(len(ids), _index(ids, target and target.file))]
+            file = drawn if isinstance(drawn, int) else self.file_of_note(machine, drawn)
             if name == "sync":
                 return Op(name, file=file)
             length = FILE_LENGTHS[choose(len(FILE_LENGTHS), _index(FILE_LENGTHS, target and target.length))]
@@ -215,7 +220,11 @@ class OpGrammar:
                 wanted_file: int | None = None
                 if target is not None:
                     wanted_file = 0 if target.file is None else _index(MMAP_FILES, target.file)
-                mmap_file = MMAP_FILES[choose(len(MMAP_FILES), wanted_file)]
+                drawn_file = MMAP_FILES[choose(len(MMAP_FILES), wanted_file)]
+                mmap_file: int | None = None if isinstance(drawn_file, str) else drawn_file
+                if isinstance(drawn_file, str):   # an existing file; before any, anonymous memory
+                    made = machine is not None and bool(machine.files)
+                    mmap_file = self.file_of_note(machine, drawn_file) if made else None
                 if mmap_file is not None:
                     offset = FILE_OFFSETS[choose(len(FILE_OFFSETS),
                                                  _index(FILE_OFFSETS, (target.offset or 0) if target else None))]
@@ -232,6 +241,14 @@ class OpGrammar:
             prot = PROTS[choose(len(PROTS), _index(PROTS, target and target.prot))]
             return Op(name, process=process, addr=addr, nr_pages=nr_pages, prot=prot)
         return Op(name, process=process, addr=addr)
+
+    def file_of_note(self, machine: Machine | None, which: str) -> int:
+        """The lowest file number not made yet ("new"), or one of the files made ("existing")."""
+        assert machine is not None   # the encoder draws every file number raw
+        if which == "new":
+            return next((file for file in FILE_IDS if file not in machine.files), FILE_IDS[-1])
+        existing = sorted(machine.files)
+        return existing[self.choices.choose(len(existing))] if existing else 0
 
     def addr(self, process: int, machine: Machine | None, wanted: int | None,
              categories: tuple[str, ...] = ADDR_CATEGORIES) -> int:

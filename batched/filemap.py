@@ -13,6 +13,7 @@ from machine.errors import EBADF, EBUSY, EEXIST, ENOMEM, OK, SIGBUS
 from machine.files import File
 from machine.pgtable import (
     PAGE_SHIFT,
+    PMD_SIZE,
     PTRS_PER_TABLE,
     pfn_pte,
     pte_dirty,
@@ -30,7 +31,7 @@ from machine.pgtable import (
 )
 
 from .folio import folio_put, folios_put_refs, folios_ref_add
-from .internal import PteBatches, add_at, batches_any
+from .internal import FPB_UNMAP, PteBatches, add_at, batches_any, folio_pte_batch, set_pte_values
 from .rmap import (
     batch_pages,
     folio_add_new_anon_rmap,
@@ -277,6 +278,18 @@ def rmap_walk_file(machine: Machine, folio: int) -> list[tuple[MM, VMA, int, int
     return walk
 
 
+def pmd_pieces(start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end) cut at PMD boundaries: a page-cache folio's range in a VMA need not lie in
+    one PTE table (its file index, not its address, is aligned), page_vma_mapped_walk's
+    steps are one table each."""
+    pieces = []
+    while start < end:
+        next_start = min(end, (start | (PMD_SIZE - 1)) + 1)
+        pieces.append((start, next_start))
+        start = next_start
+    return pieces
+
+
 def folio_file_ptes(machine: Machine, mm: MM, folio: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
     """The PTEs of [start, end) and which of them map folio (present)."""
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
@@ -288,7 +301,6 @@ def try_to_unmap_one_file(machine: Machine, folio: int, mm: MM, start: int, end:
     """try_to_unmap_one for a page-cache folio in [start, end) of one VMA (no uffd-wp): each
     folio_unmap_pte_batch batch (FPB_RESPECT_WRITE) cleared by get_and_clear_ptes, a gathered
     dirty bit marking the folio dirty; rmap, references and MM_FILEPAGES."""
-    from .internal import FPB_UNMAP, folio_pte_batch
     ptes, of_folio = folio_file_ptes(machine, mm, folio, start, end)
     if not any_set(of_folio):
         return
@@ -298,7 +310,8 @@ def try_to_unmap_one_file(machine: Machine, folio: int, mm: MM, start: int, end:
 def try_to_unmap_file(machine: Machine, folio: int) -> str:
     """try_to_unmap of a page-cache folio: every mapping cleared; the cache keeps it."""
     for mm, _vma, start, end in rmap_walk_file(machine, folio):
-        try_to_unmap_one_file(machine, folio, mm, start, end)
+        for piece_start, piece_end in pmd_pieces(start, end):
+            try_to_unmap_one_file(machine, folio, mm, piece_start, piece_end)
     return OK
 
 
@@ -308,15 +321,15 @@ def folio_mkclean(machine: Machine, folio: int) -> bool:
     for mm, vma, start, end in rmap_walk_file(machine, folio):
         if not vma.shared:
             continue
-        ptes, of_folio = folio_file_ptes(machine, mm, folio, start, end)
-        touched = of_folio & (pte_dirty(ptes) | pte_write(ptes))
-        if not any_set(touched):
-            continue
-        dirty = dirty or any_set(pte_dirty(ptes[touched]))
-        index = np.flatnonzero(touched)
-        table_index = ((start >> PAGE_SHIFT) % PTRS_PER_TABLE) + index
-        from .internal import set_pte_values
-        set_pte_values(machine, mm, start, table_index.astype(np.int64), pte_mkclean(pte_wrprotect(ptes[touched])))
+        for piece_start, piece_end in pmd_pieces(start, end):
+            ptes, of_folio = folio_file_ptes(machine, mm, folio, piece_start, piece_end)
+            touched = of_folio & (pte_dirty(ptes) | pte_write(ptes))
+            if not any_set(touched):
+                continue
+            dirty = dirty or any_set(pte_dirty(ptes[touched]))
+            table_index = ((piece_start >> PAGE_SHIFT) % PTRS_PER_TABLE) + np.flatnonzero(touched)
+            set_pte_values(machine, mm, piece_start, table_index.astype(np.int64),
+                           pte_mkclean(pte_wrprotect(ptes[touched])))
     return dirty
 
 

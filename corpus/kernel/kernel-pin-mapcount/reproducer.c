@@ -32,7 +32,7 @@
  *   P <n> <va> n                   none
  *   P <n> <va> s <slot> <excl>     swap entry: offset and PTE_SWP_EXCLUSIVE
  *   P <n> <va> p <pfn> <head> <order> <pmd> <cont> <dirty> <young> <write>
- *                <excl> <mapcount> <ref> <pin> <shared> <zero> <value>
+ *                <excl> <mapcount> <ref> <pin> <shared> <zero> <value> <lazyfree> <folio dirty> <file>
  *   G <n>                          Pn exited
  *   E <op>                         observation after op number op is complete
  *   X <reason>                     the script could not run on this kernel
@@ -1103,12 +1103,13 @@ static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry
 	/* PageAnonExclusive of the page; of the head for a PMD mapping (SPEC §4's `exclusive`). */
 	memcpy(&flags, folio->pages + exclusive_index * layout.page_size + layout.page_flags, sizeof(flags));
 	kread_pa(pfn * PAGE_SIZE, &value, sizeof(value));
-	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx %d %d",
+	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx %d %d %d",
 		 (unsigned long)pfn, (unsigned long)folio->head, folio->order, pmd,
 		 !pmd && (entry & PTE_CONT) ? 1 : 0, dirty, entry & PTE_AF ? 1 : 0, entry & PTE_DBM ? 1 : 0,
 		 (int)((flags >> layout.pg_anon_exclusive) & 1), mapcount + folio->entire_mapcount,
 		 folio->refcount, folio->pincount, folio->shared, (int)((folio->kpageflags[index] >> KPF_ZERO) & 1),
-		 (unsigned long)value, lazyfree, (int)((head_flags >> KPF_DIRTY) & 1));
+		 (unsigned long)value, lazyfree, (int)((head_flags >> KPF_DIRTY) & 1),
+		 !((head_flags >> KPF_ANON) & 1)); /* a page-cache folio: folio->mapping not anon */
 }
 
 /* The line describing page va, from its pagemap entry and the page tables. */

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from machine import MM, VMA, Machine, all_set, any_set, check
-from machine.errors import EFAULT, EINVAL, ENOMEM, OK
+from machine.errors import EFAULT, EINVAL, ENOMEM, OK, SIGBUS
 from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
@@ -20,6 +20,7 @@ from machine.pgtable import (
     pte_write,
 )
 
+from .filemap import do_read_fault, vma_wants_writenotify
 from .folio import GUP_PIN_COUNTING_BIAS, folios_put_refs, page_folio
 from .internal import add_at
 from .memory import (
@@ -44,17 +45,24 @@ def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> 
     return OK
 
 
-def gup_must_unshare(machine: Machine, level: str, entry, page):
+def gup_must_unshare(machine: Machine, vma: VMA, level: str, entry, page):
     """A R/O pin must unshare a page mapped read-only by entry that is not
-    PageAnonExclusive (the head's for a PMD), and always the zero page (not anon: a
-    FOLL_LONGTERM pin in a COW mapping unshares it). Its caller's !pte_write test is folded
-    in. entry and page may be arrays of present entries and their pages: one answer each."""
+    PageAnonExclusive (the head's for a PMD); always the zero page, and a page-cache page in
+    a private (COW) mapping only. Its caller's !pte_write test is folded in. entry and page
+    may be arrays of present entries and their pages: one answer each."""
     exclusive_page = page_folio(machine, page) if level == "pmd" else page
-    return np.logical_not(pte_write(entry)) & (
-        np.logical_not(machine.frames.page_anon_exclusive[exclusive_page]) | pte_special(entry))
+    anon = machine.frames.folio_anon[page_folio(machine, page)]
+    return np.logical_not(pte_write(entry)) & (pte_special(entry) | np.where(
+        anon, np.logical_not(machine.frames.page_anon_exclusive[exclusive_page]), not vma.shared))
 
 
-def range_needs_fault_for_pin(machine: Machine, mm: MM, start: int, end: int, writable: bool) -> np.ndarray:
+def vma_needs_dirty_tracking(machine: Machine, vma: VMA) -> bool:
+    """check_vma_flags: no long-term writable pin of a shared regular-file mapping."""
+    return vma.file is not None and vma_wants_writenotify(machine, vma)
+
+
+def range_needs_fault_for_pin(machine: Machine, mm: MM, vma: VMA, start: int, end: int,
+                              writable: bool) -> np.ndarray:
     """Per page of the range [start, end) (inside one PMD): must it be faulted before it can
     be pinned? rw: unless mapped writable; ro: unless mapped and not gup_must_unshare."""
     nr_pages = (end - start) >> PAGE_SHIFT
@@ -62,13 +70,13 @@ def range_needs_fault_for_pin(machine: Machine, mm: MM, start: int, end: int, wr
     if pmd_trans_huge(pmd):
         if writable:
             return np.full(nr_pages, not pte_write(pmd))
-        return np.full(nr_pages, bool(gup_must_unshare(machine, "pmd", pmd, int(pte_pfn(pmd)))))
+        return np.full(nr_pages, bool(gup_must_unshare(machine, vma, "pmd", pmd, int(pte_pfn(pmd)))))
     ptes = machine.ptes_get(mm, start, nr_pages)
     present = pte_present(ptes)
     if writable:
         return ~(present & pte_write(ptes))
     need_fault = ~present
-    need_fault[present] = gup_must_unshare(machine, "pte", ptes[present], pte_pfn(ptes[present]).astype(np.int64))
+    need_fault[present] = gup_must_unshare(machine, vma, "pte", ptes[present], pte_pfn(ptes[present]).astype(np.int64))
     return need_fault
 
 
@@ -102,11 +110,13 @@ def faultin_none_pages_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, nr
 def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable: bool) -> str:
     """One page's faults until it may be pinned: writable for rw, exclusive for ro."""
     for _attempt in range(3):
-        if not range_needs_fault_for_pin(machine, mm, addr, addr + (1 << PAGE_SHIFT), writable)[0]:
+        if not range_needs_fault_for_pin(machine, mm, vma, addr, addr + (1 << PAGE_SHIFT), writable)[0]:
             return OK
         entry = machine.lookup(mm, addr)[1]
         if writable:
             result = handle_write_fault(machine, mm, vma, addr, order=0)
+        elif pte_none(entry) and vma.file is not None:
+            result = do_read_fault(machine, mm, vma, addr)
         elif pte_none(entry):
             result = do_unshare_anonymous_page(machine, mm, vma, addr)
         elif is_swap_pte(entry):
@@ -115,7 +125,7 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
             result = handle_unshare_fault(machine, mm, vma, addr)
         if result != OK:
             return result
-    check(not range_needs_fault_for_pin(machine, mm, addr, addr + (1 << PAGE_SHIFT), writable)[0],
+    check(not range_needs_fault_for_pin(machine, mm, vma, addr, addr + (1 << PAGE_SHIFT), writable)[0],
           f"pin fault at {addr:#x} did not converge")
     return OK
 
@@ -130,7 +140,8 @@ def pinned_pages(machine: Machine, mm: MM, start: int, end: int) -> np.ndarray:
         check(frames.page_anon_exclusive[folio], "pinning non-exclusive PMD folio %s", folio)
         return folio + ((start & (PMD_SIZE - 1)) >> PAGE_SHIFT) + np.arange(nr_pages, dtype=np.int64)
     pages = pte_pfn(machine.ptes_get(mm, start, nr_pages)).astype(np.int64)
-    check(all_set(frames.page_anon_exclusive[pages]), "pinning non-exclusive pages")
+    check(all_set(frames.page_anon_exclusive[pages] | ~frames.folio_anon[frames.page_folio[pages]]),
+          "pinning non-exclusive pages")
     return pages
 
 
@@ -172,12 +183,12 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
     page_addr = addr
     while page_addr < end:
         vma = mm.find_vma(page_addr)
-        if vma is None or (writable and not vma.writable):
+        if vma is None or (writable and not vma.writable) or (writable and vma_needs_dirty_tracking(machine, vma)):
             if pages:
                 gup_put_folios_pin(machine, np.concatenate(pages))
             return EFAULT
         chunk_end = min(end, vma.end, (page_addr & ~(PMD_SIZE - 1)) + PMD_SIZE)
-        need_fault = range_needs_fault_for_pin(machine, mm, page_addr, chunk_end, writable)
+        need_fault = range_needs_fault_for_pin(machine, mm, vma, page_addr, chunk_end, writable)
         ready_end = page_addr + (int(np.argmax(need_fault)) << PAGE_SHIFT) if any_set(need_fault) else chunk_end
         if ready_end > page_addr:
             ready = pinned_pages(machine, mm, page_addr, ready_end)
@@ -186,9 +197,13 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
             page_addr = ready_end
             continue
         nr_none = pte_none_run(machine, mm, page_addr, chunk_end)
-        if nr_none and faultin_none_pages_for_pin(machine, mm, vma, page_addr, nr_none, writable):
+        if nr_none and vma.file is None and faultin_none_pages_for_pin(machine, mm, vma, page_addr, nr_none, writable):
             continue   # now ready: grabbed on the next turn
         result = faultin_page_for_pin(machine, mm, vma, page_addr, writable)
+        if result == SIGBUS:  # a page past a file's end: __get_user_pages fails with -EFAULT
+            if pages:
+                gup_put_folios_pin(machine, np.concatenate(pages))
+            return EFAULT
         if result != OK:
             return result
         ready = pinned_pages(machine, mm, page_addr, page_addr + (1 << PAGE_SHIFT))

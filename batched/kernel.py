@@ -21,6 +21,7 @@ from machine.pgtable import (
     pte_present,
 )
 
+from .filemap import do_read_fault, file_create, file_sync, shrink_file_folio, try_to_unmap_file
 from .folio import page_folio, vm_normal_pages
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
@@ -79,8 +80,9 @@ class Kernel:
 
     # VMAs.
 
-    def mmap(self, pid: int, addr: int, length: int, prot: str) -> str:
-        return self._finish(do_mmap(self.machine, self._mm(pid), addr, length, prot == "rw"))
+    def mmap(self, pid: int, addr: int, length: int, prot: str, file: int | None = None,
+             offset: int = 0, shared: bool = False) -> str:
+        return self._finish(do_mmap(self.machine, self._mm(pid), addr, length, prot == "rw", file, offset, shared))
 
     def munmap(self, pid: int, addr: int, length: int) -> str:
         return self._finish(do_munmap(self.machine, self._mm(pid), addr, length))
@@ -103,6 +105,10 @@ class Kernel:
         vma = mm.find_vma(addr)
         if vma is None or not vma.writable:
             return EFAULT
+        if pte_none(self.machine.lookup(mm, addr)[1]) and vma.file is not None:
+            # do_fault: the page-cache folio and a COW copy at most
+            return self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, order),
+                                     max_new_frames=2)
         if pte_none(self.machine.lookup(mm, addr)[1]):
             # handle_pte_fault of a none entry; do_anonymous_page fails only before it maps anything.
             return self._finish(do_anonymous_page(self.machine, mm, vma, addr, order))
@@ -117,7 +123,7 @@ class Kernel:
 
     def _user_write(self, mm: MM, vma: VMA, addr: int, value: int | None) -> str:
         """Write-fault addr in (one copy at most), then store value (None: the word there)."""
-        result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, 0), max_new_frames=1)
+        result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, 0), max_new_frames=2)
         if result != OK:
             return result
         if value is None:
@@ -131,7 +137,11 @@ class Kernel:
         if vma is None:
             return EFAULT
         entry = self.machine.lookup(mm, addr)[1]
-        if pte_none(entry):
+        if pte_none(entry) and vma.file is not None:
+            result = self._finish(do_read_fault(self.machine, mm, vma, addr))
+            if result != OK:
+                return result
+        elif pte_none(entry):
             self._finish(do_anonymous_page_read(self.machine, mm, vma, addr))
         elif is_swap_pte(entry):
             result = self._finish(do_swap_page(self.machine, mm, vma, addr, write_fault=False))
@@ -144,9 +154,9 @@ class Kernel:
 
     def pin(self, pid: int, addr: int, nr_pages: int, mode: str) -> str:
         mm = self._mm(pid)
-        # Each page takes at most one order-0 folio (fault-in, swap-in or copy).
+        # Each page takes at most two order-0 folios (a page-cache fault-in and its COW copy).
         return self._transaction(lambda: pin_user_pages(self.machine, mm, addr, nr_pages, mode == "rw"),
-                                 max_new_frames=nr_pages)
+                                 max_new_frames=2 * nr_pages)
 
     def unpin(self, pin_id: int) -> str:
         return self._finish(unpin_user_pages(self.machine, pin_id))
@@ -178,6 +188,10 @@ class Kernel:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
+        if self.machine.frames.folio_mapping[folio]:
+            # a shmem folio runs out of swap slots only after it was unmapped
+            return self._transaction(lambda: shrink_file_folio(self.machine, folio),
+                                     max_new_frames=self.machine.frames.nr_frames + 1)
         # shrink_folio_list decides every failure before it changes anything.
         return self._finish(shrink_folio_list(self.machine, folio))
 
@@ -185,6 +199,8 @@ class Kernel:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
+        if self.machine.frames.folio_mapping[folio]:
+            return self._finish(try_to_unmap_file(self.machine, folio))
         return self._finish(try_to_unmap(self.machine, folio))
 
     def split_pmd(self, pid: int, addr: int) -> str:
@@ -202,4 +218,14 @@ class Kernel:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
+        if self.machine.frames.folio_mapping[folio]:
+            return EINVAL  # (model) the split of a page-cache folio is not modelled
         return self._finish(split_huge_page_to_list_to_order(self.machine, folio, order))
+
+    # Files.
+
+    def file(self, file: int, length: int, shmem: bool) -> str:
+        return self._finish(file_create(self.machine, file, length, shmem))
+
+    def sync(self, file: int) -> str:
+        return self._finish(file_sync(self.machine, file))

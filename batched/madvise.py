@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from machine import MM, VMA, Machine, any_set, check
-from machine.errors import ENOMEM, OK
+from machine.errors import EINVAL, ENOMEM, OK
 from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
@@ -36,6 +36,8 @@ def madvise_free(machine: Machine, mm: MM, start: int, length: int) -> str:
     end = start + length
     covered = mm.vmas_cover(start, end)
     for vma in mm.vmas_intersecting(start, end):
+        if vma.file is not None:
+            return EINVAL  # madvise_free_single_vma: !vma_is_anonymous; the walk stops there
         madvise_free_single_vma(machine, mm, vma, max(vma.start, start), min(vma.end, end))
     return OK if covered else ENOMEM
 

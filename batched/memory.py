@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from machine import MM, VMA, Machine, PteRuns, any_set, check
+from machine import MM, VMA, Machine, PteRuns, all_set, any_set, check
 from machine.errors import ENOMEM, OK
 from machine.mm import PUD_SIZE, pmd_index
 from machine.pgtable import (
@@ -38,7 +38,7 @@ from machine.pgtable import (
     vm_get_page_prot,
 )
 
-from . import huge_memory
+from . import filemap, huge_memory
 from .folio import (
     PageAnonExclusive,
     SetPageAnonExclusive,
@@ -204,7 +204,11 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
         return wp_page_copy(machine, mm, vma, addr, pte, unshare)  # the zero page: always copied
     page = int(pte_pfn(pte))
     folio = int(page_folio(machine, page))
-    if PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm):
+    if vma.shared:  # a page-cache page of a shared file mapping: written in place
+        check(not unshare, "unshare fault in a shared mapping")
+        return filemap.wp_page_shared(machine, mm, vma, addr, pte)
+    if machine.frames.folio_anon.item(folio) and (
+            PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm)):
         SetPageAnonExclusive(machine, page)
         if not unshare:
             wp_page_reuse(machine, mm, vma, addr, pte)
@@ -219,7 +223,8 @@ def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> No
 
 def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
     """Copy the page pte maps to a new exclusive order-0 folio, then drop the old mapping.
-    A copy of the zero page is a zeroed folio, and one page more in MM_ANONPAGES."""
+    A copy of the zero page is a zeroed folio, and one page more in MM_ANONPAGES; a copy of
+    a private file page moves one page from MM_FILEPAGES to MM_ANONPAGES."""
     zero_page = not vm_normal_pages(machine, pte)
     page = int(pte_pfn(pte))
     new_folio = machine.frames.folio_alloc(0)
@@ -239,6 +244,9 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
         mm.rss_anon += 1
         return OK
     folio = int(page_folio(machine, page))
+    if not machine.frames.folio_anon.item(folio):  # a private file page COWed
+        mm.rss_file -= 1
+        mm.rss_anon += 1
     folio_remove_rmap_pte(machine, folio, page, mm)
     folio_put(machine, folio)
     return OK
@@ -286,6 +294,8 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
         if result != huge_memory.FALLBACK:
             return result
     pte = machine.ptep_get(mm, addr)
+    if pte_none(pte) and vma.file is not None:
+        return filemap.do_file_write_fault(machine, mm, vma, addr, order)
     if pte_none(pte):
         return do_anonymous_page(machine, mm, vma, addr, order)
     if is_swap_pte(pte):
@@ -307,7 +317,14 @@ def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
 # zap (zap_pte_range, zap_present_ptes, zap_nonpresent_ptes).
 
 def zap_present_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
-    """Unmap every batch: clear_full_ptes, rmap removal and nr_pages references each."""
+    """Unmap every batch: clear_full_ptes, rmap removal and nr_pages references each; the
+    page-cache batches through zap_present_file_ptes (their dirty bits go to the folio)."""
+    file = machine.frames.folio_mapping[batches.folio] != 0
+    if any_set(file):
+        filemap.zap_present_file_ptes(machine, mm, batches.select(file))
+        batches = batches.select(~file)
+        if len(batches) == 0:
+            return
     machine.clear_full_ptes_runs(mm, batches.runs)
     mm.rss_anon -= int(batches.nr_pages.sum())
     folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
@@ -395,7 +412,15 @@ def copy_zero_page_ptes(machine: Machine, dst_mm: MM, start: int, ptes: np.ndarr
 def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> BusyPerBatch:
     """Share each batch with the child (folio refs, folios_try_dup_anon_rmap_ptes, entries).
     Returns which batches failed (EBUSY) because the folio may be pinned and a page is
-    exclusive; they are left untouched for the page-by-page fallback."""
+    exclusive; they are left untouched for the page-by-page fallback. Page-cache batches are
+    shared with folio_dup_file_rmap_ptes and never fail."""
+    file = machine.frames.folio_mapping[batches.folio] != 0
+    if any_set(file):
+        filemap.copy_present_file_ptes(machine, dst_mm, src_mm, batches.select(file))
+        busy = np.zeros(len(batches), bool)
+        if not all_set(file):
+            busy[~file] = copy_present_ptes(machine, dst_mm, src_mm, batches.select(~file))
+        return busy
     folios_ref_add(machine, batches.folio, batches.nr_pages)
     busy = folios_try_dup_anon_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages,
                                          dst_mm, src_mm)
@@ -474,7 +499,11 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
 
 
 def copy_page_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA) -> str:
-    """Copy every mapping of src_vma to the child, PMD by PMD in ascending address order."""
+    """Copy every mapping of src_vma to the child, PMD by PMD in ascending address order; a
+    VMA without an anon_vma (no anon folio ever mapped in it: a file VMA never COWed, or only
+    the zero page read) copies nothing (vma_needs_copy)."""
+    if not src_vma.anon_vma:
+        return OK
     for addr, next_addr, _whole_pmd in pmd_ranges(src_mm, src_vma.start, src_vma.end):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)) \

@@ -12,13 +12,14 @@ from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
     pmd_trans_huge,
+    pte_dirty,
     pte_mkwrite,
     pte_modify,
     pte_pfn,
     pte_present,
-    vm_get_page_prot,
 )
 
+from .filemap import vma_page_prot, vma_wants_writenotify
 from .folio import vm_normal_pages
 from .huge_memory import change_huge_pmd, split_huge_pmd_locked
 from .internal import set_pte_values
@@ -35,8 +36,11 @@ def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -
     if len(present) == 0:
         return
     old = ptes[present]
-    entries = pte_modify(old, vm_get_page_prot(vma.writable))
-    if vma.writable:
+    entries = pte_modify(old, vma_page_prot(machine, vma))
+    if vma.file is not None and vma.shared:  # can_change_shared_pte_writable: dirty entries
+        if vma.writable and vma_wants_writenotify(machine, vma):
+            entries = np.where(pte_dirty(old), pte_mkwrite(entries), entries)
+    elif vma.writable:
         exclusive = machine.frames.page_anon_exclusive[pte_pfn(old).astype(np.int64)] & vm_normal_pages(machine, old)
         entries = np.where(exclusive, pte_mkwrite(entries), entries)
     haddr = start & ~(PMD_SIZE - 1)

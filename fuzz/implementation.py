@@ -30,7 +30,8 @@ class Kernel(Protocol):
     """One implementation's kernel on one machine: every op of SPEC §3, returning a result
     code (`RESULT_NAMES`). Construction is `Kernel(machine)`; see `Implementation`."""
 
-    def mmap(self, pid: int, addr: int, length: int, prot: str) -> str: ...
+    def mmap(self, pid: int, addr: int, length: int, prot: str, file: int | None = None,
+             offset: int = 0, shared: bool = False) -> str: ...
     def munmap(self, pid: int, addr: int, length: int) -> str: ...
     def dontneed(self, pid: int, addr: int, length: int) -> str: ...
     def free(self, pid: int, addr: int, length: int) -> str: ...
@@ -46,6 +47,8 @@ class Kernel(Protocol):
     def try_to_unmap(self, pid: int, addr: int) -> str: ...
     def split_pmd(self, pid: int, addr: int) -> str: ...
     def split(self, pid: int, addr: int, order: int) -> str: ...
+    def file(self, file: int, length: int, shmem: bool) -> str: ...
+    def sync(self, file: int) -> str: ...
 
 
 class Implementation(Protocol):
@@ -60,7 +63,7 @@ class Implementation(Protocol):
 
 # Each op of SPEC §3 with the Op fields its Kernel method takes, in the method's order.
 OP_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "mmap": ("process", "addr", "length", "prot"),
+    "mmap": ("process", "addr", "length", "prot", "file", "offset", "shared"),
     "munmap": ("process", "addr", "length"),
     "dontneed": ("process", "addr", "length"),
     "free": ("process", "addr", "length"),
@@ -76,9 +79,12 @@ OP_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "try_to_unmap": ("process", "addr"),
     "split_pmd": ("process", "addr"),
     "split": ("process", "addr", "order"),
+    "file": ("file", "length", "shmem"),
+    "sync": ("file",),
 }
 OP_NAMES = tuple(OP_ARGUMENTS)
-RANGE_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if "length" in fields)
+RANGE_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if "length" in fields and "process" in fields)
+FILE_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if fields[0] == "file")
 ORDER_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if "order" in fields)
 PROT_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if "prot" in fields)
 PROCESS_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if fields == ("process",))
@@ -90,7 +96,10 @@ DEFAULT_ORDER = 0      # a fault without order=
 # One call per op: the Kernel method named like the op, with the op's fields (OP_ARGUMENTS).
 # op is a fuzz.script.ops.Op; a lambda each, as this is the fuzz loop's hottest dispatch.
 OP_DISPATCH: dict[str, Callable[[Kernel, Any], str]] = {
-    "mmap": lambda kernel, op: kernel.mmap(op.process, op.addr, op.length, op.prot or DEFAULT_PROT),
+    "mmap": lambda kernel, op: (kernel.mmap(op.process, op.addr, op.length, op.prot or DEFAULT_PROT)
+                                if op.file is None else
+                                kernel.mmap(op.process, op.addr, op.length, op.prot or DEFAULT_PROT,
+                                            op.file, op.offset or 0, op.shared)),
     "munmap": lambda kernel, op: kernel.munmap(op.process, op.addr, op.length),
     "dontneed": lambda kernel, op: kernel.dontneed(op.process, op.addr, op.length),
     "free": lambda kernel, op: kernel.free(op.process, op.addr, op.length),
@@ -106,6 +115,8 @@ OP_DISPATCH: dict[str, Callable[[Kernel, Any], str]] = {
     "try_to_unmap": lambda kernel, op: kernel.try_to_unmap(op.process, op.addr),
     "split_pmd": lambda kernel, op: kernel.split_pmd(op.process, op.addr),
     "split": lambda kernel, op: kernel.split(op.process, op.addr, op.order),
+    "file": lambda kernel, op: kernel.file(op.file, op.length, op.shmem),
+    "sync": lambda kernel, op: kernel.sync(op.file),
 }
 
 # ---------------------------------------------------------------------------

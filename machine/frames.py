@@ -33,6 +33,7 @@ class FrameTable:
         "folio_order", "folio_refcount", "folio_large_mapcount", "folio_entire_mapcount",
         "folio_pincount", "folio_mm_id", "folio_mm_id_mapcount", "folio_mm_ids_shared",
         "folio_anon", "folio_swapbacked", "folio_dirty", "folio_index", "folio_lineage",
+        "folio_mapping",
     )
 
     def __init__(self, nr_frames: int) -> None:
@@ -60,6 +61,7 @@ class FrameTable:
         self.folio_dirty = np.zeros(size, np.bool_)          # PG_dirty
         self.folio_index = np.zeros(size, np.int64)
         self.folio_lineage = np.zeros(size, np.int32)
+        self.folio_mapping = np.zeros(size, np.int32)        # page cache: file id + 1, 0 for none
         # The reserved frames: the zero page and the huge zero folio, each a folio of its own.
         self.page_folio[self.huge_zero_pfn:self.zero_pfn] = self.huge_zero_pfn
         self.folio_order[self.huge_zero_pfn] = 9

@@ -17,6 +17,7 @@ import numpy as np
 
 from .arrays import all_set, any_set
 from .errors import MachineBug, check
+from .files import File
 from .frames import FrameTable
 from .journal import Journal, journaled
 from .mm import MM, PUD_SHIFT, VMA, PmdTable, PteTable, pmd_index, pte_index
@@ -158,9 +159,10 @@ class _SavedState:
     nr_mmaps: int
     nr_pins: int
     processes: dict[int, MM]
-    mm_counters: dict[int, tuple[int, int, bool]]          # pid: rss_anon, rss_swap, has_pinned
-    vmas: dict[int, list[tuple[VMA, int, int, bool, int, bool]]]  # pid: each VMA and its fields
+    mm_counters: dict[int, tuple[int, int, int, bool]]     # pid: rss_anon, rss_swap, rss_file, has_pinned
+    vmas: dict[int, list[tuple[VMA, VMA]]]                 # pid: each VMA and a copy of its fields
     touched: dict[int, list]
+    files: dict[int, File]                                 # copies: a script's files are few
 
     @staticmethod
     def of(machine: Machine) -> _SavedState:
@@ -168,10 +170,10 @@ class _SavedState:
         return _SavedState(
             machine.frames.nr_free_frames, machine.frames.first_free_block,
             machine.nr_processes, machine.nr_mmaps, machine.nr_pins, dict(processes),
-            {pid: (mm.rss_anon, mm.rss_swap, mm.has_pinned) for pid, mm in processes.items()},
-            {pid: [(vma, vma.start, vma.end, vma.writable, vma.lineage, vma.anon_vma) for vma in mm.vmas]
-             for pid, mm in processes.items()},
-            {key: list(touched) for key, touched in machine._touched.items()})
+            {pid: (mm.rss_anon, mm.rss_swap, mm.rss_file, mm.has_pinned) for pid, mm in processes.items()},
+            {pid: [(vma, vma.copy()) for vma in mm.vmas] for pid, mm in processes.items()},
+            {key: list(touched) for key, touched in machine._touched.items()},
+            {file_id: file.clone() for file_id, file in machine.files.items()})
 
     def restore(self, machine: Machine) -> None:
         machine.frames.nr_free_frames = self.nr_free_frames
@@ -181,11 +183,12 @@ class _SavedState:
         machine.nr_pins = self.nr_pins
         machine.processes = self.processes
         for pid, mm in self.processes.items():
-            mm.rss_anon, mm.rss_swap, mm.has_pinned = self.mm_counters[pid]
-            mm.vmas = [vma for vma, *_fields in self.vmas[pid]]
-            for vma, start, end, writable, lineage, anon_vma in self.vmas[pid]:
-                vma.start, vma.end, vma.writable, vma.lineage, vma.anon_vma = start, end, writable, lineage, anon_vma
+            mm.rss_anon, mm.rss_swap, mm.rss_file, mm.has_pinned = self.mm_counters[pid]
+            mm.vmas = [vma for vma, _fields in self.vmas[pid]]
+            for vma, fields in self.vmas[pid]:
+                vma.__dict__.update(fields.__dict__)
         machine._touched = self.touched
+        machine.files = self.files
 
 
 class Machine:
@@ -203,6 +206,7 @@ class Machine:
         self.nr_mmaps = 0      # successful mmaps: the next lineage id
         self.pins: dict[int, Pin] = {}
         self.nr_pins = 0       # successful pins: the next pin id
+        self.files: dict[int, File] = {}  # Fn: the files the script made, with their page caches
         self._touched: dict[int, list] = {}  # id(table): [table, first, end] entries written this op
 
     # Snapshots, for the transactional failure model (SPEC §1).
@@ -224,6 +228,7 @@ class Machine:
         other.nr_mmaps = self.nr_mmaps
         other.pins = dict(self.pins)
         other.nr_pins = self.nr_pins
+        other.files = {file_id: file.clone() for file_id, file in self.files.items()}
         other._touched = {}
         return other
 
@@ -242,6 +247,7 @@ class Machine:
         self.nr_mmaps = snapshot.nr_mmaps
         self.pins = snapshot.pins
         self.nr_pins = snapshot.nr_pins
+        self.files = snapshot.files
         self._touched = {}
 
     # Transactions, for the transactional failure model (SPEC §1): an op that may fail
@@ -330,7 +336,7 @@ class Machine:
     def mm_destroy(self, mm: MM) -> None:
         """Remove a process whose page tables and counters are already empty."""
         check(next(mm.leaves(), None) is None, "P%s destroyed with mappings", mm.pid)
-        check(mm.rss_anon == 0 and mm.rss_swap == 0, "P%s destroyed with RSS", mm.pid)
+        check(mm.rss_anon == 0 and mm.rss_swap == 0 and mm.rss_file == 0, "P%s destroyed with RSS", mm.pid)
         del self.processes[mm.pid]
 
     def lineage_alloc(self) -> int:

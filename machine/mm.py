@@ -30,13 +30,30 @@ from .pgtable import (
 
 @dataclass
 class VMA:
-    """A private anonymous vm_area_struct. pgoff == start >> PAGE_SHIFT always."""
+    """A vm_area_struct: private anonymous, or a private or shared mapping of a file.
+
+    pgoff == start >> PAGE_SHIFT always (the anon index of the folios COWed in it); a file
+    VMA's file_pgoff is the file page index mapped at start. anon_vma says whether an
+    anon_vma is attached (for an anonymous or a private file VMA from its
+    first anon folio on; never for a shared one).
+    """
 
     start: int
     end: int
     writable: bool
     lineage: int
-    anon_vma: bool = False  # vma->anon_vma is set: some anon folio was mapped in it (anon_vma_prepare)
+    file: int | None = None   # file id, None for anonymous memory
+    file_pgoff: int = 0
+    shared: bool = False      # VM_SHARED
+    anon_vma: bool = False    # vma->anon_vma: some anon folio was mapped in it (anon_vma_prepare)
+
+    def copy(self) -> VMA:
+        return VMA(self.start, self.end, self.writable, self.lineage, self.file, self.file_pgoff,
+                   self.shared, self.anon_vma)
+
+    def linear_page_index(self, addr: int) -> int:
+        """The file page index mapped at addr (linear_page_index). Context: a file VMA."""
+        return self.file_pgoff + ((addr - self.start) >> PAGE_SHIFT)
 
     @property
     def pgoff(self) -> int:
@@ -107,6 +124,15 @@ PUD_SHIFT = 30
 PUD_SIZE = 1 << PUD_SHIFT
 
 
+def _mergeable(before: VMA, after: VMA) -> bool:
+    """Whether after, starting where before ends, can join it (vma_merge's compatibility)."""
+    if before.writable != after.writable or before.lineage != after.lineage:
+        return False
+    if before.file != after.file or before.shared != after.shared:
+        return False
+    return before.file is None or before.linear_page_index(before.end) == after.file_pgoff
+
+
 def _vma_start(vma: VMA) -> int:
     return vma.start
 
@@ -143,19 +169,21 @@ class MM:
         self.pmd_tables_by_addr: dict[int, PmdTable] = {}  # by addr >> PUD_SHIFT: the same for PMD tables
         self.rss_anon = 0   # MM_ANONPAGES
         self.rss_swap = 0   # MM_SWAPENTS
+        self.rss_file = 0   # MM_FILEPAGES + MM_SHMEMPAGES (model: one counter)
         self.has_pinned = False  # MMF_HAS_PINNED
 
     def clone(self) -> MM:
         other = MM.__new__(MM)
         other.pid = self.pid
         other.journal = None
-        other.vmas = [VMA(v.start, v.end, v.writable, v.lineage, v.anon_vma) for v in self.vmas]
+        other.vmas = [v.copy() for v in self.vmas]
         other.pgd = {i: {j: pmd.clone() for j, pmd in pud.items()} for i, pud in self.pgd.items()}
         other.pte_tables = {table.base >> PMD_SHIFT: table for pmd_table in other.pmd_tables()
                             for table in pmd_table.ptes.values()}
         other.pmd_tables_by_addr = {table.base >> PUD_SHIFT: table for table in other.pmd_tables()}
         other.rss_anon = self.rss_anon
         other.rss_swap = self.rss_swap
+        other.rss_file = self.rss_file
         other.has_pinned = self.has_pinned
         return other
 
@@ -207,24 +235,28 @@ class MM:
     def vma_split(self, vma: VMA, addr: int) -> VMA:
         """Split vma at addr (strictly inside); returns the upper part."""
         check(vma.start < addr < vma.end, "vma_split outside the VMA")
-        upper = VMA(addr, vma.end, vma.writable, vma.lineage, vma.anon_vma)
+        upper = vma.copy()
+        upper.start = addr
+        if vma.file is not None:
+            upper.file_pgoff = vma.linear_page_index(addr)
         vma.end = addr
         self.vmas.insert(self._vma_position(vma) + 1, upper)
         return upper
 
     def vma_merge(self, vma: VMA) -> VMA:
-        """Merge vma with adjacent neighbours of equal prot and lineage; returns the result, which
-        has an anon_vma if either part had (vma_merge takes the one there is)."""
+        """Merge vma with adjacent neighbours of equal prot and lineage (and, for a file, the
+        same file, sharing and consecutive file offsets); returns the result, which has an
+        anon_vma if either part had (vma_merge takes the one there is)."""
         index = self._vma_position(vma)
         if index + 1 < len(self.vmas):
             after = self.vmas[index + 1]
-            if after.start == vma.end and after.writable == vma.writable and after.lineage == vma.lineage:
+            if after.start == vma.end and _mergeable(vma, after):
                 vma.end = after.end
                 vma.anon_vma |= after.anon_vma
                 del self.vmas[index + 1]
         if index > 0:
             before = self.vmas[index - 1]
-            if before.end == vma.start and before.writable == vma.writable and before.lineage == vma.lineage:
+            if before.end == vma.start and _mergeable(before, vma):
                 before.end = vma.end
                 before.anon_vma |= vma.anon_vma
                 del self.vmas[index]

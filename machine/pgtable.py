@@ -79,6 +79,12 @@ def vm_get_page_prot(writable: bool) -> int:
             | PTE_NG | PTE_PXN | PTE_UXN)
 
 
+def vm_get_page_prot_shared(writable: bool) -> int:
+    """vm_page_prot of a VM_SHARED VMA without write-notify: PAGE_SHARED (base + WRITE, clean
+    writable: the hardware dirties it on the first store) when rw, PAGE_READONLY when ro."""
+    return vm_get_page_prot(writable) | (PTE_WRITE if writable else 0)
+
+
 def pfn_pte(pfn: int, prot: int) -> int:
     """A page descriptor for pfn with the attributes of prot."""
     return (pfn << PAGE_SHIFT) | _clear(prot, PTE_ADDR_MASK)

@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 from machine import MM, VMA, Machine, check
-from machine.errors import EFAULT, EINVAL, OK
+from machine.errors import EFAULT, EINVAL, OK, SIGBUS
 from machine.pgtable import PAGE_SHIFT, is_swap_pte, pte_none, pte_present, pte_special, pte_write
 
 from .folio import (
     GUP_PIN_COUNTING_BIAS, PageAnonExclusive, folio_put_refs, folio_test_large,
     page_folio,
 )
+from .filemap import do_read_fault, vma_wants_writenotify
 from .memory import do_anonymous_page_read, do_swap_page, handle_unshare_fault, handle_write_fault
 
 
-def gup_must_unshare(machine: Machine, level: str, entry: int, page: int) -> bool:
+def gup_must_unshare(machine: Machine, vma: VMA, level: str, entry: int, page: int) -> bool:
     """A R/O pin must unshare a page mapped read-only by entry that is not
-    PageAnonExclusive (the head's for a PMD), and always the zero page (not anon: a
-    FOLL_LONGTERM pin in a COW mapping, which every private mapping is, unshares it).
-    Its caller's !pte_write test is folded in."""
+    PageAnonExclusive (the head's for a PMD); always the zero page, and a page-cache page in
+    a private mapping (not anon: a FOLL_LONGTERM pin in a COW mapping unshares it; files are
+    opened rw, so every private mapping is one). Its caller's !pte_write test is folded in."""
     if pte_write(entry):
         return False
     if pte_special(entry):
         return True
+    if not machine.frames.folio_anon[page_folio(machine, page)]:
+        return not vma.shared
     exclusive_page = page_folio(machine, page) if level == "pmd" else page
     return not PageAnonExclusive(machine, exclusive_page)
+
+
+def vma_needs_dirty_tracking(machine: Machine, vma: VMA) -> bool:
+    """check_vma_flags: a long-term writable pin of a shared regular-file mapping is refused
+    (writable_file_mapping_allowed), the filesystem could not track its writes."""
+    return vma.file is not None and vma_wants_writenotify(machine, vma)
 
 
 def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable: bool) -> str:
@@ -34,11 +43,13 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
             if pte_present(entry) and pte_write(entry):
                 return OK
             result = handle_write_fault(machine, mm, vma, addr, order=0)
+        elif pte_none(entry) and vma.file is not None:
+            result = do_read_fault(machine, mm, vma, addr)
         elif pte_none(entry):
             result = do_anonymous_page_read(machine, mm, vma, addr)  # the zero page, unshared next
         elif is_swap_pte(entry):
             result = do_swap_page(machine, mm, vma, addr, write_fault=False)
-        elif gup_must_unshare(machine, level, entry, machine.page_at(mm, addr)):
+        elif gup_must_unshare(machine, vma, level, entry, machine.page_at(mm, addr)):
             result = handle_unshare_fault(machine, mm, vma, addr)
         else:
             return OK
@@ -90,15 +101,20 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
     for i in range(nr_pages):
         page_addr = addr + (i << PAGE_SHIFT)
         vma = mm.find_vma(page_addr)
-        if vma is None or (writable and not vma.writable):
+        if vma is None or (writable and not vma.writable) or (writable and vma_needs_dirty_tracking(machine, vma)):
             for page in pages:
                 gup_put_folio_pin(machine, page)
             return EFAULT
         result = faultin_page_for_pin(machine, mm, vma, page_addr, writable)
+        if result == SIGBUS:  # a page past a file's end: __get_user_pages fails with -EFAULT
+            for page in pages:
+                gup_put_folio_pin(machine, page)
+            return EFAULT
         if result != OK:
             return result
         page = machine.page_at(mm, page_addr)
-        check(PageAnonExclusive(machine, pin_exclusive_page(machine, mm, page_addr, page)),
+        check(not machine.frames.folio_anon[page_folio(machine, page)]
+              or PageAnonExclusive(machine, pin_exclusive_page(machine, mm, page_addr, page)),
               f"pinning non-exclusive page {page}")
         check(try_grab_folio_pin(machine, page) == OK, "could not grab page %s", page)
         pages.append(page)

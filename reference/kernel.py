@@ -13,6 +13,7 @@ from machine import MM, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK
 from machine.pgtable import PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write
 
+from .filemap import do_read_fault, file_create, file_sync, shrink_file_folio, try_to_unmap_file
 from .folio import page_folio
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
@@ -65,9 +66,11 @@ class Kernel:
 
     # VMAs.
 
-    def mmap(self, pid: int, addr: int, length: int, prot: str) -> str:
+    def mmap(self, pid: int, addr: int, length: int, prot: str, file: int | None = None,
+             offset: int = 0, shared: bool = False) -> str:
         mm = self._mm(pid)
-        return self._without_rollback(lambda: do_mmap(self.machine, mm, addr, length, prot == "rw"))
+        return self._without_rollback(
+            lambda: do_mmap(self.machine, mm, addr, length, prot == "rw", file, offset, shared))
 
     def munmap(self, pid: int, addr: int, length: int) -> str:
         mm = self._mm(pid)
@@ -126,7 +129,11 @@ class Kernel:
         if vma is None:
             return EFAULT
         entry = self.machine.lookup(mm, addr)[1]
-        if pte_none(entry):
+        if pte_none(entry) and vma.file is not None:
+            result = self._without_rollback(lambda: do_read_fault(self.machine, mm, vma, addr))
+            if result != OK:
+                return result
+        elif pte_none(entry):
             self._without_rollback(lambda: do_anonymous_page_read(self.machine, mm, vma, addr))
         elif is_swap_pte(entry):
             result = self._without_rollback(lambda: do_swap_page(self.machine, mm, vma, addr, write_fault=False))
@@ -174,12 +181,16 @@ class Kernel:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
+        if self.machine.frames.folio_mapping[folio]:
+            return self._transaction(lambda: shrink_file_folio(self.machine, folio))
         return self._transaction(lambda: shrink_folio_list(self.machine, folio))
 
     def try_to_unmap(self, pid: int, addr: int) -> str:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
+        if self.machine.frames.folio_mapping[folio]:
+            return self._without_rollback(lambda: try_to_unmap_file(self.machine, folio))
         return self._without_rollback(lambda: try_to_unmap(self.machine, folio))
 
     def split_pmd(self, pid: int, addr: int) -> str:
@@ -196,4 +207,14 @@ class Kernel:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
+        if self.machine.frames.folio_mapping[folio]:
+            return EINVAL  # (model) the split of a page-cache folio is not modelled
         return self._without_rollback(lambda: split_huge_page_to_list_to_order(self.machine, folio, order))
+
+    # Files.
+
+    def file(self, file: int, length: int, shmem: bool) -> str:
+        return self._without_rollback(lambda: file_create(self.machine, file, length, shmem))
+
+    def sync(self, file: int) -> str:
+        return self._without_rollback(lambda: file_sync(self.machine, file))

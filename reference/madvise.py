@@ -4,7 +4,7 @@ madvise_free_huge_pmd): one PTE and one page at a time."""
 from __future__ import annotations
 
 from machine import MM, VMA, Machine, check
-from machine.errors import ENOMEM, OK
+from machine.errors import EINVAL, ENOMEM, OK
 from machine.pgtable import (
     PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ADDR_MASK, is_swap_pte, pmd_trans_huge, pte_dirty, pte_mkclean,
     pte_mkold, pte_none, pte_pfn, pte_present, pte_special, pte_swp_offset, pte_wrprotect, pte_young,
@@ -25,6 +25,8 @@ def madvise_free(machine: Machine, mm: MM, start: int, length: int) -> str:
     end = start + length
     covered = mm.vmas_cover(start, end)
     for vma in mm.vmas_intersecting(start, end):
+        if vma.file is not None:
+            return EINVAL  # madvise_free_single_vma: !vma_is_anonymous; the walk stops there
         madvise_free_single_vma(machine, mm, vma, max(vma.start, start), min(vma.end, end))
     return OK if covered else ENOMEM
 

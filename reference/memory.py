@@ -14,7 +14,7 @@ from machine.pgtable import (
     vm_get_page_prot,
 )
 
-from . import huge_memory
+from . import filemap, huge_memory
 from .folio import (
     PageAnonExclusive, SetPageAnonExclusive, copy_user_page, folio_alloc, folio_get,
     folio_large_maybe_mapped_shared, folio_nr_pages, folio_put, folio_ref_add, folio_test_large,
@@ -145,7 +145,11 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
     if page is None:
         return wp_page_copy(machine, mm, vma, addr, pte, unshare)  # the zero page: always copied
     folio = page_folio(machine, page)
-    if PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm):
+    if vma.shared:  # a page-cache page of a shared file mapping: written in place
+        check(not unshare, "unshare fault in a shared mapping")
+        return filemap.wp_page_shared(machine, mm, vma, addr, pte)
+    anon = bool(machine.frames.folio_anon[folio])
+    if anon and (PageAnonExclusive(machine, page) or wp_can_reuse_anon_folio(machine, folio, mm)):
         SetPageAnonExclusive(machine, page)
         if unshare:
             return OK
@@ -162,7 +166,8 @@ def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> No
 
 def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
     """Copy the page pte maps to a new exclusive order-0 folio, then drop the old mapping.
-    A copy of the zero page is a zeroed folio, and counts one more page in MM_ANONPAGES."""
+    A copy of the zero page is a zeroed folio, and counts one more page in MM_ANONPAGES; a
+    copy of a private file page moves one page from MM_FILEPAGES to MM_ANONPAGES."""
     old_page = vm_normal_page(machine, pte)
     new_folio = folio_alloc(machine, 0)
     if new_folio is None:
@@ -181,6 +186,9 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
         mm.rss_anon += 1
         return OK
     old_folio = page_folio(machine, old_page)
+    if not machine.frames.folio_anon[old_folio]:  # a private file page COWed
+        mm.rss_file -= 1
+        mm.rss_anon += 1
     folio_remove_rmap_pte(machine, old_folio, old_page, mm)
     folio_put(machine, old_folio)
     return OK
@@ -233,6 +241,8 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
         if result != huge_memory.FALLBACK:
             return result
     pte = machine.ptep_get(mm, addr)
+    if pte_none(pte) and vma.file is not None:
+        return filemap.do_file_write_fault(machine, mm, vma, addr, order)
     if pte_none(pte):
         return do_anonymous_page(machine, mm, vma, addr, order)
     if is_swap_pte(pte):
@@ -257,11 +267,16 @@ def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
 def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
     """Unmap one present PTE and drop its folio reference (the zero page has none).
     Context: a present PTE maps addr."""
-    check(pte_present(machine.ptep_get(mm, addr)), "zap_present_pte of a non-present PTE at %#x", addr)
-    pte = machine.ptep_get_and_clear(mm, addr)
+    pte = machine.ptep_get(mm, addr)
+    check(pte_present(pte), "zap_present_pte of a non-present PTE at %#x", addr)
     page = vm_normal_page(machine, pte)
-    if page is None:
+    if page is None:  # the zero page
+        machine.ptep_get_and_clear(mm, addr)
         return
+    if machine.frames.folio_mapping[page_folio(machine, page)]:
+        filemap.zap_present_file_pte(machine, mm, addr)
+        return
+    machine.ptep_get_and_clear(mm, addr)
     folio = page_folio(machine, page)
     mm.rss_anon -= 1
     folio_remove_rmap_pte(machine, folio, page, mm)
@@ -361,6 +376,9 @@ def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, add
         machine.set_pte_at(dst_mm, addr, pte_mkold(pte))
         return OK
     folio = page_folio(machine, page)
+    if not machine.frames.folio_anon[folio]:
+        filemap.copy_present_file_pte(machine, dst_mm, src_mm, addr, pte)
+        return OK
     folio_get(machine, folio)
     if folio_try_dup_anon_rmap_pte(machine, folio, page, dst_mm, src_mm) == EBUSY:
         folio_put(machine, folio)
@@ -389,7 +407,11 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
 
 
 def copy_page_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA) -> str:
-    """Copy every mapping of src_vma to the child, in ascending address order."""
+    """Copy every mapping of src_vma to the child, in ascending address order; a VMA without
+    an anon_vma (no anon folio ever mapped in it: a file VMA never COWed, or only the zero
+    page read) copies nothing: the child faults (vma_needs_copy)."""
+    if not src_vma.anon_vma:
+        return OK
     for addr, next_addr, _whole_pmd in pmd_ranges(machine, src_mm, src_vma.start, src_vma.end):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)):

@@ -4,16 +4,22 @@ kernel/fork.c dup_mmap)."""
 from __future__ import annotations
 
 from machine import MM, VMA, Machine
-from machine.errors import EINVAL, ENOMEM, OK
+from machine.pgtable import PAGE_SHIFT
+from machine.errors import EBADF, EINVAL, ENOMEM, OK
 
 from .memory import copy_page_range, unmap_page_range
 
 
-def do_mmap(machine: Machine, mm: MM, addr: int, length: int, writable: bool) -> str:
-    """A new private anonymous VMA of a new lineage (model: never merged, overlap is EINVAL)."""
+def do_mmap(machine: Machine, mm: MM, addr: int, length: int, writable: bool, file: int | None = None,
+            offset: int = 0, shared: bool = False) -> str:
+    """A new VMA of a new lineage, anonymous or mapping a file from offset (model: never
+    merged, overlap is EINVAL). A file mapping may reach past the file's end (SIGBUS on access)."""
+    if file is not None and file not in machine.files:
+        return EBADF
     if mm.vmas_intersecting(addr, addr + length):
         return EINVAL
-    mm.vma_insert(VMA(addr, addr + length, writable, machine.lineage_alloc()))
+    mm.vma_insert(VMA(addr, addr + length, writable, machine.lineage_alloc(), file,
+                      offset >> PAGE_SHIFT, shared))
     return OK
 
 
@@ -55,15 +61,12 @@ def exit_mmap(machine: Machine, mm: MM) -> str:
 
 def dup_mmap(machine: Machine, mm: MM) -> str:
     """fork: a child with a copy of every VMA and its mappings, in ascending address order.
-    A VMA without an anon_vma (nothing but zero-page entries ever mapped) has its page
-    tables left behind: "Don't copy ptes where a page fault will fill them correctly"
-    (vma_needs_copy); the child's gets an anon_vma only if the parent's has one (anon_vma_fork)."""
+    copy_page_range leaves the page tables of a VMA without an anon_vma behind (vma_needs_copy);
+    the child's VMA gets an anon_vma only if the parent's has one (anon_vma_fork)."""
     child = machine.mm_alloc()
     for vma in mm.vmas:
-        child_vma = VMA(vma.start, vma.end, vma.writable, vma.lineage, vma.anon_vma)
+        child_vma = vma.copy()
         child.vma_insert(child_vma)
-        if not vma.anon_vma:
-            continue
         result = copy_page_range(machine, child, child_vma, mm, vma)
         if result != OK:
             return result

@@ -5,10 +5,11 @@ from __future__ import annotations
 from machine import MM, VMA, Machine
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
-    PAGE_SIZE, PMD_SIZE, pmd_trans_huge, pte_mkwrite, pte_modify, pte_pfn, pte_present, pte_special,
-    vm_get_page_prot,
+    PAGE_SIZE, PMD_SIZE, pmd_trans_huge, pte_dirty, pte_mkwrite, pte_modify, pte_pfn, pte_present,
+    pte_special,
 )
 
+from .filemap import vma_page_prot, vma_wants_writenotify
 from .folio import PageAnonExclusive
 from .huge_memory import change_huge_pmd, split_huge_pmd_locked
 from .memory import pmd_ranges
@@ -18,8 +19,11 @@ def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int) -> None:
     """New protection for one present PTE; an exclusive page in a rw VMA becomes writable
     (can_change_pte_writable: never the zero page, which has no anon page)."""
     pte = machine.ptep_get(mm, addr)
-    entry = pte_modify(pte, vm_get_page_prot(vma.writable))
-    if vma.writable and not pte_special(pte) and PageAnonExclusive(machine, int(pte_pfn(pte))):
+    entry = pte_modify(pte, vma_page_prot(machine, vma))
+    if vma.file is not None and vma.shared:  # can_change_shared_pte_writable
+        if vma.writable and vma_wants_writenotify(machine, vma) and pte_dirty(pte):
+            entry = pte_mkwrite(entry)
+    elif vma.writable and not pte_special(pte) and PageAnonExclusive(machine, int(pte_pfn(pte))):
         entry = pte_mkwrite(entry)
     machine.set_pte_at(mm, addr, entry)
 

@@ -59,7 +59,7 @@ def guest_lines(observation, offset: int = 0x10000) -> list[str]:
                      int(view.shared), 0)
             lines.append(f"P {process} {addr:x} p {fields[0]:x} {fields[1]:x} "
                          + " ".join(str(flag) for flag in flags) + f" {view.value:x}"
-                         + f" {int(view.lazyfree)} {int(view.folio_dirty)}")
+                         + f" {int(view.lazyfree)} {int(view.folio_dirty)} {int(view.file)}")
     return lines
 
 
@@ -102,7 +102,7 @@ def test_project_leaves_out_pages_no_mmap_named():
 def test_parse_rebuilds_each_op_from_delta_lines():
     run = parse_guest_output([
         "K 7.2.13", "S a", "R 0 0", "P 0 200000 n", "E 0",
-        "R 1 0", "P 0 200000 p 45a00 45a00 0 0 0 1 1 1 1 1 1 0 0 0 7 0 1", "E 1",
+        "R 1 0", "P 0 200000 p 45a00 45a00 0 0 0 1 1 1 1 1 1 0 0 0 7 0 1 0", "E 1",
         "R 2 0", "N 1 90", "P 1 200000 s 2a 0", "E 2",
         "R 3 0", "G 1", "E 3", "Z a", "D"])
     script = run.scripts["a"]
@@ -117,7 +117,7 @@ def test_parse_rebuilds_each_op_from_delta_lines():
 
 
 def test_parse_reads_the_zero_page_and_runtime_failures():
-    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 4150b 4150b 0 0 0 0 1 0 0 0 1 0 0 1 0 0 0", "E 0",
+    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 4150b 4150b 0 0 0 0 1 0 0 0 1 0 0 1 0 0 0 0", "E 0",
                               "X op 1: worker P0 died or hung", "Z a"])
     assert run.scripts["a"].observations[0][(0, 0x200000)].state == ZERO
     assert run.scripts["a"].failure.startswith("op 1")
@@ -294,6 +294,28 @@ def test_guest_ops_carry_every_argument():
         f"{GUEST_KINDS['split']} 1 2097152 0 0 4", f"{GUEST_KINDS['exit']} 1 0 0 0 0"]
 
 
+def test_shmem_files_are_realised_with_their_file_offset_and_sharing():
+    ops = realise(model_of("file F1 16K shmem\nmmap P0 0x200000 16K ro file=F1 offset=0x1000 shared\n"
+                           "read P0 0x200000\nsync F1\n"))
+    assert guest_script_text(ops).splitlines() == [
+        f"{GUEST_KINDS['file']} 0 0 16384 0 1", f"{GUEST_KINDS['mmap']} 0 2097152 16384 4096 {0 | 1 << 1 | 2 << 2}",
+        f"{GUEST_KINDS['read']} 0 2097152 0 0 0", f"{GUEST_KINDS['sync']} 0 0 0 0 1"]
+
+
+def test_regular_files_sigbus_and_ordered_faults_with_files_are_refused():
+    with pytest.raises(UnsupportedScript, match="disk filesystem"):
+        realise(model_of("file F0 16K\n"))
+    with pytest.raises(UnsupportedScript, match="SIGBUS"):
+        realise(model_of("file F0 4K shmem\nmmap P0 0x200000 16K file=F0 shared\nread P0 0x201000\n"))
+    with pytest.raises(UnsupportedScript, match="shmem_enabled"):
+        realise(model_of("file F0 64K shmem\nmmap P0 0x200000 64K file=F0 shared\nfault P0 0x200000 order=4\n"))
+
+
+def test_parse_reads_a_page_cache_folio():
+    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 45a00 45a00 0 0 0 0 1 1 0 1 2 0 0 0 7 0 0 1", "E 0", "Z a"])
+    assert run.scripts["a"].observations[0][(0, 0x200000)].file
+
+
 def test_guest_kinds_match_the_runtime_enum():
     with open(guest.RUNTIME_SOURCE, encoding="utf-8") as stream:
         source = stream.read()
@@ -387,8 +409,8 @@ def test_a_result_only_deviation_lets_the_comparison_go_on():
     run = model_of("mmap P0 0x200000 2M\nmmap P0 0x200000 4K\nwrite P0 0x200000 1\n")
 
     def eexist_then_wrong_value(index, lines):
-        if index == 2:   # the data word, before the lazyfree and folio-dirty flags
-            return [" ".join([*line.split()[:-3], "2", *line.split()[-2:]]) for line in lines]
+        if index == 2:   # the data word, before the lazyfree, folio-dirty and file flags
+            return [" ".join([*line.split()[:-4], "2", *line.split()[-3:]]) for line in lines]
         return lines
 
     kernel = guest_script_of(run, eexist_then_wrong_value)

@@ -70,7 +70,7 @@ def test_each_op_parses_to_its_fields(text: str, op: Op) -> None:
 def test_every_op_name_is_covered_by_the_table() -> None:
     assert set(OP_NAMES) == {"mmap", "munmap", "dontneed", "free", "mprotect", "fault", "write",
                              "read", "pin", "unpin", "fork", "exit", "reclaim",
-                             "try_to_unmap", "split_pmd", "split"}
+                             "try_to_unmap", "split_pmd", "split", "file", "sync"}
 
 
 def test_mmap_prot_defaults_to_rw() -> None:
@@ -220,8 +220,16 @@ def test_frames_limit_is_inclusive() -> None:
 @pytest.mark.parametrize("text, message", [
     ("mmapp P0 0x1000 4K", "unknown op 'mmapp'"),
     ("MMAP P0 0x1000 4K", "unknown op 'MMAP'"),
-    ("mmap P0 0x1000", "mmap takes 3 or 4 arguments, got 2"),
-    ("mmap P0 0x1000 4K rw x", "mmap takes 3 or 4 arguments, got 5"),
+    ("mmap P0 0x1000", "mmap takes 3 to 7 arguments, got 2"),
+    ("mmap P0 0x1000 4K rw file=F0 offset=0 shared x", "mmap takes 3 to 7 arguments, got 8"),
+    ("mmap P0 0x1000 4K rw x", "bad mmap argument 'x': want rw|ro, file=Fn, offset=OFF, shared"),
+    ("mmap P0 0x1000 4K rw shared", "offset= and shared need file=Fn (anonymous memory is private)"),
+    ("mmap P0 0x1000 4K file=F0 offset=0x10", "address 0x10 is not 4 KiB aligned"),
+    ("mmap P0 0x1000 4K file=G0", "bad file 'G0': want Fn"),
+    ("file F0", "file takes 2 or 3 arguments, got 1"),
+    ("file F0 4K tmpfs", "bad file kind 'tmpfs': want shmem or nothing"),
+    ("sync", "sync takes 1 argument, got 0"),
+    ("sync P0", "bad file 'P0': want Fn"),
     ("munmap P0 0x1000", "munmap takes 3 arguments, got 2"),
     ("mprotect P0 0x1000 4K", "mprotect takes 4 arguments, got 3"),
     ("fault P0", "fault takes 2 or 3 arguments, got 1"),
@@ -337,13 +345,13 @@ def test_entry_expect_normalises_every_key() -> None:
     text = ("fork P0\n"
             "expect P0 0x200000 value=0x7 state=Present exclusive=YES writable=no dirty=yes "
             "young=no level=PTE cont=yes order=4 mapcount=2 shared=yes pinned=no "
-            "same-page=P1 distinct-page=P0 lazyfree=Yes folio-dirty=no\n")
+            "same-page=P1 distinct-page=P0 lazyfree=Yes folio-dirty=no file=F2\n")
     expect = parse_script(text).steps[1]
     assert expect == Expect("entry", process=0, addr=0x200000, keys=(
         ("value", 7), ("state", "present"), ("exclusive", "yes"), ("writable", "no"),
         ("dirty", "yes"), ("young", "no"), ("level", "pte"), ("cont", "yes"), ("order", 4),
         ("mapcount", 2), ("shared", "yes"), ("pinned", "no"), ("same-page", 1),
-        ("distinct-page", 0), ("lazyfree", "yes"), ("folio-dirty", "no")))
+        ("distinct-page", 0), ("lazyfree", "yes"), ("folio-dirty", "no"), ("file", 2)))
     assert {key for key, _ in expect.keys} == set(EXPECT_ENTRY_KEYS)
 
 
@@ -396,7 +404,7 @@ def test_result_expect_may_follow_other_expects() -> None:
     ("read P0 0\nexpect result=ok value=1", 2, "expect key 'value' is not valid for expect result"),
     ("read P0 0\nexpect result=ok result=ok", 2, "expect key 'result' given twice"),
     ("read P0 0\nexpect result=EPERM", 2,
-     "bad value 'EPERM' for result (ok|EFAULT|EBUSY|EAGAIN|ENOENT|ENOMEM|EINVAL)"),
+     "bad value 'EPERM' for result (ok|EFAULT|EBUSY|EAGAIN|ENOENT|ENOMEM|EINVAL|EBADF|EEXIST|SIGBUS)"),
     ("expect P0 0x1000 state=gone", 1, "bad value 'gone' for state (present|swap|none|zero)"),
     ("expect P0 0x1000 level=pud", 1, "bad value 'pud' for level (pte|pmd)"),
     ("expect P0 0x1000 order=10", 1, "bad value '10' for order (0..9)"),
@@ -472,7 +480,13 @@ expect result=EINVAL
 fork P0
 expect P1 0x200000 value=7 state=present exclusive=no writable=no dirty=yes young=no \
 level=pmd order=9 mapcount=2 shared=yes pinned=yes same-page=P0
-expect P1 0x200000 distinct-page=P0 cont=no level=pte lazyfree=no folio-dirty=no
+expect P1 0x200000 distinct-page=P0 cont=no level=pte lazyfree=no folio-dirty=no file=none
+file F0 64K
+file F1 8K shmem
+mmap P0 0x800000 64K ro file=F0 offset=0x4000 shared
+mmap P0 0x900000 8K file=F1
+sync F0
+expect P0 0x800000 file=F0
 split_pmd P0 0x200000
 split P0 0x200000 order=4
 reclaim P0 0x210000
@@ -573,8 +587,15 @@ def random_script(rng: random.Random) -> Script:
         have_op = True
         va = addr()
         length = rng.randrange(1, 1 << 10) << 12
-        if name == "mmap":
+        if name == "mmap" and rng.random() < 0.5:
+            op = Op(name, process, va, length=length, prot=rng.choice(["rw", "ro"]), file=rng.randrange(4),
+                    offset=rng.choice([None, 0x1000, 0x10000]), shared=rng.random() < 0.5)
+        elif name == "mmap":
             op = Op(name, process, va, length=length, prot=rng.choice(["rw", "ro"]))
+        elif name == "file":
+            op = Op(name, file=rng.randrange(4), length=length, shmem=rng.random() < 0.5)
+        elif name == "sync":
+            op = Op(name, file=rng.randrange(4))
         elif name in ("munmap", "dontneed", "free"):
             op = Op(name, process, va, length=length)
         elif name == "mprotect":

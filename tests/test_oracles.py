@@ -269,7 +269,7 @@ def assert_only(machine: Machine, shadow: Shadow, oracle: str, *fragments: str) 
 
 def test_oracles_are_named_in_spec_order():
     assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout", "lazyfree",
-                            "zero_page"]
+                             "zero_page", "pagecache"]
     assert all(ORACLES[name].name == name and ORACLES[name].check.__name__ == f"check_{name}" for name in ORACLES)
 
 

@@ -36,20 +36,22 @@ KEEPS_PARTIAL_WORK = {"dontneed", "free", "mprotect", "try_to_unmap"}
 
 def keeps_partial_work(op_name: str, result: str, lazyfree: bool = False) -> bool:
     """And the reclaim of a lazyfree folio kept by a dirty batch (EAGAIN) or a reference (EBUSY):
-    try_to_unmap_one keeps what it discarded before (docs/model.md, lazyfree)."""
+    try_to_unmap_one keeps what it discarded before (docs/model.md, lazyfree); likewise a
+    pinned page-cache folio, unmapped and then kept (docs/model.md, file-backed memory)."""
     return (op_name in KEEPS_PARTIAL_WORK or (op_name == "pin" and result == "EFAULT")
             or (op_name == "reclaim" and lazyfree and result in ("EAGAIN", "EBUSY")))
 
 
 def lazyfree_at(machine, op) -> bool:
-    """Whether op names a present page of a lazyfree folio."""
+    """Whether op names a present page of a lazyfree or a page-cache folio."""
     if op.name != "reclaim" or op.process not in machine.processes:
         return False
     page = machine.page_at(machine.processes[op.process], op.addr)
     if page is None:
         return False
     folio = int(machine.frames.page_folio[page])
-    return bool(machine.frames.folio_anon[folio] and not machine.frames.folio_swapbacked[folio])
+    return bool(machine.frames.folio_anon[folio] and not machine.frames.folio_swapbacked[folio]
+                or machine.frames.folio_mapping[folio])
 
 
 def test_reference_failures_are_transactional() -> None:

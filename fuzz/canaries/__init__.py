@@ -39,6 +39,8 @@ CANARIES = (
     "zap_zero_page_as_folio",
     "fork_zero_page_as_folio",
     "split_zero_page_first_only",
+    "file_dirty_first_only",
+    "file_dup_counts_batch_as_one",
 )
 
 

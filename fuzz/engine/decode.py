@@ -59,9 +59,9 @@ from machine.pgtable import (
     pte_special,
 )
 
-ENCODING_VERSION = 6  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
+ENCODING_VERSION = 7  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
                       # 5: an op that acts on a folio of note; 6: reads weighted up (the zero page),
-                      # zero-page entries and half-zero folios among folio addresses
+                      # zero-page entries and half-zero folios among folio addresses; 7: files, uffd-wp
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
@@ -70,7 +70,8 @@ WINDOW_SIZE = 8 << 20
 # Op kinds, repeated to weight them: faults and writes make the states the others act on.
 KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "read", "pin", "pin",
               "unpin", "fork", "fork", "exit", "munmap", "dontneed", "free", "free", "mprotect", "mprotect", "reclaim",
-              "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split")
+              "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split", "file", "file", "file", "sync",
+              "mmap")
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
 # "near": another page of the 64 KiB block around a used address (the rest of a folio an op
 # acted on: a write to one page of a folio MADV_FREE cleaned, a fault next to a split).
@@ -97,6 +98,16 @@ RAW_ORDERS = 64
 VALUES = (1, 2, 7, 0xdead, (1 << 64) - 1)
 PIN_PAGES = (1, 2, 16, 17)
 RAW_PIN_PAGES = 1024               # two PMDs' worth
+# Files: F0..F2 (a file op on one that exists is EEXIST; a mmap or sync of one never made is
+# EBADF); sizes from a page to a PMD, a size that is not a folio's (the last folio of a
+# file stops short of an order); a file mmap's offset at, inside or past a large folio's start.
+# "new" and "existing" are drawn against the machine (the lowest file not made yet, one that
+# exists), as vma_edge is: the encoder writes the file's number raw.
+FILE_IDS = (0, 1, 2)
+FILE_OP_IDS = ("new", "new", *FILE_IDS)
+MMAP_FILES = (None, None, None, "existing", "existing", "existing", *FILE_IDS)   # anonymous half the time
+FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, 4 * PAGE_SIZE, PAGE_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)
+FILE_OFFSETS = (0, 0, PAGE_SIZE, 8 * PAGE_SIZE, CONT_PTE_SIZE, 15 * PAGE_SIZE)
 # The only ops that change what later ops may name (SPEC §3): fork makes a process, exit
 # ends one, a successful pin issues the next pin id.
 NAMING_OPS = ("fork", "exit", "pin")
@@ -198,6 +209,15 @@ class OpGrammar:
             if acting is not None:
                 return acting
         name = KIND_TABLE[choose(len(KIND_TABLE), _index(KIND_TABLE, target and target.name))]
+        if name in ("file", "sync"):
+            ids = FILE_OP_IDS if name == "file" else MMAP_FILES[3:]
+            drawn = ids[choose(len(ids), _index(ids, target and target.file))]
+            file = drawn if isinstance(drawn, int) else self.file_of_note(machine, drawn)
+            if name == "sync":
+                return Op(name, file=file)
+            length = FILE_LENGTHS[choose(len(FILE_LENGTHS), _index(FILE_LENGTHS, target and target.length))]
+            shmem = bool(choose(2, None if target is None else int(target.shmem)))
+            return Op(name, file=file, length=length, shmem=shmem)
         if name == "unpin":
             nr_pins = names.nr_pins
             pin_id = choose(nr_pins + 1, target.pin_id if target else None)
@@ -208,7 +228,7 @@ class OpGrammar:
             return Op(name, process=process)
         addr = self.addr(process, machine, target.addr if target else None,
                          FOLIO_ADDR_CATEGORIES if name in FOLIO_OPS else ADDR_CATEGORIES)
-        return self.op_at(name, process, addr, target)
+        return self.op_at(name, process, addr, target, machine)
 
     def act_on_folio_of_note(self, names: Names, machine: Machine) -> Op | None:
         """An op of ACT_KINDS on a page of a folio worth acting on (folio_addresses_of_note)
@@ -223,10 +243,11 @@ class OpGrammar:
             return Op(name, process=process)
         addr = noted[choose(len(noted))]
         self.used.append(addr)
-        return self.op_at(name, process, addr, None)
+        return self.op_at(name, process, addr, None, machine)
 
-    def op_at(self, name: str, process: int, addr: int, target: Op | None) -> Op:
-        """The op name of process at addr, with the rest of its fields drawn."""
+    def op_at(self, name: str, process: int, addr: int, target: Op | None, machine: Machine | None) -> Op:
+        """The op name of process at addr, with the rest of its fields drawn (a file mmap's
+        file among those machine holds)."""
         assert name not in PROCESS_OPS and name != "unpin", name
         choose = self.choices.choose
         if name in RANGE_OPS:
@@ -234,6 +255,21 @@ class OpGrammar:
             prot = None
             if name in PROT_OPS:
                 prot = PROTS[choose(len(PROTS), _index(PROTS, target and (target.prot or "rw")))]
+            if name == "mmap":
+                wanted_file: int | None = None
+                if target is not None:
+                    wanted_file = 0 if target.file is None else _index(MMAP_FILES, target.file)
+                drawn_file = MMAP_FILES[choose(len(MMAP_FILES), wanted_file)]
+                mmap_file: int | None = None if isinstance(drawn_file, str) else drawn_file
+                if isinstance(drawn_file, str):   # an existing file; before any, anonymous memory
+                    made = machine is not None and bool(machine.files)
+                    mmap_file = self.file_of_note(machine, drawn_file) if made else None
+                if mmap_file is not None:
+                    offset = FILE_OFFSETS[choose(len(FILE_OFFSETS),
+                                                 _index(FILE_OFFSETS, (target.offset or 0) if target else None))]
+                    shared = bool(choose(2, None if target is None else int(target.shared)))
+                    return Op(name, process=process, addr=addr, length=length, prot=prot, file=mmap_file,
+                              offset=offset or None, shared=shared)
             return Op(name, process=process, addr=addr, length=length, prot=prot)
         if name in ORDER_OPS:
             return Op(name, process=process, addr=addr, order=self.order(target.order if target else None))
@@ -244,6 +280,14 @@ class OpGrammar:
             prot = PROTS[choose(len(PROTS), _index(PROTS, target and target.prot))]
             return Op(name, process=process, addr=addr, nr_pages=nr_pages, prot=prot)
         return Op(name, process=process, addr=addr)
+
+    def file_of_note(self, machine: Machine | None, which: str) -> int:
+        """The lowest file number not made yet ("new"), or one of the files made ("existing")."""
+        assert machine is not None   # the encoder draws every file number raw
+        if which == "new":
+            return next((file for file in FILE_IDS if file not in machine.files), FILE_IDS[-1])
+        existing = sorted(machine.files)
+        return existing[self.choices.choose(len(existing))] if existing else 0
 
     def addr(self, process: int, machine: Machine | None, wanted: int | None,
              categories: tuple[str, ...] = ADDR_CATEGORIES) -> int:

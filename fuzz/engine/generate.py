@@ -22,7 +22,9 @@ VALUES = (1, 2, 7, 0xdead, 0xffffffffffffffff)
 # How often each op is drawn, in OP_NAMES' order: faults and writes make the states the others act on.
 OP_WEIGHT = {"mmap": 6, "munmap": 2, "dontneed": 2, "free": 4, "mprotect": 4, "fault": 14, "write": 14, "read": 5,
              "pin": 6, "unpin": 3, "fork": 5, "exit": 2, "reclaim": 5, "try_to_unmap": 4, "split_pmd": 3,
-             "split": 4}
+             "split": 4, "file": 2, "sync": 3}
+FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, 4 * PAGE_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)
+FILE_OFFSETS = (0, 0, PAGE_SIZE, 8 * PAGE_SIZE, CONT_PTE_SIZE)
 OP_WEIGHTS = tuple(OP_WEIGHT[name] for name in OP_NAMES)
 
 
@@ -80,8 +82,15 @@ class ScriptGenerator:
         pid = self.process()
         if name == "exit" and len(self.live) == 1:
             name = "fork"
+        if name == "file":
+            return Op(name, file=rng.randrange(3), length=rng.choice(FILE_LENGTHS), shmem=rng.random() < 0.5)
+        if name == "sync":
+            return Op(name, file=rng.randrange(3))
         if name in RANGE_OPS:
             prot = rng.choice(("rw", "rw", "ro")) if name in PROT_OPS else None
+            if name == "mmap" and rng.random() < 0.5:
+                return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot,
+                          file=rng.randrange(3), offset=rng.choice(FILE_OFFSETS) or None, shared=rng.random() < 0.5)
             return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot)
         if name == "fault":
             return Op(name, process=pid, addr=self.addr(), order=rng.choice(ORDERS))
@@ -105,8 +114,17 @@ class ScriptGenerator:
         return Op(name, process=pid, addr=self.addr())
 
     def script(self, nr_ops: int) -> Script:
-        steps: list[Op | Expect] = [Op("mmap", process=0, addr=WINDOW_BASE, length=3 * PMD_SIZE, prot="rw")]
-        steps += [self.op() for _ in range(nr_ops - 1)]
+        rng = self.rng
+        steps: list[Op | Expect] = [Op("mmap", process=0, addr=WINDOW_BASE, length=2 * PMD_SIZE, prot="rw")]
+        # Files mapped over the rest of the window, private or shared, from an offset: a file
+        # of a PMD and one of 19 pages (its last folio cut short).
+        for file, base in ((0, WINDOW_BASE + 2 * PMD_SIZE), (1, WINDOW_BASE + 3 * PMD_SIZE)):
+            if rng.random() < 0.5:
+                steps.append(Op("file", file=file, length=rng.choice((PMD_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)),
+                                shmem=rng.random() < 0.5))
+                steps.append(Op("mmap", process=0, addr=base, length=PMD_SIZE, prot=rng.choice(("rw", "rw", "ro")),
+                                file=file, offset=rng.choice(FILE_OFFSETS) or None, shared=rng.random() < 0.5))
+        steps += [self.op() for _ in range(max(nr_ops - len(steps), 0))]
         return Script(path="<generated>", frames=self.rng.choice((256, 1024, 4096)), steps=steps)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from machine import Machine, Pin
 from machine.frames import FrameTable
-from machine.mm import MM
+from machine.mm import MM, VMA
 from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SHIFT,
@@ -109,6 +109,7 @@ def compare_machines(a: Machine, b: Machine, limit: int = MAX_DIFFERENCES) -> li
     _compare_pins(a, b, out)
     _compare_frames(a.frames, b.frames, out)
     _compare_swap(a, b, out)
+    _compare_files(a, b, out)
     for field in ("nr_processes", "nr_mmaps", "nr_pins"):
         if getattr(a, field) != getattr(b, field):
             out.add("machine", field, getattr(a, field), getattr(b, field))
@@ -181,11 +182,33 @@ def _compare_processes(a: Machine, b: Machine, out: _Differences) -> None:
         _compare_mm(a.processes[pid], b.processes[pid], out, a.frames)
 
 
-def _vma_text(vma: tuple[int, int, str, int, bool] | None) -> str:
+def _compare_files(a: Machine, b: Machine, out: _Differences) -> None:
+    """Each file: size, kind, page cache (index: head pfn), shmem swap entries, disk words."""
+    for file_id in sorted(a.files.keys() | b.files.keys()):
+        ref, other = a.files.get(file_id), b.files.get(file_id)
+        if ref == other:
+            continue
+        if ref is None or other is None:
+            out.add(f"F{file_id}", "file", "absent" if ref is None else "present",
+                    "absent" if other is None else "present")
+            continue
+        for field in ("nr_pages", "shmem", "cache", "swap", "disk"):
+            if getattr(ref, field) != getattr(other, field):
+                out.add(f"F{file_id}", field, getattr(ref, field), getattr(other, field))
+
+
+def _vma_fields(vma: VMA) -> tuple:
+    return (vma.start, vma.end, vma.prot, vma.lineage, vma.file, vma.file_pgoff, vma.shared, vma.anon_vma)
+
+
+def _vma_text(vma: tuple | None) -> str:
     if vma is None:
         return "absent"
-    start, end, prot, lineage, anon_vma = vma
-    return f"{start:#x}-{end:#x} {prot} lineage={lineage}" + (" anon_vma" if anon_vma else "")
+    start, end, prot, lineage, file, file_pgoff, shared, anon_vma = vma
+    text = f"{start:#x}-{end:#x} {prot} lineage={lineage}"
+    if file is not None:
+        text += f" file=F{file} pgoff={file_pgoff} {'shared' if shared else 'private'}"
+    return text + (" anon_vma" if anon_vma else "")
 
 
 def describe_leaf(frames: FrameTable, desc: int) -> str:
@@ -209,7 +232,7 @@ def _compare_mm(a: MM, b: MM, out: _Differences, frames: FrameTable) -> None:
     where = f"P{a.pid}"
     if a.vmas != b.vmas:
         _compare_vmas(a, b, out)
-    for field in ("rss_anon", "rss_swap", "has_pinned"):
+    for field in ("rss_anon", "rss_swap", "rss_file", "has_pinned"):
         if getattr(a, field) != getattr(b, field):
             out.add(where, field, getattr(a, field), getattr(b, field))
     _compare_leaves(a, b, out, frames)
@@ -217,8 +240,8 @@ def _compare_mm(a: MM, b: MM, out: _Differences, frames: FrameTable) -> None:
 
 def _compare_vmas(a: MM, b: MM, out: _Differences) -> None:
     """Per start address, the VMA that starts there on each side."""
-    ref_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage, vma.anon_vma) for vma in a.vmas}
-    other_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage, vma.anon_vma) for vma in b.vmas}
+    ref_vmas = {vma.start: _vma_fields(vma) for vma in a.vmas}
+    other_vmas = {vma.start: _vma_fields(vma) for vma in b.vmas}
     for start in sorted(ref_vmas.keys() | other_vmas.keys()):
         ref, other = ref_vmas.get(start), other_vmas.get(start)
         if ref != other:

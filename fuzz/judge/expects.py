@@ -252,6 +252,12 @@ class _EntryFacts:
         self._need("present")
         return _yes_no(self.machine.frames.folio_dirty[self._folio()])
 
+    def _file(self, want: str | int) -> str | int:
+        """folio->mapping: the file (n of Fn) whose page cache holds the folio, "none" for anon."""
+        self._need("present")
+        mapping = int(self.machine.frames.folio_mapping[self._folio()])
+        return mapping - 1 if mapping else "none"
+
     def _same_page(self, want: str | int) -> int:
         page, other_page = self._page_pair(int(want))
         if other_page != page:

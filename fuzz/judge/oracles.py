@@ -114,7 +114,9 @@ def check_mapcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> lis
 
     for pid in sorted(machine.processes):
         mm = machine.processes[pid]
-        anon, swap = scan.rss[pid]
+        anon, swap, file = scan.rss[pid]
+        if mm.rss_file != file:
+            failures.append(f"P{pid}: MM_FILEPAGES {mm.rss_file}, present page-cache pages found {file}")
         if mm.rss_anon != anon:
             failures.append(f"P{pid}: MM_ANONPAGES {mm.rss_anon}, present pages found {anon}")
         if mm.rss_swap != swap:
@@ -190,18 +192,20 @@ def check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> lis
     else:
         pin_pairs = pin_refs = expected_pincount = np.zeros(len(heads), np.int64)
     mappings = scan.folio_mappings[heads]
+    cache_refs = scan.cache_refs[heads]
 
-    wrong = indices_of(frames.folio_refcount[heads] != mappings + pin_refs)
+    wrong = indices_of(frames.folio_refcount[heads] != mappings + pin_refs + cache_refs)
     failures += details(wrong, lambda i: (
         f"folio {heads[i]} (order {frames.folio_order[heads[i]]}): refcount {frames.folio_refcount[heads[i]]}, "
-        f"mappings {mappings[i]} + pin references {pin_refs[i]} = {mappings[i] + pin_refs[i]}"))
+        f"mappings {mappings[i]} + pin references {pin_refs[i]} + page-cache references {cache_refs[i]} "
+        f"= {mappings[i] + pin_refs[i] + cache_refs[i]}"))
     wrong = indices_of(frames.folio_pincount[heads] != expected_pincount)
     failures += details(wrong, lambda i: (
         f"folio {heads[i]} (order {frames.folio_order[heads[i]]}): _pincount "
         f"{frames.folio_pincount[heads[i]]}, pinned pages found {expected_pincount[i]}"))
-    leaked = heads[(mappings == 0) & (pin_pairs == 0)]
+    leaked = heads[(mappings == 0) & (pin_pairs == 0) & (cache_refs == 0)]
     failures += details(leaked, lambda f: f"folio {f} (order {frames.folio_order[f]}): "
-                                           "allocated but neither mapped nor pinned (leak)")
+                                           "allocated but neither mapped nor pinned nor in a page cache (leak)")
 
     for level, pids, addrs, pfns, folios in (
             ("PTE", scan.pte_pid, scan.pte_addr, scan.pte_pfn, scan.pte_folio),
@@ -285,10 +289,11 @@ def check_swap(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[st
     swap = machine.swap
     failures: list[str] = []
     if len(scan.swp_slot) or np.count_nonzero(swap.swap_count):   # else both count 0 everywhere
-        found = scan.swap_pte_count
+        found = scan.swap_pte_count + scan.cache_swap_count
         wrong = indices_of(swap.swap_count != found)
-        failures += details(wrong, lambda slot: f"slot {slot}: count {swap.swap_count[slot]}, "
-                                                 f"swap entries found {found[slot]}")
+        failures += details(wrong, lambda slot: (
+            f"slot {slot}: count {swap.swap_count[slot]}, "
+            f"swap entries found {found[slot]} (swap PTEs and shmem page-cache entries)"))
     if len(scan.swp_desc):
         pids, addrs, descs, slots = scan.swp_pid, scan.swp_addr, scan.swp_desc, scan.swp_slot
         failures += details(indices_of(slots >= swap.nr_slots), lambda i: (
@@ -338,14 +343,15 @@ def check_exclusive(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
 
     # Writable => exclusive (the head's bit for a PMD block).
     failures += _writable_not_exclusive("PTE", scan.pte_pid, scan.pte_addr, scan.pte_desc, scan.pte_pfn,
-                                        scan.pte_folio, exclusive)
+                                        scan.pte_folio, exclusive, machine.frames.folio_anon)
     failures += _writable_not_exclusive("PMD", scan.pmd_pid, scan.pmd_addr, scan.pmd_desc, scan.pmd_pfn,
-                                        scan.pmd_folio, exclusive)
+                                        scan.pmd_folio, exclusive, machine.frames.folio_anon)
 
     # A pinned page still mapped where it was pinned => exclusive as SPEC §4 reads it.
     pins = scan.pin_pages
     if len(pins["id"]):
         still = pins["live"] & (pins["mapped"] == pins["page"]) & (pins["page"] < scan.nr_frames)
+        still &= ~scan.folio_is_file(scan.folio_of(pins["page"]))   # a pinned page-cache page is shared
         bad = indices_of(still & ~exclusive[np.where(still, pins["exclusive_page"], 0)])
         failures += details(bad, lambda i: (
             f"pin {pins['id'][i]} page {pins['index'][i]} ({where(pins['pid'][i], pins['addr'][i])}): "
@@ -355,12 +361,13 @@ def check_exclusive(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
 
 
 def _writable_not_exclusive(level: str, pids: np.ndarray, addrs: np.ndarray, descs: np.ndarray, pfns: np.ndarray,
-                            folios: np.ndarray, exclusive: np.ndarray) -> list[str]:
+                            folios: np.ndarray, exclusive: np.ndarray, frames_anon: np.ndarray) -> list[str]:
     """Writable entries of one level (PTE or PMD) to an allocated page whose PageAnonExclusive
     (the head's for a PMD block) is clear."""
     if len(descs) == 0:
         return []
-    ok = folios >= 0
+    ok = (folios >= 0) & (folios < len(frames_anon))
+    ok[ok] = frames_anon[folios[ok]]   # a page-cache page of a shared mapping is writable, never exclusive
     writable = ((descs & np.uint64(PTE_WRITE)) != 0) & ok
     bad = indices_of(writable & ~exclusive[np.where(ok, pfns, 0)])
     return details(bad, lambda i: f"{where(pids[i], addrs[i])}: writable {level} to non-exclusive pfn {pfns[i]}")
@@ -376,6 +383,9 @@ def check_pin(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str
     if len(pins["id"]) == 0:
         return []
     incoherent = pins["live"] & (pins["mapped"] != pins["page"])
+    # reclaim unmaps a pinned page-cache page and keeps it in the cache (shrink_folio_list:
+    # try_to_unmap, then folio_maybe_dma_pinned keeps it): the next fault maps it again.
+    incoherent &= ~((pins["mapped"] < 0) & scan.folio_is_file(scan.folio_of(pins["page"])))
     if not incoherent.any():
         return []
     released = np.array([index in shadow.released.get(pin_id, ())
@@ -395,6 +405,8 @@ def check_data(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[st
     since, is still mapped; a page MADV_FREE freed since its last write reads that word or
     0 (a lazyfree folio discarded by reclaim), mapped or not."""
     keys, values, sources = scan.mapped_words()
+    if machine.files:
+        return _check_file_data(machine, shadow, keys, values, sources)
     lazy_failures: list[str] = []
     if any(shadow.lazy.values()):
         keys, values, sources, lazy_failures = _check_lazy_words(machine, shadow, keys, values, sources)
@@ -424,6 +436,47 @@ def check_data(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[st
         failures += details(indices_of(unmapped), lambda i: (
             f"{key_where(written_keys[i])}: wrote {written_values[i]}, but nothing is mapped there"))
     return failures
+
+
+def _check_file_data(machine: Machine, shadow: Shadow, keys: np.ndarray, values: np.ndarray,
+                     sources: np.ndarray) -> list[str]:
+    """Rule 6 with files, word by word: a mapped page reads its private word, else (in a file
+    VMA) its file's word, else 0; a private word written is still mapped; and no file lost a
+    word: every index reads its shadow word from the page cache, the shmem swap entry or the
+    disk, whichever holds it (0 where none)."""
+    failures: list[str] = []
+    lazy = {(pid, addr) for pid, pages in shadow.lazy.items() for addr in pages}
+    mapped = set()
+    for key, value, source in zip(keys.tolist(), values.tolist(), sources.tolist(), strict=True):
+        pid, addr = key >> PID_SHIFT, key & ((1 << PID_SHIFT) - 1)
+        mapped.add((pid, addr))
+        if (pid, addr) in lazy:
+            continue
+        expected = shadow.data.get(pid, {}).get(addr)
+        if expected is None:
+            expected = shadow.file_word(machine, pid, addr) or 0
+        if value != expected:
+            where_from = f"pfn {source}" if source >= 0 else f"swap slot {-1 - source}"
+            failures.append(f"{key_where(key)}: reads {value} ({where_from}), wrote {expected}")
+    for pid in sorted(machine.processes):
+        for addr, value in sorted(shadow.data.get(pid, {}).items()):
+            if value and (pid, addr) not in mapped:
+                failures.append(f"{where(pid, addr)}: wrote {value}, but nothing is mapped there")
+    frames, swap = machine.frames, machine.swap
+    for file_id in sorted(machine.files):
+        file = machine.files[file_id]
+        words = shadow.files.get(file_id, {})
+        for index in sorted(set(words) | set(file.cache) | set(file.swap) | set(file.disk)):
+            if index in file.cache:
+                folio = file.cache[index]
+                held, place = int(frames.page_data[folio + index - int(frames.folio_index[folio])]), "page cache"
+            elif index in file.swap:
+                held, place = int(swap.swap_data[file.swap[index]]), f"swap slot {file.swap[index]}"
+            else:
+                held, place = file.disk.get(index, 0), "disk"
+            if held != words.get(index, 0):
+                failures.append(f"F{file_id} index {index}: holds {held} ({place}), wrote {words.get(index, 0)}")
+    return failures[:20]
 
 
 def _check_lazy_words(machine: Machine, shadow: Shadow, keys: np.ndarray, values: np.ndarray,
@@ -611,6 +664,51 @@ class Oracle:
         return self.check(machine, shadow, PageTableScan(machine, contpte_verdicts))
 
 
+# --- 9. page cache -------------------------------------------------------------
+
+def check_pagecache(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
+    """Rule 10, pagecache: every page-cache folio fills exactly the slots of its file at its
+    index (folio->mapping and ->index agree with the cache: one slot per page, no other
+    folio or swap entry there, none past the file's end), and every folio whose mapping is
+    set is in its file's cache; a page-cache folio is never anon."""
+    frames = machine.frames
+    failures: list[str] = []
+    for file_id in sorted(machine.files):
+        file = machine.files[file_id]
+        seen: set[int] = set()   # the heads this file's cache holds
+        for index, folio in sorted(file.cache.items()):
+            if folio < 0 or folio >= scan.nr_frames or frames.page_folio[folio] != folio:
+                failures.append(f"F{file_id} index {index}: holds pfn {folio}, not a folio's head")
+                continue
+            seen.add(folio)
+            start = int(frames.folio_index[folio])
+            nr_pages = frames.folio_nr_pages(folio)
+            if frames.folio_mapping[folio] != file_id + 1 or not start <= index < start + nr_pages:
+                failures.append(f"F{file_id} index {index}: folio {folio} says mapping "
+                                f"{int(frames.folio_mapping[folio]) - 1}, index {start}")
+            if frames.folio_anon[folio]:
+                failures.append(f"F{file_id} index {index}: folio {folio} is anon")
+            if index >= file.nr_pages:
+                failures.append(f"F{file_id} index {index}: past the file's end ({file.nr_pages} pages)")
+            if index in file.swap:
+                failures.append(f"F{file_id} index {index}: both a folio and swap slot {file.swap[index]}")
+        for folio in seen:
+            if frames.folio_mapping[folio] == file_id + 1:
+                start = int(frames.folio_index[folio])
+                missing = [i for i in range(start, start + frames.folio_nr_pages(folio)) if file.cache.get(i) != folio]
+                if missing:
+                    failures.append(f"F{file_id}: folio {folio} at index {start} missing from slots {missing[:4]}")
+
+    def cached(folio: int) -> bool:
+        file = machine.files.get(int(frames.folio_mapping[folio]) - 1)
+        return file is not None and file.cache.get(int(frames.folio_index[folio])) == folio
+
+    orphans = scan.heads[frames.folio_mapping[scan.heads] != 0]
+    failures += details([f for f in orphans.tolist() if not cached(f)], lambda f: (
+        f"folio {f}: mapping F{int(frames.folio_mapping[f]) - 1} but not in that page cache"))
+    return failures
+
+
 ORACLES: dict[str, Oracle] = {oracle.name: oracle for oracle in (
     Oracle("mapcount", check_mapcount),
     Oracle("refcount", check_refcount),
@@ -621,6 +719,7 @@ ORACLES: dict[str, Oracle] = {oracle.name: oracle for oracle in (
     Oracle("layout", check_layout),
     Oracle("lazyfree", check_lazyfree),
     Oracle("zero_page", check_zero_page),
+    Oracle("pagecache", check_pagecache),
 )}
 
 

@@ -355,14 +355,35 @@ class PageTableScan:
         return occurrences(self.swp_slot, self.machine.swap.nr_slots)
 
     @cached_property
-    def rss(self) -> dict[int, tuple[int, int]]:
-        """Per live process: (present PTEs + 512 x PMD blocks, swap PTEs)."""
+    def rss(self) -> dict[int, tuple[int, int, int]]:
+        """Per live process: (present PTEs of anon pages + 512 x PMD blocks, swap PTEs, present
+        PTEs of page-cache pages)."""
         length = max(self.machine.processes, default=0) + 1
-        anon = np.bincount(self.pte_pid, minlength=length)
+        file_pte = self.folio_is_file(self.pte_folio)
+        anon = np.bincount(self.pte_pid[~file_pte], minlength=length)
+        file = np.bincount(self.pte_pid[file_pte], minlength=length).tolist()
         if len(self.pmd_pid):
             anon += HPAGE_PMD_NR * np.bincount(self.pmd_pid, minlength=length)
         anon, swap = anon.tolist(), np.bincount(self.swp_pid, minlength=length).tolist()
-        return {pid: (anon[pid], swap[pid]) for pid in self.machine.processes}
+        return {pid: (anon[pid], swap[pid], file[pid]) for pid in self.machine.processes}
+
+    def folio_is_file(self, folios: np.ndarray) -> np.ndarray:
+        """Per folio (-1: none): is it a page-cache folio (folio->mapping set)?"""
+        ok = (folios >= 0) & (folios < self.nr_frames)   # a corrupt page_folio is the refcount oracle's
+        return ok & (self.frames.folio_mapping[np.where(ok, folios, 0)] != 0)
+
+    @cached_property
+    def cache_refs(self) -> np.ndarray:
+        """Per head: the references the page caches hold (one per page a file's cache maps to
+        the folio)."""
+        heads = [folio for file in self.machine.files.values() for folio in file.cache.values()]
+        return occurrences(np.array(heads, np.int64), self.nr_frames)
+
+    @cached_property
+    def cache_swap_count(self) -> np.ndarray:
+        """Per swap slot: shmem page-cache entries holding it."""
+        slots = [slot for file in self.machine.files.values() for slot in file.swap.values()]
+        return occurrences(np.array(slots, np.int64), self.machine.swap.nr_slots)
 
     # Pins: every (pin, page) pair, and what its address maps now.
 

@@ -31,13 +31,34 @@ class Shadow:
         # pin_id -> indices of the pin's pages whose address its process unmapped
         # (munmap, dontneed, exit) since the pin.
         self.released: dict[int, set[int]] = {}
+        # file id -> {page index: value}: what each file holds, written through its shared
+        # mappings (a missing index reads 0). A page of a file VMA that is not in `data` reads
+        # its file's word; a private one written (or COWed by a fault or a pin) is in `data`.
+        self.files: dict[int, dict[int, int]] = {}
 
     def clone(self) -> Shadow:
         other = Shadow()
         other.data = {pid: dict(pages) for pid, pages in self.data.items()}
         other.lazy = {pid: dict(pages) for pid, pages in self.lazy.items()}
         other.released = {pin_id: set(pages) for pin_id, pages in self.released.items()}
+        other.files = {file_id: dict(words) for file_id, words in self.files.items()}
         return other
+
+    def file_word(self, machine: Machine, pid: int, addr: int) -> int | None:
+        """What a file VMA of pid reads at addr when its page is not a private copy; None if
+        no file VMA holds addr."""
+        mm = machine.processes.get(pid)
+        vma = None if mm is None else mm.find_vma(addr)
+        if vma is None or vma.file is None:
+            return None
+        return self.files.get(vma.file, {}).get(vma.linear_page_index(addr), 0)
+
+    def _private_copy(self, machine: Machine, pid: int, addr: int) -> None:
+        """A private file page COWed without a new word (fault, pin): it keeps the file's word."""
+        mm = machine.processes.get(pid)
+        vma = None if mm is None else mm.find_vma(addr)
+        if vma is not None and vma.file is not None and not vma.shared and addr not in self.data.get(pid, {}):
+            self.data.setdefault(pid, {})[addr] = self.file_word(machine, pid, addr) or 0
 
     def read(self, pid: int, addr: int) -> int:
         """What process pid should read at addr."""
@@ -50,9 +71,23 @@ class Shadow:
         zaps the mapped parts of the range, and a zapped page reads 0.
         """
         name = op.name
+        if name == "file":
+            if result == OK:
+                self.files[cast(int, op.file)] = {}
+            return
+        if name == "sync":
+            return
         # The op's fields are those OP_ARGUMENTS lists for it (the parser and decoder see to it).
         pid = cast(int, op.process)
-        if name == "write":
+        mm = machine.processes.get(pid)
+        vma = None if mm is None or op.addr is None else mm.find_vma(op.addr)
+        if name == "fault" and result == OK:
+            self._private_copy(machine, pid, cast(int, op.addr))
+        if name == "pin" and result != "ENOMEM":
+            self._pin_copies(machine, op)
+        if name == "write" and result == OK and vma is not None and vma.file is not None and vma.shared:
+            self.files.setdefault(vma.file, {})[vma.linear_page_index(cast(int, op.addr))] = cast(int, op.value)
+        elif name == "write":
             if result == OK:
                 self.data.setdefault(pid, {})[cast(int, op.addr)] = cast(int, op.value)
                 if pid in self.lazy:
@@ -86,6 +121,24 @@ class Shadow:
         elif name == "unpin":
             if result == OK:
                 self.released.pop(cast(int, op.pin_id), None)
+
+    def _pin_copies(self, machine: Machine, op: Op) -> None:
+        """A pin walks its pages in order until its first failure: each page of a private file
+        mapping it reaches is COWed (a write fault, or a R/O long-term pin's unshare)."""
+        pid, addr = cast(int, op.process), cast(int, op.addr)
+        mm = machine.processes.get(pid)
+        for i in range(cast(int, op.nr_pages)):
+            page_addr = addr + i * PAGE_SIZE
+            vma = None if mm is None else mm.find_vma(page_addr)
+            if vma is None or (op.prot == "rw" and not vma.writable):
+                return
+            if vma.file is not None and vma.shared:
+                if op.prot == "rw" and not machine.files[vma.file].shmem:
+                    return  # a long-term writable pin of a regular file's shared mapping: EFAULT
+                continue
+            if vma.file is not None and machine.files[vma.file].nr_pages <= vma.linear_page_index(page_addr):
+                return  # SIGBUS past the end
+            self._private_copy(machine, pid, page_addr)
 
     @staticmethod
     def _drop_range(words: dict[int, dict[int, int]], pid: int, start: int, end: int) -> dict[int, int]:

@@ -59,13 +59,14 @@ class PageView(NamedTuple):
     slot: int = 0              # swap offset
     lazyfree: bool = False     # folio_test_lazyfree: anon without PG_swapbacked (MADV_FREE)
     folio_dirty: bool = False  # PG_dirty of the folio
+    file: bool = False         # a page-cache folio (folio->mapping is a file's; KPF_ANON clear)
 
 
 Observation = dict[Key, PageView]
 
 # The fields compared for each state, in report order; identities come first.
 PRESENT_FIELDS = ("order", "level", "cont", "dirty", "young", "writable", "exclusive", "mapcount",
-                  "refcount", "pincount", "shared", "value", "lazyfree", "folio_dirty")
+                  "refcount", "pincount", "shared", "value", "lazyfree", "folio_dirty", "file")
 SWAP_FIELDS = ("exclusive",)
 # A zero-page entry maps no folio: what it is, its entry's bits and what it reads.
 ZERO_FIELDS = ("level", "cont", "dirty", "young", "writable", "value")
@@ -166,7 +167,7 @@ def _present_view(machine: Machine, pte: int, index: int, level: str) -> PageVie
         shared=bool(frames.folio_mm_ids_shared[folio]) if order else False,
         value=int(frames.page_data[page]),
         lazyfree=bool(frames.folio_anon[folio]) and not frames.folio_swapbacked[folio],
-        folio_dirty=bool(frames.folio_dirty[folio]))
+        folio_dirty=bool(frames.folio_dirty[folio]), file=bool(frames.folio_mapping[folio]))
 
 
 # ---------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def parse_guest_output(lines: Iterable[str]) -> GuestRun:
 
 def _apply_page_line(state: Observation, words: list[str]) -> None:
     """P n va n | s slot excl | p pfn head order pmd cont dirty young write excl mapcount ref pin shared zero value
-    lazyfree folio_dirty."""
+    lazyfree folio_dirty file."""
     key = (int(words[1]), int(words[2], 16))
     kind = words[3]
     if kind == "n":
@@ -249,7 +250,7 @@ def _apply_page_line(state: Observation, words: list[str]) -> None:
         state[key] = PageView(SWAP, slot=int(words[4], 16), exclusive=words[5] == "1")
     elif kind == "p":
         (pfn, head, order, pmd, cont, dirty, young, write, excl, mapcount, ref, pin, shared, zero,
-         value, lazyfree, folio_dirty) = words[4:21]
+         value, lazyfree, folio_dirty, file) = words[4:22]
         if zero == "1":
             state[key] = PageView(ZERO, pfn=int(pfn, 16), head=int(head, 16), level="pmd" if pmd == "1" else "pte",
                                   cont=cont == "1", dirty=dirty == "1", young=young == "1",
@@ -260,7 +261,7 @@ def _apply_page_line(state: Observation, words: list[str]) -> None:
             level="pmd" if pmd == "1" else "pte", cont=cont == "1", dirty=dirty == "1",
             young=young == "1", writable=write == "1", exclusive=excl == "1", mapcount=int(mapcount),
             refcount=int(ref), pincount=int(pin), shared=shared == "1", value=int(value, 16),
-            lazyfree=lazyfree == "1", folio_dirty=folio_dirty == "1")
+            lazyfree=lazyfree == "1", folio_dirty=folio_dirty == "1", file=file == "1")
     else:
         raise ValueError(f"unknown page line {' '.join(words)!r}")
 

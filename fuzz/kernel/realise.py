@@ -24,7 +24,9 @@ from .observe import PRESENT, SWAP, ZERO, PageView
 
 # The guest runtime's op kinds (enum rf_op_kind in runtime.c).
 GUEST_KINDS = {"mmap": 0, "munmap": 1, "dontneed": 2, "mprotect": 3, "fault": 4, "write": 5, "read": 6,
-               "pin": 7, "unpin": 8, "fork": 9, "exit": 10, "reclaim": 11, "split": 12, "free": 13}
+               "pin": 7, "unpin": 8, "fork": 9, "exit": 10, "reclaim": 11, "split": 12, "free": 13,
+               "file": 14, "sync": 15}
+MAX_FILES = 16                 # MAX_FILES in runtime.c
 RUNTIME_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime.c")
 
 USER_VA_LIMIT = 1 << 47        # the runtime's own binary, stack and mmaps live above this
@@ -75,6 +77,10 @@ class UnsupportedScript(Exception):
 
 def _static_reason(op: Op) -> str | None:
     """Why op alone has no realisation, or None."""
+    if op.name == "file" and not op.shmem:
+        return "a regular file needs a disk filesystem in the guest, which the bridge does not have"
+    if op.file is not None and op.file >= MAX_FILES:
+        return f"the runtime keeps at most {MAX_FILES} files"
     if op.name == "try_to_unmap":
         return "the race of GUP-fast with reclaim that try_to_unmap models cannot be brought about from user space"
     if op.name == "split_pmd":
@@ -91,6 +97,10 @@ def _static_reason(op: Op) -> str | None:
 
 
 def _script_reason(script: Script, run: ModelRun) -> str | None:
+    ops = script_ops(script)
+    if any(op.name == "file" for op in ops) and any(op.name == "fault" and op.order for op in ops):
+        return ("a fault of order K in a script with files: shmem's large folios follow shmem_enabled, "
+                "which the runtime does not set")
     if len(run.pages.ranges) > MAX_RANGES:
         return f"more than {MAX_RANGES} distinct mmap ranges to observe"
     if run.pages.nr_pages > MAX_OBSERVED_PAGES:
@@ -102,6 +112,8 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
     """Why the op of this model step cannot be shown faithfully, given what the model did."""
     step = run.steps[step_index]
     op = step.op
+    if step.result == "SIGBUS":
+        return "an access past a file's end: the runtime does not turn SIGBUS into a result"
     if step.result == "ENOMEM" and op.name in ALLOCATING_OPS:
         return "an ENOMEM path: the model's frames or swap slots ran out, a 1 GiB guest's do not"
     if op.name == "reclaim":
@@ -162,6 +174,13 @@ def guest_op(op: Op, new_process: int | None = None) -> GuestOp:
     kind = GUEST_KINDS[op.name]
     process = op.process or 0
     rw = int((op.prot or "rw") == "rw")
+    if op.name == "file":
+        return GuestOp(kind, 0, length=op.length or 0, arg=op.file or 0)
+    if op.name == "sync":
+        return GuestOp(kind, 0, arg=op.file or 0)
+    if op.name == "mmap" and op.file is not None:
+        return GuestOp(kind, process, op.addr or 0, op.length or 0, value=op.offset or 0,
+                       arg=rw | int(op.shared) << 1 | (op.file + 1) << 2)
     if op.name in ("mmap", "mprotect"):
         return GuestOp(kind, process, op.addr or 0, op.length or 0, arg=rw)
     if op.name in ("munmap", "dontneed", "free"):

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fuzz.errors import quote_token, shown_number
-from fuzz.implementation import OP_NAMES, ORDER_OPS, PROCESS_OPS, PROT_OPS, RANGE_OPS, RESULT_NAMES
+from fuzz.implementation import FILE_OPS, OP_NAMES, ORDER_OPS, PROCESS_OPS, PROT_OPS, RANGE_OPS, RESULT_NAMES
 from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SIZE, TASK_SIZE
 
 # Keys of `expect P va ...` and `expect pin ID ...`, in the order SPEC §4 lists them.
 EXPECT_ENTRY_KEYS = ("value", "state", "exclusive", "writable", "dirty", "young", "level",
                      "cont", "order", "mapcount", "shared", "pinned", "same-page",
-                     "distinct-page", "lazyfree", "folio-dirty")
+                     "distinct-page", "lazyfree", "folio-dirty", "file")
 EXPECT_PIN_KEYS = ("value", "coherent")
 EXPECT_RESULT_KEYS = ("result",)
 
@@ -33,6 +33,7 @@ VALUE_LIMIT = 1 << 64       # data words are 64-bit
 FRAMES_LIMIT = 1 << 24      # largest `frames N`
 ORDER_ARG_LIMIT = 63        # `order=K` of fault/split; 0..9 is the kernel's check (EINVAL)
 EXPECT_ORDER_LIMIT = HPAGE_PMD_ORDER   # largest folio order an `expect ... order=` can name
+FILE_LIMIT = 1 << 16        # largest n of a file name Fn
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class Op:
     value: int | None = None     # write
     prot: str | None = None      # "rw"/"ro": mmap, mprotect; the mode of pin
     pin_id: int | None = None    # unpin
+    file: int | None = None      # n of "Fn": file, sync, and a file mmap
+    offset: int | None = None    # bytes: a file mmap's file offset
+    shared: bool = False         # a file mmap: MAP_SHARED
+    shmem: bool = False          # file: a tmpfs/memfd file
     line: int = field(default=0, compare=False)  # 1-based source line, 0 if built in code
 
 
@@ -227,10 +232,51 @@ def _op_range(name: str, args: list[str], processes: _Processes) -> Op:
     return Op(name, process=process, addr=addr, length=length)
 
 
+def _parse_file_name(text: str) -> int:
+    """Fn: a file's number (whether it exists is the kernel's question: EBADF)."""
+    number = _decimal(text[1:]) if text[:1] in ("F", "f") else None
+    if number is None or number > FILE_LIMIT:
+        raise _LineError(f"bad file {quote_token(text)}: want Fn")
+    return number
+
+
 def _op_mmap(name: str, args: list[str], processes: _Processes) -> Op:
-    op = _op_range(name, args, processes)
-    prot = _parse_prot(args[3], "prot") if len(args) == 4 else "rw"
-    return Op(name, process=op.process, addr=op.addr, length=op.length, prot=prot)
+    """mmap P va len [rw|ro] [file=Fn] [offset=OFF] [shared]."""
+    op = _op_range(name, args[:3], processes)
+    prot = "rw"
+    file: int | None = None
+    offset: int | None = None
+    shared = False
+    for index, word in enumerate(args[3:]):
+        key, _, value = word.partition("=")
+        if index == 0 and "=" not in word and word != "shared":
+            prot = _parse_prot(word, "prot")
+        elif key == "file" and value and file is None:
+            file = _parse_file_name(value)
+        elif key == "offset" and value and offset is None:
+            offset = _parse_addr(value)
+        elif word == "shared" and not shared:
+            shared = True
+        else:
+            raise _LineError(f"bad mmap argument {quote_token(word)}: want rw|ro, file=Fn, offset=OFF, shared")
+    if file is None and (offset is not None or shared):
+        raise _LineError("offset= and shared need file=Fn (anonymous memory is private)")
+    return Op(name, process=op.process, addr=op.addr, length=op.length, prot=prot, file=file,
+              offset=offset or None, shared=shared)
+
+
+def _op_file(name: str, args: list[str], processes: _Processes) -> Op:
+    """file Fn len [shmem]."""
+    file = _parse_file_name(args[0])
+    length = _parse_length(args[1])
+    _check_range_end(length)
+    if len(args) == 3 and args[2] != "shmem":
+        raise _LineError(f"bad file kind {quote_token(args[2])}: want shmem or nothing")
+    return Op(name, file=file, length=length, shmem=len(args) == 3)
+
+
+def _op_sync(name: str, args: list[str], processes: _Processes) -> Op:
+    return Op(name, file=_parse_file_name(args[0]))
 
 
 def _op_mprotect(name: str, args: list[str], processes: _Processes) -> Op:
@@ -294,7 +340,7 @@ _OpParser = Callable[[str, list[str], _Processes], Op]
 
 # name: (fewest arguments, most arguments, parser)
 _OP_SYNTAX: dict[str, tuple[int, int, _OpParser]] = {
-    "mmap": (3, 4, _op_mmap),
+    "mmap": (3, 7, _op_mmap),
     "munmap": (3, 3, _op_range),
     "dontneed": (3, 3, _op_range),
     "free": (3, 3, _op_range),
@@ -310,6 +356,8 @@ _OP_SYNTAX: dict[str, tuple[int, int, _OpParser]] = {
     "try_to_unmap": (2, 2, _op_at),
     "split_pmd": (2, 2, _op_at),
     "split": (3, 3, _op_split),
+    "file": (2, 3, _op_file),
+    "sync": (1, 1, _op_sync),
 }
 assert tuple(_OP_SYNTAX) == OP_NAMES
 
@@ -318,6 +366,8 @@ def _arity_message(name: str, fewest: int, most: int, got: int) -> str:
     if fewest == most:
         plural = "" if fewest == 1 else "s"
         return f"{name} takes {fewest} argument{plural}, got {got}"
+    if most > fewest + 1:
+        return f"{name} takes {fewest} to {most} arguments, got {got}"
     return f"{name} takes {fewest} or {most} arguments, got {got}"
 
 
@@ -343,6 +393,14 @@ def _bounded(limit: int | None) -> Callable[[str], int | None]:
 
 _YES_NO = _choice("yes", "no")
 
+
+def _file_key(text: str) -> int | None:
+    """The n of Fn in an expect's file= key, None if malformed."""
+    try:
+        return _parse_file_name(text)
+    except _LineError:
+        return None
+
 # key: (parser returning None on a bad value, what a good value looks like)
 _KeyParser = tuple[Callable[[str], str | int | None], str]
 _ENTRY_KEY_SYNTAX: dict[str, _KeyParser] = {
@@ -362,6 +420,7 @@ _ENTRY_KEY_SYNTAX: dict[str, _KeyParser] = {
     "distinct-page": (_parse_process_number, "Pn"),
     "lazyfree": (_YES_NO, "yes|no"),
     "folio-dirty": (_YES_NO, "yes|no"),
+    "file": (lambda text: "none" if text == "none" else _file_key(text), "Fn|none"),
 }
 _PIN_KEY_SYNTAX: dict[str, _KeyParser] = {
     "value": (_bounded(VALUE_LIMIT - 1), "0..2^64-1"),
@@ -545,6 +604,13 @@ def format_op(op: Op) -> str:
         raise ValueError(f"unknown op {name!r}")
     if name == "unpin":
         return f"unpin {_need(op.pin_id, op, 'pin_id')}"
+    if name in FILE_OPS:
+        words = [name, f"F{_need(op.file, op, 'file')}"]
+        if name == "file":
+            words.append(_format_length(int(_need(op.length, op, "length"))))
+            if op.shmem:
+                words.append("shmem")
+        return " ".join(words)
     words = [name, f"P{_need(op.process, op, 'process')}"]
     if name in PROCESS_OPS:
         return " ".join(words)
@@ -555,6 +621,12 @@ def format_op(op: Op) -> str:
         words.append(str(_need(op.nr_pages, op, "nr_pages")))
     if name in PROT_OPS:
         words.append(str(_need(op.prot, op, "prot")))
+    if name == "mmap" and op.file is not None:
+        words.append(f"file=F{op.file}")
+        if op.offset:
+            words.append(f"offset={_format_addr(op.offset)}")
+        if op.shared:
+            words.append("shared")
     if name in ORDER_OPS:
         words.append(f"order={_need(op.order, op, 'order')}")
     if name == "write":
@@ -565,6 +637,8 @@ def format_op(op: Op) -> str:
 def _format_key(key: str, value: str | int) -> str:
     if key in _PROCESS_KEYS:
         return f"{key}=P{value}"
+    if key == "file":
+        return f"file={value}" if value == "none" else f"file=F{value}"
     if isinstance(value, int):
         return f"{key}={_format_value(value)}"
     return f"{key}={value}"

@@ -32,7 +32,7 @@
  *   P <n> <va> n                   none
  *   P <n> <va> s <slot> <excl>     swap entry: offset and PTE_SWP_EXCLUSIVE
  *   P <n> <va> p <pfn> <head> <order> <pmd> <cont> <dirty> <young> <write>
- *                <excl> <mapcount> <ref> <pin> <shared> <zero> <value>
+ *                <excl> <mapcount> <ref> <pin> <shared> <zero> <value> <lazyfree> <folio dirty> <file>
  *   G <n>                          Pn exited
  *   E <op>                         observation after op number op is complete
  *   X <reason>                     the script could not run on this kernel
@@ -118,7 +118,7 @@
 
 enum rf_op_kind {
 	RF_MMAP, RF_MUNMAP, RF_DONTNEED, RF_MPROTECT, RF_FAULT, RF_WRITE, RF_READ,
-	RF_PIN, RF_UNPIN, RF_FORK, RF_EXIT, RF_RECLAIM, RF_SPLIT, RF_FREE, RF_NR_KINDS
+	RF_PIN, RF_UNPIN, RF_FORK, RF_EXIT, RF_RECLAIM, RF_SPLIT, RF_FREE, RF_FILE, RF_SYNC, RF_NR_KINDS
 };
 
 /* One op of a script; which fields an op reads is in rf_do_op(). */
@@ -127,8 +127,10 @@ struct rf_op {
 	int process;	   /* Pn */
 	uint64_t addr;
 	uint64_t length;   /* bytes: mmap, munmap, dontneed, free, mprotect, pin */
-	uint64_t value;    /* write */
-	int arg;	   /* rw flag (mmap, mprotect, pin), order (fault, split), pin id (unpin), child (fork) */
+	uint64_t value;    /* write; a file mmap's offset */
+	int arg;	   /* rw flag (mmap, mprotect, pin), order (fault, split), pin id (unpin), child (fork),
+			    * file id (file, sync); a file mmap: rw | shared << 1 | (file id + 1) << 2, and the
+			    * controller adds its fd << 16 */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -685,6 +687,8 @@ static void machine_setup(void)
 	write_file(THP_DIR "/khugepaged/max_ptes_none", "0");
 	write_file(THP_DIR "/khugepaged/max_ptes_swap", "0");
 	write_file(THP_DIR "/khugepaged/max_ptes_shared", "0");
+	/* (model) no fault-around: a read fault of a file maps its page or its whole folio */
+	write_file("/sys/kernel/debug/fault_around_bytes", "4096");
 	thp_sizes_set(0);
 	if (zram_swap_setup())
 		out("X-warning swap: %s\n", strerror(errno));
@@ -712,6 +716,9 @@ static struct worker workers[MAX_PROCESSES];
 static int commands[MAX_PROCESSES][2], replies[2];
 static int pin_rings[MAX_PINS]; /* io_uring fds holding each pin, -1 once unpinned */
 static int nr_pins;
+#define MAX_FILES 16
+static int file_fds[MAX_FILES] = { [0 ... MAX_FILES - 1] = -1 }; /* the controller's memfd of each shmem file Fn, -1 if not made */
+static pid_t controller_pid;    /* a worker reopens a file through /proc/<controller>/fd/N */
 
 static sigjmp_buf fault_jump;
 static volatile sig_atomic_t fault_armed;
@@ -847,13 +854,25 @@ struct reply {
 /* Do one op in this worker's mm; returns 0 or an errno. */
 static int rf_do_op(const struct rf_op *op, struct reply *reply)
 {
-	int prot = op->arg ? PROT_READ | PROT_WRITE : PROT_READ;
+	int prot = op->arg & 1 ? PROT_READ | PROT_WRITE : PROT_READ; /* mmap, mprotect: the rw bit */
 	void *addr = (void *)op->addr;
 	void *mapped;
 
 	switch (op->kind) {
 	case RF_MMAP:
-		mapped = mmap(addr, op->length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+		if (op->arg >> 2 & 0x3fff) { /* a file: reopen the controller's memfd */
+			char path[64];
+			int fd;
+
+			snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)controller_pid, op->arg >> 16);
+			fd = open(path, O_RDWR);
+			if (fd < 0)
+				return errno;
+			mapped = mmap(addr, op->length, prot, (op->arg & 2 ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED_NOREPLACE,
+				      fd, (off_t)op->value);
+			close(fd);
+		} else
+			mapped = mmap(addr, op->length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
 		if (mapped == MAP_FAILED)
 			return errno;
 		if (mapped != addr) { /* a kernel without MAP_FIXED_NOREPLACE */
@@ -1084,12 +1103,13 @@ static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry
 	/* PageAnonExclusive of the page; of the head for a PMD mapping (SPEC §4's `exclusive`). */
 	memcpy(&flags, folio->pages + exclusive_index * layout.page_size + layout.page_flags, sizeof(flags));
 	kread_pa(pfn * PAGE_SIZE, &value, sizeof(value));
-	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx %d %d",
+	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx %d %d %d",
 		 (unsigned long)pfn, (unsigned long)folio->head, folio->order, pmd,
 		 !pmd && (entry & PTE_CONT) ? 1 : 0, dirty, entry & PTE_AF ? 1 : 0, entry & PTE_DBM ? 1 : 0,
 		 (int)((flags >> layout.pg_anon_exclusive) & 1), mapcount + folio->entire_mapcount,
 		 folio->refcount, folio->pincount, folio->shared, (int)((folio->kpageflags[index] >> KPF_ZERO) & 1),
-		 (unsigned long)value, lazyfree, (int)((head_flags >> KPF_DIRTY) & 1));
+		 (unsigned long)value, lazyfree, (int)((head_flags >> KPF_DIRTY) & 1),
+		 !((head_flags >> KPF_ANON) & 1)); /* a page-cache folio: folio->mapping not anon */
 }
 
 /* The line describing page va, from its pagemap entry and the page tables. */
@@ -1293,6 +1313,29 @@ static int run_op(const struct rf_op *op)
 	struct rf_op sent = *op;
 
 	switch (op->kind) {
+	case RF_FILE: /* a shmem file: memfd_create and ftruncate (O_CREAT | O_EXCL: EEXIST if made) */
+		if (op->arg < 0 || op->arg >= MAX_FILES)
+			return EINVAL;
+		if (file_fds[op->arg] >= 0)
+			return EEXIST;
+		file_fds[op->arg] = syscall(SYS_memfd_create, "rmapfuzz", 0);
+		if (file_fds[op->arg] < 0)
+			return errno;
+		return ftruncate(file_fds[op->arg], (off_t)op->length) ? errno : 0;
+	case RF_SYNC:
+		if (op->arg < 0 || op->arg >= MAX_FILES || file_fds[op->arg] < 0)
+			return EBADF;
+		return fsync(file_fds[op->arg]) ? errno : 0;
+	case RF_MMAP: {
+		int file = (op->arg >> 2 & 0x3fff) - 1;
+
+		if (file < 0)
+			break;
+		if (file >= MAX_FILES || file_fds[file] < 0)
+			return EBADF;
+		sent.arg = (op->arg & 0xffff) | file_fds[file] << 16;
+		break;
+	}
 	case RF_UNPIN:
 		if (op->arg < 0 || op->arg >= nr_pins || pin_rings[op->arg] < 0)
 			return EINVAL;
@@ -1363,6 +1406,12 @@ static void run_script(const char *name, const struct rf_op *ops, int nr_ops)
 	out("S %s\n", name);
 	nr_ranges = 0;
 	nr_pins = 0;
+	for (int i = 0; i < MAX_FILES; i++) {
+		if (file_fds[i] >= 0)
+			close(file_fds[i]);
+		file_fds[i] = -1;
+	}
+	controller_pid = getpid();
 	observe_ms = 0;
 	none_hash = fnv1a("n");
 	for (int i = 0; i < nr_ops; i++)

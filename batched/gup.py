@@ -7,12 +7,15 @@ from __future__ import annotations
 import numpy as np
 
 from machine import MM, VMA, Machine, all_set, any_set, check
-from machine.errors import EFAULT, EINVAL, ENOMEM, OK
+from machine.errors import EFAULT, EINVAL, ENOMEM, OK, UFFD
 from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
+    is_pte_marker,
     is_swap_pte,
     pmd_trans_huge,
+    pte_marker_uffd_wp,
+    pte_mkuffd_wp,
     pte_none,
     pte_pfn,
     pte_present,
@@ -32,12 +35,16 @@ from .rmap import folio_add_new_anon_rmap
 
 
 def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
-    """A R/O pin of an unpopulated address: a fresh exclusive page mapped as an unshare copy."""
+    """A R/O pin of an unpopulated address: a fresh exclusive page mapped as an unshare copy;
+    of a uffd-wp marker in a registered VMA, with the uffd-wp bit (the zero page was mapped
+    with it and wp_page_copy keeps it)."""
+    uffd_wp = bool(pte_marker_uffd_wp(machine.ptep_get(mm, addr))) and vma.uffd_wp
     folio = machine.frames.folio_alloc(0)
     if folio is None:
         return ENOMEM
     folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
-    machine.set_pte_at(mm, addr, mk_pte(folio, vma))
+    entry = mk_pte(folio, vma)
+    machine.set_pte_at(mm, addr, pte_mkuffd_wp(entry) if uffd_wp else entry)
     mm.rss_anon += 1
     return OK
 
@@ -102,7 +109,7 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
         entry = machine.lookup(mm, addr)[1]
         if writable:
             result = handle_write_fault(machine, mm, vma, addr, order=0)
-        elif pte_none(entry):
+        elif pte_none(entry) or is_pte_marker(entry):
             result = do_unshare_anonymous_page(machine, mm, vma, addr)
         elif is_swap_pte(entry):
             result = do_swap_page(machine, mm, vma, addr, write_fault=False)
@@ -184,6 +191,10 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
         if nr_none and faultin_none_pages_for_pin(machine, mm, vma, page_addr, nr_none, writable):
             continue   # now ready: grabbed on the next turn
         result = faultin_page_for_pin(machine, mm, vma, page_addr, writable)
+        if result == UFFD:  # VM_FAULT_SIGBUS: GUP fails with EFAULT, the faults before kept
+            if pages:
+                gup_put_folios_pin(machine, np.concatenate(pages))
+            return EFAULT
         if result != OK:
             return result
         ready = pinned_pages(machine, mm, page_addr, page_addr + (1 << PAGE_SHIFT))

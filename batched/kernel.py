@@ -14,6 +14,7 @@ from machine import MM, VMA, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK
 from machine.pgtable import (
     PMD_SIZE,
+    is_pte_marker,
     is_swap_pte,
     pmd_trans_huge,
     pte_none,
@@ -30,9 +31,11 @@ from .memory import (
     do_swap_page,
     fork_copies_bound,
     handle_write_fault,
+    pte_marker_clear,
 )
 from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
 from .mprotect import do_mprotect_pkey
+from .userfaultfd import mwriteprotect_range, userfaultfd_register
 from .vmscan import shrink_folio_list, try_to_unmap
 
 MAX_FAULT_ORDER = 9
@@ -93,6 +96,14 @@ class Kernel:
     def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str:
         return self._finish(do_mprotect_pkey(self.machine, self._mm(pid), addr, length, prot == "rw"))
 
+    # userfaultfd write-protect.
+
+    def uffd(self, pid: int, addr: int, length: int) -> str:
+        return self._finish(userfaultfd_register(self.machine, self._mm(pid), addr, addr + length))
+
+    def wp(self, pid: int, addr: int, length: int, mode: str) -> str:
+        return self._finish(mwriteprotect_range(self.machine, self._mm(pid), addr, addr + length, mode == "on"))
+
     # Faults and user accesses.
 
     def fault(self, pid: int, addr: int, order: int) -> str:
@@ -132,6 +143,12 @@ class Kernel:
         entry = self.machine.lookup(mm, addr)[1]
         if pte_none(entry):
             return OK  # model: no zero page; reads 0 and maps nothing
+        if is_pte_marker(entry):
+            # model: no zero page, which the kernel maps with the marker's uffd-wp bit; the
+            # marker stays. One in a VMA no longer registered is dropped (pte_marker_clear).
+            if not vma.uffd_wp:
+                pte_marker_clear(self.machine, mm, addr)
+            return self._finish(OK)
         if is_swap_pte(entry):
             result = self._finish(do_swap_page(self.machine, mm, vma, addr, write_fault=False))
             if result != OK:

@@ -46,6 +46,8 @@ class Kernel(Protocol):
     def try_to_unmap(self, pid: int, addr: int) -> str: ...
     def split_pmd(self, pid: int, addr: int) -> str: ...
     def split(self, pid: int, addr: int, order: int) -> str: ...
+    def uffd(self, pid: int, addr: int, length: int) -> str: ...
+    def wp(self, pid: int, addr: int, length: int, mode: str) -> str: ...
 
 
 class Implementation(Protocol):
@@ -76,6 +78,8 @@ OP_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "try_to_unmap": ("process", "addr"),
     "split_pmd": ("process", "addr"),
     "split": ("process", "addr", "order"),
+    "uffd": ("process", "addr", "length"),
+    "wp": ("process", "addr", "length", "mode"),
 }
 OP_NAMES = tuple(OP_ARGUMENTS)
 RANGE_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if "length" in fields)
@@ -84,6 +88,7 @@ PROT_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if "prot" in 
 PROCESS_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if fields == ("process",))
 RESULT_NAMES = RESULTS
 PROTS = ("rw", "ro")   # an mmap's and mprotect's prot, a pin's mode
+WP_MODES = ("on", "off")  # a wp op's mode: UFFDIO_WRITEPROTECT_MODE_WP set or clear
 DEFAULT_PROT = "rw"    # an mmap without prot
 DEFAULT_ORDER = 0      # a fault without order=
 
@@ -106,6 +111,8 @@ OP_DISPATCH: dict[str, Callable[[Kernel, Any], str]] = {
     "try_to_unmap": lambda kernel, op: kernel.try_to_unmap(op.process, op.addr),
     "split_pmd": lambda kernel, op: kernel.split_pmd(op.process, op.addr),
     "split": lambda kernel, op: kernel.split(op.process, op.addr, op.order),
+    "uffd": lambda kernel, op: kernel.uffd(op.process, op.addr, op.length),
+    "wp": lambda kernel, op: kernel.wp(op.process, op.addr, op.length, op.mode),
 }
 
 # ---------------------------------------------------------------------------

@@ -33,4 +33,5 @@ EAGAIN = "EAGAIN"
 ENOENT = "ENOENT"
 ENOMEM = "ENOMEM"
 EINVAL = "EINVAL"
-RESULTS = (OK, EFAULT, EBUSY, EAGAIN, ENOENT, ENOMEM, EINVAL)
+UFFD = "UFFD"  # a write trapped by userfaultfd write-protection (handle_userfault; SIGBUS here)
+RESULTS = (OK, EFAULT, EBUSY, EAGAIN, ENOENT, ENOMEM, EINVAL, UFFD)

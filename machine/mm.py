@@ -36,6 +36,12 @@ class VMA:
     end: int
     writable: bool
     lineage: int
+    uffd_ctx: int = 0  # the userfaultfd context registered on it (vm_userfaultfd_ctx), 0: none
+
+    @property
+    def uffd_wp(self) -> bool:
+        """VM_UFFD_WP: registered for write-protect tracking (every context here is WP)."""
+        return self.uffd_ctx != 0
 
     @property
     def pgoff(self) -> int:
@@ -106,6 +112,10 @@ PUD_SHIFT = 30
 PUD_SIZE = 1 << PUD_SHIFT
 
 
+def _mergeable(a: VMA, b: VMA) -> bool:
+    return a.writable == b.writable and a.lineage == b.lineage and a.uffd_ctx == b.uffd_ctx
+
+
 def _vma_start(vma: VMA) -> int:
     return vma.start
 
@@ -148,7 +158,7 @@ class MM:
         other = MM.__new__(MM)
         other.pid = self.pid
         other.journal = None
-        other.vmas = [VMA(v.start, v.end, v.writable, v.lineage) for v in self.vmas]
+        other.vmas = [VMA(v.start, v.end, v.writable, v.lineage, v.uffd_ctx) for v in self.vmas]
         other.pgd = {i: {j: pmd.clone() for j, pmd in pud.items()} for i, pud in self.pgd.items()}
         other.pte_tables = {table.base >> PMD_SHIFT: table for pmd_table in other.pmd_tables()
                             for table in pmd_table.ptes.values()}
@@ -206,22 +216,23 @@ class MM:
     def vma_split(self, vma: VMA, addr: int) -> VMA:
         """Split vma at addr (strictly inside); returns the upper part."""
         check(vma.start < addr < vma.end, "vma_split outside the VMA")
-        upper = VMA(addr, vma.end, vma.writable, vma.lineage)
+        upper = VMA(addr, vma.end, vma.writable, vma.lineage, vma.uffd_ctx)
         vma.end = addr
         self.vmas.insert(self._vma_position(vma) + 1, upper)
         return upper
 
     def vma_merge(self, vma: VMA) -> VMA:
-        """Merge vma with adjacent neighbours of equal prot and lineage; returns the result."""
+        """Merge vma with adjacent neighbours of equal prot, lineage and userfaultfd context
+        (vma_merge: equal vm_flags and vm_userfaultfd_ctx); returns the result."""
         index = self._vma_position(vma)
         if index + 1 < len(self.vmas):
             after = self.vmas[index + 1]
-            if after.start == vma.end and after.writable == vma.writable and after.lineage == vma.lineage:
+            if after.start == vma.end and _mergeable(after, vma):
                 vma.end = after.end
                 del self.vmas[index + 1]
         if index > 0:
             before = self.vmas[index - 1]
-            if before.end == vma.start and before.writable == vma.writable and before.lineage == vma.lineage:
+            if before.end == vma.start and _mergeable(before, vma):
                 before.end = vma.end
                 del self.vmas[index]
                 return before

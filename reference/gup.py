@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from machine import MM, VMA, Machine, check
-from machine.errors import EFAULT, EINVAL, ENOMEM, OK
-from machine.pgtable import PAGE_SHIFT, is_swap_pte, pte_none, pte_present, pte_write
+from machine.errors import EFAULT, EINVAL, ENOMEM, OK, UFFD
+from machine.pgtable import (
+    PAGE_SHIFT, is_pte_marker, is_swap_pte, pte_marker_uffd_wp, pte_mkuffd_wp, pte_none, pte_present, pte_write,
+)
 
 from .folio import (
     GUP_PIN_COUNTING_BIAS, PageAnonExclusive, folio_alloc, folio_put_refs, folio_test_large,
@@ -25,14 +27,22 @@ def gup_must_unshare(machine: Machine, level: str, entry: int, page: int) -> boo
 
 def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
     """A R/O pin of an unpopulated address: the zero page unshared into a fresh exclusive page.
+    Of a uffd-wp marker in a registered VMA: the zero page was mapped with the bit
+    (do_anonymous_page) and the unshare copy keeps it (wp_page_copy); in one no longer
+    registered the marker is dropped first (pte_marker_clear).
 
     Model: no zero page, so the result is mapped directly as an unshare copy (base).
     """
+    pte = machine.ptep_get(mm, addr)
+    uffd_wp = bool(pte_marker_uffd_wp(pte)) and vma.uffd_wp
     folio = folio_alloc(machine, 0)
     if folio is None:
         return ENOMEM
     folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
-    machine.set_pte_at(mm, addr, mk_pte(folio, vma))
+    entry = mk_pte(folio, vma)
+    if uffd_wp:
+        entry = pte_mkuffd_wp(entry)
+    machine.set_pte_at(mm, addr, entry)
     mm.rss_anon += 1
     return OK
 
@@ -45,7 +55,7 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
             if pte_present(entry) and pte_write(entry):
                 return OK
             result = handle_write_fault(machine, mm, vma, addr, order=0)
-        elif pte_none(entry):
+        elif pte_none(entry) or is_pte_marker(entry):
             result = do_unshare_anonymous_page(machine, mm, vma, addr)
         elif is_swap_pte(entry):
             result = do_swap_page(machine, mm, vma, addr, write_fault=False)
@@ -106,6 +116,10 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
                 gup_put_folio_pin(machine, page)
             return EFAULT
         result = faultin_page_for_pin(machine, mm, vma, page_addr, writable)
+        if result == UFFD:  # VM_FAULT_SIGBUS: GUP fails with EFAULT, the faults before kept
+            for page in pages:
+                gup_put_folio_pin(machine, page)
+            return EFAULT
         if result != OK:
             return result
         page = machine.page_at(mm, page_addr)

@@ -11,15 +11,18 @@ from collections.abc import Callable
 
 from machine import MM, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK
-from machine.pgtable import PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write
+from machine.pgtable import (
+    PMD_SIZE, is_pte_marker, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write,
+)
 
 from .folio import page_folio
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
 from .madvise import madvise_free
-from .memory import do_swap_page, handle_write_fault
+from .memory import do_swap_page, handle_write_fault, pte_marker_clear
 from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
 from .mprotect import do_mprotect_pkey
+from .userfaultfd import mwriteprotect_range, userfaultfd_register
 from .vmscan import shrink_folio_list, try_to_unmap
 
 MAX_FAULT_ORDER = 9
@@ -86,6 +89,17 @@ class Kernel:
         return self._without_rollback(
             lambda: do_mprotect_pkey(self.machine, mm, addr, length, prot == "rw"))
 
+    # userfaultfd write-protect.
+
+    def uffd(self, pid: int, addr: int, length: int) -> str:
+        mm = self._mm(pid)
+        return self._without_rollback(lambda: userfaultfd_register(self.machine, mm, addr, addr + length))
+
+    def wp(self, pid: int, addr: int, length: int, mode: str) -> str:
+        mm = self._mm(pid)
+        return self._without_rollback(
+            lambda: mwriteprotect_range(self.machine, mm, addr, addr + length, mode == "on"))
+
     # Faults and user accesses.
 
     def fault(self, pid: int, addr: int, order: int) -> str:
@@ -128,6 +142,12 @@ class Kernel:
         entry = self.machine.lookup(mm, addr)[1]
         if pte_none(entry):
             return OK  # model: no zero page; reads 0 and maps nothing
+        if is_pte_marker(entry):
+            # model: no zero page, which the kernel maps with the marker's uffd-wp bit; the
+            # marker stays. One in a VMA no longer registered is dropped (pte_marker_clear).
+            if not vma.uffd_wp:
+                return self._without_rollback(lambda: pte_marker_clear(self.machine, mm, addr) or OK)
+            return OK
         if is_swap_pte(entry):
             result = self._without_rollback(lambda: do_swap_page(self.machine, mm, vma, addr, write_fault=False))
             if result != OK:

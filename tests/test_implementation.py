@@ -18,7 +18,7 @@ from fuzz.script.ops import Op
 from machine.errors import RESULTS
 
 FIELD_VALUES = {"process": 3, "addr": 0x201000, "length": 0x4000, "prot": "ro", "order": 4,
-                "value": 7, "nr_pages": 17, "pin_id": 2}
+                "value": 7, "nr_pages": 17, "pin_id": 2, "mode": "on"}
 
 
 class RecordingKernel:

@@ -62,6 +62,9 @@ def assert_error(text: str, line: int, message: str) -> None:
     ("try_to_unmap P0 0x1000", Op("try_to_unmap", 0, 0x1000)),
     ("split_pmd P0 0x200000", Op("split_pmd", 0, 0x200000)),
     ("split P0 0x200000 order=0", Op("split", 0, 0x200000, order=0)),
+    ("uffd P0 0x200000 64K", Op("uffd", 0, 0x200000, length=0x10000)),
+    ("wp P0 0x200000 8K on", Op("wp", 0, 0x200000, length=0x2000, mode="on")),
+    ("wp P0 0x200000 8K OFF", Op("wp", 0, 0x200000, length=0x2000, mode="off")),
 ])
 def test_each_op_parses_to_its_fields(text: str, op: Op) -> None:
     assert only_step(text) == op
@@ -70,7 +73,7 @@ def test_each_op_parses_to_its_fields(text: str, op: Op) -> None:
 def test_every_op_name_is_covered_by_the_table() -> None:
     assert set(OP_NAMES) == {"mmap", "munmap", "dontneed", "free", "mprotect", "fault", "write",
                              "read", "pin", "unpin", "fork", "exit", "reclaim",
-                             "try_to_unmap", "split_pmd", "split"}
+                             "try_to_unmap", "split_pmd", "split", "uffd", "wp"}
 
 
 def test_mmap_prot_defaults_to_rw() -> None:
@@ -337,13 +340,14 @@ def test_entry_expect_normalises_every_key() -> None:
     text = ("fork P0\n"
             "expect P0 0x200000 value=0x7 state=Present exclusive=YES writable=no dirty=yes "
             "young=no level=PTE cont=yes order=4 mapcount=2 shared=yes pinned=no "
-            "same-page=P1 distinct-page=P0 lazyfree=Yes folio-dirty=no\n")
+            "same-page=P1 distinct-page=P0 lazyfree=Yes folio-dirty=no uffd-wp=No marker=yes\n")
     expect = parse_script(text).steps[1]
     assert expect == Expect("entry", process=0, addr=0x200000, keys=(
         ("value", 7), ("state", "present"), ("exclusive", "yes"), ("writable", "no"),
         ("dirty", "yes"), ("young", "no"), ("level", "pte"), ("cont", "yes"), ("order", 4),
         ("mapcount", 2), ("shared", "yes"), ("pinned", "no"), ("same-page", 1),
-        ("distinct-page", 0), ("lazyfree", "yes"), ("folio-dirty", "no")))
+        ("distinct-page", 0), ("lazyfree", "yes"), ("folio-dirty", "no"), ("uffd-wp", "no"),
+        ("marker", "yes")))
     assert {key for key, _ in expect.keys} == set(EXPECT_ENTRY_KEYS)
 
 
@@ -396,7 +400,7 @@ def test_result_expect_may_follow_other_expects() -> None:
     ("read P0 0\nexpect result=ok value=1", 2, "expect key 'value' is not valid for expect result"),
     ("read P0 0\nexpect result=ok result=ok", 2, "expect key 'result' given twice"),
     ("read P0 0\nexpect result=EPERM", 2,
-     "bad value 'EPERM' for result (ok|EFAULT|EBUSY|EAGAIN|ENOENT|ENOMEM|EINVAL)"),
+     "bad value 'EPERM' for result (ok|EFAULT|EBUSY|EAGAIN|ENOENT|ENOMEM|EINVAL|UFFD)"),
     ("expect P0 0x1000 state=gone", 1, "bad value 'gone' for state (present|swap|none)"),
     ("expect P0 0x1000 level=pud", 1, "bad value 'pud' for level (pte|pmd)"),
     ("expect P0 0x1000 order=10", 1, "bad value '10' for order (0..9)"),
@@ -472,7 +476,10 @@ expect result=EINVAL
 fork P0
 expect P1 0x200000 value=7 state=present exclusive=no writable=no dirty=yes young=no \
 level=pmd order=9 mapcount=2 shared=yes pinned=yes same-page=P0
-expect P1 0x200000 distinct-page=P0 cont=no level=pte lazyfree=no folio-dirty=no
+expect P1 0x200000 distinct-page=P0 cont=no level=pte lazyfree=no folio-dirty=no uffd-wp=no marker=no
+uffd P1 0x200000 2M
+wp P1 0x200000 64K on
+wp P1 0x200000 4K off
 split_pmd P0 0x200000
 split P0 0x200000 order=4
 reclaim P0 0x210000
@@ -575,8 +582,10 @@ def random_script(rng: random.Random) -> Script:
         length = rng.randrange(1, 1 << 10) << 12
         if name == "mmap":
             op = Op(name, process, va, length=length, prot=rng.choice(["rw", "ro"]))
-        elif name in ("munmap", "dontneed", "free"):
+        elif name in ("munmap", "dontneed", "free", "uffd"):
             op = Op(name, process, va, length=length)
+        elif name == "wp":
+            op = Op(name, process, va, length=length, mode=rng.choice(["on", "off"]))
         elif name == "mprotect":
             op = Op(name, process, va, length=length, prot=rng.choice(["rw", "ro"]))
         elif name in ("fault", "split"):

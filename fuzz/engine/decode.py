@@ -38,6 +38,7 @@ from fuzz.implementation import (
     PROT_OPS,
     PROTS,
     RANGE_OPS,
+    WP_MODES,
     Kernel,
     reference_kernel,
 )
@@ -56,7 +57,7 @@ from machine.pgtable import (
     pte_present,
 )
 
-ENCODING_VERSION = 4  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses
+ENCODING_VERSION = 5  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses; 5: uffd, wp
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
@@ -65,14 +66,14 @@ WINDOW_SIZE = 8 << 20
 # Op kinds, repeated to weight them: faults and writes make the states the others act on.
 KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "pin", "pin",
               "unpin", "fork", "fork", "exit", "munmap", "dontneed", "free", "free", "mprotect", "mprotect", "reclaim",
-              "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split")
+              "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split", "uffd", "wp", "wp")
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
 # "near": another page of the 64 KiB block around a used address (the rest of a folio an op
 # acted on: a write to one page of a folio MADV_FREE cleaned, a fault next to a split).
 ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "near", "raw")
 # An op that acts on the folio at its address also draws pages of the folios worth acting on.
 FOLIO_OPS = frozenset({"try_to_unmap", "reclaim", "split", "split_pmd", "pin", "write", "dontneed", "munmap",
-                       "mprotect", "free"})
+                       "mprotect", "free", "uffd", "wp"})
 FOLIO_ADDR_CATEGORIES = ("folio", "folio", "folio", *ADDR_CATEGORIES)
 LISTED_WEIGHT = 3  # a listed value is drawn 3 times in 4, a raw one once
 RAW_PAGES = TASK_SIZE // PAGE_SIZE
@@ -196,7 +197,10 @@ class OpGrammar:
             prot = None
             if name in PROT_OPS:
                 prot = PROTS[choose(len(PROTS), _index(PROTS, target and (target.prot or "rw")))]
-            return Op(name, process=process, addr=addr, length=length, prot=prot)
+            mode = None
+            if name == "wp":
+                mode = WP_MODES[choose(len(WP_MODES), _index(WP_MODES, target and target.mode))]
+            return Op(name, process=process, addr=addr, length=length, prot=prot, mode=mode)
         if name in ORDER_OPS:
             return Op(name, process=process, addr=addr, order=self.order(target.order if target else None))
         if name == "write":

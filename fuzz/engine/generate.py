@@ -22,7 +22,7 @@ VALUES = (1, 2, 7, 0xdead, 0xffffffffffffffff)
 # How often each op is drawn, in OP_NAMES' order: faults and writes make the states the others act on.
 OP_WEIGHT = {"mmap": 6, "munmap": 2, "dontneed": 2, "free": 4, "mprotect": 4, "fault": 14, "write": 14, "read": 5,
              "pin": 6, "unpin": 3, "fork": 5, "exit": 2, "reclaim": 5, "try_to_unmap": 4, "split_pmd": 3,
-             "split": 4}
+             "split": 4, "uffd": 3, "wp": 5}
 OP_WEIGHTS = tuple(OP_WEIGHT[name] for name in OP_NAMES)
 
 
@@ -82,7 +82,8 @@ class ScriptGenerator:
             name = "fork"
         if name in RANGE_OPS:
             prot = rng.choice(("rw", "rw", "ro")) if name in PROT_OPS else None
-            return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot)
+            mode = rng.choice(("on", "on", "off")) if name == "wp" else None
+            return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot, mode=mode)
         if name == "fault":
             return Op(name, process=pid, addr=self.addr(), order=rng.choice(ORDERS))
         if name == "split":

@@ -2,7 +2,7 @@
 
 Compared: every frame's metadata and data (all `FrameTable.ARRAYS`), every
 swap slot (data, count), the set of live processes and, for each, its VMAs
-(start, end, prot, lineage), RSS counters, MMF_HAS_PINNED and every non-zero
+(start, end, prot, lineage, userfaultfd context), RSS counters, MMF_HAS_PINNED and every non-zero
 leaf descriptor (PTE or PMD block) with its address and level; the pin table;
 and the machine's counters (processes, mmaps and pins ever made). Page-table
 pages themselves (table descriptors, empty tables) are not compared.
@@ -179,11 +179,11 @@ def _compare_processes(a: Machine, b: Machine, out: _Differences) -> None:
         _compare_mm(a.processes[pid], b.processes[pid], out)
 
 
-def _vma_text(vma: tuple[int, int, str, int] | None) -> str:
+def _vma_text(vma: tuple[int, int, str, int, int] | None) -> str:
     if vma is None:
         return "absent"
-    start, end, prot, lineage = vma
-    return f"{start:#x}-{end:#x} {prot} lineage={lineage}"
+    start, end, prot, lineage, uffd_ctx = vma
+    return f"{start:#x}-{end:#x} {prot} lineage={lineage} uffd={uffd_ctx}"
 
 
 def _compare_mm(a: MM, b: MM, out: _Differences) -> None:
@@ -198,8 +198,8 @@ def _compare_mm(a: MM, b: MM, out: _Differences) -> None:
 
 def _compare_vmas(a: MM, b: MM, out: _Differences) -> None:
     """Per start address, the VMA that starts there on each side."""
-    ref_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage) for vma in a.vmas}
-    other_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage) for vma in b.vmas}
+    ref_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage, vma.uffd_ctx) for vma in a.vmas}
+    other_vmas = {vma.start: (vma.start, vma.end, vma.prot, vma.lineage, vma.uffd_ctx) for vma in b.vmas}
     for start in sorted(ref_vmas.keys() | other_vmas.keys()):
         ref, other = ref_vmas.get(start), other_vmas.get(start)
         if ref != other:

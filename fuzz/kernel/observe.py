@@ -20,7 +20,7 @@ from machine.pgtable import (
     HPAGE_PMD_NR,
     PAGE_SHIFT,
     PAGE_SIZE,
-    is_swap_pte,
+    is_swap_slot_pte,
     pmd_pte,
     pte_cont,
     pte_dirty,
@@ -126,7 +126,7 @@ def project(machine: Machine, pages: PageRanges) -> Observation:
             elif addr in pages:
                 if pte_present(desc):
                     observation[(pid, addr)] = _present_view(machine, desc, 0, "pte")
-                elif is_swap_pte(desc):
+                elif is_swap_slot_pte(desc):  # a PTE marker shows as none (pagemap)
                     observation[(pid, addr)] = PageView(SWAP, slot=int(pte_swp_offset(desc)),
                                                         exclusive=bool(pte_swp_exclusive(desc)))
     return observation

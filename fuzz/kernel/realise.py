@@ -77,6 +77,8 @@ def _static_reason(op: Op) -> str | None:
     """Why op alone has no realisation, or None."""
     if op.name == "try_to_unmap":
         return "the race of GUP-fast with reclaim that try_to_unmap models cannot be brought about from user space"
+    if op.name in ("uffd", "wp"):
+        return "userfaultfd is not realised by the guest runtime yet"
     if op.name == "split_pmd":
         return "no system call splits a PMD mapping without also splitting the folio or the VMA"
     if op.name == "pin" and op.prot == "ro":

@@ -290,6 +290,16 @@ def test_ranges_may_end_exactly_at_2_pow_48() -> None:
     ("fault P0 0x1000 order=64", "order 64 out of range 0..63"),
     ("split P0 0x1000 order=", "bad number ''"),
     ("write P0 0x1000 0x10000000000000000", "value 0x10000000000000000 out of range 0..2^64-1"),
+    ("wp P0 0x1000 4K yes", "bad wp mode 'yes' (on|off)"),
+    ("wp P0 0x1000 4K", "wp takes 4 arguments, got 3"),
+    ("wp P0 0x1000 0x1800 on", "length 0x1800 is not 4 KiB aligned"),
+    ("wp P0 0xfffffffff000 0x2000 off", "range ends above 2^48"),
+    ("uffd P0 0x1000", "uffd takes 3 arguments, got 2"),
+    ("uffd P0 0x1000 4K on", "uffd takes 3 arguments, got 4"),
+    ("uffd P0 0x1001 4K", "address 0x1001 is not 4 KiB aligned"),
+    ("uffd P1 0x1000 4K", "unknown process P1"),
+    ("expect P0 0x1000 marker=maybe", "bad value 'maybe' for marker (yes|no)"),
+    ("expect P0 0x1000 uffd-wp=1", "bad value '1' for uffd-wp (yes|no)"),
 ])
 def test_bad_op_argument_is_an_error(text: str, message: str) -> None:
     assert_error(text, 1, message)

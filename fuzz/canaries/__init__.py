@@ -36,6 +36,7 @@ CANARIES = (
     "thp_swpout_no_fallback",
     "lazyfree_clean_first_only",
     "free_clears_block_first_only",
+    "swap_uffd_wp_first_only",
 )
 
 

@@ -55,6 +55,7 @@ from machine.pgtable import (
     pmd_trans_huge,
     pte_pfn,
     pte_present,
+    pte_uffd_wp,
 )
 
 ENCODING_VERSION = 5  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses; 5: uffd, wp
@@ -260,8 +261,9 @@ class OpGrammar:
 
 def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
     """Where pid maps a page of a large folio worth acting on, ascending: one that is maybe
-    pinned, mapped by more than one process, or of mixed PageAnonExclusive among the pages
-    pid maps (PTE-mapped), and every PMD mapping (the head's address)."""
+    pinned, mapped by more than one process, or of mixed PageAnonExclusive or mixed uffd-wp
+    bits among the pages pid maps (PTE-mapped: where batches must split), and every PMD
+    mapping (the head's address)."""
     mm = machine.processes[pid]
     frames = machine.frames
     noted: list[int] = []
@@ -279,8 +281,9 @@ def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
         folios, per_page = np.unique(heads, return_inverse=True)
         mapped = np.bincount(per_page)
         nr_exclusive = np.bincount(per_page, weights=exclusive)
+        nr_uffd_wp = np.bincount(per_page, weights=pte_uffd_wp(entries[index]).astype(np.int64))
         of_note = ((frames.folio_pincount[folios] > 0) | (frames.folio_mm_ids_shared[folios] != 0)
-                   | ((nr_exclusive > 0) & (nr_exclusive < mapped)))
+                   | ((nr_exclusive > 0) & (nr_exclusive < mapped)) | ((nr_uffd_wp > 0) & (nr_uffd_wp < mapped)))
         noted.extend(((key << PMD_SHIFT) + (index[of_note[per_page]] << PAGE_SHIFT)).tolist())
     for key in sorted(mm.pmd_tables_by_addr):
         for slot, pmd in mm.pmd_tables_by_addr[key].nonzero_entries():

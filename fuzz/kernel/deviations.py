@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fuzz.script.ops import Op
 from machine.pgtable import PAGE_SIZE, PMD_SIZE
 
-from .observe import PRESENT, SWAP, ZERO, Difference, Observation
+from .observe import MARKER, PRESENT, SWAP, ZERO, Difference, Observation
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ class Deviation:
 
 
 def _zero_page(difference: Difference, context: OpContext) -> bool:
-    """A read fault maps the shared zero page where the model maps nothing."""
-    return difference.field == "state" and difference.model == "none" and difference.kernel == ZERO
+    """A read fault maps the shared zero page where the model maps nothing (or keeps a uffd-wp
+    marker, which the kernel's zero page takes over with its bit)."""
+    return difference.field == "state" and difference.model in ("none", MARKER) and difference.kernel == ZERO
 
 
 def _split_zero_page(difference: Difference, context: OpContext) -> bool:

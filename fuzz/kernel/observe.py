@@ -20,19 +20,24 @@ from machine.pgtable import (
     HPAGE_PMD_NR,
     PAGE_SHIFT,
     PAGE_SIZE,
+    is_pte_marker,
     is_swap_slot_pte,
     pmd_pte,
     pte_cont,
     pte_dirty,
+    pte_marker_uffd_wp,
     pte_pfn,
     pte_present,
     pte_swp_exclusive,
     pte_swp_offset,
+    pte_swp_uffd_wp,
+    pte_uffd_wp,
     pte_write,
     pte_young,
 )
 
-PRESENT, SWAP, ZERO = "present", "swap", "zero"
+PRESENT, SWAP, ZERO, MARKER = "present", "swap", "zero", "marker"
+SWP_PTE_MARKER = 31   # the swap type of a PTE marker (pagemap shows it as PM_SWAP | PM_UFFD_WP)
 
 Key = tuple[int, int]   # (process number, page address)
 
@@ -40,7 +45,7 @@ Key = tuple[int, int]   # (process number, page address)
 class PageView(NamedTuple):
     """One page of one process as the kernel's interfaces show it (raw pfns and slots)."""
 
-    state: str                 # PRESENT, SWAP or ZERO (the shared zero page or huge zero folio)
+    state: str                 # PRESENT, SWAP, ZERO (the shared zero page or huge zero folio) or MARKER
     pfn: int = 0
     head: int = 0              # the folio's first pfn
     order: int = 0
@@ -58,14 +63,16 @@ class PageView(NamedTuple):
     slot: int = 0              # swap offset
     lazyfree: bool = False     # folio_test_lazyfree: anon without PG_swapbacked (MADV_FREE)
     folio_dirty: bool = False  # PG_dirty of the folio
+    uffd_wp: bool = False      # PM_UFFD_WP: the entry's (PTE, PMD, swap PTE) uffd-wp bit, or a uffd-wp marker
 
 
 Observation = dict[Key, PageView]
 
 # The fields compared for each state, in report order; identities come first.
 PRESENT_FIELDS = ("order", "level", "cont", "dirty", "young", "writable", "exclusive", "mapcount",
-                  "refcount", "pincount", "shared", "value", "lazyfree", "folio_dirty")
-SWAP_FIELDS = ("exclusive",)
+                  "refcount", "pincount", "shared", "value", "lazyfree", "folio_dirty", "uffd_wp")
+SWAP_FIELDS = ("exclusive", "uffd_wp")
+MARKER_FIELDS = ("uffd_wp",)
 
 
 @dataclass(frozen=True)
@@ -126,9 +133,12 @@ def project(machine: Machine, pages: PageRanges) -> Observation:
             elif addr in pages:
                 if pte_present(desc):
                     observation[(pid, addr)] = _present_view(machine, desc, 0, "pte")
-                elif is_swap_slot_pte(desc):  # a PTE marker shows as none (pagemap)
+                elif is_swap_slot_pte(desc):
                     observation[(pid, addr)] = PageView(SWAP, slot=int(pte_swp_offset(desc)),
-                                                        exclusive=bool(pte_swp_exclusive(desc)))
+                                                        exclusive=bool(pte_swp_exclusive(desc)),
+                                                        uffd_wp=bool(pte_swp_uffd_wp(desc)))
+                elif is_pte_marker(desc):
+                    observation[(pid, addr)] = PageView(MARKER, uffd_wp=bool(pte_marker_uffd_wp(desc)))
     return observation
 
 
@@ -152,7 +162,7 @@ def _present_view(machine: Machine, pte: int, index: int, level: str) -> PageVie
         shared=bool(frames.folio_mm_ids_shared[folio]) if order else False,
         value=int(frames.page_data[page]),
         lazyfree=bool(frames.folio_anon[folio]) and not frames.folio_swapbacked[folio],
-        folio_dirty=bool(frames.folio_dirty[folio]))
+        folio_dirty=bool(frames.folio_dirty[folio]), uffd_wp=bool(pte_uffd_wp(pte)))
 
 
 # ---------------------------------------------------------------------------
@@ -225,17 +235,19 @@ def parse_guest_output(lines: Iterable[str]) -> GuestRun:
 
 
 def _apply_page_line(state: Observation, words: list[str]) -> None:
-    """P n va n | s slot excl | p pfn head order pmd cont dirty young write excl mapcount ref pin shared zero value
-    lazyfree folio_dirty."""
+    """P n va n | s slot excl uffd-wp type | p pfn head order pmd cont dirty young write excl mapcount ref pin
+    shared zero value lazyfree folio_dirty uffd-wp."""
     key = (int(words[1]), int(words[2], 16))
     kind = words[3]
     if kind == "n":
         state.pop(key, None)
+    elif kind == "s" and int(words[7]) == SWP_PTE_MARKER:
+        state[key] = PageView(MARKER, uffd_wp=words[6] == "1")
     elif kind == "s":
-        state[key] = PageView(SWAP, slot=int(words[4], 16), exclusive=words[5] == "1")
+        state[key] = PageView(SWAP, slot=int(words[4], 16), exclusive=words[5] == "1", uffd_wp=words[6] == "1")
     elif kind == "p":
         (pfn, head, order, pmd, cont, dirty, young, write, excl, mapcount, ref, pin, shared, zero,
-         value, lazyfree, folio_dirty) = words[4:21]
+         value, lazyfree, folio_dirty, uffd_wp) = words[4:22]
         if zero == "1":
             state[key] = PageView(ZERO, pfn=int(pfn, 16), head=int(head, 16))
             return
@@ -244,7 +256,7 @@ def _apply_page_line(state: Observation, words: list[str]) -> None:
             level="pmd" if pmd == "1" else "pte", cont=cont == "1", dirty=dirty == "1",
             young=young == "1", writable=write == "1", exclusive=excl == "1", mapcount=int(mapcount),
             refcount=int(ref), pincount=int(pin), shared=shared == "1", value=int(value, 16),
-            lazyfree=lazyfree == "1", folio_dirty=folio_dirty == "1")
+            lazyfree=lazyfree == "1", folio_dirty=folio_dirty == "1", uffd_wp=uffd_wp == "1")
     else:
         raise ValueError(f"unknown page line {' '.join(words)!r}")
 
@@ -310,10 +322,12 @@ def _page_differences(key: Key, model: PageView | None, kernel: PageView | None,
         return
     if model is None or kernel is None or model.state == ZERO:
         return
-    if model.state == SWAP:
+    if model.state == MARKER:
+        fields: tuple[str, ...] = MARKER_FIELDS
+    elif model.state == SWAP:
         if model_ids.slot(model) != kernel_ids.slot(kernel):
             yield Difference(process, addr, "slot", model_ids.slot(model), kernel_ids.slot(kernel))
-        fields: tuple[str, ...] = SWAP_FIELDS
+        fields = SWAP_FIELDS
     else:
         if model_ids.page(model) != kernel_ids.page(kernel):
             yield Difference(process, addr, "page", model_ids.page(model), kernel_ids.page(kernel))

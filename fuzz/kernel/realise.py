@@ -24,7 +24,8 @@ from .observe import PRESENT
 
 # The guest runtime's op kinds (enum rf_op_kind in runtime.c).
 GUEST_KINDS = {"mmap": 0, "munmap": 1, "dontneed": 2, "mprotect": 3, "fault": 4, "write": 5, "read": 6,
-               "pin": 7, "unpin": 8, "fork": 9, "exit": 10, "reclaim": 11, "split": 12, "free": 13}
+               "pin": 7, "unpin": 8, "fork": 9, "exit": 10, "reclaim": 11, "split": 12, "free": 13,
+               "uffd": 14, "wp": 15}
 RUNTIME_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime.c")
 
 USER_VA_LIMIT = 1 << 47        # the runtime's own binary, stack and mmaps live above this
@@ -77,8 +78,6 @@ def _static_reason(op: Op) -> str | None:
     """Why op alone has no realisation, or None."""
     if op.name == "try_to_unmap":
         return "the race of GUP-fast with reclaim that try_to_unmap models cannot be brought about from user space"
-    if op.name in ("uffd", "wp"):
-        return "userfaultfd is not realised by the guest runtime yet"
     if op.name == "split_pmd":
         return "no system call splits a PMD mapping without also splitting the folio or the VMA"
     if op.name == "pin" and op.prot == "ro":
@@ -145,8 +144,10 @@ def guest_op(op: Op, new_process: int | None = None) -> GuestOp:
     rw = int((op.prot or "rw") == "rw")
     if op.name in ("mmap", "mprotect"):
         return GuestOp(kind, process, op.addr or 0, op.length or 0, arg=rw)
-    if op.name in ("munmap", "dontneed", "free"):
+    if op.name in ("munmap", "dontneed", "free", "uffd"):
         return GuestOp(kind, process, op.addr or 0, op.length or 0)
+    if op.name == "wp":
+        return GuestOp(kind, process, op.addr or 0, op.length or 0, arg=int(op.mode == "on"))
     if op.name in ("fault", "split"):
         return GuestOp(kind, process, op.addr or 0, arg=op.order or 0)
     if op.name == "write":

@@ -37,6 +37,7 @@ CANARIES = (
     "lazyfree_clean_first_only",
     "free_clears_block_first_only",
     "swap_uffd_wp_first_only",
+    "wp_batch_first_only",
 )
 
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 import numpy as np
 
 from machine import MM, VMA, Machine, all_set, any_set, check
-from machine.errors import EFAULT, EINVAL, ENOMEM, OK, SIGBUS
+from machine.errors import EFAULT, EINVAL, ENOMEM, OK, SIGBUS, UFFD
 from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
+    is_pte_marker,
     is_swap_pte,
     pmd_trans_huge,
+    pte_marker_uffd_wp,
+    pte_mkuffd_wp,
     pte_none,
     pte_pfn,
     pte_present,
@@ -34,13 +37,17 @@ from .rmap import folio_add_new_anon_rmap
 
 
 def do_unshare_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
-    """A R/O pin of an unpopulated address: the read fault's zero page and its unshare copy
-    (wp_page_copy with unshare: a zeroed exclusive folio, mapped as `base`) in one step."""
+    """A R/O pin of an unpopulated address (or of a uffd-wp marker): the read fault's zero page
+    and its unshare copy (wp_page_copy with unshare: a zeroed exclusive folio, mapped as `base`)
+    in one step; a marker's uffd-wp bit goes along in a registered VMA (the zero page took it
+    and wp_page_copy keeps it)."""
+    uffd_wp = bool(pte_marker_uffd_wp(machine.ptep_get(mm, addr))) and vma.uffd_wp
     folio = machine.frames.folio_alloc(0)
     if folio is None:
         return ENOMEM
     folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
-    machine.set_pte_at(mm, addr, mk_pte(folio, vma))
+    entry = mk_pte(folio, vma)
+    machine.set_pte_at(mm, addr, pte_mkuffd_wp(entry) if uffd_wp else entry)
     mm.rss_anon += 1
     return OK
 
@@ -117,7 +124,7 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
             result = handle_write_fault(machine, mm, vma, addr, order=0)
         elif pte_none(entry) and vma.file is not None:
             result = do_read_fault(machine, mm, vma, addr)
-        elif pte_none(entry):
+        elif pte_none(entry) or is_pte_marker(entry):
             result = do_unshare_anonymous_page(machine, mm, vma, addr)
         elif is_swap_pte(entry):
             result = do_swap_page(machine, mm, vma, addr, write_fault=False)
@@ -200,7 +207,8 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
         if nr_none and vma.file is None and faultin_none_pages_for_pin(machine, mm, vma, page_addr, nr_none, writable):
             continue   # now ready: grabbed on the next turn
         result = faultin_page_for_pin(machine, mm, vma, page_addr, writable)
-        if result == SIGBUS:  # a page past a file's end: __get_user_pages fails with -EFAULT
+        if result in (SIGBUS, UFFD):  # VM_FAULT_SIGBUS (past a file's end, or userfaultfd's with
+            # UFFD_FEATURE_SIGBUS): __get_user_pages fails with -EFAULT, the faults before kept
             if pages:
                 gup_put_folios_pin(machine, np.concatenate(pages))
             return EFAULT

@@ -19,15 +19,18 @@ from machine.pgtable import (
     PMD_SIZE,
     pfn_pte,
     pmd_trans_huge,
+    pte_clear_uffd_wp,
     pte_dirty,
     pte_mkdirty,
     pte_mkold,
+    pte_mkuffd_wp,
     pte_mkwrite,
     pte_mkyoung,
     pte_modify,
     pte_pfn,
     pte_pmd,
     pte_present,
+    pte_uffd_wp,
     pte_write,
     pte_wrprotect,
     pte_young,
@@ -55,6 +58,11 @@ from .rmap import (
 )
 
 FALLBACK = "VM_FAULT_FALLBACK"
+
+# change_protection's cp_flags (include/linux/mm.h).
+MM_CP_TRY_CHANGE_WRITABLE = 1 << 0
+MM_CP_UFFD_WP = 1 << 2
+MM_CP_UFFD_WP_RESOLVE = 1 << 3
 
 
 def mk_huge_pmd(folio: int, vma: VMA) -> int:
@@ -100,12 +108,13 @@ def zap_huge_pmd(machine: Machine, mm: MM, haddr: int) -> None:
 
 
 def split_entries(old, pages, vma: VMA):
-    """The PTEs a split maps pages with, from the old PTEs' or PMD's write, young and dirty
-    state (__split_huge_pmd_locked and remove_migration_pte alike, SPEC §2.3)."""
+    """The PTEs a split maps pages with, from the old PTEs' or PMD's write, young, dirty and
+    uffd-wp state (__split_huge_pmd_locked and remove_migration_pte alike, SPEC §2.3)."""
     entries = pfn_pte(np.asarray(pages, np.uint64), vm_get_page_prot(vma.writable))
     entries = np.where(pte_write(old), pte_mkwrite(entries), entries)
     entries = np.where(pte_young(old), entries, pte_mkold(entries))
-    return np.where(pte_dirty(old), pte_mkdirty(entries), entries).astype(np.uint64)
+    entries = np.where(pte_dirty(old), pte_mkdirty(entries), entries)
+    return np.where(pte_uffd_wp(old), pte_mkuffd_wp(entries), entries).astype(np.uint64)
 
 
 def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
@@ -130,7 +139,7 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
     folio_remove_rmap_pmd(machine, folio, mm)
 
 
-def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr: int) -> str:
+def copy_huge_pmd(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA, haddr: int) -> str:
     """fork of a PMD block: share it as a PMD, or split the parent's if it may be pinned
     (FALLBACK: the caller copies the 512 PTEs)."""
     pmd = machine.pmdp_get(src_mm, haddr)
@@ -145,17 +154,25 @@ def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr:
     if pte_write(pmd):
         machine.pmdp_set_wrprotect(src_mm, haddr)
         pmd = pte_wrprotect(pmd)
+    if not dst_vma.uffd_wp:  # userfaultfd_wp(dst_vma)
+        pmd = pte_clear_uffd_wp(pmd)
     machine.set_pmd_at(dst_mm, haddr, pte_mkold(pmd))
     return OK
 
 
-def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
-    """mprotect of a fully covered PMD block to vma's (new) protection."""
+def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, cp_flags: int) -> None:
+    """mprotect or UFFDIO_WRITEPROTECT of a fully covered PMD block: vma's protection, the
+    uffd-wp bit per cp_flags, writable if allowed (can_change_pmd_writable)."""
     pmd = machine.pmdp_get(mm, haddr)
     check(pmd_trans_huge(pmd) and vma.start <= haddr and haddr + PMD_SIZE <= vma.end,
           f"change_huge_pmd without a PMD block inside the VMA at {haddr:#x}")
     entry = pte_modify(pmd, vm_get_page_prot(vma.writable))
-    if vma.writable and PageAnonExclusive(machine, int(pte_pfn(pmd))):
+    if cp_flags & MM_CP_UFFD_WP:
+        entry = pte_mkuffd_wp(entry)
+    elif cp_flags & MM_CP_UFFD_WP_RESOLVE:
+        entry = pte_clear_uffd_wp(entry)
+    if (cp_flags & MM_CP_TRY_CHANGE_WRITABLE and vma.writable and not (vma.uffd_wp and pte_uffd_wp(entry))
+            and PageAnonExclusive(machine, int(pte_pfn(pmd)))):
         entry = pte_mkwrite(entry)
     machine.set_pmd_at(mm, haddr, entry)
 

@@ -22,7 +22,7 @@ from machine.pgtable import (
     PTE_ADDR_MASK,
     PTRS_PER_TABLE,
     SWP_OFFSET_MASK,
-    is_swap_pte,
+    is_swap_slot_pte,
     pte_cont,
     pte_mkclean,
     pte_mkold,
@@ -223,10 +223,11 @@ class SwapBatches:
 
 
 def swap_pte_batch(addr: int, ptes: np.ndarray) -> SwapBatches:
-    """All batches of swap entries in ptes (one PTE table and one VMA from addr)."""
+    """All batches of swap entries in ptes (one PTE table and one VMA from addr); PTE
+    markers are not swap entries (softleaf_is_swap)."""
     table_addr = addr & ~(PMD_SIZE - 1)
     first = (addr - table_addr) >> PAGE_SHIFT
-    swap = is_swap_pte(ptes)
+    swap = is_swap_slot_pte(ptes)
     slots = pte_swp_offset(ptes).astype(np.int64)
     continues = np.zeros(len(ptes), bool)
     same_bits = (ptes[1:] & ~np.uint64(SWP_OFFSET_MASK)) == (ptes[:-1] & ~np.uint64(SWP_OFFSET_MASK))

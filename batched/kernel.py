@@ -14,6 +14,7 @@ from machine import MM, VMA, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK
 from machine.pgtable import (
     PMD_SIZE,
+    is_pte_marker,
     is_swap_pte,
     pmd_trans_huge,
     pte_none,
@@ -35,6 +36,7 @@ from .memory import (
 )
 from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
 from .mprotect import do_mprotect_pkey
+from .userfaultfd import mwriteprotect_range, userfaultfd_register
 from .vmscan import shrink_folio_list, try_to_unmap
 
 MAX_FAULT_ORDER = 9
@@ -96,6 +98,14 @@ class Kernel:
     def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str:
         return self._finish(do_mprotect_pkey(self.machine, self._mm(pid), addr, length, prot == "rw"))
 
+    # userfaultfd write-protect.
+
+    def uffd(self, pid: int, addr: int, length: int) -> str:
+        return self._finish(userfaultfd_register(self.machine, self._mm(pid), addr, addr + length))
+
+    def wp(self, pid: int, addr: int, length: int, mode: str) -> str:
+        return self._finish(mwriteprotect_range(self.machine, self._mm(pid), addr, addr + length, mode == "on"))
+
     # Faults and user accesses.
 
     def fault(self, pid: int, addr: int, order: int) -> str:
@@ -141,7 +151,7 @@ class Kernel:
             result = self._finish(do_read_fault(self.machine, mm, vma, addr))
             if result != OK:
                 return result
-        elif pte_none(entry):
+        elif pte_none(entry) or is_pte_marker(entry):
             self._finish(do_anonymous_page_read(self.machine, mm, vma, addr))
         elif is_swap_pte(entry):
             result = self._finish(do_swap_page(self.machine, mm, vma, addr, write_fault=False))

@@ -13,7 +13,7 @@ from machine.errors import EINVAL, ENOMEM, OK
 from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
-    is_swap_pte,
+    is_swap_slot_pte,
     pmd_trans_huge,
     pte_dirty,
     pte_mkclean,
@@ -112,7 +112,7 @@ def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> No
     if mm.pte_table(start) is None:
         return
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
-    if any_set(is_swap_pte(ptes)):
+    if any_set(is_swap_slot_pte(ptes)):  # a uffd-wp marker stays (madvise_free_pte_range skips it)
         swaps = swap_pte_batch(start, ptes)
         machine.clear_full_ptes_runs(mm, swaps.runs)
         mm.rss_swap -= int(swaps.nr_pages.sum())

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from machine import MM, VMA, Machine, PteRuns, all_set, any_set, check
-from machine.errors import ENOMEM, OK
+from machine.errors import ENOMEM, OK, UFFD
 from machine.mm import PUD_SIZE, pmd_index
 from machine.pgtable import (
     HPAGE_PMD_ORDER,
@@ -20,19 +20,29 @@ from machine.pgtable import (
     PAGE_SIZE,
     PMD_SHIFT,
     PMD_SIZE,
+    PTE_MARKER_UFFD_WP,
+    is_pte_marker,
     is_swap_pte,
+    is_swap_slot_pte,
+    make_pte_marker,
     pfn_pte,
     pmd_trans_huge,
+    pte_clear_uffd_wp,
+    pte_marker_uffd_wp,
     pte_mkdirty,
     pte_mkold,
+    pte_mkuffd_wp,
     pte_mkwrite,
     pte_mkyoung,
     pte_none,
     pte_pfn,
     pte_present,
     pte_swp_clear_exclusive,
+    pte_swp_clear_uffd_wp,
     pte_swp_exclusive,
     pte_swp_offset,
+    pte_swp_uffd_wp,
+    pte_uffd_wp,
     pte_write,
     pte_wrprotect,
     vm_get_page_prot,
@@ -100,13 +110,26 @@ def pmd_ranges(mm: MM, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
             yield addr, next_addr, addr == haddr and next_addr == haddr + PMD_SIZE
 
 
+def userfaultfd_pte_wp(vma: VMA, pte: int) -> bool:
+    """A write to this present entry (PTE or PMD) must be reported to userfaultfd."""
+    return vma.uffd_wp and bool(pte_uffd_wp(pte))
+
+
 # Anonymous faults (do_anonymous_page, alloc_anon_folio).
 
 def do_anonymous_page_read(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
-    """A read fault on a none entry: the shared zero page, with no folio, rmap, reference or
-    RSS. Context: nothing is mapped at addr."""
-    check(pte_none(machine.lookup(mm, addr)[1]), "anonymous read fault on a mapped address %#x", addr)
-    machine.set_ptes(mm, addr, zero_page_pte(machine, vma), 1)
+    """A read fault on a none entry or a uffd-wp marker: the shared zero page, with no folio,
+    rmap, reference or RSS; with the marker's uffd-wp bit in a registered VMA, the marker
+    dropped first in one no longer registered. Context: nothing but a marker is at addr."""
+    entry = machine.lookup(mm, addr)[1]
+    check(pte_none(entry) or is_pte_marker(entry), "anonymous read fault on a mapped address %#x", addr)
+    pte = zero_page_pte(machine, vma)
+    if is_pte_marker(entry):
+        if vma.uffd_wp and pte_marker_uffd_wp(entry):
+            pte = pte_mkuffd_wp(pte)
+        else:
+            pte_marker_clear(machine, mm, addr)
+    machine.set_ptes(mm, addr, pte, 1)
     return OK
 
 
@@ -131,14 +154,24 @@ def alloc_anon_folio_suitable(machine: Machine, mm: MM, vma: VMA, addr: int, ord
     return machine.ptes_none(mm, start, nr_pages)
 
 
-def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
-    """A write fault on a none entry: the largest suitable order K..0 that can be allocated.
+def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int, uffd_wp: bool = False) -> str:
+    """A write fault on a none entry (or a uffd-wp marker: uffd_wp, order 0, the new entry
+    write-protected with the bit): the largest suitable order K..0 that can be allocated.
 
     Context: vma is writable; nothing is mapped at addr.
     """
     check(vma.writable, "anonymous write fault in a read-only VMA")
-    check(pte_none(machine.lookup(mm, addr)[1]), "anonymous fault on a mapped address %#x", addr)
+    entry = machine.lookup(mm, addr)[1]
+    check(pte_none(entry) or (uffd_wp and pte_marker_uffd_wp(entry)), "anonymous fault on a mapped address %#x", addr)
+    if uffd_wp:
+        folio = machine.frames.folio_alloc(0)
+        if folio is None:
+            return ENOMEM
+        map_anon_folio_pte_pf(machine, mm, vma, addr, folio, uffd_wp=True)
+        return OK
     for candidate in fault_orders(order):
+        if vma.uffd_wp and 0 < candidate < HPAGE_PMD_ORDER:
+            continue  # alloc_anon_folio: userfaultfd_armed wants per-page fault fidelity
         if not alloc_anon_folio_suitable(machine, mm, vma, addr, candidate):
             continue
         folio = machine.frames.folio_alloc(candidate)
@@ -152,18 +185,20 @@ def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int)
     return ENOMEM
 
 
-def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
-    """Map a fresh folio whole at addr with one set_ptes, writable and dirty, all exclusive
-    (no counters)."""
+def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, uffd_wp: bool) -> None:
+    """Map a fresh folio whole at addr with one set_ptes, writable and dirty (uffd_wp:
+    write-protected with the bit), all exclusive (no counters)."""
     nr_pages = machine.frames.folio_nr_pages(folio)
     folio_ref_add(machine, folio, nr_pages - 1)
     folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
-    machine.set_ptes(mm, addr, maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma), nr_pages)
+    entry = maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma)
+    machine.set_ptes(mm, addr, pte_mkuffd_wp(entry) if uffd_wp else entry, nr_pages)
 
 
-def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
+def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int,
+                          uffd_wp: bool = False) -> None:
     """map_anon_folio_pte_nopf for a page fault: also count the folio's pages in MM_ANONPAGES."""
-    map_anon_folio_pte_nopf(machine, mm, vma, addr, folio)
+    map_anon_folio_pte_nopf(machine, mm, vma, addr, folio, uffd_wp)
     mm.rss_anon += machine.frames.folio_nr_pages(folio)
 
 
@@ -200,6 +235,8 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
     check(pte == machine.ptep_get(mm, addr), "do_wp_page: the PTE at %#x changed", addr)
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
+    if not unshare and userfaultfd_pte_wp(vma, pte):
+        return UFFD  # handle_userfault(VM_UFFD_WP); with UFFD_FEATURE_SIGBUS the fault is SIGBUS
     if not vm_normal_pages(machine, pte):
         return wp_page_copy(machine, mm, vma, addr, pte, unshare)  # the zero page: always copied
     page = int(pte_pfn(pte))
@@ -238,6 +275,8 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
     entry = mk_pte(new_folio, vma)
     if not unshare:
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
+    elif pte_uffd_wp(pte):
+        entry = pte_mkuffd_wp(entry)
     machine.ptep_get_and_clear(mm, addr)
     machine.set_pte_at(mm, addr, entry)
     if zero_page:
@@ -255,9 +294,10 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
 # Swap-in (do_swap_page; model: no swap cache, a fresh exclusive order-0 folio).
 
 def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool) -> str:
-    """Swap the page at addr in. Context: a swap PTE maps addr."""
+    """Swap the page at addr in; a uffd-wp swap entry comes back write-protected with the
+    bit, and a write fault on it is then UFFD. Context: a swap PTE maps addr."""
     pte = machine.ptep_get(mm, addr)
-    check(is_swap_pte(pte), "do_swap_page on a non-swap PTE")
+    check(is_swap_slot_pte(pte), "do_swap_page on a non-swap PTE")
     check(not write_fault or vma.writable, "write fault in a read-only VMA")
     slot = int(pte_swp_offset(pte))
     folio = machine.frames.folio_alloc(0)
@@ -265,7 +305,9 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
         return ENOMEM
     machine.frames.page_data[folio] = machine.swap.swap_data[slot]
     entry = mk_pte(folio, vma)
-    if vma.writable:
+    if pte_swp_uffd_wp(pte):
+        entry = pte_mkuffd_wp(entry)
+    if vma.writable and not userfaultfd_pte_wp(vma, entry):
         entry = pte_mkwrite(entry)
         if write_fault:
             entry = pte_mkdirty(entry)
@@ -279,6 +321,8 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
     mm.rss_swap -= 1
     mm.rss_anon += 1
     machine.set_pte_at(mm, addr, entry)
+    if write_fault and userfaultfd_pte_wp(vma, entry):
+        return UFFD  # the write fault goes on to do_wp_page, which reports it
     return OK
 
 
@@ -290,10 +334,14 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
     if pmd_trans_huge(pmd):
         if pte_write(pmd):
             return OK
+        if userfaultfd_pte_wp(vma, pmd):  # wp_huge_pmd: userfaultfd_huge_pmd_wp
+            return UFFD
         result = huge_memory.do_huge_pmd_wp_page(machine, mm, vma, addr, unshare=False)
         if result != huge_memory.FALLBACK:
             return result
     pte = machine.ptep_get(mm, addr)
+    if is_pte_marker(pte):
+        return handle_pte_marker(machine, mm, vma, addr, order)
     if pte_none(pte) and vma.file is not None:
         return filemap.do_file_write_fault(machine, mm, vma, addr, order)
     if pte_none(pte):
@@ -303,6 +351,24 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
     if pte_write(pte):
         return OK
     return do_wp_page(machine, mm, vma, addr, pte, unshare=False)
+
+
+def pte_marker_clear(machine: Machine, mm: MM, addr: int) -> None:
+    """A marker left in a VMA no longer registered is dropped: the entry is none again."""
+    check(is_pte_marker(machine.ptep_get(mm, addr)), "pte_marker_clear of a non-marker at %#x", addr)
+    machine.ptep_get_and_clear(mm, addr)
+
+
+def handle_pte_marker(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
+    """A write fault on a uffd-wp marker (pte_marker_handle_uffd_wp): a registered VMA maps a
+    fresh page write-protected with the bit and the retried write traps: UFFD; in a VMA no
+    longer registered the marker is dropped and the fault is an ordinary one."""
+    check(pte_marker_uffd_wp(machine.ptep_get(mm, addr)), "handle_pte_marker without a uffd-wp marker at %#x", addr)
+    if not vma.uffd_wp:
+        pte_marker_clear(machine, mm, addr)
+        return do_anonymous_page(machine, mm, vma, addr, order)
+    result = do_anonymous_page(machine, mm, vma, addr, 0, uffd_wp=True)
+    return UFFD if result == OK else result
 
 
 def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
@@ -345,6 +411,13 @@ def zap_nonpresent_ptes(machine: Machine, mm: MM, batches: SwapBatches) -> None:
     free_swap_and_cache_nr(machine, batches.slots())
 
 
+def zap_pte_markers(machine: Machine, mm: MM, start: int, index: np.ndarray) -> None:
+    """Clear the markers at entries index (ascending) of the PTEs from start."""
+    table_addr = start & ~(PMD_SIZE - 1)
+    first = (start - table_addr) >> PAGE_SHIFT
+    machine.clear_full_ptes_runs(mm, PteRuns(table_addr, first + index, np.ones(len(index), np.int64)))
+
+
 def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
     """Zap every PTE in [start, end), which lies inside one PMD and one VMA."""
     if mm.pte_table(start) is None:
@@ -358,8 +431,11 @@ def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
         zap_present_ptes(machine, mm, folio_pte_batch(machine, mm, start, ptes, FPB_ZAP, candidate=normal))
     if any_set(present & ~normal):
         zap_zero_page_ptes(machine, mm, start, present & ~normal)
-    if any_set(is_swap_pte(ptes)):
+    if any_set(is_swap_slot_pte(ptes)):
         zap_nonpresent_ptes(machine, mm, swap_pte_batch(start, ptes))
+    markers = is_pte_marker(ptes)
+    if any_set(markers):  # an anon VMA drops its markers (zap_nonpresent_ptes)
+        zap_pte_markers(machine, mm, start, np.flatnonzero(markers))
 
 
 def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
@@ -377,8 +453,9 @@ def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -
 
 # fork (copy_page_range, copy_pte_range, copy_present_ptes, copy_nonpresent_pte).
 
-def copy_nonpresent_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: SwapBatches) -> None:
-    """Share swap batches with the child; exclusive markers are cleared in both."""
+def copy_nonpresent_ptes(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, batches: SwapBatches) -> None:
+    """Share swap batches with the child; exclusive markers are cleared in both, the
+    uffd-wp bit in the child unless its VMA is uffd-wp registered."""
     swap_duplicate_nr(machine, batches.slots())
     shared = pte_swp_clear_exclusive(batches.pte)
     was_exclusive = pte_swp_exclusive(batches.pte)
@@ -387,29 +464,38 @@ def copy_nonpresent_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: Swap
                                  batches.runs.nr_pages[was_exclusive])
         machine.set_ptes_runs(src_mm, exclusive_runs, shared[was_exclusive])
     dst_mm.rss_swap += int(batches.nr_pages.sum())
+    if not dst_vma.uffd_wp:  # userfaultfd_wp(dst_vma)
+        shared = pte_swp_clear_uffd_wp(shared)
     machine.set_ptes_runs(dst_mm, batches.runs, shared)
 
 
-def __copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> None:
+def __copy_present_ptes(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, batches: PteBatches) -> None:
     """The shared case: write-protect writable batches in the parent, set the child's
-    entries old and write-protected from each batch's template."""
+    entries old and write-protected from each batch's template (without the uffd-wp bit
+    unless the child's VMA is registered)."""
     writable = pte_write(batches.pte)
     if any_set(writable):
         machine.wrprotect_ptes_runs(src_mm, batches.select(writable).runs)
     child = np.where(writable, pte_wrprotect(batches.pte), batches.pte)
+    if not dst_vma.uffd_wp:  # userfaultfd_wp(dst_vma)
+        child = pte_clear_uffd_wp(child)
     machine.set_ptes_runs(dst_mm, batches.runs, pte_mkold(child))
 
 
-def copy_zero_page_ptes(machine: Machine, dst_mm: MM, start: int, ptes: np.ndarray, zero: np.ndarray) -> None:
+def copy_zero_page_ptes(machine: Machine, dst_mm: MM, dst_vma: VMA, start: int, ptes: np.ndarray,
+                        zero: np.ndarray) -> None:
     """The zero-page entries (zero, per entry of ptes from start) go to the child old, the
-    parent's untouched: no folio to reference or dup (copy_present_ptes with page NULL)."""
+    parent's untouched: no folio to reference or dup (copy_present_ptes with page NULL);
+    their uffd-wp bits only to a registered child VMA (__copy_present_ptes)."""
     check(not any_set(pte_write(ptes[zero])), "writable zero-page PTE")
     index = np.flatnonzero(zero).astype(np.int64) + ((start & (PMD_SIZE - 1)) >> PAGE_SHIFT)
-    machine.set_ptes_runs(dst_mm, PteRuns(start & ~(PMD_SIZE - 1), index, np.ones(len(index), np.int64)),
-                          pte_mkold(ptes[zero]))
+    entries = pte_mkold(ptes[zero])
+    if not dst_vma.uffd_wp:
+        entries = pte_clear_uffd_wp(entries)
+    machine.set_ptes_runs(dst_mm, PteRuns(start & ~(PMD_SIZE - 1), index, np.ones(len(index), np.int64)), entries)
 
 
-def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> BusyPerBatch:
+def copy_present_ptes(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, batches: PteBatches) -> BusyPerBatch:
     """Share each batch with the child (folio refs, folios_try_dup_anon_rmap_ptes, entries).
     Returns which batches failed (EBUSY) because the folio may be pinned and a page is
     exclusive; they are left untouched for the page-by-page fallback. Page-cache batches are
@@ -419,7 +505,7 @@ def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatc
         filemap.copy_present_file_ptes(machine, dst_mm, src_mm, batches.select(file))
         busy = np.zeros(len(batches), bool)
         if not all_set(file):
-            busy[~file] = copy_present_ptes(machine, dst_mm, src_mm, batches.select(~file))
+            busy[~file] = copy_present_ptes(machine, dst_mm, dst_vma, src_mm, batches.select(~file))
         return busy
     folios_ref_add(machine, batches.folio, batches.nr_pages)
     busy = folios_try_dup_anon_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages,
@@ -427,14 +513,19 @@ def copy_present_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatc
     folios_put_refs(machine, batches.folio[busy], batches.nr_pages[busy])
     shared = batches.select(~busy)
     dst_mm.rss_anon += int(shared.nr_pages.sum())
-    __copy_present_ptes(machine, dst_mm, src_mm, shared)
+    __copy_present_ptes(machine, dst_mm, dst_vma, src_mm, shared)
     return busy
 
 
 def copy_present_pages(machine: Machine, dst_mm: MM, dst_vma: VMA, addrs: np.ndarray,
                        src_pages: np.ndarray, table_addr: int) -> str:
     """Give the child its own copy of each exclusive page of a maybe-pinned folio, allocated
-    in ascending address order (the lowest free frames, as page-by-page copies would get)."""
+    in ascending address order (the lowest free frames, as page-by-page copies would get).
+
+    Context: dst_vma is not uffd-wp registered (dup_userfaultfd without
+    UFFD_FEATURE_EVENT_FORK reset it), so no copy carries the uffd-wp bit.
+    """
+    check(not dst_vma.uffd_wp, "fork's child VMA registered with userfaultfd")
     new_folios = machine.frames.folios_alloc_order0(len(src_pages))
     if new_folios is None:
         return ENOMEM
@@ -480,21 +571,27 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
     ptes = machine.ptes_get(src_mm, start, (end - start) >> PAGE_SHIFT)
     if not any_set(ptes):
         return OK
-    if any_set(is_swap_pte(ptes)):
-        copy_nonpresent_ptes(machine, dst_mm, src_mm, swap_pte_batch(start, ptes))
+    if any_set(is_swap_slot_pte(ptes)):
+        copy_nonpresent_ptes(machine, dst_mm, dst_vma, src_mm, swap_pte_batch(start, ptes))
+    markers = pte_marker_uffd_wp(ptes)
+    if any_set(markers) and dst_vma.uffd_wp:  # copy_pte_marker: only to a registered VMA
+        table_addr = start & ~(PMD_SIZE - 1)
+        index = ((start - table_addr) >> PAGE_SHIFT) + np.flatnonzero(markers)
+        machine.set_ptes_runs(dst_mm, PteRuns(table_addr, index, np.ones(len(index), np.int64)),
+                              np.full(len(index), make_pte_marker(PTE_MARKER_UFFD_WP), np.uint64))
     present = pte_present(ptes)
     normal = present & vm_normal_pages(machine, ptes)
     if any_set(present & ~normal):
-        copy_zero_page_ptes(machine, dst_mm, start, ptes, present & ~normal)
+        copy_zero_page_ptes(machine, dst_mm, dst_vma, start, ptes, present & ~normal)
     if not any_set(normal):
         return OK
     batches = folio_pte_batch(machine, src_mm, start, ptes, FPB_FORK, candidate=normal)
-    failed = copy_present_ptes(machine, dst_mm, src_mm, batches)
+    failed = copy_present_ptes(machine, dst_mm, dst_vma, src_mm, batches)
     if not any_set(failed):
         return OK
     singles, addrs, exclusive_pages = split_failed_batches(machine, batches.select(failed))
     # The fallback takes each page singly: a page of a batch of one cannot be exclusive here.
-    check(not any_set(copy_present_ptes(machine, dst_mm, src_mm, singles)), "non-exclusive page refused")
+    check(not any_set(copy_present_ptes(machine, dst_mm, dst_vma, src_mm, singles)), "non-exclusive page refused")
     return copy_present_pages(machine, dst_mm, dst_vma, addrs, exclusive_pages, batches.runs.addr)
 
 
@@ -507,7 +604,7 @@ def copy_page_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_
     for addr, next_addr, _whole_pmd in pmd_ranges(src_mm, src_vma.start, src_vma.end):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)) \
-                and huge_memory.copy_huge_pmd(machine, dst_mm, src_mm, src_vma, haddr) == OK:
+                and huge_memory.copy_huge_pmd(machine, dst_mm, dst_vma, src_mm, src_vma, haddr) == OK:
             continue  # shared as a PMD; FALLBACK split it and its PTEs are copied below
         result = copy_pte_range(machine, dst_mm, dst_vma, src_mm, addr, next_addr)
         if result != OK:

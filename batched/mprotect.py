@@ -4,59 +4,132 @@ with set_ptes over runs. Each entry keeps its own young and dirty bits (SPEC §2
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
-from machine import MM, VMA, Machine
+from machine import MM, VMA, Machine, PteRuns
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
+    PTE_MARKER_UFFD_WP,
+    is_pte_marker,
+    is_swap_slot_pte,
+    make_pte_marker,
     pmd_trans_huge,
+    pte_clear_uffd_wp,
     pte_dirty,
+    pte_mkuffd_wp,
     pte_mkwrite,
     pte_modify,
+    pte_none,
     pte_pfn,
     pte_present,
+    pte_swp_clear_uffd_wp,
+    pte_swp_mkuffd_wp,
+    pte_uffd_wp,
 )
 
 from .filemap import vma_page_prot, vma_wants_writenotify
 from .folio import vm_normal_pages
-from .huge_memory import change_huge_pmd, split_huge_pmd_locked
+from .huge_memory import (
+    MM_CP_TRY_CHANGE_WRITABLE,
+    MM_CP_UFFD_WP,
+    MM_CP_UFFD_WP_RESOLVE,
+    change_huge_pmd,
+    split_huge_pmd_locked,
+)
 from .internal import set_pte_values
 from .memory import pmd_ranges
 
 
-def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
-    """New protection for every present PTE of [start, end) (one PMD); an exclusive page in a
-    rw VMA becomes writable (can_change_pte_writable: never the zero page, no anon page)."""
+def change_present_ptes(machine: Machine, vma: VMA, old: np.ndarray, cp_flags: int) -> np.ndarray:
+    """New values of present entries: pte_modify, the uffd-wp bit per cp_flags, then
+    writable where allowed (MM_CP_TRY_CHANGE_WRITABLE in a rw VMA): a shared file mapping's
+    dirty entries (can_change_shared_pte_writable), else a private one's entries of anon
+    exclusive pages without a uffd-wp bit (can_change_pte_writable per page, as
+    commit_anon_folio_batch; never the zero page, which has no anon page)."""
+    entries = pte_modify(old, vma_page_prot(machine, vma))
+    if cp_flags & MM_CP_UFFD_WP:
+        entries = pte_mkuffd_wp(entries)
+    elif cp_flags & MM_CP_UFFD_WP_RESOLVE:
+        entries = pte_clear_uffd_wp(entries)
+    if not cp_flags & MM_CP_TRY_CHANGE_WRITABLE or not vma.writable:
+        return entries
+    if vma.file is not None and vma.shared:
+        if vma_wants_writenotify(machine, vma):
+            entries = np.where(pte_dirty(old), pte_mkwrite(entries), entries)
+        return entries
+    exclusive = machine.frames.page_anon_exclusive[pte_pfn(old).astype(np.int64)] & vm_normal_pages(machine, old)
+    if vma.uffd_wp:
+        exclusive = exclusive & ~pte_uffd_wp(entries)
+    return np.where(exclusive, pte_mkwrite(entries), entries)
+
+
+def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, cp_flags: int) -> None:
+    """New protection for every PTE of [start, end) (one PMD): present entries with one
+    vector expression; swap entries' uffd-wp bit per cp_flags (change_softleaf_pte); with
+    MM_CP_UFFD_WP a marker on each none entry, with MM_CP_UFFD_WP_RESOLVE markers dropped."""
     if mm.pte_table(start) is None:
         return
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
-    present = np.flatnonzero(pte_present(ptes))
-    if len(present) == 0:
-        return
-    old = ptes[present]
-    entries = pte_modify(old, vma_page_prot(machine, vma))
-    if vma.file is not None and vma.shared:  # can_change_shared_pte_writable: dirty entries
-        if vma.writable and vma_wants_writenotify(machine, vma):
-            entries = np.where(pte_dirty(old), pte_mkwrite(entries), entries)
-    elif vma.writable:
-        exclusive = machine.frames.page_anon_exclusive[pte_pfn(old).astype(np.int64)] & vm_normal_pages(machine, old)
-        entries = np.where(exclusive, pte_mkwrite(entries), entries)
     haddr = start & ~(PMD_SIZE - 1)
-    set_pte_values(machine, mm, haddr, ((start - haddr) >> PAGE_SHIFT) + present, entries)
+    first = (start - haddr) >> PAGE_SHIFT
+    present = np.flatnonzero(pte_present(ptes))
+    if len(present):
+        set_pte_values(machine, mm, haddr, first + present, change_present_ptes(machine, vma, ptes[present], cp_flags))
+    if not cp_flags & (MM_CP_UFFD_WP | MM_CP_UFFD_WP_RESOLVE):
+        return
+    swap = np.flatnonzero(is_swap_slot_pte(ptes))
+    if len(swap):  # change_softleaf_pte, one swap entry at a time as the kernel
+        old = ptes[swap]
+        new = pte_swp_mkuffd_wp(old) if cp_flags & MM_CP_UFFD_WP else pte_swp_clear_uffd_wp(old)
+        changed = new != old
+        for index, entry in zip((first + swap[changed]).tolist(), new[changed].tolist(), strict=True):
+            machine.set_pte_at(mm, haddr + (index << PAGE_SHIFT), entry)
+    if cp_flags & MM_CP_UFFD_WP and userfaultfd_wp_use_markers(vma):
+        none = np.flatnonzero(pte_none(ptes))
+        if len(none):
+            set_pte_values(machine, mm, haddr, first + none,
+                           np.full(len(none), make_pte_marker(PTE_MARKER_UFFD_WP), np.uint64))
+    elif cp_flags & MM_CP_UFFD_WP_RESOLVE:
+        markers = np.flatnonzero(is_pte_marker(ptes))
+        if len(markers):
+            machine.clear_full_ptes_runs(mm, PteRuns(haddr, first + markers, np.ones(len(markers), np.int64)))
 
 
-def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
-    """Apply vma's protection to [start, end): a covered PMD whole, a partial one split first."""
-    for addr, next_addr, whole_pmd in pmd_ranges(mm, start, end):
+def userfaultfd_wp_use_markers(vma: VMA) -> bool:
+    """uffd-wp protects none entries with markers: anon needs UFFD_FEATURE_WP_UNPOPULATED,
+    which every context of this model has."""
+    return vma.uffd_wp
+
+
+def change_pmd_ranges(machine: Machine, mm: MM, vma: VMA, start: int, end: int,
+                      cp_flags: int) -> Iterator[tuple[int, int, bool]]:
+    """The PMD ranges change_pmd_range visits: those that map something, and with markers to
+    install (pgtable_populate_needed) every one, its PTE table allocated (change_pmd_prepare)."""
+    if not (cp_flags & MM_CP_UFFD_WP and userfaultfd_wp_use_markers(vma)):
+        yield from pmd_ranges(mm, start, end)
+        return
+    for haddr in range(start & ~(PMD_SIZE - 1), end, PMD_SIZE):
+        addr, next_addr = max(start, haddr), min(haddr + PMD_SIZE, end)
+        if machine.pmdp_get(mm, haddr) == 0:
+            mm.pte_table(haddr, alloc=True)  # pte_alloc
+        yield addr, next_addr, addr == haddr and next_addr == haddr + PMD_SIZE
+
+
+def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int, cp_flags: int) -> None:
+    """Apply vma's protection and cp_flags to [start, end): a covered PMD whole, a partial
+    one split first (an anon VMA needs no split for uffd-wp: pgtable_split_needed)."""
+    for addr, next_addr, whole_pmd in change_pmd_ranges(machine, mm, vma, start, end, cp_flags):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
             if whole_pmd:
-                change_huge_pmd(machine, mm, vma, haddr)
+                change_huge_pmd(machine, mm, vma, haddr, cp_flags)
                 continue
             split_huge_pmd_locked(machine, mm, vma, haddr)
-        change_pte_range(machine, mm, vma, addr, next_addr)
+        change_pte_range(machine, mm, vma, addr, next_addr, cp_flags)
 
 
 def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:
@@ -68,7 +141,8 @@ def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, wri
     if vma.end > end:
         mm.vma_split(vma, end)
     vma.writable = writable
-    change_protection(machine, mm, vma, start, end)
+    # vma_wants_manual_pte_write_upgrade: every private rw VMA.
+    change_protection(machine, mm, vma, start, end, MM_CP_TRY_CHANGE_WRITABLE if writable else 0)
     mm.vma_merge(vma)
 
 

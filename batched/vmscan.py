@@ -17,6 +17,8 @@ from machine.pgtable import (
     pte_pfn,
     pte_present,
     pte_swp_mkexclusive,
+    pte_swp_mkuffd_wp,
+    pte_uffd_wp,
     swp_entry_to_pte,
 )
 
@@ -45,7 +47,8 @@ from .swap import folio_dup_swap, swap_free_unused
 def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.ndarray,
                        exclusive: np.ndarray) -> None:
     """Replace each batch's PTEs by swap PTEs from slot[i] on (PTE_SWP_EXCLUSIVE where
-    exclusive[i]), copying the data, and drop their rmap and references.
+    exclusive[i], PTE_SWP_UFFD_WP where the batch is uffd-wp: folio_pte_batch never batches
+    across a change of that bit), copying the data, and drop their rmap and references.
 
     Context: exclusive batches were already shared by folios_try_share_anon_rmap_ptes.
     """
@@ -60,7 +63,9 @@ def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.n
     mm.rss_anon -= nr_pages
     mm.rss_swap += nr_pages
     swp_ptes = swp_entry_to_pte(slot.astype(np.uint64))
-    machine.set_ptes_runs(mm, batches.runs, np.where(exclusive, pte_swp_mkexclusive(swp_ptes), swp_ptes))
+    swp_ptes = np.where(exclusive, pte_swp_mkexclusive(swp_ptes), swp_ptes)
+    swp_ptes = np.where(pte_uffd_wp(batches.pte), pte_swp_mkuffd_wp(swp_ptes), swp_ptes)
+    machine.set_ptes_runs(mm, batches.runs, swp_ptes)
     folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
     folios_put_refs(machine, batches.folio, batches.nr_pages)
 
@@ -85,7 +90,11 @@ def try_to_unmap_pte(machine: Machine, folio: int, page: int, mm: MM, addr: int,
     mm.rss_anon -= 1
     mm.rss_swap += 1
     swp_pte = swp_entry_to_pte(slot)
-    machine.set_pte_at(mm, addr, pte_swp_mkexclusive(swp_pte) if exclusive else swp_pte)
+    if exclusive:
+        swp_pte = pte_swp_mkexclusive(swp_pte)
+    if pte_uffd_wp(pte):
+        swp_pte = pte_swp_mkuffd_wp(swp_pte)
+    machine.set_pte_at(mm, addr, swp_pte)
     folio_remove_rmap_pte(machine, folio, page, mm)
     folio_put(machine, folio)
     return OK

@@ -49,6 +49,8 @@ class Kernel(Protocol):
     def split(self, pid: int, addr: int, order: int) -> str: ...
     def file(self, file: int, length: int, shmem: bool) -> str: ...
     def sync(self, file: int) -> str: ...
+    def uffd(self, pid: int, addr: int, length: int) -> str: ...
+    def wp(self, pid: int, addr: int, length: int, mode: str) -> str: ...
 
 
 class Implementation(Protocol):
@@ -81,6 +83,8 @@ OP_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "split": ("process", "addr", "order"),
     "file": ("file", "length", "shmem"),
     "sync": ("file",),
+    "uffd": ("process", "addr", "length"),
+    "wp": ("process", "addr", "length", "mode"),
 }
 OP_NAMES = tuple(OP_ARGUMENTS)
 RANGE_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if "length" in fields and "process" in fields)
@@ -90,6 +94,7 @@ PROT_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if "prot" in 
 PROCESS_OPS = frozenset(name for name, fields in OP_ARGUMENTS.items() if fields == ("process",))
 RESULT_NAMES = RESULTS
 PROTS = ("rw", "ro")   # an mmap's and mprotect's prot, a pin's mode
+WP_MODES = ("on", "off")  # a wp op's mode: UFFDIO_WRITEPROTECT_MODE_WP set or clear
 DEFAULT_PROT = "rw"    # an mmap without prot
 DEFAULT_ORDER = 0      # a fault without order=
 
@@ -117,6 +122,8 @@ OP_DISPATCH: dict[str, Callable[[Kernel, Any], str]] = {
     "split": lambda kernel, op: kernel.split(op.process, op.addr, op.order),
     "file": lambda kernel, op: kernel.file(op.file, op.length, op.shmem),
     "sync": lambda kernel, op: kernel.sync(op.file),
+    "uffd": lambda kernel, op: kernel.uffd(op.process, op.addr, op.length),
+    "wp": lambda kernel, op: kernel.wp(op.process, op.addr, op.length, op.mode),
 }
 
 # ---------------------------------------------------------------------------

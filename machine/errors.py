@@ -36,4 +36,5 @@ EINVAL = "EINVAL"
 EBADF = "EBADF"     # a file the script never made (mmap, sync)
 EEXIST = "EEXIST"   # `file Fn` of a file that exists (open with O_CREAT | O_EXCL)
 SIGBUS = "SIGBUS"   # an access to a file mapping past the file's end (VM_FAULT_SIGBUS)
-RESULTS = (OK, EFAULT, EBUSY, EAGAIN, ENOENT, ENOMEM, EINVAL, EBADF, EEXIST, SIGBUS)
+UFFD = "UFFD"      # a write trapped by userfaultfd write-protection (handle_userfault; SIGBUS here)
+RESULTS = (OK, EFAULT, EBUSY, EAGAIN, ENOENT, ENOMEM, EINVAL, EBADF, EEXIST, SIGBUS, UFFD)

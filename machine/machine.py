@@ -157,6 +157,7 @@ class _SavedState:
     first_free_block: int
     nr_processes: int
     nr_mmaps: int
+    nr_uffd_ctxs: int
     nr_pins: int
     processes: dict[int, MM]
     mm_counters: dict[int, tuple[int, int, int, bool]]     # pid: rss_anon, rss_swap, rss_file, has_pinned
@@ -169,7 +170,7 @@ class _SavedState:
         processes = machine.processes
         return _SavedState(
             machine.frames.nr_free_frames, machine.frames.first_free_block,
-            machine.nr_processes, machine.nr_mmaps, machine.nr_pins, dict(processes),
+            machine.nr_processes, machine.nr_mmaps, machine.nr_uffd_ctxs, machine.nr_pins, dict(processes),
             {pid: (mm.rss_anon, mm.rss_swap, mm.rss_file, mm.has_pinned) for pid, mm in processes.items()},
             {pid: [(vma, vma.copy()) for vma in mm.vmas] for pid, mm in processes.items()},
             {key: list(touched) for key, touched in machine._touched.items()},
@@ -180,6 +181,7 @@ class _SavedState:
         machine.frames.first_free_block = self.first_free_block
         machine.nr_processes = self.nr_processes
         machine.nr_mmaps = self.nr_mmaps
+        machine.nr_uffd_ctxs = self.nr_uffd_ctxs
         machine.nr_pins = self.nr_pins
         machine.processes = self.processes
         for pid, mm in self.processes.items():
@@ -204,6 +206,7 @@ class Machine:
         self.processes: dict[int, MM] = {0: MM(0, self.journal)}
         self.nr_processes = 1  # process numbers ever used
         self.nr_mmaps = 0      # successful mmaps: the next lineage id
+        self.nr_uffd_ctxs = 0  # successful `uffd` registrations: each opened its own context
         self.pins: dict[int, Pin] = {}
         self.nr_pins = 0       # successful pins: the next pin id
         self.files: dict[int, File] = {}  # Fn: the files the script made, with their page caches
@@ -226,6 +229,7 @@ class Machine:
             mm.journal = other.journal
         other.nr_processes = self.nr_processes
         other.nr_mmaps = self.nr_mmaps
+        other.nr_uffd_ctxs = self.nr_uffd_ctxs
         other.pins = dict(self.pins)
         other.nr_pins = self.nr_pins
         other.files = {file_id: file.clone() for file_id, file in self.files.items()}
@@ -245,6 +249,7 @@ class Machine:
             mm.journal = self.journal
         self.nr_processes = snapshot.nr_processes
         self.nr_mmaps = snapshot.nr_mmaps
+        self.nr_uffd_ctxs = snapshot.nr_uffd_ctxs
         self.pins = snapshot.pins
         self.nr_pins = snapshot.nr_pins
         self.files = snapshot.files
@@ -344,6 +349,11 @@ class Machine:
         lineage = self.nr_mmaps
         self.nr_mmaps += 1
         return lineage
+
+    def uffd_ctx_alloc(self) -> int:
+        """A new userfaultfd context's id (from 1): one more than the registrations before."""
+        self.nr_uffd_ctxs += 1
+        return self.nr_uffd_ctxs
 
     def pin_add(self, pid: int, addr: int, mode: str, pages: tuple[int, ...]) -> int:
         check(len(pages) >= 1, "a pin holds at least one page")

@@ -46,14 +46,20 @@ class VMA:
     file_pgoff: int = 0
     shared: bool = False      # VM_SHARED
     anon_vma: bool = False    # vma->anon_vma: some anon folio was mapped in it (anon_vma_prepare)
+    uffd_ctx: int = 0         # the userfaultfd context registered on it (vm_userfaultfd_ctx), 0: none
 
     def copy(self) -> VMA:
         return VMA(self.start, self.end, self.writable, self.lineage, self.file, self.file_pgoff,
-                   self.shared, self.anon_vma)
+                   self.shared, self.anon_vma, self.uffd_ctx)
 
     def linear_page_index(self, addr: int) -> int:
         """The file page index mapped at addr (linear_page_index). Context: a file VMA."""
         return self.file_pgoff + ((addr - self.start) >> PAGE_SHIFT)
+
+    @property
+    def uffd_wp(self) -> bool:
+        """VM_UFFD_WP: registered for write-protect tracking (every context here is WP)."""
+        return self.uffd_ctx != 0
 
     @property
     def pgoff(self) -> int:
@@ -126,7 +132,7 @@ PUD_SIZE = 1 << PUD_SHIFT
 
 def _mergeable(before: VMA, after: VMA) -> bool:
     """Whether after, starting where before ends, can join it (vma_merge's compatibility)."""
-    if before.writable != after.writable or before.lineage != after.lineage:
+    if before.writable != after.writable or before.lineage != after.lineage or before.uffd_ctx != after.uffd_ctx:
         return False
     if before.file != after.file or before.shared != after.shared:
         return False
@@ -244,9 +250,10 @@ class MM:
         return upper
 
     def vma_merge(self, vma: VMA) -> VMA:
-        """Merge vma with adjacent neighbours of equal prot and lineage (and, for a file, the
-        same file, sharing and consecutive file offsets); returns the result, which has an
-        anon_vma if either part had (vma_merge takes the one there is)."""
+        """Merge vma with adjacent neighbours of equal prot, lineage and userfaultfd context
+        (vma_merge: equal vm_flags and vm_userfaultfd_ctx) and, for a file, the same file,
+        sharing and consecutive file offsets; returns the result, which has an anon_vma if
+        either part had (vma_merge takes the one there is)."""
         index = self._vma_position(vma)
         if index + 1 < len(self.vmas):
             after = self.vmas[index + 1]

@@ -275,6 +275,12 @@ def is_pte_marker(pte):
     return is_swap_pte(pte) & (((pte & SWP_TYPE_MASK) >> SWP_TYPE_SHIFT) == SWP_PTE_MARKER)
 
 
+def is_swap_slot_pte(pte):
+    """A swap PTE of a swap slot (softleaf_is_swap): non-present and not none, of swap type 0,
+    so not a PTE marker."""
+    return is_swap_pte(pte) & ((pte & SWP_TYPE_MASK) == 0)
+
+
 def pte_marker_uffd_wp(pte):
     """A PTE marker carrying PTE_MARKER_UFFD_WP."""
     return is_pte_marker(pte) & ((((pte & SWP_OFFSET_MASK) >> SWP_OFFSET_SHIFT) & PTE_MARKER_UFFD_WP) != 0)
@@ -299,11 +305,15 @@ def describe_pte(pte: int) -> str:
     if pte == 0:
         return "none"
     if not pte & PTE_VALID:
+        if is_pte_marker(pte):
+            return f"marker {'uffd-wp' if pte_marker_uffd_wp(pte) else ''} ({pte:#x})"
         exclusive = " excl" if pte & PTE_SWP_EXCLUSIVE else ""
+        exclusive += " uffd-wp" if pte & PTE_SWP_UFFD_WP else ""
         return f"swap slot={pte_swp_offset(pte)}{exclusive} ({pte:#x})"
     flags = []
     for name, bit in (("W", PTE_WRITE), ("RDONLY", PTE_RDONLY), ("D", PTE_DIRTY),
-                      ("AF", PTE_AF), ("CONT", PTE_CONT), ("SPECIAL", PTE_SPECIAL)):
+                      ("AF", PTE_AF), ("CONT", PTE_CONT), ("SPECIAL", PTE_SPECIAL),
+                      ("UFFD_WP", PTE_UFFD_WP)):
         if pte & bit:
             flags.append(name)
     kind = "pmd" if (pte & PTE_TYPE_MASK) == PMD_TYPE_SECT else "pte"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from machine import MM, VMA, Machine, check
-from machine.errors import EFAULT, EINVAL, OK, SIGBUS
-from machine.pgtable import PAGE_SHIFT, is_swap_pte, pte_none, pte_present, pte_special, pte_write
+from machine.errors import EFAULT, EINVAL, OK, SIGBUS, UFFD
+from machine.pgtable import PAGE_SHIFT, is_pte_marker, is_swap_pte, pte_none, pte_present, pte_special, pte_write
 
 from .folio import (
     GUP_PIN_COUNTING_BIAS, PageAnonExclusive, folio_put_refs, folio_test_large,
@@ -45,7 +45,7 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
             result = handle_write_fault(machine, mm, vma, addr, order=0)
         elif pte_none(entry) and vma.file is not None:
             result = do_read_fault(machine, mm, vma, addr)
-        elif pte_none(entry):
+        elif pte_none(entry) or is_pte_marker(entry):
             result = do_anonymous_page_read(machine, mm, vma, addr)  # the zero page, unshared next
         elif is_swap_pte(entry):
             result = do_swap_page(machine, mm, vma, addr, write_fault=False)
@@ -106,7 +106,8 @@ def pin_user_pages(machine: Machine, mm: MM, addr: int, nr_pages: int, writable:
                 gup_put_folio_pin(machine, page)
             return EFAULT
         result = faultin_page_for_pin(machine, mm, vma, page_addr, writable)
-        if result == SIGBUS:  # a page past a file's end: __get_user_pages fails with -EFAULT
+        if result in (SIGBUS, UFFD):  # VM_FAULT_SIGBUS (past a file's end, or userfaultfd's with
+            # UFFD_FEATURE_SIGBUS): __get_user_pages fails with -EFAULT, the faults before kept
             for page in pages:
                 gup_put_folio_pin(machine, page)
             return EFAULT

@@ -12,8 +12,9 @@ from machine import MM, VMA, Machine, check
 from machine.errors import EAGAIN, EBUSY, EINVAL, OK
 from machine.pgtable import (
     HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, pfn_pte, pmd_trans_huge,
-    pte_dirty, pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_modify, pte_pfn, pte_pmd,
-    pte_present, pte_write, pte_wrprotect, pte_young, vm_get_page_prot,
+    pte_clear_uffd_wp, pte_dirty, pte_mkdirty, pte_mkold, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung,
+    pte_modify, pte_pfn, pte_pmd, pte_present, pte_uffd_wp, pte_write, pte_wrprotect, pte_young,
+    vm_get_page_prot,
 )
 
 from .folio import (
@@ -27,6 +28,11 @@ from .rmap import (
 )
 
 FALLBACK = "VM_FAULT_FALLBACK"
+
+# change_protection's cp_flags (include/linux/mm.h).
+MM_CP_TRY_CHANGE_WRITABLE = 1 << 0
+MM_CP_UFFD_WP = 1 << 2
+MM_CP_UFFD_WP_RESOLVE = 1 << 3
 
 
 def mk_huge_pmd(folio: int, vma: VMA) -> int:
@@ -96,7 +102,7 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
     folio_remove_rmap_pmd(machine, folio, mm)
 
 
-def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr: int) -> str:
+def copy_huge_pmd(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA, haddr: int) -> str:
     """fork of a PMD block: share it as a PMD, or split the parent's if it may be pinned.
 
     Returns OK, or FALLBACK after the split (the caller copies the 512 PTEs).
@@ -114,12 +120,15 @@ def copy_huge_pmd(machine: Machine, dst_mm: MM, src_mm: MM, src_vma: VMA, haddr:
     if pte_write(pmd):
         machine.pmdp_set_wrprotect(src_mm, haddr)
         pmd = pte_wrprotect(pmd)
+    if not dst_vma.uffd_wp:  # userfaultfd_wp(dst_vma)
+        pmd = pte_clear_uffd_wp(pmd)
     machine.set_pmd_at(dst_mm, haddr, pte_mkold(pmd))
     return OK
 
 
-def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
-    """mprotect of a fully covered PMD block to vma's (new) protection.
+def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, cp_flags: int) -> None:
+    """mprotect or UFFDIO_WRITEPROTECT of a fully covered PMD block: vma's protection, the
+    uffd-wp bit per cp_flags, writable if allowed (can_change_pmd_writable).
 
     Context: a PMD block maps haddr, inside vma.
     """
@@ -128,7 +137,12 @@ def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
           f"change_huge_pmd without a PMD block inside the VMA at {haddr:#x}")
     folio = int(pte_pfn(pmd))
     entry = pte_modify(pmd, vm_get_page_prot(vma.writable))
-    if vma.writable and PageAnonExclusive(machine, folio):
+    if cp_flags & MM_CP_UFFD_WP:
+        entry = pte_mkuffd_wp(entry)
+    elif cp_flags & MM_CP_UFFD_WP_RESOLVE:
+        entry = pte_clear_uffd_wp(entry)
+    if (cp_flags & MM_CP_TRY_CHANGE_WRITABLE and vma.writable and not (vma.uffd_wp and pte_uffd_wp(entry))
+            and PageAnonExclusive(machine, folio)):
         entry = pte_mkwrite(entry)
     machine.set_pmd_at(mm, haddr, entry)
 
@@ -157,6 +171,8 @@ def split_entry(old: int, page: int, vma: VMA) -> int:
         entry = pte_mkold(entry)
     if pte_dirty(old):
         entry = pte_mkdirty(entry)
+    if pte_uffd_wp(old):  # the uffd-wp bit (through the migration entry's swap bit)
+        entry = pte_mkuffd_wp(entry)
     return entry
 
 

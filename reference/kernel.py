@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 from machine import MM, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK
-from machine.pgtable import PMD_SIZE, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write
+from machine.pgtable import (
+    PMD_SIZE, is_pte_marker, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write,
+)
 
 from .filemap import do_read_fault, file_create, file_sync, shrink_file_folio, try_to_unmap_file
 from .folio import page_folio
@@ -21,6 +23,7 @@ from .madvise import madvise_free
 from .memory import do_anonymous_page_read, do_swap_page, handle_write_fault, vm_normal_page
 from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
 from .mprotect import do_mprotect_pkey
+from .userfaultfd import mwriteprotect_range, userfaultfd_register
 from .vmscan import shrink_folio_list, try_to_unmap
 
 MAX_FAULT_ORDER = 9
@@ -89,6 +92,17 @@ class Kernel:
         return self._without_rollback(
             lambda: do_mprotect_pkey(self.machine, mm, addr, length, prot == "rw"))
 
+    # userfaultfd write-protect.
+
+    def uffd(self, pid: int, addr: int, length: int) -> str:
+        mm = self._mm(pid)
+        return self._without_rollback(lambda: userfaultfd_register(self.machine, mm, addr, addr + length))
+
+    def wp(self, pid: int, addr: int, length: int, mode: str) -> str:
+        mm = self._mm(pid)
+        return self._without_rollback(
+            lambda: mwriteprotect_range(self.machine, mm, addr, addr + length, mode == "on"))
+
     # Faults and user accesses.
 
     def fault(self, pid: int, addr: int, order: int) -> str:
@@ -133,7 +147,7 @@ class Kernel:
             result = self._without_rollback(lambda: do_read_fault(self.machine, mm, vma, addr))
             if result != OK:
                 return result
-        elif pte_none(entry):
+        elif pte_none(entry) or is_pte_marker(entry):
             self._without_rollback(lambda: do_anonymous_page_read(self.machine, mm, vma, addr))
         elif is_swap_pte(entry):
             result = self._without_rollback(lambda: do_swap_page(self.machine, mm, vma, addr, write_fault=False))

@@ -6,8 +6,8 @@ from __future__ import annotations
 from machine import MM, VMA, Machine, check
 from machine.errors import EINVAL, ENOMEM, OK
 from machine.pgtable import (
-    PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ADDR_MASK, is_swap_pte, pmd_trans_huge, pte_dirty, pte_mkclean,
-    pte_mkold, pte_none, pte_pfn, pte_present, pte_special, pte_swp_offset, pte_wrprotect, pte_young,
+    PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ADDR_MASK, is_pte_marker, is_swap_pte, pmd_trans_huge, pte_dirty,
+    pte_mkclean, pte_mkold, pte_none, pte_pfn, pte_present, pte_special, pte_swp_offset, pte_wrprotect, pte_young,
 )
 
 from .folio import (
@@ -99,6 +99,9 @@ def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> No
     while addr < end:
         pte = machine.ptep_get(mm, addr)
         if pte_none(pte):
+            addr += PAGE_SIZE
+            continue
+        if is_pte_marker(pte):  # a uffd-wp marker stays (madvise_free_pte_range skips it)
             addr += PAGE_SIZE
             continue
         if is_swap_pte(pte):

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from machine import MM, VMA, Machine, check
-from machine.errors import EBUSY, ENOMEM, OK
+from machine.errors import EBUSY, ENOMEM, OK, UFFD
 from machine.mm import PUD_SIZE
 from machine.pgtable import (
-    HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, is_swap_pte, pfn_pte, pmd_trans_huge,
-    pte_mkdirty, pte_mkold, pte_mkwrite, pte_mkyoung, pte_none, pte_present,
-    pte_swp_clear_exclusive, pte_swp_exclusive, pte_swp_offset, pte_write, pte_wrprotect,
-    vm_get_page_prot,
+    HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_MARKER_UFFD_WP, is_pte_marker, is_swap_pte,
+    is_swap_slot_pte, make_pte_marker, pfn_pte, pmd_trans_huge, pte_marker_uffd_wp, pte_clear_uffd_wp,
+    pte_mkdirty, pte_mkold, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung, pte_none, pte_present,
+    pte_swp_clear_exclusive, pte_swp_clear_uffd_wp, pte_swp_exclusive, pte_swp_offset, pte_swp_uffd_wp,
+    pte_uffd_wp, pte_write, pte_wrprotect, vm_get_page_prot,
 )
 
 from . import filemap, huge_memory
@@ -34,16 +35,30 @@ def mk_pte(page: int, vma: VMA) -> int:
     return pfn_pte(page, vm_get_page_prot(vma.writable))
 
 
+def userfaultfd_pte_wp(vma: VMA, pte: int) -> bool:
+    """A write to this present entry (PTE or PMD) must be reported to userfaultfd."""
+    return vma.uffd_wp and bool(pte_uffd_wp(pte))
+
+
 # Anonymous faults (do_anonymous_page, alloc_anon_folio).
 
 def do_anonymous_page_read(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
-    """A read fault on a none entry: map the shared zero page ("Use the zero-page for reads"),
-    with no folio, rmap, reference or RSS.
+    """A read fault on a none entry or a uffd-wp marker: map the shared zero page ("Use the
+    zero-page for reads"), with no folio, rmap, reference or RSS; in a registered VMA it takes
+    the marker's uffd-wp bit (vmf_orig_pte_uffd_wp), in one no longer registered the marker
+    is dropped first (pte_marker_handle_uffd_wp: pte_marker_clear, then the fault again).
 
-    Context: nothing is mapped at addr.
+    Context: nothing but a marker is at addr.
     """
-    check(pte_none(machine.lookup(mm, addr)[1]), "anonymous read fault on a mapped address %#x", addr)
-    machine.set_pte_at(mm, addr, zero_page_pte(machine, vma))
+    entry = machine.lookup(mm, addr)[1]
+    check(pte_none(entry) or is_pte_marker(entry), "anonymous read fault on a mapped address %#x", addr)
+    pte = zero_page_pte(machine, vma)
+    if is_pte_marker(entry):
+        if vma.uffd_wp and pte_marker_uffd_wp(entry):
+            pte = pte_mkuffd_wp(pte)
+        else:
+            pte_marker_clear(machine, mm, addr)
+    machine.set_pte_at(mm, addr, pte)
     return OK
 
 
@@ -70,14 +85,24 @@ def alloc_anon_folio_suitable(machine: Machine, mm: MM, vma: VMA, addr: int, ord
     return pte_range_none(machine, mm, start, nr_pages)
 
 
-def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
-    """A write fault on a none entry: the largest suitable order K..0 that can be allocated.
+def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int, uffd_wp: bool = False) -> str:
+    """A write fault on a none entry (or a uffd-wp marker: uffd_wp, order 0, the new entry
+    write-protected with the bit): the largest suitable order K..0 that can be allocated.
 
     Context: vma is writable; nothing is mapped at addr.
     """
     check(vma.writable, "anonymous write fault in a read-only VMA")
-    check(pte_none(machine.lookup(mm, addr)[1]), "anonymous fault on a mapped address %#x", addr)
+    entry = machine.lookup(mm, addr)[1]
+    check(pte_none(entry) or (uffd_wp and pte_marker_uffd_wp(entry)), "anonymous fault on a mapped address %#x", addr)
+    if uffd_wp:
+        folio = folio_alloc(machine, 0)
+        if folio is None:
+            return ENOMEM
+        map_anon_folio_pte_pf(machine, mm, vma, addr, folio, uffd_wp=True)
+        return OK
     for candidate in fault_orders(order):
+        if vma.uffd_wp and 0 < candidate < HPAGE_PMD_ORDER:
+            continue  # alloc_anon_folio: userfaultfd_armed wants per-page fault fidelity
         if not alloc_anon_folio_suitable(machine, mm, vma, addr, candidate):
             continue
         folio = folio_alloc(machine, candidate)
@@ -91,19 +116,23 @@ def do_anonymous_page(machine: Machine, mm: MM, vma: VMA, addr: int, order: int)
     return ENOMEM
 
 
-def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
-    """Map a fresh folio whole at addr, writable and dirty, every page exclusive (no counters)."""
+def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, uffd_wp: bool) -> None:
+    """Map a fresh folio whole at addr, writable and dirty (uffd_wp: write-protected with the
+    bit), every page exclusive (no counters)."""
     nr_pages = folio_nr_pages(machine, folio)
     folio_ref_add(machine, folio, nr_pages - 1)
     folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
     entry = maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma)
+    if uffd_wp:
+        entry = pte_mkuffd_wp(entry)
     for i in range(nr_pages):
         machine.set_pte_at(mm, addr + (i << PAGE_SHIFT), pfn_pte(folio + i, entry))
 
 
-def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int) -> None:
+def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int,
+                          uffd_wp: bool = False) -> None:
     """map_anon_folio_pte_nopf for a page fault: also count the folio's pages in MM_ANONPAGES."""
-    map_anon_folio_pte_nopf(machine, mm, vma, addr, folio)
+    map_anon_folio_pte_nopf(machine, mm, vma, addr, folio, uffd_wp)
     mm.rss_anon += folio_nr_pages(machine, folio)
 
 
@@ -141,6 +170,8 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
     check(pte == machine.ptep_get(mm, addr), "do_wp_page: the PTE at %#x changed", addr)
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
+    if not unshare and userfaultfd_pte_wp(vma, pte):
+        return UFFD  # handle_userfault(VM_UFFD_WP); with UFFD_FEATURE_SIGBUS the fault is SIGBUS
     page = vm_normal_page(machine, pte)
     if page is None:
         return wp_page_copy(machine, mm, vma, addr, pte, unshare)  # the zero page: always copied
@@ -180,6 +211,8 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
     entry = mk_pte(new_folio, vma)
     if not unshare:
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
+    elif pte_uffd_wp(pte):
+        entry = pte_mkuffd_wp(entry)
     machine.ptep_get_and_clear(mm, addr)
     machine.set_pte_at(mm, addr, entry)
     if old_page is None:
@@ -197,12 +230,13 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
 # Swap-in (do_swap_page; model: no swap cache, every swap-in is a fresh order-0 folio).
 
 def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool) -> str:
-    """Swap the page at addr in to a fresh exclusive order-0 folio.
+    """Swap the page at addr in to a fresh exclusive order-0 folio; a uffd-wp swap entry
+    comes back write-protected with the bit, and a write fault on it is then UFFD.
 
     Context: a swap PTE maps addr; a write fault happens only in a writable VMA.
     """
     pte = machine.ptep_get(mm, addr)
-    check(is_swap_pte(pte), "do_swap_page on a non-swap PTE")
+    check(is_swap_slot_pte(pte), "do_swap_page on a non-swap PTE")
     check(not write_fault or vma.writable, "write fault in a read-only VMA")
     slot = int(pte_swp_offset(pte))
     folio = folio_alloc(machine, 0)
@@ -210,7 +244,10 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
         return ENOMEM
     machine.frames.page_data[folio] = machine.swap.swap_data[slot]
     entry = mk_pte(folio, vma)
-    if vma.writable:  # exclusive: the folio is fresh (the swap count was ours alone to read)
+    if pte_swp_uffd_wp(pte):
+        entry = pte_mkuffd_wp(entry)
+    # exclusive: the folio is fresh (the swap count was ours alone to read)
+    if vma.writable and not userfaultfd_pte_wp(vma, entry):
         entry = pte_mkwrite(entry)
         if write_fault:
             entry = pte_mkdirty(entry)
@@ -224,6 +261,8 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
     mm.rss_swap -= 1
     mm.rss_anon += 1
     machine.set_pte_at(mm, addr, entry)
+    if write_fault and userfaultfd_pte_wp(vma, entry):
+        return UFFD  # the write fault goes on to do_wp_page, which reports it
     return OK
 
 
@@ -237,10 +276,14 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
     if pmd_trans_huge(pmd):
         if pte_write(pmd):
             return OK
+        if userfaultfd_pte_wp(vma, pmd):  # wp_huge_pmd: userfaultfd_huge_pmd_wp
+            return UFFD
         result = huge_memory.do_huge_pmd_wp_page(machine, mm, vma, addr, unshare=False)
         if result != huge_memory.FALLBACK:
             return result
     pte = machine.ptep_get(mm, addr)
+    if is_pte_marker(pte):
+        return handle_pte_marker(machine, mm, vma, addr, order)
     if pte_none(pte) and vma.file is not None:
         return filemap.do_file_write_fault(machine, mm, vma, addr, order)
     if pte_none(pte):
@@ -250,6 +293,28 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
     if pte_write(pte):
         return OK
     return do_wp_page(machine, mm, vma, addr, pte, unshare=False)
+
+
+def pte_marker_clear(machine: Machine, mm: MM, addr: int) -> None:
+    """A marker left in a VMA no longer registered is dropped: the entry is none again."""
+    check(is_pte_marker(machine.ptep_get(mm, addr)), "pte_marker_clear of a non-marker at %#x", addr)
+    machine.ptep_get_and_clear(mm, addr)
+
+
+def handle_pte_marker(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
+    """A write fault on a uffd-wp marker (pte_marker_handle_uffd_wp): a registered VMA maps a
+    fresh page write-protected with the bit (do_anonymous_page, uffd_wp from the marker) and
+    the retried write traps: UFFD; in a VMA no longer registered the marker is dropped and
+    the fault is an ordinary one.
+
+    Context: a uffd-wp marker is at addr.
+    """
+    check(pte_marker_uffd_wp(machine.ptep_get(mm, addr)), "handle_pte_marker without a uffd-wp marker at %#x", addr)
+    if not vma.uffd_wp:
+        pte_marker_clear(machine, mm, addr)
+        return do_anonymous_page(machine, mm, vma, addr, order)
+    result = do_anonymous_page(machine, mm, vma, addr, 0, uffd_wp=True)
+    return UFFD if result == OK else result
 
 
 def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
@@ -284,8 +349,12 @@ def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
 
 
 def zap_nonpresent_pte(machine: Machine, mm: MM, addr: int) -> None:
-    """Drop one swap PTE's slot reference. Context: a swap PTE maps addr."""
-    check(is_swap_pte(machine.ptep_get(mm, addr)), "zap_nonpresent_pte of a non-swap PTE at %#x", addr)
+    """Drop one swap PTE's slot reference, or a marker (an anon VMA keeps none:
+    zap_nonpresent_ptes). Context: a swap PTE or a marker is at addr."""
+    if is_pte_marker(machine.ptep_get(mm, addr)):
+        machine.ptep_get_and_clear(mm, addr)
+        return
+    check(is_swap_slot_pte(machine.ptep_get(mm, addr)), "zap_nonpresent_pte of a non-swap PTE at %#x", addr)
     pte = machine.ptep_get_and_clear(mm, addr)
     mm.rss_swap -= 1
     swap_free(machine, int(pte_swp_offset(pte)))
@@ -333,23 +402,32 @@ def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -
 
 # fork (copy_page_range, copy_present_pte, copy_present_page, copy_nonpresent_pte).
 
-def copy_nonpresent_pte(machine: Machine, dst_mm: MM, src_mm: MM, addr: int) -> None:
-    """Share a swap entry with the child; an exclusive marker is cleared in both.
+def copy_nonpresent_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, addr: int) -> None:
+    """Share a swap entry with the child; an exclusive marker is cleared in both, the
+    uffd-wp bit in the child unless its VMA is uffd-wp registered.
 
     Context: a swap PTE maps addr in the parent; the child has nothing there.
     """
     pte = machine.ptep_get(src_mm, addr)
-    check(is_swap_pte(pte), "copy_nonpresent_pte of a non-swap PTE at %#x", addr)
+    check(is_swap_slot_pte(pte), "copy_nonpresent_pte of a non-swap PTE at %#x", addr)
     check(pte_none(machine.ptep_get(dst_mm, addr)), "child already maps %#x", addr)
     swap_duplicate(machine, int(pte_swp_offset(pte)))
     if pte_swp_exclusive(pte):
         pte = pte_swp_clear_exclusive(pte)
         machine.set_pte_at(src_mm, addr, pte)
     dst_mm.rss_swap += 1
+    if not dst_vma.uffd_wp:  # userfaultfd_wp(dst_vma)
+        pte = pte_swp_clear_uffd_wp(pte)
     machine.set_pte_at(dst_mm, addr, pte)
 
 
-def copy_present_page(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int, src_page: int) -> str:
+def copy_pte_marker(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int, pte: int) -> None:
+    """The child gets a uffd-wp marker only if its VMA is registered (copy_pte_marker)."""
+    if pte_marker_uffd_wp(pte) and dst_vma.uffd_wp:
+        machine.set_pte_at(dst_mm, addr, make_pte_marker(PTE_MARKER_UFFD_WP))
+
+
+def copy_present_page(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int, src_page: int, src_pte: int) -> str:
     """Give the child its own copy of an exclusive page of a maybe-pinned folio."""
     new_folio = folio_alloc(machine, 0)
     if new_folio is None:
@@ -358,6 +436,8 @@ def copy_present_page(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int, src
     folio_add_new_anon_rmap(machine, new_folio, dst_mm, dst_vma, addr, exclusive=True)
     dst_mm.rss_anon += 1
     entry = maybe_mkwrite(pte_mkdirty(mk_pte(new_folio, dst_vma)), dst_vma)
+    if userfaultfd_pte_wp(dst_vma, src_pte):
+        entry = pte_mkuffd_wp(entry)
     machine.set_pte_at(dst_mm, addr, entry)
     return OK
 
@@ -373,7 +453,10 @@ def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, add
     page = vm_normal_page(machine, pte)
     if page is None:  # the zero page: the entry alone is copied, old (never writable)
         check(not pte_write(pte), "writable zero-page PTE at %#x", addr)
-        machine.set_pte_at(dst_mm, addr, pte_mkold(pte))
+        entry = pte_mkold(pte)
+        if not dst_vma.uffd_wp:  # __copy_present_ptes: userfaultfd_wp(dst_vma)
+            entry = pte_clear_uffd_wp(entry)
+        machine.set_pte_at(dst_mm, addr, entry)
         return OK
     folio = page_folio(machine, page)
     if not machine.frames.folio_anon[folio]:
@@ -382,11 +465,13 @@ def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, add
     folio_get(machine, folio)
     if folio_try_dup_anon_rmap_pte(machine, folio, page, dst_mm, src_mm) == EBUSY:
         folio_put(machine, folio)
-        return copy_present_page(machine, dst_mm, dst_vma, addr, page)
+        return copy_present_page(machine, dst_mm, dst_vma, addr, page, pte)
     dst_mm.rss_anon += 1
     if pte_write(pte):
         machine.ptep_set_wrprotect(src_mm, addr)
         pte = pte_wrprotect(pte)
+    if not dst_vma.uffd_wp:  # userfaultfd_wp(dst_vma)
+        pte = pte_clear_uffd_wp(pte)
     machine.set_pte_at(dst_mm, addr, pte_mkold(pte))
     return OK
 
@@ -401,8 +486,10 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
             result = copy_present_pte(machine, dst_mm, dst_vma, src_mm, addr)
             if result != OK:
                 return result
+        elif is_pte_marker(pte):
+            copy_pte_marker(machine, dst_mm, dst_vma, addr, pte)
         elif is_swap_pte(pte):
-            copy_nonpresent_pte(machine, dst_mm, src_mm, addr)
+            copy_nonpresent_pte(machine, dst_mm, dst_vma, src_mm, addr)
     return OK
 
 
@@ -415,7 +502,7 @@ def copy_page_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_
     for addr, next_addr, _whole_pmd in pmd_ranges(machine, src_mm, src_vma.start, src_vma.end):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(src_mm, haddr)):
-            if huge_memory.copy_huge_pmd(machine, dst_mm, src_mm, src_vma, haddr) == OK:
+            if huge_memory.copy_huge_pmd(machine, dst_mm, dst_vma, src_mm, src_vma, haddr) == OK:
                 continue
         result = copy_pte_range(machine, dst_mm, dst_vma, src_mm, addr, next_addr)
         if result != OK:

@@ -66,6 +66,7 @@ def dup_mmap(machine: Machine, mm: MM) -> str:
     child = machine.mm_alloc()
     for vma in mm.vmas:
         child_vma = vma.copy()
+        child_vma.uffd_ctx = 0  # dup_userfaultfd without UFFD_FEATURE_EVENT_FORK: userfaultfd_reset_ctx
         child.vma_insert(child_vma)
         result = copy_page_range(machine, child, child_vma, mm, vma)
         if result != OK:

@@ -4,49 +4,123 @@ from __future__ import annotations
 
 from machine import MM, VMA, Machine
 from machine.errors import ENOMEM, OK
+from collections.abc import Iterator
+
 from machine.pgtable import (
-    PAGE_SIZE, PMD_SIZE, pmd_trans_huge, pte_dirty, pte_mkwrite, pte_modify, pte_pfn, pte_present,
-    pte_special,
+    PTE_MARKER_UFFD_WP, PAGE_SIZE, PMD_SIZE, is_pte_marker, make_pte_marker, pte_none, pmd_trans_huge,
+    pte_clear_uffd_wp, pte_dirty, pte_mkuffd_wp, pte_mkwrite, pte_modify, pte_pfn, pte_present, pte_special,
+    pte_swp_clear_uffd_wp, pte_swp_mkuffd_wp, pte_uffd_wp,
 )
 
 from .filemap import vma_page_prot, vma_wants_writenotify
 from .folio import PageAnonExclusive
-from .huge_memory import change_huge_pmd, split_huge_pmd_locked
+from .huge_memory import (
+    MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, change_huge_pmd, split_huge_pmd_locked,
+)
 from .memory import pmd_ranges
 
 
-def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int) -> None:
-    """New protection for one present PTE; an exclusive page in a rw VMA becomes writable
-    (can_change_pte_writable: never the zero page, which has no anon page)."""
+def can_change_pte_writable(machine: Machine, vma: VMA, pte: int) -> bool:
+    """A private rw VMA's entry may be made writable without a fault: not uffd-wp protected
+    (maybe_change_pte_writable), not the zero page (no anon page), its page anon exclusive."""
+    if not vma.writable:
+        return False
+    if vma.uffd_wp and pte_uffd_wp(pte):  # userfaultfd_pte_wp
+        return False
+    return not pte_special(pte) and PageAnonExclusive(machine, int(pte_pfn(pte)))
+
+
+def change_uffd_wp_bit(entry: int, cp_flags: int) -> int:
+    """Set (MM_CP_UFFD_WP, write-protecting) or clear (MM_CP_UFFD_WP_RESOLVE) the uffd-wp bit."""
+    if cp_flags & MM_CP_UFFD_WP:
+        return pte_mkuffd_wp(entry)
+    if cp_flags & MM_CP_UFFD_WP_RESOLVE:
+        return pte_clear_uffd_wp(entry)
+    return entry
+
+
+def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int, cp_flags: int) -> None:
+    """New protection for one present PTE (change_present_ptes): pte_modify, the uffd-wp
+    bit per cp_flags, then writable if allowed (MM_CP_TRY_CHANGE_WRITABLE): a shared file
+    mapping's dirty entry (can_change_shared_pte_writable), else can_change_pte_writable."""
     pte = machine.ptep_get(mm, addr)
-    entry = pte_modify(pte, vma_page_prot(machine, vma))
-    if vma.file is not None and vma.shared:  # can_change_shared_pte_writable
-        if vma.writable and vma_wants_writenotify(machine, vma) and pte_dirty(pte):
+    entry = change_uffd_wp_bit(pte_modify(pte, vma_page_prot(machine, vma)), cp_flags)
+    if cp_flags & MM_CP_TRY_CHANGE_WRITABLE:
+        if vma.file is not None and vma.shared:
+            if vma.writable and vma_wants_writenotify(machine, vma) and pte_dirty(pte):
+                entry = pte_mkwrite(entry)
+        elif can_change_pte_writable(machine, vma, entry):
             entry = pte_mkwrite(entry)
-    elif vma.writable and not pte_special(pte) and PageAnonExclusive(machine, int(pte_pfn(pte))):
-        entry = pte_mkwrite(entry)
     machine.set_pte_at(mm, addr, entry)
 
 
-def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
-    """New protection for every present PTE of [start, end) (one PMD), one at a time."""
+def change_softleaf_pte(machine: Machine, mm: MM, addr: int, cp_flags: int) -> None:
+    """A swap PTE keeps everything but the swap uffd-wp bit, set or cleared per cp_flags; a
+    uffd-wp marker is dropped by MM_CP_UFFD_WP_RESOLVE and else stays."""
+    pte = machine.ptep_get(mm, addr)
+    if is_pte_marker(pte):
+        if cp_flags & MM_CP_UFFD_WP_RESOLVE:
+            machine.ptep_get_and_clear(mm, addr)
+        return
+    entry = pte
+    if cp_flags & MM_CP_UFFD_WP:
+        entry = pte_swp_mkuffd_wp(pte)
+    elif cp_flags & MM_CP_UFFD_WP_RESOLVE:
+        entry = pte_swp_clear_uffd_wp(pte)
+    if entry != pte:
+        machine.set_pte_at(mm, addr, entry)
+
+
+def userfaultfd_wp_use_markers(vma: VMA) -> bool:
+    """uffd-wp protects none entries with markers: anon needs UFFD_FEATURE_WP_UNPOPULATED,
+    which every context of this model has."""
+    return vma.uffd_wp
+
+
+def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, cp_flags: int) -> None:
+    """New protection for every PTE of [start, end) (one PMD), one at a time; MM_CP_UFFD_WP
+    puts a marker on each none entry where markers are used."""
     if mm.pte_table(start) is None:
         return  # pmd_none: nothing mapped here
     for addr in range(start, end, PAGE_SIZE):
-        if pte_present(machine.ptep_get(mm, addr)):
-            change_pte(machine, mm, vma, addr)
+        pte = machine.ptep_get(mm, addr)
+        if pte_present(pte):
+            change_pte(machine, mm, vma, addr, cp_flags)
+        elif pte_none(pte):
+            if cp_flags & MM_CP_UFFD_WP and userfaultfd_wp_use_markers(vma):
+                machine.set_pte_at(mm, addr, make_pte_marker(PTE_MARKER_UFFD_WP))
+        else:
+            change_softleaf_pte(machine, mm, addr, cp_flags)
 
 
-def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
-    """Apply vma's protection to [start, end): a covered PMD whole, a partial one split first."""
-    for addr, next_addr, whole_pmd in pmd_ranges(machine, mm, start, end):
+def change_pmd_ranges(machine: Machine, mm: MM, vma: VMA, start: int, end: int,
+                      cp_flags: int) -> Iterator[tuple[int, int, bool]]:
+    """The PMD ranges change_pmd_range visits: those that map something, and with markers to
+    install (pgtable_populate_needed) every one, its PTE table allocated (change_pmd_prepare)."""
+    if not (cp_flags & MM_CP_UFFD_WP and userfaultfd_wp_use_markers(vma)):
+        yield from pmd_ranges(machine, mm, start, end)
+        return
+    addr = start
+    while addr < end:
+        haddr = addr & ~(PMD_SIZE - 1)
+        next_addr = min(haddr + PMD_SIZE, end)
+        if machine.pmdp_get(mm, haddr) == 0:
+            mm.pte_table(haddr, alloc=True)  # pte_alloc
+        yield addr, next_addr, addr == haddr and next_addr == haddr + PMD_SIZE
+        addr = next_addr
+
+
+def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int, cp_flags: int) -> None:
+    """Apply vma's protection and cp_flags to [start, end): a covered PMD whole, a partial
+    one split first (an anon VMA needs no split for uffd-wp: pgtable_split_needed)."""
+    for addr, next_addr, whole_pmd in change_pmd_ranges(machine, mm, vma, start, end, cp_flags):
         haddr = addr & ~(PMD_SIZE - 1)
         if pmd_trans_huge(machine.pmdp_get(mm, haddr)):
             if whole_pmd:
-                change_huge_pmd(machine, mm, vma, haddr)
+                change_huge_pmd(machine, mm, vma, haddr, cp_flags)
                 continue
             split_huge_pmd_locked(machine, mm, vma, haddr)
-        change_pte_range(machine, mm, vma, addr, next_addr)
+        change_pte_range(machine, mm, vma, addr, next_addr, cp_flags)
 
 
 def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:
@@ -58,7 +132,8 @@ def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, wri
     if vma.end > end:
         mm.vma_split(vma, end)
     vma.writable = writable
-    change_protection(machine, mm, vma, start, end)
+    # vma_wants_manual_pte_write_upgrade: every private rw VMA.
+    change_protection(machine, mm, vma, start, end, MM_CP_TRY_CHANGE_WRITABLE if writable else 0)
     mm.vma_merge(vma)
 
 

@@ -7,8 +7,8 @@ from machine import MM, VMA, Machine, check
 from machine.errors import EAGAIN, EBUSY, ENOMEM, OK
 from machine.pgtable import (
     HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ADDR_MASK, pmd_trans_huge, pte_advance_pfn, pte_dirty,
-    pte_mkclean, pte_mkdirty, pte_mkold, pte_mkyoung, pte_pfn, pte_present, pte_swp_mkexclusive, pte_young,
-    swp_entry_to_pte,
+    pte_mkclean, pte_mkdirty, pte_mkold, pte_mkyoung, pte_pfn, pte_present, pte_swp_mkexclusive, pte_swp_mkuffd_wp,
+    pte_uffd_wp, pte_young, swp_entry_to_pte,
 )
 
 from .folio import (
@@ -67,6 +67,8 @@ def try_to_unmap_pte(machine: Machine, folio: int, page: int, mm: MM, addr: int,
     swp_pte = swp_entry_to_pte(slot)
     if anon_exclusive:
         swp_pte = pte_swp_mkexclusive(swp_pte)
+    if pte_uffd_wp(pteval):
+        swp_pte = pte_swp_mkuffd_wp(swp_pte)
     machine.set_pte_at(mm, addr, swp_pte)
     folio_remove_rmap_pte(machine, folio, page, mm)
     folio_put(machine, folio)

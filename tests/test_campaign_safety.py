@@ -303,7 +303,7 @@ def test_a_crash_outside_fork_mode_names_its_kept_artifact(tmp_path, monkeypatch
 
 
 def test_a_stored_input_of_another_version_is_refused_but_a_libfuzzer_artifact_is_read(tmp_path):
-    data = bytes([0, 0, 0, 5, 0, 7])   # the last byte is the encoding version: 7, not this rmapfuzz's
+    data = bytes([0, 0, 0, 5, 0, 200])   # the last byte is the encoding version: 200, not this rmapfuzz's
     (tmp_path / "input.bin").write_bytes(data)
     (tmp_path / "crash-0123abcd").write_bytes(data)
     assert main(["replay", str(tmp_path / "input.bin")]) == 2

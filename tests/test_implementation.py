@@ -19,7 +19,7 @@ from machine.errors import RESULTS
 
 FIELD_VALUES = {"process": 3, "addr": 0x201000, "length": 0x4000, "prot": "ro", "order": 4,
                 "value": 7, "nr_pages": 17, "pin_id": 2, "file": 1, "offset": 0x8000, "shared": True,
-                "shmem": True}
+                "shmem": True, "mode": "on"}
 
 
 class RecordingKernel:

@@ -16,10 +16,11 @@ import pytest
 
 from fuzz.front import cli
 from fuzz.kernel import guest
-from fuzz.kernel.bridge import AGREE, DISAGREE, ERROR, export_script, judge
+from fuzz.kernel.bridge import AGREE, DISAGREE, ERROR, errno_name, export_script, judge
 from fuzz.kernel.deviations import DEVIATIONS, OpContext, explain
 from fuzz.kernel.model import run_model
 from fuzz.kernel.observe import (
+    MARKER,
     PRESENT,
     SWAP,
     ZERO,
@@ -51,7 +52,9 @@ def guest_lines(observation, offset: int = 0x10000) -> list[str]:
     lines = []
     for (process, addr), view in sorted(observation.items()):
         if view.state == SWAP:
-            lines.append(f"P {process} {addr:x} s {view.slot + offset:x} {int(view.exclusive)}")
+            lines.append(f"P {process} {addr:x} s {view.slot + offset:x} {int(view.exclusive)} {int(view.uffd_wp)} 0")
+        elif view.state == MARKER:
+            lines.append(f"P {process} {addr:x} s 1 0 {int(view.uffd_wp)} 31")
         elif view.state == PRESENT:
             fields = (view.pfn + offset, view.head + offset)
             flags = (view.order, int(view.level == "pmd"), int(view.cont), int(view.dirty), int(view.young),
@@ -59,7 +62,7 @@ def guest_lines(observation, offset: int = 0x10000) -> list[str]:
                      int(view.shared), 0)
             lines.append(f"P {process} {addr:x} p {fields[0]:x} {fields[1]:x} "
                          + " ".join(str(flag) for flag in flags) + f" {view.value:x}"
-                         + f" {int(view.lazyfree)} {int(view.folio_dirty)} {int(view.file)}")
+                         + f" {int(view.lazyfree)} {int(view.folio_dirty)} {int(view.file)} {int(view.uffd_wp)}")
     return lines
 
 
@@ -102,8 +105,8 @@ def test_project_leaves_out_pages_no_mmap_named():
 def test_parse_rebuilds_each_op_from_delta_lines():
     run = parse_guest_output([
         "K 7.2.13", "S a", "R 0 0", "P 0 200000 n", "E 0",
-        "R 1 0", "P 0 200000 p 45a00 45a00 0 0 0 1 1 1 1 1 1 0 0 0 7 0 1 0", "E 1",
-        "R 2 0", "N 1 90", "P 1 200000 s 2a 0", "E 2",
+        "R 1 0", "P 0 200000 p 45a00 45a00 0 0 0 1 1 1 1 1 1 0 0 0 7 0 1 0 0", "E 1",
+        "R 2 0", "N 1 90", "P 1 200000 s 2a 0 0 0", "E 2",
         "R 3 0", "G 1", "E 3", "Z a", "D"])
     script = run.scripts["a"]
     assert run.kernel_release == "7.2.13" and run.finished and script.complete
@@ -116,8 +119,19 @@ def test_parse_rebuilds_each_op_from_delta_lines():
     assert (0, 0x200000) in script.observations[3]
 
 
+def test_parse_reads_uffd_wp_bits_and_markers():
+    run = parse_guest_output([
+        "S a", "R 0 0", "P 0 200000 p 45a00 45a00 0 0 0 1 1 0 1 1 1 0 0 0 7 0 1 0 1",
+        "P 0 201000 s 2a 1 1 0", "P 0 202000 s 1 0 1 31", "E 0", "R 1 1000", "E 1", "Z a"])
+    observation = run.scripts["a"].observations[0]
+    assert observation[(0, 0x200000)].uffd_wp and not observation[(0, 0x200000)].writable
+    assert observation[(0, 0x201000)] == PageView(SWAP, slot=0x2a, exclusive=True, uffd_wp=True)
+    assert observation[(0, 0x202000)] == PageView(MARKER, uffd_wp=True)
+    assert errno_name(run.scripts["a"].results[1]) == "UFFD"
+
+
 def test_parse_reads_the_zero_page_and_runtime_failures():
-    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 4150b 4150b 0 0 0 0 1 0 0 0 1 0 0 1 0 0 0 0", "E 0",
+    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 4150b 4150b 0 0 0 0 1 0 0 0 1 0 0 1 0 0 0 0 0", "E 0",
                               "X op 1: worker P0 died or hung", "Z a"])
     assert run.scripts["a"].observations[0][(0, 0x200000)].state == ZERO
     assert run.scripts["a"].failure.startswith("op 1")
@@ -312,7 +326,7 @@ def test_regular_files_sigbus_and_ordered_faults_with_files_are_refused():
 
 
 def test_parse_reads_a_page_cache_folio():
-    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 45a00 45a00 0 0 0 0 1 1 0 1 2 0 0 0 7 0 0 1", "E 0", "Z a"])
+    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 45a00 45a00 0 0 0 0 1 1 0 1 2 0 0 0 7 0 0 1 0", "E 0", "Z a"])
     assert run.scripts["a"].observations[0][(0, 0x200000)].file
 
 
@@ -409,8 +423,8 @@ def test_a_result_only_deviation_lets_the_comparison_go_on():
     run = model_of("mmap P0 0x200000 2M\nmmap P0 0x200000 4K\nwrite P0 0x200000 1\n")
 
     def eexist_then_wrong_value(index, lines):
-        if index == 2:   # the data word, before the lazyfree, folio-dirty and file flags
-            return [" ".join([*line.split()[:-4], "2", *line.split()[-3:]]) for line in lines]
+        if index == 2:   # the data word, before the lazyfree, folio-dirty, file and uffd-wp flags
+            return [" ".join([*line.split()[:-5], "2", *line.split()[-4:]]) for line in lines]
         return lines
 
     kernel = guest_script_of(run, eexist_then_wrong_value)

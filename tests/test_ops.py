@@ -62,6 +62,9 @@ def assert_error(text: str, line: int, message: str) -> None:
     ("try_to_unmap P0 0x1000", Op("try_to_unmap", 0, 0x1000)),
     ("split_pmd P0 0x200000", Op("split_pmd", 0, 0x200000)),
     ("split P0 0x200000 order=0", Op("split", 0, 0x200000, order=0)),
+    ("uffd P0 0x200000 64K", Op("uffd", 0, 0x200000, length=0x10000)),
+    ("wp P0 0x200000 8K on", Op("wp", 0, 0x200000, length=0x2000, mode="on")),
+    ("wp P0 0x200000 8K OFF", Op("wp", 0, 0x200000, length=0x2000, mode="off")),
 ])
 def test_each_op_parses_to_its_fields(text: str, op: Op) -> None:
     assert only_step(text) == op
@@ -70,7 +73,7 @@ def test_each_op_parses_to_its_fields(text: str, op: Op) -> None:
 def test_every_op_name_is_covered_by_the_table() -> None:
     assert set(OP_NAMES) == {"mmap", "munmap", "dontneed", "free", "mprotect", "fault", "write",
                              "read", "pin", "unpin", "fork", "exit", "reclaim",
-                             "try_to_unmap", "split_pmd", "split", "file", "sync"}
+                             "try_to_unmap", "split_pmd", "split", "file", "sync", "uffd", "wp"}
 
 
 def test_mmap_prot_defaults_to_rw() -> None:
@@ -295,6 +298,16 @@ def test_ranges_may_end_exactly_at_2_pow_48() -> None:
     ("fault P0 0x1000 order=64", "order 64 out of range 0..63"),
     ("split P0 0x1000 order=", "bad number ''"),
     ("write P0 0x1000 0x10000000000000000", "value 0x10000000000000000 out of range 0..2^64-1"),
+    ("wp P0 0x1000 4K yes", "bad wp mode 'yes' (on|off)"),
+    ("wp P0 0x1000 4K", "wp takes 4 arguments, got 3"),
+    ("wp P0 0x1000 0x1800 on", "length 0x1800 is not 4 KiB aligned"),
+    ("wp P0 0xfffffffff000 0x2000 off", "range ends above 2^48"),
+    ("uffd P0 0x1000", "uffd takes 3 arguments, got 2"),
+    ("uffd P0 0x1000 4K on", "uffd takes 3 arguments, got 4"),
+    ("uffd P0 0x1001 4K", "address 0x1001 is not 4 KiB aligned"),
+    ("uffd P1 0x1000 4K", "unknown process P1"),
+    ("expect P0 0x1000 marker=maybe", "bad value 'maybe' for marker (yes|no)"),
+    ("expect P0 0x1000 uffd-wp=1", "bad value '1' for uffd-wp (yes|no)"),
 ])
 def test_bad_op_argument_is_an_error(text: str, message: str) -> None:
     assert_error(text, 1, message)
@@ -345,13 +358,14 @@ def test_entry_expect_normalises_every_key() -> None:
     text = ("fork P0\n"
             "expect P0 0x200000 value=0x7 state=Present exclusive=YES writable=no dirty=yes "
             "young=no level=PTE cont=yes order=4 mapcount=2 shared=yes pinned=no "
-            "same-page=P1 distinct-page=P0 lazyfree=Yes folio-dirty=no file=F2\n")
+            "same-page=P1 distinct-page=P0 lazyfree=Yes folio-dirty=no file=F2 uffd-wp=No marker=yes\n")
     expect = parse_script(text).steps[1]
     assert expect == Expect("entry", process=0, addr=0x200000, keys=(
         ("value", 7), ("state", "present"), ("exclusive", "yes"), ("writable", "no"),
         ("dirty", "yes"), ("young", "no"), ("level", "pte"), ("cont", "yes"), ("order", 4),
         ("mapcount", 2), ("shared", "yes"), ("pinned", "no"), ("same-page", 1),
-        ("distinct-page", 0), ("lazyfree", "yes"), ("folio-dirty", "no"), ("file", 2)))
+        ("distinct-page", 0), ("lazyfree", "yes"), ("folio-dirty", "no"), ("file", 2), ("uffd-wp", "no"),
+        ("marker", "yes")))
     assert {key for key, _ in expect.keys} == set(EXPECT_ENTRY_KEYS)
 
 
@@ -404,7 +418,7 @@ def test_result_expect_may_follow_other_expects() -> None:
     ("read P0 0\nexpect result=ok value=1", 2, "expect key 'value' is not valid for expect result"),
     ("read P0 0\nexpect result=ok result=ok", 2, "expect key 'result' given twice"),
     ("read P0 0\nexpect result=EPERM", 2,
-     "bad value 'EPERM' for result (ok|EFAULT|EBUSY|EAGAIN|ENOENT|ENOMEM|EINVAL|EBADF|EEXIST|SIGBUS)"),
+     "bad value 'EPERM' for result (ok|EFAULT|EBUSY|EAGAIN|ENOENT|ENOMEM|EINVAL|EBADF|EEXIST|SIGBUS|UFFD)"),
     ("expect P0 0x1000 state=gone", 1, "bad value 'gone' for state (present|swap|none|zero)"),
     ("expect P0 0x1000 level=pud", 1, "bad value 'pud' for level (pte|pmd)"),
     ("expect P0 0x1000 order=10", 1, "bad value '10' for order (0..9)"),
@@ -480,13 +494,16 @@ expect result=EINVAL
 fork P0
 expect P1 0x200000 value=7 state=present exclusive=no writable=no dirty=yes young=no \
 level=pmd order=9 mapcount=2 shared=yes pinned=yes same-page=P0
-expect P1 0x200000 distinct-page=P0 cont=no level=pte lazyfree=no folio-dirty=no file=none
+expect P1 0x200000 distinct-page=P0 cont=no level=pte lazyfree=no folio-dirty=no file=none uffd-wp=no marker=no
 file F0 64K
 file F1 8K shmem
 mmap P0 0x800000 64K ro file=F0 offset=0x4000 shared
 mmap P0 0x900000 8K file=F1
 sync F0
 expect P0 0x800000 file=F0
+uffd P1 0x200000 2M
+wp P1 0x200000 64K on
+wp P1 0x200000 4K off
 split_pmd P0 0x200000
 split P0 0x200000 order=4
 reclaim P0 0x210000
@@ -596,8 +613,10 @@ def random_script(rng: random.Random) -> Script:
             op = Op(name, file=rng.randrange(4), length=length, shmem=rng.random() < 0.5)
         elif name == "sync":
             op = Op(name, file=rng.randrange(4))
-        elif name in ("munmap", "dontneed", "free"):
+        elif name in ("munmap", "dontneed", "free", "uffd"):
             op = Op(name, process, va, length=length)
+        elif name == "wp":
+            op = Op(name, process, va, length=length, mode=rng.choice(["on", "off"]))
         elif name == "mprotect":
             op = Op(name, process, va, length=length, prot=rng.choice(["rw", "ro"]))
         elif name in ("fault", "split"):

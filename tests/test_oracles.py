@@ -27,15 +27,22 @@ from machine.pgtable import (
     PAGE_SIZE,
     PMD_SIZE,
     PTE_CONT,
+    PTE_MARKER_UFFD_WP,
+    make_pte_marker,
     pfn_pte,
+    pte_clear_uffd_wp,
     pte_cont,
     pte_mkclean,
     pte_mkdirty,
     pte_mkold,
     pte_mkspecial,
+    pte_mkuffd_wp,
     pte_mkwrite,
     pte_pmd,
+    pte_present,
+    pte_swp_clear_uffd_wp,
     pte_swp_mkexclusive,
+    pte_swp_mkuffd_wp,
     pte_wrprotect,
     swp_entry_to_pte,
     vm_get_page_prot,
@@ -269,8 +276,9 @@ def assert_only(machine: Machine, shadow: Shadow, oracle: str, *fragments: str) 
 
 def test_oracles_are_named_in_spec_order():
     assert list(ORACLES) == ["mapcount", "refcount", "swap", "exclusive", "pin", "data", "layout", "lazyfree",
-                             "zero_page", "pagecache"]
-    assert all(ORACLES[name].name == name and ORACLES[name].check.__name__ == f"check_{name}" for name in ORACLES)
+                             "zero_page", "pagecache", "uffd-wp"]
+    assert all(ORACLES[name].name == name and ORACLES[name].check.__name__ == f"check_{name.replace('-', '_')}"
+               for name in ORACLES)
 
 
 def test_empty_machine_is_healthy():
@@ -797,6 +805,79 @@ def test_lazyfree_fires_on_a_lazyfree_pmd_block_mapped_clean_over_written_pages(
     machine.frames.folio_swapbacked[folio] = False
     machine.set_pmd_at(mm, THP_ADDR, pte_mkclean(machine.pmdp_get(mm, THP_ADDR)))
     assert_only(machine, shadow, "lazyfree", "clean pmd entry of lazyfree folio")
+
+
+# --- 9. uffd-wp ----------------------------------------------------------------
+
+def write_protect(machine: Machine, shadow: Shadow, mm: MM, addrs: list[int]) -> None:
+    """What `wp on` leaves on each address: the uffd-wp bit on a present or swap entry (a PMD
+    block as one), a uffd-wp marker on an empty one; the shadow marks each page protected."""
+    for addr in addrs:
+        level, entry = machine.lookup(mm, addr)
+        if level == "pmd":
+            machine.set_pmd_at(mm, addr & ~(PMD_SIZE - 1), pte_mkuffd_wp(entry))
+        elif pte_present(entry):
+            machine.set_pte_at(mm, addr, pte_mkuffd_wp(entry))
+        elif entry:
+            machine.set_pte_at(mm, addr, pte_swp_mkuffd_wp(entry))
+        else:
+            machine.set_pte_at(mm, addr, make_pte_marker(PTE_MARKER_UFFD_WP))
+        shadow.protected.setdefault(mm.pid, set()).add(addr)
+    machine.contpte_canonicalise()
+
+
+def test_uffd_wp_holds_on_protected_present_swap_pmd_and_empty_pages():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    map_swap(machine, shadow, [mm], SWAP_ADDR, 5)
+    map_pmd_thp(machine, shadow, mm, THP_ADDR)
+    write_protect(machine, shadow, mm, [SMALL_ADDR, SWAP_ADDR, THP_ADDR + 5 * PAGE_SIZE, MTHP_ADDR])
+    assert_healthy(machine, shadow)
+
+
+def test_uffd_wp_fires_on_a_protected_page_that_lost_its_bit():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    write_protect(machine, shadow, mm, [SMALL_ADDR])
+    machine.set_pte_at(mm, SMALL_ADDR, pte_clear_uffd_wp(machine.ptep_get(mm, SMALL_ADDR)))  # the planted bug
+    assert_only(machine, shadow, "uffd-wp", f"P0 {SMALL_ADDR:#x}: uffd-wp protected page without the bit")
+
+
+def test_uffd_wp_fires_on_a_protected_swap_entry_without_its_bit():
+    machine, shadow, mm = new_world()
+    map_swap(machine, shadow, [mm], SWAP_ADDR, 5)
+    write_protect(machine, shadow, mm, [SWAP_ADDR])
+    machine.set_pte_at(mm, SWAP_ADDR, pte_swp_clear_uffd_wp(machine.ptep_get(mm, SWAP_ADDR)))
+    assert_only(machine, shadow, "uffd-wp", f"P0 {SWAP_ADDR:#x}: uffd-wp protected page")
+
+
+def test_uffd_wp_fires_on_a_protected_empty_page_whose_marker_went():
+    machine, shadow, mm = new_world()
+    write_protect(machine, shadow, mm, [MTHP_ADDR])
+    machine.ptep_get_and_clear(mm, MTHP_ADDR)
+    assert_only(machine, shadow, "uffd-wp", f"P0 {MTHP_ADDR:#x}: uffd-wp protected page without the bit or a marker")
+
+
+def test_uffd_wp_fires_on_a_write_that_landed_on_a_protected_page():
+    machine, shadow, mm = new_world()
+    map_small_folio(machine, shadow, mm, SMALL_ADDR, 7)
+    write_protect(machine, shadow, mm, [SMALL_ADDR])
+    shadow.apply(Op("write", 0, SMALL_ADDR, value=9), "ok", machine)   # the planted bug: the write succeeded
+    machine.frames.page_data[machine.page_at(mm, SMALL_ADDR)] = 9
+    assert_only(machine, shadow, "uffd-wp", f"P0 {SMALL_ADDR:#x}: a write succeeded on a uffd-wp protected page")
+
+
+def test_shadow_drops_protection_with_the_content_and_on_wp_off():
+    machine, shadow, mm = new_world()
+    mm.vmas[0].uffd_ctx = 1
+    shadow.apply(Op("wp", 0, SMALL_ADDR, length=4 * PAGE_SIZE, mode="on"), "ok", machine)
+    assert shadow.protected[0] == {SMALL_ADDR + i * PAGE_SIZE for i in range(4)}
+    shadow.apply(Op("wp", 0, SMALL_ADDR, length=PAGE_SIZE, mode="off"), "ok", machine)
+    shadow.apply(Op("dontneed", 0, SMALL_ADDR + PAGE_SIZE, length=PAGE_SIZE), "ok", machine)
+    shadow.apply(Op("free", 0, SMALL_ADDR + 2 * PAGE_SIZE, length=PAGE_SIZE), "ok", machine)
+    assert shadow.protected[0] == {SMALL_ADDR + 3 * PAGE_SIZE}
+    shadow.apply(Op("write", 0, SMALL_ADDR, value=1), "ok", machine)
+    assert shadow.landed == []
 
 
 def test_data_follows_fork_in_each_process():

@@ -31,14 +31,16 @@ def test_reference_keeps_every_oracle_on_random_sequences(chunk: int) -> None:
 
 # SPEC §3: only these ops keep work done before a failure; and pin's EFAULT, which keeps the
 # faults before the bad page as __get_user_pages does (docs/model.md, found by the kernel bridge).
-KEEPS_PARTIAL_WORK = {"dontneed", "free", "mprotect", "try_to_unmap"}
+KEEPS_PARTIAL_WORK = {"dontneed", "free", "mprotect", "try_to_unmap", "wp"}
 
 
 def keeps_partial_work(op_name: str, result: str, lazyfree: bool = False) -> bool:
-    """And the reclaim of a lazyfree folio kept by a dirty batch (EAGAIN) or a reference (EBUSY):
+    """A write trapped by userfaultfd keeps the fault that came first (a swap-in, a page for a
+    marker). And the reclaim of a lazyfree folio kept by a dirty batch (EAGAIN) or a reference (EBUSY):
     try_to_unmap_one keeps what it discarded before (docs/model.md, lazyfree); likewise a
     pinned page-cache folio, unmapped and then kept (docs/model.md, file-backed memory)."""
     return (op_name in KEEPS_PARTIAL_WORK or (op_name == "pin" and result == "EFAULT")
+            or (op_name in ("write", "fault") and result == "UFFD")
             or (op_name == "reclaim" and lazyfree and result in ("EAGAIN", "EBUSY")))
 
 

@@ -614,9 +614,9 @@ def test_cli_missing_and_raw_files_are_exit_2(tmp_path, capsys):
     assert cli.main(["replay", str(tmp_path / "missing.ops")]) == 2
     assert "cannot read" in one_error_line(capsys)
     raw = tmp_path / "input-1234"   # a stored input; libFuzzer's crash- files are read whatever this byte
-    raw.write_bytes(b"\x00\x07")  # the last byte is the encoding version
+    raw.write_bytes(b"\x00\xc8")  # the last byte is the encoding version (200)
     assert cli.main(["replay", str(raw)]) == 2
-    assert one_error_line(capsys) == (f"rmapfuzz: {raw}: raw input of encoding version 7, "
+    assert one_error_line(capsys) == (f"rmapfuzz: {raw}: raw input of encoding version 200, "
                                       f"this rmapfuzz reads version {ENCODING_VERSION}")
 
 

@@ -41,6 +41,8 @@ CANARIES = (
     "split_zero_page_first_only",
     "file_dirty_first_only",
     "file_dup_counts_batch_as_one",
+    "swap_uffd_wp_first_only",
+    "wp_batch_first_only",
 )
 
 

@@ -9,7 +9,7 @@ batched = load_batched_copy(__name__ + "_batched")
 memory = submodule(batched, "memory")
 
 
-def copy_nonpresent_ptes(machine, dst_mm, src_mm, batches):
+def copy_nonpresent_ptes(machine, dst_mm, dst_vma, src_mm, batches):
     memory.swap_duplicate_nr(machine, batches.slots())
     dst_mm.rss_swap += int(batches.nr_pages.sum())  # planted: the parent's entries keep the marker
     machine.set_ptes_runs(dst_mm, batches.runs, pte_swp_clear_exclusive(batches.pte))

@@ -11,7 +11,7 @@ from . import load_batched_copy, plant
 batched = load_batched_copy(__name__ + "_batched")
 
 
-def __copy_present_ptes(machine, dst_mm, src_mm, batches):
+def __copy_present_ptes(machine, dst_mm, dst_vma, src_mm, batches):
     writable = pte_write(batches.pte)
     if writable.any():
         firsts = PteRuns(batches.runs.addr, batches.runs.index[writable], np.ones(int(writable.sum()), np.int64))

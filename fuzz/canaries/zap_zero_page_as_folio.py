@@ -2,8 +2,10 @@
 forgotten): its entries go through rmap removal and reference drops of the zero page's
 frame, and count against MM_ANONPAGES."""
 
+import numpy as np
+
 from machine import any_set
-from machine.pgtable import PAGE_SHIFT, is_swap_pte, pte_present
+from machine.pgtable import PAGE_SHIFT, is_pte_marker, is_swap_slot_pte, pte_present
 
 from . import load_batched_copy, plant, submodule
 
@@ -20,8 +22,11 @@ def zap_pte_range(machine, mm, start, end):
         return
     if any_set(pte_present(ptes)):   # planted: the zero page batched with the folios
         memory.zap_present_ptes(machine, mm, internal.folio_pte_batch(machine, mm, start, ptes, internal.FPB_ZAP))
-    if any_set(is_swap_pte(ptes)):
+    if any_set(is_swap_slot_pte(ptes)):
         memory.zap_nonpresent_ptes(machine, mm, internal.swap_pte_batch(start, ptes))
+    markers = is_pte_marker(ptes)
+    if any_set(markers):
+        memory.zap_pte_markers(machine, mm, start, np.flatnonzero(markers))
 
 
 plant(batched, "memory", "zap_pte_range", zap_pte_range)

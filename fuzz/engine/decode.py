@@ -40,6 +40,7 @@ from fuzz.implementation import (
     PROT_OPS,
     PROTS,
     RANGE_OPS,
+    WP_MODES,
     Kernel,
     reference_kernel,
 )
@@ -57,6 +58,7 @@ from machine.pgtable import (
     pte_pfn,
     pte_present,
     pte_special,
+    pte_uffd_wp,
 )
 
 ENCODING_VERSION = 7  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
@@ -71,14 +73,14 @@ WINDOW_SIZE = 8 << 20
 KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "write", "read", "read", "pin", "pin",
               "unpin", "fork", "fork", "exit", "munmap", "dontneed", "free", "free", "mprotect", "mprotect", "reclaim",
               "reclaim", "try_to_unmap", "try_to_unmap", "split_pmd", "split", "split", "file", "file", "file", "sync",
-              "mmap")
+              "mmap", "uffd", "wp", "wp")
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
 # "near": another page of the 64 KiB block around a used address (the rest of a folio an op
 # acted on: a write to one page of a folio MADV_FREE cleaned, a fault next to a split).
 ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "near", "raw")
 # An op that acts on the folio at its address also draws pages of the folios worth acting on.
 FOLIO_OPS = frozenset({"try_to_unmap", "reclaim", "split", "split_pmd", "pin", "write", "dontneed", "munmap",
-                       "mprotect", "free"})
+                       "mprotect", "free", "uffd", "wp"})
 FOLIO_ADDR_CATEGORIES = ("folio", "folio", "folio", *ADDR_CATEGORIES)
 # One op in ACT_CHANCE is drawn to act on a folio of note (issue 16): what is done to a large
 # folio that is pinned, shared by fork, of mixed exclusivity or PMD-mapped, weighted like
@@ -270,7 +272,10 @@ class OpGrammar:
                     shared = bool(choose(2, None if target is None else int(target.shared)))
                     return Op(name, process=process, addr=addr, length=length, prot=prot, file=mmap_file,
                               offset=offset or None, shared=shared)
-            return Op(name, process=process, addr=addr, length=length, prot=prot)
+            mode = None
+            if name == "wp":
+                mode = WP_MODES[choose(len(WP_MODES), _index(WP_MODES, target and target.mode))]
+            return Op(name, process=process, addr=addr, length=length, prot=prot, mode=mode)
         if name in ORDER_OPS:
             return Op(name, process=process, addr=addr, order=self.order(target.order if target else None))
         if name == "write":
@@ -338,10 +343,10 @@ class OpGrammar:
 
 def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
     """Where pid maps a page of a large folio worth acting on, ascending: one that is maybe
-    pinned, mapped by more than one process, of mixed PageAnonExclusive among the pages
-    pid maps, or of all-zero pages beside written ones (a split to order 0 maps only those
-    to the zero page) (PTE-mapped); every PMD mapping (the head's address); and every
-    zero-page entry (a write, pin, fork or split of it)."""
+    pinned, mapped by more than one process, of mixed PageAnonExclusive or mixed uffd-wp
+    bits among the pages pid maps (where batches must split), or of all-zero pages beside
+    written ones (a split to order 0 maps only those to the zero page) (PTE-mapped); every
+    PMD mapping (the head's address); and every zero-page entry (a write, pin, fork or split of it)."""
     mm = machine.processes[pid]
     frames = machine.frames
     noted: list[int] = []
@@ -367,8 +372,10 @@ def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
         mapped = np.bincount(per_page)
         nr_exclusive = np.bincount(per_page, weights=exclusive)
         nr_zero = np.bincount(per_page, weights=zero)
+        nr_uffd_wp = np.bincount(per_page, weights=pte_uffd_wp(entries[index]).astype(np.int64))
         of_note = ((frames.folio_pincount[folios] > 0) | (frames.folio_mm_ids_shared[folios] != 0)
-                   | ((nr_exclusive > 0) & (nr_exclusive < mapped)) | ((nr_zero > 0) & (nr_zero < mapped)))
+                   | ((nr_exclusive > 0) & (nr_exclusive < mapped)) | ((nr_zero > 0) & (nr_zero < mapped))
+                   | ((nr_uffd_wp > 0) & (nr_uffd_wp < mapped)))
         noted.extend(((key << PMD_SHIFT) + (index[of_note[per_page]] << PAGE_SHIFT)).tolist())
     for key in sorted(mm.pmd_tables_by_addr):
         for slot, pmd in mm.pmd_tables_by_addr[key].nonzero_entries():

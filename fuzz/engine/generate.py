@@ -22,7 +22,7 @@ VALUES = (1, 2, 7, 0xdead, 0xffffffffffffffff)
 # How often each op is drawn, in OP_NAMES' order: faults and writes make the states the others act on.
 OP_WEIGHT = {"mmap": 6, "munmap": 2, "dontneed": 2, "free": 4, "mprotect": 4, "fault": 14, "write": 14, "read": 5,
              "pin": 6, "unpin": 3, "fork": 5, "exit": 2, "reclaim": 5, "try_to_unmap": 4, "split_pmd": 3,
-             "split": 4, "file": 2, "sync": 3}
+             "split": 4, "file": 2, "sync": 3, "uffd": 3, "wp": 5}
 FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, 4 * PAGE_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)
 FILE_OFFSETS = (0, 0, PAGE_SIZE, 8 * PAGE_SIZE, CONT_PTE_SIZE)
 OP_WEIGHTS = tuple(OP_WEIGHT[name] for name in OP_NAMES)
@@ -91,7 +91,8 @@ class ScriptGenerator:
             if name == "mmap" and rng.random() < 0.5:
                 return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot,
                           file=rng.randrange(3), offset=rng.choice(FILE_OFFSETS) or None, shared=rng.random() < 0.5)
-            return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot)
+            mode = rng.choice(("on", "on", "off")) if name == "wp" else None
+            return Op(name, process=pid, addr=self.addr(), length=self.length(), prot=prot, mode=mode)
         if name == "fault":
             return Op(name, process=pid, addr=self.addr(), order=rng.choice(ORDERS))
         if name == "split":

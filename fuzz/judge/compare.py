@@ -2,7 +2,7 @@
 
 Compared: every frame's metadata and data (all `FrameTable.ARRAYS`), every
 swap slot (data, count), the set of live processes and, for each, its VMAs
-(start, end, prot, lineage), RSS counters, MMF_HAS_PINNED and every non-zero
+(start, end, prot, lineage, userfaultfd context), RSS counters, MMF_HAS_PINNED and every non-zero
 leaf descriptor (PTE or PMD block) with its address and level; the pin table;
 and the machine's counters (processes, mmaps and pins ever made). Page-table
 pages themselves (table descriptors, empty tables) are not compared.
@@ -198,17 +198,18 @@ def _compare_files(a: Machine, b: Machine, out: _Differences) -> None:
 
 
 def _vma_fields(vma: VMA) -> tuple:
-    return (vma.start, vma.end, vma.prot, vma.lineage, vma.file, vma.file_pgoff, vma.shared, vma.anon_vma)
+    return (vma.start, vma.end, vma.prot, vma.lineage, vma.file, vma.file_pgoff, vma.shared, vma.anon_vma,
+            vma.uffd_ctx)
 
 
 def _vma_text(vma: tuple | None) -> str:
     if vma is None:
         return "absent"
-    start, end, prot, lineage, file, file_pgoff, shared, anon_vma = vma
+    start, end, prot, lineage, file, file_pgoff, shared, anon_vma, uffd_ctx = vma
     text = f"{start:#x}-{end:#x} {prot} lineage={lineage}"
     if file is not None:
         text += f" file=F{file} pgoff={file_pgoff} {'shared' if shared else 'private'}"
-    return text + (" anon_vma" if anon_vma else "")
+    return text + (" anon_vma" if anon_vma else "") + (f" uffd={uffd_ctx}" if uffd_ctx else "")
 
 
 def describe_leaf(frames: FrameTable, desc: int) -> str:

@@ -19,15 +19,19 @@ from machine.pgtable import (
     PAGE_SHIFT,
     PAGE_SIZE,
     PMD_SIZE,
+    is_pte_marker,
     is_swap_pte,
     pmd_pte,
     pte_cont,
     pte_dirty,
+    pte_marker_uffd_wp,
     pte_pfn,
     pte_present,
     pte_special,
     pte_swp_exclusive,
     pte_swp_offset,
+    pte_swp_uffd_wp,
+    pte_uffd_wp,
     pte_write,
     pte_young,
 )
@@ -124,6 +128,10 @@ class _EntryFacts:
         elif is_swap_pte(self.desc):
             self.state = "swap"
         else:
+            self.state = "none"
+        # A PTE marker is none to every key but marker and uffd-wp (pagemap: neither present nor swapped).
+        self.marker = bool(is_pte_marker(self.desc)) and self.level == "pte"
+        if self.marker:
             self.state = "none"
         # The PMD block in PTE format, so the pte_* helpers read it (SPEC §2.2).
         self.pte = pmd_pte(self.desc) if self.level == "pmd" else self.desc
@@ -257,6 +265,20 @@ class _EntryFacts:
         self._need("present")
         mapping = int(self.machine.frames.folio_mapping[self._folio()])
         return mapping - 1 if mapping else "none"
+
+    def _uffd_wp(self, want: str | int) -> str:
+        """The uffd-wp bit: pte_uffd_wp of a present entry (PTE or PMD), pte_swp_uffd_wp of a
+        swap entry, PTE_MARKER_UFFD_WP of a marker."""
+        if self.marker:
+            return _yes_no(pte_marker_uffd_wp(self.desc))
+        self._need("present", "swap")
+        if self.state == "present":
+            return _yes_no(pte_uffd_wp(self.pte))
+        return _yes_no(pte_swp_uffd_wp(self.desc))
+
+    def _marker(self, want: str | int) -> str:
+        """A PTE marker (swap type SWP_PTE_MARKER) and nothing else, whatever its bits."""
+        return _yes_no(self.marker)
 
     def _same_page(self, want: str | int) -> int:
         page, other_page = self._page_pair(int(want))

@@ -1,4 +1,5 @@
-"""The seven oracles of SPEC §6, and an eighth for lazyfree memory (issue 14, docs/model.md):
+"""The seven oracles of SPEC §6, an eighth for lazyfree memory and a ninth for uffd-wp (issue 14,
+docs/model.md):
 the invariants checked on a machine beyond its equality with the other machine.
 
 Each `check_<name>(machine, shadow, scan)` states its rule in its docstring, in
@@ -46,6 +47,7 @@ from machine.pgtable import (
     PAGE_SIZE,
     PMD_SIZE,
     PMD_TYPE_TABLE,
+    PTE_MARKER_UFFD_WP,
     PTE_SPECIAL,
     PTE_SWP_EXCLUSIVE,
     PTE_TYPE,
@@ -53,8 +55,12 @@ from machine.pgtable import (
     PTE_WRITE,
     SWP_TYPE_MASK,
     TASK_SIZE,
+    make_pte_marker,
     pte_cont,
     pte_dirty,
+    pte_marker_uffd_wp,
+    pte_swp_uffd_wp,
+    pte_uffd_wp,
     pte_young,
 )
 
@@ -501,10 +507,10 @@ def _check_lazy_words(machine: Machine, shadow: Shadow, keys: np.ndarray, values
 
 def check_layout(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     """Rule 7, layout: every contpte block is canonical (SPEC §2.4); every valid PTE is a page
-    descriptor; every PMD entry is a block or a table with its PTE table; a PMD block is 2 MiB
-    aligned and maps the head of an order-9 folio; every VMA is non-empty, page aligned, inside
-    the VA space, and sorted before and disjoint from the next; every leaf lies inside a VMA
-    (a PMD block inside a single one)."""
+    descriptor; every PTE marker is a uffd-wp marker; every PMD entry is a block or a table with
+    its PTE table; a PMD block is 2 MiB aligned and maps the head of an order-9 folio; every
+    VMA is non-empty, page aligned, inside the VA space, and sorted before and disjoint from
+    the next; every leaf lies inside a VMA (a PMD block inside a single one)."""
     frames = machine.frames
     failures = list(scan.bad_pmds)
     failures += details(scan.non_canonical_blocks(), lambda block: (
@@ -515,6 +521,10 @@ def check_layout(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[
         not_page = indices_of((scan.pte_desc & np.uint64(PTE_TYPE)) == 0)
         failures += details(not_page, lambda i: (f"{where(scan.pte_pid[i], scan.pte_addr[i])}: valid PTE "
                                                   f"{int(scan.pte_desc[i]):#x} is not a page descriptor"))
+    if len(scan.marker_desc):
+        bogus = indices_of(scan.marker_desc != np.uint64(make_pte_marker(PTE_MARKER_UFFD_WP)))
+        failures += details(bogus, lambda i: (f"{key_where(scan.marker_key[i])}: PTE marker "
+                                              f"{int(scan.marker_desc[i]):#x} is not a uffd-wp marker"))
     if len(scan.pmd_desc):
         misaligned = indices_of(scan.pmd_addr % PMD_SIZE != 0)
         failures += details(misaligned, lambda i: (f"{where(scan.pmd_pid[i], scan.pmd_addr[i])}: "
@@ -547,7 +557,8 @@ def _check_vmas(machine: Machine, scan: PageTableScan) -> list[str]:
                 failures.append(f"P{pid} VMA {before.start:#x}-{before.end:#x}: not sorted before or "
                                 f"overlaps VMA {after.start:#x}-{after.end:#x}")
 
-    leaf_keys = joined([keys for keys in (scan.pte_key, scan.zero_key, scan.swp_key, scan.pmd_key) if len(keys)],
+    leaf_keys = joined([keys for keys in (scan.pte_key, scan.zero_key, scan.swp_key, scan.marker_key, scan.pmd_key)
+                        if len(keys)],
                        EMPTY)
     if len(leaf_keys) == 0:
         return failures
@@ -565,6 +576,7 @@ def _check_vmas(machine: Machine, scan: PageTableScan) -> list[str]:
     if len(outside) == 0:
         return failures
     levels = (["PTE"] * len(scan.pte_key) + ["zero-page PTE"] * len(scan.zero_key) + ["swap PTE"] * len(scan.swp_key)
+              + ["PTE marker"] * len(scan.marker_key)
               + ["PMD block"] * len(scan.pmd_key))
     return failures + details(outside, lambda i: (
         f"{key_where(leaf_keys[i])}: {levels[i]} outside "
@@ -644,6 +656,39 @@ def check_zero_page(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
     return failures
 
 
+# --- 11. uffd-wp ---------------------------------------------------------------
+
+def check_uffd_wp(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
+    """Rule 11, uffd-wp: a page `wp on` write-protected, not since unprotected or dropped with
+    its content (munmap, dontneed, exit, MADV_FREE), keeps its protection through every op:
+    the uffd-wp bit on its present entry (PTE or PMD) or swap entry, or a uffd-wp marker on
+    its empty one; and no write (write, fault, rw pin) ever succeeded on such a page."""
+    failures = [f"{where(pid, addr)}: a write succeeded on a uffd-wp protected page" for pid, addr in shadow.landed]
+    if not any(shadow.protected.values()):
+        return failures[:MAX_DETAILS]
+    keys = np.array(sorted((pid << PID_SHIFT) | addr for pid, pages in shadow.protected.items()
+                           for addr in pages), np.int64)
+    protected = np.zeros(len(keys), bool)
+    for leaf_keys, leaf_desc, bit in ((scan.pte_key, scan.pte_desc, pte_uffd_wp),
+                                      (scan.zero_key, scan.zero_desc, pte_uffd_wp),
+                                      (scan.swp_key, scan.swp_desc, pte_swp_uffd_wp),
+                                      (scan.marker_key, scan.marker_desc, pte_marker_uffd_wp)):
+        if len(leaf_keys):
+            order = np.argsort(leaf_keys)
+            index = lookup_keys(leaf_keys[order], keys)
+            found = index >= 0
+            protected[found] |= bit(leaf_desc[order][index[found]]).astype(bool)
+    if len(scan.pmd_key):
+        head_keys = keys & ~np.int64(PMD_SIZE - 1)
+        order = np.argsort(scan.pmd_key)
+        index = lookup_keys(scan.pmd_key[order], head_keys)
+        found = index >= 0
+        protected[found] |= pte_uffd_wp(scan.pmd_desc[order][index[found]]).astype(bool)
+    failures += details(indices_of(~protected), lambda i: (
+        f"{key_where(keys[i])}: uffd-wp protected page without the bit or a marker"))
+    return failures
+
+
 # --- the registry ------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -664,7 +709,7 @@ class Oracle:
         return self.check(machine, shadow, PageTableScan(machine, contpte_verdicts))
 
 
-# --- 9. page cache -------------------------------------------------------------
+# --- 10. page cache ------------------------------------------------------------
 
 def check_pagecache(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     """Rule 10, pagecache: every page-cache folio fills exactly the slots of its file at its
@@ -720,6 +765,7 @@ ORACLES: dict[str, Oracle] = {oracle.name: oracle for oracle in (
     Oracle("lazyfree", check_lazyfree),
     Oracle("zero_page", check_zero_page),
     Oracle("pagecache", check_pagecache),
+    Oracle("uffd-wp", check_uffd_wp),
 )}
 
 
@@ -751,7 +797,8 @@ def same_oracle_inputs(a: Machine, a_shadow: Shadow, b: Machine, b_shadow: Shado
     """
     check(a.processes.keys() == b.processes.keys(), "machines with different processes")
     if (a_shadow.data != b_shadow.data or a_shadow.lazy != b_shadow.lazy
-            or a_shadow.released != b_shadow.released):
+            or a_shadow.released != b_shadow.released or a_shadow.protected != b_shadow.protected
+            or a_shadow.landed != b_shadow.landed):
         return False
     for pid, mm in a.processes.items():
         other = b.processes[pid]

@@ -41,6 +41,7 @@ from machine.pgtable import (
     PTE_CONT,
     PTE_VALID,
     PTRS_PER_TABLE,
+    is_pte_marker,
     pmd_table,
     pmd_trans_huge,
     pte_pfn,
@@ -202,11 +203,12 @@ class PageTableScan:
         self.pmd_key = pack_keys(self.pmd_pid, self.pmd_addr)
 
     def _gather_ptes(self) -> None:
-        """Split the non-zero entries of every PTE table into present and swap PTEs."""
+        """Split the non-zero entries of every PTE table into present PTEs, swap PTEs and PTE markers."""
         if not self.pte_tables:
             self.pte_entries = np.zeros((0, PTRS_PER_TABLE), np.uint64)
             self._set_ptes(EMPTY, EMPTY_DESC)
             self._set_swap_ptes(EMPTY, EMPTY_DESC)
+            self._set_markers(EMPTY, EMPTY_DESC)
             return
         entries = np.array([table[2] for table in self.pte_tables])
         table_keys = np.array([(pid << PID_SHIFT) | base for pid, base, _ in self.pte_tables], np.int64)
@@ -219,10 +221,13 @@ class PageTableScan:
         if np.count_nonzero(present) == len(desc):
             self._set_ptes(keys, desc)
             self._set_swap_ptes(EMPTY, EMPTY_DESC)
+            self._set_markers(EMPTY, EMPTY_DESC)
         else:
-            swap = ~present
+            marker = ~present & is_pte_marker(desc)
+            swap = ~present & ~marker
             self._set_ptes(keys[present], desc[present])
             self._set_swap_ptes(keys[swap], desc[swap])
+            self._set_markers(keys[marker], desc[marker])
 
     def _set_ptes(self, keys: np.ndarray, desc: np.ndarray) -> None:
         """The present PTEs: keys and descriptors, and from them pid, addr and pfn."""
@@ -258,6 +263,10 @@ class PageTableScan:
             self.pmd_key, self.pmd_desc, self.pmd_pid = self.pmd_key[keep], self.pmd_desc[keep], self.pmd_pid[keep]
             self.pmd_addr, self.pmd_pfn = self.pmd_addr[keep], self.pmd_pfn[keep]
         self.zero_pmd_pid, self.zero_pmd_addr = unpack_keys(self.zero_pmd_key)
+
+    def _set_markers(self, keys: np.ndarray, desc: np.ndarray) -> None:
+        """The PTE markers (swap type SWP_PTE_MARKER): keys and descriptors."""
+        self.marker_key, self.marker_desc = keys, desc
 
     # Frames.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
-from machine.errors import OK
+from machine.errors import ENOENT, OK
 from machine.pgtable import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -35,6 +35,11 @@ class Shadow:
         # mappings (a missing index reads 0). A page of a file VMA that is not in `data` reads
         # its file's word; a private one written (or COWed by a fault or a pin) is in `data`.
         self.files: dict[int, dict[int, int]] = {}
+        # pid -> the pages `wp on` write-protected and nothing since unprotected (`wp off`) or
+        # dropped with their content (munmap, dontneed, exit; MADV_FREE, which may discard).
+        self.protected: dict[int, set[int]] = {}
+        # (pid, addr) of each op that wrote to a protected page and succeeded: write, fault, rw pin.
+        self.landed: list[tuple[int, int]] = []
 
     def clone(self) -> Shadow:
         other = Shadow()
@@ -42,6 +47,8 @@ class Shadow:
         other.lazy = {pid: dict(pages) for pid, pages in self.lazy.items()}
         other.released = {pin_id: set(pages) for pin_id, pages in self.released.items()}
         other.files = {file_id: dict(words) for file_id, words in self.files.items()}
+        other.protected = {pid: set(pages) for pid, pages in self.protected.items()}
+        other.landed = list(self.landed)
         return other
 
     def file_word(self, machine: Machine, pid: int, addr: int) -> int | None:
@@ -79,6 +86,8 @@ class Shadow:
             return
         # The op's fields are those OP_ARGUMENTS lists for it (the parser and decoder see to it).
         pid = cast(int, op.process)
+        if name in ("write", "fault", "pin", "wp", "munmap", "dontneed", "free", "exit"):
+            self._apply_protection(op, result, machine)
         mm = machine.processes.get(pid)
         vma = None if mm is None or op.addr is None else mm.find_vma(op.addr)
         if name == "fault" and result == OK:
@@ -139,6 +148,35 @@ class Shadow:
             if vma.file is not None and machine.files[vma.file].nr_pages <= vma.linear_page_index(page_addr):
                 return  # SIGBUS past the end
             self._private_copy(machine, pid, page_addr)
+
+    def _apply_protection(self, op: Op, result: str, machine: Machine) -> None:
+        """Which pages are uffd-wp protected after op, and whether a write landed on one."""
+        pid = cast(int, op.process)
+        protected = self.protected.get(pid, set())
+        if op.name in ("write", "fault") or (op.name == "pin" and op.prot == "rw"):
+            nr_pages = op.nr_pages if op.name == "pin" else 1
+            if result == OK and protected:
+                start = cast(int, op.addr)
+                self.landed += [(pid, start + (i << PAGE_SHIFT)) for i in range(cast(int, nr_pages))
+                                if start + (i << PAGE_SHIFT) in protected]
+        elif op.name == "wp" and result in (OK, ENOENT):
+            start = cast(int, op.addr)
+            end = start + cast(int, op.length)
+            pages = self.protected.setdefault(pid, set())
+            for vma in machine.processes[pid].vmas_intersecting(start, end):
+                if not vma.uffd_wp:
+                    break  # mwriteprotect_range's ENOENT: the VMAs before it were done
+                done = range(max(vma.start, start), min(vma.end, end), PAGE_SIZE)
+                if op.mode == "on":
+                    pages.update(done)
+                else:
+                    pages.difference_update(done)
+        elif op.name in ("munmap", "dontneed", "free") and protected:
+            start = cast(int, op.addr)
+            end = start + cast(int, op.length)
+            protected.difference_update([addr for addr in protected if start <= addr < end])
+        elif op.name == "exit":
+            self.protected.pop(pid, None)
 
     @staticmethod
     def _drop_range(words: dict[int, dict[int, int]], pid: int, start: int, end: int) -> dict[int, int]:

@@ -38,7 +38,7 @@ log = structlog.get_logger()
 AGREE, DISAGREE, DEVIATION, UNSUPPORTED, ERROR = "agree", "disagree", "deviation", "unsupported", "error"
 
 ERRNO_NAMES = {0: "ok", 2: "ENOENT", 9: "EBADF", 11: "EAGAIN", 12: "ENOMEM", 14: "EFAULT", 16: "EBUSY", 17: "EEXIST",
-               22: "EINVAL"}
+               22: "EINVAL", 1000: "UFFD"}   # 1000: the runtime's RF_EUFFD, a write userfaultfd trapped
 # Ops whose kernel call does not report the op's result: MADV_PAGEOUT and debugfs split_huge_pages
 # answer for the range, not for the folio, so only the state after them is compared.
 STATE_ONLY_OPS = frozenset({"reclaim", "split"})

@@ -20,20 +20,25 @@ from machine.pgtable import (
     HPAGE_PMD_NR,
     PAGE_SHIFT,
     PAGE_SIZE,
-    is_swap_pte,
+    is_pte_marker,
+    is_swap_slot_pte,
     pmd_pte,
     pte_cont,
     pte_dirty,
+    pte_marker_uffd_wp,
     pte_pfn,
     pte_present,
     pte_special,
     pte_swp_exclusive,
     pte_swp_offset,
+    pte_swp_uffd_wp,
+    pte_uffd_wp,
     pte_write,
     pte_young,
 )
 
-PRESENT, SWAP, ZERO = "present", "swap", "zero"
+PRESENT, SWAP, ZERO, MARKER = "present", "swap", "zero", "marker"
+SWP_PTE_MARKER = 31   # the swap type of a PTE marker (pagemap shows it as PM_SWAP | PM_UFFD_WP)
 
 Key = tuple[int, int]   # (process number, page address)
 
@@ -41,7 +46,7 @@ Key = tuple[int, int]   # (process number, page address)
 class PageView(NamedTuple):
     """One page of one process as the kernel's interfaces show it (raw pfns and slots)."""
 
-    state: str                 # PRESENT, SWAP or ZERO (the shared zero page or huge zero folio)
+    state: str                 # PRESENT, SWAP, ZERO (the shared zero page or huge zero folio) or MARKER
     pfn: int = 0
     head: int = 0              # the folio's first pfn
     order: int = 0
@@ -60,16 +65,18 @@ class PageView(NamedTuple):
     lazyfree: bool = False     # folio_test_lazyfree: anon without PG_swapbacked (MADV_FREE)
     folio_dirty: bool = False  # PG_dirty of the folio
     file: bool = False         # a page-cache folio (folio->mapping is a file's; KPF_ANON clear)
+    uffd_wp: bool = False      # PM_UFFD_WP: the entry's (PTE, PMD, swap PTE) uffd-wp bit, or a uffd-wp marker
 
 
 Observation = dict[Key, PageView]
 
 # The fields compared for each state, in report order; identities come first.
 PRESENT_FIELDS = ("order", "level", "cont", "dirty", "young", "writable", "exclusive", "mapcount",
-                  "refcount", "pincount", "shared", "value", "lazyfree", "folio_dirty", "file")
-SWAP_FIELDS = ("exclusive",)
+                  "refcount", "pincount", "shared", "value", "lazyfree", "folio_dirty", "file", "uffd_wp")
+SWAP_FIELDS = ("exclusive", "uffd_wp")
 # A zero-page entry maps no folio: what it is, its entry's bits and what it reads.
-ZERO_FIELDS = ("level", "cont", "dirty", "young", "writable", "value")
+ZERO_FIELDS = ("level", "cont", "dirty", "young", "writable", "value", "uffd_wp")
+MARKER_FIELDS = ("uffd_wp",)
 
 
 @dataclass(frozen=True)
@@ -132,9 +139,12 @@ def project(machine: Machine, pages: PageRanges) -> Observation:
                     observation[(pid, addr)] = _zero_view(machine, desc, 0, "pte")
                 elif pte_present(desc):
                     observation[(pid, addr)] = _present_view(machine, desc, 0, "pte")
-                elif is_swap_pte(desc):
+                elif is_swap_slot_pte(desc):
                     observation[(pid, addr)] = PageView(SWAP, slot=int(pte_swp_offset(desc)),
-                                                        exclusive=bool(pte_swp_exclusive(desc)))
+                                                        exclusive=bool(pte_swp_exclusive(desc)),
+                                                        uffd_wp=bool(pte_swp_uffd_wp(desc)))
+                elif is_pte_marker(desc):
+                    observation[(pid, addr)] = PageView(MARKER, uffd_wp=bool(pte_marker_uffd_wp(desc)))
     return observation
 
 
@@ -144,7 +154,7 @@ def _zero_view(machine: Machine, pte: int, index: int, level: str) -> PageView:
     return PageView(ZERO, pfn=page, head=int(pte_pfn(pte)), level=level,
                     cont=level == "pte" and bool(pte_cont(pte)), dirty=bool(pte_dirty(pte)),
                     young=bool(pte_young(pte)), writable=bool(pte_write(pte)),
-                    value=int(machine.frames.page_data[page]))
+                    value=int(machine.frames.page_data[page]), uffd_wp=bool(pte_uffd_wp(pte)))
 
 
 def _present_view(machine: Machine, pte: int, index: int, level: str) -> PageView:
@@ -167,7 +177,8 @@ def _present_view(machine: Machine, pte: int, index: int, level: str) -> PageVie
         shared=bool(frames.folio_mm_ids_shared[folio]) if order else False,
         value=int(frames.page_data[page]),
         lazyfree=bool(frames.folio_anon[folio]) and not frames.folio_swapbacked[folio],
-        folio_dirty=bool(frames.folio_dirty[folio]), file=bool(frames.folio_mapping[folio]))
+        folio_dirty=bool(frames.folio_dirty[folio]), file=bool(frames.folio_mapping[folio]),
+        uffd_wp=bool(pte_uffd_wp(pte)))
 
 
 # ---------------------------------------------------------------------------
@@ -240,28 +251,30 @@ def parse_guest_output(lines: Iterable[str]) -> GuestRun:
 
 
 def _apply_page_line(state: Observation, words: list[str]) -> None:
-    """P n va n | s slot excl | p pfn head order pmd cont dirty young write excl mapcount ref pin shared zero value
-    lazyfree folio_dirty file."""
+    """P n va n | s slot excl uffd-wp type | p pfn head order pmd cont dirty young write excl mapcount ref pin
+    shared zero value lazyfree folio_dirty file uffd-wp."""
     key = (int(words[1]), int(words[2], 16))
     kind = words[3]
     if kind == "n":
         state.pop(key, None)
+    elif kind == "s" and int(words[7]) == SWP_PTE_MARKER:
+        state[key] = PageView(MARKER, uffd_wp=words[6] == "1")
     elif kind == "s":
-        state[key] = PageView(SWAP, slot=int(words[4], 16), exclusive=words[5] == "1")
+        state[key] = PageView(SWAP, slot=int(words[4], 16), exclusive=words[5] == "1", uffd_wp=words[6] == "1")
     elif kind == "p":
         (pfn, head, order, pmd, cont, dirty, young, write, excl, mapcount, ref, pin, shared, zero,
-         value, lazyfree, folio_dirty, file) = words[4:22]
+         value, lazyfree, folio_dirty, file, uffd_wp) = words[4:23]
         if zero == "1":
             state[key] = PageView(ZERO, pfn=int(pfn, 16), head=int(head, 16), level="pmd" if pmd == "1" else "pte",
                                   cont=cont == "1", dirty=dirty == "1", young=young == "1",
-                                  writable=write == "1", value=int(value, 16))
+                                  writable=write == "1", value=int(value, 16), uffd_wp=uffd_wp == "1")
             return
         state[key] = PageView(
             PRESENT, pfn=int(pfn, 16), head=int(head, 16), order=int(order),
             level="pmd" if pmd == "1" else "pte", cont=cont == "1", dirty=dirty == "1",
             young=young == "1", writable=write == "1", exclusive=excl == "1", mapcount=int(mapcount),
             refcount=int(ref), pincount=int(pin), shared=shared == "1", value=int(value, 16),
-            lazyfree=lazyfree == "1", folio_dirty=folio_dirty == "1", file=file == "1")
+            lazyfree=lazyfree == "1", folio_dirty=folio_dirty == "1", file=file == "1", uffd_wp=uffd_wp == "1")
     else:
         raise ValueError(f"unknown page line {' '.join(words)!r}")
 
@@ -329,6 +342,8 @@ def _page_differences(key: Key, model: PageView | None, kernel: PageView | None,
         return
     if model.state == ZERO:
         fields: tuple[str, ...] = ZERO_FIELDS
+    elif model.state == MARKER:
+        fields = MARKER_FIELDS
     elif model.state == SWAP:
         if model_ids.slot(model) != kernel_ids.slot(kernel):
             yield Difference(process, addr, "slot", model_ids.slot(model), kernel_ids.slot(kernel))

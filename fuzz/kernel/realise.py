@@ -25,7 +25,7 @@ from .observe import PRESENT, SWAP, ZERO, PageView
 # The guest runtime's op kinds (enum rf_op_kind in runtime.c).
 GUEST_KINDS = {"mmap": 0, "munmap": 1, "dontneed": 2, "mprotect": 3, "fault": 4, "write": 5, "read": 6,
                "pin": 7, "unpin": 8, "fork": 9, "exit": 10, "reclaim": 11, "split": 12, "free": 13,
-               "file": 14, "sync": 15}
+               "file": 14, "sync": 15, "uffd": 16, "wp": 17}
 MAX_FILES = 16                 # MAX_FILES in runtime.c
 RUNTIME_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime.c")
 
@@ -101,6 +101,9 @@ def _script_reason(script: Script, run: ModelRun) -> str | None:
     if any(op.name == "file" for op in ops) and any(op.name == "fault" and op.order for op in ops):
         return ("a fault of order K in a script with files: shmem's large folios follow shmem_enabled, "
                 "which the runtime does not set")
+    if any(op.name == "mmap" and op.file is not None for op in ops) and any(op.name == "uffd" for op in ops):
+        return ("uffd-wp with file mappings: the model refuses to register a file VMA (EINVAL), "
+                "the kernel registers a shmem one")
     if len(run.pages.ranges) > MAX_RANGES:
         return f"more than {MAX_RANGES} distinct mmap ranges to observe"
     if run.pages.nr_pages > MAX_OBSERVED_PAGES:
@@ -183,8 +186,10 @@ def guest_op(op: Op, new_process: int | None = None) -> GuestOp:
                        arg=rw | int(op.shared) << 1 | (op.file + 1) << 2)
     if op.name in ("mmap", "mprotect"):
         return GuestOp(kind, process, op.addr or 0, op.length or 0, arg=rw)
-    if op.name in ("munmap", "dontneed", "free"):
+    if op.name in ("munmap", "dontneed", "free", "uffd"):
         return GuestOp(kind, process, op.addr or 0, op.length or 0)
+    if op.name == "wp":
+        return GuestOp(kind, process, op.addr or 0, op.length or 0, arg=int(op.mode == "on"))
     if op.name in ("fault", "split"):
         return GuestOp(kind, process, op.addr or 0, arg=op.order or 0)
     if op.name == "write":

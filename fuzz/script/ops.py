@@ -19,13 +19,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fuzz.errors import quote_token, shown_number
-from fuzz.implementation import FILE_OPS, OP_NAMES, ORDER_OPS, PROCESS_OPS, PROT_OPS, RANGE_OPS, RESULT_NAMES
+from fuzz.implementation import (
+    FILE_OPS,
+    OP_NAMES,
+    ORDER_OPS,
+    PROCESS_OPS,
+    PROT_OPS,
+    RANGE_OPS,
+    RESULT_NAMES,
+    WP_MODES,
+)
 from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SIZE, TASK_SIZE
 
 # Keys of `expect P va ...` and `expect pin ID ...`, in the order SPEC §4 lists them.
 EXPECT_ENTRY_KEYS = ("value", "state", "exclusive", "writable", "dirty", "young", "level",
                      "cont", "order", "mapcount", "shared", "pinned", "same-page",
-                     "distinct-page", "lazyfree", "folio-dirty", "file")
+                     "distinct-page", "lazyfree", "folio-dirty", "file", "uffd-wp", "marker")
 EXPECT_PIN_KEYS = ("value", "coherent")
 EXPECT_RESULT_KEYS = ("result",)
 
@@ -48,6 +57,7 @@ class Op:
     order: int | None = None     # fault, split
     value: int | None = None     # write
     prot: str | None = None      # "rw"/"ro": mmap, mprotect; the mode of pin
+    mode: str | None = None      # "on"/"off": wp
     pin_id: int | None = None    # unpin
     file: int | None = None      # n of "Fn": file, sync, and a file mmap
     offset: int | None = None    # bytes: a file mmap's file offset
@@ -285,6 +295,15 @@ def _op_mprotect(name: str, args: list[str], processes: _Processes) -> Op:
     return Op(name, process=op.process, addr=op.addr, length=op.length, prot=prot)
 
 
+def _op_wp(name: str, args: list[str], processes: _Processes) -> Op:
+    """wp P va len on|off."""
+    op = _op_range(name, args, processes)
+    mode = args[3].lower()
+    if mode not in WP_MODES:
+        raise _LineError(f"bad wp mode {quote_token(args[3])} (on|off)")
+    return Op(name, process=op.process, addr=op.addr, length=op.length, mode=mode)
+
+
 def _op_at(name: str, args: list[str], processes: _Processes) -> Op:
     """read, reclaim, try_to_unmap, split_pmd: P va."""
     return Op(name, process=processes.parse(args[0]), addr=_parse_addr(args[1]))
@@ -358,6 +377,8 @@ _OP_SYNTAX: dict[str, tuple[int, int, _OpParser]] = {
     "split": (3, 3, _op_split),
     "file": (2, 3, _op_file),
     "sync": (1, 1, _op_sync),
+    "uffd": (3, 3, _op_range),
+    "wp": (4, 4, _op_wp),
 }
 assert tuple(_OP_SYNTAX) == OP_NAMES
 
@@ -421,6 +442,8 @@ _ENTRY_KEY_SYNTAX: dict[str, _KeyParser] = {
     "lazyfree": (_YES_NO, "yes|no"),
     "folio-dirty": (_YES_NO, "yes|no"),
     "file": (lambda text: "none" if text == "none" else _file_key(text), "Fn|none"),
+    "uffd-wp": (_YES_NO, "yes|no"),
+    "marker": (_YES_NO, "yes|no"),
 }
 _PIN_KEY_SYNTAX: dict[str, _KeyParser] = {
     "value": (_bounded(VALUE_LIMIT - 1), "0..2^64-1"),
@@ -627,6 +650,8 @@ def format_op(op: Op) -> str:
             words.append(f"offset={_format_addr(op.offset)}")
         if op.shared:
             words.append("shared")
+    if name == "wp":
+        words.append(str(_need(op.mode, op, "mode")))
     if name in ORDER_OPS:
         words.append(f"order={_need(op.order, op, 'order')}")
     if name == "write":

@@ -30,9 +30,12 @@
  *   R <op> <errno>                 op number op returned (0: success)
  *   N <n> <pid>                    process Pn is worker pid
  *   P <n> <va> n                   none
- *   P <n> <va> s <slot> <excl>     swap entry: offset and PTE_SWP_EXCLUSIVE
+ *   P <n> <va> s <slot> <excl> <uffd-wp> <type>
+ *                                  swap entry: offset, PTE_SWP_EXCLUSIVE, PM_UFFD_WP and the
+ *                                  swap type (a PTE marker's is SWP_PTE_MARKER)
  *   P <n> <va> p <pfn> <head> <order> <pmd> <cont> <dirty> <young> <write>
- *                <excl> <mapcount> <ref> <pin> <shared> <zero> <value> <lazyfree> <folio dirty> <file>
+ *                <excl> <mapcount> <ref> <pin> <shared> <zero> <value>
+ *                <lazyfree> <folio-dirty> <file> <uffd-wp>
  *   G <n>                          Pn exited
  *   E <op>                         observation after op number op is complete
  *   X <reason>                     the script could not run on this kernel
@@ -50,6 +53,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <linux/userfaultfd.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -58,6 +62,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -80,6 +85,11 @@
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+/* The result of a write that userfaultfd trapped (SIGBUS with UFFD_FEATURE_SIGBUS): no errno. */
+#define RF_EUFFD 1000
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
@@ -109,6 +119,7 @@
 #define PM_PFN_MASK ((1UL << 55) - 1)
 #define PM_SWAP (1UL << 62)
 #define PM_PRESENT (1UL << 63)
+#define PM_UFFD_WP (1UL << 57)
 #define KPF_DIRTY 4
 #define KPF_ANON 12
 #define KPF_SWAPBACKED 14
@@ -118,7 +129,8 @@
 
 enum rf_op_kind {
 	RF_MMAP, RF_MUNMAP, RF_DONTNEED, RF_MPROTECT, RF_FAULT, RF_WRITE, RF_READ,
-	RF_PIN, RF_UNPIN, RF_FORK, RF_EXIT, RF_RECLAIM, RF_SPLIT, RF_FREE, RF_FILE, RF_SYNC, RF_NR_KINDS
+	RF_PIN, RF_UNPIN, RF_FORK, RF_EXIT, RF_RECLAIM, RF_SPLIT, RF_FREE, RF_FILE, RF_SYNC, RF_UFFD, RF_WP,
+	RF_NR_KINDS
 };
 
 /* One op of a script; which fields an op reads is in rf_do_op(). */
@@ -722,21 +734,27 @@ static pid_t controller_pid;    /* a worker reopens a file through /proc/<contro
 
 static sigjmp_buf fault_jump;
 static volatile sig_atomic_t fault_armed;
+static volatile sig_atomic_t fault_signo;
 
 static void on_fault(int signo)
 {
+	fault_signo = signo;
 	if (fault_armed)
 		siglongjmp(fault_jump, 1);
 	signal(signo, SIG_DFL);
 	raise(signo);
 }
 
-/* A user store of value at addr: EFAULT when the kernel sends SIGSEGV or SIGBUS. */
+/*
+ * A user store of value at addr: EFAULT when the kernel sends SIGSEGV; RF_EUFFD for
+ * SIGBUS, which an anonymous mapping gives only for a write userfaultfd trapped
+ * (UFFD_FEATURE_SIGBUS: handle_userfault returns VM_FAULT_SIGBUS).
+ */
 static int user_store(uint64_t addr, uint64_t value)
 {
 	if (sigsetjmp(fault_jump, 1)) {
 		fault_armed = 0;
-		return EFAULT;
+		return fault_signo == SIGBUS ? RF_EUFFD : EFAULT;
 	}
 	fault_armed = 1;
 	*(volatile uint64_t *)addr = value;
@@ -760,6 +778,89 @@ static int user_store(uint64_t addr, uint64_t value)
  * (The pagemap is opened each time: a forked worker must not read its
  * parent's through an inherited descriptor.)
  */
+static int user_write_fault(uint64_t addr);
+
+/* Whether this process maps addr present with the uffd-wp bit (its own pagemap). */
+static int uffd_wp_present(uint64_t addr)
+{
+	int self_pagemap = open("/proc/self/pagemap", O_RDONLY);
+	uint64_t entry = 0;
+	int found = self_pagemap >= 0 &&
+		    pread(self_pagemap, &entry, sizeof(entry), addr / PAGE_SIZE * 8) == sizeof(entry) &&
+		    (entry & PM_PRESENT) && (entry & PM_UFFD_WP);
+
+	if (self_pagemap >= 0)
+		close(self_pagemap);
+	return found;
+}
+
+/*
+ * userfaultfd: each `uffd` op opens its own context (UFFDIO_API with
+ * UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_SIGBUS, no UFFD_FEATURE_EVENT_FORK) and
+ * registers its range for write-protect; the file stays open so the registration
+ * lives. `wp` goes through a context of this process's own mm (mwriteprotect_range
+ * acts on ctx->mm and checks only userfaultfd_wp(vma)), opened once per process:
+ * a forked worker's inherited files name its parent's mm.
+ */
+#define MAX_UFFDS 64
+static int uffd_fds[MAX_UFFDS];
+static int nr_uffds;
+static int uffd_wp_fd = -1;
+static pid_t uffd_wp_owner;
+
+static int uffd_open(int *fd_out)
+{
+	struct uffdio_api api = { .api = UFFD_API,
+				  .features = UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_SIGBUS };
+	int fd = syscall(__NR_userfaultfd, O_CLOEXEC);
+
+	if (fd < 0)
+		return errno;
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		int error = errno;
+
+		close(fd);
+		return error;
+	}
+	*fd_out = fd;
+	return 0;
+}
+
+static int uffd_register(uint64_t addr, uint64_t length)
+{
+	struct uffdio_register reg = { .range = { .start = addr, .len = length },
+				       .mode = UFFDIO_REGISTER_MODE_WP };
+	int fd, error;
+
+	if (nr_uffds == MAX_UFFDS)
+		return EMFILE;
+	error = uffd_open(&fd);
+	if (error)
+		return error;
+	if (ioctl(fd, UFFDIO_REGISTER, &reg)) {
+		error = errno;
+		close(fd);
+		return error;
+	}
+	uffd_fds[nr_uffds++] = fd;
+	return 0;
+}
+
+static int uffd_writeprotect(uint64_t addr, uint64_t length, int on)
+{
+	struct uffdio_writeprotect wp = { .range = { .start = addr, .len = length },
+					  .mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0 };
+
+	if (uffd_wp_owner != getpid()) {
+		int error = uffd_open(&uffd_wp_fd);
+
+		if (error)
+			return error;
+		uffd_wp_owner = getpid();
+	}
+	return ioctl(uffd_wp_fd, UFFDIO_WRITEPROTECT, &wp) ? errno : 0;
+}
+
 static int user_write_fault(uint64_t addr)
 {
 	int self_pagemap = open("/proc/self/pagemap", O_RDONLY);
@@ -776,8 +877,15 @@ static int user_write_fault(uint64_t addr)
 		if (kread_pa((entry & PM_PFN_MASK) * PAGE_SIZE, &word, sizeof(word)))
 			return user_store(addr, word);
 	}
-	if (madvise((void *)addr, PAGE_SIZE, MADV_POPULATE_WRITE))
-		return errno == ENOMEM || errno == EFAULT || errno == EINVAL ? EFAULT : errno;
+	if (madvise((void *)addr, PAGE_SIZE, MADV_POPULATE_WRITE)) {
+		int error = errno;
+
+		/* The fault's SIGBUS is EFAULT to MADV_POPULATE_WRITE: a write userfaultfd trapped
+		 * after the fault mapped the page (a uffd-wp marker's or swap entry's) with the bit. */
+		if (error == EFAULT && uffd_wp_present(addr))
+			return RF_EUFFD;
+		return error == ENOMEM || error == EFAULT || error == EINVAL ? EFAULT : error;
+	}
 	return user_store(addr, *(volatile uint64_t *)addr);
 }
 
@@ -908,6 +1016,10 @@ static int rf_do_op(const struct rf_op *op, struct reply *reply)
 		return worker_fork(op->arg, &reply->child_pid);
 	case RF_RECLAIM:
 		return madvise(addr, op->length, MADV_PAGEOUT) ? errno : 0;
+	case RF_UFFD:
+		return uffd_register(op->addr, op->length);
+	case RF_WP:
+		return uffd_writeprotect(op->addr, op->length, op->arg);
 	default:
 		return EINVAL;
 	}
@@ -1089,7 +1201,7 @@ static uint64_t contpte_gather(const uint64_t *table, unsigned int index)
 	return entry;
 }
 
-static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry, int pmd)
+static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry, int pmd, int uffd_wp)
 {
 	const struct folio_facts *folio = read_folio(pfn);
 	uint64_t index = pfn - folio->head, exclusive_index = pmd ? 0 : index, flags, value = 0;
@@ -1103,13 +1215,14 @@ static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry
 	/* PageAnonExclusive of the page; of the head for a PMD mapping (SPEC §4's `exclusive`). */
 	memcpy(&flags, folio->pages + exclusive_index * layout.page_size + layout.page_flags, sizeof(flags));
 	kread_pa(pfn * PAGE_SIZE, &value, sizeof(value));
-	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx %d %d %d",
+	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx %d %d %d %d",
 		 (unsigned long)pfn, (unsigned long)folio->head, folio->order, pmd,
 		 !pmd && (entry & PTE_CONT) ? 1 : 0, dirty, entry & PTE_AF ? 1 : 0, entry & PTE_DBM ? 1 : 0,
 		 (int)((flags >> layout.pg_anon_exclusive) & 1), mapcount + folio->entire_mapcount,
 		 folio->refcount, folio->pincount, folio->shared, (int)((folio->kpageflags[index] >> KPF_ZERO) & 1),
 		 (unsigned long)value, lazyfree, (int)((head_flags >> KPF_DIRTY) & 1),
-		 !((head_flags >> KPF_ANON) & 1)); /* a page-cache folio: folio->mapping not anon */
+		 !((head_flags >> KPF_ANON) & 1), /* a page-cache folio: folio->mapping not anon */
+		 uffd_wp);
 }
 
 /* The line describing page va, from its pagemap entry and the page tables. */
@@ -1120,17 +1233,19 @@ static void observe_page(uint64_t va, uint64_t pagemap_entry, uint64_t *table, u
 		uint64_t pfn = pagemap_entry & PM_PFN_MASK;
 
 		if (pmd_block) {
-			format_present(line, size, pfn, pmd_block, 1);
+			format_present(line, size, pfn, pmd_block, 1, !!(pagemap_entry & PM_UFFD_WP));
 		} else if (table_pa) {
-			format_present(line, size, pfn, contpte_gather(table, (va >> PAGE_SHIFT) & 511), 0);
+			format_present(line, size, pfn, contpte_gather(table, (va >> PAGE_SHIFT) & 511), 0,
+				       !!(pagemap_entry & PM_UFFD_WP));
 		} else {
 			snprintf(line, size, "? present without a table");
 		}
 	} else if (pagemap_entry & PM_SWAP) {
 		uint64_t entry = table_pa ? table[(va >> PAGE_SHIFT) & 511] : 0;
 
-		snprintf(line, size, "s %lx %d", (unsigned long)((pagemap_entry & PM_PFN_MASK) >> 5),
-			 entry & PTE_SWP_EXCLUSIVE ? 1 : 0);
+		snprintf(line, size, "s %lx %d %d %d", (unsigned long)((pagemap_entry & PM_PFN_MASK) >> 5),
+			 entry & PTE_SWP_EXCLUSIVE ? 1 : 0, !!(pagemap_entry & PM_UFFD_WP),
+			 (int)(pagemap_entry & 0x1f));
 	} else {
 		snprintf(line, size, "n");
 	}

@@ -125,6 +125,12 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
                 other.state == PRESENT and other.head == view.head and key[0] != op.process
                 for key, other in step.before.items()):
             return "MADV_PAGEOUT skips a folio that more than one process maps"
+        if view is not None and view.state == PRESENT and view.order > 0 and len({
+                other.uffd_wp for key, other in step.before.items()
+                if other.state == PRESENT and other.head == view.head and key[0] == op.process}) > 1:
+            return ("MADV_PAGEOUT splits a large folio whose entries differ in the uffd-wp bit "
+                    "(madvise_cold_or_pageout_pte_range: the batch is shorter than the folio), "
+                    "which the model's reclaim does not do yet")
         if view is not None and view.state == PRESENT and _swap_out_fallback(view, step):
             return ("the model's swap had no aligned run of slots for the folio (the swap-out fallback "
                     "splits it), the guest's 256 MiB zram has")

@@ -326,7 +326,8 @@ def test_regular_files_sigbus_and_ordered_faults_with_files_are_refused():
 
 
 def test_parse_reads_a_page_cache_folio():
-    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 45a00 45a00 0 0 0 0 1 1 0 1 2 0 0 0 7 0 0 1 0", "E 0", "Z a"])
+    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 45a00 45a00 0 0 0 0 1 1 0 1 2 0 0 0 7 0 0 1 0", "E 0",
+                              "Z a"])
     assert run.scripts["a"].observations[0][(0, 0x200000)].file
 
 

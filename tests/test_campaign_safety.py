@@ -28,9 +28,9 @@ from fuzz.engine.campaign import (
 from fuzz.engine.findings import (
     INPUT_FILE,
     REPRODUCER_FILE,
-    TEST_FILE,
     abandoned,
     hold_lock,
+    reproducer_test_name,
     save_finding,
     sweep_staging,
 )
@@ -41,7 +41,7 @@ from fuzz.script.ops import parse_file
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 CANARY = "fuzz.canaries.share_nr_pages_zero"   # three signatures within seconds from the seeds
-FINDING_FILES = [INPUT_FILE, REPRODUCER_FILE, TEST_FILE]
+FINDING_FILES = [INPUT_FILE, REPRODUCER_FILE]   # and the finding's own pytest file (reproducer_test_name)
 
 
 def campaign_env() -> dict[str, str]:
@@ -72,10 +72,11 @@ def alive(pid: int) -> bool:
 
 
 def assert_whole(directory: Path, signature: str) -> None:
-    assert sorted(path.name for path in directory.iterdir()) == sorted(FINDING_FILES), directory
+    test_file = reproducer_test_name(signature)
+    assert sorted(path.name for path in directory.iterdir()) == sorted([*FINDING_FILES, test_file]), directory
     script = parse_file(str(directory / REPRODUCER_FILE))
     assert script.steps and f"# signature: {signature}" in (directory / REPRODUCER_FILE).read_text()
-    assert "def test_reproducer_stays_fixed" in (directory / TEST_FILE).read_text()
+    assert "def test_reproducer_stays_fixed" in (directory / test_file).read_text()
     assert main(["replay", "--impl", CANARY, str(directory / REPRODUCER_FILE)]) == 1
 
 
@@ -110,7 +111,9 @@ def test_a_campaign_killed_with_sigkill_leaves_each_reported_finding_whole_and_n
         assert_whole(path, signature)
     for directory in crashes.iterdir():   # whatever else shows is whole too
         if not directory.name.startswith("."):
-            assert sorted(path.name for path in directory.iterdir()) == sorted(FINDING_FILES)
+            names = sorted(path.name for path in directory.iterdir())
+            assert [name for name in names if not name.startswith("test_")] == sorted(FINDING_FILES)
+            assert len(names) == len(FINDING_FILES) + 1
     for staging in crashes.glob(".staging-*"):   # a finding the worker was writing when it died
         age(staging)
     sweep_staging(crashes)

@@ -30,7 +30,8 @@ SCENARIO = str(ROOT / "tests/scenarios/64-ttu-mixed-exclusive-batch.ops")
 def test_a_finding_is_saved_as_three_files_once(tmp_path):
     saved = save_finding(tmp_path, "divergence:fork:pte", "batched", b"\x01\x02", "fork P0\n")
     assert saved == tmp_path / "divergence-fork-pte"
-    assert sorted(path.name for path in saved.iterdir()) == ["input.bin", "reproducer.ops", "test_reproducer.py"]
+    assert sorted(path.name for path in saved.iterdir()) == ["input.bin", "reproducer.ops",
+                                                             "test_divergence_fork_pte.py"]
     assert save_finding(tmp_path, "divergence:fork:pte", "batched", b"\x03", "exit P0\n") is None
     assert (saved / "input.bin").read_bytes() == b"\x01\x02"
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".staging")]

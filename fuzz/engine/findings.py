@@ -20,7 +20,8 @@ from fuzz.script.ops import Script, format_script
 
 INPUT_FILE = "input.bin"
 REPRODUCER_FILE = "reproducer.ops"
-TEST_FILE = "test_reproducer.py"
+TEST_FILE_PREFIX = "test_"   # then the directory's name as an identifier: pytest imports every
+                             # test file by its basename, so each finding's must differ
 STAGING_PREFIX = ".staging-"   # then the pid of the process writing it
 ABANDONED_AFTER_S = 60.0       # a staging or work directory untouched this long, and unlocked, is abandoned
 
@@ -64,6 +65,11 @@ def signature_dir_name(signature: str) -> str:
     return "".join(char if char.isalnum() or char in "_." else "-" for char in signature)
 
 
+def reproducer_test_name(signature: str) -> str:
+    """The pytest file of a finding: test_<its directory's name as an identifier>.py."""
+    return f"{TEST_FILE_PREFIX}{signature_dir_name(signature).replace('-', '_').replace('.', '_')}.py"
+
+
 def is_saved(crash_dir: Path, signature: str) -> bool:
     """Whether a finding of this signature was saved under crash_dir before."""
     return (crash_dir / signature_dir_name(signature)).exists()
@@ -83,7 +89,8 @@ def save_finding(crash_dir: Path, signature: str, impl: str, raw: bytes, reprodu
     try:
         write_synced(staging / INPUT_FILE, raw)
         write_synced(staging / REPRODUCER_FILE, reproducer.encode("utf-8"))
-        write_synced(staging / TEST_FILE, REPRODUCER_TEST.format(signature=signature, impl=impl).encode("utf-8"))
+        write_synced(staging / reproducer_test_name(signature),
+                     REPRODUCER_TEST.format(signature=signature, impl=impl).encode("utf-8"))
         sync_directory(staging)
         os.rename(staging, target)   # fails on a directory another campaign renamed there first
         sync_directory(crash_dir)

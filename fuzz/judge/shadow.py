@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from machine.errors import ENOENT, OK
-from machine.pgtable import PAGE_SHIFT, PAGE_SIZE
+from machine.pgtable import PAGE_SHIFT, PAGE_SIZE, pte_none
 
 if TYPE_CHECKING:
     from fuzz.script.ops import Op
@@ -86,7 +86,8 @@ class Shadow:
             return
         # The op's fields are those OP_ARGUMENTS lists for it (the parser and decoder see to it).
         pid = cast(int, op.process)
-        if name in ("write", "fault", "pin", "wp", "munmap", "dontneed", "free", "exit"):
+        if name in ("write", "fault", "pin", "wp", "munmap", "dontneed", "free", "exit", "reclaim",
+                    "try_to_unmap"):
             self._apply_protection(op, result, machine)
         mm = machine.processes.get(pid)
         vma = None if mm is None or op.addr is None else mm.find_vma(op.addr)
@@ -175,8 +176,21 @@ class Shadow:
             start = cast(int, op.addr)
             end = start + cast(int, op.length)
             protected.difference_update([addr for addr in protected if start <= addr < end])
+        elif op.name in ("reclaim", "try_to_unmap"):
+            self._drop_discarded_protection(machine)
         elif op.name == "exit":
             self.protected.pop(pid, None)
+
+    def _drop_discarded_protection(self, machine: Machine) -> None:
+        """A page whose entry reclaim (or try_to_unmap) left none was a lazyfree page discarded
+        (try_to_unmap_one's MADV_FREE branch; a swap-out leaves a swap entry), and its
+        protection goes with its content: pte_install_uffd_wp_if_needed installs no marker in
+        an anonymous VMA. Any process's, as the folio may be shared; the data oracle judges
+        what such a page reads."""
+        for pid, protected in self.protected.items():
+            mm = machine.processes.get(pid)
+            if protected and mm is not None:
+                protected.difference_update([addr for addr in protected if pte_none(machine.lookup(mm, addr)[1])])
 
     @staticmethod
     def _drop_range(words: dict[int, dict[int, int]], pid: int, start: int, end: int) -> dict[int, int]:

@@ -306,22 +306,27 @@ def remove_migration_ptes(machine: Machine, old_folio: int, folio: int, mappings
             pages = range(page, page + 1) if folio <= page < folio + nr_pages else range(0)
         for page in pages:
             addr = mapping.addr + ((page - old_folio) << PAGE_SHIFT if mapping.is_pmd else 0)
-            if try_to_map_unused_to_zeropage(machine, mapping.mm, mapping.vma, addr, folio, page):
+            if try_to_map_unused_to_zeropage(machine, mapping.mm, mapping.vma, addr, folio, page, mapping.entry):
                 continue
             machine.set_pte_at(mapping.mm, addr, split_entry(mapping.entry, page, mapping.vma))
             folio_get_for_mapping(machine, folio)
             folio_add_anon_rmap_pte(machine, folio, page, mapping.mm, mapping.exclusive)
 
 
-def try_to_map_unused_to_zeropage(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, page: int) -> bool:
+def try_to_map_unused_to_zeropage(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, page: int,
+                                  old: int) -> bool:
     """A successful split of an anon folio remaps (TTU_USE_SHARED_ZEROPAGE) each page that is
     now an order-0 folio (not PageCompound) and reads all zero (pages_identical with the zero
     page: the model's one data word is 0) to the shared zero page instead: a special PTE from
-    vm_page_prot, one page less in MM_ANONPAGES, no rmap and no reference (mm/migrate.c; no
-    mlock in the model)."""
+    vm_page_prot with the uffd-wp bit of the entry old it replaces (pte_swp_uffd_wp of the
+    migration entry), one page less in MM_ANONPAGES, no rmap and no reference (mm/migrate.c;
+    no mlock in the model)."""
     if folio_nr_pages(machine, folio) != 1 or int(machine.frames.page_data[page]) != 0:
         return False
-    machine.set_pte_at(mm, addr, zero_page_pte(machine, vma))
+    entry = zero_page_pte(machine, vma)
+    if pte_uffd_wp(old):
+        entry = pte_mkuffd_wp(entry)
+    machine.set_pte_at(mm, addr, entry)
     mm.rss_anon -= 1
     return True
 

@@ -289,8 +289,9 @@ def folios_remove_migration_ptes(machine: Machine, mappings: FolioMappings) -> N
     folios = frames.page_folio[mappings.pages]
     zero = (frames.folio_order[folios] == 0) & (frames.page_data[mappings.pages] == 0)
     entries = split_entries(mappings.old, mappings.pages, mappings.vma)
-    zero_entry = np.uint64(zero_page_pte(machine, mappings.vma))   # keeping the old entry's uffd-wp bit
-    entries = np.where(zero, np.where(pte_uffd_wp(mappings.old), pte_mkuffd_wp(zero_entry), zero_entry), entries)
+    zero_ptes = np.full(len(entries), np.uint64(zero_page_pte(machine, mappings.vma)), np.uint64)
+    zero_ptes = np.where(pte_uffd_wp(mappings.old), pte_mkuffd_wp(zero_ptes), zero_ptes)  # the migration entry's bit
+    entries = np.where(zero, zero_ptes, entries)
     haddr = int(mappings.addrs[0]) & ~(PMD_SIZE - 1)
     set_pte_values(machine, mm, haddr, (mappings.addrs - haddr) >> PAGE_SHIFT, entries)
     if any_set(zero):

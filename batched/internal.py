@@ -38,12 +38,14 @@ from machine.pgtable import (
 FPB_RESPECT_DIRTY = 1 << 0
 FPB_RESPECT_WRITE = 1 << 2
 FPB_MERGE_WRITE = 1 << 3
+FPB_MERGE_YOUNG_DIRTY = 1 << 4  # only the template's young and dirty: nothing more compared
 
 # Per caller (kernel-notes §3): zap ignores dirty, write and young; fork respects
 # dirty and merges write; try_to_unmap respects write.
 FPB_ZAP = 0
 FPB_FORK = FPB_RESPECT_DIRTY | FPB_MERGE_WRITE
 FPB_UNMAP = FPB_RESPECT_WRITE
+FPB_MADVISE = FPB_MERGE_YOUNG_DIRTY  # madvise_folio_pte_batch: dirty, write and young ignored
 
 
 @dataclass(slots=True)  # built per PTE table: a frozen dataclass's __init__ costs three times more
@@ -254,7 +256,8 @@ def set_pte_values(machine: Machine, mm, addr: int, index: np.ndarray, ptes: np.
 
 
 __all__ = [
-    "FPB_FORK", "FPB_MERGE_WRITE", "FPB_RESPECT_DIRTY", "FPB_RESPECT_WRITE", "FPB_UNMAP", "FPB_ZAP",
+    "FPB_FORK", "FPB_MADVISE", "FPB_MERGE_WRITE", "FPB_MERGE_YOUNG_DIRTY",
+    "FPB_RESPECT_DIRTY", "FPB_RESPECT_WRITE", "FPB_UNMAP", "FPB_ZAP",
     "PteBatches", "SwapBatches", "batch_starts", "batches_any", "folio_pte_batch",
     "pte_offsets_in_batches", "set_pte_values", "split_batches_by", "swap_pte_batch",
 ]

@@ -26,7 +26,7 @@ from .filemap import do_read_fault, file_create, file_sync, shrink_file_folio, t
 from .folio import page_folio, vm_normal_pages
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
-from .madvise import madvise_free
+from .madvise import madvise_free, madvise_pageout_folio
 from .memory import (
     do_anonymous_page,
     do_anonymous_page_read,
@@ -201,6 +201,11 @@ class Kernel:
         if self.machine.frames.folio_mapping[folio]:
             # a shmem folio runs out of swap slots only after it was unmapped
             return self._transaction(lambda: shrink_file_folio(self.machine, folio),
+                                     max_new_frames=self.machine.frames.nr_frames + 1)
+        level, _entry = self.machine.lookup(self._mm(pid), addr)
+        if level == "pte" and self.machine.frames.folio_order.item(folio) > 0:
+            # MADV_PAGEOUT's walk may split it first, then find no slot for a piece: roll back
+            return self._transaction(lambda: madvise_pageout_folio(self.machine, self._mm(pid), folio),
                                      max_new_frames=self.machine.frames.nr_frames + 1)
         # shrink_folio_list decides every failure before it changes anything.
         return self._finish(shrink_folio_list(self.machine, folio))

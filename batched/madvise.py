@@ -1,5 +1,6 @@
 """MADV_FREE (mm/madvise.c madvise_free_single_vma, madvise_free_pte_range; mm/huge_memory.c
-madvise_free_huge_pmd), batched: the PTEs of a table are batched at once with
+madvise_free_huge_pmd) and MADV_PAGEOUT's walk of a PTE-mapped large anon folio
+(madvise_cold_or_pageout_pte_range), batched: the PTEs of a table are batched at once with
 folio_pte_batch (FPB_MERGE_YOUNG_DIRTY ignores dirty, write and young), and the folios
 done are made old, clean and lazyfree together; the batches are found again only after a
 large folio the range covers in part was split."""
@@ -23,11 +24,13 @@ from machine.pgtable import (
     pte_young,
 )
 
-from .folio import folio_maybe_mapped_shared, folios_mark_lazyfree, vm_normal_pages
+from .folio import folio_maybe_mapped_shared, folio_test_lazyfree, folios_mark_lazyfree, vm_normal_pages
 from .huge_memory import split_huge_page_to_list_to_order
-from .internal import FPB_ZAP, PteBatches, folio_pte_batch, swap_pte_batch
+from .internal import FPB_MADVISE, FPB_ZAP, PteBatches, folio_pte_batch, swap_pte_batch
 from .memory import pmd_ranges
+from .rmap import rmap_walk_vmas
 from .swap import free_swap_and_cache_nr
+from .vmscan import reclaim_split_folio, shrink_folio_list
 
 
 def madvise_free(machine: Machine, mm: MM, start: int, length: int) -> str:
@@ -140,3 +143,54 @@ def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> No
             addr = batch_addr  # the same entries again, now mapping order-0 folios
         else:
             addr = batch_addr + (int(batches.nr_pages[first]) << PAGE_SHIFT)
+
+
+def madvise_folio_pte_batch(machine: Machine, mm: MM, start: int, ptes: np.ndarray,
+                            of_folio: np.ndarray) -> PteBatches:
+    """The batches of the entries of_folio selects among ptes (from start, one VMA and PMD), as
+    MADV_PAGEOUT's walk takes them (folio_pte_batch_flags with FPB_MERGE_YOUNG_DIRTY: dirty,
+    write and young ignored; uffd-wp and every other bit compared)."""
+    return folio_pte_batch(machine, mm, start, ptes, FPB_MADVISE, candidate=of_folio)
+
+
+def madvise_pageout_folio(machine: Machine, mm: MM, folio: int) -> str:
+    """MADV_PAGEOUT of the entries where mm maps pages of a PTE-mapped large anon folio
+    (madvise_cold_or_pageout_pte_range): one batch covering the folio reclaims it as it is;
+    a shorter batch skips it if maybe mapped shared, else splits it to order 0 (a refused
+    split: its result) and reclaims every piece still mapped (the all-zero ones went to the
+    zero page), in address order. ENOMEM (no slot for a piece) asks the caller to roll back.
+
+    Context: folio is a large anon folio mm maps with PTEs.
+    """
+    frames = machine.frames
+    nr_pages = frames.folio_nr_pages(folio)
+    walk = [(walk_mm, vma, start, end) for walk_mm, vma, start, end in rmap_walk_vmas(machine, folio)
+            if walk_mm is mm]
+    short = False
+    for _mm, _vma, start, end in walk:
+        ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
+        pfns = pte_pfn(ptes).astype(np.int64)
+        of_folio = pte_present(ptes) & (pfns >= folio) & (pfns < folio + nr_pages)
+        if any_set(of_folio):
+            short |= any_set(madvise_folio_pte_batch(machine, mm, start, ptes, of_folio).nr_pages < nr_pages)
+    if not short:
+        return shrink_folio_list(machine, folio)
+    if folio_maybe_mapped_shared(machine, folio):
+        return OK
+    lazyfree = folio_test_lazyfree(machine, folio)
+    result = split_huge_page_to_list_to_order(machine, folio, 0)
+    if result != OK:
+        return result
+    pieces = np.arange(folio, folio + nr_pages)
+    mapped = pieces[frames.page_folio[pieces] >= 0]  # the split freed unmapped and all-zero pieces
+    if not lazyfree:
+        slots = machine.swap.find_free_slots_order0(len(mapped))
+        if slots is None:
+            return ENOMEM
+        reclaim_split_folio(machine, folio, nr_pages, slots, walk)
+        return OK
+    for piece in mapped.tolist():
+        piece_result = shrink_folio_list(machine, piece)
+        if result == OK:
+            result = piece_result
+    return result

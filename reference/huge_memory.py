@@ -314,16 +314,19 @@ def remove_migration_ptes(machine: Machine, old_folio: int, folio: int, mappings
 
 
 def try_to_map_unused_to_zeropage(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, page: int,
-                                  old_entry: int) -> bool:
+                                  old: int) -> bool:
     """A successful split of an anon folio remaps (TTU_USE_SHARED_ZEROPAGE) each page that is
     now an order-0 folio (not PageCompound) and reads all zero (pages_identical with the zero
     page: the model's one data word is 0) to the shared zero page instead: a special PTE from
-    vm_page_prot, keeping old_entry's uffd-wp bit (the migration entry's), one page less in
-    MM_ANONPAGES, no rmap and no reference (mm/migrate.c; no mlock in the model)."""
+    vm_page_prot with the uffd-wp bit of the entry old it replaces (pte_swp_uffd_wp of the
+    migration entry), one page less in MM_ANONPAGES, no rmap and no reference (mm/migrate.c;
+    no mlock in the model)."""
     if folio_nr_pages(machine, folio) != 1 or int(machine.frames.page_data[page]) != 0:
         return False
     entry = zero_page_pte(machine, vma)
-    machine.set_pte_at(mm, addr, pte_mkuffd_wp(entry) if pte_uffd_wp(old_entry) else entry)
+    if pte_uffd_wp(old):
+        entry = pte_mkuffd_wp(entry)
+    machine.set_pte_at(mm, addr, entry)
     mm.rss_anon -= 1
     return True
 

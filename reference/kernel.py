@@ -16,10 +16,10 @@ from machine.pgtable import (
 )
 
 from .filemap import do_read_fault, file_create, file_sync, shrink_file_folio, try_to_unmap_file
-from .folio import page_folio
+from .folio import folio_test_large, page_folio
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
-from .madvise import madvise_free
+from .madvise import madvise_free, madvise_pageout_folio
 from .memory import do_anonymous_page_read, do_swap_page, handle_write_fault, vm_normal_page
 from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
 from .mprotect import do_mprotect_pkey
@@ -197,6 +197,10 @@ class Kernel:
             return result
         if self.machine.frames.folio_mapping[folio]:
             return self._transaction(lambda: shrink_file_folio(self.machine, folio))
+        level, _entry = self.machine.lookup(self._mm(pid), addr)
+        if level == "pte" and folio_test_large(self.machine, folio):
+            # MADV_PAGEOUT's walk may split it first; a PMD block the bridge's ranges cover whole
+            return self._transaction(lambda: madvise_pageout_folio(self.machine, self._mm(pid), folio))
         return self._transaction(lambda: shrink_folio_list(self.machine, folio))
 
     def try_to_unmap(self, pid: int, addr: int) -> str:

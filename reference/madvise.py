@@ -1,5 +1,6 @@
 """MADV_FREE (mm/madvise.c madvise_free_single_vma, madvise_free_pte_range; mm/huge_memory.c
-madvise_free_huge_pmd): one PTE and one page at a time."""
+madvise_free_huge_pmd) and MADV_PAGEOUT's walk of a PTE-mapped large anon folio
+(madvise_cold_or_pageout_pte_range): one PTE and one page at a time."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from .folio import (
 )
 from .huge_memory import split_huge_page_to_list_to_order
 from .memory import pmd_ranges
+from .rmap import rmap_walk_vmas
 from .swap import swap_free
+from .vmscan import shrink_folio_list
 
 
 def madvise_free(machine: Machine, mm: MM, start: int, length: int) -> str:
@@ -135,3 +138,64 @@ def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> No
             machine.set_pte_at(mm, entry_addr, pte_mkold(pte_mkclean(machine.ptep_get(mm, entry_addr))))
         folio_mark_lazyfree(machine, folio)
         addr += nr_pages << PAGE_SHIFT
+
+
+def madvise_pageout_folio(machine: Machine, mm: MM, folio: int) -> str:
+    """MADV_PAGEOUT of the entries where mm maps pages of a PTE-mapped large anon folio, VMA
+    by VMA (madvise_cold_or_pageout_pte_range), each walk's chosen folios reclaimed at its end
+    (reclaim_pages). The first failure is returned (a split refused: EAGAIN), a skip is OK.
+
+    Context: folio is a large anon folio mm maps with PTEs.
+    """
+    check(folio_test_large(machine, folio), "madvise_pageout_folio of small folio %s", folio)
+    nr_pages = folio_nr_pages(machine, folio)
+    result = OK
+    for walk_mm, _vma, start, end in rmap_walk_vmas(machine, folio):
+        if walk_mm is not mm:
+            continue
+        folio_list: list[int] = []
+        walk_result = madvise_cold_or_pageout_pte_range(machine, mm, folio, nr_pages, start, end, folio_list)
+        if result == OK:
+            result = walk_result
+        for chosen in folio_list:
+            reclaim_result = shrink_folio_list(machine, chosen)
+            if reclaim_result == ENOMEM:
+                return ENOMEM  # (model) the op is rolled back: the guest's zram never runs out
+            if result == OK:
+                result = reclaim_result
+    return result
+
+
+def madvise_cold_or_pageout_pte_range(machine: Machine, mm: MM, folio: int, nr_pages: int, start: int,
+                                      end: int, folio_list: list[int]) -> str:
+    """Walk [start, end) of one VMA and PMD entry by entry, acting on the pages of folio (nr_pages
+    before any split): a large folio whose batch (madvise_folio_pte_batch) is shorter than it is
+    skipped if maybe mapped shared, else split to order 0 and the same entry looked at again (a
+    refused split skips the batch); every other folio met is put on folio_list once."""
+    result = OK
+    addr = start
+    while addr < end:
+        pte = machine.ptep_get(mm, addr)
+        page = int(pte_pfn(pte))
+        if not pte_present(pte) or pte_special(pte) or not folio <= page < folio + nr_pages:
+            addr += PAGE_SIZE  # none, swap, a marker, the zero page or another folio's page
+            continue
+        current = page_folio(machine, page)
+        batch = 1
+        if folio_test_large(machine, current):
+            batch = madvise_folio_pte_batch(machine, mm, current, addr, end)
+            if batch < folio_nr_pages(machine, current):
+                if folio_maybe_mapped_shared(machine, current):
+                    addr += batch << PAGE_SHIFT
+                    continue
+                split_result = split_huge_page_to_list_to_order(machine, current, 0)
+                if split_result != OK:
+                    if result == OK:
+                        result = split_result
+                    addr += batch << PAGE_SHIFT
+                    continue
+                continue  # the same entry again, now mapping an order-0 folio (or the zero page)
+        if current not in folio_list:
+            folio_list.append(current)  # (model) not asked: folio_mapcount != folio_nr_pages
+        addr += batch << PAGE_SHIFT
+    return result

@@ -299,6 +299,28 @@ def test_a_reclaim_split_only_for_want_of_an_aligned_slot_run_is_refused():
                             "dontneed P0 0x20f000 4K\nreclaim P0 0x200000\n"))
 
 
+def test_a_reclaim_madv_pageout_splits_or_skips_is_realised():
+    # madvise_cold_or_pageout_pte_range's own split (the batch is shorter than the folio) is not
+    # the swap-out fallback, even where no aligned slot run was left.
+    split_by_wp = ("frames 16\nmmap P0 0x200000 2M\nfault P0 0x200000 order=3\nreclaim P0 0x200000\n"
+                   "read P0 0x201000\nfault P0 0x300000 order=3\nwrite P0 0x302000 9\n"
+                   "uffd P0 0x300000 32K\nwp P0 0x304000 4K on\nreclaim P0 0x300000\n")
+    run = model_of(split_by_wp)
+    assert run.steps[-1].after[(0, 0x302000)].state == "swap"
+    assert run.steps[-1].after[(0, 0x300000)].state == "zero"
+    assert realise(run)
+    assert realise(model_of("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nwrite P0 0x201000 7\n"
+                            "mprotect P0 0x208000 32K ro\nreclaim P0 0x200000\n"))
+    # A folio fork shares, in a batch shorter than it: skipped by both, so realisable; in one
+    # batch the model reclaims it everywhere where MADV_PAGEOUT skips it: refused.
+    skipped = model_of("mmap P0 0x200000 16K\nfault P0 0x200000 order=2\nfork P0\n"
+                       "mprotect P0 0x202000 8K ro\nreclaim P0 0x200000\n")
+    assert skipped.steps[-1].after == skipped.steps[-1].before
+    assert realise(skipped)
+    with pytest.raises(UnsupportedScript, match="more than one process"):
+        realise(model_of("mmap P0 0x200000 16K\nfault P0 0x200000 order=2\nfork P0\nreclaim P0 0x200000\n"))
+
+
 def test_guest_ops_carry_every_argument():
     ops = realise(model_of(COW_THP + "pin P0 0x200000 2 rw\nunpin 0\nsplit P1 0x200000 order=4\nexit P1\n"))
     assert guest_script_text(ops).splitlines() == [
@@ -326,8 +348,8 @@ def test_regular_files_sigbus_and_ordered_faults_with_files_are_refused():
 
 
 def test_parse_reads_a_page_cache_folio():
-    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 45a00 45a00 0 0 0 0 1 1 0 1 2 0 0 0 7 0 0 1 0", "E 0",
-                              "Z a"])
+    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 45a00 45a00 0 0 0 0 1 1 0 1 2 0 0 0 7 0 0 1 0",
+                              "E 0", "Z a"])
     assert run.scripts["a"].observations[0][(0, 0x200000)].file
 
 

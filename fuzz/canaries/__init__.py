@@ -43,6 +43,7 @@ CANARIES = (
     "file_dup_counts_batch_as_one",
     "swap_uffd_wp_first_only",
     "wp_batch_first_only",
+    "pageout_batch_first_wp_only",
 )
 
 

@@ -121,16 +121,10 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
         return "an ENOMEM path: the model's frames or swap slots ran out, a 1 GiB guest's do not"
     if op.name == "reclaim":
         view = step.before.get((op.process or 0, op.addr or 0))
-        if view is not None and view.state == PRESENT and any(
+        if view is not None and view.state == PRESENT and step.after != step.before and any(
                 other.state == PRESENT and other.head == view.head and key[0] != op.process
                 for key, other in step.before.items()):
             return "MADV_PAGEOUT skips a folio that more than one process maps"
-        if view is not None and view.state == PRESENT and view.order > 0 and len({
-                other.uffd_wp for key, other in step.before.items()
-                if other.state == PRESENT and other.head == view.head and key[0] == op.process}) > 1:
-            return ("MADV_PAGEOUT splits a large folio whose entries differ in the uffd-wp bit "
-                    "(madvise_cold_or_pageout_pte_range: the batch is shorter than the folio), "
-                    "which the model's reclaim does not do yet")
         if view is not None and view.state == PRESENT and _swap_out_fallback(view, step):
             return ("the model's swap had no aligned run of slots for the folio (the swap-out fallback "
                     "splits it), the guest's 256 MiB zram has")
@@ -151,7 +145,7 @@ def _swap_out_fallback(view: PageView, step: ModelStep) -> bool:
     if view.order == 0 or view.lazyfree:
         return False
     keys = [key for key, other in step.before.items() if other.state == PRESENT and other.head == view.head]
-    if len(keys) != 1 << view.order:
+    if len(keys) != 1 << view.order or not _one_pageout_batch(keys, step):
         return False
     after = [step.after.get(key) for key in sorted(keys, key=lambda key: step.before[key].pfn)]
     if any(other is not None and other.state == ZERO for other in after):
@@ -160,6 +154,17 @@ def _swap_out_fallback(view: PageView, step: ModelStep) -> bool:
         return False   # refused, or not swapped out
     slots = [other.slot for other in after if other is not None]
     return slots[0] % len(slots) != 0 or slots != list(range(slots[0], slots[0] + len(slots)))
+
+
+def _one_pageout_batch(keys: list[tuple[int, int]], step: ModelStep) -> bool:
+    """Whether MADV_PAGEOUT's walk takes these entries of one folio as one batch: one VMA, and
+    the same uffd-wp and contiguous bits (madvise_folio_pte_batch ignores only dirty, write and
+    young); otherwise madvise_cold_or_pageout_pte_range splits the folio itself."""
+    addrs = sorted(addr for _process, addr in keys)
+    if not any(start <= addrs[0] and addrs[-1] < end for start, end in step.vmas):
+        return False
+    return (len({step.before[key].uffd_wp for key in keys}) == 1
+            and len({step.before[key].cont for key in keys}) == 1)
 
 
 def realise(run: ModelRun) -> list[GuestOp]:

@@ -389,8 +389,14 @@ def zap_present_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
     if any_set(file):
         filemap.zap_present_file_ptes(machine, mm, batches.select(file))
         batches = batches.select(~file)
-        if len(batches) == 0:
-            return
+    zap_anon_ptes(machine, mm, batches)
+
+
+def zap_anon_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
+    """Clear every batch of anon folios (clear_full_ptes) and drop its rmap, its nr_pages
+    references and its MM_ANONPAGES: zap's, and try_to_unmap_one's discard of a lazyfree batch."""
+    if len(batches) == 0:
+        return
     machine.clear_full_ptes_runs(mm, batches.runs)
     mm.rss_anon -= int(batches.nr_pages.sum())
     folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)

@@ -33,6 +33,7 @@ from .folio import (
 )
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
 from .internal import FPB_UNMAP, PteBatches, batches_any, folio_pte_batch, split_batches_by
+from .memory import zap_anon_ptes
 from .rmap import (
     folio_remove_rmap_pmd,
     folio_remove_rmap_pte,
@@ -148,16 +149,6 @@ def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int,
 
 # The lazyfree branch of try_to_unmap_one: a clean folio MADV_FREE made lazyfree is discarded.
 
-def discard_lazyfree_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
-    """Clear every batch (get_and_clear_ptes) and drop its rmap and references."""
-    if len(batches) == 0:
-        return
-    machine.clear_full_ptes_runs(mm, batches.runs)
-    mm.rss_anon -= int(batches.nr_pages.sum())
-    folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
-    folios_put_refs(machine, batches.folio, batches.nr_pages)
-
-
 def restore_lazyfree_ptes(machine: Machine, mm: MM, batch: PteBatches) -> int:
     """Clear one batch and write it back from the value get_and_clear_ptes gathered
     (set_ptes), as try_to_unmap_one does for a batch it keeps; returns that value."""
@@ -211,7 +202,7 @@ def try_to_unmap_one_lazyfree(machine: Machine, folio: int, mm: MM, vma: VMA, st
     stop = 0 if extra_refs or any_set(batch_dirty) else len(batches)
     if not extra_refs and any_set(batch_dirty):
         stop = int(np.argmax(batch_dirty))
-    discard_lazyfree_ptes(machine, mm, batches.select(np.arange(len(batches)) < stop))
+    zap_anon_ptes(machine, mm, batches.select(np.arange(len(batches)) < stop))  # discard
     if stop == len(batches):
         return OK
     kept = batches.select(np.arange(len(batches)) == stop)

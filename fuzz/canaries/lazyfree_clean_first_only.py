@@ -34,7 +34,7 @@ def try_to_unmap_one_lazyfree(machine, folio, mm, vma, start, end):
     stop = 0 if extra_refs or batch_dirty.any() else len(batches)
     if not extra_refs and batch_dirty.any():
         stop = int(np.argmax(batch_dirty))
-    vmscan.discard_lazyfree_ptes(machine, mm, batches.select(np.arange(len(batches)) < stop))
+    vmscan.zap_anon_ptes(machine, mm, batches.select(np.arange(len(batches)) < stop))  # discard
     if stop == len(batches):
         return vmscan.OK
     kept = batches.select(np.arange(len(batches)) == stop)

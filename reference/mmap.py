@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from machine import MM, VMA, Machine
 from machine.pgtable import PAGE_SHIFT
-from machine.errors import EBADF, EINVAL, ENOMEM, OK
+from machine.errors import EBADF, EEXIST, ENOMEM, OK
 
 from .memory import copy_page_range, unmap_page_range
 
@@ -13,11 +13,12 @@ from .memory import copy_page_range, unmap_page_range
 def do_mmap(machine: Machine, mm: MM, addr: int, length: int, writable: bool, file: int | None = None,
             offset: int = 0, shared: bool = False) -> str:
     """A new VMA of a new lineage, anonymous or mapping a file from offset (model: never
-    merged, overlap is EINVAL). A file mapping may reach past the file's end (SIGBUS on access)."""
+    merged); overlap is EEXIST, as MAP_FIXED_NOREPLACE says. A file mapping may reach past the
+    file's end (SIGBUS on access)."""
     if file is not None and file not in machine.files:
         return EBADF
     if mm.vmas_intersecting(addr, addr + length):
-        return EINVAL
+        return EEXIST
     mm.vma_insert(VMA(addr, addr + length, writable, machine.lineage_alloc(), file,
                       offset >> PAGE_SHIFT, shared))
     return OK

@@ -75,9 +75,11 @@ def test_a_custom_kernel_image_gives_the_same_verdicts(debian_kernel, scenario_r
 
 
 def test_a_deviation_stops_the_comparison_at_its_op(debian_kernel):
-    script = parse_script("mmap P0 0x200000 2M\nmmap P0 0x200000 4K\nwrite P0 0x200000 3\n", "overlap.ops")
+    script = parse_script("mmap P0 0x200000 32K\nmmap P0 0x208000 32K\nfault P0 0x200000 order=4\n"
+                          "write P0 0x200000 3\n", "merged.ops")
     verdict = check_scripts([script], debian_kernel).verdicts[0]
-    assert (verdict.status, verdict.deviations, verdict.line) == (DEVIATION, ["mmap-overlap"], 2)
+    assert (verdict.status, verdict.deviations, verdict.line) == (DEVIATION, ["vma-merge"], 3)
+    assert verdict.ops_compared == 3
 
 
 def test_an_exported_reproducer_runs_as_init_and_agrees_with_the_model(debian_kernel, tmp_path):

@@ -92,14 +92,10 @@ def _result_difference(step_op: Op, model_result: str, kernel_errno: int) -> Dif
 def judge(run: ModelRun, kernel: GuestScript) -> Verdict:
     """Compare the model's run with the kernel's, op by op.
 
-    The first op with a difference no deviation explains makes the script disagree. A
-    deviation that touched the state ends the comparison there (the two states have
-    legitimately parted); one that explained only the op's result code (the states
-    still equal) lets it go on.
+    The first op with a difference no deviation explains makes the script disagree; an
+    explained one ends the comparison there (the two runs have legitimately parted).
     """
     kernel_before: dict = {}
-    seen: list[str] = []
-    first: tuple[int, str, list[str]] | None = None   # the first deviating op: line, text, differences
     for index, step in enumerate(run.steps):
         op = step.op
         if index >= len(kernel.observations) or index >= len(kernel.results):
@@ -116,6 +112,7 @@ def judge(run: ModelRun, kernel: GuestScript) -> Verdict:
             continue
         context = OpContext(op, step.before, step.after, kernel_before, kernel_after, step.vmas)
         listed = [difference.describe() for difference in differences[:MAX_REPORTED_DIFFERENCES]]
+        seen: list[str] = []
         for difference in differences:
             deviation = explain(difference, context)
             if deviation is None:
@@ -123,15 +120,8 @@ def judge(run: ModelRun, kernel: GuestScript) -> Verdict:
                                difference=asdict(difference), ops_compared=index + 1, differences=listed)
             if deviation not in seen:
                 seen.append(deviation)
-        if first is None:
-            first = (op.line, format_op(op), listed)
-        if any(difference.field != "result" for difference in differences):
-            return Verdict(run.script.path, DEVIATION, deviations=seen, line=first[0], op=first[1],
-                           ops_compared=index + 1, differences=first[2])
-        kernel_before = kernel_after
-    if first is not None:
-        return Verdict(run.script.path, DEVIATION, deviations=seen, line=first[0], op=first[1],
-                       ops_compared=len(run.steps), differences=first[2])
+        return Verdict(run.script.path, DEVIATION, deviations=seen, line=op.line, op=format_op(op),
+                       ops_compared=index + 1, differences=listed)
     return Verdict(run.script.path, AGREE, ops_compared=len(run.steps))
 
 

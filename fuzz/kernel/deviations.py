@@ -55,12 +55,6 @@ def _contpte_folding(difference: Difference, context: OpContext) -> bool:
             and model.cont != kernel.cont)
 
 
-def _mmap_overlap(difference: Difference, context: OpContext) -> bool:
-    """mmap over an existing mapping: the model says EINVAL, MAP_FIXED_NOREPLACE says EEXIST."""
-    return (context.op.name == "mmap" and difference.field == "result"
-            and difference.model == "EINVAL" and difference.kernel == "EEXIST")
-
-
 def _pmd_fault_needs_pmd_none(difference: Difference, context: OpContext) -> bool:
     """An order-9 fault where a PTE table is left: the model maps a PMD, the kernel an mTHP.
 
@@ -133,7 +127,6 @@ def _large_swapin(difference: Difference, context: OpContext) -> bool:
 
 
 DEVIATIONS: tuple[Deviation, ...] = (
-    Deviation("mmap-overlap", "mmap over an existing mapping is EINVAL", _mmap_overlap),
     Deviation("pmd-fault-needs-pmd-none", "An order-9 fault needs only no PMD block and all 512 entries 0",
               _pmd_fault_needs_pmd_none),
     Deviation("swap-cache", "No swap cache: every swap-in makes a fresh exclusive order-0 folio", _swap_cache),

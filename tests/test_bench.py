@@ -25,6 +25,7 @@ from fuzz.front.bench import (
     bench_size,
     build_workload,
     fault_layout,
+    file_layout,
     format_table,
     machine_frames,
     parse_sizes,
@@ -34,7 +35,7 @@ M = 1 << 20
 BENCH_KEYS = {"size", "ops", "reference_s", "batched_s", "speedup", "reference_peak_mib",
               "batched_peak_mib"}
 WORKLOAD_OPS = {"mmap", "fault", "free", "write", "pin", "fork", "reclaim", "split_pmd", "split",
-                "munmap", "exit"}
+                "munmap", "exit", "file", "read", "uffd", "wp", "sync"}
 
 
 def one_error_line(capsys) -> str:
@@ -77,7 +78,8 @@ def test_workload_depends_only_on_size_and_seed() -> None:
 def test_workload_covers_every_op_kind() -> None:
     counts = Counter(op.name for op in build_workload(64 * M))
     assert set(counts) == WORKLOAD_OPS
-    assert counts["fork"] == 2 and counts["exit"] == 3 and counts["mmap"] == 1
+    assert counts["fork"] == 2 and counts["exit"] == 3 and counts["mmap"] == 3
+    assert counts["file"] == counts["sync"] == counts["uffd"] == 2
 
 
 def test_workload_follows_the_layout_and_sampling_rules() -> None:
@@ -85,16 +87,28 @@ def test_workload_follows_the_layout_and_sampling_rules() -> None:
     nr_pages = size // 4096
     ops = build_workload(size)
     layout = fault_layout(size)
+    files = file_layout(size)
+    file_pages = files.file_size // 4096
+    assert files.file_size == 8 * M and files.shmem_base == BASE + size and files.end == BASE + size + 16 * M
     faults = [op for op in ops if op.name == "fault"]
-    assert Counter(op.order for op in faults) == {9: 16, 4: 12 * 32, 0: 4 * 512}
-    assert len(layout.folios()) == len(faults)
+    shmem_folios = files.file_size // (64 << 10)
+    assert Counter(op.order for op in faults) == {9: 16, 4: 12 * 32 + shmem_folios, 0: 4 * 512}
+    assert len(layout.folios()) + shmem_folios == len(faults)
     for pid in (0, 1, 2):
-        writes = [op.addr for op in ops if op.name == "write" and op.process == pid]
+        writes = [op.addr for op in ops if op.name == "write" and op.process == pid and op.addr < files.shmem_base]
         assert len(writes) == len(set(writes)) == nr_pages // 10
+    for base in (files.shmem_base, files.file_base):
+        writes = [op.addr for op in ops if op.name == "write" and base <= op.addr < base + files.file_size]
+        assert len(writes) == len(set(writes)) == file_pages // 10
+    assert sum(op.name == "read" for op in ops) == file_pages // 10
+    wps = [op for op in ops if op.name == "wp"]
+    assert [op.mode for op in wps].count("on") == 2 + 1 and [op.mode for op in wps].count("off") == 1
+    assert all(op.addr % (64 << 10) == 32 << 10 for op in wps if op.addr < files.shmem_base)
     pins = [op for op in ops if op.name == "pin"]
     assert len(pins) == nr_pages // 100 // 8
     assert [op.prot for op in pins[:2]] == ["rw", "ro"] and all(op.addr % (32 << 10) == 0 for op in pins)
-    assert sum(op.name == "reclaim" for op in ops) == len(layout.folios()) // 10 + len(layout.mthp_folios) // 10
+    assert sum(op.name == "reclaim" for op in ops) == (len(layout.folios()) // 10 + shmem_folios // 10
+                                                       + len(layout.mthp_folios) // 10)
     assert sum(op.name == "free" for op in ops) == len(layout.mthp_folios) // 10
     assert sum(op.name == "split_pmd" for op in ops) == len(layout.pmd_chunks) // 10
     assert sum(op.name == "split" for op in ops) == len(layout.mthp_folios) // 10
@@ -115,7 +129,7 @@ def test_reference_against_itself_has_equal_results_and_states() -> None:
     assert result.reference_s > 0 and result.impl_s > 0
     assert result.reference_peak_mib >= 0 and result.impl_peak_mib >= 0
     # Both forks fit (2x the pages and 4096 spare frames): no op is skipped.
-    assert machine_frames(4 * M) == 6144 and result.skipped == 0
+    assert machine_frames(4 * M) == 6144 + 256 and result.skipped == 0
     table = format_table([result], "reference")
     assert table.splitlines()[1].split()[:2] == ["4M", str(result.ops)]
 
@@ -162,9 +176,9 @@ def test_bench_reports_each_implementations_time_per_page_and_the_ratio() -> Non
     assert row.split()[5:7] == ["2000.00", "500.00"]
 
 
-def test_default_sizes_reach_4g_on_a_machine_of_twice_its_pages() -> None:
+def test_default_sizes_reach_4g_on_a_machine_of_twice_its_pages_and_the_files() -> None:
     assert parse_sizes(DEFAULT_SIZES) == [64 * M, 256 * M, 1024 * M, 4096 * M]
-    assert machine_frames(4096 * M) == 2 * (1 << 20) + 4096
+    assert machine_frames(4096 * M) == 2 * (1 << 20) + 2 * (1 << 17) + 4096
 
 
 # ---------------------------------------------------------------------------

@@ -60,6 +60,8 @@ CHUNK_PATTERNS = 8                 # chunk i is faulted by pattern i % 8
 PMD_PATTERNS = range(0, 4)         # one PMD THP
 MTHP_PATTERNS = range(4, 7)        # 32 order-4 mTHPs; pattern 7: 512 base pages
 CHILDREN = (1, 2)                  # the pids the two forks of P0 create
+FILE_FRACTION = 8                  # each file is an eighth of the size
+UFFD_WP_SKEW = 32 << 10            # a write-protected range starts inside a 64K mTHP
 SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 SKIPPED = "skipped"                # the result of an op naming a process this machine lacks
@@ -89,8 +91,8 @@ def check_size(size: int, text: str = "") -> None:
     name = quote_token(text) if text else shown_number(size)
     if size <= 0 or size % PMD_SIZE:
         raise UsageError(f"bad size {name}: not a positive multiple of 2M")
-    if BASE + size > TASK_SIZE:
-        raise UsageError(f"bad size {name}: the mapping would end past the 48-bit VA limit")
+    if file_layout(size).end > TASK_SIZE:
+        raise UsageError(f"bad size {name}: the mappings would end past the 48-bit VA limit")
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -110,8 +112,8 @@ def machine_frames(size: int) -> int:
     """nr_frames of a bench machine: twice the mapping and 4096 spare frames, room for
     every copy: fork copies each exclusive page of a pinned folio (512 per pinned THP)
     and the children's writes copy on write (the workload peaks near 1.7x the pages,
-    2.1x at 4M)."""
-    return size // PAGE_SIZE * 2 + 4096
+    2.1x at 4M); and the two files' page cache with the private mapping's copies."""
+    return size // PAGE_SIZE * 2 + 2 * file_layout(size).file_size // PAGE_SIZE + 4096
 
 
 # ---------------------------------------------------------------------------
@@ -143,6 +145,68 @@ def fault_layout(size: int) -> FaultLayout:
         else:
             layout.base_pages.extend(range(chunk, chunk + PMD_SIZE, PAGE_SIZE))
     return layout
+
+
+@dataclass(frozen=True)
+class FileLayout:
+    """The file part: a shmem file mapped shared and a regular file mapped private, each an
+    eighth of the size, side by side after the anonymous mapping."""
+
+    file_size: int
+    shmem_base: int            # F0, shmem, MAP_SHARED
+    file_base: int             # F1, a regular file, MAP_PRIVATE
+
+    @property
+    def end(self) -> int:
+        """The end of the last mapping."""
+        return self.file_base + self.file_size
+
+
+def file_layout(size: int) -> FileLayout:
+    """Where the file part lies for a mapping of size bytes."""
+    file_size = size // FILE_FRACTION
+    return FileLayout(file_size, BASE + size, BASE + size + file_size)
+
+
+def _file_setup_ops(size: int) -> list[Op]:
+    """The two files and their mappings, F0's folios faulted in as 64K mTHPs of its page cache."""
+    files = file_layout(size)
+    ops = [Op("file", file=0, length=files.file_size, shmem=True), Op("file", file=1, length=files.file_size),
+           Op("mmap", process=0, addr=files.shmem_base, length=files.file_size, prot="rw", file=0, shared=True),
+           Op("mmap", process=0, addr=files.file_base, length=files.file_size, prot="rw", file=1)]
+    ops += [Op("fault", process=0, addr=addr, order=MTHP_ORDER)
+            for addr in range(files.shmem_base, files.shmem_base + files.file_size, MTHP_SIZE)]
+    return ops
+
+
+def _file_access_ops(rng: random.Random, size: int) -> list[Op]:
+    """P0 reads 10% of F1's private mapping (page cache mapped), then writes 10% of it (copy on
+    write into anon folios) and 10% of F0's shared mapping (the page cache itself)."""
+    files = file_layout(size)
+    nr_pages = files.file_size // PAGE_SIZE
+    ops = [Op("read", process=0, addr=files.file_base + page * PAGE_SIZE)
+           for page in rng.sample(range(nr_pages), nr_pages // 10)]
+    for base in (files.file_base, files.shmem_base):
+        ops += [Op("write", process=0, addr=base + page * PAGE_SIZE, value=rng.randrange(1, 1 << 64))
+                for page in rng.sample(range(nr_pages), nr_pages // 10)]
+    return ops
+
+
+def _uffd_wp_ranges(size: int) -> list[int]:
+    """The starts of the write-protected ranges: one MiB from 32K into every fourth chunk of the
+    anonymous mapping's registered quarter (so a range covers part of an mTHP or of a PMD THP)."""
+    return [chunk + UFFD_WP_SKEW for chunk in range(BASE, BASE + size // 4, 4 * PMD_SIZE)]
+
+
+def _uffd_ops(size: int, mode: str, ranges: list[int]) -> list[Op]:
+    """wp mode over each range (UFFDIO_WRITEPROTECT); the registration comes with mode "on"."""
+    ops = [Op("wp", process=0, addr=addr, length=HALF_PMD, mode=mode) for addr in ranges]
+    if mode == "on":
+        files = file_layout(size)
+        ops = [Op("uffd", process=0, addr=BASE, length=size // 4),
+               Op("uffd", process=0, addr=files.shmem_base, length=files.file_size), *ops,
+               Op("wp", process=0, addr=files.shmem_base, length=files.file_size // 2, mode="on")]
+    return ops
 
 
 def _fault_ops(size: int) -> list[Op]:
@@ -186,27 +250,41 @@ def build_workload(size: int, seed: int = 0) -> list[Op]:
     """The bench's op list for a mapping of size bytes; depends only on (size, seed).
 
     In order: mmap; fault everything (PMD THPs, mTHPs, base pages by chunk);
-    P0 writes 10% of the pages; pins of 1% of the pages; fork twice; each
-    child writes 10%; reclaim 10% of the folios; split_pmd 10% of the PMD
+    the file part's two files, their mappings and F0's faults; uffd-wp on the
+    anonymous mapping's first quarter and F0's mapping, a MiB write-protected in
+    every fourth chunk of the quarter and F0's first half; P0 writes 10% of the
+    pages (some trapped: UFFD); P0 reads and writes 10% of the files' pages;
+    pins of 1% of the pages; fork twice; each child writes 10%; wp off for
+    every other protected MiB; reclaim 10% of the folios, then 10% of F0's;
+    sync both files; split_pmd 10% of the PMD
     chunks and split to order 0 10% of the mTHPs; MADV_FREE of 10% of the
     mTHPs in P0, then reclaim of each (lazyfree: P0's clean entries are
     discarded, the children's dirty ones keep the folio); munmap the first MiB
     of every chunk in each process; exit P2, P1, P0. Random draws, in this
-    order: P0's pages, P0's values, the pins, P1's pages and values, P2's pages
-    and values, the reclaimed folios, the split PMDs, the split mTHPs, the
-    freed mTHPs.
+    order: P0's pages, P0's values, F1's read pages, F1's written pages and
+    values, F0's, the pins, P1's pages and values, P2's pages and values, the
+    reclaimed folios, F0's reclaimed folios, the split PMDs, the split mTHPs,
+    the freed mTHPs.
     """
     check_size(size)
     rng = random.Random(seed)
     layout = fault_layout(size)
     ops = [Op("mmap", process=0, addr=BASE, length=size, prot="rw")]
     ops += _fault_ops(size)
+    ops += _file_setup_ops(size)
+    ops += _uffd_ops(size, "on", _uffd_wp_ranges(size))
     ops += _write_ops(rng, 0, size)
+    ops += _file_access_ops(rng, size)
     ops += _pin_ops(rng, size)
     ops += [Op("fork", process=0) for _child in CHILDREN]
     for pid in CHILDREN:
         ops += _write_ops(rng, pid, size)
+    ops += _uffd_ops(size, "off", _uffd_wp_ranges(size)[::2])
     ops += [Op("reclaim", process=0, addr=addr) for addr in _tenth(rng, layout.folios())]
+    files = file_layout(size)
+    ops += [Op("reclaim", process=0, addr=addr)
+            for addr in _tenth(rng, list(range(files.shmem_base, files.file_base, MTHP_SIZE)))]
+    ops += [Op("sync", file=file) for file in (0, 1)]
     ops += [Op("split_pmd", process=0, addr=addr) for addr in _tenth(rng, layout.pmd_chunks)]
     ops += [Op("split", process=0, addr=addr, order=0) for addr in _tenth(rng, layout.mthp_folios)]
     for addr in _tenth(rng, layout.mthp_folios):

@@ -66,9 +66,14 @@ def cache_dir() -> str:
     return os.environ.get("RMAPFUZZ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rmapfuzz")
 
 
+def tool_path(name: str) -> str | None:
+    """Where name is on PATH, or in /usr/sbin or /sbin (mkfs.ext4's home, off a user's PATH)."""
+    return shutil.which(name, path=os.pathsep.join((os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin")))
+
+
 def missing_tools(names: Sequence[str] = tuple(TOOLS)) -> list[str]:
     """The tools of names that are not on PATH."""
-    return [name for name in names if shutil.which(name) is None]
+    return [name for name in names if tool_path(name) is None]
 
 
 def require_tools(names: Sequence[str] = tuple(TOOLS)) -> None:
@@ -213,7 +218,7 @@ def disk_image() -> str:
         temporary = f"{image}.{os.getpid()}.tmp"
         with open(temporary, "wb") as stream:
             stream.truncate(DISK_SIZE)     # sparse: the image takes only what mkfs writes
-        _run([shutil.which("mkfs.ext4") or "mkfs.ext4", *MKFS_ARGS, temporary], "mkfs.ext4 of the guest's disk")
+        _run([tool_path("mkfs.ext4") or "mkfs.ext4", *MKFS_ARGS, temporary], "mkfs.ext4 of the guest's disk")
         os.replace(temporary, image)
     return image
 

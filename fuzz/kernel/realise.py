@@ -2,7 +2,8 @@
 
 Each op becomes one `GuestOp` of the guest runtime (fuzz/kernel/runtime.c):
 `mmap` with MAP_FIXED_NOREPLACE, `fault ... order=K` as a write fault with
-the mTHP sizes up to K set to `always`, `pin ... rw` as io_uring buffer
+the mTHP sizes up to K set to `always`, `file F LEN` as a memfd (shmem) or a
+file on the guest's ext4 disk, `pin ... rw` as io_uring buffer
 registration, `reclaim` as MADV_PAGEOUT of exactly the folio's pages, `split`
 through debugfs `split_huge_pages`, and so on. An op with no faithful
 realisation makes the whole script unsupported, with the op and the reason;
@@ -286,8 +287,11 @@ def export_c(script: Script, guest_ops: list[GuestOp], runtime_source: str, vers
         " *\n * Build: aarch64-linux-gnu-gcc -static-pie -O2 -march=armv8.1-a -o repro repro.c\n"
         " * Run as root in a throwaway VM: it sets the anonymous THP sizes, khugepaged's limits,\n"
         " * overcommit and mmap_min_addr, turns on zram swap if no swap is on (a reclaim needs\n"
-        " * swap) and mounts debugfs (a split needs it). As /init of an initramfs it mounts proc,\n"
-        " * sys and dev itself and powers off at the end. After each op it prints the op's errno\n"
+        " * swap), mounts debugfs (a split needs it), turns shmem THP off and writeback off but for\n"
+        " * sync and reclaim. A regular file is made in the current directory, which must be on a\n"
+        " * disk filesystem with readahead off. As /init of an initramfs it mounts proc, sys and dev\n"
+        " * itself, and the ext4 disk /dev/vda for regular files (read_ahead_kb 0), and powers off at\n"
+        " * the end. After each op it prints the op's errno\n"
         " * (R lines) and every page line that changed (P lines; the runtime's header comment\n"
         " * below says what each field is).\n */\n\n"
         f"{runtime_source}\n"

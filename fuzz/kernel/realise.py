@@ -112,7 +112,9 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
     step = run.steps[step_index]
     op = step.op
     previous = run.steps[step_index - 1].large_cache_folios if step_index else frozenset()
-    for file_id, _index, order in sorted(step.large_cache_folios - previous):
+    made = sorted(step.large_cache_folios - previous)
+    if made:
+        file_id, _index, order = made[0]
         return _large_cache_folio_reason(_file_is_shmem(run, file_id), order)
     if step.result == "SIGBUS":
         return "an access past a file's end: the runtime does not turn SIGBUS into a result"

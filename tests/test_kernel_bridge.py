@@ -338,19 +338,52 @@ def test_shmem_files_are_realised_with_their_file_offset_and_sharing():
         f"{GUEST_KINDS['read']} 0 2097152 0 0 0", f"{GUEST_KINDS['sync']} 0 0 0 0 1"]
 
 
-def test_regular_files_sigbus_and_ordered_faults_with_files_are_refused():
-    with pytest.raises(UnsupportedScript, match="disk filesystem"):
-        realise(model_of("file F0 16K\n"))
+def test_regular_files_are_realised_on_the_guests_disk():
+    ops = realise(model_of("file F0 16K\nfile F1 8K shmem\nmmap P0 0x200000 16K file=F0 shared\n"
+                           "write P0 0x200000 3\nsync F0\nreclaim P0 0x200000\nread P0 0x200000\n"))
+    lines = guest_script_text(ops).splitlines()
+    assert lines[:2] == [f"{GUEST_KINDS['file']} 0 0 16384 1 0", f"{GUEST_KINDS['file']} 0 0 8192 0 1"]
+    # An anonymous fault of order K beside files, and a file fault that finds order 0: realised.
+    assert realise(model_of("file F0 16K shmem\nmmap P0 0x400000 16K file=F0 shared\nmmap P0 0x200000 64K\n"
+                            "fault P0 0x200000 order=4\nfault P0 0x400000 order=0\n"))
+    assert realise(model_of("file F0 4K shmem\nmmap P0 0x200000 4K file=F0 shared\nfault P0 0x200000 order=4\n"))
+
+
+def test_large_page_cache_folios_sigbus_and_pageout_the_kernel_skips_are_refused():
     with pytest.raises(UnsupportedScript, match="SIGBUS"):
         realise(model_of("file F0 4K shmem\nmmap P0 0x200000 16K file=F0 shared\nread P0 0x201000\n"))
-    with pytest.raises(UnsupportedScript, match="shmem_enabled"):
+    with pytest.raises(UnsupportedScript, match="order-4 shmem folio.*shmem_enabled") as error:
         realise(model_of("file F0 64K shmem\nmmap P0 0x200000 64K file=F0 shared\nfault P0 0x200000 order=4\n"))
+    assert error.value.unsupported.line == 3
+    # The private mapping's fault COWs: the large folio is made in the cache, unmapped.
+    with pytest.raises(UnsupportedScript, match="order-2 regular-file folio.*readahead"):
+        realise(model_of("file F0 16K\nmmap P0 0x200000 16K file=F0\nfault P0 0x200000 order=2\n"))
+    with pytest.raises(UnsupportedScript, match="folio_mapcount != folio_nr_pages"):
+        realise(model_of("file F0 16K\nmmap P0 0x200000 16K file=F0 shared\nmmap P0 0x400000 16K file=F0\n"
+                         "read P0 0x200000\nread P0 0x400000\nreclaim P0 0x400000\n"))
+    dirty = "file F0 16K{}\nmmap P0 0x200000 16K file=F0 shared\nwrite P0 0x200000 3\nreclaim P0 0x200000\n"
+    with pytest.raises(UnsupportedScript, match="dirty regular-file folio to the flushers"):
+        realise(model_of(dirty.format("")))
+    # A forked child's mapping is its parent's: the file is found through the fork.
+    with pytest.raises(UnsupportedScript, match="dirty regular-file folio"):
+        realise(model_of("file F0 16K\nmmap P0 0x200000 16K file=F0\nwrite P0 0x201000 1\nread P0 0x200000\n"
+                         "fork P0\nexit P0\nmmap P1 0x400000 16K file=F0 shared\nwrite P1 0x402000 2\n"
+                         "reclaim P1 0x402000\n"))
+    assert realise(model_of(dirty.format(" shmem")))    # shmem_writeout swaps it, as the model does
+    assert realise(model_of(dirty.format("").replace("reclaim", "sync F0\nreclaim")))   # clean: dropped
 
 
 def test_parse_reads_a_page_cache_folio():
     run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 45a00 45a00 0 0 0 0 1 1 0 1 2 0 0 0 7 0 0 1 0",
                               "E 0", "Z a"])
     assert run.scripts["a"].observations[0][(0, 0x200000)].file
+
+
+def test_parse_takes_a_filesystems_private_reference_off_the_refcount():
+    run = parse_guest_output(["S a", "R 0 0", "P 0 200000 p 45a00 45a00 0 0 0 1 1 1 0 1 3 0 0 0 5 0 1 1 0 1",
+                              "P 0 201000 p 45a01 45a01 0 0 0 0 1 0 0 1 2 0 0 0 6 0 0 1 0 0", "E 0", "Z a"])
+    observation = run.scripts["a"].observations[0]
+    assert observation[(0, 0x200000)].refcount == 2 and observation[(0, 0x201000)].refcount == 2
 
 
 def test_guest_kinds_match_the_runtime_enum():

@@ -71,7 +71,7 @@ def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", metavar="IMAGE",
                         help="boot this arm64 Image instead of Debian's (a kernel you built)")
     parser.add_argument("--modules", metavar="DIR",
-                        help="with --kernel: the module tree holding zram (lib/modules/<release>)")
+                        help="with --kernel: the module tree holding zram, virtio_blk and ext4 (lib/modules/<release>)")
     parser.add_argument("--kernel-version", metavar="VERSION",
                         help="Debian's kernel of this version instead of the newest in sid")
     parser.add_argument("--cpu", metavar="MODEL",

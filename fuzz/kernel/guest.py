@@ -3,7 +3,9 @@
 Nothing here is committed: the kernel packages are fetched from Debian's sid
 arm64 archive through a private apt list (the host's apt configuration is not
 touched) into a cache, `~/.cache/rmapfuzz/kernel` or `$RMAPFUZZ_CACHE`; the
-runtime is compiled there with the cross compiler; the initramfs and the
+runtime is compiled there with the cross compiler, and the disk for regular
+files (an empty ext4 image, `mkfs.ext4`) made there once; the guest writes it
+through a qemu snapshot, so the cached image stays empty. The initramfs and the
 boot's output live in a temporary directory (or `--keep DIR`).
 """
 
@@ -33,9 +35,14 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SUITE = "sid"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 FLAVOUR = "arm64"                       # linux-binary-<version>-arm64: not cloud, rt or 16k
-MODULES = ("zram",)                     # loaded at boot, with what they depend on
+MODULES = ("zram", "virtio_blk", "ext4")   # loaded at boot, with what they depend on
 LIST_MAX_AGE = 24 * 3600                # refresh the package list once a day
 QEMU_MEMORY = "1G"
+# The disk for regular files: ext4 without a journal (no jbd2 commit writes anything behind a
+# script's back), inode tables initialised at mkfs (no ext4lazyinit thread), 4 KiB blocks.
+DISK_SIZE = 256 << 20
+MKFS_ARGS = ("-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-O", "^has_journal",
+             "-E", "lazy_itable_init=0", "-L", "rmapfuzz")
 # The model's machine (SPEC §2): 48-bit VA and PA, 4 levels. qemu's "max" CPU has FEAT_LPA2, on which
 # Debian's kernel (CONFIG_ARM64_LPA2) turns on 52-bit PA and 5 levels; there its folio split
 # restores every PTE old though the migration entry holds the young bit (docs/model.md, "LPA2").
@@ -51,6 +58,7 @@ TOOLS = {
     CROSS_CC: "gcc-aarch64-linux-gnu libc6-dev-arm64-cross",
     "apt-get": "apt",
     "dpkg-deb": "dpkg",
+    "mkfs.ext4": "e2fsprogs",
 }
 
 
@@ -58,9 +66,14 @@ def cache_dir() -> str:
     return os.environ.get("RMAPFUZZ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rmapfuzz")
 
 
+def tool_path(name: str) -> str | None:
+    """Where name is on PATH, or in /usr/sbin or /sbin (mkfs.ext4's home, off a user's PATH)."""
+    return shutil.which(name, path=os.pathsep.join((os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin")))
+
+
 def missing_tools(names: Sequence[str] = tuple(TOOLS)) -> list[str]:
     """The tools of names that are not on PATH."""
-    return [name for name in names if shutil.which(name) is None]
+    return [name for name in names if tool_path(name) is None]
 
 
 def require_tools(names: Sequence[str] = tuple(TOOLS)) -> None:
@@ -195,6 +208,21 @@ def build_runtime() -> str:
     return binary
 
 
+def disk_image() -> str:
+    """The empty ext4 image the guest mounts for regular files, made once into the cache."""
+    require_tools(("mkfs.ext4",))
+    digest = hashlib.sha256(f"{DISK_SIZE} {' '.join(MKFS_ARGS)}".encode()).hexdigest()[:16]
+    image = os.path.join(cache_dir(), "disk", f"ext4-{digest}.img")
+    if not os.path.exists(image):
+        os.makedirs(os.path.dirname(image), exist_ok=True)
+        temporary = f"{image}.{os.getpid()}.tmp"
+        with open(temporary, "wb") as stream:
+            stream.truncate(DISK_SIZE)     # sparse: the image takes only what mkfs writes
+        _run([tool_path("mkfs.ext4") or "mkfs.ext4", *MKFS_ARGS, temporary], "mkfs.ext4 of the guest's disk")
+        os.replace(temporary, image)
+    return image
+
+
 def _module_files(modules: str) -> dict[str, str]:
     """Module name -> path of its .ko or .ko.xz under modules/kernel."""
     found: dict[str, str] = {}
@@ -289,8 +317,10 @@ def boot(kernel: KernelBuild, scripts: list[tuple[str, str]], work_dir: str, tim
          init: bytes | None = None) -> Boot:
     """Boot kernel once with the runtime as /init running scripts (or another static program
     as /init: an exported reproducer); its output comes back on a virtio-serial port named
-    rmapfuzz."""
+    rmapfuzz. The ext4 disk is the guest's /dev/vda, written through a snapshot (the cached
+    image is never changed)."""
     require_tools(("qemu-system-aarch64",))
+    disk = disk_image()
     if init is None:
         with open(build_runtime(), "rb") as stream:
             init = stream.read()
@@ -302,7 +332,9 @@ def boot(kernel: KernelBuild, scripts: list[tuple[str, str]], work_dir: str, tim
                "-m", QEMU_MEMORY, "-nographic", "-no-reboot", "-nic", "none",   # no NIC: no option ROM
                "-kernel", kernel.image, "-initrd", initramfs,
                "-append", BOOT_ARGS, "-chardev", f"file,id=observations,path={output}",
-               "-device", "virtio-serial-pci", "-device", "virtserialport,chardev=observations,name=rmapfuzz"]
+               "-device", "virtio-serial-pci", "-device", "virtserialport,chardev=observations,name=rmapfuzz",
+               "-drive", f"file={disk},format=raw,if=none,id=disk,snapshot=on",
+               "-device", "virtio-blk-pci,drive=disk"]
     started = time.monotonic()
     timed_out = False
     with open(console, "wb") as console_stream:

@@ -32,6 +32,7 @@ class ModelStep:
     after: Observation
     new_process: int | None = None   # fork: the child's number
     vmas: tuple[tuple[int, int], ...] = ()   # the op's process's VMAs after it: (start, end)
+    large_cache_folios: frozenset[tuple[int, int, int]] = frozenset()   # after it: (file, index, order)
 
 
 @dataclass
@@ -52,6 +53,17 @@ def observed_pages(script: Script) -> PageRanges:
     """Every page named by any mmap of the script, as the guest runtime collects them."""
     return PageRanges.of_mmaps((op.addr or 0, op.length or 0) for op in script_ops(script)
                                if op.name == "mmap")
+
+
+def large_cache_folios(machine: Machine) -> frozenset[tuple[int, int, int]]:
+    """Every page-cache folio of order > 0 in the machine's files: (file id, first index, order)."""
+    folios = set()
+    for file_id, file in machine.files.items():
+        for index, head in file.cache.items():
+            order = int(machine.frames.folio_order[head])
+            if order and index % (1 << order) == 0:
+                folios.add((file_id, index, order))
+    return frozenset(folios)
 
 
 def run_model(script: Script, impl: str = REFERENCE_IMPL) -> ModelRun:
@@ -76,6 +88,7 @@ def run_model(script: Script, impl: str = REFERENCE_IMPL) -> ModelRun:
         new_process = nr_processes if machine.nr_processes > nr_processes else None
         mm = machine.processes.get(op.process) if op.process is not None else None
         vmas = tuple((vma.start, vma.end) for vma in mm.vmas) if mm is not None else ()
-        run.steps.append(ModelStep(op, str(result), before, after, new_process, vmas))
+        run.steps.append(ModelStep(op, str(result), before, after, new_process, vmas,
+                                   large_cache_folios(machine)))
         before = after
     return run

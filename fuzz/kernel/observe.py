@@ -252,7 +252,9 @@ def parse_guest_output(lines: Iterable[str]) -> GuestRun:
 
 def _apply_page_line(state: Observation, words: list[str]) -> None:
     """P n va n | s slot excl uffd-wp type | p pfn head order pmd cont dirty young write excl mapcount ref pin
-    shared zero value lazyfree folio_dirty file uffd-wp."""
+    shared zero value lazyfree folio_dirty file uffd-wp [private]. The model's refcount leaves out a
+    filesystem's private reference (buffer heads: folio_attach_private), as folio_expected_ref_count
+    counts it apart: the kernel's is compared less PG_private."""
     key = (int(words[1]), int(words[2], 16))
     kind = words[3]
     if kind == "n":
@@ -264,6 +266,7 @@ def _apply_page_line(state: Observation, words: list[str]) -> None:
     elif kind == "p":
         (pfn, head, order, pmd, cont, dirty, young, write, excl, mapcount, ref, pin, shared, zero,
          value, lazyfree, folio_dirty, file, uffd_wp) = words[4:23]
+        private = int(words[23]) if len(words) > 23 else 0
         if zero == "1":
             state[key] = PageView(ZERO, pfn=int(pfn, 16), head=int(head, 16), level="pmd" if pmd == "1" else "pte",
                                   cont=cont == "1", dirty=dirty == "1", young=young == "1",
@@ -273,7 +276,7 @@ def _apply_page_line(state: Observation, words: list[str]) -> None:
             PRESENT, pfn=int(pfn, 16), head=int(head, 16), order=int(order),
             level="pmd" if pmd == "1" else "pte", cont=cont == "1", dirty=dirty == "1",
             young=young == "1", writable=write == "1", exclusive=excl == "1", mapcount=int(mapcount),
-            refcount=int(ref), pincount=int(pin), shared=shared == "1", value=int(value, 16),
+            refcount=int(ref) - private, pincount=int(pin), shared=shared == "1", value=int(value, 16),
             lazyfree=lazyfree == "1", folio_dirty=folio_dirty == "1", file=file == "1", uffd_wp=uffd_wp == "1")
     else:
         raise ValueError(f"unknown page line {' '.join(words)!r}")

@@ -2,7 +2,8 @@
 
 Each op becomes one `GuestOp` of the guest runtime (fuzz/kernel/runtime.c):
 `mmap` with MAP_FIXED_NOREPLACE, `fault ... order=K` as a write fault with
-the mTHP sizes up to K set to `always`, `pin ... rw` as io_uring buffer
+the mTHP sizes up to K set to `always`, `file F LEN` as a memfd (shmem) or a
+file on the guest's ext4 disk, `pin ... rw` as io_uring buffer
 registration, `reclaim` as MADV_PAGEOUT of exactly the folio's pages, `split`
 through debugfs `split_huge_pages`, and so on. An op with no faithful
 realisation makes the whole script unsupported, with the op and the reason;
@@ -77,8 +78,6 @@ class UnsupportedScript(Exception):
 
 def _static_reason(op: Op) -> str | None:
     """Why op alone has no realisation, or None."""
-    if op.name == "file" and not op.shmem:
-        return "a regular file needs a disk filesystem in the guest, which the bridge does not have"
     if op.file is not None and op.file >= MAX_FILES:
         return f"the runtime keeps at most {MAX_FILES} files"
     if op.name == "try_to_unmap":
@@ -98,9 +97,6 @@ def _static_reason(op: Op) -> str | None:
 
 def _script_reason(script: Script, run: ModelRun) -> str | None:
     ops = script_ops(script)
-    if any(op.name == "file" for op in ops) and any(op.name == "fault" and op.order for op in ops):
-        return ("a fault of order K in a script with files: shmem's large folios follow shmem_enabled, "
-                "which the runtime does not set")
     if any(op.name == "mmap" and op.file is not None for op in ops) and any(op.name == "uffd" for op in ops):
         return ("uffd-wp with file mappings: the model refuses to register a file VMA (EINVAL), "
                 "the kernel registers a shmem one")
@@ -115,6 +111,11 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
     """Why the op of this model step cannot be shown faithfully, given what the model did."""
     step = run.steps[step_index]
     op = step.op
+    previous = run.steps[step_index - 1].large_cache_folios if step_index else frozenset()
+    made = sorted(step.large_cache_folios - previous)
+    if made:
+        file_id, _index, order = made[0]
+        return _large_cache_folio_reason(_file_is_shmem(run, file_id), order)
     if step.result == "SIGBUS":
         return "an access past a file's end: the runtime does not turn SIGBUS into a result"
     if step.result == "ENOMEM" and op.name in ALLOCATING_OPS:
@@ -125,6 +126,10 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
                 other.state == PRESENT and other.head == view.head and key[0] != op.process
                 for key, other in step.before.items()):
             return "MADV_PAGEOUT skips a folio that more than one process maps"
+        if view is not None and view.state == PRESENT and view.file and step.after != step.before:
+            reason = _file_pageout_reason(view, step, _vma_file_is_shmem(run, step_index))
+            if reason:
+                return reason
         if view is not None and view.state == PRESENT and _swap_out_fallback(view, step):
             return ("the model's swap had no aligned run of slots for the folio (the swap-out fallback "
                     "splits it), the guest's 256 MiB zram has")
@@ -136,6 +141,51 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
         if nr_pins > MAX_PINS:
             return f"more than {MAX_PINS} pins"
     return None
+
+
+def _large_cache_folio_reason(shmem: bool, order: int) -> str:
+    """Why a page-cache folio of order > 0 the model makes has no realisation."""
+    if shmem:
+        return (f"the model makes an order-{order} shmem folio: a memfd's fault allocates only the PMD "
+                "size, and only under the top-level shmem_enabled (shmem_huge_global_enabled; the "
+                "per-size hugepages-*/shmem_enabled apply to anonymous shared mappings alone), where "
+                "the model's page cache stops at order 8, PTE-mapped")
+    return (f"the model makes an order-{order} regular-file folio: a file fault allocates what readahead "
+            "decides (page_cache_ra_order: read-around, VM_HUGEPAGE's PMD size, VM_EXEC's 64K), never "
+            "the order one fault asks; the guest's readahead is off, so its folios are order 0")
+
+
+def _file_pageout_reason(view: PageView, step: ModelStep, shmem: bool) -> str | None:
+    """Why MADV_PAGEOUT does not do what the model's reclaim of this page-cache folio does."""
+    mappings = [other for other in step.before.values() if other.state == PRESENT and other.head == view.head]
+    if len(mappings) > 1 << view.order:
+        return ("MADV_PAGEOUT skips a folio mapped more often than it has pages "
+                "(madvise_cold_or_pageout_pte_range: folio_mapcount != folio_nr_pages)")
+    if not shmem and (view.folio_dirty or any(other.dirty for other in mappings)):
+        return ("MADV_PAGEOUT leaves a dirty regular-file folio to the flushers (shrink_folio_list: only "
+                "kswapd writes file folios back), unmapped and still dirty in the cache; the model "
+                "writes it back as kswapd's pageout would")
+    return None
+
+
+def _file_is_shmem(run: ModelRun, file_id: int) -> bool:
+    """Whether the script's file Fn is a shmem one (the first `file Fn` op makes it)."""
+    return any(op.name == "file" and op.file == file_id and op.shmem for op in script_ops(run.script))
+
+
+def _vma_file_is_shmem(run: ModelRun, step_index: int) -> bool:
+    """Whether the file mapped where the op of this step points is shmem: the last mmap covering
+    the address made by that process, or by its parent before the fork that made it."""
+    op = run.steps[step_index].op
+    process = op.process or 0
+    for earlier in reversed(run.steps[:step_index]):
+        mmap = earlier.op
+        if mmap.name == "fork" and earlier.new_process == process:
+            process = mmap.process or 0
+        elif (mmap.name == "mmap" and earlier.result == "ok" and (mmap.process or 0) == process
+                and (mmap.addr or 0) <= (op.addr or 0) < (mmap.addr or 0) + (mmap.length or 0)):
+            return mmap.file is not None and _file_is_shmem(run, mmap.file)
+    return False
 
 
 def _swap_out_fallback(view: PageView, step: ModelStep) -> bool:
@@ -189,7 +239,7 @@ def guest_op(op: Op, new_process: int | None = None) -> GuestOp:
     process = op.process or 0
     rw = int((op.prot or "rw") == "rw")
     if op.name == "file":
-        return GuestOp(kind, 0, length=op.length or 0, arg=op.file or 0)
+        return GuestOp(kind, 0, length=op.length or 0, value=int(not op.shmem), arg=op.file or 0)
     if op.name == "sync":
         return GuestOp(kind, 0, arg=op.file or 0)
     if op.name == "mmap" and op.file is not None:
@@ -239,8 +289,11 @@ def export_c(script: Script, guest_ops: list[GuestOp], runtime_source: str, vers
         " *\n * Build: aarch64-linux-gnu-gcc -static-pie -O2 -march=armv8.1-a -o repro repro.c\n"
         " * Run as root in a throwaway VM: it sets the anonymous THP sizes, khugepaged's limits,\n"
         " * overcommit and mmap_min_addr, turns on zram swap if no swap is on (a reclaim needs\n"
-        " * swap) and mounts debugfs (a split needs it). As /init of an initramfs it mounts proc,\n"
-        " * sys and dev itself and powers off at the end. After each op it prints the op's errno\n"
+        " * swap), mounts debugfs (a split needs it), turns shmem THP off and writeback off but for\n"
+        " * sync and reclaim. A regular file is made in the current directory, which must be on a\n"
+        " * disk filesystem with readahead off. As /init of an initramfs it mounts proc, sys and dev\n"
+        " * itself, and the ext4 disk /dev/vda for regular files (read_ahead_kb 0), and powers off at\n"
+        " * the end. After each op it prints the op's errno\n"
         " * (R lines) and every page line that changed (P lines; the runtime's header comment\n"
         " * below says what each field is).\n */\n\n"
         f"{runtime_source}\n"

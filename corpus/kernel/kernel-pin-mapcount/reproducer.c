@@ -5,8 +5,11 @@
  * Build: aarch64-linux-gnu-gcc -static-pie -O2 -march=armv8.1-a -o repro repro.c
  * Run as root in a throwaway VM: it sets the anonymous THP sizes, khugepaged's limits,
  * overcommit and mmap_min_addr, turns on zram swap if no swap is on (a reclaim needs
- * swap) and mounts debugfs (a split needs it). As /init of an initramfs it mounts proc,
- * sys and dev itself and powers off at the end. After each op it prints the op's errno
+ * swap), mounts debugfs (a split needs it), turns shmem THP off and writeback off but for
+ * sync and reclaim. A regular file is made in the current directory, which must be on a
+ * disk filesystem with readahead off. As /init of an initramfs it mounts proc, sys and dev
+ * itself, and the ext4 disk /dev/vda for regular files (read_ahead_kb 0), and powers off at
+ * the end. After each op it prints the op's errno
  * (R lines) and every page line that changed (P lines; the runtime's header comment
  * below says what each field is).
  */
@@ -35,7 +38,9 @@
  *                                  swap type (a PTE marker's is SWP_PTE_MARKER)
  *   P <n> <va> p <pfn> <head> <order> <pmd> <cont> <dirty> <young> <write>
  *                <excl> <mapcount> <ref> <pin> <shared> <zero> <value>
- *                <lazyfree> <folio-dirty> <file> <uffd-wp>
+ *                <lazyfree> <folio-dirty> <file> <uffd-wp> <private>
+ *                                  (private: PG_private, the reference a filesystem's buffer
+ *                                  heads hold: folio_attach_private)
  *   G <n>                          Pn exited
  *   E <op>                         observation after op number op is complete
  *   X <reason>                     the script could not run on this kernel
@@ -404,7 +409,7 @@ static long btf_enum_value(const char *name)
 static struct {
 	long page_size, page_flags, page_mapcount, page_refcount;
 	long folio_large_mapcount, folio_entire_mapcount, folio_pincount, folio_mm_ids;
-	long pg_anon_exclusive, mm_ids_shared_bit;
+	long pg_anon_exclusive, pg_private, mm_ids_shared_bit;
 	long task_tasks, task_pid, task_mm, mm_pgd;
 } layout;
 
@@ -427,10 +432,11 @@ static void layout_init(void)
 	layout.task_mm = btf_offset("task_struct", "mm");
 	layout.mm_pgd = btf_offset("mm_struct", "pgd");
 	layout.pg_anon_exclusive = btf_enum_value("PG_anon_exclusive");
+	layout.pg_private = btf_enum_value("PG_private");
 	mm_id_size = btf_typedef_size("mm_id_t");
-	if (layout.page_size <= 0 || layout.pg_anon_exclusive < 0 || mm_id_size <= 0) {
+	if (layout.page_size <= 0 || layout.pg_anon_exclusive < 0 || layout.pg_private < 0 || mm_id_size <= 0) {
 		errno = ENOENT;
-		fatal("BTF lacks struct page, PG_anon_exclusive or mm_id_t");
+		fatal("BTF lacks struct page, PG_anon_exclusive, PG_private or mm_id_t");
 	}
 	/* FOLIO_MM_IDS_SHARED_BITNUM = 2 * MM_ID_BITS + 1, MM_ID_BITS = bits of mm_id_t - 1 */
 	layout.mm_ids_shared_bit = 2 * (mm_id_size * 8 - 1) + 1;
@@ -684,6 +690,27 @@ static int zram_swap_setup(void)
 	return syscall(SYS_swapon, "/dev/zram0", 0);
 }
 
+/*
+ * Regular files and shmem: nothing is written back but by `sync` and reclaim (no periodic
+ * flusher, nothing ever expires or crosses a dirty threshold in a script), and shmem folios
+ * are order 0 (a memfd fault may allocate only the PMD size, under the top-level
+ * shmem_enabled: shmem_huge_global_enabled; the model's page cache stops at order 8).
+ */
+static void file_setup(void)
+{
+	char path[128];
+
+	write_file("/proc/sys/vm/dirty_writeback_centisecs", "0");
+	write_file("/proc/sys/vm/dirty_expire_centisecs", "2000000000");
+	write_file("/proc/sys/vm/dirty_background_ratio", "90");
+	write_file("/proc/sys/vm/dirty_ratio", "95");
+	write_file(THP_DIR "/shmem_enabled", "never");
+	for (int order = 2; order <= PMD_ORDER; order++) {
+		snprintf(path, sizeof(path), THP_DIR "/hugepages-%lukB/shmem_enabled", (PAGE_SIZE << order) / 1024);
+		write_file(path, "never");
+	}
+}
+
 static void machine_setup(void)
 {
 	write_file("/proc/sys/vm/overcommit_memory", "1");
@@ -702,6 +729,7 @@ static void machine_setup(void)
 	/* (model) no fault-around: a read fault of a file maps its page or its whole folio */
 	write_file("/sys/kernel/debug/fault_around_bytes", "4096");
 	thp_sizes_set(0);
+	file_setup();
 	if (zram_swap_setup())
 		out("X-warning swap: %s\n", strerror(errno));
 	layout_init();
@@ -731,6 +759,7 @@ static int nr_pins;
 #define MAX_FILES 16
 static int file_fds[MAX_FILES] = { [0 ... MAX_FILES - 1] = -1 }; /* the controller's memfd of each shmem file Fn, -1 if not made */
 static pid_t controller_pid;    /* a worker reopens a file through /proc/<controller>/fd/N */
+static const char *file_dir = "."; /* where regular files are made: the guest's ext4 disk as /init */
 
 static sigjmp_buf fault_jump;
 static volatile sig_atomic_t fault_armed;
@@ -1204,7 +1233,7 @@ static uint64_t contpte_gather(const uint64_t *table, unsigned int index)
 static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry, int pmd, int uffd_wp)
 {
 	const struct folio_facts *folio = read_folio(pfn);
-	uint64_t index = pfn - folio->head, exclusive_index = pmd ? 0 : index, flags, value = 0;
+	uint64_t index = pfn - folio->head, exclusive_index = pmd ? 0 : index, flags, head_page_flags, value = 0;
 	uint64_t head_flags = folio->kpageflags[0];
 	/* lazyfree: anon without PG_swapbacked (folio_test_lazyfree); PG_dirty of the folio. */
 	int lazyfree = ((head_flags >> KPF_ANON) & 1) && !((head_flags >> KPF_SWAPBACKED) & 1);
@@ -1212,17 +1241,22 @@ static void format_present(char *line, size_t size, uint64_t pfn, uint64_t entry
 	int32_t mapcount = (int32_t)read_u32(page + layout.page_mapcount) + 1;
 	int dirty = (entry & PTE_SW_DIRTY) || ((entry & PTE_DBM) && !(entry & PTE_RDONLY));
 
-	/* PageAnonExclusive of the page; of the head for a PMD mapping (SPEC §4's `exclusive`). */
+	/*
+	 * PageAnonExclusive of the page; of the head for a PMD mapping (SPEC §4's `exclusive`).
+	 * Only of an anon folio: on a page-cache page the bit is PG_mappedtodisk.
+	 */
 	memcpy(&flags, folio->pages + exclusive_index * layout.page_size + layout.page_flags, sizeof(flags));
+	memcpy(&head_page_flags, folio->pages + layout.page_flags, sizeof(head_page_flags));
 	kread_pa(pfn * PAGE_SIZE, &value, sizeof(value));
-	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx %d %d %d %d",
+	snprintf(line, size, "p %lx %lx %d %d %d %d %d %d %d %d %d %d %d %d %lx %d %d %d %d %d",
 		 (unsigned long)pfn, (unsigned long)folio->head, folio->order, pmd,
 		 !pmd && (entry & PTE_CONT) ? 1 : 0, dirty, entry & PTE_AF ? 1 : 0, entry & PTE_DBM ? 1 : 0,
-		 (int)((flags >> layout.pg_anon_exclusive) & 1), mapcount + folio->entire_mapcount,
+		 (int)((head_flags >> KPF_ANON) & (flags >> layout.pg_anon_exclusive) & 1),
+		 mapcount + folio->entire_mapcount,
 		 folio->refcount, folio->pincount, folio->shared, (int)((folio->kpageflags[index] >> KPF_ZERO) & 1),
 		 (unsigned long)value, lazyfree, (int)((head_flags >> KPF_DIRTY) & 1),
 		 !((head_flags >> KPF_ANON) & 1), /* a page-cache folio: folio->mapping not anon */
-		 uffd_wp);
+		 uffd_wp, (int)((head_page_flags >> layout.pg_private) & 1));
 }
 
 /* The line describing page va, from its pagemap entry and the page tables. */
@@ -1422,18 +1456,39 @@ static int split_folio_at(int n, uint64_t va, int order)
 	return -write_file("/sys/kernel/debug/split_huge_pages", command);
 }
 
+/*
+ * A regular file Fn in file_dir, unlinked at once: the controller's descriptor keeps it (the
+ * workers reopen it through /proc/<controller>/fd/N), and its page cache goes, unwritten,
+ * when the script's end closes it.
+ */
+static int regular_file_create(int id)
+{
+	char path[512];
+	int fd;
+
+	if (!file_dir) {
+		errno = ENODEV;
+		return -1;
+	}
+	snprintf(path, sizeof(path), "%s/rmapfuzz-F%d", file_dir, id);
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+	if (fd >= 0)
+		unlink(path);
+	return fd;
+}
+
 static int run_op(const struct rf_op *op)
 {
 	struct reply reply = { 0, 0, -1 };
 	struct rf_op sent = *op;
 
 	switch (op->kind) {
-	case RF_FILE: /* a shmem file: memfd_create and ftruncate (O_CREAT | O_EXCL: EEXIST if made) */
+	case RF_FILE: /* value 0: a shmem file, 1: a regular one (O_CREAT | O_EXCL: EEXIST if made) */
 		if (op->arg < 0 || op->arg >= MAX_FILES)
 			return EINVAL;
 		if (file_fds[op->arg] >= 0)
 			return EEXIST;
-		file_fds[op->arg] = syscall(SYS_memfd_create, "rmapfuzz", 0);
+		file_fds[op->arg] = op->value ? regular_file_create(op->arg) : syscall(SYS_memfd_create, "rmapfuzz", 0);
 		if (file_fds[op->arg] < 0)
 			return errno;
 		return ftruncate(file_fds[op->arg], (off_t)op->length) ? errno : 0;
@@ -1646,6 +1701,23 @@ static void load_modules(void)
 	}
 }
 
+/*
+ * The guest's disk for regular files: ext4 on /dev/vda, mounted at /rmapfuzz, readahead off
+ * (read_ahead_kb 0 before any file is opened: file_ra_state_init copies it), so a file fault
+ * makes an order-0 folio of the faulting page alone (filemap_fault, do_sync_mmap_readahead).
+ */
+static void disk_mount(void)
+{
+	write_file("/sys/block/vda/queue/read_ahead_kb", "0");
+	mkdir("/rmapfuzz", 0755);
+	if (mount("/dev/vda", "/rmapfuzz", "ext4", 0, NULL)) {
+		out("X-warning disk: %s\n", strerror(errno));
+		file_dir = NULL; /* not the initramfs: a regular file there would be shmem */
+	} else {
+		file_dir = "/rmapfuzz";
+	}
+}
+
 /* Booted as /init: mount what a system has, take the observation port, load the modules. */
 static void system_start(void)
 {
@@ -1655,6 +1727,7 @@ static void system_start(void)
 	mount("debugfs", "/sys/kernel/debug", "debugfs", 0, NULL);
 	out_fd = open_observation_port();
 	load_modules();
+	disk_mount();
 }
 
 static void print_kernel_release(void)

@@ -58,8 +58,9 @@ def change_present_ptes(machine: Machine, vma: VMA, old: np.ndarray, cp_flags: i
     if not cp_flags & MM_CP_TRY_CHANGE_WRITABLE or not vma.writable:
         return entries
     if vma.file is not None and vma.shared:
-        if vma_wants_writenotify(machine, vma):
-            entries = np.where(pte_dirty(old), pte_mkwrite(entries), entries)
+        if vma_wants_writenotify(machine, vma):  # can_change_shared_pte_writable, not uffd-wp
+            dirty = pte_dirty(old) & ~(pte_uffd_wp(entries) if vma.uffd_wp else False)
+            entries = np.where(dirty, pte_mkwrite(entries), entries)
         return entries
     exclusive = machine.frames.page_anon_exclusive[pte_pfn(old).astype(np.int64)] & vm_normal_pages(machine, old)
     if vma.uffd_wp:

@@ -47,7 +47,8 @@ def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int, cp_flags: int) -> 
     entry = change_uffd_wp_bit(pte_modify(pte, vma_page_prot(machine, vma)), cp_flags)
     if cp_flags & MM_CP_TRY_CHANGE_WRITABLE:
         if vma.file is not None and vma.shared:
-            if vma.writable and vma_wants_writenotify(machine, vma) and pte_dirty(pte):
+            if (vma.writable and vma_wants_writenotify(machine, vma) and pte_dirty(pte)
+                    and not (vma.uffd_wp and pte_uffd_wp(entry))):  # can_change_pte_writable
                 entry = pte_mkwrite(entry)
         elif can_change_pte_writable(machine, vma, entry):
             entry = pte_mkwrite(entry)

@@ -174,7 +174,8 @@ def finish_fault(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, writ
     vma_off = (addr - vma.start) >> PAGE_SHIFT
     pte_off = (addr >> PAGE_SHIFT) % PTRS_PER_TABLE
     start = addr - (idx << PAGE_SHIFT)
-    whole = (nr_pages > 1 and not vma.uffd_wp and vma_off >= idx and vma_off + nr_pages - idx <= (vma.end - vma.start) >> PAGE_SHIFT
+    whole = (nr_pages > 1 and not vma.uffd_wp
+             and vma_off >= idx and vma_off + nr_pages - idx <= (vma.end - vma.start) >> PAGE_SHIFT
              and pte_off >= idx and pte_off + nr_pages - idx <= PTRS_PER_TABLE
              and machine.ptes_none(mm, start, nr_pages))
     if not whole:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from machine import MM, VMA, Machine, PteRuns
+from machine import MM, VMA, Machine, PteRuns, check
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
     PAGE_SHIFT,
@@ -19,7 +19,6 @@ from machine.pgtable import (
     make_pte_marker,
     pmd_trans_huge,
     pte_clear_uffd_wp,
-    pte_dirty,
     pte_mkuffd_wp,
     pte_mkwrite,
     pte_modify,
@@ -31,7 +30,7 @@ from machine.pgtable import (
     pte_uffd_wp,
 )
 
-from .filemap import vma_page_prot, vma_wants_writenotify
+from .filemap import vma_page_prot
 from .folio import vm_normal_pages
 from .huge_memory import (
     MM_CP_TRY_CHANGE_WRITABLE,
@@ -46,8 +45,7 @@ from .memory import pmd_ranges
 
 def change_present_ptes(machine: Machine, vma: VMA, old: np.ndarray, cp_flags: int) -> np.ndarray:
     """New values of present entries: pte_modify, the uffd-wp bit per cp_flags, then
-    writable where allowed (MM_CP_TRY_CHANGE_WRITABLE in a rw VMA): a shared file mapping's
-    dirty entries (can_change_shared_pte_writable), else a private one's entries of anon
+    writable where allowed (MM_CP_TRY_CHANGE_WRITABLE, a private rw VMA's): entries of anon
     exclusive pages without a uffd-wp bit (can_change_pte_writable per page, as
     commit_anon_folio_batch; never the zero page, which has no anon page)."""
     entries = pte_modify(old, vma_page_prot(machine, vma))
@@ -57,11 +55,7 @@ def change_present_ptes(machine: Machine, vma: VMA, old: np.ndarray, cp_flags: i
         entries = pte_clear_uffd_wp(entries)
     if not cp_flags & MM_CP_TRY_CHANGE_WRITABLE or not vma.writable:
         return entries
-    if vma.file is not None and vma.shared:
-        if vma_wants_writenotify(machine, vma):  # can_change_shared_pte_writable, not uffd-wp
-            dirty = pte_dirty(old) & ~(pte_uffd_wp(entries) if vma.uffd_wp else False)
-            entries = np.where(dirty, pte_mkwrite(entries), entries)
-        return entries
+    check(not vma.shared, "a manual write upgrade in a shared VMA")
     exclusive = machine.frames.page_anon_exclusive[pte_pfn(old).astype(np.int64)] & vm_normal_pages(machine, old)
     if vma.uffd_wp:
         exclusive = exclusive & ~pte_uffd_wp(entries)
@@ -133,6 +127,15 @@ def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int, 
         change_pte_range(machine, mm, vma, addr, next_addr, cp_flags)
 
 
+def vma_wants_manual_pte_write_upgrade(vma: VMA) -> bool:
+    """Whether change_protection may make entries writable by hand (MM_CP_TRY_CHANGE_WRITABLE):
+    a private rw VMA (COW). Never a shared one: the kernel asks vma_wants_writenotify with the
+    VMA's vm_page_prot, which write-notify has already made the private read-only prot, so
+    its check that pgprot_modify preserves the protections fails (a PAGE_SHARED VMA needs
+    no upgrade); found by `rmapfuzz kernel` on scenario 130."""
+    return vma.writable and not vma.shared
+
+
 def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:
     """Change [start, end) of vma: split it at the edges, change entries, merge neighbours."""
     if vma.writable == writable:
@@ -142,8 +145,8 @@ def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, wri
     if vma.end > end:
         mm.vma_split(vma, end)
     vma.writable = writable
-    # vma_wants_manual_pte_write_upgrade: every private rw VMA.
-    change_protection(machine, mm, vma, start, end, MM_CP_TRY_CHANGE_WRITABLE if writable else 0)
+    cp_flags = MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(vma) else 0
+    change_protection(machine, mm, vma, start, end, cp_flags)
     mm.vma_merge(vma)
 
 

@@ -13,7 +13,7 @@ from machine.errors import EBUSY, EINVAL, ENOENT, OK
 from machine.pgtable import PMD_SIZE, pmd_trans_huge
 
 from .huge_memory import MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, split_huge_pmd_locked
-from .mprotect import change_protection
+from .mprotect import change_protection, vma_wants_manual_pte_write_upgrade
 
 
 def vma_can_userfault(machine: Machine, vma: VMA) -> bool:
@@ -58,12 +58,12 @@ def userfaultfd_register(machine: Machine, mm: MM, start: int, end: int) -> str:
 
 def uffd_wp_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, enable_wp: bool) -> None:
     """change_protection of [start, end) in vma with MM_CP_UFFD_WP, or with
-    MM_CP_UFFD_WP_RESOLVE and (a rw VMA: vma_wants_manual_pte_write_upgrade) a try to
-    make the entries writable again."""
+    MM_CP_UFFD_WP_RESOLVE and (a private rw VMA: vma_wants_manual_pte_write_upgrade) a try
+    to make the entries writable again."""
     if enable_wp:
         cp_flags = MM_CP_UFFD_WP
     else:
-        cp_flags = MM_CP_UFFD_WP_RESOLVE | (MM_CP_TRY_CHANGE_WRITABLE if vma.writable else 0)
+        cp_flags = MM_CP_UFFD_WP_RESOLVE | (MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(vma) else 0)
     change_protection(machine, mm, vma, start, end, cp_flags)
 
 

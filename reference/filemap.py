@@ -11,9 +11,9 @@ from machine.errors import EBADF, EBUSY, EEXIST, ENOMEM, OK, SIGBUS
 from machine.files import File
 from machine.pgtable import (
     PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_MARKER_UFFD_WP, PTRS_PER_TABLE, is_pte_marker, is_swap_pte,
-    make_pte_marker, pfn_pte, pte_clear_uffd_wp, pte_marker_uffd_wp, pte_swp_uffd_wp, pte_dirty, pte_mkclean, pte_mkdirty, pte_mkold, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung,
-    pte_none, pte_pfn, pte_present, pte_uffd_wp, pte_write, pte_wrprotect, vm_get_page_prot,
-    vm_get_page_prot_shared,
+    make_pte_marker, pfn_pte, pte_clear_uffd_wp, pte_dirty, pte_marker_uffd_wp, pte_mkclean, pte_mkdirty,
+    pte_mkold, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung, pte_none, pte_pfn, pte_present, pte_swp_uffd_wp,
+    pte_uffd_wp, pte_write, pte_wrprotect, vm_get_page_prot, vm_get_page_prot_shared,
 )
 
 from .folio import (

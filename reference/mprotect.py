@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 from machine.pgtable import (
     PTE_MARKER_UFFD_WP, PAGE_SIZE, PMD_SIZE, is_pte_marker, make_pte_marker, pte_none, pmd_trans_huge,
-    pte_clear_uffd_wp, pte_dirty, pte_mkuffd_wp, pte_mkwrite, pte_modify, pte_pfn, pte_present, pte_special,
+    pte_clear_uffd_wp, pte_mkuffd_wp, pte_mkwrite, pte_modify, pte_pfn, pte_present, pte_special,
     pte_swp_clear_uffd_wp, pte_swp_mkuffd_wp, pte_uffd_wp,
 )
 
-from .filemap import vma_page_prot, vma_wants_writenotify
+from .filemap import vma_page_prot
 from .folio import PageAnonExclusive
 from .huge_memory import (
     MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, change_huge_pmd, split_huge_pmd_locked,
@@ -41,17 +41,12 @@ def change_uffd_wp_bit(entry: int, cp_flags: int) -> int:
 
 def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int, cp_flags: int) -> None:
     """New protection for one present PTE (change_present_ptes): pte_modify, the uffd-wp
-    bit per cp_flags, then writable if allowed (MM_CP_TRY_CHANGE_WRITABLE): a shared file
-    mapping's dirty entry (can_change_shared_pte_writable), else can_change_pte_writable."""
+    bit per cp_flags, then writable if allowed (MM_CP_TRY_CHANGE_WRITABLE, a private VMA's:
+    can_change_pte_writable)."""
     pte = machine.ptep_get(mm, addr)
     entry = change_uffd_wp_bit(pte_modify(pte, vma_page_prot(machine, vma)), cp_flags)
-    if cp_flags & MM_CP_TRY_CHANGE_WRITABLE:
-        if vma.file is not None and vma.shared:
-            if (vma.writable and vma_wants_writenotify(machine, vma) and pte_dirty(pte)
-                    and not (vma.uffd_wp and pte_uffd_wp(entry))):  # can_change_pte_writable
-                entry = pte_mkwrite(entry)
-        elif can_change_pte_writable(machine, vma, entry):
-            entry = pte_mkwrite(entry)
+    if cp_flags & MM_CP_TRY_CHANGE_WRITABLE and can_change_pte_writable(machine, vma, entry):
+        entry = pte_mkwrite(entry)
     machine.set_pte_at(mm, addr, entry)
 
 
@@ -124,6 +119,15 @@ def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int, 
         change_pte_range(machine, mm, vma, addr, next_addr, cp_flags)
 
 
+def vma_wants_manual_pte_write_upgrade(vma: VMA) -> bool:
+    """Whether change_protection may make entries writable by hand (MM_CP_TRY_CHANGE_WRITABLE):
+    a private rw VMA (COW). Never a shared one: the kernel asks vma_wants_writenotify with the
+    VMA's vm_page_prot, which write-notify has already made the private read-only prot, so
+    its check that pgprot_modify preserves the protections fails (a PAGE_SHARED VMA needs
+    no upgrade); found by `rmapfuzz kernel` on scenario 130."""
+    return vma.writable and not vma.shared
+
+
 def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:
     """Change [start, end) of vma: split it at the edges, change entries, merge neighbours."""
     if vma.writable == writable:
@@ -133,8 +137,8 @@ def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, wri
     if vma.end > end:
         mm.vma_split(vma, end)
     vma.writable = writable
-    # vma_wants_manual_pte_write_upgrade: every private rw VMA.
-    change_protection(machine, mm, vma, start, end, MM_CP_TRY_CHANGE_WRITABLE if writable else 0)
+    cp_flags = MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(vma) else 0
+    change_protection(machine, mm, vma, start, end, cp_flags)
     mm.vma_merge(vma)
 
 

@@ -101,9 +101,6 @@ def _script_reason(script: Script, run: ModelRun) -> str | None:
     if any(op.name == "file" for op in ops) and any(op.name == "fault" and op.order for op in ops):
         return ("a fault of order K in a script with files: shmem's large folios follow shmem_enabled, "
                 "which the runtime does not set")
-    if any(op.name == "mmap" and op.file is not None for op in ops) and any(op.name == "uffd" for op in ops):
-        return ("uffd-wp with file mappings: the model refuses to register a file VMA (EINVAL), "
-                "the kernel registers a shmem one")
     if len(run.pages.ranges) > MAX_RANGES:
         return f"more than {MAX_RANGES} distinct mmap ranges to observe"
     if run.pages.nr_pages > MAX_OBSERVED_PAGES:

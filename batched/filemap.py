@@ -14,16 +14,22 @@ from machine.files import File
 from machine.pgtable import (
     PAGE_SHIFT,
     PMD_SIZE,
+    PTE_MARKER_UFFD_WP,
     PTRS_PER_TABLE,
+    make_pte_marker,
     pfn_pte,
+    pte_clear_uffd_wp,
     pte_dirty,
     pte_mkclean,
     pte_mkdirty,
     pte_mkold,
+    pte_mkuffd_wp,
     pte_mkwrite,
     pte_mkyoung,
     pte_pfn,
     pte_present,
+    pte_swp_uffd_wp,
+    pte_uffd_wp,
     pte_write,
     pte_wrprotect,
     vm_get_page_prot,
@@ -50,9 +56,15 @@ def file_of_vma(machine: Machine, vma: VMA) -> File:
     return machine.files[vma.file]
 
 
+def vma_needs_dirty_tracking(machine: Machine, vma: VMA) -> bool:
+    """A shared regular-file mapping: page_mkwrite and writeback; shmem has neither."""
+    return vma.file is not None and vma.shared and not file_of_vma(machine, vma).shmem
+
+
 def vma_wants_writenotify(machine: Machine, vma: VMA) -> bool:
-    """A shared regular-file mapping write-protects clean pages (page_mkwrite); shmem does not."""
-    return vma.shared and not file_of_vma(machine, vma).shmem
+    """A shared mapping write-protecting clean pages: a regular file's, or one registered for
+    uffd-wp (userfaultfd_set_vm_flags recomputes vm_page_prot)."""
+    return vma.shared and (vma_needs_dirty_tracking(machine, vma) or vma.uffd_wp)
 
 
 def vma_page_prot(machine: Machine, vma: VMA) -> int:
@@ -150,9 +162,11 @@ def file_fault_index(machine: Machine, vma: VMA, addr: int) -> int | None:
     return index if index < file_of_vma(machine, vma).nr_pages else None
 
 
-def finish_fault(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, write: bool) -> None:
+def finish_fault(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, write: bool,
+                 uffd_wp: bool = False) -> None:
     """Map the faulting page, or the whole folio with one set_ptes when it lies in the VMA and
-    the PTE table over none entries; young, and dirty and writable on a write fault."""
+    the PTE table over none entries and the VMA is not registered with userfaultfd; young,
+    and dirty and writable on a write fault; with a marker's uffd-wp bit (write-protected)."""
     frames = machine.frames
     page = folio + vma.linear_page_index(addr) - frames.folio_index.item(folio)
     nr_pages = frames.folio_nr_pages(folio)
@@ -160,7 +174,8 @@ def finish_fault(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, writ
     vma_off = (addr - vma.start) >> PAGE_SHIFT
     pte_off = (addr >> PAGE_SHIFT) % PTRS_PER_TABLE
     start = addr - (idx << PAGE_SHIFT)
-    whole = (nr_pages > 1 and vma_off >= idx and vma_off + nr_pages - idx <= (vma.end - vma.start) >> PAGE_SHIFT
+    whole = (nr_pages > 1 and not vma.uffd_wp
+             and vma_off >= idx and vma_off + nr_pages - idx <= (vma.end - vma.start) >> PAGE_SHIFT
              and pte_off >= idx and pte_off + nr_pages - idx <= PTRS_PER_TABLE
              and machine.ptes_none(mm, start, nr_pages))
     if not whole:
@@ -174,25 +189,29 @@ def finish_fault(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, writ
             entry = pte_mkwrite(entry)
     elif pte_write(entry) and frames.folio_dirty.item(folio):
         entry = pte_mkdirty(entry)
+    if uffd_wp:  # vmf_orig_pte_uffd_wp
+        entry = pte_mkuffd_wp(entry)
     frames.folio_refcount[folio] += nr_pages  # the fault's reference and nr_pages - 1 more
     folio_add_file_rmap_ptes(machine, folio, page, nr_pages, mm)
     machine.set_ptes(mm, start, entry, nr_pages)
     mm.rss_file += nr_pages
 
 
-def do_read_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0) -> str:
+def do_read_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0, uffd_wp: bool = False) -> str:
+    """A read fault on a none entry (or a uffd-wp marker: uffd_wp) of a file VMA."""
     index = file_fault_index(machine, vma, addr)
     if index is None:
         return SIGBUS
     folio = filemap_get_folio(machine, file_of_vma(machine, vma), index, order)
     if folio is None:
         return ENOMEM
-    finish_fault(machine, mm, vma, addr, folio, write=False)
+    finish_fault(machine, mm, vma, addr, folio, write=False, uffd_wp=uffd_wp)
     return OK
 
 
-def do_file_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
-    """A write fault on a none entry of a file VMA: do_shared_fault (the cache's folio mapped
+def do_file_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int, uffd_wp: bool = False) -> str:
+    """A write fault on a none entry (or a uffd-wp marker: uffd_wp, the new entry then
+    write-protected with the bit) of a file VMA: do_shared_fault (the cache's folio mapped
     dirty and writable, PG_dirty set) or do_cow_fault (an exclusive anon copy of the page)."""
     index = file_fault_index(machine, vma, addr)
     if index is None:
@@ -203,7 +222,7 @@ def do_file_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: in
         folio = filemap_get_folio(machine, file, index, order)
         if folio is None:
             return ENOMEM
-        finish_fault(machine, mm, vma, addr, folio, write=True)
+        finish_fault(machine, mm, vma, addr, folio, write=True, uffd_wp=uffd_wp)
         frames.folio_dirty[folio] = True  # fault_dirty_shared_page
         return OK
     new_folio = frames.folio_alloc(0)  # do_cow_fault: folio_prealloc before __do_fault
@@ -216,7 +235,9 @@ def do_file_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: in
     frames.page_data[new_folio] = frames.page_data[folio + index - frames.folio_index.item(folio)]
     folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr, exclusive=True)
     entry = pte_mkdirty(pfn_pte(new_folio, vm_get_page_prot(vma.writable)))
-    machine.set_pte_at(mm, addr, pte_mkwrite(entry) if vma.writable else entry)
+    if vma.writable:
+        entry = pte_mkwrite(entry)
+    machine.set_pte_at(mm, addr, pte_mkuffd_wp(entry) if uffd_wp else entry)
     mm.rss_anon += 1
     return OK
 
@@ -231,21 +252,45 @@ def wp_page_shared(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> s
 
 # zap, fork and try_to_unmap of page-cache batches.
 
-def zap_present_file_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
+def zap_present_file_ptes(machine: Machine, mm: MM, batches: PteBatches) -> np.ndarray:
     """zap_present_folio_ptes for page-cache batches: get_and_clear_full_ptes gathers each
-    batch's dirty bit, which marks its folio dirty; rmap, references and MM_FILEPAGES."""
+    batch's dirty bit, which marks its folio dirty; rmap, references and MM_FILEPAGES.
+    Returns each batch's gathered entry."""
     if len(batches) == 0:
-        return
+        return np.zeros(0, np.uint64)
     ptes = machine.get_and_clear_full_ptes_runs(mm, batches.runs)
     machine.frames.folio_dirty[batches.folio[pte_dirty(ptes)]] = True
     mm.rss_file -= int(batches.nr_pages.sum())
     folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
     folios_put_refs(machine, batches.folio, batches.nr_pages)
+    return ptes
 
 
-def copy_present_file_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: PteBatches) -> None:
+def install_uffd_wp_ptes_if_needed(machine: Machine, mm: MM, vma: VMA, runs: PteRuns, ptevals: np.ndarray) -> None:
+    """pte_install_uffd_wp_if_needed for whole batches (zap_install_uffd_wp_if_needed, the
+    series' install_uffd_wp_ptes_if_needed): in a file VMA registered for uffd-wp, every entry
+    of each batch whose value (present or swap: one vouches for its batch, as folio_pte_batch
+    and swap_pte_batch never span a change of the bit) was protected gets a marker, with
+    set_pte_at in a loop (set_ptes cannot write non-present entries).
+
+    Context: the batches' entries were cleared.
+    """
+    if vma.file is None or not vma.uffd_wp or len(runs.index) == 0:
+        return  # vma_is_anonymous(vma) || !userfaultfd_wp(vma)
+    ptevals = np.asarray(ptevals, np.uint64)
+    protected = np.where(pte_present(ptevals), pte_uffd_wp(ptevals), pte_swp_uffd_wp(ptevals)).astype(bool)
+    if not any_set(protected):
+        return
+    entries = PteRuns(runs.addr, runs.index[protected], runs.nr_pages[protected]).entry_indices().astype(np.int64)
+    check(not any_set(machine.ptes_get(mm, runs.addr, PTRS_PER_TABLE)[entries]), "uffd-wp marker over a live entry")
+    machine.set_ptes_runs(mm, PteRuns(runs.addr, entries, np.ones(len(entries), np.int64)),
+                          np.full(len(entries), make_pte_marker(PTE_MARKER_UFFD_WP), np.uint64))
+
+
+def copy_present_file_ptes(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, batches: PteBatches) -> None:
     """fork's copy of page-cache batches: references, folio_dup_file_rmap_ptes, and the child's
-    entries old (write-protected in both if writable: a COW mapping)."""
+    entries old (write-protected in both if writable: a COW mapping), without the uffd-wp bit
+    unless the child's VMA is registered (__copy_present_ptes)."""
     if len(batches) == 0:
         return
     folios_ref_add(machine, batches.folio, batches.nr_pages)
@@ -255,6 +300,8 @@ def copy_present_file_ptes(machine: Machine, dst_mm: MM, src_mm: MM, batches: Pt
     if any_set(writable):
         machine.wrprotect_ptes_runs(src_mm, batches.select(writable).runs)
     child = np.where(writable, pte_wrprotect(batches.pte), batches.pte)
+    if not dst_vma.uffd_wp:  # userfaultfd_wp(dst_vma)
+        child = pte_clear_uffd_wp(child)
     machine.set_ptes_runs(dst_mm, batches.runs, pte_mkold(child))
 
 
@@ -296,21 +343,25 @@ def folio_file_ptes(machine: Machine, mm: MM, folio: int, start: int, end: int) 
     return ptes, pte_present(ptes) & (pfns >= folio) & (pfns < folio + machine.frames.folio_nr_pages(folio))
 
 
-def try_to_unmap_one_file(machine: Machine, folio: int, mm: MM, start: int, end: int) -> None:
-    """try_to_unmap_one for a page-cache folio in [start, end) of one VMA (no uffd-wp): each
-    folio_unmap_pte_batch batch (FPB_RESPECT_WRITE) cleared by get_and_clear_ptes, a gathered
-    dirty bit marking the folio dirty; rmap, references and MM_FILEPAGES."""
+def try_to_unmap_one_file(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int) -> None:
+    """try_to_unmap_one for a page-cache folio in [start, end) of one VMA and PTE table: each
+    folio_unmap_pte_batch batch (FPB_RESPECT_WRITE; the uffd-wp bit always respected, so a
+    batch stops where it changes) cleared by get_and_clear_ptes, a gathered dirty bit marking
+    the folio dirty; rmap, references and MM_FILEPAGES; then, in a VMA registered for uffd-wp,
+    a marker on every entry of a protected batch (the series batches uffd-wp VMAs too)."""
     ptes, of_folio = folio_file_ptes(machine, mm, folio, start, end)
     if not any_set(of_folio):
         return
-    zap_present_file_ptes(machine, mm, folio_pte_batch(machine, mm, start, ptes, FPB_UNMAP, candidate=of_folio))
+    batches = folio_pte_batch(machine, mm, start, ptes, FPB_UNMAP, candidate=of_folio)
+    ptevals = zap_present_file_ptes(machine, mm, batches)
+    install_uffd_wp_ptes_if_needed(machine, mm, vma, batches.runs, ptevals)
 
 
 def try_to_unmap_file(machine: Machine, folio: int) -> str:
     """try_to_unmap of a page-cache folio: every mapping cleared; the cache keeps it."""
-    for mm, _vma, start, end in rmap_walk_file(machine, folio):
+    for mm, vma, start, end in rmap_walk_file(machine, folio):
         for piece_start, piece_end in pmd_pieces(start, end):
-            try_to_unmap_one_file(machine, folio, mm, piece_start, piece_end)
+            try_to_unmap_one_file(machine, folio, mm, vma, piece_start, piece_end)
     return OK
 
 

@@ -23,7 +23,7 @@ from machine.pgtable import (
     pte_write,
 )
 
-from .filemap import do_read_fault, vma_wants_writenotify
+from .filemap import do_read_fault, vma_needs_dirty_tracking
 from .folio import GUP_PIN_COUNTING_BIAS, folios_put_refs, page_folio
 from .internal import add_at
 from .memory import (
@@ -61,11 +61,6 @@ def gup_must_unshare(machine: Machine, vma: VMA, level: str, entry, page):
     anon = machine.frames.folio_anon[page_folio(machine, page)]
     return np.logical_not(pte_write(entry)) & (pte_special(entry) | np.where(
         anon, np.logical_not(machine.frames.page_anon_exclusive[exclusive_page]), not vma.shared))
-
-
-def vma_needs_dirty_tracking(machine: Machine, vma: VMA) -> bool:
-    """check_vma_flags: no long-term writable pin of a shared regular-file mapping."""
-    return vma.file is not None and vma_wants_writenotify(machine, vma)
 
 
 def range_needs_fault_for_pin(machine: Machine, mm: MM, vma: VMA, start: int, end: int,
@@ -122,8 +117,8 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
         entry = machine.lookup(mm, addr)[1]
         if writable:
             result = handle_write_fault(machine, mm, vma, addr, order=0)
-        elif pte_none(entry) and vma.file is not None:
-            result = do_read_fault(machine, mm, vma, addr)
+        elif (pte_none(entry) or is_pte_marker(entry)) and vma.file is not None:
+            result = do_read_fault(machine, mm, vma, addr, uffd_wp=is_pte_marker(entry))
         elif pte_none(entry) or is_pte_marker(entry):
             result = do_unshare_anonymous_page(machine, mm, vma, addr)
         elif is_swap_pte(entry):

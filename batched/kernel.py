@@ -147,8 +147,9 @@ class Kernel:
         if vma is None:
             return EFAULT
         entry = self.machine.lookup(mm, addr)[1]
-        if pte_none(entry) and vma.file is not None:
-            result = self._finish(do_read_fault(self.machine, mm, vma, addr))
+        if (pte_none(entry) or is_pte_marker(entry)) and vma.file is not None:
+            # a registered VMA's marker: do_read_fault with its uffd-wp bit
+            result = self._finish(do_read_fault(self.machine, mm, vma, addr, uffd_wp=is_pte_marker(entry)))
             if result != OK:
                 return result
         elif pte_none(entry) or is_pte_marker(entry):

@@ -360,14 +360,18 @@ def pte_marker_clear(machine: Machine, mm: MM, addr: int) -> None:
 
 
 def handle_pte_marker(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
-    """A write fault on a uffd-wp marker (pte_marker_handle_uffd_wp): a registered VMA maps a
-    fresh page write-protected with the bit and the retried write traps: UFFD; in a VMA no
-    longer registered the marker is dropped and the fault is an ordinary one."""
+    """A write fault on a uffd-wp marker (pte_marker_handle_uffd_wp): a registered VMA faults
+    as on a none entry (do_pte_missing: an anonymous VMA's fresh page, a file VMA's page-cache
+    page or private copy) with the marker's bit, write-protected, and the retried write traps:
+    UFFD; in a VMA no longer registered the marker is dropped and the fault is an ordinary one."""
     check(pte_marker_uffd_wp(machine.ptep_get(mm, addr)), "handle_pte_marker without a uffd-wp marker at %#x", addr)
     if not vma.uffd_wp:
         pte_marker_clear(machine, mm, addr)
         return do_anonymous_page(machine, mm, vma, addr, order)
-    result = do_anonymous_page(machine, mm, vma, addr, 0, uffd_wp=True)
+    if vma.file is not None:
+        result = filemap.do_file_write_fault(machine, mm, vma, addr, 0, uffd_wp=True)
+    else:
+        result = do_anonymous_page(machine, mm, vma, addr, 0, uffd_wp=True)
     return UFFD if result == OK else result
 
 
@@ -424,28 +428,39 @@ def zap_pte_markers(machine: Machine, mm: MM, start: int, index: np.ndarray) -> 
     machine.clear_full_ptes_runs(mm, PteRuns(table_addr, first + index, np.ones(len(index), np.int64)))
 
 
-def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
-    """Zap every PTE in [start, end), which lies inside one PMD and one VMA."""
+def zap_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, drop_markers: bool) -> None:
+    """Zap every PTE in [start, end), which lies inside one PMD and one VMA. In a file VMA
+    registered for uffd-wp, unless drop_markers (ZAP_FLAG_DROP_MARKER), markers stay and
+    every entry of a protected batch gets one (zap_install_uffd_wp_if_needed); an anonymous
+    VMA drops its markers (zap_nonpresent_ptes)."""
     if mm.pte_table(start) is None:
         return
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
     if not any_set(ptes):
         return
+    keep_markers = vma.file is not None and not drop_markers
     present = pte_present(ptes)
     normal = present & vm_normal_pages(machine, ptes)
     if any_set(normal):
-        zap_present_ptes(machine, mm, folio_pte_batch(machine, mm, start, ptes, FPB_ZAP, candidate=normal))
+        batches = folio_pte_batch(machine, mm, start, ptes, FPB_ZAP, candidate=normal)
+        zap_present_ptes(machine, mm, batches)
+        if keep_markers:
+            filemap.install_uffd_wp_ptes_if_needed(machine, mm, vma, batches.runs, batches.pte)
     if any_set(present & ~normal):
         zap_zero_page_ptes(machine, mm, start, present & ~normal)
     if any_set(is_swap_slot_pte(ptes)):
-        zap_nonpresent_ptes(machine, mm, swap_pte_batch(start, ptes))
+        swap_batches = swap_pte_batch(start, ptes)
+        zap_nonpresent_ptes(machine, mm, swap_batches)
+        if keep_markers:
+            filemap.install_uffd_wp_ptes_if_needed(machine, mm, vma, swap_batches.runs, swap_batches.pte)
     markers = is_pte_marker(ptes)
-    if any_set(markers):  # an anon VMA drops its markers (zap_nonpresent_ptes)
+    if any_set(markers) and not keep_markers:
         zap_pte_markers(machine, mm, start, np.flatnonzero(markers))
 
 
-def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
-    """Zap [start, end) of vma: a fully covered PMD block whole, a partial one split first."""
+def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, drop_markers: bool) -> None:
+    """Zap [start, end) of vma: a fully covered PMD block whole, a partial one split first;
+    drop_markers: ZAP_FLAG_DROP_MARKER."""
     check(vma.start <= start < end <= vma.end, "zap range leaves the VMA")
     for addr, next_addr, whole_pmd in pmd_ranges(mm, start, end):
         haddr = addr & ~(PMD_SIZE - 1)
@@ -454,7 +469,7 @@ def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -
                 huge_memory.zap_huge_pmd(machine, mm, haddr)
                 continue
             huge_memory.split_huge_pmd_locked(machine, mm, vma, haddr)
-        zap_pte_range(machine, mm, addr, next_addr)
+        zap_pte_range(machine, mm, vma, addr, next_addr, drop_markers)
 
 
 # fork (copy_page_range, copy_pte_range, copy_present_ptes, copy_nonpresent_pte).
@@ -508,7 +523,7 @@ def copy_present_ptes(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, ba
     shared with folio_dup_file_rmap_ptes and never fail."""
     file = machine.frames.folio_mapping[batches.folio] != 0
     if any_set(file):
-        filemap.copy_present_file_ptes(machine, dst_mm, src_mm, batches.select(file))
+        filemap.copy_present_file_ptes(machine, dst_mm, dst_vma, src_mm, batches.select(file))
         busy = np.zeros(len(batches), bool)
         if not all_set(file):
             busy[~file] = copy_present_ptes(machine, dst_mm, dst_vma, src_mm, batches.select(~file))

@@ -31,7 +31,7 @@ from machine.pgtable import (
     pte_uffd_wp,
 )
 
-from .filemap import vma_page_prot, vma_wants_writenotify
+from .filemap import vma_needs_dirty_tracking, vma_page_prot
 from .folio import vm_normal_pages
 from .huge_memory import (
     MM_CP_TRY_CHANGE_WRITABLE,
@@ -46,10 +46,10 @@ from .memory import pmd_ranges
 
 def change_present_ptes(machine: Machine, vma: VMA, old: np.ndarray, cp_flags: int) -> np.ndarray:
     """New values of present entries: pte_modify, the uffd-wp bit per cp_flags, then
-    writable where allowed (MM_CP_TRY_CHANGE_WRITABLE in a rw VMA): a shared file mapping's
-    dirty entries (can_change_shared_pte_writable), else a private one's entries of anon
-    exclusive pages without a uffd-wp bit (can_change_pte_writable per page, as
-    commit_anon_folio_batch; never the zero page, which has no anon page)."""
+    writable where allowed (MM_CP_TRY_CHANGE_WRITABLE): entries without a uffd-wp bit of anon
+    exclusive pages in a private VMA (can_change_pte_writable per page, as
+    commit_anon_folio_batch; never the zero page, which has no anon page), dirty ones in a
+    shared VMA (can_change_shared_pte_writable)."""
     entries = pte_modify(old, vma_page_prot(machine, vma))
     if cp_flags & MM_CP_UFFD_WP:
         entries = pte_mkuffd_wp(entries)
@@ -57,14 +57,14 @@ def change_present_ptes(machine: Machine, vma: VMA, old: np.ndarray, cp_flags: i
         entries = pte_clear_uffd_wp(entries)
     if not cp_flags & MM_CP_TRY_CHANGE_WRITABLE or not vma.writable:
         return entries
-    if vma.file is not None and vma.shared:
-        if vma_wants_writenotify(machine, vma):
-            entries = np.where(pte_dirty(old), pte_mkwrite(entries), entries)
-        return entries
-    exclusive = machine.frames.page_anon_exclusive[pte_pfn(old).astype(np.int64)] & vm_normal_pages(machine, old)
+    if vma.shared:      # can_change_shared_pte_writable: page_mkwrite has run for a dirty entry
+        changeable = pte_dirty(entries).astype(bool)
+    else:
+        changeable = (machine.frames.page_anon_exclusive[pte_pfn(old).astype(np.int64)]
+                      & vm_normal_pages(machine, old))
     if vma.uffd_wp:
-        exclusive = exclusive & ~pte_uffd_wp(entries)
-    return np.where(exclusive, pte_mkwrite(entries), entries)
+        changeable = changeable & ~pte_uffd_wp(entries)
+    return np.where(changeable, pte_mkwrite(entries), entries)
 
 
 def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, cp_flags: int) -> None:
@@ -132,6 +132,18 @@ def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int, 
         change_pte_range(machine, mm, vma, addr, next_addr, cp_flags)
 
 
+def vma_wants_manual_pte_write_upgrade(machine: Machine, vma: VMA) -> bool:
+    """Whether change_protection may make entries writable by hand (MM_CP_TRY_CHANGE_WRITABLE):
+    a private rw VMA (COW), or a shared rw one of a file with page_mkwrite, a regular file's
+    (vma_wants_writenotify returns at vm_ops_needs_writenotify). Never a shmem one: there
+    vma_wants_writenotify is asked with a vm_page_prot write-notify (uffd-wp) has already
+    made the private read-only one, and its pgprot_modify check fails; a PAGE_SHARED VMA
+    needs no upgrade (`rmapfuzz kernel`, scenarios 104 and 130)."""
+    if vma.shared:
+        return vma.writable and vma_needs_dirty_tracking(machine, vma)
+    return vma.writable
+
+
 def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:
     """Change [start, end) of vma: split it at the edges, change entries, merge neighbours."""
     if vma.writable == writable:
@@ -141,8 +153,8 @@ def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, wri
     if vma.end > end:
         mm.vma_split(vma, end)
     vma.writable = writable
-    # vma_wants_manual_pte_write_upgrade: every private rw VMA.
-    change_protection(machine, mm, vma, start, end, MM_CP_TRY_CHANGE_WRITABLE if writable else 0)
+    cp_flags = MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(machine, vma) else 0
+    change_protection(machine, mm, vma, start, end, cp_flags)
     mm.vma_merge(vma)
 
 

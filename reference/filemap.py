@@ -10,9 +10,10 @@ from machine import MM, VMA, Machine, check
 from machine.errors import EBADF, EBUSY, EEXIST, ENOMEM, OK, SIGBUS
 from machine.files import File
 from machine.pgtable import (
-    PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTRS_PER_TABLE, pfn_pte, pte_dirty, pte_mkclean, pte_mkdirty, pte_mkwrite,
-    pte_mkyoung, pte_none, pte_pfn, pte_present, pte_write, pte_wrprotect, vm_get_page_prot,
-    vm_get_page_prot_shared,
+    PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_MARKER_UFFD_WP, PTRS_PER_TABLE, is_pte_marker, is_swap_pte,
+    make_pte_marker, pfn_pte, pte_clear_uffd_wp, pte_dirty, pte_marker_uffd_wp, pte_mkclean, pte_mkdirty,
+    pte_mkold, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung, pte_none, pte_pfn, pte_present, pte_swp_uffd_wp,
+    pte_uffd_wp, pte_write, pte_wrprotect, vm_get_page_prot, vm_get_page_prot_shared,
 )
 
 from .folio import (
@@ -35,10 +36,17 @@ def folio_file(machine: Machine, folio: int) -> File | None:
     return machine.files[mapping - 1] if mapping else None
 
 
+def vma_needs_dirty_tracking(machine: Machine, vma: VMA) -> bool:
+    """A shared mapping of a regular file: the filesystem hears of the first write
+    (page_mkwrite) and writes back; shmem has neither (vma_needs_dirty_tracking)."""
+    return vma.file is not None and vma.shared and not file_of_vma(machine, vma).shmem
+
+
 def vma_wants_writenotify(machine: Machine, vma: VMA) -> bool:
-    """A shared mapping of a regular file write-protects clean pages so the filesystem hears of
-    the first write (page_mkwrite); shmem has neither page_mkwrite nor writeback."""
-    return vma.shared and not file_of_vma(machine, vma).shmem
+    """A shared mapping that write-protects clean pages so a write faults first: a regular
+    file's, and any registered for uffd-wp (userfaultfd_set_vm_flags recomputes
+    vm_page_prot: "Do we need write faults for uffd-wp tracking?")."""
+    return vma.shared and (vma_needs_dirty_tracking(machine, vma) or vma.uffd_wp)
 
 
 def vma_page_prot(machine: Machine, vma: VMA) -> int:
@@ -150,9 +158,10 @@ def file_fault_index(machine: Machine, vma: VMA, addr: int) -> int | None:
 
 
 def set_pte_range(machine: Machine, mm: MM, vma: VMA, folio: int, page: int, nr_pages: int, addr: int,
-                  write: bool) -> None:
+                  write: bool, uffd_wp: bool = False) -> None:
     """Map nr_pages pages of a page-cache folio from page at addr, young; a write fault makes
-    them dirty and writable, a read fault in a writable VMA dirty if the folio is."""
+    them dirty and writable, a read fault in a writable VMA dirty if the folio is; a fault on a
+    uffd-wp marker (vmf_orig_pte_uffd_wp) gives them the bit, write-protected."""
     entry = pte_mkyoung(pfn_pte(page, vma_page_prot(machine, vma)))
     if write:
         entry = pte_mkdirty(entry)
@@ -160,15 +169,19 @@ def set_pte_range(machine: Machine, mm: MM, vma: VMA, folio: int, page: int, nr_
             entry = pte_mkwrite(entry)
     elif pte_write(entry) and folio_test_dirty(machine, folio):
         entry = pte_mkdirty(entry)
+    if uffd_wp:
+        entry = pte_mkuffd_wp(entry)
     for i in range(nr_pages):
         folio_add_file_rmap_pte(machine, folio, page + i, mm)
         machine.set_pte_at(mm, addr + (i << PAGE_SHIFT), pfn_pte(page + i, entry))
 
 
-def finish_fault(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, write: bool) -> None:
+def finish_fault(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, write: bool,
+                 uffd_wp: bool = False) -> None:
     """Map the faulting page, or the whole folio when it lies inside the VMA and the PTE table
-    and every entry it would take is none (the fault holds one reference: the mappings take
-    nr_pages - 1 more)."""
+    and every entry it would take is none, and the VMA is not registered with userfaultfd
+    ("per-page fault to maintain the uffd semantics"); the fault holds one reference, the
+    mappings take nr_pages - 1 more."""
     index = vma.linear_page_index(addr)
     page = folio + index - int(machine.frames.folio_index[folio])
     nr_pages = folio_nr_pages(machine, folio)
@@ -177,7 +190,7 @@ def finish_fault(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, writ
     pte_off = (addr >> PAGE_SHIFT) % PTRS_PER_TABLE
     vma_pages = (vma.end - vma.start) >> PAGE_SHIFT
     start = addr - (idx << PAGE_SHIFT)
-    if (nr_pages == 1 or vma_off < idx or vma_off + (nr_pages - idx) > vma_pages
+    if (nr_pages == 1 or vma.uffd_wp or vma_off < idx or vma_off + (nr_pages - idx) > vma_pages
             or pte_off < idx or pte_off + (nr_pages - idx) > PTRS_PER_TABLE
             or not all(pte_none(machine.ptep_get(mm, start + (i << PAGE_SHIFT))) for i in range(nr_pages))):
         nr_pages, start = 1, addr
@@ -185,12 +198,13 @@ def finish_fault(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, writ
     else:
         page_first = folio
     machine.frames.folio_refcount[folio] += nr_pages - 1
-    set_pte_range(machine, mm, vma, folio, page_first, nr_pages, start, write)
+    set_pte_range(machine, mm, vma, folio, page_first, nr_pages, start, write, uffd_wp)
     mm.rss_file += nr_pages
 
 
-def do_read_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0) -> str:
-    """A read fault on a none entry of a file VMA: the page-cache folio mapped per finish_fault."""
+def do_read_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0, uffd_wp: bool = False) -> str:
+    """A read fault on a none entry (or a uffd-wp marker: uffd_wp) of a file VMA: the page-cache
+    folio mapped per finish_fault."""
     index = file_fault_index(machine, vma, addr)
     if index is None:
         return SIGBUS
@@ -198,14 +212,15 @@ def do_read_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0)
     if folio is None:
         return ENOMEM
     folio_get(machine, folio)
-    finish_fault(machine, mm, vma, addr, folio, write=False)
+    finish_fault(machine, mm, vma, addr, folio, write=False, uffd_wp=uffd_wp)
     return OK
 
 
-def do_cow_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0) -> str:
-    """A write fault on a none entry of a private file VMA: a new anon page allocated first
-    (folio_prealloc), then the page-cache page (made if the file has none, of order K..0)
-    copied into it, and the copy mapped exclusive."""
+def do_cow_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0, uffd_wp: bool = False) -> str:
+    """A write fault on a none entry (or a uffd-wp marker: uffd_wp) of a private file VMA: a new
+    anon page allocated first (folio_prealloc), then the page-cache page (made if the file has
+    none, of order K..0) copied into it, and the copy mapped exclusive (set_pte_range: with
+    the marker's bit, write-protected)."""
     index = file_fault_index(machine, vma, addr)
     if index is None:
         return SIGBUS
@@ -220,14 +235,17 @@ def do_cow_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0) 
     copy_user_page(machine, new_folio, folio + index - int(machine.frames.folio_index[folio]))
     folio_add_new_anon_rmap(machine, new_folio, mm, vma, addr, exclusive=True)
     entry = pte_mkdirty(pfn_pte(new_folio, vm_get_page_prot(vma.writable)))
-    machine.set_pte_at(mm, addr, pte_mkwrite(entry) if vma.writable else entry)
+    if vma.writable:
+        entry = pte_mkwrite(entry)
+    machine.set_pte_at(mm, addr, pte_mkuffd_wp(entry) if uffd_wp else entry)
     mm.rss_anon += 1
     return OK
 
 
-def do_shared_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0) -> str:
-    """A write fault on a none entry of a shared file VMA: the page-cache folio mapped dirty
-    and writable (finish_fault), then marked dirty (fault_dirty_shared_page)."""
+def do_shared_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 0, uffd_wp: bool = False) -> str:
+    """A write fault on a none entry (or a uffd-wp marker: uffd_wp) of a shared file VMA: the
+    page-cache folio mapped dirty and writable (finish_fault; with the marker's bit,
+    write-protected), then marked dirty (fault_dirty_shared_page)."""
     index = file_fault_index(machine, vma, addr)
     if index is None:
         return SIGBUS
@@ -235,16 +253,16 @@ def do_shared_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int = 
     if folio is None:
         return ENOMEM
     folio_get(machine, folio)
-    finish_fault(machine, mm, vma, addr, folio, write=True)
+    finish_fault(machine, mm, vma, addr, folio, write=True, uffd_wp=uffd_wp)
     folio_mark_dirty(machine, folio)
     return OK
 
 
-def do_file_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
-    """do_fault for a write on a none entry of a file VMA."""
+def do_file_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int, uffd_wp: bool = False) -> str:
+    """do_fault for a write on a none entry (or a uffd-wp marker: uffd_wp) of a file VMA."""
     if vma.shared:
-        return do_shared_fault(machine, mm, vma, addr, order)
-    return do_cow_fault(machine, mm, vma, addr, order)
+        return do_shared_fault(machine, mm, vma, addr, order, uffd_wp)
+    return do_cow_fault(machine, mm, vma, addr, order, uffd_wp)
 
 
 def wp_page_shared(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> str:
@@ -258,9 +276,9 @@ def wp_page_shared(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> s
 
 # zap and fork of file pages.
 
-def zap_present_file_pte(machine: Machine, mm: MM, addr: int) -> None:
+def zap_present_file_pte(machine: Machine, mm: MM, addr: int) -> int:
     """Unmap one PTE of a page-cache page: a dirty entry marks the folio dirty (PG_referenced
-    is not modelled); the cache's references keep the folio."""
+    is not modelled); the cache's references keep the folio. Returns the entry cleared."""
     pte = machine.ptep_get_and_clear(mm, addr)
     page = int(pte_pfn(pte))
     folio = page_folio(machine, page)
@@ -269,17 +287,44 @@ def zap_present_file_pte(machine: Machine, mm: MM, addr: int) -> None:
     mm.rss_file -= 1
     folio_remove_rmap_pte(machine, folio, page, mm)
     folio_put(machine, folio)
+    return pte
 
 
-def copy_present_file_pte(machine: Machine, dst_mm: MM, src_mm: MM, addr: int, pte: int) -> None:
-    """fork's copy of a page-cache page's PTE: shared with the child, made old."""
-    from machine.pgtable import pte_mkold
+def copy_present_file_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int, pte: int) -> None:
+    """fork's copy of a page-cache page's PTE: shared with the child, made old, without the
+    uffd-wp bit unless the child's VMA is registered (__copy_present_ptes)."""
     page = int(pte_pfn(pte))
     folio = page_folio(machine, page)
     folio_get(machine, folio)
     folio_dup_file_rmap_pte(machine, folio, page, dst_mm)
     dst_mm.rss_file += 1
+    if not dst_vma.uffd_wp:  # userfaultfd_wp(dst_vma)
+        pte = pte_clear_uffd_wp(pte)
     machine.set_pte_at(dst_mm, addr, pte_mkold(pte))
+
+
+def pte_install_uffd_wp_if_needed(machine: Machine, mm: MM, vma: VMA, addr: int, pteval: int) -> None:
+    """After an entry of a file VMA registered for uffd-wp was cleared: a marker where it was
+    write-protected (the bit on a present or swap entry, or a marker), so the protection
+    outlives the mapping. An anonymous VMA gets none.
+
+    Context: the entry at addr is none.
+    """
+    check(pte_none(machine.ptep_get(mm, addr)), "uffd-wp marker over a live entry at %#x", addr)
+    if vma.file is None or not vma.uffd_wp:  # vma_is_anonymous(vma) || !userfaultfd_wp(vma)
+        return
+    if pte_uffd_wp_any(pteval):
+        machine.set_pte_at(mm, addr, make_pte_marker(PTE_MARKER_UFFD_WP))
+
+
+def pte_uffd_wp_any(pteval: int) -> bool:
+    """The entry was uffd-wp protected in any form: the bit of a present entry, the swap bit of
+    a swap entry, or a uffd-wp marker (pte_uffd_wp, pte_swp_uffd_wp_any)."""
+    if pte_present(pteval):
+        return bool(pte_uffd_wp(pteval))
+    if is_pte_marker(pteval):
+        return bool(pte_marker_uffd_wp(pteval))
+    return is_swap_pte(pteval) and bool(pte_swp_uffd_wp(pteval))
 
 
 # The rmap walk of a page-cache folio (i_mmap).
@@ -316,11 +361,13 @@ def folio_mapped_at(machine: Machine, folio: int, mm: MM, addr: int) -> int | No
 
 def try_to_unmap_file(machine: Machine, folio: int) -> str:
     """try_to_unmap of a page-cache folio: every PTE mapping it cleared one at a time, a dirty
-    one marking the folio dirty; the cache keeps it."""
-    for mm, _vma, start, end in rmap_walk_file(machine, folio):
+    one marking the folio dirty, a uffd-wp one leaving a marker in a registered VMA
+    (pte_install_uffd_wp_if_needed); the cache keeps it."""
+    for mm, vma, start, end in rmap_walk_file(machine, folio):
         for addr in range(start, end, PAGE_SIZE):
             if folio_mapped_at(machine, folio, mm, addr) is not None:
-                zap_present_file_pte(machine, mm, addr)
+                pteval = zap_present_file_pte(machine, mm, addr)
+                pte_install_uffd_wp_if_needed(machine, mm, vma, addr, pteval)
     return OK
 
 

@@ -10,7 +10,7 @@ from .folio import (
     GUP_PIN_COUNTING_BIAS, PageAnonExclusive, folio_put_refs, folio_test_large,
     page_folio,
 )
-from .filemap import do_read_fault, vma_wants_writenotify
+from .filemap import do_read_fault, vma_needs_dirty_tracking
 from .memory import do_anonymous_page_read, do_swap_page, handle_unshare_fault, handle_write_fault
 
 
@@ -29,12 +29,6 @@ def gup_must_unshare(machine: Machine, vma: VMA, level: str, entry: int, page: i
     return not PageAnonExclusive(machine, exclusive_page)
 
 
-def vma_needs_dirty_tracking(machine: Machine, vma: VMA) -> bool:
-    """check_vma_flags: a long-term writable pin of a shared regular-file mapping is refused
-    (writable_file_mapping_allowed), the filesystem could not track its writes."""
-    return vma.file is not None and vma_wants_writenotify(machine, vma)
-
-
 def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable: bool) -> str:
     """Fault until the page at addr may be pinned: writable for a rw pin, exclusive for ro."""
     for _attempt in range(3):
@@ -43,8 +37,8 @@ def faultin_page_for_pin(machine: Machine, mm: MM, vma: VMA, addr: int, writable
             if pte_present(entry) and pte_write(entry):
                 return OK
             result = handle_write_fault(machine, mm, vma, addr, order=0)
-        elif pte_none(entry) and vma.file is not None:
-            result = do_read_fault(machine, mm, vma, addr)
+        elif (pte_none(entry) or is_pte_marker(entry)) and vma.file is not None:
+            result = do_read_fault(machine, mm, vma, addr, uffd_wp=is_pte_marker(entry))
         elif pte_none(entry) or is_pte_marker(entry):
             result = do_anonymous_page_read(machine, mm, vma, addr)  # the zero page, unshared next
         elif is_swap_pte(entry):

@@ -143,8 +143,11 @@ class Kernel:
         if vma is None:
             return EFAULT
         entry = self.machine.lookup(mm, addr)[1]
-        if pte_none(entry) and vma.file is not None:
-            result = self._without_rollback(lambda: do_read_fault(self.machine, mm, vma, addr))
+        if (pte_none(entry) or is_pte_marker(entry)) and vma.file is not None:
+            # a registered VMA's marker: do_read_fault with its uffd-wp bit (none are left in
+            # a VMA no longer registered: there is no unregister op)
+            result = self._without_rollback(
+                lambda: do_read_fault(self.machine, mm, vma, addr, uffd_wp=is_pte_marker(entry)))
             if result != OK:
                 return result
         elif pte_none(entry) or is_pte_marker(entry):

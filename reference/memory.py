@@ -302,10 +302,12 @@ def pte_marker_clear(machine: Machine, mm: MM, addr: int) -> None:
 
 
 def handle_pte_marker(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
-    """A write fault on a uffd-wp marker (pte_marker_handle_uffd_wp): a registered VMA maps a
-    fresh page write-protected with the bit (do_anonymous_page, uffd_wp from the marker) and
-    the retried write traps: UFFD; in a VMA no longer registered the marker is dropped and
-    the fault is an ordinary one.
+    """A write fault on a uffd-wp marker (pte_marker_handle_uffd_wp): a registered VMA faults
+    as on a none entry (do_pte_missing) with the marker's bit on the new entry
+    (vmf_orig_pte_uffd_wp), write-protected, and the retried write traps: UFFD. An anonymous
+    VMA maps a fresh order-0 page (do_anonymous_page), a file VMA the page-cache page or its
+    private copy (do_fault). In a VMA no longer registered the marker is dropped and the
+    fault is an ordinary one.
 
     Context: a uffd-wp marker is at addr.
     """
@@ -313,7 +315,10 @@ def handle_pte_marker(machine: Machine, mm: MM, vma: VMA, addr: int, order: int)
     if not vma.uffd_wp:
         pte_marker_clear(machine, mm, addr)
         return do_anonymous_page(machine, mm, vma, addr, order)
-    result = do_anonymous_page(machine, mm, vma, addr, 0, uffd_wp=True)
+    if vma.file is not None:
+        result = filemap.do_file_write_fault(machine, mm, vma, addr, 0, uffd_wp=True)
+    else:
+        result = do_anonymous_page(machine, mm, vma, addr, 0, uffd_wp=True)
     return UFFD if result == OK else result
 
 
@@ -329,47 +334,55 @@ def handle_unshare_fault(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
 
 # zap (zap_pte_range, zap_present_pte, zap_nonpresent_pte).
 
-def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
-    """Unmap one present PTE and drop its folio reference (the zero page has none).
-    Context: a present PTE maps addr."""
+def zap_present_pte(machine: Machine, mm: MM, addr: int) -> int:
+    """Unmap one present PTE and drop its folio reference (the zero page has none); returns
+    the entry cleared. Context: a present PTE maps addr."""
     pte = machine.ptep_get(mm, addr)
     check(pte_present(pte), "zap_present_pte of a non-present PTE at %#x", addr)
     page = vm_normal_page(machine, pte)
     if page is None:  # the zero page
-        machine.ptep_get_and_clear(mm, addr)
-        return
+        return machine.ptep_get_and_clear(mm, addr)
     if machine.frames.folio_mapping[page_folio(machine, page)]:
-        filemap.zap_present_file_pte(machine, mm, addr)
-        return
+        return filemap.zap_present_file_pte(machine, mm, addr)
     machine.ptep_get_and_clear(mm, addr)
     folio = page_folio(machine, page)
     mm.rss_anon -= 1
     folio_remove_rmap_pte(machine, folio, page, mm)
     folio_put(machine, folio)
+    return pte
 
 
-def zap_nonpresent_pte(machine: Machine, mm: MM, addr: int) -> None:
-    """Drop one swap PTE's slot reference, or a marker (an anon VMA keeps none:
-    zap_nonpresent_ptes). Context: a swap PTE or a marker is at addr."""
+def zap_nonpresent_pte(machine: Machine, mm: MM, vma: VMA, addr: int, drop_markers: bool) -> int | None:
+    """Drop one swap PTE's slot reference, or a marker: an anonymous VMA always drops its
+    markers, a file VMA only with ZAP_FLAG_DROP_MARKER (zap_nonpresent_ptes). Returns the
+    entry cleared, None for a marker kept. Context: a swap PTE or a marker is at addr."""
     if is_pte_marker(machine.ptep_get(mm, addr)):
-        machine.ptep_get_and_clear(mm, addr)
-        return
+        if vma.file is not None and not drop_markers:
+            return None
+        return machine.ptep_get_and_clear(mm, addr)
     check(is_swap_slot_pte(machine.ptep_get(mm, addr)), "zap_nonpresent_pte of a non-swap PTE at %#x", addr)
     pte = machine.ptep_get_and_clear(mm, addr)
     mm.rss_swap -= 1
     swap_free(machine, int(pte_swp_offset(pte)))
+    return pte
 
 
-def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
-    """Zap every PTE in [start, end), which lies inside one PMD and one VMA."""
+def zap_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, drop_markers: bool) -> None:
+    """Zap every PTE in [start, end), which lies inside one PMD and one VMA; in a file VMA
+    registered for uffd-wp each protected entry leaves a marker unless drop_markers
+    (zap_install_uffd_wp_if_needed)."""
     if mm.pte_table(start) is None:
         return  # pmd_none: nothing mapped here
     for addr in range(start, end, PAGE_SIZE):
         pte = machine.ptep_get(mm, addr)
         if pte_present(pte):
-            zap_present_pte(machine, mm, addr)
+            pteval: int | None = zap_present_pte(machine, mm, addr)
         elif is_swap_pte(pte):
-            zap_nonpresent_pte(machine, mm, addr)
+            pteval = zap_nonpresent_pte(machine, mm, vma, addr, drop_markers)
+        else:
+            continue
+        if pteval is not None and not drop_markers:
+            filemap.pte_install_uffd_wp_if_needed(machine, mm, vma, addr, pteval)
 
 
 def pmd_ranges(machine: Machine, mm: MM, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
@@ -387,8 +400,9 @@ def pmd_ranges(machine: Machine, mm: MM, start: int, end: int) -> Iterator[tuple
             addr = next_addr
 
 
-def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -> None:
-    """Zap [start, end) of vma: a fully covered PMD block whole, a partial one split first."""
+def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, drop_markers: bool) -> None:
+    """Zap [start, end) of vma: a fully covered PMD block whole, a partial one split first;
+    drop_markers: ZAP_FLAG_DROP_MARKER."""
     check(vma.start <= start < end <= vma.end, "zap range leaves the VMA")
     for addr, next_addr, whole_pmd in pmd_ranges(machine, mm, start, end):
         haddr = addr & ~(PMD_SIZE - 1)
@@ -397,7 +411,7 @@ def unmap_page_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int) -
                 huge_memory.zap_huge_pmd(machine, mm, haddr)
                 continue
             huge_memory.split_huge_pmd_locked(machine, mm, vma, haddr)
-        zap_pte_range(machine, mm, addr, next_addr)
+        zap_pte_range(machine, mm, vma, addr, next_addr, drop_markers)
 
 
 # fork (copy_page_range, copy_present_pte, copy_present_page, copy_nonpresent_pte).
@@ -460,7 +474,7 @@ def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, add
         return OK
     folio = page_folio(machine, page)
     if not machine.frames.folio_anon[folio]:
-        filemap.copy_present_file_pte(machine, dst_mm, src_mm, addr, pte)
+        filemap.copy_present_file_pte(machine, dst_mm, dst_vma, addr, pte)
         return OK
     folio_get(machine, folio)
     if folio_try_dup_anon_rmap_pte(machine, folio, page, dst_mm, src_mm) == EBUSY:

@@ -24,19 +24,20 @@ def do_mmap(machine: Machine, mm: MM, addr: int, length: int, writable: bool, fi
     return OK
 
 
-def unmap_vmas(machine: Machine, mm: MM, start: int, end: int) -> bool:
-    """Zap every mapping in [start, end), VMA by VMA (unmap_page_range each); returns whether
-    VMAs covered it all (madvise_dontneed's ENOMEM for a hole)."""
+def unmap_vmas(machine: Machine, mm: MM, start: int, end: int, drop_markers: bool) -> bool:
+    """Zap every mapping in [start, end), VMA by VMA (unmap_page_range each; drop_markers:
+    ZAP_FLAG_DROP_MARKER, munmap's and exit's, else uffd-wp markers stay in file VMAs);
+    returns whether VMAs covered it all (madvise_dontneed's ENOMEM for a hole)."""
     covered = mm.vmas_cover(start, end)
     for vma in mm.vmas_intersecting(start, end):
-        unmap_page_range(machine, mm, vma, max(vma.start, start), min(vma.end, end))
+        unmap_page_range(machine, mm, vma, max(vma.start, start), min(vma.end, end), drop_markers)
     return covered
 
 
 def do_munmap(machine: Machine, mm: MM, start: int, length: int) -> str:
     """Zap [start, start + length) and remove it from the VMAs, splitting them at the edges."""
     end = start + length
-    unmap_vmas(machine, mm, start, end)
+    unmap_vmas(machine, mm, start, end, drop_markers=True)
     for vma in mm.vmas_intersecting(start, end):
         if vma.start < start:
             vma = mm.vma_split(vma, start)
@@ -48,13 +49,13 @@ def do_munmap(machine: Machine, mm: MM, start: int, length: int) -> str:
 
 def madvise_dontneed(machine: Machine, mm: MM, start: int, length: int) -> str:
     """Zap the mapped parts of the range; ENOMEM if it had a hole. VMAs stay."""
-    return OK if unmap_vmas(machine, mm, start, start + length) else ENOMEM
+    return OK if unmap_vmas(machine, mm, start, start + length, drop_markers=False) else ENOMEM
 
 
 def exit_mmap(machine: Machine, mm: MM) -> str:
     """Zap everything in ascending address order, then the process is gone (its pins stay)."""
     for vma in list(mm.vmas):
-        unmap_page_range(machine, mm, vma, vma.start, vma.end)
+        unmap_page_range(machine, mm, vma, vma.start, vma.end, drop_markers=True)
         mm.vma_remove(vma)
     machine.mm_destroy(mm)
     return OK

@@ -12,7 +12,7 @@ from machine.pgtable import (
     pte_swp_clear_uffd_wp, pte_swp_mkuffd_wp, pte_uffd_wp,
 )
 
-from .filemap import vma_page_prot, vma_wants_writenotify
+from .filemap import vma_needs_dirty_tracking, vma_page_prot
 from .folio import PageAnonExclusive
 from .huge_memory import (
     MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, change_huge_pmd, split_huge_pmd_locked,
@@ -21,12 +21,15 @@ from .memory import pmd_ranges
 
 
 def can_change_pte_writable(machine: Machine, vma: VMA, pte: int) -> bool:
-    """A private rw VMA's entry may be made writable without a fault: not uffd-wp protected
-    (maybe_change_pte_writable), not the zero page (no anon page), its page anon exclusive."""
+    """An rw VMA's entry may be made writable without a fault: not uffd-wp protected; in a
+    private VMA not the zero page (no anon page) and its page anon exclusive; in a shared
+    one dirty (the filesystem has had its page_mkwrite: can_change_shared_pte_writable)."""
     if not vma.writable:
         return False
     if vma.uffd_wp and pte_uffd_wp(pte):  # userfaultfd_pte_wp
         return False
+    if vma.shared:
+        return bool(pte_dirty(pte))
     return not pte_special(pte) and PageAnonExclusive(machine, int(pte_pfn(pte)))
 
 
@@ -41,16 +44,12 @@ def change_uffd_wp_bit(entry: int, cp_flags: int) -> int:
 
 def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int, cp_flags: int) -> None:
     """New protection for one present PTE (change_present_ptes): pte_modify, the uffd-wp
-    bit per cp_flags, then writable if allowed (MM_CP_TRY_CHANGE_WRITABLE): a shared file
-    mapping's dirty entry (can_change_shared_pte_writable), else can_change_pte_writable."""
+    bit per cp_flags, then writable if allowed (MM_CP_TRY_CHANGE_WRITABLE:
+    can_change_pte_writable)."""
     pte = machine.ptep_get(mm, addr)
     entry = change_uffd_wp_bit(pte_modify(pte, vma_page_prot(machine, vma)), cp_flags)
-    if cp_flags & MM_CP_TRY_CHANGE_WRITABLE:
-        if vma.file is not None and vma.shared:
-            if vma.writable and vma_wants_writenotify(machine, vma) and pte_dirty(pte):
-                entry = pte_mkwrite(entry)
-        elif can_change_pte_writable(machine, vma, entry):
-            entry = pte_mkwrite(entry)
+    if cp_flags & MM_CP_TRY_CHANGE_WRITABLE and can_change_pte_writable(machine, vma, entry):
+        entry = pte_mkwrite(entry)
     machine.set_pte_at(mm, addr, entry)
 
 
@@ -123,6 +122,18 @@ def change_protection(machine: Machine, mm: MM, vma: VMA, start: int, end: int, 
         change_pte_range(machine, mm, vma, addr, next_addr, cp_flags)
 
 
+def vma_wants_manual_pte_write_upgrade(machine: Machine, vma: VMA) -> bool:
+    """Whether change_protection may make entries writable by hand (MM_CP_TRY_CHANGE_WRITABLE):
+    a private rw VMA (COW), or a shared rw one of a file with page_mkwrite, a regular file's
+    (vma_wants_writenotify returns at vm_ops_needs_writenotify). Never a shmem one: there
+    vma_wants_writenotify is asked with a vm_page_prot write-notify (uffd-wp) has already
+    made the private read-only one, and its pgprot_modify check fails; a PAGE_SHARED VMA
+    needs no upgrade (`rmapfuzz kernel`, scenarios 104 and 130)."""
+    if vma.shared:
+        return vma.writable and vma_needs_dirty_tracking(machine, vma)
+    return vma.writable
+
+
 def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:
     """Change [start, end) of vma: split it at the edges, change entries, merge neighbours."""
     if vma.writable == writable:
@@ -132,8 +143,8 @@ def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, wri
     if vma.end > end:
         mm.vma_split(vma, end)
     vma.writable = writable
-    # vma_wants_manual_pte_write_upgrade: every private rw VMA.
-    change_protection(machine, mm, vma, start, end, MM_CP_TRY_CHANGE_WRITABLE if writable else 0)
+    cp_flags = MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(machine, vma) else 0
+    change_protection(machine, mm, vma, start, end, cp_flags)
     mm.vma_merge(vma)
 
 

@@ -44,6 +44,8 @@ CANARIES = (
     "swap_uffd_wp_first_only",
     "wp_batch_first_only",
     "pageout_batch_first_wp_only",
+    "file_marker_first_only",
+    "file_batch_ignores_uffd_wp",
 )
 
 

@@ -10,13 +10,16 @@ memory = submodule(batched, "memory")
 internal = submodule(batched, "internal")
 
 
-def zap_pte_range(machine, mm, start, end):
+def zap_pte_range(machine, mm, vma, start, end, drop_markers):
     if mm.pte_table(start) is None:
         return
     table_end = (start & ~(PMD_SIZE - 1)) + PMD_SIZE
     ptes = machine.ptes_get(mm, start, (table_end - start) >> PAGE_SHIFT)  # planted: not end
     if pte_present(ptes).any():
-        memory.zap_present_ptes(machine, mm, internal.folio_pte_batch(machine, mm, start, ptes, internal.FPB_ZAP))
+        batches = internal.folio_pte_batch(machine, mm, start, ptes, internal.FPB_ZAP)
+        memory.zap_present_ptes(machine, mm, batches)
+        if vma.file is not None and not drop_markers:
+            memory.filemap.install_uffd_wp_ptes_if_needed(machine, mm, vma, batches.runs, batches.pte)
     if is_swap_pte(ptes).any():
         memory.zap_nonpresent_ptes(machine, mm, internal.swap_pte_batch(start, ptes))
 

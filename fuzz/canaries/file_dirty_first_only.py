@@ -13,13 +13,14 @@ filemap = submodule(batched, "filemap")
 
 def zap_present_file_ptes(machine, mm, batches):
     if len(batches) == 0:
-        return
+        return filemap.np.zeros(0, filemap.np.uint64)
     first = batches.pte.copy()   # planted: the batch's first entry as it was, not the gathered value
-    machine.get_and_clear_full_ptes_runs(mm, batches.runs)
+    ptes = machine.get_and_clear_full_ptes_runs(mm, batches.runs)
     machine.frames.folio_dirty[batches.folio[pte_dirty(first)]] = True
     mm.rss_file -= int(batches.nr_pages.sum())
     filemap.folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
     filemap.folios_put_refs(machine, batches.folio, batches.nr_pages)
+    return ptes
 
 
 plant(batched, "filemap", "zap_present_file_ptes", zap_present_file_ptes)

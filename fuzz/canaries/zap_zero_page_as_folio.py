@@ -14,18 +14,25 @@ memory = submodule(batched, "memory")
 internal = submodule(batched, "internal")
 
 
-def zap_pte_range(machine, mm, start, end):
+def zap_pte_range(machine, mm, vma, start, end, drop_markers):
     if mm.pte_table(start) is None:
         return
     ptes = machine.ptes_get(mm, start, (end - start) >> PAGE_SHIFT)
     if not any_set(ptes):
         return
+    keep_markers = vma.file is not None and not drop_markers
     if any_set(pte_present(ptes)):   # planted: the zero page batched with the folios
-        memory.zap_present_ptes(machine, mm, internal.folio_pte_batch(machine, mm, start, ptes, internal.FPB_ZAP))
+        batches = internal.folio_pte_batch(machine, mm, start, ptes, internal.FPB_ZAP)
+        memory.zap_present_ptes(machine, mm, batches)
+        if keep_markers:
+            memory.filemap.install_uffd_wp_ptes_if_needed(machine, mm, vma, batches.runs, batches.pte)
     if any_set(is_swap_slot_pte(ptes)):
-        memory.zap_nonpresent_ptes(machine, mm, internal.swap_pte_batch(start, ptes))
+        swap_batches = internal.swap_pte_batch(start, ptes)
+        memory.zap_nonpresent_ptes(machine, mm, swap_batches)
+        if keep_markers:
+            memory.filemap.install_uffd_wp_ptes_if_needed(machine, mm, vma, swap_batches.runs, swap_batches.pte)
     markers = is_pte_marker(ptes)
-    if any_set(markers):
+    if any_set(markers) and not keep_markers:
         memory.zap_pte_markers(machine, mm, start, np.flatnonzero(markers))
 
 

@@ -660,8 +660,9 @@ def check_zero_page(machine: Machine, shadow: Shadow, scan: PageTableScan) -> li
 
 def check_uffd_wp(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     """Rule 11, uffd-wp: a page `wp on` write-protected, not since unprotected or dropped with
-    its content (munmap, dontneed, exit, MADV_FREE, a lazyfree discard by reclaim or
-    try_to_unmap, which leaves no marker in an anonymous VMA), keeps its protection through every op:
+    its content (munmap, exit; in an anonymous VMA also dontneed, MADV_FREE and a lazyfree
+    discard by reclaim or try_to_unmap, which leave no marker there; a file VMA's zap and
+    unmap leave one), keeps its protection through every op:
     the uffd-wp bit on its present entry (PTE or PMD) or swap entry, or a uffd-wp marker on
     its empty one; and no write (write, fault, rw pin) ever succeeded on such a page."""
     failures = [f"{where(pid, addr)}: a write succeeded on a uffd-wp protected page" for pid, addr in shadow.landed]

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
-from machine.errors import ENOENT, OK
-from machine.pgtable import PAGE_SHIFT, PAGE_SIZE, pte_none
+from machine.errors import ENOENT, OK, UFFD
+from machine.pgtable import PAGE_SHIFT, PAGE_SIZE, pte_none, pte_present
 
 if TYPE_CHECKING:
     from fuzz.script.ops import Op
-    from machine import Machine, Pin
+    from machine import MM, Machine, Pin
 
 
 class Shadow:
@@ -67,6 +67,17 @@ class Shadow:
         if vma is not None and vma.file is not None and not vma.shared and addr not in self.data.get(pid, {}):
             self.data.setdefault(pid, {})[addr] = self.file_word(machine, pid, addr) or 0
 
+    def _trapped_copy(self, machine: Machine, pid: int, addr: int) -> None:
+        """A write trapped by userfaultfd on a marker of a private file VMA made its private
+        copy first (do_cow_fault through handle_pte_marker); one on a protected page-cache
+        entry made none. Which it was is read from what the fault left mapped."""
+        mm = machine.processes.get(pid)
+        if mm is None:
+            return
+        entry = machine.lookup(mm, addr)[1]
+        if pte_present(entry) and machine.frames.folio_anon[machine.frames.page_folio[machine.page_at(mm, addr)]]:
+            self._private_copy(machine, pid, addr)
+
     def read(self, pid: int, addr: int) -> int:
         """What process pid should read at addr."""
         return self.data.get(pid, {}).get(addr, 0)
@@ -93,6 +104,8 @@ class Shadow:
         vma = None if mm is None or op.addr is None else mm.find_vma(op.addr)
         if name == "fault" and result == OK:
             self._private_copy(machine, pid, cast(int, op.addr))
+        if name in ("write", "fault") and result == UFFD:
+            self._trapped_copy(machine, pid, cast(int, op.addr))
         if name == "pin" and result != "ENOMEM":
             self._pin_copies(machine, op)
         if name == "write" and result == OK and vma is not None and vma.file is not None and vma.shared:
@@ -172,25 +185,40 @@ class Shadow:
                     pages.update(done)
                 else:
                     pages.difference_update(done)
-        elif op.name in ("munmap", "dontneed", "free") and protected:
+        elif op.name == "munmap" and protected:
             start = cast(int, op.addr)
             end = start + cast(int, op.length)
             protected.difference_update([addr for addr in protected if start <= addr < end])
+        elif op.name in ("dontneed", "free") and protected:
+            # A file VMA keeps its protection through MADV_DONTNEED (zap installs markers:
+            # zap_install_uffd_wp_if_needed) and is never freed (MADV_FREE is EINVAL there).
+            start = cast(int, op.addr)
+            end = start + cast(int, op.length)
+            mm = machine.processes[pid]
+            protected.difference_update([addr for addr in protected
+                                         if start <= addr < end and not self._in_file_vma(mm, addr)])
         elif op.name in ("reclaim", "try_to_unmap"):
             self._drop_discarded_protection(machine)
         elif op.name == "exit":
             self.protected.pop(pid, None)
 
     def _drop_discarded_protection(self, machine: Machine) -> None:
-        """A page whose entry reclaim (or try_to_unmap) left none was a lazyfree page discarded
-        (try_to_unmap_one's MADV_FREE branch; a swap-out leaves a swap entry), and its
-        protection goes with its content: pte_install_uffd_wp_if_needed installs no marker in
-        an anonymous VMA. Any process's, as the folio may be shared; the data oracle judges
-        what such a page reads."""
+        """A page of an anonymous VMA whose entry reclaim (or try_to_unmap) left none was a
+        lazyfree page discarded (try_to_unmap_one's MADV_FREE branch; a swap-out leaves a swap
+        entry), and its protection goes with its content: pte_install_uffd_wp_if_needed
+        installs no marker in an anonymous VMA. A file VMA's page keeps it: the unmap leaves
+        a marker. Any process's, as the folio may be shared; the data oracle judges what such
+        a page reads."""
         for pid, protected in self.protected.items():
             mm = machine.processes.get(pid)
             if protected and mm is not None:
-                protected.difference_update([addr for addr in protected if pte_none(machine.lookup(mm, addr)[1])])
+                protected.difference_update([addr for addr in protected if pte_none(machine.lookup(mm, addr)[1])
+                                             and not self._in_file_vma(mm, addr)])
+
+    @staticmethod
+    def _in_file_vma(mm: MM, addr: int) -> bool:
+        vma = mm.find_vma(addr)
+        return vma is not None and vma.file is not None
 
     @staticmethod
     def _drop_range(words: dict[int, dict[int, int]], pid: int, start: int, end: int) -> dict[int, int]:

@@ -95,11 +95,7 @@ def _static_reason(op: Op) -> str | None:
     return None
 
 
-def _script_reason(script: Script, run: ModelRun) -> str | None:
-    ops = script_ops(script)
-    if any(op.name == "mmap" and op.file is not None for op in ops) and any(op.name == "uffd" for op in ops):
-        return ("uffd-wp with file mappings: the model refuses to register a file VMA (EINVAL), "
-                "the kernel registers a shmem one")
+def _script_reason(run: ModelRun) -> str | None:
     if len(run.pages.ranges) > MAX_RANGES:
         return f"more than {MAX_RANGES} distinct mmap ranges to observe"
     if run.pages.nr_pages > MAX_OBSERVED_PAGES:
@@ -220,7 +216,7 @@ def _one_pageout_batch(keys: list[tuple[int, int]], step: ModelStep) -> bool:
 def realise(run: ModelRun) -> list[GuestOp]:
     """The guest ops of the script the model ran; UnsupportedScript names the first op without a
     faithful realisation (or line 0 for the script as a whole)."""
-    reason = _script_reason(run.script, run)
+    reason = _script_reason(run)
     if reason:
         raise UnsupportedScript(Unsupported(0, "", reason))
     guest_ops: list[GuestOp] = []

@@ -93,6 +93,9 @@
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
 #endif
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
 /* The result of a write that userfaultfd trapped (SIGBUS with UFFD_FEATURE_SIGBUS): no errno. */
 #define RF_EUFFD 1000
 #ifndef MAP_FIXED_NOREPLACE
@@ -825,7 +828,8 @@ static int uffd_wp_present(uint64_t addr)
 
 /*
  * userfaultfd: each `uffd` op opens its own context (UFFDIO_API with
- * UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_SIGBUS, no UFFD_FEATURE_EVENT_FORK) and
+ * UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_SIGBUS,
+ * no UFFD_FEATURE_EVENT_FORK: shmem's uffd-wp needs PTE markers) and
  * registers its range for write-protect; the file stays open so the registration
  * lives. `wp` goes through a context of this process's own mm (mwriteprotect_range
  * acts on ctx->mm and checks only userfaultfd_wp(vma)), opened once per process:
@@ -840,7 +844,8 @@ static pid_t uffd_wp_owner;
 static int uffd_open(int *fd_out)
 {
 	struct uffdio_api api = { .api = UFFD_API,
-				  .features = UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_SIGBUS };
+				  .features = UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+					      UFFD_FEATURE_SIGBUS };
 	int fd = syscall(__NR_userfaultfd, O_CLOEXEC);
 
 	if (fd < 0)

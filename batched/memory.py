@@ -73,12 +73,20 @@ from .internal import (
 from .rmap import (
     BusyPerBatch,
     folio_add_new_anon_rmap,
+    folios_add_anon_rmap_ptes,
     folio_remove_rmap_pte,
     folios_add_new_anon_rmap_order0,
     folios_remove_rmap_ptes,
     folios_try_dup_anon_rmap_ptes,
 )
-from .swap import free_swap_and_cache_nr, swap_duplicate_nr, swap_free
+from .swap import (
+    folio_free_swap,
+    folio_put_swap,
+    free_swap_and_cache_nr,
+    free_swap_cache,
+    swap_cache_add_folio,
+    swap_duplicate_nr,
+)
 
 
 def maybe_mkwrite(pte, vma: VMA):
@@ -205,10 +213,17 @@ def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: 
 # Write faults on present read-only PTEs (do_wp_page): one page, as in the kernel.
 
 def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
-    """Every reference is one of mm's mappings, so no one else can see the folio."""
+    """Every reference is one of mm's mappings, so no one else can see the folio (a small
+    swap-cache folio leaves the cache first if it can)."""
     frames = machine.frames
     if frames.folio_order[folio] > 0:
+        check(frames.folio_swap[folio] == 0, "large folio %s in the swap cache", folio)
         return __wp_can_reuse_large_anon_folio(machine, folio, mm)
+    in_swap_cache = frames.folio_swap.item(folio) != 0
+    if frames.folio_refcount.item(folio) > 1 + in_swap_cache:
+        return False
+    if in_swap_cache:
+        folio_free_swap(machine, folio)  # leaves the cache only if no swap PTE references the slot
     return frames.folio_refcount.item(folio) == 1
 
 
@@ -291,38 +306,50 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
     return OK
 
 
-# Swap-in (do_swap_page; model: no swap cache, a fresh exclusive order-0 folio).
+# Swap-in (do_swap_page): every swap-in goes through the swap cache (zram, SWP_SYNCHRONOUS_IO).
 
 def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool) -> str:
-    """Swap the page at addr in; a uffd-wp swap entry comes back write-protected with the
-    bit, and a write fault on it is then UFFD. Context: a swap PTE maps addr."""
+    """Map the slot's swap-cache folio (a miss reads a fresh order-0 folio into the cache);
+    writable and exclusive only through PTE_SWP_EXCLUSIVE; then folio_free_swap, and a write
+    fault not yet satisfied goes on to do_wp_page. Context: a swap PTE maps addr."""
     pte = machine.ptep_get(mm, addr)
     check(is_swap_slot_pte(pte), "do_swap_page on a non-swap PTE")
     check(not write_fault or vma.writable, "write fault in a read-only VMA")
+    frames, swap = machine.frames, machine.swap
     slot = int(pte_swp_offset(pte))
-    folio = machine.frames.folio_alloc(0)
-    if folio is None:
-        return ENOMEM
-    machine.frames.page_data[folio] = machine.swap.swap_data[slot]
+    folio = swap.swap_cache.item(slot)
+    fresh = folio < 0
+    if fresh:
+        folio = frames.folio_alloc(0)
+        if folio is None:
+            return ENOMEM
+        frames.page_data[folio] = swap.swap_data[slot]
+        swap_cache_add_folio(machine, folio, slot)
+    else:
+        folio_ref_add(machine, folio, 1)  # the lookup's reference, the mapping's from here on
+        check(not frames.page_anon_exclusive[folio], "swap-cache page %s is exclusive", folio)
+    exclusive = bool(pte_swp_exclusive(pte))
+    check(not exclusive or swap.swap_count.item(slot) == 1, "PTE_SWP_EXCLUSIVE on a shared slot %s", slot)
     entry = mk_pte(folio, vma)
     if pte_swp_uffd_wp(pte):
         entry = pte_mkuffd_wp(entry)
-    if vma.writable and not userfaultfd_pte_wp(vma, entry):
+    writable = exclusive and vma.writable and not userfaultfd_pte_wp(vma, entry)
+    if writable:
         entry = pte_mkwrite(entry)
         if write_fault:
             entry = pte_mkdirty(entry)
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
-    # folio_free_swap drops the swap cache and dirties the folio when no other swap PTE shares
-    # the slot; a write fault on a shared slot copies the cached page into a clean new folio.
-    # (model) A read fault on a shared slot leaves the kernel's folio clean in the swap cache,
-    # which MADV_FREE treats as it treats a dirty one: PG_dirty stands in for it.
-    machine.frames.folio_dirty[folio] = not (write_fault and int(machine.swap.swap_count[slot]) > 1)
-    swap_free(machine, slot)
+    if fresh:
+        folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=exclusive)
+    else:
+        one = np.array([folio], np.int64)
+        folios_add_anon_rmap_ptes(machine, one, one, np.ones(1, np.int64), mm, np.array([exclusive]))
+    folio_put_swap(machine, folio, slot)
     mm.rss_swap -= 1
     mm.rss_anon += 1
     machine.set_pte_at(mm, addr, entry)
-    if write_fault and userfaultfd_pte_wp(vma, entry):
-        return UFFD  # the write fault goes on to do_wp_page, which reports it
+    folio_free_swap(machine, folio)  # should_try_to_free_swap: always for SWP_SYNCHRONOUS_IO
+    if write_fault and not writable:
+        return do_wp_page(machine, mm, vma, addr, entry, unshare=False)
     return OK
 
 
@@ -400,6 +427,7 @@ def zap_anon_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
     machine.clear_full_ptes_runs(mm, batches.runs)
     mm.rss_anon -= int(batches.nr_pages.sum())
     folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
+    free_swap_cache(machine, batches.folio)  # free_pages_and_swap_cache, before the references go
     folios_put_refs(machine, batches.folio, batches.nr_pages)
 
 

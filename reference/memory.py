@@ -22,9 +22,12 @@ from .folio import (
     page_folio, vm_normal_page, zero_page_pte,
 )
 from .rmap import (
-    folio_add_new_anon_rmap, folio_remove_rmap_pte, folio_try_dup_anon_rmap_pte,
+    folio_add_anon_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pte, folio_try_dup_anon_rmap_pte,
 )
-from .swap import swap_duplicate, swap_free
+from .swap import (
+    folio_free_swap, folio_put_swap, folio_test_swapcache, free_swap_and_cache, free_swap_cache, swap_cache_add_folio,
+    swap_cache_get_folio, swap_duplicate,
+)
 
 
 def maybe_mkwrite(pte: int, vma: VMA) -> int:
@@ -139,10 +142,15 @@ def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: 
 # Write faults on present read-only entries (do_wp_page).
 
 def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
-    """Whether every reference is one of mm's mappings, so no one else can see the folio."""
+    """Whether every reference is one of mm's mappings, so no one else can see the folio; a
+    small swap-cache folio first leaves the cache if no swap PTE references it."""
     frames = machine.frames
     if folio_test_large(machine, folio):
+        check(not folio_test_swapcache(machine, folio), "large folio %s in the swap cache", folio)
         return __wp_can_reuse_large_anon_folio(machine, folio, mm)
+    if int(frames.folio_refcount[folio]) > 1 + folio_test_swapcache(machine, folio):
+        return False
+    folio_free_swap(machine, folio)  # only if no swap PTE references its slot any more
     return int(frames.folio_refcount[folio]) == 1
 
 
@@ -227,11 +235,14 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
     return OK
 
 
-# Swap-in (do_swap_page; model: no swap cache, every swap-in is a fresh order-0 folio).
+# Swap-in (do_swap_page): through the swap cache, as zram's SWP_SYNCHRONOUS_IO device does.
 
 def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool) -> str:
-    """Swap the page at addr in to a fresh exclusive order-0 folio; a uffd-wp swap entry
-    comes back write-protected with the bit, and a write fault on it is then UFFD.
+    """Map the swap-cache folio of the slot at addr, reading it into a fresh order-0 folio
+    added to the cache on a miss; writable and exclusive only for a PTE_SWP_EXCLUSIVE entry.
+    The cache is then left if no swap PTE still references the slot (folio_free_swap); a
+    write fault that did not map the page writable goes on to do_wp_page. A uffd-wp swap
+    entry comes back write-protected with the bit.
 
     Context: a swap PTE maps addr; a write fault happens only in a writable VMA.
     """
@@ -239,30 +250,40 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
     check(is_swap_slot_pte(pte), "do_swap_page on a non-swap PTE")
     check(not write_fault or vma.writable, "write fault in a read-only VMA")
     slot = int(pte_swp_offset(pte))
-    folio = folio_alloc(machine, 0)
-    if folio is None:
-        return ENOMEM
-    machine.frames.page_data[folio] = machine.swap.swap_data[slot]
+    folio = swap_cache_get_folio(machine, slot)
+    fresh = folio is None
+    if folio is None:  # swapin_folio: a new folio in the swap cache, read from the slot
+        folio = folio_alloc(machine, 0)
+        if folio is None:
+            return ENOMEM
+        machine.frames.page_data[folio] = machine.swap.swap_data[slot]
+        swap_cache_add_folio(machine, folio, slot)
+    else:
+        folio_get(machine, folio)  # swap_cache_get_folio's reference becomes the mapping's
+    exclusive = bool(pte_swp_exclusive(pte))
+    check(not exclusive or int(machine.swap.swap_count[slot]) == 1,
+          "PTE_SWP_EXCLUSIVE on swap slot %s referenced %s times", slot, machine.swap.swap_count[slot])
+    check(fresh or not PageAnonExclusive(machine, folio), "swap-cache page %s is exclusive", folio)
     entry = mk_pte(folio, vma)
     if pte_swp_uffd_wp(pte):
         entry = pte_mkuffd_wp(entry)
-    # exclusive: the folio is fresh (the swap count was ours alone to read)
-    if vma.writable and not userfaultfd_pte_wp(vma, entry):
+    # folio_ref_count == 1 cannot hold: the swap cache holds a reference besides ours.
+    if exclusive and vma.writable and not userfaultfd_pte_wp(vma, entry):
         entry = pte_mkwrite(entry)
         if write_fault:
             entry = pte_mkdirty(entry)
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
-    # folio_free_swap drops the swap cache and dirties the folio when no other swap PTE shares
-    # the slot; a write fault on a shared slot copies the cached page into a clean new folio.
-    # (model) A read fault on a shared slot leaves the kernel's folio clean in the swap cache,
-    # which MADV_FREE treats as it treats a dirty one: PG_dirty stands in for it.
-    machine.frames.folio_dirty[folio] = not (write_fault and int(machine.swap.swap_count[slot]) > 1)
-    swap_free(machine, slot)
+            write_fault = False  # vmf->flags &= ~FAULT_FLAG_WRITE
+    if fresh:
+        folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=exclusive)
+    else:
+        folio_add_anon_rmap_pte(machine, folio, folio, mm, exclusive=exclusive)
+    folio_put_swap(machine, folio, slot)
     mm.rss_swap -= 1
     mm.rss_anon += 1
     machine.set_pte_at(mm, addr, entry)
-    if write_fault and userfaultfd_pte_wp(vma, entry):
-        return UFFD  # the write fault goes on to do_wp_page, which reports it
+    folio_free_swap(machine, folio)  # should_try_to_free_swap: always, for SWP_SYNCHRONOUS_IO
+    if write_fault:
+        return do_wp_page(machine, mm, vma, addr, entry, unshare=False)
     return OK
 
 
@@ -345,6 +366,7 @@ def zap_present_pte(machine: Machine, mm: MM, addr: int) -> None:
     folio = page_folio(machine, page)
     mm.rss_anon -= 1
     folio_remove_rmap_pte(machine, folio, page, mm)
+    free_swap_cache(machine, folio)  # free_pages_and_swap_cache, before the gathered reference goes
     folio_put(machine, folio)
 
 
@@ -357,7 +379,7 @@ def zap_nonpresent_pte(machine: Machine, mm: MM, addr: int) -> None:
     check(is_swap_slot_pte(machine.ptep_get(mm, addr)), "zap_nonpresent_pte of a non-swap PTE at %#x", addr)
     pte = machine.ptep_get_and_clear(mm, addr)
     mm.rss_swap -= 1
-    swap_free(machine, int(pte_swp_offset(pte)))
+    free_swap_and_cache(machine, int(pte_swp_offset(pte)))
 
 
 def zap_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:

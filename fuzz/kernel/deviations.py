@@ -85,24 +85,6 @@ def _swap_in_of(context: OpContext) -> bool:
     return op.name in ("write", "read", "fault", "pin") and view is not None and view.state == SWAP
 
 
-def _swap_cache(difference: Difference, context: OpContext) -> bool:
-    """A swap-in of a non-exclusive swap entry (one fork shared) goes through the swap cache:
-    the kernel finds or leaves the folio there and maps it not exclusive (so not writable,
-    and a reference more while it stays cached); the model, without a swap cache, makes a
-    fresh exclusive page, dirty as after folio_free_swap. Explains the faulting page's
-    exclusivity, write bit, refcount and PG_dirty (clean while the swap cache holds it)."""
-    if not _swap_in_of(context):
-        return False
-    op = context.op
-    key = (op.process or 0, op.addr or 0)
-    if (difference.process, difference.addr) != key:
-        return False
-    kernel = context.kernel_after.get(key)
-    return (not context.model_before[key].exclusive and kernel is not None and kernel.state == PRESENT
-            and not kernel.exclusive
-            and difference.field in ("exclusive", "writable", "dirty", "refcount", "folio_dirty"))
-
-
 def _vma_merge(difference: Difference, context: OpContext) -> bool:
     """The model never merges an mmap with its neighbours; the kernel merges VMAs without an
     anon_vma yet, so a fault may find a larger aligned range inside one VMA. Explains every
@@ -136,7 +118,6 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("mmap-overlap", "mmap over an existing mapping is EINVAL", _mmap_overlap),
     Deviation("pmd-fault-needs-pmd-none", "An order-9 fault needs only no PMD block and all 512 entries 0",
               _pmd_fault_needs_pmd_none),
-    Deviation("swap-cache", "No swap cache: every swap-in makes a fresh exclusive order-0 folio", _swap_cache),
     Deviation("vma-merge", "mmap never merges (each call is a new lineage)", _vma_merge),
     Deviation("large-swapin", "Every swap-in makes an order-0 folio", _large_swapin),
     Deviation("contpte-folding", "contpte: canonical folding at the end of each op", _contpte_folding),

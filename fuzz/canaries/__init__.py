@@ -44,6 +44,7 @@ CANARIES = (
     "swap_uffd_wp_first_only",
     "wp_batch_first_only",
     "pageout_batch_first_wp_only",
+    "swapcache_hit_keeps_exclusive",
 )
 
 

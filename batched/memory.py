@@ -73,8 +73,8 @@ from .internal import (
 from .rmap import (
     BusyPerBatch,
     folio_add_new_anon_rmap,
-    folios_add_anon_rmap_ptes,
     folio_remove_rmap_pte,
+    folios_add_anon_rmap_ptes,
     folios_add_new_anon_rmap_order0,
     folios_remove_rmap_ptes,
     folios_try_dup_anon_rmap_ptes,

@@ -48,9 +48,9 @@ class SwapSpace:
         chunk = max(SCAN_CHUNK_SLOTS, nr_slots)
         for start in range(0, usable, chunk):
             end = min(start + chunk, usable)
-            free_runs = self.slots_free(start, end)
+            free_runs: np.ndarray = self.slots_free(start, end)
             if nr_slots > 1:
-                free_runs = free_runs.reshape(-1, nr_slots).all(axis=1)
+                free_runs = np.asarray(free_runs.reshape(-1, nr_slots).all(axis=1))
             if start == 0:
                 free_runs[0] = False  # slot 0 is the swap header: its swap PTE would read as pte_none
             run = int(free_runs.argmax())

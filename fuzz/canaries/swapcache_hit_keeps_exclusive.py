@@ -7,7 +7,13 @@ import numpy as np
 from machine import check
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
-    is_swap_slot_pte, pte_mkdirty, pte_mkuffd_wp, pte_mkwrite, pte_swp_exclusive, pte_swp_offset, pte_swp_uffd_wp,
+    is_swap_slot_pte,
+    pte_mkdirty,
+    pte_mkuffd_wp,
+    pte_mkwrite,
+    pte_swp_exclusive,
+    pte_swp_offset,
+    pte_swp_uffd_wp,
 )
 
 from . import load_batched_copy, plant, submodule

@@ -21,12 +21,15 @@ from machine.pgtable import (
     PMD_SHIFT,
     PMD_SIZE,
     PTE_MARKER_UFFD_WP,
+    SWP_OFFSET_MASK,
+    SWP_OFFSET_SHIFT,
     is_pte_marker,
     is_swap_pte,
     is_swap_slot_pte,
     make_pte_marker,
     pfn_pte,
     pmd_trans_huge,
+    pte_advance_pfn,
     pte_clear_uffd_wp,
     pte_marker_uffd_wp,
     pte_mkdirty,
@@ -47,6 +50,7 @@ from machine.pgtable import (
     pte_wrprotect,
     vm_get_page_prot,
 )
+from machine.swap import NO_FOLIO
 
 from . import filemap, huge_memory
 from .folio import (
@@ -308,10 +312,55 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
 
 # Swap-in (do_swap_page): every swap-in goes through the swap cache (zram, SWP_SYNCHRONOUS_IO).
 
-def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool) -> str:
-    """Map the slot's swap-cache folio (a miss reads a fresh order-0 folio into the cache);
-    writable and exclusive only through PTE_SWP_EXCLUSIVE; then folio_free_swap, and a write
-    fault not yet satisfied goes on to do_wp_page. Context: a swap PTE maps addr."""
+def swap_folio_orders(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, order: int) -> list[int]:
+    """alloc_swap_folio's orders, highest first: the mTHP orders up to the fault's (below the PMD
+    order) whose aligned range lies in vma with its slot offset aligned as the address, from the
+    highest whose entries are the swap PTEs of consecutive slots with pte's bits, uncached,
+    with one zeromap value and (model) each slot referenced by its entry alone."""
+    if vma.uffd_wp:  # userfaultfd_armed: per-page fault fidelity
+        return []
+    slot = int(pte_swp_offset(pte))
+    index = addr >> PAGE_SHIFT
+    orders = [candidate for candidate in fault_orders(order)
+              if 0 < candidate < HPAGE_PMD_ORDER and index % (1 << candidate) == slot % (1 << candidate)
+              and vma.start <= (addr & ~((PAGE_SIZE << candidate) - 1))
+              and (addr & ~((PAGE_SIZE << candidate) - 1)) + (PAGE_SIZE << candidate) <= vma.end]
+    if not orders:
+        return []
+    top = 1 << orders[0]
+    start = addr & ~((top << PAGE_SHIFT) - 1)
+    offset = (addr - start) >> PAGE_SHIFT
+    swap = machine.swap
+    slots = slot - offset + np.arange(top, dtype=np.int64)
+    if slots[-1] >= swap.nr_slots:
+        return []
+    expected = (np.uint64(pte) & ~np.uint64(SWP_OFFSET_MASK)) | (slots.astype(np.uint64) << np.uint64(SWP_OFFSET_SHIFT))
+    usable = ((machine.ptes_get(mm, start, top) == expected) & (swap.swap_cache[slots] == NO_FOLIO)
+              & (swap.swap_count[slots] == 1))
+    zeromap = swap.swap_zeromap[slots]
+    for position, candidate in enumerate(orders):
+        nr_pages = 1 << candidate
+        low = offset & ~(nr_pages - 1)
+        run = slice(low, low + nr_pages)
+        if all_set(usable[run]) and (all_set(zeromap[run]) or not any_set(zeromap[run])):
+            return orders[position:]
+    return []
+
+
+def alloc_swap_folio(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, order: int) -> int | None:
+    """The highest of swap_folio_orders that can be allocated, else order 0 (None: none)."""
+    for candidate in swap_folio_orders(machine, mm, vma, addr, pte, order):
+        folio = machine.frames.folio_alloc(candidate)
+        if folio is not None:
+            return folio
+    return machine.frames.folio_alloc(0)
+
+
+def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool, order: int = 0) -> str:
+    """Map the slot's swap-cache folio whole (a miss reads a fresh folio into the cache: larger
+    than order 0 only for a `fault` of order K, alloc_swap_folio); writable and exclusive only
+    through PTE_SWP_EXCLUSIVE; then folio_free_swap, and a write fault not yet satisfied goes
+    on to do_wp_page. Context: a swap PTE maps addr."""
     pte = machine.ptep_get(mm, addr)
     check(is_swap_slot_pte(pte), "do_swap_page on a non-swap PTE")
     check(not write_fault or vma.writable, "write fault in a read-only VMA")
@@ -320,16 +369,23 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
     folio = swap.swap_cache.item(slot)
     fresh = folio < 0
     if fresh:
-        folio = frames.folio_alloc(0)
+        folio = alloc_swap_folio(machine, mm, vma, addr, pte, order)
         if folio is None:
             return ENOMEM
-        frames.page_data[folio] = swap.swap_data[slot]
-        swap_cache_add_folio(machine, folio, slot)
+        nr_pages = frames.folio_nr_pages(folio)
+        first = slot & ~(nr_pages - 1)
+        frames.page_data[folio:folio + nr_pages] = swap.swap_data[first:first + nr_pages]
+        swap_cache_add_folio(machine, folio, first)
     else:
         folio_ref_add(machine, folio, 1)  # the lookup's reference, the mapping's from here on
-        check(not frames.page_anon_exclusive[folio], "swap-cache page %s is exclusive", folio)
+        check(frames.folio_order.item(folio) == 0 and not frames.page_anon_exclusive[folio],
+              "swap-cache folio %s is large or exclusive", folio)
+    nr_pages = frames.folio_nr_pages(folio)
+    page_idx = slot - frames.folio_swap.item(folio)
+    start = addr - (page_idx << PAGE_SHIFT)
     exclusive = bool(pte_swp_exclusive(pte))
-    check(not exclusive or swap.swap_count.item(slot) == 1, "PTE_SWP_EXCLUSIVE on a shared slot %s", slot)
+    check(not exclusive or all_set(swap.swap_count[slot - page_idx:slot - page_idx + nr_pages] == 1),
+          "PTE_SWP_EXCLUSIVE on a shared slot %s", slot)
     entry = mk_pte(folio, vma)
     if pte_swp_uffd_wp(pte):
         entry = pte_mkuffd_wp(entry)
@@ -338,18 +394,20 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
         entry = pte_mkwrite(entry)
         if write_fault:
             entry = pte_mkdirty(entry)
+    if nr_pages > 1:
+        folio_ref_add(machine, folio, nr_pages - 1)
     if fresh:
-        folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=exclusive)
+        folio_add_new_anon_rmap(machine, folio, mm, vma, start, exclusive=exclusive)
     else:
         one = np.array([folio], np.int64)
         folios_add_anon_rmap_ptes(machine, one, one, np.ones(1, np.int64), mm, np.array([exclusive]))
-    folio_put_swap(machine, folio, slot)
-    mm.rss_swap -= 1
-    mm.rss_anon += 1
-    machine.set_pte_at(mm, addr, entry)
+    folio_put_swap(machine, folio)
+    mm.rss_swap -= nr_pages
+    mm.rss_anon += nr_pages
+    machine.set_ptes(mm, start, entry, nr_pages)
     folio_free_swap(machine, folio)  # should_try_to_free_swap: always for SWP_SYNCHRONOUS_IO
     if write_fault and not writable:
-        return do_wp_page(machine, mm, vma, addr, entry, unshare=False)
+        return do_wp_page(machine, mm, vma, addr, pte_advance_pfn(entry, page_idx), unshare=False)
     return OK
 
 
@@ -374,7 +432,7 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
     if pte_none(pte):
         return do_anonymous_page(machine, mm, vma, addr, order)
     if is_swap_pte(pte):
-        return do_swap_page(machine, mm, vma, addr, write_fault=True)
+        return do_swap_page(machine, mm, vma, addr, write_fault=True, order=order)
     if pte_write(pte):
         return OK
     return do_wp_page(machine, mm, vma, addr, pte, unshare=False)

@@ -28,7 +28,9 @@ def free_swap_and_cache_nr(machine: Machine, slots: np.ndarray) -> None:
     check(all_set(swap.swap_count[slots] >= 0), "swap count underflow")
     unreferenced = slots[swap.swap_count[slots] == 0]
     cached = swap.swap_cache[unreferenced]
-    swap.swap_data[unreferenced[cached == NO_FOLIO]] = 0
+    freed = unreferenced[cached == NO_FOLIO]
+    swap.swap_data[freed] = 0
+    swap.swap_zeromap[freed] = False
     if any_set(cached != NO_FOLIO):
         folios = distinct(cached[cached != NO_FOLIO])
         folios_free_swap(machine, folios[~folios_mapped(machine, folios)])
@@ -39,12 +41,15 @@ def folio_dup_swap(machine: Machine, slots: np.ndarray) -> None:
     add_at(machine.swap.swap_count, slots, 1)
 
 
-def folio_put_swap(machine: Machine, folio: int, slot: int) -> None:
-    """do_swap_page: the mapped swap PTE's reference is dropped; the cache still holds slot."""
+def folio_put_swap(machine: Machine, folio: int) -> None:
+    """do_swap_page mapped the whole swap-cache folio: each of its slots loses the reference
+    of the swap PTE it replaced; the cache still holds them."""
     swap = machine.swap
-    check(swap.swap_cache[slot] == folio, "folio_put_swap: slot %s does not cache folio %s", slot, folio)
-    check(swap.swap_count[slot] >= 1, "swap slot %s count underflow", slot)
-    swap.swap_count[slot] -= 1
+    first = machine.frames.folio_swap.item(folio)
+    span = slice(first, first + machine.frames.folio_nr_pages(folio))
+    check(first != 0 and all_set(swap.swap_cache[span] == folio), "folio_put_swap: folio %s is not cached", folio)
+    check(all_set(swap.swap_count[span] >= 1), "swap slots from %s count underflow", first)
+    swap.swap_count[span] -= 1
 
 
 def slot_put(machine: Machine, slot: int) -> None:
@@ -81,7 +86,9 @@ def folios_del_from_swap_cache(machine: Machine, folios: np.ndarray) -> None:
                                                                                      nr_pages)
     check(all_set(swap.swap_cache[slots] == np.repeat(folios, nr_pages)), "swap cache and folio->swap disagree")
     swap.swap_cache[slots] = NO_FOLIO
-    swap.swap_data[slots[swap.swap_count[slots] == 0]] = 0
+    freed = slots[swap.swap_count[slots] == 0]
+    swap.swap_data[freed] = 0
+    swap.swap_zeromap[freed] = False
     frames.folio_swap[folios] = 0
     folios_put_refs(machine, folios, nr_pages)
 

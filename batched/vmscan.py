@@ -245,6 +245,8 @@ def try_to_unmap(machine: Machine, folio: int) -> str:
         slot = found
         swap_cache_add_folio(machine, folio, slot)
         frames.folio_dirty[folio] = True  # shrink_folio_list marks it dirty once it has swap
+        nr_pages = frames.folio_nr_pages(folio)  # swap_writeout: an all-zero folio goes to the zeromap
+        machine.swap.swap_zeromap[slot:slot + nr_pages] = not any_set(frames.page_data[folio:folio + nr_pages])
     result = OK
     for mm, vma, start, end in rmap_walk_vmas(machine, folio):
         result = try_to_unmap_one(machine, folio, mm, vma, start, end, slot)
@@ -268,6 +270,7 @@ def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.n
     walk taken before the split."""
     pieces = np.arange(folio, folio + nr_pages)
     mapped = pieces[machine.frames.page_folio[pieces] >= 0]  # the split freed unmapped pieces
+    machine.swap.swap_zeromap[slots] = machine.frames.page_data[mapped] == 0  # swap_writeout, per piece
     slot_of_piece = np.zeros(nr_pages, np.int64)
     slot_of_piece[mapped - folio] = slots
     for mm, _vma, start, end in walk:

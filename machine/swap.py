@@ -11,15 +11,18 @@ NO_FOLIO = -1  # swap_cache of a slot no folio caches
 
 
 class SwapSpace:
-    """nr_slots swap slots, each with a data word, a count of swap PTEs and the folio the
-    swap cache holds for it (its head pfn, NO_FOLIO for none). A slot is in use while
-    either holds it (the kernel's swap count and SWAP_HAS_CACHE)."""
+    """nr_slots swap slots, each with a data word, a count of swap PTEs, the folio the
+    swap cache holds for it (its head pfn, NO_FOLIO for none) and the zeromap bit (the
+    slot was written as part of an all-zero folio, so the device stores nothing for it).
+    A slot is in use while a swap PTE or the swap cache holds it (the kernel's swap count
+    and SWAP_HAS_CACHE)."""
 
     def __init__(self, nr_slots: int) -> None:
         self.nr_slots = nr_slots
         self.swap_data = np.zeros(nr_slots, np.uint64)
         self.swap_count = np.zeros(nr_slots, np.int32)
         self.swap_cache = np.full(nr_slots, NO_FOLIO, np.int64)
+        self.swap_zeromap = np.zeros(nr_slots, np.bool_)
 
     def clone(self) -> SwapSpace:
         other = SwapSpace.__new__(SwapSpace)
@@ -27,6 +30,7 @@ class SwapSpace:
         other.swap_data = self.swap_data.copy()
         other.swap_count = self.swap_count.copy()
         other.swap_cache = self.swap_cache.copy()
+        other.swap_zeromap = self.swap_zeromap.copy()
         return other
 
     def slots_free(self, start: int = 0, end: int | None = None) -> np.ndarray:
@@ -65,7 +69,8 @@ class SwapSpace:
         return free if len(free) == nr_slots else None
 
     def swap_free_slot(self, slot: int) -> None:
-        """Clear an unreferenced slot's data (a freed slot's data is 0)."""
+        """Clear an unreferenced slot's data and zeromap bit (a freed slot's are 0)."""
         check(self.swap_count[slot] == 0, "freeing swap slot %s that is referenced", slot)
         check(self.swap_cache[slot] == NO_FOLIO, "freeing swap slot %s that the swap cache holds", slot)
         self.swap_data[slot] = 0
+        self.swap_zeromap[slot] = False

@@ -215,6 +215,7 @@ def try_to_unmap(machine: Machine, folio: int) -> str:
         slot = found
         swap_cache_add_folio(machine, folio, slot)
         machine.frames.folio_dirty[folio] = True  # shrink_folio_list marks it dirty once it has swap
+        swap_zeromap_folio_set(machine, folio, slot)
     result = OK
     for mm, vma, start, end in rmap_walk_vmas(machine, folio):
         result = try_to_unmap_one(machine, folio, mm, vma, start, end, slot)
@@ -223,6 +224,15 @@ def try_to_unmap(machine: Machine, folio: int) -> str:
     if result == OK or not cached:
         swap_cache_del_folio(machine, folio)  # frees the folio once unmapped everywhere
     return result
+
+
+def swap_zeromap_folio_set(machine: Machine, folio: int, slot: int) -> None:
+    """swap_writeout: a folio whose pages are all zero is not written, its slots marked in the
+    zeromap; any other clears their bits (is_folio_zero_filled, one page at a time)."""
+    nr_pages = folio_nr_pages(machine, folio)
+    zero_filled = all(int(machine.frames.page_data[page]) == 0 for page in range(folio, folio + nr_pages))
+    for i in range(nr_pages):
+        machine.swap.swap_zeromap[slot + i] = zero_filled
 
 
 def folio_partially_mapped(machine: Machine, folio: int) -> bool:

@@ -487,17 +487,22 @@ def test_model_swaps_a_shared_entry_in_through_the_swap_cache():
     assert {explain(d, context) for d in compare_observations(run.steps[4].after, kernel)} == {None}
 
 
-def test_large_swapin_explains_a_large_folio_where_the_model_swaps_in_order_0():
-    run = model_of("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nreclaim P0 0x200000\n"
-                   "fault P0 0x200000 order=4\n")
-    after = run.steps[3].after
-    kernel = {(0, 0x200000 + index * 0x1000): PageView(PRESENT, pfn=0x100 + index, head=0x100, order=4,
-                                                       refcount=16, mapcount=1, exclusive=True)
-              for index in range(16)}
-    context = context_of(run, 3, kernel)
+def test_large_swapin_explains_a_shared_run_the_kernel_swaps_in_whole():
+    run = model_of("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nwrite P0 0x201000 2\n"
+                   "reclaim P0 0x200000\nfork P0\nfault P0 0x201000 order=4\n")
+    before, after = run.steps[4].after, run.steps[5].after
+    assert after[(0, 0x200000)].state == SWAP and after[(0, 0x201000)].order == 0  # model: order 0
+    kernel = dict(after)
+    for index in range(16):   # the kernel's whole folio in the swap cache, the faulting page copied
+        if index != 1:
+            kernel[(0, 0x200000 + index * 0x1000)] = PageView(PRESENT, pfn=0x100 + index, head=0x100, order=4,
+                                                              refcount=31, mapcount=1)
+    context = context_of(run, 5, kernel)
     differences = compare_observations(after, kernel)
     assert differences and {explain(d, context) for d in differences} == {"large-swapin"}
-    assert explain(Difference(0, 0x200000, "order", 0, 4), context_of(run, 1, kernel)) is None
+    assert explain(Difference(0, 0x210000, "state", SWAP, PRESENT), context) is None
+    assert explain(Difference(0, 0x200000, "state", SWAP, PRESENT), context_of(run, 2, kernel)) is None
+    assert before[(1, 0x200000)].state == SWAP
 
 
 def test_vma_merge_explains_a_larger_fault_across_a_model_vma_edge_only():

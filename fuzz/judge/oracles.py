@@ -293,7 +293,8 @@ def _check_folio_runs(frames: FrameTable, scan: PageTableScan) -> list[str]:
 def check_swap(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     """Rule 3, swap: a slot's count equals the swap PTEs that reference it; every swap entry
     names a slot of the device with swap type 0, and carries PTE_SWP_EXCLUSIVE only on a slot
-    of count 1; a free slot (no count, no swap-cache folio) holds no data; the swap cache and
+    of count 1; a free slot (no count, no swap-cache folio) holds no data; a zeromap bit is
+    only on a used slot holding 0; the swap cache and
     folio->swap point at each other (check_swap_cache)."""
     swap = machine.swap
     failures: list[str] = []
@@ -319,6 +320,10 @@ def check_swap(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[st
     if nr_data and nr_data != np.count_nonzero(swap.swap_data[~free]):
         stale = indices_of(free & (swap.swap_data != 0))
         failures += details(stale, lambda slot: f"slot {slot}: free but holds data {swap.swap_data[slot]}")
+    if swap.swap_zeromap.any():
+        stale = indices_of(swap.swap_zeromap & (free | (swap.swap_data != 0)))
+        failures += details(stale, lambda slot: f"slot {slot}: zeromap bit on a " + (
+            "free slot" if free[slot] else f"slot holding data {swap.swap_data[slot]}"))
     return failures + check_swap_cache(machine)
 
 

@@ -45,6 +45,7 @@ CANARIES = (
     "wp_batch_first_only",
     "pageout_batch_first_wp_only",
     "swapcache_hit_keeps_exclusive",
+    "swapin_batch_ignores_exclusive",
 )
 
 

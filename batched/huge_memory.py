@@ -319,6 +319,7 @@ def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: in
     order = frames.folio_order.item(folio)
     if new_order == 1 or new_order >= order or not 0 <= new_order <= 8:
         return EINVAL
+    check(frames.folio_swap[folio] == 0, "split of swap-cache folio %s (only order-0 folios stay cached)", folio)
     if frames.folio_refcount.item(folio) != frames.folio_large_mapcount.item(folio):
         return EAGAIN
     frames.folio_refcount[folio] += 1  # the caller's reference, held across the unmap

@@ -16,6 +16,7 @@ from machine.pgtable import (
     PMD_SIZE,
     is_pte_marker,
     is_swap_pte,
+    is_swap_slot_pte,
     pmd_trans_huge,
     pte_none,
     pte_pfn,
@@ -122,7 +123,9 @@ class Kernel:
         if pte_none(self.machine.lookup(mm, addr)[1]):
             # handle_pte_fault of a none entry; do_anonymous_page fails only before it maps anything.
             return self._finish(do_anonymous_page(self.machine, mm, vma, addr, order))
-        return self._user_write(mm, vma, addr, value=None)
+        # A swap entry: do_swap_page with the fault's orders (alloc_swap_folio); else order 0.
+        swapin_order = order if is_swap_slot_pte(self.machine.lookup(mm, addr)[1]) else 0
+        return self._user_write(mm, vma, addr, value=None, order=swapin_order)
 
     def write(self, pid: int, addr: int, value: int) -> str:
         mm = self._mm(pid)
@@ -131,9 +134,10 @@ class Kernel:
             return EFAULT
         return self._user_write(mm, vma, addr, value)
 
-    def _user_write(self, mm: MM, vma: VMA, addr: int, value: int | None) -> str:
+    def _user_write(self, mm: MM, vma: VMA, addr: int, value: int | None, order: int = 0) -> str:
         """Write-fault addr in (one copy at most), then store value (None: the word there)."""
-        result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, 0), max_new_frames=2)
+        result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, order),
+                                   max_new_frames=2)
         if result != OK:
             return result
         if value is None:

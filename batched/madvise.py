@@ -29,7 +29,7 @@ from .huge_memory import split_huge_page_to_list_to_order
 from .internal import FPB_MADVISE, FPB_ZAP, PteBatches, folio_pte_batch, swap_pte_batch
 from .memory import pmd_ranges
 from .rmap import rmap_walk_vmas
-from .swap import free_swap_and_cache_nr
+from .swap import folios_free_swap, free_swap_and_cache_nr
 from .vmscan import reclaim_split_folio, shrink_folio_list
 
 
@@ -89,7 +89,8 @@ def folios_maybe_mapped_shared(machine: Machine, folios: np.ndarray) -> np.ndarr
 
 def lazyfree_folio_batches(machine: Machine, mm: MM, batches: PteBatches) -> None:
     """Make each batch's folio lazyfree, its entries old and clean (clear_young_dirty_ptes);
-    a dirty folio only if mapped exactly once per page (its dirty flag is then cleared).
+    a dirty or swap-cache folio only if mapped exactly once per page (its dirty flag is then
+    cleared), a swap-cache one only if it can leave the cache (folio_free_swap).
 
     Context: each batch maps the whole of its folio (or an order-0 folio).
     """
@@ -99,7 +100,10 @@ def lazyfree_folio_batches(machine: Machine, mm: MM, batches: PteBatches) -> Non
     folios = batches.folio
     large = frames.folio_order[folios] > 0
     mapcount = np.where(large, frames.folio_large_mapcount[folios], frames.page_mapcount[folios])
-    done = ~frames.folio_dirty[folios] | (mapcount == batches.nr_pages)
+    cached = frames.folio_swap[folios] != 0
+    done = ~(frames.folio_dirty[folios] | cached) | (mapcount == batches.nr_pages)
+    if any_set(cached & done):  # a swap-cache folio must leave the cache first (folio_free_swap)
+        done[cached & done] = folios_free_swap(machine, folios[cached & done])
     chosen = batches.select(done)
     if len(chosen) == 0:
         return

@@ -21,12 +21,15 @@ from machine.pgtable import (
     PMD_SHIFT,
     PMD_SIZE,
     PTE_MARKER_UFFD_WP,
+    SWP_OFFSET_MASK,
+    SWP_OFFSET_SHIFT,
     is_pte_marker,
     is_swap_pte,
     is_swap_slot_pte,
     make_pte_marker,
     pfn_pte,
     pmd_trans_huge,
+    pte_advance_pfn,
     pte_clear_uffd_wp,
     pte_marker_uffd_wp,
     pte_mkdirty,
@@ -47,6 +50,7 @@ from machine.pgtable import (
     pte_wrprotect,
     vm_get_page_prot,
 )
+from machine.swap import NO_FOLIO
 
 from . import filemap, huge_memory
 from .folio import (
@@ -74,11 +78,19 @@ from .rmap import (
     BusyPerBatch,
     folio_add_new_anon_rmap,
     folio_remove_rmap_pte,
+    folios_add_anon_rmap_ptes,
     folios_add_new_anon_rmap_order0,
     folios_remove_rmap_ptes,
     folios_try_dup_anon_rmap_ptes,
 )
-from .swap import free_swap_and_cache_nr, swap_duplicate_nr, swap_free
+from .swap import (
+    folio_free_swap,
+    folio_put_swap,
+    free_swap_and_cache_nr,
+    free_swap_cache,
+    swap_cache_add_folio,
+    swap_duplicate_nr,
+)
 
 
 def maybe_mkwrite(pte, vma: VMA):
@@ -205,10 +217,17 @@ def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: 
 # Write faults on present read-only PTEs (do_wp_page): one page, as in the kernel.
 
 def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
-    """Every reference is one of mm's mappings, so no one else can see the folio."""
+    """Every reference is one of mm's mappings, so no one else can see the folio (a small
+    swap-cache folio leaves the cache first if it can)."""
     frames = machine.frames
     if frames.folio_order[folio] > 0:
+        check(frames.folio_swap[folio] == 0, "large folio %s in the swap cache", folio)
         return __wp_can_reuse_large_anon_folio(machine, folio, mm)
+    in_swap_cache = frames.folio_swap.item(folio) != 0
+    if frames.folio_refcount.item(folio) > 1 + in_swap_cache:
+        return False
+    if in_swap_cache:
+        folio_free_swap(machine, folio)  # leaves the cache only if no swap PTE references the slot
     return frames.folio_refcount.item(folio) == 1
 
 
@@ -291,38 +310,104 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
     return OK
 
 
-# Swap-in (do_swap_page; model: no swap cache, a fresh exclusive order-0 folio).
+# Swap-in (do_swap_page): every swap-in goes through the swap cache (zram, SWP_SYNCHRONOUS_IO).
 
-def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool) -> str:
-    """Swap the page at addr in; a uffd-wp swap entry comes back write-protected with the
-    bit, and a write fault on it is then UFFD. Context: a swap PTE maps addr."""
+def swap_folio_orders(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, order: int) -> list[int]:
+    """alloc_swap_folio's orders, highest first: the mTHP orders up to the fault's (below the PMD
+    order) whose aligned range lies in vma with its slot offset aligned as the address, from the
+    highest whose entries are the swap PTEs of consecutive slots with pte's bits, uncached,
+    with one zeromap value and (model) each slot referenced by its entry alone."""
+    if vma.uffd_wp:  # userfaultfd_armed: per-page fault fidelity
+        return []
+    slot = int(pte_swp_offset(pte))
+    index = addr >> PAGE_SHIFT
+    orders = [candidate for candidate in fault_orders(order)
+              if 0 < candidate < HPAGE_PMD_ORDER and index % (1 << candidate) == slot % (1 << candidate)
+              and vma.start <= (addr & ~((PAGE_SIZE << candidate) - 1))
+              and (addr & ~((PAGE_SIZE << candidate) - 1)) + (PAGE_SIZE << candidate) <= vma.end]
+    if not orders:
+        return []
+    top = 1 << orders[0]
+    start = addr & ~((top << PAGE_SHIFT) - 1)
+    offset = (addr - start) >> PAGE_SHIFT
+    swap = machine.swap
+    slots = slot - offset + np.arange(top, dtype=np.int64)
+    if slots[-1] >= swap.nr_slots:
+        return []
+    expected = (np.uint64(pte) & ~np.uint64(SWP_OFFSET_MASK)) | (slots.astype(np.uint64) << np.uint64(SWP_OFFSET_SHIFT))
+    usable = ((machine.ptes_get(mm, start, top) == expected) & (swap.swap_cache[slots] == NO_FOLIO)
+              & (swap.swap_count[slots] == 1))
+    zeromap = swap.swap_zeromap[slots]
+    for position, candidate in enumerate(orders):
+        nr_pages = 1 << candidate
+        low = offset & ~(nr_pages - 1)
+        run = slice(low, low + nr_pages)
+        if all_set(usable[run]) and (all_set(zeromap[run]) or not any_set(zeromap[run])):
+            return orders[position:]
+    return []
+
+
+def alloc_swap_folio(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, order: int) -> int | None:
+    """The highest of swap_folio_orders that can be allocated, else order 0 (None: none)."""
+    for candidate in swap_folio_orders(machine, mm, vma, addr, pte, order):
+        folio = machine.frames.folio_alloc(candidate)
+        if folio is not None:
+            return folio
+    return machine.frames.folio_alloc(0)
+
+
+def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool, order: int = 0) -> str:
+    """Map the slot's swap-cache folio whole (a miss reads a fresh folio into the cache: larger
+    than order 0 only for a `fault` of order K, alloc_swap_folio); writable and exclusive only
+    through PTE_SWP_EXCLUSIVE; then folio_free_swap, and a write fault not yet satisfied goes
+    on to do_wp_page. Context: a swap PTE maps addr."""
     pte = machine.ptep_get(mm, addr)
     check(is_swap_slot_pte(pte), "do_swap_page on a non-swap PTE")
     check(not write_fault or vma.writable, "write fault in a read-only VMA")
+    frames, swap = machine.frames, machine.swap
     slot = int(pte_swp_offset(pte))
-    folio = machine.frames.folio_alloc(0)
-    if folio is None:
-        return ENOMEM
-    machine.frames.page_data[folio] = machine.swap.swap_data[slot]
+    folio = swap.swap_cache.item(slot)
+    fresh = folio < 0
+    if fresh:
+        folio = alloc_swap_folio(machine, mm, vma, addr, pte, order)
+        if folio is None:
+            return ENOMEM
+        nr_pages = frames.folio_nr_pages(folio)
+        first = slot & ~(nr_pages - 1)
+        frames.page_data[folio:folio + nr_pages] = swap.swap_data[first:first + nr_pages]
+        swap_cache_add_folio(machine, folio, first)
+    else:
+        folio_ref_add(machine, folio, 1)  # the lookup's reference, the mapping's from here on
+        check(frames.folio_order.item(folio) == 0 and not frames.page_anon_exclusive[folio],
+              "swap-cache folio %s is large or exclusive", folio)
+    nr_pages = frames.folio_nr_pages(folio)
+    page_idx = slot - frames.folio_swap.item(folio)
+    start = addr - (page_idx << PAGE_SHIFT)
+    exclusive = bool(pte_swp_exclusive(pte))
+    check(not exclusive or all_set(swap.swap_count[slot - page_idx:slot - page_idx + nr_pages] == 1),
+          "PTE_SWP_EXCLUSIVE on a shared slot %s", slot)
     entry = mk_pte(folio, vma)
     if pte_swp_uffd_wp(pte):
         entry = pte_mkuffd_wp(entry)
-    if vma.writable and not userfaultfd_pte_wp(vma, entry):
+    writable = exclusive and vma.writable and not userfaultfd_pte_wp(vma, entry)
+    if writable:
         entry = pte_mkwrite(entry)
         if write_fault:
             entry = pte_mkdirty(entry)
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
-    # folio_free_swap drops the swap cache and dirties the folio when no other swap PTE shares
-    # the slot; a write fault on a shared slot copies the cached page into a clean new folio.
-    # (model) A read fault on a shared slot leaves the kernel's folio clean in the swap cache,
-    # which MADV_FREE treats as it treats a dirty one: PG_dirty stands in for it.
-    machine.frames.folio_dirty[folio] = not (write_fault and int(machine.swap.swap_count[slot]) > 1)
-    swap_free(machine, slot)
-    mm.rss_swap -= 1
-    mm.rss_anon += 1
-    machine.set_pte_at(mm, addr, entry)
-    if write_fault and userfaultfd_pte_wp(vma, entry):
-        return UFFD  # the write fault goes on to do_wp_page, which reports it
+    if nr_pages > 1:
+        folio_ref_add(machine, folio, nr_pages - 1)
+    if fresh:
+        folio_add_new_anon_rmap(machine, folio, mm, vma, start, exclusive=exclusive)
+    else:
+        one = np.array([folio], np.int64)
+        folios_add_anon_rmap_ptes(machine, one, one, np.ones(1, np.int64), mm, np.array([exclusive]))
+    folio_put_swap(machine, folio)
+    mm.rss_swap -= nr_pages
+    mm.rss_anon += nr_pages
+    machine.set_ptes(mm, start, entry, nr_pages)
+    folio_free_swap(machine, folio)  # should_try_to_free_swap: always for SWP_SYNCHRONOUS_IO
+    if write_fault and not writable:
+        return do_wp_page(machine, mm, vma, addr, pte_advance_pfn(entry, page_idx), unshare=False)
     return OK
 
 
@@ -347,7 +432,7 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
     if pte_none(pte):
         return do_anonymous_page(machine, mm, vma, addr, order)
     if is_swap_pte(pte):
-        return do_swap_page(machine, mm, vma, addr, write_fault=True)
+        return do_swap_page(machine, mm, vma, addr, write_fault=True, order=order)
     if pte_write(pte):
         return OK
     return do_wp_page(machine, mm, vma, addr, pte, unshare=False)
@@ -404,6 +489,7 @@ def zap_anon_ptes(machine: Machine, mm: MM, batches: PteBatches) -> None:
     machine.clear_full_ptes_runs(mm, batches.runs)
     mm.rss_anon -= int(batches.nr_pages.sum())
     folios_remove_rmap_ptes(machine, batches.folio, batches.page, batches.nr_pages, mm)
+    free_swap_cache(machine, batches.folio)  # free_pages_and_swap_cache, before the references go
     folios_put_refs(machine, batches.folio, batches.nr_pages)
 
 

@@ -42,7 +42,7 @@ from .rmap import (
     folios_try_share_anon_rmap_ptes,
     rmap_walk_vmas,
 )
-from .swap import folio_dup_swap, swap_free_unused
+from .swap import folio_dup_swap, folios_del_from_swap_cache, swap_cache_add_folio
 
 
 def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.ndarray,
@@ -225,8 +225,10 @@ def try_to_unmap_lazyfree(machine: Machine, folio: int) -> str:
 
 
 def try_to_unmap(machine: Machine, folio: int) -> str:
-    """Unmap folio everywhere into one aligned run of swap slots, walking its lineage (a
-    lazyfree folio is discarded instead).
+    """Unmap folio everywhere into its swap slots, walking its lineage (a lazyfree folio is
+    discarded instead): a folio outside the swap cache enters it with one aligned run of
+    slots, marked dirty (add_to_swap); unmapped everywhere it leaves the cache and is freed;
+    on failure only a folio cached before stays cached.
 
     Context: folio is an allocated anon folio.
     """
@@ -234,17 +236,24 @@ def try_to_unmap(machine: Machine, folio: int) -> str:
     check(frames.page_folio.item(folio) == folio and frames.folio_anon[folio], "try_to_unmap of non-folio %s", folio)
     if folio_test_lazyfree(machine, folio):
         return try_to_unmap_lazyfree(machine, folio)
-    order = frames.folio_order.item(folio)
-    slot = machine.swap.find_free_slots(order)
-    if slot is None:
-        return ENOMEM
-    frames.folio_dirty[folio] = True  # shrink_folio_list marks it dirty once it has swap
+    slot = frames.folio_swap.item(folio)
+    cached = slot != 0
+    if not cached:
+        found = machine.swap.find_free_slots(frames.folio_order.item(folio))
+        if found is None:
+            return ENOMEM
+        slot = found
+        swap_cache_add_folio(machine, folio, slot)
+        frames.folio_dirty[folio] = True  # shrink_folio_list marks it dirty once it has swap
+        nr_pages = frames.folio_nr_pages(folio)  # swap_writeout: an all-zero folio goes to the zeromap
+        machine.swap.swap_zeromap[slot:slot + nr_pages] = not any_set(frames.page_data[folio:folio + nr_pages])
     result = OK
     for mm, vma, start, end in rmap_walk_vmas(machine, folio):
         result = try_to_unmap_one(machine, folio, mm, vma, start, end, slot)
         if result != OK:
             break
-    swap_free_unused(machine, slot, 1 << order)
+    if result == OK or not cached:
+        folios_del_from_swap_cache(machine, np.array([folio], np.int64))
     return result
 
 
@@ -261,6 +270,7 @@ def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.n
     walk taken before the split."""
     pieces = np.arange(folio, folio + nr_pages)
     mapped = pieces[machine.frames.page_folio[pieces] >= 0]  # the split freed unmapped pieces
+    machine.swap.swap_zeromap[slots] = machine.frames.page_data[mapped] == 0  # swap_writeout, per piece
     slot_of_piece = np.zeros(nr_pages, np.int64)
     slot_of_piece[mapped - folio] = slots
     for mm, _vma, start, end in walk:

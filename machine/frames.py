@@ -33,7 +33,7 @@ class FrameTable:
         "folio_order", "folio_refcount", "folio_large_mapcount", "folio_entire_mapcount",
         "folio_pincount", "folio_mm_id", "folio_mm_id_mapcount", "folio_mm_ids_shared",
         "folio_anon", "folio_swapbacked", "folio_dirty", "folio_index", "folio_lineage",
-        "folio_mapping",
+        "folio_mapping", "folio_swap",
     )
 
     def __init__(self, nr_frames: int) -> None:
@@ -62,6 +62,8 @@ class FrameTable:
         self.folio_index = np.zeros(size, np.int64)
         self.folio_lineage = np.zeros(size, np.int32)
         self.folio_mapping = np.zeros(size, np.int32)        # page cache: file id + 1, 0 for none
+        self.folio_swap = np.zeros(size, np.int64)           # folio->swap: first slot in the swap cache,
+        #                                                      0 for none (PG_swapcache; slot 0 is never used)
         # The reserved frames: the zero page and the huge zero folio, each a folio of its own.
         self.page_folio[self.huge_zero_pfn:self.zero_pfn] = self.huge_zero_pfn
         self.folio_order[self.huge_zero_pfn] = 9

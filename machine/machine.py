@@ -317,7 +317,8 @@ class Machine:
         """The arrays swapped for journaled views while a journal is open: every frame
         and swap array (the kernels write them directly)."""
         names = [(self.frames, name) for name in (*FrameTable.ARRAYS, "block_nr_free")]
-        return names + [(self.swap, "swap_data"), (self.swap, "swap_count")]
+        return names + [(self.swap, "swap_data"), (self.swap, "swap_count"), (self.swap, "swap_cache"),
+                        (self.swap, "swap_zeromap")]
 
     def _record_key(self, mapping: dict, key: int) -> None:
         """Tell an open journal that mapping[key] is about to be set or deleted."""

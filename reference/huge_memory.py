@@ -250,6 +250,7 @@ def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: in
     order = int(frames.folio_order[folio])
     if new_order == 1 or new_order >= order or not 0 <= new_order <= 8:
         return EINVAL
+    check(frames.folio_swap[folio] == 0, "split of swap-cache folio %s (only order-0 folios stay cached)", folio)
     if int(frames.folio_refcount[folio]) != int(frames.folio_large_mapcount[folio]):
         return EAGAIN
     saved_data = frames.page_data[folio:folio + folio_nr_pages(machine, folio)].copy()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from machine import MM, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK
 from machine.pgtable import (
-    PMD_SIZE, is_pte_marker, is_swap_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write,
+    PMD_SIZE, is_pte_marker, is_swap_pte, is_swap_slot_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write,
 )
 
 from .filemap import do_read_fault, file_create, file_sync, shrink_file_folio, try_to_unmap_file
@@ -115,7 +115,9 @@ class Kernel:
         if pte_none(self.machine.lookup(mm, addr)[1]):
             # do_anonymous_page fails (ENOMEM) only before it maps anything.
             return self._without_rollback(lambda: handle_write_fault(self.machine, mm, vma, addr, order))
-        return self._user_write(mm, vma, addr, value=None)
+        # A swap entry: do_swap_page with the fault's orders (alloc_swap_folio); else order 0.
+        swapin_order = order if is_swap_slot_pte(self.machine.lookup(mm, addr)[1]) else 0
+        return self._user_write(mm, vma, addr, value=None, order=swapin_order)
 
     def write(self, pid: int, addr: int, value: int) -> str:
         mm = self._mm(pid)
@@ -124,12 +126,12 @@ class Kernel:
             return EFAULT
         return self._user_write(mm, vma, addr, value)
 
-    def _user_write(self, mm: MM, vma, addr: int, value: int | None) -> str:
+    def _user_write(self, mm: MM, vma, addr: int, value: int | None, order: int = 0) -> str:
         """Write-fault addr in, then store value (None: the word already there, as `fault` does).
         A present writable entry needs no fault, so nothing can fail and no journal is kept."""
         entry = self.machine.lookup(mm, addr)[1]
         if not (pte_present(entry) and pte_write(entry)):
-            result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, 0))
+            result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, order))
             if result != OK:
                 return result
         if value is None:

@@ -18,7 +18,7 @@ from .folio import (
 from .huge_memory import split_huge_page_to_list_to_order
 from .memory import pmd_ranges
 from .rmap import rmap_walk_vmas
-from .swap import swap_free
+from .swap import folio_free_swap, folio_test_swapcache, free_swap_and_cache
 from .vmscan import shrink_folio_list
 
 
@@ -94,7 +94,8 @@ def pte_batch_ignored(pte: int) -> int:
 def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> None:
     """MADV_FREE of the PTEs in [start, end), inside one PMD and one VMA: swap entries are
     freed; a large folio the range covers only part of is split (unless maybe mapped shared,
-    or pinned); a dirty folio is done only if mapped exactly once per page; each folio done
+    or pinned); a dirty or swap-cache folio is done only if mapped exactly once per page
+    (and out of the swap cache: folio_free_swap); each folio done
     has its entries made old and clean and becomes lazyfree."""
     if mm.pte_table(start) is None:
         return
@@ -110,7 +111,7 @@ def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> No
         if is_swap_pte(pte):
             machine.ptep_get_and_clear(mm, addr)
             mm.rss_swap -= 1
-            swap_free(machine, int(pte_swp_offset(pte)))
+            free_swap_and_cache(machine, int(pte_swp_offset(pte)))
             addr += PAGE_SIZE
             continue
         if pte_special(pte):  # the zero page: vm_normal_folio() is NULL, skipped
@@ -128,8 +129,11 @@ def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> No
                     addr += nr_pages << PAGE_SHIFT
                     continue
                 continue  # the same entry again, now mapping an order-0 folio
-        if folio_test_dirty(machine, folio):
+        if folio_test_swapcache(machine, folio) or folio_test_dirty(machine, folio):
             if folio_mapcount(machine, folio) != folio_nr_pages(machine, folio):
+                addr += nr_pages << PAGE_SHIFT
+                continue
+            if folio_test_swapcache(machine, folio) and not folio_free_swap(machine, folio):
                 addr += nr_pages << PAGE_SHIFT
                 continue
             folio_clear_dirty(machine, folio)

@@ -11,7 +11,8 @@ from machine.pgtable import (
     HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_MARKER_UFFD_WP, is_pte_marker, is_swap_pte,
     is_swap_slot_pte, make_pte_marker, pfn_pte, pmd_trans_huge, pte_marker_uffd_wp, pte_clear_uffd_wp,
     pte_mkdirty, pte_mkold, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung, pte_none, pte_present,
-    pte_swp_clear_exclusive, pte_swp_clear_uffd_wp, pte_swp_exclusive, pte_swp_offset, pte_swp_uffd_wp,
+    pte_advance_pfn, pte_move_swp_offset, pte_swp_clear_exclusive, pte_swp_clear_uffd_wp, pte_swp_exclusive,
+    pte_swp_offset, pte_swp_uffd_wp,
     pte_uffd_wp, pte_write, pte_wrprotect, vm_get_page_prot,
 )
 
@@ -22,9 +23,14 @@ from .folio import (
     page_folio, vm_normal_page, zero_page_pte,
 )
 from .rmap import (
-    folio_add_new_anon_rmap, folio_remove_rmap_pte, folio_try_dup_anon_rmap_pte,
+    folio_add_anon_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pte, folio_try_dup_anon_rmap_pte,
 )
-from .swap import swap_duplicate, swap_free
+from machine.swap import NO_FOLIO
+
+from .swap import (
+    folio_free_swap, folio_put_swap, folio_test_swapcache, free_swap_and_cache, free_swap_cache, swap_cache_add_folio,
+    swap_cache_get_folio, swap_duplicate,
+)
 
 
 def maybe_mkwrite(pte: int, vma: VMA) -> int:
@@ -139,10 +145,15 @@ def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: 
 # Write faults on present read-only entries (do_wp_page).
 
 def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
-    """Whether every reference is one of mm's mappings, so no one else can see the folio."""
+    """Whether every reference is one of mm's mappings, so no one else can see the folio; a
+    small swap-cache folio first leaves the cache if no swap PTE references it."""
     frames = machine.frames
     if folio_test_large(machine, folio):
+        check(not folio_test_swapcache(machine, folio), "large folio %s in the swap cache", folio)
         return __wp_can_reuse_large_anon_folio(machine, folio, mm)
+    if int(frames.folio_refcount[folio]) > 1 + folio_test_swapcache(machine, folio):
+        return False
+    folio_free_swap(machine, folio)  # only if no swap PTE references its slot any more
     return int(frames.folio_refcount[folio]) == 1
 
 
@@ -227,11 +238,66 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
     return OK
 
 
-# Swap-in (do_swap_page; model: no swap cache, every swap-in is a fresh order-0 folio).
+# Swap-in (do_swap_page): through the swap cache, as zram's SWP_SYNCHRONOUS_IO device does.
 
-def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool) -> str:
-    """Swap the page at addr in to a fresh exclusive order-0 folio; a uffd-wp swap entry
-    comes back write-protected with the bit, and a write fault on it is then UFFD.
+def can_swapin_thp(machine: Machine, mm: MM, addr: int, pte: int, order: int) -> bool:
+    """The 2**order entries of the aligned range around addr are the swap PTEs of consecutive
+    slots with pte's bits (pte_move_swp_offset, swap_pte_batch), whose zeromap bits agree
+    (swap_zeromap_batch), none in the swap cache (non_swapcache_batch), and (model) each
+    slot referenced by its entry alone."""
+    nr_pages = 1 << order
+    start = addr & ~((nr_pages << PAGE_SHIFT) - 1)
+    first = pte_move_swp_offset(pte, -((addr - start) >> PAGE_SHIFT))
+    swap = machine.swap
+    zero = []
+    for i in range(nr_pages):
+        entry = machine.ptep_get(mm, start + (i << PAGE_SHIFT))
+        if entry != pte_move_swp_offset(first, i):
+            return False
+        slot = int(pte_swp_offset(entry))
+        if swap.swap_cache[slot] != NO_FOLIO or int(swap.swap_count[slot]) != 1:
+            return False
+        zero.append(bool(swap.swap_zeromap[slot]))
+    return all(zero) or not any(zero)
+
+
+def swap_folio_orders(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, order: int) -> list[int]:
+    """alloc_swap_folio's orders, highest first: the mTHP orders up to the fault's (below the
+    PMD order) whose aligned range lies in vma and whose slot offset is aligned as the address
+    is, from the highest that can_swapin_thp on; none in a userfaultfd-armed VMA."""
+    if vma.uffd_wp:
+        return []
+    slot = int(pte_swp_offset(pte))
+    orders = []
+    for candidate in fault_orders(order):
+        nr_pages = 1 << candidate
+        start = addr & ~((nr_pages << PAGE_SHIFT) - 1)
+        if (0 < candidate < HPAGE_PMD_ORDER and vma.start <= start and start + (nr_pages << PAGE_SHIFT) <= vma.end
+                and (addr >> PAGE_SHIFT) % nr_pages == slot % nr_pages):
+            orders.append(candidate)
+    for index, candidate in enumerate(orders):
+        if can_swapin_thp(machine, mm, addr, pte, candidate):
+            return orders[index:]
+    return []
+
+
+def alloc_swap_folio(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, order: int) -> int | None:
+    """The folio a swap-cache miss reads into: the highest of swap_folio_orders that can be
+    allocated, else order 0 (None: not even that)."""
+    for candidate in swap_folio_orders(machine, mm, vma, addr, pte, order):
+        folio = folio_alloc(machine, candidate)
+        if folio is not None:
+            return folio
+    return folio_alloc(machine, 0)
+
+
+def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool, order: int = 0) -> str:
+    """Map the swap-cache folio of the slot at addr, reading it on a miss into a fresh folio
+    added to the cache (larger than order 0 only for a `fault` of order K: alloc_swap_folio);
+    writable and exclusive only for a PTE_SWP_EXCLUSIVE entry. The cache is then left if no
+    swap PTE still references the folio's slots (folio_free_swap); a write fault that did not
+    map the page writable goes on to do_wp_page. A uffd-wp swap entry comes back
+    write-protected with the bit.
 
     Context: a swap PTE maps addr; a write fault happens only in a writable VMA.
     """
@@ -239,30 +305,48 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
     check(is_swap_slot_pte(pte), "do_swap_page on a non-swap PTE")
     check(not write_fault or vma.writable, "write fault in a read-only VMA")
     slot = int(pte_swp_offset(pte))
-    folio = folio_alloc(machine, 0)
-    if folio is None:
-        return ENOMEM
-    machine.frames.page_data[folio] = machine.swap.swap_data[slot]
+    folio = swap_cache_get_folio(machine, slot)
+    fresh = folio is None
+    if folio is None:  # swapin_folio: a new folio in the swap cache, read from its slots
+        folio = alloc_swap_folio(machine, mm, vma, addr, pte, order)
+        if folio is None:
+            return ENOMEM
+        first_slot = slot - (slot % folio_nr_pages(machine, folio))
+        for i in range(folio_nr_pages(machine, folio)):
+            machine.frames.page_data[folio + i] = machine.swap.swap_data[first_slot + i]
+        swap_cache_add_folio(machine, folio, first_slot)
+    else:
+        folio_get(machine, folio)  # swap_cache_get_folio's reference becomes the mapping's
+    nr_pages = folio_nr_pages(machine, folio)
+    check(nr_pages == 1 or fresh, "a large folio in the swap cache at slot %s", slot)
+    page_idx = slot - int(machine.frames.folio_swap[folio])
+    start = addr - (page_idx << PAGE_SHIFT)
+    exclusive = bool(pte_swp_exclusive(pte))
+    check(not exclusive or int(machine.swap.swap_count[slot]) == 1,
+          "PTE_SWP_EXCLUSIVE on swap slot %s referenced %s times", slot, machine.swap.swap_count[slot])
+    check(fresh or not PageAnonExclusive(machine, folio), "swap-cache page %s is exclusive", folio)
     entry = mk_pte(folio, vma)
     if pte_swp_uffd_wp(pte):
         entry = pte_mkuffd_wp(entry)
-    # exclusive: the folio is fresh (the swap count was ours alone to read)
-    if vma.writable and not userfaultfd_pte_wp(vma, entry):
+    # folio_ref_count == 1 cannot hold: the swap cache holds a reference besides ours.
+    if exclusive and vma.writable and not userfaultfd_pte_wp(vma, entry):
         entry = pte_mkwrite(entry)
         if write_fault:
             entry = pte_mkdirty(entry)
-    folio_add_new_anon_rmap(machine, folio, mm, vma, addr, exclusive=True)
-    # folio_free_swap drops the swap cache and dirties the folio when no other swap PTE shares
-    # the slot; a write fault on a shared slot copies the cached page into a clean new folio.
-    # (model) A read fault on a shared slot leaves the kernel's folio clean in the swap cache,
-    # which MADV_FREE treats as it treats a dirty one: PG_dirty stands in for it.
-    machine.frames.folio_dirty[folio] = not (write_fault and int(machine.swap.swap_count[slot]) > 1)
-    swap_free(machine, slot)
-    mm.rss_swap -= 1
-    mm.rss_anon += 1
-    machine.set_pte_at(mm, addr, entry)
-    if write_fault and userfaultfd_pte_wp(vma, entry):
-        return UFFD  # the write fault goes on to do_wp_page, which reports it
+            write_fault = False  # vmf->flags &= ~FAULT_FLAG_WRITE
+    folio_ref_add(machine, folio, nr_pages - 1)
+    if fresh:
+        folio_add_new_anon_rmap(machine, folio, mm, vma, start, exclusive=exclusive)
+    else:
+        folio_add_anon_rmap_pte(machine, folio, folio, mm, exclusive=exclusive)
+    for i in range(nr_pages):
+        folio_put_swap(machine, folio, int(machine.frames.folio_swap[folio]) + i)
+        machine.set_pte_at(mm, start + (i << PAGE_SHIFT), pte_advance_pfn(entry, i))
+    mm.rss_swap -= nr_pages
+    mm.rss_anon += nr_pages
+    folio_free_swap(machine, folio)  # should_try_to_free_swap: always, for SWP_SYNCHRONOUS_IO
+    if write_fault:
+        return do_wp_page(machine, mm, vma, addr, pte_advance_pfn(entry, page_idx), unshare=False)
     return OK
 
 
@@ -289,7 +373,7 @@ def handle_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int
     if pte_none(pte):
         return do_anonymous_page(machine, mm, vma, addr, order)
     if is_swap_pte(pte):
-        return do_swap_page(machine, mm, vma, addr, write_fault=True)
+        return do_swap_page(machine, mm, vma, addr, write_fault=True, order=order)
     if pte_write(pte):
         return OK
     return do_wp_page(machine, mm, vma, addr, pte, unshare=False)
@@ -348,6 +432,7 @@ def zap_present_pte(machine: Machine, mm: MM, addr: int) -> int:
     folio = page_folio(machine, page)
     mm.rss_anon -= 1
     folio_remove_rmap_pte(machine, folio, page, mm)
+    free_swap_cache(machine, folio)  # free_pages_and_swap_cache, before the gathered reference goes
     folio_put(machine, folio)
     return pte
 
@@ -363,7 +448,7 @@ def zap_nonpresent_pte(machine: Machine, mm: MM, vma: VMA, addr: int, drop_marke
     check(is_swap_slot_pte(machine.ptep_get(mm, addr)), "zap_nonpresent_pte of a non-swap PTE at %#x", addr)
     pte = machine.ptep_get_and_clear(mm, addr)
     mm.rss_swap -= 1
-    swap_free(machine, int(pte_swp_offset(pte)))
+    free_swap_and_cache(machine, int(pte_swp_offset(pte)))
     return pte
 
 

@@ -17,7 +17,7 @@ from .folio import (
 )
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
 from .rmap import folio_remove_rmap_pmd, folio_remove_rmap_pte, folio_try_share_anon_rmap_pte, rmap_walk_vmas
-from .swap import folio_dup_swap, swap_free
+from .swap import folio_dup_swap, folio_test_swapcache, swap_cache_add_folio, swap_cache_del_folio, swap_slot_put
 
 
 def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int,
@@ -58,7 +58,7 @@ def try_to_unmap_pte(machine: Machine, folio: int, page: int, mm: MM, addr: int,
     pteval = machine.ptep_get_and_clear(mm, addr)
     folio_dup_swap(machine, slot)
     if anon_exclusive and folio_try_share_anon_rmap_pte(machine, folio, page) == EBUSY:
-        swap_free(machine, slot)
+        swap_slot_put(machine, slot)
         machine.set_pte_at(mm, addr, pteval)
         return EBUSY
     machine.swap.swap_data[slot] = machine.frames.page_data[page]
@@ -192,29 +192,47 @@ def try_to_unmap_lazyfree(machine: Machine, folio: int) -> str:
 
 
 def try_to_unmap(machine: Machine, folio: int) -> str:
-    """Unmap folio everywhere into one aligned run of swap slots, walking its lineage (a
-    lazyfree folio is discarded instead).
+    """Unmap folio everywhere into its swap slots, walking its lineage (a lazyfree folio is
+    discarded instead). A folio not yet in the swap cache is added with one aligned run of
+    slots and marked dirty (add_to_swap); unmapped everywhere, it leaves the cache and is
+    freed (pageout and __remove_mapping); on failure a folio the cache held before stays
+    there, one added here leaves it again (model: try_to_unmap takes the slots itself).
 
     Context: folio is an allocated anon folio.
     """
     check(int(machine.frames.page_folio[folio]) == folio and machine.frames.folio_anon[folio],
           f"try_to_unmap of non-folio {folio}")
     if folio_test_lazyfree(machine, folio):
+        check(not folio_test_swapcache(machine, folio), "lazyfree folio %s in the swap cache", folio)
         return try_to_unmap_lazyfree(machine, folio)
-    order = int(machine.frames.folio_order[folio])
-    slot = machine.swap.find_free_slots(order)
-    if slot is None:
-        return ENOMEM
-    machine.frames.folio_dirty[folio] = True  # shrink_folio_list marks it dirty once it has swap
+    cached = folio_test_swapcache(machine, folio)
+    if cached:
+        slot = int(machine.frames.folio_swap[folio])  # shrink_folio_list: the slots it has
+    else:
+        found = machine.swap.find_free_slots(int(machine.frames.folio_order[folio]))
+        if found is None:
+            return ENOMEM
+        slot = found
+        swap_cache_add_folio(machine, folio, slot)
+        machine.frames.folio_dirty[folio] = True  # shrink_folio_list marks it dirty once it has swap
+        swap_zeromap_folio_set(machine, folio, slot)
     result = OK
     for mm, vma, start, end in rmap_walk_vmas(machine, folio):
         result = try_to_unmap_one(machine, folio, mm, vma, start, end, slot)
         if result != OK:
             break
-    for unused in range(slot, slot + (1 << order)):
-        if machine.swap.swap_count[unused] == 0:
-            machine.swap.swap_free_slot(unused)
+    if result == OK or not cached:
+        swap_cache_del_folio(machine, folio)  # frees the folio once unmapped everywhere
     return result
+
+
+def swap_zeromap_folio_set(machine: Machine, folio: int, slot: int) -> None:
+    """swap_writeout: a folio whose pages are all zero is not written, its slots marked in the
+    zeromap; any other clears their bits (is_folio_zero_filled, one page at a time)."""
+    nr_pages = folio_nr_pages(machine, folio)
+    zero_filled = all(int(machine.frames.page_data[page]) == 0 for page in range(folio, folio + nr_pages))
+    for i in range(nr_pages):
+        machine.swap.swap_zeromap[slot + i] = zero_filled
 
 
 def folio_partially_mapped(machine: Machine, folio: int) -> bool:

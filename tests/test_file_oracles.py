@@ -81,7 +81,7 @@ def test_refcount_fires_on_a_page_cache_reference_too_many() -> None:
     folio = machine.files[0].cache[0]
     machine.frames.folio_refcount[folio] += 1
     assert_fires(machine, shadow, "refcount", f"folio {folio} (order 4): refcount 48, mappings 31 "
-                 "+ pin references 0 + page-cache references 16 = 47")
+                 "+ pin references 0 + page-cache references 16 + swap-cache references 0 = 47")
 
 
 def test_mapcount_fires_on_a_wrong_mm_filepages() -> None:

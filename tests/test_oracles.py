@@ -38,6 +38,7 @@ from machine.pgtable import (
     pte_mkspecial,
     pte_mkuffd_wp,
     pte_mkwrite,
+    pte_mkyoung,
     pte_pmd,
     pte_present,
     pte_swp_clear_uffd_wp,
@@ -217,6 +218,24 @@ def map_swap(machine: Machine, shadow: Shadow, mms: list[MM], addr: int, value: 
     machine.swap.swap_data[slot] = value
     machine.contpte_canonicalise()
     return slot
+
+
+def swap_in_shared(machine: Machine, shadow: Shadow, mm: MM, addr: int, slot: int) -> int:
+    """A read swap-in of a slot another swap PTE shares (do_swap_page): the folio stays in the
+    swap cache (one reference) and is mapped read-only, not exclusive, clean."""
+    frames = machine.frames
+    folio = new_anon_folio(machine, 0, addr)
+    frames.folio_refcount[folio] = 2           # the mapping and the swap cache
+    frames.page_mapcount[folio] = 1
+    frames.page_data[folio] = machine.swap.swap_data[slot]
+    frames.folio_swap[folio] = slot
+    machine.swap.swap_cache[slot] = folio
+    machine.swap.swap_count[slot] -= 1
+    machine.set_pte_at(mm, addr, pte_mkyoung(pfn_pte(folio, vm_get_page_prot(True))))
+    mm.rss_swap -= 1
+    mm.rss_anon += 1
+    machine.contpte_canonicalise()
+    return folio
 
 
 def pin(machine: Machine, shadow: Shadow, mm: MM, addr: int, nr_pages: int, mode: str = "rw") -> int:
@@ -594,6 +613,65 @@ def test_swap_fires_on_data_left_in_a_free_slot():
     assert_healthy(machine, shadow)
     machine.swap.swap_data[slot + 1] = 8
     assert_only(machine, shadow, "swap", f"slot {slot + 1}: free but holds data 8")
+
+
+def swap_cache_world() -> tuple[Machine, Shadow, int, int]:
+    """P0 and P1 share a swapped-out slot; P0 has read it into the swap cache."""
+    machine, shadow, parent = new_world()
+    child = new_child(machine, parent)
+    slot = map_swap(machine, shadow, [parent, child], SWAP_ADDR, 5)
+    folio = swap_in_shared(machine, shadow, parent, SWAP_ADDR, slot)
+    return machine, shadow, slot, folio
+
+
+def test_a_swap_cache_folio_is_healthy():
+    machine, shadow, _slot, _folio = swap_cache_world()
+    assert_healthy(machine, shadow)
+
+
+def test_refcount_fires_on_a_swap_cache_reference_missing():
+    machine, shadow, _slot, folio = swap_cache_world()
+    machine.frames.folio_refcount[folio] -= 1
+    assert_only(machine, shadow, "refcount", f"folio {folio} (order 0): refcount 1, mappings 1 + pin references 0 "
+                "+ page-cache references 0 + swap-cache references 1 = 2")
+
+
+def test_swap_fires_on_a_swap_cache_slot_the_folio_does_not_name():
+    machine, shadow, slot, folio = swap_cache_world()
+    machine.frames.folio_swap[folio] = 0
+    assert_only(machine, shadow, "swap", f"slot {slot}: the swap cache holds folio {folio}, whose folio->swap is 0")
+
+
+def test_swap_fires_on_a_folio_the_swap_cache_does_not_hold():
+    machine, shadow, slot, folio = swap_cache_world()
+    machine.swap.swap_cache[slot] = -1
+    machine.frames.folio_refcount[folio] -= 1
+    assert_only(machine, shadow, "swap", f"folio {folio}: folio->swap {slot} (order 0), but the swap cache holds [-1]")
+
+
+def test_swap_fires_on_an_exclusive_swap_cache_page():
+    machine, shadow, _slot, folio = swap_cache_world()
+    machine.frames.page_anon_exclusive[folio] = True
+    assert_only(machine, shadow, "swap", f"folio {folio}: in the swap cache with PageAnonExclusive pages [{folio}]")
+
+
+def test_swap_fires_on_a_swap_cache_folio_unlike_its_slot():
+    machine, shadow, slot, folio = swap_cache_world()
+    write_shadow(shadow, machine, machine.processes[0], SWAP_ADDR, 6)   # written in place while cached
+    assert_only(machine, shadow, "swap", f"folio {folio}: swap-cache data [6], its slots {slot}.. hold [5]")
+
+
+def test_swap_counts_a_slot_only_the_swap_cache_holds_as_used():
+    machine, shadow, parent = new_world()
+    child = new_child(machine, parent)
+    slot = map_swap(machine, shadow, [parent, child], SWAP_ADDR, 5)
+    swap_in_shared(machine, shadow, parent, SWAP_ADDR, slot)
+    machine.set_pte_at(child, SWAP_ADDR, 0)   # the child's entry zapped, the folio still mapped
+    child.rss_swap -= 1
+    machine.swap.swap_count[slot] -= 1
+    shadow.data[child.pid].pop(SWAP_ADDR)
+    assert_healthy(machine, shadow)
+    assert machine.swap.find_free_slots(0) != slot
 
 
 def test_swap_fires_on_a_slot_count_without_any_swap_entry():

@@ -46,6 +46,8 @@ CANARIES = (
     "pageout_batch_first_wp_only",
     "file_marker_first_only",
     "file_batch_ignores_uffd_wp",
+    "swapcache_hit_keeps_exclusive",
+    "swapin_batch_ignores_exclusive",
 )
 
 

@@ -1,7 +1,7 @@
 """Exact comparison of two machines: "identical final state" of SPEC §5.
 
 Compared: every frame's metadata and data (all `FrameTable.ARRAYS`), every
-swap slot (data, count), the set of live processes and, for each, its VMAs
+swap slot (data, count, swap-cache folio, zeromap bit), the set of live processes and, for each, its VMAs
 (start, end, prot, lineage, userfaultfd context), RSS counters, MMF_HAS_PINNED and every non-zero
 leaf descriptor (PTE or PMD block) with its address and level; the pin table;
 and the machine's counters (processes, mmaps and pins ever made). Page-table
@@ -151,7 +151,7 @@ def _compare_swap(a: Machine, b: Machine, out: _Differences) -> None:
     if a.swap.nr_slots != b.swap.nr_slots:
         out.add("swap", "nr_slots", a.swap.nr_slots, b.swap.nr_slots)
         return
-    fields = ("swap_data", "swap_count")
+    fields = ("swap_data", "swap_count", "swap_cache", "swap_zeromap")
     if all(_same_array(getattr(a.swap, name), getattr(b.swap, name)) for name in fields):
         return
     differs = np.stack([getattr(a.swap, name) != getattr(b.swap, name) for name in fields])

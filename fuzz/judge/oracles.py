@@ -176,9 +176,10 @@ def _check_mm_ids(machine: Machine, scan: PageTableScan, large: np.ndarray) -> l
 
 def check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     """Rule 2, refcount: a folio's refcount equals its mappings plus its pin references (one
-    per pinned page of a large folio, GUP_PIN_COUNTING_BIAS per pin of an order-0 one); a large
+    per pinned page of a large folio, GUP_PIN_COUNTING_BIAS per pin of an order-0 one) plus its
+    page-cache and swap-cache references (one per page, per slot); a large
     folio's _pincount equals its pinned pages, an order-0 folio's is 0; no PTE, PMD block or pin
-    names a free frame; every allocated folio is mapped or pinned (no leak); the folios tile the
+    names a free frame; every allocated folio is mapped, pinned or cached (no leak); the folios tile the
     allocated frames (valid orders, naturally aligned), and free frames and tail pages hold
     their free values."""
     frames = machine.frames
@@ -199,19 +200,20 @@ def check_refcount(machine: Machine, shadow: Shadow, scan: PageTableScan) -> lis
         pin_pairs = pin_refs = expected_pincount = np.zeros(len(heads), np.int64)
     mappings = scan.folio_mappings[heads]
     cache_refs = scan.cache_refs[heads]
+    swap_refs = scan.swap_cache_refs[heads]
 
-    wrong = indices_of(frames.folio_refcount[heads] != mappings + pin_refs + cache_refs)
+    wrong = indices_of(frames.folio_refcount[heads] != mappings + pin_refs + cache_refs + swap_refs)
     failures += details(wrong, lambda i: (
         f"folio {heads[i]} (order {frames.folio_order[heads[i]]}): refcount {frames.folio_refcount[heads[i]]}, "
         f"mappings {mappings[i]} + pin references {pin_refs[i]} + page-cache references {cache_refs[i]} "
-        f"= {mappings[i] + pin_refs[i] + cache_refs[i]}"))
+        f"+ swap-cache references {swap_refs[i]} = {mappings[i] + pin_refs[i] + cache_refs[i] + swap_refs[i]}"))
     wrong = indices_of(frames.folio_pincount[heads] != expected_pincount)
     failures += details(wrong, lambda i: (
         f"folio {heads[i]} (order {frames.folio_order[heads[i]]}): _pincount "
         f"{frames.folio_pincount[heads[i]]}, pinned pages found {expected_pincount[i]}"))
-    leaked = heads[(mappings == 0) & (pin_pairs == 0) & (cache_refs == 0)]
-    failures += details(leaked, lambda f: f"folio {f} (order {frames.folio_order[f]}): "
-                                           "allocated but neither mapped nor pinned nor in a page cache (leak)")
+    leaked = heads[(mappings == 0) & (pin_pairs == 0) & (cache_refs == 0) & (swap_refs == 0)]
+    failures += details(leaked, lambda f: f"folio {f} (order {frames.folio_order[f]}): allocated but neither "
+                                           "mapped nor pinned nor in a page cache nor in the swap cache (leak)")
 
     for level, pids, addrs, pfns, folios in (
             ("PTE", scan.pte_pid, scan.pte_addr, scan.pte_pfn, scan.pte_folio),
@@ -291,7 +293,9 @@ def _check_folio_runs(frames: FrameTable, scan: PageTableScan) -> list[str]:
 def check_swap(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     """Rule 3, swap: a slot's count equals the swap PTEs that reference it; every swap entry
     names a slot of the device with swap type 0, and carries PTE_SWP_EXCLUSIVE only on a slot
-    of count 1; a free slot holds no data."""
+    of count 1; a free slot (no count, no swap-cache folio) holds no data; a zeromap bit is
+    only on a used slot holding 0; the swap cache and
+    folio->swap point at each other (check_swap_cache)."""
     swap = machine.swap
     failures: list[str] = []
     if len(scan.swp_slot) or np.count_nonzero(swap.swap_count):   # else both count 0 everywhere
@@ -312,10 +316,57 @@ def check_swap(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[st
         failures += details(indices_of((descs & np.uint64(SWP_TYPE_MASK)) != 0), lambda i: (
             f"{where(pids[i], addrs[i])}: swap entry {int(descs[i]):#x} has a swap type"))
     nr_data = np.count_nonzero(swap.swap_data)
-    if nr_data and nr_data != np.count_nonzero(swap.swap_data[swap.swap_count != 0]):
-        stale = indices_of((swap.swap_count == 0) & (swap.swap_data != 0))
+    free = swap.slots_free()
+    if nr_data and nr_data != np.count_nonzero(swap.swap_data[~free]):
+        stale = indices_of(free & (swap.swap_data != 0))
         failures += details(stale, lambda slot: f"slot {slot}: free but holds data {swap.swap_data[slot]}")
+    if swap.swap_zeromap.any():
+        stale = indices_of(swap.swap_zeromap & (free | (swap.swap_data != 0)))
+        failures += details(stale, lambda slot: f"slot {slot}: zeromap bit on a " + (
+            "free slot" if free[slot] else f"slot holding data {swap.swap_data[slot]}"))
+    return failures + check_swap_cache(machine)
+
+
+def check_swap_cache(machine: Machine) -> list[str]:
+    """A slot the swap cache holds names an allocated anon folio whose folio->swap run covers
+    it, and every slot of a swap-cache folio's run names that folio; a swap-cache folio is a
+    clean copy of its slots (each page's data word equals its slot's) and none of its pages
+    is PageAnonExclusive (it is mapped only through non-exclusive swap entries)."""
+    frames, swap = machine.frames, machine.swap
+    cached_slots = np.flatnonzero(swap.swap_cache >= 0)
+    swap_heads = np.flatnonzero(frames.folio_swap[:frames.nr_frames])
+    if not len(cached_slots) and not len(swap_heads):
+        return []
+    failures: list[str] = []
+    folios = swap.swap_cache[cached_slots]
+    is_folio = (folios < frames.nr_frames) & (frames.page_folio[np.minimum(folios, frames.nr_frames - 1)] == folios)
+    failures += details(indices_of(~is_folio), lambda i: (
+        f"slot {cached_slots[i]}: the swap cache holds pfn {folios[i]}, which is not a folio's head"))
+    ok_slots, ok_folios = cached_slots[is_folio], folios[is_folio]
+    first = frames.folio_swap[ok_folios]
+    nr_pages = np.left_shift(1, frames.folio_order[ok_folios].astype(np.int64))
+    outside = (first == 0) | (ok_slots < first) | (ok_slots >= first + nr_pages) | ~frames.folio_anon[ok_folios]
+    failures += details(indices_of(outside), lambda i: (
+        f"slot {ok_slots[i]}: the swap cache holds folio {ok_folios[i]}, whose folio->swap is "
+        f"{first[i]} (order {frames.folio_order[ok_folios[i]]}, anon {bool(frames.folio_anon[ok_folios[i]])})"))
+    for folio in swap_heads.tolist():
+        slot, nr = int(frames.folio_swap[folio]), frames.folio_nr_pages(folio)
+        if slot + nr > swap.nr_slots or not all_equal(swap.swap_cache[slot:slot + nr], folio):
+            failures.append(f"folio {folio}: folio->swap {slot} (order {frames.folio_order[folio]}), "
+                            f"but the swap cache holds {ints(swap.swap_cache[slot:slot + nr])} there")
+            continue
+        pages = slice(folio, folio + nr)
+        if not np.array_equal(frames.page_data[pages], swap.swap_data[slot:slot + nr]):
+            failures.append(f"folio {folio}: swap-cache data {ints(frames.page_data[pages])}, "
+                            f"its slots {slot}.. hold {ints(swap.swap_data[slot:slot + nr])}")
+        if frames.page_anon_exclusive[pages].any():
+            failures.append(f"folio {folio}: in the swap cache with PageAnonExclusive pages "
+                            f"{ints(np.flatnonzero(frames.page_anon_exclusive[pages]) + folio)}")
     return failures
+
+
+def all_equal(array: np.ndarray, value: int) -> bool:
+    return bool((array == value).all())
 
 
 # --- 4. exclusive ------------------------------------------------------------

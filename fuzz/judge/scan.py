@@ -389,6 +389,12 @@ class PageTableScan:
         return occurrences(np.array(heads, np.int64), self.nr_frames)
 
     @cached_property
+    def swap_cache_refs(self) -> np.ndarray:
+        """Per frame: the references the swap cache holds (one per slot naming it as its folio)."""
+        cached = self.machine.swap.swap_cache
+        return occurrences(cached[cached >= 0], self.nr_frames)
+
+    @cached_property
     def cache_swap_count(self) -> np.ndarray:
         """Per swap slot: shmem page-cache entries holding it."""
         slots = [slot for file in self.machine.files.values() for slot in file.swap.values()]

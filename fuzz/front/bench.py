@@ -194,8 +194,16 @@ def _file_access_ops(rng: random.Random, size: int) -> list[Op]:
 
 def _uffd_wp_ranges(size: int) -> list[int]:
     """The starts of the write-protected ranges: one MiB from 32K into every fourth chunk of the
-    anonymous mapping's registered quarter (so a range covers part of an mTHP or of a PMD THP)."""
-    return [chunk + UFFD_WP_SKEW for chunk in range(BASE, BASE + size // 4, 4 * PMD_SIZE)]
+    anonymous mapping's registered quarter from the third, a PMD THP's and an mTHP chunk's by
+    turns (so a range covers part of a PMD THP or of an mTHP); the first two chunks keep their
+    PMD THPs whole for the forks, whatever the size."""
+    return [chunk + UFFD_WP_SKEW for chunk in range(BASE + 2 * PMD_SIZE, BASE + uffd_length(size), 4 * PMD_SIZE)]
+
+
+def uffd_length(size: int) -> int:
+    """The registered part of the anonymous mapping: its first quarter in whole 2 MiB chunks, at
+    least one (a registration ending inside a chunk would split its VMA and so its PMD THP)."""
+    return max(PMD_SIZE, size // 4 // PMD_SIZE * PMD_SIZE)
 
 
 def _uffd_ops(size: int, mode: str, ranges: list[int]) -> list[Op]:
@@ -203,7 +211,7 @@ def _uffd_ops(size: int, mode: str, ranges: list[int]) -> list[Op]:
     ops = [Op("wp", process=0, addr=addr, length=HALF_PMD, mode=mode) for addr in ranges]
     if mode == "on":
         files = file_layout(size)
-        ops = [Op("uffd", process=0, addr=BASE, length=size // 4),
+        ops = [Op("uffd", process=0, addr=BASE, length=uffd_length(size)),
                Op("uffd", process=0, addr=files.shmem_base, length=files.file_size), *ops,
                Op("wp", process=0, addr=files.shmem_base, length=files.file_size // 2, mode="on")]
     return ops
@@ -251,7 +259,7 @@ def build_workload(size: int, seed: int = 0) -> list[Op]:
 
     In order: mmap; fault everything (PMD THPs, mTHPs, base pages by chunk);
     the file part's two files, their mappings and F0's faults; uffd-wp on the
-    anonymous mapping's first quarter and F0's mapping, a MiB write-protected in
+    anonymous mapping's first quarter (whole chunks) and F0's mapping, a MiB write-protected in
     every fourth chunk of the quarter and F0's first half; P0 writes 10% of the
     pages (some trapped: UFFD); P0 reads and writes 10% of the files' pages;
     pins of 1% of the pages; fork twice; each child writes 10%; wp off for

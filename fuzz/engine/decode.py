@@ -5,11 +5,16 @@ them (`ConsumeIntInRange`, which takes its bytes from the end of the input). The
 decoder is total and deterministic: any bytes give a valid op sequence, because
 each op is drawn against the reference machine's state after the ops before
 it: only live processes and issued pins are named; addresses are drawn near VMA
-edges, folio, contpte and PMD boundaries, pages already used or, for an op that
-acts on a folio, pages of the large folios worth acting on (pinned, mapped by
-several processes, of mixed PageAnonExclusive, PMD-mapped), and one op in four
-may be drawn to act on such a folio outright (`act_on_folio_of_note`: unmap,
-reclaim, split, pin, write, ... a page of it); orders lean to 0, 2, 4 and 9; the
+edges, at aligned places inside VMAs, at folio, contpte and PMD boundaries, pages
+already used or, for an op that acts on a folio, pages of large folios and of
+those worth acting on (fuzz.engine.notes: pinned, mapped by several processes,
+lazyfree, in the page cache, of mixed PageAnonExclusive, uffd-wp or dirty bits,
+PMD-mapped, COWed from a file), and one op in two is drawn to act on such a folio
+outright (`act_on_folio_of_note`: unmap, reclaim, split below its order, pin,
+write or read a page of it, free, mprotect, wp ... a part of it, fork, exit, map
+it again), or to make one where the process maps none (`make_folio`: map memory
+or fault a large folio); an act of two ops (uffd before wp, mmap before read)
+draws its second without a choice. Orders lean to 0, 2, 4 and 9; the
 op count is capped. The encoder plays the same grammar the
 other way, so seeds and reproducers can be kept as `.ops` and turned back into
 bytes: `decode(encode(script)) == script` for every script it accepts. The
@@ -276,7 +281,7 @@ class OpGrammar:
             start, end = self.folio_part(addr, span)
             prot = None
             if name == "mprotect":   # read-only 3 times in 4: batches of mixed exclusivity stay whole
-                prot = PROTS[int(choose(LISTED_WEIGHT + 1) == LISTED_WEIGHT)]
+                prot = PROTS[int(choose(LISTED_WEIGHT + 1) != LISTED_WEIGHT)]
             return Op(name, process=process, addr=start, length=self.clip_length(start, end), prot=prot)
         page = self.page_of(addr, span)
         if name == "split":

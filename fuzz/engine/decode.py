@@ -9,7 +9,7 @@ edges, at aligned places inside VMAs, at folio, contpte and PMD boundaries, page
 already used or, for an op that acts on a folio, pages of large folios and of
 those worth acting on (fuzz.engine.notes: pinned, mapped by several processes,
 lazyfree, in the page cache, of mixed PageAnonExclusive, uffd-wp or dirty bits,
-PMD-mapped, COWed from a file), and one op in two is drawn to act on such a folio
+PMD-mapped, COWed from a file), and three ops in four are drawn to act on such a folio
 outright (`act_on_folio_of_note`: unmap, reclaim, split below its order, pin,
 write or read a page of it, free, mprotect, wp ... a part of it, fork, exit, map
 it again), or to make one where the process maps none (`make_folio`: map memory
@@ -79,13 +79,14 @@ FOLIO_OPS = frozenset({"try_to_unmap", "reclaim", "split", "split_pmd", "pin", "
                        "mprotect", "free", "uffd", "wp"})
 # "large": a page of any large folio the process maps (the raw material of every folio of note).
 FOLIO_ADDR_CATEGORIES = ("folio", "folio", "folio", "large", *ADDR_CATEGORIES)
-# One op in ACT_CHANCE is drawn to act on a folio of note (issue 16): on a page of a folio
+# ACT_SHARE ops in ACT_CHANCE are drawn to act on a folio of note (issue 16): on a page of a folio
 # worth acting on (folio_addresses_of_note), else of any large folio, what makes a new state
 # of it or acts on one, weighted like KIND_TABLE. "exit" ends another process (the folio a
 # fork shared is its own again), "mmap" maps a page-cache folio again elsewhere and reads it
 # (as fork maps an anon one again), "wp" registers the VMA first if it is not. The encoder
 # never takes this way (it draws every op from KIND_TABLE).
-ACT_CHANCE = 2
+ACT_CHANCE = 4
+ACT_SHARE = 3   # choices below it act: three ops in four
 ACT_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "split", "split", "split_pmd", "fork", "exit",
              "pin", "pin", "write", "write", "write", "read", "free", "free", "mprotect", "mprotect", "dontneed",
              "munmap", "uffd", "wp", "wp", "sync", "mmap")
@@ -213,7 +214,7 @@ class OpGrammar:
     def op(self, names: Names, machine: Machine | None = None, target: Op | None = None) -> Op:
         """One op naming only what names holds, its address near machine's VMA edges among
         others (machine is None when encoding: the encoder never draws those). One op in
-        ACT_CHANCE acts on a folio of note, where the process it draws maps one; the rest of
+        ACT_CHANCE (ACT_SHARE of them) acts on a folio of note, where the process it draws maps one; the rest of
         an act of several ops comes first, without a choice."""
         if self.pending and machine is not None:
             pending = self.pending.pop(0)
@@ -221,7 +222,7 @@ class OpGrammar:
                 return pending
             self.pending.clear()
         choose = self.choices.choose
-        if choose(ACT_CHANCE, None if target is None else ACT_CHANCE - 1) == 0 and machine is not None:
+        if choose(ACT_CHANCE, None if target is None else ACT_CHANCE - 1) < ACT_SHARE and machine is not None:
             acting = self.act_on_folio_of_note(names, machine)
             if acting is not None:
                 return acting

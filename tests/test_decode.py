@@ -280,23 +280,30 @@ fault P0 0x200000 order=4
 
 
 def test_an_act_where_no_large_folio_is_mapped_makes_one():
-    """With no VMA an act maps memory at a free PMD-aligned place; with VMAs, three times in
-    four it faults a folio of the drawn order at an address aligned to it inside one."""
+    """Three times in four (always without a VMA) an act faults a folio of the drawn order at
+    an address aligned to it inside a VMA; else it maps memory at a free PMD-aligned place,
+    anonymous or a file (made first), and faults there: the ops after the first come next."""
     from fuzz.engine.decode import FILE_LENGTHS, MAKE_LENGTHS, MAKE_ORDERS, names_of
 
-    machine = _machine_after("mmap P0 0x200000 2M\n")
-    machine.processes[0].vmas.clear()
-    _, op = _act(machine, [(MAKE_LENGTHS.index(PMD_SIZE), len(MAKE_LENGTHS)), (0, 3)])
-    assert op == Op("mmap", process=0, addr=0x200000, length=PMD_SIZE, prot="rw")
-
     machine = _machine_after("mmap P0 0x200000 2M\nmmap P0 0x600000 64K\n")
-    _, op = _act(machine, [(1, 4), (0, 2), (MAKE_ORDERS.index(4), len(MAKE_ORDERS)), (5, 32)])
+    order4 = (MAKE_ORDERS.index(4), len(MAKE_ORDERS))
+    _, op = _act(machine, [order4, (1, 4), (0, 2), (5, 32)])
     assert op == Op("fault", process=0, addr=0x250000, order=4)
-    grammar, op = _act(machine, [(0, 4), (MAKE_LENGTHS.index(PMD_SIZE), len(MAKE_LENGTHS)), (2, 3), (1, 2),
-                                 (FILE_LENGTHS.index(PMD_SIZE), len(FILE_LENGTHS)), (1, 2)])
-    assert op == Op("file", file=0, length=PMD_SIZE, shmem=True)   # no file yet: made, then mapped
-    assert grammar.op(names_of(machine), machine) == Op("mmap", process=0, addr=0x400000, length=PMD_SIZE,
-                                                        prot="rw", file=0, shared=True)
+
+    grammar, op = _act(machine, [order4, (0, 4), (MAKE_LENGTHS.index(PMD_SIZE), len(MAKE_LENGTHS)), (0, 3)])
+    assert op == Op("mmap", process=0, addr=0x400000, length=PMD_SIZE, prot="rw")
+    assert grammar.op(names_of(machine), machine) == Op("fault", process=0, addr=0x400000, order=4)
+
+    grammar, op = _act(machine, [order4, (0, 4), (MAKE_LENGTHS.index(PMD_SIZE), len(MAKE_LENGTHS)), (2, 3), (1, 2),
+                                 (FILE_LENGTHS.index(CONT_PTE_SIZE), len(FILE_LENGTHS)), (1, 2)])
+    assert op == Op("file", file=0, length=CONT_PTE_SIZE, shmem=True)   # no file yet: made, mapped, faulted
+    assert [grammar.op(names_of(machine), machine) for _ in range(2)] == [
+        Op("mmap", process=0, addr=0x400000, length=CONT_PTE_SIZE, prot="rw", file=0, shared=True),
+        Op("fault", process=0, addr=0x400000, order=4)]
+
+    machine.processes[0].vmas.clear()   # no VMA: always mapped first
+    _, op = _act(machine, [order4, (MAKE_LENGTHS.index(PMD_SIZE), len(MAKE_LENGTHS)), (0, 3)])
+    assert op == Op("mmap", process=0, addr=0x200000, length=PMD_SIZE, prot="rw")
 
 
 def test_wp_on_an_unregistered_folio_registers_its_vma_first_and_map_again_reads():

@@ -296,32 +296,37 @@ class OpGrammar:
         return Op(name, process=process, addr=page)
 
     def make_folio(self, process: int, machine: Machine) -> Op:
-        """Where process maps no large folio: map memory at a free place (where it has no VMA,
-        or one time in four): anonymous, or a file (made first if there is none), shared or
-        private; else fault a folio of a MAKE_ORDERS order at an address aligned to it in a VMA."""
+        """Where process maps no large folio: fault a folio of a MAKE_ORDERS order at an
+        address aligned to it in a VMA; or, where it has no VMA (else one time in four), map
+        memory at a free place first: anonymous, or a file (made first if there is none),
+        shared or private. The ops after the first are drawn next, without a choice."""
         choose = self.choices.choose
         mm = machine.processes[process]
-        if not mm.vmas or choose(4) == 0:
-            length = MAKE_LENGTHS[choose(len(MAKE_LENGTHS))]
-            base = free_base(machine, process, length)
-            if choose(3) < 2:
-                return Op("mmap", process=process, addr=base, length=length, prot="rw")
-            shared = bool(choose(2))
-            if machine.files:
-                file = self.file_of_note(machine, "existing")
-                return Op("mmap", process=process, addr=base, length=length, prot="rw", file=file, shared=shared)
-            file_length = FILE_LENGTHS[choose(len(FILE_LENGTHS))]
-            self.pending.append(Op("mmap", process=process, addr=base, length=file_length, prot="rw",
-                                   file=FILE_IDS[0], shared=shared))
-            return Op("file", file=FILE_IDS[0], length=file_length, shmem=bool(choose(2)))
-        vma = mm.vmas[choose(len(mm.vmas))]
         order = MAKE_ORDERS[choose(len(MAKE_ORDERS))]
         size = PAGE_SIZE << order
-        first = -(-vma.start // size) * size
-        count = (vma.end - first) // size if vma.end > first else 0
-        addr = first + choose(count) * size if count else vma.start
-        self.used.append(addr)
-        return Op("fault", process=process, addr=addr, order=order)
+        if mm.vmas and choose(4) != 0:
+            vma = mm.vmas[choose(len(mm.vmas))]
+            first = -(-vma.start // size) * size
+            count = (vma.end - first) // size if vma.end > first else 0
+            addr = first + choose(count) * size if count else vma.start
+            self.used.append(addr)
+            return Op("fault", process=process, addr=addr, order=order)
+        length = MAKE_LENGTHS[choose(len(MAKE_LENGTHS))]
+        base = free_base(machine, process, max(length, FILE_LENGTHS[1]))
+        self.used.append(base)
+        ops = [Op("mmap", process=process, addr=base, length=length, prot="rw")]
+        if choose(3) == 2:   # a file one time in three
+            shared = bool(choose(2))
+            if machine.files:
+                ops = [Op("mmap", process=process, addr=base, length=length, prot="rw",
+                          file=self.file_of_note(machine, "existing"), shared=shared)]
+            else:
+                file_length = FILE_LENGTHS[choose(len(FILE_LENGTHS))]
+                ops = [Op("file", file=FILE_IDS[0], length=file_length, shmem=bool(choose(2))),
+                       Op("mmap", process=process, addr=base, length=file_length, prot="rw", file=FILE_IDS[0],
+                          shared=shared)]
+        self.pending.extend([*ops[1:], Op("fault", process=process, addr=base, order=order)])
+        return ops[0]
 
     def page_of(self, addr: int, span: FolioSpan) -> int:
         """The noted page itself half the time, else any page of its folio."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,17 @@ def test_grown_inputs_keep_their_ops_or_a_prefix_of_them_and_draw_more():
     assert any(len(script) > len(ops) for script in scripts[0::2])
     assert all(any(script[:cut] == ops[:cut] for cut in range(len(ops) + 1)) for script in scripts[1::2])
     assert grow_input(data, len(data), random.Random(0), decoded, "grow") is None   # no room
+
+
+def test_argument_mutations_reach_every_argument_an_op_has():
+    """Besides the address, any argument an op has may change: prot and wp mode flip, a file
+    mapping's sharing flips; an op with none but its process comes back unchanged."""
+    from fuzz.engine.mutator import mutate_argument
+
+    mmap = Op("mmap", process=0, addr=0x200000, length=CONT_PTE_SIZE, prot="rw", file=0, shared=False)
+    changed = {mutate_argument(mmap, random.Random(seed)) for seed in range(60)}
+    assert replace(mmap, prot="ro") in changed and replace(mmap, shared=True) in changed
+    assert any(op.addr != mmap.addr for op in changed) and any(op.length != mmap.length for op in changed)
+    wp = Op("wp", process=0, addr=0x200000, length=CONT_PTE_SIZE, mode="on")
+    assert replace(wp, mode="off") in {mutate_argument(wp, random.Random(seed)) for seed in range(30)}
+    assert mutate_argument(Op("fork", process=1), random.Random(0)) == Op("fork", process=1)

@@ -34,6 +34,7 @@ ADDR_STEPS = (-16, -1, 1, 16, 512)    # pages an address moves by
 ORDERS = (0, 2, 3, 4, 8, 9)
 LENGTHS = (PAGE_SIZE, CONT_PTE_SIZE, PMD_SIZE, PMD_SIZE + CONT_PTE_SIZE)
 NR_PAGES = (1, 2, 16, 17, 512)
+ARGUMENTS = ("order", "length", "value", "nr_pages", "prot", "mode")   # besides the address and sharing
 
 
 class RecentScripts:
@@ -112,19 +113,31 @@ def mutate_ops(ops: list[Op], rng: random.Random) -> list[Op]:
 
 
 def mutate_argument(op: Op, rng: random.Random) -> Op:
-    """op with one argument changed: its address half the time, else its order, length,
-    value or page count (the first it has)."""
-    changes: dict[str, Any] = {}
+    """op with one argument changed: its address half the time, else one of the others it
+    has (order, length, value, page count, prot, wp mode, a file mapping's sharing)."""
     if op.addr is not None and rng.random() < 0.5:
-        changes["addr"] = max(0, op.addr + rng.choice(ADDR_STEPS) * PAGE_SIZE)
-    elif op.order is not None:
+        return replace(op, addr=max(0, op.addr + rng.choice(ADDR_STEPS) * PAGE_SIZE))
+    others = [name for name in ARGUMENTS if getattr(op, name) is not None]
+    if op.name == "mmap" and op.file is not None:
+        others.append("shared")
+    if not others:
+        return op
+    name = rng.choice(others)
+    changes: dict[str, Any] = {}
+    if name == "order":
         changes["order"] = rng.choice(ORDERS)
-    elif op.length is not None:
+    elif name == "length":
         changes["length"] = rng.choice(LENGTHS)
-    elif op.value is not None:
+    elif name == "value":
         changes["value"] = rng.randrange(1 << 64)
-    elif op.nr_pages is not None:
+    elif name == "nr_pages":
         changes["nr_pages"] = rng.choice(NR_PAGES)
+    elif name == "prot":
+        changes["prot"] = "ro" if op.prot == "rw" else "rw"
+    elif name == "mode":
+        changes["mode"] = "off" if op.mode == "on" else "on"
+    else:
+        changes["shared"] = not op.shared
     return replace(op, **changes)
 
 

@@ -284,7 +284,7 @@ def test_an_act_where_no_large_folio_is_mapped_makes_one():
     """Three times in four (always without a VMA) an act faults a folio of the drawn order at
     an address aligned to it inside a VMA; else it maps memory at a free PMD-aligned place,
     anonymous or a file (made first), and faults there: the ops after the first come next."""
-    from fuzz.engine.decode import FILE_LENGTHS, MAKE_LENGTHS, MAKE_ORDERS, names_of
+    from fuzz.engine.decode import MAKE_FILE_LENGTHS, MAKE_LENGTHS, MAKE_ORDERS, names_of
 
     machine = _machine_after("mmap P0 0x200000 2M\nmmap P0 0x600000 64K\n")
     order4 = (MAKE_ORDERS.index(4), len(MAKE_ORDERS))
@@ -296,7 +296,7 @@ def test_an_act_where_no_large_folio_is_mapped_makes_one():
     assert grammar.op(names_of(machine), machine) == Op("fault", process=0, addr=0x400000, order=4)
 
     grammar, op = _act(machine, [order4, (0, 4), (MAKE_LENGTHS.index(PMD_SIZE), len(MAKE_LENGTHS)), (2, 3), (1, 2),
-                                 (FILE_LENGTHS.index(CONT_PTE_SIZE), len(FILE_LENGTHS)), (1, 2)])
+                                 (MAKE_FILE_LENGTHS.index(CONT_PTE_SIZE), len(MAKE_FILE_LENGTHS)), (1, 2)])
     assert op == Op("file", file=0, length=CONT_PTE_SIZE, shmem=True)   # no file yet: made, mapped, faulted
     assert [grammar.op(names_of(machine), machine) for _ in range(2)] == [
         Op("mmap", process=0, addr=0x400000, length=CONT_PTE_SIZE, prot="rw", file=0, shared=True),

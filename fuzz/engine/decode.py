@@ -83,7 +83,9 @@ FOLIO_ADDR_CATEGORIES = ("folio", "folio", "folio", "large", *ADDR_CATEGORIES)
 # worth acting on (folio_addresses_of_note), else of any large folio, what makes a new state
 # of it or acts on one, weighted like KIND_TABLE. "exit" ends another process (the folio a
 # fork shared is its own again), "mmap" maps a page-cache folio again elsewhere and reads it
-# (as fork maps an anon one again), "wp" registers the VMA first if it is not. The encoder
+# (as fork maps an anon one again), "wp" registers the VMA first if it is not. An act that does
+# not apply to the folio's kind is one that does (mmap and sync of an anon folio are fork and
+# write; free and split of a page-cache folio map it again). The encoder
 # never takes this way (it draws every op from KIND_TABLE).
 ACT_CHANCE = 4
 ACT_SHARE = 3   # choices below it act: three ops in four
@@ -94,6 +96,7 @@ ACT_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "split", "spl
 # else a fault of one of these orders.
 MAKE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, 2 * PMD_SIZE, 4 * PAGE_SIZE)
 MAKE_ORDERS = (2, 4, 4, 9, 3)
+MAKE_FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)   # sizes that hold a large folio
 # The range an act covers: the whole folio, the contpte block of the page (within the folio),
 # from the page to the folio's end, from its start to the page, the page, the page and the next.
 FOLIO_PARTS = ("folio", "folio", "block", "to_end", "from_start", "page", "pages")
@@ -266,10 +269,10 @@ class OpGrammar:
             if others:
                 return Op("exit", process=others[choose(len(others))])
             name = "fork"
-        if name == "mmap" and span.file is None:
-            name = "fork"   # an anon folio is mapped again by fork
-        if name == "sync" and span.file is None:
-            name = "write"
+        if span.file is None:   # what does not apply to an anon folio: mapping it again is fork
+            name = {"mmap": "fork", "sync": "write"}.get(name, name)
+        else:   # nor to a page-cache folio (no MADV_FREE, split or PMD mapping): map it again
+            name = {"free": "mmap", "split": "mmap", "split_pmd": "mmap"}.get(name, name)
         if name in PROCESS_OPS:
             return Op(name, process=process)
         if name == "mmap":
@@ -321,7 +324,7 @@ class OpGrammar:
                 ops = [Op("mmap", process=process, addr=base, length=length, prot="rw",
                           file=self.file_of_note(machine, "existing"), shared=shared)]
             else:
-                file_length = FILE_LENGTHS[choose(len(FILE_LENGTHS))]
+                file_length = MAKE_FILE_LENGTHS[choose(len(MAKE_FILE_LENGTHS))]
                 ops = [Op("file", file=FILE_IDS[0], length=file_length, shmem=bool(choose(2))),
                        Op("mmap", process=process, addr=base, length=file_length, prot="rw", file=FILE_IDS[0],
                           shared=shared)]

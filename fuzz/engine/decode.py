@@ -95,7 +95,7 @@ ACT_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "split", "spl
 # What an act makes where the process maps no large folio: a VMA of one of these lengths,
 # else a fault of one of these orders.
 MAKE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, 2 * PMD_SIZE, 4 * PAGE_SIZE)
-MAKE_ORDERS = (2, 4, 4, 9, 3)
+MAKE_ORDERS = (2, 2, 3, 4, 4, 9)   # below a contpte block (16 pages) entries keep their own bits
 MAKE_FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)   # sizes that hold a large folio
 # The range an act covers: the whole folio, the contpte block of the page (within the folio),
 # from the page to the folio's end, from its start to the page, the page, the page and the next.
@@ -213,6 +213,7 @@ class OpGrammar:
         self.choices = choices
         self.used: list[int] = []   # the addresses drawn so far
         self.pending: list[Op] = []   # the rest of an act of several ops, drawn next
+        self.focus: tuple[int, int] | None = None   # the process and page the last act aimed at
 
     def op(self, names: Names, machine: Machine | None = None, target: Op | None = None) -> Op:
         """One op naming only what names holds, its address near machine's VMA edges among
@@ -253,8 +254,9 @@ class OpGrammar:
 
     def act_on_folio_of_note(self, names: Names, machine: Machine) -> Op | None:
         """An op of ACT_KINDS on a page of a folio worth acting on (folio_addresses_of_note),
-        else of any large folio, in a process drawn from names; if that process maps neither,
-        an op that makes one (make_folio)."""
+        else of any large folio, in a process drawn from names (half the time the page the last
+        act aimed at, while it is one); if that process maps neither, an op that makes one
+        (make_folio)."""
         choose = self.choices.choose
         process = names.live[choose(len(names.live))]
         noted = folio_addresses_of_note(machine, process) or large_folio_addresses(machine, process)
@@ -262,6 +264,9 @@ class OpGrammar:
             return self.make_folio(process, machine)
         name = ACT_KINDS[choose(len(ACT_KINDS))]
         addr = noted[choose(len(noted))]
+        if self.focus is not None and self.focus[0] == process and self.focus[1] in noted and choose(2) == 0:
+            addr = self.focus[1]   # half the time, the folio the last act aimed at again
+        self.focus = (process, addr)
         self.used.append(addr)
         span = folio_span(machine, process, addr)
         if name == "exit":
@@ -381,6 +386,7 @@ class OpGrammar:
         base = free_base(machine, process, length)
         shared = bool(self.choices.choose(2))
         self.pending.append(Op("read", process=process, addr=base + (span.index << PAGE_SHIFT)))
+        self.focus = (process, base + (span.index << PAGE_SHIFT))
         return Op("mmap", process=process, addr=base, length=self.clip_length(base, base + length), prot="rw",
                   file=span.file, shared=shared)
 

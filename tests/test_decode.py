@@ -393,3 +393,24 @@ def test_argument_mutations_reach_every_argument_an_op_has():
     wp = Op("wp", process=0, addr=0x200000, length=CONT_PTE_SIZE, mode="on")
     assert replace(wp, mode="off") in {mutate_argument(wp, random.Random(seed)) for seed in range(30)}
     assert mutate_argument(Op("fork", process=1), random.Random(0)) == Op("fork", process=1)
+
+
+def test_acts_that_do_not_apply_to_a_page_cache_folio_map_it_again_and_acts_keep_their_focus():
+    """free, split and split_pmd of a page-cache folio map it again (then read it there); the
+    next act aims at the page the last one did when its first choice says so."""
+    from fuzz.engine.decode import ACT_KINDS, names_of
+
+    machine = _machine_after("file F0 64K shmem\nmmap P0 0x200000 64K rw file=F0\nfault P0 0x200000 order=4\n")
+    for kind in ("free", "split", "split_pmd"):
+        grammar, op = _act(machine, [(ACT_KINDS.index(kind), len(ACT_KINDS)), (0, 1), (0, 2)])
+        assert op == Op("mmap", process=0, addr=0x400000, length=CONT_PTE_SIZE, prot="rw", file=0)
+        assert grammar.op(names_of(machine), machine) == Op("read", process=0, addr=0x400000)
+
+    machine = _machine_after("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nfork P0\n")
+    grammar, op = _act(machine, [(0, 2), (ACT_KINDS.index("reclaim"), len(ACT_KINDS)), (9, 16), (0, 2)])
+    assert op == Op("reclaim", process=0, addr=0x209000)
+    choices = RecordedChoices()
+    for wanted, count in ((0, 4), (0, 2), (ACT_KINDS.index("try_to_unmap"), len(ACT_KINDS)), (2, 16), (0, 2), (0, 2)):
+        choices.choose(count, wanted)
+    grammar.choices = ByteChoices(choices.to_bytes())
+    assert grammar.op(names_of(machine), machine) == Op("try_to_unmap", process=0, addr=0x209000)

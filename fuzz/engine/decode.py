@@ -97,9 +97,14 @@ ACT_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "split", "spl
 MAKE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, 2 * PMD_SIZE, 4 * PAGE_SIZE)
 MAKE_ORDERS = (2, 2, 3, 4, 4, 9)   # below a contpte block (16 pages) entries keep their own bits
 MAKE_FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)   # sizes that hold a large folio
+# What an act does to a large folio where the process maps none of note: what makes it one
+# (shared by fork, lazyfree, pinned, written in part, protected in part, mapped again), or
+# the walkers that act on any folio.
+NOTE_KINDS = ("fork", "fork", "free", "free", "pin", "write", "write", "mprotect", "wp", "wp", "mmap",
+              "try_to_unmap", "reclaim", "split")
 # The range an act covers: the whole folio, the contpte block of the page (within the folio),
 # from the page to the folio's end, from its start to the page, the page, the page and the next.
-FOLIO_PARTS = ("folio", "folio", "block", "to_end", "from_start", "page", "pages")
+FOLIO_PARTS = ("folio", "folio", "folio", "block", "to_end", "from_start", "page", "pages")
 LISTED_WEIGHT = 3  # a listed value is drawn 3 times in 4, a raw one once
 RAW_PAGES = TASK_SIZE // PAGE_SIZE
 BOUNDARY_GRANULES = (PMD_SIZE, CONT_PTE_SIZE, PAGE_SIZE)
@@ -127,7 +132,7 @@ FILE_OFFSETS = (0, 0, PAGE_SIZE, 8 * PAGE_SIZE, CONT_PTE_SIZE, 15 * PAGE_SIZE)
 NAMING_OPS = ("fork", "exit", "pin")
 
 assert set(KIND_TABLE) == set(OP_NAMES)
-assert set(ACT_KINDS) <= set(KIND_TABLE) - {"unpin", "fault", "file"}
+assert set(ACT_KINDS) | set(NOTE_KINDS) <= set(KIND_TABLE) - {"unpin", "fault", "file"}
 
 
 class EncodeError(UsageError):
@@ -254,15 +259,18 @@ class OpGrammar:
 
     def act_on_folio_of_note(self, names: Names, machine: Machine) -> Op | None:
         """An op of ACT_KINDS on a page of a folio worth acting on (folio_addresses_of_note),
-        else of any large folio, in a process drawn from names (half the time the page the last
-        act aimed at, while it is one); if that process maps neither, an op that makes one
-        (make_folio)."""
+        else one of NOTE_KINDS on a page of any large folio, in a process drawn from names
+        (half the time the page the last act aimed at, while it is one); if that process maps
+        neither, an op that makes one (make_folio)."""
         choose = self.choices.choose
         process = names.live[choose(len(names.live))]
-        noted = folio_addresses_of_note(machine, process) or large_folio_addresses(machine, process)
+        noted = folio_addresses_of_note(machine, process)
+        kinds = ACT_KINDS
+        if not noted:
+            noted, kinds = large_folio_addresses(machine, process), NOTE_KINDS
         if not noted:
             return self.make_folio(process, machine)
-        name = ACT_KINDS[choose(len(ACT_KINDS))]
+        name = kinds[choose(len(kinds))]
         addr = noted[choose(len(noted))]
         if self.focus is not None and self.focus[0] == process and self.focus[1] in noted and choose(2) == 0:
             addr = self.focus[1]   # half the time, the folio the last act aimed at again

@@ -102,6 +102,9 @@ MAKE_FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)   #
 # the walkers that act on any folio.
 NOTE_KINDS = ("fork", "fork", "free", "free", "pin", "write", "write", "mprotect", "wp", "wp", "mmap",
               "try_to_unmap", "reclaim", "split")
+# What acts on a folio that has just become one of note: the walkers that batch it.
+WALKER_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "mprotect", "wp", "fork", "split", "dontneed",
+                "munmap")
 # The range an act covers: the whole folio, the contpte block of the page (within the folio),
 # from the page to the folio's end, from its start to the page, the page, the page and the next.
 FOLIO_PARTS = ("folio", "folio", "folio", "block", "to_end", "from_start", "page", "pages")
@@ -132,7 +135,7 @@ FILE_OFFSETS = (0, 0, PAGE_SIZE, 8 * PAGE_SIZE, CONT_PTE_SIZE, 15 * PAGE_SIZE)
 NAMING_OPS = ("fork", "exit", "pin")
 
 assert set(KIND_TABLE) == set(OP_NAMES)
-assert set(ACT_KINDS) | set(NOTE_KINDS) <= set(KIND_TABLE) - {"unpin", "fault", "file"}
+assert set(ACT_KINDS) | set(NOTE_KINDS) | set(WALKER_KINDS) <= set(KIND_TABLE) - {"unpin", "fault", "file"}
 
 
 class EncodeError(UsageError):
@@ -218,7 +221,8 @@ class OpGrammar:
         self.choices = choices
         self.used: list[int] = []   # the addresses drawn so far
         self.pending: list[Op] = []   # the rest of an act of several ops, drawn next
-        self.focus: tuple[int, int] | None = None   # the process and page the last act aimed at
+        # The process and page the last act aimed at, and whether its folio was of note then.
+        self.focus: tuple[int, int, bool] | None = None
 
     def op(self, names: Names, machine: Machine | None = None, target: Op | None = None) -> Op:
         """One op naming only what names holds, its address near machine's VMA edges among
@@ -260,7 +264,8 @@ class OpGrammar:
     def act_on_folio_of_note(self, names: Names, machine: Machine) -> Op | None:
         """An op of ACT_KINDS on a page of a folio worth acting on (folio_addresses_of_note),
         else one of NOTE_KINDS on a page of any large folio, in a process drawn from names
-        (half the time the page the last act aimed at, while it is one); if that process maps
+        (half the time the page the last act aimed at, while it is one: if its folio has just
+        become one of note, half the time one of WALKER_KINDS on it); if that process maps
         neither, an op that makes one (make_folio)."""
         choose = self.choices.choose
         process = names.live[choose(len(names.live))]
@@ -270,11 +275,17 @@ class OpGrammar:
             noted, kinds = large_folio_addresses(machine, process), NOTE_KINDS
         if not noted:
             return self.make_folio(process, machine)
-        name = kinds[choose(len(kinds))]
-        addr = noted[choose(len(noted))]
-        if self.focus is not None and self.focus[0] == process and self.focus[1] in noted and choose(2) == 0:
-            addr = self.focus[1]   # half the time, the folio the last act aimed at again
-        self.focus = (process, addr)
+        focus = self.focus
+        focused = focus is not None and focus[0] == process and focus[1] in noted
+        if focused and kinds is ACT_KINDS and not focus[2] and choose(2) == 0:
+            # the folio the last act aimed at has just become one of note: what batches it, next
+            name, addr = WALKER_KINDS[choose(len(WALKER_KINDS))], focus[1]
+        else:
+            name = kinds[choose(len(kinds))]
+            addr = noted[choose(len(noted))]
+            if focused and choose(2) == 0:
+                addr = focus[1]   # half the time, the folio the last act aimed at again
+        self.focus = (process, addr, kinds is ACT_KINDS)
         self.used.append(addr)
         span = folio_span(machine, process, addr)
         if name == "exit":
@@ -328,7 +339,7 @@ class OpGrammar:
             self.used.append(addr)
             return Op("fault", process=process, addr=addr, order=order)
         length = MAKE_LENGTHS[choose(len(MAKE_LENGTHS))]
-        base = free_base(machine, process, max(length, FILE_LENGTHS[1]))
+        base = free_base(machine, process, max(length, PMD_SIZE))   # room for any file made
         self.used.append(base)
         ops = [Op("mmap", process=process, addr=base, length=length, prot="rw")]
         if choose(3) == 2:   # a file one time in three
@@ -394,7 +405,7 @@ class OpGrammar:
         base = free_base(machine, process, length)
         shared = bool(self.choices.choose(2))
         self.pending.append(Op("read", process=process, addr=base + (span.index << PAGE_SHIFT)))
-        self.focus = (process, base + (span.index << PAGE_SHIFT))
+        self.focus = (process, base + (span.index << PAGE_SHIFT), False)
         return Op("mmap", process=process, addr=base, length=self.clip_length(base, base + length), prot="rw",
                   file=span.file, shared=shared)
 

@@ -58,7 +58,7 @@ ENCODING_VERSION = 8  # 2: raw frames, pins and lengths capped; 3: free; 4: foli
                       # zero-page entries and half-zero folios among folio addresses; 7: files, uffd-wp;
                       # 8: acts on folio parts, pages of any large folio
 MAX_OPS = 24
-FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
+FRAMES_CHOICES = (DEFAULT_NR_FRAMES, DEFAULT_NR_FRAMES, 1024, 256, 64, 32)   # small ones: memory and swap run out
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
 WINDOW_BASE = 0x200000
 WINDOW_SIZE = 8 << 20

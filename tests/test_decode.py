@@ -269,7 +269,7 @@ fault P0 0x400000 order=4
     assert folio_addresses_of_note(machine, 0) == lazyfree + [0x400000]   # the COWed page
     assert large_folio_addresses(machine, 0) == lazyfree + [0x210000 + i * 0x1000 for i in range(4)]
     span = folio_span(machine, 0, 0x400000)   # the page-cache folio it was COWed from
-    assert (span.start, span.nr_pages, span.file, span.index) == (0x400000, 16, 0, 0)
+    assert (span.start, span.nr_pages, span.file, span.file_index) == (0x400000, 16, 0, 0)
     assert folio_span(machine, 0, 0x212000)[:2] == (0x210000, 4)
 
     machine = _machine_after("""

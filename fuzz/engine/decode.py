@@ -270,20 +270,21 @@ class OpGrammar:
         choose = self.choices.choose
         process = names.live[choose(len(names.live))]
         noted = folio_addresses_of_note(machine, process)
-        kinds = ACT_KINDS
+        kinds: tuple[str, ...] = ACT_KINDS
         if not noted:
             noted, kinds = large_folio_addresses(machine, process), NOTE_KINDS
         if not noted:
             return self.make_folio(process, machine)
         focus = self.focus
-        focused = focus is not None and focus[0] == process and focus[1] in noted
-        if focused and kinds is ACT_KINDS and not focus[2] and choose(2) == 0:
+        if focus is not None and (focus[0] != process or focus[1] not in noted):
+            focus = None   # another process, or its page is no longer one to act on
+        if focus is not None and kinds is ACT_KINDS and not focus[2] and choose(2) == 0:
             # the folio the last act aimed at has just become one of note: what batches it, next
             name, addr = WALKER_KINDS[choose(len(WALKER_KINDS))], focus[1]
         else:
             name = kinds[choose(len(kinds))]
             addr = noted[choose(len(noted))]
-            if focused and choose(2) == 0:
+            if focus is not None and choose(2) == 0:
                 addr = focus[1]   # half the time, the folio the last act aimed at again
         self.focus = (process, addr, kinds is ACT_KINDS)
         self.used.append(addr)
@@ -401,11 +402,11 @@ class OpGrammar:
         """Map span's file from its start to the folio's end again, shared or private, at the
         first free PMD-aligned place of the window or after it; then read the folio there."""
         assert span.file is not None
-        length = (span.index + span.nr_pages) << PAGE_SHIFT
+        length = (span.file_index + span.nr_pages) << PAGE_SHIFT
         base = free_base(machine, process, length)
         shared = bool(self.choices.choose(2))
-        self.pending.append(Op("read", process=process, addr=base + (span.index << PAGE_SHIFT)))
-        self.focus = (process, base + (span.index << PAGE_SHIFT), False)
+        self.pending.append(Op("read", process=process, addr=base + (span.file_index << PAGE_SHIFT)))
+        self.focus = (process, base + (span.file_index << PAGE_SHIFT), False)
         return Op("mmap", process=process, addr=base, length=self.clip_length(base, base + length), prot="rw",
                   file=span.file, shared=shared)
 

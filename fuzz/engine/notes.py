@@ -34,12 +34,12 @@ from machine.pgtable import (
 class FolioSpan(NamedTuple):
     """A folio as a process sees it at one page: the address its first page has (or would
     have, for a page-cache folio a private mapping COWed a page of) and its size; file and
-    index name its page-cache home (file None for anon memory and the zero page)."""
+    file_index name its page-cache home (file None for anon memory and the zero page)."""
 
     start: int
     nr_pages: int
     file: int | None
-    index: int
+    file_index: int
 
     @property
     def end(self) -> int:

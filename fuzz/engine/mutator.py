@@ -28,7 +28,7 @@ MUTATIONS = ("insert", "delete", "duplicate", "swap", "argument")
 # input draw ops after its own, each against the reference's state (the act on a folio of
 # note included): a state the corpus reached is built on rather than drawn again from nothing.
 GROWTHS = ("grow", "regrow")
-GROWTH_SHARE = 0.4             # of the structural mutations
+GROWTH_SHARE = 0.6             # of the structural mutations
 GROWTH_BYTES = (8, 48)         # random bytes put before the input
 ADDR_STEPS = (-16, -1, 1, 16, 512)    # pages an address moves by
 ORDERS = (0, 2, 3, 4, 8, 9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from fuzz.engine.decode import (
 from fuzz.front.cli import main
 from fuzz.judge.runner import run_script
 from fuzz.script.ops import Op, ScriptError, format_script, parse_file, parse_script
+from machine.pgtable import CONT_PTE_SIZE, PMD_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted(glob.glob(str(ROOT / "tests/scenarios/*.ops")))
@@ -188,8 +190,8 @@ write P0 0x203000 9
 
 
 def test_an_op_may_act_on_a_folio_of_note_and_the_encoder_never_draws_one():
-    """The first choice of an op sends it, one time in ACT_CHANCE, to an ACT_KINDS op on a page
-    of a folio of note in the process drawn; with none there, the op is drawn as any other."""
+    """The first choice of an op sends it, ACT_SHARE times in ACT_CHANCE, to an ACT_KINDS op on a page
+    of a folio of note in the process drawn; with none there, to one that makes a large folio."""
     from fuzz.engine.decode import (
         ACT_CHANCE,
         ACT_KINDS,
@@ -212,12 +214,203 @@ def test_an_op_may_act_on_a_folio_of_note_and_the_encoder_never_draws_one():
     drawn = OpGrammar(ByteChoices(choices.to_bytes())).op(names_of(machine), machine)
     assert drawn == Op("reclaim", process=1, addr=0x205000)
 
-    machine, kernel = reference_kernel(4096)   # nothing of note: the same choices draw an ordinary op
+    machine, kernel = reference_kernel(4096)   # no large folio: the same choices make one
     for op in parse_script("mmap P0 0x200000 64K\nfork P0\n").steps:
         OP_DISPATCH[op.name](kernel, op)
     drawn = OpGrammar(ByteChoices(choices.to_bytes())).op(names_of(machine), machine)
-    assert drawn.name != "reclaim" or drawn.addr != 0x205000
+    assert drawn.name in ("mmap", "fault", "file")
 
     recorded = RecordedChoices()
     OpGrammar(recorded).op(names_of(machine), target=Op("reclaim", process=0, addr=0x205000))
     assert recorded.choices[0] == (ACT_CHANCE - 1, ACT_CHANCE)   # the encoder's way: never acting
+
+
+def _machine_after(text, frames=4096):
+    from fuzz.implementation import OP_DISPATCH, reference_kernel
+
+    machine, kernel = reference_kernel(frames)
+    for op in parse_script(text).steps:
+        OP_DISPATCH[op.name](kernel, op)
+    return machine
+
+
+def _act(machine, wanted_choices):
+    """The op an act draws on machine from the given (value, count) choices after the first."""
+    from fuzz.engine.decode import ACT_CHANCE, OpGrammar, names_of
+
+    choices = RecordedChoices()
+    choices.choose(ACT_CHANCE, 0)
+    for wanted, count in wanted_choices:
+        choices.choose(count, wanted)
+    grammar = OpGrammar(ByteChoices(choices.to_bytes()))
+    return grammar, grammar.op(names_of(machine), machine)
+
+
+def test_lazyfree_mixed_dirty_page_cache_and_cowed_file_pages_are_of_note():
+    """MADV_FREEd large folios, folios whose PTEs differ in the dirty bit, large page-cache
+    folios and the pages a private file mapping COWed are worth acting on; an mTHP written
+    whole and exclusive is not, but it is among the large folios."""
+    from fuzz.engine.notes import folio_addresses_of_note, folio_span, large_folio_addresses
+
+    machine = _machine_after("""
+mmap P0 0x200000 2M
+fault P0 0x200000 order=2
+free P0 0x200000 16K
+fault P0 0x210000 order=2
+write P0 0x210000 1
+write P0 0x211000 1
+write P0 0x212000 1
+write P0 0x213000 1
+file F0 64K shmem
+mmap P0 0x400000 64K rw file=F0
+fault P0 0x400000 order=4
+""")
+    lazyfree = [0x200000 + i * 0x1000 for i in range(4)]
+    assert folio_addresses_of_note(machine, 0) == lazyfree + [0x400000]   # the COWed page
+    assert large_folio_addresses(machine, 0) == lazyfree + [0x210000 + i * 0x1000 for i in range(4)]
+    span = folio_span(machine, 0, 0x400000)   # the page-cache folio it was COWed from
+    assert (span.start, span.nr_pages, span.file, span.file_index) == (0x400000, 16, 0, 0)
+    assert folio_span(machine, 0, 0x212000)[:2] == (0x210000, 4)
+
+    machine = _machine_after("""
+file F0 64K shmem
+mmap P0 0x200000 64K rw file=F0 shared
+fault P0 0x200000 order=4
+""")
+    assert folio_addresses_of_note(machine, 0) == [0x200000 + i * 0x1000 for i in range(16)]
+
+
+def test_an_act_where_no_large_folio_is_mapped_makes_one():
+    """Three times in four (always without a VMA) an act faults a folio of the drawn order at
+    an address aligned to it inside a VMA; else it maps memory at a free PMD-aligned place,
+    anonymous or a file (made first), and faults there: the ops after the first come next."""
+    from fuzz.engine.decode import MAKE_FILE_LENGTHS, MAKE_LENGTHS, MAKE_ORDERS, names_of
+
+    machine = _machine_after("mmap P0 0x200000 2M\nmmap P0 0x600000 64K\n")
+    order4 = (MAKE_ORDERS.index(4), len(MAKE_ORDERS))
+    _, op = _act(machine, [order4, (1, 4), (0, 2), (5, 32)])
+    assert op == Op("fault", process=0, addr=0x250000, order=4)
+
+    grammar, op = _act(machine, [order4, (0, 4), (MAKE_LENGTHS.index(PMD_SIZE), len(MAKE_LENGTHS)), (0, 3)])
+    assert op == Op("mmap", process=0, addr=0x400000, length=PMD_SIZE, prot="rw")
+    assert grammar.op(names_of(machine), machine) == Op("fault", process=0, addr=0x400000, order=4)
+
+    grammar, op = _act(machine, [order4, (0, 4), (MAKE_LENGTHS.index(PMD_SIZE), len(MAKE_LENGTHS)), (2, 3), (1, 2),
+                                 (MAKE_FILE_LENGTHS.index(CONT_PTE_SIZE), len(MAKE_FILE_LENGTHS)), (1, 2)])
+    assert op == Op("file", file=0, length=CONT_PTE_SIZE, shmem=True)   # no file yet: made, mapped, faulted
+    assert [grammar.op(names_of(machine), machine) for _ in range(2)] == [
+        Op("mmap", process=0, addr=0x400000, length=CONT_PTE_SIZE, prot="rw", file=0, shared=True),
+        Op("fault", process=0, addr=0x400000, order=4)]
+
+    machine.processes[0].vmas.clear()   # no VMA: always mapped first
+    _, op = _act(machine, [order4, (MAKE_LENGTHS.index(PMD_SIZE), len(MAKE_LENGTHS)), (0, 3)])
+    assert op == Op("mmap", process=0, addr=0x200000, length=PMD_SIZE, prot="rw")
+
+
+def test_wp_on_an_unregistered_folio_registers_its_vma_first_and_map_again_reads():
+    """An act of two ops draws its second op next, without a choice: uffd on the VMA before
+    wp on a part of the folio; mmap of a page-cache folio's file elsewhere before a read of it."""
+    from fuzz.engine.decode import ACT_KINDS, FOLIO_PARTS, names_of
+
+    machine = _machine_after("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nfork P0\n")
+    grammar, op = _act(machine, [(0, 2), (ACT_KINDS.index("wp"), len(ACT_KINDS)), (3, 16),
+                                 (FOLIO_PARTS.index("block"), len(FOLIO_PARTS)), (0, 4)])
+    assert op == Op("uffd", process=0, addr=0x200000, length=CONT_PTE_SIZE)
+    assert grammar.op(names_of(machine), machine) == Op("wp", process=0, addr=0x200000, length=CONT_PTE_SIZE,
+                                                        mode="on")
+
+    machine = _machine_after("file F0 64K shmem\nmmap P0 0x200000 64K rw file=F0\nfault P0 0x200000 order=4\n")
+    grammar, op = _act(machine, [(ACT_KINDS.index("mmap"), len(ACT_KINDS)), (0, 1), (1, 2)])
+    assert op == Op("mmap", process=0, addr=0x400000, length=CONT_PTE_SIZE, prot="rw", file=0, shared=True)
+    assert grammar.op(names_of(machine), machine) == Op("read", process=0, addr=0x400000)
+
+
+def test_acts_cover_parts_of_the_folio_and_split_below_its_order():
+    from fuzz.engine.decode import ACT_KINDS, FOLIO_PARTS
+
+    machine = _machine_after("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nfork P0\n")
+    kinds = len(ACT_KINDS)
+    for part, (start, length) in (("folio", (0x200000, CONT_PTE_SIZE)), ("to_end", (0x205000, 11 * 4096)),
+                                  ("from_start", (0x200000, 6 * 4096)), ("pages", (0x205000, 2 * 4096))):
+        _, op = _act(machine, [(0, 2), (ACT_KINDS.index("free"), kinds), (5, 16),
+                               (FOLIO_PARTS.index(part), len(FOLIO_PARTS))])
+        assert op == Op("free", process=0, addr=start, length=length)
+    _, op = _act(machine, [(0, 2), (ACT_KINDS.index("mprotect"), kinds), (5, 16), (0, len(FOLIO_PARTS)), (0, 4)])
+    assert op == Op("mprotect", process=0, addr=0x200000, length=CONT_PTE_SIZE, prot="ro")
+    _, op = _act(machine, [(0, 2), (ACT_KINDS.index("split"), kinds), (5, 16), (1, 2), (7, 16), (1, 2), (3, 4)])
+    assert op == Op("split", process=0, addr=0x207000, order=3)
+    _, op = _act(machine, [(1, 2), (ACT_KINDS.index("exit"), kinds), (5, 16)])
+    assert op == Op("exit", process=0)   # another process than the one whose folio was drawn
+
+
+def test_addresses_drawn_inside_vmas_and_lengths_to_their_end():
+    from fuzz.engine.decode import (
+        ACT_CHANCE,
+        BOUNDARY_GRANULES,
+        FOLIO_ADDR_CATEGORIES,
+        KIND_TABLE,
+        LISTED_WEIGHT,
+        OpGrammar,
+        names_of,
+    )
+
+    machine = _machine_after("mmap P0 0x200000 64K\nmmap P0 0x600000 4M\n")
+    choices = RecordedChoices()
+    for wanted, count in ((ACT_CHANCE - 1, ACT_CHANCE), (KIND_TABLE.index("dontneed"), len(KIND_TABLE)),
+                          (FOLIO_ADDR_CATEGORIES.index("inside"), len(FOLIO_ADDR_CATEGORIES)), (1, 2),
+                          (BOUNDARY_GRANULES.index(PMD_SIZE), len(BOUNDARY_GRANULES)), (1, 2),
+                          (LISTED_WEIGHT, LISTED_WEIGHT + 2)):
+        choices.choose(count, wanted)
+    op = OpGrammar(ByteChoices(choices.to_bytes())).op(names_of(machine), machine)
+    assert op == Op("dontneed", process=0, addr=0x800000, length=PMD_SIZE)
+
+
+def test_grown_inputs_keep_their_ops_or_a_prefix_of_them_and_draw_more():
+    from fuzz.engine.mutator import grow_input
+
+    data = encode(parse_script("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nfork P0\nwrite P1 0x203000 5\n"))
+    decoded = decode_input(data)
+    ops = decoded.script.steps
+    grown = [grow_input(data, 4096, random.Random(seed), decoded, kind) for seed in range(20)
+             for kind in ("grow", "regrow")]
+    scripts = [decode(raw).steps for raw in grown if raw is not None]
+    assert len(scripts) == 40
+    assert all(script[:len(ops)] == ops for script in scripts[0::2])
+    assert any(len(script) > len(ops) for script in scripts[0::2])
+    assert all(any(script[:cut] == ops[:cut] for cut in range(len(ops) + 1)) for script in scripts[1::2])
+    assert grow_input(data, len(data), random.Random(0), decoded, "grow") is None   # no room
+
+
+def test_argument_mutations_reach_every_argument_an_op_has():
+    """Besides the address, any argument an op has may change: prot and wp mode flip, a file
+    mapping's sharing flips; an op with none but its process comes back unchanged."""
+    from fuzz.engine.mutator import mutate_argument
+
+    mmap = Op("mmap", process=0, addr=0x200000, length=CONT_PTE_SIZE, prot="rw", file=0, shared=False)
+    changed = {mutate_argument(mmap, random.Random(seed)) for seed in range(60)}
+    assert replace(mmap, prot="ro") in changed and replace(mmap, shared=True) in changed
+    assert any(op.addr != mmap.addr for op in changed) and any(op.length != mmap.length for op in changed)
+    wp = Op("wp", process=0, addr=0x200000, length=CONT_PTE_SIZE, mode="on")
+    assert replace(wp, mode="off") in {mutate_argument(wp, random.Random(seed)) for seed in range(30)}
+    assert mutate_argument(Op("fork", process=1), random.Random(0)) == Op("fork", process=1)
+
+
+def test_acts_that_do_not_apply_to_a_page_cache_folio_map_it_again_and_acts_keep_their_focus():
+    """free, split and split_pmd of a page-cache folio map it again (then read it there); the
+    next act aims at the page the last one did when its first choice says so."""
+    from fuzz.engine.decode import ACT_KINDS, names_of
+
+    machine = _machine_after("file F0 64K shmem\nmmap P0 0x200000 64K rw file=F0\nfault P0 0x200000 order=4\n")
+    for kind in ("free", "split", "split_pmd"):
+        grammar, op = _act(machine, [(ACT_KINDS.index(kind), len(ACT_KINDS)), (0, 1), (0, 2)])
+        assert op == Op("mmap", process=0, addr=0x400000, length=CONT_PTE_SIZE, prot="rw", file=0)
+        assert grammar.op(names_of(machine), machine) == Op("read", process=0, addr=0x400000)
+
+    machine = _machine_after("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nfork P0\n")
+    grammar, op = _act(machine, [(0, 2), (ACT_KINDS.index("reclaim"), len(ACT_KINDS)), (9, 16), (0, 2)])
+    assert op == Op("reclaim", process=0, addr=0x209000)
+    choices = RecordedChoices()
+    for wanted, count in ((0, 4), (0, 2), (ACT_KINDS.index("try_to_unmap"), len(ACT_KINDS)), (2, 16), (0, 2), (0, 2)):
+        choices.choose(count, wanted)
+    grammar.choices = ByteChoices(choices.to_bytes())
+    assert grammar.op(names_of(machine), machine) == Op("try_to_unmap", process=0, addr=0x209000)

@@ -5,11 +5,16 @@ them (`ConsumeIntInRange`, which takes its bytes from the end of the input). The
 decoder is total and deterministic: any bytes give a valid op sequence, because
 each op is drawn against the reference machine's state after the ops before
 it: only live processes and issued pins are named; addresses are drawn near VMA
-edges, folio, contpte and PMD boundaries, pages already used or, for an op that
-acts on a folio, pages of the large folios worth acting on (pinned, mapped by
-several processes, of mixed PageAnonExclusive, PMD-mapped), and one op in four
-may be drawn to act on such a folio outright (`act_on_folio_of_note`: unmap,
-reclaim, split, pin, write, ... a page of it); orders lean to 0, 2, 4 and 9; the
+edges, at aligned places inside VMAs, at folio, contpte and PMD boundaries, pages
+already used or, for an op that acts on a folio, pages of large folios and of
+those worth acting on (fuzz.engine.notes: pinned, mapped by several processes,
+lazyfree, in the page cache, of mixed PageAnonExclusive, uffd-wp or dirty bits,
+PMD-mapped, COWed from a file), and three ops in four are drawn to act on such a folio
+outright (`act_on_folio_of_note`: unmap, reclaim, split below its order, pin,
+write or read a page of it, free, mprotect, wp ... a part of it, fork, exit, map
+it again), or to make one where the process maps none (`make_folio`: map memory
+or fault a large folio); an act of two ops (uffd before wp, mmap before read)
+draws its second without a choice. Orders lean to 0, 2, 4 and 9; the
 op count is capped. The encoder plays the same grammar the
 other way, so seeds and reproducers can be kept as `.ops` and turned back into
 bytes: `decode(encode(script)) == script` for every script it accepts. The
@@ -29,8 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
-
+from fuzz.engine.notes import FolioSpan, folio_addresses_of_note, folio_span, large_folio_addresses
 from fuzz.errors import UsageError
 from fuzz.implementation import (
     OP_DISPATCH,
@@ -46,26 +50,15 @@ from fuzz.implementation import (
 )
 from fuzz.script.ops import Op, Script
 from machine import DEFAULT_NR_FRAMES, Machine, check
-from machine.mm import PUD_SHIFT
-from machine.pgtable import (
-    CONT_PTE_SIZE,
-    PAGE_SHIFT,
-    PAGE_SIZE,
-    PMD_SHIFT,
-    PMD_SIZE,
-    TASK_SIZE,
-    pmd_trans_huge,
-    pte_pfn,
-    pte_present,
-    pte_special,
-    pte_uffd_wp,
-)
+from machine.mm import VMA
+from machine.pgtable import CONT_PTE_SIZE, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
-ENCODING_VERSION = 7  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
+ENCODING_VERSION = 8  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
                       # 5: an op that acts on a folio of note; 6: reads weighted up (the zero page),
-                      # zero-page entries and half-zero folios among folio addresses; 7: files, uffd-wp
+                      # zero-page entries and half-zero folios among folio addresses; 7: files, uffd-wp;
+                      # 8: acts on folio parts, pages of any large folio
 MAX_OPS = 24
-FRAMES_CHOICES = (DEFAULT_NR_FRAMES, 1024, 256)
+FRAMES_CHOICES = (DEFAULT_NR_FRAMES, DEFAULT_NR_FRAMES, 1024, 256, 64, 32)   # small ones: memory and swap run out
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
 WINDOW_BASE = 0x200000
 WINDOW_SIZE = 8 << 20
@@ -77,17 +70,44 @@ KIND_TABLE = ("mmap", "mmap", "fault", "fault", "fault", "write", "write", "writ
 # Weighted: structured addresses first; the last entry (any page) is how the encoder draws.
 # "near": another page of the 64 KiB block around a used address (the rest of a folio an op
 # acted on: a write to one page of a folio MADV_FREE cleaned, a fault next to a split).
-ADDR_CATEGORIES = ("vma_edge", "vma_edge", "vma_edge", "boundary", "boundary", "boundary", "used", "near", "raw")
+# "inside": a page, contpte block or PMD boundary inside one of the process's VMAs (where
+# faults and writes land instead of failing with EFAULT).
+ADDR_CATEGORIES = ("vma_edge", "vma_edge", "inside", "inside", "inside", "boundary", "boundary", "used", "near",
+                   "raw")
 # An op that acts on the folio at its address also draws pages of the folios worth acting on.
 FOLIO_OPS = frozenset({"try_to_unmap", "reclaim", "split", "split_pmd", "pin", "write", "dontneed", "munmap",
                        "mprotect", "free", "uffd", "wp"})
-FOLIO_ADDR_CATEGORIES = ("folio", "folio", "folio", *ADDR_CATEGORIES)
-# One op in ACT_CHANCE is drawn to act on a folio of note (issue 16): what is done to a large
-# folio that is pinned, shared by fork, of mixed exclusivity or PMD-mapped, weighted like
-# KIND_TABLE. The encoder never takes this way (it draws every op from KIND_TABLE).
+# "large": a page of any large folio the process maps (the raw material of every folio of note).
+FOLIO_ADDR_CATEGORIES = ("folio", "folio", "folio", "large", *ADDR_CATEGORIES)
+# ACT_SHARE ops in ACT_CHANCE are drawn to act on a folio of note (issue 16): on a page of a folio
+# worth acting on (folio_addresses_of_note), else of any large folio, what makes a new state
+# of it or acts on one, weighted like KIND_TABLE. "exit" ends another process (the folio a
+# fork shared is its own again), "mmap" maps a page-cache folio again elsewhere and reads it
+# (as fork maps an anon one again), "wp" registers the VMA first if it is not. An act that does
+# not apply to the folio's kind is one that does (mmap and sync of an anon folio are fork and
+# write; free and split of a page-cache folio map it again). The encoder
+# never takes this way (it draws every op from KIND_TABLE).
 ACT_CHANCE = 4
-ACT_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "split", "split", "split_pmd", "fork",
-             "pin", "pin", "write", "write", "free", "mprotect", "dontneed", "munmap")
+ACT_SHARE = 3   # choices below it act: three ops in four
+ACT_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "split", "split", "split_pmd", "fork", "exit",
+             "pin", "pin", "write", "write", "write", "read", "free", "free", "mprotect", "mprotect", "dontneed",
+             "munmap", "uffd", "wp", "wp", "sync", "mmap")
+# What an act makes where the process maps no large folio: a VMA of one of these lengths,
+# else a fault of one of these orders.
+MAKE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, 2 * PMD_SIZE, 4 * PAGE_SIZE)
+MAKE_ORDERS = (2, 2, 3, 4, 4, 9)   # below a contpte block (16 pages) entries keep their own bits
+MAKE_FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)   # sizes that hold a large folio
+# What an act does to a large folio where the process maps none of note: what makes it one
+# (shared by fork, lazyfree, pinned, written in part, protected in part, mapped again), or
+# the walkers that act on any folio.
+NOTE_KINDS = ("fork", "fork", "free", "free", "pin", "write", "write", "mprotect", "wp", "wp", "mmap",
+              "try_to_unmap", "reclaim", "split")
+# What acts on a folio that has just become one of note: the walkers that batch it.
+WALKER_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "mprotect", "wp", "fork", "split", "dontneed",
+                "munmap")
+# The range an act covers: the whole folio, the contpte block of the page (within the folio),
+# from the page to the folio's end, from its start to the page, the page, the page and the next.
+FOLIO_PARTS = ("folio", "folio", "folio", "block", "to_end", "from_start", "page", "pages")
 LISTED_WEIGHT = 3  # a listed value is drawn 3 times in 4, a raw one once
 RAW_PAGES = TASK_SIZE // PAGE_SIZE
 BOUNDARY_GRANULES = (PMD_SIZE, CONT_PTE_SIZE, PAGE_SIZE)
@@ -115,7 +135,7 @@ FILE_OFFSETS = (0, 0, PAGE_SIZE, 8 * PAGE_SIZE, CONT_PTE_SIZE, 15 * PAGE_SIZE)
 NAMING_OPS = ("fork", "exit", "pin")
 
 assert set(KIND_TABLE) == set(OP_NAMES)
-assert set(ACT_KINDS) <= set(KIND_TABLE) - {"unpin"}
+assert set(ACT_KINDS) | set(NOTE_KINDS) | set(WALKER_KINDS) <= set(KIND_TABLE) - {"unpin", "fault", "file"}
 
 
 class EncodeError(UsageError):
@@ -200,13 +220,22 @@ class OpGrammar:
     def __init__(self, choices: ByteChoices | RecordedChoices) -> None:
         self.choices = choices
         self.used: list[int] = []   # the addresses drawn so far
+        self.pending: list[Op] = []   # the rest of an act of several ops, drawn next
+        # The process and page the last act aimed at, and whether its folio was of note then.
+        self.focus: tuple[int, int, bool] | None = None
 
     def op(self, names: Names, machine: Machine | None = None, target: Op | None = None) -> Op:
         """One op naming only what names holds, its address near machine's VMA edges among
         others (machine is None when encoding: the encoder never draws those). One op in
-        ACT_CHANCE acts on a folio of note, where the process it draws maps one."""
+        ACT_CHANCE (ACT_SHARE of them) acts on a folio of note, where the process it draws maps one; the rest of
+        an act of several ops comes first, without a choice."""
+        if self.pending and machine is not None:
+            pending = self.pending.pop(0)
+            if pending.process in names.live:
+                return pending
+            self.pending.clear()
         choose = self.choices.choose
-        if choose(ACT_CHANCE, None if target is None else ACT_CHANCE - 1) == 0 and machine is not None:
+        if choose(ACT_CHANCE, None if target is None else ACT_CHANCE - 1) < ACT_SHARE and machine is not None:
             acting = self.act_on_folio_of_note(names, machine)
             if acting is not None:
                 return acting
@@ -233,19 +262,158 @@ class OpGrammar:
         return self.op_at(name, process, addr, target, machine)
 
     def act_on_folio_of_note(self, names: Names, machine: Machine) -> Op | None:
-        """An op of ACT_KINDS on a page of a folio worth acting on (folio_addresses_of_note)
-        in a process drawn from names, or None if that process maps none."""
+        """An op of ACT_KINDS on a page of a folio worth acting on (folio_addresses_of_note),
+        else one of NOTE_KINDS on a page of any large folio, in a process drawn from names
+        (half the time the page the last act aimed at, while it is one: if its folio has just
+        become one of note, half the time one of WALKER_KINDS on it); if that process maps
+        neither, an op that makes one (make_folio)."""
         choose = self.choices.choose
         process = names.live[choose(len(names.live))]
         noted = folio_addresses_of_note(machine, process)
+        kinds: tuple[str, ...] = ACT_KINDS
         if not noted:
-            return None
-        name = ACT_KINDS[choose(len(ACT_KINDS))]
+            noted, kinds = large_folio_addresses(machine, process), NOTE_KINDS
+        if not noted:
+            return self.make_folio(process, machine)
+        focus = self.focus
+        if focus is not None and (focus[0] != process or focus[1] not in noted):
+            focus = None   # another process, or its page is no longer one to act on
+        if focus is not None and kinds is ACT_KINDS and not focus[2] and choose(2) == 0:
+            # the folio the last act aimed at has just become one of note: what batches it, next
+            name, addr = WALKER_KINDS[choose(len(WALKER_KINDS))], focus[1]
+        else:
+            name = kinds[choose(len(kinds))]
+            addr = noted[choose(len(noted))]
+            if focus is not None and choose(2) == 0:
+                addr = focus[1]   # half the time, the folio the last act aimed at again
+        self.focus = (process, addr, kinds is ACT_KINDS)
+        self.used.append(addr)
+        span = folio_span(machine, process, addr)
+        if name == "exit":
+            others = [pid for pid in names.live if pid != process]
+            if others:
+                return Op("exit", process=others[choose(len(others))])
+            name = "fork"
+        if span.file is None:   # what does not apply to an anon folio: mapping it again is fork
+            name = {"mmap": "fork", "sync": "write"}.get(name, name)
+        else:   # nor to a page-cache folio (no MADV_FREE, split or PMD mapping): map it again
+            name = {"free": "mmap", "split": "mmap", "split_pmd": "mmap"}.get(name, name)
         if name in PROCESS_OPS:
             return Op(name, process=process)
-        addr = noted[choose(len(noted))]
-        self.used.append(addr)
-        return self.op_at(name, process, addr, None, machine)
+        if name == "mmap":
+            return self.map_again(process, span, machine)
+        if name == "sync":
+            return Op("sync", file=span.file)
+        if name in ("uffd", "wp"):
+            return self.act_uffd(name, process, addr, span, machine)
+        if name in RANGE_OPS:
+            start, end = self.folio_part(addr, span)
+            prot = None
+            if name == "mprotect":   # read-only 3 times in 4: batches of mixed exclusivity stay whole
+                prot = PROTS[int(choose(LISTED_WEIGHT + 1) != LISTED_WEIGHT)]
+            return Op(name, process=process, addr=start, length=self.clip_length(start, end), prot=prot)
+        page = self.page_of(addr, span)
+        if name == "split":
+            order = 0 if span.order == 0 or choose(2) == 0 else choose(span.order)   # below the folio's
+            return Op(name, process=process, addr=page, order=order)
+        if name == "pin":
+            nr_pages = 1 if choose(2) == 0 else (span.end - page) >> PAGE_SHIFT
+            return Op(name, process=process, addr=page, nr_pages=nr_pages, prot=PROTS[choose(len(PROTS))])
+        if name == "write":
+            return Op(name, process=process, addr=page, value=self.value(None))
+        return Op(name, process=process, addr=page)
+
+    def make_folio(self, process: int, machine: Machine) -> Op:
+        """Where process maps no large folio: fault a folio of a MAKE_ORDERS order at an
+        address aligned to it in a VMA; or, where it has no VMA (else one time in four), map
+        memory at a free place first: anonymous, or a file (made first if there is none),
+        shared or private. The ops after the first are drawn next, without a choice."""
+        choose = self.choices.choose
+        mm = machine.processes[process]
+        order = MAKE_ORDERS[choose(len(MAKE_ORDERS))]
+        size = PAGE_SIZE << order
+        if mm.vmas and choose(4) != 0:
+            vma = mm.vmas[choose(len(mm.vmas))]
+            first = -(-vma.start // size) * size
+            count = (vma.end - first) // size if vma.end > first else 0
+            addr = first + choose(count) * size if count else vma.start
+            self.used.append(addr)
+            return Op("fault", process=process, addr=addr, order=order)
+        length = MAKE_LENGTHS[choose(len(MAKE_LENGTHS))]
+        base = free_base(machine, process, max(length, PMD_SIZE))   # room for any file made
+        self.used.append(base)
+        ops = [Op("mmap", process=process, addr=base, length=length, prot="rw")]
+        if choose(3) == 2:   # a file one time in three
+            shared = bool(choose(2))
+            if machine.files:
+                ops = [Op("mmap", process=process, addr=base, length=length, prot="rw",
+                          file=self.file_of_note(machine, "existing"), shared=shared)]
+            else:
+                file_length = MAKE_FILE_LENGTHS[choose(len(MAKE_FILE_LENGTHS))]
+                ops = [Op("file", file=FILE_IDS[0], length=file_length, shmem=bool(choose(2))),
+                       Op("mmap", process=process, addr=base, length=file_length, prot="rw", file=FILE_IDS[0],
+                          shared=shared)]
+        self.pending.extend([*ops[1:], Op("fault", process=process, addr=base, order=order)])
+        return ops[0]
+
+    def page_of(self, addr: int, span: FolioSpan) -> int:
+        """The noted page itself half the time, else any page of its folio."""
+        choose = self.choices.choose
+        if span.nr_pages == 1 or choose(2) == 0:
+            return addr
+        return span.start + (choose(span.nr_pages) << PAGE_SHIFT)
+
+    def folio_part(self, addr: int, span: FolioSpan) -> tuple[int, int]:
+        """The range [start, end) of a FOLIO_PARTS part of span around its page at addr."""
+        part = FOLIO_PARTS[self.choices.choose(len(FOLIO_PARTS))]
+        page = addr - addr % PAGE_SIZE
+        if part == "folio":
+            start, end = span.start, span.end
+        elif part == "block":
+            block = page - page % CONT_PTE_SIZE
+            start, end = max(block, span.start), min(block + CONT_PTE_SIZE, span.end)
+        elif part == "to_end":
+            start, end = page, span.end
+        elif part == "from_start":
+            start, end = span.start, page + PAGE_SIZE
+        else:
+            start, end = page, page + (PAGE_SIZE if part == "page" else 2 * PAGE_SIZE)
+        return start, end
+
+    def act_uffd(self, name: str, process: int, addr: int, span: FolioSpan, machine: Machine) -> Op:
+        """uffd: register the VMA holding addr, or a part of the folio; wp: protect (3 times in
+        4) or unprotect a part of the folio, after registering its VMA if it is not."""
+        choose = self.choices.choose
+        vma = machine.processes[process].find_vma(addr)
+        if name == "uffd" and vma is not None and choose(2) == 0:
+            start, end = vma.start, vma.end
+        else:
+            start, end = self.folio_part(addr, span)
+        if name == "uffd":
+            return Op("uffd", process=process, addr=start, length=self.clip_length(start, end))
+        mode = WP_MODES[int(choose(LISTED_WEIGHT + 1) == LISTED_WEIGHT)]
+        wp = Op("wp", process=process, addr=start, length=self.clip_length(start, end), mode=mode)
+        if vma is None or vma.uffd_wp:
+            return wp
+        self.pending.append(wp)
+        return Op("uffd", process=process, addr=vma.start, length=self.clip_length(vma.start, vma.end))
+
+    def map_again(self, process: int, span: FolioSpan, machine: Machine) -> Op:
+        """Map span's file from its start to the folio's end again, shared or private, at the
+        first free PMD-aligned place of the window or after it; then read the folio there."""
+        assert span.file is not None
+        length = (span.file_index + span.nr_pages) << PAGE_SHIFT
+        base = free_base(machine, process, length)
+        shared = bool(self.choices.choose(2))
+        self.pending.append(Op("read", process=process, addr=base + (span.file_index << PAGE_SHIFT)))
+        self.focus = (process, base + (span.file_index << PAGE_SHIFT), False)
+        return Op("mmap", process=process, addr=base, length=self.clip_length(base, base + length), prot="rw",
+                  file=span.file, shared=shared)
+
+    @staticmethod
+    def clip_length(start: int, end: int) -> int:
+        """end - start, at least a page and at most what the grammar can draw."""
+        return max(PAGE_SIZE, min(end - start, RAW_LENGTH_PAGES * PAGE_SIZE, TASK_SIZE - start))
 
     def op_at(self, name: str, process: int, addr: int, target: Op | None, machine: Machine | None) -> Op:
         """The op name of process at addr, with the rest of its fields drawn (a file mmap's
@@ -253,7 +421,8 @@ class OpGrammar:
         assert name not in PROCESS_OPS and name != "unpin", name
         choose = self.choices.choose
         if name in RANGE_OPS:
-            length = self.length(addr, target.length if target else None)
+            length = self.length(addr, target.length if target else None,
+                                 None if machine is None else machine.processes[process].find_vma(addr))
             prot = None
             if name in PROT_OPS:
                 prot = PROTS[choose(len(PROTS), _index(PROTS, target and (target.prot or "rw")))]
@@ -300,13 +469,20 @@ class OpGrammar:
         or near a boundary in the window, already used, or any page."""
         choose = self.choices.choose
         category = categories[choose(len(categories), None if wanted is None else len(categories) - 1)]
-        noted = folio_addresses_of_note(machine, process) if category == "folio" and machine is not None else []
+        noted: list[int] = []
+        if category == "folio" and machine is not None:
+            noted = folio_addresses_of_note(machine, process)
+        elif category == "large" and machine is not None:
+            noted = large_folio_addresses(machine, process)
         if noted:
             addr = noted[choose(len(noted))]
-        elif category in ("vma_edge", "folio"):
+        elif category in ("vma_edge", "folio", "large"):
             assert machine is not None   # the encoder draws every address raw
             edges = vma_edges(machine, process)
             addr = edges[choose(len(edges))]
+        elif category == "inside":
+            assert machine is not None
+            addr = self.inside_vma(machine, process)
         elif category == "boundary":
             granule = BOUNDARY_GRANULES[choose(len(BOUNDARY_GRANULES))]
             addr = WINDOW_BASE + choose(WINDOW_SIZE // granule) * granule
@@ -322,10 +498,28 @@ class OpGrammar:
         self.used.append(addr)
         return addr
 
-    def length(self, addr: int, wanted: int | None) -> int:
+    def inside_vma(self, machine: Machine, process: int) -> int:
+        """A page of one of process's VMAs (the window's base if it has none), aligned to a
+        PMD, a contpte block or a page: drawn among the aligned ones inside the VMA."""
         choose = self.choices.choose
-        if choose(LISTED_WEIGHT + 1, None if wanted is None else LISTED_WEIGHT) < LISTED_WEIGHT:
+        vmas = machine.processes[process].vmas
+        if not vmas:
+            return WINDOW_BASE
+        vma = vmas[choose(len(vmas))]
+        granule = BOUNDARY_GRANULES[choose(len(BOUNDARY_GRANULES))]
+        first = -(-vma.start // granule) * granule
+        count = (vma.end - first) // granule if vma.end > first else 0
+        return first + choose(count) * granule if count else vma.start
+
+    def length(self, addr: int, wanted: int | None, vma: VMA | None = None) -> int:
+        """A listed length, the rest of vma from addr (if addr is inside one), or any; the
+        encoder always takes the last way."""
+        choose = self.choices.choose
+        way = choose(LISTED_WEIGHT + 2, None if wanted is None else LISTED_WEIGHT + 1)
+        if way < LISTED_WEIGHT:
             length = LENGTHS[choose(len(LENGTHS))]
+        elif way == LISTED_WEIGHT and vma is not None:
+            length = vma.end - addr
         else:
             raw_pages = None if wanted is None else wanted // PAGE_SIZE - 1
             length = (choose(RAW_LENGTH_PAGES, raw_pages) + 1) * PAGE_SIZE
@@ -341,47 +535,13 @@ class OpGrammar:
         return pick(self.choices, PIN_PAGES, RAW_PIN_PAGES, wanted)
 
 
-def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
-    """Where pid maps a page of a large folio worth acting on, ascending: one that is maybe
-    pinned, mapped by more than one process, of mixed PageAnonExclusive or mixed uffd-wp
-    bits among the pages pid maps (where batches must split), or of all-zero pages beside
-    written ones (a split to order 0 maps only those to the zero page) (PTE-mapped); every
-    PMD mapping (the head's address); and every zero-page entry (a write, pin, fork or split of it)."""
+def free_base(machine: Machine, pid: int, length: int) -> int:
+    """The first PMD-aligned address from the window's base on where pid has no VMA for length bytes."""
     mm = machine.processes[pid]
-    frames = machine.frames
-    noted: list[int] = []
-    for key in sorted(mm.pte_tables):
-        entries = mm.pte_tables[key].entries
-        index = np.flatnonzero(pte_present(entries))
-        if len(index) == 0:
-            continue
-        special = pte_special(entries[index])
-        noted.extend(((key << PMD_SHIFT) + (index[special] << PAGE_SHIFT)).tolist())
-        index = index[~special]
-        if len(index) == 0:
-            continue
-        heads = frames.page_folio[pte_pfn(entries[index]).astype(np.int64)]
-        large = frames.folio_order[heads] > 0
-        index, heads = index[large], heads[large]
-        if len(index) == 0:
-            continue
-        pages = pte_pfn(entries[index]).astype(np.int64)
-        exclusive = frames.page_anon_exclusive[pages].astype(np.int64)
-        zero = (frames.page_data[pages] == 0).astype(np.int64)
-        folios, per_page = np.unique(heads, return_inverse=True)
-        mapped = np.bincount(per_page)
-        nr_exclusive = np.bincount(per_page, weights=exclusive)
-        nr_zero = np.bincount(per_page, weights=zero)
-        nr_uffd_wp = np.bincount(per_page, weights=pte_uffd_wp(entries[index]).astype(np.int64))
-        of_note = ((frames.folio_pincount[folios] > 0) | (frames.folio_mm_ids_shared[folios] != 0)
-                   | ((nr_exclusive > 0) & (nr_exclusive < mapped)) | ((nr_zero > 0) & (nr_zero < mapped))
-                   | ((nr_uffd_wp > 0) & (nr_uffd_wp < mapped)))
-        noted.extend(((key << PMD_SHIFT) + (index[of_note[per_page]] << PAGE_SHIFT)).tolist())
-    for key in sorted(mm.pmd_tables_by_addr):
-        for slot, pmd in mm.pmd_tables_by_addr[key].nonzero_entries():
-            if pmd_trans_huge(pmd):
-                noted.append((key << PUD_SHIFT) + (slot << PMD_SHIFT))
-    return sorted(noted)
+    base = WINDOW_BASE
+    while mm.vmas_intersecting(base, base + length) and base + PMD_SIZE + length < TASK_SIZE:
+        base += PMD_SIZE
+    return base
 
 
 def vma_edges(machine: Machine, pid: int) -> list[int]:

@@ -1,5 +1,6 @@
 """The structural mutator: one change to a raw input's ops (insert, delete, duplicate, swap,
-or change an argument), re-encoded to a raw input.
+or change an argument), re-encoded to a raw input; or new ops drawn after its ops or after a
+prefix of them (grow, regrow), against the state those leave.
 
 libFuzzer mutates the input it has just run, or a corpus entry it picks again. Both are
 remembered with what they decode to (`StructuralMutator`'s two caches), so the mutator
@@ -17,15 +18,23 @@ from typing import Any
 from fuzz.engine import decode
 from fuzz.engine.decode import Decoded, EncodeError, encode
 from fuzz.script.ops import Op, Script
+from machine import check
 from machine.pgtable import CONT_PTE_SIZE, PAGE_SIZE, PMD_SIZE
 
 # Inputs remembered in each cache: a few MiB at most.
 RECENT_SCRIPTS = 4096
 MUTATIONS = ("insert", "delete", "duplicate", "swap", "argument")
+# New ops: the decoder reads its choices from the end of an input, so bytes put before an
+# input draw ops after its own, each against the reference's state (the act on a folio of
+# note included): a state the corpus reached is built on rather than drawn again from nothing.
+GROWTHS = ("grow", "regrow")
+GROWTH_SHARE = 0.6             # of the structural mutations
+GROWTH_BYTES = (8, 48)         # random bytes put before the input
 ADDR_STEPS = (-16, -1, 1, 16, 512)    # pages an address moves by
 ORDERS = (0, 2, 3, 4, 8, 9)
 LENGTHS = (PAGE_SIZE, CONT_PTE_SIZE, PMD_SIZE, PMD_SIZE + CONT_PTE_SIZE)
 NR_PAGES = (1, 2, 16, 17, 512)
+ARGUMENTS = ("order", "length", "value", "nr_pages", "prot", "mode")   # besides the address and sharing
 
 
 class RecentScripts:
@@ -73,7 +82,11 @@ class StructuralMutator:
         return decoded
 
     def mutate(self, data: bytes, max_size: int, rng: random.Random) -> bytes | None:
-        """A structural mutation of data (see mutate_input)."""
+        """A structural mutation of data: new ops after its own or after a prefix of them
+        (grow_input) GROWTH_SHARE of the time, else a change to its ops (mutate_input)."""
+        if rng.random() < GROWTH_SHARE:
+            kind = rng.choice(GROWTHS)
+            return grow_input(data, max_size, rng, self.decoded_input(data) if kind == "regrow" else None, kind)
         return mutate_input(data, max_size, rng, self.decoded_input(data))
 
 
@@ -100,19 +113,31 @@ def mutate_ops(ops: list[Op], rng: random.Random) -> list[Op]:
 
 
 def mutate_argument(op: Op, rng: random.Random) -> Op:
-    """op with one argument changed: its address half the time, else its order, length,
-    value or page count (the first it has)."""
-    changes: dict[str, Any] = {}
+    """op with one argument changed: its address half the time, else one of the others it
+    has (order, length, value, page count, prot, wp mode, a file mapping's sharing)."""
     if op.addr is not None and rng.random() < 0.5:
-        changes["addr"] = max(0, op.addr + rng.choice(ADDR_STEPS) * PAGE_SIZE)
-    elif op.order is not None:
+        return replace(op, addr=max(0, op.addr + rng.choice(ADDR_STEPS) * PAGE_SIZE))
+    others = [name for name in ARGUMENTS if getattr(op, name) is not None]
+    if op.name == "mmap" and op.file is not None:
+        others.append("shared")
+    if not others:
+        return op
+    name = rng.choice(others)
+    changes: dict[str, Any] = {}
+    if name == "order":
         changes["order"] = rng.choice(ORDERS)
-    elif op.length is not None:
+    elif name == "length":
         changes["length"] = rng.choice(LENGTHS)
-    elif op.value is not None:
+    elif name == "value":
         changes["value"] = rng.randrange(1 << 64)
-    elif op.nr_pages is not None:
+    elif name == "nr_pages":
         changes["nr_pages"] = rng.choice(NR_PAGES)
+    elif name == "prot":
+        changes["prot"] = "ro" if op.prot == "rw" else "rw"
+    elif name == "mode":
+        changes["mode"] = "off" if op.mode == "on" else "on"
+    else:
+        changes["shared"] = not op.shared
     return replace(op, **changes)
 
 
@@ -130,3 +155,27 @@ def mutate_input(data: bytes, max_size: int, rng: random.Random, decoded: Decode
     except EncodeError:
         return None
     return encoded if len(encoded) <= max_size else None
+
+
+def grow_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded | None, kind: str) -> bytes | None:
+    """data with random bytes put before it (grow: its ops, then new ones), or the encoding of
+    a random prefix of its ops (decoded: what data decodes to) with random bytes before it
+    (regrow: the rest replaced by new ops); None if there is no room within max_size or the
+    prefix cannot be encoded."""
+    if kind == "grow":
+        base = data
+    else:
+        check(decoded is not None, "regrow needs what the input decodes to")
+        assert decoded is not None
+        script = decoded.script
+        ops = [step for step in script.steps if isinstance(step, Op)]
+        try:
+            base = encode(Script(path=script.path, frames=script.frames, steps=list(ops[:rng.randrange(len(ops) + 1)])),
+                          decoded)
+        except EncodeError:
+            return None
+    room = max_size - len(base)
+    if room <= 0:
+        return None
+    nr_bytes = min(rng.randint(*GROWTH_BYTES), room)
+    return rng.randbytes(nr_bytes) + base

@@ -1,0 +1,153 @@
+"""The states worth acting on, read off the reference machine (issue 16: generation that
+reaches rich states by itself).
+
+The decoder draws the pages of a process that a folio operation is worth aiming at
+(folio_addresses_of_note: large folios whose pages differ where batching must split or
+gather, pinned, shared, lazyfree, page-cache folios, PMD mappings, zero-page entries,
+pages COWed from a private file mapping), every page of a large folio when there is no
+such one (large_folio_addresses), and the span of the folio behind a page (folio_span): the
+range an act on "the folio" covers, in the process's own addresses.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from machine import Machine
+from machine.mm import PUD_SHIFT
+from machine.pgtable import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SHIFT,
+    PMD_SIZE,
+    pmd_trans_huge,
+    pte_dirty,
+    pte_pfn,
+    pte_present,
+    pte_special,
+    pte_uffd_wp,
+)
+
+
+class FolioSpan(NamedTuple):
+    """A folio as a process sees it at one page: the address its first page has (or would
+    have, for a page-cache folio a private mapping COWed a page of) and its size; file and
+    file_index name its page-cache home (file None for anon memory and the zero page)."""
+
+    start: int
+    nr_pages: int
+    file: int | None
+    file_index: int
+
+    @property
+    def end(self) -> int:
+        return self.start + (self.nr_pages << PAGE_SHIFT)
+
+    @property
+    def order(self) -> int:
+        return self.nr_pages.bit_length() - 1
+
+
+def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
+    """Where pid maps a page of a folio worth acting on, ascending: a large folio (PTE-mapped)
+    that is maybe pinned, mapped by more than one process, lazyfree (MADV_FREE), in the page
+    cache, or whose pages pid maps differ in PageAnonExclusive, the uffd-wp bit, the dirty bit
+    or in being all zero (where batches must split, or gather what differs); every PMD mapping
+    (the head's address); every zero-page entry; and every page a private file mapping COWed."""
+    mm = machine.processes[pid]
+    frames = machine.frames
+    private_file = [(vma.start, vma.end) for vma in mm.vmas if vma.file is not None and not vma.shared]
+    noted: list[int] = []
+    for key in sorted(mm.pte_tables):
+        entries = mm.pte_tables[key].entries
+        index = np.flatnonzero(pte_present(entries))
+        if len(index) == 0:
+            continue
+        special = pte_special(entries[index])
+        noted.extend(((key << PMD_SHIFT) + (index[special] << PAGE_SHIFT)).tolist())
+        index = index[~special]
+        if len(index) == 0:
+            continue
+        heads = frames.page_folio[pte_pfn(entries[index]).astype(np.int64)]
+        if private_file:
+            addrs = (key << PMD_SHIFT) + (index << PAGE_SHIFT)
+            in_file = np.zeros(len(index), bool)
+            for start, end in private_file:
+                in_file |= (addrs >= start) & (addrs < end)
+            noted.extend(addrs[in_file & frames.folio_anon[heads]].tolist())
+        large = frames.folio_order[heads] > 0
+        index, heads = index[large], heads[large]
+        if len(index) == 0:
+            continue
+        present = entries[index]
+        pages = pte_pfn(present).astype(np.int64)
+        folios, per_page = np.unique(heads, return_inverse=True)
+        mapped = np.bincount(per_page)
+        of_note = ((frames.folio_pincount[folios] > 0) | (frames.folio_mm_ids_shared[folios] != 0)
+                   | (frames.folio_anon[folios] & ~frames.folio_swapbacked[folios])
+                   | (frames.folio_mapping[folios] != 0))
+        for differs in (frames.page_anon_exclusive[pages], frames.page_data[pages] == 0, pte_uffd_wp(present),
+                        pte_dirty(present)):
+            count = np.bincount(per_page, weights=differs.astype(np.int64), minlength=len(folios))
+            of_note |= (count > 0) & (count < mapped)
+        noted.extend(((key << PMD_SHIFT) + (index[of_note[per_page]] << PAGE_SHIFT)).tolist())
+    noted.extend(pmd_mapping_addresses(machine, pid))
+    return sorted(set(noted))
+
+
+def large_folio_addresses(machine: Machine, pid: int) -> list[int]:
+    """Every page pid maps of a large folio by a PTE, and the head of every PMD mapping, ascending."""
+    mm = machine.processes[pid]
+    frames = machine.frames
+    found: list[int] = []
+    for key in sorted(mm.pte_tables):
+        entries = mm.pte_tables[key].entries
+        index = np.flatnonzero(pte_present(entries) & ~pte_special(entries))
+        heads = frames.page_folio[pte_pfn(entries[index]).astype(np.int64)]
+        found.extend(((key << PMD_SHIFT) + (index[frames.folio_order[heads] > 0] << PAGE_SHIFT)).tolist())
+    found.extend(pmd_mapping_addresses(machine, pid))
+    return sorted(found)
+
+
+def pmd_mapping_addresses(machine: Machine, pid: int) -> list[int]:
+    """The address of every PMD-mapped THP pid maps."""
+    mm = machine.processes[pid]
+    return [(key << PUD_SHIFT) + (slot << PMD_SHIFT) for key in sorted(mm.pmd_tables_by_addr)
+            for slot, pmd in mm.pmd_tables_by_addr[key].nonzero_entries() if pmd_trans_huge(pmd)]
+
+
+def folio_span(machine: Machine, pid: int, addr: int) -> FolioSpan:
+    """The folio behind pid's page at addr: a PMD mapping's THP, a PTE-mapped folio, the
+    page-cache folio an anon page of a private file mapping was COWed from, else the page alone."""
+    mm = machine.processes[pid]
+    frames = machine.frames
+    level, desc = machine.lookup(mm, addr)
+    if level == "pmd":
+        head = int(pte_pfn(desc))
+        return FolioSpan(addr & ~(PMD_SIZE - 1), PMD_SIZE >> PAGE_SHIFT, _file_of(machine, head),
+                         int(frames.folio_index[head]))
+    page = addr - addr % PAGE_SIZE
+    if not pte_present(desc) or pte_special(desc):
+        return FolioSpan(page, 1, None, 0)
+    pfn = int(pte_pfn(desc))
+    head = int(frames.page_folio[pfn])
+    file = _file_of(machine, head)
+    if file is not None or not frames.folio_anon[head]:
+        return FolioSpan(page - ((pfn - head) << PAGE_SHIFT), int(frames.folio_nr_pages(head)), file,
+                         int(frames.folio_index[head]))
+    vma = mm.find_vma(addr)
+    if vma is not None and vma.file is not None and vma.file in machine.files:   # a page COWed from the file
+        index = vma.linear_page_index(page)
+        cached = machine.files[vma.file].cache.get(index)
+        if cached is not None:
+            first = int(frames.folio_index[cached])
+            return FolioSpan(page - ((index - first) << PAGE_SHIFT), int(frames.folio_nr_pages(cached)),
+                             vma.file, first)
+    return FolioSpan(page - ((pfn - head) << PAGE_SHIFT), int(frames.folio_nr_pages(head)), None, 0)
+
+
+def _file_of(machine: Machine, folio: int) -> int | None:
+    mapping = int(machine.frames.folio_mapping[folio])
+    return mapping - 1 if mapping else None

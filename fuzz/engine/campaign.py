@@ -74,6 +74,7 @@ class CampaignSummary:
     seconds_by_part: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)     # corpus files skipped: "path: problem"
     artifacts: list[str] = field(default_factory=list)   # libFuzzer's artifacts it wrote (crash-, timeout-, ...)
+    snapshots: dict[str, float] = field(default_factory=dict)   # the processes' SnapshotStats, summed
 
     def to_json(self) -> dict[str, Any]:
         return dict(asdict(self), findings=[finding.to_json() for finding in self.findings])
@@ -340,18 +341,20 @@ def merge_summaries(directory: Path, wall_seconds: float, skipped: list[SkippedF
     """The campaign's summary from its fuzzing processes' ones: executions, findings, and the
     seconds the processes spent fuzzing, in all and in each part of the loop."""
     executions, findings = 0, []
-    fuzzing_seconds, seconds_by_part = 0.0, Counter[str]()
+    fuzzing_seconds, seconds_by_part, snapshots = 0.0, Counter[str](), Counter[str]()
     for summary in read_summaries(directory):
         executions += summary.executions
         findings += summary.findings
         fuzzing_seconds += summary.seconds
         seconds_by_part.update(summary.seconds_by_part)
+        snapshots.update(summary.snapshots)
     return CampaignSummary(
         executions=executions, seconds=round(wall_seconds, 2),
         exec_per_s=executions / wall_seconds if wall_seconds else 0.0, findings=findings,
         fuzzing_seconds=round(fuzzing_seconds, 2),
         seconds_by_part={part: round(seconds, 4) for part, seconds in sorted(seconds_by_part.items())},
-        skipped=[str(skip) for skip in skipped or []], artifacts=list(artifacts or []))
+        skipped=[str(skip) for skip in skipped or []], artifacts=list(artifacts or []),
+        snapshots=dict(snapshots))
 
 
 def ms_per_execution(summary: CampaignSummary) -> dict[str, float]:

@@ -159,6 +159,30 @@ def occurrences(indices: np.ndarray, length: int) -> np.ndarray:
     return np.bincount(indices[inside], minlength=length)
 
 
+_RESERVED_TAILS: dict[int, bytes] = {}   # nr_frames -> the reserved frames' fields as FrameTable made them
+
+
+def reserved_frames_pristine(frames: FrameTable) -> bool:
+    """Whether every field of every frame from nr_frames on is as FrameTable made it: one
+    comparison of bytes against the tails of a new FrameTable of that size (kept), the cheap
+    question to ask before frames.reserved_frames_changed() looks for what changed."""
+    nr_frames = frames.nr_frames
+    pristine = _RESERVED_TAILS.get(nr_frames)
+    if pristine is None:
+        pristine = _RESERVED_TAILS[nr_frames] = _reserved_tails(FrameTable(nr_frames))
+    return _reserved_tails(frames) == pristine
+
+
+def _reserved_tails(frames: FrameTable) -> bytes:
+    """Every FrameTable.ARRAYS field of the frames from nr_frames on, with its dtype and shape."""
+    parts = []
+    for name in FrameTable.ARRAYS:
+        tail = getattr(frames, name)[frames.nr_frames:]
+        parts.append(f"{name}:{tail.dtype.str}:{tail.shape}".encode())
+        parts.append(tail.tobytes())
+    return b"|".join(parts)
+
+
 class PageTableScan:
     """Every leaf of every live process, gathered into arrays, and the counts derived from them.
 

@@ -17,6 +17,7 @@ import numpy as np
 from fuzz.engine.decode import encode
 from fuzz.engine.harness import custom_mutator_for
 from fuzz.engine.session import Session
+from fuzz.engine.snapshots import DEFAULT_BUDGET
 from fuzz.judge.runner import RunResult
 from fuzz.script.ops import parse_file
 from machine.mm import PmdTable
@@ -146,13 +147,16 @@ class ResumeCheck:
         return self.resumed_ops / self.resumed if self.resumed else 0.0
 
 
-def check_resume(nr_inputs: int, impl: str = "batched", seed: int = 0, crash_dir: Path | None = None,
-                 budget: int | None = None) -> ResumeCheck:
+def check_resume(nr_inputs: int, impl: str = "batched", seed: int = 0, budget: int = DEFAULT_BUDGET,
+                 thrifty: bool = False) -> ResumeCheck:
     """Run nr_inputs mutated inputs from the seeds twice, from snapshots and from the first op,
-    comparing each pair of runs (same_run)."""
-    crashes = crash_dir or Path("/nonexistent-rmapfuzz-crashes")   # run_input never saves
+    comparing each pair of runs (same_run). Unless thrifty, the cache takes a snapshot after
+    every op and resumes from any (the campaign's takes and uses only those worth a copy)."""
+    crashes = Path("/nonexistent-rmapfuzz-crashes")   # run_input never saves a finding
     plain = Session(impl, crashes, None, snapshot_budget=None)
-    resuming = Session(impl, crashes, None) if budget is None else Session(impl, crashes, None, snapshot_budget=budget)
+    resuming = Session(impl, crashes, None, snapshot_budget=budget)
+    assert resuming.snapshots is not None
+    resuming.snapshots.thrifty = thrifty
     check = ResumeCheck()
     for data in mutated_inputs(plain, nr_inputs, seed, seed_inputs()):
         stream, expected = plain.run_input(data)

@@ -32,6 +32,7 @@ import sys
 import time
 import types
 from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,10 @@ from fuzz.engine.decode import OpStream
 from machine.pgtable import PAGE_SIZE
 
 DEFAULT_BUDGET = 256 << 20     # bytes of copies kept; the issue allows up to 1 GiB
-CAPTURE_FACTOR = 2.0           # work between points, in copies' costs: copying stays under half the work
+# Work between points, in copies' costs: copying stays under a quarter of the work. A point
+# is used by about one input in three (the bench's share of resumed executions), so it pays
+# only after several copies' worth of work; 4 measured 1.08x in the campaign A/B, 2 0.83x.
+CAPTURE_FACTOR = 4.0
 OBJECT_BYTES = 64              # what one copied Python object is counted as, beside its arrays
 _IMMUTABLE = frozenset({int, float, bool, str, bytes, complex, type(None), range, type,
                         types.FunctionType, types.BuiltinFunctionType, types.ModuleType, types.MethodType})
@@ -120,6 +124,8 @@ def copy_state(value: Any, memo: dict[int, Any] | None = None, stats: CopyStats 
 
 
 class _Copier:
+    """One copy_state call: the memo and the handler of each class met (_handler)."""
+
     def __init__(self, memo: dict[int, Any], stats: CopyStats, earlier: EarlierCopies | None) -> None:
         self.memo = memo
         self.stats = stats
@@ -132,37 +138,42 @@ class _Copier:
         found = self.memo.get(id(value))
         if found is not None:
             return found
-        copied = self._copy_new(value, cls)
+        handler = _HANDLERS.get(cls) or _handler(cls)
+        copied = handler(self, value)
         self.memo[id(value)] = copied
         return copied
 
-    def _copy_new(self, value: Any, cls: type) -> Any:
-        if isinstance(value, np.ndarray):
-            return self._array(value)
-        if isinstance(value, np.generic):
-            return value
+    def _dict(self, value: dict) -> dict:
         self.stats.objects += 1
         copy = self.copy
-        if cls is dict:
-            return {key: copy(item) for key, item in value.items()}
-        if cls is list:
-            return [copy(item) for item in value]
-        if isinstance(value, tuple):   # a named tuple too: shared if its items are
-            items = [copy(item) for item in value]
-            if all(item is old for item, old in zip(items, value, strict=True)):
-                return value
-            return value._make(items) if hasattr(value, "_make") else cls(items)
-        if cls in (set, frozenset):
-            return cls(copy(item) for item in value)
-        if cls in (OrderedDict, Counter):
-            return cls((key, copy(item)) for key, item in value.items())
-        if cls is defaultdict:
-            return defaultdict(value.default_factory, {key: copy(item) for key, item in value.items()})
-        if isinstance(value, (dict, list, set)):
-            raise SnapshotError(f"cannot copy a {cls.__qualname__}")
-        if not _python_class(cls):
-            raise SnapshotError(f"cannot copy a {cls.__module__}.{cls.__qualname__}")
-        return self._object(value, cls)
+        return {key: item if item.__class__ in _IMMUTABLE else copy(item) for key, item in value.items()}
+
+    def _list(self, value: list) -> list:
+        self.stats.objects += 1
+        copy = self.copy
+        return [item if item.__class__ in _IMMUTABLE else copy(item) for item in value]
+
+    def _tuple(self, value: tuple) -> tuple:
+        """A tuple (a named tuple too): itself if its items need no copy."""
+        if all(item.__class__ in _IMMUTABLE for item in value):
+            return value
+        items = [self.copy(item) for item in value]
+        if all(item is old for item, old in zip(items, value, strict=True)):
+            return value
+        self.stats.objects += 1
+        return value._make(items) if hasattr(value, "_make") else value.__class__(items)
+
+    def _set(self, value: set | frozenset) -> set | frozenset:
+        self.stats.objects += 1
+        return value.__class__(self.copy(item) for item in value)
+
+    def _mapping(self, value: Any) -> Any:
+        """An OrderedDict, a Counter or a defaultdict, of its class."""
+        self.stats.objects += 1
+        items = {key: self.copy(item) for key, item in value.items()}
+        if isinstance(value, defaultdict):
+            return defaultdict(value.default_factory, items)
+        return value.__class__(items)
 
     def _array(self, value: np.ndarray) -> np.ndarray:
         self.stats.nbytes += value.nbytes
@@ -180,20 +191,56 @@ class _Copier:
                 setattr(copied, name, self.copy(item))
         return copied
 
-    def _object(self, value: Any, cls: type) -> Any:
-        params = getattr(cls, "__dataclass_params__", None)
-        if params is not None and params.frozen:
-            return value
+    def _shared(self, value: Any) -> Any:
+        return value
+
+    def _object(self, value: Any) -> Any:
+        """A plain object: a new one of its class with each slot and __dict__ entry copied."""
+        self.stats.objects += 1
+        cls = value.__class__
         copied: Any = object.__new__(cls)
         self.memo[id(value)] = copied   # before its attributes: they may refer back to it
         copy = self.copy
         for name in _slots(cls):
             if hasattr(value, name):
-                object.__setattr__(copied, name, copy(getattr(value, name)))
+                item = getattr(value, name)
+                object.__setattr__(copied, name, item if item.__class__ in _IMMUTABLE else copy(item))
         attributes = getattr(value, "__dict__", None)
         if attributes:
-            copied.__dict__.update({name: copy(item) for name, item in attributes.items()})
+            copied.__dict__.update({name: item if item.__class__ in _IMMUTABLE else copy(item)
+                                    for name, item in attributes.items()})
         return copied
+
+
+def _refuse(cls: type) -> Callable[[_Copier, Any], Any]:
+    def refuse(_copier: _Copier, _value: Any) -> Any:
+        raise SnapshotError(f"cannot copy a {cls.__module__}.{cls.__qualname__}")
+    return refuse
+
+
+_HANDLERS: dict[type, Callable[[_Copier, Any], Any]] = {
+    dict: _Copier._dict, list: _Copier._list, tuple: _Copier._tuple, set: _Copier._set, frozenset: _Copier._set,
+    OrderedDict: _Copier._mapping, Counter: _Copier._mapping, defaultdict: _Copier._mapping,
+    np.ndarray: _Copier._array,
+}
+
+
+def _handler(cls: type) -> Callable[[_Copier, Any], Any]:
+    """How copy_state copies an instance of cls (found once per class)."""
+    params = getattr(cls, "__dataclass_params__", None)
+    handler: Callable[[_Copier, Any], Any]
+    if issubclass(cls, np.ndarray):
+        handler = _Copier._array
+    elif issubclass(cls, np.generic) or (params is not None and params.frozen):
+        handler = _Copier._shared
+    elif issubclass(cls, tuple):
+        handler = _Copier._tuple
+    elif issubclass(cls, (dict, list, set)) or not _python_class(cls):
+        handler = _refuse(cls)
+    else:
+        handler = _Copier._object
+    _HANDLERS[cls] = handler
+    return handler
 
 
 # ---------------------------------------------------------------------------
@@ -240,6 +287,7 @@ class SnapshotCache:
     lengths: Counter[int] = field(default_factory=Counter)   # how many points have each key length
     size: int = 0
     copy_cost: float = 1e-4     # seconds per copy, a running mean
+    thrifty: bool = True        # False: a point after every op, any point used (the equivalence check's)
     stats: SnapshotStats = field(default_factory=SnapshotStats)
 
     def lookup(self, data: bytes) -> RunPoint | None:
@@ -251,7 +299,7 @@ class SnapshotCache:
             point = self.points.get(data[len(data) - length:])
             if point is not None:
                 self.points.move_to_end(point_key(data, length))
-                return point if point.work > self.copy_cost else None
+                return point if point.work > self.copy_cost or not self.thrifty else None
         return None
 
     def resume(self, point: RunPoint, data: bytes, earlier: EarlierCopies) -> tuple[OpStream, Any]:
@@ -272,7 +320,7 @@ class SnapshotCache:
 
     def wants(self, work_since: float) -> bool:
         """Whether a point is worth taking after work_since seconds of work since the last one."""
-        return work_since >= CAPTURE_FACTOR * self.copy_cost
+        return work_since >= CAPTURE_FACTOR * self.copy_cost or not self.thrifty
 
     def capture(self, data: bytes, stream: OpStream, carried: Any, nr_ops: int, work: float,
                 earlier: EarlierCopies) -> None:

@@ -166,3 +166,17 @@ def test_the_check_sees_a_resume_that_loses_state(monkeypatch):
 
     monkeypatch.setattr(snapshots.SnapshotCache, "resume", forgetful)
     assert check_resume(150, seed=3).mismatches
+
+
+def test_a_bad_resume_budget_is_one_line_and_exit_2(monkeypatch, capsys):
+    from fuzz.front.cli import main
+
+    monkeypatch.setenv("RMAPFUZZ_RESUME_MIB", "lots")
+    assert main(["fuzz", "--runs", "1"]) == 2
+    assert capsys.readouterr().err.startswith("rmapfuzz: RMAPFUZZ_RESUME_MIB='lots': not a number of MiB")
+
+
+def test_resuming_is_off_unless_asked():
+    from fuzz.engine.session import snapshot_budget
+
+    assert snapshot_budget("") is None and snapshot_budget("0") is None and snapshot_budget("8") == 8 << 20

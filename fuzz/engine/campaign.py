@@ -35,9 +35,11 @@ from fuzz.engine.session import (
     IMPL_ENV,
     LAUNCHER_ENV,
     LOG_JSON_ENV,
+    RESUME_ENV,
     STOP_ENV,
     SUMMARY_DIR_ENV,
     read_summaries,
+    snapshot_budget,
 )
 from fuzz.errors import UsageError
 from fuzz.implementation import load_implementation
@@ -292,6 +294,7 @@ def run_campaign(corpus: list[str], impl: str, seconds: int | None, runs: int | 
     finding_heard of each finding once it is saved. Findings go to crash_dir, libFuzzer's own
     artifacts to artifact_dir (default_artifact_dir)."""
     load_implementation(impl)
+    snapshot_budget(os.environ.get(RESUME_ENV, ""))   # a bad value is refused here, not in the harness
     crashes = Path(crash_dir).resolve()
     artifacts = Path(artifact_dir).resolve() if artifact_dir else default_artifact_dir(crash_dir)
     sweep_staging(crashes)

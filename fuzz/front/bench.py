@@ -37,6 +37,7 @@ import structlog
 from fuzz.engine.campaign import CampaignSummary, TimeToFindRow, WorkersRow, ms_per_execution, run_default_campaign
 from fuzz.engine.loop import ResumeCheck
 from fuzz.engine.session import RESUME_ENV
+from fuzz.engine.snapshots import DEFAULT_BUDGET
 from fuzz.errors import UsageError, quote_token, shown_number
 from fuzz.implementation import (
     DEFAULT_IMPL,
@@ -580,7 +581,7 @@ def fuzz_loop_ab(impl: str, seconds: int, rounds: int = 2) -> LoopAB:
     try:
         for _round in range(rounds):
             for resuming in (False, True):
-                os.environ[RESUME_ENV] = "" if resuming else "0"
+                os.environ[RESUME_ENV] = str(DEFAULT_BUDGET >> 20) if resuming else "0"
                 arms[resuming].append(run_default_campaign(impl, per_round))
     finally:
         if before is None:

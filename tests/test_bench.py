@@ -245,13 +245,21 @@ def test_bad_flag_or_size_is_exit_2_with_one_line(argv, message, capsys) -> None
     assert one_error_line(capsys).startswith(message)
 
 
-def test_cli_bench_reports_the_fuzz_loop_rate(capsys) -> None:
-    assert cli.main(["bench", "--sizes", "2M", "--fuzz-seconds", "3", "--json"]) == 0
+def test_cli_bench_reports_the_fuzz_loop_rate_with_and_without_resuming(capsys) -> None:
+    assert cli.main(["bench", "--sizes", "2M", "--fuzz-seconds", "6", "--fuzz-rounds", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["fuzz_exec_per_s"] > 0
+    assert out["fuzz_exec_per_s"] > 0 and out["fuzz_exec_per_s_without_resume"] > 0
+    assert out["fuzz_resume_speedup"] > 0 and 0 < out["fuzz_resumed_share"] <= 1 and out["fuzz_resumed_mean_ops"] >= 1
     parts = out["fuzz_ms_per_execution"]
-    assert sorted(parts) == ["checks", "decoder", "implementation", "mutator", "reference", "rest"]
+    assert sorted(parts) == ["checks", "decoder", "implementation", "mutator", "reference", "rest", "snapshots"]
     assert parts["reference"] > 0 and parts["implementation"] > 0
+    assert "snapshots" not in out["fuzz_ms_per_execution_without_resume"]
+
+
+def test_cli_bench_resume_check_compares_both_runs_of_each_input(capsys) -> None:
+    assert cli.main(["bench", "--resume-check", "40", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["inputs"] == 40 and out["mismatches"] == []
 
 
 def test_the_workers_bench_prints_exec_per_s_and_each_bugs_time_to_find_per_number_of_workers():

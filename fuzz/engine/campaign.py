@@ -35,9 +35,11 @@ from fuzz.engine.session import (
     IMPL_ENV,
     LAUNCHER_ENV,
     LOG_JSON_ENV,
+    RESUME_ENV,
     STOP_ENV,
     SUMMARY_DIR_ENV,
     read_summaries,
+    snapshot_budget,
 )
 from fuzz.errors import UsageError
 from fuzz.implementation import load_implementation
@@ -74,6 +76,7 @@ class CampaignSummary:
     seconds_by_part: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)     # corpus files skipped: "path: problem"
     artifacts: list[str] = field(default_factory=list)   # libFuzzer's artifacts it wrote (crash-, timeout-, ...)
+    snapshots: dict[str, float] = field(default_factory=dict)   # the processes' SnapshotStats, summed
 
     def to_json(self) -> dict[str, Any]:
         return dict(asdict(self), findings=[finding.to_json() for finding in self.findings])
@@ -291,6 +294,7 @@ def run_campaign(corpus: list[str], impl: str, seconds: int | None, runs: int | 
     finding_heard of each finding once it is saved. Findings go to crash_dir, libFuzzer's own
     artifacts to artifact_dir (default_artifact_dir)."""
     load_implementation(impl)
+    snapshot_budget(os.environ.get(RESUME_ENV, ""))   # a bad value is refused here, not in the harness
     crashes = Path(crash_dir).resolve()
     artifacts = Path(artifact_dir).resolve() if artifact_dir else default_artifact_dir(crash_dir)
     sweep_staging(crashes)
@@ -340,18 +344,20 @@ def merge_summaries(directory: Path, wall_seconds: float, skipped: list[SkippedF
     """The campaign's summary from its fuzzing processes' ones: executions, findings, and the
     seconds the processes spent fuzzing, in all and in each part of the loop."""
     executions, findings = 0, []
-    fuzzing_seconds, seconds_by_part = 0.0, Counter[str]()
+    fuzzing_seconds, seconds_by_part, snapshots = 0.0, Counter[str](), Counter[str]()
     for summary in read_summaries(directory):
         executions += summary.executions
         findings += summary.findings
         fuzzing_seconds += summary.seconds
         seconds_by_part.update(summary.seconds_by_part)
+        snapshots.update(summary.snapshots)
     return CampaignSummary(
         executions=executions, seconds=round(wall_seconds, 2),
         exec_per_s=executions / wall_seconds if wall_seconds else 0.0, findings=findings,
         fuzzing_seconds=round(fuzzing_seconds, 2),
         seconds_by_part={part: round(seconds, 4) for part, seconds in sorted(seconds_by_part.items())},
-        skipped=[str(skip) for skip in skipped or []], artifacts=list(artifacts or []))
+        skipped=[str(skip) for skip in skipped or []], artifacts=list(artifacts or []),
+        snapshots=dict(snapshots))
 
 
 def ms_per_execution(summary: CampaignSummary) -> dict[str, float]:

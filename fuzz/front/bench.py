@@ -27,13 +27,17 @@ import statistics
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from fuzz.engine.campaign import TimeToFindRow, WorkersRow
+from fuzz.engine.campaign import CampaignSummary, TimeToFindRow, WorkersRow, ms_per_execution, run_default_campaign
+from fuzz.engine.loop import ResumeCheck
+from fuzz.engine.session import RESUME_ENV
+from fuzz.engine.snapshots import DEFAULT_BUDGET
 from fuzz.errors import UsageError, quote_token, shown_number
 from fuzz.implementation import (
     DEFAULT_IMPL,
@@ -559,6 +563,11 @@ def format_table(results: Sequence[SizeResult], impl: str) -> str:
 
 __all__ = [
     "BASE",
+    "LoopAB",
+    "combined",
+    "format_loop_ab",
+    "format_resume_check",
+    "fuzz_loop_ab",
     "DEFAULT_SIZES",
     "FaultLayout",
     "ImplementationRun",
@@ -590,4 +599,105 @@ def format_workers(workers: Sequence[WorkersRow], finds: Sequence[TimeToFindRow]
         for bug in dict.fromkeys(row.bug for row in finds):
             cells = {row.workers: (f"{row.seconds:.1f} s" if row.found else "-") for row in finds if row.bug == bug}
             lines.append(f"{bug:32s} " + " ".join(f"{cells.get(count, ''):>12s}" for count in counts))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# The fuzz loop with and without resuming from snapshots (issue 16)
+
+
+@dataclass(frozen=True)
+class LoopAB:
+    """The default campaign run in alternating rounds with resuming from snapshots and without
+    (every input from its first op), each arm's rounds summed."""
+
+    resuming: CampaignSummary
+    plain: CampaignSummary
+    rounds: int
+
+    @property
+    def speedup(self) -> float:
+        return self.resuming.exec_per_s / self.plain.exec_per_s if self.plain.exec_per_s else 0.0
+
+    @property
+    def resumed_share(self) -> float:
+        """The share of the resuming arm's executions that resumed from a snapshot."""
+        executions = self.resuming.executions
+        return self.resuming.snapshots.get("resumed", 0) / executions if executions else 0.0
+
+    @property
+    def mean_resumed_ops(self) -> float:
+        """The ops a resumed execution skipped, on average: it ran from the op after."""
+        resumed = self.resuming.snapshots.get("resumed", 0)
+        return self.resuming.snapshots.get("resumed_ops", 0) / resumed if resumed else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fuzz_exec_per_s": round(self.resuming.exec_per_s, 1),
+                "fuzz_exec_per_s_without_resume": round(self.plain.exec_per_s, 1),
+                "fuzz_resume_speedup": round(self.speedup, 3),
+                "fuzz_resumed_share": round(self.resumed_share, 3),
+                "fuzz_resumed_mean_ops": round(self.mean_resumed_ops, 2),
+                "fuzz_snapshots": self.resuming.snapshots,
+                "fuzz_ms_per_execution": ms_per_execution(self.resuming),
+                "fuzz_ms_per_execution_without_resume": ms_per_execution(self.plain)}
+
+
+def combined(summaries: Sequence[CampaignSummary]) -> CampaignSummary:
+    """Campaigns run one after another as one: counts, seconds and parts summed."""
+    executions = sum(summary.executions for summary in summaries)
+    seconds = sum(summary.seconds for summary in summaries)
+    parts: Counter[str] = Counter()
+    snapshots: Counter[str] = Counter()
+    for summary in summaries:
+        parts.update(summary.seconds_by_part)
+        snapshots.update(summary.snapshots)
+    return CampaignSummary(executions=executions, seconds=round(seconds, 2),
+                           exec_per_s=executions / seconds if seconds else 0.0,
+                           findings=[finding for summary in summaries for finding in summary.findings],
+                           fuzzing_seconds=round(sum(summary.fuzzing_seconds for summary in summaries), 2),
+                           seconds_by_part=dict(parts), snapshots=dict(snapshots))
+
+
+def fuzz_loop_ab(impl: str, seconds: int, rounds: int = 2) -> LoopAB:
+    """The default campaign for seconds with resuming and seconds without, in rounds
+    alternating between the two (a neighbour's load falls on both alike)."""
+    arms: dict[bool, list[CampaignSummary]] = {True: [], False: []}
+    per_round = max(1, round(seconds / rounds))
+    before = os.environ.get(RESUME_ENV)
+    try:
+        for _round in range(rounds):
+            for resuming in (False, True):
+                os.environ[RESUME_ENV] = str(DEFAULT_BUDGET >> 20) if resuming else "0"
+                arms[resuming].append(run_default_campaign(impl, per_round))
+    finally:
+        if before is None:
+            os.environ.pop(RESUME_ENV, None)
+        else:
+            os.environ[RESUME_ENV] = before
+    return LoopAB(combined(arms[True]), combined(arms[False]), rounds)
+
+
+def format_loop_ab(ab: LoopAB, seconds: int) -> str:
+    """The A/B's rates, how often and from where executions resumed, and where each arm's time goes."""
+    lines = [f"fuzz loop: {ab.resuming.exec_per_s:.0f} exec/s resuming from snapshots, "
+             f"{ab.plain.exec_per_s:.0f} exec/s from the first op: {ab.speedup:.2f}x "
+             f"(default campaign, one core, {seconds} s each in {ab.rounds} alternating rounds)",
+             f"  resumed: {ab.resumed_share:.0%} of executions, after {ab.mean_resumed_ops:.1f} ops on average "
+             f"({ab.resuming.snapshots.get('points', 0):.0f} snapshots taken, "
+             f"{ab.resuming.snapshots.get('evicted', 0):.0f} dropped)"]
+    for name, summary in (("resuming", ab.resuming), ("from the first op", ab.plain)):
+        parts = ms_per_execution(summary)
+        if parts:
+            shares = ", ".join(f"{part} {ms:.2f}" for part, ms in sorted(parts.items(), key=lambda item: -item[1]))
+            lines.append(f"  ms per execution {name}: {sum(parts.values()):.2f} = {shares}")
+    return "\n".join(lines)
+
+
+def format_resume_check(check: ResumeCheck) -> str:
+    """check_resume's result: inputs, resumed share and mean op, and any input whose runs differ."""
+    lines = [f"{check.inputs} mutated inputs run from snapshots and from the first op: "
+             f"{len(check.mismatches)} differ; {check.resumed_share:.0%} resumed, after "
+             f"{check.mean_resumed_op:.1f} ops on average ({check.ops / max(check.inputs, 1):.1f} ops per input, "
+             f"{check.findings} with a finding)"]
+    lines += [f"  {data.hex()}: {why}" for data, why in check.mismatches[:REPORT_DIFFERENCES]]
     return "\n".join(lines)

@@ -480,7 +480,15 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the workload's random choices (default 0)")
     parser.add_argument("--fuzz-seconds", type=int, default=20, metavar="S",
-                        help="also time the default fuzz campaign for S seconds on one core (0: skip)")
+                        help="also time the default fuzz campaign for S seconds on one core with resuming "
+                             "from snapshots and S without, alternating (0: skip)")
+    parser.add_argument("--fuzz-rounds", type=int, default=2, metavar="N",
+                        help="with --fuzz-seconds: rounds the two halves alternate in (default 2)")
+    parser.add_argument("--fuzz-only", action="store_true",
+                        help="time only the fuzz loop, not the workloads of --sizes")
+    parser.add_argument("--resume-check", type=int, default=0, metavar="N",
+                        help="instead: run N mutated inputs from snapshots and from the first op, in this "
+                             "process, and compare verdicts and final states (exit 1 if any differ)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--kernel", action="store_true",
                         help="instead: time generated scripts checked against Debian's arm64 kernel "
@@ -525,45 +533,68 @@ def _helper_costs(impl: str) -> dict[str, tuple[int, float]]:
 
 
 def _command_bench(args: argparse.Namespace) -> int:
-    from fuzz.engine.campaign import ms_per_execution, run_default_campaign
-    from fuzz.front.bench import bench_json, format_table, parse_sizes, run_bench
+    from fuzz.engine.campaign import run_default_campaign
+    from fuzz.front.bench import bench_json, format_loop_ab, format_table, fuzz_loop_ab, parse_sizes, run_bench
 
     if args.kernel:
         return _command_bench_kernel(args)
     if args.workers:
         return _command_bench_workers(args)
+    if args.resume_check:
+        return _command_bench_resume_check(args)
     # All input is checked before anything runs: a bad size is exit 2, never half a bench.
-    sizes = parse_sizes(args.sizes)
+    sizes = [] if args.fuzz_only else parse_sizes(args.sizes)
     load_implementation(REFERENCE_IMPL)
     load_implementation(args.impl)
     if args.fuzz_seconds < 0:
         raise UsageError(f"--fuzz-seconds must not be negative, not {shown_number(args.fuzz_seconds)}")
+    if args.fuzz_rounds < 1:
+        raise UsageError(f"--fuzz-rounds must be positive, not {shown_number(args.fuzz_rounds)}")
     results = run_bench(sizes, impl=args.impl, seed=args.seed)
     costs = _helper_costs(args.impl)
-    fuzz_loop = run_default_campaign(args.impl, args.fuzz_seconds) if args.fuzz_seconds else None
+    ab = fuzz_loop_ab(args.impl, args.fuzz_seconds, args.fuzz_rounds) if args.fuzz_seconds else None
     # Another implementation's loop is only worth its number beside batched's, taken in the same run.
     beside = (run_default_campaign(DEFAULT_IMPL, args.fuzz_seconds)
               if args.fuzz_seconds and args.impl != DEFAULT_IMPL else None)
     if args.json:
         loop: dict[str, Any] = {"fuzz_exec_per_s": None, "fuzz_ms_per_execution": None}
-        if fuzz_loop is not None:
-            loop = {"fuzz_exec_per_s": round(fuzz_loop.exec_per_s, 1),
-                    "fuzz_ms_per_execution": ms_per_execution(fuzz_loop)}
+        if ab is not None:
+            loop = ab.to_json()
         if beside is not None:
             loop[f"fuzz_exec_per_s_{DEFAULT_IMPL}"] = round(beside.exec_per_s, 1)
         loop["helper_us_per_call"] = {name: round(us, 2) for name, (_calls, us) in costs.items()} or None
         print(json.dumps(dict(bench_json(results, args.impl), **loop), indent=2))
     else:
-        print(format_table(results, args.impl))
+        if results:
+            print(format_table(results, args.impl))
         if costs:
             print(f"{args.impl} helpers, microseconds per call (copying the folio in and out included):")
             for name, (calls, us) in costs.items():
                 print(f"  {name}: {us:.2f} ({calls} calls)")
-        if fuzz_loop is not None:
-            print(_format_fuzz_loop(fuzz_loop, args.fuzz_seconds))
+        if ab is not None:
+            print(format_loop_ab(ab, args.fuzz_seconds))
         if beside is not None:
             print(f"beside it, {DEFAULT_IMPL}'s " + _format_fuzz_loop(beside, args.fuzz_seconds))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FINDING
+
+
+def _command_bench_resume_check(args: argparse.Namespace) -> int:
+    """`bench --resume-check N`: the 10,000-input equivalence of resumed and whole runs."""
+    from fuzz.engine.loop import check_resume
+    from fuzz.front.bench import format_resume_check
+
+    if args.resume_check < 0:
+        raise UsageError(f"--resume-check must not be negative, not {shown_number(args.resume_check)}")
+    load_implementation(args.impl)
+    check = check_resume(args.resume_check, impl=args.impl, seed=args.seed)
+    if args.json:
+        print(json.dumps({"inputs": check.inputs, "resumed": check.resumed, "resumed_ops": check.resumed_ops,
+                          "findings": check.findings,
+                          "mismatches": [{"input": data.hex(), "difference": why} for data, why in check.mismatches]},
+                         indent=2))
+    else:
+        print(format_resume_check(check))
+    return EXIT_FINDING if check.mismatches else EXIT_OK
 
 
 def _command_bench_workers(args: argparse.Namespace) -> int:

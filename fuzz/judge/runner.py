@@ -153,6 +153,18 @@ CHECKS_PART = "checks"
 
 
 @dataclass
+class Carried:
+    """What a stream run carries from one op to the next, beside the decoder: each side's
+    machine, kernel, shadow and last result, the ops run and their results (fuzz.engine.snapshots
+    copies it to resume a later input from here)."""
+
+    sides: tuple[tuple[Machine, Any, Any, str | None], ...]
+    ops_run: int
+    results: list[str]
+    last_op: Op | None
+
+
+@dataclass
 class RunResult:
     """What a run found (at most one finding: it stops at the first), the number
     of ops run, each op's result (the reference's, equal to the other's) and the
@@ -163,6 +175,7 @@ class RunResult:
     ops_run: int
     results: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    final: Carried | None = None   # a stream run's state at its end (what a snapshot would hold)
 
     @property
     def ok(self) -> bool:
@@ -185,24 +198,34 @@ class _Side:
     seconds: float = 0.0   # spent in this side's kernel
 
 
+AfterOp = Callable[[Carried, float], None]   # called after each op of a stream run that found nothing
+
+
 class _Run:
     """One run of a script; stops at the first finding."""
 
     def __init__(self, script: Script, ref: _Implementation, other: _Implementation,
-                 contpte_verdicts: ContpteVerdicts) -> None:
+                 contpte_verdicts: ContpteVerdicts, start: Carried | None = None) -> None:
+        """start: go on from it (a copy this run may change), not from new machines."""
         self.script = script
         self.contpte_verdicts = contpte_verdicts
         self.ref_impl, self.other_impl = ref, other
         ref_name, other_name = ref.name, other.name
         if ref_name == other_name:
             ref_name, other_name = f"{ref_name}(ref)", f"{other_name}(impl)"
-        nr_frames = script.frames if script.frames is not None else DEFAULT_NR_FRAMES
-        self.sides = (_Side(ref_name, Machine(nr_frames)), _Side(other_name, Machine(nr_frames)))
         self.ops_run = 0
         self.results: list[str] = []
         self.last_op: Op | None = None
         self.decoder_seconds = 0.0
         self.checks_seconds = 0.0
+        self.resumed = start is not None
+        if start is None:
+            nr_frames = script.frames if script.frames is not None else DEFAULT_NR_FRAMES
+            self.sides = (_Side(ref_name, Machine(nr_frames)), _Side(other_name, Machine(nr_frames)))
+            return
+        self.sides = tuple(_Side(name, machine, kernel, shadow, last_result) for name, (machine, kernel, shadow,
+                           last_result) in zip((ref_name, other_name), start.sides, strict=True))  # type: ignore[assignment]
+        self.ops_run, self.results, self.last_op = start.ops_run, start.results, start.last_op
 
     @property
     def ref(self) -> _Side:
@@ -223,10 +246,13 @@ class _Run:
                     finding = self._check_end()
         return self._result(finding)
 
-    def execute_stream(self, next_op: Callable[[Machine], Op | None]) -> RunResult:
+    def execute_stream(self, next_op: Callable[[Machine], Op | None], after_op: AfterOp | None = None) -> RunResult:
         """Run ops drawn one at a time against the reference machine's state (the fuzz
-        decoder), appending each to the script; oracles and states are checked at the end."""
-        finding = self._start()
+        decoder), appending each to the script; oracles and states are checked at the end.
+        A resumed run goes on after the ops its script holds already. after_op hears what
+        the run carries after each op that found nothing, and the seconds the kernels and
+        the decoder have taken so far in this run."""
+        finding = None if self.resumed else self._start()
         while finding is None:
             started = time.perf_counter()
             op = next_op(self.ref.machine)
@@ -236,7 +262,16 @@ class _Run:
                 break
             self.script.steps.append(op)
             finding = self._run_op(len(self.script.steps) - 1, op, check_every_op=False)
-        return self._result(finding)
+            if finding is None and after_op is not None:
+                after_op(self.carried(), self.decoder_seconds + self.sides[0].seconds + self.sides[1].seconds)
+        result = self._result(finding)
+        result.final = self.carried()
+        return result
+
+    def carried(self) -> Carried:
+        """What this run carries to its next op (not copied)."""
+        return Carried(tuple((side.machine, side.kernel, side.shadow, side.last_result) for side in self.sides),
+                       self.ops_run, self.results, self.last_op)
 
     def _result(self, finding: Finding | None) -> RunResult:
         reference, other = self.sides
@@ -461,15 +496,17 @@ def run_script(script: Script, impl: str | Any = REFERENCE_IMPL, ref: str | Any 
 
 
 def run_stream(script: Script, next_op: Callable[[Machine], Op | None], impl: str | Any,
-               ref: str | Any = REFERENCE_IMPL, contpte_verdicts: ContpteVerdicts | None = None) -> RunResult:
+               ref: str | Any = REFERENCE_IMPL, contpte_verdicts: ContpteVerdicts | None = None,
+               start: Carried | None = None, after_op: AfterOp | None = None) -> RunResult:
     """Run the ops next_op draws (from the reference machine after the ops before) on both
     implementations; script (its frames, no steps yet) collects them. A failure at the end
     is pinned to its op by replaying the collected script op by op. contpte_verdicts as
-    for run_script."""
+    for run_script; start and after_op as for _Run.execute_stream (script then holds the
+    ops start ran)."""
     ref_impl, other_impl = _resolve(ref), _resolve(impl)
-    check(not script.steps, "run_stream starts from an empty script")
+    check(len(script.steps) == (start.ops_run if start else 0), "run_stream starts after the ops start ran")
     verdicts = contpte_verdicts if contpte_verdicts is not None else ContpteVerdicts()
-    result = _Run(script, ref_impl, other_impl, verdicts).execute_stream(next_op)
+    result = _Run(script, ref_impl, other_impl, verdicts, start).execute_stream(next_op, after_op)
     return _pinned(result, script, ref_impl, other_impl, verdicts)
 
 
@@ -487,6 +524,7 @@ def _pinned(result: RunResult, script: Script, ref: _Implementation, other: _Imp
 
 
 __all__ = [
+    "Carried",
     "FindingKind",
     "Finding",
     "RunResult",

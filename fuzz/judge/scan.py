@@ -159,6 +159,28 @@ def occurrences(indices: np.ndarray, length: int) -> np.ndarray:
     return np.bincount(indices[inside], minlength=length)
 
 
+# nr_frames -> each field's values on the reserved frames as FrameTable made them
+_RESERVED_TAILS: dict[int, list[tuple[str, np.dtype, tuple[int, ...], bytes]]] = {}
+
+
+def reserved_frames_pristine(frames: FrameTable) -> bool:
+    """Whether every field of every frame from nr_frames on is as FrameTable made it: a
+    comparison of bytes per field against a new FrameTable of that size (kept), the cheap
+    question to ask before frames.reserved_frames_changed() looks for what changed."""
+    nr_frames = frames.nr_frames
+    pristine = _RESERVED_TAILS.get(nr_frames)
+    if pristine is None:
+        made = FrameTable(nr_frames)
+        pristine = _RESERVED_TAILS[nr_frames] = [
+            (name, tail.dtype, tail.shape, tail.tobytes())
+            for name in FrameTable.ARRAYS for tail in (getattr(made, name)[nr_frames:],)]
+    for name, dtype, shape, data in pristine:
+        tail = getattr(frames, name)[nr_frames:]
+        if tail.dtype != dtype or tail.shape != shape or tail.tobytes() != data:
+            return False
+    return True
+
+
 class PageTableScan:
     """Every leaf of every live process, gathered into arrays, and the counts derived from them.
 
@@ -172,6 +194,7 @@ class PageTableScan:
         self.contpte_verdicts = contpte_verdicts if contpte_verdicts is not None else ContpteVerdicts()
         self.frames = machine.frames
         self.nr_frames = machine.frames.nr_frames
+        self._nr_nonzero: dict[str, int] = {}   # nr_nonzero's counts so far
         self.bad_pmds: list[str] = []          # PMD descriptors that are neither block nor table
         self.pte_tables: list[tuple[int, int, np.ndarray]] = []   # (pid, base, entries)
         pmd_leaves: list[tuple[int, int, int]] = []
@@ -292,16 +315,18 @@ class PageTableScan:
         """Head pfns of every large folio, ascending."""
         return self.heads[self.large]
 
-    @cached_property
-    def nr_nonzero(self) -> dict[str, int]:
-        """Per folio and page field of the frame table: how many of its values are non-zero."""
-        return {name: int(np.count_nonzero(getattr(self.frames, name)[:self.nr_frames]))
-                for name in FOLIO_FIELDS + PAGE_FIELDS}
+    def nr_nonzero(self, name: str) -> int:
+        """How many of frame field name's values are non-zero (counted once per field asked)."""
+        counts = self._nr_nonzero
+        count = counts.get(name)
+        if count is None:
+            count = counts[name] = int(np.count_nonzero(getattr(self.frames, name)[:self.nr_frames]))
+        return count
 
     def zero_outside(self, name: str, pfns: np.ndarray) -> bool:
         """Whether frame field name is zero at every pfn but pfns (ascending, distinct): a count,
         the cheap question to ask before looking for the pfns where it is not."""
-        nr_nonzero = self.nr_nonzero[name]
+        nr_nonzero = self.nr_nonzero(name)
         return nr_nonzero == 0 or np.count_nonzero(getattr(self.frames, name)[pfns]) == nr_nonzero
 
     def folio_of(self, pfns: np.ndarray) -> np.ndarray:

@@ -1,0 +1,182 @@
+"""Resuming inputs from snapshots (issue 16): the copies are exact and independent whatever
+state the machine holds, the cache keeps its budget, and an input resumed from a snapshot
+gives the verdict, signature and final states of its run from the first op."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fuzz.engine import snapshots
+from fuzz.engine.decode import OpStream, encode
+from fuzz.engine.loop import check_resume, same_state
+from fuzz.engine.session import Session
+from fuzz.engine.snapshots import SnapshotCache, SnapshotError, copy_state
+from fuzz.judge.runner import Carried, run_stream
+from fuzz.script.ops import parse_file
+from machine import Machine
+from machine.pgtable import PAGE_SIZE
+
+ROOT = Path(__file__).resolve().parent.parent
+# Seeds whose end states hold files, pins, swap entries, forks, uffd-wp and large folios.
+RICH_SEEDS = ("05-fault-order4-order8-cont.ops", "06-fault-pmd.ops")
+IMMUTABLE_LEAVES = (int, float, str, bytes, bool, type(None))
+
+
+def final_state(name: str) -> tuple[OpStream, Carried]:
+    """The decoder's stream and what the runner carries at the end of a seed's run."""
+    session = Session("batched", Path("/nonexistent"), None, snapshot_budget=None)
+    stream = OpStream(encode(parse_file(str(ROOT / "corpus/seeds" / name))))
+    result = run_stream(stream.script, stream.next_op, session.impl, session.reference)
+    assert result.final is not None and not result.findings
+    return stream, result.final
+
+
+def reachable(value: object, seen: dict[int, object] | None = None) -> dict[int, object]:
+    """Every object reachable from value through containers and attributes, by id."""
+    seen = {} if seen is None else seen
+    if id(value) in seen or isinstance(value, (*IMMUTABLE_LEAVES, type)):
+        return seen
+    seen[id(value)] = value
+    if isinstance(value, dict):
+        items: list[object] = list(value.values())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+    elif isinstance(value, np.ndarray):
+        items = []
+    else:
+        items = [getattr(value, name) for klass in type(value).__mro__ for name in getattr(klass, "__slots__", ())
+                 if name not in ("__dict__", "__weakref__") and hasattr(value, name)]
+        items += list(getattr(value, "__dict__", {}).values())
+    for item in items:
+        reachable(item, seen)
+    return seen
+
+
+def frozen(value: object) -> bool:
+    return dataclasses.is_dataclass(value) and type(value).__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seed", RICH_SEEDS)
+def test_a_copy_holds_every_attribute_and_shares_nothing_that_changes(seed):
+    """Generic over the machine: whatever attribute machine/ (or a kernel, the shadow, the
+    decoder) adds, the copy holds the same and shares no mutable object with the original."""
+    state = final_state(seed)
+    copied = copy_state(state)
+    assert same_state(copied, state)
+    original = reachable(state)
+    shared = [obj for key, obj in reachable(copied).items() if key in original
+              and not frozen(obj) and not isinstance(obj, tuple) and not isinstance(obj, np.generic)]
+    assert shared == []
+
+
+def test_frozen_state_is_immutable_all_the_way_down():
+    """copy_state shares frozen dataclasses (pins, ops): that holds only while their fields are immutable."""
+    for obj in reachable(final_state(RICH_SEEDS[0])).values():
+        if frozen(obj):
+            for field in dataclasses.fields(obj):
+                leaves = reachable(getattr(obj, field.name))
+                assert all(isinstance(leaf, tuple) or frozen(leaf) for leaf in leaves.values()), \
+                    (type(obj).__name__, field.name)
+
+
+def test_a_new_machine_attribute_is_copied_and_then_independent():
+    machine = Machine(256)
+    machine.new_state = {"table": np.arange(4), "seen": {1, 2}, "pages": [np.zeros(2, np.int64)]}  # type: ignore[attr-defined]
+    copied = copy_state(machine)
+    assert same_state(copied, machine)
+    machine.new_state["table"][0] = 7      # type: ignore[attr-defined]
+    machine.new_state["seen"].add(3)       # type: ignore[attr-defined]
+    machine.new_state["pages"][0][1] = 5   # type: ignore[attr-defined]
+    assert copied.new_state["table"][0] == 0 and copied.new_state["seen"] == {1, 2}
+    assert copied.new_state["pages"][0][1] == 0
+    assert not same_state(copied, machine)
+
+
+def test_what_cannot_be_copied_exactly_is_refused():
+    machine = Machine(256)
+    machine.lock = threading.Lock()   # type: ignore[attr-defined]
+    with pytest.raises(SnapshotError):
+        copy_state(machine)
+
+
+def test_a_page_table_copy_sits_where_the_table_sat_in_its_page():
+    _stream, carried = final_state(RICH_SEEDS[0])
+    copied = copy_state(carried)
+    for original, copy in ((carried.sides[0][0], copied.sides[0][0]), (carried.sides[1][0], copied.sides[1][0])):
+        for mm, mm_copy in zip(original.processes.values(), copy.processes.values(), strict=True):
+            for key, table in mm.pte_tables.items():
+                address = mm_copy.pte_tables[key].entries.__array_interface__["data"][0]
+                assert address % PAGE_SIZE == table.entries.__array_interface__["data"][0] % PAGE_SIZE == 0
+
+
+def test_an_unchanged_array_is_shared_with_the_run_s_earlier_snapshot():
+    _stream, carried = final_state(RICH_SEEDS[0])
+    earlier: snapshots.EarlierCopies = {}
+    first = copy_state(carried, None, None, earlier)
+    machine = carried.sides[0][0]
+    machine.frames.page_data[0] += 1
+    second = copy_state(carried, None, None, earlier)
+    assert second.sides[0][0].frames.folio_order is first.sides[0][0].frames.folio_order
+    assert second.sides[0][0].frames.page_data is not first.sides[0][0].frames.page_data
+    assert second.sides[0][0].frames.page_data[0] == first.sides[0][0].frames.page_data[0] + 1
+
+
+def test_the_cache_finds_the_longest_suffix_and_keeps_its_budget():
+    stream, carried = final_state(RICH_SEEDS[0])
+    stream.choices.remaining = 1   # as if the decoder had one byte left
+    data = stream.choices.data
+    cache = SnapshotCache(budget=1)
+    cache.copy_cost = 0.0
+    cache.capture(data, stream, carried, carried.ops_run, work=1.0, earlier={})
+    assert len(cache.points) == 1   # the newest point stays even over the budget
+    point = cache.lookup(b"\x99" + data[1:])
+    assert point is not None and point.consumed == len(data) - 1
+    assert cache.lookup(data[:-1] + b"\x00") is None
+    stream.choices.remaining = 2
+    cache.capture(data, stream, carried, carried.ops_run, work=1.0, earlier={})
+    assert len(cache.points) == 1 and cache.stats.evicted == 1
+
+
+def test_resumed_runs_equal_runs_from_the_first_op():
+    """The CI share of the 10,000-input check (`rmapfuzz bench --resume-check 10000` runs it all)."""
+    check = check_resume(500, seed=3)
+    assert check.mismatches == []
+    assert check.resumed > 30 and check.mean_resumed_op >= 1
+
+
+def test_resumed_runs_keep_a_planted_bug_s_findings():
+    check = check_resume(250, impl="fuzz.canaries.folio_ref_per_batch", seed=5)
+    assert check.mismatches == [] and check.findings > 0 and check.resumed > 0
+
+
+def test_the_check_sees_a_resume_that_loses_state(monkeypatch):
+    """The equivalence check can fail: a resume that forgets the shadow's words is caught."""
+    original = snapshots.SnapshotCache.resume
+
+    def forgetful(self, point, data, earlier):
+        stream, carried = original(self, point, data, earlier)
+        for _machine, _kernel, shadow, _result in carried.sides:
+            shadow.data.clear()
+        return stream, carried
+
+    monkeypatch.setattr(snapshots.SnapshotCache, "resume", forgetful)
+    assert check_resume(150, seed=3).mismatches
+
+
+def test_a_bad_resume_budget_is_one_line_and_exit_2(monkeypatch, capsys):
+    from fuzz.front.cli import main
+
+    monkeypatch.setenv("RMAPFUZZ_RESUME_MIB", "lots")
+    assert main(["fuzz", "--runs", "1"]) == 2
+    assert capsys.readouterr().err.startswith("rmapfuzz: RMAPFUZZ_RESUME_MIB='lots': not a number of MiB")
+
+
+def test_resuming_is_off_unless_asked():
+    from fuzz.engine.session import snapshot_budget
+
+    assert snapshot_budget("") is None and snapshot_budget("0") is None and snapshot_budget("8") == 8 << 20

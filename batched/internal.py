@@ -45,6 +45,7 @@ FPB_MERGE_YOUNG_DIRTY = 1 << 4  # only the template's young and dirty: nothing m
 FPB_ZAP = 0
 FPB_FORK = FPB_RESPECT_DIRTY | FPB_MERGE_WRITE
 FPB_UNMAP = FPB_RESPECT_WRITE
+FPB_MPROTECT = FPB_RESPECT_WRITE  # mprotect_folio_pte_batch: FPB_RESPECT_SOFT_DIRTY | FPB_RESPECT_WRITE
 FPB_MADVISE = FPB_MERGE_YOUNG_DIRTY  # madvise_folio_pte_batch: dirty, write and young ignored
 
 

@@ -20,8 +20,10 @@ from machine.pgtable import (
     pmd_trans_huge,
     pte_clear_uffd_wp,
     pte_dirty,
+    pte_mkdirty,
     pte_mkuffd_wp,
     pte_mkwrite,
+    pte_mkyoung,
     pte_modify,
     pte_none,
     pte_pfn,
@@ -29,6 +31,7 @@ from machine.pgtable import (
     pte_swp_clear_uffd_wp,
     pte_swp_mkuffd_wp,
     pte_uffd_wp,
+    pte_young,
 )
 
 from .filemap import vma_needs_dirty_tracking, vma_page_prot
@@ -40,7 +43,7 @@ from .huge_memory import (
     change_huge_pmd,
     split_huge_pmd_locked,
 )
-from .internal import set_pte_values
+from .internal import FPB_MPROTECT, batches_any, folio_pte_batch, set_pte_values
 from .memory import pmd_ranges
 
 
@@ -67,9 +70,19 @@ def change_present_ptes(machine: Machine, vma: VMA, old: np.ndarray, cp_flags: i
     return np.where(changeable, pte_mkwrite(entries), entries)
 
 
+def modify_prot_start_ptes(old: np.ndarray, nr_pages: np.ndarray) -> np.ndarray:
+    """The present entries old, in batches of nr_pages, each batch's entries given its gathered
+    dirty and young (the one value the kernel's modify_prot_start_ptes returns per batch)."""
+    dirty = batches_any(pte_dirty(old).astype(bool), nr_pages).repeat(nr_pages)
+    young = batches_any(pte_young(old).astype(bool), nr_pages).repeat(nr_pages)
+    old = np.where(dirty, pte_mkdirty(old), old)
+    return np.where(young, pte_mkyoung(old), old)
+
+
 def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, cp_flags: int) -> None:
     """New protection for every PTE of [start, end) (one PMD): present entries with one
-    vector expression; swap entries' uffd-wp bit per cp_flags (change_softleaf_pte); with
+    vector expression, each batch of a large folio's (mprotect_folio_pte_batch) gathered
+    first; swap entries' uffd-wp bit per cp_flags (change_softleaf_pte); with
     MM_CP_UFFD_WP a marker on each none entry, with MM_CP_UFFD_WP_RESOLVE markers dropped."""
     if mm.pte_table(start) is None:
         return
@@ -78,7 +91,8 @@ def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, c
     first = (start - haddr) >> PAGE_SHIFT
     present = np.flatnonzero(pte_present(ptes))
     if len(present):
-        set_pte_values(machine, mm, haddr, first + present, change_present_ptes(machine, vma, ptes[present], cp_flags))
+        old = modify_prot_start_ptes(ptes[present], folio_pte_batch(machine, mm, start, ptes, FPB_MPROTECT).nr_pages)
+        set_pte_values(machine, mm, haddr, first + present, change_present_ptes(machine, vma, old, cp_flags))
     if not cp_flags & (MM_CP_UFFD_WP | MM_CP_UFFD_WP_RESOLVE):
         return
     swap = np.flatnonzero(is_swap_slot_pte(ptes))

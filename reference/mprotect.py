@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from machine import MM, VMA, Machine
-from machine.errors import ENOMEM, OK
 from collections.abc import Iterator
 
+from machine import MM, VMA, Machine, check
+from machine.errors import ENOMEM, OK
 from machine.pgtable import (
-    PTE_MARKER_UFFD_WP, PAGE_SIZE, PMD_SIZE, is_pte_marker, make_pte_marker, pte_none, pmd_trans_huge,
-    pte_clear_uffd_wp, pte_dirty, pte_mkuffd_wp, pte_mkwrite, pte_modify, pte_pfn, pte_present, pte_special,
-    pte_swp_clear_uffd_wp, pte_swp_mkuffd_wp, pte_uffd_wp,
+    PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_MARKER_UFFD_WP, is_pte_marker, make_pte_marker, pmd_trans_huge,
+    pte_clear_uffd_wp, pte_dirty, pte_mkdirty, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung, pte_modify, pte_none,
+    pte_pfn, pte_present, pte_special, pte_swp_clear_uffd_wp, pte_swp_mkuffd_wp, pte_uffd_wp, pte_young,
 )
 
 from .filemap import vma_needs_dirty_tracking, vma_page_prot
-from .folio import PageAnonExclusive
+from .folio import PageAnonExclusive, folio_nr_pages, folio_test_large, page_folio
 from .huge_memory import (
     MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, change_huge_pmd, split_huge_pmd_locked,
 )
 from .memory import pmd_ranges
+from .vmscan import pte_unmap_batch_bits
 
 
 def can_change_pte_writable(machine: Machine, vma: VMA, pte: int) -> bool:
@@ -42,11 +43,50 @@ def change_uffd_wp_bit(entry: int, cp_flags: int) -> int:
     return entry
 
 
-def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int, cp_flags: int) -> None:
-    """New protection for one present PTE (change_present_ptes): pte_modify, the uffd-wp
-    bit per cp_flags, then writable if allowed (MM_CP_TRY_CHANGE_WRITABLE:
-    can_change_pte_writable)."""
+def mprotect_folio_pte_batch(machine: Machine, mm: MM, addr: int, end: int) -> int:
+    """How many present PTEs from addr change_pte_range changes as one batch: 1 for no folio
+    (the zero page) or a small one; else those before end mapping consecutive pages of the
+    folio that match but for dirty and young (FPB_RESPECT_WRITE), looked at one at a time."""
     pte = machine.ptep_get(mm, addr)
+    check(pte_present(pte), "mprotect_folio_pte_batch of a non-present PTE at %#x", addr)
+    if pte_special(pte):
+        return 1
+    page = int(pte_pfn(pte))
+    folio = page_folio(machine, page)
+    if not folio_test_large(machine, folio):
+        return 1
+    max_nr = min((end - addr) >> PAGE_SHIFT, folio + folio_nr_pages(machine, folio) - page)
+    nr_pages = 1
+    while nr_pages < max_nr:
+        next_pte = machine.ptep_get(mm, addr + (nr_pages << PAGE_SHIFT))
+        if not pte_present(next_pte) or int(pte_pfn(next_pte)) != page + nr_pages:
+            break
+        if pte_unmap_batch_bits(next_pte) != pte_unmap_batch_bits(pte):
+            break
+        nr_pages += 1
+    return nr_pages
+
+
+def modify_prot_start_ptes(machine: Machine, mm: MM, addr: int, nr_pages: int) -> tuple[bool, bool]:
+    """Whether any of the nr_pages PTEs from addr is dirty, and whether any is young: the
+    kernel gathers both into the batch's one value, which every entry then takes."""
+    dirty = young = False
+    for index in range(nr_pages):
+        pte = machine.ptep_get(mm, addr + (index << PAGE_SHIFT))
+        dirty |= bool(pte_dirty(pte))
+        young |= bool(pte_young(pte))
+    return dirty, young
+
+
+def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int, cp_flags: int, dirty: bool, young: bool) -> None:
+    """New protection for one present PTE of a batch (change_present_ptes): the batch's
+    gathered dirty and young, pte_modify, the uffd-wp bit per cp_flags, then writable if
+    allowed (MM_CP_TRY_CHANGE_WRITABLE: can_change_pte_writable)."""
+    pte = machine.ptep_get(mm, addr)
+    if dirty:
+        pte = pte_mkdirty(pte)
+    if young:
+        pte = pte_mkyoung(pte)
     entry = change_uffd_wp_bit(pte_modify(pte, vma_page_prot(machine, vma)), cp_flags)
     if cp_flags & MM_CP_TRY_CHANGE_WRITABLE and can_change_pte_writable(machine, vma, entry):
         entry = pte_mkwrite(entry)
@@ -77,14 +117,21 @@ def userfaultfd_wp_use_markers(vma: VMA) -> bool:
 
 
 def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, cp_flags: int) -> None:
-    """New protection for every PTE of [start, end) (one PMD), one at a time; MM_CP_UFFD_WP
-    puts a marker on each none entry where markers are used."""
+    """New protection for every PTE of [start, end) (one PMD), one at a time: each entry of a
+    large folio's batch takes the batch's gathered dirty and young (modify_prot_start_ptes);
+    MM_CP_UFFD_WP puts a marker on each none entry where markers are used."""
     if mm.pte_table(start) is None:
         return  # pmd_none: nothing mapped here
+    batch_end = start
+    dirty = young = False
     for addr in range(start, end, PAGE_SIZE):
         pte = machine.ptep_get(mm, addr)
         if pte_present(pte):
-            change_pte(machine, mm, vma, addr, cp_flags)
+            if addr >= batch_end:
+                nr_pages = mprotect_folio_pte_batch(machine, mm, addr, end)
+                dirty, young = modify_prot_start_ptes(machine, mm, addr, nr_pages)
+                batch_end = addr + (nr_pages << PAGE_SHIFT)
+            change_pte(machine, mm, vma, addr, cp_flags, dirty, young)
         elif pte_none(pte):
             if cp_flags & MM_CP_UFFD_WP and userfaultfd_wp_use_markers(vma):
                 machine.set_pte_at(mm, addr, make_pte_marker(PTE_MARKER_UFFD_WP))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from machine import VMA, Machine, MM, check
-from machine.pgtable import pfn_pte, pte_mkspecial, pte_pfn, pte_present, pte_special, vm_get_page_prot
+from collections.abc import Callable
+
+from machine.pgtable import PAGE_SHIFT, pfn_pte, pte_mkspecial, pte_pfn, pte_present, pte_special, vm_get_page_prot
 
 GUP_PIN_COUNTING_BIAS = 1024
 
@@ -149,3 +151,24 @@ def zero_page_pte(machine: Machine, vma: VMA) -> int:
     """The shared zero page as a read fault or a split maps it: pte_mkspecial(pfn_pte(zero_pfn,
     vm_page_prot)), read-only, young and clean."""
     return pte_mkspecial(pfn_pte(machine.frames.zero_pfn, vm_get_page_prot(vma.writable)))
+
+
+def folio_pte_batch(machine: Machine, mm: MM, folio: int, addr: int, end: int,
+                    batch_bits: Callable[[int], int]) -> int:
+    """How many PTEs from addr (before end) map consecutive pages of folio and are equal in
+    batch_bits (what the caller's flags compare of an entry, pfn aside), looked at one at a
+    time: folio_pte_batch_flags. Context: a present PTE of a page of folio is at addr."""
+    pte = machine.ptep_get(mm, addr)
+    page = int(pte_pfn(pte))
+    check(pte_present(pte) and page_folio(machine, page) == folio,
+          "folio_pte_batch at %#x: not a present PTE of the folio", addr)
+    max_nr = min((end - addr) >> PAGE_SHIFT, folio + folio_nr_pages(machine, folio) - page)
+    nr_pages = 1
+    while nr_pages < max_nr:
+        next_pte = machine.ptep_get(mm, addr + (nr_pages << PAGE_SHIFT))
+        if not pte_present(next_pte) or int(pte_pfn(next_pte)) != page + nr_pages:
+            break
+        if batch_bits(next_pte) != batch_bits(pte):
+            break
+        nr_pages += 1
+    return nr_pages

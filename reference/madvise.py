@@ -12,7 +12,7 @@ from machine.pgtable import (
 )
 
 from .folio import (
-    folio_clear_dirty, folio_mapcount, folio_mark_lazyfree, folio_maybe_mapped_shared, folio_nr_pages,
+    folio_clear_dirty, folio_mapcount, folio_mark_lazyfree, folio_maybe_mapped_shared, folio_nr_pages, folio_pte_batch,
     folio_test_dirty, folio_test_large, page_folio,
 )
 from .huge_memory import split_huge_page_to_list_to_order
@@ -70,19 +70,7 @@ def madvise_free_huge_pmd(machine: Machine, mm: MM, haddr: int, whole_pmd: bool)
 def madvise_folio_pte_batch(machine: Machine, mm: MM, folio: int, addr: int, end: int) -> int:
     """How many PTEs from addr (before end) map consecutive pages of folio and match but for
     dirty, write and young (folio_pte_batch_flags with FPB_MERGE_YOUNG_DIRTY), one at a time."""
-    pte = machine.ptep_get(mm, addr)
-    page = int(pte_pfn(pte))
-    expected = pte_batch_ignored(pte)
-    max_nr = min((end - addr) >> PAGE_SHIFT, folio + folio_nr_pages(machine, folio) - page)
-    nr_pages = 1
-    while nr_pages < max_nr:
-        next_pte = machine.ptep_get(mm, addr + (nr_pages << PAGE_SHIFT))
-        if not pte_present(next_pte) or int(pte_pfn(next_pte)) != page + nr_pages:
-            break
-        if pte_batch_ignored(next_pte) != expected:
-            break
-        nr_pages += 1
-    return nr_pages
+    return folio_pte_batch(machine, mm, folio, addr, end, pte_batch_ignored)
 
 
 def pte_batch_ignored(pte: int) -> int:

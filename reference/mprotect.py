@@ -13,7 +13,7 @@ from machine.pgtable import (
 )
 
 from .filemap import vma_needs_dirty_tracking, vma_page_prot
-from .folio import PageAnonExclusive, folio_nr_pages, folio_test_large, page_folio
+from .folio import PageAnonExclusive, folio_pte_batch, folio_test_large, page_folio
 from .huge_memory import (
     MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, change_huge_pmd, split_huge_pmd_locked,
 )
@@ -51,20 +51,10 @@ def mprotect_folio_pte_batch(machine: Machine, mm: MM, addr: int, end: int) -> i
     check(pte_present(pte), "mprotect_folio_pte_batch of a non-present PTE at %#x", addr)
     if pte_special(pte):
         return 1
-    page = int(pte_pfn(pte))
-    folio = page_folio(machine, page)
+    folio = page_folio(machine, int(pte_pfn(pte)))
     if not folio_test_large(machine, folio):
         return 1
-    max_nr = min((end - addr) >> PAGE_SHIFT, folio + folio_nr_pages(machine, folio) - page)
-    nr_pages = 1
-    while nr_pages < max_nr:
-        next_pte = machine.ptep_get(mm, addr + (nr_pages << PAGE_SHIFT))
-        if not pte_present(next_pte) or int(pte_pfn(next_pte)) != page + nr_pages:
-            break
-        if pte_unmap_batch_bits(next_pte) != pte_unmap_batch_bits(pte):
-            break
-        nr_pages += 1
-    return nr_pages
+    return folio_pte_batch(machine, mm, folio, addr, end, pte_unmap_batch_bits)
 
 
 def modify_prot_start_ptes(machine: Machine, mm: MM, addr: int, nr_pages: int) -> tuple[bool, bool]:

@@ -12,7 +12,8 @@ from machine.pgtable import (
 )
 
 from .folio import (
-    PageAnonExclusive, folio_mark_dirty, folio_maybe_dma_pinned, folio_mapcount, folio_nr_pages, folio_put,
+    PageAnonExclusive, folio_mark_dirty, folio_maybe_dma_pinned, folio_mapcount, folio_nr_pages, folio_pte_batch,
+    folio_put,
     folio_set_swapbacked, folio_test_dirty, folio_test_large, folio_test_lazyfree, page_mapcount,
 )
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
@@ -83,19 +84,8 @@ def folio_unmap_pte_batch(machine: Machine, folio: int, mm: MM, vma: VMA, addr: 
     but for dirty and young (FPB_RESPECT_WRITE), looked at one at a time."""
     if not folio_test_large(machine, folio) or not folio_test_lazyfree(machine, folio):
         return 1
-    pte = machine.ptep_get(mm, addr)
-    page = int(pte_pfn(pte))
     end_addr = min((addr & ~(PMD_SIZE - 1)) + PMD_SIZE, vma.end)
-    max_nr = min((end_addr - addr) >> PAGE_SHIFT, folio + folio_nr_pages(machine, folio) - page)
-    nr_pages = 1
-    while nr_pages < max_nr:
-        next_pte = machine.ptep_get(mm, addr + (nr_pages << PAGE_SHIFT))
-        if not pte_present(next_pte) or int(pte_pfn(next_pte)) != page + nr_pages:
-            break
-        if pte_unmap_batch_bits(next_pte) != pte_unmap_batch_bits(pte):
-            break
-        nr_pages += 1
-    return nr_pages
+    return folio_pte_batch(machine, mm, folio, addr, end_addr, pte_unmap_batch_bits)
 
 
 def pte_unmap_batch_bits(pte: int) -> int:

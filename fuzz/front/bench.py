@@ -210,15 +210,18 @@ def uffd_length(size: int) -> int:
     return max(PMD_SIZE, size // 4 // PMD_SIZE * PMD_SIZE)
 
 
-def _uffd_ops(size: int, mode: str, ranges: list[int]) -> list[Op]:
-    """wp mode over each range (UFFDIO_WRITEPROTECT); the registration comes with mode "on"."""
-    ops = [Op("wp", process=0, addr=addr, length=HALF_PMD, mode=mode) for addr in ranges]
-    if mode == "on":
-        files = file_layout(size)
-        ops = [Op("uffd", process=0, addr=BASE, length=uffd_length(size)),
-               Op("uffd", process=0, addr=files.shmem_base, length=files.file_size), *ops,
-               Op("wp", process=0, addr=files.shmem_base, length=files.file_size // 2, mode="on")]
-    return ops
+def _uffd_register_ops(size: int) -> list[Op]:
+    """uffd-wp over the anonymous mapping's registered part and F0's mapping, then F0's first
+    half write-protected."""
+    files = file_layout(size)
+    return [Op("uffd", process=0, addr=BASE, length=uffd_length(size)),
+            Op("uffd", process=0, addr=files.shmem_base, length=files.file_size),
+            Op("wp", process=0, addr=files.shmem_base, length=files.file_size // 2, mode="on")]
+
+
+def _wp_ops(mode: str, ranges: list[int]) -> list[Op]:
+    """UFFDIO_WRITEPROTECT with mode over one MiB from each start in ranges."""
+    return [Op("wp", process=0, addr=addr, length=HALF_PMD, mode=mode) for addr in ranges]
 
 
 def _fault_ops(size: int) -> list[Op]:
@@ -284,14 +287,14 @@ def build_workload(size: int, seed: int = 0) -> list[Op]:
     ops = [Op("mmap", process=0, addr=BASE, length=size, prot="rw")]
     ops += _fault_ops(size)
     ops += _file_setup_ops(size)
-    ops += _uffd_ops(size, "on", _uffd_wp_ranges(size))
+    ops += _uffd_register_ops(size) + _wp_ops("on", _uffd_wp_ranges(size))
     ops += _write_ops(rng, 0, size)
     ops += _file_access_ops(rng, size)
     ops += _pin_ops(rng, size)
     ops += [Op("fork", process=0) for _child in CHILDREN]
     for pid in CHILDREN:
         ops += _write_ops(rng, pid, size)
-    ops += _uffd_ops(size, "off", _uffd_wp_ranges(size)[::2])
+    ops += _wp_ops("off", _uffd_wp_ranges(size)[::2])
     ops += [Op("reclaim", process=0, addr=addr) for addr in _tenth(rng, layout.folios())]
     files = file_layout(size)
     ops += [Op("reclaim", process=0, addr=addr)

@@ -35,6 +35,7 @@ from fuzz.engine.findings import (
     sweep_staging,
 )
 from fuzz.engine.lifeline import CAMPAIGN_PID_ENV
+from fuzz.engine.session import SUMMARY_DIR_ENV, read_summaries
 from fuzz.front.cli import main
 from fuzz.script.ops import parse_file
 
@@ -118,6 +119,22 @@ def test_a_campaign_killed_with_sigkill_leaves_each_reported_finding_whole_and_n
         age(staging)
     sweep_staging(crashes)
     assert not list(crashes.glob(".staging-*"))
+
+
+def executions_reported(pids: list[int]) -> int:
+    """The executions the summary files of these fuzzing processes count so far."""
+    directories = set()
+    for pid in pids:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        prefix = f"{SUMMARY_DIR_ENV}=".encode()
+        directories |= {Path(entry[len(prefix):].decode()) for entry in environ if entry.startswith(prefix)}
+    try:
+        return sum(summary.executions for directory in directories for summary in read_summaries(directory))
+    except (OSError, ValueError):   # a summary being replaced, or the campaign ending
+        return 0
 
 
 def fuzzing_workers(campaign_pid: int) -> list[int]:
@@ -345,10 +362,9 @@ def test_ctrl_c_stops_a_campaign_with_its_summary(tmp_path):
          str(ROOT / "corpus/seeds/06-fault-pmd.ops")], cwd=tmp_path, env=campaign_env(), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT,
                                                                                             signal.SIG_DFL))
-    deadline = time.monotonic() + 60
-    while not fuzzing_workers(campaign.pid) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60   # start-up (instrumenting batched) is slow on a loaded machine
+    while not executions_reported(fuzzing_workers(campaign.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(3)
     workers = workers_of(campaign.pid)
     started = time.monotonic()
     campaign.send_signal(signal.SIGINT)

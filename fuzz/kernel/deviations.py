@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fuzz.script.ops import Op
 from machine.pgtable import PAGE_SIZE, PMD_SIZE
 
-from .observe import PRESENT, SWAP, Difference, Observation
+from .observe import PRESENT, Difference, Observation
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,6 @@ def _pmd_fault_needs_pmd_none(difference: Difference, context: OpContext) -> boo
             (kernel is None or kernel.state != PRESENT or kernel.level != "pmd"))
 
 
-def _swap_in_of(context: OpContext) -> bool:
-    """The op swaps in the page at its address on the model (a write, read or fault at a swap entry)."""
-    op = context.op
-    view = context.model_before.get((op.process or 0, op.addr or 0))
-    return op.name in ("write", "read", "fault", "pin") and view is not None and view.state == SWAP
-
-
 def _vma_merge(difference: Difference, context: OpContext) -> bool:
     """The model never merges an mmap with its neighbours; the kernel merges VMAs without an
     anon_vma yet, so a fault may find a larger aligned range inside one VMA. Explains every
@@ -96,33 +89,10 @@ def _vma_merge(difference: Difference, context: OpContext) -> bool:
     return crosses and start <= difference.addr < start + size
 
 
-def _large_swapin(difference: Difference, context: OpContext) -> bool:
-    """A swap-in of an entry of a swapped-out large folio whose slots other processes' entries
-    share: the kernel brings the folio back whole into the swap cache (a write fault then
-    copies the faulting page), the model one order-0 page (it swaps in whole only a run no
-    other entry shares). Explains the op's process's pages of the kernel folio around the op's
-    address that were swap entries, and the slot identities of the other processes' entries
-    there (named by the op's process's entries on the model, by their own on the kernel)."""
-    if not _swap_in_of(context):
-        return False
-    op = context.op
-    process, addr = op.process or 0, op.addr or 0
-    kernel = context.kernel_after.get((process, difference.addr))
-    before = context.model_before.get((process, difference.addr))
-    if kernel is None or kernel.state != PRESENT or kernel.order == 0 or before is None or before.state != SWAP:
-        return False
-    size = PAGE_SIZE << kernel.order
-    if difference.addr & ~(size - 1) != addr & ~(size - 1):
-        return False
-    return difference.process == process or difference.field == "slot"
-
-
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("pmd-fault-needs-pmd-none", "An order-9 fault needs only no PMD block and all 512 entries 0",
               _pmd_fault_needs_pmd_none),
     Deviation("vma-merge", "mmap never merges (each call is a new lineage)", _vma_merge),
-    Deviation("large-swapin", "A run of swap entries other entries share is swapped in one page at a time",
-              _large_swapin),
     Deviation("contpte-folding", "contpte: canonical folding at the end of each op", _contpte_folding),
 )
 

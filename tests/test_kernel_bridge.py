@@ -529,6 +529,26 @@ def test_a_shared_run_swapped_in_whole_is_the_models_own():
     assert "large-swapin" not in {deviation.id for deviation in DEVIATIONS}
 
 
+def test_swap_slot_placement_explains_only_a_run_the_models_slots_misalign():
+    run = model_of("mmap P0 0x200000 32K rw\nfault P0 0x200000 order=2\nreclaim P0 0x200000\n"
+                   "fault P0 0x204000 order=2\nreclaim P0 0x204000\nfault P0 0x200000 order=3\n")
+    before, after = run.steps[5].before, run.steps[5].after
+    assert after[(0, 0x200000)].order == 2 and before[(0, 0x200000)].slot % 8 != 0   # model: misaligned
+    kernel_before = {key: view._replace(slot=view.slot - before[(0, 0x200000)].slot + 512)
+                     for key, view in before.items()}
+    kernel = {(0, 0x200000 + i * 0x1000): PageView(PRESENT, pfn=0x100 + i, head=0x100, order=3, refcount=16)
+              for i in range(8)}
+    context = OpContext(run.steps[5].op, before, after, kernel_before, kernel, run.steps[5].vmas)
+    differences = compare_observations(after, kernel)
+    assert differences and {explain(d, context) for d in differences} == {"swap-slot-placement"}
+    misaligned_too = OpContext(run.steps[5].op, before, after, {key: view._replace(slot=view.slot + 4)
+                                                                for key, view in kernel_before.items()}, kernel, ())
+    assert {explain(d, misaligned_too) for d in differences} == {None}
+    aligned = {key: view._replace(slot=view.slot - before[(0, 0x200000)].slot + 8) for key, view in before.items()}
+    model_aligned = OpContext(run.steps[5].op, aligned, after, kernel_before, kernel, ())
+    assert {explain(d, model_aligned) for d in differences} == {None}
+
+
 def test_vma_merge_explains_a_larger_fault_across_a_model_vma_edge_only():
     run = model_of("mmap P0 0x200000 1M\nmmap P0 0x300000 1M\nfault P0 0x200000 order=9\n")
     assert run.steps[2].after[(0, 0x200000)].order == 8

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fuzz.script.ops import Op
 from machine.pgtable import PAGE_SIZE, PMD_SIZE
 
-from .observe import PRESENT, Difference, Observation
+from .observe import PRESENT, SWAP, Difference, Observation
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,38 @@ def _pmd_fault_needs_pmd_none(difference: Difference, context: OpContext) -> boo
             (kernel is None or kernel.state != PRESENT or kernel.level != "pmd"))
 
 
+def _swap_slot_placement(difference: Difference, context: OpContext) -> bool:
+    """The model allocates the lowest free aligned run of slots, the kernel's cluster
+    allocator others: a `fault`'s swap-in of a run of consecutive slots then passes
+    thp_swap_suitable_orders (first slot aligned as the address) on one side only. Explains
+    the op's process's pages of the kernel's larger folio, when on both sides every entry of
+    its range was the swap PTE of consecutive slots and only the model's alignment fails."""
+    op = context.op
+    process, addr = op.process or 0, op.addr or 0
+    if op.name != "fault":
+        return False
+    kernel, model = context.kernel_after.get((process, addr)), context.model_after.get((process, addr))
+    if kernel is None or model is None or kernel.state != PRESENT or model.state != PRESENT:
+        return False
+    if kernel.order <= model.order:
+        return False
+    nr_pages = 1 << kernel.order
+    start = addr & ~((PAGE_SIZE << kernel.order) - 1)
+    if not start <= difference.addr < start + (PAGE_SIZE << kernel.order):
+        return False
+    runs = []
+    for before in (context.model_before, context.kernel_before):
+        views = [before.get((process, start + i * PAGE_SIZE)) for i in range(nr_pages)]
+        if any(view is None or view.state != SWAP for view in views):
+            return False
+        slots = [view.slot for view in views if view is not None]
+        if slots != list(range(slots[0], slots[0] + nr_pages)):
+            return False
+        runs.append(slots[0])
+    model_first, kernel_first = runs
+    return model_first % nr_pages != 0 and kernel_first % nr_pages == 0
+
+
 def _vma_merge(difference: Difference, context: OpContext) -> bool:
     """The model never merges an mmap with its neighbours; the kernel merges VMAs without an
     anon_vma yet, so a fault may find a larger aligned range inside one VMA. Explains every
@@ -93,6 +125,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("pmd-fault-needs-pmd-none", "An order-9 fault needs only no PMD block and all 512 entries 0",
               _pmd_fault_needs_pmd_none),
     Deviation("vma-merge", "mmap never merges (each call is a new lineage)", _vma_merge),
+    Deviation("swap-slot-placement", "Swap slots: the lowest free aligned run", _swap_slot_placement),
     Deviation("contpte-folding", "contpte: canonical folding at the end of each op", _contpte_folding),
 )
 

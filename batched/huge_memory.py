@@ -56,6 +56,7 @@ from .rmap import (
     folios_remove_rmap_ptes,
     rmap_walk_vmas,
 )
+from .swap import free_swap_cache
 
 FALLBACK = "VM_FAULT_FALLBACK"
 
@@ -319,16 +320,32 @@ def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: in
     order = frames.folio_order.item(folio)
     if new_order == 1 or new_order >= order or not 0 <= new_order <= 8:
         return EINVAL
-    check(frames.folio_swap[folio] == 0, "split of swap-cache folio %s (only order-0 folios stay cached)", folio)
-    if frames.folio_refcount.item(folio) != frames.folio_large_mapcount.item(folio):
+    nr_pages = frames.folio_nr_pages(folio)
+    swap_slot = frames.folio_swap.item(folio)  # folio_expected_ref_count counts the swap cache's
+    cache_refs = nr_pages if swap_slot else 0
+    if frames.folio_refcount.item(folio) != frames.folio_large_mapcount.item(folio) + cache_refs:
         return EAGAIN
     frames.folio_refcount[folio] += 1  # the caller's reference, held across the unmap
-    nr_pages = frames.folio_nr_pages(folio)
     mappings = unmap_folio(machine, folio)
-    check(frames.folio_refcount.item(folio) == 1, "extra reference appeared during split")
+    check(frames.folio_refcount.item(folio) == 1 + cache_refs, "extra reference appeared during split")
     frames.folio_refcount[folio] = 0
     heads = __split_folio_to_order(machine, folio, new_order)
+    if swap_slot:
+        split_swap_cache(machine, folio, heads, swap_slot, 1 << new_order)
     remap_page(machine, folio, nr_pages, mappings)
+    if swap_slot:
+        free_swap_cache(machine, heads[1:])  # free_folio_and_swap_cache; the caller keeps lock_at
+    heads = heads[frames.page_folio[heads] == heads]  # free_swap_cache may have freed some
     frames.folios_free(heads[frames.folio_refcount[heads] == 0])
     return OK
+
+
+def split_swap_cache(machine: Machine, folio: int, heads: np.ndarray, swap_slot: int, new_nr_pages: int) -> None:
+    """__folio_split of a swap-cache folio: each new folio takes its run of the slots and one
+    cache reference per page (#104)."""
+    frames = machine.frames
+    frames.folio_swap[heads] = swap_slot + (heads - folio)
+    nr_pages = len(heads) * new_nr_pages
+    machine.swap.swap_cache[swap_slot:swap_slot + nr_pages] = np.repeat(heads, new_nr_pages)
+    frames.folio_refcount[heads] += new_nr_pages
 

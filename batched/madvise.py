@@ -29,7 +29,7 @@ from .huge_memory import split_huge_page_to_list_to_order
 from .internal import FPB_MADVISE, FPB_ZAP, PteBatches, folio_pte_batch, swap_pte_batch
 from .memory import pmd_ranges
 from .rmap import rmap_walk_vmas
-from .swap import folios_free_swap, free_swap_and_cache_nr
+from .swap import folios_free_swap, folios_mapped, free_swap_and_cache_nr
 from .vmscan import reclaim_split_folio, shrink_folio_list
 
 
@@ -182,12 +182,14 @@ def madvise_pageout_folio(machine: Machine, mm: MM, folio: int) -> str:
     if folio_maybe_mapped_shared(machine, folio):
         return OK
     lazyfree = folio_test_lazyfree(machine, folio)
+    cached = frames.folio_swap.item(folio) != 0
     result = split_huge_page_to_list_to_order(machine, folio, 0)
     if result != OK:
         return result
     pieces = np.arange(folio, folio + nr_pages)
-    mapped = pieces[frames.page_folio[pieces] >= 0]  # the split freed unmapped and all-zero pieces
-    if not lazyfree:
+    # The split freed unmapped and all-zero pieces, but for those the swap cache keeps (#104).
+    mapped = pieces[folios_mapped(machine, pieces)]
+    if not lazyfree and not cached:
         slots = machine.swap.find_free_slots_order0(len(mapped))
         if slots is None:
             return ENOMEM

@@ -29,7 +29,6 @@ from machine.pgtable import (
     make_pte_marker,
     pfn_pte,
     pmd_trans_huge,
-    pte_advance_pfn,
     pte_clear_uffd_wp,
     pte_marker_uffd_wp,
     pte_mkdirty,
@@ -221,7 +220,6 @@ def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
     swap-cache folio leaves the cache first if it can)."""
     frames = machine.frames
     if frames.folio_order[folio] > 0:
-        check(frames.folio_swap[folio] == 0, "large folio %s in the swap cache", folio)
         return __wp_can_reuse_large_anon_folio(machine, folio, mm)
     in_swap_cache = frames.folio_swap.item(folio) != 0
     if frames.folio_refcount.item(folio) > 1 + in_swap_cache:
@@ -232,13 +230,16 @@ def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
 
 
 def __wp_can_reuse_large_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
-    """v6.15: reuse when mapped more than once, only by mm, and all refs are mappings."""
+    """v6.15: reuse when mapped more than once, only by mm, and all refs are mappings (a
+    swap-cache folio leaves the cache first if it can)."""
     frames = machine.frames
     large_mapcount = frames.folio_large_mapcount.item(folio)
     if large_mapcount <= 1:
         return False  # give back a large folio mapped by a single page
     if frames.folio_mm_ids_shared[folio]:
         return False
+    if frames.folio_swap.item(folio) != 0:
+        folio_free_swap(machine, folio)  # fails while a swap PTE references one of its slots (#103)
     if large_mapcount != frames.folio_refcount.item(folio):
         return False
     check(mm.mm_id in frames.folio_mm_id[folio], "exclusively mapped folio not mapped by the faulting mm")
@@ -316,7 +317,7 @@ def swap_folio_orders(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, o
     """alloc_swap_folio's orders, highest first: the mTHP orders up to the fault's (below the PMD
     order) whose aligned range lies in vma with its slot offset aligned as the address, from the
     highest whose entries are the swap PTEs of consecutive slots with pte's bits, uncached,
-    with one zeromap value and (model) each slot referenced by its entry alone."""
+    with one zeromap value; the swap count is not asked (#100)."""
     if vma.uffd_wp:  # userfaultfd_armed: per-page fault fidelity
         return []
     slot = int(pte_swp_offset(pte))
@@ -335,8 +336,7 @@ def swap_folio_orders(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, o
     if slots[-1] >= swap.nr_slots:
         return []
     expected = (np.uint64(pte) & ~np.uint64(SWP_OFFSET_MASK)) | (slots.astype(np.uint64) << np.uint64(SWP_OFFSET_SHIFT))
-    usable = ((machine.ptes_get(mm, start, top) == expected) & (swap.swap_cache[slots] == NO_FOLIO)
-              & (swap.swap_count[slots] == 1))
+    usable = (machine.ptes_get(mm, start, top) == expected) & (swap.swap_cache[slots] == NO_FOLIO)
     zeromap = swap.swap_zeromap[slots]
     for position, candidate in enumerate(orders):
         nr_pages = 1 << candidate
@@ -356,11 +356,27 @@ def alloc_swap_folio(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, or
     return machine.frames.folio_alloc(0)
 
 
+def swap_folio_mapped_whole(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, folio: int) -> bool:
+    """A large swap-cache folio is mapped whole by a swap-in at addr when its range lies in
+    the VMA and addr's PMD and its entries there are its slots' swap PTEs with pte's bits."""
+    frames = machine.frames
+    nr_pages = frames.folio_nr_pages(folio)
+    first = frames.folio_swap.item(folio)
+    start = addr - ((int(pte_swp_offset(pte)) - first) << PAGE_SHIFT)
+    pmd_start = addr & ~(PMD_SIZE - 1)
+    if start < max(pmd_start, vma.start) or start + (nr_pages << PAGE_SHIFT) > min(pmd_start + PMD_SIZE, vma.end):
+        return False
+    slots = first + np.arange(nr_pages, dtype=np.uint64)
+    expected = (np.uint64(pte) & ~np.uint64(SWP_OFFSET_MASK)) | (slots << np.uint64(SWP_OFFSET_SHIFT))
+    return all_set(machine.ptes_get(mm, start, nr_pages) == expected)
+
+
 def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool, order: int = 0) -> str:
-    """Map the slot's swap-cache folio whole (a miss reads a fresh folio into the cache: larger
-    than order 0 only for a `fault` of order K, alloc_swap_folio); writable and exclusive only
-    through PTE_SWP_EXCLUSIVE; then folio_free_swap, and a write fault not yet satisfied goes
-    on to do_wp_page. Context: a swap PTE maps addr."""
+    """Map the slot's swap-cache folio (a miss reads a fresh folio into the cache: larger than
+    order 0 only for a `fault` of order K, alloc_swap_folio): whole if the process's entries
+    are its run's (always for a fresh one), else the faulting page alone (#100); writable and
+    exclusive only through PTE_SWP_EXCLUSIVE; then folio_free_swap, and a write fault not yet
+    satisfied goes on to do_wp_page. Context: a swap PTE maps addr."""
     pte = machine.ptep_get(mm, addr)
     check(is_swap_slot_pte(pte), "do_swap_page on a non-swap PTE")
     check(not write_fault or vma.writable, "write fault in a read-only VMA")
@@ -378,15 +394,17 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
         swap_cache_add_folio(machine, folio, first)
     else:
         folio_ref_add(machine, folio, 1)  # the lookup's reference, the mapping's from here on
-        check(frames.folio_order.item(folio) == 0 and not frames.page_anon_exclusive[folio],
-              "swap-cache folio %s is large or exclusive", folio)
-    nr_pages = frames.folio_nr_pages(folio)
     page_idx = slot - frames.folio_swap.item(folio)
-    start = addr - (page_idx << PAGE_SHIFT)
+    check(not frames.page_anon_exclusive[folio + page_idx], "swap-cache page %s is exclusive", folio + page_idx)
+    whole = fresh or (frames.folio_order.item(folio) > 0
+                      and swap_folio_mapped_whole(machine, mm, vma, addr, pte, folio))
+    nr_pages = frames.folio_nr_pages(folio) if whole else 1
+    start, first_page = (addr - (page_idx << PAGE_SHIFT), folio) if whole else (addr, folio + page_idx)
+    first_slot = slot - ((addr - start) >> PAGE_SHIFT)
     exclusive = bool(pte_swp_exclusive(pte))
-    check(not exclusive or all_set(swap.swap_count[slot - page_idx:slot - page_idx + nr_pages] == 1),
+    check(not exclusive or all_set(swap.swap_count[first_slot:first_slot + nr_pages] == 1),
           "PTE_SWP_EXCLUSIVE on a shared slot %s", slot)
-    entry = mk_pte(folio, vma)
+    entry = mk_pte(first_page, vma)
     if pte_swp_uffd_wp(pte):
         entry = pte_mkuffd_wp(entry)
     writable = exclusive and vma.writable and not userfaultfd_pte_wp(vma, entry)
@@ -399,15 +417,15 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
     if fresh:
         folio_add_new_anon_rmap(machine, folio, mm, vma, start, exclusive=exclusive)
     else:
-        one = np.array([folio], np.int64)
-        folios_add_anon_rmap_ptes(machine, one, one, np.ones(1, np.int64), mm, np.array([exclusive]))
-    folio_put_swap(machine, folio)
+        folios_add_anon_rmap_ptes(machine, np.array([folio], np.int64), np.array([first_page], np.int64),
+                                  np.array([nr_pages], np.int64), mm, np.array([exclusive]))
+    folio_put_swap(machine, folio, None if whole else page_idx)
     mm.rss_swap -= nr_pages
     mm.rss_anon += nr_pages
     machine.set_ptes(mm, start, entry, nr_pages)
     folio_free_swap(machine, folio)  # should_try_to_free_swap: always for SWP_SYNCHRONOUS_IO
     if write_fault and not writable:
-        return do_wp_page(machine, mm, vma, addr, pte_advance_pfn(entry, page_idx), unshare=False)
+        return do_wp_page(machine, mm, vma, addr, machine.ptep_get(mm, addr), unshare=False)
     return OK
 
 

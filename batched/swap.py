@@ -41,12 +41,14 @@ def folio_dup_swap(machine: Machine, slots: np.ndarray) -> None:
     add_at(machine.swap.swap_count, slots, 1)
 
 
-def folio_put_swap(machine: Machine, folio: int) -> None:
-    """do_swap_page mapped the whole swap-cache folio: each of its slots loses the reference
-    of the swap PTE it replaced; the cache still holds them."""
+def folio_put_swap(machine: Machine, folio: int, page_idx: int | None = None) -> None:
+    """do_swap_page mapped the swap-cache folio whole (page_idx None) or its page page_idx
+    alone: each slot mapped loses the reference of the swap PTE it replaced; the cache still
+    holds them."""
     swap = machine.swap
     first = machine.frames.folio_swap.item(folio)
-    span = slice(first, first + machine.frames.folio_nr_pages(folio))
+    nr_pages = machine.frames.folio_nr_pages(folio)
+    span = slice(first, first + nr_pages) if page_idx is None else slice(first + page_idx, first + page_idx + 1)
     check(first != 0 and all_set(swap.swap_cache[span] == folio), "folio_put_swap: folio %s is not cached", folio)
     check(all_set(swap.swap_count[span] >= 1), "swap slots from %s count underflow", first)
     swap.swap_count[span] -= 1

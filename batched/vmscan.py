@@ -42,7 +42,7 @@ from .rmap import (
     folios_try_share_anon_rmap_ptes,
     rmap_walk_vmas,
 )
-from .swap import folio_dup_swap, folios_del_from_swap_cache, swap_cache_add_folio
+from .swap import folio_dup_swap, folios_del_from_swap_cache, folios_mapped, swap_cache_add_folio
 
 
 def unmap_ptes_to_swap(machine: Machine, mm: MM, batches: PteBatches, slot: np.ndarray,
@@ -289,6 +289,19 @@ def reclaim_split_folio(machine: Machine, folio: int, nr_pages: int, slots: np.n
     check(all_set(machine.frames.page_folio[mapped] < 0), "reclaimed pieces still referenced")
 
 
+def reclaim_split_swapcache_folio(machine: Machine, folio: int) -> str:
+    """A partially mapped swap-cache folio is split (MADV_PAGEOUT's split_folio); each mapped
+    piece, keeping its slot, is then unmapped into it and freed, in ascending order (#104)."""
+    nr_pages = machine.frames.folio_nr_pages(folio)
+    result = split_huge_page_to_list_to_order(machine, folio, 0)
+    check(result == OK, "reclaim could not split folio %s: %s", folio, result)
+    pieces = np.arange(folio, folio + nr_pages)
+    for piece in pieces[folios_mapped(machine, pieces)].tolist():
+        result = try_to_unmap(machine, piece)
+        check(result == OK and machine.frames.page_folio[piece] < 0, "reclaimed piece %s still referenced", piece)
+    return OK
+
+
 def shrink_folio_list(machine: Machine, folio: int) -> str:
     """Reclaim the folio to swap: refuse pinned or extra-referenced ones; split a large one
     that is partially mapped, or for which swap has no aligned run of slots (the kernel's
@@ -300,8 +313,11 @@ def shrink_folio_list(machine: Machine, folio: int) -> str:
     order = frames.folio_order.item(folio)
     if folio_maybe_dma_pinned(machine, folio):
         return EBUSY
-    if order and frames.folio_refcount.item(folio) > folio_mapcount(machine, folio):
+    cache_refs = frames.folio_nr_pages(folio) if frames.folio_swap.item(folio) else 0
+    if order and frames.folio_refcount.item(folio) > folio_mapcount(machine, folio) + cache_refs:
         return EBUSY
+    if order and cache_refs and folio_partially_mapped(machine, folio):
+        return reclaim_split_swapcache_folio(machine, folio)
     if order and (folio_partially_mapped(machine, folio) or machine.swap.find_free_slots(order) is None):
         nr_pages = frames.folio_nr_pages(folio)
         pages = np.arange(folio, folio + nr_pages)

@@ -22,6 +22,7 @@ from .folio import (
     PageAnonExclusive, SetPageAnonExclusive, folio_get, folio_nr_pages, folio_put,
     folio_ref_add,
 )
+from .swap import free_swap_cache
 from .rmap import (
     folio_add_anon_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pmd,
     folio_remove_rmap_pte, folio_try_dup_anon_rmap_pmd, rmap_walk_vmas,
@@ -250,21 +251,36 @@ def split_huge_page_to_list_to_order(machine: Machine, folio: int, new_order: in
     order = int(frames.folio_order[folio])
     if new_order == 1 or new_order >= order or not 0 <= new_order <= 8:
         return EINVAL
-    check(frames.folio_swap[folio] == 0, "split of swap-cache folio %s (only order-0 folios stay cached)", folio)
-    if int(frames.folio_refcount[folio]) != int(frames.folio_large_mapcount[folio]):
+    swap_slot = int(frames.folio_swap[folio])  # folio_expected_ref_count: the swap cache's too
+    cache_refs = folio_nr_pages(machine, folio) if swap_slot else 0
+    if int(frames.folio_refcount[folio]) != int(frames.folio_large_mapcount[folio]) + cache_refs:
         return EAGAIN
     saved_data = frames.page_data[folio:folio + folio_nr_pages(machine, folio)].copy()
     folio_get(machine, folio)  # the caller's reference, held across the unmap
     mappings = unmap_folio(machine, folio)
-    check(int(frames.folio_refcount[folio]) == 1, "extra reference appeared during split")
+    check(int(frames.folio_refcount[folio]) == 1 + cache_refs, "extra reference appeared during split")
     frames.folio_refcount[folio] = 0
     heads = __split_folio_to_order(machine, folio, new_order)
+    if swap_slot:
+        split_swap_cache(machine, folio, heads, swap_slot)
     frames.page_data[folio:folio + len(saved_data)] = saved_data
     remap_page(machine, folio, len(saved_data), mappings)
     for head in heads:
-        if int(frames.folio_refcount[head]) == 0:
+        if head != folio:  # free_folio_and_swap_cache; the caller keeps the first (lock_at)
+            free_swap_cache(machine, head)
+        if not frames.is_free(head) and int(frames.folio_refcount[head]) == 0:
             frames.folio_free(head)
     return OK
+
+
+def split_swap_cache(machine: Machine, folio: int, heads: list[int], swap_slot: int) -> None:
+    """__folio_split of a swap-cache folio: each new folio takes its slots (folio->swap
+    advanced, the cache names it) and one cache reference per page (#104)."""
+    for head in heads:
+        machine.frames.folio_swap[head] = swap_slot + (head - folio)
+        for page in range(head, head + folio_nr_pages(machine, head)):
+            machine.swap.swap_cache[swap_slot + (page - folio)] = head
+        machine.frames.folio_refcount[head] += folio_nr_pages(machine, head)  # before any mapping's
 
 
 def mappings_by_new_folio(old_folio: int, heads: list[int], new_order: int,

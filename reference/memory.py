@@ -149,7 +149,6 @@ def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
     small swap-cache folio first leaves the cache if no swap PTE references it."""
     frames = machine.frames
     if folio_test_large(machine, folio):
-        check(not folio_test_swapcache(machine, folio), "large folio %s in the swap cache", folio)
         return __wp_can_reuse_large_anon_folio(machine, folio, mm)
     if int(frames.folio_refcount[folio]) > 1 + folio_test_swapcache(machine, folio):
         return False
@@ -158,13 +157,15 @@ def wp_can_reuse_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
 
 
 def __wp_can_reuse_large_anon_folio(machine: Machine, folio: int, mm: MM) -> bool:
-    """v6.15: reuse when mapped more than once, only by mm, and all refs are mappings."""
+    """v6.15: reuse when mapped more than once, only by mm, and all refs are mappings (a
+    swap-cache folio first leaves the cache if no swap PTE references it, #103)."""
     frames = machine.frames
     large_mapcount = int(frames.folio_large_mapcount[folio])
     if large_mapcount <= 1:
         return False  # give back a large folio mapped by a single page
     if folio_large_maybe_mapped_shared(machine, folio):
         return False
+    folio_free_swap(machine, folio)
     if large_mapcount != int(frames.folio_refcount[folio]):
         return False
     check(mm.mm_id in (int(frames.folio_mm_id[folio, 0]), int(frames.folio_mm_id[folio, 1])),
@@ -243,8 +244,8 @@ def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshar
 def can_swapin_thp(machine: Machine, mm: MM, addr: int, pte: int, order: int) -> bool:
     """The 2**order entries of the aligned range around addr are the swap PTEs of consecutive
     slots with pte's bits (pte_move_swp_offset, swap_pte_batch), whose zeromap bits agree
-    (swap_zeromap_batch), none in the swap cache (non_swapcache_batch), and (model) each
-    slot referenced by its entry alone."""
+    (swap_zeromap_batch) and none in the swap cache (non_swapcache_batch); the swap count
+    is not asked (#100)."""
     nr_pages = 1 << order
     start = addr & ~((nr_pages << PAGE_SHIFT) - 1)
     first = pte_move_swp_offset(pte, -((addr - start) >> PAGE_SHIFT))
@@ -255,7 +256,7 @@ def can_swapin_thp(machine: Machine, mm: MM, addr: int, pte: int, order: int) ->
         if entry != pte_move_swp_offset(first, i):
             return False
         slot = int(pte_swp_offset(entry))
-        if swap.swap_cache[slot] != NO_FOLIO or int(swap.swap_count[slot]) != 1:
+        if swap.swap_cache[slot] != NO_FOLIO:
             return False
         zero.append(bool(swap.swap_zeromap[slot]))
     return all(zero) or not any(zero)
@@ -291,13 +292,29 @@ def alloc_swap_folio(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, or
     return folio_alloc(machine, 0)
 
 
+def swap_pte_batch_maps_folio(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, folio: int) -> bool:
+    """Whether a swap-in at addr of a large swap-cache folio maps it whole: its range lies in
+    the VMA and in addr's PMD, and every one of its entries there is the swap PTE of its slot
+    with pte's bits (pte_move_swp_offset, swap_pte_batch == nr)."""
+    nr_pages = folio_nr_pages(machine, folio)
+    page_idx = int(pte_swp_offset(pte)) - int(machine.frames.folio_swap[folio])
+    start = addr - (page_idx << PAGE_SHIFT)
+    end = start + (nr_pages << PAGE_SHIFT)
+    if start < max(addr & ~(PMD_SIZE - 1), vma.start) or end > min((addr & ~(PMD_SIZE - 1)) + PMD_SIZE, vma.end):
+        return False
+    first = pte_move_swp_offset(pte, -page_idx)
+    return all(machine.ptep_get(mm, start + (i << PAGE_SHIFT)) == pte_move_swp_offset(first, i)
+               for i in range(nr_pages))
+
+
 def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool, order: int = 0) -> str:
     """Map the swap-cache folio of the slot at addr, reading it on a miss into a fresh folio
-    added to the cache (larger than order 0 only for a `fault` of order K: alloc_swap_folio);
-    writable and exclusive only for a PTE_SWP_EXCLUSIVE entry. The cache is then left if no
-    swap PTE still references the folio's slots (folio_free_swap); a write fault that did not
-    map the page writable goes on to do_wp_page. A uffd-wp swap entry comes back
-    write-protected with the bit.
+    added to the cache (larger than order 0 only for a `fault` of order K: alloc_swap_folio).
+    A large folio is mapped whole if this process's entries still are its run's swap PTEs
+    (always for a fresh one), else only the faulting page (#100). Writable and exclusive only
+    for a PTE_SWP_EXCLUSIVE entry. The cache is then left if no swap PTE still references the
+    folio's slots (folio_free_swap); a write fault that did not map the page writable goes on
+    to do_wp_page. A uffd-wp swap entry comes back write-protected with the bit.
 
     Context: a swap PTE maps addr; a write fault happens only in a writable VMA.
     """
@@ -317,15 +334,19 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
         swap_cache_add_folio(machine, folio, first_slot)
     else:
         folio_get(machine, folio)  # swap_cache_get_folio's reference becomes the mapping's
-    nr_pages = folio_nr_pages(machine, folio)
-    check(nr_pages == 1 or fresh, "a large folio in the swap cache at slot %s", slot)
     page_idx = slot - int(machine.frames.folio_swap[folio])
-    start = addr - (page_idx << PAGE_SHIFT)
+    page, start, nr_pages = folio + page_idx, addr, 1
+    if folio_test_large(machine, folio) and swap_pte_batch_maps_folio(machine, mm, vma, addr, pte, folio):
+        page, start, nr_pages = folio, addr - (page_idx << PAGE_SHIFT), folio_nr_pages(machine, folio)
+    check(not fresh or nr_pages == folio_nr_pages(machine, folio), "fresh swap-in folio %s mapped in part", folio)
+    check(not PageAnonExclusive(machine, folio + page_idx), "swap-cache page %s is exclusive", folio + page_idx)
+    first_slot = slot - ((addr - start) >> PAGE_SHIFT)
     exclusive = bool(pte_swp_exclusive(pte))
-    check(not exclusive or int(machine.swap.swap_count[slot]) == 1,
-          "PTE_SWP_EXCLUSIVE on swap slot %s referenced %s times", slot, machine.swap.swap_count[slot])
-    check(fresh or not PageAnonExclusive(machine, folio), "swap-cache page %s is exclusive", folio)
-    entry = mk_pte(folio, vma)
+    for i in range(nr_pages):
+        check(not exclusive or int(machine.swap.swap_count[first_slot + i]) == 1,
+              "PTE_SWP_EXCLUSIVE on swap slot %s referenced %s times", first_slot + i,
+              machine.swap.swap_count[first_slot + i])
+    entry = mk_pte(page, vma)
     if pte_swp_uffd_wp(pte):
         entry = pte_mkuffd_wp(entry)
     # folio_ref_count == 1 cannot hold: the swap cache holds a reference besides ours.
@@ -337,16 +358,16 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
     folio_ref_add(machine, folio, nr_pages - 1)
     if fresh:
         folio_add_new_anon_rmap(machine, folio, mm, vma, start, exclusive=exclusive)
-    else:
-        folio_add_anon_rmap_pte(machine, folio, folio, mm, exclusive=exclusive)
     for i in range(nr_pages):
-        folio_put_swap(machine, folio, int(machine.frames.folio_swap[folio]) + i)
+        if not fresh:
+            folio_add_anon_rmap_pte(machine, folio, page + i, mm, exclusive=exclusive)
+        folio_put_swap(machine, folio, first_slot + i)
         machine.set_pte_at(mm, start + (i << PAGE_SHIFT), pte_advance_pfn(entry, i))
     mm.rss_swap -= nr_pages
     mm.rss_anon += nr_pages
     folio_free_swap(machine, folio)  # should_try_to_free_swap: always, for SWP_SYNCHRONOUS_IO
     if write_fault:
-        return do_wp_page(machine, mm, vma, addr, pte_advance_pfn(entry, page_idx), unshare=False)
+        return do_wp_page(machine, mm, vma, addr, machine.ptep_get(mm, addr), unshare=False)
     return OK
 
 

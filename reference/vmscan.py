@@ -18,7 +18,9 @@ from .folio import (
 )
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
 from .rmap import folio_remove_rmap_pmd, folio_remove_rmap_pte, folio_try_share_anon_rmap_pte, rmap_walk_vmas
-from .swap import folio_dup_swap, folio_test_swapcache, swap_cache_add_folio, swap_cache_del_folio, swap_slot_put
+from .swap import (
+    folio_dup_swap, folio_mapped, folio_test_swapcache, swap_cache_add_folio, swap_cache_del_folio, swap_slot_put,
+)
 
 
 def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int,
@@ -241,16 +243,18 @@ def shrink_folio_list(machine: Machine, folio: int) -> str:
         return try_to_unmap(machine, folio)
     if folio_maybe_dma_pinned(machine, folio):
         return EBUSY
-    if folio_test_large(machine, folio) and int(frames.folio_refcount[folio]) > folio_mapcount(machine, folio):
+    cache_refs = folio_nr_pages(machine, folio) if folio_test_swapcache(machine, folio) else 0
+    expected_refs = folio_mapcount(machine, folio) + cache_refs  # folio_expected_ref_count
+    if folio_test_large(machine, folio) and int(frames.folio_refcount[folio]) > expected_refs:
         return EBUSY
     if folio_test_large(machine, folio) and (folio_partially_mapped(machine, folio)
-                                             or folio_alloc_swap_fails(machine, folio)):
+                                             or (not cache_refs and folio_alloc_swap_fails(machine, folio))):
         nr_pages = folio_nr_pages(machine, folio)
         result = split_huge_page_to_list_to_order(machine, folio, 0)
         check(result == OK, "reclaim could not split folio %s: %s", folio, result)
         for page in range(folio, folio + nr_pages):
-            if frames.is_free(page):
-                continue
+            if frames.is_free(page) or not folio_mapped(machine, page):
+                continue  # freed, or an unmapped piece the swap cache keeps: not in the walk
             result = reclaim_mapped_folio(machine, page)
             if result != OK:
                 return result

@@ -514,22 +514,39 @@ def test_model_swaps_a_shared_entry_in_through_the_swap_cache():
     assert {explain(d, context) for d in compare_observations(run.steps[4].after, kernel)} == {None}
 
 
-def test_large_swapin_explains_a_shared_run_the_kernel_swaps_in_whole():
+def test_a_shared_run_swapped_in_whole_is_the_models_own():
+    """What deviation:large-swapin used to explain is the model's own now (#100): a `fault`
+    on a run another process shares brings it back whole into the swap cache, the faulting
+    page copied; no deviation names it any more."""
     run = model_of("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nwrite P0 0x201000 2\n"
                    "reclaim P0 0x200000\nfork P0\nfault P0 0x201000 order=4\n")
-    before, after = run.steps[4].after, run.steps[5].after
-    assert after[(0, 0x200000)].state == SWAP and after[(0, 0x201000)].order == 0  # model: order 0
-    kernel = dict(after)
-    for index in range(16):   # the kernel's whole folio in the swap cache, the faulting page copied
-        if index != 1:
-            kernel[(0, 0x200000 + index * 0x1000)] = PageView(PRESENT, pfn=0x100 + index, head=0x100, order=4,
-                                                              refcount=31, mapcount=1)
-    context = context_of(run, 5, kernel)
+    after = run.steps[5].after
+    view = after[(0, 0x200000)]
+    assert (view.state, view.order, view.exclusive, view.writable) == (PRESENT, 4, False, False)
+    assert not view.folio_dirty
+    assert view.refcount == 15 + 16  # fifteen mappings and the swap cache's sixteen
+    assert after[(0, 0x201000)].order == 0 and after[(1, 0x201000)].state == SWAP
+    assert "large-swapin" not in {deviation.id for deviation in DEVIATIONS}
+
+
+def test_swap_slot_placement_explains_only_a_run_the_models_slots_misalign():
+    run = model_of("mmap P0 0x200000 32K rw\nfault P0 0x200000 order=2\nreclaim P0 0x200000\n"
+                   "fault P0 0x204000 order=2\nreclaim P0 0x204000\nfault P0 0x200000 order=3\n")
+    before, after = run.steps[5].before, run.steps[5].after
+    assert after[(0, 0x200000)].order == 2 and before[(0, 0x200000)].slot % 8 != 0   # model: misaligned
+    kernel_before = {key: view._replace(slot=view.slot - before[(0, 0x200000)].slot + 512)
+                     for key, view in before.items()}
+    kernel = {(0, 0x200000 + i * 0x1000): PageView(PRESENT, pfn=0x100 + i, head=0x100, order=3, refcount=16)
+              for i in range(8)}
+    context = OpContext(run.steps[5].op, before, after, kernel_before, kernel, run.steps[5].vmas)
     differences = compare_observations(after, kernel)
-    assert differences and {explain(d, context) for d in differences} == {"large-swapin"}
-    assert explain(Difference(0, 0x210000, "state", SWAP, PRESENT), context) is None
-    assert explain(Difference(0, 0x200000, "state", SWAP, PRESENT), context_of(run, 2, kernel)) is None
-    assert before[(1, 0x200000)].state == SWAP
+    assert differences and {explain(d, context) for d in differences} == {"swap-slot-placement"}
+    misaligned_too = OpContext(run.steps[5].op, before, after, {key: view._replace(slot=view.slot + 4)
+                                                                for key, view in kernel_before.items()}, kernel, ())
+    assert {explain(d, misaligned_too) for d in differences} == {None}
+    aligned = {key: view._replace(slot=view.slot - before[(0, 0x200000)].slot + 8) for key, view in before.items()}
+    model_aligned = OpContext(run.steps[5].op, aligned, after, kernel_before, kernel, ())
+    assert {explain(d, model_aligned) for d in differences} == {None}
 
 
 def test_vma_merge_explains_a_larger_fault_across_a_model_vma_edge_only():

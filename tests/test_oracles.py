@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fuzz.implementation import OP_DISPATCH
 from fuzz.judge.oracles import (
     GUP_PIN_COUNTING_BIAS,
     ORACLES,
@@ -18,7 +19,7 @@ from fuzz.judge.oracles import (
     check_oracles,
 )
 from fuzz.judge.shadow import Shadow
-from fuzz.script.ops import Op
+from fuzz.script.ops import Op, parse_script
 from machine import VMA, Machine
 from machine.mm import MM
 from machine.pgtable import (
@@ -39,6 +40,7 @@ from machine.pgtable import (
     pte_mkuffd_wp,
     pte_mkwrite,
     pte_mkyoung,
+    pte_pfn,
     pte_pmd,
     pte_present,
     pte_swp_clear_uffd_wp,
@@ -48,6 +50,7 @@ from machine.pgtable import (
     swp_entry_to_pte,
     vm_get_page_prot,
 )
+from reference import Kernel
 
 VMA_START = 0x100000
 VMA_END = 0x1000000
@@ -1261,3 +1264,65 @@ def test_mapcount_fires_when_the_zero_page_counts_in_rss():
     map_zero_page(machine, mm, ZERO_ADDR)
     mm.rss_anon += 1
     assert_only(machine, shadow, "mapcount", "P0: MM_ANONPAGES 1, present pages found 0")
+
+
+# --- 3 and 4 with a large folio in the swap cache (docs/model.md #100-#108) ---------
+
+LARGE_SWAP_CACHE = """\
+mmap P0 0x200000 64K
+fault P0 0x200000 order=4
+write P0 0x202000 4
+write P0 0x205000 6
+reclaim P0 0x200000
+fork P0
+fault P0 0x200000 order=4
+dontneed P1 0x200000 4K
+read P1 0x205000
+"""
+
+
+def large_swap_cache_world() -> tuple[Machine, Shadow, int, int]:
+    """P0 maps a shared run swapped in whole (page 0 copied); P1 maps its page 5 alone, its
+    other entries still referencing the folio's slots: the folio stays in the swap cache."""
+    machine = Machine()
+    kernel = Kernel(machine)
+    shadow = Shadow()
+    for step in parse_script(LARGE_SWAP_CACHE).steps:
+        assert isinstance(step, Op)
+        assert OP_DISPATCH[step.name](kernel, step) == "ok", step
+        shadow.apply(step, "ok", machine)
+    folio = int(machine.frames.page_folio[int(pte_pfn(machine.ptep_get(machine.processes[1], 0x205000)))])
+    return machine, shadow, folio, int(machine.frames.folio_swap[folio])
+
+
+def test_a_large_swap_cache_folio_is_healthy():
+    machine, shadow, folio, slot = large_swap_cache_world()
+    assert machine.frames.folio_order[folio] == 4 and slot != 0
+    assert_healthy(machine, shadow)
+
+
+def test_exclusive_fires_on_a_large_swap_cache_page_mapped_twice_as_exclusive():
+    machine, shadow, folio, _slot = large_swap_cache_world()
+    machine.frames.page_anon_exclusive[folio + 5] = True   # shared_swapin_maps_exclusive's state
+    found = {failure.oracle: failure.detail for failure in check_oracles(machine, shadow)}
+    assert f"pfn {folio + 5}: PageAnonExclusive but mapped 2 times" in details(machine, shadow)
+    assert {"exclusive", "swap"} <= set(found)
+
+
+def test_swap_fires_on_a_large_swap_cache_folio_whose_slots_disagree():
+    machine, shadow, folio, slot = large_swap_cache_world()
+    machine.swap.swap_cache[slot + 3] = -1   # one slot of the run no longer names the folio
+    machine.frames.folio_refcount[folio] -= 1
+    assert any(f"folio {folio}: folio->swap {slot} (order 4), but the swap cache holds" in detail
+               for detail in details(machine, shadow))
+
+
+def test_swap_fires_on_a_large_swap_cache_page_mapped_for_another_slot():
+    machine, shadow, folio, _slot = large_swap_cache_world()
+    p1 = machine.processes[1]
+    entry = machine.ptep_get(p1, 0x205000)
+    machine.set_pte_at(p1, 0x205000, entry + (1 << 12))   # P1's slot-5 address maps page 6
+    machine.frames.page_mapcount[folio + 5] -= 1
+    machine.frames.page_mapcount[folio + 6] += 1
+    machine.contpte_canonicalise()
+    assert check_oracles(machine, shadow)

@@ -72,11 +72,36 @@ def _pmd_fault_needs_pmd_none(difference: Difference, context: OpContext) -> boo
             (kernel is None or kernel.state != PRESENT or kernel.level != "pmd"))
 
 
-def _swap_in_of(context: OpContext) -> bool:
-    """The op swaps in the page at its address on the model (a write, read or fault at a swap entry)."""
+def _swap_slot_placement(difference: Difference, context: OpContext) -> bool:
+    """The model allocates the lowest free aligned run of slots, the kernel's cluster
+    allocator others: a `fault`'s swap-in of a run of consecutive slots then passes
+    thp_swap_suitable_orders (first slot aligned as the address) on one side only. Explains
+    the op's process's pages of the kernel's larger folio, when on both sides every entry of
+    its range was the swap PTE of consecutive slots and only the model's alignment fails."""
     op = context.op
-    view = context.model_before.get((op.process or 0, op.addr or 0))
-    return op.name in ("write", "read", "fault", "pin") and view is not None and view.state == SWAP
+    process, addr = op.process or 0, op.addr or 0
+    if op.name != "fault":
+        return False
+    kernel, model = context.kernel_after.get((process, addr)), context.model_after.get((process, addr))
+    if kernel is None or model is None or kernel.state != PRESENT or model.state != PRESENT:
+        return False
+    if kernel.order <= model.order:
+        return False
+    nr_pages = 1 << kernel.order
+    start = addr & ~((PAGE_SIZE << kernel.order) - 1)
+    if not start <= difference.addr < start + (PAGE_SIZE << kernel.order):
+        return False
+    runs = []
+    for before in (context.model_before, context.kernel_before):
+        views = [before.get((process, start + i * PAGE_SIZE)) for i in range(nr_pages)]
+        if any(view is None or view.state != SWAP for view in views):
+            return False
+        slots = [view.slot for view in views if view is not None]
+        if slots != list(range(slots[0], slots[0] + nr_pages)):
+            return False
+        runs.append(slots[0])
+    model_first, kernel_first = runs
+    return model_first % nr_pages != 0 and kernel_first % nr_pages == 0
 
 
 def _vma_merge(difference: Difference, context: OpContext) -> bool:
@@ -96,33 +121,11 @@ def _vma_merge(difference: Difference, context: OpContext) -> bool:
     return crosses and start <= difference.addr < start + size
 
 
-def _large_swapin(difference: Difference, context: OpContext) -> bool:
-    """A swap-in of an entry of a swapped-out large folio whose slots other processes' entries
-    share: the kernel brings the folio back whole into the swap cache (a write fault then
-    copies the faulting page), the model one order-0 page (it swaps in whole only a run no
-    other entry shares). Explains the op's process's pages of the kernel folio around the op's
-    address that were swap entries, and the slot identities of the other processes' entries
-    there (named by the op's process's entries on the model, by their own on the kernel)."""
-    if not _swap_in_of(context):
-        return False
-    op = context.op
-    process, addr = op.process or 0, op.addr or 0
-    kernel = context.kernel_after.get((process, difference.addr))
-    before = context.model_before.get((process, difference.addr))
-    if kernel is None or kernel.state != PRESENT or kernel.order == 0 or before is None or before.state != SWAP:
-        return False
-    size = PAGE_SIZE << kernel.order
-    if difference.addr & ~(size - 1) != addr & ~(size - 1):
-        return False
-    return difference.process == process or difference.field == "slot"
-
-
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("pmd-fault-needs-pmd-none", "An order-9 fault needs only no PMD block and all 512 entries 0",
               _pmd_fault_needs_pmd_none),
     Deviation("vma-merge", "mmap never merges (each call is a new lineage)", _vma_merge),
-    Deviation("large-swapin", "A run of swap entries other entries share is swapped in one page at a time",
-              _large_swapin),
+    Deviation("swap-slot-placement", "Swap slots: the lowest free aligned run", _swap_slot_placement),
     Deviation("contpte-folding", "contpte: canonical folding at the end of each op", _contpte_folding),
 )
 

@@ -247,11 +247,11 @@ def guest_op(op: Op, new_process: int | None = None) -> GuestOp:
         return GuestOp(kind, process, op.addr or 0, op.length or 0)
     if op.name == "wp":
         return GuestOp(kind, process, op.addr or 0, op.length or 0, arg=int(op.mode == "on"))
-    if op.name in ("fault", "split"):
+    if op.name in ("fault", "split", "read"):
         return GuestOp(kind, process, op.addr or 0, arg=op.order or 0)
     if op.name == "write":
         return GuestOp(kind, process, op.addr or 0, value=op.value or 0)
-    if op.name in ("read", "reclaim"):
+    if op.name == "reclaim":
         return GuestOp(kind, process, op.addr or 0)
     if op.name == "pin":
         return GuestOp(kind, process, op.addr or 0, (op.nr_pages or 0) << PAGE_SHIFT, arg=rw)

@@ -53,10 +53,11 @@ from machine import DEFAULT_NR_FRAMES, Machine, check
 from machine.mm import VMA
 from machine.pgtable import CONT_PTE_SIZE, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
-ENCODING_VERSION = 8  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
+ENCODING_VERSION = 9  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
                       # 5: an op that acts on a folio of note; 6: reads weighted up (the zero page),
                       # zero-page entries and half-zero folios among folio addresses; 7: files, uffd-wp;
-                      # 8: acts on folio parts, pages of any large folio
+                      # 8: acts on folio parts, pages of any large folio; 9: a read draws an order
+                      # (order=9: the huge zero folio)
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, DEFAULT_NR_FRAMES, 1024, 256, 64, 32)   # small ones: memory and swap run out
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast

@@ -2,8 +2,17 @@
 its is_huge_zero_pmd case): the child's entry takes a reference and the entire mapping
 on the huge zero folio's head, and counts 512 pages in the child's MM_ANONPAGES."""
 
+from machine import check
 from machine.errors import EBUSY, OK
-from machine.pgtable import HPAGE_PMD_NR, pmd_trans_huge, pte_clear_uffd_wp, pte_mkold, pte_pfn, pte_write, pte_wrprotect
+from machine.pgtable import (
+    HPAGE_PMD_NR,
+    pmd_trans_huge,
+    pte_clear_uffd_wp,
+    pte_mkold,
+    pte_pfn,
+    pte_write,
+    pte_wrprotect,
+)
 
 from . import load_batched_copy, plant, submodule
 
@@ -13,7 +22,7 @@ huge_memory = submodule(batched, "huge_memory")
 
 def copy_huge_pmd(machine, dst_mm, dst_vma, src_mm, src_vma, haddr):
     pmd = machine.pmdp_get(src_mm, haddr)
-    assert pmd_trans_huge(pmd)
+    check(pmd_trans_huge(pmd), "copy_huge_pmd without a PMD block at %#x", haddr)
     folio = int(pte_pfn(pmd))   # planted: the huge zero folio taken for an anon THP
     huge_memory.folio_get(machine, folio)
     if huge_memory.folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm) == EBUSY:

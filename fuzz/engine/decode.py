@@ -447,7 +447,10 @@ class OpGrammar:
                 mode = WP_MODES[choose(len(WP_MODES), _index(WP_MODES, target and target.mode))]
             return Op(name, process=process, addr=addr, length=length, prot=prot, mode=mode)
         if name in ORDER_OPS:
-            return Op(name, process=process, addr=addr, order=self.order(target.order if target else None))
+            order: int | None = self.order((target.order or 0) if target else None)
+            if name == "read" and not order:
+                order = None   # a read of order 0 is written without it
+            return Op(name, process=process, addr=addr, order=order)
         if name == "write":
             return Op(name, process=process, addr=addr, value=self.value(target.value if target else None))
         if name == "pin":

@@ -310,11 +310,11 @@ def _op_at(name: str, args: list[str], processes: _Processes) -> Op:
 
 
 def _op_fault(name: str, args: list[str], processes: _Processes) -> Op:
-    """fault, read: P va [order=K] (K 0 if left out)."""
+    """fault, read: P va [order=K] (K 0 if left out; a read's 0 is None, as it is printed)."""
     process = processes.parse(args[0])
     addr = _parse_addr(args[1])
     order = _parse_order(args[2]) if len(args) == 3 else 0
-    return Op(name, process=process, addr=addr, order=order)
+    return Op(name, process=process, addr=addr, order=order if order or name != "read" else None)
 
 
 def _op_split(name: str, args: list[str], processes: _Processes) -> Op:

@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from machine import MM, VMA, Machine, all_set, any_set, check
-from machine.pgtable import pfn_pte, pte_mkspecial, pte_pfn, pte_special, vm_get_page_prot
+from machine.pgtable import (
+    PMD_TYPE_SECT,
+    PTE_SPECIAL,
+    PTE_TYPE_MASK,
+    pfn_pte,
+    pte_mkspecial,
+    pte_pfn,
+    pte_pmd,
+    pte_special,
+    vm_get_page_prot,
+)
 
 from .internal import add_at, distinct
 
@@ -157,3 +167,16 @@ def zero_page_pte(machine: Machine, vma: VMA) -> int:
     """The shared zero page as a read fault or a split maps it: pte_mkspecial(pfn_pte(zero_pfn,
     vm_page_prot)), read-only, young and clean."""
     return pte_mkspecial(pfn_pte(machine.frames.zero_pfn, vm_get_page_prot(vma.writable)))
+
+
+def is_huge_zero_pmd(machine: Machine, pmd: int) -> bool:
+    """The PMD block maps the huge zero folio (is_huge_zero_pmd): a special section at
+    huge_zero_pfn, tested on the descriptor's bits at once."""
+    return (pmd & (PTE_TYPE_MASK | PTE_SPECIAL)) == (PMD_TYPE_SECT | PTE_SPECIAL) \
+        and int(pte_pfn(pmd)) == machine.frames.huge_zero_pfn
+
+
+def huge_zero_pmd(machine: Machine, vma: VMA) -> int:
+    """set_huge_zero_folio's entry: pmd_mkspecial(folio_mk_pmd(huge_zero_folio, vm_page_prot)),
+    read-only, young and clean."""
+    return int(pte_pmd(pte_mkspecial(pfn_pte(machine.frames.huge_zero_pfn, vm_get_page_prot(vma.writable)))))

@@ -15,6 +15,7 @@ from machine import MM, VMA, Machine, PteRuns, all_set, any_set, check
 from machine.errors import EAGAIN, EBUSY, EINVAL, OK
 from machine.pgtable import (
     HPAGE_PMD_NR,
+    HPAGE_PMD_ORDER,
     PAGE_SHIFT,
     PMD_SIZE,
     pfn_pte,
@@ -44,10 +45,13 @@ from .folio import (
     folio_get,
     folio_put,
     folio_ref_add,
+    huge_zero_pmd,
+    is_huge_zero_pmd,
     zero_page_pte,
 )
 from .internal import add_at, set_pte_values, totals_by_value
 from .rmap import (
+    anon_vma_prepare,
     folio_add_new_anon_rmap,
     folio_remove_rmap_pmd,
     folio_try_dup_anon_rmap_pmd,
@@ -82,12 +86,31 @@ def map_anon_folio_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, folio: in
     mm.rss_anon += HPAGE_PMD_NR
 
 
+def set_huge_zero_folio(machine: Machine, mm: MM, vma: VMA, haddr: int) -> str:
+    """A read fault where the PMD size applies: the VMA's anon_vma (vmf_anon_prepare), then
+    the huge zero folio's special PMD; no rmap, reference or RSS (do_huge_pmd_anonymous_page)."""
+    check(vma.start <= haddr and haddr + PMD_SIZE <= vma.end and not pmd_trans_huge(machine.pmdp_get(mm, haddr)),
+          "huge zero PMD at %#x outside the VMA or over a block", haddr)
+    anon_vma_prepare(vma)
+    machine.set_pmd_at(mm, haddr, huge_zero_pmd(machine, vma))
+    return OK
+
+
 def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: bool) -> str:
     """Write or unshare fault on a read-only PMD block: reuse it whole, else split it
-    (FALLBACK: the fault retries at PTE level)."""
+    (FALLBACK: the fault retries at PTE level). The huge zero folio is replaced by a new
+    zeroed PMD THP (do_huge_zero_wp_pmd), else split."""
     haddr = addr & ~(PMD_SIZE - 1)
     pmd = machine.pmdp_get(mm, haddr)
     check(pmd_trans_huge(pmd), "do_huge_pmd_wp_page without a PMD block")
+    if is_huge_zero_pmd(machine, pmd):
+        folio = machine.frames.folio_alloc(HPAGE_PMD_ORDER)
+        if folio is None:
+            split_huge_zero_page_pmd(machine, mm, vma, haddr)
+            return FALLBACK
+        machine.pmdp_get_and_clear(mm, haddr)
+        map_anon_folio_pmd(machine, mm, vma, haddr, folio)
+        return OK
     folio = int(pte_pfn(pmd))
     frames = machine.frames
     if not PageAnonExclusive(machine, folio):
@@ -101,7 +124,10 @@ def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: 
 
 
 def zap_huge_pmd(machine: Machine, mm: MM, haddr: int) -> None:
+    """Clear a PMD block: a THP's rmap, RSS and reference go; the huge zero folio has none."""
     pmd = machine.pmdp_get_and_clear(mm, haddr)
+    if is_huge_zero_pmd(machine, pmd):
+        return
     folio = int(pte_pfn(pmd))
     folio_remove_rmap_pmd(machine, folio, mm)
     mm.rss_anon -= HPAGE_PMD_NR
@@ -123,6 +149,9 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
 
     Context: a PMD block maps haddr.
     """
+    if is_huge_zero_pmd(machine, machine.pmdp_get(mm, haddr)):
+        split_huge_zero_page_pmd(machine, mm, vma, haddr)
+        return
     pmd = machine.pmdp_get_and_clear(mm, haddr)  # pmdp_invalidate
     folio = int(pte_pfn(pmd))
     frames = machine.frames
@@ -140,11 +169,28 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
     folio_remove_rmap_pmd(machine, folio, mm)
 
 
+def split_huge_zero_page_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
+    """__split_huge_zero_page_pmd: 512 zero-page PTEs (vm_page_prot) keeping the PMD's
+    uffd-wp bit, written at once; nothing is counted."""
+    old = machine.pmdp_get_and_clear(mm, haddr)
+    entry = zero_page_pte(machine, vma)
+    if pte_uffd_wp(old):
+        entry = pte_mkuffd_wp(entry)
+    set_pte_values(machine, mm, haddr, np.arange(HPAGE_PMD_NR, dtype=np.int64),
+                   np.full(HPAGE_PMD_NR, entry, np.uint64))
+
+
 def copy_huge_pmd(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA, haddr: int) -> str:
     """fork of a PMD block: share it as a PMD, or split the parent's if it may be pinned
-    (FALLBACK: the caller copies the 512 PTEs)."""
+    (FALLBACK: the caller copies the 512 PTEs). The huge zero PMD goes to the child old,
+    uffd-wp kept only for a registered child VMA, counted nowhere."""
     pmd = machine.pmdp_get(src_mm, haddr)
     check(pmd_trans_huge(pmd), "copy_huge_pmd without a PMD block at %#x", haddr)
+    if is_huge_zero_pmd(machine, pmd):
+        check(not pte_write(pmd), "writable huge zero PMD")
+        child = pmd if dst_vma.uffd_wp else pte_clear_uffd_wp(pmd)
+        machine.set_pmd_at(dst_mm, haddr, pte_mkold(child))
+        return OK
     folio = int(pte_pfn(pmd))
     folio_get(machine, folio)
     if folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm) == EBUSY:
@@ -173,7 +219,7 @@ def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, cp_flags: in
     elif cp_flags & MM_CP_UFFD_WP_RESOLVE:
         entry = pte_clear_uffd_wp(entry)
     if (cp_flags & MM_CP_TRY_CHANGE_WRITABLE and vma.writable and not (vma.uffd_wp and pte_uffd_wp(entry))
-            and PageAnonExclusive(machine, int(pte_pfn(pmd)))):
+            and not is_huge_zero_pmd(machine, pmd) and PageAnonExclusive(machine, int(pte_pfn(pmd)))):
         entry = pte_mkwrite(entry)
     machine.set_pmd_at(mm, haddr, entry)
 

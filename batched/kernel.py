@@ -24,13 +24,13 @@ from machine.pgtable import (
 )
 
 from .filemap import do_read_fault, file_create, file_sync, shrink_file_folio, try_to_unmap_file
-from .folio import page_folio, vm_normal_pages
+from .folio import is_huge_zero_pmd, page_folio, vm_normal_pages
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_page_to_list_to_order, split_huge_pmd_locked
 from .madvise import madvise_free, madvise_pageout_folio
 from .memory import (
     do_anonymous_page,
-    do_anonymous_page_read,
+    do_anonymous_read_fault,
     do_swap_page,
     fork_copies_bound,
     handle_write_fault,
@@ -145,8 +145,12 @@ class Kernel:
         self.machine.user_write(mm, addr, value)
         return OK
 
-    def read(self, pid: int, addr: int) -> str:
+    def read(self, pid: int, addr: int, order: int = 0) -> str:
+        """A user load; order 9 enables the anon PMD size for its fault (the huge zero folio),
+        below 9 it reads as order 0, a file ignores it."""
         mm = self._mm(pid)
+        if order < 0 or order > MAX_FAULT_ORDER:
+            return EINVAL
         vma = mm.find_vma(addr)
         if vma is None:
             return EFAULT
@@ -157,7 +161,7 @@ class Kernel:
             if result != OK:
                 return result
         elif pte_none(entry) or is_pte_marker(entry):
-            self._finish(do_anonymous_page_read(self.machine, mm, vma, addr))
+            self._finish(do_anonymous_read_fault(self.machine, mm, vma, addr, order))
         elif is_swap_pte(entry):
             result = self._finish(do_swap_page(self.machine, mm, vma, addr, write_fault=False))
             if result != OK:
@@ -197,6 +201,8 @@ class Kernel:
         level, entry = self.machine.lookup(mm, addr)
         if not pte_present(entry) or (level == "pte" and not vm_normal_pages(self.machine, entry)):
             return ENOENT, -1
+        if level == "pmd" and is_huge_zero_pmd(self.machine, entry):
+            return ENOENT, -1  # the huge zero folio: vm_normal_page_pmd finds none
         return OK, int(page_folio(self.machine, int(pte_pfn(entry))))
 
     def reclaim(self, pid: int, addr: int) -> str:

@@ -24,7 +24,13 @@ from machine.pgtable import (
     pte_young,
 )
 
-from .folio import folio_maybe_mapped_shared, folio_test_lazyfree, folios_mark_lazyfree, vm_normal_pages
+from .folio import (
+    folio_maybe_mapped_shared,
+    folio_test_lazyfree,
+    folios_mark_lazyfree,
+    is_huge_zero_pmd,
+    vm_normal_pages,
+)
 from .huge_memory import split_huge_page_to_list_to_order
 from .internal import FPB_MADVISE, FPB_ZAP, PteBatches, folio_pte_batch, swap_pte_batch
 from .memory import pmd_ranges
@@ -65,6 +71,8 @@ def madvise_free_huge_pmd(machine: Machine, mm: MM, haddr: int, whole_pmd: bool)
     the PMD was handled (False: the caller walks the PTEs the split left, if any)."""
     pmd = machine.pmdp_get(mm, haddr)
     check(pmd_trans_huge(pmd), "madvise_free_huge_pmd without a PMD block at %#x", haddr)
+    if is_huge_zero_pmd(machine, pmd):
+        return False  # whole or in part, the huge zero PMD is left as it is
     folio = int(pte_pfn(pmd))
     if folio_maybe_mapped_shared(machine, folio):
         return False

@@ -144,6 +144,15 @@ def do_anonymous_page_read(machine: Machine, mm: MM, vma: VMA, addr: int) -> str
     return OK
 
 
+def do_anonymous_read_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
+    """A read fault on a none entry or a marker with the anon sizes up to order enabled:
+    the huge zero folio if order reaches the PMD size and alloc_anon_folio's PMD test
+    passes (create_huge_pmd, do_huge_pmd_anonymous_page), else the zero page."""
+    if order == HPAGE_PMD_ORDER and alloc_anon_folio_suitable(machine, mm, vma, addr, order):
+        return huge_memory.set_huge_zero_folio(machine, mm, vma, addr & ~(PMD_SIZE - 1))
+    return do_anonymous_page_read(machine, mm, vma, addr)
+
+
 def fault_orders(order: int) -> tuple[int, ...]:
     """The orders a fault of order K tries: K, K-1, ... 0, never 1 (K = 1 acts as 0)."""
     return _FAULT_ORDERS[order]

@@ -38,7 +38,7 @@ class Kernel(Protocol):
     def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str: ...
     def fault(self, pid: int, addr: int, order: int) -> str: ...
     def write(self, pid: int, addr: int, value: int) -> str: ...
-    def read(self, pid: int, addr: int) -> str: ...
+    def read(self, pid: int, addr: int, order: int = 0) -> str: ...
     def pin(self, pid: int, addr: int, nr_pages: int, mode: str) -> str: ...
     def unpin(self, pin_id: int) -> str: ...
     def fork(self, pid: int) -> str: ...
@@ -72,7 +72,7 @@ OP_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "mprotect": ("process", "addr", "length", "prot"),
     "fault": ("process", "addr", "order"),
     "write": ("process", "addr", "value"),
-    "read": ("process", "addr"),
+    "read": ("process", "addr", "order"),
     "pin": ("process", "addr", "nr_pages", "prot"),
     "unpin": ("pin_id",),
     "fork": ("process",),
@@ -111,7 +111,8 @@ OP_DISPATCH: dict[str, Callable[[Kernel, Any], str]] = {
     "mprotect": lambda kernel, op: kernel.mprotect(op.process, op.addr, op.length, op.prot),
     "fault": lambda kernel, op: kernel.fault(op.process, op.addr, op.order or DEFAULT_ORDER),
     "write": lambda kernel, op: kernel.write(op.process, op.addr, op.value),
-    "read": lambda kernel, op: kernel.read(op.process, op.addr),
+    "read": lambda kernel, op: (kernel.read(op.process, op.addr) if not op.order
+                                else kernel.read(op.process, op.addr, op.order)),
     "pin": lambda kernel, op: kernel.pin(op.process, op.addr, op.nr_pages, op.prot),
     "unpin": lambda kernel, op: kernel.unpin(op.pin_id),
     "fork": lambda kernel, op: kernel.fork(op.process),

@@ -5,7 +5,10 @@ from __future__ import annotations
 from machine import VMA, Machine, MM, check
 from collections.abc import Callable
 
-from machine.pgtable import PAGE_SHIFT, pfn_pte, pte_mkspecial, pte_pfn, pte_present, pte_special, vm_get_page_prot
+from machine.pgtable import (
+    PAGE_SHIFT, pfn_pte, pmd_trans_huge, pte_mkspecial, pte_pfn, pte_pmd, pte_present, pte_special,
+    vm_get_page_prot,
+)
 
 GUP_PIN_COUNTING_BIAS = 1024
 
@@ -151,6 +154,28 @@ def zero_page_pte(machine: Machine, vma: VMA) -> int:
     """The shared zero page as a read fault or a split maps it: pte_mkspecial(pfn_pte(zero_pfn,
     vm_page_prot)), read-only, young and clean."""
     return pte_mkspecial(pfn_pte(machine.frames.zero_pfn, vm_get_page_prot(vma.writable)))
+
+
+def is_huge_zero_pmd(machine: Machine, pmd: int) -> bool:
+    """A PMD block of the huge zero folio (is_huge_zero_pmd): special, at huge_zero_pfn."""
+    return (bool(pmd_trans_huge(pmd)) and bool(pte_special(pmd))
+            and int(pte_pfn(pmd)) == machine.frames.huge_zero_pfn)
+
+
+def vm_normal_page_pmd(machine: Machine, pmd: int) -> int | None:
+    """The head page a PMD block maps, or None for the huge zero folio's (special: no folio
+    to count, no rmap, reference or RSS)."""
+    check(pmd_trans_huge(pmd), "vm_normal_page_pmd of %#x, not a PMD block", pmd)
+    if pte_special(pmd):
+        check(is_huge_zero_pmd(machine, pmd), "special PMD %#x not of the huge zero folio", pmd)
+        return None
+    return int(pte_pfn(pmd))
+
+
+def huge_zero_pmd(machine: Machine, vma: VMA) -> int:
+    """The huge zero folio as a read fault maps it (set_huge_zero_folio):
+    pmd_mkspecial(folio_mk_pmd(huge_zero_folio, vm_page_prot)), read-only, young and clean."""
+    return pte_pmd(pte_mkspecial(pfn_pte(machine.frames.huge_zero_pfn, vm_get_page_prot(vma.writable))))
 
 
 def folio_pte_batch(machine: Machine, mm: MM, folio: int, addr: int, end: int,

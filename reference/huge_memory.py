@@ -11,20 +11,20 @@ from dataclasses import dataclass
 from machine import MM, VMA, Machine, check
 from machine.errors import EAGAIN, EBUSY, EINVAL, OK
 from machine.pgtable import (
-    HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, pfn_pte, pmd_trans_huge,
+    HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, pfn_pte, pmd_trans_huge,
     pte_clear_uffd_wp, pte_dirty, pte_mkdirty, pte_mkold, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung,
     pte_modify, pte_pfn, pte_pmd, pte_present, pte_uffd_wp, pte_write, pte_wrprotect, pte_young,
     vm_get_page_prot,
 )
 
 from .folio import (
-    zero_page_pte,
+    folio_alloc, huge_zero_pmd, is_huge_zero_pmd, zero_page_pte,
     PageAnonExclusive, SetPageAnonExclusive, folio_get, folio_nr_pages, folio_put,
     folio_ref_add,
 )
 from .swap import free_swap_cache
 from .rmap import (
-    folio_add_anon_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pmd,
+    anon_vma_prepare, folio_add_anon_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pmd,
     folio_remove_rmap_pte, folio_try_dup_anon_rmap_pmd, rmap_walk_vmas,
 )
 
@@ -52,6 +52,30 @@ def map_anon_folio_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, folio: in
     mm.rss_anon += HPAGE_PMD_NR
 
 
+def do_huge_pmd_anonymous_page_read(machine: Machine, mm: MM, vma: VMA, addr: int) -> str:
+    """A read fault where the PMD size applies (thp_vma_suitable_order: the aligned 2 MiB in
+    vma; the caller found the PMD empty): the VMA gets its anon_vma (vmf_anon_prepare), then
+    the huge zero folio is mapped (set_huge_zero_folio), with no rmap, reference or RSS."""
+    haddr = addr & ~(PMD_SIZE - 1)
+    check(vma.start <= haddr and haddr + PMD_SIZE <= vma.end, "huge zero PMD leaves the VMA at %#x", addr)
+    check(not pmd_trans_huge(machine.pmdp_get(mm, haddr)), "huge zero read fault over a PMD block at %#x", addr)
+    anon_vma_prepare(vma)
+    machine.set_pmd_at(mm, haddr, huge_zero_pmd(machine, vma))
+    return OK
+
+
+def do_huge_zero_wp_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> str:
+    """A write or unshare fault on the huge zero PMD: a new zeroed PMD THP in its place,
+    mapped writable, dirty, head exclusive (map_anon_folio_pmd_pf); FALLBACK if none can
+    be allocated."""
+    folio = folio_alloc(machine, HPAGE_PMD_ORDER)
+    if folio is None:
+        return FALLBACK
+    machine.pmdp_get_and_clear(mm, haddr)  # pmdp_huge_clear_flush
+    map_anon_folio_pmd(machine, mm, vma, haddr, folio)
+    return OK
+
+
 def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: bool) -> str:
     """Write or unshare fault on a read-only PMD block: reuse it whole, else split it.
 
@@ -60,6 +84,11 @@ def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: 
     haddr = addr & ~(PMD_SIZE - 1)
     pmd = machine.pmdp_get(mm, haddr)
     check(pmd_trans_huge(pmd), "do_huge_pmd_wp_page without a PMD block")
+    if is_huge_zero_pmd(machine, pmd):
+        if do_huge_zero_wp_pmd(machine, mm, vma, haddr) == OK:
+            return OK
+        split_huge_pmd_locked(machine, mm, vma, haddr)  # fallback: split the PMD
+        return FALLBACK
     folio = int(pte_pfn(pmd))
     if not PageAnonExclusive(machine, folio):
         if int(machine.frames.folio_refcount[folio]) != 1:
@@ -73,7 +102,11 @@ def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: 
 
 
 def zap_huge_pmd(machine: Machine, mm: MM, haddr: int) -> None:
+    """Clear a PMD block; a folio's loses its rmap, RSS and reference, the huge zero
+    folio's nothing (vm_normal_folio_pmd finds no folio)."""
     pmd = machine.pmdp_get_and_clear(mm, haddr)
+    if is_huge_zero_pmd(machine, pmd):
+        return
     folio = int(pte_pfn(pmd))
     folio_remove_rmap_pmd(machine, folio, mm)
     mm.rss_anon -= HPAGE_PMD_NR
@@ -85,6 +118,9 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
 
     Context: a PMD block maps haddr.
     """
+    if is_huge_zero_pmd(machine, machine.pmdp_get(mm, haddr)):
+        __split_huge_zero_page_pmd(machine, mm, vma, haddr)
+        return
     pmd = machine.pmdp_get_and_clear(mm, haddr)  # pmdp_invalidate
     folio = int(pte_pfn(pmd))
     check(folio_nr_pages(machine, folio) == HPAGE_PMD_NR, "PMD block of a non-PMD folio")
@@ -103,6 +139,27 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
     folio_remove_rmap_pmd(machine, folio, mm)
 
 
+def __split_huge_zero_page_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> None:
+    """Split the huge zero PMD: the shared zero page in each of its 512 PTEs, from
+    vm_page_prot (young, clean, read-only) with the PMD's uffd-wp bit; nothing to count."""
+    old_pmd = machine.pmdp_get_and_clear(mm, haddr)
+    for i in range(HPAGE_PMD_NR):
+        entry = zero_page_pte(machine, vma)
+        if pte_uffd_wp(old_pmd):
+            entry = pte_mkuffd_wp(entry)
+        machine.set_pte_at(mm, haddr + (i << PAGE_SHIFT), entry)
+
+
+def copy_huge_pmd_zero(machine: Machine, dst_mm: MM, dst_vma: VMA, haddr: int, pmd: int) -> None:
+    """fork of the huge zero PMD: the child gets the entry old, without the uffd-wp bit unless
+    its VMA is registered; no rmap, reference or RSS (mm_get_huge_zero_folio). The parent's
+    is never writable, so its pmdp_set_wrprotect changes nothing."""
+    check(not pte_write(pmd), "writable huge zero PMD at %#x", haddr)
+    if not dst_vma.uffd_wp:  # userfaultfd_protected(dst_vma)
+        pmd = pte_clear_uffd_wp(pmd)
+    machine.set_pmd_at(dst_mm, haddr, pte_mkold(pte_wrprotect(pmd)))
+
+
 def copy_huge_pmd(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA, haddr: int) -> str:
     """fork of a PMD block: share it as a PMD, or split the parent's if it may be pinned.
 
@@ -111,6 +168,9 @@ def copy_huge_pmd(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vm
     """
     pmd = machine.pmdp_get(src_mm, haddr)
     check(pmd_trans_huge(pmd), "copy_huge_pmd without a PMD block at %#x", haddr)
+    if is_huge_zero_pmd(machine, pmd):
+        copy_huge_pmd_zero(machine, dst_mm, dst_vma, haddr, pmd)
+        return OK
     folio = int(pte_pfn(pmd))
     folio_get(machine, folio)
     if folio_try_dup_anon_rmap_pmd(machine, folio, dst_mm, src_mm) == EBUSY:
@@ -143,7 +203,7 @@ def change_huge_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, cp_flags: in
     elif cp_flags & MM_CP_UFFD_WP_RESOLVE:
         entry = pte_clear_uffd_wp(entry)
     if (cp_flags & MM_CP_TRY_CHANGE_WRITABLE and vma.writable and not (vma.uffd_wp and pte_uffd_wp(entry))
-            and PageAnonExclusive(machine, folio)):
+            and not is_huge_zero_pmd(machine, pmd) and PageAnonExclusive(machine, folio)):
         entry = pte_mkwrite(entry)
     machine.set_pmd_at(mm, haddr, entry)
 

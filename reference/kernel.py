@@ -12,7 +12,7 @@ from collections.abc import Callable
 from machine import MM, Machine, check
 from machine.errors import EFAULT, EINVAL, ENOENT, ENOMEM, OK
 from machine.pgtable import (
-    PMD_SIZE, is_pte_marker, is_swap_pte, is_swap_slot_pte, pmd_trans_huge, pte_none, pte_pfn, pte_present, pte_write,
+    PMD_SIZE, is_pte_marker, is_swap_pte, is_swap_slot_pte, pmd_trans_huge, pte_none, pte_present, pte_write,
 )
 
 from .filemap import do_read_fault, file_create, file_sync, shrink_file_folio, try_to_unmap_file
@@ -20,7 +20,8 @@ from .folio import folio_test_large, page_folio
 from .gup import pin_user_pages, unpin_user_pages
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
 from .madvise import madvise_free, madvise_pageout_folio
-from .memory import do_anonymous_page_read, do_swap_page, handle_write_fault, vm_normal_page
+from .memory import do_anonymous_read_fault, do_swap_page, handle_write_fault
+from .folio import vm_normal_page, vm_normal_page_pmd
 from .mmap import do_mmap, do_munmap, dup_mmap, exit_mmap, madvise_dontneed
 from .mprotect import do_mprotect_pkey
 from .userfaultfd import mwriteprotect_range, userfaultfd_register
@@ -139,8 +140,13 @@ class Kernel:
         self.machine.user_write(mm, addr, value)
         return OK
 
-    def read(self, pid: int, addr: int) -> str:
+    def read(self, pid: int, addr: int, order: int = 0) -> str:
+        """A user load; order 9 enables the anon PMD size for it (a read fault maps the huge
+        zero folio where the PMD size applies); a smaller order reads as 0 (a read fault takes
+        no mTHP size, a swap-in by read is order 0), and files ignore it."""
         mm = self._mm(pid)
+        if not 0 <= order <= MAX_FAULT_ORDER:
+            return EINVAL
         vma = mm.find_vma(addr)
         if vma is None:
             return EFAULT
@@ -153,7 +159,7 @@ class Kernel:
             if result != OK:
                 return result
         elif pte_none(entry) or is_pte_marker(entry):
-            self._without_rollback(lambda: do_anonymous_page_read(self.machine, mm, vma, addr))
+            self._without_rollback(lambda: do_anonymous_read_fault(self.machine, mm, vma, addr, order))
         elif is_swap_pte(entry):
             result = self._without_rollback(lambda: do_swap_page(self.machine, mm, vma, addr, write_fault=False))
             if result != OK:
@@ -191,7 +197,7 @@ class Kernel:
         level, entry = self.machine.lookup(mm, addr)
         if not pte_present(entry):
             return ENOENT, -1
-        page = int(pte_pfn(entry)) if level == "pmd" else vm_normal_page(self.machine, entry)
+        page = vm_normal_page_pmd(self.machine, entry) if level == "pmd" else vm_normal_page(self.machine, entry)
         if page is None:
             return ENOENT, -1
         return OK, page_folio(self.machine, page)

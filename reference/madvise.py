@@ -13,7 +13,7 @@ from machine.pgtable import (
 
 from .folio import (
     folio_clear_dirty, folio_mapcount, folio_mark_lazyfree, folio_maybe_mapped_shared, folio_nr_pages, folio_pte_batch,
-    folio_test_dirty, folio_test_large, page_folio,
+    folio_test_dirty, folio_test_large, is_huge_zero_pmd, page_folio,
 )
 from .huge_memory import split_huge_page_to_list_to_order
 from .memory import pmd_ranges
@@ -49,11 +49,13 @@ def madvise_free_single_vma(machine: Machine, mm: MM, vma: VMA, start: int, end:
 
 
 def madvise_free_huge_pmd(machine: Machine, mm: MM, haddr: int, whole_pmd: bool) -> bool:
-    """A PMD-mapped THP: skipped if maybe mapped shared; split (to order 0) if the range covers
+    """A PMD-mapped THP: skipped if the huge zero folio or maybe mapped shared; split (to order 0) if the range covers
     only part of it; else its PMD made old and clean and the folio lazyfree. Returns whether
     the PMD was handled (False: the caller walks the PTEs the split left, if any)."""
     pmd = machine.pmdp_get(mm, haddr)
     check(pmd_trans_huge(pmd), "madvise_free_huge_pmd without a PMD block at %#x", haddr)
+    if is_huge_zero_pmd(machine, pmd):
+        return False  # the huge zero folio is skipped, whole or in part
     folio = int(pte_pfn(pmd))
     if folio_maybe_mapped_shared(machine, folio):
         return False

@@ -68,6 +68,17 @@ def do_anonymous_page_read(machine: Machine, mm: MM, vma: VMA, addr: int) -> str
     return OK
 
 
+def do_anonymous_read_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: int) -> str:
+    """A read fault on a none entry or a marker of an anonymous VMA with the anon THP sizes up
+    to order enabled: the huge zero folio where the PMD size applies (order 9, the aligned
+    2 MiB inside vma with no PMD block and all 512 entries none: __handle_mm_fault,
+    create_huge_pmd, do_huge_pmd_anonymous_page), else the zero page (do_anonymous_page
+    uses no mTHP size for a read)."""
+    if order >= HPAGE_PMD_ORDER and alloc_anon_folio_suitable(machine, mm, vma, addr, HPAGE_PMD_ORDER):
+        return huge_memory.do_huge_pmd_anonymous_page_read(machine, mm, vma, addr)
+    return do_anonymous_page_read(machine, mm, vma, addr)
+
+
 def fault_orders(order: int) -> list[int]:
     """The orders a fault of order K tries: K, K-1, ... 0, never 1 (K = 1 acts as 0)."""
     return [candidate for candidate in range(order, -1, -1) if candidate != 1]

@@ -572,3 +572,15 @@ def test_pmd_fault_needs_pmd_none_explains_the_faulting_range_only():
         "pmd-fault-needs-pmd-none"}
     assert explain(Difference(1, 0x200000, "order", 9, 8), context) is None
     assert explain(Difference(0, 0x400000, "order", 9, 8), context) is None
+
+
+def test_pmd_fault_needs_pmd_none_explains_a_huge_zero_read_where_a_pte_table_is_left():
+    """`rmapfuzz kernel --fuzz 300 --seed 18`: a read of order 9 over the empty PTE table a
+    dontneed left maps the huge zero folio on the model, the zero page on the kernel."""
+    run = model_of("mmap P0 0x200000 2M\nwrite P0 0x200000 1\ndontneed P0 0x200000 4K\nread P0 0x200000 order=9\n")
+    assert run.steps[3].after[(0, 0x200000)].level == "pmd"
+    kernel = {(0, 0x200000): PageView(ZERO, pfn=0x900, head=0x900, level="pte", young=True)}
+    context = context_of(run, 3, kernel)
+    assert {explain(d, context) for d in compare_observations(run.steps[3].after, kernel)} == {
+        "pmd-fault-needs-pmd-none"}
+    assert explain(Difference(1, 0x200000, "level", "pmd", "pte"), context) is None

@@ -53,6 +53,8 @@ def assert_error(text: str, line: int, message: str) -> None:
     ("fault P0 0x10000 order=4", Op("fault", 0, 0x10000, order=4)),
     ("write P0 0x1000 0xffffffffffffffff", Op("write", 0, 0x1000, value=2**64 - 1)),
     ("read P0 0x1000", Op("read", 0, 0x1000)),
+    ("read P0 0x1000 order=0", Op("read", 0, 0x1000)),
+    ("read P0 0x1000 order=9", Op("read", 0, 0x1000, order=9)),
     ("pin P0 0x1000 16 rw", Op("pin", 0, 0x1000, nr_pages=16, prot="rw")),
     ("pin P0 0x1000 0 ro", Op("pin", 0, 0x1000, nr_pages=0, prot="ro")),
     ("unpin 7", Op("unpin", pin_id=7)),
@@ -239,7 +241,8 @@ def test_frames_limit_is_inclusive() -> None:
     ("split P0 0x1000", "split takes 3 arguments, got 2"),
     ("unpin", "unpin takes 1 argument, got 0"),
     ("fork P0 P0", "fork takes 1 argument, got 2"),
-    ("read P0 0x1000 7", "read takes 2 arguments, got 3"),
+    ("read P0 0x1000 7", "expected order=K, got '7'"),
+    ("read P0 0x1000 order=9 7", "read takes 2 or 3 arguments, got 4"),
 ])
 def test_wrong_op_or_argument_count_is_an_error(text: str, message: str) -> None:
     assert_error(text, 1, message)

@@ -1326,3 +1326,60 @@ def test_swap_fires_on_a_large_swap_cache_page_mapped_for_another_slot():
     machine.frames.page_mapcount[folio + 6] += 1
     machine.contpte_canonicalise()
     assert check_oracles(machine, shadow)
+
+
+# --- 9. zero page: the huge zero folio (issue 15) --------------------------------
+
+HUGE_ZERO_ADDR = 0x600000    # 2 MiB aligned, inside the VMA
+
+
+def map_huge_zero_pmd(machine: Machine, mm: MM, addr: int) -> int:
+    """What a read fault of order 9 maps: the special huge zero PMD from vm_page_prot."""
+    pmd = pte_pmd(pte_mkspecial(pfn_pte(machine.frames.huge_zero_pfn, vm_get_page_prot(True))))
+    machine.set_pmd_at(mm, addr, pmd)
+    return pmd
+
+
+def test_huge_zero_pmd_is_healthy_and_counts_nowhere():
+    machine, shadow, mm = new_world()
+    map_huge_zero_pmd(machine, mm, HUGE_ZERO_ADDR)
+    child = new_child(machine, mm)
+    machine.set_pmd_at(child, HUGE_ZERO_ADDR, pte_mkold(map_huge_zero_pmd(machine, mm, HUGE_ZERO_ADDR)))
+    assert_healthy(machine, shadow)
+
+
+def test_zero_page_fires_on_a_writable_or_dirty_huge_zero_pmd():
+    machine, shadow, mm = new_world()
+    pmd = map_huge_zero_pmd(machine, mm, HUGE_ZERO_ADDR)
+    machine.set_pmd_at(mm, HUGE_ZERO_ADDR, pte_mkwrite(pte_mkdirty(pmd)))
+    assert_only(machine, shadow, "zero_page", f"P0 {HUGE_ZERO_ADDR:#x}: zero-page PMD", "is writable or dirty")
+
+
+def test_zero_page_fires_on_the_huge_zero_folio_taken_for_a_thp():
+    machine, shadow, mm = new_world()
+    pmd = pte_pmd(pfn_pte(machine.frames.huge_zero_pfn, vm_get_page_prot(True)))   # not special
+    machine.set_pmd_at(mm, HUGE_ZERO_ADDR, pmd)
+    assert "PMD without PTE_SPECIAL maps reserved pfn" in " ".join(ORACLES["zero_page"](machine, shadow))
+
+
+def test_zero_page_fires_on_rmap_of_the_huge_zero_folio():
+    """The planted bug huge_zero_pmd_as_folio's state: a fork took the huge zero PMD for an anon
+    THP's, an entire mapping and a reference on the huge zero folio's head."""
+    machine, shadow, mm = new_world()
+    map_huge_zero_pmd(machine, mm, HUGE_ZERO_ADDR)
+    frames = machine.frames
+    frames.folio_entire_mapcount[frames.huge_zero_pfn] = 1
+    frames.folio_refcount[frames.huge_zero_pfn] = 1
+    found = assert_only(machine, shadow, "zero_page", "(huge zero folio): folio_entire_mapcount 1",
+                        "(huge zero folio): folio_refcount 1")
+    assert len(found) == 2
+
+
+def test_uffd_wp_holds_and_fires_on_a_protected_huge_zero_pmd():
+    machine, shadow, mm = new_world()
+    map_huge_zero_pmd(machine, mm, HUGE_ZERO_ADDR)
+    write_protect(machine, shadow, mm, [HUGE_ZERO_ADDR + 3 * PAGE_SIZE])
+    assert_healthy(machine, shadow)
+    machine.set_pmd_at(mm, HUGE_ZERO_ADDR, pte_clear_uffd_wp(machine.pmdp_get(mm, HUGE_ZERO_ADDR)))
+    assert_only(machine, shadow, "uffd-wp",
+                f"P0 {HUGE_ZERO_ADDR + 3 * PAGE_SIZE:#x}: uffd-wp protected page without the bit")

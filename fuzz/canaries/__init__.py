@@ -39,6 +39,7 @@ CANARIES = (
     "zap_zero_page_as_folio",
     "fork_zero_page_as_folio",
     "split_zero_page_first_only",
+    "huge_zero_pmd_as_folio",
     "file_dirty_first_only",
     "file_dup_counts_batch_as_one",
     "swap_uffd_wp_first_only",

@@ -51,12 +51,13 @@ from fuzz.implementation import (
 from fuzz.script.ops import Op, Script
 from machine import DEFAULT_NR_FRAMES, Machine, check
 from machine.mm import VMA
-from machine.pgtable import CONT_PTE_SIZE, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE
+from machine.pgtable import CONT_PTE_SIZE, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
-ENCODING_VERSION = 8  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
+ENCODING_VERSION = 9  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
                       # 5: an op that acts on a folio of note; 6: reads weighted up (the zero page),
                       # zero-page entries and half-zero folios among folio addresses; 7: files, uffd-wp;
-                      # 8: acts on folio parts, pages of any large folio
+                      # 8: acts on folio parts, pages of any large folio; 9: a read draws an order
+                      # (order=9: the huge zero folio), which an act may make
 MAX_OPS = 24
 FRAMES_CHOICES = (DEFAULT_NR_FRAMES, DEFAULT_NR_FRAMES, 1024, 256, 64, 32)   # small ones: memory and swap run out
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
@@ -325,20 +326,23 @@ class OpGrammar:
 
     def make_folio(self, process: int, machine: Machine) -> Op:
         """Where process maps no large folio: fault a folio of a MAKE_ORDERS order at an
-        address aligned to it in a VMA; or, where it has no VMA (else one time in four), map
-        memory at a free place first: anonymous, or a file (made first if there is none),
-        shared or private. The ops after the first are drawn next, without a choice."""
+        address aligned to it in a VMA (the PMD order is read one time in two: the huge zero
+        folio); or, where it has no VMA (else one time in four), map memory at a free place
+        first: anonymous, or a file (made first if there is none), shared or private. The ops
+        after the first are drawn next, without a choice."""
         choose = self.choices.choose
         mm = machine.processes[process]
         order = MAKE_ORDERS[choose(len(MAKE_ORDERS))]
         size = PAGE_SIZE << order
+        # The PMD order is a read of it one time in two: the huge zero folio where it fits.
+        kind = "read" if order == HPAGE_PMD_ORDER and choose(2) == 0 else "fault"
         if mm.vmas and choose(4) != 0:
             vma = mm.vmas[choose(len(mm.vmas))]
             first = -(-vma.start // size) * size
             count = (vma.end - first) // size if vma.end > first else 0
             addr = first + choose(count) * size if count else vma.start
             self.used.append(addr)
-            return Op("fault", process=process, addr=addr, order=order)
+            return Op(kind, process=process, addr=addr, order=order)
         length = MAKE_LENGTHS[choose(len(MAKE_LENGTHS))]
         base = free_base(machine, process, max(length, PMD_SIZE))   # room for any file made
         self.used.append(base)
@@ -353,7 +357,7 @@ class OpGrammar:
                 ops = [Op("file", file=FILE_IDS[0], length=file_length, shmem=bool(choose(2))),
                        Op("mmap", process=process, addr=base, length=file_length, prot="rw", file=FILE_IDS[0],
                           shared=shared)]
-        self.pending.extend([*ops[1:], Op("fault", process=process, addr=base, order=order)])
+        self.pending.extend([*ops[1:], Op(kind, process=process, addr=base, order=order)])
         return ops[0]
 
     def page_of(self, addr: int, span: FolioSpan) -> int:
@@ -446,7 +450,10 @@ class OpGrammar:
                 mode = WP_MODES[choose(len(WP_MODES), _index(WP_MODES, target and target.mode))]
             return Op(name, process=process, addr=addr, length=length, prot=prot, mode=mode)
         if name in ORDER_OPS:
-            return Op(name, process=process, addr=addr, order=self.order(target.order if target else None))
+            order: int | None = self.order((target.order or 0) if target else None)
+            if name == "read" and not order:
+                order = None   # a read of order 0 is written without it
+            return Op(name, process=process, addr=addr, order=order)
         if name == "write":
             return Op(name, process=process, addr=addr, value=self.value(target.value if target else None))
         if name == "pin":

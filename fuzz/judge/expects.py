@@ -267,12 +267,12 @@ class _EntryFacts:
         return mapping - 1 if mapping else "none"
 
     def _uffd_wp(self, want: str | int) -> str:
-        """The uffd-wp bit: pte_uffd_wp of a present entry (PTE or PMD), pte_swp_uffd_wp of a
+        """The uffd-wp bit: pte_uffd_wp of a present or zero-page entry (PTE or PMD), pte_swp_uffd_wp of a
         swap entry, PTE_MARKER_UFFD_WP of a marker."""
         if self.marker:
             return _yes_no(pte_marker_uffd_wp(self.desc))
-        self._need("present", "swap")
-        if self.state == "present":
+        self._need("present", "swap", "zero")
+        if self.state in ("present", "zero"):   # a zero page's entry carries the bit too
             return _yes_no(pte_uffd_wp(self.pte))
         return _yes_no(pte_swp_uffd_wp(self.desc))
 

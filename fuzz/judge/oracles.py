@@ -716,7 +716,7 @@ def check_uffd_wp(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list
     its content (munmap, exit; in an anonymous VMA also dontneed, MADV_FREE and a lazyfree
     discard by reclaim or try_to_unmap, which leave no marker there; a file VMA's zap and
     unmap leave one), keeps its protection through every op:
-    the uffd-wp bit on its present entry (PTE or PMD) or swap entry, or a uffd-wp marker on
+    the uffd-wp bit on its present entry (PTE or PMD, the zero pages' too) or swap entry, or a uffd-wp marker on
     its empty one; and no write (write, fault, rw pin) ever succeeded on such a page."""
     failures = [f"{where(pid, addr)}: a write succeeded on a uffd-wp protected page" for pid, addr in shadow.landed]
     if not any(shadow.protected.values()):
@@ -733,12 +733,13 @@ def check_uffd_wp(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list
             index = lookup_keys(leaf_keys[order], keys)
             found = index >= 0
             protected[found] |= bit(leaf_desc[order][index[found]]).astype(bool)
-    if len(scan.pmd_key):
-        head_keys = keys & ~np.int64(PMD_SIZE - 1)
-        order = np.argsort(scan.pmd_key)
-        index = lookup_keys(scan.pmd_key[order], head_keys)
-        found = index >= 0
-        protected[found] |= pte_uffd_wp(scan.pmd_desc[order][index[found]]).astype(bool)
+    head_keys = keys & ~np.int64(PMD_SIZE - 1)
+    for pmd_keys, pmd_desc in ((scan.pmd_key, scan.pmd_desc), (scan.zero_pmd_key, scan.zero_pmd_desc)):
+        if len(pmd_keys):   # a PMD block: a THP's, or the huge zero folio's
+            order = np.argsort(pmd_keys)
+            index = lookup_keys(pmd_keys[order], head_keys)
+            found = index >= 0
+            protected[found] |= pte_uffd_wp(pmd_desc[order][index[found]]).astype(bool)
     failures += details(indices_of(~protected), lambda i: (
         f"{key_where(keys[i])}: uffd-wp protected page without the bit or a marker"))
     return failures

@@ -56,18 +56,21 @@ def _contpte_folding(difference: Difference, context: OpContext) -> bool:
 
 
 def _pmd_fault_needs_pmd_none(difference: Difference, context: OpContext) -> bool:
-    """An order-9 fault where a PTE table is left: the model maps a PMD, the kernel an mTHP.
+    """An order-9 fault (or read: the huge zero folio) where a PTE table is left: the model
+    maps a PMD, the kernel an mTHP (the zero page).
 
     Every difference on a page of that 2 MiB range of the faulting process is this one fact.
     """
     op = context.op
-    if op.name != "fault" or op.order != 9 or difference.process != op.process:
+    if op.name not in ("fault", "read") or op.order != 9 or difference.process != op.process:
         return False
     start = (op.addr or 0) & ~(PMD_SIZE - 1)
     if not start <= difference.addr < start + PMD_SIZE:
         return False
     model = context.model_after.get((op.process, op.addr or 0))
     kernel = context.kernel_after.get((op.process, op.addr or 0))
+    if op.name == "read":
+        return model is not None and model.level == "pmd" and (kernel is None or kernel.level != "pmd")
     return (model is not None and model.level == "pmd" and
             (kernel is None or kernel.state != PRESENT or kernel.level != "pmd"))
 

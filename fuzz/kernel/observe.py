@@ -130,10 +130,12 @@ def project(machine: Machine, pages: PageRanges) -> Observation:
         mm = machine.processes[pid]
         for addr, level, desc in mm.leaves():
             if level == "pmd":
+                huge_zero = bool(pte_special(desc)) and int(pte_pfn(desc)) == machine.frames.huge_zero_pfn
+                view = _zero_view if huge_zero else _present_view   # the huge zero folio, KPF_ZERO_PAGE
                 for index in range(HPAGE_PMD_NR):
                     page_addr = addr + index * PAGE_SIZE
                     if page_addr in pages:
-                        observation[(pid, page_addr)] = _present_view(machine, pmd_pte(desc), index, "pmd")
+                        observation[(pid, page_addr)] = view(machine, pmd_pte(desc), index, "pmd")
             elif addr in pages:
                 if pte_present(desc) and pte_special(desc) and machine.frames.is_zero_pfn(int(pte_pfn(desc))):
                     observation[(pid, addr)] = _zero_view(machine, desc, 0, "pte")

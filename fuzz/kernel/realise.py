@@ -129,6 +129,9 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
         if view is not None and view.state == PRESENT and _swap_out_fallback(view, step):
             return ("the model's swap had no aligned run of slots for the folio (the swap-out fallback "
                     "splits it), the guest's 256 MiB zram has")
+    if op.name in ("write", "fault", "pin") and _huge_zero_fallback(step):
+        return ("the model had no free aligned run of 512 frames for the PMD THP that replaces the huge "
+                "zero folio (do_huge_zero_wp_pmd falls back to splitting the PMD), a 1 GiB guest has")
     if op.name == "fork" and step.new_process is not None and step.new_process >= MAX_PROCESSES:
         return f"more than {MAX_PROCESSES} processes"
     if op.name == "pin" and step.result == "ok":
@@ -137,6 +140,15 @@ def _model_reason(step_index: int, run: ModelRun) -> str | None:
         if nr_pins > MAX_PINS:
             return f"more than {MAX_PINS} pins"
     return None
+
+
+def _huge_zero_fallback(step: ModelStep) -> bool:
+    """A write fault of the step split a huge zero PMD of the process (the model's PMD THP
+    allocation failed): a page that was the huge zero folio's is mapped by a PTE after it."""
+    process = step.op.process or 0
+    return any(view.state == ZERO and view.level == "pmd" and key[0] == process
+               and (after := step.after.get(key)) is not None and after.level == "pte"
+               for key, view in step.before.items())
 
 
 def _large_cache_folio_reason(shmem: bool, order: int) -> str:
@@ -247,11 +259,11 @@ def guest_op(op: Op, new_process: int | None = None) -> GuestOp:
         return GuestOp(kind, process, op.addr or 0, op.length or 0)
     if op.name == "wp":
         return GuestOp(kind, process, op.addr or 0, op.length or 0, arg=int(op.mode == "on"))
-    if op.name in ("fault", "split"):
+    if op.name in ("fault", "split", "read"):
         return GuestOp(kind, process, op.addr or 0, arg=op.order or 0)
     if op.name == "write":
         return GuestOp(kind, process, op.addr or 0, value=op.value or 0)
-    if op.name in ("read", "reclaim"):
+    if op.name == "reclaim":
         return GuestOp(kind, process, op.addr or 0)
     if op.name == "pin":
         return GuestOp(kind, process, op.addr or 0, (op.nr_pages or 0) << PAGE_SHIFT, arg=rw)

@@ -40,7 +40,7 @@ EXPECT_RESULT_KEYS = ("result",)
 
 VALUE_LIMIT = 1 << 64       # data words are 64-bit
 FRAMES_LIMIT = 1 << 24      # largest `frames N`
-ORDER_ARG_LIMIT = 63        # `order=K` of fault/split; 0..9 is the kernel's check (EINVAL)
+ORDER_ARG_LIMIT = 63        # `order=K` of fault/split/read; 0..9 is the kernel's check (EINVAL)
 EXPECT_ORDER_LIMIT = HPAGE_PMD_ORDER   # largest folio order an `expect ... order=` can name
 FILE_LIMIT = 1 << 16        # largest n of a file name Fn
 
@@ -54,7 +54,7 @@ class Op:
     addr: int | None = None      # bytes, 4 KiB aligned
     length: int | None = None    # bytes: mmap, munmap, dontneed, mprotect
     nr_pages: int | None = None  # pin
-    order: int | None = None     # fault, split
+    order: int | None = None     # fault, split, read
     value: int | None = None     # write
     prot: str | None = None      # "rw"/"ro": mmap, mprotect; the mode of pin
     mode: str | None = None      # "on"/"off": wp
@@ -305,15 +305,16 @@ def _op_wp(name: str, args: list[str], processes: _Processes) -> Op:
 
 
 def _op_at(name: str, args: list[str], processes: _Processes) -> Op:
-    """read, reclaim, try_to_unmap, split_pmd: P va."""
+    """reclaim, try_to_unmap, split_pmd: P va."""
     return Op(name, process=processes.parse(args[0]), addr=_parse_addr(args[1]))
 
 
 def _op_fault(name: str, args: list[str], processes: _Processes) -> Op:
+    """fault, read: P va [order=K] (K 0 if left out; a read's 0 is None, as it is printed)."""
     process = processes.parse(args[0])
     addr = _parse_addr(args[1])
     order = _parse_order(args[2]) if len(args) == 3 else 0
-    return Op(name, process=process, addr=addr, order=order)
+    return Op(name, process=process, addr=addr, order=order if order or name != "read" else None)
 
 
 def _op_split(name: str, args: list[str], processes: _Processes) -> Op:
@@ -366,7 +367,7 @@ _OP_SYNTAX: dict[str, tuple[int, int, _OpParser]] = {
     "mprotect": (4, 4, _op_mprotect),
     "fault": (2, 3, _op_fault),
     "write": (3, 3, _op_write),
-    "read": (2, 2, _op_at),
+    "read": (2, 3, _op_fault),
     "pin": (4, 4, _op_pin),
     "unpin": (1, 1, _op_unpin),
     "fork": (1, 1, _op_fork),
@@ -652,7 +653,10 @@ def format_op(op: Op) -> str:
             words.append("shared")
     if name == "wp":
         words.append(str(_need(op.mode, op, "mode")))
-    if name in ORDER_OPS:
+    if name == "read":
+        if op.order:   # a read of order 0 is written without it
+            words.append(f"order={op.order}")
+    elif name in ORDER_OPS:
         words.append(f"order={_need(op.order, op, 'order')}")
     if name == "write":
         words.append(_format_value(int(_need(op.value, op, "value"))))

@@ -656,6 +656,15 @@ static void thp_sizes_set(int highest_order)
 	}
 }
 
+/* The PMD size alone: "always" for a read of order 9, back to "madvise" after it. */
+static void thp_pmd_set(const char *mode)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), THP_DIR "/hugepages-%lukB/enabled", (PAGE_SIZE << PMD_ORDER) / 1024);
+	write_file(path, mode);
+}
+
 static int swap_is_on(void)
 {
 	size_t size = 0;
@@ -1042,8 +1051,21 @@ static int rf_do_op(const struct rf_op *op, struct reply *reply)
 	}
 	case RF_WRITE:
 		return user_store(op->addr, op->value);
-	case RF_READ:
-		return user_load(op->addr);
+	case RF_READ: {
+		int result;
+
+		/* order=9: the PMD size alone, so a read fault may map the huge zero folio
+		 * (do_huge_pmd_anonymous_page); a read fault takes no mTHP size, and the
+		 * model's swap-in by read is order 0, so the other sizes stay never. */
+		if (op->arg < 0 || op->arg > PMD_ORDER)
+			return EINVAL;
+		if (op->arg == PMD_ORDER)
+			thp_pmd_set("always");
+		result = user_load(op->addr);
+		if (op->arg == PMD_ORDER)
+			thp_pmd_set("madvise");
+		return result;
+	}
 	case RF_PIN:
 		return pin_pages(op->addr, op->length / PAGE_SIZE, &reply->ring_fd);
 	case RF_FORK:

@@ -348,7 +348,7 @@ def test_the_gate_names_a_corrupt_corpus_file_as_failing_and_replays_the_rest(tm
 
     bad, stale = tmp_path / "bad.ops", tmp_path / "input.bin"
     bad.write_text("fork P7\n")
-    stale.write_bytes(bytes([0, 0, 8]))   # a stored input of encoding version 8
+    stale.write_bytes(bytes([0, 0, 200]))   # a stored input of encoding version 200, not this rmapfuzz's
     good = str(ROOT / "corpus/seeds/06-fault-pmd.ops")
     replayed, failures = replay_corpus([str(bad), good, str(stale)], "batched")
     assert replayed == 1

@@ -414,3 +414,80 @@ def test_acts_that_do_not_apply_to_a_page_cache_folio_map_it_again_and_acts_keep
         choices.choose(count, wanted)
     grammar.choices = ByteChoices(choices.to_bytes())
     assert grammar.op(names_of(machine), machine) == Op("try_to_unmap", process=0, addr=0x209000)
+
+
+def _hazards(*names):
+    from fuzz.engine.notes import HAZARDS
+
+    return sum(1 << HAZARDS.index(name) for name in names)
+
+
+def test_folio_hazards_name_what_makes_a_folio_hazardous_to_batch_over():
+    """A large folio written whole and exclusive has none; a write to one page, a protection
+    or an unmap of part of it, a pin, a fork, a PMD mapping and the page cache each add theirs."""
+    from fuzz.engine.notes import folio_hazards
+
+    text = "mmap P0 0x200000 4M\nfault P0 0x200000 order=4\n"
+    assert folio_hazards(_machine_after(text), 0, 0x205000) == 0
+    assert folio_hazards(_machine_after(text + "write P0 0x203000 5\n"), 0, 0x205000) == _hazards("mixed_zero")
+    assert folio_hazards(_machine_after(text + "mprotect P0 0x200000 16K ro\n"), 0, 0x20f000) == _hazards("mixed_write")
+    assert folio_hazards(_machine_after(text + "munmap P0 0x20f000 4K\n"), 0, 0x200000) == _hazards("part_mapped")
+    assert folio_hazards(_machine_after(text + "pin P0 0x200000 1 ro\n"), 0, 0x200000) == _hazards("pinned")
+    forked = _machine_after(text + "fork P0\nwrite P1 0x203000 5\n")
+    assert folio_hazards(forked, 0, 0x200000) == _hazards("shared")
+    assert folio_hazards(forked, 1, 0x200000) == _hazards("shared", "part_mapped")
+    assert folio_hazards(forked, 1, 0x203000) == 0   # its own copy of the page
+    reused = _machine_after(text + "fork P0\nexit P1\nwrite P0 0x203000 5\n")   # page 3 alone exclusive again
+    assert folio_hazards(reused, 0, 0x200000) == _hazards("mixed_exclusive", "mixed_zero", "mixed_write")
+    assert folio_hazards(_machine_after("mmap P0 0x200000 2M\nfault P0 0x200000 order=9\n"), 0, 0x200000) \
+        == _hazards("pmd")
+    shmem = _machine_after("file F0 64K shmem\nmmap P0 0x200000 64K rw file=F0 shared\nfault P0 0x200000 order=4\n")
+    assert folio_hazards(shmem, 0, 0x204000) == _hazards("cache")
+    assert folio_hazards(shmem, 0, 0x300000) == 0   # nothing mapped
+
+
+def test_an_act_that_gives_its_folio_a_new_hazard_is_followed_by_a_walker_over_it():
+    """After a write to one page of an mTHP (its pages no longer all zero) the next act, when
+    its choice says so, is one of WALKER_KINDS on the page the write aimed at."""
+    from fuzz.engine.decode import ACT_CHANCE, NOTE_KINDS, WALKER_KINDS, OpGrammar, names_of
+    from fuzz.implementation import OP_DISPATCH, reference_kernel
+
+    machine, kernel = reference_kernel(4096)
+    for op in parse_script("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\n").steps:
+        OP_DISPATCH[op.name](kernel, op)
+    choices = RecordedChoices()
+    for wanted, count in ((0, ACT_CHANCE), (NOTE_KINDS.index("write"), len(NOTE_KINDS)), (3, 16), (0, 2),
+                          (0, 4), (0, 5),   # the value: a listed one, 1
+                          (0, ACT_CHANCE), (0, 2), (WALKER_KINDS.index("reclaim"), len(WALKER_KINDS))):
+        choices.choose(count, wanted)
+    grammar = OpGrammar(ByteChoices(choices.to_bytes()))
+    write = grammar.op(names_of(machine), machine)
+    assert write == Op("write", process=0, addr=0x203000, value=1)
+    OP_DISPATCH[write.name](kernel, write)
+    assert grammar.op(names_of(machine), machine) == Op("reclaim", process=0, addr=0x203000)
+
+
+def test_a_private_file_fault_may_be_followed_by_mapping_the_clean_folio_it_read_in():
+    """make_folio's private file mapping: after the fault (a COW: the page-cache folio stays
+    clean), half the time the folio is mapped again at a free place and read there."""
+    from fuzz.engine.decode import MAKE_FILE_LENGTHS, MAKE_LENGTHS, MAKE_ORDERS, names_of
+    from fuzz.implementation import OP_DISPATCH, reference_kernel
+
+    machine, kernel = reference_kernel(4096)
+    OP_DISPATCH["mmap"](kernel, Op("mmap", process=0, addr=0x200000, length=PMD_SIZE, prot="rw"))
+    grammar, op = _act(machine, [(MAKE_ORDERS.index(4), len(MAKE_ORDERS)), (0, 4),
+                                 (MAKE_LENGTHS.index(PMD_SIZE), len(MAKE_LENGTHS)), (2, 3), (0, 2),
+                                 (MAKE_FILE_LENGTHS.index(CONT_PTE_SIZE), len(MAKE_FILE_LENGTHS)), (1, 2), (0, 2),
+                                 (1, 2)])   # map it again shared
+    ops = [op]
+    for _ in range(4):
+        OP_DISPATCH[ops[-1].name](kernel, ops[-1])
+        ops.append(grammar.op(names_of(machine), machine))
+    assert ops == [Op("file", file=0, length=CONT_PTE_SIZE, shmem=True),
+                   Op("mmap", process=0, addr=0x400000, length=CONT_PTE_SIZE, prot="rw", file=0),
+                   Op("fault", process=0, addr=0x400000, order=4),
+                   Op("mmap", process=0, addr=0x600000, length=CONT_PTE_SIZE, prot="rw", file=0, shared=True),
+                   Op("read", process=0, addr=0x600000)]
+    OP_DISPATCH["read"](kernel, ops[-1])
+    folio = machine.files[0].cache[0]
+    assert machine.frames.folio_order[folio] == 4 and not machine.frames.folio_dirty[folio]

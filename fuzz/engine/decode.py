@@ -13,8 +13,13 @@ PMD-mapped, COWed from a file), and three ops in four are drawn to act on such a
 outright (`act_on_folio_of_note`: unmap, reclaim, split below its order, pin,
 write or read a page of it, free, mprotect, wp ... a part of it, fork, exit, map
 it again), or to make one where the process maps none (`make_folio`: map memory
-or fault a large folio); an act of two ops (uffd before wp, mmap before read)
-draws its second without a choice. Orders lean to 0, 2, 4 and 9; the
+or fault a large folio; after a private file mapping's fault, map the clean
+page-cache folio it read in again); an act of several ops (uffd before wp, mmap
+before read) draws the rest without a choice. An act that gives the folio it aimed at
+a hazard it did not have (notes.folio_hazards: shared, pinned, PMD-mapped, in the
+page cache, mapped or written or protected in part ...) is followed, half the time,
+by a walker that batches over it. Machine sizes include small ones where swap runs
+out or has no aligned run for a PMD THP. Orders lean to 0, 2, 4 and 9; the
 op count is capped. The encoder plays the same grammar the
 other way, so seeds and reproducers can be kept as `.ops` and turned back into
 bytes: `decode(encode(script)) == script` for every script it accepts. The
@@ -34,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from fuzz.engine.notes import FolioSpan, folio_addresses_of_note, folio_span, large_folio_addresses
+from fuzz.engine.notes import FolioSpan, folio_addresses_of_note, folio_hazards, folio_span, large_folio_addresses
 from fuzz.errors import UsageError
 from fuzz.implementation import (
     OP_DISPATCH,
@@ -53,13 +58,17 @@ from machine import DEFAULT_NR_FRAMES, Machine, check
 from machine.mm import VMA
 from machine.pgtable import CONT_PTE_SIZE, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
-ENCODING_VERSION = 9  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
+ENCODING_VERSION = 10  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
                       # 5: an op that acts on a folio of note; 6: reads weighted up (the zero page),
                       # zero-page entries and half-zero folios among folio addresses; 7: files, uffd-wp;
                       # 8: acts on folio parts, pages of any large folio; 9: a read draws an order
-                      # (order=9: the huge zero folio), which an act may make
+                      # (order=9: the huge zero folio), which an act may make; 10: walkers after a
+                      # new hazard, clean page-cache folios mapped again, 768 frames
 MAX_OPS = 24
-FRAMES_CHOICES = (DEFAULT_NR_FRAMES, DEFAULT_NR_FRAMES, 1024, 256, 64, 32)   # small ones: memory and swap run out
+# Small machines: memory and swap (as many slots as frames) run out. Between one and two
+# PMDs' worth (768), memory holds a PMD THP but swap has no naturally aligned run for one:
+# every PMD-order swap-out falls back to order-0 slots, as with nearly full or fragmented swap.
+FRAMES_CHOICES = (DEFAULT_NR_FRAMES, DEFAULT_NR_FRAMES, 1024, 768, 256, 64, 32)
 RAW_FRAMES = 2 * DEFAULT_NR_FRAMES  # raw draws stay small: every execution stays fast
 WINDOW_BASE = 0x200000
 WINDOW_SIZE = 8 << 20
@@ -103,7 +112,8 @@ MAKE_FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)   #
 # the walkers that act on any folio.
 NOTE_KINDS = ("fork", "fork", "free", "free", "pin", "write", "write", "mprotect", "wp", "wp", "mmap",
               "try_to_unmap", "reclaim", "split")
-# What acts on a folio that has just become one of note: the walkers that batch it.
+# What acts on a folio the last act gave a new hazard (notes.HAZARDS: shared by fork, pinned,
+# written or protected in part, mapped again ...): the walkers that batch over it.
 WALKER_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "mprotect", "wp", "fork", "split", "dontneed",
                 "munmap")
 # The range an act covers: the whole folio, the contpte block of the page (within the folio),
@@ -214,6 +224,14 @@ def _index(options: tuple, wanted: object) -> int | None:
     return options.index(wanted) if wanted in options else None
 
 
+class MapAgain(NamedTuple):
+    """A pending act: map again the page-cache folio process maps at addr (or COWed a page
+    of), once the ops before it have run, and read it there (OpGrammar.map_again)."""
+
+    process: int
+    addr: int
+
+
 class OpGrammar:
     """Ops drawn one after another from choices; with RecordedChoices and a target op the
     same code records the choices that draw exactly that op."""
@@ -221,9 +239,9 @@ class OpGrammar:
     def __init__(self, choices: ByteChoices | RecordedChoices) -> None:
         self.choices = choices
         self.used: list[int] = []   # the addresses drawn so far
-        self.pending: list[Op] = []   # the rest of an act of several ops, drawn next
-        # The process and page the last act aimed at, and whether its folio was of note then.
-        self.focus: tuple[int, int, bool] | None = None
+        self.pending: list[Op | MapAgain] = []   # the rest of an act of several ops, drawn next
+        # The process and page the last act aimed at, and its folio's hazards then (folio_hazards).
+        self.focus: tuple[int, int, int] | None = None
 
     def op(self, names: Names, machine: Machine | None = None, target: Op | None = None) -> Op:
         """One op naming only what names holds, its address near machine's VMA edges among
@@ -232,9 +250,14 @@ class OpGrammar:
         an act of several ops comes first, without a choice."""
         if self.pending and machine is not None:
             pending = self.pending.pop(0)
-            if pending.process in names.live:
+            if pending.process not in names.live:
+                self.pending.clear()
+            elif isinstance(pending, Op):
                 return pending
-            self.pending.clear()
+            else:
+                span = folio_span(machine, pending.process, pending.addr)
+                if span.file is not None and span.nr_pages > 1:   # else the fault made no large folio
+                    return self.map_again(pending.process, span, machine)
         choose = self.choices.choose
         if choose(ACT_CHANCE, None if target is None else ACT_CHANCE - 1) < ACT_SHARE and machine is not None:
             acting = self.act_on_folio_of_note(names, machine)
@@ -265,9 +288,9 @@ class OpGrammar:
     def act_on_folio_of_note(self, names: Names, machine: Machine) -> Op | None:
         """An op of ACT_KINDS on a page of a folio worth acting on (folio_addresses_of_note),
         else one of NOTE_KINDS on a page of any large folio, in a process drawn from names
-        (half the time the page the last act aimed at, while it is one: if its folio has just
-        become one of note, half the time one of WALKER_KINDS on it); if that process maps
-        neither, an op that makes one (make_folio)."""
+        (half the time the page the last act aimed at, while it is one: if that act gave its
+        folio a hazard it did not have, half the time one of WALKER_KINDS on it); if that
+        process maps neither, an op that makes one (make_folio)."""
         choose = self.choices.choose
         process = names.live[choose(len(names.live))]
         noted = folio_addresses_of_note(machine, process)
@@ -279,15 +302,15 @@ class OpGrammar:
         focus = self.focus
         if focus is not None and (focus[0] != process or focus[1] not in noted):
             focus = None   # another process, or its page is no longer one to act on
-        if focus is not None and kinds is ACT_KINDS and not focus[2] and choose(2) == 0:
-            # the folio the last act aimed at has just become one of note: what batches it, next
+        if focus is not None and folio_hazards(machine, process, focus[1]) & ~focus[2] and choose(2) == 0:
+            # the last act gave the folio it aimed at a new hazard: what batches over it, next
             name, addr = WALKER_KINDS[choose(len(WALKER_KINDS))], focus[1]
         else:
             name = kinds[choose(len(kinds))]
             addr = noted[choose(len(noted))]
             if focus is not None and choose(2) == 0:
                 addr = focus[1]   # half the time, the folio the last act aimed at again
-        self.focus = (process, addr, kinds is ACT_KINDS)
+        self.focus = (process, addr, folio_hazards(machine, process, addr))
         self.used.append(addr)
         span = folio_span(machine, process, addr)
         if name == "exit":
@@ -328,8 +351,11 @@ class OpGrammar:
         """Where process maps no large folio: fault a folio of a MAKE_ORDERS order at an
         address aligned to it in a VMA (the PMD order is read one time in two: the huge zero
         folio); or, where it has no VMA (else one time in four), map memory at a free place
-        first: anonymous, or a file (made first if there is none), shared or private. The ops
-        after the first are drawn next, without a choice."""
+        first: anonymous, or a file (made first if there is none), shared or private; after a
+        private file mapping's fault, half the time the page-cache folio it read in (clean: the
+        write went to the anon copy) is mapped again and read. The ops after the first are
+        drawn next, without a choice; the folio made is the next act's focus, with no hazards
+        yet (a PMD mapping or the page cache are new ones)."""
         choose = self.choices.choose
         mm = machine.processes[process]
         order = MAKE_ORDERS[choose(len(MAKE_ORDERS))]
@@ -342,10 +368,12 @@ class OpGrammar:
             count = (vma.end - first) // size if vma.end > first else 0
             addr = first + choose(count) * size if count else vma.start
             self.used.append(addr)
+            self.focus = (process, addr, 0)
             return Op(kind, process=process, addr=addr, order=order)
         length = MAKE_LENGTHS[choose(len(MAKE_LENGTHS))]
         base = free_base(machine, process, max(length, PMD_SIZE))   # room for any file made
         self.used.append(base)
+        self.focus = (process, base, 0)
         ops = [Op("mmap", process=process, addr=base, length=length, prot="rw")]
         if choose(3) == 2:   # a file one time in three
             shared = bool(choose(2))
@@ -358,6 +386,8 @@ class OpGrammar:
                        Op("mmap", process=process, addr=base, length=file_length, prot="rw", file=FILE_IDS[0],
                           shared=shared)]
         self.pending.extend([*ops[1:], Op(kind, process=process, addr=base, order=order)])
+        if ops[-1].file is not None and not ops[-1].shared and choose(2) == 0:
+            self.pending.append(MapAgain(process, base))
         return ops[0]
 
     def page_of(self, addr: int, span: FolioSpan) -> int:
@@ -410,7 +440,7 @@ class OpGrammar:
         base = free_base(machine, process, length)
         shared = bool(self.choices.choose(2))
         self.pending.append(Op("read", process=process, addr=base + (span.file_index << PAGE_SHIFT)))
-        self.focus = (process, base + (span.file_index << PAGE_SHIFT), False)
+        self.focus = (process, base + (span.file_index << PAGE_SHIFT), 0)
         return Op("mmap", process=process, addr=base, length=self.clip_length(base, base + length), prot="rw",
                   file=span.file, shared=shared)
 

@@ -5,8 +5,10 @@ The decoder draws the pages of a process that a folio operation is worth aiming 
 (folio_addresses_of_note: large folios whose pages differ where batching must split or
 gather, pinned, shared, lazyfree, page-cache folios, PMD mappings, zero-page entries,
 pages COWed from a private file mapping), every page of a large folio when there is no
-such one (large_folio_addresses), and the span of the folio behind a page (folio_span): the
-range an act on "the folio" covers, in the process's own addresses.
+such one (large_folio_addresses), the span of the folio behind a page (folio_span): the
+range an act on "the folio" covers, in the process's own addresses; and what makes that
+folio hazardous to batch over (folio_hazards), so that an act that adds a hazard to a
+folio is followed by one that batches over it.
 """
 
 from __future__ import annotations
@@ -16,19 +18,29 @@ from typing import NamedTuple
 import numpy as np
 
 from machine import Machine
-from machine.mm import PUD_SHIFT
+from machine.mm import MM, PUD_SHIFT
 from machine.pgtable import (
     PAGE_SHIFT,
     PAGE_SIZE,
     PMD_SHIFT,
     PMD_SIZE,
+    PTRS_PER_TABLE,
     pmd_trans_huge,
     pte_dirty,
     pte_pfn,
     pte_present,
     pte_special,
     pte_uffd_wp,
+    pte_write,
 )
+
+# The hazards of a folio for batching, one bit each (folio_hazards): mapped by a PMD, maybe
+# pinned, mapped by several processes, lazyfree, in the page cache, mapped in part; and the
+# pages one process maps differing in PageAnonExclusive, being all zero, the uffd-wp bit,
+# the dirty bit or the write bit (where a batch must split, or gather what differs).
+HAZARDS = ("pmd", "pinned", "shared", "lazyfree", "cache", "part_mapped", "mixed_exclusive", "mixed_zero",
+           "mixed_uffd_wp", "mixed_dirty", "mixed_write")
+_PMD, _PINNED, _SHARED, _LAZYFREE, _CACHE, _PART_MAPPED, _MIXED = (1 << bit for bit in range(7))
 
 
 class FolioSpan(NamedTuple):
@@ -151,3 +163,54 @@ def folio_span(machine: Machine, pid: int, addr: int) -> FolioSpan:
 def _file_of(machine: Machine, folio: int) -> int | None:
     mapping = int(machine.frames.folio_mapping[folio])
     return mapping - 1 if mapping else None
+
+
+def folio_hazards(machine: Machine, pid: int, addr: int) -> int:
+    """The HAZARDS bits of the folio pid maps at addr (0 where it maps none, or the zero page)."""
+    mm = machine.processes[pid]
+    frames = machine.frames
+    level, desc = machine.lookup(mm, addr)
+    if level == "pmd":
+        return _PMD | _folio_bits(machine, int(pte_pfn(desc)))
+    if not pte_present(desc) or pte_special(desc):
+        return 0
+    pfn = int(pte_pfn(desc))
+    head = int(frames.page_folio[pfn])
+    nr_pages = int(frames.folio_nr_pages(head))
+    bits = _folio_bits(machine, head)
+    if nr_pages == 1:
+        return bits
+    page = addr - addr % PAGE_SIZE
+    start = page - ((pfn - head) << PAGE_SHIFT)
+    entries = _ptes(mm, start, start + (nr_pages << PAGE_SHIFT))
+    entries = entries[pte_present(entries) & ~pte_special(entries)]
+    pages = pte_pfn(entries).astype(np.int64)
+    mine = (pages >= head) & (pages < head + nr_pages)
+    entries, pages = entries[mine], pages[mine]
+    if len(pages) < nr_pages:
+        bits |= _PART_MAPPED
+    for bit, differs in enumerate((frames.page_anon_exclusive[pages], frames.page_data[pages] == 0,
+                                   pte_uffd_wp(entries), pte_dirty(entries), pte_write(entries))):
+        if differs.any() and not differs.all():
+            bits |= _MIXED << bit
+    return bits
+
+
+def _folio_bits(machine: Machine, folio: int) -> int:
+    frames = machine.frames
+    return ((_PINNED if frames.folio_pincount[folio] > 0 else 0)
+            | (_SHARED if frames.folio_mm_ids_shared[folio] else 0)
+            | (_LAZYFREE if frames.folio_anon[folio] and not frames.folio_swapbacked[folio] else 0)
+            | (_CACHE if frames.folio_mapping[folio] != 0 else 0))
+
+
+def _ptes(mm: MM, start: int, end: int) -> np.ndarray:
+    """mm's entries from start to end (none where it has no PTE table), start clipped at 0."""
+    start = max(start, 0)
+    parts = []
+    for key in range(start >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1):
+        low, high = max(start, key << PMD_SHIFT), min(end, (key + 1) << PMD_SHIFT)
+        first, last = (low >> PAGE_SHIFT) % PTRS_PER_TABLE, ((high - 1) >> PAGE_SHIFT) % PTRS_PER_TABLE + 1
+        table = mm.pte_tables.get(key)
+        parts.append(np.zeros(last - first, np.uint64) if table is None else table.entries[first:last])
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)

@@ -46,7 +46,7 @@ from .folio import (
     folio_ref_add,
     zero_page_pte,
 )
-from .internal import add_at, set_pte_values, totals_by_value
+from .internal import add_at, set_pte_each, totals_by_value
 from .rmap import (
     folio_add_new_anon_rmap,
     folio_remove_rmap_pmd,
@@ -293,7 +293,7 @@ def folios_remove_migration_ptes(machine: Machine, mappings: FolioMappings) -> N
     zero_ptes = np.where(pte_uffd_wp(mappings.old), pte_mkuffd_wp(zero_ptes), zero_ptes)  # the migration entry's bit
     entries = np.where(zero, zero_ptes, entries)
     haddr = int(mappings.addrs[0]) & ~(PMD_SIZE - 1)
-    set_pte_values(machine, mm, haddr, (mappings.addrs - haddr) >> PAGE_SHIFT, entries)
+    set_pte_each(machine, mm, haddr, (mappings.addrs - haddr) >> PAGE_SHIFT, entries)   # remove_migration_pte
     if any_set(zero):
         mm.rss_anon -= int(np.count_nonzero(zero))
         folios, pages, exclusive = folios[~zero], mappings.pages[~zero], mappings.exclusive[~zero]

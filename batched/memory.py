@@ -33,6 +33,7 @@ from machine.pgtable import (
     pte_clear_uffd_wp,
     pte_marker_uffd_wp,
     pte_mkdirty,
+    pte_mknoncont,
     pte_mkold,
     pte_mkuffd_wp,
     pte_mkwrite,
@@ -251,7 +252,8 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
 
     Context: pte is still the entry at addr; for a write fault the VMA is writable.
     """
-    check(pte == machine.ptep_get(mm, addr), "do_wp_page: the PTE at %#x changed", addr)
+    check(pte_mknoncont(pte) == pte_mknoncont(machine.ptep_get(mm, addr)),   # vmf->orig_pte may predate a fold
+          "do_wp_page: the PTE at %#x changed", addr)
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
     if not unshare and userfaultfd_pte_wp(vma, pte):

@@ -56,7 +56,6 @@ class Kernel:
             self.machine.transaction_rollback()
             return result
         self.machine.transaction_commit()
-        self.machine.contpte_canonicalise()
         return result
 
     def _without_rollback(self, operation: Callable[[], str]) -> str:
@@ -64,7 +63,6 @@ class Kernel:
         anything (mmap, unpin, read, split_pmd, split, fault on a none entry), or its failure keeps what was done
         (munmap, dontneed, free, mprotect, exit, try_to_unmap). Saves a transaction."""
         result = operation()
-        self.machine.contpte_canonicalise()
         return result
 
     # VMAs.

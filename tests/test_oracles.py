@@ -995,7 +995,7 @@ def test_layout_passes_an_eligible_block_left_unfolded():
     assert_healthy(machine, shadow)
 
 
-def test_layout_fires_on_folded_block_across_two_vmas():
+def test_layout_passes_a_folded_block_across_two_vmas():
     machine, shadow, mm = new_world()
     map_mthp(machine, shadow, mm, MTHP_ADDR)
     vma = mm.find_vma(MTHP_ADDR)
@@ -1003,8 +1003,8 @@ def test_layout_fires_on_folded_block_across_two_vmas():
     split_at = MTHP_ADDR + 8 * PAGE_SIZE
     upper = VMA(split_at, vma.end, vma.writable, vma.lineage, anon_vma=vma.anon_vma)
     vma.end = split_at
-    mm.vma_insert(upper)
-    assert_only(machine, shadow, "layout", f"P0 {MTHP_ADDR:#x}: contpte block not validly folded (CONT on 16/16")
+    mm.vma_insert(upper)   # as a userfaultfd registration of half the block splits it, writing no PTE
+    assert_healthy(machine, shadow)
 
 
 def test_layout_fires_on_cont_bit_in_a_block_of_one_pte():

@@ -559,7 +559,7 @@ def _check_lazy_words(machine: Machine, shadow: Shadow, keys: np.ndarray, values
 
 def check_layout(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
     """Rule 7, layout: every folded contpte block is valid (docs/model.md #91: CONT on all 16
-    or none, and the 16 could be folded, inside one VMA); every valid PTE is a page
+    or none, and the 16 could be folded); every valid PTE is a page
     descriptor; every PTE marker is a uffd-wp marker; every PMD entry is a block or a table with
     its PTE table; a PMD block is 2 MiB aligned and maps the head of an order-9 folio; every
     VMA is non-empty, page aligned, inside the VA space, and sorted before and disjoint from

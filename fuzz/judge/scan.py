@@ -51,7 +51,6 @@ from machine.pgtable import (
 
 if TYPE_CHECKING:
     from machine import Machine
-    from machine.mm import MM
 
 PID_SHIFT = 48            # a leaf's key: pid << 48 | addr (addresses are below 2**48)
 ADDR_MASK = (1 << PID_SHIFT) - 1
@@ -95,12 +94,6 @@ class ContpteVerdicts:
             for i, verdict in zip(chunk, canonical.tolist(), strict=False):   # packed is padded
                 self.verdicts[keys[i]] = verdict
         return [self.verdicts[key] for key in keys]
-
-
-def _in_one_vma(mm: MM, start: int, end: int) -> bool:
-    """Whether one VMA of mm covers [start, end)."""
-    vma = mm.find_vma(start)
-    return vma is not None and vma.start <= start and end <= vma.end
 
 
 def where(pid: SupportsInt, addr: SupportsInt) -> str:
@@ -505,7 +498,8 @@ class PageTableScan:
 
     def invalid_blocks(self) -> list[tuple[int, int, np.ndarray]]:
         """(pid, addr, entries) of every 16-entry block with a CONT bit that is not a valid
-        folded block: `machine.contpte_blocks_valid` rejects it, or it leaves its VMA.
+        folded block: `machine.contpte_blocks_valid` rejects it. (A folded block may span two
+        VMAs: a VMA split that writes no PTE, as a userfaultfd registration, leaves it folded.)
 
         A block without a CONT bit is valid as it is. The machine judges the others, packed a
         table's worth (32 blocks) at a time, since its verdict is per block; its verdicts are
@@ -533,9 +527,8 @@ class PageTableScan:
         verdicts = self.contpte_verdicts.lookup(verdict_keys, candidate_blocks, machine.contpte_blocks_valid)
         rejected: list[tuple[int, int, np.ndarray]] = []
         for i, valid in enumerate(verdicts):
-            table, index = divmod(int(candidates[i]), _BLOCKS_PER_TABLE)
-            pid, base, _ = self.pte_tables[table]
-            addr = base + index * CONT_PTES * PAGE_SIZE
-            if not valid or not _in_one_vma(machine.processes[pid], addr, addr + CONT_PTES * PAGE_SIZE):
-                rejected.append((pid, addr, candidate_blocks[i]))
+            if not valid:
+                table, index = divmod(int(candidates[i]), _BLOCKS_PER_TABLE)
+                pid, base, _ = self.pte_tables[table]
+                rejected.append((pid, base + index * CONT_PTES * PAGE_SIZE, candidate_blocks[i]))
         return rejected

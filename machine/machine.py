@@ -1,8 +1,8 @@
 """The simulated arm64 machine both implementations run on (SPEC §2).
 
 It holds state and mechanism only: frames, swap, processes, pins, the
-single-entry and batched page-table primitives, contpte canonicalisation and
-the hardware's access/dirty updates. What the kernel decides lives in
+single-entry and batched page-table primitives with arm64's contpte folding
+and unfolding, and the hardware's access/dirty updates. What the kernel decides lives in
 reference/ and batched/.
 """
 
@@ -191,7 +191,6 @@ class _SavedState:
     processes: dict[int, MM]
     mm_counters: dict[int, tuple[int, int, int, bool]]     # pid: rss_anon, rss_swap, rss_file, has_pinned
     vmas: dict[int, list[tuple[VMA, VMA]]]                 # pid: each VMA and a copy of its fields
-    touched: dict[int, list]
     files: dict[int, File]                                 # copies: a script's files are few
 
     @staticmethod
@@ -202,7 +201,6 @@ class _SavedState:
             machine.nr_processes, machine.nr_mmaps, machine.nr_uffd_ctxs, machine.nr_pins, dict(processes),
             {pid: (mm.rss_anon, mm.rss_swap, mm.rss_file, mm.has_pinned) for pid, mm in processes.items()},
             {pid: [(vma, vma.copy()) for vma in mm.vmas] for pid, mm in processes.items()},
-            {key: list(touched) for key, touched in machine._touched.items()},
             {file_id: file.clone() for file_id, file in machine.files.items()})
 
     def restore(self, machine: Machine) -> None:
@@ -218,7 +216,6 @@ class _SavedState:
             mm.vmas = [vma for vma, _fields in self.vmas[pid]]
             for vma, fields in self.vmas[pid]:
                 vma.__dict__.update(fields.__dict__)
-        machine._touched = self.touched
         machine.files = self.files
 
 
@@ -239,7 +236,6 @@ class Machine:
         self.pins: dict[int, Pin] = {}
         self.nr_pins = 0       # successful pins: the next pin id
         self.files: dict[int, File] = {}  # Fn: the files the script made, with their page caches
-        self._touched: dict[int, list] = {}  # id(table): [table, first, end] entries written this op
 
     # Snapshots, for the transactional failure model (SPEC §1).
 
@@ -262,11 +258,10 @@ class Machine:
         other.pins = dict(self.pins)
         other.nr_pins = self.nr_pins
         other.files = {file_id: file.clone() for file_id, file in self.files.items()}
-        other._touched = {}
         return other
 
     def restore(self, snapshot: Machine) -> None:
-        """Put the state back to a snapshot taken before the op (which was canonical).
+        """Put the state back to a snapshot taken before the op.
 
         The snapshot's objects are taken over, not copied: a snapshot restores once.
         """
@@ -282,7 +277,6 @@ class Machine:
         self.pins = snapshot.pins
         self.nr_pins = snapshot.nr_pins
         self.files = snapshot.files
-        self._touched = {}
 
     # Transactions, for the transactional failure model (SPEC §1): an op that may fail
     # half-way runs between transaction_begin and transaction_commit or _rollback.
@@ -408,20 +402,7 @@ class Machine:
         """The PTE table covering addr (allocated if alloc) and addr's index in it."""
         if addr % PAGE_SIZE:
             check(False, "unaligned address %#x", addr)
-        table = mm.pte_table(addr, alloc)
-        index = pte_index(addr)
-        if table is not None and alloc:
-            self._touch(table, index, index + 1)
-        return table, index
-
-    def _touch(self, table: PteTable, first: int, end: int) -> None:
-        """Remember that entries [first, end) of table were written in this op."""
-        touched = self._touched.get(id(table))
-        if touched is None:
-            self._touched[id(table)] = [table, first, end]
-        else:
-            touched[1] = min(touched[1], first)
-            touched[2] = max(touched[2], end)
+        return mm.pte_table(addr, alloc), pte_index(addr)
 
     def ptep_get(self, mm: MM, addr: int) -> int:
         """ptep_get: the PTE at addr (0 if no PTE table covers it); an entry of a folded
@@ -558,7 +539,6 @@ class Machine:
         nr_pages entries from addr cover only partly (at either end); whole blocks stay folded."""
         table, index = self._pte_slot(mm, addr, alloc=True)
         check(nr_pages >= 1 and index + nr_pages <= PTRS_PER_TABLE, "range crosses a PTE table")
-        self._touch(table, index, index + nr_pages)
         self._unfold_partial(table, index, index + nr_pages)
 
     def _unfold_partial(self, table: PteTable, first: int, end: int) -> None:
@@ -596,7 +576,6 @@ class Machine:
         check(nr_pages >= 1, "nr_pages must be positive")
         table, index = self._pte_slot(mm, addr, alloc=True)
         check(index + nr_pages <= PTRS_PER_TABLE, "batch crosses a PTE table")
-        self._touch(table, index, index + nr_pages)
         if self.journal.recording:
             self.journal.record_entries(table.entries, slice(index, index + nr_pages))
         return table, slice(index, index + nr_pages)
@@ -697,7 +676,6 @@ class Machine:
             first, end = int(runs.index[0]), int(runs.index[-1] + runs.nr_pages[-1])
             first -= first % CONT_PTES
             end = min(PTRS_PER_TABLE, -(-end // CONT_PTES) * CONT_PTES)
-            self._touch(table, first, end)
             if self.journal.recording:
                 self.journal.record_entries(table.entries, slice(first, end))
         return table
@@ -826,7 +804,6 @@ class Machine:
         if pte_table is not None:
             check(not any_set(pte_table.entries), "PMD block installed over a populated PTE table")
             mm.pte_table_free(addr)
-            self._touched.pop(id(pte_table), None)
         else:
             check(table.entries[index] == 0 or pmd_trans_huge(int(table.entries[index])),
                   "PMD slot holds an unknown descriptor")

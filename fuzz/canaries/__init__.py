@@ -48,6 +48,7 @@ CANARIES = (
     "file_batch_ignores_uffd_wp",
     "swapcache_hit_keeps_exclusive",
     "swapin_batch_ignores_exclusive",
+    "fork_copies_cont_bit",
 )
 
 

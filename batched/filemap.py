@@ -245,7 +245,7 @@ def do_file_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: in
 def wp_page_shared(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> str:
     """A write fault on a read-only entry of a shared file VMA: reuse, and the folio dirty."""
     folio = machine.frames.page_folio.item(int(pte_pfn(pte)))
-    machine.set_pte_at(mm, addr, pte_mkwrite(pte_mkdirty(pte_mkyoung(pte))))
+    machine.ptep_set_access_flags(mm, addr, pte_mkwrite(pte_mkdirty(pte_mkyoung(pte))))   # wp_page_reuse
     machine.frames.folio_dirty[folio] = True
     return OK
 

@@ -275,8 +275,9 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
 
 
 def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> None:
-    """Make the reused page's PTE young, dirty and (in a writable VMA) writable."""
-    machine.set_pte_at(mm, addr, maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma))
+    """Make the reused page's PTE young, dirty and (in a writable VMA) writable
+    (ptep_set_access_flags: a folded block unfolds when the write bit changes, never folds)."""
+    machine.ptep_set_access_flags(mm, addr, maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma))
 
 
 def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:

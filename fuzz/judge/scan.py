@@ -90,8 +90,8 @@ class ContpteVerdicts:
             chunk = unknown[first:first + _BLOCKS_PER_TABLE]
             packed = np.zeros((_BLOCKS_PER_TABLE, CONT_PTES), np.uint64)
             packed[:len(chunk)] = blocks[chunk]
-            canonical = judge(packed.reshape(-1))
-            for i, verdict in zip(chunk, canonical.tolist(), strict=False):   # packed is padded
+            valid = judge(packed.reshape(-1))
+            for i, verdict in zip(chunk, valid.tolist(), strict=False):   # packed is padded
                 self.verdicts[keys[i]] = verdict
         return [self.verdicts[key] for key in keys]
 

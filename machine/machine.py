@@ -9,6 +9,8 @@ reference/ and batched/.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
+from operator import or_
 from typing import Literal, overload
 
 import numpy as np
@@ -116,6 +118,8 @@ class PteRuns:
             - (ends - self.nr_pages).repeat(self.nr_pages)
 
 
+# An entry is hardware-dirty when, of these, it has WRITE alone (pte_hw_dirty).
+_HW_DIRTY_MASK = PTE_WRITE | PTE_RDONLY
 # The bits __ptep_set_access_flags takes from its entry.
 _ACCESS_FLAGS = PTE_RDONLY | PTE_AF | PTE_WRITE | PTE_DIRTY
 
@@ -132,11 +136,11 @@ def _contpte_gather(entries: np.ndarray, index: int, pte: int) -> int:
     16 entries is dirty, young if any is young."""
     first = index - index % CONT_PTES
     values = entries[first:first + CONT_PTES].tolist()
-    if any(pte_dirty(value) for value in values):
+    any_bits = reduce(or_, values)
+    if any_bits & PTE_DIRTY or (any_bits & PTE_WRITE and any(value & _HW_DIRTY_MASK == PTE_WRITE
+                                                              for value in values)):
         pte = pte_mkdirty(pte)
-    if any(value & PTE_AF for value in values):
-        pte |= PTE_AF
-    return pte
+    return pte | (any_bits & PTE_AF)
 
 
 def _contpte_gather_array(entries: np.ndarray, first: int, values: np.ndarray) -> np.ndarray:

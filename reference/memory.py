@@ -594,23 +594,25 @@ def fork_pte_batch_bits(pte: int) -> int:
     return int(pte_mkold(pte_wrprotect(pte))) & ~PTE_ADDR_MASK
 
 
-def copy_present_ptes_batch(machine: Machine, src_mm: MM, addr: int, end: int) -> int:
+def copy_present_ptes_batch(machine: Machine, src_mm: MM, addr: int, end: int) -> tuple[int, bool]:
     """How many entries from addr the kernel copies as one batch with wrprotect_ptes and
-    set_ptes (copy_present_ptes): a large folio's folio_pte_batch, unless its dup would be
-    refused (an exclusive page of a maybe-pinned anon folio: the page-by-page fallback); 1
-    otherwise (the zero page, a small folio: copy_present_pte)."""
+    set_ptes (copy_present_ptes), and whether as a batch: a large folio's folio_pte_batch;
+    if its dup is refused (an exclusive page of a maybe-pinned anon folio) the entries up to
+    that page go one at a time (copy_pte_range's retry with a preallocated folio, which that
+    page's copy consumes); the zero page and a small folio: one (copy_present_pte)."""
     pte = machine.ptep_get(src_mm, addr)
     page = vm_normal_page(machine, pte)
     if page is None:
-        return 1
+        return 1, False
     folio = page_folio(machine, page)
     if not folio_test_large(machine, folio):
-        return 1
+        return 1, False
     nr_pages = folio_pte_batch(machine, src_mm, folio, addr, end, fork_pte_batch_bits)
-    if machine.frames.folio_anon[folio] and folio_needs_cow_for_dma(machine, src_mm, folio) \
-            and any(PageAnonExclusive(machine, page + i) for i in range(nr_pages)):
-        return 1
-    return nr_pages
+    if machine.frames.folio_anon[folio] and folio_needs_cow_for_dma(machine, src_mm, folio):
+        for i in range(nr_pages):
+            if PageAnonExclusive(machine, page + i):
+                return i + 1, False
+    return nr_pages, nr_pages > 1
 
 
 def copy_batch_blocks(machine: Machine, dst_mm: MM, src_mm: MM, addr: int, nr_pages: int) -> None:
@@ -629,17 +631,17 @@ def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start
     if src_mm.pte_table(start) is None:
         return OK  # pmd_none: nothing mapped here
     batch_start = batch_end = start
+    in_batch = False
     for addr in range(start, end, PAGE_SIZE):
         pte = machine.ptep_get(src_mm, addr)
         if pte_present(pte):
             if addr >= batch_end:
                 batch_start = addr
-                batch_end = addr + (copy_present_ptes_batch(machine, src_mm, addr, end) << PAGE_SHIFT)
-                nr_pages = (batch_end - addr) >> PAGE_SHIFT
-                if nr_pages > 1 and any(pte_write(machine.ptep_get(src_mm, addr + (i << PAGE_SHIFT)))
-                                        for i in range(nr_pages)):
+                nr_pages, in_batch = copy_present_ptes_batch(machine, src_mm, addr, end)
+                batch_end = addr + (nr_pages << PAGE_SHIFT)
+                if in_batch and any(pte_write(machine.ptep_get(src_mm, addr + (i << PAGE_SHIFT)))
+                                    for i in range(nr_pages)):
                     machine.contpte_try_unfold_partial(src_mm, addr, nr_pages)   # wrprotect_ptes' first step
-            in_batch = batch_end - batch_start > PAGE_SIZE
             result = copy_present_pte(machine, dst_mm, dst_vma, src_mm, addr, in_batch)
             if result != OK:
                 return result

@@ -607,8 +607,11 @@ def copy_present_ptes_batch(machine: Machine, src_mm: MM, addr: int, end: int) -
     folio = page_folio(machine, page)
     if not folio_test_large(machine, folio):
         return 1, False
+    refusable = bool(machine.frames.folio_anon[folio]) and folio_needs_cow_for_dma(machine, src_mm, folio)
+    if refusable and PageAnonExclusive(machine, page):
+        return 1, False
     nr_pages = folio_pte_batch(machine, src_mm, folio, addr, end, fork_pte_batch_bits)
-    if machine.frames.folio_anon[folio] and folio_needs_cow_for_dma(machine, src_mm, folio):
+    if refusable:
         for i in range(nr_pages):
             if PageAnonExclusive(machine, page + i):
                 return i + 1, False

@@ -37,7 +37,7 @@ from machine.pgtable import (
 )
 
 from .folio import folio_put, folios_put_refs, folios_ref_add
-from .internal import FPB_UNMAP, PteBatches, add_at, batches_any, folio_pte_batch, set_pte_values
+from .internal import FPB_UNMAP, PteBatches, add_at, batches_any, folio_pte_batch, set_pte_each
 from .rmap import (
     batch_pages,
     folio_add_new_anon_rmap,
@@ -245,7 +245,7 @@ def do_file_write_fault(machine: Machine, mm: MM, vma: VMA, addr: int, order: in
 def wp_page_shared(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> str:
     """A write fault on a read-only entry of a shared file VMA: reuse, and the folio dirty."""
     folio = machine.frames.page_folio.item(int(pte_pfn(pte)))
-    machine.set_pte_at(mm, addr, pte_mkwrite(pte_mkdirty(pte_mkyoung(pte))))
+    machine.ptep_set_access_flags(mm, addr, pte_mkwrite(pte_mkdirty(pte_mkyoung(pte))))   # wp_page_reuse
     machine.frames.folio_dirty[folio] = True
     return OK
 
@@ -378,7 +378,7 @@ def folio_mkclean(machine: Machine, folio: int) -> bool:
                 continue
             dirty = dirty or any_set(pte_dirty(ptes[touched]))
             table_index = ((piece_start >> PAGE_SHIFT) % PTRS_PER_TABLE) + np.flatnonzero(touched)
-            set_pte_values(machine, mm, piece_start, table_index.astype(np.int64),
+            set_pte_each(machine, mm, piece_start, table_index.astype(np.int64),
                            pte_mkclean(pte_wrprotect(ptes[touched])))
     return dirty
 

@@ -49,7 +49,7 @@ from .folio import (
     is_huge_zero_pmd,
     zero_page_pte,
 )
-from .internal import add_at, set_pte_values, totals_by_value
+from .internal import add_at, set_pte_each, totals_by_value
 from .rmap import (
     anon_vma_prepare,
     folio_add_new_anon_rmap,
@@ -176,7 +176,7 @@ def split_huge_zero_page_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> 
     entry = zero_page_pte(machine, vma)
     if pte_uffd_wp(old):
         entry = pte_mkuffd_wp(entry)
-    set_pte_values(machine, mm, haddr, np.arange(HPAGE_PMD_NR, dtype=np.int64),
+    set_pte_each(machine, mm, haddr, np.arange(HPAGE_PMD_NR, dtype=np.int64),
                    np.full(HPAGE_PMD_NR, entry, np.uint64))
 
 
@@ -340,7 +340,7 @@ def folios_remove_migration_ptes(machine: Machine, mappings: FolioMappings) -> N
     zero_ptes = np.where(pte_uffd_wp(mappings.old), pte_mkuffd_wp(zero_ptes), zero_ptes)  # the migration entry's bit
     entries = np.where(zero, zero_ptes, entries)
     haddr = int(mappings.addrs[0]) & ~(PMD_SIZE - 1)
-    set_pte_values(machine, mm, haddr, (mappings.addrs - haddr) >> PAGE_SHIFT, entries)
+    set_pte_each(machine, mm, haddr, (mappings.addrs - haddr) >> PAGE_SHIFT, entries)   # remove_migration_pte
     if any_set(zero):
         mm.rss_anon -= int(np.count_nonzero(zero))
         folios, pages, exclusive = folios[~zero], mappings.pages[~zero], mappings.exclusive[~zero]

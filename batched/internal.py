@@ -242,23 +242,37 @@ def swap_pte_batch(addr: int, ptes: np.ndarray) -> SwapBatches:
     return SwapBatches(PteRuns(table_addr, index[starts], nr_pages), ptes[starts].copy(), slots[starts])
 
 
-def set_pte_values(machine: Machine, mm, addr: int, index: np.ndarray, ptes: np.ndarray) -> None:
+def set_pte_values(machine: Machine, mm, addr: int, index: np.ndarray, ptes: np.ndarray,
+                   breaks: np.ndarray | None = None) -> None:
     """Write computed entries (ascending table indices from the table at addr) with set_ptes,
-    one call per run of entries that differ only by an advancing pfn."""
+    one call per run of entries that differ only by an advancing pfn (and, where breaks is
+    given, that starts no new run at an entry breaks marks: the caller's batch boundaries)."""
     if len(index) == 0:
         return
     table_addr = addr & ~(PMD_SIZE - 1)
     ptes = np.asarray(ptes, np.uint64)
     starts = np.ones(len(index), bool)
     starts[1:] = (index[1:] != index[:-1] + 1) | (ptes[1:] != ptes[:-1] + np.uint64(1 << PAGE_SHIFT))
+    if breaks is not None:
+        starts |= breaks
     start_at = np.flatnonzero(starts)
     nr_pages = np.diff(np.append(start_at, len(index))).astype(np.int64)
     machine.set_ptes_runs(mm, PteRuns(table_addr, index[start_at].astype(np.int64), nr_pages), ptes[start_at])
+
+
+def set_pte_each(machine: Machine, mm, addr: int, index: np.ndarray, ptes: np.ndarray) -> None:
+    """set_pte_at of each computed entry (ascending table indices from the table at addr): a
+    kernel loop of single-entry writes, each unfolding its block and maybe folding it at its
+    last entry, not one set_ptes."""
+    if len(index) == 0:
+        return
+    machine.set_ptes_runs(mm, PteRuns(addr & ~(PMD_SIZE - 1), np.asarray(index, np.int64),
+                                      np.ones(len(index), np.int64)), np.asarray(ptes, np.uint64))
 
 
 __all__ = [
     "FPB_FORK", "FPB_MADVISE", "FPB_MERGE_WRITE", "FPB_MERGE_YOUNG_DIRTY",
     "FPB_RESPECT_DIRTY", "FPB_RESPECT_WRITE", "FPB_UNMAP", "FPB_ZAP",
     "PteBatches", "SwapBatches", "batch_starts", "batches_any", "folio_pte_batch",
-    "pte_offsets_in_batches", "set_pte_values", "split_batches_by", "swap_pte_batch",
+    "pte_offsets_in_batches", "set_pte_each", "set_pte_values", "split_batches_by", "swap_pte_batch",
 ]

@@ -63,7 +63,7 @@ class Kernel:
         if self.machine.frames.nr_free_frames >= max_new_frames:
             result = operation()
             check(result != ENOMEM, "an op ran out of frames its bound said it had")
-            return self._finish(result)
+            return result
         self.machine.transaction_begin()
         try:
             result = operation()
@@ -74,38 +74,33 @@ class Kernel:
             self.machine.transaction_rollback()
             return result
         self.machine.transaction_commit()
-        return self._finish(result)
-
-    def _finish(self, result: str) -> str:
-        """The end of an op that keeps its work: canonicalise contpte blocks."""
-        self.machine.contpte_canonicalise()
         return result
 
     # VMAs.
 
     def mmap(self, pid: int, addr: int, length: int, prot: str, file: int | None = None,
              offset: int = 0, shared: bool = False) -> str:
-        return self._finish(do_mmap(self.machine, self._mm(pid), addr, length, prot == "rw", file, offset, shared))
+        return do_mmap(self.machine, self._mm(pid), addr, length, prot == "rw", file, offset, shared)
 
     def munmap(self, pid: int, addr: int, length: int) -> str:
-        return self._finish(do_munmap(self.machine, self._mm(pid), addr, length))
+        return do_munmap(self.machine, self._mm(pid), addr, length)
 
     def dontneed(self, pid: int, addr: int, length: int) -> str:
-        return self._finish(madvise_dontneed(self.machine, self._mm(pid), addr, length))
+        return madvise_dontneed(self.machine, self._mm(pid), addr, length)
 
     def free(self, pid: int, addr: int, length: int) -> str:
-        return self._finish(madvise_free(self.machine, self._mm(pid), addr, length))
+        return madvise_free(self.machine, self._mm(pid), addr, length)
 
     def mprotect(self, pid: int, addr: int, length: int, prot: str) -> str:
-        return self._finish(do_mprotect_pkey(self.machine, self._mm(pid), addr, length, prot == "rw"))
+        return do_mprotect_pkey(self.machine, self._mm(pid), addr, length, prot == "rw")
 
     # userfaultfd write-protect.
 
     def uffd(self, pid: int, addr: int, length: int) -> str:
-        return self._finish(userfaultfd_register(self.machine, self._mm(pid), addr, addr + length))
+        return userfaultfd_register(self.machine, self._mm(pid), addr, addr + length)
 
     def wp(self, pid: int, addr: int, length: int, mode: str) -> str:
-        return self._finish(mwriteprotect_range(self.machine, self._mm(pid), addr, addr + length, mode == "on"))
+        return mwriteprotect_range(self.machine, self._mm(pid), addr, addr + length, mode == "on")
 
     # Faults and user accesses.
 
@@ -122,7 +117,7 @@ class Kernel:
                                      max_new_frames=2)
         if pte_none(self.machine.lookup(mm, addr)[1]):
             # handle_pte_fault of a none entry; do_anonymous_page fails only before it maps anything.
-            return self._finish(do_anonymous_page(self.machine, mm, vma, addr, order))
+            return do_anonymous_page(self.machine, mm, vma, addr, order)
         # A swap entry: do_swap_page with the fault's orders (alloc_swap_folio); else order 0.
         swapin_order = order if is_swap_slot_pte(self.machine.lookup(mm, addr)[1]) else 0
         return self._user_write(mm, vma, addr, value=None, order=swapin_order)
@@ -157,13 +152,13 @@ class Kernel:
         entry = self.machine.lookup(mm, addr)[1]
         if (pte_none(entry) or is_pte_marker(entry)) and vma.file is not None:
             # a registered VMA's marker: do_read_fault with its uffd-wp bit
-            result = self._finish(do_read_fault(self.machine, mm, vma, addr, uffd_wp=is_pte_marker(entry)))
+            result = do_read_fault(self.machine, mm, vma, addr, uffd_wp=is_pte_marker(entry))
             if result != OK:
                 return result
         elif pte_none(entry) or is_pte_marker(entry):
-            self._finish(do_anonymous_read_fault(self.machine, mm, vma, addr, order))
+            do_anonymous_read_fault(self.machine, mm, vma, addr, order)
         elif is_swap_pte(entry):
-            result = self._finish(do_swap_page(self.machine, mm, vma, addr, write_fault=False))
+            result = do_swap_page(self.machine, mm, vma, addr, write_fault=False)
             if result != OK:
                 return result
         self.machine.user_read(mm, addr)
@@ -178,7 +173,7 @@ class Kernel:
                                  max_new_frames=2 * nr_pages)
 
     def unpin(self, pin_id: int) -> str:
-        return self._finish(unpin_user_pages(self.machine, pin_id))
+        return unpin_user_pages(self.machine, pin_id)
 
     # Processes.
 
@@ -188,7 +183,7 @@ class Kernel:
                                  max_new_frames=fork_copies_bound(self.machine, mm))
 
     def exit(self, pid: int) -> str:
-        return self._finish(exit_mmap(self.machine, self._mm(pid)))
+        return exit_mmap(self.machine, self._mm(pid))
 
     # Reclaim and splits: they act on the folio mapped at (pid, addr).
 
@@ -219,15 +214,15 @@ class Kernel:
             return self._transaction(lambda: madvise_pageout_folio(self.machine, self._mm(pid), folio),
                                      max_new_frames=self.machine.frames.nr_frames + 1)
         # shrink_folio_list decides every failure before it changes anything.
-        return self._finish(shrink_folio_list(self.machine, folio))
+        return shrink_folio_list(self.machine, folio)
 
     def try_to_unmap(self, pid: int, addr: int) -> str:
         result, folio = self._folio_at(pid, addr)
         if result != OK:
             return result
         if self.machine.frames.folio_mapping[folio]:
-            return self._finish(try_to_unmap_file(self.machine, folio))
-        return self._finish(try_to_unmap(self.machine, folio))
+            return try_to_unmap_file(self.machine, folio)
+        return try_to_unmap(self.machine, folio)
 
     def split_pmd(self, pid: int, addr: int) -> str:
         mm = self._mm(pid)
@@ -238,7 +233,7 @@ class Kernel:
         if not pmd_trans_huge(self.machine.pmdp_get(mm, haddr)):
             return ENOENT
         split_huge_pmd_locked(self.machine, mm, vma, haddr)
-        return self._finish(OK)
+        return OK
 
     def split(self, pid: int, addr: int, order: int) -> str:
         result, folio = self._folio_at(pid, addr)
@@ -246,12 +241,12 @@ class Kernel:
             return result
         if self.machine.frames.folio_mapping[folio]:
             return EINVAL  # (model) the split of a page-cache folio is not modelled
-        return self._finish(split_huge_page_to_list_to_order(self.machine, folio, order))
+        return split_huge_page_to_list_to_order(self.machine, folio, order)
 
     # Files.
 
     def file(self, file: int, length: int, shmem: bool) -> str:
-        return self._finish(file_create(self.machine, file, length, shmem))
+        return file_create(self.machine, file, length, shmem)
 
     def sync(self, file: int) -> str:
-        return self._finish(file_sync(self.machine, file))
+        return file_sync(self.machine, file)

@@ -32,6 +32,7 @@ from machine.pgtable import (
     pte_clear_uffd_wp,
     pte_marker_uffd_wp,
     pte_mkdirty,
+    pte_mknoncont,
     pte_mkold,
     pte_mkuffd_wp,
     pte_mkwrite,
@@ -261,7 +262,8 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
 
     Context: pte is still the entry at addr; for a write fault the VMA is writable.
     """
-    check(pte == machine.ptep_get(mm, addr), "do_wp_page: the PTE at %#x changed", addr)
+    check(pte_mknoncont(pte) == pte_mknoncont(machine.ptep_get(mm, addr)),   # vmf->orig_pte may predate a fold
+          "do_wp_page: the PTE at %#x changed", addr)
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
     if not unshare and userfaultfd_pte_wp(vma, pte):
@@ -283,8 +285,9 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
 
 
 def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> None:
-    """Make the reused page's PTE young, dirty and (in a writable VMA) writable."""
-    machine.set_pte_at(mm, addr, maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma))
+    """Make the reused page's PTE young, dirty and (in a writable VMA) writable
+    (ptep_set_access_flags: a folded block unfolds when the write bit changes, never folds)."""
+    machine.ptep_set_access_flags(mm, addr, maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma))
 
 
 def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:

@@ -43,7 +43,7 @@ from .huge_memory import (
     change_huge_pmd,
     split_huge_pmd_locked,
 )
-from .internal import FPB_MPROTECT, batches_any, folio_pte_batch, set_pte_values
+from .internal import FPB_MPROTECT, batches_any, folio_pte_batch, set_pte_each, set_pte_values
 from .memory import pmd_ranges
 
 
@@ -91,8 +91,12 @@ def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, c
     first = (start - haddr) >> PAGE_SHIFT
     present = np.flatnonzero(pte_present(ptes))
     if len(present):
-        old = modify_prot_start_ptes(ptes[present], folio_pte_batch(machine, mm, start, ptes, FPB_MPROTECT).nr_pages)
-        set_pte_values(machine, mm, haddr, first + present, change_present_ptes(machine, vma, old, cp_flags))
+        batches = folio_pte_batch(machine, mm, start, ptes, FPB_MPROTECT)
+        old = modify_prot_start_ptes(ptes[present], batches.nr_pages)
+        machine.clear_full_ptes_runs(mm, batches.runs)   # modify_prot_start_ptes: get_and_clear_ptes
+        breaks = np.zeros(len(present), bool)            # modify_prot_commit_ptes: set_ptes per batch
+        breaks[batches.nr_pages.cumsum() - batches.nr_pages] = True
+        set_pte_values(machine, mm, haddr, first + present, change_present_ptes(machine, vma, old, cp_flags), breaks)
     if not cp_flags & (MM_CP_UFFD_WP | MM_CP_UFFD_WP_RESOLVE):
         return
     swap = np.flatnonzero(is_swap_slot_pte(ptes))
@@ -105,7 +109,7 @@ def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, c
     if cp_flags & MM_CP_UFFD_WP and userfaultfd_wp_use_markers(vma):
         none = np.flatnonzero(pte_none(ptes))
         if len(none):
-            set_pte_values(machine, mm, haddr, first + none,
+            set_pte_each(machine, mm, haddr, first + none,
                            np.full(len(none), make_pte_marker(PTE_MARKER_UFFD_WP), np.uint64))
     elif cp_flags & MM_CP_UFFD_WP_RESOLVE:
         markers = np.flatnonzero(is_pte_marker(ptes))

@@ -139,9 +139,14 @@ def try_to_unmap_one(machine: Machine, folio: int, mm: MM, vma: VMA, start: int,
     if any_set(exclusive):
         shared = sub_batches.select(exclusive)
         if any_set(folios_try_share_anon_rmap_ptes(machine, shared.folio, shared.page, shared.nr_pages)):
-            before = np.arange(len(exclusive)) < int(np.argmax(exclusive))
+            refused = int(np.argmax(exclusive))
+            before = np.arange(len(exclusive)) < refused
             unmap_ptes_to_swap(machine, mm, sub_batches.select(before),
                                slot + (sub_batches.page[before] - folio), exclusive[before])
+            # ptep_clear_flush of the page it could not share, then set_pte_at restoring it:
+            # its contpte block unfolds (and refolds if the page is the block's last)
+            addr = sub_batches.runs.addr + (int(sub_batches.runs.index[refused]) << PAGE_SHIFT)
+            machine.set_pte_at(mm, addr, machine.ptep_get_and_clear(mm, addr))
             return EBUSY
     unmap_ptes_to_swap(machine, mm, sub_batches, slot + (sub_batches.page - folio), exclusive)
     return OK

@@ -37,7 +37,7 @@ class KernelcPteBatch:
         entries = table.entries
         check(entries.__array_interface__["data"][0] % PAGE_SIZE == 0, "PTE table not page-aligned")
         present = pte_present(ptes)   # fork may have rewritten swap entries since it read them
-        check(np.array_equal(entries[first:first + len(ptes)][present], ptes[present]),
+        check(np.array_equal(machine.ptes_get(mm, addr, len(ptes))[present], ptes[present]),   # ptep_get's view
               "folio_pte_batch given present entries that are not the table's")
         index, nr_pages, templates = bridge.folio_pte_batches(self.library, machine, entries, first, len(ptes),
                                                               candidate, flags)

@@ -1,8 +1,8 @@
 """The simulated arm64 machine both implementations run on (SPEC §2).
 
 It holds state and mechanism only: frames, swap, processes, pins, the
-single-entry and batched page-table primitives, contpte canonicalisation and
-the hardware's access/dirty updates. What the kernel decides lives in
+single-entry and batched page-table primitives with arm64's contpte folding
+and unfolding, and the hardware's access/dirty updates. What the kernel decides lives in
 reference/ and batched/.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import reduce
-from operator import and_, or_
+from operator import or_
 from typing import Literal, overload
 
 import numpy as np
@@ -22,6 +22,7 @@ from .frames import FrameTable
 from .journal import Journal, journaled
 from .mm import MM, PUD_SHIFT, VMA, PmdTable, PteTable, pmd_index, pte_index
 from .pgtable import (
+    CONT_PTE_SIZE,
     CONT_PTES,
     CONTPTE_NORMALISE_IGNORED,
     MASK64,
@@ -29,12 +30,15 @@ from .pgtable import (
     PAGE_SIZE,
     PMD_SHIFT,
     PMD_SIZE,
+    PTE_ADDR_MASK,
     PTE_AF,
     PTE_CONT,
     PTE_DIRTY,
     PTE_RDONLY,
+    PTE_SPECIAL,
     PTE_TYPE_MASK,
     PTE_TYPE_PAGE,
+    PTE_VALID,
     PTE_WRITE,
     PTRS_PER_TABLE,
     contpte_normalise,
@@ -114,27 +118,56 @@ class PteRuns:
             - (ends - self.nr_pages).repeat(self.nr_pages)
 
 
-def contpte_fold_bits(values: list[int]) -> tuple[int, int]:
-    """The bits folding an eligible block sets and clears in each entry: CONT on all 16,
-    pte_mkdirty on each if any is dirty, young if any is young (SPEC §2.4).
+# An entry is hardware-dirty when, of these, it has WRITE alone (pte_hw_dirty).
+_HW_DIRTY_MASK = PTE_WRITE | PTE_RDONLY
+# The bits __ptep_set_access_flags takes from its entry.
+_ACCESS_FLAGS = PTE_RDONLY | PTE_AF | PTE_WRITE | PTE_DIRTY
 
-    Context: the block is eligible, so WRITE is the same on all 16 and pte_mkdirty
-    sets and clears the same bits in each.
-    """
-    any_bits, all_bits = reduce(or_, values), reduce(and_, values)
-    check(not (any_bits ^ all_bits) & PTE_WRITE, "contpte block with mixed WRITE")
-    writable = bool(all_bits & PTE_WRITE)
-    any_dirty = bool(any_bits & PTE_DIRTY) or (writable and not all_bits & PTE_RDONLY)
-    set_bits = PTE_CONT | (any_bits & PTE_AF)
-    clear_bits = 0
-    if any_dirty:
-        set_bits |= PTE_DIRTY
-        clear_bits = PTE_RDONLY if writable else 0  # hardware-dirty, as pte_mkdirty
-    return set_bits, clear_bits
+
+def _access_flags_applied(pte: int, entry: int) -> int:
+    """__ptep_set_access_flags: pte with entry's AF, DIRTY and WRITE added and RDONLY
+    cleared if entry has it clear (the more permissive of the two)."""
+    flags = (entry & _ACCESS_FLAGS) ^ PTE_RDONLY
+    return ((pte ^ PTE_RDONLY) | flags) ^ PTE_RDONLY
+
+
+def _contpte_gather(entries: np.ndarray, index: int, pte: int) -> int:
+    """contpte_ptep_get: pte (entry index, of a folded block) made dirty if any of its block's
+    16 entries is dirty, young if any is young."""
+    first = index - index % CONT_PTES
+    values = entries[first:first + CONT_PTES].tolist()
+    any_bits = reduce(or_, values)
+    if any_bits & PTE_DIRTY or (any_bits & PTE_WRITE and any(value & _HW_DIRTY_MASK == PTE_WRITE
+                                                              for value in values)):
+        pte = pte_mkdirty(pte)
+    return pte | (any_bits & PTE_AF)
+
+
+def _contpte_gather_array(entries: np.ndarray, first: int, values: np.ndarray) -> np.ndarray:
+    """contpte_ptep_get for each of values, the entries from index first of a table's entries:
+    the valid CONT ones gathered over their blocks."""
+    cont = (values & np.uint64(PTE_CONT | PTE_VALID)) == np.uint64(PTE_CONT | PTE_VALID)
+    if not any_set(cont):
+        return values
+    start = first - first % CONT_PTES
+    stop = -(-(first + len(values)) // CONT_PTES) * CONT_PTES
+    blocks = entries[start:stop].reshape(-1, CONT_PTES)
+    dirty = pte_dirty(blocks).any(axis=1).repeat(CONT_PTES)[first - start:first - start + len(values)]
+    young = pte_young(blocks).any(axis=1).repeat(CONT_PTES)[first - start:first - start + len(values)]
+    values = np.where(cont & dirty, pte_mkdirty(values), values)
+    return np.where(cont & young, values | np.uint64(PTE_AF), values)
 
 
 # Each entry of a run set_ptes writes: the template with the pfn advanced by its offset.
 _PFN_STEPS = np.arange(PTRS_PER_TABLE, dtype=np.uint64) << np.uint64(PAGE_SHIFT)
+
+
+def _contpte_set_ptes_cont(entries: np.ndarray, starts: np.ndarray | int, ends: np.ndarray | int,
+                           pfn_minus_index: np.ndarray | int) -> np.ndarray:
+    """contpte_set_ptes: which entries (indices in a table, each in the run [start, end)) get
+    CONT: those of a block the run covers wholly whose pfns start at a multiple of 16."""
+    block = entries - entries % CONT_PTES
+    return (block >= starts) & (block + CONT_PTES <= ends) & (np.asarray(pfn_minus_index) % CONT_PTES == 0)
 
 
 def _pmd_entry_of(mm: MM, addr: int) -> tuple[PmdTable | None, int]:
@@ -162,7 +195,6 @@ class _SavedState:
     processes: dict[int, MM]
     mm_counters: dict[int, tuple[int, int, int, bool]]     # pid: rss_anon, rss_swap, rss_file, has_pinned
     vmas: dict[int, list[tuple[VMA, VMA]]]                 # pid: each VMA and a copy of its fields
-    touched: dict[int, list]
     files: dict[int, File]                                 # copies: a script's files are few
 
     @staticmethod
@@ -173,7 +205,6 @@ class _SavedState:
             machine.nr_processes, machine.nr_mmaps, machine.nr_uffd_ctxs, machine.nr_pins, dict(processes),
             {pid: (mm.rss_anon, mm.rss_swap, mm.rss_file, mm.has_pinned) for pid, mm in processes.items()},
             {pid: [(vma, vma.copy()) for vma in mm.vmas] for pid, mm in processes.items()},
-            {key: list(touched) for key, touched in machine._touched.items()},
             {file_id: file.clone() for file_id, file in machine.files.items()})
 
     def restore(self, machine: Machine) -> None:
@@ -189,7 +220,6 @@ class _SavedState:
             mm.vmas = [vma for vma, _fields in self.vmas[pid]]
             for vma, fields in self.vmas[pid]:
                 vma.__dict__.update(fields.__dict__)
-        machine._touched = self.touched
         machine.files = self.files
 
 
@@ -210,7 +240,6 @@ class Machine:
         self.pins: dict[int, Pin] = {}
         self.nr_pins = 0       # successful pins: the next pin id
         self.files: dict[int, File] = {}  # Fn: the files the script made, with their page caches
-        self._touched: dict[int, list] = {}  # id(table): [table, first, end] entries written this op
 
     # Snapshots, for the transactional failure model (SPEC §1).
 
@@ -233,11 +262,10 @@ class Machine:
         other.pins = dict(self.pins)
         other.nr_pins = self.nr_pins
         other.files = {file_id: file.clone() for file_id, file in self.files.items()}
-        other._touched = {}
         return other
 
     def restore(self, snapshot: Machine) -> None:
-        """Put the state back to a snapshot taken before the op (which was canonical).
+        """Put the state back to a snapshot taken before the op.
 
         The snapshot's objects are taken over, not copied: a snapshot restores once.
         """
@@ -253,7 +281,6 @@ class Machine:
         self.pins = snapshot.pins
         self.nr_pins = snapshot.nr_pins
         self.files = snapshot.files
-        self._touched = {}
 
     # Transactions, for the transactional failure model (SPEC §1): an op that may fail
     # half-way runs between transaction_begin and transaction_commit or _rollback.
@@ -379,47 +406,173 @@ class Machine:
         """The PTE table covering addr (allocated if alloc) and addr's index in it."""
         if addr % PAGE_SIZE:
             check(False, "unaligned address %#x", addr)
-        table = mm.pte_table(addr, alloc)
-        index = pte_index(addr)
-        if table is not None and alloc:
-            self._touch(table, index, index + 1)
-        return table, index
-
-    def _touch(self, table: PteTable, first: int, end: int) -> None:
-        """Remember that entries [first, end) of table were written in this op."""
-        touched = self._touched.get(id(table))
-        if touched is None:
-            self._touched[id(table)] = [table, first, end]
-        else:
-            touched[1] = min(touched[1], first)
-            touched[2] = max(touched[2], end)
+        return mm.pte_table(addr, alloc), pte_index(addr)
 
     def ptep_get(self, mm: MM, addr: int) -> int:
-        """The raw PTE at addr (0 if no PTE table covers it)."""
+        """ptep_get: the PTE at addr (0 if no PTE table covers it); an entry of a folded
+        contpte block with the young and dirty of its 16 gathered (contpte_ptep_get)."""
+        if addr % PAGE_SIZE:
+            check(False, "unaligned address %#x", addr)
+        table, index = _pte_entry_of(mm, addr)
+        if table is None:
+            return 0
+        pte = table.entries.item(index)
+        if pte & PTE_CONT and pte & PTE_VALID:
+            return _contpte_gather(table.entries, index, pte)
+        return pte
+
+    def ptep_get_raw(self, mm: MM, addr: int) -> int:
+        """__ptep_get: the raw PTE at addr, nothing gathered (0 if no PTE table covers it)."""
         if addr % PAGE_SIZE:
             check(False, "unaligned address %#x", addr)
         table, index = _pte_entry_of(mm, addr)
         return 0 if table is None else table.entries.item(index)
 
     def set_pte_at(self, mm: MM, addr: int, pte: int) -> None:
+        """set_ptes with nr 1: unfold the entry's block, write pte without CONT, then
+        contpte_try_fold at the block's last entry."""
         table, index = self._pte_slot(mm, addr, alloc=True)
-        if self.journal.recording:
-            self.journal.record_entries(table.entries, index)
+        self._record_block(table, index)
+        if table.entries.item(index) & PTE_CONT:
+            self._contpte_try_unfold(table, index)
+        pte &= MASK64 ^ PTE_CONT
+        table.entries[index] = pte
+        if index % CONT_PTES == CONT_PTES - 1:
+            self._contpte_try_fold(table, index, pte)
+
+    def set_pte_raw(self, mm: MM, addr: int, pte: int) -> None:
+        """__set_pte: write pte as it is (CONT included), neither unfolding nor folding: one
+        entry of a range writer whose effect on the blocks the caller states (contpte_*_block)."""
+        table, index = self._pte_slot(mm, addr, alloc=True)
+        self._record_entries(table.entries, index)
         table.entries[index] = pte
 
     def ptep_get_and_clear(self, mm: MM, addr: int) -> int:
+        """Unfold the entry's block (contpte_try_unfold), then clear the entry; returns it."""
         table, index = self._pte_slot(mm, addr, alloc=True)
-        pte = int(table.entries[index])
-        if self.journal.recording:
-            self.journal.record_entries(table.entries, index)
+        self._record_block(table, index)
+        if table.entries.item(index) & PTE_CONT:
+            self._contpte_try_unfold(table, index)
+        pte = table.entries.item(index)
+        table.entries[index] = 0
+        return pte
+
+    def ptep_get_and_clear_raw(self, mm: MM, addr: int) -> int:
+        """__ptep_get_and_clear: clear the raw entry (CONT and all), returning it."""
+        table, index = self._pte_slot(mm, addr, alloc=True)
+        self._record_entries(table.entries, index)
+        pte = table.entries.item(index)
         table.entries[index] = 0
         return pte
 
     def ptep_set_wrprotect(self, mm: MM, addr: int) -> None:
+        """Unfold the entry's block (contpte_try_unfold), then write-protect the entry."""
         table, index = self._pte_slot(mm, addr, alloc=True)
+        self._record_block(table, index)
+        if table.entries.item(index) & PTE_CONT:
+            self._contpte_try_unfold(table, index)
+        table.entries[index] = pte_wrprotect(table.entries.item(index))
+
+    def ptep_set_access_flags(self, mm: MM, addr: int, entry: int) -> bool:
+        """ptep_set_access_flags: make the entry at addr as permissive as entry in AF, DIRTY,
+        WRITE and RDONLY (__ptep_set_access_flags). In a folded block (contpte_ptep_set_access_flags):
+        nothing if all 16 already match; all 16 if WRITE stays; else unfold, then the one entry.
+        Returns whether anything changed."""
+        table, index = self._pte_slot(mm, addr, alloc=True)
+        self._record_block(table, index)
+        entry &= MASK64 ^ PTE_CONT
+        orig = table.entries.item(index)
+        if not (orig & PTE_CONT and orig & PTE_VALID):
+            if orig == entry:
+                return False
+            table.entries[index] = _access_flags_applied(orig, entry)
+            return True
+        first = index - index % CONT_PTES
+        span = slice(first, first + CONT_PTES)
+        if all((value ^ entry) & _ACCESS_FLAGS == 0 for value in table.entries[span].tolist()):
+            return False
+        if (orig ^ entry) & PTE_WRITE == 0:
+            for i in range(first, first + CONT_PTES):
+                table.entries[i] = _access_flags_applied(table.entries.item(i), entry)
+            return True
+        self._contpte_try_unfold(table, index)
+        value = table.entries.item(index)
+        if value != entry:
+            table.entries[index] = _access_flags_applied(value, entry)
+        return True
+
+    # contpte blocks (arch/arm64/mm/contpte.c): folded and unfolded only where the kernel's
+    # arch code does it (docs/model.md #91-#99).
+
+    def _record_block(self, table: PteTable, index: int) -> None:
+        """Tell an open journal that the block of entry index may be written."""
         if self.journal.recording:
-            self.journal.record_entries(table.entries, index)
-        table.entries[index] = pte_wrprotect(int(table.entries[index]))
+            first = index - index % CONT_PTES
+            self.journal.record_entries(table.entries, slice(first, first + CONT_PTES))
+
+    def _contpte_convert(self, table: PteTable, index: int, pte: int) -> None:
+        """contpte_convert: rewrite the block of entry index from pte's attributes (CONT set
+        or clear as pte has it), each entry its own pfn, young and dirty gathered from all 16."""
+        first = index - index % CONT_PTES
+        values = table.entries[first:first + CONT_PTES].tolist()
+        pte = (pte & (MASK64 ^ PTE_ADDR_MASK)) | ((pte_pfn(pte) & ~(CONT_PTES - 1)) << PAGE_SHIFT)
+        if any(pte_dirty(value) for value in values):
+            pte = pte_mkdirty(pte)
+        if any(value & PTE_AF for value in values):
+            pte |= PTE_AF
+        np.add(_PFN_STEPS[:CONT_PTES], np.uint64(pte), out=table.entries[first:first + CONT_PTES])
+
+    def _contpte_try_unfold(self, table: PteTable, index: int) -> None:
+        """contpte_try_unfold: a valid CONT entry's block is unfolded (contpte_convert)."""
+        pte = table.entries.item(index)
+        if pte & PTE_CONT and pte & PTE_VALID:
+            self._contpte_convert(table, index, pte & (MASK64 ^ PTE_CONT))
+
+    def _contpte_try_fold(self, table: PteTable, index: int, pte: int) -> None:
+        """contpte_try_fold after writing pte at the last entry of its block: fold the block
+        if pte's pfn is the last of an aligned 16, valid, not special, and the block is
+        eligible (__contpte_try_fold: one folio, consecutive pfns, equal but young and dirty)."""
+        if pte_pfn(pte) % CONT_PTES != CONT_PTES - 1 or not pte & PTE_VALID or pte & (PTE_CONT | PTE_SPECIAL):
+            return
+        first = index - index % CONT_PTES
+        if self._contpte_block_eligible(table.entries[first:first + CONT_PTES].tolist()):
+            self._contpte_convert(table, index, pte | PTE_CONT)
+
+    def contpte_try_unfold_partial(self, mm: MM, addr: int, nr_pages: int) -> None:
+        """contpte_try_unfold_partial: a range writer's first step, unfolding the blocks the
+        nr_pages entries from addr cover only partly (at either end); whole blocks stay folded."""
+        table, index = self._pte_slot(mm, addr, alloc=True)
+        check(nr_pages >= 1 and index + nr_pages <= PTRS_PER_TABLE, "range crosses a PTE table")
+        self._unfold_partial(table, index, index + nr_pages)
+
+    def _unfold_partial(self, table: PteTable, first: int, end: int) -> None:
+        if first % CONT_PTES or end - first < CONT_PTES:
+            self._record_block(table, first)
+            self._contpte_try_unfold(table, first)
+        if end % CONT_PTES:
+            self._record_block(table, end - 1)
+            self._contpte_try_unfold(table, end - 1)
+
+    def contpte_mkcont_block(self, mm: MM, addr: int) -> None:
+        """contpte_set_ptes on a block its run covers wholly, VA and pfn aligned: CONT on
+        each of the 16 entries just written (which must make a valid folded block)."""
+        check(addr % CONT_PTE_SIZE == 0, "contpte block at %#x not 64 KiB aligned", addr)
+        table, index = self._pte_slot(mm, addr, alloc=True)
+        span = slice(index, index + CONT_PTES)
+        self._record_entries(table.entries, span)
+        values = table.entries[span].tolist()
+        check(self._contpte_block_eligible(values), "contpte block at %#x cannot be folded", addr)
+        table.entries[span] |= np.uint64(PTE_CONT)
+
+    def contpte_block_range(self, mm: MM, addr: int, nr_pages: int) -> tuple[int, int]:
+        """contpte_align_addr_ptep: the range of nr_pages entries from addr widened to whole
+        blocks at an end whose entry is CONT; (addr, nr_pages) of the result."""
+        start, end = addr, addr + (nr_pages << PAGE_SHIFT)
+        if self.ptep_get_raw(mm, end - PAGE_SIZE) & PTE_CONT:
+            end = -(-end // CONT_PTE_SIZE) * CONT_PTE_SIZE
+        if self.ptep_get_raw(mm, start) & PTE_CONT:
+            start -= start % CONT_PTE_SIZE
+        return start, (end - start) >> PAGE_SHIFT
 
     # Batched PTE primitives: nr_pages entries inside one PTE table.
 
@@ -427,7 +580,6 @@ class Machine:
         check(nr_pages >= 1, "nr_pages must be positive")
         table, index = self._pte_slot(mm, addr, alloc=True)
         check(index + nr_pages <= PTRS_PER_TABLE, "batch crosses a PTE table")
-        self._touch(table, index, index + nr_pages)
         if self.journal.recording:
             self.journal.record_entries(table.entries, slice(index, index + nr_pages))
         return table, slice(index, index + nr_pages)
@@ -444,9 +596,14 @@ class Machine:
         return table.entries[index:index + nr_pages]
 
     def ptes_get(self, mm: MM, addr: int, nr_pages: int) -> np.ndarray:
-        """A copy of nr_pages raw PTEs from addr (zeros where no table exists)."""
+        """ptep_get of nr_pages PTEs from addr (zeros where no table exists): the entries of
+        folded blocks with their block's young and dirty gathered."""
         entries = self._ptes_view(mm, addr, nr_pages)
-        return np.zeros(nr_pages, np.uint64) if entries is None else entries.copy()
+        if entries is None:
+            return np.zeros(nr_pages, np.uint64)
+        table = mm.pte_table(addr)
+        assert table is not None
+        return _contpte_gather_array(table.entries, pte_index(addr), entries.copy())
 
     def ptes_none(self, mm: MM, addr: int, nr_pages: int) -> bool:
         """Every one of nr_pages PTEs from addr is none (or no table covers them)."""
@@ -454,17 +611,36 @@ class Machine:
         return entries is None or not any_set(entries)
 
     def set_ptes(self, mm: MM, addr: int, pte: int, nr_pages: int) -> None:
-        """Write nr_pages entries: pte, then the same with the pfn advanced."""
-        table, run = self._pte_run(mm, addr, nr_pages)
+        """set_ptes: one entry as set_pte_at; more (all none before) as contpte_set_ptes,
+        pte then the same with the pfn advanced, CONT on each block the run covers wholly
+        with its first pfn a multiple of 16 (a valid pte only: a swap PTE has no pfn)."""
         if nr_pages == 1:
-            table.entries[run.start] = pte
+            self.set_pte_at(mm, addr, pte)
             return
-        np.add(_PFN_STEPS[:nr_pages], np.uint64(pte), out=table.entries[run])
+        table, run = self._pte_run(mm, addr, nr_pages)
+        self._check_no_partial_fold(table, run.start, run.stop)
+        entries = table.entries[run]
+        np.add(_PFN_STEPS[:nr_pages], np.uint64(pte & (MASK64 ^ PTE_CONT)), out=entries)
+        if pte & PTE_VALID and nr_pages >= CONT_PTES:
+            cont = _contpte_set_ptes_cont(np.arange(run.start, run.stop, dtype=np.int64), run.start,
+                                          run.stop, pte_pfn(pte) - run.start)
+            entries[cont] |= np.uint64(PTE_CONT)
+
+    def _check_no_partial_fold(self, table: PteTable, first: int, end: int) -> None:
+        """set_ptes' precondition for nr > 1 (its targets are none): no folded block is
+        covered only partly, which contpte_set_ptes would leave half folded."""
+        for index in (first, end - 1):
+            block = index - index % CONT_PTES
+            if table.entries.item(block) & PTE_CONT:
+                check(block >= first and block + CONT_PTES <= end,
+                      "set_ptes over part of a folded contpte block at entry %s", block)
 
     def get_and_clear_full_ptes(self, mm: MM, addr: int, nr_pages: int) -> int:
-        """Clear nr_pages entries; returns the first, made dirty or young if any entry after it
-        is (the first raw otherwise, as the kernel's loop gathers from the second on)."""
+        """Clear nr_pages entries (one: unfolding its block; more: contpte_try_unfold_partial,
+        whole blocks cleared folded); returns the first, made dirty or young if any entry after
+        it is (the first raw otherwise, as the kernel's loop gathers from the second on)."""
         table, run = self._pte_run(mm, addr, nr_pages)
+        self._unfold_partial(table, run.start, run.stop)
         entries = table.entries[run]
         pte = int(entries[0])
         if any_set(pte_dirty(entries[1:])):
@@ -475,40 +651,77 @@ class Machine:
         return pte
 
     def clear_full_ptes(self, mm: MM, addr: int, nr_pages: int) -> None:
+        """Clear nr_pages entries, unfolding the blocks they cover partly (contpte_clear_full_ptes)."""
         table, run = self._pte_run(mm, addr, nr_pages)
+        self._unfold_partial(table, run.start, run.stop)
         table.entries[run] = 0
 
     def wrprotect_ptes(self, mm: MM, addr: int, nr_pages: int) -> None:
+        """Write-protect nr_pages entries, unfolding the blocks they cover partly; whole blocks
+        stay folded (contpte_wrprotect_ptes; one entry: ptep_set_wrprotect)."""
         table, run = self._pte_run(mm, addr, nr_pages)
+        self._unfold_partial(table, run.start, run.stop)
         table.entries[run] = pte_wrprotect(table.entries[run])
 
     def clear_young_dirty_ptes(self, mm: MM, addr: int, nr_pages: int) -> None:
         """clear_young_dirty_ptes(CYDP_CLEAR_YOUNG | CYDP_CLEAR_DIRTY): each entry
-        pte_mkold(pte_mkclean(entry))."""
+        pte_mkold(pte_mkclean(entry)), the range widened to whole blocks at an end whose entry
+        is CONT (contpte_clear_young_dirty_ptes: no unfold)."""
+        addr, nr_pages = self.contpte_block_range(mm, addr, nr_pages)
         table, run = self._pte_run(mm, addr, nr_pages)
         table.entries[run] = pte_mkold(pte_mkclean(table.entries[run]))
 
-    # The batched primitives applied to many runs of one PTE table in one call.
+    # The batched primitives applied to many runs of one PTE table in one call: each run as
+    # the single-run primitive (a run is one kernel call; runs are disjoint and ascending).
 
     def _pte_table_for_runs(self, mm: MM, runs: PteRuns) -> PteTable:
         table = mm.pte_table(runs.addr, alloc=True)
         if len(runs.index):
             first, end = int(runs.index[0]), int(runs.index[-1] + runs.nr_pages[-1])
-            self._touch(table, first, end)
+            first -= first % CONT_PTES
+            end = min(PTRS_PER_TABLE, -(-end // CONT_PTES) * CONT_PTES)
             if self.journal.recording:
                 self.journal.record_entries(table.entries, slice(first, end))
         return table
+
+    def _unfold_partial_runs(self, table: PteTable, runs: PteRuns) -> None:
+        """contpte_try_unfold_partial for every run (before any run writes: a run writes only
+        its own entries, so the unfolds it would see are the same)."""
+        first, end = int(runs.index[0]), int(runs.index[-1] + runs.nr_pages[-1])
+        if not any_set(table.entries[first:end] & np.uint64(PTE_CONT)):
+            return
+        for start, nr_pages in zip(runs.index.tolist(), runs.nr_pages.tolist(), strict=True):
+            self._unfold_partial(table, start, start + nr_pages)
 
     def set_ptes_runs(self, mm: MM, runs: PteRuns, ptes: np.ndarray) -> None:
         """set_ptes for each run: ptes[i], then the same with the pfn advanced."""
         if len(runs.index) == 1:
             self.set_ptes(mm, runs.first_addr(), int(ptes[0]), int(runs.nr_pages[0]))
             return
+        if not len(runs.index):
+            return
         table = self._pte_table_for_runs(mm, runs)
-        ptes = np.asarray(ptes, np.uint64)
+        ptes = np.asarray(ptes, np.uint64) & ~np.uint64(PTE_CONT)
+        single = runs.nr_pages == 1
+        first, end = int(runs.index[0]), int(runs.index[-1] + runs.nr_pages[-1])
+        if any_set(table.entries[first:end] & np.uint64(PTE_CONT)):
+            for index in runs.index[single].tolist():      # set_pte_at unfolds its target's block
+                self._contpte_try_unfold(table, index)
+            for start, nr_pages in zip(runs.index[~single].tolist(), runs.nr_pages[~single].tolist(), strict=True):
+                self._check_no_partial_fold(table, start, start + nr_pages)
         entries = runs.entry_indices()
-        offsets = (entries - runs.index.repeat(runs.nr_pages)).astype(np.uint64)
-        table.entries[entries] = ptes.repeat(runs.nr_pages) + (offsets << np.uint64(PAGE_SHIFT))
+        starts = runs.index.repeat(runs.nr_pages)
+        offsets = entries - starts
+        values = ptes.repeat(runs.nr_pages) + (offsets.astype(np.uint64) << np.uint64(PAGE_SHIFT))
+        valid = (values & np.uint64(PTE_VALID)) != 0
+        if any_set(runs.nr_pages >= CONT_PTES):
+            ends = starts + runs.nr_pages.repeat(runs.nr_pages)
+            cont = _contpte_set_ptes_cont(entries, starts, ends, pte_pfn(values).astype(np.int64) - entries)
+            values = np.where(cont & valid, values | np.uint64(PTE_CONT), values)
+        table.entries[entries] = values
+        last = runs.index[single & (runs.index % CONT_PTES == CONT_PTES - 1)]
+        for index in last.tolist():                          # contpte_try_fold, in address order
+            self._contpte_try_fold(table, index, table.entries.item(index))
 
     def get_and_clear_full_ptes_runs(self, mm: MM, runs: PteRuns) -> np.ndarray:
         """get_and_clear_full_ptes for each run: clears them; per run the first entry with
@@ -517,15 +730,17 @@ class Machine:
             pte = self.get_and_clear_full_ptes(mm, runs.first_addr(), int(runs.nr_pages[0]))
             return np.array([pte], np.uint64)
         table = self._pte_table_for_runs(mm, runs)
+        if not len(runs.index):
+            return np.zeros(0, np.uint64)
+        self._unfold_partial_runs(table, runs)
         entries = runs.entry_indices()
         values = table.entries[entries]
         ptes = table.entries[runs.index].copy()
         starts = runs.nr_pages.cumsum() - runs.nr_pages
         after_first = np.ones(len(values), bool)   # the kernel's loop gathers from the second entry on
         after_first[starts] = False
-        no_runs = np.zeros(0, bool)
-        any_dirty = np.logical_or.reduceat(pte_dirty(values) & after_first, starts) if len(starts) else no_runs
-        any_young = np.logical_or.reduceat(pte_young(values) & after_first, starts) if len(starts) else no_runs
+        any_dirty = np.logical_or.reduceat(pte_dirty(values) & after_first, starts)
+        any_young = np.logical_or.reduceat(pte_young(values) & after_first, starts)
         ptes = np.where(any_dirty, pte_mkdirty(ptes), ptes)
         ptes = np.where(any_young, ptes | np.uint64(PTE_AF), ptes)
         table.entries[entries] = 0
@@ -535,14 +750,20 @@ class Machine:
         if len(runs.index) == 1:
             self.clear_full_ptes(mm, runs.first_addr(), int(runs.nr_pages[0]))
             return
+        if not len(runs.index):
+            return
         table = self._pte_table_for_runs(mm, runs)
+        self._unfold_partial_runs(table, runs)
         table.entries[runs.entry_indices()] = 0
 
     def wrprotect_ptes_runs(self, mm: MM, runs: PteRuns) -> None:
         if len(runs.index) == 1:
             self.wrprotect_ptes(mm, runs.first_addr(), int(runs.nr_pages[0]))
             return
+        if not len(runs.index):
+            return
         table = self._pte_table_for_runs(mm, runs)
+        self._unfold_partial_runs(table, runs)
         entries = runs.entry_indices()
         table.entries[entries] = pte_wrprotect(table.entries[entries])
 
@@ -550,8 +771,14 @@ class Machine:
         if len(runs.index) == 1:
             self.clear_young_dirty_ptes(mm, runs.first_addr(), int(runs.nr_pages[0]))
             return
+        if not len(runs.index):
+            return
         table = self._pte_table_for_runs(mm, runs)
         entries = runs.entry_indices()
+        cont = (table.entries[entries] & np.uint64(PTE_CONT)) != 0
+        if any_set(cont):   # contpte_clear_young_dirty_ptes: each run widened to whole blocks
+            blocks = np.unique(entries[cont] // CONT_PTES)
+            entries = np.union1d(entries, (blocks[:, None] * CONT_PTES + _CONT_OFFSETS).reshape(-1))
         table.entries[entries] = pte_mkold(pte_mkclean(table.entries[entries]))
 
     # PMD primitives.
@@ -581,7 +808,6 @@ class Machine:
         if pte_table is not None:
             check(not any_set(pte_table.entries), "PMD block installed over a populated PTE table")
             mm.pte_table_free(addr)
-            self._touched.pop(id(pte_table), None)
         else:
             check(table.entries[index] == 0 or pmd_trans_huge(int(table.entries[index])),
                   "PMD slot holds an unknown descriptor")
@@ -644,16 +870,10 @@ class Machine:
         if table is None or not pte_present(desc):
             raise MachineBug(f"user access to an unmapped address {addr:#x}")
         check(not write or pte_write(desc), "user write to a read-only entry at %#x", addr)
-        if not desc & PTE_CONT:
-            if self.journal.recording:
-                self.journal.record_entries(table.entries, index)
-            table.entries[index] = (desc | update_set) & ~update_clear
-            return pte_pfn(desc)
-        first = index - index % CONT_PTES
-        span = slice(first, first + CONT_PTES)
+        # The MMU sets AF (and DBM's dirty) on the entry it walked, also in a folded block.
         if self.journal.recording:
-            self.journal.record_entries(table.entries, span)
-        table.entries[span] = (table.entries[span] | np.uint64(update_set)) & ~np.uint64(update_clear)
+            self.journal.record_entries(table.entries, index)
+        table.entries[index] = (desc | update_set) & ~update_clear
         return pte_pfn(desc)
 
     def user_read(self, mm: MM, addr: int) -> int:
@@ -666,48 +886,7 @@ class Machine:
         page = self._mark_accessed(mm, addr, write=True)
         self.frames.page_data[page] = value
 
-    # contpte (SPEC §2.4).
-
-    def contpte_canonicalise(self) -> None:
-        """Fold every eligible 16-entry block and unfold every other, among the blocks
-        written this op (no other block can have changed: model.md #9)."""
-        for table, first, end in self._touched.values():
-            if end - first == 1 and self._one_entry_keeps_block_canonical(table, first):
-                continue
-            span = slice(first - first % CONT_PTES, -(-end // CONT_PTES) * CONT_PTES)
-            if self.journal.recording:
-                self.journal.record_entries(table.entries, span)
-            if span.stop - span.start == CONT_PTES:
-                values = table.entries[span].tolist()  # one block, the common case: plain ints
-                if self._contpte_block_eligible(values):
-                    set_bits, clear_bits = contpte_fold_bits(values)
-                    block = table.entries[span]
-                    np.bitwise_or(block, np.uint64(set_bits), out=block)
-                    if clear_bits:
-                        np.bitwise_and(block, np.uint64(MASK64 ^ clear_bits), out=block)
-                elif reduce(or_, values) & PTE_CONT:
-                    table.entries[span] &= ~np.uint64(PTE_CONT)
-                continue
-            entries = table.entries[span]
-            if any_set(entries):  # none entries are canonical as they are (zap's cleared runs)
-                table.entries[span] = self._canonical_entries(entries)
-        self._touched = {}
-
-    def _one_entry_keeps_block_canonical(self, table: PteTable, index: int) -> bool:
-        """With only entry index of its block written this op, is the block still canonical,
-        judged from two entries? Yes when neither it nor its neighbour has CONT (the block
-        was not folded before the op, canonical then) and it is not a page of a folio of 16
-        pages or more (so the block cannot have become eligible)."""
-        value = table.entries.item(index)
-        if (value | table.entries.item(index ^ 1)) & PTE_CONT:
-            return False
-        if value & PTE_TYPE_MASK != PTE_TYPE_PAGE:
-            return True
-        pfn = pte_pfn(value)
-        if pfn >= self.frames.nr_frames:
-            return True
-        folio = self.frames.page_folio.item(pfn)
-        return folio < 0 or self.frames.folio_order.item(folio) < 4
+    # contpte fold validity (oracle 7).
 
     def _contpte_eligible(self, blocks: np.ndarray) -> np.ndarray:
         """Per block of shape (n, 16): all valid pages of one folio, pfns consecutive
@@ -751,27 +930,14 @@ class Machine:
         folios = self.frames.page_folio[np.where(candidate, pfns, 0)]
         return candidate & (folios >= 0) & (self.frames.folio_order[np.maximum(folios, 0)] >= 4)
 
-    def _canonical_entries(self, entries: np.ndarray) -> np.ndarray:
-        blocks = entries.reshape(-1, CONT_PTES)
-        if not any_set(self._contpte_may_be_eligible(blocks[:, 0])):
-            return entries & ~np.uint64(PTE_CONT)
-        eligible = self._contpte_eligible(blocks)
-        unfolded = blocks & ~np.uint64(PTE_CONT)
-        folded = blocks | np.uint64(PTE_CONT)
-        folded = np.where(pte_dirty(blocks).any(axis=1)[:, None], pte_mkdirty(folded), folded)
-        folded = np.where(pte_young(blocks).any(axis=1)[:, None], folded | np.uint64(PTE_AF), folded)
-        return np.where(eligible[:, None], folded, unfolded).reshape(-1)
-
-    def contpte_blocks_canonical(self, entries: np.ndarray) -> np.ndarray:
-        """Per block of a PTE table, oracle 7: eligible iff folded (CONT on all 16, none
-        otherwise), and a folded block has uniform AF and pte_dirty."""
+    def contpte_blocks_valid(self, entries: np.ndarray) -> np.ndarray:
+        """Per block of a PTE table, oracle 7: no entry has CONT, or all 16 have it and the
+        block could be folded (__contpte_try_fold's conditions: valid pages of one folio, pfns
+        consecutive from a multiple of 16, equal but for AF, dirty and the pfn)."""
         blocks = entries.reshape(_BLOCKS_PER_TABLE, CONT_PTES)
         cont = pte_cont(blocks)
         folded = cont.all(axis=1)
-        young = pte_young(blocks)
-        dirty = pte_dirty(blocks)
-        uniform = ((young == young[:, :1]).all(axis=1) & (dirty == dirty[:, :1]).all(axis=1))
-        return (folded | ~cont.any(axis=1)) & (folded == self._contpte_eligible(blocks)) & (~folded | uniform)
+        return ~cont.any(axis=1) | (folded & self._contpte_eligible(blocks))
 
 
 __all__ = ["Machine", "Pin", "PteRuns", "DEFAULT_NR_FRAMES", "TRANSACTION_COPY_MAX_FRAMES"]

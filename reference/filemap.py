@@ -10,7 +10,7 @@ from machine import MM, VMA, Machine, check
 from machine.errors import EBADF, EBUSY, EEXIST, ENOMEM, OK, SIGBUS
 from machine.files import File
 from machine.pgtable import (
-    PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_MARKER_UFFD_WP, PTRS_PER_TABLE, is_pte_marker, is_swap_pte,
+    pte_mknoncont, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_MARKER_UFFD_WP, PTRS_PER_TABLE, is_pte_marker, is_swap_pte,
     make_pte_marker, pfn_pte, pte_clear_uffd_wp, pte_dirty, pte_marker_uffd_wp, pte_mkclean, pte_mkdirty,
     pte_mkold, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung, pte_none, pte_pfn, pte_present, pte_swp_uffd_wp,
     pte_uffd_wp, pte_write, pte_wrprotect, vm_get_page_prot, vm_get_page_prot_shared,
@@ -20,6 +20,7 @@ from .folio import (
     copy_user_page, folio_alloc, folio_get, folio_mark_dirty, folio_nr_pages, folio_put,
     folio_put_refs, folio_test_dirty, folio_test_large, page_folio,
 )
+from .pgtable import set_ptes
 from .rmap import folio_add_new_anon_rmap, folio_add_return_large_mapcount, folio_remove_rmap_pte
 
 MAX_PAGECACHE_ORDER = 8  # (model) page-cache folios are PTE-mapped: no do_set_pmd
@@ -173,7 +174,7 @@ def set_pte_range(machine: Machine, mm: MM, vma: VMA, folio: int, page: int, nr_
         entry = pte_mkuffd_wp(entry)
     for i in range(nr_pages):
         folio_add_file_rmap_pte(machine, folio, page + i, mm)
-        machine.set_pte_at(mm, addr + (i << PAGE_SHIFT), pfn_pte(page + i, entry))
+    set_ptes(machine, mm, addr, pfn_pte(page, entry), nr_pages)
 
 
 def finish_fault(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int, write: bool,
@@ -269,7 +270,7 @@ def wp_page_shared(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> s
     """A write fault on a read-only entry of a shared file VMA: page_mkwrite, then the entry
     made young, dirty and writable (wp_page_reuse) and the folio dirty."""
     folio = page_folio(machine, int(pte_pfn(pte)))
-    machine.set_pte_at(mm, addr, pte_mkwrite(pte_mkdirty(pte_mkyoung(pte))))
+    machine.ptep_set_access_flags(mm, addr, pte_mkwrite(pte_mkdirty(pte_mkyoung(pte))))  # wp_page_reuse
     folio_mark_dirty(machine, folio)
     return OK
 
@@ -290,7 +291,8 @@ def zap_present_file_pte(machine: Machine, mm: MM, addr: int) -> int:
     return pte
 
 
-def copy_present_file_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int, pte: int) -> None:
+def copy_present_file_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int, pte: int,
+                          in_batch: bool = False) -> None:
     """fork's copy of a page-cache page's PTE: shared with the child, made old, without the
     uffd-wp bit unless the child's VMA is registered (__copy_present_ptes)."""
     page = int(pte_pfn(pte))
@@ -300,7 +302,10 @@ def copy_present_file_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int,
     dst_mm.rss_file += 1
     if not dst_vma.uffd_wp:  # userfaultfd_wp(dst_vma)
         pte = pte_clear_uffd_wp(pte)
-    machine.set_pte_at(dst_mm, addr, pte_mkold(pte))
+    if in_batch:   # one entry of copy_present_ptes' set_ptes (memory.copy_batch_blocks folds)
+        machine.set_pte_raw(dst_mm, addr, pte_mknoncont(pte_mkold(pte)))
+    else:
+        machine.set_pte_at(dst_mm, addr, pte_mkold(pte))
 
 
 def pte_install_uffd_wp_if_needed(machine: Machine, mm: MM, vma: VMA, addr: int, pteval: int) -> None:

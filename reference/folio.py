@@ -189,11 +189,12 @@ def folio_pte_batch(machine: Machine, mm: MM, folio: int, addr: int, end: int,
           "folio_pte_batch at %#x: not a present PTE of the folio", addr)
     max_nr = min((end - addr) >> PAGE_SHIFT, folio + folio_nr_pages(machine, folio) - page)
     nr_pages = 1
+    bits = batch_bits(pte)
     while nr_pages < max_nr:
         next_pte = machine.ptep_get(mm, addr + (nr_pages << PAGE_SHIFT))
         if not pte_present(next_pte) or int(pte_pfn(next_pte)) != page + nr_pages:
             break
-        if batch_bits(next_pte) != batch_bits(pte):
+        if batch_bits(next_pte) != bits:
             break
         nr_pages += 1
     return nr_pages

@@ -22,11 +22,12 @@ from .folio import (
     PageAnonExclusive, SetPageAnonExclusive, folio_get, folio_nr_pages, folio_put,
     folio_ref_add,
 )
-from .swap import free_swap_cache
+from .pgtable import set_ptes
 from .rmap import (
     anon_vma_prepare, folio_add_anon_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pmd,
     folio_remove_rmap_pte, folio_try_dup_anon_rmap_pmd, rmap_walk_vmas,
 )
+from .swap import free_swap_cache
 
 FALLBACK = "VM_FAULT_FALLBACK"
 
@@ -134,8 +135,7 @@ def split_huge_pmd_locked(machine: Machine, mm: MM, vma: VMA, haddr: int) -> Non
         # The head's state is given to every page (RMAP_EXCLUSIVE or RMAP_NONE).
         folio_add_anon_rmap_pte(machine, folio, page, mm, anon_exclusive)
     entry = split_entry(pmd, folio, vma)
-    for i in range(HPAGE_PMD_NR):
-        machine.set_pte_at(mm, haddr + (i << PAGE_SHIFT), pfn_pte(folio + i, entry))
+    set_ptes(machine, mm, haddr, pfn_pte(folio, entry), HPAGE_PMD_NR)   # every block folded
     folio_remove_rmap_pmd(machine, folio, mm)
 
 

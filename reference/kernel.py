@@ -1,8 +1,8 @@
 """The reference kernel: every op of SPEC §3, one PTE and one page at a time.
 
 Each op checks its precedence list, does its kernel work, and then, unless it
-keeps partial work (SPEC §3), either rolls back on failure (the transactional
-model) or canonicalises contpte blocks before the user's access.
+keeps partial work (SPEC §3), rolls back on failure (the transactional model).
+contpte blocks fold and unfold inside the PTE primitives (docs/model.md #91-#99).
 """
 
 from __future__ import annotations
@@ -57,16 +57,13 @@ class Kernel:
             self.machine.transaction_rollback()
             return result
         self.machine.transaction_commit()
-        self.machine.contpte_canonicalise()
         return result
 
     def _without_rollback(self, operation: Callable[[], str]) -> str:
         """Run an op that needs no rollback: every failure of it comes before it changes
         anything (mmap, unpin, read, split_pmd, split, fault on a none entry), or its failure keeps what was done
         (munmap, dontneed, free, mprotect, exit, try_to_unmap). Saves a transaction."""
-        result = operation()
-        self.machine.contpte_canonicalise()
-        return result
+        return operation()
 
     # VMAs.
 

@@ -127,9 +127,14 @@ def madvise_free_pte_range(machine: Machine, mm: MM, start: int, end: int) -> No
                 addr += nr_pages << PAGE_SHIFT
                 continue
             folio_clear_dirty(machine, folio)
-        for i in range(nr_pages):
-            entry_addr = addr + (i << PAGE_SHIFT)
-            machine.set_pte_at(mm, entry_addr, pte_mkold(pte_mkclean(machine.ptep_get(mm, entry_addr))))
+        if any(pte_young(entry) or pte_dirty(entry) for entry in
+               (machine.ptep_get(mm, addr + (i << PAGE_SHIFT)) for i in range(nr_pages))):
+            # clear_young_dirty_ptes: no unfold; a batch ending inside a folded block is
+            # widened to the whole block (contpte_clear_young_dirty_ptes)
+            block_addr, block_nr = machine.contpte_block_range(mm, addr, nr_pages)
+            for i in range(block_nr):
+                entry_addr = block_addr + (i << PAGE_SHIFT)
+                machine.set_pte_raw(mm, entry_addr, pte_mkold(pte_mkclean(machine.ptep_get_raw(mm, entry_addr))))
         folio_mark_lazyfree(machine, folio)
         addr += nr_pages << PAGE_SHIFT
 

@@ -8,20 +8,24 @@ from machine import MM, VMA, Machine, check
 from machine.errors import EBUSY, ENOMEM, OK, UFFD
 from machine.mm import PUD_SIZE
 from machine.pgtable import (
-    HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_MARKER_UFFD_WP, is_pte_marker, is_swap_pte,
+    pte_mknoncont,
+    CONT_PTE_SIZE, CONT_PTES, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ADDR_MASK, PTE_MARKER_UFFD_WP,
+    is_pte_marker, is_swap_pte,
     is_swap_slot_pte, make_pte_marker, pfn_pte, pmd_trans_huge, pte_marker_uffd_wp, pte_clear_uffd_wp,
     pte_mkdirty, pte_mkold, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung, pte_none, pte_present,
-    pte_advance_pfn, pte_move_swp_offset, pte_swp_clear_exclusive, pte_swp_clear_uffd_wp, pte_swp_exclusive,
-    pte_swp_offset, pte_swp_uffd_wp,
+    pte_move_swp_offset, pte_swp_clear_exclusive, pte_swp_clear_uffd_wp, pte_swp_exclusive,
+    pte_pfn, pte_swp_offset, pte_swp_uffd_wp,
     pte_uffd_wp, pte_write, pte_wrprotect, vm_get_page_prot,
 )
 
 from . import filemap, huge_memory
 from .folio import (
     PageAnonExclusive, SetPageAnonExclusive, copy_user_page, folio_alloc, folio_get,
+    folio_needs_cow_for_dma, folio_pte_batch,
     folio_large_maybe_mapped_shared, folio_nr_pages, folio_put, folio_ref_add, folio_test_large,
     page_folio, vm_normal_page, zero_page_pte,
 )
+from .pgtable import set_ptes
 from .rmap import (
     folio_add_anon_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pte, folio_try_dup_anon_rmap_pte,
 )
@@ -142,8 +146,7 @@ def map_anon_folio_pte_nopf(machine: Machine, mm: MM, vma: VMA, addr: int, folio
     entry = maybe_mkwrite(pte_mkdirty(mk_pte(folio, vma)), vma)
     if uffd_wp:
         entry = pte_mkuffd_wp(entry)
-    for i in range(nr_pages):
-        machine.set_pte_at(mm, addr + (i << PAGE_SHIFT), pfn_pte(folio + i, entry))
+    set_ptes(machine, mm, addr, pfn_pte(folio, entry), nr_pages)
 
 
 def map_anon_folio_pte_pf(machine: Machine, mm: MM, vma: VMA, addr: int, folio: int,
@@ -190,7 +193,8 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
 
     Context: pte is still the entry at addr; for a write fault the VMA is writable.
     """
-    check(pte == machine.ptep_get(mm, addr), "do_wp_page: the PTE at %#x changed", addr)
+    check(pte_mknoncont(pte) == pte_mknoncont(machine.ptep_get(mm, addr)),   # vmf->orig_pte may predate a fold
+          "do_wp_page: the PTE at %#x changed", addr)
     check(pte_present(pte), "do_wp_page on a non-present PTE")
     check(unshare or vma.writable, "write fault in a read-only VMA")
     if not unshare and userfaultfd_pte_wp(vma, pte):
@@ -215,7 +219,7 @@ def do_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare:
 def wp_page_reuse(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int) -> None:
     """Make the reused page's PTE young, dirty and (in a writable VMA) writable."""
     entry = maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)), vma)
-    machine.set_pte_at(mm, addr, entry)
+    machine.ptep_set_access_flags(mm, addr, entry)
 
 
 def wp_page_copy(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, unshare: bool) -> str:
@@ -373,7 +377,7 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
         if not fresh:
             folio_add_anon_rmap_pte(machine, folio, page + i, mm, exclusive=exclusive)
         folio_put_swap(machine, folio, first_slot + i)
-        machine.set_pte_at(mm, start + (i << PAGE_SHIFT), pte_advance_pfn(entry, i))
+    set_ptes(machine, mm, start, entry, nr_pages)
     mm.rss_swap -= nr_pages
     mm.rss_anon += nr_pages
     folio_free_swap(machine, folio)  # should_try_to_free_swap: always, for SWP_SYNCHRONOUS_IO
@@ -573,8 +577,11 @@ def copy_present_page(machine: Machine, dst_mm: MM, dst_vma: VMA, addr: int, src
     return OK
 
 
-def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, addr: int) -> str:
+def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, addr: int,
+                     in_batch: bool = False) -> str:
     """Copy one present PTE to the child: share the page, or copy it if it may be pinned.
+    in_batch: the entry is one of a batch the kernel copies with wrprotect_ptes and set_ptes
+    (copy_present_ptes), so both entries are written raw; copy_pte_range states the blocks.
 
     Context: a present PTE maps addr in the parent; the child has nothing there.
     """
@@ -591,7 +598,7 @@ def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, add
         return OK
     folio = page_folio(machine, page)
     if not machine.frames.folio_anon[folio]:
-        filemap.copy_present_file_pte(machine, dst_mm, dst_vma, addr, pte)
+        filemap.copy_present_file_pte(machine, dst_mm, dst_vma, addr, pte, in_batch)
         return OK
     folio_get(machine, folio)
     if folio_try_dup_anon_rmap_pte(machine, folio, page, dst_mm, src_mm) == EBUSY:
@@ -599,24 +606,82 @@ def copy_present_pte(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, add
         return copy_present_page(machine, dst_mm, dst_vma, addr, page, pte)
     dst_mm.rss_anon += 1
     if pte_write(pte):
-        machine.ptep_set_wrprotect(src_mm, addr)
+        if in_batch:   # wrprotect_ptes: the batch's whole blocks stay folded
+            machine.set_pte_raw(src_mm, addr, pte_wrprotect(machine.ptep_get_raw(src_mm, addr)))
+        else:
+            machine.ptep_set_wrprotect(src_mm, addr)
         pte = pte_wrprotect(pte)
     if not dst_vma.uffd_wp:  # userfaultfd_wp(dst_vma)
         pte = pte_clear_uffd_wp(pte)
-    machine.set_pte_at(dst_mm, addr, pte_mkold(pte))
+    if in_batch:   # set_ptes writes its entries without CONT (pte_mknoncont)
+        machine.set_pte_raw(dst_mm, addr, pte_mknoncont(pte_mkold(pte)))
+    else:
+        machine.set_pte_at(dst_mm, addr, pte_mkold(pte))
     return OK
+
+
+def fork_pte_batch_bits(pte: int) -> int:
+    """What fork's batch compares (FPB_RESPECT_DIRTY | FPB_MERGE_WRITE): the entry without
+    young, write and pfn (__pte_batch_clear_ignored)."""
+    return int(pte_mkold(pte_wrprotect(pte))) & ~PTE_ADDR_MASK
+
+
+def copy_present_ptes_batch(machine: Machine, src_mm: MM, addr: int, end: int) -> tuple[int, bool]:
+    """How many entries from addr the kernel copies as one batch with wrprotect_ptes and
+    set_ptes (copy_present_ptes), and whether as a batch: a large folio's folio_pte_batch;
+    if its dup is refused (an exclusive page of a maybe-pinned anon folio) the entries up to
+    that page go one at a time (copy_pte_range's retry with a preallocated folio, which that
+    page's copy consumes); the zero page and a small folio: one (copy_present_pte)."""
+    pte = machine.ptep_get(src_mm, addr)
+    page = vm_normal_page(machine, pte)
+    if page is None:
+        return 1, False
+    folio = page_folio(machine, page)
+    if not folio_test_large(machine, folio):
+        return 1, False
+    refusable = bool(machine.frames.folio_anon[folio]) and folio_needs_cow_for_dma(machine, src_mm, folio)
+    if refusable and PageAnonExclusive(machine, page):
+        return 1, False
+    nr_pages = folio_pte_batch(machine, src_mm, folio, addr, end, fork_pte_batch_bits)
+    if refusable:
+        for i in range(nr_pages):
+            if PageAnonExclusive(machine, page + i):
+                return i + 1, False
+    return nr_pages, nr_pages > 1
+
+
+def copy_batch_blocks(machine: Machine, dst_mm: MM, src_mm: MM, addr: int, nr_pages: int) -> None:
+    """The contpte effect of the kernel's batch of nr_pages entries from addr, written raw
+    entry by entry: set_ptes into the child folds every block it covers wholly with its first
+    pfn a multiple of 16 (contpte_set_ptes); wrprotect_ptes kept the parent's whole blocks folded
+    and unfolded the partial ones first (copy_pte_range did that before the batch)."""
+    end = addr + (nr_pages << PAGE_SHIFT)
+    for block in range(-(-addr // CONT_PTE_SIZE) * CONT_PTE_SIZE, end - CONT_PTE_SIZE + 1, CONT_PTE_SIZE):
+        if pte_pfn(machine.ptep_get_raw(dst_mm, block)) % CONT_PTES == 0:
+            machine.contpte_mkcont_block(dst_mm, block)
 
 
 def copy_pte_range(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, start: int, end: int) -> str:
     """Copy every PTE of [start, end) (one PMD, one VMA) to the child, one at a time."""
     if src_mm.pte_table(start) is None:
         return OK  # pmd_none: nothing mapped here
+    batch_start = batch_end = start
+    in_batch = False
     for addr in range(start, end, PAGE_SIZE):
         pte = machine.ptep_get(src_mm, addr)
         if pte_present(pte):
-            result = copy_present_pte(machine, dst_mm, dst_vma, src_mm, addr)
+            if addr >= batch_end:
+                batch_start = addr
+                nr_pages, in_batch = copy_present_ptes_batch(machine, src_mm, addr, end)
+                batch_end = addr + (nr_pages << PAGE_SHIFT)
+                if in_batch and any(pte_write(machine.ptep_get(src_mm, addr + (i << PAGE_SHIFT)))
+                                    for i in range(nr_pages)):
+                    machine.contpte_try_unfold_partial(src_mm, addr, nr_pages)   # wrprotect_ptes' first step
+            result = copy_present_pte(machine, dst_mm, dst_vma, src_mm, addr, in_batch)
             if result != OK:
                 return result
+            if in_batch and addr + PAGE_SIZE == batch_end:
+                copy_batch_blocks(machine, dst_mm, src_mm, batch_start, (batch_end - batch_start) >> PAGE_SHIFT)
         elif is_pte_marker(pte):
             copy_pte_marker(machine, dst_mm, dst_vma, addr, pte)
         elif is_swap_pte(pte):

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from machine import MM, VMA, Machine, check
 from machine.errors import ENOMEM, OK
 from machine.pgtable import (
-    PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_MARKER_UFFD_WP, is_pte_marker, make_pte_marker, pmd_trans_huge,
+    CONT_PTE_SIZE, CONT_PTES, MASK64, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_CONT, PTE_MARKER_UFFD_WP,
+    is_pte_marker, pte_advance_pfn, make_pte_marker, pmd_trans_huge,
     pte_clear_uffd_wp, pte_dirty, pte_mkdirty, pte_mkuffd_wp, pte_mkwrite, pte_mkyoung, pte_modify, pte_none,
     pte_pfn, pte_present, pte_special, pte_swp_clear_uffd_wp, pte_swp_mkuffd_wp, pte_uffd_wp, pte_young,
 )
@@ -18,6 +19,7 @@ from .huge_memory import (
     MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, change_huge_pmd, split_huge_pmd_locked,
 )
 from .memory import pmd_ranges
+from .pgtable import get_and_clear_ptes
 from .vmscan import pte_unmap_batch_bits
 
 
@@ -68,11 +70,12 @@ def modify_prot_start_ptes(machine: Machine, mm: MM, addr: int, nr_pages: int) -
     return dirty, young
 
 
-def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int, cp_flags: int, dirty: bool, young: bool) -> None:
-    """New protection for one present PTE of a batch (change_present_ptes): the batch's
-    gathered dirty and young, pte_modify, the uffd-wp bit per cp_flags, then writable if
-    allowed (MM_CP_TRY_CHANGE_WRITABLE: can_change_pte_writable)."""
-    pte = machine.ptep_get(mm, addr)
+def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, cp_flags: int, dirty: bool,
+               young: bool) -> int:
+    """New protection for one present PTE of a batch (change_present_ptes), pte as the batch's
+    start cleared it: the batch's gathered dirty and young, pte_modify, the uffd-wp bit per
+    cp_flags, then writable if allowed (MM_CP_TRY_CHANGE_WRITABLE: can_change_pte_writable)."""
+    pte &= MASK64 ^ PTE_CONT
     if dirty:
         pte = pte_mkdirty(pte)
     if young:
@@ -80,7 +83,20 @@ def change_pte(machine: Machine, mm: MM, vma: VMA, addr: int, cp_flags: int, dir
     entry = change_uffd_wp_bit(pte_modify(pte, vma_page_prot(machine, vma)), cp_flags)
     if cp_flags & MM_CP_TRY_CHANGE_WRITABLE and can_change_pte_writable(machine, vma, entry):
         entry = pte_mkwrite(entry)
-    machine.set_pte_at(mm, addr, entry)
+    return entry
+
+
+def commit_ptes_blocks(machine: Machine, mm: MM, addr: int, nr_pages: int) -> None:
+    """modify_prot_commit_ptes' contpte effect on a batch of nr_pages entries from addr, written
+    raw: set_ptes, called per run of entries that differ only by an advancing pfn, folds every
+    block such a run covers wholly with its first pfn a multiple of 16 (contpte_set_ptes)."""
+    end = addr + (nr_pages << PAGE_SHIFT)
+    for block in range(-(-addr // CONT_PTE_SIZE) * CONT_PTE_SIZE, end - CONT_PTE_SIZE + 1, CONT_PTE_SIZE):
+        first = machine.ptep_get_raw(mm, block)
+        if pte_pfn(first) % CONT_PTES == 0 and all(
+                machine.ptep_get_raw(mm, block + (i << PAGE_SHIFT)) == pte_advance_pfn(first, i)
+                for i in range(CONT_PTES)):
+            machine.contpte_mkcont_block(mm, block)
 
 
 def change_softleaf_pte(machine: Machine, mm: MM, addr: int, cp_flags: int) -> None:
@@ -112,16 +128,25 @@ def change_pte_range(machine: Machine, mm: MM, vma: VMA, start: int, end: int, c
     MM_CP_UFFD_WP puts a marker on each none entry where markers are used."""
     if mm.pte_table(start) is None:
         return  # pmd_none: nothing mapped here
-    batch_end = start
+    batch_start = batch_end = start
     dirty = young = False
+    cleared: list[int] = []
     for addr in range(start, end, PAGE_SIZE):
         pte = machine.ptep_get(mm, addr)
-        if pte_present(pte):
+        if addr < batch_end or pte_present(pte):   # the batch's later entries were cleared at its start
             if addr >= batch_end:
                 nr_pages = mprotect_folio_pte_batch(machine, mm, addr, end)
                 dirty, young = modify_prot_start_ptes(machine, mm, addr, nr_pages)
-                batch_end = addr + (nr_pages << PAGE_SHIFT)
-            change_pte(machine, mm, vma, addr, cp_flags, dirty, young)
+                cleared = get_and_clear_ptes(machine, mm, addr, nr_pages)
+                batch_start, batch_end = addr, addr + (nr_pages << PAGE_SHIFT)
+            entry = change_pte(machine, mm, vma, addr, cleared[(addr - batch_start) >> PAGE_SHIFT], cp_flags,
+                               dirty, young)
+            if batch_end - batch_start == PAGE_SIZE:
+                machine.set_pte_at(mm, addr, entry)
+                continue
+            machine.set_pte_raw(mm, addr, entry)
+            if addr + PAGE_SIZE == batch_end:
+                commit_ptes_blocks(machine, mm, batch_start, (batch_end - batch_start) >> PAGE_SHIFT)
         elif pte_none(pte):
             if cp_flags & MM_CP_UFFD_WP and userfaultfd_wp_use_markers(vma):
                 machine.set_pte_at(mm, addr, make_pte_marker(PTE_MARKER_UFFD_WP))

@@ -78,7 +78,6 @@ class OkKernel:
             vma.anon_vma = True
             mm.rss_anon += 1
             self.machine.set_pte_at(mm, addr, self.fault_pte(page))
-        self.machine.contpte_canonicalise()
         return OK
 
     def mapcount(self):

@@ -50,6 +50,7 @@ CANARIES = (
     "swapcache_hit_keeps_exclusive",
     "swapin_batch_ignores_exclusive",
     "shared_swapin_maps_exclusive",
+    "fork_copies_cont_bit",
 )
 
 

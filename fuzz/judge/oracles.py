@@ -558,15 +558,16 @@ def _check_lazy_words(machine: Machine, shadow: Shadow, keys: np.ndarray, values
 # --- 7. layout ---------------------------------------------------------------
 
 def check_layout(machine: Machine, shadow: Shadow, scan: PageTableScan) -> list[str]:
-    """Rule 7, layout: every contpte block is canonical (SPEC §2.4); every valid PTE is a page
+    """Rule 7, layout: every folded contpte block is valid (docs/model.md #91: CONT on all 16
+    or none, and the 16 could be folded); every valid PTE is a page
     descriptor; every PTE marker is a uffd-wp marker; every PMD entry is a block or a table with
     its PTE table; a PMD block is 2 MiB aligned and maps the head of an order-9 folio; every
     VMA is non-empty, page aligned, inside the VA space, and sorted before and disjoint from
     the next; every leaf lies inside a VMA (a PMD block inside a single one)."""
     frames = machine.frames
     failures = list(scan.bad_pmds)
-    failures += details(scan.non_canonical_blocks(), lambda block: (
-        f"{where(block[0], block[1])}: contpte block not canonical (CONT on "
+    failures += details(scan.invalid_blocks(), lambda block: (
+        f"{where(block[0], block[1])}: contpte block not validly folded (CONT on "
         f"{int(pte_cont(block[2]).sum())}/16, young {int(pte_young(block[2]).sum())}/16, "
         f"dirty {int(pte_dirty(block[2]).sum())}/16)"))
     if len(scan.pte_desc):

@@ -5,7 +5,7 @@ gathered into numpy arrays, and the counts derived from them.
 the counts the oracles compare against: PTE mappings per pfn, PTE and PMD
 mappings per folio, mappings per (folio, process), swap PTEs per slot, RSS per
 process, what each pinned page's address maps now, what every mapped page
-reads, and which contpte blocks the machine calls non-canonical. The rules
+reads, and which folded contpte blocks are not valid. The rules
 themselves are in fuzz.judge.oracles.
 
 Every count is a plain count (the kernel's accessor values, machine/frames.py).
@@ -68,7 +68,7 @@ CONTPTE_VERDICTS_LIMIT = 1 << 16
 
 
 class ContpteVerdicts:
-    """machine.contpte_blocks_canonical's verdicts, remembered by block content: a block's
+    """machine.contpte_blocks_valid's verdicts, remembered by block content: a block's
     verdict depends only on its 16 entries and the folios of their pfns, which form the key.
 
     A scan reads the verdicts it is handed; one kept across scans (the runner's, for a
@@ -90,8 +90,8 @@ class ContpteVerdicts:
             chunk = unknown[first:first + _BLOCKS_PER_TABLE]
             packed = np.zeros((_BLOCKS_PER_TABLE, CONT_PTES), np.uint64)
             packed[:len(chunk)] = blocks[chunk]
-            canonical = judge(packed.reshape(-1))
-            for i, verdict in zip(chunk, canonical.tolist(), strict=False):   # packed is padded
+            valid = judge(packed.reshape(-1))
+            for i, verdict in zip(chunk, valid.tolist(), strict=False):   # packed is padded
                 self.verdicts[keys[i]] = verdict
         return [self.verdicts[key] for key in keys]
 
@@ -496,25 +496,25 @@ class PageTableScan:
             sources.append(-1 - self.swp_slot[ok])
         return joined(keys, EMPTY), joined(values, EMPTY_DESC), joined(sources, EMPTY)
 
-    def non_canonical_blocks(self) -> list[tuple[int, int, np.ndarray]]:
-        """(pid, addr, entries) of every 16-entry block that `machine.contpte_blocks_canonical` rejects.
+    def invalid_blocks(self) -> list[tuple[int, int, np.ndarray]]:
+        """(pid, addr, entries) of every 16-entry block with a CONT bit that is not a valid
+        folded block: `machine.contpte_blocks_valid` rejects it. (A folded block may span two
+        VMAs: a VMA split that writes no PTE, as a userfaultfd registration, leaves it folded.)
 
-        A block with no CONT bit and an invalid entry can be neither folded nor
-        eligible, so it is canonical. The machine judges the others, packed a
-        table's worth (32 blocks) at a time, since its verdict is per block; its
-        verdicts are remembered in self.contpte_verdicts.
+        A block without a CONT bit is valid as it is. The machine judges the others, packed a
+        table's worth (32 blocks) at a time, since its verdict is per block; its verdicts are
+        remembered in self.contpte_verdicts.
         """
         machine = self.machine
         if not self.pte_tables:
             return []
-        if len(self.pte_desc) < CONT_PTES:    # no block is all valid: a candidate has a CONT bit
-            cont = (np.bitwise_or.reduce(self.pte_desc) | np.bitwise_or.reduce(self.swp_desc)) & np.uint64(PTE_CONT)
-            if not cont:
-                return []
+        cont = (np.bitwise_or.reduce(self.pte_desc) | np.bitwise_or.reduce(self.swp_desc)) & np.uint64(PTE_CONT) \
+            if len(self.pte_desc) + len(self.swp_desc) else 0
+        if not cont:
+            return []
         blocks = self.pte_entries.reshape(-1, CONT_PTES)
-        all_valid = np.bitwise_and.reduce(blocks, axis=1) & np.uint64(PTE_VALID)
         any_cont = np.bitwise_or.reduce(blocks, axis=1) & np.uint64(PTE_CONT)
-        candidates = indices_of((all_valid | any_cont) != 0)
+        candidates = indices_of(any_cont != 0)
         if len(candidates) == 0:
             return []
         candidate_blocks = blocks[candidates]
@@ -524,10 +524,10 @@ class PageTableScan:
         content = np.concatenate([candidate_blocks.view(np.int64), folios], axis=1).tobytes()
         row_size = len(content) // len(candidates)
         verdict_keys = [content[start:start + row_size] for start in range(0, len(content), row_size)]
-        verdicts = self.contpte_verdicts.lookup(verdict_keys, candidate_blocks, machine.contpte_blocks_canonical)
+        verdicts = self.contpte_verdicts.lookup(verdict_keys, candidate_blocks, machine.contpte_blocks_valid)
         rejected: list[tuple[int, int, np.ndarray]] = []
-        for i, canonical in enumerate(verdicts):
-            if not canonical:
+        for i, valid in enumerate(verdicts):
+            if not valid:
                 table, index = divmod(int(candidates[i]), _BLOCKS_PER_TABLE)
                 pid, base, _ = self.pte_tables[table]
                 rejected.append((pid, base + index * CONT_PTES * PAGE_SIZE, candidate_blocks[i]))

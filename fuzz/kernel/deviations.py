@@ -40,21 +40,6 @@ class Deviation:
     explains: Callable[[Difference, OpContext], bool]
 
 
-def _contpte_folding(difference: Difference, context: OpContext) -> bool:
-    """The model folds contpte blocks canonically; the kernel only where its writers fold them.
-
-    The CONT bit itself, and the young and dirty bits that ptep_get() gathers over a folded block.
-    """
-    if difference.field == "cont":
-        return True
-    if difference.field not in ("young", "dirty"):
-        return False
-    key = (difference.process, difference.addr)
-    model, kernel = context.model_after.get(key), context.kernel_after.get(key)
-    return (model is not None and kernel is not None and model.state == kernel.state == PRESENT
-            and model.cont != kernel.cont)
-
-
 def _pmd_fault_needs_pmd_none(difference: Difference, context: OpContext) -> bool:
     """An order-9 fault (or read: the huge zero folio) where a PTE table is left: the model
     maps a PMD, the kernel an mTHP (the zero page).
@@ -129,7 +114,6 @@ DEVIATIONS: tuple[Deviation, ...] = (
               _pmd_fault_needs_pmd_none),
     Deviation("vma-merge", "mmap never merges (each call is a new lineage)", _vma_merge),
     Deviation("swap-slot-placement", "Swap slots: the lowest free aligned run", _swap_slot_placement),
-    Deviation("contpte-folding", "contpte: canonical folding at the end of each op", _contpte_folding),
 )
 
 

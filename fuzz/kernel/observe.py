@@ -20,6 +20,7 @@ from machine.pgtable import (
     HPAGE_PMD_NR,
     PAGE_SHIFT,
     PAGE_SIZE,
+    PTE_CONT,
     is_pte_marker,
     is_swap_slot_pte,
     pmd_pte,
@@ -137,6 +138,8 @@ def project(machine: Machine, pages: PageRanges) -> Observation:
                     if page_addr in pages:
                         observation[(pid, page_addr)] = view(machine, pmd_pte(desc), index, "pmd")
             elif addr in pages:
+                if desc & PTE_CONT:
+                    desc = machine.ptep_get(mm, addr)   # as the kernel shows it: young and dirty gathered
                 if pte_present(desc) and pte_special(desc) and machine.frames.is_zero_pfn(int(pte_pfn(desc))):
                     observation[(pid, addr)] = _zero_view(machine, desc, 0, "pte")
                 elif pte_present(desc):

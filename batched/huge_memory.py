@@ -177,7 +177,7 @@ def split_huge_zero_page_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> 
     if pte_uffd_wp(old):
         entry = pte_mkuffd_wp(entry)
     set_pte_each(machine, mm, haddr, np.arange(HPAGE_PMD_NR, dtype=np.int64),
-                   np.full(HPAGE_PMD_NR, entry, np.uint64))
+                 np.full(HPAGE_PMD_NR, entry, np.uint64))
 
 
 def copy_huge_pmd(machine: Machine, dst_mm: MM, dst_vma: VMA, src_mm: MM, src_vma: VMA, haddr: int) -> str:

@@ -1335,7 +1335,6 @@ def test_swap_fires_on_a_large_swap_cache_page_mapped_for_another_slot():
     machine.set_pte_at(p1, 0x205000, entry + (1 << 12))   # P1's slot-5 address maps page 6
     machine.frames.page_mapcount[folio + 5] -= 1
     machine.frames.page_mapcount[folio + 6] += 1
-    machine.contpte_canonicalise()
     assert check_oracles(machine, shadow)
 
 

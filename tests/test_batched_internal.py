@@ -59,14 +59,14 @@ def kernelc_folio_pte_batch():
 
 @pytest.fixture(params=["batched", "kernel-c"])
 def folio_pte_batch(request):
-    """folio_pte_batch(machine, addr, values, flags): values written into a process's PTE
-    table from the table's start, then batched from addr over the entries from there."""
+    """folio_pte_batch(machine, addr, values, flags): values written as they are (__set_pte,
+    CONT included) into a process's PTE table from its start, then batched from addr."""
     implementation = batched_folio_pte_batch if request.param == "batched" else kernelc_folio_pte_batch()
 
     def batch(machine: Machine, addr: int, values, flags: int, nr_ptes: int | None = None):
         mm = machine.mm_alloc()
         for index, value in enumerate(values):
-            machine.set_pte_at(mm, TABLE + (index << PAGE_SHIFT), int(value))
+            machine.set_pte_raw(mm, TABLE + (index << PAGE_SHIFT), int(value))
         first = (addr - TABLE) >> PAGE_SHIFT
         nr_ptes = len(values) - first if nr_ptes is None else nr_ptes
         return implementation(machine, mm, addr, machine.ptes_get(mm, addr, nr_ptes), flags)

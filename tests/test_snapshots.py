@@ -114,16 +114,11 @@ def test_a_page_table_copy_sits_where_the_table_sat_in_its_page():
                 assert address % PAGE_SIZE == table.entries.__array_interface__["data"][0] % PAGE_SIZE == 0
 
 
-def test_an_unchanged_array_is_shared_with_the_run_s_earlier_snapshot():
-    _stream, carried = final_state(RICH_SEEDS[0])
-    earlier: snapshots.EarlierCopies = {}
-    first = copy_state(carried, None, None, earlier)
-    machine = carried.sides[0][0]
-    machine.frames.page_data[0] += 1
-    second = copy_state(carried, None, None, earlier)
-    assert second.sides[0][0].frames.folio_order is first.sides[0][0].frames.folio_order
-    assert second.sides[0][0].frames.page_data is not first.sides[0][0].frames.page_data
-    assert second.sides[0][0].frames.page_data[0] == first.sides[0][0].frames.page_data[0] + 1
+def test_state_size_counts_what_a_copy_counts():
+    state = final_state(RICH_SEEDS[0])
+    stats = snapshots.CopyStats()
+    copy_state(state, None, stats)
+    assert snapshots.state_size(state) == pytest.approx(stats.size, rel=0.1)
 
 
 def test_the_cache_finds_the_longest_suffix_and_keeps_its_budget():
@@ -132,13 +127,13 @@ def test_the_cache_finds_the_longest_suffix_and_keeps_its_budget():
     data = stream.choices.data
     cache = SnapshotCache(budget=1)
     cache.copy_cost = 0.0
-    cache.capture(data, stream, carried, carried.ops_run, work=1.0, earlier={})
+    cache.capture(data, stream, carried, carried.ops_run, work=1.0)
     assert len(cache.points) == 1   # the newest point stays even over the budget
     point = cache.lookup(b"\x99" + data[1:])
     assert point is not None and point.consumed == len(data) - 1
     assert cache.lookup(data[:-1] + b"\x00") is None
     stream.choices.remaining = 2
-    cache.capture(data, stream, carried, carried.ops_run, work=1.0, earlier={})
+    cache.capture(data, stream, carried, carried.ops_run, work=1.0)
     assert len(cache.points) == 1 and cache.stats.evicted == 1
 
 
@@ -147,6 +142,28 @@ def test_resumed_runs_equal_runs_from_the_first_op():
     check = check_resume(500, seed=3)
     assert check.mismatches == []
     assert check.resumed > 30 and check.mean_resumed_op >= 1
+
+
+def test_a_run_keeps_its_end_as_it_is_and_the_state_before_its_last_op():
+    """An input's last two states are points (the mutations resume from them most): the end
+    taken over without a copy, unless the last op found fewer bytes than it reads."""
+    data = encode(parse_file(str(ROOT / "corpus/seeds" / RICH_SEEDS[0])))
+    session = Session("batched", Path("/nonexistent"), None, snapshot_budget=64 << 20)
+    stream, result = session.run_input(data)
+    cache = session.snapshots
+    assert cache is not None and result.final is not None and not stream.choices.short
+    end = cache.points[data]
+    assert end.nr_ops == result.ops_run and end.carried.sides[0][0] is result.final.sides[0][0]
+    assert same_state(end.carried, result.final)
+    before = cache.lookup(b"\x07" * 3 + data)
+    assert before is end
+    assert cache.suffixes(data)[0] == len(data) and any(
+        cache.points[data[len(data) - length:]].nr_ops == result.ops_run - 1 for length in cache.suffixes(data))
+    cut = data[1:]   # the last op's last choice finds no byte: a longer input reads one there
+    cut_session = Session("batched", Path("/nonexistent"), None, snapshot_budget=64 << 20)
+    cut_stream, cut_result = cut_session.run_input(cut)
+    assert cut_stream.choices.short and cut_result.ops_run == result.ops_run
+    assert cut_session.snapshots is not None and cut not in cut_session.snapshots.points
 
 
 def test_resumed_runs_keep_a_planted_bug_s_findings():
@@ -158,8 +175,8 @@ def test_the_check_sees_a_resume_that_loses_state(monkeypatch):
     """The equivalence check can fail: a resume that forgets the shadow's words is caught."""
     original = snapshots.SnapshotCache.resume
 
-    def forgetful(self, point, data, earlier):
-        stream, carried = original(self, point, data, earlier)
+    def forgetful(self, point, data):
+        stream, carried = original(self, point, data)
         for _machine, _kernel, shadow, _result in carried.sides:
             shadow.data.clear()
         return stream, carried

@@ -35,6 +35,12 @@ ORDERS = (0, 2, 3, 4, 8, 9)
 LENGTHS = (PAGE_SIZE, CONT_PTE_SIZE, PMD_SIZE, PMD_SIZE + CONT_PTE_SIZE)
 NR_PAGES = (1, 2, 16, 17, 512)
 ARGUMENTS = ("order", "length", "value", "nr_pages", "prot", "mode")   # besides the address and sharing
+# Where a mutation changes an input: an input runs from the snapshot after the ops it keeps
+# (fuzz.engine.snapshots), so the later ops are changed most. One change in UNIFORM_SHARE
+# is at any op alike; the others are LATE_STEP ops before the end each with LATE_KEEP the
+# chance of the one after it (the last op 1 - LATE_KEEP of them, the one before it less ...).
+UNIFORM_SHARE = 0.25
+LATE_KEEP = 0.6
 
 
 class RecentScripts:
@@ -90,22 +96,33 @@ class StructuralMutator:
         return mutate_input(data, max_size, rng, self.decoded_input(data))
 
 
+def late_index(count: int, rng: random.Random) -> int:
+    """An index below count, the later ones likelier (see UNIFORM_SHARE and LATE_KEEP)."""
+    check(count > 0, "no index below 0")
+    if rng.random() < UNIFORM_SHARE:
+        return rng.randrange(count)
+    back = 0
+    while back < count - 1 and rng.random() < LATE_KEEP:
+        back += 1
+    return count - 1 - back
+
+
 def mutate_ops(ops: list[Op], rng: random.Random) -> list[Op]:
-    """One structural mutation of an op list: insert a copy of an op elsewhere, delete,
-    duplicate in place, swap two, or change one argument."""
+    """One structural mutation of an op list, at a late op more often than an early one:
+    insert a copy of an op elsewhere, delete, duplicate in place, swap two, or change one argument."""
     ops = list(ops)
     if not ops:
         return ops
-    index = rng.randrange(len(ops))
+    index = late_index(len(ops), rng)
     kind = rng.choice(MUTATIONS)
     if kind == "insert":
-        ops.insert(rng.randrange(len(ops) + 1), ops[index])
+        ops.insert(late_index(len(ops) + 1, rng), ops[rng.randrange(len(ops))])
     elif kind == "delete":
         del ops[index]
     elif kind == "duplicate":
         ops.insert(index, ops[index])
     elif kind == "swap":
-        other = rng.randrange(len(ops))
+        other = late_index(len(ops), rng)
         ops[index], ops[other] = ops[other], ops[index]
     else:
         ops[index] = mutate_argument(ops[index], rng)
@@ -159,7 +176,7 @@ def mutate_input(data: bytes, max_size: int, rng: random.Random, decoded: Decode
 
 def grow_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded | None, kind: str) -> bytes | None:
     """data with random bytes put before it (grow: its ops, then new ones), or the encoding of
-    a random prefix of its ops (decoded: what data decodes to) with random bytes before it
+    a random prefix of its ops, a long one likelier (decoded: what data decodes to) with random bytes before it
     (regrow: the rest replaced by new ops); None if there is no room within max_size or the
     prefix cannot be encoded."""
     if kind == "grow":
@@ -170,7 +187,7 @@ def grow_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded 
         script = decoded.script
         ops = [step for step in script.steps if isinstance(step, Op)]
         try:
-            base = encode(Script(path=script.path, frames=script.frames, steps=list(ops[:rng.randrange(len(ops) + 1)])),
+            base = encode(Script(path=script.path, frames=script.frames, steps=list(ops[:late_index(len(ops) + 1, rng)])),
                           decoded)
         except EncodeError:
             return None

@@ -114,13 +114,6 @@ def test_a_page_table_copy_sits_where_the_table_sat_in_its_page():
                 assert address % PAGE_SIZE == table.entries.__array_interface__["data"][0] % PAGE_SIZE == 0
 
 
-def test_state_size_counts_what_a_copy_counts():
-    state = final_state(RICH_SEEDS[0])
-    stats = snapshots.CopyStats()
-    copy_state(state, None, stats)
-    assert snapshots.state_size(state) == pytest.approx(stats.size, rel=0.1)
-
-
 def test_the_cache_finds_the_longest_suffix_and_keeps_its_budget():
     stream, carried = final_state(RICH_SEEDS[0])
     stream.choices.remaining = 1   # as if the decoder had one byte left

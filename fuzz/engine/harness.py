@@ -37,7 +37,7 @@ STRUCTURAL_SHARE = 0.5   # of the mutations; the rest are libFuzzer's byte-level
 # Of the byte-level mutations, those that change only the bytes before a point the snapshot
 # cache holds for the input (its later ops: the decoder reads from the end), so that the
 # mutated input resumes from there; the rest change any byte.
-HEAD_SHARE = 0.75
+HEAD_SHARE = 0.85
 
 
 def custom_mutator_for(session: Session, byte_mutator: Callable[[bytes, int], bytes] | None = None,

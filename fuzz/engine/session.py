@@ -24,7 +24,7 @@ from fuzz.engine.mutator import StructuralMutator
 from fuzz.engine.snapshots import RunCapture, SnapshotCache, SnapshotError
 from fuzz.errors import UsageError
 from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
-from fuzz.judge.runner import Carried, RunResult, run_stream
+from fuzz.judge.runner import DECODER_PART, Carried, RunResult, run_stream
 from fuzz.judge.scan import ContpteVerdicts
 from fuzz.script.ops import Script
 
@@ -59,7 +59,8 @@ class ProcessSummary:
     seconds: float
     findings: list[SavedFinding] = field(default_factory=list)
     seconds_by_part: dict[str, float] = field(default_factory=dict)
-    snapshots: dict[str, Any] = field(default_factory=dict)   # ops run, and the cache's SnapshotStats if it resumes
+    # The ops of the inputs run, the process's CPU seconds, and the cache's SnapshotStats if it resumes.
+    snapshots: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"executions": self.executions, "seconds": self.seconds,
@@ -99,8 +100,11 @@ class Session:
         self.findings: list[SavedFinding] = []
         self.seconds_by_part: defaultdict[str, float] = defaultdict(float)
         self.started = time.monotonic()
+        self.started_cpu = time.process_time()
         self.last_summary = 0.0
         self.snapshots = SnapshotCache(snapshot_budget) if snapshot_budget else None
+        if self.snapshots is not None:
+            self.mutator.points_of = self.snapshots.points_of
 
     @classmethod
     def from_environment(cls) -> Session:
@@ -147,9 +151,11 @@ class Session:
         except SnapshotError as error:   # a kernel holds what cannot be copied: no resuming
             log.warning("snapshots_off", impl=self.impl_name, reason=str(error))
             self.snapshots = None
+            self.mutator.points_of = StructuralMutator().points_of
             return self.run_input(data)
         if not result.findings:
             capturing.ended()
+        result.seconds[DECODER_PART] -= capturing.drawing_seconds
         self.seconds_by_part[SNAPSHOT_PART] += cache.stats.copy_seconds - copying
         return stream, result
 
@@ -172,7 +178,8 @@ class Session:
         """The counts so far."""
         return ProcessSummary(self.executions, round(time.monotonic() - self.started, 3), list(self.findings),
                               dict(self.seconds_by_part),
-                              {"ops": self.ops, **(self.snapshots.stats.to_json() if self.snapshots is not None else {})})
+                              {"ops": self.ops, "cpu_seconds": round(time.process_time() - self.started_cpu, 3),
+                               **(self.snapshots.stats.to_json() if self.snapshots is not None else {})})
 
     def write_summary(self) -> None:
         """Replace the summary file (if there is one) with the counts so far."""

@@ -41,7 +41,7 @@ import numpy as np
 from fuzz.engine.decode import MAX_OPS, OpStream
 from machine.pgtable import PAGE_SIZE
 
-DEFAULT_BUDGET = 256 << 20     # bytes of copies kept (the issue allows up to 1 GiB): see the README
+DEFAULT_BUDGET = 1024 << 20    # bytes of copies kept (the issue allows up to 1 GiB): see the README
 # Work between points, in copies' costs: copying stays under a quarter of the work. A point
 # is used by about one input in three (the bench's share of resumed executions), so it pays
 # only after several copies' worth of work; 4 measured 1.08x in the campaign A/B, 2 0.83x.
@@ -49,7 +49,7 @@ CAPTURE_FACTOR = 4.0
 # Bytes left to read under which RunCapture copies the decoder after an op, to keep the state
 # there if the next op is the input's last (more than an op reads): the mutations resume from
 # an input's last points most (fuzz.engine.mutator, harness).
-TAIL_BYTES = 32
+TAIL_BYTES = 24
 OBJECT_BYTES = 64              # what one copied Python object is counted as, beside its arrays
 # Classes whose instances copy_state shares: the immutable builtins, and each frozen
 # dataclass and numpy scalar type as _handler meets it.
@@ -274,6 +274,7 @@ class SnapshotCache:
     lengths: Counter[int] = field(default_factory=Counter)   # how many points have each key length
     size: int = 0
     copy_cost: float = 1e-4     # seconds per copy, a running mean
+    point_size: float = 1 << 20   # bytes per copy (CopyStats.size), a running mean
     thrifty: bool = True        # False: a point after every op, any point used (the equivalence check's)
     stats: SnapshotStats = field(default_factory=SnapshotStats)
 
@@ -305,6 +306,10 @@ class SnapshotCache:
         (besides those RunCapture takes near the end of an input)."""
         return work_since >= CAPTURE_FACTOR * self.copy_cost or not self.thrifty
 
+    def points_of(self, data: bytes) -> list[tuple[int, int]]:
+        """(bytes kept, ops run) of each point the cache holds for a suffix of data."""
+        return [(length, self.points[point_key(data, length)].nr_ops) for length in self.suffixes(data)]
+
     def suffixes(self, data: bytes) -> list[int]:
         """The lengths of the suffixes of data the cache holds a point for, longest first:
         where data's ops may change and a run still resume."""
@@ -326,6 +331,7 @@ class SnapshotCache:
         else:
             stream, copy_carried = copy_state((stream, carried), None, stats)
         self._copied(time.perf_counter() - started)
+        self.point_size += (stats.size - self.point_size) / 16
         self._add(key, RunPoint(len(key), nr_ops, stream, copy_carried, work, stats.size + len(key)))
 
     def keep(self, data: bytes, stream: OpStream, carried: Any, nr_ops: int, work: float) -> None:
@@ -333,8 +339,8 @@ class SnapshotCache:
         else's any more (the run is over and its final checks only read it); stream, a copy
         of the decoder as it was after its last op (copy_stream)."""
         key = self._new_key(data, stream, nr_ops)
-        if key is not None:
-            self._add(key, RunPoint(len(key), nr_ops, stream, carried, work, state_size(carried) + len(key)))
+        if key is not None:   # its size is not counted (as long as a copy): the copies' mean
+            self._add(key, RunPoint(len(key), nr_ops, stream, carried, work, int(self.point_size) + len(key)))
 
     def copy_stream(self, stream: OpStream) -> OpStream:
         """A copy of stream (for keep), timed as the cache's copies but not counted in copy_cost."""
@@ -387,6 +393,7 @@ class RunCapture:
         self.stream = stream
         self.base_work = base_work
         self.last_capture = 0.0
+        self.drawing_seconds = 0.0   # of copies made in next_op, which the runner times as the decoder's
         self.before: tuple[OpStream, Any, float] | None = None   # after the latest op, till the next is drawn
 
     def after_op(self, carried: Any, work: float) -> None:
@@ -413,7 +420,9 @@ class RunCapture:
         if op is None:   # the end: what after_op saw is what the run ended with
             self.before = before
         elif self.stream.choices.remaining == 0 or len(self.stream.script.steps) == MAX_OPS - 1:
+            started = time.perf_counter()
             self.cache.capture(self.data, stream, carried, carried.ops_run, work, stream_copied=True)
+            self.drawing_seconds += time.perf_counter() - started
         return op
 
     def ended(self) -> None:
@@ -423,39 +432,10 @@ class RunCapture:
             self.cache.keep(self.data, stream, carried, carried.ops_run, work)
 
 
-def state_size(value: Any) -> int:
-    """What a copy_state copy of value would count (CopyStats.size), without copying it:
-    its arrays' bytes (a view's whole buffer) and the other objects it reaches."""
-    stats = CopyStats()
-    _count(value, set(), stats)
-    return stats.size
-
-
-def _count(value: Any, seen: set[int], stats: CopyStats) -> None:
-    if value.__class__ in _IMMUTABLE or id(value) in seen:
-        return
-    seen.add(id(value))
-    if isinstance(value, np.ndarray):
-        stats.nbytes += value.nbytes if value.base is None else value.nbytes + PAGE_SIZE
-        return
-    stats.objects += 1
-    if isinstance(value, dict):
-        items: Any = value.values()
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        items = value
-    elif getattr(value.__class__, "__dataclass_params__", None) is not None and value.__dataclass_params__.frozen:
-        return
-    else:
-        items = [getattr(value, name) for name in _slots(type(value)) if hasattr(value, name)]
-        items += list(getattr(value, "__dict__", {}).values())
-    for item in items:
-        _count(item, seen, stats)
-
-
 def point_key(data: bytes, consumed: int) -> bytes:
     """The key of the state reached after reading data's last consumed bytes."""
     return data[len(data) - consumed:]
 
 
 __all__ = ["CAPTURE_FACTOR", "DEFAULT_BUDGET", "TAIL_BYTES", "CopyStats", "RunCapture", "RunPoint", "SnapshotCache",
-           "SnapshotError", "SnapshotStats", "copy_state", "point_key", "state_size"]
+           "SnapshotError", "SnapshotStats", "copy_state", "point_key"]

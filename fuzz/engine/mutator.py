@@ -36,10 +36,10 @@ ORDERS = (0, 2, 3, 4, 8, 9)
 LENGTHS = (PAGE_SIZE, CONT_PTE_SIZE, PMD_SIZE, PMD_SIZE + CONT_PTE_SIZE)
 NR_PAGES = (1, 2, 16, 17, 512)
 ARGUMENTS = ("order", "length", "value", "nr_pages", "prot", "mode")   # besides the address and sharing
-# Where a mutation changes an input: an input runs from the snapshot after the ops it keeps
-# (fuzz.engine.snapshots), so the later ops are changed most. One change in UNIFORM_SHARE
-# is at any op alike; the others are LATE_STEP ops before the end each with LATE_KEEP the
-# chance of the one after it (the last op 1 - LATE_KEEP of them, the one before it less ...).
+# Where a mutation changes an input the snapshot cache holds points for: it runs from the
+# point after the ops it keeps (fuzz.engine.snapshots), so late ops change most. One change
+# in UNIFORM_SHARE is at any op alike; of the others, 1 - LATE_KEEP at the last op, and each
+# op before has LATE_KEEP times the chance of the one after it. Without points, any op alike.
 UNIFORM_SHARE = 0.2
 LATE_KEEP = 0.5
 
@@ -100,10 +100,11 @@ class StructuralMutator:
         return mutate_input(data, max_size, rng, self.decoded_input(data), self.points_of(data))
 
 
-def late_index(count: int, rng: random.Random) -> int:
-    """An index below count, the later ones likelier (see UNIFORM_SHARE and LATE_KEEP)."""
+def late_index(count: int, rng: random.Random, late: bool = True) -> int:
+    """An index below count, the later ones likelier (see UNIFORM_SHARE and LATE_KEEP), or
+    unless late any alike."""
     check(count > 0, "no index below 0")
-    if rng.random() < UNIFORM_SHARE:
+    if not late or rng.random() < UNIFORM_SHARE:
         return rng.randrange(count)
     back = 0
     while back < count - 1 and rng.random() < LATE_KEEP:
@@ -111,22 +112,22 @@ def late_index(count: int, rng: random.Random) -> int:
     return count - 1 - back
 
 
-def mutate_ops(ops: list[Op], rng: random.Random) -> list[Op]:
-    """One structural mutation of an op list, at a late op more often than an early one:
-    insert a copy of an op elsewhere, delete, duplicate in place, swap two, or change one argument."""
+def mutate_ops(ops: list[Op], rng: random.Random, late: bool = False) -> list[Op]:
+    """One structural mutation of an op list (if late, at a late op more often than an early
+    one): insert a copy of an op elsewhere, delete, duplicate in place, swap two, or change one argument."""
     ops = list(ops)
     if not ops:
         return ops
-    index = late_index(len(ops), rng)
+    index = late_index(len(ops), rng, late)
     kind = rng.choice(MUTATIONS)
     if kind == "insert":
-        ops.insert(late_index(len(ops) + 1, rng), ops[rng.randrange(len(ops))])
+        ops.insert(late_index(len(ops) + 1, rng, late), ops[index])
     elif kind == "delete":
         del ops[index]
     elif kind == "duplicate":
         ops.insert(index, ops[index])
     elif kind == "swap":
-        other = late_index(len(ops), rng)
+        other = late_index(len(ops), rng, late)
         ops[index], ops[other] = ops[other], ops[index]
     else:
         ops[index] = mutate_argument(ops[index], rng)
@@ -164,15 +165,15 @@ def mutate_argument(op: Op, rng: random.Random) -> Op:
 
 def mutate_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded,
                  points: Sequence[tuple[int, int]] = ()) -> bytes | None:
-    """A structural mutation of a raw input's ops, re-encoded; None if the mutated ops
-    cannot be drawn (e.g. an op now names a process that does not exist yet).
+    """A structural mutation of a raw input's ops (late ones likelier if points), re-encoded;
+    None if the mutated ops cannot be drawn (e.g. an op now names a process that does not exist yet).
 
     decoded is what data decodes to; the encoder reuses its names for the ops the
     mutation keeps at the start. points as for with_kept_bytes.
     """
     script = decoded.script
     ops = [step for step in script.steps if isinstance(step, Op)]
-    mutated = mutate_ops(ops, rng)
+    mutated = mutate_ops(ops, rng, bool(points))
     try:
         encoded = encode(Script(path=script.path, frames=script.frames, steps=list(mutated)), decoded)
         encoded = with_kept_bytes(encoded, mutated, data, decoded, points)
@@ -203,7 +204,7 @@ def with_kept_bytes(encoded: bytes, ops: list[Op], data: bytes, decoded: Decoded
 def grow_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded | None, kind: str,
                points: Sequence[tuple[int, int]] = ()) -> bytes | None:
     """data with random bytes put before it (grow: its ops, then new ones), or the encoding of
-    a random prefix of its ops, a long one likelier (decoded: what data decodes to) with random bytes before it
+    a random prefix of its ops, a long one likelier if points (decoded: what data decodes to) with random bytes before it
     (regrow: the rest replaced by new ops); None if there is no room within max_size or the
     prefix cannot be encoded; points as for with_kept_bytes."""
     if kind == "grow":
@@ -213,7 +214,7 @@ def grow_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded 
         assert decoded is not None
         script = decoded.script
         ops = [step for step in script.steps if isinstance(step, Op)]
-        kept = ops[:late_index(len(ops) + 1, rng)]
+        kept = ops[:late_index(len(ops) + 1, rng, bool(points))]
         try:
             base = with_kept_bytes(encode(Script(path=script.path, frames=script.frames, steps=list(kept)), decoded),
                                    kept, data, decoded, points)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from dataclasses import replace
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fuzz.engine import decode
@@ -204,9 +204,9 @@ def with_kept_bytes(encoded: bytes, ops: list[Op], data: bytes, decoded: Decoded
 def grow_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded | None, kind: str,
                points: Sequence[tuple[int, int]] = ()) -> bytes | None:
     """data with random bytes put before it (grow: its ops, then new ones), or the encoding of
-    a random prefix of its ops, a long one likelier if points (decoded: what data decodes to) with random bytes before it
-    (regrow: the rest replaced by new ops); None if there is no room within max_size or the
-    prefix cannot be encoded; points as for with_kept_bytes."""
+    a random prefix of its ops (a long one likelier if points; decoded: what data decodes to)
+    with random bytes before it (regrow: the rest replaced by new ops); None if there is no
+    room within max_size or the prefix cannot be encoded; points as for with_kept_bytes."""
     if kind == "grow":
         base = data
     else:

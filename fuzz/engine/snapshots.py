@@ -10,14 +10,17 @@ had after those ops, instead of from its first op.
 op to the next, copied (`copy_state`): both machines with their kernels, both shadows, the
 run's results, and the decoder itself (its stream, script and grammar). A point after an
 op is keyed by the bytes the decoder had consumed then; the key of an input is looked up
-from its longest such suffix down. A point is valid only where the decoder still had bytes
-left (none of its reads was cut short), so the same suffix always draws the same ops.
+from its longest such suffix down. A point is valid only where none of the decoder's reads
+found fewer bytes than it reads (`ByteChoices.short`), so the same suffix always draws the
+same ops, also where it was all of an input.
 
-Copies cost time: a point is taken after an op only once the run has done enough work
-since the last one (`CAPTURE_FACTOR` times what a copy costs, measured as it goes), and an
-input resumes only from a point that saves more than its copy costs. The cache holds at
-most `budget` bytes (what its copies' arrays and objects take, estimated), the least
-recently used point going first.
+Copies cost time (about an op's worth): a run's last state is kept as it is, without a
+copy, once the run ends (`RunCapture`); the state before its last op is copied as that op
+is drawn (the mutations change an input's late ops most, fuzz.engine.mutator); elsewhere a
+point is taken only once the run has done enough work since the last one (`CAPTURE_FACTOR`
+times what a copy costs, measured as it goes). An input resumes only from a point that
+saves more than its copy costs. The cache holds at most `budget` bytes (what its copies'
+arrays and objects take, estimated), the least recently used point going first.
 
 `copy_state` is generic: it copies every numpy array, container and plain object it
 reaches (a frozen dataclass and the immutable builtins are shared), so new machine state
@@ -42,9 +45,8 @@ from fuzz.engine.decode import MAX_OPS, OpStream
 from machine.pgtable import PAGE_SIZE
 
 DEFAULT_BUDGET = 256 << 20     # bytes of copies kept (the issue allows up to 1 GiB): see the README
-# Work between points, in copies' costs: copying stays under a quarter of the work. A point
-# is used by about one input in three (the bench's share of resumed executions), so it pays
-# only after several copies' worth of work; 4 measured 1.08x in the campaign A/B, 2 0.83x.
+# Work between points (besides RunCapture's last two), in copies' costs: copying stays under
+# a quarter of the work; 4 measured 1.08x in the campaign A/B, 2 0.83x (see the README).
 CAPTURE_FACTOR = 4.0
 # Bytes left to read under which RunCapture copies the decoder after an op, to keep the state
 # there if the next op is the input's last (more than an op reads): the mutations resume from

@@ -368,3 +368,29 @@ def test_a_byte_mutation_mostly_keeps_the_suffix_a_snapshot_holds(tmp_path):
                for head, max_size in heads if len(head) < len(data))
     assert all(b"\x01" + head + data[len(head):] in mutated for head, _max_size in heads)
     assert session.snapshots.lookup(b"\x01" + data[1:]) is not None
+
+
+def test_a_mutated_input_keeps_the_input_s_own_bytes_up_to_a_snapshot(tmp_path):
+    """The encoder's bytes for the ops a mutation keeps need not be the input's (here its
+    version byte, read and ignored, differs): the mutated input ends with the input's own
+    bytes up to the latest snapshot within those ops, so that it resumes there."""
+    from fuzz.engine.decode import decode, decode_input
+    from fuzz.engine.mutator import with_kept_bytes
+    from fuzz.script.ops import Script
+
+    data = encode(parse_file(SCENARIO))
+    odd = data[:-1] + bytes([data[-1] ^ 0xFF])
+    decoded = decode_input(odd)
+    assert decoded.script.steps == decode_input(data).script.steps
+    session = Session("batched", tmp_path / "crashes", None, snapshot_budget=64 << 20)
+    session.run_input(odd)
+    assert session.snapshots is not None
+    points = session.snapshots.points_of(odd)
+    kept = decoded.script.steps[:-1]
+    length = max((point for point in points if point[1] <= len(kept)), key=lambda point: point[1])[0]
+    encoded = encode(Script(path="", frames=decoded.script.frames, steps=list(kept)), decoded)
+    spliced = with_kept_bytes(encoded, kept, odd, decoded, points)
+    assert spliced != encoded and spliced.endswith(odd[len(odd) - length:])
+    assert decode(spliced).steps == kept
+    assert session.snapshots.lookup(spliced) is not None
+    assert with_kept_bytes(encoded, kept, odd, decoded, []) == encoded

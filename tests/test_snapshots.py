@@ -159,6 +159,14 @@ def test_a_run_keeps_its_end_as_it_is_and_the_state_before_its_last_op():
     assert cut_session.snapshots is not None and cut not in cut_session.snapshots.points
 
 
+def test_resumed_runs_equal_runs_from_the_first_op_with_the_campaign_s_snapshots():
+    """As above with the campaign's snapshots only (a run's end, the state before its last op,
+    one per four copies' worth of work), the mutations aimed at them."""
+    check = check_resume(200, seed=4, thrifty=True)
+    assert check.mismatches == []
+    assert check.resumed > 40 and check.mean_resumed_op >= 3
+
+
 def test_resumed_runs_keep_a_planted_bug_s_findings():
     check = check_resume(250, impl="fuzz.canaries.folio_ref_per_batch", seed=5)
     assert check.mismatches == [] and check.findings > 0 and check.resumed > 0

@@ -5,6 +5,7 @@ gives the verdict, signature and final states of its run from the first op."""
 from __future__ import annotations
 
 import dataclasses
+import random
 import threading
 from pathlib import Path
 
@@ -13,12 +14,13 @@ import pytest
 
 from fuzz.engine import snapshots
 from fuzz.engine.decode import OpStream, encode
-from fuzz.engine.loop import check_resume, same_state
+from fuzz.engine.loop import check_resume, same_run, same_state
 from fuzz.engine.session import Session
 from fuzz.engine.snapshots import SnapshotCache, SnapshotError, copy_state
+from fuzz.implementation import OP_DISPATCH, reference_kernel
 from fuzz.judge.runner import Carried, run_stream
 from fuzz.script.ops import parse_file
-from machine import Machine
+from machine import DEFAULT_NR_FRAMES, Machine
 from machine.pgtable import PAGE_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +159,41 @@ def test_a_run_keeps_its_end_as_it_is_and_the_state_before_its_last_op():
     cut_stream, cut_result = cut_session.run_input(cut)
     assert cut_stream.choices.short and cut_result.ops_run == result.ops_run
     assert cut_session.snapshots is not None and cut not in cut_session.snapshots.points
+
+
+def inputs_ending_inside_an_act(count: int) -> list[bytes]:
+    """Inputs whose last byte is read by an op that starts an act of several ops (a new
+    mapping and its fault): the decoder stops with the rest of the act still to draw, which
+    a longer input draws on without reading a byte. The shortest suffixes of random inputs."""
+    rng = random.Random(16)
+    found = []
+    while len(found) < count:
+        data = rng.randbytes(200)
+        for length in range(3, len(data) + 1):
+            stream = OpStream(data[len(data) - length:])
+            machine, kernel = reference_kernel(stream.script.frames or DEFAULT_NR_FRAMES)
+            while (op := stream.next_op(machine)) is not None:
+                OP_DISPATCH[op.name](kernel, op)
+                stream.script.steps.append(op)
+            if stream.choices.remaining == 0 and not stream.choices.short and stream.grammar.pending:
+                found.append(data[len(data) - length:])
+                break
+    return found
+
+
+def test_an_input_that_ends_inside_an_act_does_not_resume_after_it():
+    """A longer input runs the rest of an act after the input's bytes are all read: the
+    state after it has the input's bytes as its key, but the input alone ends before it."""
+    plain = Session("batched", Path("/nonexistent"), None, snapshot_budget=None)
+    for data in inputs_ending_inside_an_act(4):
+        for prefix in (b"\x00", b"\xff\xff", b"\x05\x07\x03"):
+            session = Session("batched", Path("/nonexistent"), None, snapshot_budget=64 << 20)
+            assert session.snapshots is not None
+            session.snapshots.thrifty = False
+            session.run_input(prefix + data)
+            _stream, expected = plain.run_input(data)
+            _stream, got = session.run_input(data)
+            assert same_run(expected, got) == "", (data.hex(), prefix.hex())
 
 
 def test_resumed_runs_equal_runs_from_the_first_op_with_the_campaign_s_snapshots():

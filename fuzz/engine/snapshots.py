@@ -11,8 +11,11 @@ op to the next, copied (`copy_state`): both machines with their kernels, both sh
 run's results, and the decoder itself (its stream, script and grammar). A point after an
 op is keyed by the bytes the decoder had consumed then; the key of an input is looked up
 from its longest such suffix down. A point is valid only where none of the decoder's reads
-found fewer bytes than it reads (`ByteChoices.short`), so the same suffix always draws the
-same ops, also where it was all of an input.
+found fewer bytes than it reads (`ByteChoices.short`), and only after an op that read a byte:
+an op that reads none (the rest of an act, `OpGrammar.pending`) leaves the key as it was, and
+an input that is just that key ends before it (the decoder stops when no byte is left). So a
+key always stands for one state, and the same suffix draws the same ops, also where it was
+all of an input.
 
 Copies cost time (about an op's worth): a run's last state is kept as it is, without a
 copy, once the run ends (`RunCapture`); the state before its last op is copied as that op
@@ -386,7 +389,8 @@ class RunCapture:
     """The points one run leaves in the cache: its state after its last op, taken over
     without a copy once the run ends; after the op before that, copied as the last op is
     drawn (the decoder's stream copied after each op within TAIL_BYTES of the input's start,
-    the rest before that op runs); and elsewhere as the cache wants (copy_cost)."""
+    the rest before that op runs); and elsewhere as the cache wants (copy_cost). None after
+    an op that read no byte (see the module's doc)."""
 
     def __init__(self, cache: SnapshotCache, data: bytes, stream: OpStream, base_work: float) -> None:
         """stream: the run's decoder, resumed after base_work seconds of work, or new (0)."""
@@ -397,6 +401,7 @@ class RunCapture:
         self.last_capture = 0.0
         self.drawing_seconds = 0.0   # of copies made in next_op, which the runner times as the decoder's
         self.before: tuple[OpStream, Any, float] | None = None   # after the latest op, till the next is drawn
+        self.unread = stream.choices.remaining   # the bytes left to read as the latest op was drawn
 
     def after_op(self, carried: Any, work: float) -> None:
         """The runner's after_op: carried after an op, work seconds into the run."""
@@ -404,6 +409,8 @@ class RunCapture:
         self.before = None
         nr_ops = len(stream.script.steps)
         if stream.choices.short or nr_ops >= MAX_OPS:   # no longer input goes on from here
+            return
+        if stream.choices.remaining == self.unread:   # the op read no byte: its key is the state's before it
             return
         if stream.choices.remaining <= TAIL_BYTES or nr_ops == MAX_OPS - 1:
             self.before = (cache.copy_stream(stream), carried, self.base_work + work)
@@ -414,6 +421,7 @@ class RunCapture:
     def next_op(self, machine: Any) -> Any:
         """The runner's next_op: the stream's, and the state after the op before it kept if
         it is the input's last (nothing of the run has changed since after_op)."""
+        self.unread = self.stream.choices.remaining
         op = self.stream.next_op(machine)
         before, self.before = self.before, None
         if before is None:

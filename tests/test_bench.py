@@ -254,6 +254,9 @@ def test_cli_bench_reports_the_fuzz_loop_rate_with_and_without_resuming(capsys) 
     assert sorted(parts) == ["checks", "decoder", "implementation", "mutator", "reference", "rest", "snapshots"]
     assert parts["reference"] > 0 and parts["implementation"] > 0
     assert "snapshots" not in out["fuzz_ms_per_execution_without_resume"]
+    assert out["fuzz_exec_per_cpu_s"] > 0 and out["fuzz_exec_per_cpu_s_without_resume"] > 0
+    assert out["fuzz_ops_per_execution"] > out["fuzz_ops_run_per_execution"] > 0
+    assert out["fuzz_ops_per_execution_without_resume"] > 0
 
 
 def test_cli_bench_resume_check_compares_both_runs_of_each_input(capsys) -> None:

@@ -183,15 +183,21 @@ class ByteChoices:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.remaining = len(data)   # data[:remaining] is not read yet
+        self.short = False   # a choice found fewer bytes than it reads: a longer input reads on
 
     def choose(self, count: int, wanted: int | None = None) -> int:
         end = self.remaining
         if count <= 256:   # most choices: one byte, none if there is one way or no byte left
-            if count == 1 or end == 0:
+            if count == 1:
+                return 0
+            if end == 0:
+                self.short = True
                 return 0
             self.remaining = end - 1
             return self.data[end - 1] % count
-        start = max(end - ((count - 1).bit_length() + 7) // 8, 0)
+        start = end - ((count - 1).bit_length() + 7) // 8
+        if start < 0:
+            start, self.short = 0, True
         self.remaining = start
         return int.from_bytes(self.data[start:end], "little") % count
 

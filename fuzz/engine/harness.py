@@ -23,6 +23,7 @@ from collections.abc import Callable
 import atheris
 
 from fuzz.engine.lifeline import hold_on_to_campaign
+from fuzz.engine.mutator import late_index
 from fuzz.engine.session import LAUNCHER_ENV, LOG_JSON_ENV, MUTATOR_PART, Session
 from fuzz.implementation import Implementation
 from fuzz.logs import configure_logging
@@ -33,13 +34,18 @@ from fuzz.logs import configure_logging
 # bug as fast without them. The harness's own code (oracles, comparison, decoder) never is.
 INSTRUMENTED = ("batched",)
 STRUCTURAL_SHARE = 0.5   # of the mutations; the rest are libFuzzer's byte-level ones
+# Of the byte-level mutations, those that change only the bytes before a point the snapshot
+# cache holds for the input (its later ops: the decoder reads from the end), so that the
+# mutated input resumes from there; the rest change any byte.
+HEAD_SHARE = 0.85
 
 
 def custom_mutator_for(session: Session, byte_mutator: Callable[[bytes, int], bytes] | None = None,
                        ) -> Callable[[bytes, int, int], bytes]:
     """libFuzzer's custom mutator: a structural mutation (session.mutator) half the time,
     otherwise, or when that cannot be encoded, byte_mutator (default libFuzzer's own,
-    atheris.Mutate, which works only once atheris.Fuzz runs); timed as the mutator part."""
+    atheris.Mutate, which works only once atheris.Fuzz runs), most often on the bytes before
+    a snapshot's suffix only (kept_suffix); timed as the mutator part."""
     seconds_by_part = session.seconds_by_part
     mutator = session.mutator
 
@@ -51,11 +57,22 @@ def custom_mutator_for(session: Session, byte_mutator: Callable[[bytes, int], by
                 mutated = mutator.mutate(data, max_size, rng)
                 if mutated is not None:
                     return mutated
-            return (byte_mutator or atheris.Mutate)(data, max_size)
+            kept = kept_suffix(session, data, rng) if rng.random() < HEAD_SHARE else 0
+            head = data[:len(data) - kept]
+            return (byte_mutator or atheris.Mutate)(head, max_size - kept) + data[len(head):]
         finally:
             seconds_by_part[MUTATOR_PART] += time.perf_counter() - started
 
     return custom_mutator
+
+
+def kept_suffix(session: Session, data: bytes, rng: random.Random) -> int:
+    """The length of a suffix of data the session's snapshot cache holds a point for, with
+    bytes before it, the longest likelier (late_index); 0 if there is none."""
+    if session.snapshots is None:
+        return 0
+    lengths = [length for length in session.snapshots.suffixes(data) if length < len(data)]
+    return lengths[len(lengths) - 1 - late_index(len(lengths), rng)] if lengths else 0
 
 
 def kernel_package(impl: Implementation) -> str:

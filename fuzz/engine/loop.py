@@ -158,10 +158,10 @@ def check_resume(nr_inputs: int, impl: str = "batched", seed: int = 0, budget: i
     assert resuming.snapshots is not None
     resuming.snapshots.thrifty = thrifty
     check = ResumeCheck()
-    for data in mutated_inputs(plain, nr_inputs, seed, seed_inputs()):
+    for data in mutated_inputs(resuming, nr_inputs, seed, seed_inputs()):   # as the campaign mutates
         stream, expected = plain.run_input(data)
         if stream.ended:
-            plain.mutator.remember_run(data, stream.decoded())
+            resuming.mutator.remember_run(data, stream.decoded())
         cache = resuming.snapshots
         resumed_before = cache.stats.resumed_ops if cache is not None else 0
         _stream, got = resuming.run_input(data)

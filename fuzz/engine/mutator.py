@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,6 +36,12 @@ ORDERS = (0, 2, 3, 4, 8, 9)
 LENGTHS = (PAGE_SIZE, CONT_PTE_SIZE, PMD_SIZE, PMD_SIZE + CONT_PTE_SIZE)
 NR_PAGES = (1, 2, 16, 17, 512)
 ARGUMENTS = ("order", "length", "value", "nr_pages", "prot", "mode")   # besides the address and sharing
+# Where a mutation changes an input the snapshot cache holds points for: it runs from the
+# point after the ops it keeps (fuzz.engine.snapshots), so late ops change most. One change
+# in UNIFORM_SHARE is at any op alike; of the others, 1 - LATE_KEEP at the last op, and each
+# op before has LATE_KEEP times the chance of the one after it. Without points, any op alike.
+UNIFORM_SHARE = 0.2
+LATE_KEEP = 0.5
 
 
 class RecentScripts:
@@ -67,6 +74,8 @@ class StructuralMutator:
     def __init__(self, limit: int = RECENT_SCRIPTS) -> None:
         self.ran = RecentScripts(limit)
         self.decoded_here = RecentScripts(limit)
+        # The snapshot points held for an input: (bytes kept, ops run) of each, if the session resumes.
+        self.points_of: Callable[[bytes], list[tuple[int, int]]] = lambda data: []
 
     def remember_run(self, data: bytes, decoded: Decoded) -> None:
         """The harness ran data to its end: decoded is what it decodes to."""
@@ -86,26 +95,39 @@ class StructuralMutator:
         (grow_input) GROWTH_SHARE of the time, else a change to its ops (mutate_input)."""
         if rng.random() < GROWTH_SHARE:
             kind = rng.choice(GROWTHS)
-            return grow_input(data, max_size, rng, self.decoded_input(data) if kind == "regrow" else None, kind)
-        return mutate_input(data, max_size, rng, self.decoded_input(data))
+            return grow_input(data, max_size, rng, self.decoded_input(data) if kind == "regrow" else None, kind,
+                              self.points_of(data))
+        return mutate_input(data, max_size, rng, self.decoded_input(data), self.points_of(data))
 
 
-def mutate_ops(ops: list[Op], rng: random.Random) -> list[Op]:
-    """One structural mutation of an op list: insert a copy of an op elsewhere, delete,
-    duplicate in place, swap two, or change one argument."""
+def late_index(count: int, rng: random.Random, late: bool = True) -> int:
+    """An index below count, the later ones likelier (see UNIFORM_SHARE and LATE_KEEP), or
+    unless late any alike."""
+    check(count > 0, "no index below 0")
+    if not late or rng.random() < UNIFORM_SHARE:
+        return rng.randrange(count)
+    back = 0
+    while back < count - 1 and rng.random() < LATE_KEEP:
+        back += 1
+    return count - 1 - back
+
+
+def mutate_ops(ops: list[Op], rng: random.Random, late: bool = False) -> list[Op]:
+    """One structural mutation of an op list (if late, at a late op more often than an early
+    one): insert a copy of an op elsewhere, delete, duplicate in place, swap two, or change one argument."""
     ops = list(ops)
     if not ops:
         return ops
-    index = rng.randrange(len(ops))
+    index = late_index(len(ops), rng, late)
     kind = rng.choice(MUTATIONS)
     if kind == "insert":
-        ops.insert(rng.randrange(len(ops) + 1), ops[index])
+        ops.insert(late_index(len(ops) + 1, rng, late), ops[index])
     elif kind == "delete":
         del ops[index]
     elif kind == "duplicate":
         ops.insert(index, ops[index])
     elif kind == "swap":
-        other = rng.randrange(len(ops))
+        other = late_index(len(ops), rng, late)
         ops[index], ops[other] = ops[other], ops[index]
     else:
         ops[index] = mutate_argument(ops[index], rng)
@@ -141,27 +163,50 @@ def mutate_argument(op: Op, rng: random.Random) -> Op:
     return replace(op, **changes)
 
 
-def mutate_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded) -> bytes | None:
-    """A structural mutation of a raw input's ops, re-encoded; None if the mutated ops
-    cannot be drawn (e.g. an op now names a process that does not exist yet).
+def mutate_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded,
+                 points: Sequence[tuple[int, int]] = ()) -> bytes | None:
+    """A structural mutation of a raw input's ops (late ones likelier if points), re-encoded;
+    None if the mutated ops cannot be drawn (e.g. an op now names a process that does not exist yet).
 
     decoded is what data decodes to; the encoder reuses its names for the ops the
-    mutation keeps at the start.
+    mutation keeps at the start. points as for with_kept_bytes.
     """
     script = decoded.script
-    mutated = mutate_ops([step for step in script.steps if isinstance(step, Op)], rng)
+    ops = [step for step in script.steps if isinstance(step, Op)]
+    mutated = mutate_ops(ops, rng, bool(points))
     try:
         encoded = encode(Script(path=script.path, frames=script.frames, steps=list(mutated)), decoded)
+        encoded = with_kept_bytes(encoded, mutated, data, decoded, points)
     except EncodeError:
         return None
     return encoded if len(encoded) <= max_size else None
 
 
-def grow_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded | None, kind: str) -> bytes | None:
+def with_kept_bytes(encoded: bytes, ops: list[Op], data: bytes, decoded: Decoded,
+                    points: Sequence[tuple[int, int]]) -> bytes:
+    """encoded (the encoding of ops) ending with data's own bytes for the first ops it shares
+    with data, as far as the latest snapshot point of data (points: its (bytes kept, ops run)
+    pairs) within them: data's bytes need not be the encoder's (the decoder reads many
+    bytes as one choice), and the mutated input resumes from that point only if they are data's."""
+    known = decoded.script.steps
+    shared = 0
+    while shared < min(len(ops), len(known)) and ops[shared] == known[shared]:
+        shared += 1
+    usable = [(length, nr_ops) for length, nr_ops in points if nr_ops <= shared]
+    if not usable:
+        return encoded
+    length, nr_ops = max(usable, key=lambda point: point[1])
+    script = decoded.script
+    canonical = len(encode(Script(path=script.path, frames=script.frames, steps=list(ops[:nr_ops])), decoded))
+    return encoded[:len(encoded) - canonical] + data[len(data) - length:]
+
+
+def grow_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded | None, kind: str,
+               points: Sequence[tuple[int, int]] = ()) -> bytes | None:
     """data with random bytes put before it (grow: its ops, then new ones), or the encoding of
-    a random prefix of its ops (decoded: what data decodes to) with random bytes before it
-    (regrow: the rest replaced by new ops); None if there is no room within max_size or the
-    prefix cannot be encoded."""
+    a random prefix of its ops (a long one likelier if points; decoded: what data decodes to)
+    with random bytes before it (regrow: the rest replaced by new ops); None if there is no
+    room within max_size or the prefix cannot be encoded; points as for with_kept_bytes."""
     if kind == "grow":
         base = data
     else:
@@ -169,9 +214,10 @@ def grow_input(data: bytes, max_size: int, rng: random.Random, decoded: Decoded 
         assert decoded is not None
         script = decoded.script
         ops = [step for step in script.steps if isinstance(step, Op)]
+        kept = ops[:late_index(len(ops) + 1, rng, bool(points))]
         try:
-            base = encode(Script(path=script.path, frames=script.frames, steps=list(ops[:rng.randrange(len(ops) + 1)])),
-                          decoded)
+            base = with_kept_bytes(encode(Script(path=script.path, frames=script.frames, steps=list(kept)), decoded),
+                                   kept, data, decoded, points)
         except EncodeError:
             return None
     room = max_size - len(base)

@@ -21,10 +21,10 @@ import structlog
 from fuzz.engine.decode import OpStream
 from fuzz.engine.findings import SavedFinding, is_saved, minimise_and_save
 from fuzz.engine.mutator import StructuralMutator
-from fuzz.engine.snapshots import EarlierCopies, SnapshotCache, SnapshotError
+from fuzz.engine.snapshots import RunCapture, SnapshotCache, SnapshotError
 from fuzz.errors import UsageError
 from fuzz.implementation import DEFAULT_IMPL, REFERENCE_IMPL, load_implementation
-from fuzz.judge.runner import Carried, RunResult, run_stream
+from fuzz.judge.runner import DECODER_PART, Carried, RunResult, run_stream
 from fuzz.judge.scan import ContpteVerdicts
 from fuzz.script.ops import Script
 
@@ -59,7 +59,8 @@ class ProcessSummary:
     seconds: float
     findings: list[SavedFinding] = field(default_factory=list)
     seconds_by_part: dict[str, float] = field(default_factory=dict)
-    snapshots: dict[str, Any] = field(default_factory=dict)   # the cache's SnapshotStats, if it resumes
+    # The ops of the inputs run, the process's CPU seconds, and the cache's SnapshotStats if it resumes.
+    snapshots: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"executions": self.executions, "seconds": self.seconds,
@@ -95,11 +96,15 @@ class Session:
         self.contpte_verdicts = ContpteVerdicts()   # the layout oracle's, kept across inputs
         self.stop_on_finding = stop_on_finding   # the self-test's: leave at the first finding saved
         self.executions = 0
+        self.ops = 0   # the ops of the inputs run, those a resumed run skipped too
         self.findings: list[SavedFinding] = []
         self.seconds_by_part: defaultdict[str, float] = defaultdict(float)
         self.started = time.monotonic()
+        self.started_cpu = time.process_time()
         self.last_summary = 0.0
         self.snapshots = SnapshotCache(snapshot_budget) if snapshot_budget else None
+        if self.snapshots is not None:
+            self.mutator.points_of = self.snapshots.points_of
 
     @classmethod
     def from_environment(cls) -> Session:
@@ -114,6 +119,7 @@ class Session:
         the latest state a snapshot holds of an input that ends like it (see run_input)."""
         self.executions += 1
         stream, result = self.run_input(data)
+        self.ops += result.ops_run
         for part, seconds in result.seconds.items():
             self.seconds_by_part[part] += seconds
         if stream.ended:   # every op was drawn and run: the script is decode(data)
@@ -133,27 +139,23 @@ class Session:
         copying = cache.stats.copy_seconds
         point = cache.lookup(data)
         start: Carried | None = None
-        earlier: EarlierCopies = {}   # this run's arrays as its last snapshot copied them
         if point is None:
             stream, base_work = OpStream(data), 0.0
         else:
-            stream, start = cache.resume(point, data, earlier)
+            stream, start = cache.resume(point, data)
             base_work = point.work
-        last_capture = 0.0
-
-        def after_op(carried: Carried, work: float) -> None:
-            nonlocal last_capture
-            if cache.wants(work - last_capture):
-                last_capture = work
-                cache.capture(data, stream, carried, carried.ops_run, base_work + work, earlier)
-
+        capturing = RunCapture(cache, data, stream, base_work)
         try:
-            result = run_stream(stream.script, stream.next_op, self.impl, self.reference, self.contpte_verdicts,
-                                start, after_op)
+            result = run_stream(stream.script, capturing.next_op, self.impl, self.reference, self.contpte_verdicts,
+                                start, capturing.after_op)
         except SnapshotError as error:   # a kernel holds what cannot be copied: no resuming
             log.warning("snapshots_off", impl=self.impl_name, reason=str(error))
             self.snapshots = None
+            self.mutator.points_of = StructuralMutator().points_of
             return self.run_input(data)
+        if not result.findings:
+            capturing.ended()
+        result.seconds[DECODER_PART] -= capturing.drawing_seconds
         self.seconds_by_part[SNAPSHOT_PART] += cache.stats.copy_seconds - copying
         return stream, result
 
@@ -176,7 +178,8 @@ class Session:
         """The counts so far."""
         return ProcessSummary(self.executions, round(time.monotonic() - self.started, 3), list(self.findings),
                               dict(self.seconds_by_part),
-                              self.snapshots.stats.to_json() if self.snapshots is not None else {})
+                              {"ops": self.ops, "cpu_seconds": round(time.process_time() - self.started_cpu, 3),
+                               **(self.snapshots.stats.to_json() if self.snapshots is not None else {})})
 
     def write_summary(self) -> None:
         """Replace the summary file (if there is one) with the counts so far."""

@@ -10,14 +10,20 @@ had after those ops, instead of from its first op.
 op to the next, copied (`copy_state`): both machines with their kernels, both shadows, the
 run's results, and the decoder itself (its stream, script and grammar). A point after an
 op is keyed by the bytes the decoder had consumed then; the key of an input is looked up
-from its longest such suffix down. A point is valid only where the decoder still had bytes
-left (none of its reads was cut short), so the same suffix always draws the same ops.
+from its longest such suffix down. A point is valid only where none of the decoder's reads
+found fewer bytes than it reads (`ByteChoices.short`), and only after an op that read a byte:
+an op that reads none (the rest of an act, `OpGrammar.pending`) leaves the key as it was, and
+an input that is just that key ends before it (the decoder stops when no byte is left). So a
+key always stands for one state, and the same suffix draws the same ops, also where it was
+all of an input.
 
-Copies cost time: a point is taken after an op only once the run has done enough work
-since the last one (`CAPTURE_FACTOR` times what a copy costs, measured as it goes), and an
-input resumes only from a point that saves more than its copy costs. The cache holds at
-most `budget` bytes (what its copies' arrays and objects take, estimated), the least
-recently used point going first.
+Copies cost time (about an op's worth): a run's last state is kept as it is, without a
+copy, once the run ends (`RunCapture`); the state before its last op is copied as that op
+is drawn (the mutations change an input's late ops most, fuzz.engine.mutator); elsewhere a
+point is taken only once the run has done enough work since the last one (`CAPTURE_FACTOR`
+times what a copy costs, measured as it goes). An input resumes only from a point that
+saves more than its copy costs. The cache holds at most `budget` bytes (what its copies'
+arrays and objects take, estimated), the least recently used point going first.
 
 `copy_state` is generic: it copies every numpy array, container and plain object it
 reaches (a frozen dataclass and the immutable builtins are shared), so new machine state
@@ -38,17 +44,22 @@ from typing import Any
 
 import numpy as np
 
-from fuzz.engine.decode import OpStream
+from fuzz.engine.decode import MAX_OPS, OpStream
 from machine.pgtable import PAGE_SIZE
 
 DEFAULT_BUDGET = 256 << 20     # bytes of copies kept (the issue allows up to 1 GiB): see the README
-# Work between points, in copies' costs: copying stays under a quarter of the work. A point
-# is used by about one input in three (the bench's share of resumed executions), so it pays
-# only after several copies' worth of work; 4 measured 1.08x in the campaign A/B, 2 0.83x.
+# Work between points (besides RunCapture's last two), in copies' costs: copying stays under
+# a quarter of the work; 4 measured 1.08x in the campaign A/B, 2 0.83x (see the README).
 CAPTURE_FACTOR = 4.0
+# Bytes left to read under which RunCapture copies the decoder after an op, to keep the state
+# there if the next op is the input's last (more than an op reads): the mutations resume from
+# an input's last points most (fuzz.engine.mutator, harness).
+TAIL_BYTES = 24
 OBJECT_BYTES = 64              # what one copied Python object is counted as, beside its arrays
-_IMMUTABLE = frozenset({int, float, bool, str, bytes, complex, type(None), range, type,
-                        types.FunctionType, types.BuiltinFunctionType, types.ModuleType, types.MethodType})
+# Classes whose instances copy_state shares: the immutable builtins, and each frozen
+# dataclass and numpy scalar type as _handler meets it.
+_IMMUTABLE = {int, float, bool, str, bytes, complex, type(None), range, type,
+              types.FunctionType, types.BuiltinFunctionType, types.ModuleType, types.MethodType}
 
 
 class SnapshotError(Exception):
@@ -104,32 +115,20 @@ def _placed_copy(value: np.ndarray) -> np.ndarray:
     return copied
 
 
-# id(array) -> (that array, a copy of it that no one writes): an earlier copy to reuse if
-# the array still holds what it held then.
-EarlierCopies = dict[int, tuple[np.ndarray, np.ndarray]]
-
-
-def copy_state(value: Any, memo: dict[int, Any] | None = None, stats: CopyStats | None = None,
-               earlier: EarlierCopies | None = None) -> Any:
+def copy_state(value: Any, memo: dict[int, Any] | None = None, stats: CopyStats | None = None) -> Any:
     """An exact, independent copy of value: numpy arrays copied, dicts (in their order),
     lists, sets, tuples and plain objects copied through, shared references kept shared
     (memo); immutable values and frozen dataclasses shared. Raises SnapshotError for a
-    value it cannot copy (an object of a C type, a generator, a lock, ...).
-
-    earlier, if given, offers earlier copies of arrays that no one writes (a snapshot's): an
-    array equal to its earlier copy is not copied again but shares it, so two snapshots of
-    one run share the arrays an op between them left alone. It is updated with this copy's arrays.
-    """
-    return _Copier(memo if memo is not None else {}, stats or CopyStats(), earlier).copy(value)
+    value it cannot copy (an object of a C type, a generator, a lock, ...)."""
+    return _Copier(memo if memo is not None else {}, stats or CopyStats()).copy(value)
 
 
 class _Copier:
     """One copy_state call: the memo and the handler of each class met (_handler)."""
 
-    def __init__(self, memo: dict[int, Any], stats: CopyStats, earlier: EarlierCopies | None) -> None:
+    def __init__(self, memo: dict[int, Any], stats: CopyStats) -> None:
         self.memo = memo
         self.stats = stats
-        self.earlier = earlier
 
     def copy(self, value: Any) -> Any:
         cls = value.__class__
@@ -176,17 +175,8 @@ class _Copier:
         return value.__class__(items)
 
     def _array(self, value: np.ndarray) -> np.ndarray:
-        earlier = self.earlier
-        if earlier is not None:
-            found = earlier.get(id(value))
-            if found is not None and found[0] is value and type(value) is np.ndarray \
-                    and np.array_equal(value, found[1]):
-                self.stats.nbytes += found[1].nbytes   # counted again: it outlives the earlier point
-                return found[1]
         copied = value.copy() if value.base is None else _placed_copy(value)
         self.stats.nbytes += copied.nbytes if copied.base is None else copied.base.nbytes
-        if earlier is not None:
-            earlier[id(value)] = (value, copied)
         if type(value) is not np.ndarray:   # a subclass (a journaled view): its attributes too
             for name, item in vars(value).items():
                 setattr(copied, name, self.copy(item))
@@ -234,6 +224,7 @@ def _handler(cls: type) -> Callable[[_Copier, Any], Any]:
         handler = _Copier._array
     elif issubclass(cls, np.generic) or (params is not None and params.frozen):
         handler = _Copier._shared
+        _IMMUTABLE.add(cls)
     elif issubclass(cls, tuple):
         handler = _Copier._tuple
     elif issubclass(cls, (dict, list, set)) or not _python_class(cls):
@@ -288,6 +279,7 @@ class SnapshotCache:
     lengths: Counter[int] = field(default_factory=Counter)   # how many points have each key length
     size: int = 0
     copy_cost: float = 1e-4     # seconds per copy, a running mean
+    point_size: float = 1 << 20   # bytes per copy (CopyStats.size), a running mean
     thrifty: bool = True        # False: a point after every op, any point used (the equivalence check's)
     stats: SnapshotStats = field(default_factory=SnapshotStats)
 
@@ -303,15 +295,10 @@ class SnapshotCache:
                 return point if point.work > self.copy_cost or not self.thrifty else None
         return None
 
-    def resume(self, point: RunPoint, data: bytes, earlier: EarlierCopies) -> tuple[OpStream, Any]:
-        """A copy of point's stream, reading data, and of what the runner carries; earlier
-        learns that each copied array still equals point's (for the run's next capture)."""
+    def resume(self, point: RunPoint, data: bytes) -> tuple[OpStream, Any]:
+        """A copy of point's stream, reading data, and of what the runner carries."""
         started = time.perf_counter()
-        memo: dict[int, Any] = {}
-        stream, carried = copy_state((point.stream, point.carried), memo)
-        for original in _arrays(point.carried):
-            copied = memo[id(original)]
-            earlier[id(copied)] = (copied, original)
+        stream, carried = copy_state((point.stream, point.carried))
         stream.choices.data = data
         stream.choices.remaining = len(data) - point.consumed
         self._copied(time.perf_counter() - started)
@@ -320,28 +307,66 @@ class SnapshotCache:
         return stream, carried
 
     def wants(self, work_since: float) -> bool:
-        """Whether a point is worth taking after work_since seconds of work since the last one."""
+        """Whether a point is worth taking after work_since seconds of work since the last one
+        (besides those RunCapture takes near the end of an input)."""
         return work_since >= CAPTURE_FACTOR * self.copy_cost or not self.thrifty
 
+    def points_of(self, data: bytes) -> list[tuple[int, int]]:
+        """(bytes kept, ops run) of each point the cache holds for a suffix of data."""
+        return [(length, self.points[point_key(data, length)].nr_ops) for length in self.suffixes(data)]
+
+    def suffixes(self, data: bytes) -> list[int]:
+        """The lengths of the suffixes of data the cache holds a point for, longest first:
+        where data's ops may change and a run still resume."""
+        return [length for length in sorted(self.lengths, reverse=True)
+                if length <= len(data) and point_key(data, length) in self.points]
+
     def capture(self, data: bytes, stream: OpStream, carried: Any, nr_ops: int, work: float,
-                earlier: EarlierCopies) -> None:
-        """Keep the state after nr_ops ops of data (stream and carried, copied, sharing the
-        arrays of earlier copies of this run that are unchanged), unless the decoder has read
-        all of data (a longer input would read on where it stopped short)."""
-        consumed = len(data) - stream.choices.remaining
-        if stream.choices.remaining == 0:
-            return
-        key = point_key(data, consumed)
-        if key in self.points:
-            self.points.move_to_end(key)
+                stream_copied: bool = False) -> None:
+        """Keep a copy of the state after nr_ops ops of data (stream, unless stream_copied
+        says it is a copy already, and carried), unless a choice of the decoder's found fewer
+        bytes than it reads (a longer input would read on there) or no op can follow (MAX_OPS)."""
+        key = self._new_key(data, stream, nr_ops)
+        if key is None:
             return
         started = time.perf_counter()
         stats = CopyStats()
-        copy_stream, copy_carried = copy_state((stream, carried), None, stats, earlier)
+        if stream_copied:
+            copy_carried = copy_state(carried, None, stats)
+        else:
+            stream, copy_carried = copy_state((stream, carried), None, stats)
         self._copied(time.perf_counter() - started)
-        point = RunPoint(consumed, nr_ops, copy_stream, copy_carried, work, stats.size + len(key))
+        self.point_size += (stats.size - self.point_size) / 16
+        self._add(key, RunPoint(len(key), nr_ops, stream, copy_carried, work, stats.size + len(key)))
+
+    def keep(self, data: bytes, stream: OpStream, carried: Any, nr_ops: int, work: float) -> None:
+        """Keep the state a run ended with as a point, without copying it: carried is no one
+        else's any more (the run is over and its final checks only read it); stream, a copy
+        of the decoder as it was after its last op (copy_stream)."""
+        key = self._new_key(data, stream, nr_ops)
+        if key is not None:   # its size is not counted (as long as a copy): the copies' mean
+            self._add(key, RunPoint(len(key), nr_ops, stream, carried, work, int(self.point_size) + len(key)))
+
+    def copy_stream(self, stream: OpStream) -> OpStream:
+        """A copy of stream (for keep), timed as the cache's copies but not counted in copy_cost."""
+        started = time.perf_counter()
+        copied = copy_state(stream)
+        self.stats.copy_seconds += time.perf_counter() - started
+        return copied
+
+    def _new_key(self, data: bytes, stream: OpStream, nr_ops: int) -> bytes | None:
+        """The key of the state after nr_ops ops of data, if a point there is valid and new."""
+        if stream.choices.short or nr_ops >= MAX_OPS:
+            return None
+        key = point_key(data, len(data) - stream.choices.remaining)
+        if key in self.points:
+            self.points.move_to_end(key)
+            return None
+        return key
+
+    def _add(self, key: bytes, point: RunPoint) -> None:
         self.points[key] = point
-        self.lengths[consumed] += 1
+        self.lengths[len(key)] += 1
         self.size += point.size
         self.stats.points += 1
         while self.size > self.budget and len(self.points) > 1:   # the newest stays
@@ -360,22 +385,61 @@ class SnapshotCache:
         self.copy_cost += (seconds - self.copy_cost) / 16
 
 
-def _arrays(value: Any, seen: set[int] | None = None) -> list[np.ndarray]:
-    """The numpy arrays of a copy_state copy (reached as copy_state reaches them)."""
-    seen = set() if seen is None else seen
-    if id(value) in seen or value.__class__ in _IMMUTABLE:
-        return []
-    seen.add(id(value))
-    if isinstance(value, np.ndarray):
-        return [value]
-    if isinstance(value, dict):
-        items: Any = value.values()
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        items = value
-    else:
-        items = [getattr(value, name) for name in _slots(type(value)) if hasattr(value, name)]
-        items += list(getattr(value, "__dict__", {}).values())
-    return [array for item in items for array in _arrays(item, seen)]
+class RunCapture:
+    """The points one run leaves in the cache: its state after its last op, taken over
+    without a copy once the run ends; after the op before that, copied as the last op is
+    drawn (the decoder's stream copied after each op within TAIL_BYTES of the input's start,
+    the rest before that op runs); and elsewhere as the cache wants (copy_cost). None after
+    an op that read no byte (see the module's doc)."""
+
+    def __init__(self, cache: SnapshotCache, data: bytes, stream: OpStream, base_work: float) -> None:
+        """stream: the run's decoder, resumed after base_work seconds of work, or new (0)."""
+        self.cache = cache
+        self.data = data
+        self.stream = stream
+        self.base_work = base_work
+        self.last_capture = 0.0
+        self.drawing_seconds = 0.0   # of copies made in next_op, which the runner times as the decoder's
+        self.before: tuple[OpStream, Any, float] | None = None   # after the latest op, till the next is drawn
+        self.unread = stream.choices.remaining   # the bytes left to read as the latest op was drawn
+
+    def after_op(self, carried: Any, work: float) -> None:
+        """The runner's after_op: carried after an op, work seconds into the run."""
+        stream, cache = self.stream, self.cache
+        self.before = None
+        nr_ops = len(stream.script.steps)
+        if stream.choices.short or nr_ops >= MAX_OPS:   # no longer input goes on from here
+            return
+        if stream.choices.remaining == self.unread:   # the op read no byte: its key is the state's before it
+            return
+        if stream.choices.remaining <= TAIL_BYTES or nr_ops == MAX_OPS - 1:
+            self.before = (cache.copy_stream(stream), carried, self.base_work + work)
+        elif cache.wants(work - self.last_capture):
+            self.last_capture = work
+            cache.capture(self.data, stream, carried, carried.ops_run, self.base_work + work)
+
+    def next_op(self, machine: Any) -> Any:
+        """The runner's next_op: the stream's, and the state after the op before it kept if
+        it is the input's last (nothing of the run has changed since after_op)."""
+        self.unread = self.stream.choices.remaining
+        op = self.stream.next_op(machine)
+        before, self.before = self.before, None
+        if before is None:
+            return op
+        stream, carried, work = before
+        if op is None:   # the end: what after_op saw is what the run ended with
+            self.before = before
+        elif self.stream.choices.remaining == 0 or len(self.stream.script.steps) == MAX_OPS - 1:
+            started = time.perf_counter()
+            self.cache.capture(self.data, stream, carried, carried.ops_run, work, stream_copied=True)
+            self.drawing_seconds += time.perf_counter() - started
+        return op
+
+    def ended(self) -> None:
+        """The run ended without a finding: its last state becomes a point as it is."""
+        if self.before is not None:
+            stream, carried, work = self.before
+            self.cache.keep(self.data, stream, carried, carried.ops_run, work)
 
 
 def point_key(data: bytes, consumed: int) -> bytes:
@@ -383,5 +447,5 @@ def point_key(data: bytes, consumed: int) -> bytes:
     return data[len(data) - consumed:]
 
 
-__all__ = ["CAPTURE_FACTOR", "DEFAULT_BUDGET", "CopyStats", "EarlierCopies", "RunPoint", "SnapshotCache",
+__all__ = ["CAPTURE_FACTOR", "DEFAULT_BUDGET", "TAIL_BYTES", "CopyStats", "RunCapture", "RunPoint", "SnapshotCache",
            "SnapshotError", "SnapshotStats", "copy_state", "point_key"]

@@ -640,6 +640,11 @@ class LoopAB:
                 "fuzz_resume_speedup": round(self.speedup, 3),
                 "fuzz_resumed_share": round(self.resumed_share, 3),
                 "fuzz_resumed_mean_ops": round(self.mean_resumed_ops, 2),
+                "fuzz_exec_per_cpu_s": round(per_cpu_second(self.resuming), 1),
+                "fuzz_exec_per_cpu_s_without_resume": round(per_cpu_second(self.plain), 1),
+                "fuzz_ops_per_execution": round(ops_per_execution(self.resuming), 2),
+                "fuzz_ops_run_per_execution": round(ops_per_execution(self.resuming, run_only=True), 2),
+                "fuzz_ops_per_execution_without_resume": round(ops_per_execution(self.plain), 2),
                 "fuzz_snapshots": self.resuming.snapshots,
                 "fuzz_ms_per_execution": ms_per_execution(self.resuming),
                 "fuzz_ms_per_execution_without_resume": ms_per_execution(self.plain)}
@@ -680,6 +685,18 @@ def fuzz_loop_ab(impl: str, seconds: int, rounds: int = 2) -> LoopAB:
     return LoopAB(combined(arms[True]), combined(arms[False]), rounds)
 
 
+def per_cpu_second(summary: CampaignSummary) -> float:
+    """Executions per second of the fuzzing processes' CPU time."""
+    cpu = summary.snapshots.get("cpu_seconds", 0)
+    return summary.executions / cpu if cpu else 0.0
+
+
+def ops_per_execution(summary: CampaignSummary, run_only: bool = False) -> float:
+    """The ops of an execution's input on average, or (run_only) those it ran, not resumed after."""
+    ops = summary.snapshots.get("ops", 0) - (summary.snapshots.get("resumed_ops", 0) if run_only else 0)
+    return ops / summary.executions if summary.executions else 0.0
+
+
 def format_loop_ab(ab: LoopAB, seconds: int) -> str:
     """The A/B's rates, how often and from where executions resumed, and where each arm's time goes."""
     lines = [f"fuzz loop: {ab.resuming.exec_per_s:.0f} exec/s resuming from snapshots, "
@@ -687,7 +704,13 @@ def format_loop_ab(ab: LoopAB, seconds: int) -> str:
              f"(default campaign, one core, {seconds} s each in {ab.rounds} alternating rounds)",
              f"  resumed: {ab.resumed_share:.0%} of executions, after {ab.mean_resumed_ops:.1f} ops on average "
              f"({ab.resuming.snapshots.get('points', 0):.0f} snapshots taken, "
-             f"{ab.resuming.snapshots.get('evicted', 0):.0f} dropped)"]
+             f"{ab.resuming.snapshots.get('evicted', 0):.0f} dropped)",
+             f"  per CPU second: {per_cpu_second(ab.resuming):.0f} exec resuming, {per_cpu_second(ab.plain):.0f} "
+             f"from the first op: {per_cpu_second(ab.resuming) / max(per_cpu_second(ab.plain), 1e-9):.2f}x "
+             f"(what a loaded machine's share of the core does not change)",
+             f"  ops per execution: {ops_per_execution(ab.resuming):.1f} resuming (of which "
+             f"{ops_per_execution(ab.resuming, run_only=True):.1f} run), {ops_per_execution(ab.plain):.1f} "
+             f"from the first op"]
     for name, summary in (("resuming", ab.resuming), ("from the first op", ab.plain)):
         parts = ms_per_execution(summary)
         if parts:

@@ -185,7 +185,8 @@ def unmap_huge_pmd_locked(machine: Machine, mm: MM, haddr: int, folio: int) -> s
 
 def try_to_unmap_one_lazyfree(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int) -> str:
     """try_to_unmap_one for a lazyfree folio in [start, end) of vma: its PMD block, or its
-    PTEs in folio_unmap_pte_batch batches (FPB_RESPECT_WRITE), discarded up to the first
+    PTEs in folio_unmap_pte_batch batches (FPB_RESPECT_WRITE; single entries in a uffd-wp
+    VMA), discarded up to the first
     batch kept: a dirty one (or any, if the folio is dirty) is restored and the folio made
     swap-backed (EAGAIN); with references beyond the mappings the first is restored (EBUSY)."""
     haddr = start & ~(PMD_SIZE - 1)
@@ -200,6 +201,8 @@ def try_to_unmap_one_lazyfree(machine: Machine, folio: int, mm: MM, vma: VMA, st
     if found is None:
         return OK
     folio_ptes, batches = found
+    if vma.uffd_wp:  # userfaultfd_wp(vma): folio_unmap_pte_batch takes one entry at a time
+        batches, _ = split_batches_by(batches, np.arange(len(folio_ptes)))
     batch_dirty = batches_any(pte_dirty(folio_ptes), batches.nr_pages)
     if frames.folio_dirty.item(folio):
         batch_dirty[:] = True

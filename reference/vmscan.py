@@ -82,9 +82,12 @@ def try_to_unmap_pte(machine: Machine, folio: int, page: int, mm: MM, addr: int,
 
 def folio_unmap_pte_batch(machine: Machine, folio: int, mm: MM, vma: VMA, addr: int) -> int:
     """How many PTEs from addr try_to_unmap_one clears at once: 1 for a small or swap-backed
-    folio; else those that map consecutive pages of folio in this VMA and PTE table and match
-    but for dirty and young (FPB_RESPECT_WRITE), looked at one at a time."""
+    folio or in a VMA registered for uffd-wp; else those that map consecutive pages of folio
+    in this VMA and PTE table and match but for dirty and young (FPB_RESPECT_WRITE), looked
+    at one at a time."""
     if not folio_test_large(machine, folio) or not folio_test_lazyfree(machine, folio):
+        return 1
+    if vma.uffd_wp:  # userfaultfd_wp(vma)
         return 1
     end_addr = min((addr & ~(PMD_SIZE - 1)) + PMD_SIZE, vma.end)
     return folio_pte_batch(machine, mm, folio, addr, end_addr, pte_unmap_batch_bits)

@@ -27,6 +27,8 @@ def try_to_unmap_one_lazyfree(machine, folio, mm, vma, start, end):
     if not of_folio.any():
         return vmscan.OK
     batches = vmscan.folio_pte_batch(machine, mm, start, ptes, vmscan.FPB_UNMAP, candidate=of_folio)
+    if vma.uffd_wp:
+        batches, _ = vmscan.split_batches_by(batches, np.arange(int(of_folio.sum())))
     batch_dirty = pte_dirty(batches.pte).astype(bool)   # planted: the first entry of each batch only
     if frames.folio_dirty.item(folio):
         batch_dirty[:] = True

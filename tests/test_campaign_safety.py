@@ -372,3 +372,15 @@ def test_ctrl_c_stops_a_campaign_with_its_summary(tmp_path):
     assert campaign.returncode == 0 and time.monotonic() - started < 20
     assert json.loads(out)["executions"] > 0
     assert not [pid for pid in workers if alive(pid)]
+
+
+def test_the_gate_prints_each_finding_with_its_saved_reproducer(tmp_path, capsys):
+    from fuzz.engine.findings import SavedFinding
+    from fuzz.front.cli import print_saved_finding
+
+    saved = tmp_path / "oracle-fork-mapcount"
+    saved.mkdir()
+    (saved / "reproducer.ops").write_text("mmap P0 0x200000 64K\nfork P0\n")
+    print_saved_finding(SavedFinding("oracle:fork:mapcount", 2, str(saved), 1.5, 40))
+    assert capsys.readouterr().out.splitlines() == [
+        f"  oracle:fork:mapcount (2 ops): {saved}", "    mmap P0 0x200000 64K", "    fork P0"]

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
@@ -32,6 +33,7 @@ from fuzz.script.ops import Script, ScriptError, parse_file
 
 if TYPE_CHECKING:
     from fuzz.engine.campaign import CampaignSummary, SelftestRow
+    from fuzz.engine.findings import SavedFinding
 
 PROG = "rmapfuzz"
 SCRIPT_SUFFIX = ".ops"
@@ -295,6 +297,8 @@ def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds per planted bug in the self-test (default 20)")
     parser.add_argument("--impl", default=DEFAULT_IMPL, metavar="NAME",
                         help=f"implementation under test (default {DEFAULT_IMPL})")
+    parser.add_argument("--crashes", default="corpus/crashes", metavar="DIR",
+                        help="where the campaign's findings are saved (default corpus/crashes)")
 
 
 def replay_corpus(paths: list[str], impl: str) -> tuple[int, list[str]]:
@@ -319,6 +323,16 @@ def replay_corpus(paths: list[str], impl: str) -> tuple[int, list[str]]:
     return replayed, failures
 
 
+def print_saved_finding(finding: SavedFinding) -> None:
+    """A finding's line and its reproducer's ops, so a CI log keeps what a discarded
+    workspace's corpus/crashes held."""
+    print(f"  {finding.signature} ({finding.ops} ops): {finding.path}")
+    reproducer = Path(finding.path) / "reproducer.ops"
+    if reproducer.is_file():
+        for line in reproducer.read_text().splitlines():
+            print(f"    {line}")
+
+
 def _command_gate(args: argparse.Namespace) -> int:
     import glob
 
@@ -334,11 +348,11 @@ def _command_gate(args: argparse.Namespace) -> int:
     print(f"corpus: {replayed} files replayed, {len(failures)} failing")
     for failure in failures:
         print(f"  {failure}")
-    summary = run_default_campaign(args.impl, args.fuzz_time)
+    summary = run_default_campaign(args.impl, args.fuzz_time, crash_dir=args.crashes)
     print(f"fuzz: {summary.executions} executions in {summary.seconds:.0f} s, "
           f"{len(summary.findings)} findings")
     for finding in summary.findings:
-        print(f"  {finding.signature} ({finding.ops} ops)")
+        print_saved_finding(finding)
     rows = selftest(args.selftest_budget)
     print(format_selftest(rows))
     missed = [row.bug for row in rows if not row.passed]
@@ -417,7 +431,6 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_target(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from fuzz.engine.campaign import read_seeds
     from fuzz.engine.target import write_target
@@ -448,8 +461,6 @@ def _add_seeds_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_seeds(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from fuzz.engine.seeds import stale_seeds, write_seeds
 
     scenarios, out = Path(args.scenarios), Path(args.out)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from machine import MM, VMA, Machine, check
 from machine.errors import EAGAIN, EBUSY, ENOMEM, OK
 from machine.pgtable import (
-    HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ADDR_MASK, pmd_trans_huge, pte_advance_pfn, pte_dirty,
+    HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ADDR_MASK, pmd_trans_huge, pte_dirty,
     pte_mkclean, pte_mkdirty, pte_mkold, pte_mkyoung, pte_pfn, pte_present, pte_swp_mkexclusive, pte_swp_mkuffd_wp,
     pte_uffd_wp, pte_young, swp_entry_to_pte,
 )
@@ -17,6 +17,7 @@ from .folio import (
     folio_set_swapbacked, folio_test_dirty, folio_test_large, folio_test_lazyfree, page_mapcount,
 )
 from .huge_memory import split_huge_pmd_locked, split_huge_page_to_list_to_order
+from .pgtable import get_and_clear_ptes, set_ptes
 from .rmap import folio_remove_rmap_pmd, folio_remove_rmap_pte, folio_try_share_anon_rmap_pte, rmap_walk_vmas
 from .swap import (
     folio_dup_swap, folio_mapped, folio_test_swapcache, swap_cache_add_folio, swap_cache_del_folio, swap_slot_put,
@@ -99,13 +100,13 @@ def pte_unmap_batch_bits(pte: int) -> int:
 
 
 def try_to_unmap_lazyfree_ptes(machine: Machine, folio: int, mm: MM, addr: int, nr_pages: int) -> str:
-    """Clear nr_pages PTEs of a lazyfree folio from addr, one at a time, gathering dirty and
-    young; discard them if the folio is still clean and nothing but mappings holds it.
+    """Clear nr_pages PTEs of a lazyfree folio from addr (get_and_clear_ptes, one entry at a
+    time), gathering dirty and young; discard them if the folio is still clean and nothing but mappings holds it.
     A dirty folio has every entry restored from the gathered value (set_ptes) and becomes
     swap-backed again: EAGAIN. An extra reference restores them too: EBUSY."""
-    pteval = machine.ptep_get_and_clear(mm, addr)
-    for i in range(1, nr_pages):
-        pte = machine.ptep_get_and_clear(mm, addr + (i << PAGE_SHIFT))
+    cleared = get_and_clear_ptes(machine, mm, addr, nr_pages)
+    pteval = cleared[0]
+    for pte in cleared[1:]:
         if pte_dirty(pte):
             pteval = pte_mkdirty(pteval)
         if pte_young(pte):
@@ -119,8 +120,7 @@ def try_to_unmap_lazyfree_ptes(machine: Machine, folio: int, mm: MM, addr: int, 
     elif int(machine.frames.folio_refcount[folio]) != folio_mapcount(machine, folio):
         result = EBUSY  # model: no isolation reference, so the kernel's 1 + map_count is map_count
     if result != OK:
-        for i in range(nr_pages):
-            machine.set_pte_at(mm, addr + (i << PAGE_SHIFT), pte_advance_pfn(pteval, i))
+        set_ptes(machine, mm, addr, pteval, nr_pages)
         return result
     mm.rss_anon -= nr_pages
     page = int(pte_pfn(pteval))

@@ -130,9 +130,10 @@ class Kernel:
         return self._user_write(mm, vma, addr, value)
 
     def _user_write(self, mm: MM, vma: VMA, addr: int, value: int | None, order: int = 0) -> str:
-        """Write-fault addr in (one copy at most), then store value (None: the word there)."""
+        """Write-fault addr in (a swap-in of the given order, then one copy at most), then
+        store value (None: the word there)."""
         result = self._transaction(lambda: handle_write_fault(self.machine, mm, vma, addr, order),
-                                   max_new_frames=2)
+                                   max_new_frames=(1 << order) + 1)
         if result != OK:
             return result
         if value is None:

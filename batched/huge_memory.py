@@ -78,11 +78,18 @@ def maybe_pmd_mkwrite(pmd: int, vma: VMA) -> int:
     return pte_mkwrite(pmd) if vma.writable else pmd
 
 
-def map_anon_folio_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, folio: int) -> None:
-    """Map a fresh order-9 folio with one PMD block, writable and dirty, head exclusive."""
+def map_anon_folio_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, folio: int,
+                       unshare_uffd_wp: bool = False) -> None:
+    """Map a fresh order-9 folio with one PMD block, head exclusive: writable and dirty, or
+    read-only with the uffd-wp bit for the unshare of a protected entry (docs/model.md #121)."""
     check(machine.frames.folio_nr_pages(folio) == HPAGE_PMD_NR, "PMD mapping of a non-PMD folio")
     folio_add_new_anon_rmap(machine, folio, mm, vma, haddr, exclusive=True)
-    machine.set_pmd_at(mm, haddr, maybe_pmd_mkwrite(pte_mkdirty(mk_huge_pmd(folio, vma)), vma))
+    entry = mk_huge_pmd(folio, vma)
+    if unshare_uffd_wp:
+        entry = pte_mkuffd_wp(entry)
+    else:
+        entry = maybe_pmd_mkwrite(pte_mkdirty(entry), vma)
+    machine.set_pmd_at(mm, haddr, entry)
     mm.rss_anon += HPAGE_PMD_NR
 
 
@@ -109,7 +116,7 @@ def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: 
             split_huge_zero_page_pmd(machine, mm, vma, haddr)
             return FALLBACK
         machine.pmdp_get_and_clear(mm, haddr)
-        map_anon_folio_pmd(machine, mm, vma, haddr, folio)
+        map_anon_folio_pmd(machine, mm, vma, haddr, folio, unshare_uffd_wp=unshare and bool(pte_uffd_wp(pmd)))
         return OK
     folio = int(pte_pfn(pmd))
     frames = machine.frames

@@ -45,11 +45,18 @@ def maybe_pmd_mkwrite(pmd: int, vma: VMA) -> int:
     return pte_mkwrite(pmd) if vma.writable else pmd
 
 
-def map_anon_folio_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, folio: int) -> None:
-    """Map a fresh order-9 folio with one PMD block, writable and dirty, head exclusive."""
+def map_anon_folio_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, folio: int,
+                       unshare_uffd_wp: bool = False) -> None:
+    """Map a fresh order-9 folio with one PMD block, head exclusive: writable and dirty, or
+    read-only with the uffd-wp bit for the unshare of a protected entry (docs/model.md #121)."""
     check(folio_nr_pages(machine, folio) == HPAGE_PMD_NR, "PMD mapping of a non-PMD folio")
     folio_add_new_anon_rmap(machine, folio, mm, vma, haddr, exclusive=True)
-    machine.set_pmd_at(mm, haddr, maybe_pmd_mkwrite(pte_mkdirty(mk_huge_pmd(folio, vma)), vma))
+    entry = mk_huge_pmd(folio, vma)
+    if unshare_uffd_wp:
+        entry = pte_mkuffd_wp(entry)
+    else:
+        entry = maybe_pmd_mkwrite(pte_mkdirty(entry), vma)
+    machine.set_pmd_at(mm, haddr, entry)
     mm.rss_anon += HPAGE_PMD_NR
 
 
@@ -65,15 +72,15 @@ def do_huge_pmd_anonymous_page_read(machine: Machine, mm: MM, vma: VMA, addr: in
     return OK
 
 
-def do_huge_zero_wp_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int) -> str:
+def do_huge_zero_wp_pmd(machine: Machine, mm: MM, vma: VMA, haddr: int, unshare: bool) -> str:
     """A write or unshare fault on the huge zero PMD: a new zeroed PMD THP in its place,
-    mapped writable, dirty, head exclusive (map_anon_folio_pmd_pf); FALLBACK if none can
-    be allocated."""
+    mapped writable, dirty, head exclusive (map_anon_folio_pmd_pf; an unshare of a protected
+    one keeps the uffd-wp bit, #121); FALLBACK if none can be allocated."""
     folio = folio_alloc(machine, HPAGE_PMD_ORDER)
     if folio is None:
         return FALLBACK
-    machine.pmdp_get_and_clear(mm, haddr)  # pmdp_huge_clear_flush
-    map_anon_folio_pmd(machine, mm, vma, haddr, folio)
+    orig_pmd = machine.pmdp_get_and_clear(mm, haddr)  # pmdp_huge_clear_flush
+    map_anon_folio_pmd(machine, mm, vma, haddr, folio, unshare_uffd_wp=unshare and bool(pte_uffd_wp(orig_pmd)))
     return OK
 
 
@@ -86,7 +93,7 @@ def do_huge_pmd_wp_page(machine: Machine, mm: MM, vma: VMA, addr: int, unshare: 
     pmd = machine.pmdp_get(mm, haddr)
     check(pmd_trans_huge(pmd), "do_huge_pmd_wp_page without a PMD block")
     if is_huge_zero_pmd(machine, pmd):
-        if do_huge_zero_wp_pmd(machine, mm, vma, haddr) == OK:
+        if do_huge_zero_wp_pmd(machine, mm, vma, haddr, unshare) == OK:
             return OK
         split_huge_pmd_locked(machine, mm, vma, haddr)  # fallback: split the PMD
         return FALLBACK

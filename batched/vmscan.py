@@ -186,9 +186,9 @@ def unmap_huge_pmd_locked(machine: Machine, mm: MM, haddr: int, folio: int) -> s
 def try_to_unmap_one_lazyfree(machine: Machine, folio: int, mm: MM, vma: VMA, start: int, end: int) -> str:
     """try_to_unmap_one for a lazyfree folio in [start, end) of vma: its PMD block, or its
     PTEs in folio_unmap_pte_batch batches (FPB_RESPECT_WRITE; single entries in a uffd-wp
-    VMA), discarded up to the first
-    batch kept: a dirty one (or any, if the folio is dirty) is restored and the folio made
-    swap-backed (EAGAIN); with references beyond the mappings the first is restored (EBUSY)."""
+    VMA), discarded up to the first batch kept: a dirty one (or any, if the folio is dirty)
+    is restored and the folio made swap-backed (EAGAIN); with references beyond the
+    mappings the first is restored (EBUSY)."""
     haddr = start & ~(PMD_SIZE - 1)
     check(end <= haddr + PMD_SIZE, "a folio's range crosses a PMD")
     pmd = machine.pmdp_get(mm, haddr)

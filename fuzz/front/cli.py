@@ -431,7 +431,6 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_target(args: argparse.Namespace) -> int:
-
     from fuzz.engine.campaign import read_seeds
     from fuzz.engine.target import write_target
 

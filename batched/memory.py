@@ -345,10 +345,10 @@ def swap_folio_orders(machine: Machine, mm: MM, vma: VMA, addr: int, pte: int, o
     offset = (addr - start) >> PAGE_SHIFT
     swap = machine.swap
     slots = slot - offset + np.arange(top, dtype=np.int64)
-    if slots[-1] >= swap.nr_slots:
-        return []
+    in_swap = slots < swap.nr_slots  # the top order's run may pass the device's end, a lower one not
+    slots = np.where(in_swap, slots, 0)
     expected = (np.uint64(pte) & ~np.uint64(SWP_OFFSET_MASK)) | (slots.astype(np.uint64) << np.uint64(SWP_OFFSET_SHIFT))
-    usable = (machine.ptes_get(mm, start, top) == expected) & (swap.swap_cache[slots] == NO_FOLIO)
+    usable = in_swap & (machine.ptes_get(mm, start, top) == expected) & (swap.swap_cache[slots] == NO_FOLIO)
     zeromap = swap.swap_zeromap[slots]
     for position, candidate in enumerate(orders):
         nr_pages = 1 << candidate

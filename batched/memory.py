@@ -383,6 +383,16 @@ def swap_folio_mapped_whole(machine: Machine, mm: MM, vma: VMA, addr: int, pte: 
     return all_set(machine.ptes_get(mm, start, nr_pages) == expected)
 
 
+def swapin_maps_exclusive(machine: Machine, pte: int, first_slot: int, nr_pages: int, fresh: bool) -> bool:
+    """Whether a swap-in maps its nr_pages from first_slot exclusive: only through
+    PTE_SWP_EXCLUSIVE, which only slots referenced once carry; a folio just read into the
+    swap cache is no proof (another process's entries may share its slots, #100)."""
+    exclusive = bool(pte_swp_exclusive(pte))
+    check(not exclusive or all_set(machine.swap.swap_count[first_slot:first_slot + nr_pages] == 1),
+          "PTE_SWP_EXCLUSIVE on a shared slot %s", int(pte_swp_offset(pte)))
+    return exclusive
+
+
 def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: bool, order: int = 0) -> str:
     """Map the slot's swap-cache folio (a miss reads a fresh folio into the cache: larger than
     order 0 only for a `fault` of order K, alloc_swap_folio): whole if the process's entries
@@ -413,9 +423,7 @@ def do_swap_page(machine: Machine, mm: MM, vma: VMA, addr: int, write_fault: boo
     nr_pages = frames.folio_nr_pages(folio) if whole else 1
     start, first_page = (addr - (page_idx << PAGE_SHIFT), folio) if whole else (addr, folio + page_idx)
     first_slot = slot - ((addr - start) >> PAGE_SHIFT)
-    exclusive = bool(pte_swp_exclusive(pte))
-    check(not exclusive or all_set(swap.swap_count[first_slot:first_slot + nr_pages] == 1),
-          "PTE_SWP_EXCLUSIVE on a shared slot %s", slot)
+    exclusive = swapin_maps_exclusive(machine, pte, first_slot, nr_pages, fresh)
     entry = mk_pte(first_page, vma)
     if pte_swp_uffd_wp(pte):
         entry = pte_mkuffd_wp(entry)

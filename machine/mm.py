@@ -184,9 +184,11 @@ class MM:
         other.journal = None
         other.vmas = [v.copy() for v in self.vmas]
         other.pgd = {i: {j: pmd.clone() for j, pmd in pud.items()} for i, pud in self.pgd.items()}
-        other.pte_tables = {table.base >> PMD_SHIFT: table for pmd_table in other.pmd_tables()
-                            for table in pmd_table.ptes.values()}
-        other.pmd_tables_by_addr = {table.base >> PUD_SHIFT: table for table in other.pmd_tables()}
+        # The flat indexes in their own order (the order tables were made in), as a copy must be.
+        pmd_tables = {table.base >> PUD_SHIFT: table for pud in other.pgd.values() for table in pud.values()}
+        other.pte_tables = {key: pmd_tables[key >> (PUD_SHIFT - PMD_SHIFT)].ptes[pmd_index(key << PMD_SHIFT)]
+                            for key in self.pte_tables}
+        other.pmd_tables_by_addr = {key: pmd_tables[key] for key in self.pmd_tables_by_addr}
         other.rss_anon = self.rss_anon
         other.rss_swap = self.rss_swap
         other.rss_file = self.rss_file

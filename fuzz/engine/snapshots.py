@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from fuzz.engine.decode import MAX_OPS, OpStream
+from machine.machine import Machine
 from machine.pgtable import PAGE_SIZE
 
 DEFAULT_BUDGET = 256 << 20     # bytes of copies kept (the issue allows up to 1 GiB): see the README
@@ -185,6 +186,18 @@ class _Copier:
     def _shared(self, value: Any) -> Any:
         return value
 
+    def _machine(self, value: Machine) -> Machine:
+        """A machine between two ops: its own deep copy (Machine.snapshot, the copy a
+        transaction's rollback restores exactly), a third of the walk's cost; its size counted
+        as the walk counts it."""
+        copied = value.snapshot()
+        if vars(copied).keys() != vars(value).keys():
+            raise SnapshotError("Machine.snapshot does not copy every attribute of the machine")
+        nbytes, objects = machine_size(copied)
+        self.stats.nbytes += nbytes
+        self.stats.objects += objects
+        return copied
+
     def _object(self, value: Any) -> Any:
         """A plain object: a new one of its class with each slot and __dict__ entry copied."""
         self.stats.objects += 1
@@ -212,8 +225,22 @@ def _refuse(cls: type) -> Callable[[_Copier, Any], Any]:
 _HANDLERS: dict[type, Callable[[_Copier, Any], Any]] = {
     dict: _Copier._dict, list: _Copier._list, tuple: _Copier._tuple, set: _Copier._set, frozenset: _Copier._set,
     OrderedDict: _Copier._mapping, Counter: _Copier._mapping, defaultdict: _Copier._mapping,
-    np.ndarray: _Copier._array,
+    np.ndarray: _Copier._array, Machine: _Copier._machine,
 }
+
+
+def machine_size(machine: Machine) -> tuple[int, int]:
+    """The bytes of machine's arrays (each page-table page in its aligned buffer) and the
+    number of its other objects: what the walk would count of it (CopyStats)."""
+    frames, swap = machine.frames, machine.swap
+    nbytes = sum(getattr(frames, name).nbytes for name in frames.ARRAYS) + frames.block_nr_free.nbytes
+    nbytes += swap.swap_data.nbytes + swap.swap_count.nbytes + swap.swap_cache.nbytes + swap.swap_zeromap.nbytes
+    objects = 4 + len(machine.pins) + len(machine.files)
+    for mm in machine.processes.values():
+        pmd_tables = mm.pmd_tables_by_addr.values()
+        nbytes += sum(table.entries.nbytes for table in pmd_tables) + 2 * PAGE_SIZE * len(mm.pte_tables)
+        objects += 5 + len(mm.vmas) + len(pmd_tables) + len(mm.pte_tables)
+    return nbytes, objects
 
 
 def _handler(cls: type) -> Callable[[_Copier, Any], Any]:

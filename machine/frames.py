@@ -247,8 +247,13 @@ class FrameTable:
         self._account_block(head // FREE_BLOCK_FRAMES, -nr_pages)  # aligned: inside one block
 
     def folio_free(self, folio: int) -> None:
-        """Return a folio's frames to the allocator, every field at its free value."""
-        self.folios_free(np.array([folio]))
+        """Return a folio's frames to the allocator, every field at its free value (folios_free
+        for one folio, read as scalars)."""
+        check(self.page_folio.item(folio) == folio, "freeing non-heads")
+        check(self.folio_refcount.item(folio) == 0, "freeing folios with references")
+        check(self.folio_large_mapcount.item(folio) == 0 and self.folio_pincount.item(folio) == 0,
+              "freeing folios that are mapped or pinned")
+        self._clear_folio_frames(folio)
 
     def folios_free(self, folios: np.ndarray) -> None:
         """folio_free for several folios at once (all unreferenced, unmapped and unpinned)."""
@@ -270,7 +275,7 @@ class FrameTable:
     def _clear_folio_frames(self, folio: int) -> None:
         """_clear_pages for one folio's frames, as a slice."""
         nr_pages = 1 << self.folio_order.item(folio)
-        frames = slice(folio, folio + nr_pages)
+        frames = slice(folio, folio + nr_pages) if nr_pages > 1 else folio   # an int index costs half
         check(not any_set(self.page_mapcount[frames]), "freeing folios with mapped pages")
         self._reset_fields(frames)
         self._account_block(folio // FREE_BLOCK_FRAMES, nr_pages)  # aligned: inside one block
@@ -284,7 +289,7 @@ class FrameTable:
         self._reset_fields(pages)
         self._account_frames(allocated, +1)
 
-    def _reset_fields(self, pages: np.ndarray | slice) -> None:
+    def _reset_fields(self, pages: np.ndarray | slice | int) -> None:
         """Every field of pages at its free value."""
         for name in self.ARRAYS:
             getattr(self, name)[pages] = FREE_FOLIO if name == "page_folio" else 0

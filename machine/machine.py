@@ -406,16 +406,20 @@ class Machine:
         """The PTE table covering addr (allocated if alloc) and addr's index in it."""
         if addr % PAGE_SIZE:
             check(False, "unaligned address %#x", addr)
-        return mm.pte_table(addr, alloc), pte_index(addr)
+        table = mm.pte_tables.get(addr >> PMD_SHIFT)   # mm.pte_table's lookup first: most tables exist
+        if table is None and alloc:
+            table = mm.pte_table(addr, alloc)
+        return table, (addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
 
     def ptep_get(self, mm: MM, addr: int) -> int:
         """ptep_get: the PTE at addr (0 if no PTE table covers it); an entry of a folded
         contpte block with the young and dirty of its 16 gathered (contpte_ptep_get)."""
         if addr % PAGE_SIZE:
             check(False, "unaligned address %#x", addr)
-        table, index = _pte_entry_of(mm, addr)
+        table = mm.pte_tables.get(addr >> PMD_SHIFT)   # _pte_entry_of, inlined: the hottest read
         if table is None:
             return 0
+        index = (addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
         pte = table.entries.item(index)
         if pte & PTE_CONT and pte & PTE_VALID:
             return _contpte_gather(table.entries, index, pte)
@@ -425,8 +429,8 @@ class Machine:
         """__ptep_get: the raw PTE at addr, nothing gathered (0 if no PTE table covers it)."""
         if addr % PAGE_SIZE:
             check(False, "unaligned address %#x", addr)
-        table, index = _pte_entry_of(mm, addr)
-        return 0 if table is None else table.entries.item(index)
+        table = mm.pte_tables.get(addr >> PMD_SHIFT)
+        return 0 if table is None else table.entries.item((addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1))
 
     def set_pte_at(self, mm: MM, addr: int, pte: int) -> None:
         """set_ptes with nr 1: unfold the entry's block, write pte without CONT, then
@@ -797,8 +801,8 @@ class Machine:
         """The raw PMD entry (none, block or table descriptor) covering addr."""
         if addr % PMD_SIZE:
             check(False, "PMD address %#x not 2 MiB aligned", addr)
-        table, index = _pmd_entry_of(mm, addr)
-        return 0 if table is None else table.entries.item(index)
+        table = mm.pmd_tables_by_addr.get(addr >> PUD_SHIFT)
+        return 0 if table is None else table.entries.item((addr >> PMD_SHIFT) & (PTRS_PER_TABLE - 1))
 
     def set_pmd_at(self, mm: MM, addr: int, pmd: int) -> None:
         """Install a PMD block; an empty PTE table in its place is freed."""

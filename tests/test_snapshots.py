@@ -99,6 +99,17 @@ def test_a_new_machine_attribute_is_copied_and_then_independent():
     assert not same_state(copied, machine)
 
 
+def test_state_newer_than_the_clone_methods_is_copied_too():
+    machine = Machine(256)
+    machine.processes[0].new_counter = [1]      # type: ignore[attr-defined]
+    machine.frames.new_field = np.zeros(3)      # type: ignore[attr-defined]
+    copied = copy_state(machine)
+    assert same_state(copied, machine)
+    machine.processes[0].new_counter.append(2)  # type: ignore[attr-defined]
+    machine.frames.new_field[0] = 1             # type: ignore[attr-defined]
+    assert copied.processes[0].new_counter == [1] and not copied.frames.new_field.any()
+
+
 def test_what_cannot_be_copied_exactly_is_refused():
     machine = Machine(256)
     machine.lock = threading.Lock()   # type: ignore[attr-defined]

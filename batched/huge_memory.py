@@ -98,7 +98,7 @@ def set_huge_zero_folio(machine: Machine, mm: MM, vma: VMA, haddr: int) -> str:
     the huge zero folio's special PMD; no rmap, reference or RSS (do_huge_pmd_anonymous_page)."""
     check(vma.start <= haddr and haddr + PMD_SIZE <= vma.end and not pmd_trans_huge(machine.pmdp_get(mm, haddr)),
           "huge zero PMD at %#x outside the VMA or over a block", haddr)
-    anon_vma_prepare(vma)
+    anon_vma_prepare(machine, mm, vma)
     machine.set_pmd_at(mm, haddr, huge_zero_pmd(machine, vma))
     return OK
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from machine import MM, MM_ID_DUMMY, VMA, Machine, all_set, any_set, check
 from machine.errors import EBUSY, OK
-from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SHIFT
+from machine.pgtable import HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE
 
 from .folio import (
     ClearPageAnonExclusive,
@@ -216,10 +216,47 @@ def __folios_set_anon(machine: Machine, folios: np.ndarray, vma: VMA, addrs: np.
     frames.folio_lineage[folios] = vma.lineage
 
 
-def anon_vma_prepare(vma: VMA) -> None:
-    """Give vma its anon_vma before its first anon folio is mapped (vmf_anon_prepare): a read
-    fault's zero page needs none, and fork copies the page tables only of a VMA that has one."""
-    vma.anon_vma = True
+def anon_vma_compatible(a: VMA, b: VMA) -> bool:
+    """anon_vma_compatible: adjacent, the same file (or none) at consecutive offsets, flags
+    equal but for the access flags (VM_UFFD_WP counts; VM_WRITE does not)."""
+    return (a.end == b.start and a.file == b.file and a.shared == b.shared
+            and (a.uffd_ctx != 0) == (b.uffd_ctx != 0)
+            and (a.file is None or a.linear_page_index(b.start) == b.file_pgoff))
+
+
+def reusable_anon_vma(old: VMA, a: VMA, b: VMA) -> int:
+    """reusable_anon_vma: old's anon_vma when a and b are compatible and old's chain is
+    singular (old is no fork child); 0 otherwise."""
+    return old.anon_vma if anon_vma_compatible(a, b) and not old.anon_vma_fork_child else 0
+
+
+def find_mergeable_anon_vma(mm: MM, vma: VMA) -> int:
+    """find_mergeable_anon_vma: the next VMA's reusable anon_vma, else the previous one's, else 0."""
+    after = mm.find_vma(vma.end)
+    anon_vma = reusable_anon_vma(after, vma, after) if after is not None else 0
+    if anon_vma:
+        return anon_vma
+    before = mm.find_vma(vma.start - PAGE_SIZE) if vma.start else None
+    return reusable_anon_vma(before, before, vma) if before is not None else 0
+
+
+def anon_vma_fork(machine: Machine, vma: VMA, pvma: VMA) -> None:
+    """anon_vma_fork: vma, the child's copy of pvma, gets its own anon_vma chained under the
+    parent's (a fork child) when pvma has one; anon_vma_clone's reuse of an unused ancestor
+    anon_vma is not modelled (docs/model.md #122)."""
+    if pvma.anon_vma:
+        vma.anon_vma = machine.anon_vma_alloc()
+        vma.anon_vma_fork_child = True
+    else:
+        vma.anon_vma, vma.anon_vma_fork_child = 0, False
+
+
+def anon_vma_prepare(machine: Machine, mm: MM, vma: VMA) -> None:
+    """Give vma its anon_vma before its first anon folio is mapped (vmf_anon_prepare,
+    __anon_vma_prepare): a neighbour's reusable one (find_mergeable_anon_vma) or a new one.
+    A read fault's zero page needs none; fork copies page tables only of a VMA that has one."""
+    if not vma.anon_vma:
+        vma.anon_vma = find_mergeable_anon_vma(mm, vma) or machine.anon_vma_alloc()
 
 
 def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr: int,
@@ -229,7 +266,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
     PTE-mapped: every page one mapping (exclusive if exclusive); PMD-mappable: one entire
     mapping (head exclusive if exclusive). Context: the folio is fresh (unmapped, not anon).
     """
-    anon_vma_prepare(vma)
+    anon_vma_prepare(machine, mm, vma)
     frames = machine.frames
     check(not frames.folio_anon.item(folio), "folio_add_new_anon_rmap on an anon folio")
     check(frames.folio_large_mapcount.item(folio) == 0 and frames.page_mapcount.item(folio) == 0,
@@ -259,7 +296,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
 def folios_add_new_anon_rmap_order0(machine: Machine, folios: np.ndarray, mm: MM, vma: VMA,
                                     addrs: np.ndarray) -> None:
     """folio_add_new_anon_rmap for many fresh order-0 folios (fork's copies), exclusive."""
-    anon_vma_prepare(vma)
+    anon_vma_prepare(machine, mm, vma)
     frames = machine.frames
     check(not any_set(frames.folio_anon[folios]), "folio_add_new_anon_rmap on an anon folio")
     check(not any_set(frames.folio_order[folios]), "order-0 folios expected")

@@ -190,6 +190,7 @@ class _SavedState:
     first_free_block: int
     nr_processes: int
     nr_mmaps: int
+    nr_anon_vmas: int
     nr_uffd_ctxs: int
     nr_pins: int
     processes: dict[int, MM]
@@ -202,7 +203,8 @@ class _SavedState:
         processes = machine.processes
         return _SavedState(
             machine.frames.nr_free_frames, machine.frames.first_free_block,
-            machine.nr_processes, machine.nr_mmaps, machine.nr_uffd_ctxs, machine.nr_pins, dict(processes),
+            machine.nr_processes, machine.nr_mmaps, machine.nr_anon_vmas, machine.nr_uffd_ctxs, machine.nr_pins,
+            dict(processes),
             {pid: (mm.rss_anon, mm.rss_swap, mm.rss_file, mm.has_pinned) for pid, mm in processes.items()},
             {pid: [(vma, vma.copy()) for vma in mm.vmas] for pid, mm in processes.items()},
             {file_id: file.clone() for file_id, file in machine.files.items()})
@@ -212,6 +214,7 @@ class _SavedState:
         machine.frames.first_free_block = self.first_free_block
         machine.nr_processes = self.nr_processes
         machine.nr_mmaps = self.nr_mmaps
+        machine.nr_anon_vmas = self.nr_anon_vmas
         machine.nr_uffd_ctxs = self.nr_uffd_ctxs
         machine.nr_pins = self.nr_pins
         machine.processes = self.processes
@@ -236,6 +239,7 @@ class Machine:
         self.processes: dict[int, MM] = {0: MM(0, self.journal)}
         self.nr_processes = 1  # process numbers ever used
         self.nr_mmaps = 0      # successful mmaps: the next lineage id
+        self.nr_anon_vmas = 0  # anon_vmas ever made: the last id given (0 is none)
         self.nr_uffd_ctxs = 0  # successful `uffd` registrations: each opened its own context
         self.pins: dict[int, Pin] = {}
         self.nr_pins = 0       # successful pins: the next pin id
@@ -258,6 +262,7 @@ class Machine:
             mm.journal = other.journal
         other.nr_processes = self.nr_processes
         other.nr_mmaps = self.nr_mmaps
+        other.nr_anon_vmas = self.nr_anon_vmas
         other.nr_uffd_ctxs = self.nr_uffd_ctxs
         other.pins = dict(self.pins)
         other.nr_pins = self.nr_pins
@@ -277,6 +282,7 @@ class Machine:
             mm.journal = self.journal
         self.nr_processes = snapshot.nr_processes
         self.nr_mmaps = snapshot.nr_mmaps
+        self.nr_anon_vmas = snapshot.nr_anon_vmas
         self.nr_uffd_ctxs = snapshot.nr_uffd_ctxs
         self.pins = snapshot.pins
         self.nr_pins = snapshot.nr_pins
@@ -377,6 +383,11 @@ class Machine:
         lineage = self.nr_mmaps
         self.nr_mmaps += 1
         return lineage
+
+    def anon_vma_alloc(self) -> int:
+        """The id of a new anon_vma (anon_vma_alloc): 1 for the first, never reused (0 is none)."""
+        self.nr_anon_vmas += 1
+        return self.nr_anon_vmas
 
     def uffd_ctx_alloc(self) -> int:
         """A new userfaultfd context's id (from 1): one more than the registrations before."""

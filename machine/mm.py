@@ -33,9 +33,10 @@ class VMA:
     """A vm_area_struct: private anonymous, or a private or shared mapping of a file.
 
     pgoff == start >> PAGE_SHIFT always (the anon index of the folios COWed in it); a file
-    VMA's file_pgoff is the file page index mapped at start. anon_vma says whether an
-    anon_vma is attached (for an anonymous or a private file VMA from its
-    first anon folio on; never for a shared one).
+    VMA's file_pgoff is the file page index mapped at start. anon_vma is the id of the
+    anon_vma attached (for an anonymous or a private file VMA from its first anon folio
+    on; never for a shared one), 0 for none; anon_vma_fork_child says its anon_vma_chain
+    also links a parent's anon_vma (anon_vma_fork), which no split or merge undoes.
     """
 
     start: int
@@ -45,12 +46,13 @@ class VMA:
     file: int | None = None   # file id, None for anonymous memory
     file_pgoff: int = 0
     shared: bool = False      # VM_SHARED
-    anon_vma: bool = False    # vma->anon_vma: some anon folio was mapped in it (anon_vma_prepare)
+    anon_vma: int = 0         # vma->anon_vma: its id (Machine.anon_vma_alloc), 0: none yet (anon_vma_prepare)
     uffd_ctx: int = 0         # the userfaultfd context registered on it (vm_userfaultfd_ctx), 0: none
+    anon_vma_fork_child: bool = False   # vma_is_fork_child: !list_is_singular(&vma->anon_vma_chain)
 
     def copy(self) -> VMA:
         return VMA(self.start, self.end, self.writable, self.lineage, self.file, self.file_pgoff,
-                   self.shared, self.anon_vma, self.uffd_ctx)
+                   self.shared, self.anon_vma, self.uffd_ctx, self.anon_vma_fork_child)
 
     def linear_page_index(self, addr: int) -> int:
         """The file page index mapped at addr (linear_page_index). Context: a file VMA."""
@@ -134,9 +136,26 @@ def _mergeable(before: VMA, after: VMA) -> bool:
     """Whether after, starting where before ends, can join it (vma_merge's compatibility)."""
     if before.writable != after.writable or before.lineage != after.lineage or before.uffd_ctx != after.uffd_ctx:
         return False
-    if before.file != after.file or before.shared != after.shared:
+    if before.file != after.file or before.shared != after.shared or not _anon_vma_mergeable(before, after):
         return False
     return before.file is None or before.linear_page_index(before.end) == after.file_pgoff
+
+
+def _anon_vma_mergeable(before: VMA, after: VMA) -> bool:
+    """is_mergeable_anon_vma: both parts have the same anon_vma (or neither has one), or only one
+    has one and it is not a fork child's (vma_is_fork_child: a merge would spread the parent's
+    anon_vma lock over more folios)."""
+    if before.anon_vma and after.anon_vma:
+        return before.anon_vma == after.anon_vma
+    if before.anon_vma:
+        return not before.anon_vma_fork_child
+    return not after.anon_vma_fork_child
+
+
+def _dup_anon_vma(dst: VMA, src: VMA) -> None:
+    """dup_anon_vma: a merge's result without an anon_vma takes the other part's, chain and all."""
+    if not dst.anon_vma:
+        dst.anon_vma, dst.anon_vma_fork_child = src.anon_vma, src.anon_vma_fork_child
 
 
 def _vma_start(vma: VMA) -> int:
@@ -254,22 +273,29 @@ class MM:
     def vma_merge(self, vma: VMA) -> VMA:
         """Merge vma with adjacent neighbours of equal prot, lineage and userfaultfd context
         (vma_merge: equal vm_flags and vm_userfaultfd_ctx) and, for a file, the same file,
-        sharing and consecutive file offsets; returns the result, which has an anon_vma if
-        either part had (vma_merge takes the one there is)."""
+        sharing and consecutive file offsets, and compatible anon_vmas (_anon_vma_mergeable);
+        with both only if the two do not bring different anon_vmas together, else with the
+        previous one alone (vma_merge_existing_range: can_vma_merge_left, _right). Returns
+        the result, which has the anon_vma a part had (dup_anon_vma)."""
         index = self._vma_position(vma)
-        if index + 1 < len(self.vmas):
-            after = self.vmas[index + 1]
-            if after.start == vma.end and _mergeable(vma, after):
-                vma.end = after.end
-                vma.anon_vma |= after.anon_vma
-                del self.vmas[index + 1]
-        if index > 0:
-            before = self.vmas[index - 1]
-            if before.end == vma.start and _mergeable(before, vma):
-                before.end = vma.end
-                before.anon_vma |= vma.anon_vma
-                del self.vmas[index]
-                return before
+        before = self.vmas[index - 1] if index > 0 else None
+        after = self.vmas[index + 1] if index + 1 < len(self.vmas) else None
+        merge_left = before is not None and before.end == vma.start and _mergeable(before, vma)
+        merge_right = after is not None and after.start == vma.end and _mergeable(vma, after)
+        if merge_left and merge_right:
+            assert before is not None and after is not None
+            merge_right = not before.anon_vma or not after.anon_vma or before.anon_vma == after.anon_vma
+        if merge_right:
+            assert after is not None
+            vma.end = after.end
+            _dup_anon_vma(vma, after)
+            del self.vmas[index + 1]
+        if merge_left:
+            assert before is not None
+            before.end = vma.end
+            _dup_anon_vma(before, vma)
+            del self.vmas[index]
+            return before
         return vma
 
     # Page-table walks (no allocation unless asked).

@@ -67,7 +67,7 @@ def do_huge_pmd_anonymous_page_read(machine: Machine, mm: MM, vma: VMA, addr: in
     haddr = addr & ~(PMD_SIZE - 1)
     check(vma.start <= haddr and haddr + PMD_SIZE <= vma.end, "huge zero PMD leaves the VMA at %#x", addr)
     check(not pmd_trans_huge(machine.pmdp_get(mm, haddr)), "huge zero read fault over a PMD block at %#x", addr)
-    anon_vma_prepare(vma)
+    anon_vma_prepare(machine, mm, vma)
     machine.set_pmd_at(mm, haddr, huge_zero_pmd(machine, vma))
     return OK
 

@@ -8,6 +8,7 @@ from machine.pgtable import PAGE_SHIFT
 from machine.errors import EBADF, EEXIST, ENOMEM, OK
 
 from .memory import copy_page_range, unmap_page_range
+from .rmap import anon_vma_fork
 
 
 def do_mmap(machine: Machine, mm: MM, addr: int, length: int, writable: bool, file: int | None = None,
@@ -64,11 +65,12 @@ def exit_mmap(machine: Machine, mm: MM) -> str:
 def dup_mmap(machine: Machine, mm: MM) -> str:
     """fork: a child with a copy of every VMA and its mappings, in ascending address order.
     copy_page_range leaves the page tables of a VMA without an anon_vma behind (vma_needs_copy);
-    the child's VMA gets an anon_vma only if the parent's has one (anon_vma_fork)."""
+    the child's VMA gets an anon_vma of its own only if the parent's has one (anon_vma_fork)."""
     child = machine.mm_alloc()
     for vma in mm.vmas:
         child_vma = vma.copy()
         child_vma.uffd_ctx = 0  # dup_userfaultfd without UFFD_FEATURE_EVENT_FORK: userfaultfd_reset_ctx
+        anon_vma_fork(machine, child_vma, vma)
         child.vma_insert(child_vma)
         result = copy_page_range(machine, child, child_vma, mm, vma)
         if result != OK:

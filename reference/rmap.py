@@ -95,10 +95,49 @@ def __folio_set_anon(machine: Machine, folio: int, vma: VMA, addr: int) -> None:
     frames.folio_lineage[folio] = vma.lineage
 
 
-def anon_vma_prepare(vma: VMA) -> None:
-    """Give vma its anon_vma before its first anon folio is mapped (vmf_anon_prepare): a read
-    fault's zero page needs none, and fork copies the page tables only of a VMA that has one."""
-    vma.anon_vma = True
+def anon_vma_compatible(a: VMA, b: VMA) -> bool:
+    """anon_vma_compatible: a ends where b starts, both map the same file (or none) at
+    consecutive offsets, with the same flags but for the access ones (uffd-wp registration
+    is a flag; write permission is not)."""
+    if a.end != b.start or a.file != b.file or a.shared != b.shared or bool(a.uffd_ctx) != bool(b.uffd_ctx):
+        return False
+    return a.file is None or a.linear_page_index(a.end) == b.file_pgoff
+
+
+def reusable_anon_vma(old: VMA, a: VMA, b: VMA) -> int:
+    """reusable_anon_vma: old's anon_vma if a and b (old one of them) are compatible and old's
+    anon_vma_chain is singular (no fork child's); else 0."""
+    if anon_vma_compatible(a, b) and old.anon_vma and not old.anon_vma_fork_child:
+        return old.anon_vma
+    return 0
+
+
+def find_mergeable_anon_vma(mm: MM, vma: VMA) -> int:
+    """find_mergeable_anon_vma: the next VMA's anon_vma if reusable, else the previous one's,
+    else 0: so that a later mprotect can merge what an earlier one split."""
+    index = mm.vmas.index(vma)
+    if index + 1 < len(mm.vmas):
+        anon_vma = reusable_anon_vma(mm.vmas[index + 1], vma, mm.vmas[index + 1])
+        if anon_vma:
+            return anon_vma
+    if index > 0:
+        return reusable_anon_vma(mm.vmas[index - 1], mm.vmas[index - 1], vma)
+    return 0
+
+
+def anon_vma_fork(machine: Machine, vma: VMA, pvma: VMA) -> None:
+    """anon_vma_fork: the child's copy vma of pvma gets an anon_vma of its own (linked under
+    the parent's, so it is a fork child) if pvma has one. Model: anon_vma_clone's reuse of an
+    ancestor's anon_vma no VMA uses any more is not modelled (docs/model.md #122)."""
+    vma.anon_vma, vma.anon_vma_fork_child = (machine.anon_vma_alloc(), True) if pvma.anon_vma else (0, False)
+
+
+def anon_vma_prepare(machine: Machine, mm: MM, vma: VMA) -> None:
+    """Give vma its anon_vma before its first anon folio is mapped (vmf_anon_prepare,
+    __anon_vma_prepare): a neighbour's if reusable, else a new one. A read fault's zero page
+    needs none, and fork copies the page tables only of a VMA that has one."""
+    if not vma.anon_vma:
+        vma.anon_vma = find_mergeable_anon_vma(mm, vma) or machine.anon_vma_alloc()
 
 
 def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr: int,
@@ -108,7 +147,7 @@ def folio_add_new_anon_rmap(machine: Machine, folio: int, mm: MM, vma: VMA, addr
     Context: the folio is fresh (unmapped, not anon); addr is where its first page is mapped.
     PTE-mapped: every page gets one mapping; PMD-mappable: one entire mapping, head exclusive.
     """
-    anon_vma_prepare(vma)
+    anon_vma_prepare(machine, mm, vma)
     frames = machine.frames
     check(not frames.folio_anon[folio], "folio_add_new_anon_rmap on an anon folio")
     check(frames.folio_large_mapcount[folio] == 0 and frames.page_mapcount[folio] == 0,

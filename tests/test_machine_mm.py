@@ -171,6 +171,37 @@ def test_vma_merge_refuses_other_prot_lineage_or_a_gap(neighbour):
     assert vma_tuples(mm) == before
 
 
+@pytest.mark.parametrize("neighbour", [
+    VMA(0x20000, 0x30000, True, 0, anon_vma=2),                            # another anon_vma
+    VMA(0x20000, 0x30000, True, 0, anon_vma=1, anon_vma_fork_child=True),  # a fork child's, vma has none
+])
+def test_vma_merge_refuses_another_anon_vma_or_a_fork_childs(neighbour):
+    mm = MM(0)
+    vma = VMA(0x10000, 0x20000, True, 0, anon_vma=0 if neighbour.anon_vma_fork_child else 1)
+    mm.vma_insert(vma)
+    mm.vma_insert(dataclasses.replace(neighbour))
+    assert mm.vma_merge(vma) is vma and len(mm.vmas) == 2
+
+
+def test_vma_merge_takes_the_anon_vma_there_is():
+    mm = MM(0)
+    vma = VMA(0x10000, 0x20000, True, 0)
+    mm.vma_insert(vma)
+    mm.vma_insert(VMA(0x20000, 0x30000, True, 0, anon_vma=5))
+    assert mm.vma_merge(vma) is vma and len(mm.vmas) == 1 and vma.anon_vma == 5
+
+
+def test_vma_merge_between_two_anon_vmas_joins_the_previous_one_alone():
+    mm = MM(0)
+    mm.vma_insert(VMA(0x10000, 0x20000, True, 0, anon_vma=1))
+    middle = VMA(0x20000, 0x30000, True, 0)
+    mm.vma_insert(middle)
+    mm.vma_insert(VMA(0x30000, 0x40000, True, 0, anon_vma=2))
+    merged = mm.vma_merge(middle)
+    assert [(v.start, v.end, v.anon_vma) for v in mm.vmas] == [(0x10000, 0x30000, 1), (0x30000, 0x40000, 2)]
+    assert merged is mm.vmas[0]
+
+
 def test_vma_merge_of_a_lone_vma_is_a_no_op():
     mm = MM(0)
     vma = VMA(0x10000, 0x20000, True, 0)

@@ -75,7 +75,7 @@ class OkKernel:
             frames.folio_lineage[page] = vma.lineage
             frames.page_mapcount[page] = self.mapcount()
             frames.page_anon_exclusive[page] = True
-            vma.anon_vma = True
+            vma.anon_vma = vma.anon_vma or 1
             mm.rss_anon += 1
             self.machine.set_pte_at(mm, addr, self.fault_pte(page))
         return OK
@@ -106,7 +106,7 @@ class OkKernel:
     def fork(self, pid):
         child = self.machine.mm_alloc()
         for vma in self.machine.processes[pid].vmas:
-            child.vma_insert(VMA(vma.start, vma.end, vma.writable, vma.lineage, vma.anon_vma))
+            child.vma_insert(VMA(vma.start, vma.end, vma.writable, vma.lineage, anon_vma=vma.anon_vma))
         return OK
 
     def __getattr__(self, name):

@@ -501,3 +501,30 @@ def test_a_private_file_fault_may_be_followed_by_mapping_the_clean_folio_it_read
     OP_DISPATCH["read"](kernel, ops[-1])
     folio = machine.files[0].cache[0]
     assert machine.frames.folio_order[folio] == 4 and not machine.frames.folio_dirty[folio]
+
+
+def test_a_folded_block_is_acted_on_in_part_and_a_folio_across_a_vma_edge_is_of_note():
+    """A fault of a whole contpte block gives its folio the new hazard of a folded block: its
+    walker acts on a part of it (uffd registers that part, splitting the VMA inside the block);
+    a folio whose pages then lie in two VMAs is of note, and its walker may be fork."""
+    from fuzz.engine.decode import ACT_CHANCE, HAZARD_WALKERS, IN_PART, OpGrammar, names_of
+    from fuzz.engine.notes import folio_addresses_of_note
+    from fuzz.implementation import OP_DISPATCH, reference_kernel
+
+    machine, kernel = reference_kernel(4096)
+    for op in parse_script("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\n").steps:
+        OP_DISPATCH[op.name](kernel, op)
+    assert folio_addresses_of_note(machine, 0) == []
+    cont, vmas = HAZARD_WALKERS["cont"], HAZARD_WALKERS["vmas"]
+    choices = RecordedChoices()
+    for wanted, count in ((0, ACT_CHANCE), (0, 2), (cont.index("uffd"), len(cont)), (1, 2), (8, 16),
+                          (IN_PART.index("page"), len(IN_PART)),
+                          (0, ACT_CHANCE), (0, 2), (vmas.index("fork"), len(vmas)), (0, 2)):
+        choices.choose(count, wanted)
+    grammar = OpGrammar(ByteChoices(choices.to_bytes()))
+    grammar.focus = (0, 0x200000, 0)   # as make_folio leaves it: the folio it faulted, no hazard before
+    uffd = grammar.op(names_of(machine), machine)
+    assert uffd == Op("uffd", process=0, addr=0x208000, length=4096)
+    OP_DISPATCH[uffd.name](kernel, uffd)
+    assert folio_addresses_of_note(machine, 0) == [0x200000 + i * 0x1000 for i in range(16)]
+    assert grammar.op(names_of(machine), machine) == Op("fork", process=0)

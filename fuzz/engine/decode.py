@@ -9,7 +9,7 @@ edges, at aligned places inside VMAs, at folio, contpte and PMD boundaries, page
 already used or, for an op that acts on a folio, pages of large folios and of
 those worth acting on (fuzz.engine.notes: pinned, mapped by several processes,
 lazyfree, in the page cache, of mixed PageAnonExclusive, uffd-wp or dirty bits,
-PMD-mapped, COWed from a file), and three ops in four are drawn to act on such a folio
+across a VMA edge, PMD-mapped, COWed from a file), and three ops in four are drawn to act on such a folio
 outright (`act_on_folio_of_note`: unmap, reclaim, split below its order, pin,
 write or read a page of it, free, mprotect, wp ... a part of it, fork, exit, map
 it again), or to make one where the process maps none (`make_folio`: map memory
@@ -17,10 +17,11 @@ or fault a large folio; after a private file mapping's fault, map the clean
 page-cache folio it read in again); an act of several ops (uffd before wp, mmap
 before read) draws the rest without a choice. An act that gives the folio it aimed at
 a hazard it did not have (notes.folio_hazards: shared, pinned, PMD-mapped, in the
-page cache, mapped or written or protected in part ...) is followed, half the time,
-by a walker that batches over it. Machine sizes include small ones where swap runs
-out or has no aligned run for a PMD THP. Orders lean to 0, 2, 4 and 9; the
-op count is capped. The encoder plays the same grammar the
+page cache, mapped or written or protected in part, across a VMA edge, a folded
+contpte block ...) is followed, half the time, by a walker that batches over it, one
+of that hazard's (HAZARD_WALKERS; a folded block's act on a part of it). Machine
+sizes include small ones where swap runs out or has no aligned run for a PMD THP.
+Orders lean to 0, 2, 4 and 9; the op count is capped. The encoder plays the same grammar the
 other way, so seeds and reproducers can be kept as `.ops` and turned back into
 bytes: `decode(encode(script)) == script` for every script it accepts. The
 encoder needs only what each op may name (`Names`: the live processes and the

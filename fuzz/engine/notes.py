@@ -48,6 +48,8 @@ HAZARDS = ("pmd", "pinned", "shared", "lazyfree", "cache", "part_mapped", "mixed
            "mixed_uffd_wp", "mixed_dirty", "mixed_write", "mixed_read_only", "vmas", "cont")
 _PMD, _PINNED, _SHARED, _LAZYFREE, _CACHE, _PART_MAPPED, _MIXED = (1 << bit for bit in range(7))
 _MIXED_READ_ONLY, _VMAS, _CONT = (1 << HAZARDS.index(name) for name in ("mixed_read_only", "vmas", "cont"))
+# The differences a batch that respects the write bit sees only where the write bit agrees.
+_MIXED_BESIDE_WRITE = sum(1 << HAZARDS.index(name) for name in ("mixed_exclusive", "mixed_uffd_wp", "mixed_dirty"))
 
 
 class FolioSpan(NamedTuple):
@@ -203,8 +205,7 @@ def folio_hazards(machine: Machine, pid: int, addr: int) -> int:
                                    pte_uffd_wp(entries), pte_dirty(entries), pte_write(entries))):
         if differs.any() and not differs.all():
             bits |= _MIXED << bit
-    mixed_under_write = _MIXED | _MIXED << 2 | _MIXED << 3   # exclusivity, uffd-wp, dirty
-    if bits & mixed_under_write and not pte_write(entries).any():
+    if bits & _MIXED_BESIDE_WRITE and not pte_write(entries).any():
         bits |= _MIXED_READ_ONLY
     if pte_cont(entries).any():
         bits |= _CONT

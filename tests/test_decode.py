@@ -425,7 +425,8 @@ def _hazards(*names):
 def test_folio_hazards_name_what_makes_a_folio_hazardous_to_batch_over():
     """A large folio written whole and exclusive has none but its folded contpte block; a write
     to one page, a protection or an unmap of part of it, a pin, a fork, a PMD mapping, the page
-    cache, a VMA edge inside it and read-only entries of mixed exclusivity each add theirs."""
+    cache, a VMA edge inside it, read-only entries of mixed exclusivity and a clean page-cache
+    folio mapped writable each add theirs."""
     from fuzz.engine.notes import folio_hazards
 
     assert folio_hazards(_machine_after("mmap P0 0x200000 4M\nfault P0 0x200000 order=3\n"), 0, 0x205000) == 0
@@ -452,12 +453,15 @@ def test_folio_hazards_name_what_makes_a_folio_hazardous_to_batch_over():
     shmem = _machine_after("file F0 64K shmem\nmmap P0 0x200000 64K rw file=F0 shared\nfault P0 0x200000 order=4\n")
     assert folio_hazards(shmem, 0, 0x204000) == _hazards("cache", "cont")
     assert folio_hazards(shmem, 0, 0x300000) == 0   # nothing mapped
+    clean = _machine_after("file F0 64K shmem\nmmap P0 0x200000 64K rw file=F0\nfault P0 0x200000 order=4\n"
+                           "mmap P0 0x400000 64K rw file=F0 shared\nread P0 0x400000\n")   # read in by a COW
+    assert folio_hazards(clean, 0, 0x404000) == _hazards("cache", "cont", "clean_writable")
 
 
 def test_an_act_that_gives_its_folio_a_new_hazard_is_followed_by_a_walker_over_it():
     """After a write to one page of an mTHP (its pages no longer all zero) the next act, when
     its choice says so, is one of that hazard's HAZARD_WALKERS on the page the write aimed at."""
-    from fuzz.engine.decode import ACT_CHANCE, HAZARD_WALKERS, NOTE_KINDS, OpGrammar, names_of
+    from fuzz.engine.decode import ACT_CHANCE, HAZARD_WALKERS, NOTE_KINDS, WALKER_CHANCE, OpGrammar, names_of
     from fuzz.implementation import OP_DISPATCH, reference_kernel
 
     machine, kernel = reference_kernel(4096)
@@ -466,7 +470,7 @@ def test_an_act_that_gives_its_folio_a_new_hazard_is_followed_by_a_walker_over_i
     choices = RecordedChoices()
     for wanted, count in ((0, ACT_CHANCE), (NOTE_KINDS.index("write"), len(NOTE_KINDS)), (3, 16), (0, 2),
                           (0, 4), (0, 5),   # the value: a listed one, 1
-                          (0, ACT_CHANCE), (0, 2),   # a walker of the one new hazard, mixed_zero
+                          (0, ACT_CHANCE), (0, WALKER_CHANCE),   # a walker of the one new hazard, mixed_zero
                           (HAZARD_WALKERS["mixed_zero"].index("reclaim"), len(HAZARD_WALKERS["mixed_zero"])),
                           (0, 2)):   # at the page itself
         choices.choose(count, wanted)
@@ -507,7 +511,7 @@ def test_a_folded_block_is_acted_on_in_part_and_a_folio_across_a_vma_edge_is_of_
     """A fault of a whole contpte block gives its folio the new hazard of a folded block: its
     walker acts on a part of it (uffd registers that part, splitting the VMA inside the block);
     a folio whose pages then lie in two VMAs is of note, and its walker may be fork."""
-    from fuzz.engine.decode import ACT_CHANCE, HAZARD_WALKERS, IN_PART, OpGrammar, names_of
+    from fuzz.engine.decode import ACT_CHANCE, HAZARD_WALKERS, IN_PART, WALKER_CHANCE, OpGrammar, names_of
     from fuzz.engine.notes import folio_addresses_of_note
     from fuzz.implementation import OP_DISPATCH, reference_kernel
 
@@ -517,9 +521,9 @@ def test_a_folded_block_is_acted_on_in_part_and_a_folio_across_a_vma_edge_is_of_
     assert folio_addresses_of_note(machine, 0) == []
     cont, vmas = HAZARD_WALKERS["cont"], HAZARD_WALKERS["vmas"]
     choices = RecordedChoices()
-    for wanted, count in ((0, ACT_CHANCE), (0, 2), (cont.index("uffd"), len(cont)), (1, 2), (8, 16),
+    for wanted, count in ((0, ACT_CHANCE), (0, WALKER_CHANCE), (cont.index("uffd"), len(cont)), (1, 2), (8, 16),
                           (IN_PART.index("page"), len(IN_PART)),
-                          (0, ACT_CHANCE), (0, 2), (vmas.index("fork"), len(vmas)), (0, 2)):
+                          (0, ACT_CHANCE), (0, WALKER_CHANCE), (vmas.index("fork"), len(vmas)), (0, 2)):
         choices.choose(count, wanted)
     grammar = OpGrammar(ByteChoices(choices.to_bytes()))
     grammar.focus = (0, 0x200000, 0)   # as make_folio leaves it: the folio it faulted, no hazard before

@@ -18,7 +18,7 @@ page-cache folio it read in again); an act of several ops (uffd before wp, mmap
 before read) draws the rest without a choice. An act that gives the folio it aimed at
 a hazard it did not have (notes.folio_hazards: shared, pinned, PMD-mapped, in the
 page cache, mapped or written or protected in part, across a VMA edge, a folded
-contpte block ...) is followed, half the time, by a walker that batches over it, one
+contpte block ...) is followed, three times in four, by a walker that batches over it, one
 of that hazard's (HAZARD_WALKERS; a folded block's act on a part of it). Machine
 sizes include small ones where swap runs out or has no aligned run for a PMD THP.
 Orders lean to 0, 2, 4 and 9; the op count is capped. The encoder plays the same grammar the
@@ -131,13 +131,14 @@ NOTE_KINDS = ("fork", "fork", "free", "free", "pin", "write", "write", "mprotect
 # walker, and where they differ in the write bit too, mprotect makes them agree in it (so
 # only the other bits split a batch); a folio across a VMA edge is walked VMA by VMA; a
 # folded contpte block is acted on in part (registered, protected, pinned, written, freed,
-# zapped: each must unfold it, or keep it whole) or copied by fork.
+# zapped: each must unfold it, or keep it whole) or copied by fork; a clean page-cache folio
+# mapped writable is written through one of its entries, or zapped and unmapped.
 HAZARD_WALKERS = {
     "pmd": ("split_pmd", "fork", "try_to_unmap", "reclaim", "mprotect", "dontneed"),
     "pinned": ("fork", "fork", "try_to_unmap", "reclaim", "split"),
     "shared": ("write", "try_to_unmap", "reclaim", "split", "free"),
     "lazyfree": ("write", "reclaim", "try_to_unmap", "fork"),
-    "cache": ("try_to_unmap", "reclaim", "mprotect", "wp", "fork", "sync"),
+    "cache": ("try_to_unmap", "reclaim", "mprotect", "wp", "write", "fork", "sync"),
     "part_mapped": ("reclaim", "try_to_unmap", "split", "fork"),
     "mixed_exclusive": ("try_to_unmap", "reclaim", "fork", "mprotect"),
     "mixed_zero": ("reclaim", "try_to_unmap", "split", "free"),
@@ -147,7 +148,10 @@ HAZARD_WALKERS = {
     "mixed_read_only": ("try_to_unmap", "reclaim", "fork", "dontneed"),
     "vmas": ("fork", "fork", "try_to_unmap", "reclaim", "munmap"),
     "cont": ("uffd", "wp", "pin", "write", "mprotect", "free", "dontneed", "fork"),
+    "clean_writable": ("write", "write", "reclaim", "try_to_unmap", "dontneed", "munmap"),
 }
+WALKER_CHANCE = 4
+WALKER_SHARE = 3   # choices below it walk: three acts in four after a new hazard
 # The hazards whose walkers act on a part of the folio (at a page of it drawn anew): the range
 # leaves the folio's first or last page out, or covers a page or two (a folded block is split).
 PART_HAZARDS = frozenset({"cont"})
@@ -335,7 +339,8 @@ class OpGrammar:
         """An op of ACT_KINDS on a page of a folio worth acting on (folio_addresses_of_note),
         else one of NOTE_KINDS on a page of any large folio, in a process drawn from names
         (half the time the page the last act aimed at, while it is one: if that act gave its
-        folio a hazard it did not have, half the time one of WALKER_KINDS on it); if that
+        folio a hazard it did not have, WALKER_SHARE times in WALKER_CHANCE one of that hazard's
+        HAZARD_WALKERS at a page of it); if that
         process maps neither, an op that makes one (make_folio)."""
         choose = self.choices.choose
         process = names.live[choose(len(names.live))]
@@ -350,7 +355,7 @@ class OpGrammar:
             focus = None   # another process, or its page is no longer one to act on
         new = 0 if focus is None else folio_hazards(machine, process, focus[1]) & ~focus[2]
         parts: tuple[str, ...] = FOLIO_PARTS
-        if focus is not None and new and choose(2) == 0:
+        if focus is not None and new and choose(WALKER_CHANCE) < WALKER_SHARE:
             # the last act gave the folio it aimed at a new hazard: what batches over it, next
             hazards = [hazard for bit, hazard in enumerate(HAZARDS) if new >> bit & 1]
             hazard = hazards[choose(len(hazards))]

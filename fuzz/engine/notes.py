@@ -43,11 +43,14 @@ from machine.pgtable import (
 # no longer splits a batch there: only those bits do); mapped across a VMA edge (a batch
 # stops at each VMA's end: fork, zap and try_to_unmap walk VMA by VMA); a folded contpte
 # block among its entries (a write to one entry, or a range covering part of the block,
-# must unfold it; a copy of part of it must not keep PTE_CONT).
+# must unfold it; a copy of part of it must not keep PTE_CONT); a clean page-cache folio
+# mapped writable (no write-notify: the dirty bits of its entries are all that will record
+# a write, until a zap or an unmap gathers them into PG_dirty).
 HAZARDS = ("pmd", "pinned", "shared", "lazyfree", "cache", "part_mapped", "mixed_exclusive", "mixed_zero",
-           "mixed_uffd_wp", "mixed_dirty", "mixed_write", "mixed_read_only", "vmas", "cont")
+           "mixed_uffd_wp", "mixed_dirty", "mixed_write", "mixed_read_only", "vmas", "cont", "clean_writable")
 _PMD, _PINNED, _SHARED, _LAZYFREE, _CACHE, _PART_MAPPED, _MIXED = (1 << bit for bit in range(7))
-_MIXED_READ_ONLY, _VMAS, _CONT = (1 << HAZARDS.index(name) for name in ("mixed_read_only", "vmas", "cont"))
+_MIXED_READ_ONLY, _VMAS, _CONT, _CLEAN_WRITABLE = (
+    1 << HAZARDS.index(name) for name in ("mixed_read_only", "vmas", "cont", "clean_writable"))
 # The differences a batch that respects the write bit sees only where the write bit agrees.
 _MIXED_BESIDE_WRITE = sum(1 << HAZARDS.index(name) for name in ("mixed_exclusive", "mixed_uffd_wp", "mixed_dirty"))
 
@@ -209,6 +212,8 @@ def folio_hazards(machine: Machine, pid: int, addr: int) -> int:
         bits |= _MIXED_READ_ONLY
     if pte_cont(entries).any():
         bits |= _CONT
+    if bits & _CACHE and not frames.folio_dirty[head] and pte_write(entries).any():
+        bits |= _CLEAN_WRITABLE
     if len(mm.vmas_intersecting(start, start + (nr_pages << PAGE_SHIFT))) > 1:
         bits |= _VMAS
     return bits

@@ -521,7 +521,7 @@ def test_a_folded_block_is_acted_on_in_part_and_a_folio_across_a_vma_edge_is_of_
     assert folio_addresses_of_note(machine, 0) == []
     cont, vmas = HAZARD_WALKERS["cont"], HAZARD_WALKERS["vmas"]
     choices = RecordedChoices()
-    for wanted, count in ((0, ACT_CHANCE), (0, WALKER_CHANCE), (cont.index("uffd"), len(cont)), (1, 2), (8, 16),
+    for wanted, count in ((0, ACT_CHANCE), (0, WALKER_CHANCE), (cont.index("uffd"), len(cont)), (8, 16),
                           (IN_PART.index("page"), len(IN_PART)),
                           (0, ACT_CHANCE), (0, WALKER_CHANCE), (vmas.index("fork"), len(vmas)), (0, 2)):
         choices.choose(count, wanted)
@@ -532,3 +532,20 @@ def test_a_folded_block_is_acted_on_in_part_and_a_folio_across_a_vma_edge_is_of_
     OP_DISPATCH[uffd.name](kernel, uffd)
     assert folio_addresses_of_note(machine, 0) == [0x200000 + i * 0x1000 for i in range(16)]
     assert grammar.op(names_of(machine), machine) == Op("fork", process=0)
+
+
+def test_a_walker_after_entries_differ_in_the_write_bit_makes_the_whole_folio_read_only():
+    """mprotect of part of an mTHP leaves its entries differing in the write bit (and across a
+    VMA edge): mixed_write's walker makes them agree, read-only over the whole folio, so only
+    the other bits can split a batch over it."""
+    from fuzz.engine.decode import ACT_CHANCE, WALKER_CHANCE, OpGrammar, names_of
+    from fuzz.engine.notes import HAZARDS
+
+    machine = _machine_after("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nmprotect P0 0x200000 16K ro\n")
+    choices = RecordedChoices()
+    for wanted, count in ((0, ACT_CHANCE), (0, WALKER_CHANCE), (0, 2), (0, 2)):   # mixed_write, then vmas
+        choices.choose(count, wanted)
+    grammar = OpGrammar(ByteChoices(choices.to_bytes()))
+    grammar.focus = (0, 0x20f000, 1 << HAZARDS.index("cont"))   # as the mprotect act left it
+    assert grammar.op(names_of(machine), machine) == Op("mprotect", process=0, addr=0x200000, length=CONT_PTE_SIZE,
+                                                        prot="ro")

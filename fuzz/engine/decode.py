@@ -144,7 +144,7 @@ HAZARD_WALKERS = {
     "mixed_zero": ("reclaim", "try_to_unmap", "split", "free"),
     "mixed_uffd_wp": ("try_to_unmap", "reclaim", "mprotect", "fork", "dontneed"),
     "mixed_dirty": ("reclaim", "try_to_unmap", "mprotect", "dontneed"),
-    "mixed_write": ("mprotect", "mprotect", "mprotect", "fork", "try_to_unmap", "reclaim"),
+    "mixed_write": ("mprotect",),   # read-only over the whole folio
     "mixed_read_only": ("try_to_unmap", "reclaim", "fork", "dontneed"),
     "vmas": ("fork", "fork", "try_to_unmap", "reclaim", "munmap"),
     "cont": ("uffd", "wp", "pin", "write", "mprotect", "free", "dontneed", "fork"),
@@ -355,14 +355,19 @@ class OpGrammar:
             focus = None   # another process, or its page is no longer one to act on
         new = 0 if focus is None else folio_hazards(machine, process, focus[1]) & ~focus[2]
         parts: tuple[str, ...] = FOLIO_PARTS
+        hazard = None
         if focus is not None and new and choose(WALKER_CHANCE) < WALKER_SHARE:
             # the last act gave the folio it aimed at a new hazard: what batches over it, next
             hazards = [hazard for bit, hazard in enumerate(HAZARDS) if new >> bit & 1]
             hazard = hazards[choose(len(hazards))]
             walkers = HAZARD_WALKERS[hazard]
             name = walkers[choose(len(walkers))]
-            addr = self.page_of(focus[1], folio_span(machine, process, focus[1]))
-            parts = IN_PART if hazard in PART_HAZARDS else WHOLE
+            span = folio_span(machine, process, focus[1])
+            if hazard in PART_HAZARDS:   # any page the process maps of it: a part around it
+                pages = [page for page in noted if span.start <= page < span.end]
+                addr, parts = pages[choose(len(pages))], IN_PART
+            else:
+                addr, parts = self.page_of(focus[1], span), WHOLE
         else:
             name = kinds[choose(len(kinds))]
             addr = noted[choose(len(noted))]
@@ -391,7 +396,9 @@ class OpGrammar:
         if name in RANGE_OPS:
             start, end = self.folio_part(addr, span, parts)
             prot = None
-            if name == "mprotect":   # read-only 3 times in 4: batches of mixed exclusivity stay whole
+            if name == "mprotect" and hazard == "mixed_write":   # the entries made to agree in it
+                prot = "ro"
+            elif name == "mprotect":   # read-only 3 times in 4: batches of mixed exclusivity stay whole
                 prot = PROTS[int(choose(LISTED_WEIGHT + 1) != LISTED_WEIGHT)]
             return Op(name, process=process, addr=start, length=self.clip_length(start, end), prot=prot)
         page = self.page_of(addr, span)

@@ -310,11 +310,11 @@ def test_an_act_where_no_large_folio_is_mapped_makes_one():
 def test_wp_on_an_unregistered_folio_registers_its_vma_first_and_map_again_reads():
     """An act of two ops draws its second op next, without a choice: uffd on the VMA before
     wp on a part of the folio; mmap of a page-cache folio's file elsewhere before a read of it."""
-    from fuzz.engine.decode import ACT_KINDS, FOLIO_PARTS, names_of
+    from fuzz.engine.decode import ACT_KINDS, WP_PARTS, names_of
 
     machine = _machine_after("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nfork P0\n")
     grammar, op = _act(machine, [(0, 2), (ACT_KINDS.index("wp"), len(ACT_KINDS)), (3, 16),
-                                 (FOLIO_PARTS.index("block"), len(FOLIO_PARTS)), (0, 4)])
+                                 (WP_PARTS.index("block"), len(WP_PARTS)), (0, 4)])
     assert op == Op("uffd", process=0, addr=0x200000, length=CONT_PTE_SIZE)
     assert grammar.op(names_of(machine), machine) == Op("wp", process=0, addr=0x200000, length=CONT_PTE_SIZE,
                                                         mode="on")
@@ -423,33 +423,45 @@ def _hazards(*names):
 
 
 def test_folio_hazards_name_what_makes_a_folio_hazardous_to_batch_over():
-    """A large folio written whole and exclusive has none; a write to one page, a protection
-    or an unmap of part of it, a pin, a fork, a PMD mapping and the page cache each add theirs."""
+    """A large folio written whole and exclusive has none but its folded contpte block; a write
+    to one page, a protection or an unmap of part of it, a pin, a fork, a PMD mapping, the page
+    cache, a VMA edge inside it, read-only entries of mixed exclusivity and a clean page-cache
+    folio mapped writable each add theirs."""
     from fuzz.engine.notes import folio_hazards
 
+    assert folio_hazards(_machine_after("mmap P0 0x200000 4M\nfault P0 0x200000 order=3\n"), 0, 0x205000) == 0
     text = "mmap P0 0x200000 4M\nfault P0 0x200000 order=4\n"
-    assert folio_hazards(_machine_after(text), 0, 0x205000) == 0
-    assert folio_hazards(_machine_after(text + "write P0 0x203000 5\n"), 0, 0x205000) == _hazards("mixed_zero")
-    assert folio_hazards(_machine_after(text + "mprotect P0 0x200000 16K ro\n"), 0, 0x20f000) == _hazards("mixed_write")
+    assert folio_hazards(_machine_after(text), 0, 0x205000) == _hazards("cont")
+    assert folio_hazards(_machine_after(text + "write P0 0x203000 5\n"), 0, 0x205000) \
+        == _hazards("mixed_zero", "cont")
+    assert folio_hazards(_machine_after(text + "mprotect P0 0x200000 16K ro\n"), 0, 0x20f000) \
+        == _hazards("mixed_write", "vmas")   # unfolded, and its VMA split
+    assert folio_hazards(_machine_after(text + "uffd P0 0x208000 4K\n"), 0, 0x200000) \
+        == _hazards("vmas", "cont")   # registration splits the VMA and leaves the block folded
     assert folio_hazards(_machine_after(text + "munmap P0 0x20f000 4K\n"), 0, 0x200000) == _hazards("part_mapped")
-    assert folio_hazards(_machine_after(text + "pin P0 0x200000 1 ro\n"), 0, 0x200000) == _hazards("pinned")
+    assert folio_hazards(_machine_after(text + "pin P0 0x200000 1 ro\n"), 0, 0x200000) == _hazards("pinned", "cont")
     forked = _machine_after(text + "fork P0\nwrite P1 0x203000 5\n")
-    assert folio_hazards(forked, 0, 0x200000) == _hazards("shared")
+    assert folio_hazards(forked, 0, 0x200000) == _hazards("shared", "cont")
     assert folio_hazards(forked, 1, 0x200000) == _hazards("shared", "part_mapped")
     assert folio_hazards(forked, 1, 0x203000) == 0   # its own copy of the page
     reused = _machine_after(text + "fork P0\nexit P1\nwrite P0 0x203000 5\n")   # page 3 alone exclusive again
     assert folio_hazards(reused, 0, 0x200000) == _hazards("mixed_exclusive", "mixed_zero", "mixed_write")
+    unshared = _machine_after(text + "fork P0\nexit P1\npin P0 0x203000 1 ro\n")   # page 3 exclusive, read-only
+    assert folio_hazards(unshared, 0, 0x200000) == _hazards("pinned", "mixed_exclusive", "mixed_read_only", "cont")
     assert folio_hazards(_machine_after("mmap P0 0x200000 2M\nfault P0 0x200000 order=9\n"), 0, 0x200000) \
         == _hazards("pmd")
     shmem = _machine_after("file F0 64K shmem\nmmap P0 0x200000 64K rw file=F0 shared\nfault P0 0x200000 order=4\n")
-    assert folio_hazards(shmem, 0, 0x204000) == _hazards("cache")
+    assert folio_hazards(shmem, 0, 0x204000) == _hazards("cache", "cont")
     assert folio_hazards(shmem, 0, 0x300000) == 0   # nothing mapped
+    clean = _machine_after("file F0 64K shmem\nmmap P0 0x200000 64K rw file=F0\nfault P0 0x200000 order=4\n"
+                           "mmap P0 0x400000 64K rw file=F0 shared\nread P0 0x400000\n")   # read in by a COW
+    assert folio_hazards(clean, 0, 0x404000) == _hazards("cache", "cont", "clean_writable")
 
 
 def test_an_act_that_gives_its_folio_a_new_hazard_is_followed_by_a_walker_over_it():
     """After a write to one page of an mTHP (its pages no longer all zero) the next act, when
-    its choice says so, is one of WALKER_KINDS on the page the write aimed at."""
-    from fuzz.engine.decode import ACT_CHANCE, NOTE_KINDS, WALKER_KINDS, OpGrammar, names_of
+    its choice says so, is one of that hazard's HAZARD_WALKERS on the page the write aimed at."""
+    from fuzz.engine.decode import ACT_CHANCE, HAZARD_WALKERS, NOTE_KINDS, WALKER_CHANCE, OpGrammar, names_of
     from fuzz.implementation import OP_DISPATCH, reference_kernel
 
     machine, kernel = reference_kernel(4096)
@@ -458,7 +470,9 @@ def test_an_act_that_gives_its_folio_a_new_hazard_is_followed_by_a_walker_over_i
     choices = RecordedChoices()
     for wanted, count in ((0, ACT_CHANCE), (NOTE_KINDS.index("write"), len(NOTE_KINDS)), (3, 16), (0, 2),
                           (0, 4), (0, 5),   # the value: a listed one, 1
-                          (0, ACT_CHANCE), (0, 2), (WALKER_KINDS.index("reclaim"), len(WALKER_KINDS))):
+                          (0, ACT_CHANCE), (0, WALKER_CHANCE),   # a walker of the one new hazard, mixed_zero
+                          (HAZARD_WALKERS["mixed_zero"].index("reclaim"), len(HAZARD_WALKERS["mixed_zero"])),
+                          (0, 2)):   # at the page itself
         choices.choose(count, wanted)
     grammar = OpGrammar(ByteChoices(choices.to_bytes()))
     write = grammar.op(names_of(machine), machine)
@@ -491,3 +505,47 @@ def test_a_private_file_fault_may_be_followed_by_mapping_the_clean_folio_it_read
     OP_DISPATCH["read"](kernel, ops[-1])
     folio = machine.files[0].cache[0]
     assert machine.frames.folio_order[folio] == 4 and not machine.frames.folio_dirty[folio]
+
+
+def test_a_folded_block_is_acted_on_in_part_and_a_folio_across_a_vma_edge_is_of_note():
+    """A fault of a whole contpte block gives its folio the new hazard of a folded block: its
+    walker acts on a part of it (uffd registers that part, splitting the VMA inside the block);
+    a folio whose pages then lie in two VMAs is of note, and its walker may be fork."""
+    from fuzz.engine.decode import ACT_CHANCE, HAZARD_WALKERS, IN_PART, WALKER_CHANCE, OpGrammar, names_of
+    from fuzz.engine.notes import folio_addresses_of_note
+    from fuzz.implementation import OP_DISPATCH, reference_kernel
+
+    machine, kernel = reference_kernel(4096)
+    for op in parse_script("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\n").steps:
+        OP_DISPATCH[op.name](kernel, op)
+    assert folio_addresses_of_note(machine, 0) == []
+    cont, vmas = HAZARD_WALKERS["cont"], HAZARD_WALKERS["vmas"]
+    choices = RecordedChoices()
+    for wanted, count in ((0, ACT_CHANCE), (0, WALKER_CHANCE), (cont.index("uffd"), len(cont)), (8, 16),
+                          (IN_PART.index("page"), len(IN_PART)),
+                          (0, ACT_CHANCE), (0, WALKER_CHANCE), (vmas.index("fork"), len(vmas)), (0, 2)):
+        choices.choose(count, wanted)
+    grammar = OpGrammar(ByteChoices(choices.to_bytes()))
+    grammar.focus = (0, 0x200000, 0)   # as make_folio leaves it: the folio it faulted, no hazard before
+    uffd = grammar.op(names_of(machine), machine)
+    assert uffd == Op("uffd", process=0, addr=0x208000, length=4096)
+    OP_DISPATCH[uffd.name](kernel, uffd)
+    assert folio_addresses_of_note(machine, 0) == [0x200000 + i * 0x1000 for i in range(16)]
+    assert grammar.op(names_of(machine), machine) == Op("fork", process=0)
+
+
+def test_a_walker_after_entries_differ_in_the_write_bit_makes_the_whole_folio_read_only():
+    """mprotect of part of an mTHP leaves its entries differing in the write bit (and across a
+    VMA edge): mixed_write's walker makes them agree, read-only over the whole folio, so only
+    the other bits can split a batch over it."""
+    from fuzz.engine.decode import ACT_CHANCE, WALKER_CHANCE, OpGrammar, names_of
+    from fuzz.engine.notes import HAZARDS
+
+    machine = _machine_after("mmap P0 0x200000 64K\nfault P0 0x200000 order=4\nmprotect P0 0x200000 16K ro\n")
+    choices = RecordedChoices()
+    for wanted, count in ((0, ACT_CHANCE), (0, WALKER_CHANCE), (0, 2), (0, 2)):   # mixed_write, then vmas
+        choices.choose(count, wanted)
+    grammar = OpGrammar(ByteChoices(choices.to_bytes()))
+    grammar.focus = (0, 0x20f000, 1 << HAZARDS.index("cont"))   # as the mprotect act left it
+    assert grammar.op(names_of(machine), machine) == Op("mprotect", process=0, addr=0x200000, length=CONT_PTE_SIZE,
+                                                        prot="ro")

@@ -9,7 +9,7 @@ edges, at aligned places inside VMAs, at folio, contpte and PMD boundaries, page
 already used or, for an op that acts on a folio, pages of large folios and of
 those worth acting on (fuzz.engine.notes: pinned, mapped by several processes,
 lazyfree, in the page cache, of mixed PageAnonExclusive, uffd-wp or dirty bits,
-PMD-mapped, COWed from a file), and three ops in four are drawn to act on such a folio
+across a VMA edge, PMD-mapped, COWed from a file), and three ops in four are drawn to act on such a folio
 outright (`act_on_folio_of_note`: unmap, reclaim, split below its order, pin,
 write or read a page of it, free, mprotect, wp ... a part of it, fork, exit, map
 it again), or to make one where the process maps none (`make_folio`: map memory
@@ -17,10 +17,11 @@ or fault a large folio; after a private file mapping's fault, map the clean
 page-cache folio it read in again); an act of several ops (uffd before wp, mmap
 before read) draws the rest without a choice. An act that gives the folio it aimed at
 a hazard it did not have (notes.folio_hazards: shared, pinned, PMD-mapped, in the
-page cache, mapped or written or protected in part ...) is followed, half the time,
-by a walker that batches over it. Machine sizes include small ones where swap runs
-out or has no aligned run for a PMD THP. Orders lean to 0, 2, 4 and 9; the
-op count is capped. The encoder plays the same grammar the
+page cache, mapped or written or protected in part, across a VMA edge, a folded
+contpte block ...) is followed, three times in four, by a walker that batches over it, one
+of that hazard's (HAZARD_WALKERS; a folded block's act on a part of it). Machine
+sizes include small ones where swap runs out or has no aligned run for a PMD THP.
+Orders lean to 0, 2, 4 and 9; the op count is capped. The encoder plays the same grammar the
 other way, so seeds and reproducers can be kept as `.ops` and turned back into
 bytes: `decode(encode(script)) == script` for every script it accepts. The
 encoder needs only what each op may name (`Names`: the live processes and the
@@ -39,7 +40,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from fuzz.engine.notes import FolioSpan, folio_addresses_of_note, folio_hazards, folio_span, large_folio_addresses
+from fuzz.engine.notes import (
+    HAZARDS,
+    FolioSpan,
+    folio_addresses_of_note,
+    folio_hazards,
+    folio_span,
+    large_folio_addresses,
+)
 from fuzz.errors import UsageError
 from fuzz.implementation import (
     OP_DISPATCH,
@@ -58,12 +66,14 @@ from machine import DEFAULT_NR_FRAMES, Machine, check
 from machine.mm import VMA
 from machine.pgtable import CONT_PTE_SIZE, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE
 
-ENCODING_VERSION = 10  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
+ENCODING_VERSION = 11  # 2: raw frames, pins and lengths capped; 3: free; 4: folio and near addresses;
                       # 5: an op that acts on a folio of note; 6: reads weighted up (the zero page),
                       # zero-page entries and half-zero folios among folio addresses; 7: files, uffd-wp;
                       # 8: acts on folio parts, pages of any large folio; 9: a read draws an order
                       # (order=9: the huge zero folio), which an act may make; 10: walkers after a
-                      # new hazard, clean page-cache folios mapped again, 768 frames
+                      # new hazard, clean page-cache folios mapped again, 768 frames; 11: walkers
+                      # by hazard (folded contpte blocks, folios across VMA edges, read-only mixed
+                      # entries), uffd among the note kinds, wp over parts as often as whole
 MAX_OPS = 24
 # Small machines: memory and swap (as many slots as frames) run out. Between one and two
 # PMDs' worth (768), memory holds a PMD THP but swap has no naturally aligned run for one:
@@ -110,15 +120,47 @@ MAKE_FILE_LENGTHS = (CONT_PTE_SIZE, PMD_SIZE, CONT_PTE_SIZE + 3 * PAGE_SIZE)   #
 # What an act does to a large folio where the process maps none of note: what makes it one
 # (shared by fork, lazyfree, pinned, written in part, protected in part, mapped again), or
 # the walkers that act on any folio.
-NOTE_KINDS = ("fork", "fork", "free", "free", "pin", "write", "write", "mprotect", "wp", "wp", "mmap",
+NOTE_KINDS = ("fork", "fork", "free", "free", "pin", "write", "write", "mprotect", "uffd", "wp", "wp", "mmap",
               "try_to_unmap", "reclaim", "split")
 # What acts on a folio the last act gave a new hazard (notes.HAZARDS: shared by fork, pinned,
-# written or protected in part, mapped again ...): the walkers that batch over it.
-WALKER_KINDS = ("try_to_unmap", "try_to_unmap", "reclaim", "reclaim", "mprotect", "wp", "fork", "split", "dontneed",
-                "munmap")
+# written or protected in part, mapped again ...): the walkers whose batches that hazard
+# bears on, one of the new hazards drawn first. A PMD mapping is split, copied, unmapped or
+# protected in part; a maybe-pinned folio is copied page by page by fork and kept by
+# try_to_unmap; a shared one is COWed; a lazyfree one is written again or discarded; the
+# page cache is unmapped, protected or synced; pages that differ are batched over by every
+# walker, and where they differ in the write bit too, mprotect makes them agree in it (so
+# only the other bits split a batch); a folio across a VMA edge is walked VMA by VMA; a
+# folded contpte block is acted on in part (registered, protected, pinned, written, freed,
+# zapped: each must unfold it, or keep it whole) or copied by fork; a clean page-cache folio
+# mapped writable is written through one of its entries, or zapped and unmapped.
+HAZARD_WALKERS = {
+    "pmd": ("split_pmd", "fork", "try_to_unmap", "reclaim", "mprotect", "dontneed"),
+    "pinned": ("fork", "fork", "try_to_unmap", "reclaim", "split"),
+    "shared": ("write", "try_to_unmap", "reclaim", "split", "free"),
+    "lazyfree": ("write", "reclaim", "try_to_unmap", "fork"),
+    "cache": ("try_to_unmap", "reclaim", "mprotect", "wp", "write", "fork", "sync"),
+    "part_mapped": ("reclaim", "try_to_unmap", "split", "fork"),
+    "mixed_exclusive": ("try_to_unmap", "reclaim", "fork", "mprotect"),
+    "mixed_zero": ("reclaim", "try_to_unmap", "split", "free"),
+    "mixed_uffd_wp": ("try_to_unmap", "reclaim", "mprotect", "fork", "dontneed"),
+    "mixed_dirty": ("reclaim", "try_to_unmap", "mprotect", "dontneed"),
+    "mixed_write": ("mprotect",),   # read-only over the whole folio
+    "mixed_read_only": ("try_to_unmap", "reclaim", "fork", "dontneed"),
+    "vmas": ("fork", "fork", "try_to_unmap", "reclaim", "munmap"),
+    "cont": ("uffd", "wp", "pin", "write", "mprotect", "free", "dontneed", "fork"),
+    "clean_writable": ("write", "write", "reclaim", "try_to_unmap", "dontneed", "munmap"),
+}
+WALKER_CHANCE = 4
+WALKER_SHARE = 3   # choices below it walk: three acts in four after a new hazard
+# The hazards whose walkers act on a part of the folio (at a page of it drawn anew): the range
+# leaves the folio's first or last page out, or covers a page or two (a folded block is split).
+PART_HAZARDS = frozenset({"cont"})
 # The range an act covers: the whole folio, the contpte block of the page (within the folio),
 # from the page to the folio's end, from its start to the page, the page, the page and the next.
 FOLIO_PARTS = ("folio", "folio", "folio", "block", "to_end", "from_start", "page", "pages")
+IN_PART = ("to_end", "from_start", "page", "pages")   # a part of it (PART_HAZARDS' walkers)
+WP_PARTS = ("folio", "block", *IN_PART)   # where wp acts: a protected part is where batches split
+WHOLE = ("folio",)   # a walker's range (but wp's): the folio it walks, whole
 LISTED_WEIGHT = 3  # a listed value is drawn 3 times in 4, a raw one once
 RAW_PAGES = TASK_SIZE // PAGE_SIZE
 BOUNDARY_GRANULES = (PMD_SIZE, CONT_PTE_SIZE, PAGE_SIZE)
@@ -146,7 +188,9 @@ FILE_OFFSETS = (0, 0, PAGE_SIZE, 8 * PAGE_SIZE, CONT_PTE_SIZE, 15 * PAGE_SIZE)
 NAMING_OPS = ("fork", "exit", "pin")
 
 assert set(KIND_TABLE) == set(OP_NAMES)
-assert set(ACT_KINDS) | set(NOTE_KINDS) | set(WALKER_KINDS) <= set(KIND_TABLE) - {"unpin", "fault", "file"}
+assert set(HAZARD_WALKERS) == set(HAZARDS)
+assert set(ACT_KINDS) | set(NOTE_KINDS) | {kind for kinds in HAZARD_WALKERS.values() for kind in kinds} \
+    <= set(KIND_TABLE) - {"unpin", "fault", "file"}
 
 
 class EncodeError(UsageError):
@@ -295,7 +339,8 @@ class OpGrammar:
         """An op of ACT_KINDS on a page of a folio worth acting on (folio_addresses_of_note),
         else one of NOTE_KINDS on a page of any large folio, in a process drawn from names
         (half the time the page the last act aimed at, while it is one: if that act gave its
-        folio a hazard it did not have, half the time one of WALKER_KINDS on it); if that
+        folio a hazard it did not have, WALKER_SHARE times in WALKER_CHANCE one of that hazard's
+        HAZARD_WALKERS at a page of it); if that
         process maps neither, an op that makes one (make_folio)."""
         choose = self.choices.choose
         process = names.live[choose(len(names.live))]
@@ -308,9 +353,21 @@ class OpGrammar:
         focus = self.focus
         if focus is not None and (focus[0] != process or focus[1] not in noted):
             focus = None   # another process, or its page is no longer one to act on
-        if focus is not None and folio_hazards(machine, process, focus[1]) & ~focus[2] and choose(2) == 0:
+        new = 0 if focus is None else folio_hazards(machine, process, focus[1]) & ~focus[2]
+        parts: tuple[str, ...] = FOLIO_PARTS
+        hazard = None
+        if focus is not None and new and choose(WALKER_CHANCE) < WALKER_SHARE:
             # the last act gave the folio it aimed at a new hazard: what batches over it, next
-            name, addr = WALKER_KINDS[choose(len(WALKER_KINDS))], focus[1]
+            hazards = [hazard for bit, hazard in enumerate(HAZARDS) if new >> bit & 1]
+            hazard = hazards[choose(len(hazards))]
+            walkers = HAZARD_WALKERS[hazard]
+            name = walkers[choose(len(walkers))]
+            span = folio_span(machine, process, focus[1])
+            if hazard in PART_HAZARDS:   # any page the process maps of it: a part around it
+                pages = [page for page in noted if span.start <= page < span.end]
+                addr, parts = pages[choose(len(pages))], IN_PART
+            else:
+                addr, parts = self.page_of(focus[1], span), WHOLE
         else:
             name = kinds[choose(len(kinds))]
             addr = noted[choose(len(noted))]
@@ -335,11 +392,13 @@ class OpGrammar:
         if name == "sync":
             return Op("sync", file=span.file)
         if name in ("uffd", "wp"):
-            return self.act_uffd(name, process, addr, span, machine)
+            return self.act_uffd(name, process, addr, span, machine, parts)
         if name in RANGE_OPS:
-            start, end = self.folio_part(addr, span)
+            start, end = self.folio_part(addr, span, parts)
             prot = None
-            if name == "mprotect":   # read-only 3 times in 4: batches of mixed exclusivity stay whole
+            if name == "mprotect" and hazard == "mixed_write":   # the entries made to agree in it
+                prot = "ro"
+            elif name == "mprotect":   # read-only 3 times in 4: batches of mixed exclusivity stay whole
                 prot = PROTS[int(choose(LISTED_WEIGHT + 1) != LISTED_WEIGHT)]
             return Op(name, process=process, addr=start, length=self.clip_length(start, end), prot=prot)
         page = self.page_of(addr, span)
@@ -403,9 +462,9 @@ class OpGrammar:
             return addr
         return span.start + (choose(span.nr_pages) << PAGE_SHIFT)
 
-    def folio_part(self, addr: int, span: FolioSpan) -> tuple[int, int]:
-        """The range [start, end) of a FOLIO_PARTS part of span around its page at addr."""
-        part = FOLIO_PARTS[self.choices.choose(len(FOLIO_PARTS))]
+    def folio_part(self, addr: int, span: FolioSpan, parts: tuple[str, ...] = FOLIO_PARTS) -> tuple[int, int]:
+        """The range [start, end) of a part of span around its page at addr, one of parts."""
+        part = parts[self.choices.choose(len(parts))]
         page = addr - addr % PAGE_SIZE
         if part == "folio":
             start, end = span.start, span.end
@@ -420,15 +479,21 @@ class OpGrammar:
             start, end = page, page + (PAGE_SIZE if part == "page" else 2 * PAGE_SIZE)
         return start, end
 
-    def act_uffd(self, name: str, process: int, addr: int, span: FolioSpan, machine: Machine) -> Op:
-        """uffd: register the VMA holding addr, or a part of the folio; wp: protect (3 times in
-        4) or unprotect a part of the folio, after registering its VMA if it is not."""
+    def act_uffd(self, name: str, process: int, addr: int, span: FolioSpan, machine: Machine,
+                 parts: tuple[str, ...] = FOLIO_PARTS) -> Op:
+        """uffd: register the VMA holding addr (not when parts are IN_PART), or a part of the
+        folio (one of parts); wp: protect (3 times in 4) or unprotect a part of the folio, after
+        registering its VMA if it is not. uffd where the VMA is registered is wp."""
         choose = self.choices.choose
         vma = machine.processes[process].find_vma(addr)
-        if name == "uffd" and vma is not None and choose(2) == 0:
+        if name == "uffd" and vma is not None and vma.uffd_wp:
+            name = "wp"   # registered already (a second registration is EBUSY): protect a part
+        if name == "uffd" and vma is not None and parts is not IN_PART and choose(2) == 0:
             start, end = vma.start, vma.end
+        elif name == "wp" and parts is not IN_PART:   # the whole folio or, as often, a part of it
+            start, end = self.folio_part(addr, span, WP_PARTS)
         else:
-            start, end = self.folio_part(addr, span)
+            start, end = self.folio_part(addr, span, parts)
         if name == "uffd":
             return Op("uffd", process=process, addr=start, length=self.clip_length(start, end))
         mode = WP_MODES[int(choose(LISTED_WEIGHT + 1) == LISTED_WEIGHT)]

@@ -26,6 +26,7 @@ from machine.pgtable import (
     PMD_SIZE,
     PTRS_PER_TABLE,
     pmd_trans_huge,
+    pte_cont,
     pte_dirty,
     pte_pfn,
     pte_present,
@@ -35,12 +36,23 @@ from machine.pgtable import (
 )
 
 # The hazards of a folio for batching, one bit each (folio_hazards): mapped by a PMD, maybe
-# pinned, mapped by several processes, lazyfree, in the page cache, mapped in part; and the
+# pinned, mapped by several processes, lazyfree, in the page cache, mapped in part; the
 # pages one process maps differing in PageAnonExclusive, being all zero, the uffd-wp bit,
-# the dirty bit or the write bit (where a batch must split, or gather what differs).
+# the dirty bit or the write bit (where a batch must split, or gather what differs); every
+# entry read-only while they differ in PageAnonExclusive, uffd-wp or dirty (FPB_RESPECT_WRITE
+# no longer splits a batch there: only those bits do); mapped across a VMA edge (a batch
+# stops at each VMA's end: fork, zap and try_to_unmap walk VMA by VMA); a folded contpte
+# block among its entries (a write to one entry, or a range covering part of the block,
+# must unfold it; a copy of part of it must not keep PTE_CONT); a clean page-cache folio
+# mapped writable (no write-notify: the dirty bits of its entries are all that will record
+# a write, until a zap or an unmap gathers them into PG_dirty).
 HAZARDS = ("pmd", "pinned", "shared", "lazyfree", "cache", "part_mapped", "mixed_exclusive", "mixed_zero",
-           "mixed_uffd_wp", "mixed_dirty", "mixed_write")
+           "mixed_uffd_wp", "mixed_dirty", "mixed_write", "mixed_read_only", "vmas", "cont", "clean_writable")
 _PMD, _PINNED, _SHARED, _LAZYFREE, _CACHE, _PART_MAPPED, _MIXED = (1 << bit for bit in range(7))
+_MIXED_READ_ONLY, _VMAS, _CONT, _CLEAN_WRITABLE = (
+    1 << HAZARDS.index(name) for name in ("mixed_read_only", "vmas", "cont", "clean_writable"))
+# The differences a batch that respects the write bit sees only where the write bit agrees.
+_MIXED_BESIDE_WRITE = sum(1 << HAZARDS.index(name) for name in ("mixed_exclusive", "mixed_uffd_wp", "mixed_dirty"))
 
 
 class FolioSpan(NamedTuple):
@@ -65,12 +77,14 @@ class FolioSpan(NamedTuple):
 def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
     """Where pid maps a page of a folio worth acting on, ascending: a large folio (PTE-mapped)
     that is maybe pinned, mapped by more than one process, lazyfree (MADV_FREE), in the page
-    cache, or whose pages pid maps differ in PageAnonExclusive, the uffd-wp bit, the dirty bit
-    or in being all zero (where batches must split, or gather what differs); every PMD mapping
-    (the head's address); every zero-page entry; and every page a private file mapping COWed."""
+    cache, or whose pages pid maps differ in PageAnonExclusive, the uffd-wp bit, the dirty bit,
+    in being all zero or in the VMA that maps them (where batches must split, or gather what
+    differs); every PMD mapping (the head's address); every zero-page entry; and every page a
+    private file mapping COWed."""
     mm = machine.processes[pid]
     frames = machine.frames
     private_file = [(vma.start, vma.end) for vma in mm.vmas if vma.file is not None and not vma.shared]
+    vma_starts = np.array([vma.start for vma in mm.vmas], np.int64)
     noted: list[int] = []
     for key in sorted(mm.pte_tables):
         entries = mm.pte_tables[key].entries
@@ -95,13 +109,14 @@ def folio_addresses_of_note(machine: Machine, pid: int) -> list[int]:
             continue
         present = entries[index]
         pages = pte_pfn(present).astype(np.int64)
-        folios, per_page = np.unique(heads, return_inverse=True)
+        folios, first, per_page = np.unique(heads, return_index=True, return_inverse=True)
         mapped = np.bincount(per_page)
         of_note = ((frames.folio_pincount[folios] > 0) | (frames.folio_mm_ids_shared[folios] != 0)
                    | (frames.folio_anon[folios] & ~frames.folio_swapbacked[folios])
                    | (frames.folio_mapping[folios] != 0))
+        vma = np.searchsorted(vma_starts, (key << PMD_SHIFT) + (index << PAGE_SHIFT), side="right")
         for differs in (frames.page_anon_exclusive[pages], frames.page_data[pages] == 0, pte_uffd_wp(present),
-                        pte_dirty(present)):
+                        pte_dirty(present), vma != vma[first][per_page]):
             count = np.bincount(per_page, weights=differs.astype(np.int64), minlength=len(folios))
             of_note |= (count > 0) & (count < mapped)
         noted.extend(((key << PMD_SHIFT) + (index[of_note[per_page]] << PAGE_SHIFT)).tolist())
@@ -193,6 +208,14 @@ def folio_hazards(machine: Machine, pid: int, addr: int) -> int:
                                    pte_uffd_wp(entries), pte_dirty(entries), pte_write(entries))):
         if differs.any() and not differs.all():
             bits |= _MIXED << bit
+    if bits & _MIXED_BESIDE_WRITE and not pte_write(entries).any():
+        bits |= _MIXED_READ_ONLY
+    if pte_cont(entries).any():
+        bits |= _CONT
+    if bits & _CACHE and not frames.folio_dirty[head] and pte_write(entries).any():
+        bits |= _CLEAN_WRITABLE
+    if len(mm.vmas_intersecting(start, start + (nr_pages << PAGE_SHIFT))) > 1:
+        bits |= _VMAS
     return bits
 
 

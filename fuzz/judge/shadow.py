@@ -147,13 +147,16 @@ class Shadow:
 
     def _pin_copies(self, machine: Machine, op: Op) -> None:
         """A pin walks its pages in order until its first failure: each page of a private file
-        mapping it reaches is COWed (a write fault, or a R/O long-term pin's unshare)."""
+        mapping it reaches is COWed (a write fault, or a R/O long-term pin's unshare). A
+        writable pin fails at a uffd-wp protected page: its write fault traps there
+        (do_wp_page, handle_pte_marker: GUP's EFAULT) and COWs nothing."""
         pid, addr = cast(int, op.process), cast(int, op.addr)
         mm = machine.processes.get(pid)
+        protected = self.protected.get(pid, set())
         for i in range(cast(int, op.nr_pages)):
             page_addr = addr + i * PAGE_SIZE
             vma = None if mm is None else mm.find_vma(page_addr)
-            if vma is None or (op.prot == "rw" and not vma.writable):
+            if vma is None or (op.prot == "rw" and (not vma.writable or page_addr in protected)):
                 return
             if vma.file is not None and vma.shared:
                 if op.prot == "rw" and not machine.files[vma.file].shmem:

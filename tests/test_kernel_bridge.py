@@ -556,6 +556,21 @@ def test_vma_merge_explains_a_larger_fault_across_a_model_vma_edge_only():
     assert explain(Difference(0, 0x200000, "order", 8, 9), context_of(one_vma, 1, kernel)) is None
 
 
+def test_vma_merge_explains_a_forked_entry_of_a_model_vma_without_anon_vma_beside_one_with():
+    script = "mmap P0 0x200000 4M\nfault P0 0x200000 order=0\nmmap P0 0x600000 4K\nread P0 0x600000\nfork P0\n"
+    run = model_of(script)
+    assert (1, 0x600000) not in run.steps[4].after
+    kernel = dict(run.steps[4].after)
+    kernel[(1, 0x600000)] = PageView(ZERO, level="pte")
+    context = context_of(run, 4, kernel)
+    assert {explain(d, context) for d in compare_observations(run.steps[4].after, kernel)} == {"vma-merge"}
+    apart = model_of(script.replace("0x600000 4K", "0x700000 4K").replace("read P0 0x600000", "read P0 0x700000"))
+    kernel = dict(apart.steps[4].after)
+    kernel[(1, 0x700000)] = PageView(ZERO, level="pte")
+    assert {explain(d, context_of(apart, 4, kernel))
+            for d in compare_observations(apart.steps[4].after, kernel)} == {None}
+
+
 def test_pmd_fault_needs_pmd_none_explains_the_faulting_range_only():
     run = model_of("mmap P0 0x200000 2M\nwrite P0 0x200000 1\ndontneed P0 0x200000 2M\nfault P0 0x200000 order=9\n")
     assert run.steps[3].after[(0, 0x200000)].level == "pmd"

@@ -28,7 +28,8 @@ class OpContext:
     model_after: Observation
     kernel_before: Observation
     kernel_after: Observation
-    model_vmas: tuple[tuple[int, int], ...] = ()   # the op's process's VMAs on the model after it
+    model_vmas: tuple[tuple[int, int, int], ...] = ()   # the op's process's VMAs on the model after it:
+    #                                                       (start, end, anon_vma)
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,15 @@ def _swap_slot_placement(difference: Difference, context: OpContext) -> bool:
 
 
 def _vma_merge(difference: Difference, context: OpContext) -> bool:
-    """The model never merges an mmap with its neighbours; the kernel merges VMAs without an
-    anon_vma yet, so a fault may find a larger aligned range inside one VMA. Explains every
-    field of the pages of the kernel's (larger) folio when its range crosses a model VMA edge."""
+    """The model never merges an mmap with its neighbours; the kernel does (vma_merge_new_range):
+    a fault may find a larger aligned range inside the merged VMA (_vma_merge_fault), and fork
+    copies the page tables of a part that had no anon_vma of its own (_vma_merge_fork)."""
+    return _vma_merge_fault(difference, context) or _vma_merge_fork(difference, context)
+
+
+def _vma_merge_fault(difference: Difference, context: OpContext) -> bool:
+    """Explains every field of the pages of the kernel's (larger) folio when its range crosses
+    a model VMA edge."""
     op = context.op
     if op.name != "fault" or difference.process != op.process:
         return False
@@ -105,8 +112,29 @@ def _vma_merge(difference: Difference, context: OpContext) -> bool:
         return False
     size = PAGE_SIZE << kernel.order
     start = (op.addr or 0) & ~(size - 1)
-    crosses = any(start < vma_start < start + size for vma_start, _end in context.model_vmas)
+    crosses = any(start < vma_start < start + size for vma_start, _end, _anon_vma in context.model_vmas)
     return crosses and start <= difference.addr < start + size
+
+
+def _vma_merge_fork(difference: Difference, context: OpContext) -> bool:
+    """The kernel's merged VMA has the anon_vma one of its parts had, so fork copies the page
+    tables of a part without one too (vma_needs_copy), where the model's child faults later:
+    explains a child's page that is mapped on the kernel alone, in a model VMA of the parent
+    without an anon_vma that touches one with an anon_vma."""
+    op = context.op
+    if op.name != "fork" or difference.process == op.process:
+        return False
+    model = context.model_after.get((difference.process, difference.addr))
+    kernel = context.kernel_after.get((difference.process, difference.addr))
+    if model is not None or kernel is None:
+        return False
+    vmas = context.model_vmas
+    for index, (start, end, anon_vma) in enumerate(vmas):
+        if start <= difference.addr < end:
+            neighbours = vmas[max(index - 1, 0):index] + vmas[index + 1:index + 2]
+            return not anon_vma and any(other_anon_vma and (other_end == start or other_start == end)
+                                        for other_start, other_end, other_anon_vma in neighbours)
+    return False
 
 
 DEVIATIONS: tuple[Deviation, ...] = (

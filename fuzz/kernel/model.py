@@ -31,7 +31,7 @@ class ModelStep:
     before: Observation
     after: Observation
     new_process: int | None = None   # fork: the child's number
-    vmas: tuple[tuple[int, int], ...] = ()   # the op's process's VMAs after it: (start, end)
+    vmas: tuple[tuple[int, int, int], ...] = ()   # the op's process's VMAs after it: (start, end, anon_vma)
     large_cache_folios: frozenset[tuple[int, int, int]] = frozenset()   # after it: (file, index, order)
 
 
@@ -87,7 +87,7 @@ def run_model(script: Script, impl: str = REFERENCE_IMPL) -> ModelRun:
         after = project(machine, run.pages)
         new_process = nr_processes if machine.nr_processes > nr_processes else None
         mm = machine.processes.get(op.process) if op.process is not None else None
-        vmas = tuple((vma.start, vma.end) for vma in mm.vmas) if mm is not None else ()
+        vmas = tuple((vma.start, vma.end, vma.anon_vma) for vma in mm.vmas) if mm is not None else ()
         run.steps.append(ModelStep(op, str(result), before, after, new_process, vmas,
                                    large_cache_folios(machine)))
         before = after

@@ -219,7 +219,7 @@ def _one_pageout_batch(keys: list[tuple[int, int]], step: ModelStep) -> bool:
     the same uffd-wp and contiguous bits (madvise_folio_pte_batch ignores only dirty, write and
     young); otherwise madvise_cold_or_pageout_pte_range splits the folio itself."""
     addrs = sorted(addr for _process, addr in keys)
-    if not any(start <= addrs[0] and addrs[-1] < end for start, end in step.vmas):
+    if not any(start <= addrs[0] and addrs[-1] < end for start, end, _anon_vma in step.vmas):
         return False
     return (len({step.before[key].uffd_wp for key in keys}) == 1
             and len({step.before[key].cont for key in keys}) == 1)

@@ -11,7 +11,7 @@ from fuzz.judge.compare import compare_machines
 from fuzz.judge.oracles import ORACLES
 from fuzz.judge.scan import PageTableScan, reserved_frames_pristine
 from fuzz.judge.shadow import Shadow
-from machine import Machine
+from machine import VMA, Machine
 from machine.frames import FrameTable
 
 NR_FRAMES = (256, 300, 4096)
@@ -55,3 +55,14 @@ def test_the_comparison_catches_a_swap_slot_changed_anywhere(name):
     a, b = Machine(4096), Machine(4096)
     planted(getattr(b.swap, name), 4000)
     assert [(difference.where, difference.field) for difference in compare_machines(a, b)] == [("slot 4000", name)]
+
+
+@pytest.mark.parametrize("field", ("anon_vma", "anon_vma_fork_child"))
+def test_the_comparison_catches_a_vmas_anon_vma_or_its_fork_child_mark(field):
+    a, b = Machine(256), Machine(256)
+    for machine in (a, b):
+        machine.processes[0].vma_insert(VMA(0x200000, 0x210000, True, 0, anon_vma=1))
+    vma = b.processes[0].vmas[0]
+    setattr(vma, field, 2 if field == "anon_vma" else True)
+    differences = compare_machines(a, b)
+    assert differences and all(difference.where.startswith("P0") for difference in differences), differences

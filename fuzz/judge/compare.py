@@ -199,17 +199,19 @@ def _compare_files(a: Machine, b: Machine, out: _Differences) -> None:
 
 def _vma_fields(vma: VMA) -> tuple:
     return (vma.start, vma.end, vma.prot, vma.lineage, vma.file, vma.file_pgoff, vma.shared, vma.anon_vma,
-            vma.uffd_ctx)
+            vma.anon_vma_fork_child, vma.uffd_ctx)
 
 
 def _vma_text(vma: tuple | None) -> str:
     if vma is None:
         return "absent"
-    start, end, prot, lineage, file, file_pgoff, shared, anon_vma, uffd_ctx = vma
+    start, end, prot, lineage, file, file_pgoff, shared, anon_vma, fork_child, uffd_ctx = vma
     text = f"{start:#x}-{end:#x} {prot} lineage={lineage}"
     if file is not None:
         text += f" file=F{file} pgoff={file_pgoff} {'shared' if shared else 'private'}"
-    return text + (" anon_vma" if anon_vma else "") + (f" uffd={uffd_ctx}" if uffd_ctx else "")
+    if anon_vma:
+        text += f" anon_vma={anon_vma}" + (" (fork child)" if fork_child else "")
+    return text + (f" uffd={uffd_ctx}" if uffd_ctx else "")
 
 
 def describe_leaf(frames: FrameTable, desc: int) -> str:

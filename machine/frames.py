@@ -260,13 +260,13 @@ class FrameTable:
         folios = np.asarray(folios, np.int64)
         if folios.size == 0:
             return
+        if folios.size == 1:
+            self.folio_free(int(folios[0]))   # its checks as scalars
+            return
         check(all_set(self.page_folio[folios] == folios), "freeing non-heads")
         check(not any_set(self.folio_refcount[folios]), "freeing folios with references")
         check(not any_set(self.folio_large_mapcount[folios]) and not any_set(self.folio_pincount[folios]),
               "freeing folios that are mapped or pinned")
-        if len(folios) == 1:
-            self._clear_folio_frames(int(folios[0]))
-            return
         nr_pages = 1 << self.folio_order[folios].astype(np.int64)
         pages = folios.repeat(nr_pages) + _segment_offsets(nr_pages)
         check(not any_set(self.page_mapcount[pages]), "freeing folios with mapped pages")

@@ -162,15 +162,25 @@ def vma_wants_manual_pte_write_upgrade(machine: Machine, vma: VMA) -> bool:
     return vma.writable
 
 
+def vm_account_of(vma: VMA, writable: bool) -> bool:
+    """mprotect_fixup's VM_ACCOUNT: set when a private VMA becomes writable, cleared when an
+    anonymous VMA with no anon_vma yet becomes read-only, else kept."""
+    if writable:
+        return not vma.shared or vma.account
+    return vma.account and (vma.file is not None or vma.anon_vma != 0)
+
+
 def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:
     """Change [start, end) of vma: split it at the edges, change entries, merge neighbours."""
     if vma.writable == writable:
         return
+    account = vm_account_of(vma, writable)
     if vma.start < start:
         vma = mm.vma_split(vma, start)
     if vma.end > end:
         mm.vma_split(vma, end)
     vma.writable = writable
+    vma.account = account
     cp_flags = MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(machine, vma) else 0
     change_protection(machine, mm, vma, start, end, cp_flags)
     mm.vma_merge(vma)

@@ -218,9 +218,9 @@ def __folios_set_anon(machine: Machine, folios: np.ndarray, vma: VMA, addrs: np.
 
 def anon_vma_compatible(a: VMA, b: VMA) -> bool:
     """anon_vma_compatible: adjacent, the same file (or none) at consecutive offsets, flags
-    equal but for the access flags (VM_UFFD_WP counts; VM_WRITE does not)."""
+    equal but for the access flags (VM_UFFD_WP and VM_ACCOUNT count; VM_WRITE does not)."""
     return (a.end == b.start and a.file == b.file and a.shared == b.shared
-            and (a.uffd_ctx != 0) == (b.uffd_ctx != 0)
+            and (a.uffd_ctx != 0) == (b.uffd_ctx != 0) and a.account == b.account
             and (a.file is None or a.linear_page_index(b.start) == b.file_pgoff))
 
 

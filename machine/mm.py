@@ -37,6 +37,8 @@ class VMA:
     anon_vma attached (for an anonymous or a private file VMA from its first anon folio
     on; never for a shared one), 0 for none; anon_vma_fork_child says its anon_vma_chain
     also links a parent's anon_vma (anon_vma_fork), which no split or merge undoes.
+    account is VM_ACCOUNT: the VMA's pages are charged to the commit (a private writable
+    mapping's, kept when it turns read-only but for an anonymous one without an anon_vma).
     """
 
     start: int
@@ -49,10 +51,11 @@ class VMA:
     anon_vma: int = 0         # vma->anon_vma: its id (Machine.anon_vma_alloc), 0: none yet (anon_vma_prepare)
     uffd_ctx: int = 0         # the userfaultfd context registered on it (vm_userfaultfd_ctx), 0: none
     anon_vma_fork_child: bool = False   # vma_is_fork_child: !list_is_singular(&vma->anon_vma_chain)
+    account: bool = False     # VM_ACCOUNT
 
     def copy(self) -> VMA:
         return VMA(self.start, self.end, self.writable, self.lineage, self.file, self.file_pgoff,
-                   self.shared, self.anon_vma, self.uffd_ctx, self.anon_vma_fork_child)
+                   self.shared, self.anon_vma, self.uffd_ctx, self.anon_vma_fork_child, self.account)
 
     def linear_page_index(self, addr: int) -> int:
         """The file page index mapped at addr (linear_page_index). Context: a file VMA."""
@@ -135,6 +138,8 @@ PUD_SIZE = 1 << PUD_SHIFT
 def _mergeable(before: VMA, after: VMA) -> bool:
     """Whether after, starting where before ends, can join it (vma_merge's compatibility)."""
     if before.writable != after.writable or before.lineage != after.lineage or before.uffd_ctx != after.uffd_ctx:
+        return False
+    if before.account != after.account:
         return False
     if before.file != after.file or before.shared != after.shared or not _anon_vma_mergeable(before, after):
         return False
@@ -271,8 +276,8 @@ class MM:
         return upper
 
     def vma_merge(self, vma: VMA) -> VMA:
-        """Merge vma with adjacent neighbours of equal prot, lineage and userfaultfd context
-        (vma_merge: equal vm_flags and vm_userfaultfd_ctx) and, for a file, the same file,
+        """Merge vma with adjacent neighbours of equal prot, VM_ACCOUNT, lineage and userfaultfd
+        context (vma_merge: equal vm_flags and vm_userfaultfd_ctx) and, for a file, the same file,
         sharing and consecutive file offsets, and compatible anon_vmas (_anon_vma_mergeable);
         with both only if the two do not bring different anon_vmas together, else with the
         previous one alone (vma_merge_existing_range: can_vma_merge_left, _right). Returns

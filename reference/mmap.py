@@ -11,6 +11,11 @@ from .memory import copy_page_range, unmap_page_range
 from .rmap import anon_vma_fork
 
 
+def accountable_mapping(writable: bool, shared: bool) -> bool:
+    """accountable_mapping: a private writable mapping is charged to the commit (VM_ACCOUNT)."""
+    return writable and not shared
+
+
 def do_mmap(machine: Machine, mm: MM, addr: int, length: int, writable: bool, file: int | None = None,
             offset: int = 0, shared: bool = False) -> str:
     """A new VMA of a new lineage, anonymous or mapping a file from offset (model: never
@@ -21,7 +26,7 @@ def do_mmap(machine: Machine, mm: MM, addr: int, length: int, writable: bool, fi
     if mm.vmas_intersecting(addr, addr + length):
         return EEXIST
     mm.vma_insert(VMA(addr, addr + length, writable, machine.lineage_alloc(), file,
-                      offset >> PAGE_SHIFT, shared))
+                      offset >> PAGE_SHIFT, shared, account=accountable_mapping(writable, shared)))
     return OK
 
 

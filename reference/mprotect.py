@@ -196,15 +196,27 @@ def vma_wants_manual_pte_write_upgrade(machine: Machine, vma: VMA) -> bool:
     return vma.writable
 
 
+def mprotect_vm_account(vma: VMA, writable: bool) -> bool:
+    """VM_ACCOUNT after mprotect_fixup: a private mapping turning writable is charged; an
+    anonymous one turning read-only is uncharged only while it has no anon_vma."""
+    if writable:
+        return vma.account or not vma.shared
+    if vma.account and vma.file is None and not vma.anon_vma:
+        return False
+    return vma.account
+
+
 def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, writable: bool) -> None:
     """Change [start, end) of vma: split it at the edges, change entries, merge neighbours."""
     if vma.writable == writable:
         return
+    account = mprotect_vm_account(vma, writable)
     if vma.start < start:
         vma = mm.vma_split(vma, start)
     if vma.end > end:
         mm.vma_split(vma, end)
     vma.writable = writable
+    vma.account = account
     cp_flags = MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(machine, vma) else 0
     change_protection(machine, mm, vma, start, end, cp_flags)
     mm.vma_merge(vma)

@@ -98,8 +98,10 @@ def __folio_set_anon(machine: Machine, folio: int, vma: VMA, addr: int) -> None:
 def anon_vma_compatible(a: VMA, b: VMA) -> bool:
     """anon_vma_compatible: a ends where b starts, both map the same file (or none) at
     consecutive offsets, with the same flags but for the access ones (uffd-wp registration
-    is a flag; write permission is not)."""
+    and VM_ACCOUNT are flags; write permission is not)."""
     if a.end != b.start or a.file != b.file or a.shared != b.shared or bool(a.uffd_ctx) != bool(b.uffd_ctx):
+        return False
+    if a.account != b.account:
         return False
     return a.file is None or a.linear_page_index(a.end) == b.file_pgoff
 

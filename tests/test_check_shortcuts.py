@@ -57,8 +57,8 @@ def test_the_comparison_catches_a_swap_slot_changed_anywhere(name):
     assert [(difference.where, difference.field) for difference in compare_machines(a, b)] == [("slot 4000", name)]
 
 
-@pytest.mark.parametrize("field", ("anon_vma", "anon_vma_fork_child"))
-def test_the_comparison_catches_a_vmas_anon_vma_or_its_fork_child_mark(field):
+@pytest.mark.parametrize("field", ("anon_vma", "anon_vma_fork_child", "account"))
+def test_the_comparison_catches_a_vmas_anon_vma_fork_child_mark_or_vm_account(field):
     a, b = Machine(256), Machine(256)
     for machine in (a, b):
         machine.processes[0].vma_insert(VMA(0x200000, 0x210000, True, 0, anon_vma=1))

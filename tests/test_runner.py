@@ -56,7 +56,7 @@ class OkKernel:
         mm = self.machine.processes[pid]
         if mm.vmas_intersecting(addr, addr + length):
             return "EINVAL"
-        mm.vma_insert(VMA(addr, addr + length, prot == "rw", self.machine.lineage_alloc()))
+        mm.vma_insert(VMA(addr, addr + length, prot == "rw", self.machine.lineage_alloc(), account=prot == "rw"))
         return OK
 
     def _fault_page(self, pid, addr):
@@ -106,7 +106,8 @@ class OkKernel:
     def fork(self, pid):
         child = self.machine.mm_alloc()
         for vma in self.machine.processes[pid].vmas:
-            child.vma_insert(VMA(vma.start, vma.end, vma.writable, vma.lineage, anon_vma=vma.anon_vma))
+            child.vma_insert(VMA(vma.start, vma.end, vma.writable, vma.lineage, anon_vma=vma.anon_vma,
+                                 account=vma.account))
         return OK
 
     def __getattr__(self, name):

@@ -199,14 +199,14 @@ def _compare_files(a: Machine, b: Machine, out: _Differences) -> None:
 
 def _vma_fields(vma: VMA) -> tuple:
     return (vma.start, vma.end, vma.prot, vma.lineage, vma.file, vma.file_pgoff, vma.shared, vma.anon_vma,
-            vma.anon_vma_fork_child, vma.uffd_ctx)
+            vma.anon_vma_fork_child, vma.uffd_ctx, vma.account)
 
 
 def _vma_text(vma: tuple | None) -> str:
     if vma is None:
         return "absent"
-    start, end, prot, lineage, file, file_pgoff, shared, anon_vma, fork_child, uffd_ctx = vma
-    text = f"{start:#x}-{end:#x} {prot} lineage={lineage}"
+    start, end, prot, lineage, file, file_pgoff, shared, anon_vma, fork_child, uffd_ctx, account = vma
+    text = f"{start:#x}-{end:#x} {prot}{' account' if account else ''} lineage={lineage}"
     if file is not None:
         text += f" file=F{file} pgoff={file_pgoff} {'shared' if shared else 'private'}"
     if anon_vma:

@@ -258,7 +258,6 @@ def test_every_deviation_is_documented_in_docs_model():
 
 @pytest.mark.parametrize("line, reason", [
     ("try_to_unmap P0 0x200000", "GUP-fast"),
-    ("split_pmd P0 0x200000", "PMD mapping"),
     ("pin P0 0x200000 1 ro", "GUP_TEST"),
     ("pin P0 0x0 1 rw", "address 0"),
 ])
@@ -323,6 +322,13 @@ def test_guest_ops_carry_every_argument():
         f"{GUEST_KINDS['fork']} 0 0 0 0 1", f"{GUEST_KINDS['write']} 0 2101248 0 7 0",
         f"{GUEST_KINDS['pin']} 0 2097152 8192 0 1", f"{GUEST_KINDS['unpin']} 0 0 0 0 0",
         f"{GUEST_KINDS['split']} 1 2097152 0 0 4", f"{GUEST_KINDS['exit']} 1 0 0 0 0"]
+
+
+def test_split_pmd_is_realised_with_its_address():
+    """split_pmd goes to the runtime as RF_SPLIT_PMD at the op's address (the runtime reads
+    the PMD itself and splits it by a VMA split and merge inside it)."""
+    ops = realise(model_of(COW_THP + "split_pmd P0 0x201000\n"))
+    assert guest_script_text(ops).splitlines()[-1] == f"{GUEST_KINDS['split_pmd']} 0 2101248 0 0 0"
 
 
 def test_shmem_files_are_realised_with_their_file_offset_and_sharing():

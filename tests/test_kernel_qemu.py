@@ -43,7 +43,8 @@ def scenario(name: str):
 @pytest.fixture(scope="module")
 def scenario_report(debian_kernel):
     names = ["06-fault-pmd.ops", "14-cow-fork-base.ops", "15-cow-fork-mthp.ops", "12-write-read.ops",
-             "39-reclaim-base-swapin.ops", "32-pin-rw-shared-cow.ops", "51-split-pmd.ops"]
+             "39-reclaim-base-swapin.ops", "32-pin-rw-shared-cow.ops", "51-split-pmd.ops",
+             "188-huge-zero-pins.ops"]
     return names, check_scripts([scenario(name) for name in names], debian_kernel)
 
 
@@ -53,7 +54,8 @@ def test_scenarios_agree_or_deviate_by_name(scenario_report):
     assert labels == {
         "06-fault-pmd.ops": AGREE, "14-cow-fork-base.ops": AGREE, "15-cow-fork-mthp.ops": AGREE,
         "12-write-read.ops": AGREE, "39-reclaim-base-swapin.ops": AGREE,
-        "32-pin-rw-shared-cow.ops": AGREE, "51-split-pmd.ops": UNSUPPORTED}
+        "32-pin-rw-shared-cow.ops": AGREE, "51-split-pmd.ops": AGREE,
+        "188-huge-zero-pins.ops": UNSUPPORTED}
     assert report.kernel_release.endswith("-arm64") and report.kernel_version in report.kernel_release
     assert not report.unexplained
 

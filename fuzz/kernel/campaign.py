@@ -2,7 +2,7 @@
 
 Scripts are drawn by the fuzz decoder from seeded random bytes, then kept to
 what the kernel can realise: ops that never have a realisation (`try_to_unmap`,
-`split_pmd`, a read-only pin) are dropped and `frames N` with them, and a
+a read-only pin) are dropped and `frames N` with them, and a
 script is cut before its first op the model's run shows unrealisable (an
 ENOMEM path, a reclaim of a shared folio). Every unexplained disagreement is
 minimised with the model-side minimiser's candidates, which the kernel
@@ -31,7 +31,7 @@ from .realise import UnsupportedScript, realise
 
 log = structlog.get_logger()
 
-NEVER_REALISABLE = frozenset({"try_to_unmap", "split_pmd"})
+NEVER_REALISABLE = frozenset({"try_to_unmap"})
 INPUT_BYTES = (32, 512)          # the size range of the random decoder inputs
 MAX_MINIMIZE_BOOTS = 16
 KERNEL_CORPUS = os.path.join("corpus", "kernel")

@@ -26,7 +26,7 @@ from .observe import PRESENT, SWAP, ZERO, PageView
 # The guest runtime's op kinds (enum rf_op_kind in runtime.c).
 GUEST_KINDS = {"mmap": 0, "munmap": 1, "dontneed": 2, "mprotect": 3, "fault": 4, "write": 5, "read": 6,
                "pin": 7, "unpin": 8, "fork": 9, "exit": 10, "reclaim": 11, "split": 12, "free": 13,
-               "file": 14, "sync": 15, "uffd": 16, "wp": 17}
+               "file": 14, "sync": 15, "uffd": 16, "wp": 17, "split_pmd": 18}
 MAX_FILES = 16                 # MAX_FILES in runtime.c
 RUNTIME_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime.c")
 
@@ -82,8 +82,6 @@ def _static_reason(op: Op) -> str | None:
         return f"the runtime keeps at most {MAX_FILES} files"
     if op.name == "try_to_unmap":
         return "the race of GUP-fast with reclaim that try_to_unmap models cannot be brought about from user space"
-    if op.name == "split_pmd":
-        return "no system call splits a PMD mapping without also splitting the folio or the VMA"
     if op.name == "pin" and op.prot == "ro":
         return "a read-only long-term pin needs GUP_TEST, which Debian's kernel lacks"
     if op.addr is not None and op.addr + (op.length or (op.nr_pages or 0) << PAGE_SHIFT) > USER_VA_LIMIT:
@@ -263,7 +261,7 @@ def guest_op(op: Op, new_process: int | None = None) -> GuestOp:
         return GuestOp(kind, process, op.addr or 0, arg=op.order or 0)
     if op.name == "write":
         return GuestOp(kind, process, op.addr or 0, value=op.value or 0)
-    if op.name == "reclaim":
+    if op.name in ("reclaim", "split_pmd"):
         return GuestOp(kind, process, op.addr or 0)
     if op.name == "pin":
         return GuestOp(kind, process, op.addr or 0, (op.nr_pages or 0) << PAGE_SHIFT, arg=rw)

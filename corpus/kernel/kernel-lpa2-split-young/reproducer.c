@@ -138,7 +138,7 @@
 enum rf_op_kind {
 	RF_MMAP, RF_MUNMAP, RF_DONTNEED, RF_MPROTECT, RF_FAULT, RF_WRITE, RF_READ,
 	RF_PIN, RF_UNPIN, RF_FORK, RF_EXIT, RF_RECLAIM, RF_SPLIT, RF_FREE, RF_FILE, RF_SYNC, RF_UFFD, RF_WP,
-	RF_NR_KINDS
+	RF_SPLIT_PMD, RF_NR_KINDS
 };
 
 /* One op of a script; which fields an op reads is in rf_do_op(). */
@@ -150,7 +150,7 @@ struct rf_op {
 	uint64_t value;    /* write; a file mmap's offset */
 	int arg;	   /* rw flag (mmap, mprotect, pin), order (fault, split), pin id (unpin), child (fork),
 			    * file id (file, sync); a file mmap: rw | shared << 1 | (file id + 1) << 2, and the
-			    * controller adds its fd << 16 */
+			    * controller adds its fd << 16; split_pmd: the controller's "a PMD block is there" */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -983,6 +983,27 @@ static int pin_pages(uint64_t addr, uint64_t nr_pages, int *ring_fd)
 
 static int worker_loop(int self);
 
+/*
+ * split_pmd P va: split the PMD mapping at va and nothing else. A VMA split inside the PMD's
+ * range splits the mapping (__split_vma: vma_adjust_trans_huge, split_huge_pmd_address, no
+ * freeze), so MADV_DONTFORK of the PMD's first page and MADV_DOFORK of it again (its flags
+ * back as they were, the pieces merge again) leave the split mapping and the VMA as before.
+ * EFAULT without a VMA at va (MADV_NORMAL changes nothing where there is one), ENOENT
+ * without a PMD block there (the controller read the page table: pmd_block).
+ */
+static int split_pmd_mapping(uint64_t va, int pmd_block)
+{
+	void *haddr = (void *)(va & ~(PMD_SIZE - 1));
+
+	if (madvise((void *)(va & ~(PAGE_SIZE - 1)), PAGE_SIZE, MADV_NORMAL))
+		return EFAULT;
+	if (!pmd_block)
+		return ENOENT;
+	if (madvise(haddr, PAGE_SIZE, MADV_DONTFORK) || madvise(haddr, PAGE_SIZE, MADV_DOFORK))
+		return errno;
+	return 0;
+}
+
 /* fork: the child becomes worker `child`, the parent reports the child's pid. */
 static int worker_fork(int child, pid_t *child_pid)
 {
@@ -1072,6 +1093,8 @@ static int rf_do_op(const struct rf_op *op, struct reply *reply)
 		return worker_fork(op->arg, &reply->child_pid);
 	case RF_RECLAIM:
 		return madvise(addr, op->length, MADV_PAGEOUT) ? errno : 0;
+	case RF_SPLIT_PMD:
+		return split_pmd_mapping(op->addr, op->arg);
 	case RF_UFFD:
 		return uffd_register(op->addr, op->length);
 	case RF_WP:
@@ -1549,6 +1572,13 @@ static int run_op(const struct rf_op *op)
 	case RF_SPLIT:
 		lru_drain(); /* a folio in a per-CPU batch holds a reference the split refuses */
 		return split_folio_at(op->process, op->addr, op->arg);
+	case RF_SPLIT_PMD: {
+		uint64_t pmd_block = 0;
+
+		walk_to_pte_table(workers[op->process].pgd, pgtable_levels, op->addr, &pmd_block);
+		sent.arg = pmd_block != 0;
+		break;
+	}
 	case RF_RECLAIM: {
 		struct range folio_ranges[64];
 		int count = reclaim_ranges(op->process, op->addr, folio_ranges, 64), result = 0;

@@ -162,7 +162,7 @@ def vma_wants_manual_pte_write_upgrade(machine: Machine, vma: VMA) -> bool:
     return vma.writable
 
 
-def vm_account_of(vma: VMA, writable: bool) -> bool:
+def mprotect_vm_account(vma: VMA, writable: bool) -> bool:
     """mprotect_fixup's VM_ACCOUNT: set when a private VMA becomes writable, cleared when an
     anonymous VMA with no anon_vma yet becomes read-only, else kept."""
     if writable:
@@ -174,7 +174,7 @@ def mprotect_fixup(machine: Machine, mm: MM, vma: VMA, start: int, end: int, wri
     """Change [start, end) of vma: split it at the edges, change entries, merge neighbours."""
     if vma.writable == writable:
         return
-    account = vm_account_of(vma, writable)
+    account = mprotect_vm_account(vma, writable)
     if vma.start < start:
         vma = mm.vma_split(vma, start)
     if vma.end > end:

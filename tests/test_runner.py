@@ -263,6 +263,23 @@ def test_final_difference_is_pinned_to_the_first_op_that_caused_it():
     assert finding.differences[0].where == "pfn 0"
 
 
+class DoubleMapcountMunmapFailsKernel(DoubleMapcountKernel):
+    def munmap(self, pid, addr, length):
+        return "EINVAL"
+
+
+@pytest.mark.parametrize("check_every_op", (True, False))
+def test_a_later_result_divergence_gives_way_to_an_earlier_state_difference(check_every_op):
+    """Fuzzing mode checks states only at the end, so it meets the munmap's result first; its
+    finding is pinned by a replay checking every op, which meets the write's state difference
+    first: both modes report the signature a replay of the script shows."""
+    impl = implementation("fake_mapcount_munmap", DoubleMapcountMunmapFailsKernel)
+    text = WRITE_SCRIPT + "munmap P0 0x200000 4K\n"
+    [finding] = run_script(script(text), impl=impl, ref=OK_IMPL, check_every_op=check_every_op).findings
+    assert finding.signature == "divergence:write:page_mapcount"
+    assert finding.line == 3
+
+
 def test_failing_oracle_is_an_oracle_finding(monkeypatch):
     failure = types.SimpleNamespace(oracle="refcount", detail="pfn 0: refcount 1, expected 2")
     monkeypatch.setattr(runner, "check_oracles",
@@ -337,7 +354,8 @@ def test_a_stream_run_times_the_decoder_and_a_raising_kernel(monkeypatch):
     result = runner.run_stream(Script(path="t.ops", frames=64, steps=[]),
                                next_op, implementation("slow_raise", SlowForkRaisesKernel), OK_IMPL)
     assert result.findings[0].signature == "exception:fork:MachineBug"
-    assert result.seconds == {"reference": 0.0, "implementation": 3.0, "decoder": 2.0, "checks": 0.0}
+    # the replay that pins the finding (every op checked) runs the raising fork again: a check
+    assert result.seconds == {"reference": 0.0, "implementation": 3.0, "decoder": 2.0, "checks": 3.0}
 
 
 def test_process_missing_at_run_time_is_a_script_error():

@@ -14,8 +14,9 @@ memory. Each op runs on both; then, in this order, a finding is:
   differing field.
 
 With `check_every_op=False` (fuzzing, for speed) oracles and states are
-checked only at the end, and a failure found there is pinned to the first op
-after which it shows by running the script again checking every op.
+checked only at the end, and a finding after the first op is pinned by running
+the script again checking every op: the first finding is then the one a run
+checking every op reports, whichever mode found it.
 
 An `expect` step is checked on both machines (`expect`; field: the first key
 that fails). The run stops at the first finding. Naming a process that does
@@ -169,7 +170,8 @@ class RunResult:
     """What a run found (at most one finding: it stops at the first), the number
     of ops run, each op's result (the reference's, equal to the other's) and the
     seconds each part of the run took: the two kernels, the fuzz decoder, the oracles and
-    the comparison (a final failure pinned to its op reports the pinning replay's)."""
+    the comparison (a finding pinned by a replay checking every op reports the replay's
+    finding, ops and results; the replay's seconds count among the checks)."""
 
     findings: list[Finding]
     ops_run: int
@@ -512,15 +514,23 @@ def run_stream(script: Script, next_op: Callable[[Machine], Op | None], impl: st
 
 def _pinned(result: RunResult, script: Script, ref: _Implementation, other: _Implementation,
             contpte_verdicts: ContpteVerdicts) -> RunResult:
-    """result, or if it ends with a final difference or oracle failure found only at the end,
-    the run of script checking every op, which pins it to the first op after which it shows."""
+    """result, or if its finding came after the first op, the run of script checking every
+    op: a failure found only at the end is pinned to the first op after which it shows, and
+    a result divergence or an exception at a later op gives way to an oracle failure or a
+    state difference an earlier op made, so the signature is the one a replay of the script
+    shows (and the minimiser keeps)."""
     if not result.findings:
         return result
     finding = result.findings[0]
-    if finding.kind not in (FindingKind.DIVERGENCE, FindingKind.ORACLE) or finding.op_name != AT_END:
-        return result
+    if finding.step_index <= 0 and finding.op_name != AT_END:
+        return result   # at the start or at the first op: no earlier op to look at
     pinned = _Run(script, ref, other, contpte_verdicts).execute(check_every_op=True)
-    return pinned if pinned.findings else result
+    if not pinned.findings:
+        return result
+    replay_seconds = sum(pinned.seconds.values())
+    pinned.seconds = dict(result.seconds)
+    pinned.seconds[CHECKS_PART] += replay_seconds   # the pinning replay is a check of the run
+    return pinned
 
 
 __all__ = [

@@ -137,9 +137,9 @@ PUD_SIZE = 1 << PUD_SHIFT
 
 def _mergeable(before: VMA, after: VMA) -> bool:
     """Whether after, starting where before ends, can join it (vma_merge's compatibility)."""
-    if before.writable != after.writable or before.lineage != after.lineage or before.uffd_ctx != after.uffd_ctx:
+    if before.writable != after.writable or before.account != after.account:   # vm_flags
         return False
-    if before.account != after.account:
+    if before.lineage != after.lineage or before.uffd_ctx != after.uffd_ctx:
         return False
     if before.file != after.file or before.shared != after.shared or not _anon_vma_mergeable(before, after):
         return False
